@@ -1,0 +1,23 @@
+"""Test defaults: one torch thread and fixed seeds, so the suite is fast and repeatable on 2 cores."""
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def data_dir():
+    """The real corpora (``TEXTVAE_DATA_DIR``, else ../shared/data); skip when absent."""
+    path = os.environ.get("TEXTVAE_DATA_DIR") or SHARED_DATA
+    if not os.path.isdir(os.path.join(path, "ptb")):
+        pytest.skip("real corpora not available: set TEXTVAE_DATA_DIR")
+    return path

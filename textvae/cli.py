@@ -1,0 +1,255 @@
+"""The ``textvae`` command line.
+
+    textvae train [RECIPE.yaml] [--section.key value ...] [--resume]
+    textvae evaluate RUN_OR_MODEL [--data NAME] [--split test] [--iw-samples 500]
+    textvae sample MODEL [--n 10] [--method sample] [--temperature 1.0]
+    textvae reconstruct MODEL "a sentence" ... | --file FILE
+    textvae interpolate MODEL "first sentence" "second sentence" [--steps 5]
+
+Errors in the input are printed as one line (``textvae: error: ...``) with exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from textvae.errors import TextVAEError
+
+COMMANDS = ("train", "evaluate", "sample", "reconstruct", "interpolate")
+
+
+def default_recipe() -> str:
+    return str(resources.files("textvae") / "recipes" / "synthetic.yaml")
+
+
+def train_parser():
+    from jsonargparse import ArgumentParser
+
+    from textvae.config import RunConfig
+
+    parser = ArgumentParser(prog="textvae train", exit_on_error=False,
+                            description="Train a text VAE (or LM) from a YAML recipe with overrides.")
+    parser.add_argument("--config", action="config", help="recipe YAML (also accepted as the first argument)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in out_dir/name")
+    parser.add_class_arguments(RunConfig, None)
+    return parser
+
+
+def parse_run_config(argv: list[str]):
+    """RunConfig from ``[RECIPE] [--overrides]``; no recipe means the embedded synthetic default."""
+    from jsonargparse import ArgumentError
+
+    from textvae.config import RunConfig, from_dict
+
+    argv = list(argv)
+    if argv and not argv[0].startswith("-"):
+        argv = ["--config", argv[0]] + argv[1:]
+    elif "--config" not in argv and not any(a in ("-h", "--help") for a in argv):
+        argv = ["--config", default_recipe()] + argv
+    if argv[:1] == ["--config"] and len(argv) > 1 and not Path(argv[1]).is_file():
+        raise TextVAEError(f"no such recipe: {argv[1]}")
+    parser = train_parser()
+    try:
+        ns = parser.parse_args(argv)
+    except ArgumentError as e:
+        raise TextVAEError(" ".join(str(e).split())) from None
+    values = ns.as_dict()
+    resume = values.pop("resume")
+    values.pop("config", None)
+    values.pop("__path__", None)
+    return from_dict(RunConfig, values), resume
+
+
+def cmd_train(argv: list[str]) -> None:
+    from textvae.training.train import run_training
+
+    cfg, resume = parse_run_config(argv)
+    report = run_training(cfg, resume=resume)
+    print(format_report(report))
+
+
+def format_report(report: dict[str, Any]) -> str:
+    from textvae.metrics import format_table
+
+    return format_table(report)
+
+
+def load_model_dir(path: str) -> tuple[Any, Any, Optional[dict]]:
+    """A saved model folder, or a run folder (its best model and its config) -> (model, tokenizer, run config)."""
+    import yaml
+
+    from textvae.data.tokenization import Tokenizer
+    from textvae.models.textvae import TOKENIZER_FILE, TextVAE
+
+    p = Path(path)
+    if not p.exists():
+        raise TextVAEError(f"no such run or model folder: {p}")
+    run_cfg = None
+    if (p / "config.yaml").is_file() and (p / "model").is_dir():
+        run_cfg = yaml.safe_load((p / "config.yaml").read_text())
+        p = p / "model"
+    model = TextVAE.from_pretrained(p)
+    if not (p / TOKENIZER_FILE).is_file():
+        raise TextVAEError(f"{p} has no {TOKENIZER_FILE}")
+    return model, Tokenizer.load(p / TOKENIZER_FILE), run_cfg
+
+
+def cmd_evaluate(argv: list[str]) -> None:
+    from textvae.config import DataConfig, from_dict
+    from textvae.data.datasets import load_dataset
+    from textvae.training.train import evaluation
+
+    ap = argparse.ArgumentParser(prog="textvae evaluate", description="Evaluate a trained model on a split.")
+    ap.add_argument("model", help="run folder or saved model folder")
+    ap.add_argument("--data", help="dataset name or path (default: the run's dataset)")
+    ap.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    ap.add_argument("--iw-samples", type=int, default=500, help="importance samples for IW-NLL (0 = skip)")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--max-sentences", type=int, default=None)
+    ap.add_argument("--json", help="write the results here (default: <run>/eval_<split>.json)")
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args(argv)
+    model, tokenizer, run_cfg = load_model_dir(args.model)
+    data_cfg = from_dict(DataConfig, run_cfg["data"]) if run_cfg else DataConfig()
+    if args.data:
+        data_cfg.name = args.data
+    elif run_cfg is None:
+        raise TextVAEError("--data is needed when evaluating a model folder rather than a run folder")
+    data_cfg.max_sentences = args.max_sentences
+    data = load_dataset(data_cfg, tokenizer=tokenizer, splits=(args.split,))
+    split = data.splits[args.split]
+    device = torch.device(args.device)
+    model.to(device)
+    results = evaluation(model, lambda: split.batches(args.batch_size, shuffle=False), device,
+                         n_samples=0 if model.is_lm else args.iw_samples)
+    if data.truth is not None:
+        results["true_nll"] = data.truth[args.split]["mean_nll"]
+        results["true_mi"] = data.truth["mi"]
+    print(format_report(results))
+    out = Path(args.json) if args.json else (
+        Path(args.model) / f"eval_{args.split}.json" if run_cfg else None)
+    if out is not None:
+        out.write_text(json.dumps(results, indent=2))
+        print(f"results written to {out}")
+
+
+def _latents_for(model: Any, tokenizer: Any, sentences: list[str]) -> torch.Tensor:
+    from textvae.data.batch import collate
+
+    if model.is_lm:
+        raise TextVAEError("this model is a language model: it has no latent space")
+    batch = collate([tokenizer.encode(s) for s in sentences])
+    model.eval()
+    with torch.no_grad():
+        return model.encode(batch).mean
+
+
+def decoding_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--method", default="greedy", choices=["greedy", "sample", "beam"])
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--top-k", type=int, default=0)
+    ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--beam-size", type=int, default=5)
+    ap.add_argument("--max-len", type=int, default=50)
+    ap.add_argument("--seed", type=int, default=0)
+
+
+def decode(model: Any, tokenizer: Any, z: Optional[torch.Tensor], args: argparse.Namespace, n: int) -> list[str]:
+    from textvae.models.decoding import decode_sentences
+
+    kw: dict[str, Any] = {"max_len": args.max_len}
+    if args.method == "sample":
+        kw.update(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                  generator=torch.Generator().manual_seed(args.seed))
+    elif args.method == "beam":
+        kw.update(beam_size=args.beam_size)
+    return decode_sentences(model, tokenizer, z, method=args.method, n=n, **kw)
+
+
+def cmd_sample(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser(prog="textvae sample", description="Sentences from z ~ p(z) (or from the LM).")
+    ap.add_argument("model")
+    ap.add_argument("--n", type=int, default=10)
+    decoding_args(ap)
+    args = ap.parse_args(argv)
+    if args.method == "greedy" and "--method" not in argv:
+        args.method = "sample"
+    model, tokenizer, _ = load_model_dir(args.model)
+    model.eval()
+    z = None if model.is_lm else model.sample_prior(args.n, generator=torch.Generator().manual_seed(args.seed))
+    for line in decode(model, tokenizer, z, args, args.n):
+        print(line)
+
+
+def read_sentences(args: argparse.Namespace) -> list[str]:
+    from textvae.data.reading import read_corpus
+
+    sentences = list(args.sentences)
+    if args.file:
+        sentences += read_corpus(args.file, max_length=10_000)[0]
+    if not sentences:
+        raise TextVAEError("give sentences as arguments or with --file")
+    return sentences
+
+
+def cmd_reconstruct(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser(prog="textvae reconstruct", description="Decode the posterior mean of each input.")
+    ap.add_argument("model")
+    ap.add_argument("sentences", nargs="*")
+    ap.add_argument("--file")
+    decoding_args(ap)
+    args = ap.parse_args(argv)
+    model, tokenizer, _ = load_model_dir(args.model)
+    sentences = read_sentences(args)
+    outputs = decode(model, tokenizer, _latents_for(model, tokenizer, sentences), args, len(sentences))
+    for src, out in zip(sentences, outputs):
+        print(f"{src}\t->\t{out}")
+
+
+def cmd_interpolate(argv: list[str]) -> None:
+    from textvae.models.decoding import interpolate
+
+    ap = argparse.ArgumentParser(prog="textvae interpolate",
+                                 description="Decode points on the line between two posterior means.")
+    ap.add_argument("model")
+    ap.add_argument("first")
+    ap.add_argument("second")
+    ap.add_argument("--steps", type=int, default=5)
+    decoding_args(ap)
+    args = ap.parse_args(argv)
+    model, tokenizer, _ = load_model_dir(args.model)
+    mu = _latents_for(model, tokenizer, [args.first, args.second])
+    path = interpolate(mu[0], mu[1], args.steps)
+    for t, line in zip(torch.linspace(0, 1, args.steps).tolist(), decode(model, tokenizer, path, args, args.steps)):
+        print(f"{t:.2f}\t{line}")
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if not argv or argv[0] not in COMMANDS:
+        if argv and argv[0] in ("-h", "--help"):
+            print(__doc__)
+            return
+        print(f"textvae: error: choose a command: {', '.join(COMMANDS)}", file=sys.stderr)
+        sys.exit(2)
+    handler = globals()[f"cmd_{argv[0]}"]
+    try:
+        handler(argv[1:])
+    except TextVAEError as e:
+        print(f"textvae: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("textvae: interrupted; continue with --resume", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

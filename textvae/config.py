@@ -1,0 +1,179 @@
+"""Run configuration: nested dataclasses, read from YAML recipes with command-line overrides.
+
+``textvae train recipes/ptb/vae.yaml --model.latent_dim 16 --optim.lr 0.5`` resolves a
+:class:`RunConfig`; unknown keys and wrongly typed values are errors; the resolved configuration is
+written to ``<run>/config.yaml`` so every run can be re-created.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+
+@dataclass
+class DataConfig:
+    """Where sentences come from and how they are batched.
+
+    name: a registered corpus (``ptb``, ``yahoo``, ``yelp``, ``snli``, ``dailydialog``,
+        ``yelp_short``), ``synthetic`` / ``synthetic_z`` (ground-truth corpora generated on the fly),
+        or a path to a text file or a folder with ``train/valid/test`` files.
+    data_dir: local folder holding ``<name>/`` copies; defaults to ``$TEXTVAE_DATA_DIR``.
+    max_length: sentences with more words than this are counted, reported and skipped
+        (``long_lines: truncate`` cuts them instead).
+    bucket_pool: batches per shuffled pool that is sorted by length (1 = plain shuffling).
+    max_sentences: cap on sentences per split (for quick runs); ``None`` = all.
+    """
+
+    name: str = "synthetic"
+    data_dir: Optional[str] = None
+    tokenizer: str = "word"
+    bpe_vocab_size: int = 8000
+    min_freq: int = 1
+    max_vocab: Optional[int] = None
+    lowercase: bool = False
+    max_length: int = 200
+    long_lines: str = "skip"
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    bucket_pool: int = 100
+    max_sentences: Optional[int] = None
+    synthetic_seed: int = 0
+
+
+@dataclass
+class EncoderConfig:
+    """Recurrent encoder reading ``<s> w1 .. wn </s>``; its last hidden state feeds the posterior."""
+
+    type: str = "lstm"
+    hidden_dim: int = 256
+    num_layers: int = 1
+    bidirectional: bool = False
+    dropout: float = 0.0
+
+
+@dataclass
+class DecoderConfig:
+    """Recurrent decoder. z sets the initial state (c0 = W z, h0 = tanh c0) and is concatenated to
+    every input embedding (He et al. 2019). ``input_dropout`` / ``output_dropout`` are ordinary
+    dropout on embeddings and LSTM outputs (not word dropout, which is a remedy)."""
+
+    type: str = "lstm"
+    hidden_dim: int = 256
+    num_layers: int = 1
+    input_dropout: float = 0.5
+    output_dropout: float = 0.5
+    z_init: bool = True
+    z_concat: bool = True
+
+
+@dataclass
+class ModelConfig:
+    """``latent_dim: 0`` gives the LSTM language model baseline (same decoder, no z).
+
+    init: ``he2019`` (weights U(-0.01, 0.01), embeddings U(-0.1, 0.1), encoder too) or ``torch``
+    (PyTorch defaults).
+    """
+
+    emb_dim: int = 256
+    latent_dim: int = 32
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    posterior: str = "gaussian"
+    prior: str = "standard_normal"
+    tie_weights: bool = False
+    init: str = "he2019"
+
+
+@dataclass
+class ObjectiveConfig:
+    """The training objective: rec + beta(step) * KL, then whatever the remedies change.
+
+    kl_schedule: a registered ``step -> beta`` schedule and its parameters, e.g.
+        ``{name: linear, start: 0.1, warmup_steps: 13000}``; ``{name: constant, value: 1.0}`` is
+        the plain VAE.
+    remedies: registered remedy components with their parameters, e.g.
+        ``[{name: free_bits_li2019, lambda_: 0.25}, {name: bn_vae, gamma: 0.7}]``.
+    """
+
+    kl_schedule: dict[str, Any] = field(default_factory=lambda: {"name": "constant", "value": 1.0})
+    remedies: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and the literature's plateau schedule.
+
+    The published recipe: SGD lr 1.0, gradient-norm clip 5; after ``decay_start_epoch``, when the
+    validation loss (-ELBO at beta = 1) has not improved for ``decay_patience`` epochs, multiply the
+    lr by ``decay_factor`` and reload the best model; stop after ``max_decays`` decays.
+    """
+
+    name: str = "sgd"
+    lr: float = 1.0
+    momentum: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    clip: float = 5.0
+    decay_factor: float = 0.5
+    decay_patience: int = 2
+    decay_start_epoch: int = 15
+    max_decays: int = 5
+    reload_best_on_decay: bool = True
+
+
+@dataclass
+class TrainConfig:
+    """Loop control. ``max_steps`` (optimiser steps) stops early when set; ``metrics_every``
+    logs KL / MI / AU on the first ``metrics_sentences`` validation sentences every N steps
+    (0 = only at epoch ends); a checkpoint is written every epoch and, with ``checkpoint_every``,
+    every N steps as well."""
+
+    epochs: int = 100
+    max_steps: Optional[int] = None
+    seed: int = 783435
+    device: str = "auto"
+    threads: Optional[int] = None
+    log_every: int = 50
+    metrics_every: int = 500
+    metrics_sentences: int = 1000
+    checkpoint_every: int = 0
+    iw_samples_final: int = 500
+    progress: bool = True
+    tensorboard: bool = True
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    out_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def from_dict(cls: type, values: dict[str, Any]) -> Any:
+    """Build the dataclass ``cls`` from a (nested) dict, recursing into dataclass-typed fields.
+
+    Unknown keys raise :class:`~textvae.errors.TextVAEError`; used to read back a run's saved
+    ``config.yaml``.
+    """
+    from textvae.errors import TextVAEError
+
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise TextVAEError(f"{cls.__name__}: unknown key(s) {unknown}; valid: {sorted(fields)}")
+    kwargs = {}
+    for name, value in values.items():
+        default = fields[name].default_factory  # type: ignore[misc]
+        if default is not dataclasses.MISSING and dataclasses.is_dataclass(default) and isinstance(value, dict):
+            kwargs[name] = from_dict(default, value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)

@@ -1,0 +1,29 @@
+"""Evaluation metrics of text VAEs, with the field's published definitions.
+
+Likelihood (``likelihood``): :func:`iw_nll` (importance-weighted NLL / IW-PPL), :func:`elbo_terms`
+(rec, KL, −ELBO, ELBO-PPL). Information (``information``): :func:`mi_batch` (He et al. 2019),
+:func:`mi_dataset` (whole-set). Latent usage (``latent``): :func:`active_units`,
+:func:`collapse_diagnostics`. Text (``generation``): :func:`reconstruction_bleu`, :func:`distinct_n`,
+:func:`self_bleu`. Probing (``probe``): :func:`latent_probe`. All at once: :func:`evaluate_model`
+and :func:`format_table`.
+
+Models are used only through the protocol of ``docs/design.md``: ``encode``, ``prior.log_prob``,
+``log_likelihood``.
+"""
+from textvae.metrics.evaluate import METRICS, evaluate_model, format_table
+from textvae.metrics.generation import distinct_n, reconstruction_bleu, self_bleu
+from textvae.metrics.information import mi_batch, mi_dataset
+from textvae.metrics.latent import (ActiveUnits, CollapseDiagnostics, active_units,
+                                    collapse_diagnostics, collapse_verdict)
+from textvae.metrics.likelihood import (ElboResult, IWResult, elbo_batch, elbo_terms,
+                                        iw_log_marginal, iw_nll)
+from textvae.metrics.probe import ProbeResult, latent_probe
+
+__all__ = [
+    "METRICS", "evaluate_model", "format_table",
+    "distinct_n", "reconstruction_bleu", "self_bleu",
+    "mi_batch", "mi_dataset",
+    "ActiveUnits", "CollapseDiagnostics", "active_units", "collapse_diagnostics", "collapse_verdict",
+    "ElboResult", "IWResult", "elbo_batch", "elbo_terms", "iw_log_marginal", "iw_nll",
+    "ProbeResult", "latent_probe",
+]

@@ -1,0 +1,80 @@
+"""Autoregressive decoders: (inputs, z) -> hidden states, one per input position.
+
+The output projection to the vocabulary belongs to :class:`~textvae.models.textvae.TextVAE`, so the
+loss can project only the non-padding positions.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from textvae.data.special import PAD_ID
+from textvae.registry import Registry
+
+DECODERS: Registry = Registry("decoder")
+
+
+class RNNDecoder(nn.Module):
+    """LSTM/GRU decoder conditioned on z the He et al. (2019) way.
+
+    * initial state: c0 = W z (bias-free), h0 = tanh(c0), one slice of W per layer (``z_init``);
+    * z concatenated to every input embedding (``z_concat``);
+    * ordinary dropout on input embeddings and on RNN outputs.
+    With ``latent_dim = 0`` it is the LSTM language model's decoder.
+    """
+
+    rnn_cls: type[nn.RNNBase]
+
+    def __init__(self, vocab_size: int, emb_dim: int, hidden_dim: int, latent_dim: int,
+                 num_layers: int = 1, input_dropout: float = 0.0, output_dropout: float = 0.0,
+                 z_init: bool = True, z_concat: bool = True):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, emb_dim, padding_idx=PAD_ID)
+        self.z_concat = z_concat and latent_dim > 0
+        self.rnn = self.rnn_cls(emb_dim + (latent_dim if self.z_concat else 0), hidden_dim,
+                                num_layers=num_layers, batch_first=True)
+        self.init_proj = (nn.Linear(latent_dim, num_layers * hidden_dim, bias=False)
+                          if z_init and latent_dim > 0 else None)
+        self.input_dropout = nn.Dropout(input_dropout)
+        self.output_dropout = nn.Dropout(output_dropout)
+        self.num_layers = num_layers
+        self.hidden_dim = hidden_dim
+        self.out_dim = hidden_dim
+
+    def initial_state(self, z: Optional[torch.Tensor], batch_size: int, device: torch.device) -> Any:
+        if self.init_proj is None or z is None:
+            h0 = torch.zeros(self.num_layers, batch_size, self.hidden_dim, device=device)
+            return (h0, h0) if self.rnn_cls is nn.LSTM else h0
+        c0 = self.init_proj(z).view(batch_size, self.num_layers, self.hidden_dim).transpose(0, 1).contiguous()
+        h0 = torch.tanh(c0)
+        return (h0, c0) if self.rnn_cls is nn.LSTM else h0
+
+    def forward(self, inputs: torch.Tensor, z: Optional[torch.Tensor], state: Any = None
+                ) -> tuple[torch.Tensor, Any]:
+        """inputs [B, T] token ids, z [B, D] or None -> (hidden [B, T, H], final state)."""
+        emb = self.input_dropout(self.embedding(inputs))
+        if self.z_concat:
+            emb = torch.cat([emb, z.unsqueeze(1).expand(-1, emb.shape[1], -1)], dim=-1)
+        if state is None:
+            state = self.initial_state(z, inputs.shape[0], inputs.device)
+        out, state = self.rnn(emb, state)
+        return self.output_dropout(out), state
+
+    @staticmethod
+    def reorder_state(state: Any, index: torch.Tensor) -> Any:
+        """Select rows of the state (batch is dim 1 of each [L, B, H] tensor)."""
+        if isinstance(state, tuple):
+            return tuple(s.index_select(1, index) for s in state)
+        return state.index_select(1, index)
+
+
+@DECODERS.register("lstm")
+class LSTMDecoder(RNNDecoder):
+    rnn_cls = nn.LSTM
+
+
+@DECODERS.register("gru")
+class GRUDecoder(RNNDecoder):
+    rnn_cls = nn.GRU

@@ -1,0 +1,29 @@
+"""Posterior heads: encoder context h [B, H] -> q(z|x)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from textvae.models.distributions import DiagGaussian
+from textvae.registry import Registry
+
+POSTERIORS: Registry = Registry("posterior")
+
+
+@POSTERIORS.register("gaussian")
+class GaussianHead(nn.Module):
+    """q(z|x) = N(mu, diag sigma²) with [mu, log sigma²] = W h (bias-free, as He et al. 2019)."""
+
+    def __init__(self, in_dim: int, latent_dim: int):
+        super().__init__()
+        self.linear = nn.Linear(in_dim, 2 * latent_dim, bias=False)
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (mu, logvar), each [B, D]; remedies may transform them before the
+        distribution is built (see ``TextVAE.encode``)."""
+        mu, logvar = self.linear(h).chunk(2, dim=-1)
+        return mu, logvar
+
+    @staticmethod
+    def distribution(mu: torch.Tensor, logvar: torch.Tensor) -> DiagGaussian:
+        return DiagGaussian(mu, logvar)

@@ -1,0 +1,213 @@
+"""TextVAE: a sentence VAE composed of parts, and the LSTM language model (``latent_dim = 0``).
+
+    encoder(x) -> h [B, H_enc] -> posterior head -> q(z|x) = N(mu, sigma²)
+    z ~ q(z|x) -> decoder(<s> w1..wn, z) -> hidden [B, T, H_dec] -> projection -> p(w1..wn </s> | z)
+
+``forward`` returns per-sentence reconstruction NLL, per-dimension KL, token counts and the loss of
+the configured objective; the training loop only calls ``backward`` on it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from textvae.config import DecoderConfig, EncoderConfig, ModelConfig, ObjectiveConfig
+from textvae.data.batch import Batch
+from textvae.data.special import PAD_ID
+from textvae.errors import TextVAEError
+from textvae.models.decoders import DECODERS
+from textvae.models.distributions import PRIORS, kl_per_dim
+from textvae.models.encoders import ENCODERS
+from textvae.models.posteriors import POSTERIORS
+from textvae.objective import Objective
+
+WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE = "model.safetensors", "config.json", "tokenizer.json"
+
+
+@dataclass
+class VAEOutput:
+    """Per-sentence figures of one batch (B sentences, D latent dimensions).
+
+    rec [B]: Σ_t -log p(x_t | x_<t, z); kl [B, D]: KL(q(z|x) || p(z)) per dimension (one MC column
+    when there is no closed form); n_tokens [B]; loss: the objective's scalar; terms: for logging.
+    """
+
+    rec: torch.Tensor
+    kl: torch.Tensor
+    n_tokens: torch.Tensor
+    loss: torch.Tensor
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
+    z: Optional[torch.Tensor] = None
+
+
+class TextVAE(nn.Module):
+    def __init__(self, cfg: ModelConfig, vocab_size: int, objective: Optional[ObjectiveConfig] = None):
+        super().__init__()
+        self.cfg = cfg
+        self.vocab_size = vocab_size
+        self.objective_cfg = objective or ObjectiveConfig()
+        d = cfg.latent_dim
+        if d > 0:
+            enc = cfg.encoder
+            self.encoder = ENCODERS.create(enc.type, vocab_size, cfg.emb_dim, enc.hidden_dim, enc.num_layers,
+                                           enc.bidirectional, enc.dropout)
+            self.posterior = POSTERIORS.create(cfg.posterior, self.encoder.out_dim, d)
+            self.prior = PRIORS.create(cfg.prior, d)
+        dec = cfg.decoder
+        self.decoder = DECODERS.create(dec.type, vocab_size, cfg.emb_dim, dec.hidden_dim, d, dec.num_layers,
+                                       dec.input_dropout, dec.output_dropout, dec.z_init, dec.z_concat)
+        self.projection = nn.Linear(self.decoder.out_dim, vocab_size)
+        self._init_weights(cfg.init)
+        if cfg.tie_weights:
+            if self.decoder.out_dim != cfg.emb_dim:
+                raise TextVAEError(f"tie_weights needs decoder hidden_dim == emb_dim "
+                                   f"({self.decoder.out_dim} != {cfg.emb_dim})")
+            self.projection.weight = self.decoder.embedding.weight
+        self.objective = Objective(self.objective_cfg, latent_dim=d, vocab_size=vocab_size,
+                                   hidden_dim=self.decoder.out_dim, emb_dim=cfg.emb_dim)
+
+    @property
+    def latent_dim(self) -> int:
+        return self.cfg.latent_dim
+
+    @property
+    def is_lm(self) -> bool:
+        return self.cfg.latent_dim == 0
+
+    def _init_weights(self, scheme: str) -> None:
+        if scheme == "torch":
+            return
+        if scheme != "he2019":
+            raise TextVAEError(f"unknown init {scheme!r}; valid: he2019, torch")
+        # He et al. (2019): U(-0.01, 0.01) for weights, U(-0.1, 0.1) for embeddings.
+        for name, p in self.named_parameters():
+            nn.init.uniform_(p, -0.1, 0.1) if "embedding" in name else nn.init.uniform_(p, -0.01, 0.01)
+
+    # ---- latent side -------------------------------------------------------------------------
+    def encode_hidden(self, batch: Batch) -> tuple[torch.Tensor, Any]:
+        """Encoder context h [B, H] and the posterior q(z|x) built from it (after remedies)."""
+        h = self.encoder(batch.tokens, batch.lengths)
+        mu, logvar = self.posterior(h)
+        for remedy in self.objective.remedies:
+            mu, logvar = remedy.transform_posterior(mu, logvar)
+        return h, self.posterior.distribution(mu, logvar)
+
+    def encode(self, batch: Batch):
+        if self.is_lm:
+            raise TextVAEError("the language model has no latent variable to encode")
+        return self.encode_hidden(batch)[1]
+
+    # ---- decoder side ------------------------------------------------------------------------
+    def token_nll(self, batch: Batch, z: Optional[torch.Tensor], inputs: Optional[torch.Tensor] = None
+                  ) -> torch.Tensor:
+        """Per-sentence Σ_t -log p(x_t | x_<t, z) [B]; ``inputs`` overrides the decoder inputs
+        (word dropout) while the targets stay the true tokens."""
+        hidden, _ = self.decoder(batch.inputs if inputs is None else inputs, z)
+        targets = batch.targets
+        mask = targets != PAD_ID  # [B, T-1]
+        # Project only real positions: padding costs no vocabulary matmul.
+        logits = self.projection(hidden[mask])  # [N_tokens, V]
+        nll = F.cross_entropy(logits.float(), targets[mask], reduction="none")
+        rows = torch.arange(targets.shape[0], device=targets.device).unsqueeze(1).expand_as(targets)[mask]
+        return torch.zeros(targets.shape[0], device=nll.device, dtype=nll.dtype).index_add_(0, rows, nll)
+
+    def log_likelihood(self, batch: Batch, z: torch.Tensor) -> torch.Tensor:
+        """log p(x|z_s) for z [S, B, D] -> [S, B]; the batch is repeated S times (sample-major) so the
+        decoder scores all (sentence, sample) pairs in one pass."""
+        s, b, d = z.shape
+        repeated = Batch(tokens=batch.tokens.repeat(s, 1), lengths=batch.lengths.repeat(s))
+        return -self.token_nll(repeated, z.reshape(s * b, d)).view(s, b)
+
+    def decode_step(self, tokens: torch.Tensor, z: Optional[torch.Tensor], state: Any = None
+                    ) -> tuple[torch.Tensor, Any]:
+        """One decoding step: tokens [B, 1] -> logits [B, V] and the new state."""
+        hidden, state = self.decoder(tokens, z, state)
+        return self.projection(hidden[:, -1]), state
+
+    def reorder_state(self, state: Any, index: torch.Tensor) -> Any:
+        return self.decoder.reorder_state(state, index)
+
+    def sample_prior(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        return self.prior.sample(n, generator=generator)
+
+    # ---- training ----------------------------------------------------------------------------
+    def forward(self, batch: Batch, step: int = 0) -> VAEOutput:
+        inputs = batch.inputs
+        if self.training:
+            for remedy in self.objective.remedies:
+                inputs = remedy.corrupt_inputs(inputs)
+        extras: dict[str, torch.Tensor] = {}
+        if self.is_lm:
+            z = None
+            kl = batch.tokens.new_zeros((len(batch), 0), dtype=torch.float32)
+        else:
+            h, q = self.encode_hidden(batch)
+            z = q.rsample(1)[0]
+            kl = kl_per_dim(q, self.prior, z)
+            for remedy in self.objective.remedies:
+                extra = remedy.extra_loss(self, batch, z, h)
+                if extra is not None:
+                    extras[type(remedy).__name__] = extra
+        rec = self.token_nll(batch, z, inputs)
+        loss, terms = self.objective(rec, kl, step, extras)
+        return VAEOutput(rec=rec, kl=kl, n_tokens=batch.n_tokens, loss=loss, terms=terms, z=z)
+
+    # ---- persistence -------------------------------------------------------------------------
+    def config_dict(self) -> dict[str, Any]:
+        return {"model": dataclasses.asdict(self.cfg), "vocab_size": self.vocab_size,
+                "objective": dataclasses.asdict(self.objective_cfg)}
+
+    def save_pretrained(self, directory: str | Path, tokenizer: Any = None) -> Path:
+        """Write ``model.safetensors`` (weights and buffers), ``config.json`` and, if given,
+        ``tokenizer.json``. No pickle: the folder loads with any torch version, on any device."""
+        from safetensors.torch import save_model
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / (WEIGHTS_FILE + ".tmp")
+        save_model(self, str(tmp))
+        os.replace(tmp, directory / WEIGHTS_FILE)  # a crash mid-write keeps the previous weights
+        (directory / CONFIG_FILE).write_text(json.dumps(self.config_dict(), indent=2))
+        if tokenizer is not None:
+            tokenizer.save(directory / TOKENIZER_FILE)
+        return directory
+
+    @classmethod
+    def from_config_dict(cls, cfg: dict[str, Any]) -> "TextVAE":
+        return cls(model_config_from_dict(cfg["model"]), int(cfg["vocab_size"]),
+                   ObjectiveConfig(**cfg.get("objective", {})))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "TextVAE":
+        from safetensors.torch import load_model
+
+        directory = Path(directory)
+        config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+        for path in (config_path, weights_path):
+            if not path.is_file():
+                raise TextVAEError(f"not a saved textvae model: {path} is missing")
+        try:
+            cfg = json.loads(config_path.read_text())
+        except json.JSONDecodeError as e:
+            raise TextVAEError(f"corrupted model config {config_path}: {e}") from None
+        model = cls.from_config_dict(cfg)
+        try:
+            load_model(model, str(weights_path), device=str(device))
+        except Exception as e:  # safetensors raises several types for truncated/garbled files
+            raise TextVAEError(f"cannot load weights {weights_path}: {str(e).splitlines()[0]}") from None
+        return model.to(device)
+
+
+def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
+    d = dict(d)
+    d["encoder"] = EncoderConfig(**d.get("encoder", {}))
+    d["decoder"] = DecoderConfig(**d.get("decoder", {}))
+    return ModelConfig(**d)

@@ -1,0 +1,48 @@
+"""The training objective: per-sentence terms from the model -> the scalar the optimiser minimises.
+
+    loss = mean_b [ rec_b + K_b + Σ_r extra_{r,b} ]
+
+with K_b = beta(step) · Σ_d KL_{b,d} unless a remedy replaces the KL term (free bits, KL constraint),
+and extra_{r,b} each remedy's added loss (bag-of-words, Z-forcing, ...). Figures that are *reported*
+(ELBO, PPL) never use beta or the remedies: they come from ``textvae.metrics`` at beta = 1.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from textvae.config import ObjectiveConfig
+from textvae.errors import TextVAEError
+from textvae.remedies import create_remedy
+from textvae.schedules import create_schedule
+
+
+class Objective(nn.Module):
+    def __init__(self, cfg: ObjectiveConfig, **context: Any):
+        super().__init__()
+        self.schedule = create_schedule(cfg.kl_schedule)
+        self.remedies: nn.ModuleList = nn.ModuleList(create_remedy(spec, **context) for spec in cfg.remedies)
+        kl_owners = [type(r).__name__ for r in self.remedies if r.replaces_kl]
+        if len(kl_owners) > 1:
+            raise TextVAEError(f"remedies {kl_owners} each replace the KL term; choose one")
+
+    def beta(self, step: int) -> float:
+        return self.schedule(step)
+
+    def forward(self, rec: torch.Tensor, kl: torch.Tensor, step: int,
+                extras: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """rec [B], kl [B, D], extras name -> [B]; returns (loss, terms for logging)."""
+        beta = self.beta(step)
+        kl_term = None
+        for remedy in self.remedies:
+            kl_term = remedy.kl_term(kl, beta, step) if remedy.replaces_kl else kl_term
+        if kl_term is None:
+            kl_term = beta * kl.sum(-1)
+        per_sentence = rec + kl_term
+        for value in extras.values():
+            per_sentence = per_sentence + value
+        terms = {"beta": torch.tensor(beta), "kl_term": kl_term.detach().mean()}
+        terms.update({name: value.detach().mean() for name, value in extras.items()})
+        return per_sentence.mean(), terms

@@ -1,0 +1,46 @@
+"""Named registries of components (timm-style ``register_*`` / ``list_*`` / ``create_*``).
+
+Every swappable part (encoders, decoders, posteriors, priors, remedies, corpora, schedules) lives
+in a :class:`Registry`; an unknown name raises :class:`~textvae.errors.TextVAEError` listing the
+valid names, so a typo in a recipe is a one-line error.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Generic, TypeVar
+
+from textvae.errors import TextVAEError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator: ``@REG.register("lstm")`` adds the decorated object under ``name``."""
+
+        def add(obj: T) -> T:
+            if name in self._entries:
+                raise ValueError(f"{self.kind} {name!r} registered twice")
+            self._entries[name] = obj
+            return obj
+
+        return add
+
+    def get(self, name: str) -> T:
+        try:
+            return self._entries[name]
+        except KeyError:
+            valid = ", ".join(sorted(self._entries)) or "(none)"
+            raise TextVAEError(f"unknown {self.kind} {name!r}; valid: {valid}") from None
+
+    def create(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        return self.get(name)(*args, **kwargs)  # type: ignore[operator]
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
