@@ -43,20 +43,23 @@ class DataConfig:
 
 @dataclass
 class EncoderConfig:
-    """Recurrent encoder reading ``<s> w1 .. wn </s>``; its last hidden state feeds the posterior."""
+    """Sentence encoder reading ``<s> w1 .. wn </s>`` (registered ``type``); its context vector feeds
+    the posterior. ``options`` holds parameters only some types take (checked by the type)."""
 
     type: str = "lstm"
     hidden_dim: int = 256
     num_layers: int = 1
     bidirectional: bool = False
     dropout: float = 0.0
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class DecoderConfig:
     """Recurrent decoder. z sets the initial state (c0 = W z, h0 = tanh c0) and is concatenated to
     every input embedding (He et al. 2019). ``input_dropout`` / ``output_dropout`` are ordinary
-    dropout on embeddings and LSTM outputs (not word dropout, which is a remedy)."""
+    dropout on embeddings and LSTM outputs (not word dropout, which is a remedy). ``options`` holds
+    parameters only some decoder types take (e.g. dilations of the CNN decoder)."""
 
     type: str = "lstm"
     hidden_dim: int = 256
@@ -65,6 +68,7 @@ class DecoderConfig:
     output_dropout: float = 0.5
     z_init: bool = True
     z_concat: bool = True
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -80,7 +84,9 @@ class ModelConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     posterior: str = "gaussian"
+    posterior_options: dict[str, Any] = field(default_factory=dict)
     prior: str = "standard_normal"
+    prior_options: dict[str, Any] = field(default_factory=dict)
     tie_weights: bool = False
     init: str = "he2019"
 

@@ -5,7 +5,6 @@ recipe with ``create_schedule({"name": "linear", "start": 0.1, "warmup_steps": 1
 """
 from __future__ import annotations
 
-import inspect
 from typing import Any, Callable
 
 from textvae.errors import TextVAEError
@@ -40,9 +39,4 @@ def create_schedule(spec: dict[str, Any]) -> Schedule:
     name = params.pop("name", None)
     if name is None:
         raise TextVAEError(f"KL schedule needs a 'name'; valid: {', '.join(SCHEDULES.names())}")
-    factory = SCHEDULES.get(name)
-    allowed = inspect.signature(factory).parameters
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise TextVAEError(f"KL schedule {name!r}: unknown parameter(s) {unknown}; valid: {sorted(allowed)}")
-    return factory(**params)
+    return SCHEDULES.build(name, params)

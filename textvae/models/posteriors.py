@@ -19,11 +19,12 @@ class GaussianHead(nn.Module):
         self.linear = nn.Linear(in_dim, 2 * latent_dim, bias=False)
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (mu, logvar), each [B, D]; remedies may transform them before the
-        distribution is built (see ``TextVAE.encode``)."""
+        """Returns (mu, logvar), each [B, D]; remedies may transform them before
+        :meth:`distribution` builds q(z|x) (see ``TextVAE.encode_hidden``)."""
         mu, logvar = self.linear(h).chunk(2, dim=-1)
         return mu, logvar
 
-    @staticmethod
-    def distribution(mu: torch.Tensor, logvar: torch.Tensor) -> DiagGaussian:
+    def distribution(self, mu: torch.Tensor, logvar: torch.Tensor, h: torch.Tensor) -> DiagGaussian:
+        """q(z|x) from the (possibly remedy-transformed) parameters; ``h`` is the encoder context,
+        which flow posteriors condition on and the Gaussian does not need."""
         return DiagGaussian(mu, logvar)

@@ -57,13 +57,17 @@ class TextVAE(nn.Module):
         d = cfg.latent_dim
         if d > 0:
             enc = cfg.encoder
-            self.encoder = ENCODERS.create(enc.type, vocab_size, cfg.emb_dim, enc.hidden_dim, enc.num_layers,
-                                           enc.bidirectional, enc.dropout)
-            self.posterior = POSTERIORS.create(cfg.posterior, self.encoder.out_dim, d)
-            self.prior = PRIORS.create(cfg.prior, d)
+            self.encoder = ENCODERS.build(enc.type, enc.options, vocab_size=vocab_size, emb_dim=cfg.emb_dim,
+                                          hidden_dim=enc.hidden_dim, num_layers=enc.num_layers,
+                                          bidirectional=enc.bidirectional, dropout=enc.dropout)
+            self.posterior = POSTERIORS.build(cfg.posterior, cfg.posterior_options, in_dim=self.encoder.out_dim,
+                                              latent_dim=d)
+            self.prior = PRIORS.build(cfg.prior, cfg.prior_options, latent_dim=d)
         dec = cfg.decoder
-        self.decoder = DECODERS.create(dec.type, vocab_size, cfg.emb_dim, dec.hidden_dim, d, dec.num_layers,
-                                       dec.input_dropout, dec.output_dropout, dec.z_init, dec.z_concat)
+        self.decoder = DECODERS.build(dec.type, dec.options, vocab_size=vocab_size, emb_dim=cfg.emb_dim,
+                                      hidden_dim=dec.hidden_dim, latent_dim=d, num_layers=dec.num_layers,
+                                      input_dropout=dec.input_dropout, output_dropout=dec.output_dropout,
+                                      z_init=dec.z_init, z_concat=dec.z_concat)
         self.projection = nn.Linear(self.decoder.out_dim, vocab_size)
         self._init_weights(cfg.init)
         if cfg.tie_weights:
@@ -98,7 +102,7 @@ class TextVAE(nn.Module):
         mu, logvar = self.posterior(h)
         for remedy in self.objective.remedies:
             mu, logvar = remedy.transform_posterior(mu, logvar)
-        return h, self.posterior.distribution(mu, logvar)
+        return h, self.posterior.distribution(mu, logvar, h)
 
     def encode(self, batch: Batch):
         if self.is_lm:

@@ -6,7 +6,6 @@ compose by configuration.
 """
 from __future__ import annotations
 
-import inspect
 from typing import Any, Optional
 
 import torch
@@ -62,15 +61,4 @@ def create_remedy(spec: dict[str, Any], **context: Any) -> Remedy:
     name = params.pop("name", None)
     if name is None:
         raise TextVAEError(f"a remedy needs a 'name'; valid: {', '.join(list_remedies())}")
-    cls = REMEDIES.get(name)
-    signature = inspect.signature(cls.__init__).parameters
-    unknown = sorted(set(params) - set(signature))
-    if unknown:
-        valid = sorted(p for p in signature if p != "self" and p not in context)
-        raise TextVAEError(f"remedy {name!r}: unknown parameter(s) {unknown}; valid: {valid}")
-    kwargs = {k: v for k, v in context.items() if k in signature}
-    kwargs.update(params)
-    try:
-        return cls(**kwargs)
-    except TypeError as e:
-        raise TextVAEError(f"remedy {name!r}: {e}") from None
+    return REMEDIES.build(name, params, **context)
