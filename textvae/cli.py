@@ -165,12 +165,14 @@ def decode(model: Any, tokenizer: Any, z: Optional[torch.Tensor], args: argparse
     from textvae.models.decoding import decode_sentences
 
     kw: dict[str, Any] = {"max_len": args.max_len}
+    if z is None:  # the language model: n sentences from nothing
+        kw["batch_size"] = n
     if args.method == "sample":
         kw.update(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                   generator=torch.Generator().manual_seed(args.seed))
     elif args.method == "beam":
         kw.update(beam_size=args.beam_size)
-    return decode_sentences(model, tokenizer, z, method=args.method, n=n, **kw)
+    return decode_sentences(model, tokenizer, z, method=args.method, **kw)
 
 
 def cmd_sample(argv: list[str]) -> None:
