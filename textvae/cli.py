@@ -123,7 +123,7 @@ def cmd_evaluate(argv: list[str]) -> None:
     elif run_cfg is None:
         raise TextVAEError("--data is needed when evaluating a model folder rather than a run folder")
     data_cfg.max_sentences = args.max_sentences
-    data = load_dataset(data_cfg, tokenizer=tokenizer, splits=(args.split,))
+    data = load_dataset(data_cfg, tokenizer=tokenizer)
     split = data.splits[args.split]
     device = torch.device(args.device)
     model.to(device)
