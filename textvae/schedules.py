@@ -2,10 +2,15 @@
 
 Each factory takes the schedule's parameters and returns a function of the step. Build one from a
 recipe with ``create_schedule({"name": "linear", "start": 0.1, "warmup_steps": 10000})``.
+
+beta-VAE (Higgins et al. 2017) is the ``constant`` schedule with ``value: beta``; it needs no remedy.
+The cyclical schedule also tells the training loop where its cycles start (:func:`cycle_restart`,
+:func:`cycle_fraction`), so a run can restart its learning rate with each cycle as Fu et al. do.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+import math
+from typing import Any, Callable, Optional
 
 from textvae.errors import TextVAEError
 from textvae.registry import Registry
@@ -31,6 +36,103 @@ def linear(start: float = 0.0, end: float = 1.0, warmup_steps: int = 10000) -> S
         return min(end, start + (end - start) * step / warmup_steps)
 
     return beta
+
+
+@SCHEDULES.register("sigmoid")
+def sigmoid(k: float = 0.0025, x0: int = 2500) -> Schedule:
+    """Logistic annealing (Bowman et al. 2016): beta(t) = 1 / (1 + exp(-k (t - x0))).
+
+    beta is 1/2 at step ``x0``; ``k`` sets the steepness (the slope there is k/4).
+    """
+    if k <= 0:
+        raise TextVAEError("sigmoid KL schedule: k must be > 0")
+
+    def beta(step: int) -> float:
+        x = -k * (step - x0)
+        return 0.0 if x > 700 else 1.0 / (1.0 + math.exp(x))  # exp overflows past ~709
+
+    return beta
+
+
+# Shapes of the rising part of a cycle: f(0) ~ 0, f(1) ~ 1 (Fu et al.'s frange_cycle_* variants).
+_SHAPES: dict[str, Callable[[float], float]] = {
+    "linear": lambda x: x,
+    "sigmoid": lambda x: 1.0 / (1.0 + math.exp(6.0 - 12.0 * x)),  # logistic on [-6, 6]
+    "cosine": lambda x: 0.5 - 0.5 * math.cos(math.pi * x),
+}
+
+
+class Cyclical:
+    """Cyclical annealing (Fu et al. 2019, "Cyclical Annealing Schedule: A Simple Approach to
+    Mitigating KL Vanishing").
+
+    The first ``total_steps`` steps are split into ``n_cycles`` cycles of length
+    P = total_steps / n_cycles; cycle c covers steps s_c = floor(c P) .. s_{c+1} - 1 (as the array
+    of Fu et al.'s code). With u = (t - s_c) / P the position of step t inside its cycle:
+
+        beta(t) = start + (end - start) * f(min(1, u / ratio))
+
+    f is the ``shape`` (linear x, sigmoid 1/(1+exp(6-12x)), cosine (1-cos πx)/2): beta rises during
+    the first ``ratio`` of each cycle and then stays at ``end``. beta returns to ``start`` exactly
+    at the first step of each cycle and never within a cycle (one published fork reset it on every
+    batch of a cycle's first epoch). After ``total_steps`` beta stays at ``end``.
+
+    Integer arithmetic places cycle boundaries exactly even when P is not an integer.
+    """
+
+    def __init__(self, total_steps: int, n_cycles: int = 4, ratio: float = 0.5, shape: str = "linear",
+                 start: float = 0.0, end: float = 1.0):
+        if total_steps <= 0 or n_cycles <= 0 or n_cycles > total_steps:
+            raise TextVAEError(f"cyclical KL schedule: need 0 < n_cycles <= total_steps "
+                               f"(got n_cycles={n_cycles}, total_steps={total_steps})")
+        if not 0 < ratio <= 1:
+            raise TextVAEError(f"cyclical KL schedule: ratio must be in (0, 1], got {ratio}")
+        if shape not in _SHAPES:
+            raise TextVAEError(f"cyclical KL schedule: unknown shape {shape!r}; valid: {', '.join(_SHAPES)}")
+        self.total_steps, self.n_cycles, self.ratio = total_steps, n_cycles, ratio
+        self.shape, self.start, self.end = _SHAPES[shape], start, end
+
+    def position(self, step: int) -> Optional[tuple[int, float]]:
+        """(cycle index, fraction u of the cycle elapsed) of ``step``; ``None`` past the last cycle."""
+        if step < 0:
+            raise TextVAEError(f"cyclical KL schedule: negative step {step}")
+        if step >= self.total_steps:
+            return None
+        # the last c with floor(c P) <= step, i.e. c P < step + 1
+        cycle = ((step + 1) * self.n_cycles - 1) // self.total_steps
+        first = cycle * self.total_steps // self.n_cycles
+        return cycle, (step - first) * self.n_cycles / self.total_steps
+
+    def __call__(self, step: int) -> float:
+        pos = self.position(step)
+        if pos is None:
+            return float(self.end)
+        return self.start + (self.end - self.start) * self.shape(min(1.0, pos[1] / self.ratio))
+
+    def restart(self, step: int) -> bool:
+        """True at the first step of each cycle (step 0 included)."""
+        pos = self.position(step)
+        return pos is not None and (step == 0 or self.position(step - 1)[0] != pos[0])
+
+
+SCHEDULES.register("cyclical")(Cyclical)
+
+
+def cycle_restart(schedule: Schedule, step: int) -> bool:
+    """Whether ``step`` starts a new annealing cycle (False for schedules without cycles).
+
+    The training loop resets its learning rate to the initial value when this is True (Fu et al.
+    restart the learning rate with each cycle in their PTB runs)."""
+    return isinstance(schedule, Cyclical) and schedule.restart(step)
+
+
+def cycle_fraction(schedule: Schedule, step: int) -> Optional[float]:
+    """Fraction of the current cycle elapsed at ``step`` (for a per-cycle cosine learning rate
+    lr = lr0 (1 + cos(pi u)) / 2); ``None`` for schedules without cycles or past the last cycle."""
+    if not isinstance(schedule, Cyclical):
+        return None
+    pos = schedule.position(step)
+    return None if pos is None else pos[1]
 
 
 def create_schedule(spec: dict[str, Any]) -> Schedule:

@@ -1,4 +1,15 @@
-"""Remedies for KL vanishing. Importing this package registers every remedy."""
-from textvae.remedies.base import REMEDIES, Remedy, create_remedy, list_remedies, register_remedy
+"""Remedies for KL vanishing. Importing this package registers every remedy.
 
-__all__ = ["REMEDIES", "Remedy", "create_remedy", "list_remedies", "register_remedy"]
+beta-VAE is not a remedy: it is the ``constant`` KL schedule with ``value: beta``
+(:mod:`textvae.schedules`), as are the annealing schedules (linear, sigmoid, cyclical).
+"""
+from textvae.remedies import (aggressive, aux_autoencoder, bn_vae, bow, data_noising, delta_vae, free_bits,
+                              kl_constraint, pretraining, word_dropout, zforcing)
+from textvae.remedies.base import (REMEDIES, Remedy, Trainer, create_remedy, inference_parameters,
+                                   list_remedies, register_remedy, reinit_decoder)
+from textvae.remedies.kl_constraint import RatePoint, rate_sweep
+
+__all__ = ["REMEDIES", "Remedy", "Trainer", "create_remedy", "inference_parameters", "list_remedies",
+           "register_remedy", "reinit_decoder", "RatePoint", "rate_sweep",
+           "aggressive", "aux_autoencoder", "bn_vae", "bow", "data_noising", "delta_vae", "free_bits",
+           "kl_constraint", "pretraining", "word_dropout", "zforcing"]

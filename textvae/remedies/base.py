@@ -1,12 +1,12 @@
 """Remedies for posterior collapse as small components with one hook each.
 
 A remedy overrides only the hook(s) its paper changes; :class:`~textvae.objective.Objective` and
-:class:`~textvae.models.textvae.TextVAE` call every registered remedy at each hook, so remedies
-compose by configuration.
+:class:`~textvae.models.textvae.TextVAE` call every configured remedy at each model hook, and the
+training loop calls the training-procedure hooks, so remedies compose by configuration.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Protocol
 
 import torch
 from torch import nn
@@ -25,15 +25,55 @@ def list_remedies() -> list[str]:
     return REMEDIES.names()
 
 
-class Remedy(nn.Module):
-    """Base class. Hooks, in the order a training step meets them:
+class Trainer(Protocol):
+    """What the training-procedure hooks may use of the training loop.
 
-    * ``corrupt_inputs(inputs [B, T]) -> [B, T]``: decoder inputs during training (word dropout).
+    ``step`` counts optimiser steps taken so far (the step the next update gets); ``optimizer``
+    holds every trainable parameter of ``model``; a parameter whose ``grad`` is ``None`` is left
+    untouched by ``optimizer.step()`` (true of SGD and Adam), which is how a hook restricts an
+    update to a subset of the parameters.
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    step: int
+
+    def random_batch(self) -> Any:
+        """A uniformly drawn training batch (torch's global RNG), on the model's device."""
+
+    def clip_gradients(self) -> None:
+        """Apply the run's gradient clipping to the current gradients."""
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the inference network q(z|x) (see :func:`inference_parameters`)."""
+
+    def reinit_decoder(self) -> None:
+        """Fresh decoder weights and optimiser state (see :func:`reinit_decoder`); model selection
+        restarts too (best validation loss forgotten): earlier checkpoints had another objective."""
+
+
+class Remedy(nn.Module):
+    """Base class. Model hooks, in the order a training step meets them:
+
+    * ``corrupt_inputs(inputs [B, T]) -> [B, T]``: decoder inputs, training only (word dropout).
     * ``transform_posterior(mu, logvar) -> (mu, logvar)``: posterior parameters (BN-VAE, delta-VAE).
     * ``kl_term(kl [B, D], beta, step) -> [B] | None``: replaces the default ``beta * Σ_d KL``
-      (free bits, KL constraint); at most one remedy may define it.
+      (free bits, KL constraint); at most one remedy may set ``replaces_kl``. The batch mean of
+      the returned per-sentence values is the loss, so batch-level rules (free bits over the
+      minibatch) return values whose mean has the right value and gradient.
     * ``extra_loss(model, batch, z [B, D], h [B, H]) -> [B] | None``: an added per-sentence loss
       (bag-of-words, Z-forcing, auxiliary autoencoder).
+
+    Training-procedure hooks, called by the training loop with a :class:`Trainer`:
+
+    * ``set_corpus_statistics(unigram [V])``: once before training, the word counts of the
+      training split (unigram noising).
+    * ``before_update(trainer, batch)``: before the forward pass of each optimiser step
+      (aggressive inference-network training runs its inner encoder steps here).
+    * ``before_step(trainer)``: after backward and clipping, just before ``optimizer.step()``;
+      may set gradients to ``None`` to keep parameters out of this update.
+    * ``after_epoch(trainer, epoch, valid_metrics) -> dict``: after each epoch's validation
+      (``epoch`` = epochs completed); returns figures to log (empty when there is nothing to say).
     """
 
     replaces_kl = False
@@ -50,15 +90,59 @@ class Remedy(nn.Module):
     def extra_loss(self, model: Any, batch: Any, z: torch.Tensor, h: torch.Tensor) -> Optional[torch.Tensor]:
         return None
 
+    def set_corpus_statistics(self, unigram: torch.Tensor) -> None:
+        return None
+
+    def before_update(self, trainer: Trainer, batch: Any) -> None:
+        return None
+
+    def before_step(self, trainer: Trainer) -> None:
+        return None
+
+    def after_epoch(self, trainer: Trainer, epoch: int, valid_metrics: dict[str, float]) -> dict[str, float]:
+        return {}
+
 
 def create_remedy(spec: dict[str, Any], **context: Any) -> Remedy:
     """Build a remedy from ``{"name": ..., **params}``.
 
     ``context`` holds model facts some remedies need (``latent_dim``, ``vocab_size``,
-    ``hidden_dim``); a remedy receives only the context arguments its constructor names.
+    ``hidden_dim``, ``emb_dim``); a remedy receives only the context arguments its constructor names.
     """
     params = dict(spec)
     name = params.pop("name", None)
     if name is None:
         raise TextVAEError(f"a remedy needs a 'name'; valid: {', '.join(list_remedies())}")
     return REMEDIES.build(name, params, **context)
+
+
+# ---- the training loop's side of the Trainer protocol -------------------------------------------
+def inference_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The inference network q(z|x): encoder, posterior head, and the parameters of remedies that
+    transform the posterior (BN-VAE's shift). He et al. (2019) update exactly these in their
+    aggressive inner loop."""
+    modules: list[nn.Module] = [model.encoder, model.posterior]
+    modules += [r for r in model.objective.remedies
+                if type(r).transform_posterior is not Remedy.transform_posterior]
+    return [p for m in modules for p in m.parameters() if p.requires_grad]
+
+
+def reinit_decoder(model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None) -> None:
+    """Re-draw the decoder and output projection with the model's init scheme (Li et al. 2019
+    re-initialise the decoder after pretraining) and drop their optimiser state (momentum, Adam
+    moments), which belonged to the old weights."""
+    # model.named_parameters() lists a tied projection/embedding weight once, by its embedding name.
+    params = {name: p for name, p in model.named_parameters() if name.startswith(("decoder.", "projection."))}
+    if model.cfg.init == "he2019":  # the scheme of TextVAE._init_weights
+        with torch.no_grad():
+            for name, p in params.items():
+                bound = 0.1 if "embedding" in name else 0.01
+                p.uniform_(-bound, bound)
+    else:  # PyTorch defaults; the decoder last, so a tied weight ends up as the embedding drew it
+        for module in (model.projection, model.decoder):
+            for sub in module.modules():
+                if hasattr(sub, "reset_parameters"):
+                    sub.reset_parameters()
+    if optimizer is not None:
+        for p in params.values():
+            optimizer.state.pop(p, None)

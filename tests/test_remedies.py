@@ -1,0 +1,477 @@
+"""Remedies against closed forms, slow reference loops and invariants; training-procedure hooks
+against a tiny fake trainer."""
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from textvae.config import DecoderConfig, EncoderConfig, ModelConfig, ObjectiveConfig, RunConfig
+from textvae.data.batch import collate
+from textvae.data.special import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from textvae.errors import TextVAEError
+from textvae.models.textvae import TextVAE
+from textvae.remedies import create_remedy, inference_parameters, list_remedies, rate_sweep, reinit_decoder
+from textvae.remedies.delta_vae import sigma_upper
+from textvae.remedies.kl_constraint import KLConstraint
+from textvae.schedules import create_schedule
+
+V, D = 30, 4
+CONTEXT = dict(latent_dim=D, vocab_size=V, hidden_dim=12, emb_dim=12)
+
+
+def tiny(remedies=(), schedule=None, init="torch") -> TextVAE:
+    cfg = ModelConfig(emb_dim=12, latent_dim=D, encoder=EncoderConfig(hidden_dim=12),
+                      decoder=DecoderConfig(hidden_dim=12, input_dropout=0.0, output_dropout=0.0), init=init)
+    objective = ObjectiveConfig(kl_schedule=schedule or {"name": "constant", "value": 1.0}, remedies=list(remedies))
+    return TextVAE(cfg, V, objective)
+
+
+def random_batch(n: int = 6, seed: int = 0, max_words: int = 8):
+    g = torch.Generator().manual_seed(seed)
+    seqs = []
+    for _ in range(n):
+        length = int(torch.randint(1, max_words + 1, (1,), generator=g))
+        seqs.append([BOS_ID] + torch.randint(4, V, (length,), generator=g).tolist() + [EOS_ID])
+    return collate(seqs, index=list(range(n)))
+
+
+class FakeTrainer:
+    """The Trainer protocol over a model and a fixed pool of batches."""
+
+    def __init__(self, model, batches, lr=0.1, encoder_params=None):
+        self.model, self.batches, self.step, self.reinits = model, batches, 0, 0
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+        self._encoder_params = encoder_params
+
+    def random_batch(self):
+        return self.batches[int(torch.randint(len(self.batches), ()))]
+
+    def clip_gradients(self):
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
+
+    def encoder_parameters(self):
+        return self._encoder_params if self._encoder_params is not None else inference_parameters(self.model)
+
+    def reinit_decoder(self):
+        reinit_decoder(self.model, self.optimizer)
+        self.reinits += 1
+
+
+# ---- every registered remedy -------------------------------------------------------------------
+@pytest.mark.parametrize("name", list_remedies())
+def test_every_remedy_trains_and_round_trips(name, tmp_path):
+    model = tiny([{"name": name}]).train()
+    batch = random_batch()
+    trainer = FakeTrainer(model, [random_batch(seed=s) for s in range(1, 4)])
+    trainer.step = 3
+    remedy = model.objective.remedies[0]
+    remedy.before_update(trainer, batch)
+    out = model(batch, step=trainer.step)
+    assert torch.isfinite(out.loss) and out.loss.dim() == 0
+    trainer.optimizer.zero_grad()
+    out.loss.backward()
+    trainer.clip_gradients()
+    remedy.before_step(trainer)
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert all(p.grad is not None for p in model.decoder.parameters() if p.requires_grad)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in remedy.parameters())
+    trainer.optimizer.step()
+    assert isinstance(remedy.after_epoch(trainer, 1, {"mi_batch": 0.5}), dict)
+    model.save_pretrained(tmp_path)  # remedy buffers and parameters persist without pickle
+    loaded = TextVAE.from_pretrained(tmp_path)
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_unknown_remedy_and_parameter_are_user_errors():
+    with pytest.raises(TextVAEError, match="valid"):
+        create_remedy({"name": "free_bits"}, **CONTEXT)
+    with pytest.raises(TextVAEError, match="lambda_"):
+        create_remedy({"name": "free_bits_kingma2016", "lamda": 1.0}, **CONTEXT)
+    with pytest.raises(TextVAEError, match="replace the KL"):
+        tiny([{"name": "free_bits_li2019"}, {"name": "kl_constraint"}])
+
+
+def test_free_bits_bn_vae_cyclical_compose_from_objective_config():
+    schedule = {"name": "cyclical", "total_steps": 40, "n_cycles": 2, "ratio": 0.5}
+    model = tiny([{"name": "free_bits_li2019", "target_kl": 2.0}, {"name": "bn_vae", "gamma": 0.6}],
+                 schedule).train()
+    batch = random_batch(8)
+    step = 25  # cycle 2, 5 steps into a 10-step rise: beta = 0.5
+    torch.manual_seed(1)
+    out = model(batch, step=step)
+    torch.manual_seed(1)
+    q = model.encode(batch)
+    torch.testing.assert_close(q.mu.mean(0), torch.zeros(D), rtol=0, atol=1e-5)  # shift starts at 0
+    raw, _ = model.posterior(model.encoder(batch.tokens, batch.lengths))
+    v = raw.var(0, unbiased=False)  # batch norm divides by sqrt(v + eps)
+    torch.testing.assert_close(q.mu.var(0, unbiased=False), 0.36 * v / (v + 1e-5), rtol=1e-4, atol=0)
+    expected = (out.rec + 0.5 * out.kl.clamp(min=2.0 / D).sum(-1)).mean()
+    torch.testing.assert_close(out.loss, expected)
+    assert float(out.terms["beta"]) == 0.5
+
+
+# ---- word dropout and data noising ------------------------------------------------------------
+def test_word_dropout_replaces_only_words():
+    batch = random_batch(50, max_words=12)
+    inputs = batch.inputs
+    words = (inputs != PAD_ID) & (inputs != BOS_ID) & (inputs != EOS_ID)
+    all_dropped = create_remedy({"name": "word_dropout", "p": 1.0}, **CONTEXT).corrupt_inputs(inputs)
+    assert torch.equal(all_dropped[words], torch.full_like(inputs[words], UNK_ID))
+    assert torch.equal(all_dropped[~words], inputs[~words])
+    assert torch.equal(create_remedy({"name": "word_dropout", "p": 0.0}, **CONTEXT).corrupt_inputs(inputs), inputs)
+    half = create_remedy({"name": "word_dropout", "p": 0.3}, **CONTEXT)
+    torch.manual_seed(5)
+    a = half.corrupt_inputs(inputs)
+    torch.manual_seed(5)
+    assert torch.equal(a, half.corrupt_inputs(inputs)), "global RNG: same seed, same corruption"
+    rate = float((a[words] == UNK_ID).float().mean())
+    assert abs(rate - 0.3) < 0.06, rate  # ~350 words: 4 standard deviations
+    with pytest.raises(TextVAEError):
+        create_remedy({"name": "word_dropout", "p": 1.5}, **CONTEXT)
+
+
+def test_word_blank_uses_its_placeholder():
+    inputs = random_batch(10).inputs
+    words = (inputs != PAD_ID) & (inputs != BOS_ID) & (inputs != EOS_ID)
+    out = create_remedy({"name": "word_blank", "p": 1.0, "blank_id": 7}, **CONTEXT).corrupt_inputs(inputs)
+    assert bool((out[words] == 7).all()) and torch.equal(out[~words], inputs[~words])
+    with pytest.raises(TextVAEError, match="blank_id"):
+        create_remedy({"name": "word_blank", "blank_id": V}, **CONTEXT)
+
+
+def test_unigram_noise_draws_from_the_given_distribution():
+    inputs = random_batch(60, max_words=12).inputs
+    words = (inputs != PAD_ID) & (inputs != BOS_ID) & (inputs != EOS_ID)
+    unigram = [0.0] * V
+    unigram[9], unigram[11] = 1.0, 3.0
+    unigram[BOS_ID] = 100.0  # never a replacement, whatever its count
+    noise = create_remedy({"name": "unigram_noise", "p": 1.0, "unigram": unigram}, **CONTEXT)
+    out = noise.corrupt_inputs(inputs)
+    drawn = out[words]
+    assert set(drawn.tolist()) == {9, 11} and torch.equal(out[~words], inputs[~words])
+    share = float((drawn == 11).float().mean())
+    assert abs(share - 0.75) < 0.06, share
+    with pytest.raises(TextVAEError, match="unigram"):
+        create_remedy({"name": "unigram_noise", "unigram": [1.0] * (V - 1)}, **CONTEXT)
+
+
+def test_unigram_noise_counts_lazily_until_given_corpus_statistics():
+    noise = create_remedy({"name": "unigram_noise", "p": 0.0}, **CONTEXT)
+    batch = random_batch(5)
+    noise.corrupt_inputs(batch.inputs)
+    words = batch.inputs[(batch.inputs > EOS_ID)]
+    torch.testing.assert_close(noise.counts, torch.bincount(words, minlength=V).double())
+    corpus = torch.zeros(V)
+    corpus[13] = 4.0
+    noise.set_corpus_statistics(corpus)
+    noise.corrupt_inputs(batch.inputs)  # no longer counting
+    assert float(noise.counts.sum()) == 4.0 and not bool(noise.running)
+    noise.p = 1.0
+    out = noise.corrupt_inputs(batch.inputs)
+    assert set(out[batch.inputs > EOS_ID].tolist()) == {13}
+
+
+# ---- free bits, KL constraint ------------------------------------------------------------------
+KL = torch.tensor([[0.05, 0.60, 0.02, 0.30],
+                   [0.50, 0.01, 0.03, 0.10],
+                   [0.40, 0.20, 0.01, 0.40],
+                   [0.30, 0.35, 0.04, 0.05]])
+
+
+def kl_term_and_grad(spec, beta=0.5, step=0):
+    kl = KL.clone().requires_grad_(True)
+    term = create_remedy(spec, **CONTEXT).kl_term(kl, beta, step)
+    assert term.shape == (4,)
+    term.mean().backward()
+    return term.mean().detach(), kl.grad
+
+
+def test_free_bits_kingma_clamps_batch_mean_per_group():
+    # groups {0,1}: batch mean of sums 0.6025 > 0.3 (free); {2,3}: 0.2375 <= 0.3 (clamped)
+    value, grad = kl_term_and_grad({"name": "free_bits_kingma2016", "lambda_": 0.3, "group_size": 2})
+    assert float(value) == pytest.approx(0.5 * (0.6025 + 0.3))
+    expected = torch.zeros(4, 4)
+    expected[:, :2] = 0.5 / 4
+    torch.testing.assert_close(grad, expected, rtol=0, atol=0)
+
+
+def test_free_bits_li_clamps_every_example_and_dimension():
+    value, grad = kl_term_and_grad({"name": "free_bits_li2019", "target_kl": 1.0})  # 0.25 per dimension
+    assert float(value) == pytest.approx(0.5 * KL.clamp(min=0.25).sum(-1).mean().item())
+    torch.testing.assert_close(grad, (KL > 0.25).float() * 0.5 / 4, rtol=0, atol=0)
+    assert int((grad != 0).sum()) == 7
+
+
+def test_target_kl_clamps_the_batch_total():
+    # batch-mean total KL = 0.84
+    value, grad = kl_term_and_grad({"name": "target_kl", "target": 0.5})
+    assert float(value) == pytest.approx(0.5 * 0.84)
+    torch.testing.assert_close(grad, torch.full((4, 4), 0.5 / 4), rtol=0, atol=0)
+    value, grad = kl_term_and_grad({"name": "target_kl", "target": 1.0})
+    assert float(value) == pytest.approx(0.5 * 1.0)
+    assert bool((grad == 0).all())
+
+
+def test_kl_constraint_ramps_capacity_and_flips_gradient_sign_at_c():
+    spec = {"name": "kl_constraint", "capacity": 2.0, "ramp_steps": 100}
+    assert [KLConstraint(2.0, 100).target(t) for t in (0, 50, 100, 500)] == [0.0, 1.0, 2.0, 2.0]
+    kl = torch.tensor([[0.5, 0.5], [1.0, 1.0]])  # totals 1 and 2, mean 1.5
+    below = kl_term_and_grad_on(kl, spec, step=200)  # C = 2 > 1.5: more KL is rewarded
+    above = kl_term_and_grad_on(kl, spec, step=50)  # C = 1 < 1.5: more KL is penalised
+    assert below[0] == pytest.approx(0.5) and above[0] == pytest.approx(0.5)
+    torch.testing.assert_close(below[1], torch.full((2, 2), -0.5))
+    torch.testing.assert_close(above[1], torch.full((2, 2), 0.5))
+    value, grad = kl_term_and_grad_on(kl, {**spec, "per_sentence": True}, step=75)  # C = 1.5
+    assert value == pytest.approx(0.5)
+    torch.testing.assert_close(grad, torch.tensor([[-0.5, -0.5], [0.5, 0.5]]))
+
+
+def kl_term_and_grad_on(kl, spec, step):
+    kl = kl.clone().requires_grad_(True)
+    term = create_remedy(spec, **CONTEXT).kl_term(kl, 1.0, step)
+    term.mean().backward()
+    return float(term.detach().mean()), kl.grad
+
+
+def test_rate_sweep_trains_one_run_per_capacity():
+    base = RunConfig(name="ptb")
+    base.objective.remedies = [{"name": "bow"}, {"name": "kl_constraint", "ramp_steps": 7}]
+    seen = []
+
+    def fake_train(cfg):
+        seen.append(cfg)
+        c = cfg.objective.remedies[-1]["capacity"]
+        report = {"kl": c, "rec": 100 - c, "neg_elbo": 100.5, "au": 2.0, "mi_batch": 1.0}
+        if c > 3:
+            report.update(iw_nll=99.0, mi_dataset=1.5)
+        return report
+
+    points = rate_sweep(base, [2, 5.5], fake_train)
+    assert [cfg.name for cfg in seen] == ["ptb-C2", "ptb-C5.5"]
+    assert seen[1].objective.remedies == [{"name": "bow"}, {"name": "kl_constraint", "ramp_steps": 7, "capacity": 5.5}]
+    assert base.objective.remedies[1] == {"name": "kl_constraint", "ramp_steps": 7}, "base config untouched"
+    assert [(p.capacity, p.kl, p.rec, p.nll, p.au, p.mi) for p in points] == [
+        (2.0, 2.0, 98.0, 100.5, 2.0, 1.0), (5.5, 5.5, 94.5, 99.0, 2.0, 1.5)]
+
+
+# ---- posterior transforms ----------------------------------------------------------------------
+def gaussian_kl(mu, logvar):
+    return 0.5 * (mu**2 + logvar.exp() - 1 - logvar)
+
+
+def test_bn_vae_batch_kl_respects_its_lower_bound():
+    bn = create_remedy({"name": "bn_vae", "gamma": 0.6}, latent_dim=6).train()
+    assert "gamma" not in dict(bn.named_parameters())
+    with torch.no_grad():
+        bn.shift.copy_(torch.randn(6))
+    bound = bn.kl_lower_bound()
+    assert bound == pytest.approx(0.5 * (6 * 0.36 + float((bn.shift.detach() ** 2).sum())))
+    for seed in range(5):
+        g = torch.Generator().manual_seed(seed)
+        mu = 3 * torch.randn(16, 6, generator=g) + torch.randn(6, generator=g)
+        logvar = torch.randn(16, 6, generator=g)
+        mu2, logvar2 = bn.transform_posterior(mu, logvar)
+        assert torch.equal(logvar2, logvar)
+        assert gaussian_kl(mu2, logvar2).sum(-1).mean() >= bound - 1e-5
+        # tight when every sigma = 1: the bound is the whole KL
+        mu3, zero = bn.transform_posterior(mu, torch.zeros_like(logvar))
+        assert float(gaussian_kl(mu3, zero).sum(-1).mean().detach()) == pytest.approx(bound, rel=1e-4)
+
+
+def test_bn_vae_uses_running_statistics_in_eval():
+    bn = create_remedy({"name": "bn_vae", "gamma": 0.5, "momentum": 1.0}, latent_dim=3).train()
+    mu = torch.randn(10, 3) * 2 + 1
+    bn.transform_posterior(mu, torch.zeros(10, 3))
+    bn.eval()
+    x = torch.randn(4, 3)
+    out, _ = bn.transform_posterior(x, torch.zeros(4, 3))
+    expected = 0.5 * (x - mu.mean(0)) / torch.sqrt(mu.var(0, unbiased=True) + 1e-5) + bn.shift
+    torch.testing.assert_close(out, expected)
+
+
+def test_delta_vae_commits_at_least_delta_per_dimension():
+    delta = 0.2
+    sigma_u = sigma_upper(delta)
+    assert sigma_u < 1 and 0.5 * (sigma_u**2 - math.log(sigma_u**2) - 1) == pytest.approx(delta, abs=1e-12)
+    remedy = create_remedy({"name": "delta_vae", "delta": delta, "sigma_lower": 0.05}, **CONTEXT)
+    mu = torch.cat([torch.zeros(1, 7), torch.randn(50, 7) * 3])
+    raw = torch.cat([torch.tensor([[-1e4, -30, -1, 0, 1, 30, 1e4]]), torch.randn(50, 7) * 10])
+    mu2, logvar = remedy.transform_posterior(mu, raw)
+    kl = gaussian_kl(mu2, logvar)
+    assert bool((kl >= delta - 1e-6).all())
+    assert float(kl[0, -1]) == pytest.approx(delta, abs=1e-5)  # mu = 0, sigma = sigma_u: the bound is tight
+    sigma = torch.exp(0.5 * logvar)
+    assert bool((sigma >= 0.05 - 1e-6).all() and (sigma <= sigma_u + 1e-6).all())
+    with pytest.raises(TextVAEError, match="sigma_lower"):
+        create_remedy({"name": "delta_vae", "delta": 5.0, "sigma_lower": 0.05}, **CONTEXT)
+
+
+# ---- extra losses ------------------------------------------------------------------------------
+def test_bow_loss_equals_per_token_loop():
+    bow = create_remedy({"name": "bow", "mlp_dim": 9, "weight": 0.7}, **CONTEXT)
+    batch = random_batch(5)
+    z = torch.randn(5, D)
+    fast = bow.extra_loss(None, batch, z, None)
+    slow = torch.zeros(5)
+    for b in range(5):
+        log_p = torch.log_softmax(bow.mlp(z[b]), -1)
+        for t in range(int(batch.n_tokens[b])):  # w1 .. wn </s>
+            slow[b] -= 0.7 * log_p[batch.targets[b, t]]
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+
+
+def test_zforcing_backward_states_match_one_sentence_at_a_time():
+    zf = create_remedy({"name": "zforcing"}, **CONTEXT)
+    batch = random_batch(5)
+    b = zf.backward_states(batch.targets, batch.n_tokens)
+    for i in range(5):
+        n = int(batch.n_tokens[i])
+        tokens = batch.targets[i, :n].flip(0).unsqueeze(0)  # y_n .. y_1, no padding
+        alone, _ = zf.rnn(zf.embedding(tokens))
+        torch.testing.assert_close(b[i, :n], alone[0].flip(0), rtol=1e-5, atol=1e-6)
+        assert bool((b[i, n:] == 0).all())
+
+
+def test_zforcing_per_sentence_and_aux_cost_stops_at_backward_states():
+    zf = create_remedy({"name": "zforcing", "backward_lm": False}, **CONTEXT)
+    batch = random_batch(5)
+    z = torch.randn(5, D, requires_grad=True)
+    loss = zf.extra_loss(None, batch, z, None)
+    sub = torch.tensor([3, 1])
+    torch.testing.assert_close(zf.extra_loss(None, batch.select(sub), z[sub], None), loss[sub], rtol=1e-5, atol=1e-5)
+    loss.sum().backward()
+    assert z.grad.abs().sum() > 0 and zf.predictor[0].weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in zf.rnn.parameters()), "the target b_t is detached"
+    with_lm = create_remedy({"name": "zforcing"}, **CONTEXT)
+    with_lm.extra_loss(None, batch, z.detach(), None).sum().backward()
+    assert all(p.grad is not None for p in with_lm.rnn.parameters()), "the backward LM trains the LSTM"
+
+
+def test_aux_autoencoder_terms_and_mixing():
+    model = tiny([{"name": "aux_autoencoder", "weight": 2.0, "mix_steps": 100}]).train()
+    aux = model.objective.remedies[0]
+    batch = random_batch()
+    h = torch.randn(6, 12)
+    z = torch.randn(6, D, requires_grad=True)
+    e = torch.tanh(aux.code(h))
+    expected = model.token_nll(batch, e) + 2.0 * 0.5 * ((z - e) ** 2).sum(-1)
+    torch.testing.assert_close(aux.extra_loss(model, batch, z, h), expected)
+    aux.before_update(SimpleNamespace(step=25), batch)
+    expected = 0.75 * model.token_nll(batch, e) + 2.0 * 0.5 * ((z - e) ** 2).sum(-1)
+    torch.testing.assert_close(aux.extra_loss(model, batch, z, h), expected)
+    aux.before_update(SimpleNamespace(step=400), batch)
+    aux.extra_loss(model, batch, z, h).sum().backward()
+    assert aux.code.weight.grad is None, "the AE code is a fixed target of the VAE term"
+    torch.testing.assert_close(z.grad, 2.0 * (z - e).detach())
+    with pytest.raises(TextVAEError, match="encoder_dim"):
+        aux.extra_loss(model, batch, z, torch.randn(6, 20))
+
+
+# ---- training-procedure hooks ------------------------------------------------------------------
+class ScriptedModel(nn.Module):
+    """loss = script[call] + enc² + dec²: the per-word loss of each inner step is scripted."""
+
+    def __init__(self, script):
+        super().__init__()
+        self.enc, self.dec = nn.Parameter(torch.tensor(1e-3)), nn.Parameter(torch.tensor(1e-3))
+        self.script, self.calls = script, 0
+
+    def forward(self, batch, step=0):
+        value = self.script[min(self.calls, len(self.script) - 1)]
+        self.calls += 1
+        return SimpleNamespace(loss=value + self.enc**2 + self.dec**2, n_tokens=torch.tensor([1.0]))
+
+
+def aggressive_setup(script):
+    model = ScriptedModel(script)
+    remedy = create_remedy({"name": "aggressive"}, **CONTEXT)
+    trainer = FakeTrainer(model, [torch.zeros(1)], encoder_params=[model.enc])
+    return model, remedy, trainer
+
+
+@pytest.mark.parametrize("script,inner", [
+    ([100.0 - i for i in range(200)], 100),  # keeps improving: stopped by the cap
+    ([10.0] * 15 + [9.0] * 15 + [9.5] * 15 + [1.0] * 200, 45),  # third block worse than the second
+    ([10.0] * 15 + [9.0] * 15 + [9.0] * 15 + [1.0] * 200, 45),  # no decrease is a stop
+    ([5.0] * 15 + [6.0] * 200, 30),
+])
+def test_aggressive_inner_loop_stops_when_per_word_loss_stops_decreasing(script, inner):
+    model, remedy, trainer = aggressive_setup(script)
+    enc, dec = model.enc.detach().clone(), model.dec.detach().clone()
+    remedy.before_update(trainer, torch.zeros(1))
+    assert model.calls == inner and remedy.inner_steps == inner
+    assert not torch.equal(model.enc, enc) and torch.equal(model.dec, dec), "inner steps move the encoder only"
+    model(torch.zeros(1)).loss.backward()
+    remedy.before_step(trainer)
+    assert model.enc.grad is None and model.dec.grad is not None, "the outer step moves the decoder only"
+
+
+def test_aggressive_switches_off_for_good_when_validation_mi_drops():
+    model, remedy, trainer = aggressive_setup([1.0])
+    logs = [remedy.after_epoch(trainer, e, {"mi_batch": mi}) for e, mi in enumerate([0.5, 0.7, 0.6, 0.9], 1)]
+    assert logs == [{"aggressive": 1.0}, {"aggressive": 1.0}, {"aggressive": 0.0}, {}]
+    restored = create_remedy({"name": "aggressive"}, **CONTEXT)
+    restored.load_state_dict(remedy.state_dict())  # a resumed run stays in ordinary mode
+    restored.before_update(trainer, torch.zeros(1))
+    assert model.calls == 0
+    model(torch.zeros(1)).loss.backward()
+    restored.before_step(trainer)
+    assert model.enc.grad is not None
+    with pytest.raises(TextVAEError, match="mi_batch"):
+        create_remedy({"name": "aggressive"}, **CONTEXT).after_epoch(trainer, 1, {"kl": 1.0})
+
+
+def test_aggressive_on_a_real_model_updates_only_the_inference_network():
+    model = tiny([{"name": "aggressive", "max_inner_steps": 4}, {"name": "bow"}]).train()
+    trainer = FakeTrainer(model, [random_batch(seed=s) for s in range(3)])
+    enc = {id(p) for p in inference_parameters(model)}
+    assert enc >= {id(p) for p in model.encoder.parameters()} | {id(p) for p in model.posterior.parameters()}
+    assert not enc & {id(p) for p in model.decoder.parameters()}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    model.objective.remedies[0].before_update(trainer, random_batch())
+    for n, p in model.named_parameters():
+        moved = not torch.equal(p, before[n])
+        assert moved == (id(p) in enc), n
+
+
+@pytest.mark.parametrize("init", ["he2019", "torch"])
+def test_reinit_decoder_redraws_decoder_and_drops_its_optimizer_state(init):
+    model = tiny(init=init)
+    trainer = FakeTrainer(model, [random_batch()])
+    model(random_batch()).loss.backward()
+    trainer.optimizer.step()  # momentum buffers for every parameter
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer.reinit_decoder()
+    for n, p in model.named_parameters():
+        is_decoder = n.startswith(("decoder.", "projection."))
+        assert (not torch.equal(p, before[n])) == is_decoder, n
+        assert (p in trainer.optimizer.state) != is_decoder, n
+        if is_decoder and init == "he2019":
+            assert p.abs().max() <= (0.1 if "embedding" in n else 0.01), n
+
+
+def test_encoder_pretraining_phases():
+    spec = {"name": "encoder_pretraining", "pretrain_epochs": 2, "target_kl": 2.0, "warmup_steps": 10,
+            "kl_start": 0.2}
+    model = tiny([spec]).train()
+    remedy = model.objective.remedies[0]
+    trainer = FakeTrainer(model, [random_batch()])
+    batch = random_batch()
+    out = model(batch, step=5)
+    torch.testing.assert_close(out.loss, out.rec.mean())  # beta 0, z still sampled
+    assert remedy.after_epoch(trainer, 1, {}) == {} and trainer.reinits == 0
+    encoder_before = [p.detach().clone() for p in model.encoder.parameters()]
+    trainer.step = 40
+    assert remedy.after_epoch(trainer, 2, {}) == {"decoder_reinitialised": 1.0} and trainer.reinits == 1
+    assert all(torch.equal(a, b) for a, b in zip(encoder_before, model.encoder.parameters()))
+    assert remedy.after_epoch(trainer, 3, {}) == {} and trainer.reinits == 1
+    assert [remedy.kl_weight(t) for t in (40, 45, 50, 90)] == pytest.approx([0.2, 0.6, 1.0, 1.0])
+    out = model(batch, step=45)
+    torch.testing.assert_close(out.loss, (out.rec + 0.6 * out.kl.clamp(min=0.5).sum(-1)).mean())
+    restored = tiny([spec])
+    restored.load_state_dict(model.state_dict())
+    assert int(restored.objective.remedies[0].switch_step) == 40

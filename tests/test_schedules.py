@@ -1,0 +1,120 @@
+"""KL schedules: values at key steps against closed forms, and cyclical resets only at cycle starts."""
+import math
+
+import pytest
+
+from textvae.errors import TextVAEError
+from textvae.schedules import SCHEDULES, create_schedule, cycle_fraction, cycle_restart
+
+
+def test_constant_and_linear():
+    assert create_schedule({"name": "constant", "value": 0.3})(12345) == 0.3
+    lin = create_schedule({"name": "linear", "start": 0.1, "end": 1.0, "warmup_steps": 10})
+    assert [lin(t) for t in (0, 5, 10, 50)] == pytest.approx([0.1, 0.55, 1.0, 1.0])
+
+
+def test_sigmoid_closed_form():
+    k, x0 = 0.01, 300
+    beta = create_schedule({"name": "sigmoid", "k": k, "x0": x0})
+    assert beta(x0) == pytest.approx(0.5)
+    # 1/(1+e^{-k d}) = 3/4  <=>  d = ln 3 / k
+    assert beta(x0 + math.log(3) / k) == pytest.approx(0.75)
+    assert beta(x0 - math.log(3) / k) == pytest.approx(0.25)
+    assert beta(0) == pytest.approx(1 / (1 + math.exp(k * x0)))
+    assert beta(10**7) == pytest.approx(1.0) and 0.0 <= beta(-10**7) < 1e-300  # no overflow
+    values = [beta(t) for t in range(0, 1000, 10)]
+    assert values == sorted(values)
+
+
+def test_cyclical_linear_key_steps():
+    beta = create_schedule({"name": "cyclical", "total_steps": 100, "n_cycles": 4, "ratio": 0.5})
+    # period 25, rising over the first 12.5 steps of each cycle
+    expected = {0: 0.0, 5: 0.4, 12: 0.96, 13: 1.0, 24: 1.0, 25: 0.0, 30: 0.4, 75: 0.0, 99: 1.0,
+                100: 1.0, 10**6: 1.0}
+    for step, value in expected.items():
+        assert beta(step) == pytest.approx(value), step
+
+
+@pytest.mark.parametrize("shape,mid", [("linear", 0.5), ("sigmoid", 0.5), ("cosine", 0.5)])
+def test_cyclical_shapes_start_end(shape, mid):
+    beta = create_schedule({"name": "cyclical", "total_steps": 80, "n_cycles": 2, "ratio": 0.5,
+                            "shape": shape, "start": 0.2, "end": 0.8})
+    # period 40, rising over 20 steps: step 10 is the middle of the rise
+    assert beta(10) == pytest.approx(0.2 + 0.6 * mid)
+    assert beta(20) == pytest.approx(0.8, abs=0.6 * 0.0025)  # sigmoid reaches 1 - 0.0025 of the rise
+    assert beta(40) == pytest.approx(0.2, abs=0.6 * 0.0025)
+    assert beta(5) < beta(10) < beta(15)
+    if shape == "cosine":
+        assert beta(5) == pytest.approx(0.2 + 0.6 * (0.5 - 0.5 * math.cos(math.pi * 0.25)))
+
+
+def test_cyclical_fractional_period_boundaries():
+    """total 10, 3 cycles: P = 10/3, cycles start at floor(c P) = 0, 3, 6 and nowhere else."""
+    beta = create_schedule({"name": "cyclical", "total_steps": 10, "n_cycles": 3, "ratio": 1.0})
+    restarts = [t for t in range(20) if cycle_restart(beta, t)]
+    assert restarts == [0, 3, 6]
+    assert [t for t in range(10) if beta(t) == 0.0] == [0, 3, 6]
+    assert beta(5) == pytest.approx(2 / (10 / 3))
+    assert cycle_fraction(beta, 9) == pytest.approx(3 / (10 / 3))
+    assert cycle_fraction(beta, 10) is None
+    reference = fu_linear_reference(10, 0.0, 1.0, 3, 1.0)
+    assert [beta(t) for t in range(10)] == pytest.approx(reference)
+
+
+def test_non_cyclical_schedules_never_restart():
+    lin = create_schedule({"name": "linear"})
+    assert not any(cycle_restart(lin, t) for t in range(5)) and cycle_fraction(lin, 3) is None
+
+
+def fu_linear_reference(n_iter, start, stop, n_cycle, ratio):
+    """Step-level cyclical schedule as Fu et al. define it: an array filled cycle by cycle, rising
+    by a constant increment from ``start`` until ``stop`` and staying at ``stop``."""
+    values = [stop] * n_iter
+    period = n_iter / n_cycle
+    increment = (stop - start) / (period * ratio)
+    for c in range(n_cycle):
+        v, i = start, 0
+        while v <= stop and int(i + c * period) < n_iter:
+            values[int(i + c * period)] = v
+            v += increment
+            i += 1
+    return values
+
+
+def test_cyclical_differs_from_epoch_reset_bug_exactly_where_the_bug_is():
+    steps_per_epoch, epochs_per_cycle, n_cycles, ratio = 10, 4, 3, 0.5
+    total = steps_per_epoch * epochs_per_cycle * n_cycles
+    reference = fu_linear_reference(total, 0.0, 1.0, n_cycles, ratio)
+
+    def buggy(step):
+        """The published fork: beta is reset on every batch of a cycle's first epoch."""
+        epoch = step // steps_per_epoch
+        return 0.0 if epoch % epochs_per_cycle == 0 else reference[step]
+
+    ours = create_schedule({"name": "cyclical", "total_steps": total, "n_cycles": n_cycles, "ratio": ratio})
+    for t in range(total):
+        assert ours(t) == pytest.approx(reference[t], abs=1e-9), t
+    differ = {t for t in range(total) if abs(ours(t) - buggy(t)) > 1e-12}
+    cycle_len = steps_per_epoch * epochs_per_cycle
+    bug_zone = {c * cycle_len + i for c in range(n_cycles) for i in range(1, steps_per_epoch)}
+    assert differ == bug_zone  # the first epoch of each cycle, except the cycle's own first step
+    assert [t for t in range(total) if cycle_restart(ours, t)] == [0, 40, 80]
+
+
+@pytest.mark.parametrize("spec", [
+    {"name": "cyclical", "total_steps": 10, "n_cycles": 20},
+    {"name": "cyclical", "total_steps": 10, "ratio": 0.0},
+    {"name": "cyclical", "total_steps": 10, "shape": "square"},
+    {"name": "cyclical", "total_steps": 10, "cycles": 2},
+    {"name": "sigmoid", "k": -1.0},
+    {"name": "linear", "warmup_steps": 0},
+    {"name": "nope"},
+    {"value": 1.0},
+])
+def test_bad_schedules_are_user_errors(spec):
+    with pytest.raises(TextVAEError):
+        create_schedule(spec)
+
+
+def test_registry_lists_schedules():
+    assert {"constant", "linear", "sigmoid", "cyclical"} <= set(SCHEDULES.names())

@@ -1,0 +1,96 @@
+"""Free bits: KL below a threshold costs nothing (and gets no gradient), so the optimiser has no
+reason to push it further towards zero. Three published variants differ in *what* is clamped:
+
+* ``free_bits_kingma2016`` (Kingma et al. 2016, "Improved Variational Inference with Inverse
+  Autoregressive Flow"): the latent dimensions are split into groups G_j of ``group_size``; per
+  group, the KL averaged over the minibatch is clamped:
+
+      K = beta * Σ_j max(lambda, E_b[KL_{b,j}]),     KL_{b,j} = Σ_{d in G_j} KL_{b,d}
+
+* ``free_bits_li2019`` (Li et al. 2019, "A Surprisingly Effective Fix for Deep Latent Variable
+  Modeling of Text"): per example and per dimension,
+
+      K_b = beta * Σ_d max(lambda, KL_{b,d}),        lambda = target_kl / latent_dim
+
+  (their target 8 nats with 32 dimensions gives 0.25 nats per dimension).
+* ``target_kl``: the total KL averaged over the minibatch is clamped below a target,
+
+      K = beta * max(target, E_b[Σ_d KL_{b,d}])
+
+  i.e. Kingma's rule with a single group of all dimensions.
+
+The hook returns per-sentence values whose batch mean is K and has K's gradient: a batch-level
+clamp that is active (E_b > lambda) contributes each sentence's own KL (gradient 1/B each); an
+inactive one contributes the constant lambda to every sentence (gradient 0). Where a value equals
+its threshold exactly, the clamp is taken as inactive.
+"""
+from __future__ import annotations
+
+import torch
+
+from textvae.errors import TextVAEError
+from textvae.remedies.base import Remedy, register_remedy
+
+
+def batch_free_bits(kl_groups: torch.Tensor, threshold: float) -> torch.Tensor:
+    """kl_groups [B, G] -> [B] with mean_b = Σ_j max(threshold, mean_b kl_groups[:, j])."""
+    active = kl_groups.detach().mean(0) > threshold  # [G]
+    return torch.where(active, kl_groups, torch.full_like(kl_groups, threshold)).sum(-1)
+
+
+def example_free_bits(kl: torch.Tensor, threshold: float) -> torch.Tensor:
+    """kl [B, D] -> [B]: Σ_d max(threshold, kl[b, d]), no gradient where kl <= threshold."""
+    return torch.where(kl.detach() > threshold, kl, torch.full_like(kl, threshold)).sum(-1)
+
+
+def _non_negative(name: str, value: float) -> float:
+    if value < 0:
+        raise TextVAEError(f"remedy {name!r}: the threshold must be >= 0, got {value}")
+    return float(value)
+
+
+@register_remedy("free_bits_kingma2016")
+class FreeBitsKingma(Remedy):
+    """Σ_groups max(lambda_, E_batch[KL_group]); a last group smaller than ``group_size`` holds the
+    remaining dimensions."""
+
+    replaces_kl = True
+
+    def __init__(self, lambda_: float = 0.25, group_size: int = 1):
+        super().__init__()
+        if group_size < 1:
+            raise TextVAEError(f"remedy 'free_bits_kingma2016': group_size must be >= 1, got {group_size}")
+        self.threshold = _non_negative("free_bits_kingma2016", lambda_)
+        self.group_size = group_size
+
+    def kl_term(self, kl: torch.Tensor, beta: float, step: int) -> torch.Tensor:
+        groups = torch.stack([g.sum(-1) for g in kl.split(self.group_size, dim=-1)], dim=-1)  # [B, G]
+        return beta * batch_free_bits(groups, self.threshold)
+
+
+@register_remedy("free_bits_li2019")
+class FreeBitsLi(Remedy):
+    """Σ_d max(target_kl / latent_dim, KL_{b,d}) for every example b."""
+
+    replaces_kl = True
+
+    def __init__(self, latent_dim: int, target_kl: float = 8.0):
+        super().__init__()
+        self.threshold = _non_negative("free_bits_li2019", target_kl) / max(latent_dim, 1)
+
+    def kl_term(self, kl: torch.Tensor, beta: float, step: int) -> torch.Tensor:
+        return beta * example_free_bits(kl, self.threshold)
+
+
+@register_remedy("target_kl")
+class TargetKL(Remedy):
+    """max(target, E_batch[Σ_d KL]): the whole KL is free until its batch mean exceeds ``target``."""
+
+    replaces_kl = True
+
+    def __init__(self, target: float = 8.0):
+        super().__init__()
+        self.threshold = _non_negative("target_kl", target)
+
+    def kl_term(self, kl: torch.Tensor, beta: float, step: int) -> torch.Tensor:
+        return beta * batch_free_bits(kl.sum(-1, keepdim=True), self.threshold)
