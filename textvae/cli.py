@@ -104,7 +104,7 @@ def load_model_dir(path: str) -> tuple[Any, Any, Optional[dict]]:
 def cmd_evaluate(argv: list[str]) -> None:
     from textvae.config import DataConfig, from_dict
     from textvae.data.datasets import load_dataset
-    from textvae.training.train import evaluation
+    from textvae.training.train import evaluation, truth_figures
 
     ap = argparse.ArgumentParser(prog="textvae evaluate", description="Evaluate a trained model on a split.")
     ap.add_argument("model", help="run folder or saved model folder")
@@ -130,8 +130,7 @@ def cmd_evaluate(argv: list[str]) -> None:
     results = evaluation(model, lambda: split.batches(args.batch_size, shuffle=False), device,
                          n_samples=0 if model.is_lm else args.iw_samples)
     if data.truth is not None:
-        results["true_nll"] = data.truth[args.split]["mean_nll"]
-        results["true_mi"] = data.truth["mi"]
+        results.update(truth_figures(data.truth, args.split))
     print(format_report(results))
     out = Path(args.json) if args.json else (
         Path(args.model) / f"eval_{args.split}.json" if run_cfg else None)

@@ -99,7 +99,7 @@ class ObjectiveConfig:
         ``{name: linear, start: 0.1, warmup_steps: 13000}``; ``{name: constant, value: 1.0}`` is
         the plain VAE.
     remedies: registered remedy components with their parameters, e.g.
-        ``[{name: free_bits_li2019, lambda_: 0.25}, {name: bn_vae, gamma: 0.7}]``.
+        ``[{name: free_bits_li2019, target_kl: 8}, {name: bn_vae, gamma: 0.7}]``.
     """
 
     kl_schedule: dict[str, Any] = field(default_factory=lambda: {"name": "constant", "value": 1.0})
@@ -113,6 +113,9 @@ class OptimConfig:
     The published recipe: SGD lr 1.0, gradient-norm clip 5; after ``decay_start_epoch``, when the
     validation loss (-ELBO at beta = 1) has not improved for ``decay_patience`` epochs, multiply the
     lr by ``decay_factor`` and reload the best model; stop after ``max_decays`` decays.
+    ``cycle_lr`` (with the cyclical KL schedule, Fu et al. 2019): ``restart`` resets the lr to its
+    initial value at each cycle start, ``cosine`` sets lr = lr0 (1 + cos(pi u)) / 2 at cycle
+    fraction u; ``none`` leaves the lr to the plateau schedule.
     """
 
     name: str = "sgd"
@@ -126,6 +129,7 @@ class OptimConfig:
     decay_start_epoch: int = 15
     max_decays: int = 5
     reload_best_on_decay: bool = True
+    cycle_lr: str = "none"
 
 
 @dataclass

@@ -9,7 +9,7 @@ both first-order Markov chains whose parameters depend on a latent variable:
   tiny configurations).
 * ``synthetic_z`` (:class:`ContinuousZMarkov`): z ~ N(0, I_2) and
   logits(next | prev, z) = A[prev] + W[prev] @ z. log p(x) = log ∫ N(z; 0, I) p(x|z) dz by
-  tensor-product Gauss-Hermite quadrature; I(x;z) = E_{z,x} [log p(x|z) - log p(x)] by Monte Carlo.
+  adaptive tensor-product Gauss-Hermite quadrature; I(x;z) = E_{z,x} [log p(x|z) - log p(x)] by Monte Carlo.
 
 A sentence is w_1 .. w_n with 1 <= n <= L. Both chains start in a START state (no empty sentence)
 and emit either a word or the end event, which is the ``</s>`` token models predict, so
@@ -75,7 +75,7 @@ def enumerate_sentences(vocab_size: int, max_length: int) -> tuple[np.ndarray, n
                            f"the limit is {_MAX_ENUMERATED}")
     ids, lengths = [], []
     for n in range(1, max_length + 1):
-        # All V^n words sequences of length n in lexicographic order, as digits base V.
+        # All V^n word sequences of length n, lexicographic: the digits of 0 .. V^n - 1 in base V.
         grid = np.indices((vocab_size,) * n).reshape(n, -1).T
         ids.append(np.pad(grid, ((0, 0), (0, max_length - n))))
         lengths.append(np.full(len(grid), n))
@@ -107,12 +107,11 @@ class MarkovSource:
     """
 
     Params: type
-    params: Any
-    words: list[str]
 
-    def __init__(self, params: Any, seed: int):
+    def __init__(self, params: Any, seed: int, words: list[str]):
         self.params = params
         self.seed = seed
+        self.words = words
         self.V = params.vocab_size
         self.L = params.max_length
         if self.L < 1:
@@ -247,8 +246,7 @@ class ClassMarkov(MarkovSource):
 
     def __init__(self, params: ClassMarkovParams, seed: int = 0):
         rng = _stream(seed, "params")
-        self.words = make_vocabulary(params.vocab_size, rng)
-        super().__init__(params, seed)
+        super().__init__(params, seed, make_vocabulary(params.vocab_size, rng))
         K, V = params.num_classes, params.vocab_size
         if K < 1:
             raise TextVAEError(f"synthetic num_classes must be >= 1, got {K}")
@@ -335,20 +333,15 @@ class ContinuousZParams:
     vocab_size: int = 24
     max_length: int = 20
     logit_scale: float = 1.5
-    coupling: float = 1.2
+    coupling: float = 1.5
     end_prob: float = 0.08
-    quadrature_nodes: int = 10
-    check_nodes: int = 14
+    quadrature_nodes: int = 16
+    check_nodes: int = 24
 
 
-def gauss_hermite_2d(nodes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Tensor-product Gauss-Hermite rule ∫ exp(-|t|^2) f(t) dt ≈ Σ_q w_q f(t_q) on R^2.
-
-    Returns (t [n^2, 2], log w [n^2]); exact for polynomials of degree < 2n in each coordinate.
-    """
-    t, w = np.polynomial.hermite.hermgauss(nodes)
-    grid = np.stack(np.meshgrid(t, t, indexing="ij"), axis=-1).reshape(-1, 2)
-    return grid, (np.log(w)[:, None] + np.log(w)[None, :]).ravel()
+def _tensor_grid(x: np.ndarray) -> np.ndarray:
+    """All pairs (x_i, x_j) [n^2, 2], i-major."""
+    return np.stack(np.meshgrid(x, x, indexing="ij"), axis=-1).reshape(-1, 2)
 
 
 @dataclass
@@ -385,8 +378,7 @@ class ContinuousZMarkov(MarkovSource):
 
     def __init__(self, params: ContinuousZParams, seed: int = 0):
         rng = _stream(seed, "params")
-        self.words = make_vocabulary(params.vocab_size, rng)
-        super().__init__(params, seed)
+        super().__init__(params, seed, make_vocabulary(params.vocab_size, rng))
         V, e = params.vocab_size, params.end_prob
         if not 0 < e < 1:
             raise TextVAEError(f"synthetic end_prob must be in (0, 1), got {e}")
@@ -399,11 +391,14 @@ class ContinuousZMarkov(MarkovSource):
         # Log-odds of end against any word, averaged over the prior, = logit(e), i.e.
         # A_end = logit(e) + E_z logsumexp_w(A_w + W_w z). Calibrating at z = 0 instead would make
         # sentences longer as the coupling grows (the words' logsumexp is convex in z).
-        t, log_w = gauss_hermite_2d(16)
-        lse = _logsumexp(A[None, :, :V] + np.einsum("pvd,qd->qpv", W[:, :V], math.sqrt(2) * t), axis=2)
-        A[:, V] = math.log(e / (1 - e)) + np.exp(log_w - math.log(math.pi)) @ lse  # [Q] @ [Q, V+1]
+        # Gauss-Hermite on R^2: E f(z) = Σ_ij w_i w_j f(sqrt(2) (t_i, t_j)) / pi.
+        t, w = np.polynomial.hermite.hermgauss(16)
+        z = math.sqrt(2) * _tensor_grid(t)
+        lse = _logsumexp(A[None, :, :V] + np.einsum("pvd,qd->qpv", W[:, :V], z), axis=2)  # [Q, V+1]
+        A[:, V] = math.log(e / (1 - e)) + np.outer(w, w).ravel() @ lse / math.pi
         A[self.START, self.END] = -np.inf  # no empty sentence
         self.A, self.W = A, W
+        self.WW = (W[..., :, None] * W[..., None, :]).reshape(V + 1, V + 1, 4)  # outer products W W^T
 
     def prior_entropy(self) -> float:
         """Differential entropy of N(0, I_2) in nats: log(2 pi e)."""
@@ -417,42 +412,52 @@ class ContinuousZMarkov(MarkovSource):
         return np.exp(_log_softmax(logits))
 
     def stats(self, ids: np.ndarray, lengths: np.ndarray) -> _SentenceStats:
-        counts = self.step_counts(ids, lengths).reshape(len(ids), self.V + 1, self.V + 1)
+        counts = self.step_counts(ids, lengths)  # [N, P]
         A = np.where(np.isfinite(self.A), self.A, 0.0)  # START -> END is never counted; avoid 0 * -inf
-        leave = counts.sum(axis=2)
+        leave = counts.reshape(len(ids), self.V + 1, self.V + 1).sum(axis=2)
         sentence, state = np.nonzero(leave)  # sorted by sentence; every sentence leaves START
         return _SentenceStats(
-            const=np.einsum("npv,pv->n", counts, A),
-            b=np.einsum("npv,pvd->nd", counts, self.W),
+            const=counts @ A.ravel(),
+            b=counts @ self.W.reshape(self.P, self.latent_dim),
             sentence=sentence,
             state=state,
             leave=leave[sentence, state],
             starts=np.flatnonzero(np.r_[True, sentence[1:] != sentence[:-1]]),
         )
 
-    def log_likelihood_at(self, st: _SentenceStats, z: np.ndarray, center: np.ndarray) -> np.ndarray:
-        """log p(x_n | z_nq) [N, Q] for z [N, Q, 2].
+    def log_likelihood_at(self, st: _SentenceStats, z: np.ndarray) -> np.ndarray:
+        """log p(x_n | z_nq) [N, Q] for any z [N, Q, 2]."""
+        W = self.W[st.state].transpose(0, 2, 1)  # [pairs, 2, V+1]
+        logits = self.A[st.state][:, None, :] + np.matmul(z[st.sentence], W)  # [pairs, Q, V+1]
+        norm = np.add.reduceat(st.leave[:, None] * _logsumexp(logits, axis=2), st.starts, axis=0)
+        return st.const[:, None] + np.matmul(z, st.b[:, :, None])[..., 0] - norm
 
-        center [N, 2] is a point near all of z[n]: each logsumexp is shifted by the largest logit
-        there instead of by a max over every node, which saves a pass over [pairs, Q, V + 1].
+    def _log_likelihood_on_grid(
+        self, st: _SentenceStats, m: np.ndarray, S: np.ndarray, t: np.ndarray, z: np.ndarray
+    ) -> np.ndarray:
+        """log p(x_n | z_nq) [N, n^2] at the grid z_nij = m_n + sqrt(2) S_n (t_i, t_j) [N, n^2, 2]
+        built from t [n] (i-major order).
+
+        On a tensor grid each normaliser is separable: with a_v the logits at m and
+        (alpha_v, beta_v) = sqrt(2) S^T W_v, Σ_v exp(a_v + alpha_v t_i + beta_v t_j) = [E1^T E2]_ij,
+        E1[v, i] = exp(a_v + alpha_v t_i), E2[v, j] = exp(beta_v t_j): one [n, V+1] @ [V+1, n]
+        product per (sentence, state) instead of n^2 (V+1) exponentials.
         """
         n = st.sentence
-        Wt = self.W[st.state].transpose(0, 2, 1)  # [pairs, 2, V+1]
-        base = self.A[st.state] + np.matmul(center[n][:, None, :], Wt)[:, 0]  # logits at the centre
-        shift = base.max(axis=1)
-        logits = np.matmul(z[n] - center[n][:, None, :], Wt)  # [pairs, Q, V+1]
-        logits += (base - shift[:, None])[:, None, :]
-        lse = shift[:, None] + np.log(np.exp(logits, out=logits).sum(axis=2))  # [pairs, Q]
+        W = self.W[st.state]  # [pairs, V+1, 2]
+        a = self.A[st.state] + np.matmul(W, m[n][:, :, None])[..., 0]  # [pairs, V+1]
+        ab = math.sqrt(2) * np.matmul(W, S[n])  # [pairs, V+1, 2]
+        x1 = a[:, :, None] + ab[:, :, :1] * t  # [pairs, V+1, n]
+        x2 = ab[:, :, 1:] * t
+        s1, s2 = x1.max(axis=1, keepdims=True), x2.max(axis=1, keepdims=True)  # keep exp in range
+        sums = np.matmul(np.exp(x1 - s1).transpose(0, 2, 1), np.exp(x2 - s2))  # [pairs, n, n]
+        lse = (s1.transpose(0, 2, 1) + s2 + np.log(sums)).reshape(len(n), -1)  # [pairs, n^2]
         norm = np.add.reduceat(st.leave[:, None] * lse, st.starts, axis=0)
         return st.const[:, None] + np.matmul(z, st.b[:, :, None])[..., 0] - norm
 
     def conditional_log_likelihood(self, ids: np.ndarray, lengths: np.ndarray, z: np.ndarray) -> np.ndarray:
         """log p(x_i | z_i) [N] for one z per sentence, z [N, 2]."""
-        return self.log_likelihood_at(self.stats(ids, lengths), z[:, None, :], z)[:, 0]
-
-    def _log_joint(self, st: _SentenceStats, z: np.ndarray, center: np.ndarray) -> np.ndarray:
-        """log p(x, z) = log p(x|z) + log N(z; 0, I) [N, Q] for z [N, Q, 2]."""
-        return self.log_likelihood_at(st, z, center) - 0.5 * (z**2).sum(-1) - math.log(2 * math.pi)
+        return self.log_likelihood_at(self.stats(ids, lengths), z[:, None, :])[:, 0]
 
     def _newton_terms(self, st: _SentenceStats, z: np.ndarray) -> tuple[np.ndarray, ...]:
         """log p(x, z) [N], its gradient [N, 2] and minus its Hessian [N, 2, 2] at z [N, 2].
@@ -466,7 +471,8 @@ class ContinuousZMarkov(MarkovSource):
         lse = logits[:, 0] - log_pi[:, 0]
         pi = np.exp(log_pi)
         mean = np.matmul(pi[:, None, :], W)[:, 0]  # E_pi[W] [pairs, 2]
-        cov = np.einsum("kv,kvd,kve->kde", pi, W, W) - mean[:, :, None] * mean[:, None, :]
+        second = np.matmul(pi[:, None, :], self.WW[st.state])[:, 0].reshape(-1, 2, 2)  # E_pi[W W^T]
+        cov = second - mean[:, :, None] * mean[:, None, :]
         c = st.leave
         value = st.const + (st.b * z).sum(1) - np.add.reduceat(c * lse, st.starts)
         value -= 0.5 * (z**2).sum(1) + math.log(2 * math.pi)
@@ -482,7 +488,7 @@ class ContinuousZMarkov(MarkovSource):
         for _ in range(max_iter):
             step = np.linalg.solve(neg_hess, grad[..., None])[..., 0]
             scale = np.ones(len(z))
-            for _ in range(60):
+            for _ in range(60):  # after 60 halvings the step is ~1e-18 of Newton's: take it
                 new = self._newton_terms(st, z + scale[:, None] * step)
                 worse = new[0] < value - 1e-12 * np.abs(value)
                 if not worse.any():
@@ -500,15 +506,18 @@ class ContinuousZMarkov(MarkovSource):
 
         With z = m + sqrt(2) S t: ∫ p(x, z) dz = 2 det S ∫ exp(-|t|^2) [exp(|t|^2) p(x, z(t))] dt.
         """
-        rules = [gauss_hermite_2d(n) for n in nodes]  # ([Q, 2], [Q]) each
-        out = np.empty((len(rules), len(ids)))
-        for s in range(0, len(ids), _BLOCK):  # blocks keep [pairs, Q, V + 1] ~100 MB
+        out = np.empty((len(nodes), len(ids)))
+        for s in range(0, len(ids), _BLOCK):  # bounded memory: arrays are [pairs, n, n]
             st = self.stats(ids[s : s + _BLOCK], lengths[s : s + _BLOCK])
             m, S = self.posterior_mode(st)
             log_det = np.log(S[:, 0, 0] * S[:, 1, 1])
-            for i, (t, log_w) in enumerate(rules):
-                z = m[:, None, :] + math.sqrt(2) * np.einsum("nde,qe->nqd", S, t)  # [n, Q, 2]
-                log_f = log_w + (t**2).sum(-1) + self._log_joint(st, z, m)
+            for i, n in enumerate(nodes):
+                t1, w1 = np.polynomial.hermite.hermgauss(n)
+                t = _tensor_grid(t1)  # [n^2, 2]
+                z = m[:, None, :] + math.sqrt(2) * np.matmul(t, S.transpose(0, 2, 1))  # [N, n^2, 2]
+                log_prior = -0.5 * (z**2).sum(-1) - math.log(2 * math.pi)
+                log_w = _tensor_grid(np.log(w1)).sum(-1) + (t**2).sum(-1)
+                log_f = log_w + self._log_likelihood_on_grid(st, m, S, t1, z) + log_prior
                 out[i, s : s + _BLOCK] = math.log(2) + log_det + _logsumexp(log_f, axis=1)
         return out
 

@@ -69,14 +69,15 @@ class TextVAE(nn.Module):
                                       input_dropout=dec.input_dropout, output_dropout=dec.output_dropout,
                                       z_init=dec.z_init, z_concat=dec.z_concat)
         self.projection = nn.Linear(self.decoder.out_dim, vocab_size)
-        self._init_weights(cfg.init)
+        self.init_weights()
         if cfg.tie_weights:
             if self.decoder.out_dim != cfg.emb_dim:
                 raise TextVAEError(f"tie_weights needs decoder hidden_dim == emb_dim "
                                    f"({self.decoder.out_dim} != {cfg.emb_dim})")
             self.projection.weight = self.decoder.embedding.weight
         self.objective = Objective(self.objective_cfg, latent_dim=d, vocab_size=vocab_size,
-                                   hidden_dim=self.decoder.out_dim, emb_dim=cfg.emb_dim)
+                                   hidden_dim=self.decoder.out_dim, emb_dim=cfg.emb_dim,
+                                   encoder_dim=self.encoder.out_dim if d > 0 else 0)
 
     @property
     def latent_dim(self) -> int:
@@ -86,14 +87,23 @@ class TextVAE(nn.Module):
     def is_lm(self) -> bool:
         return self.cfg.latent_dim == 0
 
-    def _init_weights(self, scheme: str) -> None:
-        if scheme == "torch":
-            return
-        if scheme != "he2019":
+    def init_weights(self, parts: Optional[list[nn.Module]] = None) -> None:
+        """(Re-)draw the parameters of ``parts`` (default: the whole model) with the configured scheme:
+        ``he2019`` = U(-0.01, 0.01) for weights, U(-0.1, 0.1) for embeddings (He et al. 2019);
+        ``torch`` = each layer's PyTorch default initialisation."""
+        scheme = self.cfg.init
+        if scheme not in ("he2019", "torch"):
             raise TextVAEError(f"unknown init {scheme!r}; valid: he2019, torch")
-        # He et al. (2019): U(-0.01, 0.01) for weights, U(-0.1, 0.1) for embeddings.
-        for name, p in self.named_parameters():
-            nn.init.uniform_(p, -0.1, 0.1) if "embedding" in name else nn.init.uniform_(p, -0.01, 0.01)
+        for part in [self] if parts is None else parts:
+            if scheme == "torch":
+                for sub in part.modules():
+                    if sub is not self and hasattr(sub, "reset_parameters"):
+                        sub.reset_parameters()
+                continue
+            with torch.no_grad():
+                for name, p in part.named_parameters():
+                    bound = 0.1 if "embedding" in name else 0.01
+                    p.uniform_(-bound, bound)
 
     # ---- latent side -------------------------------------------------------------------------
     def encode_hidden(self, batch: Batch) -> tuple[torch.Tensor, Any]:

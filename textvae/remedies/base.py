@@ -133,16 +133,8 @@ def reinit_decoder(model: nn.Module, optimizer: Optional[torch.optim.Optimizer] 
     moments), which belonged to the old weights."""
     # model.named_parameters() lists a tied projection/embedding weight once, by its embedding name.
     params = {name: p for name, p in model.named_parameters() if name.startswith(("decoder.", "projection."))}
-    if model.cfg.init == "he2019":  # the scheme of TextVAE._init_weights
-        with torch.no_grad():
-            for name, p in params.items():
-                bound = 0.1 if "embedding" in name else 0.01
-                p.uniform_(-bound, bound)
-    else:  # PyTorch defaults; the decoder last, so a tied weight ends up as the embedding drew it
-        for module in (model.projection, model.decoder):
-            for sub in module.modules():
-                if hasattr(sub, "reset_parameters"):
-                    sub.reset_parameters()
+    # the decoder last, so a tied weight ends up as the embedding's scheme drew it
+    model.init_weights([model.projection, model.decoder])
     if optimizer is not None:
         for p in params.values():
             optimizer.state.pop(p, None)

@@ -1,0 +1,318 @@
+"""Dialogue CVAE: pairing without leaks, the Gaussian KL, a prior that conditions on the context,
+remedies inside the CVAE, likelihood and BLEU metrics against brute force, training end to end."""
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import textvae.remedies.bn_vae  # noqa: F401  (registration)
+import textvae.remedies.bow  # noqa: F401
+import textvae.remedies.free_bits  # noqa: F401
+import textvae.remedies.word_dropout  # noqa: F401
+from textvae.config import ObjectiveConfig, TrainConfig
+from textvae.data.special import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from textvae.data.tokenization import build_tokenizer
+from textvae.dialogue.config import CVAEConfig, CVAERunConfig, DialogueDataConfig, DialogueEvalConfig
+from textvae.dialogue.data import (collate_dialogues, encode_split, normalize_utterance, read_dialogue_lines,
+                                   read_jsonl_pairs)
+from textvae.dialogue.generation import ContextDecoder, generate_responses
+from textvae.dialogue.metrics import GivenContext, bleu_precision_recall, generation_metrics
+from textvae.dialogue.model import ConditionalGaussian, KgCVAE, gaussian_kl
+from textvae.dialogue.respond import respond
+from textvae.dialogue.train import parse_cvae_run_config, train_cvae
+from textvae.errors import TextVAEError
+from textvae.metrics.likelihood import iw_log_marginal
+from textvae.models.distributions import DiagGaussian, StandardNormal
+
+V = 40
+RECIPES = sorted((Path(__file__).parent.parent / "recipes" / "dailydialog").glob("*.yaml"))
+
+
+def tiny(remedies=(), use_acts=False, latent=3, decoder="gru", **kw) -> KgCVAE:
+    cfg = CVAEConfig(emb_dim=8, utterance_hidden=6, context_hidden=10, latent_dim=latent, prior_hidden=12,
+                     decoder_type=decoder, decoder_hidden=9, use_acts=use_acts, act_emb_dim=4, act_hidden=7, **kw)
+    return KgCVAE(cfg, V, ObjectiveConfig(remedies=list(remedies)), ["a", "b", "c"] if use_acts else [],
+                  {"context_turns": 3, "max_turn_words": 10})
+
+
+def sentence(g: torch.Generator, max_words: int = 6) -> list[int]:
+    n = int(torch.randint(0, max_words + 1, (1,), generator=g))
+    return [BOS_ID] + torch.randint(4, V, (n,), generator=g).tolist() + [EOS_ID]
+
+
+def random_batch(n: int = 6, seed: int = 0, acts: bool = False):
+    g = torch.Generator().manual_seed(seed)
+    contexts = [[sentence(g) for _ in range(int(torch.randint(1, 4, (1,), generator=g)))] for _ in range(n)]
+    responses = [sentence(g) for _ in range(n)]
+    labels = torch.randint(0, 3, (n,), generator=g).tolist() if acts else None
+    return collate_dialogues(contexts, responses, labels, list(range(n)))
+
+
+# ---- data ----------------------------------------------------------------------------------------
+def test_normalize_utterance():
+    assert normalize_utterance("I’m fine.But “really” — Let ' s go…") == "i'm fine . but \" really \" - let's go ..."
+    assert normalize_utterance("It costs 3.5 dollars , at 10:30。") == "it costs 3.5 dollars , at 10:30 ."
+    text = "Don't do push-ups , OK ? ‘Sure’ !"
+    assert normalize_utterance(normalize_utterance(text)) == normalize_utterance(text)
+
+
+DIALOGUES = [
+    "Alpha one ? __eou__ Alpha two . __eou__ Alpha three ! __eou__ Alpha four . __eou__",
+    "Beta one __eou__ Beta two __eou__",
+    "Gamma one __eou__ Gamma two __eou__ Gamma three __eou__",  # 2 acts for 3 turns: malformed
+    "Delta one __eou__",  # a single turn gives no pair
+]
+ACTS = ["2 1 3 4", "1 2", "1 2", "1"]
+
+
+def test_dailydialog_pairs_have_no_leak():
+    text = read_dialogue_lines(DIALOGUES, ACTS, "fixture", context_turns=2, max_turn_words=40)
+    expected = []  # brute force: response i of each well-formed dialogue with the 2 turns before it
+    for line, acts in zip(DIALOGUES[:2], ACTS[:2]):
+        turns = [normalize_utterance(t) for t in line.split("__eou__") if t.strip()]
+        labels = [int(a) - 1 for a in acts.split()]
+        expected += [(turns[max(0, i - 2):i], turns[i], labels[i]) for i in range(1, len(turns))]
+    got = [(text.turns[a:b], text.turns[r], int(y)) for (a, b), r, y in zip(text.spans, text.responses, text.acts)]
+    assert got == expected
+    assert text.stats.malformed == 1 and text.stats.pairs == 4
+    for (a, b), r in zip(text.spans, text.responses):
+        assert a < b == r, "the context must be the turns strictly before the response"
+        assert text.turns[r] not in text.turns[a:b]
+
+    tokenizer = build_tokenizer(text.turns)
+    split = encode_split("train", text, tokenizer)
+    batch = split.batch([0, 2, 3])
+    assert batch.n_turns.tolist() == [1, 2, 1]
+    for row, pair in enumerate([0, 2, 3]):
+        n = int(batch.n_turns[row])
+        turns = [tokenizer.decode(batch.context[row, k].tolist()) for k in range(n)]
+        assert turns == split.context_texts(pair)
+        assert (batch.turn_lengths[row, n:] == 0).all() and (batch.context[row, n:] == PAD_ID).all()
+        assert tokenizer.decode(batch.response.tokens[row].tolist()) == split.response_text(pair)
+    assert batch.acts.tolist() == [0, 3, 1]  # acts of "alpha two", "alpha four", "beta two", minus 1
+    assert batch.n_tokens.tolist() == [len(split.response_text(p).split()) + 1 for p in (0, 2, 3)]
+
+
+def test_jsonl_pairs(tmp_path):
+    path = tmp_path / "train.jsonl"
+    lines = [{"context": ["Hi there!", "Hello."], "response": "How are you?", "act": 1},
+             {"context": [], "response": "First words.", "act": 0}]
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n\n")
+    text = read_jsonl_pairs(path, context_turns=1, max_turn_words=2)
+    pairs = [(text.turns[a:b], text.turns[r]) for (a, b), r in zip(text.spans, text.responses)]
+    assert pairs == [(["hello ."], "how are"), ([""], "first words")]
+    assert text.acts.tolist() == [1, 0] and text.stats.truncated_turns == 2
+    path.write_text(json.dumps(lines[0]) + "\n{not json\n")
+    with pytest.raises(TextVAEError, match="line 2"):
+        read_jsonl_pairs(path, 3, 40)
+    path.write_text(json.dumps(lines[0]) + "\n" + json.dumps({"context": ["x"], "response": "y"}) + "\n")
+    with pytest.raises(TextVAEError, match="every line or on none"):
+        read_jsonl_pairs(path, 3, 40)
+
+
+# ---- KL and the prior network --------------------------------------------------------------------
+def test_gaussian_kl_matches_monte_carlo():
+    g = torch.Generator().manual_seed(1)
+    mu_q, mu_p = torch.randn(4, 3, generator=g, dtype=torch.float64), torch.randn(4, 3, generator=g, dtype=torch.float64)
+    lv_q, lv_p = torch.randn(4, 3, generator=g, dtype=torch.float64), torch.randn(4, 3, generator=g, dtype=torch.float64)
+    q, p = ConditionalGaussian(mu_q, lv_q), DiagGaussian(mu_p, lv_p)
+    z = q.rsample(200_000, generator=g)  # [S, B, D]
+    log_ratio = q.log_prob(z) - p.log_prob(z)  # [S, B]
+    mc, se = log_ratio.mean(0), log_ratio.std(0) / math.sqrt(z.shape[0])
+    kl = q.kl(p)
+    assert kl.shape == (4, 3)
+    assert (kl.sum(-1) - mc).abs().max() < 5 * se.max()
+    torch.testing.assert_close(gaussian_kl(mu_q, lv_q, mu_q, lv_q), torch.zeros(4, 3, dtype=torch.float64))
+    standard = DiagGaussian(mu_q, lv_q).kl(StandardNormal(3))
+    torch.testing.assert_close(q.kl(StandardNormal(3)), standard)
+    torch.testing.assert_close(q.kl(DiagGaussian(torch.zeros_like(mu_q), torch.zeros_like(lv_q))), standard)
+
+
+def test_prior_conditions_on_context_and_not_on_response():
+    model = tiny().train()
+    batch = random_batch(6, seed=0)
+    other_context = random_batch(6, seed=1)
+    swapped = collate_dialogues([[t[t > PAD_ID].tolist() for t in row[:n]] for row, n in
+                                 zip(other_context.context, other_context.n_turns)],
+                                [r[r > PAD_ID].tolist() for r in batch.response.tokens])
+    other_response = random_batch(6, seed=2)
+    same_context = collate_dialogues([[t[t > PAD_ID].tolist() for t in row[:n]] for row, n in
+                                      zip(batch.context, batch.n_turns)],
+                                     [r[r > PAD_ID].tolist() for r in other_response.response.tokens])
+    p = model.prior(model.encode_context(batch))
+    assert not torch.allclose(p.mu, model.prior(model.encode_context(swapped)).mu)
+    torch.testing.assert_close(p.mu, model.prior(model.encode_context(same_context)).mu)  # no response leak
+    c = model.encode_context(batch)
+    assert not torch.allclose(model.posterior(batch, c)[0].mu, model.posterior(same_context, c)[0].mu)
+
+    out = model(batch)
+    out.kl.sum().backward()  # the KL alone must train the context encoder through p(z|c)
+    for name in ("context_encoder.rnn.weight_ih_l0", "utterance_encoder.rnn.weight_ih_l0", "prior_net.0.weight"):
+        grad = dict(model.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+
+
+def test_context_encoding_ignores_padding_and_batch_mates():
+    model = tiny().eval()
+    batch = random_batch(5, seed=3)
+    with torch.no_grad():
+        together = model.encode_context(batch)
+        for b in range(len(batch)):
+            alone = model.encode_context(batch.select(torch.tensor([b])))
+            torch.testing.assert_close(alone[0], together[b], rtol=0, atol=1e-6)
+
+
+# ---- decoding and likelihood ---------------------------------------------------------------------
+@pytest.mark.parametrize("decoder,use_acts", [("gru", False), ("lstm", True)])
+def test_decode_steps_match_teacher_forced_likelihood(decoder, use_acts):
+    model = tiny(use_acts=use_acts, decoder=decoder).eval()
+    batch = random_batch(4, seed=4, acts=use_acts)
+    with torch.no_grad():
+        c = model.encode_context(batch)
+        z = torch.randn(len(batch), 3)
+        full = model.log_likelihood(batch, z[None], c)[0]
+        view, state, total = ContextDecoder(model, c), None, torch.zeros(len(batch))
+        tokens = batch.response.tokens
+        for t in range(tokens.shape[1] - 1):
+            logits, state = view.decode_step(tokens[:, t:t + 1], z, state)
+            lp = logits.log_softmax(-1).gather(1, tokens[:, t + 1:t + 2])[:, 0]
+            total += torch.where(tokens[:, t + 1] != PAD_ID, lp, torch.zeros_like(lp))
+    torch.testing.assert_close(total, full, rtol=0, atol=1e-5)
+
+
+def test_iw_nll_matches_quadrature():
+    """With one latent dimension, log p(x|c) = log ∫ p(x|z,c) p(z|c) dz by the trapezoid rule on a
+    fine grid; the importance-sampling estimate with q(z|x,c) as proposal must agree."""
+    torch.manual_seed(5)
+    model = tiny(latent=1).double().eval()
+    batch = random_batch(3, seed=5)
+    with torch.no_grad():
+        view = GivenContext(model, batch)
+        iw = iw_log_marginal(view, batch.response, view.posterior(), n_samples=4000)
+        mu, sd = view.prior.mu[:, 0], view.prior.std[:, 0]
+        u = torch.linspace(-10, 10, 2001, dtype=torch.float64)
+        z = (mu + u[:, None] * sd)[:, :, None]  # [S, B, 1], per-pair grid over the prior's mass
+        log_f = view.log_likelihood(batch.response, z) + view.prior.log_prob(z)  # [S, B]
+        step = (u[1] - u[0]) * sd  # [B]
+        weights = torch.full_like(u, 1.0)
+        weights[[0, -1]] = 0.5
+        exact = torch.logsumexp(log_f + weights.log()[:, None], 0) + step.log()
+    torch.testing.assert_close(iw, exact, rtol=0, atol=2e-2)
+
+
+def test_generate_responses():
+    model = tiny(use_acts=True)
+    batch = random_batch(3, seed=6, acts=True)
+    out = generate_responses(model, batch, n=4, max_len=7, generator=torch.Generator().manual_seed(0))
+    assert [len(r) for r in out] == [4, 4, 4]
+    for ids in (i for rs in out for i in rs):
+        assert len(ids) <= 7 and not set(ids) & {PAD_ID, BOS_ID, EOS_ID, UNK_ID}
+    again = generate_responses(model, batch, n=4, max_len=7, generator=torch.Generator().manual_seed(0))
+    assert out == again
+    beams = generate_responses(model, batch, n=2, method="beam", max_len=7, beam_size=3)
+    assert [len(r) for r in beams] == [2, 2, 2]
+    assert model.training, "generation must restore the training mode"
+
+
+# ---- remedies inside the CVAE --------------------------------------------------------------------
+def test_remedies_run_inside_cvae():
+    remedies = [{"name": "bow", "mlp_dim": 5}, {"name": "bn_vae", "gamma": 0.6, "eps": 1e-10},
+                {"name": "word_dropout", "p": 0.3}, {"name": "free_bits_li2019", "target_kl": 1.0}]
+    model = tiny(remedies, use_acts=True).train()
+    batch = random_batch(16, seed=7, acts=True)
+    out = model(batch, step=3)
+    assert torch.isfinite(out.loss) and set(out.terms) >= {"BagOfWords", "act", "kl_term"}
+    # loss = mean_b [rec + K_b + bow_b + act_b]; terms hold the batch means of the last three
+    expected = out.rec.mean() + out.terms["kl_term"] + out.terms["BagOfWords"] + out.terms["act"]
+    torch.testing.assert_close(out.loss.detach(), expected)
+    out.loss.backward()
+    bn_post, bn_prior = model.objective.remedies[1], model.prior_transforms[0]
+    assert bn_post is not bn_prior
+    for module in (model.objective.remedies[0], bn_post, bn_prior):
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+
+    # BN-CVAE: in training, both the posterior and the prior means have batch mean = shift (0 at
+    # init) and batch std = gamma in every dimension.
+    c = model.encode_context(batch)
+    for mu in (model.posterior(batch, c)[0].mu, model.prior(c).mu):
+        torch.testing.assert_close(mu.mean(0), torch.zeros(3), rtol=0, atol=1e-5)
+        torch.testing.assert_close(mu.std(0, unbiased=False), torch.full((3,), 0.6), rtol=0, atol=1e-3)
+    assert not torch.equal(bn_post.running_mean, bn_prior.running_mean)
+
+
+def test_save_and_load_roundtrip(tmp_path):
+    model = tiny([{"name": "bn_vae"}], use_acts=True)
+    model(random_batch(8, seed=8, acts=True)).loss.backward()  # moves the BN running statistics
+    model.eval()
+    model.save_pretrained(tmp_path)
+    loaded = KgCVAE.from_pretrained(tmp_path).eval()
+    assert loaded.act_names == ["a", "b", "c"] and loaded.text == model.text
+    assert loaded.decoder.embedding is loaded.utterance_encoder.embedding
+    batch = random_batch(4, seed=9, acts=True)
+    z = torch.randn(2, 4, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.log_likelihood(batch, z), model.log_likelihood(batch, z))
+        torch.testing.assert_close(loaded.prior(loaded.encode_context(batch)).mu,
+                                   model.prior(model.encode_context(batch)).mu)
+
+
+# ---- generation metrics ---------------------------------------------------------------------------
+def test_bleu_precision_recall_against_brute_force():
+    from sacrebleu.metrics import BLEU
+
+    def bleu(h, r):
+        return BLEU(tokenize="none", smooth_method="exp", effective_order=True).sentence_score(h, [r]).score / 100
+
+    refs = ["i am fine , thanks .", "not bad at all ."]
+    hyps = ["i am fine .", "not bad .", "what ?"]
+    matrix = [[bleu(h, r) for r in refs] for h in hyps]
+    precision, recall = bleu_precision_recall(hyps, refs, order=4)
+    assert precision == pytest.approx(sum(max(row) for row in matrix) / 3)
+    assert recall == pytest.approx(sum(max(matrix[i][j] for i in range(3)) for j in range(2)) / 2)
+    assert bleu_precision_recall([refs[0], "what ?"], [refs[0]]) == pytest.approx(
+        ((1 + bleu("what ?", refs[0])) / 2, 1.0))
+    assert bleu_precision_recall([""], [refs[0]]) == (0.0, 0.0)
+
+
+def test_generation_metrics_distinct():
+    hyps = [["a b a", "a b"], ["c d", "c d"]]
+    res = generation_metrics(hyps, [["a b"], ["c d"]])
+    assert res["inter_dist1"] == pytest.approx(4 / 9) and res["inter_dist2"] == pytest.approx(3 / 5)
+    assert res["intra_dist1"] == pytest.approx((2 / 5 + 2 / 4) / 2)
+    assert res["bleu1_recall"] == pytest.approx(1.0)
+
+
+# ---- training and responding ---------------------------------------------------------------------
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_recipes_parse(recipe):
+    cfg, resume = parse_cvae_run_config([str(recipe), "--train.epochs", "1"])
+    assert cfg.task == "dialogue" and cfg.train.epochs == 1 and not resume
+
+
+def test_train_cvae_and_respond(tmp_path, capsys):
+    g = torch.Generator().manual_seed(0)
+    words = "hello hi how are you fine thanks good bad what why yes no okay sure".split()
+    for split, n in (("train", 40), ("valid", 6), ("test", 6)):
+        with open(tmp_path / f"{split}.jsonl", "w") as f:
+            for _ in range(n):
+                turns = [" ".join(words[i] for i in torch.randint(0, len(words), (3,), generator=g)) for _ in range(3)]
+                f.write(json.dumps({"context": turns[:2], "response": turns[2] + " ?", "act": int(turns[2][0] < "m")}) + "\n")
+    cfg = CVAERunConfig(
+        name="run", out_dir=str(tmp_path / "runs"),
+        data=DialogueDataConfig(name=str(tmp_path), context_turns=2, batch_size=8, eval_batch_size=4),
+        model=tiny(use_acts=True).cfg,
+        objective=ObjectiveConfig(remedies=[{"name": "bow", "mlp_dim": 5}, {"name": "bn_vae"}]),
+        train=TrainConfig(epochs=2, progress=False, tensorboard=False, log_every=1, metrics_every=0,
+                          iw_samples_final=3),
+        eval=DialogueEvalConfig(n_responses=2, max_contexts=3, max_len=5))
+    report = train_cvae(cfg)
+    for key in ("neg_elbo", "kl", "iw_nll", "bleu2_precision", "bleu2_recall", "inter_dist2"):
+        assert math.isfinite(report[key]), key
+    assert report["n_pairs"] == 6 and report["n_contexts"] == 3
+    with pytest.raises(TextVAEError, match="already holds a run"):
+        train_cvae(cfg)
+    run = tmp_path / "runs" / "run"
+    lines = respond(run, ["hello how are you __eou__ fine thanks"], n=3)
+    assert len(lines) == 3 and capsys.readouterr().out.count("\n") == 3

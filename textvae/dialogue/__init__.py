@@ -1,0 +1,7 @@
+"""Dialogue response generation with a conditional VAE (kgCVAE, Zhao et al. 2017).
+
+``data``: (context, response) pairs from DailyDialog or JSONL, :class:`DialogueBatch`;
+``model``: :class:`KgCVAE` (hierarchical context encoder, recognition and prior networks, decoder);
+``metrics``: BLEU precision / recall, distinct-n, ELBO and IW-NLL of the response given its context;
+``train``: :func:`train_cvae`; ``respond``: :func:`respond` (diverse responses to a context).
+"""

@@ -1,0 +1,110 @@
+"""Configuration of a dialogue CVAE run: the data and model sections are the dialogue's own, the
+objective, optimiser and loop sections are textvae's (``textvae.config``), so KL schedules,
+remedies, the plateau lr schedule and checkpointing are configured exactly as for sentence VAEs.
+
+``textvae train recipes/dailydialog/cvae.yaml`` reads a YAML holding ``task: dialogue`` into a
+:class:`CVAERunConfig` (see :func:`textvae.dialogue.train.parse_cvae_run_config`).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+from textvae.config import ObjectiveConfig, OptimConfig, TrainConfig
+
+
+@dataclass
+class DialogueDataConfig:
+    """(context, response) pairs and how they are batched.
+
+    name: a registered corpus in the ``dialogues`` format (``dailydialog``) or a folder holding
+        ``train.jsonl`` / ``valid.jsonl`` / ``test.jsonl`` with lines
+        ``{"context": ["turn", ...], "response": "...", "act": 0}`` (``act`` optional).
+    data_dir: local folder holding ``<name>/``; defaults to ``$TEXTVAE_DATA_DIR``.
+    context_turns: the last N turns before a response form its context (Zhao et al. 2017: 10).
+    max_turn_words: longer turns are cut to their first words (Zhao et al. 2017: 40); counted.
+    min_freq / max_vocab: the word vocabulary, built on the training turns (special tokens included
+        in ``max_vocab``).
+    max_pairs: cap on pairs per split (the first ones), for quick runs; ``None`` = all.
+    """
+
+    name: str = "dailydialog"
+    data_dir: Optional[str] = None
+    context_turns: int = 10
+    max_turn_words: int = 40
+    min_freq: int = 1
+    max_vocab: Optional[int] = 10000
+    batch_size: int = 30
+    eval_batch_size: int = 100
+    bucket_pool: int = 100
+    max_pairs: Optional[int] = None
+
+
+@dataclass
+class CVAEConfig:
+    """kgCVAE (Zhao et al. 2017) sizes; the defaults are the paper's Switchboard model.
+
+    Utterances (context turns and, in the recognition network, the response) are read by one
+    bidirectional ``utterance_encoder`` (a registered sentence encoder); a GRU of
+    ``context_hidden`` units reads the utterance vectors. ``decoder_type`` is a registered
+    decoder; it gets its initial state from [c, z, y] and [z, y] at every input.
+
+    use_acts: kgCVAE: the response's dialogue act y enters the recognition network and the
+        decoder, and an MLP on [c, z] predicts it (an added cross-entropy); needs labelled data.
+    prior_remedies: remedies of the objective whose ``transform_posterior`` is also applied, by a
+        second instance with the same parameters, to the prior network's (mu, logvar): BN-VAE's
+        CVAE extension (Zhu et al. 2020) normalises the means of both q(z|x,c) and p(z|c).
+    """
+
+    emb_dim: int = 200
+    utterance_encoder: str = "gru"
+    utterance_hidden: int = 300
+    context_hidden: int = 600
+    context_dropout: float = 0.0
+    latent_dim: int = 200
+    prior_hidden: int = 400
+    decoder_type: str = "gru"
+    decoder_hidden: int = 400
+    decoder_layers: int = 1
+    input_dropout: float = 0.0
+    output_dropout: float = 0.0
+    share_embeddings: bool = True
+    use_acts: bool = False
+    act_emb_dim: int = 30
+    act_hidden: int = 400
+    prior_remedies: list[str] = field(default_factory=lambda: ["bn_vae"])
+
+
+@dataclass
+class DialogueEvalConfig:
+    """The final test figures.
+
+    Generation (Zhao et al. 2017): ``n_responses`` responses per test context, each decoded
+    (``method``: greedy or sample) from its own z ~ p(z|c); BLEU precision / recall, distinct-n.
+    ``max_contexts`` caps the contexts scored. Likelihood: ELBO terms and IW-NLL with
+    ``train.iw_samples_final`` samples on at most ``max_pairs`` test pairs. ``None`` = all.
+    """
+
+    n_responses: int = 10
+    max_contexts: Optional[int] = None
+    method: str = "greedy"
+    max_len: int = 40
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_pairs: Optional[int] = None
+
+
+@dataclass
+class CVAERunConfig:
+    task: str = "dialogue"
+    name: str = "cvae"
+    out_dir: str = "runs"
+    data: DialogueDataConfig = field(default_factory=DialogueDataConfig)
+    model: CVAEConfig = field(default_factory=CVAEConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="adam", lr=1e-3, decay_start_epoch=10**9))
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: DialogueEvalConfig = field(default_factory=DialogueEvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

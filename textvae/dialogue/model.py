@@ -1,0 +1,283 @@
+"""kgCVAE: a conditional VAE of the response given the dialogue context (Zhao et al. 2017).
+
+    utterance encoder (bi-GRU)  u_k = Enc(turn_k),   x = Enc(response)
+    context encoder (GRU)       c   = GRU([u_1; f_1] .. [u_n; f_n]),  f_k = 1 if turn k is the responder's
+    recognition network         q(z | x, c, y) = N(mu, sigma²),  [mu, log sigma²] = W [x; c; tanh(A e_y)]
+    prior network               p(z | c)       = N(mu', sigma'²), [mu', log sigma'²] = MLP(c)
+    act network (kgCVAE)        p(y | z, c)    = softmax(MLP([c; z]))
+    decoder                     p(x | z, c, y): initial state from [c; z; e_y], [z; e_y] at every input
+
+with y the response's dialogue act (kgCVAE only; e_y its embedding). Training uses the true y in the
+decoder; generation and every likelihood figure use the predicted soft label e_ŷ = softmax(.) @ E,
+so p(x | z, c) needs nothing but the context (as in Zhao et al.'s code).
+
+The KL between the two diagonal Gaussians is in closed form (:func:`gaussian_kl`). The loss comes
+from the same :class:`~textvae.objective.Objective` as every sentence VAE, so KL schedules and the
+registered remedies are configuration; the act cross-entropy joins as one more per-sentence extra.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from textvae.config import ObjectiveConfig
+from textvae.data.batch import Batch
+from textvae.data.special import PAD_ID
+from textvae.dialogue.config import CVAEConfig
+from textvae.dialogue.data import DialogueBatch
+from textvae.errors import TextVAEError
+from textvae.models.decoders import DECODERS
+from textvae.models.distributions import DiagGaussian
+from textvae.models.encoders import ENCODERS, last_layer_final_state
+from textvae.models.textvae import TextVAE, VAEOutput
+from textvae.objective import Objective
+from textvae.remedies import create_remedy
+
+
+def gaussian_kl(mu_q: torch.Tensor, logvar_q: torch.Tensor, mu_p: torch.Tensor, logvar_p: torch.Tensor
+                ) -> torch.Tensor:
+    """KL(N(mu_q, σ_q²) || N(mu_p, σ_p²)) per dimension:
+
+        ½ [ log σ_p² − log σ_q² + (σ_q² + (mu_q − mu_p)²) / σ_p² − 1 ].
+    """
+    return 0.5 * (logvar_p - logvar_q + (torch.exp(logvar_q) + (mu_q - mu_p) ** 2) * torch.exp(-logvar_p) - 1.0)
+
+
+class ConditionalGaussian(DiagGaussian):
+    """A diagonal Gaussian whose KL to another diagonal Gaussian (the prior network's p(z|c)) is
+    analytic; against anything else it behaves as :class:`DiagGaussian`."""
+
+    def kl(self, prior: Any) -> Optional[torch.Tensor]:
+        if isinstance(prior, DiagGaussian):
+            return gaussian_kl(self.mu, self.logvar, prior.mu, prior.logvar)
+        return super().kl(prior)
+
+
+class HierarchicalContextEncoder(nn.Module):
+    """c [B, H_c] = final state of a GRU over the turn vectors [Enc(turn_k); f_k] (Serban et al. 2016;
+    Zhao et al. 2017). f_k = 1 when turn k was said by the speaker of the response, assuming the two
+    speakers alternate (Zhao et al. feed the same "floor" bit)."""
+
+    def __init__(self, utterance_encoder: nn.Module, hidden_dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.utterance = utterance_encoder
+        self.rnn = nn.GRU(utterance_encoder.out_dim + 1, hidden_dim, batch_first=True)
+        self.dropout = nn.Dropout(dropout)
+        self.out_dim = hidden_dim
+
+    def forward(self, context: torch.Tensor, turn_lengths: torch.Tensor, n_turns: torch.Tensor) -> torch.Tensor:
+        b, n, _ = context.shape
+        real = turn_lengths > 0  # [B, N]; padding turns are never encoded (packing rejects length 0)
+        turns = self.utterance(context[real], turn_lengths[real])  # [M, U], M real turns
+        vectors = turns.new_zeros(b, n, turns.shape[-1]).masked_scatter(real.unsqueeze(-1), turns)
+        distance = n_turns.unsqueeze(1) - torch.arange(n, device=context.device)  # turns back from the response
+        own_turn = (distance % 2 == 0).to(vectors.dtype).unsqueeze(-1)  # [B, N, 1]
+        packed = pack_padded_sequence(torch.cat([self.dropout(vectors), own_turn], -1), n_turns.cpu(),
+                                      batch_first=True, enforce_sorted=False)
+        _, h_n = self.rnn(packed)
+        return last_layer_final_state(h_n, 1, 1)
+
+
+class KgCVAE(nn.Module):
+    """The CVAE / kgCVAE of Zhao et al. (2017); see the module docstring.
+
+    ``act_names`` are the dialogue-act classes of the data (kgCVAE needs them, ``cfg.use_acts``);
+    ``text`` records how contexts were prepared (``context_turns``, ``max_turn_words``) so a saved
+    model prepares new contexts the same way.
+    """
+
+    def __init__(self, cfg: CVAEConfig, vocab_size: int, objective: Optional[ObjectiveConfig] = None,
+                 act_names: Optional[list[str]] = None, text: Optional[dict[str, int]] = None):
+        super().__init__()
+        self.cfg, self.vocab_size = cfg, vocab_size
+        self.objective_cfg = objective or ObjectiveConfig()
+        self.act_names = list(act_names or [])
+        self.text = dict(text or {})
+        if cfg.use_acts and not self.act_names:
+            raise TextVAEError("model.use_acts (kgCVAE) needs dialogue-act labels, and the data has none")
+        d = cfg.latent_dim
+        self.utterance_encoder = ENCODERS.build(cfg.utterance_encoder, {}, vocab_size=vocab_size,
+                                                emb_dim=cfg.emb_dim, hidden_dim=cfg.utterance_hidden,
+                                                num_layers=1, bidirectional=True)
+        self.context_encoder = HierarchicalContextEncoder(self.utterance_encoder, cfg.context_hidden,
+                                                          cfg.context_dropout)
+        u, c = self.utterance_encoder.out_dim, cfg.context_hidden
+        y = cfg.act_emb_dim if cfg.use_acts else 0
+        if cfg.use_acts:
+            n_acts = len(self.act_names)
+            self.act_embedding = nn.Embedding(n_acts, cfg.act_emb_dim)
+            self.act_features = nn.Sequential(nn.Linear(cfg.act_emb_dim, cfg.act_emb_dim), nn.Tanh())
+            self.act_classifier = nn.Sequential(nn.Linear(c + d, cfg.act_hidden), nn.Tanh(),
+                                                nn.Linear(cfg.act_hidden, n_acts))
+        self.recognition = nn.Linear(u + c + y, 2 * d)
+        self.prior_net = nn.Sequential(nn.Linear(c, cfg.prior_hidden), nn.Tanh(), nn.Linear(cfg.prior_hidden, 2 * d))
+        # The decoder's "z" is [z; e_y]: concatenated to every input; the initial state comes from init_state.
+        self.decoder = DECODERS.build(cfg.decoder_type, {}, vocab_size=vocab_size, emb_dim=cfg.emb_dim,
+                                      hidden_dim=cfg.decoder_hidden, latent_dim=d + y, num_layers=cfg.decoder_layers,
+                                      input_dropout=cfg.input_dropout, output_dropout=cfg.output_dropout,
+                                      z_init=False, z_concat=True)
+        if cfg.share_embeddings:
+            self.decoder.embedding = self.utterance_encoder.embedding
+        self.init_state = nn.Linear(c + d + y, cfg.decoder_layers * cfg.decoder_hidden)
+        self.projection = nn.Linear(self.decoder.out_dim, vocab_size)
+        facts = dict(latent_dim=d, vocab_size=vocab_size, hidden_dim=self.decoder.out_dim, emb_dim=cfg.emb_dim)
+        self.objective = Objective(self.objective_cfg, **facts)
+        # BN-VAE's CVAE extension: a second instance of the same remedy for the prior's parameters,
+        # so the prior's batch statistics are kept apart from the posterior's.
+        self.prior_transforms = nn.ModuleList(
+            create_remedy(spec, **facts) for spec in self.objective_cfg.remedies if spec.get("name") in cfg.prior_remedies)
+
+    @property
+    def latent_dim(self) -> int:
+        return self.cfg.latent_dim
+
+    @property
+    def use_acts(self) -> bool:
+        return self.cfg.use_acts
+
+    # ---- latent side -------------------------------------------------------------------------
+    def encode_context(self, batch: DialogueBatch) -> torch.Tensor:
+        """c [B, H_c]."""
+        return self.context_encoder(batch.context, batch.turn_lengths, batch.n_turns)
+
+    def prior(self, c: torch.Tensor) -> ConditionalGaussian:
+        """p(z|c) after the prior transforms (BN on its mean for BN-CVAE)."""
+        mu, logvar = self.prior_net(c).chunk(2, dim=-1)
+        for transform in self.prior_transforms:
+            mu, logvar = transform.transform_posterior(mu, logvar)
+        return ConditionalGaussian(mu, logvar)
+
+    def posterior(self, batch: DialogueBatch, c: torch.Tensor) -> tuple[ConditionalGaussian, torch.Tensor]:
+        """q(z|x,c[,y]) after the remedies' posterior transforms, and the response vector x [B, U]."""
+        x = self.utterance_encoder(batch.response.tokens, batch.response.lengths)
+        parts = [x, c]
+        if self.use_acts:
+            parts.append(self.act_features(self.act_embedding(self._true_acts(batch))))
+        mu, logvar = self.recognition(torch.cat(parts, -1)).chunk(2, dim=-1)
+        for remedy in self.objective.remedies:
+            mu, logvar = remedy.transform_posterior(mu, logvar)
+        return ConditionalGaussian(mu, logvar), x
+
+    def _true_acts(self, batch: DialogueBatch) -> torch.Tensor:
+        if batch.acts is None:
+            raise TextVAEError("this kgCVAE needs the responses' dialogue acts, and the batch has none")
+        return batch.acts
+
+    def act_logits(self, c: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """p(y | z, c) as logits [B, n_acts]."""
+        return self.act_classifier(torch.cat([c, z], -1))
+
+    def latent_code(self, c: torch.Tensor, z: torch.Tensor, acts: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The decoder's conditioning [z; e_y] [B, D (+ A)]: the true act's embedding when ``acts`` is
+        given, else the predicted soft one softmax(logits) @ E; just z without acts."""
+        if not self.use_acts:
+            return z
+        if acts is not None:
+            e_y = self.act_embedding(acts)
+        else:
+            e_y = self.act_logits(c, z).softmax(-1) @ self.act_embedding.weight
+        return torch.cat([z, e_y], -1)
+
+    # ---- decoder side ------------------------------------------------------------------------
+    def initial_state(self, c: torch.Tensor, code: torch.Tensor) -> Any:
+        """Decoder state from [c; z; e_y]: h0 = tanh(W [c; code] + b) per layer (LSTMs: c0 = W [..] + b,
+        h0 = tanh(c0), as textvae's decoders do with z)."""
+        dec = self.decoder
+        pre = self.init_state(torch.cat([c, code], -1))
+        pre = pre.view(c.shape[0], dec.num_layers, dec.hidden_dim).transpose(0, 1).contiguous()
+        return (torch.tanh(pre), pre) if isinstance(dec.rnn, nn.LSTM) else torch.tanh(pre)
+
+    def token_nll(self, response: Batch, c: torch.Tensor, code: torch.Tensor,
+                  inputs: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Per-response Σ_t −log p(x_t | x_<t, z, c) [B]; ``inputs`` overrides the decoder inputs
+        (word dropout) while the targets stay the true tokens."""
+        hidden, _ = self.decoder(response.inputs if inputs is None else inputs, code, self.initial_state(c, code))
+        targets = response.targets
+        mask = targets != PAD_ID  # [B, T-1]
+        logits = self.projection(hidden[mask])  # [N_tokens, V]: padding costs no vocabulary matmul
+        nll = F.cross_entropy(logits.float(), targets[mask], reduction="none")
+        rows = torch.arange(targets.shape[0], device=targets.device).unsqueeze(1).expand_as(targets)[mask]
+        return nll.new_zeros(targets.shape[0]).index_add_(0, rows, nll)
+
+    def log_likelihood(self, batch: DialogueBatch, z: torch.Tensor, c: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """log p(x | z_s, c) for z [S, B, D] -> [S, B] (predicted soft act); the batch is repeated S
+        times, sample-major, so all (response, sample) pairs go through the decoder in one pass."""
+        s, b, d = z.shape
+        c = self.encode_context(batch) if c is None else c
+        c_rep = c.repeat(s, 1)
+        code = self.latent_code(c_rep, z.reshape(s * b, d))
+        r = batch.response
+        repeated = Batch(tokens=r.tokens.repeat(s, 1), lengths=r.lengths.repeat(s))
+        return -self.token_nll(repeated, c_rep, code).view(s, b)
+
+    def decode_step(self, tokens: torch.Tensor, c: torch.Tensor, z: torch.Tensor, state: Any = None
+                    ) -> tuple[torch.Tensor, Any]:
+        """One step for rows with context vectors c [B, H_c] and latents z [B, D]; the state carries
+        the decoder's conditioning, computed at the first step."""
+        if state is None:
+            code = self.latent_code(c, z)
+            rnn_state = self.initial_state(c, code)
+        else:
+            rnn_state, code = state
+        hidden, rnn_state = self.decoder(tokens, code, rnn_state)
+        return self.projection(hidden[:, -1]), (rnn_state, code)
+
+    def reorder_state(self, state: Any, index: torch.Tensor) -> Any:
+        rnn_state, code = state
+        return self.decoder.reorder_state(rnn_state, index), code.index_select(0, index)
+
+    # ---- training ----------------------------------------------------------------------------
+    def forward(self, batch: DialogueBatch, step: int = 0) -> VAEOutput:
+        """rec [B], KL(q(z|x,c) || p(z|c)) [B, D], n_tokens [B] and the objective's loss."""
+        response = batch.response
+        inputs = response.inputs
+        if self.training:
+            for remedy in self.objective.remedies:
+                inputs = remedy.corrupt_inputs(inputs)
+        c = self.encode_context(batch)
+        q, x = self.posterior(batch, c)
+        p = self.prior(c)
+        z = q.rsample(1)[0]
+        kl = q.kl(p)
+        extras: dict[str, torch.Tensor] = {}
+        if self.use_acts:
+            acts = self._true_acts(batch)
+            extras["act"] = F.cross_entropy(self.act_logits(c, z), acts, reduction="none")
+            code = self.latent_code(c, z, acts)
+        else:
+            code = z
+        # Remedies see the response (a textvae Batch), z and the generator's input [c; z].
+        h = torch.cat([c, z], -1)
+        for remedy in self.objective.remedies:
+            extra = remedy.extra_loss(self, response, z, h)
+            if extra is not None:
+                extras[type(remedy).__name__] = extra
+        rec = self.token_nll(response, c, code, inputs)
+        loss, terms = self.objective(rec, kl, step, extras)
+        return VAEOutput(rec=rec, kl=kl, n_tokens=response.n_tokens, loss=loss, terms=terms, z=z)
+
+    # ---- persistence (the files and atomic writes of TextVAE) ----------------------------------
+    def config_dict(self) -> dict[str, Any]:
+        return {"model_type": "kgcvae", "model": dataclasses.asdict(self.cfg), "vocab_size": self.vocab_size,
+                "objective": dataclasses.asdict(self.objective_cfg), "act_names": self.act_names,
+                "text": self.text}
+
+    @classmethod
+    def from_config_dict(cls, cfg: dict[str, Any]) -> "KgCVAE":
+        if cfg.get("model_type") != "kgcvae":
+            raise TextVAEError("not a saved dialogue CVAE (config.json has no model_type: kgcvae)")
+        return cls(CVAEConfig(**cfg["model"]), int(cfg["vocab_size"]), ObjectiveConfig(**cfg.get("objective", {})),
+                   cfg.get("act_names"), cfg.get("text"))
+
+    def save_pretrained(self, directory: str | Path, tokenizer: Any = None) -> Path:
+        return TextVAE.save_pretrained(self, directory, tokenizer)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "KgCVAE":
+        return TextVAE.from_pretrained.__func__(cls, directory, device)  # type: ignore[attr-defined]

@@ -1,0 +1,78 @@
+"""Diverse responses to a dialogue context from a saved CVAE.
+
+    textvae respond MODEL --context "how are you ?" --context "fine , and you ?" [--n 5]
+
+MODEL is a run folder (its best model) or a saved model folder. Each ``--context`` is one turn,
+oldest first; a single string may also hold several turns separated by ``__eou__``. Turns are
+prepared as in training (normalised, cut to the saved ``max_turn_words``, the last
+``context_turns`` kept); each response comes from its own z ~ p(z|c).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from textvae.data.tokenization import Tokenizer
+from textvae.dialogue.data import EOU, collate_dialogues, normalize_utterance
+from textvae.dialogue.generation import METHODS, generate_responses
+from textvae.dialogue.model import KgCVAE
+from textvae.errors import TextVAEError
+from textvae.models.textvae import TOKENIZER_FILE
+
+
+def load_cvae(path: str | Path, device: str | torch.device = "cpu") -> tuple[KgCVAE, Tokenizer]:
+    """A saved CVAE and its tokenizer from a model folder or a run folder (``<run>/model``)."""
+    p = Path(path)
+    if not p.exists():
+        raise TextVAEError(f"no such run or model folder: {p}")
+    if (p / "model").is_dir() and not (p / TOKENIZER_FILE).is_file():
+        p = p / "model"
+    if not (p / TOKENIZER_FILE).is_file():
+        raise TextVAEError(f"{p} has no {TOKENIZER_FILE}")
+    return KgCVAE.from_pretrained(p, device), Tokenizer.load(p / TOKENIZER_FILE)
+
+
+def prepare_context(turns: list[str], context_turns: int, max_turn_words: int) -> list[str]:
+    """Split ``__eou__``-joined strings into turns, normalise each, keep the last ``context_turns``."""
+    split = [t.strip() for turn in turns for t in turn.split(EOU)]
+    split = [t for t in split if t]
+    if not split:
+        raise TextVAEError("the context needs at least one non-empty turn")
+    return [" ".join(normalize_utterance(t).split()[:max_turn_words]) for t in split[-context_turns:]]
+
+
+def respond(model_dir: str | Path, context: list[str], n: int = 5, method: str = "greedy", max_len: int = 40,
+            seed: int = 0, temperature: float = 1.0, top_p: float = 1.0, show: bool = True,
+            loaded: Optional[tuple[KgCVAE, Tokenizer]] = None) -> list[str]:
+    """n responses to ``context`` (turns, oldest first), each decoded from its own z ~ p(z|c); printed
+    one per line when ``show``. ``loaded`` reuses an already loaded (model, tokenizer)."""
+    model, tokenizer = loaded or load_cvae(model_dir)
+    turns = prepare_context(context, model.text.get("context_turns", 10), model.text.get("max_turn_words", 40))
+    batch = collate_dialogues([[tokenizer.encode(t) for t in turns]], [tokenizer.encode("")])
+    device = next(model.parameters()).device
+    ids = generate_responses(model, batch.to(device), n, method, max_len, torch.Generator().manual_seed(seed),
+                             temperature=temperature, top_p=top_p)[0]
+    responses = [tokenizer.decode(r) for r in ids]
+    if show:
+        for i, line in enumerate(responses, start=1):
+            print(f"{i}\t{line}")
+    return responses
+
+
+def cmd_respond(argv: list[str]) -> None:
+    """The ``textvae respond`` command."""
+    ap = argparse.ArgumentParser(prog="textvae respond", description="Diverse responses to a dialogue context.")
+    ap.add_argument("model", help="run folder or saved model folder of a dialogue CVAE")
+    ap.add_argument("--context", action="append", required=True,
+                    help="one turn (repeat, oldest first; or one string with __eou__ between turns)")
+    ap.add_argument("--n", type=int, default=5, help="number of responses")
+    ap.add_argument("--method", default="greedy", choices=METHODS)
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--max-len", type=int, default=40)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    respond(args.model, args.context, args.n, args.method, args.max_len, args.seed, args.temperature, args.top_p)

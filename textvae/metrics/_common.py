@@ -1,0 +1,47 @@
+"""Plumbing shared by the metrics: evaluation mode, seeded sampling, re-iterable batches."""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
+
+import torch
+
+# A one-pass iterable of batches, or a callable returning a fresh iterator (for several passes).
+Batches = Union[Iterable[Any], Callable[[], Iterable[Any]]]
+
+
+def iterate(batches: Batches) -> Iterator[Any]:
+    """A fresh iterator over ``batches`` (calls it when it is a callable)."""
+    return iter(batches() if callable(batches) else batches)
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Dropout off and gradients off for the duration; every submodule's own ``training`` flag is
+    restored afterwards (not just the root's, which ``model.train(was_training)`` would spread)."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for module, flag in flags:
+            module.training = flag
+
+
+@contextlib.contextmanager
+def seeded(generator: Optional[torch.Generator]) -> Iterator[None]:
+    """Make the protocol's ``posterior.rsample(n)`` (which draws from torch's global RNG)
+    reproducible from ``generator`` without disturbing the caller's global RNG state.
+
+    ``None`` leaves the global RNG in use. Otherwise one seed is drawn from ``generator``, the
+    global CPU and CUDA states are forked, seeded with it, and restored on exit.
+    """
+    if generator is None:
+        yield
+        return
+    seed = int(torch.randint(0, 2**62, (), generator=generator))
+    devices = list(range(torch.cuda.device_count()))
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield

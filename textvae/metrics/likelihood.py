@@ -1,0 +1,168 @@
+"""Likelihood figures: the importance-weighted log p(x) and the terms of the ELBO.
+
+Both are reported the way the literature does (see ``textvae.reduction``): NLL is the per-sentence
+mean of summed token NLLs in nats, PPL = exp(Σ NLL / Σ tokens). The two perplexities differ and are
+named apart everywhere: ``iw_ppl`` (from the IW estimate of log p(x)) and ``elbo_ppl`` (from the
+bound rec + KL, which is larger).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+
+from textvae.errors import TextVAEError
+from textvae.metrics._common import Batches, eval_mode, iterate, seeded
+from textvae.reduction import CorpusAccumulator
+
+# Default bound on S·B·T, the (sample, sentence) pairs times the padded length the decoder scores
+# at once. Decoder memory is dominated by logits of this many tokens times V.
+DEFAULT_MAX_TOKENS = 16384
+
+
+@dataclass
+class IWResult:
+    """Per-sentence IW-NLL (in the order the batches came) and its corpus summary."""
+
+    nll: torch.Tensor  # [N], −log p(x) estimate per sentence, nats
+    n_tokens: torch.Tensor  # [N]
+    n_samples: int
+    nll_mean: float  # per-sentence mean NLL (the figure tables report)
+    ppl: float  # IW-PPL = exp(Σ NLL / Σ tokens)
+
+    def summary(self) -> dict[str, float]:
+        return {"iw_nll": self.nll_mean, "iw_ppl": self.ppl, "iw_samples": float(self.n_samples)}
+
+
+@dataclass
+class ElboResult:
+    """Per-sentence ELBO terms (one z sample, β = 1) and their corpus summary."""
+
+    rec: torch.Tensor  # [N], summed token cross-entropy −log p(x|z)
+    kl: torch.Tensor  # [N], KL(q(z|x) || p(z)), analytic when available
+    n_tokens: torch.Tensor  # [N]
+    kl_per_dim: Optional[torch.Tensor]  # [D] float64, mean over sentences; None if not analytic
+    rec_mean: float
+    kl_mean: float
+    neg_elbo: float  # per-sentence mean of rec + KL
+    elbo_ppl: float  # ELBO-PPL = exp(Σ (rec + KL) / Σ tokens)
+
+    def summary(self) -> dict[str, float]:
+        return {"rec": self.rec_mean, "kl": self.kl_mean, "neg_elbo": self.neg_elbo,
+                "elbo_ppl": self.elbo_ppl}
+
+
+def iw_log_marginal(model: Any, batch: Any, posterior: Any, n_samples: int,
+                    max_tokens: int = DEFAULT_MAX_TOKENS) -> torch.Tensor:
+    """Importance-weighted estimate of log p(x) [B] for one batch whose posterior is given.
+
+    log p(x) ≈ logsumexp_k w_k − log K,  w_k = log p(x|z_k) + log p(z_k) − log q(z_k|x),
+    z_k ~ q(z|x) (Burda et al. 2016; the K = 500 protocol of He et al. 2019). Only log-densities
+    are used, so any posterior / prior pair works.
+
+    The decoder scores S samples at a time with S·B·T ≤ ``max_tokens`` (S ≥ 1), so its memory is
+    bounded whatever K; K need not be a multiple of S. Samples are drawn one at a time, so the
+    k-th sample is the same whatever S: the estimate does not depend on the chunking.
+    Only the [K, B] weights are kept whole.
+    """
+    if n_samples < 1:
+        raise TextVAEError(f"iw_nll: n_samples must be >= 1, got {n_samples}")
+    pairs = len(batch) * batch.tokens.shape[1]
+    chunk = max(1, max_tokens // pairs)
+    log_w = []
+    for start in range(0, n_samples, chunk):
+        z = torch.cat([posterior.rsample(1) for _ in range(min(chunk, n_samples - start))])
+        # z [S, B, D]; each term below is [S, B]
+        log_w.append(model.log_likelihood(batch, z) + model.prior.log_prob(z) - posterior.log_prob(z))
+    return torch.logsumexp(torch.cat(log_w), dim=0) - math.log(n_samples)
+
+
+def elbo_batch(model: Any, batch: Any, posterior: Any, z: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """ELBO terms of one batch at β = 1 with one given sample z [1, B, D].
+
+    Returns rec [B] = −log p(x|z) (summed token cross-entropy), KL [B] and the per-dimension
+    KL [B, D]. KL is ``posterior.kl(prior)`` summed over dimensions when analytic; otherwise the
+    one-sample estimate log q(z|x) − log p(z) with the same z, and the per-dimension KL is ``None``.
+    """
+    rec = -model.log_likelihood(batch, z)[0]
+    kl_dims = posterior.kl(model.prior)
+    if kl_dims is None:
+        kl = (posterior.log_prob(z) - model.prior.log_prob(z))[0]
+    else:
+        kl = kl_dims.sum(-1)
+    return rec, kl, kl_dims
+
+
+def iw_nll(model: Any, batches: Batches, n_samples: int = 500,
+           max_tokens: int = DEFAULT_MAX_TOKENS,
+           generator: Optional[torch.Generator] = None) -> IWResult:
+    """Importance-weighted NLL −log p(x) of every sentence, and IW-PPL (see :func:`iw_log_marginal`).
+
+    The model is put in eval mode (dropout off) under ``torch.no_grad`` and its modes restored
+    afterwards; the encoder runs once per batch. ``generator`` seeds the samples (the caller's
+    global RNG is left untouched); ``None`` draws from the global RNG.
+    """
+    acc = CorpusAccumulator()
+    nlls, counts = [], []
+    with eval_mode(model), seeded(generator):
+        for batch in iterate(batches):
+            nll = -iw_log_marginal(model, batch, model.encode(batch), n_samples, max_tokens)
+            acc.add(batch.n_tokens, nll=nll)
+            nlls.append(nll)
+            counts.append(batch.n_tokens)
+    if not nlls:
+        raise TextVAEError("iw_nll: no batches to evaluate")
+    return IWResult(nll=torch.cat(nlls), n_tokens=torch.cat(counts), n_samples=n_samples,
+                    nll_mean=acc.mean("nll"), ppl=acc.ppl("nll"))
+
+
+def elbo_terms(model: Any, batches: Batches,
+               generator: Optional[torch.Generator] = None) -> ElboResult:
+    """ELBO figures as the literature reports them: one z ~ q(z|x) per sentence, β = 1 (never an
+    annealed weight), rec = summed token cross-entropy, KL analytic where available (see
+    :func:`elbo_batch`), −ELBO = rec + KL, ELBO-PPL = exp(Σ (rec + KL) / Σ tokens).
+    Eval mode, no gradients, seeding as in :func:`iw_nll`.
+    """
+    acc = ElboAccumulator()
+    with eval_mode(model), seeded(generator):
+        for batch in iterate(batches):
+            posterior = model.encode(batch)
+            acc.add(batch.n_tokens, *elbo_batch(model, batch, posterior, posterior.rsample(1)))
+    return acc.result()
+
+
+class ElboAccumulator:
+    """Collects :func:`elbo_batch` outputs over batches into an :class:`ElboResult`."""
+
+    def __init__(self) -> None:
+        self.corpus = CorpusAccumulator()
+        self.rec: list[torch.Tensor] = []
+        self.kl: list[torch.Tensor] = []
+        self.counts: list[torch.Tensor] = []
+        self.kl_dims_sum: Optional[torch.Tensor] = None  # [D], Σ over sentences
+        self.analytic = True
+
+    def add(self, n_tokens: torch.Tensor, rec: torch.Tensor, kl: torch.Tensor,
+            kl_dims: Optional[torch.Tensor]) -> None:
+        self.corpus.add(n_tokens, rec=rec, kl=kl, neg_elbo=rec + kl)
+        self.rec.append(rec)
+        self.kl.append(kl)
+        self.counts.append(n_tokens)
+        if kl_dims is None:
+            self.analytic = False
+        elif self.analytic:
+            total = kl_dims.double().sum(0)
+            self.kl_dims_sum = total if self.kl_dims_sum is None else self.kl_dims_sum + total
+
+    def result(self) -> ElboResult:
+        if not self.rec:
+            raise TextVAEError("elbo_terms: no batches to evaluate")
+        c = self.corpus
+        kl_per_dim = self.kl_dims_sum / c.n_sentences if self.analytic else None
+        return ElboResult(rec=torch.cat(self.rec), kl=torch.cat(self.kl),
+                          n_tokens=torch.cat(self.counts), kl_per_dim=kl_per_dim,
+                          rec_mean=c.mean("rec"), kl_mean=c.mean("kl"),
+                          neg_elbo=c.mean("neg_elbo"), elbo_ppl=c.ppl("neg_elbo"))
