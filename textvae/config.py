@@ -137,7 +137,8 @@ class TrainConfig:
     """Loop control. ``max_steps`` (optimiser steps) stops early when set; ``metrics_every``
     logs KL / MI / AU on the first ``metrics_sentences`` validation sentences every N steps
     (0 = only at epoch ends); a checkpoint is written every epoch and, with ``checkpoint_every``,
-    every N steps as well."""
+    every N steps as well. ``precision: bf16`` runs forward passes under bfloat16 autocast (CPU or
+    GPU) with fp32 master weights; the loss' softmax stays fp32."""
 
     epochs: int = 100
     max_steps: Optional[int] = None
@@ -148,6 +149,7 @@ class TrainConfig:
     metrics_every: int = 500
     metrics_sentences: int = 1000
     checkpoint_every: int = 0
+    precision: str = "fp32"
     iw_samples_final: int = 500
     progress: bool = True
     tensorboard: bool = True

@@ -118,6 +118,8 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
         raise TextVAEError(f"--resume: no checkpoint in {run_dir}")
     if not resume and ckpt_path.is_file():
         raise TextVAEError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --name")
+    if tc.precision not in ("fp32", "bf16"):
+        raise TextVAEError(f"unknown train.precision {tc.precision!r}; valid: fp32, bf16")
     if oc.cycle_lr not in ("none", "restart", "cosine"):
         raise TextVAEError(f"unknown optim.cycle_lr {oc.cycle_lr!r}; valid: none, restart, cosine")
 
@@ -177,7 +179,8 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
             batch = batch.to(device)
             for remedy in remedies:
                 remedy.before_update(trainer, batch)
-            out = model(batch, step=state.step)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16"):
+                out = model(batch, step=state.step)
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), oc.clip) if oc.clip > 0 else None
