@@ -370,7 +370,8 @@ def test_bad_options_are_one_line_errors():
     with pytest.raises(TextVAEError, match="z_inject"):
         build("transformer", dec_options={"z_inject": "prefix"})
     with pytest.raises(TextVAEError, match="max_length"):
-        build("transformer", dec_options={"max_length": 3}).decoder(torch.ones(1, 5, dtype=torch.long), torch.zeros(1, 4))
+        decoder = build("transformer", dec_options={"max_length": 3}).decoder
+        decoder(torch.ones(1, 5, dtype=torch.long), torch.zeros(1, 4))
 
 
 # ---------------------------------------------------------------- every combination trains

@@ -137,7 +137,8 @@ class TrainConfig:
     """Loop control. ``max_steps`` (optimiser steps) stops early when set; ``metrics_every``
     logs KL / MI / AU on the first ``metrics_sentences`` validation sentences every N steps
     (0 = only at epoch ends); a checkpoint is written every epoch and, with ``checkpoint_every``,
-    every N steps as well. ``precision: bf16`` runs forward passes under bfloat16 autocast (CPU or
+    every N steps as well. The final test report uses ``iw_samples_final`` importance samples
+    (0 skips IW-NLL). ``precision: bf16`` runs forward passes under bfloat16 autocast (CPU or
     GPU) with fp32 master weights; the loss' softmax stays fp32."""
 
     epochs: int = 100

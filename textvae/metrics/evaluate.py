@@ -31,11 +31,14 @@ def evaluate_model(model: Any, batches: Batches, metrics: Sequence[str] = METRIC
     * ``au``: au, au_threshold, latent_dim;
     * ``diagnostics``: au, latent_dim, dims_too_noisy, dims_signal_too_weak.
 
+    A model with ``latent_dim == 0`` (the language model) gets the likelihood metrics only.
     Returns a flat dict of floats (plus n_sentences, n_tokens); :func:`format_table` prints it.
     """
     unknown = sorted(set(metrics) - set(METRICS))
     if unknown:
         raise TextVAEError(f"evaluate_model: unknown metrics {unknown}; valid: {', '.join(METRICS)}")
+    if getattr(model, "latent_dim", None) == 0:  # the language model: only likelihood figures exist
+        metrics = [m for m in metrics if m in ("elbo", "iw")]
     want_mi = "mi_batch" in metrics or "mi_dataset" in metrics
     elbo, iw, counts = ElboAccumulator(), CorpusAccumulator(), CorpusAccumulator()
     posteriors, samples, means, mus, sigmas = [], [], [], [], []

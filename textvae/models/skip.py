@@ -23,6 +23,8 @@ State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each [L, B, H]
 
 @DECODERS.register("skip_lstm")
 class SkipLSTMDecoder(nn.Module):
+    """Stacked single-layer LSTMs with z skipped into every layer and into the output (module docstring)."""
+
     def __init__(self, vocab_size: int, emb_dim: int, hidden_dim: int, latent_dim: int, num_layers: int = 1,
                  input_dropout: float = 0.0, output_dropout: float = 0.0, z_init: bool = True):
         super().__init__()

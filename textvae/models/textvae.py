@@ -24,7 +24,7 @@ from textvae.data.batch import Batch
 from textvae.data.special import PAD_ID
 from textvae.errors import TextVAEError
 from textvae.models.decoders import DECODERS
-from textvae.models.distributions import PRIORS, kl_per_dim
+from textvae.models.distributions import PRIORS, DiagGaussian, StandardNormal, kl_per_dim
 from textvae.models.encoders import ENCODERS
 from textvae.models.posteriors import POSTERIORS
 from textvae.objective import Objective
@@ -63,6 +63,8 @@ class TextVAE(nn.Module):
             self.posterior = POSTERIORS.build(cfg.posterior, cfg.posterior_options, in_dim=self.encoder.out_dim,
                                               latent_dim=d)
             self.prior = PRIORS.build(cfg.prior, cfg.prior_options, latent_dim=d)
+        else:
+            self.prior = StandardNormal(0)
         dec = cfg.decoder
         self.decoder = DECODERS.build(dec.type, dec.options, vocab_size=vocab_size, emb_dim=cfg.emb_dim,
                                       hidden_dim=dec.hidden_dim, latent_dim=d, num_layers=dec.num_layers,
@@ -115,8 +117,11 @@ class TextVAE(nn.Module):
         return h, self.posterior.distribution(mu, logvar, h)
 
     def encode(self, batch: Batch):
+        """q(z|x). The language model's latent space is empty (D = 0): its posterior is a
+        0-dimensional Gaussian whose log-densities are 0, so every metric reduces to the exact NLL."""
         if self.is_lm:
-            raise TextVAEError("the language model has no latent variable to encode")
+            empty = batch.tokens.new_zeros((len(batch), 0), dtype=torch.float32)
+            return DiagGaussian(empty, empty)
         return self.encode_hidden(batch)[1]
 
     # ---- decoder side ------------------------------------------------------------------------

@@ -255,7 +255,9 @@ def final_report(cfg: RunConfig, data: Any, best_dir: Path, device: torch.device
     """Test-set figures of the best model, and the ground truth when the corpus is synthetic."""
     model = TextVAE.from_pretrained(best_dir, device)
     test = data.splits["test"]
-    metrics = ("elbo",) if model.is_lm else ("elbo", "iw", "mi_batch", "mi_dataset", "au", "diagnostics")
+    metrics = ("elbo",) if model.is_lm else ("elbo", "mi_batch", "mi_dataset", "au", "diagnostics")
+    if cfg.train.iw_samples_final > 0 and not model.is_lm:
+        metrics += ("iw",)
     report = evaluation(model, lambda: test.batches(cfg.data.eval_batch_size, shuffle=False), device,
                         metrics=metrics, n_samples=cfg.train.iw_samples_final)
     if data.truth is not None:
