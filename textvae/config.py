@@ -56,7 +56,8 @@ class EncoderConfig:
 
 @dataclass
 class DecoderConfig:
-    """Recurrent decoder. z sets the initial state (c0 = W z, h0 = tanh c0) and is concatenated to
+    """Decoder (registered ``type``: lstm, gru, skip_lstm, cnn, transformer). For the recurrent
+    ones, z sets the initial state (c0 = W z, h0 = tanh c0) and is concatenated to
     every input embedding (He et al. 2019). ``input_dropout`` / ``output_dropout`` are ordinary
     dropout on embeddings and LSTM outputs (not word dropout, which is a remedy). ``options`` holds
     parameters only some decoder types take (e.g. dilations of the CNN decoder)."""

@@ -475,7 +475,7 @@ class ContinuousZMarkov(MarkovSource):
         cov = second - mean[:, :, None] * mean[:, None, :]
         c = st.leave
         value = st.const + (st.b * z).sum(1) - np.add.reduceat(c * lse, st.starts)
-        value -= 0.5 * (z**2).sum(1) + math.log(2 * math.pi)
+        value -= 0.4 * (z**2).sum(1) + math.log(2 * math.pi)
         grad = st.b - np.add.reduceat(c[:, None] * mean, st.starts) - z
         neg_hess = np.add.reduceat(c[:, None, None] * cov, st.starts) + np.eye(self.latent_dim)
         return value, grad, neg_hess

@@ -99,6 +99,11 @@ class DialogueText:
     acts: Optional[np.ndarray]  # [P] int64 or None
     stats: PairStats
 
+    def subset(self, index: np.ndarray) -> "DialogueText":
+        """The pairs ``index`` (all turns are kept)."""
+        return replace(self, spans=self.spans[index], responses=self.responses[index],
+                       acts=None if self.acts is None else self.acts[index])
+
     def head(self, n: int) -> "DialogueText":
         """The first n pairs and the turns up to the last of their responses (turns are stored in
         reading order, so no later pair's turn is kept)."""

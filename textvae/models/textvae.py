@@ -91,7 +91,8 @@ class TextVAE(nn.Module):
 
     def init_weights(self, parts: Optional[list[nn.Module]] = None) -> None:
         """(Re-)draw the parameters of ``parts`` (default: the whole model) with the configured scheme:
-        ``he2019`` = U(-0.01, 0.01) for weights, U(-0.1, 0.1) for embeddings (He et al. 2019);
+        ``he2019`` = U(-0.01, 0.01) for weights, U(-0.1, 0.1) for embeddings (He et al. 2019), on
+        encoder, posterior, decoder and projection (normalisation layers excepted);
         ``torch`` = each layer's PyTorch default initialisation."""
         scheme = self.cfg.init
         if scheme not in ("he2019", "torch"):
@@ -104,6 +105,10 @@ class TextVAE(nn.Module):
                 continue
             with torch.no_grad():
                 for name, p in part.named_parameters():
+                    # only the network weights of the paper's scheme: normalisation scales, priors'
+                    # parameters and remedies' shifts keep their own initialisation
+                    if "norm" in name or name.startswith(("prior.", "objective.")):
+                        continue
                     bound = 0.1 if "embedding" in name else 0.01
                     p.uniform_(-bound, bound)
 

@@ -1,23 +1,46 @@
 """Resumable checkpoints in one safetensors file, written atomically, no pickle.
 
 The file holds ``model.*`` (parameters and buffers), ``optim.<param>.<key>`` (optimiser state
-tensors), ``rng.*`` (torch RNG states) and, in the safetensors metadata, a JSON document with
-everything else (step, epoch, batch within the epoch, lr-schedule state, optimiser hyper-parameters).
-Writing goes to ``<file>.tmp`` and is then renamed over the old file, so a crash during the write
-leaves the previous checkpoint intact.
+tensors), ``rng.<rank>.torch`` / ``rng.<rank>.cuda`` (every rank's generator states, so that a
+data-parallel run resumes exactly too) and, in the safetensors metadata, a JSON document with
+everything else (the caller's ``meta``: step, epoch, batch within the epoch, lr-schedule state;
+the optimiser's type and hyper-parameters).
+
+Writing goes to ``<file>.tmp``, is flushed to disk, and is then renamed over the old file, so a
+process killed at any moment (even mid-write) leaves the previous checkpoint intact and loadable.
 """
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
 from textvae.errors import TextVAEError
 
 META_KEY = "textvae"
+
+
+def rng_state(device: Optional[torch.device] = None) -> dict[str, torch.Tensor]:
+    """This process's generator states: the CPU one, and that of the CUDA ``device`` (default: the
+    current device when CUDA is in use) -- the one device a training process draws on."""
+    state = {"torch": torch.get_rng_state()}
+    if device is None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        device = torch.device("cuda", torch.cuda.current_device())
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor], device: Optional[torch.device] = None) -> None:
+    """Restore what :func:`rng_state` returned; a CUDA state is skipped on a machine without CUDA
+    (a checkpoint trained on GPU resumes on CPU)."""
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"], device if device is not None and device.type == "cuda" else "cuda")
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -30,7 +53,8 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
                 tensors[f"optim.{pid}.{key}"] = value.detach().cpu().contiguous()
             else:
                 scalars.setdefault(str(pid), {})[key] = value
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+    meta = {"type": type(optimizer).__name__, "param_groups": sd["param_groups"], "scalars": scalars}
+    return tensors, meta
 
 
 def _optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
@@ -44,9 +68,24 @@ def _optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> 
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (POSIX; a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    meta: dict[str, Any]) -> None:
-    """Atomically write model, optimiser, RNG states and ``meta`` (JSON-serialisable) to ``path``."""
+                    meta: dict[str, Any], rng_states: Optional[list[dict[str, torch.Tensor]]] = None) -> None:
+    """Atomically write model, optimiser, RNG states and ``meta`` (JSON-serialisable) to ``path``.
+
+    rng_states: one :func:`rng_state` per rank, in rank order (default: this process's).
+    """
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -55,25 +94,43 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
     tensors = {f"model.{k}": v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
     optim_tensors, optim_meta = _optimizer_tensors(optimizer)
     tensors.update(optim_tensors)
-    tensors["rng.torch"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{i}"] = s
+    for rank, state in enumerate(rng_states if rng_states is not None else [rng_state()]):
+        tensors.update({f"rng.{rank}.{name}": value.cpu() for name, value in state.items()})
     document = {"meta": meta, "optimizer": optim_meta}
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(document)})
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
 
 
-def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
-                    restore_rng: bool = True) -> dict[str, Any]:
-    """Load what :func:`save_checkpoint` wrote into ``model`` / ``optimizer``; returns ``meta``.
+@dataclass
+class Checkpoint:
+    """A checkpoint file read into memory: CPU tensors by name and the JSON document."""
 
-    A truncated or garbled file, or one from a model of another shape or vocabulary, raises
-    :class:`TextVAEError` naming the file.
-    """
+    path: Path
+    tensors: dict[str, torch.Tensor]
+    document: dict[str, Any]
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self.document["meta"]
+
+    @property
+    def rng_states(self) -> list[dict[str, torch.Tensor]]:
+        """The generator states of each rank that wrote it, in rank order."""
+        states: dict[int, dict[str, torch.Tensor]] = {}
+        for name, value in self.tensors.items():
+            if name.startswith("rng."):
+                _, rank, kind = name.split(".", 2)
+                states.setdefault(int(rank), {})[kind] = value
+        return [states[r] for r in sorted(states)]
+
+
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a checkpoint; a missing, truncated, garbled or foreign file raises
+    :class:`TextVAEError` naming it."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -81,25 +138,53 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
         raise TextVAEError(f"no checkpoint at {path}")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
-            document = json.loads(f.metadata()[META_KEY])
+            metadata = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:
+    except Exception as e:  # safetensors raises several types for truncated or garbled files
         raise TextVAEError(f"corrupted checkpoint {path}: {str(e).splitlines()[0]}") from None
-    model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    if META_KEY not in metadata:
+        raise TextVAEError(f"{path} is not a textvae checkpoint (no {META_KEY!r} metadata)")
+    try:
+        document = json.loads(metadata[META_KEY])
+    except json.JSONDecodeError as e:
+        raise TextVAEError(f"corrupted checkpoint {path}: metadata is not JSON ({e})") from None
+    return Checkpoint(path, tensors, document)
+
+
+def restore_checkpoint(ckpt: Checkpoint, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer],
+                       rank: Optional[int] = 0, device: Optional[torch.device] = None) -> dict[str, Any]:
+    """Load ``ckpt`` into ``model`` / ``optimizer`` and, unless ``rank`` is None, set the RNG to
+    the states that rank saved (when it saved any); returns ``meta``.
+
+    A checkpoint of a model of another shape or vocabulary, or of another optimiser, raises
+    :class:`TextVAEError` naming the file and the first difference.
+    """
+    model_sd = {k[len("model."):]: v for k, v in ckpt.tensors.items() if k.startswith("model.")}
     expected = model.state_dict()
     mismatched = [k for k, v in model_sd.items() if k in expected and expected[k].shape != v.shape]
     missing = sorted(set(expected) - set(model_sd))
-    if mismatched or missing:
-        what = mismatched[0] if mismatched else missing[0]
-        detail = (f"{what} has shape {tuple(model_sd[what].shape)}, model expects {tuple(expected[what].shape)}"
-                  if mismatched else f"{what} is missing")
-        raise TextVAEError(f"checkpoint {path} does not fit this model (other vocabulary or shape?): {detail}")
+    unexpected = sorted(set(model_sd) - set(expected))
+    if mismatched or missing or unexpected:
+        if mismatched:
+            what = mismatched[0]
+            detail = f"{what} has shape {tuple(model_sd[what].shape)}, model expects {tuple(expected[what].shape)}"
+        else:
+            detail = f"{missing[0]} is missing" if missing else f"{unexpected[0]} is not in this model"
+        raise TextVAEError(f"checkpoint {ckpt.path} does not fit this model (other vocabulary or shape?): {detail}")
     model.load_state_dict(model_sd)
     if optimizer is not None:
-        optimizer.load_state_dict(_optimizer_state(tensors, document["optimizer"]))
-    if restore_rng:
-        torch.set_rng_state(tensors["rng.torch"])
-        cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
-        if cuda_states and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(cuda_states)
-    return document["meta"]
+        saved = ckpt.document["optimizer"]
+        if saved.get("type", type(optimizer).__name__) != type(optimizer).__name__:
+            raise TextVAEError(f"checkpoint {ckpt.path} holds {saved['type']} state, but the optimiser is "
+                               f"{type(optimizer).__name__} (was optim.name changed?)")
+        optimizer.load_state_dict(_optimizer_state(ckpt.tensors, saved))
+    states = ckpt.rng_states
+    if rank is not None and rank < len(states):
+        set_rng_state(states[rank], device)
+    return ckpt.meta
+
+
+def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer],
+                    restore_rng: bool = True) -> dict[str, Any]:
+    """:func:`read_checkpoint` and :func:`restore_checkpoint` (RNG of rank 0) in one; returns ``meta``."""
+    return restore_checkpoint(read_checkpoint(path), model, optimizer, rank=0 if restore_rng else None)

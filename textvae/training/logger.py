@@ -2,30 +2,50 @@
 
 Only rank 0 writes. Each record carries ``step``, ``epoch`` and a ``split`` ("train", "valid", ...)
 so curves of KL, MI, AU and NLL can be read back with :func:`read_jsonl`.
+
+Resuming keeps the log consistent with the checkpoint: a checkpoint stores the log's length in
+bytes (:meth:`RunLogger.offset`) and the resumed run truncates the file back to it, so records
+written after the checkpoint (which the resumed run writes again) appear once.
 """
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 
 class RunLogger:
-    def __init__(self, run_dir: Path, tensorboard: bool = True, enabled: bool = True):
+    """Appends records to ``run_dir/metrics.jsonl``.
+
+    truncate_to: cut the file to this many bytes first (the checkpoint's :meth:`offset` when
+    resuming, 0 for a fresh run); purge_step: TensorBoard hides events from this step on, which
+    the resumed run logs again.
+    """
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True, enabled: bool = True,
+                 truncate_to: Optional[int] = None, purge_step: Optional[int] = None):
         self.enabled = enabled
         self.path = run_dir / "metrics.jsonl"
         self.tb = None
         if not enabled:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
+        if truncate_to is not None:
+            with open(self.path, "a") as f:  # creates the file when it is missing
+                if f.tell() > truncate_to:
+                    f.truncate(truncate_to)
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:  # the [tb] extra is optional
                 SummaryWriter = None
             if SummaryWriter is not None:
-                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+                self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
+
+    def offset(self) -> int:
+        """Bytes written so far (every record is complete: each is written and closed at once)."""
+        return self.path.stat().st_size if self.enabled and self.path.is_file() else 0
 
     def log(self, split: str, step: int, epoch: int, **values: Any) -> None:
         if not self.enabled:
@@ -44,5 +64,9 @@ class RunLogger:
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The records of a log. A last line without its newline -- a record cut short by a killed
+    process, which ``--resume`` would truncate away -- is ignored."""
+    text = Path(path).read_text()
+    lines = text.split("\n")
+    complete = lines[:-1]  # the part after the last newline is empty or an incomplete record
+    return [json.loads(line) for line in complete if line.strip()]

@@ -1,23 +1,41 @@
 """The training loop, top to bottom in one function.
 
     textvae train recipes/ptb/vae.yaml [--overrides] [--resume]
+    torchrun --nproc_per_node 4 -m textvae.cli train recipes/ptb/vae.yaml     # data-parallel
 
 One pass: build data, model (whose forward returns the loss), optimiser; restore a checkpoint if
 resuming; then epochs of steps; each epoch ends with validation at beta = 1, the plateau lr decay
 with best-model reload (He et al. 2019), and a checkpoint. Remedies that change the procedure
 (aggressive encoder updates, encoder pretraining) act through the hooks of
 :class:`~textvae.remedies.Remedy`; figures reported to the user come from ``textvae.metrics``.
+Under ``torchrun`` the same loop runs data-parallel (:mod:`textvae.training.distributed`).
+
+Never losing work:
+
+* A checkpoint (model, optimiser, every rank's RNG, loop position, the log's length) is written
+  atomically at step 0, every ``train.checkpoint_every`` steps and at each epoch end. ``--resume``
+  continues from it exactly: the batch plan is a function of (seed, epoch) resumed at the saved
+  batch, the RNG streams are restored, and ``metrics.jsonl`` is cut back to the checkpoint, so a
+  run killed at any moment ends with the parameters, best model and log of an uninterrupted one.
+* A non-finite loss or gradient stops training before the update, naming the term that went
+  non-finite and the step; the last checkpoint is kept and the message gives the command that
+  resumes it with a lower learning rate (``--resume`` applies a changed ``--optim.lr``).
 """
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 import yaml
+from torch import nn
 from tqdm import tqdm
 
 from textvae.config import OptimConfig, RunConfig
@@ -26,19 +44,28 @@ from textvae.data.batching import padding_fraction
 from textvae.data.datasets import load_dataset
 from textvae.errors import TextVAEError
 from textvae.metrics import evaluate_model
-from textvae.models.textvae import TextVAE
-from textvae.remedies import inference_parameters, reinit_decoder
+from textvae.models.textvae import WEIGHTS_FILE, TextVAE, VAEOutput
+from textvae.reduction import token_counts
+from textvae.remedies import REMEDIES, Remedy, inference_parameters, reinit_decoder
 from textvae.schedules import cycle_fraction, cycle_restart
-from textvae.training.checkpoint import load_checkpoint, save_checkpoint
+from textvae.training.checkpoint import (Checkpoint, read_checkpoint, restore_checkpoint, rng_state,
+                                         save_checkpoint)
+from textvae.training.distributed import World, rank_seed
 from textvae.training.logger import RunLogger
 
 CHECKPOINT = "checkpoint.safetensors"
 EVAL_SEED = 1234  # evaluation draws its own random numbers so it never shifts the training stream
 
+log = logging.getLogger("textvae.train")
+
 
 @dataclasses.dataclass
 class LoopState:
-    """Everything besides tensors that a resumed run needs to continue exactly."""
+    """Everything besides tensors that a resumed run needs to continue exactly.
+
+    ``done``: the plateau schedule has used up its decays (``max_steps`` and ``epochs`` are read
+    from the configuration, so a resumed run may be given more of either).
+    """
 
     step: int = 0
     epoch: int = 0
@@ -69,7 +96,13 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise TextVAEError(f"unknown train.device {name!r}; valid: auto, cpu, cuda, cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TextVAEError(f"train.device {name!r}: CUDA is not available on this machine")
+    return device
 
 
 def evaluation(model: TextVAE, batches: Callable[[], Iterator[Batch]], device: torch.device,
@@ -107,40 +140,146 @@ class LoopTrainer:
         self.state.best_val, self.state.bad_epochs = math.inf, 0
 
 
-def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
-    tc, oc = cfg.train, cfg.optim
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
-    device = resolve_device(tc.device)
-    run_dir = Path(cfg.out_dir) / cfg.name
-    ckpt_path = run_dir / CHECKPOINT
-    if resume and not ckpt_path.is_file():
-        raise TextVAEError(f"--resume: no checkpoint in {run_dir}")
-    if not resume and ckpt_path.is_file():
+class TrainStep(nn.Module):
+    """What DDP wraps: the model's forward with only the weighted loss left in the autograd graph.
+
+    Returns (weight · loss, the output with every tensor detached). DDP looks for parameters in
+    the graph of every tensor of the output; detaching the figures that are only logged makes
+    that graph exactly the loss's, so unused parameters are recognised as such.
+    """
+
+    def __init__(self, model: TextVAE):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Batch, step: int, weight: float) -> tuple[torch.Tensor, VAEOutput]:
+        out = self.model(batch, step=step)
+        figures = VAEOutput(rec=out.rec.detach(), kl=out.kl.detach(), n_tokens=out.n_tokens,
+                            loss=out.loss.detach(), terms={k: v.detach() for k, v in out.terms.items()})
+        return out.loss * weight, figures
+
+
+def remedy_name(remedy: Remedy) -> str:
+    """The registered name of a remedy (what a recipe calls it)."""
+    return next((n for n in REMEDIES.names() if REMEDIES.get(n) is type(remedy)), type(remedy).__name__)
+
+
+def describe_nonfinite(name: str, remedies: list[Remedy]) -> str:
+    """What a figure of :func:`nonfinite_figures` is, for the user."""
+    known = {"rec": "reconstruction term (rec)", "kl": "KL term (kl)",
+             "kl_term": "weighted KL term (kl_term: beta * KL, or the remedy's replacement)",
+             "loss": "total loss (every term finite: the sum overflowed)",
+             "gradient": "gradient norm (the loss was finite)"}
+    if name in known:
+        return known[name]
+    owner = next((r for r in remedies if type(r).__name__ == name), None)
+    return f"extra loss of remedy {remedy_name(owner)!r}" if owner is not None else f"term {name!r}"
+
+
+def nonfinite_figures(out: VAEOutput, grad_norm: torch.Tensor, world: World) -> list[str]:
+    """Names of the figures of this step that are NaN or infinite on any rank: rec, kl, the
+    objective's terms (kl_term, each remedy's extra loss), loss, gradient -- in that order."""
+    figures = {"rec": out.rec, "kl": out.kl, **{k: v for k, v in out.terms.items() if k != "beta"},
+               "loss": out.loss, "gradient": grad_norm}
+    flags = torch.stack([~torch.isfinite(v.detach().to(grad_norm.device)).all() for v in figures.values()])
+    return [name for name, bad in zip(figures, world.any(flags).tolist()) if bad]
+
+
+def config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> dict[str, tuple[Any, Any]]:
+    """``{"optim.lr": (1.0, 0.5), ...}``: the leaves that differ between two configuration dicts."""
+    changes: dict[str, tuple[Any, Any]] = {}
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes.update(config_changes(a, b, f"{prefix}{key}."))
+        elif a != b:
+            changes[f"{prefix}{key}"] = (a, b)
+    return changes
+
+
+def save_best_weights(model: TextVAE, best_dir: Path) -> None:
+    """Replace the best model's weights atomically (config.json and tokenizer.json, written when
+    the run starts, stay as they are), so a kill mid-write keeps the previous best model."""
+    from safetensors.torch import save_model
+
+    tmp = best_dir / (WEIGHTS_FILE + ".tmp")
+    save_model(model, str(tmp))
+    os.replace(tmp, best_dir / WEIGHTS_FILE)
+
+
+def check_run_dir(run_dir: Path, resume: bool) -> None:
+    ckpt = run_dir / CHECKPOINT
+    if resume and not ckpt.is_file():
+        raise TextVAEError(f"--resume: no checkpoint in {run_dir}; start the run without --resume")
+    if not resume and ckpt.is_file():
         raise TextVAEError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --name")
+
+
+def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
+    """Train (or, with ``resume``, continue) the run ``out_dir/name``; returns the test report.
+
+    Every rank of a ``torchrun`` launch calls this; each returns the same report.
+    """
+    tc, oc = cfg.train, cfg.optim
     if tc.precision not in ("fp32", "bf16"):
         raise TextVAEError(f"unknown train.precision {tc.precision!r}; valid: fp32, bf16")
     if oc.cycle_lr not in ("none", "restart", "cosine"):
         raise TextVAEError(f"unknown optim.cycle_lr {oc.cycle_lr!r}; valid: none, restart, cosine")
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    world = World.from_environment()
+    device = world.start(resolve_device(tc.device))
+    finished = False
+    try:
+        report = _train(cfg, resume, world, device)
+        finished = True
+    finally:
+        world.close(clean=finished)
+    return report
 
-    torch.manual_seed(tc.seed)
-    data = load_dataset(cfg.data)
+
+def _train(cfg: RunConfig, resume: bool, world: World, device: torch.device) -> dict[str, Any]:
+    tc, oc = cfg.train, cfg.optim
+    if not world.is_main:  # one copy of the data and progress messages
+        logging.getLogger("textvae").setLevel(logging.WARNING)
+    run_dir = Path(cfg.out_dir) / cfg.name
+    ckpt_path, best_dir = run_dir / CHECKPOINT, run_dir / "model"
+    world.on_main(lambda: check_run_dir(run_dir, resume))
+
+    torch.manual_seed(tc.seed)  # the same initial weights on every rank
+    data = world.node_first(lambda: load_dataset(cfg.data))
     train_split, valid_split = data.splits["train"], data.splits["valid"]
     model = TextVAE(cfg.model, data.tokenizer.vocab_size, cfg.objective).to(device)
     remedies = list(model.objective.remedies)
+    for remedy in remedies:
+        if world.size > 1 and type(remedy).before_update is not Remedy.before_update:
+            raise TextVAEError(f"remedy {remedy_name(remedy)!r} takes optimiser steps of its own inside each "
+                               f"training step, which data-parallel training does not support; run it in "
+                               f"one process (without torchrun)")
+    torch.manual_seed(rank_seed(tc.seed, world.rank))  # this rank's z noise, dropout masks, ...
     state = LoopState(lr=oc.lr)
     optimizer = build_optimizer(oc, model, state.lr)
-    best_dir = run_dir / "model"
     if resume:
-        state = LoopState(**load_checkpoint(ckpt_path, model, optimizer)["loop"])
+        ckpt: Checkpoint = world.broadcast(world.on_main(lambda: read_checkpoint(ckpt_path)))
+        state, changes = restore_run(ckpt, cfg, model, optimizer, world, device)
+        log_bytes = ckpt.meta["log_bytes"]
     else:
-        best_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        model.save_pretrained(best_dir, data.tokenizer)
+        changes, log_bytes = {}, 0
         unigram = torch.bincount(torch.from_numpy(train_split.ids.flat).long(), minlength=data.tokenizer.vocab_size)
         for remedy in remedies:
             remedy.set_corpus_statistics(unigram.to(device))
-    logger = RunLogger(run_dir, tensorboard=tc.tensorboard)
+
+        def start_run_dir() -> None:
+            best_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            model.save_pretrained(best_dir, data.tokenizer)
+
+        world.on_main(start_run_dir)
+    logger = RunLogger(run_dir, tensorboard=tc.tensorboard, enabled=world.is_main, truncate_to=log_bytes,
+                       purge_step=state.step + 1 if resume else None)
+    if changes:
+        logger.log("resume", state.step, state.epoch, changed={k: list(v) for k, v in changes.items()})
+        world.on_main(lambda: (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
 
     def sample_batch() -> Batch:
         """A uniformly drawn training batch, from torch's global RNG (so resuming replays it)."""
@@ -148,65 +287,82 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
         return train_split.batch(batches[int(torch.randint(len(batches), ()))]).to(device)
 
     trainer = LoopTrainer(model, optimizer, state, oc.clip, sample_batch)
+    step_fn = world.wrap(TrainStep(model), device)
+    last_checkpoint = [state.step]
 
     def valid_batches(limit: int | None = None) -> Callable[[], Iterator[Batch]]:
         return lambda: valid_split.batches(cfg.data.eval_batch_size, shuffle=False, limit=limit)
 
     def checkpoint() -> None:
-        save_checkpoint(ckpt_path, model, optimizer, {"loop": dataclasses.asdict(state)})
+        rng = world.gather(rng_state(device))
+        meta = {"loop": dataclasses.asdict(state), "config": cfg.to_dict(), "log_bytes": logger.offset()}
+        world.on_main(lambda: save_checkpoint(ckpt_path, model, optimizer, meta, rng_states=rng))
+        last_checkpoint[0] = state.step
 
-    n_batches = train_split.num_batches(cfg.data.batch_size)
-    padding = padding_fraction(train_split.sampler(cfg.data.batch_size, shuffle=True, seed=tc.seed,
-                                                   pool_batches=cfg.data.bucket_pool).epoch_batches(0),
-                               train_split.lengths)
-    logger.log("data", state.step, state.epoch, train_sentences=len(train_split), padding_fraction=padding,
-               vocab_size=data.tokenizer.vocab_size)
+    def stop_nonfinite(bad: list[str]) -> None:
+        what = describe_nonfinite(bad[0], remedies)
+        logger.log("nonfinite", state.step + 1, state.epoch, terms=bad)
+        raise TextVAEError(
+            f"non-finite {what} at step {state.step + 1} (epoch {state.epoch + 1}, batch "
+            f"{state.batch_in_epoch + 1}); the update was not applied. The last good checkpoint, "
+            f"{ckpt_path} (step {last_checkpoint[0]}), is kept; resume it with a lower learning rate: "
+            f"textvae train {run_dir / 'config.yaml'} --resume --optim.lr {state.lr / 2:g}")
+
+    sampler = train_split.sampler(cfg.data.batch_size, shuffle=True, seed=tc.seed, pool_batches=cfg.data.bucket_pool)
+    n_batches = len(sampler)
+    padding = padding_fraction(sampler.epoch_batches(0), train_split.lengths)
+    if not resume:
+        logger.log("data", state.step, state.epoch, train_sentences=len(train_split), padding_fraction=padding,
+                   vocab_size=data.tokenizer.vocab_size, world_size=world.size)
+        checkpoint()  # from here on, a killed run can be resumed
     epoch_metrics = ("elbo",) if model.is_lm else ("elbo", "mi_batch", "au")
-    while not state.done and state.epoch < tc.epochs:
+    while not state.done and state.epoch < tc.epochs and (tc.max_steps is None or state.step < tc.max_steps):
         model.train()
-        batches = train_split.batches(cfg.data.batch_size, shuffle=True, seed=tc.seed, epoch=state.epoch,
-                                      pool_batches=cfg.data.bucket_pool, start_batch=state.batch_in_epoch)
-        bar = tqdm(batches, total=n_batches, initial=state.batch_in_epoch, disable=not tc.progress,
+        sampler.set_epoch(state.epoch, state.batch_in_epoch)
+        bar = tqdm(sampler, total=n_batches, initial=state.batch_in_epoch, disable=not (tc.progress and world.is_main),
                    desc=f"epoch {state.epoch + 1}/{tc.epochs}", dynamic_ncols=True, leave=False)
         t0, tokens0 = time.perf_counter(), state.train_tokens
-        for batch in bar:
+        for index in bar:
             if oc.cycle_lr != "none":
                 u = cycle_fraction(model.objective.schedule, state.step)
                 if oc.cycle_lr == "cosine" and u is not None:
                     set_lr(optimizer, state.lr * (1 + math.cos(math.pi * u)) / 2)
                 elif oc.cycle_lr == "restart" and cycle_restart(model.objective.schedule, state.step):
                     set_lr(optimizer, state.lr)
-            batch = batch.to(device)
+            index = np.asarray(index)
+            mine, weight = world.shard(index)  # this rank's share of the global batch
+            batch = train_split.batch(mine).to(device)
             for remedy in remedies:
                 remedy.before_update(trainer, batch)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16"):
-                out = model(batch, step=state.step)
+                loss, out = step_fn(batch, state.step, weight)
             optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), oc.clip) if oc.clip > 0 else None
+            loss.backward()  # DDP: gradients averaged over the ranks during the backward pass
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), oc.clip if oc.clip > 0 else math.inf)
+            bad = nonfinite_figures(out, grad_norm, world)
+            if bad:
+                stop_nonfinite(bad)
             for remedy in remedies:
                 remedy.before_step(trainer)
             optimizer.step()
             state.step += 1
             state.batch_in_epoch += 1
-            state.train_tokens += int(out.n_tokens.sum())
+            state.train_tokens += int(token_counts(torch.from_numpy(train_split.lengths[index])).sum())
 
             if state.step % tc.log_every == 0:
-                rec, kl = out.rec.mean().item(), out.kl.sum(-1).mean().item()
-                bar.set_postfix(loss=f"{out.loss.item():.2f}", rec=f"{rec:.2f}", kl=f"{kl:.2f}")
-                logger.log("train", state.step, state.epoch, loss=out.loss.item(), rec=rec, kl=kl,
-                           lr=optimizer.param_groups[0]["lr"],
-                           grad_norm=None if grad_norm is None else grad_norm.item(),
-                           **{k: v.item() for k, v in out.terms.items()})
+                figures = world.weighted_mean({"loss": out.loss, "rec": out.rec.mean(), "kl": out.kl.sum(-1).mean(),
+                                               **out.terms}, len(mine) if weight else 0)
+                bar.set_postfix(loss=f"{figures['loss']:.2f}", rec=f"{figures['rec']:.2f}", kl=f"{figures['kl']:.2f}")
+                logger.log("train", state.step, state.epoch, lr=optimizer.param_groups[0]["lr"],
+                           grad_norm=float(grad_norm), **figures)
             if tc.metrics_every and state.step % tc.metrics_every == 0 and not model.is_lm:
-                logger.log("valid_metrics", state.step, state.epoch, **evaluation(
-                    model, valid_batches(tc.metrics_sentences), device,
-                    metrics=("elbo", "mi_batch", "mi_dataset", "au")))
+                figures = world.on_main(lambda: evaluation(model, valid_batches(tc.metrics_sentences), device,
+                                                           metrics=("elbo", "mi_batch", "mi_dataset", "au")))
+                logger.log("valid_metrics", state.step, state.epoch, **figures)
                 model.train()
             if tc.checkpoint_every and state.step % tc.checkpoint_every == 0:
                 checkpoint()
             if tc.max_steps is not None and state.step >= tc.max_steps:
-                state.done = True
                 break
         bar.close()
         elapsed = time.perf_counter() - t0
@@ -218,46 +374,74 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
             state.batch_in_epoch = 0
 
         # ---- validation at beta = 1; plateau decay with best-model reload (He et al. 2019) ----------
-        val = evaluation(model, valid_batches(), device, metrics=epoch_metrics)
+        val = world.on_main(lambda: evaluation(model, valid_batches(), device, metrics=epoch_metrics))
         val_loss = val["neg_elbo"]
         improved = val_loss < state.best_val
         if improved:
             state.best_val, state.bad_epochs = val_loss, 0
-            model.save_pretrained(best_dir)
-        else:
-            state.bad_epochs += 1
-        if not improved and state.epoch >= oc.decay_start_epoch and state.bad_epochs >= oc.decay_patience:
-            state.lr *= oc.decay_factor
-            state.decays += 1
-            state.bad_epochs = 0
-            if oc.reload_best_on_decay:
-                model.load_state_dict(TextVAE.from_pretrained(best_dir, device).state_dict())
-            optimizer = trainer.optimizer = build_optimizer(oc, model, state.lr)
-            state.done = state.done or state.decays >= oc.max_decays
-        for remedy in remedies:
-            val.update(remedy.after_epoch(trainer, state.epoch, val))
+            world.on_main(lambda: save_best_weights(model, best_dir))
+        if epoch_complete:  # epoch-level rules skip the partial epoch that max_steps ends
+            state.bad_epochs += not improved
+            if not improved and state.epoch >= oc.decay_start_epoch and state.bad_epochs >= oc.decay_patience:
+                state.lr *= oc.decay_factor
+                state.decays += 1
+                state.bad_epochs = 0
+                if oc.reload_best_on_decay and world.is_main:  # the other ranks get it from sync_module
+                    model.load_state_dict(TextVAE.from_pretrained(best_dir, device).state_dict())
+                optimizer = trainer.optimizer = build_optimizer(oc, model, state.lr)
+                state.done = state.decays >= oc.max_decays
+            for remedy in remedies:
+                val.update(remedy.after_epoch(trainer, state.epoch, val))
+            world.sync_module(model)  # a reloaded best model, a decoder re-drawn from per-rank streams
         logger.log("valid", state.step, state.epoch, lr=state.lr, improved=improved, tokens_per_s=tok_s, **val)
-        if tc.progress:
+        if tc.progress and world.is_main:
             tqdm.write(f"epoch {state.epoch}: valid -ELBO {val_loss:.3f}  ELBO-PPL {val['elbo_ppl']:.2f}  "
                        f"KL {val.get('kl', 0.0):.3f}  lr {state.lr:g}  {tok_s:,.0f} tok/s")
         checkpoint()
 
-    report = final_report(cfg, data, best_dir, device)
-    report["train_seconds"] = state.train_seconds
-    report["train_tokens_per_s"] = state.train_tokens / max(state.train_seconds, 1e-9)
-    report["padding_fraction"] = padding
-    logger.log("test", state.step, state.epoch, **report)
+    def test_report() -> dict[str, Any]:
+        report = final_report(cfg, data, best_dir, device)
+        report["train_seconds"] = state.train_seconds
+        report["train_tokens_per_s"] = state.train_tokens / max(state.train_seconds, 1e-9)
+        report["padding_fraction"] = padding
+        logger.log("test", state.step, state.epoch, **report)
+        return report
+
+    report = world.on_main(test_report)
     logger.close()
     return report
+
+
+def restore_run(ckpt: Checkpoint, cfg: RunConfig, model: TextVAE, optimizer: torch.optim.Optimizer, world: World,
+                device: torch.device) -> tuple[LoopState, dict[str, tuple[Any, Any]]]:
+    """Load a checkpoint into this rank; returns the loop state and the configuration changes
+    since the checkpoint (a changed ``optim.lr`` takes effect; others are only reported)."""
+    saved_cfg = ckpt.meta["config"]
+    changes = config_changes(saved_cfg, json.loads(json.dumps(cfg.to_dict())))
+    same_world = len(ckpt.rng_states) == world.size
+    try:
+        restore_checkpoint(ckpt, model, optimizer, rank=world.rank if same_world else None, device=device)
+    except TextVAEError as e:
+        if changes:
+            changed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items())
+            raise TextVAEError(f"{e}; changed since the checkpoint: {changed}") from None
+        raise
+    state = LoopState(**ckpt.meta["loop"])
+    if not same_world:  # data order does not depend on the world size; only the noise streams do
+        log.warning("resuming a %d-process run with %d processes: random streams restart from the seed",
+                    len(ckpt.rng_states), world.size)
+        torch.manual_seed(rank_seed(cfg.train.seed + state.step, world.rank))
+    if "optim.lr" in changes:
+        state.lr = cfg.optim.lr
+        set_lr(optimizer, state.lr)
+    return state, changes
 
 
 def final_report(cfg: RunConfig, data: Any, best_dir: Path, device: torch.device) -> dict[str, Any]:
     """Test-set figures of the best model, and the ground truth when the corpus is synthetic."""
     model = TextVAE.from_pretrained(best_dir, device)
     test = data.splits["test"]
-    metrics = ("elbo",) if model.is_lm else ("elbo", "mi_batch", "mi_dataset", "au", "diagnostics")
-    if cfg.train.iw_samples_final > 0 and not model.is_lm:
-        metrics += ("iw",)
+    metrics = ("elbo",) if model.is_lm else ("elbo", "iw", "mi_batch", "mi_dataset", "au", "diagnostics")
     report = evaluation(model, lambda: test.batches(cfg.data.eval_batch_size, shuffle=False), device,
                         metrics=metrics, n_samples=cfg.train.iw_samples_final)
     if data.truth is not None:
