@@ -141,7 +141,7 @@ class MarkovSource:
         raise NotImplementedError
 
     def log_prob_ids(self, ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        """Exact log p(x) [N] of encoded sentences."""
+        """True log p(x) [N] of encoded sentences (ids [N, L], lengths [N])."""
         raise NotImplementedError
 
     def mutual_information(self, n_samples: int, rng: np.random.Generator) -> tuple[float, float]:
@@ -236,10 +236,10 @@ class ClassMarkovParams:
 
 
 class ClassMarkov(MarkovSource):
-    """c ~ Cat(pi); x | c ~ Markov chain with initial ``init[c]`` and transitions ``trans[c]``.
+    """c ~ Cat(pi); x | c ~ the Markov chain ``probs[c]``.
 
     ``probs`` [K, V + 1, V + 1]: row START is the initial distribution (end impossible), row w is
-    p(next | w, c) over V words and the end event.
+    p(next | w, c) over V words and the end event. Each class draws its own rows, so classes differ.
     """
 
     Params = ClassMarkovParams
@@ -248,12 +248,13 @@ class ClassMarkov(MarkovSource):
         rng = _stream(seed, "params")
         super().__init__(params, seed, make_vocabulary(params.vocab_size, rng))
         K, V = params.num_classes, params.vocab_size
-        if K < 1:
-            raise TextVAEError(f"synthetic num_classes must be >= 1, got {K}")
+        e = params.end_prob
+        if K < 1 or not 0 < e < 1 or params.transition_concentration <= 0:
+            raise TextVAEError(f"synthetic needs num_classes >= 1, 0 < end_prob < 1 and "
+                               f"transition_concentration > 0; got {params}")
         c = params.prior_concentration
         self.pi = np.full(K, 1.0 / K) if c is None else rng.dirichlet(np.full(K, float(c)))
         rows = rng.dirichlet(np.full(V, params.transition_concentration), size=(K, V + 1))  # [K, V+1, V]
-        e = params.end_prob
         end = np.zeros((K, V + 1))
         end[:, :V] = rng.beta(20 * e, 20 * (1 - e), size=(K, V))
         self.probs = np.concatenate([rows * (1 - end)[..., None], end[..., None]], axis=2)
@@ -475,7 +476,7 @@ class ContinuousZMarkov(MarkovSource):
         cov = second - mean[:, :, None] * mean[:, None, :]
         c = st.leave
         value = st.const + (st.b * z).sum(1) - np.add.reduceat(c * lse, st.starts)
-        value -= 0.4 * (z**2).sum(1) + math.log(2 * math.pi)
+        value -= 0.5 * (z**2).sum(1) + math.log(2 * math.pi)
         grad = st.b - np.add.reduceat(c[:, None] * mean, st.starts) - z
         neg_hess = np.add.reduceat(c[:, None, None] * cov, st.starts) + np.eye(self.latent_dim)
         return value, grad, neg_hess
