@@ -102,41 +102,129 @@ def load_model_dir(path: str) -> tuple[Any, Any, Optional[dict]]:
 
 
 def cmd_evaluate(argv: list[str]) -> None:
+    """One table and one JSON file of every figure of a model on a split: ELBO terms with the KL
+    per dimension, IW-NLL / IW-PPL, both MI estimators, active units and the collapse diagnosis,
+    generation (reconstruction BLEU, distinct-1/2 and self-BLEU of prior samples) and, with
+    ``--probe N``, the latent probe (BN-VAE). ``--max-sentences`` evaluates an evenly spread
+    subset of the split (the first sentences would be the shortest in evaluation order)."""
     from textvae.config import DataConfig, from_dict
     from textvae.data.datasets import load_dataset
-    from textvae.training.train import evaluation, truth_figures
+    from textvae.metrics import METRICS
+    from textvae.metrics.generation import generation_metrics
+    from textvae.metrics.likelihood import DEFAULT_MAX_TOKENS
+    from textvae.training.train import evaluation
 
     ap = argparse.ArgumentParser(prog="textvae evaluate", description="Evaluate a trained model on a split.")
     ap.add_argument("model", help="run folder or saved model folder")
     ap.add_argument("--data", help="dataset name or path (default: the run's dataset)")
     ap.add_argument("--split", default="test", choices=["train", "valid", "test"])
     ap.add_argument("--iw-samples", type=int, default=500, help="importance samples for IW-NLL (0 = skip)")
+    ap.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
+                    help="IW decoder budget: samples x sentences x length per decoder call")
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--max-sentences", type=int, default=None)
-    ap.add_argument("--json", help="write the results here (default: <run>/eval_<split>.json)")
+    ap.add_argument("--max-sentences", type=int, default=None, help="evaluate this many, spread over the split")
+    ap.add_argument("--gen-sentences", type=int, default=500,
+                    help="sentences reconstructed, and prior samples drawn, for the generation metrics")
+    ap.add_argument("--no-generation", action="store_true", help="skip the generation metrics")
+    ap.add_argument("--max-len", type=int, default=None,
+                    help="decoding steps, </s> included (default: the split's longest sentence)")
+    ap.add_argument("--probe", type=int, default=0, metavar="N",
+                    help="latent probe with N labelled train sentences per class (labelled data only)")
+    ap.add_argument("--probe-draws", type=int, default=5, help="random labelled subsets the probe averages")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the prior samples and the probe's draws")
+    ap.add_argument("--json", help="write the results here (default: <run or model folder>/eval_<split>.json)")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
+    for flag in ("iw_samples", "probe"):
+        if getattr(args, flag) < 0:
+            raise TextVAEError(f"--{flag.replace('_', '-')} must be >= 0")
+    for flag in ("max_tokens", "batch_size", "probe_draws"):
+        if getattr(args, flag) < 1:
+            raise TextVAEError(f"--{flag.replace('_', '-')} must be >= 1")
+    if not args.no_generation and args.gen_sentences < 2:
+        raise TextVAEError("--gen-sentences must be >= 2 (self-BLEU compares samples with each other)")
     model, tokenizer, run_cfg = load_model_dir(args.model)
     data_cfg = from_dict(DataConfig, run_cfg["data"]) if run_cfg else DataConfig()
     if args.data:
         data_cfg.name = args.data
     elif run_cfg is None:
         raise TextVAEError("--data is needed when evaluating a model folder rather than a run folder")
-    data_cfg.max_sentences = args.max_sentences
+    data_cfg.max_sentences = None  # the whole split, whatever cap the run trained with
     data = load_dataset(data_cfg, tokenizer=tokenizer)
     split = data.splits[args.split]
     device = torch.device(args.device)
     model.to(device)
-    results = evaluation(model, lambda: split.batches(args.batch_size, shuffle=False), device,
-                         n_samples=0 if model.is_lm else args.iw_samples)
+    n_eval = min(args.max_sentences or len(split), len(split))
+
+    def batches(limit: int) -> Any:
+        """A fresh iterator over ``limit`` sentences of the split, in evaluation order, on the device."""
+        return lambda: (b.to(device) for b in split.batches(args.batch_size, limit=limit))
+
+    metrics = [m for m in METRICS if m != "iw" or args.iw_samples > 0]
+    results = evaluation(model, batches(n_eval), device, metrics=metrics, n_samples=max(args.iw_samples, 1),
+                         max_tokens=args.max_tokens, per_dim=True)
     if data.truth is not None:
-        results.update(truth_figures(data.truth, args.split))
+        results.update(_truth_figures(data.truth, args.split, split, split.subset(n_eval)))
+    examples: dict[str, Any] = {}
+    if not args.no_generation:
+        max_len = args.max_len or int(split.lengths.max()) - 1
+        gen = generation_metrics(model, tokenizer, batches(min(args.gen_sentences, n_eval)), args.gen_sentences,
+                                 max_len, seed=args.seed, batch_size=args.batch_size)
+        results.update(gen.summary())
+        examples = {"reconstructions": [list(p) for p in zip(gen.references, gen.reconstructions)][:_EXAMPLES],
+                    "samples": gen.samples[:_EXAMPLES]}
+    if args.probe:
+        results.update(_probe_figures(model, data, args, batches(n_eval), device))
     print(format_report(results))
-    out = Path(args.json) if args.json else (
-        Path(args.model) / f"eval_{args.split}.json" if run_cfg else None)
-    if out is not None:
-        out.write_text(json.dumps(results, indent=2))
-        print(f"results written to {out}")
+    out = Path(args.json) if args.json else Path(args.model) / f"eval_{args.split}.json"
+    record = {"model": str(args.model), "data": data_cfg.name, "split": args.split, **results, "examples": examples}
+    out.write_text(json.dumps(record, indent=2))
+    print(f"results written to {out}")
+
+
+_EXAMPLES = 20  # reconstructions and samples kept in the JSON
+
+
+def _truth_figures(truth: dict[str, Any], name: str, split: Any, positions: Any) -> dict[str, float]:
+    """The synthetic corpus' true NLL and PPL on the evaluated sentences (``positions`` in the
+    split, whose order is truth.json's) and its true I(x; latent)."""
+    import numpy as np
+
+    from textvae.reduction import perplexity
+
+    figures = truth["splits"][name]
+    if figures["n_sentences"] != len(split):  # lines dropped on reading: the order no longer matches
+        logging.getLogger("textvae").warning("%s split has %d sentences but the ground truth %d: true "
+                                             "figures left out", name, len(split), figures["n_sentences"])
+        return {}
+    nll = -np.asarray(figures["log_px"])[positions]
+    tokens = split.lengths[positions] - 1  # words + </s>
+    return {"true_nll": float(nll.mean()), "true_ppl": perplexity(float(nll.sum()), float(tokens.sum())),
+            "true_mi": float(truth["mi"])}
+
+
+def _probe_figures(model: Any, data: Any, args: argparse.Namespace, test_batches: Any,
+                   device: torch.device) -> dict[str, Any]:
+    """Latent probe: ``args.probe`` labelled train sentences per class, ``args.probe_draws`` draws,
+    tested on the evaluated sentences."""
+    import numpy as np
+
+    from textvae.metrics.probe import probe_model
+
+    train = data.splits["train"]
+    if model.is_lm:
+        raise TextVAEError("--probe: this model is a language model: it has no latent space")
+    if train.labels is None:
+        raise TextVAEError(f"--probe needs a labelled corpus such as yelp_short; {data.name} has no labels")
+
+    def train_batches(positions: np.ndarray) -> Any:
+        positions = positions[np.argsort(train.lengths[positions], kind="stable")]  # less padding
+        for i in range(0, len(positions), args.batch_size):
+            yield train.batch(positions[i:i + args.batch_size]).to(device)
+
+    result = probe_model(model, train.labels, train_batches, test_batches, args.probe, args.probe_draws, args.seed)
+    return {"probe_acc": result.mean, "probe_acc_std": result.std, "probe_n_per_class": float(args.probe),
+            "probe_draws": float(args.probe_draws), "probe_accuracies": result.accuracies}
 
 
 def _latents_for(model: Any, tokenizer: Any, sentences: list[str]) -> torch.Tensor:

@@ -95,6 +95,16 @@ class DialogueEvalConfig:
 
 
 @dataclass
+class DialogueOptimConfig(OptimConfig):
+    """textvae's optimiser section with Zhao et al. (2017)'s defaults: Adam 1e-3, clip 5, and the
+    plateau decay off (``decay_start_epoch`` out of reach)."""
+
+    name: str = "adam"
+    lr: float = 1e-3
+    decay_start_epoch: int = 10**9
+
+
+@dataclass
 class CVAERunConfig:
     task: str = "dialogue"
     name: str = "cvae"
@@ -102,7 +112,7 @@ class CVAERunConfig:
     data: DialogueDataConfig = field(default_factory=DialogueDataConfig)
     model: CVAEConfig = field(default_factory=CVAEConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="adam", lr=1e-3, decay_start_epoch=10**9))
+    optim: DialogueOptimConfig = field(default_factory=DialogueOptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: DialogueEvalConfig = field(default_factory=DialogueEvalConfig)
 

@@ -14,10 +14,15 @@ so p(x | z, c) needs nothing but the context (as in Zhao et al.'s code).
 The KL between the two diagonal Gaussians is in closed form (:func:`gaussian_kl`). The loss comes
 from the same :class:`~textvae.objective.Objective` as every sentence VAE, so KL schedules and the
 registered remedies are configuration; the act cross-entropy joins as one more per-sentence extra.
+Remedies see the CVAE through the sentence-VAE protocol: the batch they get is the response
+:class:`Batch` carrying its context vector in ``extras["context_vector"]``, so
+``model.token_nll(batch, z)`` decodes it given its context; ``h`` is the recognition network's
+input [x; c (; act features)], of ``encoder_dim`` units.
 """
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -37,7 +42,7 @@ from textvae.models.distributions import DiagGaussian
 from textvae.models.encoders import ENCODERS, last_layer_final_state
 from textvae.models.textvae import TextVAE, VAEOutput
 from textvae.objective import Objective
-from textvae.remedies import create_remedy
+from textvae.remedies import Remedy, create_remedy
 
 
 def gaussian_kl(mu_q: torch.Tensor, logvar_q: torch.Tensor, mu_p: torch.Tensor, logvar_p: torch.Tensor
@@ -126,7 +131,8 @@ class KgCVAE(nn.Module):
             self.decoder.embedding = self.utterance_encoder.embedding
         self.init_state = nn.Linear(c + d + y, cfg.decoder_layers * cfg.decoder_hidden)
         self.projection = nn.Linear(self.decoder.out_dim, vocab_size)
-        facts = dict(latent_dim=d, vocab_size=vocab_size, hidden_dim=self.decoder.out_dim, emb_dim=cfg.emb_dim)
+        facts = dict(latent_dim=d, vocab_size=vocab_size, hidden_dim=self.decoder.out_dim, emb_dim=cfg.emb_dim,
+                     encoder_dim=u + c + y)
         self.objective = Objective(self.objective_cfg, **facts)
         # BN-VAE's CVAE extension: a second instance of the same remedy for the prior's parameters,
         # so the prior's batch statistics are kept apart from the posterior's.
@@ -154,15 +160,26 @@ class KgCVAE(nn.Module):
         return ConditionalGaussian(mu, logvar)
 
     def posterior(self, batch: DialogueBatch, c: torch.Tensor) -> tuple[ConditionalGaussian, torch.Tensor]:
-        """q(z|x,c[,y]) after the remedies' posterior transforms, and the response vector x [B, U]."""
+        """q(z|x,c[,y]) after the remedies' posterior transforms, and its input h = [x; c (; act
+        features)] [B, encoder_dim], x the response vector."""
         x = self.utterance_encoder(batch.response.tokens, batch.response.lengths)
         parts = [x, c]
         if self.use_acts:
             parts.append(self.act_features(self.act_embedding(self._true_acts(batch))))
-        mu, logvar = self.recognition(torch.cat(parts, -1)).chunk(2, dim=-1)
+        h = torch.cat(parts, -1)
+        mu, logvar = self.recognition(h).chunk(2, dim=-1)
         for remedy in self.objective.remedies:
             mu, logvar = remedy.transform_posterior(mu, logvar)
-        return ConditionalGaussian(mu, logvar), x
+        return ConditionalGaussian(mu, logvar), h
+
+    def inference_parameters(self) -> list[nn.Parameter]:
+        """The parameters of q(z|x,c): encoders, recognition network (and act features), and
+        remedies that transform the posterior (what aggressive training updates in its inner loop)."""
+        modules: list[nn.Module] = [self.context_encoder, self.recognition]  # the context encoder holds the utterance one
+        if self.use_acts:
+            modules += [self.act_embedding, self.act_features]
+        modules += [r for r in self.objective.remedies if type(r).transform_posterior is not Remedy.transform_posterior]
+        return list({id(p): p for m in modules for p in m.parameters() if p.requires_grad}.values())
 
     def _true_acts(self, batch: DialogueBatch) -> torch.Tensor:
         if batch.acts is None:
@@ -193,10 +210,20 @@ class KgCVAE(nn.Module):
         pre = pre.view(c.shape[0], dec.num_layers, dec.hidden_dim).transpose(0, 1).contiguous()
         return (torch.tanh(pre), pre) if isinstance(dec.rnn, nn.LSTM) else torch.tanh(pre)
 
-    def token_nll(self, response: Batch, c: torch.Tensor, code: torch.Tensor,
-                  inputs: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Per-response Σ_t −log p(x_t | x_<t, z, c) [B]; ``inputs`` overrides the decoder inputs
-        (word dropout) while the targets stay the true tokens."""
+    @staticmethod
+    def with_context(response: Batch, c: torch.Tensor) -> Batch:
+        """The response batch carrying its context vectors c [B, H_c] (what :meth:`token_nll` reads)."""
+        return replace(response, extras={**response.extras, "context_vector": c})
+
+    def token_nll(self, response: Batch, z: torch.Tensor, inputs: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Per-response Σ_t −log p(x_t | x_<t, z, c) [B], c from ``response.extras["context_vector"]``
+        (:meth:`with_context`). In training a kgCVAE decodes with the true act of the response
+        (``extras["labels"]``), otherwise with the predicted one. ``inputs`` overrides the decoder
+        inputs (word dropout) while the targets stay the true tokens."""
+        c = response.extras.get("context_vector")
+        if c is None:
+            raise TextVAEError("KgCVAE.token_nll: the response batch carries no context vector (see with_context)")
+        code = self.latent_code(c, z, response.extras.get("labels") if self.training and self.use_acts else None)
         hidden, _ = self.decoder(response.inputs if inputs is None else inputs, code, self.initial_state(c, code))
         targets = response.targets
         mask = targets != PAD_ID  # [B, T-1]
@@ -210,11 +237,10 @@ class KgCVAE(nn.Module):
         times, sample-major, so all (response, sample) pairs go through the decoder in one pass."""
         s, b, d = z.shape
         c = self.encode_context(batch) if c is None else c
-        c_rep = c.repeat(s, 1)
-        code = self.latent_code(c_rep, z.reshape(s * b, d))
         r = batch.response
-        repeated = Batch(tokens=r.tokens.repeat(s, 1), lengths=r.lengths.repeat(s))
-        return -self.token_nll(repeated, c_rep, code).view(s, b)
+        repeated = Batch(tokens=r.tokens.repeat(s, 1), lengths=r.lengths.repeat(s),
+                         extras={"context_vector": c.repeat(s, 1)})
+        return -self.token_nll(repeated, z.reshape(s * b, d)).view(s, b)
 
     def decode_step(self, tokens: torch.Tensor, c: torch.Tensor, z: torch.Tensor, state: Any = None
                     ) -> tuple[torch.Tensor, Any]:
@@ -235,34 +261,27 @@ class KgCVAE(nn.Module):
     # ---- training ----------------------------------------------------------------------------
     def forward(self, batch: DialogueBatch, step: int = 0) -> VAEOutput:
         """rec [B], KL(q(z|x,c) || p(z|c)) [B, D], n_tokens [B] and the objective's loss."""
-        response = batch.response
+        c = self.encode_context(batch)
+        response = self.with_context(batch.response, c)
         inputs = response.inputs
         if self.training:
             for remedy in self.objective.remedies:
                 inputs = remedy.corrupt_inputs(inputs)
-        c = self.encode_context(batch)
-        q, x = self.posterior(batch, c)
-        p = self.prior(c)
+        q, h = self.posterior(batch, c)
         z = q.rsample(1)[0]
-        kl = q.kl(p)
+        kl = q.kl(self.prior(c))
         extras: dict[str, torch.Tensor] = {}
         if self.use_acts:
-            acts = self._true_acts(batch)
-            extras["act"] = F.cross_entropy(self.act_logits(c, z), acts, reduction="none")
-            code = self.latent_code(c, z, acts)
-        else:
-            code = z
-        # Remedies see the response (a textvae Batch), z and the generator's input [c; z].
-        h = torch.cat([c, z], -1)
+            extras["act"] = F.cross_entropy(self.act_logits(c, z), self._true_acts(batch), reduction="none")
         for remedy in self.objective.remedies:
             extra = remedy.extra_loss(self, response, z, h)
             if extra is not None:
                 extras[type(remedy).__name__] = extra
-        rec = self.token_nll(response, c, code, inputs)
+        rec = self.token_nll(response, z, inputs)
         loss, terms = self.objective(rec, kl, step, extras)
         return VAEOutput(rec=rec, kl=kl, n_tokens=response.n_tokens, loss=loss, terms=terms, z=z)
 
-    # ---- persistence (the files and atomic writes of TextVAE) ----------------------------------
+    # ---- persistence: TextVAE's files and atomic writes, driven by config_dict / from_config_dict ----
     def config_dict(self) -> dict[str, Any]:
         return {"model_type": "kgcvae", "model": dataclasses.asdict(self.cfg), "vocab_size": self.vocab_size,
                 "objective": dataclasses.asdict(self.objective_cfg), "act_names": self.act_names,
@@ -275,9 +294,6 @@ class KgCVAE(nn.Module):
         return cls(CVAEConfig(**cfg["model"]), int(cfg["vocab_size"]), ObjectiveConfig(**cfg.get("objective", {})),
                    cfg.get("act_names"), cfg.get("text"))
 
-    def save_pretrained(self, directory: str | Path, tokenizer: Any = None) -> Path:
-        return TextVAE.save_pretrained(self, directory, tokenizer)  # type: ignore[arg-type]
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "KgCVAE":
-        return TextVAE.from_pretrained.__func__(cls, directory, device)  # type: ignore[attr-defined]
+    save_weights = TextVAE.save_weights
+    save_pretrained = TextVAE.save_pretrained
+    from_pretrained = classmethod(TextVAE.from_pretrained.__func__)

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Optional
-
 import torch
 
 from textvae.data.tokenization import Tokenizer
@@ -45,12 +43,12 @@ def prepare_context(turns: list[str], context_turns: int, max_turn_words: int) -
 
 
 def respond(model_dir: str | Path, context: list[str], n: int = 5, method: str = "greedy", max_len: int = 40,
-            seed: int = 0, temperature: float = 1.0, top_p: float = 1.0, show: bool = True,
-            loaded: Optional[tuple[KgCVAE, Tokenizer]] = None) -> list[str]:
+            seed: int = 0, temperature: float = 1.0, top_p: float = 1.0, show: bool = True) -> list[str]:
     """n responses to ``context`` (turns, oldest first), each decoded from its own z ~ p(z|c); printed
-    one per line when ``show``. ``loaded`` reuses an already loaded (model, tokenizer)."""
-    model, tokenizer = loaded or load_cvae(model_dir)
+    one per line when ``show``."""
+    model, tokenizer = load_cvae(model_dir)
     turns = prepare_context(context, model.text.get("context_turns", 10), model.text.get("max_turn_words", 40))
+    # The response slot of the batch is an empty placeholder: generation reads only the context.
     batch = collate_dialogues([[tokenizer.encode(t) for t in turns]], [tokenizer.encode("")])
     device = next(model.parameters()).device
     ids = generate_responses(model, batch.to(device), n, method, max_len, torch.Generator().manual_seed(seed),

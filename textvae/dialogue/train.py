@@ -2,43 +2,57 @@
 
     textvae train recipes/dailydialog/cvae.yaml [--section.key value ...] [--resume]
 
-The same parts as sentence VAEs: optimiser, plateau lr decay with best-model reload, resumable
-safetensors checkpoints, ``metrics.jsonl`` logs, an evaluation RNG apart from the training one. The
-validation loss is −ELBO at β = 1 of the responses given their contexts; the final report adds
-IW-NLL and Zhao et al. (2017)'s BLEU / distinct figures on the test split
-(:mod:`textvae.dialogue.metrics`).
+The sentence loop's parts and helpers, in one process: optimiser, plateau lr decay with best-model
+reload, per-cycle lr with a cyclical KL schedule, bf16 autocast, the remedies' training-procedure hooks (through
+:class:`CVAETrainer`), a stop before any non-finite update, resumable checkpoints and
+``metrics.jsonl`` logs, an evaluation RNG apart from the training one. The validation loss is
+−ELBO at β = 1 of the responses given their contexts; the final report adds IW-NLL and Zhao et al.
+(2017)'s BLEU / distinct figures on the test split (:mod:`textvae.dialogue.metrics`).
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+import numpy as np
 import torch
 import yaml
 from tqdm import tqdm
 
 from textvae.config import from_dict
+from textvae.data.batching import BucketBatchSampler
 from textvae.dialogue.config import CVAERunConfig
 from textvae.dialogue.data import DialogueBatch, DialogueData, DialogueSplit, load_dialogue_data
 from textvae.dialogue.metrics import evaluate_generation, likelihood_metrics
 from textvae.dialogue.model import KgCVAE
 from textvae.errors import TextVAEError
-from textvae.remedies import Remedy
-from textvae.training.checkpoint import load_checkpoint, save_checkpoint
+from textvae.schedules import cycle_fraction, cycle_restart
+from textvae.training.checkpoint import read_checkpoint, rng_state, save_checkpoint
+from textvae.training.distributed import World
 from textvae.training.logger import RunLogger
-from textvae.training.train import CHECKPOINT, EVAL_SEED, LoopState, build_optimizer, resolve_device
+from textvae.training.train import (CHECKPOINT, EVAL_SEED, LoopState, LoopTrainer, build_optimizer, check_config,
+                                    check_run_dir,
+                                    describe_nonfinite, nonfinite_figures, resolve_device, restore_run, set_lr)
 
 TASK = "dialogue"
 
 
-def is_dialogue_recipe(path: str | Path) -> bool:
-    """True when the YAML recipe at ``path`` says ``task: dialogue``."""
+def names_dialogue_recipe(argv: list[str]) -> bool:
+    """True when the recipe of ``textvae train`` arguments (the first argument, or the one after
+    ``--config``) is a YAML file saying ``task: dialogue`` (a run's saved config.yaml says so too)."""
+    if argv and not argv[0].startswith("-"):
+        path = argv[0]
+    elif "--config" in argv[:-1]:
+        path = argv[argv.index("--config") + 1]
+    else:
+        return False
     try:
         values = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError):
-        return False
+        return False  # the sentence-VAE parser reports unreadable recipes
     return isinstance(values, dict) and values.get("task") == TASK
 
 
@@ -78,60 +92,72 @@ def cvae_evaluation(model: KgCVAE, split: DialogueSplit, batch_size: int, device
     return likelihood_metrics(model, batches, iw_samples, generator=torch.Generator().manual_seed(EVAL_SEED))
 
 
-TRAINING_HOOKS = ("set_corpus_statistics", "before_update", "before_step", "after_epoch")
+class CVAETrainer(LoopTrainer):
+    """The :class:`~textvae.remedies.Trainer` view of the dialogue loop: the inference network is
+    q(z|x,c)'s; re-drawing the decoder (``pretraining``) is not supported (it shares its embedding
+    with the utterance encoder)."""
 
+    def encoder_parameters(self) -> list[torch.nn.Parameter]:
+        return self.model.inference_parameters()
 
-def check_remedies(model: KgCVAE) -> None:
-    """Remedies that change the training procedure (aggressive inference training, pretraining with
-    a decoder re-draw, unigram noising statistics) hook into the sentence-VAE loop only."""
-    for remedy in model.objective.remedies:
-        hooks = [h for h in TRAINING_HOOKS if getattr(type(remedy), h) is not getattr(Remedy, h)]
-        if hooks:
-            raise TextVAEError(f"remedy {type(remedy).__name__} uses training-loop hooks ({', '.join(hooks)}) "
-                               f"that the dialogue CVAE loop does not run")
+    def reinit_decoder(self) -> None:
+        raise TextVAEError("re-initialising the decoder (remedy 'pretraining') is not supported for the dialogue CVAE")
 
 
 def train_cvae(cfg: CVAERunConfig, resume: bool = False, data: Optional[DialogueData] = None) -> dict[str, Any]:
     """Train (or, with ``resume``, continue) the run ``out_dir/name``; returns the test report.
 
-    ``data`` may be passed in when several runs share one loaded corpus (a study).
+    One process (no ``torchrun``). ``data`` may be passed in when several runs share one loaded
+    corpus (a study); it must be what ``cfg.data`` describes.
     """
     tc, oc = cfg.train, cfg.optim
-    if oc.cycle_lr != "none":
-        raise TextVAEError("optim.cycle_lr: cyclical learning rates are not supported by the dialogue loop "
-                           "(a cyclical KL schedule is: objective.kl_schedule)")
+    check_config(cfg)  # type: ignore[arg-type]  (it reads only the train, optim and batching fields)
     if tc.threads:
         torch.set_num_threads(tc.threads)
-    device = resolve_device(tc.device)
+    device, world = resolve_device(tc.device), World()
     run_dir = Path(cfg.out_dir) / cfg.name
-    ckpt_path = run_dir / CHECKPOINT
-    if resume and not ckpt_path.is_file():
-        raise TextVAEError(f"--resume: no checkpoint in {run_dir}")
-    if not resume and ckpt_path.is_file():
-        raise TextVAEError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --name")
+    ckpt_path, best_dir = run_dir / CHECKPOINT, run_dir / "model"
+    check_run_dir(run_dir, resume)
 
     torch.manual_seed(tc.seed)
     data = data or load_dialogue_data(cfg.data)
     train_split, valid_split = data.splits["train"], data.splits["valid"]
     text = {"context_turns": cfg.data.context_turns, "max_turn_words": cfg.data.max_turn_words}
     model = KgCVAE(cfg.model, data.tokenizer.vocab_size, cfg.objective, data.act_names, text).to(device)
-    check_remedies(model)
+    remedies = list(model.objective.remedies)
     state = LoopState(lr=oc.lr)
     optimizer = build_optimizer(oc, model, state.lr)
-    best_dir = run_dir / "model"
     if resume:
-        state = LoopState(**load_checkpoint(ckpt_path, model, optimizer)["loop"])
+        ckpt = read_checkpoint(ckpt_path)
+        state, changes = restore_run(ckpt, cfg, model, optimizer, world, device)
+        log_bytes = ckpt.meta["log_bytes"]
     else:
+        changes, log_bytes = {}, 0
+        responses = np.concatenate([train_split.ids[r] for r in train_split.responses])
+        unigram = torch.bincount(torch.from_numpy(responses).long(), minlength=data.tokenizer.vocab_size)
+        for remedy in remedies:
+            remedy.set_corpus_statistics(unigram.to(device))
         best_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         model.save_pretrained(best_dir, data.tokenizer)
-    logger = RunLogger(run_dir, tensorboard=tc.tensorboard)
+    logger = RunLogger(run_dir, tensorboard=tc.tensorboard, truncate_to=log_bytes,
+                       purge_step=state.step + 1 if resume else None)
+    if changes:
+        logger.log("resume", state.step, state.epoch, changed={k: list(v) for k, v in changes.items()})
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+    eval_plan = BucketBatchSampler(train_split.lengths, cfg.data.batch_size, shuffle=False).epoch_batches(0)
+    trainer = CVAETrainer(model, optimizer, state, oc.clip, lambda: train_split.batch(
+        eval_plan[int(torch.randint(len(eval_plan), ()))]).to(device))
 
     def checkpoint() -> None:
-        save_checkpoint(ckpt_path, model, optimizer, {"loop": dataclasses.asdict(state)})
+        meta = {"loop": dataclasses.asdict(state), "config": cfg.to_dict(), "log_bytes": logger.offset()}
+        save_checkpoint(ckpt_path, model, optimizer, meta, rng_states=[rng_state(device)])
 
     n_batches = train_split.num_batches(cfg.data.batch_size)
-    while not state.done and state.epoch < tc.epochs:
+    if not resume:
+        checkpoint()
+    while not state.done and state.epoch < tc.epochs and (tc.max_steps is None or state.step < tc.max_steps):
         model.train()
         batches: Iterator[DialogueBatch] = train_split.batches(
             cfg.data.batch_size, shuffle=True, seed=tc.seed, epoch=state.epoch, pool_batches=cfg.data.bucket_pool,
@@ -140,20 +166,37 @@ def train_cvae(cfg: CVAERunConfig, resume: bool = False, data: Optional[Dialogue
                    desc=f"epoch {state.epoch + 1}/{tc.epochs}", dynamic_ncols=True, leave=False)
         t0, tokens0 = time.perf_counter(), state.train_tokens
         for batch in bar:
-            out = model(batch.to(device), step=state.step)
+            if oc.cycle_lr != "none":  # as the sentence loop: per-cycle lr with a cyclical KL schedule
+                u = cycle_fraction(model.objective.schedule, state.step)
+                if oc.cycle_lr == "cosine" and u is not None:
+                    set_lr(optimizer, state.lr * (1 + math.cos(math.pi * u)) / 2)
+                elif oc.cycle_lr == "restart" and cycle_restart(model.objective.schedule, state.step):
+                    set_lr(optimizer, state.lr)
+            batch = batch.to(device)
+            for remedy in remedies:
+                remedy.before_update(trainer, batch)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16"):
+                out = model(batch, step=state.step)
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), oc.clip) if oc.clip > 0 else None
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), oc.clip if oc.clip > 0 else math.inf)
+            bad = nonfinite_figures(out, grad_norm, world)
+            if bad:
+                logger.log("nonfinite", state.step + 1, state.epoch, terms=bad)
+                raise TextVAEError(f"non-finite {describe_nonfinite(bad[0], remedies)} at step {state.step + 1}; "
+                                   f"the update was not applied; resume {run_dir} with --resume and a lower --optim.lr")
+            for remedy in remedies:
+                remedy.before_step(trainer)
             optimizer.step()
             state.step += 1
             state.batch_in_epoch += 1
             state.train_tokens += int(out.n_tokens.sum())
             if state.step % tc.log_every == 0:
-                rec, kl = float(out.rec.detach().mean()), float(out.kl.detach().sum(-1).mean())
-                bar.set_postfix(loss=f"{out.loss.item():.2f}", rec=f"{rec:.2f}", kl=f"{kl:.2f}")
-                logger.log("train", state.step, state.epoch, loss=out.loss.item(), rec=rec, kl=kl, lr=state.lr,
-                           grad_norm=None if grad_norm is None else float(grad_norm),
-                           **{k: float(v) for k, v in out.terms.items()})
+                figures = {"loss": out.loss.item(), "rec": float(out.rec.detach().mean()),
+                           "kl": float(out.kl.detach().sum(-1).mean()), **{k: float(v) for k, v in out.terms.items()}}
+                bar.set_postfix(loss=f"{figures['loss']:.2f}", rec=f"{figures['rec']:.2f}", kl=f"{figures['kl']:.2f}")
+                logger.log("train", state.step, state.epoch, lr=optimizer.param_groups[0]["lr"],
+                           grad_norm=float(grad_norm), **figures)
             if tc.metrics_every and state.step % tc.metrics_every == 0:
                 logger.log("valid_metrics", state.step, state.epoch, **cvae_evaluation(
                     model, valid_split, cfg.data.eval_batch_size, device, limit=tc.metrics_sentences))
@@ -161,39 +204,43 @@ def train_cvae(cfg: CVAERunConfig, resume: bool = False, data: Optional[Dialogue
             if tc.checkpoint_every and state.step % tc.checkpoint_every == 0:
                 checkpoint()
             if tc.max_steps is not None and state.step >= tc.max_steps:
-                state.done = True
                 break
         bar.close()
-        state.train_seconds += time.perf_counter() - t0
-        epoch_tokens = state.train_tokens - tokens0
-        if not state.done or state.batch_in_epoch == n_batches:
+        elapsed = time.perf_counter() - t0
+        state.train_seconds += elapsed
+        tok_s = (state.train_tokens - tokens0) / max(elapsed, 1e-9)
+        epoch_complete = state.batch_in_epoch >= n_batches
+        if epoch_complete:
             state.epoch += 1
             state.batch_in_epoch = 0
 
-        # ---- end of epoch: validation at beta = 1, plateau decay with best-model reload ----------
+        # ---- validation at beta = 1; plateau decay with best-model reload ----------------------------
         val = cvae_evaluation(model, valid_split, cfg.data.eval_batch_size, device)
         improved = val["neg_elbo"] < state.best_val
         if improved:
             state.best_val, state.bad_epochs = val["neg_elbo"], 0
-            model.save_pretrained(best_dir)
-        else:
-            state.bad_epochs += 1
-        if not improved and state.epoch >= oc.decay_start_epoch and state.bad_epochs >= oc.decay_patience:
-            state.lr *= oc.decay_factor
-            state.decays += 1
-            state.bad_epochs = 0
-            if oc.reload_best_on_decay:
-                model.load_state_dict(KgCVAE.from_pretrained(best_dir, device).state_dict())
-            optimizer = build_optimizer(oc, model, state.lr)
-            state.done = state.done or state.decays >= oc.max_decays
-        tok_s = epoch_tokens / max(time.perf_counter() - t0, 1e-9)
+            model.save_weights(best_dir)  # config.json and tokenizer.json stay as written at start
+        if epoch_complete:
+            if not improved:
+                state.bad_epochs += 1
+            if not improved and state.epoch >= oc.decay_start_epoch and state.bad_epochs >= oc.decay_patience:
+                state.lr *= oc.decay_factor
+                state.decays += 1
+                state.bad_epochs = 0
+                if oc.reload_best_on_decay:
+                    model.load_state_dict(KgCVAE.from_pretrained(best_dir, device).state_dict())
+                optimizer = trainer.optimizer = build_optimizer(oc, model, state.lr)
+                state.done = state.decays >= oc.max_decays
+            for remedy in remedies:
+                val.update(remedy.after_epoch(trainer, state.epoch, val))
         logger.log("valid", state.step, state.epoch, lr=state.lr, improved=improved, tokens_per_s=tok_s, **val)
         if tc.progress:
-            tqdm.write(f"epoch {state.epoch}: valid -ELBO {val['neg_elbo']:.3f} ELBO-PPL {val['elbo_ppl']:.2f} "
-                       f"KL {val['kl']:.3f} lr {state.lr:g} {tok_s:,.0f} tok/s")
+            tqdm.write(f"epoch {state.epoch}: valid -ELBO {val['neg_elbo']:.3f}  ELBO-PPL {val['elbo_ppl']:.2f}  "
+                       f"KL {val['kl']:.3f}  lr {state.lr:g}  {tok_s:,.0f} tok/s")
         checkpoint()
 
     report = final_report(cfg, data, best_dir, device)
+    report["train_seconds"] = state.train_seconds
     logger.log("test", state.step, state.epoch, **report)
     logger.close()
     return report

@@ -1,4 +1,5 @@
-"""Metrics on generated text: reconstruction BLEU, distinct-n and self-BLEU.
+"""Metrics on generated text: reconstruction BLEU, distinct-n and self-BLEU, and
+:func:`generation_metrics`, which generates the texts from a model and scores them.
 
 Sentences are strings of space-separated tokens as the tokenizer produced them (already
 tokenized), so BLEU runs with sacrebleu's ``tokenize="none"``: it splits on whitespace only, and
@@ -8,9 +9,13 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
+import torch
+
 from textvae.errors import TextVAEError
+from textvae.metrics._common import Batches, eval_mode, iterate
 
 
 def _bleu_class() -> Any:
@@ -98,3 +103,60 @@ def self_bleu(sentences: Sequence[str], max_n: int = 4, sample: Optional[int] = 
                                         smooth_value=0.1, effective_order=True,
                                         max_ngram_order=max_n).score)
     return sum(scores) / len(scores)
+
+
+@dataclass
+class GenerationResult:
+    """The texts :func:`generation_metrics` generated and the figures computed on them."""
+
+    references: list[str]  # the encoded sentences, as the tokenizer gives them back
+    reconstructions: list[str]  # greedy decoding from each posterior mean ([] for the LM)
+    samples: list[str]  # ancestral sampling from z ~ p(z) (from nothing for the LM)
+    recon_bleu: Optional[float]  # None for the LM
+    distinct_1: float
+    distinct_2: float
+    self_bleu: float
+
+    def summary(self) -> dict[str, float]:
+        figures = {"recon_bleu": self.recon_bleu, "distinct_1": self.distinct_1,
+                   "distinct_2": self.distinct_2, "self_bleu": self.self_bleu,
+                   "gen_sentences": float(len(self.samples))}
+        return {k: v for k, v in figures.items() if v is not None}
+
+
+def generation_metrics(model: Any, tokenizer: Any, batches: Batches, n_samples: int,
+                       max_len: int, seed: int = 0, batch_size: int = 100) -> GenerationResult:
+    """Generate with ``model`` and score the text.
+
+    * Reconstruction BLEU (:func:`reconstruction_bleu`): every sentence of ``batches`` is encoded
+      and its posterior mean decoded greedily; the reference is the input as the tokenizer decodes
+      its ids, so a word outside the vocabulary is ``<unk>`` on both sides.
+    * ``n_samples`` sentences sampled from z ~ p(z) with plain ancestral sampling (temperature 1, no
+      truncation: the model's own distribution), in chunks of ``batch_size``; both z and the words
+      come from one generator seeded with ``seed``: distinct-1/2 (:func:`distinct_n`) and self-BLEU
+      (:func:`self_bleu`) of these samples.
+
+    ``max_len`` caps decoding steps (``</s>`` included). Eval mode, no gradients.
+    """
+    from textvae.models.decoding import greedy, sample
+
+    lm = getattr(model, "latent_dim", None) == 0
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    references, reconstructions, samples = [], [], []
+    with eval_mode(model):
+        if not lm:
+            for batch in iterate(batches):
+                references += [tokenizer.decode(ids) for ids in batch.tokens.tolist()]
+                z = model.encode(batch).mean
+                reconstructions += [tokenizer.decode(ids) for ids in greedy(model, z, max_len)]
+        for start in range(0, n_samples, batch_size):
+            n = min(batch_size, n_samples - start)
+            z = None if lm else model.sample_prior(n, generator=generator)
+            ids = sample(model, z, max_len, generator=generator, batch_size=n)
+            samples += [tokenizer.decode(x) for x in ids]
+    return GenerationResult(
+        references=references, reconstructions=reconstructions, samples=samples,
+        recon_bleu=None if lm else reconstruction_bleu(references, reconstructions),
+        distinct_1=distinct_n(samples, 1), distinct_2=distinct_n(samples, 2),
+        self_bleu=self_bleu(samples))

@@ -54,6 +54,22 @@ class ElboResult:
                 "elbo_ppl": self.elbo_ppl}
 
 
+def draw_samples(posterior: Any, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """n samples z [n, B, D] of q(z|x) and their log q(z|x) [n, B].
+
+    Each sample comes from its own ``rsample(1)`` call, so the k-th sample of a sequence of calls
+    is the same however the sequence is cut into calls of n. Its log-density is taken at once, from
+    the tensor ``rsample`` returned: a flow posterior (IAF) remembers log q of exactly that tensor
+    and never has to invert the flow, which it would for a concatenation of samples.
+    """
+    zs, log_qs = [], []
+    for _ in range(n):
+        z = posterior.rsample(1)  # [1, B, D]
+        zs.append(z)
+        log_qs.append(posterior.log_prob(z))
+    return torch.cat(zs), torch.cat(log_qs)
+
+
 def iw_log_marginal(model: Any, batch: Any, posterior: Any, n_samples: int,
                     max_tokens: int = DEFAULT_MAX_TOKENS) -> torch.Tensor:
     """Importance-weighted estimate of log p(x) [B] for one batch whose posterior is given.
@@ -62,20 +78,22 @@ def iw_log_marginal(model: Any, batch: Any, posterior: Any, n_samples: int,
     z_k ~ q(z|x) (Burda et al. 2016; the K = 500 protocol of He et al. 2019). Only log-densities
     are used, so any posterior / prior pair works.
 
-    The decoder scores S samples at a time with S·B·T ≤ ``max_tokens`` (S ≥ 1), so its memory is
-    bounded whatever K; K need not be a multiple of S. Samples are drawn one at a time, so the
-    k-th sample is the same whatever S: the estimate does not depend on the chunking.
-    Only the [K, B] weights are kept whole.
+    All sentences of the batch are scored together: the decoder takes S samples × B sentences
+    per call with S·B·T ≤ ``max_tokens`` (S ≥ 1, so a single sample of the batch, B·T, is the
+    floor), which bounds its memory whatever K; K need not be a multiple of S. Samples come from
+    :func:`draw_samples`, so the estimate does not depend on the chunking. Only the [K, B] weights
+    are kept whole. A model without latent space (``latent_dim == 0``, the LM) has K identical
+    weights, so one sample gives its exact log p(x).
     """
     if n_samples < 1:
         raise TextVAEError(f"iw_nll: n_samples must be >= 1, got {n_samples}")
-    pairs = len(batch) * batch.tokens.shape[1]
-    chunk = max(1, max_tokens // pairs)
+    if getattr(model, "latent_dim", None) == 0:
+        n_samples = 1
+    chunk = max(1, max_tokens // (len(batch) * batch.tokens.shape[1]))
     log_w = []
     for start in range(0, n_samples, chunk):
-        z = torch.cat([posterior.rsample(1) for _ in range(min(chunk, n_samples - start))])
-        # z [S, B, D]; each term below is [S, B]
-        log_w.append(model.log_likelihood(batch, z) + model.prior.log_prob(z) - posterior.log_prob(z))
+        z, log_q = draw_samples(posterior, min(chunk, n_samples - start))  # [S, B, D], [S, B]
+        log_w.append(model.log_likelihood(batch, z) + model.prior.log_prob(z) - log_q)
     return torch.logsumexp(torch.cat(log_w), dim=0) - math.log(n_samples)
 
 

@@ -189,17 +189,24 @@ class TextVAE(nn.Module):
         return {"model": dataclasses.asdict(self.cfg), "vocab_size": self.vocab_size,
                 "objective": dataclasses.asdict(self.objective_cfg)}
 
-    def save_pretrained(self, directory: str | Path, tokenizer: Any = None) -> Path:
-        """Write ``model.safetensors`` (weights and buffers), ``config.json`` and, if given,
-        ``tokenizer.json``. No pickle: the folder loads with any torch version, on any device."""
+    def save_weights(self, directory: str | Path) -> None:
+        """Write ``model.safetensors`` (weights and buffers) atomically: a crash mid-write keeps
+        the previous file. No pickle: it loads with any torch version, on any device."""
         from safetensors.torch import save_model
 
+        tmp = Path(directory) / (WEIGHTS_FILE + ".tmp")
+        save_model(self, str(tmp))
+        os.replace(tmp, Path(directory) / WEIGHTS_FILE)
+
+    def save_pretrained(self, directory: str | Path, tokenizer: Any = None) -> Path:
+        """Write ``model.safetensors``, ``config.json`` and, if given, ``tokenizer.json``;
+        :meth:`from_pretrained` reads the folder back."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / (WEIGHTS_FILE + ".tmp")
-        save_model(self, str(tmp))
-        os.replace(tmp, directory / WEIGHTS_FILE)  # a crash mid-write keeps the previous weights
-        (directory / CONFIG_FILE).write_text(json.dumps(self.config_dict(), indent=2))
+        self.save_weights(directory)
+        tmp = directory / (CONFIG_FILE + ".tmp")
+        tmp.write_text(json.dumps(self.config_dict(), indent=2))
+        os.replace(tmp, directory / CONFIG_FILE)
         if tokenizer is not None:
             tokenizer.save(directory / TOKENIZER_FILE)
         return directory

@@ -210,7 +210,3 @@ class World:
         if errors:
             raise TextVAEError(errors[0])
         return result  # type: ignore[return-value]
-
-    def barrier(self) -> None:
-        if self.size > 1:
-            dist.barrier(group=self._wait_group)

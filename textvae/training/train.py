@@ -44,7 +44,7 @@ from textvae.data.batching import padding_fraction
 from textvae.data.datasets import load_dataset
 from textvae.errors import TextVAEError
 from textvae.metrics import evaluate_model
-from textvae.models.textvae import WEIGHTS_FILE, TextVAE, VAEOutput
+from textvae.models.textvae import TextVAE, VAEOutput
 from textvae.reduction import token_counts
 from textvae.remedies import REMEDIES, Remedy, inference_parameters, reinit_decoder
 from textvae.schedules import cycle_fraction, cycle_restart
@@ -197,16 +197,6 @@ def config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -
     return changes
 
 
-def save_best_weights(model: TextVAE, best_dir: Path) -> None:
-    """Replace the best model's weights atomically (config.json and tokenizer.json, written when
-    the run starts, stay as they are), so a kill mid-write keeps the previous best model."""
-    from safetensors.torch import save_model
-
-    tmp = best_dir / (WEIGHTS_FILE + ".tmp")
-    save_model(model, str(tmp))
-    os.replace(tmp, best_dir / WEIGHTS_FILE)
-
-
 def check_run_dir(run_dir: Path, resume: bool) -> None:
     ckpt = run_dir / CHECKPOINT
     if resume and not ckpt.is_file():
@@ -215,16 +205,33 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
         raise TextVAEError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --name")
 
 
+def check_config(cfg: RunConfig) -> None:
+    """One-line errors for loop settings out of range (before any work is done)."""
+    tc, oc, dc = cfg.train, cfg.optim, cfg.data
+    if tc.precision not in ("fp32", "bf16"):
+        raise TextVAEError(f"unknown train.precision {tc.precision!r}; valid: fp32, bf16")
+    if oc.cycle_lr not in ("none", "restart", "cosine"):
+        raise TextVAEError(f"unknown optim.cycle_lr {oc.cycle_lr!r}; valid: none, restart, cosine")
+    at_least = {"data.batch_size": (dc.batch_size, 1), "data.eval_batch_size": (dc.eval_batch_size, 1),
+                "data.bucket_pool": (dc.bucket_pool, 1), "train.log_every": (tc.log_every, 1),
+                "train.metrics_every": (tc.metrics_every, 0), "train.metrics_sentences": (tc.metrics_sentences, 2),
+                "train.checkpoint_every": (tc.checkpoint_every, 0), "train.epochs": (tc.epochs, 0),
+                "train.max_steps": (1 if tc.max_steps is None else tc.max_steps, 1),
+                "train.iw_samples_final": (tc.iw_samples_final, 0), "optim.clip": (oc.clip, 0)}
+    for key, (value, least) in at_least.items():
+        if value < least:
+            raise TextVAEError(f"{key} must be at least {least}, got {value}")
+    if not oc.lr > 0 or not 0 < oc.decay_factor <= 1:
+        raise TextVAEError(f"need optim.lr > 0 and 0 < optim.decay_factor <= 1, got {oc.lr} and {oc.decay_factor}")
+
+
 def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     """Train (or, with ``resume``, continue) the run ``out_dir/name``; returns the test report.
 
     Every rank of a ``torchrun`` launch calls this; each returns the same report.
     """
-    tc, oc = cfg.train, cfg.optim
-    if tc.precision not in ("fp32", "bf16"):
-        raise TextVAEError(f"unknown train.precision {tc.precision!r}; valid: fp32, bf16")
-    if oc.cycle_lr not in ("none", "restart", "cosine"):
-        raise TextVAEError(f"unknown optim.cycle_lr {oc.cycle_lr!r}; valid: none, restart, cosine")
+    check_config(cfg)
+    tc = cfg.train
     if tc.threads:
         torch.set_num_threads(tc.threads)
     world = World.from_environment()
@@ -260,7 +267,7 @@ def _train(cfg: RunConfig, resume: bool, world: World, device: torch.device) -> 
     state = LoopState(lr=oc.lr)
     optimizer = build_optimizer(oc, model, state.lr)
     if resume:
-        ckpt: Checkpoint = world.broadcast(world.on_main(lambda: read_checkpoint(ckpt_path)))
+        ckpt: Checkpoint = world.on_main(lambda: read_checkpoint(ckpt_path))
         state, changes = restore_run(ckpt, cfg, model, optimizer, world, device)
         log_bytes = ckpt.meta["log_bytes"]
     else:
@@ -379,9 +386,10 @@ def _train(cfg: RunConfig, resume: bool, world: World, device: torch.device) -> 
         improved = val_loss < state.best_val
         if improved:
             state.best_val, state.bad_epochs = val_loss, 0
-            world.on_main(lambda: save_best_weights(model, best_dir))
+            world.on_main(lambda: model.save_weights(best_dir))  # config.json stays as written at start
         if epoch_complete:  # epoch-level rules skip the partial epoch that max_steps ends
-            state.bad_epochs += not improved
+            if not improved:
+                state.bad_epochs += 1
             if not improved and state.epoch >= oc.decay_start_epoch and state.bad_epochs >= oc.decay_patience:
                 state.lr *= oc.decay_factor
                 state.decays += 1
@@ -416,8 +424,10 @@ def restore_run(ckpt: Checkpoint, cfg: RunConfig, model: TextVAE, optimizer: tor
                 device: torch.device) -> tuple[LoopState, dict[str, tuple[Any, Any]]]:
     """Load a checkpoint into this rank; returns the loop state and the configuration changes
     since the checkpoint (a changed ``optim.lr`` takes effect; others are only reported)."""
-    saved_cfg = ckpt.meta["config"]
-    changes = config_changes(saved_cfg, json.loads(json.dumps(cfg.to_dict())))
+    def settings(config: dict[str, Any]) -> dict[str, Any]:  # a moved or renamed run folder is the same run
+        return {k: v for k, v in config.items() if k not in ("name", "out_dir")}
+
+    changes = config_changes(settings(ckpt.meta["config"]), settings(json.loads(json.dumps(cfg.to_dict()))))
     same_world = len(ckpt.rng_states) == world.size
     try:
         restore_checkpoint(ckpt, model, optimizer, rank=world.rank if same_world else None, device=device)
@@ -441,7 +451,9 @@ def final_report(cfg: RunConfig, data: Any, best_dir: Path, device: torch.device
     """Test-set figures of the best model, and the ground truth when the corpus is synthetic."""
     model = TextVAE.from_pretrained(best_dir, device)
     test = data.splits["test"]
-    metrics = ("elbo",) if model.is_lm else ("elbo", "iw", "mi_batch", "mi_dataset", "au", "diagnostics")
+    metrics = ("elbo",) if model.is_lm else ("elbo", "mi_batch", "mi_dataset", "au", "diagnostics")
+    if cfg.train.iw_samples_final > 0 and not model.is_lm:
+        metrics += ("iw",)
     report = evaluation(model, lambda: test.batches(cfg.data.eval_batch_size, shuffle=False), device,
                         metrics=metrics, n_samples=cfg.train.iw_samples_final)
     if data.truth is not None:

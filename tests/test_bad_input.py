@@ -1,0 +1,185 @@
+"""Malformed input through the CLI: a one-line ``textvae: error: ...`` naming what and where, exit
+status 2, no traceback -- or, where the policy is to go on (over-long lines, unknown words), a count
+in the log. The README's "Bad input" table lists these cases.
+"""
+import logging
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from textvae.cli import main
+from textvae.training.logger import read_jsonl
+from tests.test_train import tiny_args, write_corpus
+
+
+def fails(argv: list[str], capsys) -> str:
+    """Run the CLI expecting a user error; returns its one line."""
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2, err
+    assert "Traceback" not in err
+    (line,) = [x for x in err.splitlines() if x.startswith("textvae: error")]
+    return line
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_corpus(tmp_path_factory.mktemp("corpus"), n_train=60, n_eval=20)
+
+
+@pytest.fixture(scope="module")
+def trained(corpus, tmp_path_factory):
+    """A finished tiny run (latent_dim 4, vocabulary of ``corpus``)."""
+    out = tmp_path_factory.mktemp("runs")
+    main(["train", *tiny_args(out, "run", corpus, "--train.max_steps", "2")])
+    return out / "run"
+
+
+def train_on(tmp_path: Path, data: Path | str, *extra: str) -> list[str]:
+    return ["train", *tiny_args(tmp_path / "runs", "x", data, "--train.max_steps", "2", *extra)]
+
+
+def folder(tmp_path: Path, train: bytes, name: str = "data") -> Path:
+    """A corpus folder whose train.txt holds ``train`` and whose valid/test files are fine."""
+    path = write_corpus(tmp_path / name, n_train=5, n_eval=5)
+    (path / "train.txt").write_bytes(train)
+    return path
+
+
+def test_missing_files(tmp_path, corpus, capsys):
+    assert "'/no/such/corpus.txt' is not a corpus" in fails(train_on(tmp_path, "/no/such/corpus.txt"), capsys)
+    assert "no such recipe: missing.yaml" in fails(["train", "missing.yaml"], capsys)
+    partial = tmp_path / "partial"
+    shutil.copytree(corpus, partial)
+    (partial / "valid.txt").unlink()
+    assert re.search(r"partial: no valid.txt or \*.valid.txt files", fails(train_on(tmp_path, partial), capsys))
+    assert "no such run or model folder: /no/run" in fails(["evaluate", "/no/run"], capsys)
+
+
+def test_missing_sentence_file(trained, capsys):
+    line = fails(["reconstruct", str(trained / "model"), "--file", "/no/sentences.txt"], capsys)
+    assert "no such file: /no/sentences.txt" in line
+
+
+def test_empty_file(tmp_path, capsys):
+    assert re.search(r"data/train.txt: the file is empty", fails(train_on(tmp_path, folder(tmp_path, b"")), capsys))
+    single = tmp_path / "empty.txt"
+    single.write_text("")
+    assert "empty.txt: 0 lines are too few to split 90/5/5" in fails(train_on(tmp_path, single), capsys)
+
+
+def test_only_blank_lines(tmp_path, capsys):
+    line = fails(train_on(tmp_path, folder(tmp_path, b"\n  \n\t\n")), capsys)
+    assert "train.txt: the file has only blank lines (3)" in line
+
+
+def test_non_utf8_bytes(tmp_path, capsys):
+    line = fails(train_on(tmp_path, folder(tmp_path, b"w1 w2\nw3 \xff w4\n")), capsys)
+    assert re.search(r"train.txt: line 2: invalid UTF-8 byte 0xff at byte offset 9 \(column 4\)", line)
+
+
+def test_over_long_lines_are_counted_and_skipped(tmp_path, corpus, caplog):
+    data = tmp_path / "long"
+    shutil.copytree(corpus, data)
+    lines = (data / "train.txt").read_text().splitlines()
+    (data / "train.txt").write_text("\n".join(lines[:30] + ["w1 " * 201] + lines[30:]) + "\n")
+    with caplog.at_level(logging.INFO, logger="textvae"):
+        main(train_on(tmp_path, data))
+    assert re.search(r"train.txt: 60 of 61 lines kept; 0 blank skipped; 1 longer than 200 words skipped", caplog.text)
+    record = next(r for r in read_jsonl(tmp_path / "runs/x/metrics.jsonl") if r["split"] == "data")
+    assert record["train_sentences"] == 60
+
+
+def test_only_over_long_lines(tmp_path, capsys):
+    line = fails(train_on(tmp_path, folder(tmp_path, b"w1 w2 w3\nw4 w5 w6\n"), "--data.max_length", "2"), capsys)
+    assert "no usable lines (0 blank, 2 longer than max_length=2 words, 0 malformed); raise data.max_length" in line
+
+
+def test_unknown_words_are_unk_and_reported(tmp_path, trained, caplog, capsys):
+    other = write_corpus(tmp_path / "other", n_train=30, n_eval=20, vocab=40, seed=1)  # w30..w39 are unseen
+    test_words = (other / "test.txt").read_text().split()
+    unseen = sum(int(w[1:]) >= 30 for w in test_words) / len(test_words)
+    assert unseen > 0.1
+    with caplog.at_level(logging.INFO, logger="textvae"):
+        main(["evaluate", str(trained / "model"), "--data", str(other), "--iw-samples", "2"])
+    assert f"test {unseen:.2%}" in re.search(r"unk rate .*", caplog.text).group(0)
+    assert "-ELBO" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("change,detail", [
+    (["--model.latent_dim", "8"], r"has shape \(8, 4\), model expects \(8, 8\); changed since the checkpoint: "
+                                  r"model.latent_dim 4 -> 8$"),
+    (["--model.decoder.hidden_dim", "9"], r"model.decoder.hidden_dim 8 -> 9"),
+    ("other vocabulary", r"decoder.embedding.weight has shape \(34, 8\), model expects \(44, 8\); "
+                         r"changed since the checkpoint: data.name"),
+])
+def test_resume_with_another_model_or_vocabulary(tmp_path, trained, corpus, capsys, change, detail):
+    shutil.copytree(trained, tmp_path / "runs/x")
+    if change == "other vocabulary":
+        change = ["--data.name", str(write_corpus(tmp_path / "other", n_train=60, n_eval=20, vocab=40))]
+    line = fails([*train_on(tmp_path, corpus), *change, "--resume"], capsys)
+    assert "does not fit this model (other vocabulary or shape?)" in line and re.search(detail, line), line
+
+
+@pytest.mark.parametrize("damage", ["garble", "truncate", "model_file"])
+def test_corrupted_checkpoint(tmp_path, trained, corpus, capsys, damage):
+    shutil.copytree(trained, tmp_path / "runs/x")
+    ckpt = tmp_path / "runs/x/checkpoint.safetensors"
+    data = ckpt.read_bytes()
+    if damage == "garble":
+        ckpt.write_bytes(b"\x00\xff" * 100 + data[200:])
+    elif damage == "truncate":
+        ckpt.write_bytes(data[: len(data) // 2])
+    else:  # a model's weights where the checkpoint should be
+        shutil.copy(tmp_path / "runs/x/model/model.safetensors", ckpt)
+    line = fails([*train_on(tmp_path, corpus), "--resume"], capsys)
+    expected = "is not a textvae checkpoint" if damage == "model_file" else "corrupted checkpoint"
+    assert f"{ckpt}" in line and expected in line
+
+
+def test_corrupted_model_weights(tmp_path, trained, capsys):
+    shutil.copytree(trained, tmp_path / "run")
+    weights = tmp_path / "run/model/model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    assert f"cannot load weights {weights}" in fails(["evaluate", str(tmp_path / "run")], capsys)
+
+
+def test_resume_and_restart_mistakes(tmp_path, trained, corpus, capsys):
+    line = fails([*train_on(tmp_path, corpus), "--resume"], capsys)
+    assert "--resume: no checkpoint in" in line and "start the run without --resume" in line
+    shutil.copytree(trained, tmp_path / "runs/x")
+    assert "already holds a run; pass --resume" in fails(train_on(tmp_path, corpus), capsys)
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--model.latnt_dim", "4"], "unrecognized arguments: --model.latnt_dim 4"),
+    (["--model.latent_dim", "four"], 'key "model.latent_dim": Expected a <class \'int\'>. Got value: four'),
+    (["--objective.remedies", '[{"name": "bow", "foo": 1}]'], "remedy 'bow': unknown parameter(s) ['foo']"),
+    (["--objective.remedies", '[{"name": "bowl"}]'], "unknown remedy 'bowl'; valid: aggressive,"),
+    (["--data.batch_size", "0"], "data.batch_size must be at least 1, got 0"),
+    (["--train.log_every", "0"], "train.log_every must be at least 1, got 0"),
+    (["--optim.lr", "-1"], "need optim.lr > 0"),
+    (["--optim.name", "rmsprop"], "unknown optimizer 'rmsprop'; valid: adam, sgd"),
+    (["--data.long_lines", "cut"], "long_lines must be one of ('skip', 'truncate'), got 'cut'"),
+])
+def test_bad_config_values(tmp_path, corpus, capsys, args, expected):
+    assert expected in fails([*train_on(tmp_path, corpus), *args], capsys)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("model:\n  latnt_dim: 4\n", "Group 'model' does not accept option 'latnt_dim'"),
+    ("model:\n  latent_dim: four\n", 'key "model.latent_dim": Expected a <class \'int\'>. Got value: four'),
+    ("model: [1, 2\n", "Problems parsing config"),
+])
+def test_bad_recipe_files(tmp_path, capsys, text, expected):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(text)
+    assert expected in fails(["train", str(recipe), "--out_dir", str(tmp_path)], capsys)
+
+
+def test_dataset_that_does_not_exist(tmp_path, capsys):
+    line = fails(train_on(tmp_path, "ptbb"), capsys)
+    assert "data.name 'ptbb' is not a corpus (dailydialog, ptb, snli, yahoo, yelp, yelp_short), synthetic" in line

@@ -1,0 +1,195 @@
+"""Never losing work: runs really killed (SIGKILL) mid-epoch, at an epoch end or in the middle of a
+checkpoint write resume to the parameters, best model and log of an uninterrupted run; a
+non-finite loss stops with a diagnostic, keeps the last checkpoint and its resume command works.
+"""
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from textvae.cli import main
+from textvae.errors import TextVAEError
+from textvae.models.textvae import TextVAE
+from textvae.remedies import REMEDIES
+from textvae.training.checkpoint import read_checkpoint
+from textvae.training.logger import read_jsonl
+from tests.test_train import REPO, state_of, tiny_args, write_corpus
+
+# 13 batches per epoch, 4 epochs; dropout and word dropout draw from the RNG; lr 0.03 makes
+# epoch 3 fail to improve, so the run also decays the lr and reloads the best model.
+SETTINGS = ("--data.batch_size", "16", "--train.epochs", "4", "--train.checkpoint_every", "4",
+            "--train.metrics_every", "5", "--train.log_every", "3", "--model.decoder.input_dropout", "0.3",
+            "--objective.remedies", '[{"name": "word_dropout", "p": 0.2}]', "--optim.lr", "0.03",
+            "--optim.decay_start_epoch", "1", "--optim.decay_patience", "1")
+FINAL_STEP = 52
+VOLATILE = {"time", "tokens_per_s", "train_seconds", "train_tokens_per_s"}  # wall-clock figures
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="module")
+def reference(corpus, tmp_path_factory):
+    """The uninterrupted run."""
+    out = tmp_path_factory.mktemp("reference")
+    main(["train", *tiny_args(out, "ref", corpus, *SETTINGS)])
+    run = out / "ref"
+    valid = [r for r in read_jsonl(run / "metrics.jsonl") if r["split"] == "valid"]
+    assert [r["improved"] for r in valid] == [True, True, False, True]  # the decay path is exercised
+    return run
+
+
+def assert_same_run(run: Path, reference: Path) -> None:
+    """Same final parameters (bit for bit), best model, loop state and log (but for wall-clock)."""
+    got, want = state_of(run / "checkpoint.safetensors"), state_of(reference / "checkpoint.safetensors")
+    assert got.keys() == want.keys()
+    for name in want:
+        assert torch.equal(got[name], want[name]), name
+    best, best_ref = load_file(run / "model/model.safetensors"), load_file(reference / "model/model.safetensors")
+    assert all(torch.equal(best[k], best_ref[k]) for k in best_ref)
+    loop, loop_ref = (read_checkpoint(r / "checkpoint.safetensors").meta["loop"] for r in (run, reference))
+    assert steady(loop) == steady(loop_ref)
+    assert [steady(r) for r in read_jsonl(run / "metrics.jsonl")] == \
+        [steady(r) for r in read_jsonl(reference / "metrics.jsonl")]
+
+
+def steady(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k not in VOLATILE}
+
+
+def checkpoint_step(path: Path) -> int:
+    """The step of the checkpoint at ``path`` (-1 while there is none)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return json.loads(f.metadata()["textvae"])["meta"]["loop"]["step"]
+    except Exception:  # not written yet
+        return -1
+
+
+def start(argv: list[str], log: Path, code: str = "from textvae.cli import main; main(sys.argv[1:])"):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.Popen([sys.executable, "-c", f"import sys; {code}", *argv], cwd=REPO, env=env,
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT)
+
+
+def kill_when(proc: subprocess.Popen, ready, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None, f"the run ended (status {proc.returncode}) before it could be killed"
+        assert time.monotonic() < deadline, "the run never got to the kill point"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+
+
+@pytest.mark.parametrize("after_step", [1, 13, 37])  # just after the first checkpoint, an epoch end, late
+def test_killed_run_resumes_exactly(corpus, reference, tmp_path, after_step):
+    args = tiny_args(tmp_path, "run", corpus, *SETTINGS)
+    ckpt = tmp_path / "run" / "checkpoint.safetensors"
+    proc = start(["train", *args], tmp_path / "log.txt")
+    kill_when(proc, lambda: checkpoint_step(ckpt) >= after_step)
+    assert checkpoint_step(ckpt) < FINAL_STEP
+    main(["train", *args, "--resume"])
+    assert_same_run(tmp_path / "run", reference)
+
+
+def test_kill_during_a_checkpoint_write_keeps_the_previous_one(corpus, reference, tmp_path):
+    """The 3rd checkpoint write (step 8) stops half-way through its file; the run is killed then."""
+    marker = tmp_path / "writing"
+    code = f"""
+import pathlib, time, safetensors.torch as st
+original, calls = st.save_file, []
+def save_file(tensors, filename, metadata=None):
+    original(tensors, filename, metadata=metadata)
+    if filename.endswith("checkpoint.safetensors.tmp"):
+        calls.append(filename)
+        if len(calls) == 3:
+            data = pathlib.Path(filename).read_bytes()
+            pathlib.Path(filename).write_bytes(data[: len(data) // 2])
+            pathlib.Path({str(marker)!r}).touch()
+            time.sleep(600)
+st.save_file = save_file
+from textvae.cli import main
+main(sys.argv[1:])
+"""
+    args = tiny_args(tmp_path, "run", corpus, *SETTINGS)
+    proc = start(["train", *args], tmp_path / "log.txt", code)
+    kill_when(proc, marker.exists)
+    ckpt = tmp_path / "run" / "checkpoint.safetensors"
+    with pytest.raises(TextVAEError, match="corrupted checkpoint"):
+        read_checkpoint(ckpt.with_name(ckpt.name + ".tmp"))  # the half-written file
+    assert read_checkpoint(ckpt).meta["loop"]["step"] == 4  # the previous checkpoint, intact
+    main(["train", *args, "--resume"])
+    assert_same_run(tmp_path / "run", reference)
+
+
+def nan_after(monkeypatch, owner: type, method: str, calls: int) -> None:
+    """Make ``owner.method`` return NaN from its ``calls``-th call in training mode on."""
+    original, seen = getattr(owner, method), []
+
+    def patched(self, *args, **kwargs):
+        value = original(self, *args, **kwargs)
+        if self.training:
+            seen.append(1)
+            if len(seen) >= calls:
+                return value * math.nan
+        return value
+
+    monkeypatch.setattr(owner, method, patched)
+
+
+@pytest.mark.parametrize("term", ["rec", "bow", "huge_lr"])
+def test_nonfinite_loss_stops_with_a_diagnostic(corpus, tmp_path, monkeypatch, capsys, term):
+    extra = ["--data.batch_size", "16", "--train.checkpoint_every", "4", "--train.max_steps", "12",
+             "--train.log_every", "1"]
+    if term == "rec":
+        nan_after(monkeypatch, TextVAE, "token_nll", 7)
+        expected = r"non-finite reconstruction term \(rec\) at step 7 "
+    elif term == "bow":
+        extra += ["--objective.remedies", '[{"name": "bow"}]']
+        nan_after(monkeypatch, REMEDIES.get("bow"), "extra_loss", 7)
+        expected = r"non-finite extra loss of remedy 'bow' at step 7 "
+    else:  # a real divergence: SGD with an absurd step size and no clipping
+        extra += ["--optim.name", "sgd", "--optim.lr", "1e30", "--optim.clip", "0"]
+        expected = r"non-finite .* at step [2-9] "
+    args = tiny_args(tmp_path, "run", corpus, *extra)
+    with pytest.raises(SystemExit) as stop:
+        main(["train", *args])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "Traceback" not in err
+    (line,) = [x for x in err.splitlines() if x.startswith("textvae: error:")]
+    assert re.search(expected, line), line
+    run = tmp_path / "run"
+    failed_at = int(re.search(r"at step (\d+)", line).group(1))
+    kept = read_checkpoint(run / "checkpoint.safetensors")
+    assert kept.meta["loop"]["step"] == (failed_at - 1) // 4 * 4  # the last checkpoint before the failure
+    assert f"{run / 'checkpoint.safetensors'} (step {kept.meta['loop']['step']})" in line
+    assert all(torch.isfinite(v).all() for k, v in kept.tensors.items() if k.startswith("model."))
+
+    # the command the message gives resumes with half the learning rate and finishes
+    command = line.split("resume it with a lower learning rate: ")[1].split()
+    assert command[:2] == ["textvae", "train"] and "--resume" in command
+    new_lr = float(command[command.index("--optim.lr") + 1])
+    monkeypatch.undo()
+    if term == "huge_lr":
+        return  # halving 1e30 does not rescue it; the rest is covered by the other cases
+    main(command[1:])
+    records = read_jsonl(run / "metrics.jsonl")
+    (resumed,) = [r for r in records if r["split"] == "resume"]
+    assert resumed["changed"] == {"optim.lr": [0.001, new_lr]} and new_lr == 0.0005
+    assert [r["lr"] for r in records if r["split"] == "train"][-1] == new_lr
+    assert [r["step"] for r in records if r["split"] == "train"] == list(range(1, 13))  # no duplicates
+    assert [r["split"] for r in records].count("nonfinite") == 0  # cut with the rest after the checkpoint
+    assert read_checkpoint(run / "checkpoint.safetensors").meta["config"]["optim"]["lr"] == new_lr

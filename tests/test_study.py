@@ -1,0 +1,284 @@
+"""Studies: overrides, planning, skip / resume after an interruption, aggregation, outputs."""
+import csv
+import dataclasses
+import json
+import math
+import statistics
+
+import pytest
+import yaml
+
+from textvae import study as st
+from textvae.config import RunConfig, TrainConfig
+from textvae.errors import TextVAEError
+
+# A tiny model on 100 synthetic sentences: 5 batches per epoch, 2 epochs.
+TINY = {
+    "seeds": [1, 2],
+    "budget": {"epochs": 2},
+    "data": {"max_sentences": 100, "batch_size": 20, "eval_batch_size": 50},
+    "overrides": {
+        "model": {"emb_dim": 8, "latent_dim": 2, "encoder": {"hidden_dim": 16}, "decoder.hidden_dim": 16},
+        "train": {"metrics_every": 5, "metrics_sentences": 50, "iw_samples_final": 5, "log_every": 2,
+                  "tensorboard": False, "threads": 1},
+    },
+    "variants": {
+        "plain": {"optim.lr": 0.003},  # dotted form
+        "fb": {"objective": {"remedies": [{"name": "free_bits_li2019", "target_kl": 1.0}]}},  # nested form
+    },
+}
+TIMING = {"train_seconds", "train_tokens_per_s", "train_minutes", "tokens_per_s", "time"}
+
+
+def write_study(tmp_path, spec=None, name="tiny.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(spec or TINY, sort_keys=False))
+    return path
+
+
+def comparable(results):
+    """Per-run test reports and per-variant figures without wall-clock quantities."""
+    runs = {(r["variant"], r["seed"]): {k: v for k, v in r["report"].items() if k not in TIMING}
+            for r in results["runs"] if r["report"] is not None}
+    figures = {(v["variant"], k): stats for v in results["variants"]
+               for k, stats in v["figures"].items() if k not in TIMING}
+    return runs, figures
+
+
+def assert_same(a, b):
+    """Equal reports and aggregates up to float noise (NaN equal to NaN)."""
+    for part_a, part_b in zip(comparable(a), comparable(b)):
+        assert part_a.keys() == part_b.keys()
+        for key in part_a:
+            assert part_a[key].keys() == part_b[key].keys(), key
+            for k in part_a[key]:
+                assert part_a[key][k] == pytest.approx(part_b[key][k], rel=1e-6, abs=1e-6, nan_ok=True), (key, k)
+
+
+def test_interrupted_study_resumes_to_the_same_table(tmp_path, monkeypatch):
+    path = write_study(tmp_path)
+    reference = st.run_study(path, out=str(tmp_path / "ref"))
+    assert [v["runs"] for v in reference["variants"]] == [2, 2]
+    for name in ("results.csv", "results.json", "report.md"):
+        assert (tmp_path / "ref" / name).is_file()
+
+    # Interrupt the first run right after its end-of-epoch-1 checkpoint (of 2 epochs).
+    import textvae.training.train as train_module
+
+    real_save, real_train = train_module.save_checkpoint, train_module.run_training
+
+    def save_then_interrupt(path, model, optimizer, meta, **kwargs):
+        real_save(path, model, optimizer, meta, **kwargs)
+        if meta["loop"]["step"] > 0:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "save_checkpoint", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        st.run_study(path, out=str(tmp_path / "b"))
+    monkeypatch.setattr(train_module, "save_checkpoint", real_save)
+    runs = {r.label: r for r in st.plan(st.load_study(path, str(tmp_path / "b")))}
+    assert {label: st.run_state(r) for label, r in runs.items()} == {
+        "plain/seed1": "resume", "fb/seed1": "new", "plain/seed2": "new", "fb/seed2": "new"}
+
+    calls = []
+
+    def spy(cfg, resume=False):
+        calls.append((f"{cfg.out_dir.split('/')[-1]}/{cfg.name}", resume))
+        return real_train(cfg, resume)
+
+    monkeypatch.setattr(train_module, "run_training", spy)
+    resumed = st.run_study(path, out=str(tmp_path / "b"))
+    assert calls == [("plain/seed1", True), ("fb/seed1", False), ("plain/seed2", False), ("fb/seed2", False)]
+    assert_same(resumed, reference)
+
+    # A finished study trains nothing more ...
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(train_module, "run_training", no_training)
+    assert_same(st.run_study(path, out=str(tmp_path / "b")), reference)
+    monkeypatch.setattr(train_module, "run_training", real_train)
+
+    # ... and a run whose finished marker (the test record) is lost is resumed and re-evaluated.
+    metrics = runs["fb/seed2"].dir / "metrics.jsonl"
+    lines = metrics.read_text().splitlines(keepends=True)
+    metrics.write_text("".join(line for line in lines if '"split": "test"' not in line))
+    assert st.run_state(runs["fb/seed2"]) == "resume"
+    assert_same(st.run_study(path, out=str(tmp_path / "b")), reference)
+
+    # A run folder made with another configuration is never reused.
+    changed = json.loads(json.dumps(TINY))
+    changed["variants"]["plain"]["optim.lr"] = 0.01
+    with pytest.raises(TextVAEError, match="plain/seed1 was trained with another configuration.*optim.lr"):
+        st.run_study(write_study(tmp_path, changed, "changed.yaml"), out=str(tmp_path / "b"))
+
+
+def test_subprocess_jobs_give_the_same_table(tmp_path):
+    """--jobs 2 trains through `python -m textvae.cli train` subprocesses; --only limits the runs."""
+    path = write_study(tmp_path)
+    inproc = st.run_study(path, out=str(tmp_path / "a"), only=["fb"])
+    sub = st.run_study(path, out=str(tmp_path / "b"), jobs=2, only=["fb"])
+    assert [(v["variant"], v["runs"]) for v in sub["variants"]] == [("plain", 0), ("fb", 2)]
+    assert_same(sub, inproc)
+    assert (tmp_path / "b" / "fb" / "seed1.log").is_file()
+    assert "plain | 0/2 | –" in (tmp_path / "b" / "report.md").read_text()
+
+
+# ---- configuration ------------------------------------------------------------------------------
+def test_dotted_and_nested_overrides_agree_and_sections_merge(tmp_path):
+    spec = dict(TINY, variants={
+        "dotted": {"optim.lr": 0.5, "objective.kl_schedule": {"name": "constant", "value": 0.5},
+                   "model.encoder.hidden_dim": 12},
+        "nested": {"optim": {"lr": 0.5}, "objective": {"kl_schedule": {"name": "constant", "value": 0.5}},
+                   "model": {"encoder": {"hidden_dim": 12}}},
+    })
+    runs = st.plan(st.load_study(write_study(tmp_path, spec), str(tmp_path / "o")), jobs=2)
+    by = {r.label: r.config for r in runs}
+    a, b = by["dotted/seed1"].to_dict(), by["nested/seed1"].to_dict()
+    assert {k: v for k, v in a.items() if k != "out_dir"} == {k: v for k, v in b.items() if k != "out_dir"}
+    cfg = by["dotted/seed2"]
+    assert cfg.optim.lr == 0.5 and cfg.optim.name == "adam", "a section merges: the recipe's optimiser stays"
+    assert cfg.objective.kl_schedule == {"name": "constant", "value": 0.5}, "a free-form dict is replaced whole"
+    assert (cfg.model.encoder.hidden_dim, cfg.model.decoder.hidden_dim, cfg.model.emb_dim) == (12, 16, 8)
+    assert (cfg.train.seed, cfg.train.epochs, cfg.train.threads, cfg.train.progress) == (2, 2, 1, False)
+    assert (cfg.name, cfg.out_dir) == ("seed2", str(tmp_path / "o" / "dotted"))
+    assert cfg.data.name == "synthetic" and cfg.data.max_sentences == 100
+
+
+def test_threads_are_split_between_jobs(tmp_path, monkeypatch):
+    spec = json.loads(json.dumps(TINY))
+    del spec["overrides"]["train"]["threads"]
+    monkeypatch.setattr(st, "_cores", lambda: 8)
+    path = write_study(tmp_path, spec)
+    assert {r.config.train.threads for r in st.plan(st.load_study(path), jobs=4)} == {2}
+    assert {r.config.train.threads for r in st.plan(st.load_study(path), jobs=16)} == {1}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"variants": {"a": {"optim.lrr": 1}}}, r"variant 'a': unknown key 'optim.lrr'"),
+    ({"variants": {"a": {"optim": 3}}}, r"'optim' is a section"),
+    ({"variants": {"a": {"optim.lr": "fast"}}}, r"variant 'a'"),
+    ({"variants": {"a/b": {}}}, r"not a folder name"),
+    ({"variants": {}}, r"non-empty mapping"),
+    ({"variants": {"a": {"optim.lr": 1, "optim": {"lr": 2}}}}, r"given twice"),
+    ({"seeds": [1, 1]}, r"distinct integers"),
+    ({"budget": {"hours": 1}}, r"budget takes"),
+    ({"base": "no/such/recipe.yaml"}, r"base recipe 'no/such/recipe.yaml' not found"),
+    ({"colour": "red"}, r"unknown key\(s\) \['colour'\]"),
+])
+def test_bad_study_files_are_clear_errors(tmp_path, change, message):
+    spec = dict(TINY, **change)
+    with pytest.raises(TextVAEError, match=message):
+        st.plan(st.load_study(write_study(tmp_path, spec)))
+
+
+def test_seconds_budget_needs_the_trainer_option(tmp_path):
+    path = write_study(tmp_path, dict(TINY, budget={"seconds": 60}))
+    if "max_seconds" in {f.name for f in dataclasses.fields(TrainConfig)}:
+        assert {r.config.train.max_seconds for r in st.plan(st.load_study(path))} == {60}
+    else:
+        with pytest.raises(TextVAEError, match="train.max_seconds"):
+            st.load_study(path)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["missing.yaml"], "no such study file"),
+    (["{study}", "--jobs", "0"], "--jobs must be >= 1"),
+    (["{study}", "--only", "nope"], r"unknown variant\(s\) \['nope'\]"),
+    (["{study}", "--frobnicate"], "unrecognized arguments"),
+    ([], "required"),
+])
+def test_command_line_errors(tmp_path, argv, message):
+    path = write_study(tmp_path)
+    with pytest.raises(TextVAEError, match=message):
+        st.main([a.format(study=path) for a in argv])
+
+
+# ---- aggregation and outputs --------------------------------------------------------------------
+def fake_run(tmp_path, variant, seed, report, curve):
+    """A finished run folder: periodic validation records, the test record, and a last line cut
+    short (as by a kill), which readers must skip."""
+    run = st.Run(variant, seed, tmp_path / "out" / variant / f"seed{seed}", RunConfig())
+    run.dir.mkdir(parents=True)
+    records = [{"split": "valid_metrics", "step": s, "epoch": 0, **v} for s, v in curve]
+    records.append({"split": "test", "step": 30, "epoch": 1, **report})
+    (run.dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + '{"split": "tr')
+    return run
+
+
+def test_aggregation_matches_a_brute_force_computation(tmp_path):
+    reports = {
+        ("vae", 1): {"iw_nll": 100.0, "iw_ppl": 90.0, "kl": 1.0, "rec": 99.5, "neg_elbo": 100.5, "mi_dataset": 0.5,
+                     "mi_batch": 0.4, "au": 2.0, "train_seconds": 60.0, "train_tokens_per_s": 1000.0,
+                     "iw_samples": 500.0, "au_threshold": 0.01},
+        ("vae", 2): {"iw_nll": 102.0, "iw_ppl": 95.0, "kl": 3.0, "rec": 100.0, "neg_elbo": 103.0, "mi_dataset": 1.5,
+                     "mi_batch": 1.0, "au": 4.0, "train_seconds": 120.0, "train_tokens_per_s": 2000.0},
+        ("vae", 3): {"iw_nll": 101.0, "iw_ppl": 93.0, "kl": 2.0, "rec": 99.0, "neg_elbo": 101.0, "mi_dataset": 1.0,
+                     "mi_batch": 0.7, "au": 3.0, "train_seconds": 90.0, "train_tokens_per_s": 1500.0},
+        ("lm", 1): {"rec": 98.0, "kl": 0.0, "neg_elbo": 98.0, "elbo_ppl": 88.0, "train_seconds": 30.0,
+                    "train_tokens_per_s": 3000.0},
+    }
+    curve = [(10, {"kl": 1.0, "mi_dataset": 0.2, "au": 1, "neg_elbo": 110.0}),
+             (20, {"kl": 2.0, "mi_dataset": 0.4, "au": 2, "neg_elbo": 105.0})]
+    runs = [fake_run(tmp_path, v, s, rep, curve) for (v, s), rep in reports.items()]
+    runs.append(st.Run("lm", 2, tmp_path / "out" / "lm" / "seed2", RunConfig()))  # not trained yet
+    study = st.Study(name="fake", path=tmp_path / "fake.yaml", base=tmp_path / "base.yaml", out=tmp_path / "out",
+                     seeds=[1, 2, 3], variants={"vae": {}, "lm": {}}, common=[], budget={"epochs": 3})
+    results = st.write_outputs(study, runs)
+
+    vae = next(v for v in results["variants"] if v["variant"] == "vae")["figures"]
+    for key, report_key in [("nll", "iw_nll"), ("kl", "kl"), ("mi", "mi_dataset"), ("au", "au"), ("ppl", "iw_ppl"),
+                            ("rec", "rec"), ("neg_elbo", "neg_elbo"), ("mi_batch", "mi_batch")]:
+        values = [reports[("vae", s)][report_key] for s in (1, 2, 3)]
+        assert vae[key]["mean"] == pytest.approx(statistics.mean(values)), key
+        assert vae[key]["std"] == pytest.approx(statistics.stdev(values)), key
+        assert vae[key]["n"] == 3
+    assert vae["train_minutes"]["mean"] == pytest.approx(1.5)
+    lm = next(v for v in results["variants"] if v["variant"] == "lm")
+    assert (lm["runs"], lm["planned"]) == (1, 2)
+    assert lm["figures"]["nll"]["mean"] == 98.0 and math.isnan(lm["figures"]["nll"]["std"])
+    assert lm["figures"]["ppl"]["mean"] == 88.0 and lm["figures"]["mi"]["n"] == 0
+
+    with open(tmp_path / "out" / "results.csv") as f:
+        rows = {row["variant"]: row for row in csv.DictReader(f)}
+    assert float(rows["vae"]["iw_nll_mean"]) == pytest.approx(101.0)
+    assert float(rows["vae"]["kl_std"]) == pytest.approx(1.0)
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["variants"][0]["figures"]["au"]["mean"] == 3.0
+
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "| vae | 3/3 | 101.00 ± 1.00 | 2.00 ± 1.00 | 1.00 ± 0.50 | 3.0 ± 1.0 | 92.67 ± 2.52 |" in report
+    assert "| lm | 1/2 | 98.00 | 0.00 | – | – | 88.00 |" in report
+    assert "K = 500" in report and "whole-set estimator" in report
+    for name in ("curves", "rate_distortion", "nll_mi"):
+        png = tmp_path / "out" / "plots" / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"](plots/{name}.png)" in report
+
+
+def test_run_curves_keep_the_last_record_of_a_replayed_step():
+    from textvae.plots import run_curves
+
+    records = [{"split": "valid", "step": 5, "kl": 7.0, "mi_batch": 0.1, "au": 1, "neg_elbo": 50.0},
+               {"split": "valid_metrics", "step": 5, "kl": 1.0, "mi_dataset": 0.3, "au": 1, "neg_elbo": 40.0},
+               {"split": "valid_metrics", "step": 10, "kl": 9.0, "mi_dataset": 0.3, "au": 1, "neg_elbo": 40.0},
+               {"split": "valid_metrics", "step": 10, "kl": 2.0, "mi_dataset": 0.5, "au": 2, "neg_elbo": 39.0}]
+    curves = run_curves(records)
+    assert curves["KL (nats)"] == {5: 1.0, 10: 2.0}, "periodic records are preferred, the last one of a step wins"
+    assert curves["MI (nats)"] == {5: 0.3, 10: 0.5}
+    only_epochs = run_curves(records[:1])
+    assert only_epochs["MI (nats)"] == {5: 0.1} and only_epochs["-ELBO (nats, NLL bound)"] == {5: 50.0}
+
+
+def test_missing_matplotlib_skips_plots_with_a_note(tmp_path, monkeypatch):
+    import textvae.plots as plots
+
+    def no_matplotlib(*args):
+        raise TextVAEError("plots need matplotlib: pip install 'textvae[plot]'")
+
+    monkeypatch.setattr(plots, "_figure", no_matplotlib)
+    run = fake_run(tmp_path, "vae", 1, {"iw_nll": 1.0, "kl": 1.0, "rec": 1.0, "neg_elbo": 2.0, "mi_dataset": 0.1},
+                   [(10, {"kl": 1.0})])
+    study = st.Study(name="fake", path=tmp_path / "f.yaml", base=tmp_path / "b.yaml", out=tmp_path / "out",
+                     seeds=[1], variants={"vae": {}}, common=[])
+    st.write_outputs(study, [run])
+    assert "Plots skipped: plots need matplotlib" in (tmp_path / "out" / "report.md").read_text()

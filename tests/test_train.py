@@ -1,0 +1,129 @@
+"""The training loop end to end through the CLI: the synthetic default and the LM recipe write a
+complete run folder whose records agree with the objective's definitions.
+
+Also the helpers the other loop tests share: a tiny folder corpus and tiny-model overrides.
+"""
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from textvae.cli import main, parse_run_config
+from textvae.models.textvae import TextVAE
+from textvae.training.checkpoint import read_checkpoint
+from textvae.training.logger import read_jsonl
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_corpus(folder: Path, n_train: int = 200, n_eval: int = 40, vocab: int = 30, seed: int = 0) -> Path:
+    """``train/valid/test.txt`` of random sentences (2-11 words) over ``vocab`` words."""
+    rng = np.random.default_rng(seed)
+    words = [f"w{i}" for i in range(vocab)]
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("valid", n_eval), ("test", n_eval)):
+        lines = [" ".join(rng.choice(words, size=int(rng.integers(2, 12)))) for _ in range(n)]
+        (folder / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def tiny_args(out_dir: Path, name: str, data: str | Path, *extra: str) -> list[str]:
+    """Overrides of the default recipe for a run of a few seconds on one CPU thread (the lr is
+    pinned so tests do not follow changes of the recipe)."""
+    return ["--name", name, "--out_dir", str(out_dir), "--data.name", str(data),
+            "--model.emb_dim", "8", "--model.latent_dim", "4", "--model.encoder.hidden_dim", "8",
+            "--model.decoder.hidden_dim", "8", "--train.progress", "false", "--train.tensorboard", "false",
+            "--train.iw_samples_final", "4", "--train.threads", "1", "--train.device", "cpu",
+            "--optim.lr", "0.001", *extra]
+
+
+def state_of(path: Path) -> dict[str, torch.Tensor]:
+    """Model tensors of a checkpoint."""
+    return {k: v for k, v in read_checkpoint(path).tensors.items() if k.startswith("model.")}
+
+
+@pytest.fixture(scope="module")
+def synthetic_run(tmp_path_factory):
+    """The embedded synthetic default, shrunk: 8 steps, metrics every 4 (own corpus cache)."""
+    tmp = tmp_path_factory.mktemp("synthetic")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TEXTVAE_CACHE", str(tmp / "cache"))
+    try:
+        args = tiny_args(tmp / "runs", "syn", "synthetic", "--data.max_sentences", "200", "--train.max_steps", "8",
+                         "--train.metrics_every", "4", "--train.log_every", "2")
+        main(["train", *args])
+    finally:
+        mp.undo()
+    return tmp / "runs" / "syn", args
+
+
+def test_synthetic_default_writes_a_complete_run(synthetic_run, capsys):
+    run, args = synthetic_run
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.safetensors", "config.yaml", "metrics.jsonl", "model"]
+    # config.yaml is the resolved configuration, and itself a valid recipe
+    saved = parse_run_config([str(run / "config.yaml")])[0]
+    assert saved == parse_run_config(args)[0]
+    assert saved.model.latent_dim == 4 and saved.objective.kl_schedule["name"] == "linear"  # from the recipe
+
+    records = read_jsonl(run / "metrics.jsonl")
+    by_split: dict = {}
+    for r in records:
+        by_split.setdefault(r["split"], []).append(r)
+    assert [r["step"] for r in by_split["train"]] == [2, 4, 6, 8]
+    assert [r["step"] for r in by_split["valid_metrics"]] == [4, 8]
+    for r in by_split["train"]:  # loss = mean(rec + beta * KL) for the plain objective
+        assert r["loss"] == pytest.approx(r["rec"] + r["kl_term"], rel=1e-5)
+        assert r["kl_term"] == pytest.approx(r["beta"] * r["kl"], rel=1e-4, abs=1e-7)
+    for r in by_split["valid_metrics"] + by_split["valid"]:
+        assert {"kl", "mi_batch", "au"} <= set(r)
+        assert r["neg_elbo"] == pytest.approx(r["rec"] + r["kl"], rel=1e-6)
+        assert 0 <= r["au"] <= 4
+    assert {"mi_dataset"} <= set(by_split["valid_metrics"][0])
+    (test,) = by_split["test"]
+    assert test["n_sentences"] == 200 and {"iw_nll", "au", "true_nll", "true_mi"} <= set(test)
+
+    model = TextVAE.from_pretrained(run / "model")
+    assert sorted(p.name for p in (run / "model").iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    assert model.latent_dim == 4
+    ckpt = read_checkpoint(run / "checkpoint.safetensors")
+    assert ckpt.meta["loop"]["step"] == 8 and ckpt.meta["log_bytes"] < (run / "metrics.jsonl").stat().st_size
+    # the one validation improved on +inf, so the best model is the final one
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, ckpt.tensors[f"model.{name}"], rtol=0, atol=0)
+
+
+def test_report_is_printed(tmp_path, capsys):
+    corpus = write_corpus(tmp_path / "corpus", n_train=60, n_eval=20)
+    main(["train", *tiny_args(tmp_path / "runs", "p", corpus, "--train.max_steps", "2")])
+    out = capsys.readouterr().out
+    assert "-ELBO (bound on NLL)" in out and "NLL (IW, K=4)" in out and "latent space" in out
+
+
+def lm_check(run: Path) -> None:
+    records = read_jsonl(run / "metrics.jsonl")
+    assert TextVAE.from_pretrained(run / "model").is_lm
+    train = [r for r in records if r["split"] == "train"]
+    assert train and all(r["kl"] == 0 and r["loss"] == pytest.approx(r["rec"], rel=1e-6) for r in train)
+    (test,) = [r for r in records if r["split"] == "test"]
+    assert test["kl"] == 0 and test["neg_elbo"] == pytest.approx(test["rec"])
+    assert "au" not in test and math.isfinite(test["elbo_ppl"])
+
+
+def test_lm_recipe_trains(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus", n_train=60, n_eval=20)
+    main(["train", str(REPO / "recipes/ptb/lm.yaml"), "--name", "lm", "--out_dir", str(tmp_path / "runs"),
+          "--data.name", str(corpus), "--model.emb_dim", "8", "--model.decoder.hidden_dim", "8",
+          "--train.max_steps", "3", "--train.log_every", "1", "--train.progress", "false",
+          "--train.tensorboard", "false", "--train.threads", "1", "--train.device", "cpu"])
+    lm_check(tmp_path / "runs" / "lm")
+
+
+def test_lm_recipe_on_ptb(tmp_path, data_dir, monkeypatch):
+    monkeypatch.setenv("TEXTVAE_DATA_DIR", data_dir)
+    main(["train", str(REPO / "recipes/ptb/lm.yaml"), "--name", "lm", "--out_dir", str(tmp_path / "runs"),
+          "--data.max_sentences", "300", "--train.max_steps", "2", "--train.log_every", "1",
+          "--train.progress", "false", "--train.tensorboard", "false", "--train.threads", "1",
+          "--train.device", "cpu"])
+    lm_check(tmp_path / "runs" / "lm")

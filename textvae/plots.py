@@ -1,0 +1,188 @@
+"""Figures of a study (:mod:`textvae.study`): PNG files embedded in its report.md.
+
+* ``curves.png``: KL, MI, active units and -ELBO on validation data during training, one line per
+  variant (mean over seeds at common steps, band = min..max over seeds). The points are the
+  run's periodic ``valid_metrics`` records (the first ``train.metrics_sentences`` validation
+  sentences, MI by the whole-set estimator), or its epoch-end ``valid`` records (the whole
+  validation set, MI per batch) when it has no periodic ones.
+* ``rate_distortion.png``: reconstruction against KL on the test set (mean ± std over seeds),
+  with dashed lines of equal -ELBO = rec + KL.
+* ``nll_mi.png``: IW-NLL against MI on the test set; variants without a latent (language models)
+  and the synthetic corpus' true NLL and MI are drawn as reference lines.
+
+matplotlib is optional (``pip install 'textvae[plot]'``); it is imported only here, without pyplot,
+so drawing never touches a GUI backend.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from textvae.errors import TextVAEError
+
+# (panel title, record keys in order of preference)
+CURVES = [("KL (nats)", ("kl",)), ("MI (nats)", ("mi_dataset", "mi_batch")), ("active units", ("au",)),
+          ("-ELBO (nats, NLL bound)", ("neg_elbo",))]
+
+
+def _figure(width: float, height: float) -> Any:
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise TextVAEError("plots need matplotlib: pip install 'textvae[plot]'") from None
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _colours(n: int) -> list[Any]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def run_curves(records: list[dict[str, Any]]) -> dict[str, dict[int, float]]:
+    """Panel title -> {step: value} of one run; a step logged twice (a resumed run replays the
+    steps after its last checkpoint) keeps its last value."""
+    periodic = [r for r in records if r.get("split") == "valid_metrics"]
+    chosen = periodic or [r for r in records if r.get("split") == "valid"]
+    curves: dict[str, dict[int, float]] = {title: {} for title, _ in CURVES}
+    for rec in chosen:
+        for title, keys in CURVES:
+            value = next((rec[k] for k in keys if isinstance(rec.get(k), (int, float))), None)
+            if value is not None and math.isfinite(value):
+                curves[title][int(rec["step"])] = float(value)
+    return curves
+
+
+def _seed_band(series: list[dict[int, float]]) -> tuple[list[int], list[float], list[float], list[float]]:
+    """Steps common to every seed, and the mean, min and max over seeds there."""
+    steps = sorted(set.intersection(*(set(s) for s in series)))
+    values = [[s[t] for s in series] for t in steps]
+    return (steps, [sum(v) / len(v) for v in values], [min(v) for v in values], [max(v) for v in values])
+
+
+def plot_curves(curves: dict[str, list[dict[str, dict[int, float]]]], path: Path) -> bool:
+    """``curves``: variant -> per-seed :func:`run_curves`. Returns False when there is nothing to draw."""
+    fig = _figure(12, 7.5)
+    axes = fig.subplots(2, 2, sharex=True).ravel()
+    drawn = False
+    for colour, (variant, seeds) in zip(_colours(len(curves)), curves.items()):
+        for ax, (title, _) in zip(axes, CURVES):
+            series = [s[title] for s in seeds if s[title]]
+            if not series:
+                continue
+            steps, mean, lo, hi = _seed_band(series)
+            if not steps:
+                continue
+            ax.plot(steps, mean, color=colour, label=variant, lw=1.5, marker="." if len(steps) < 20 else None)
+            if len(series) > 1:
+                ax.fill_between(steps, lo, hi, color=colour, alpha=0.2, lw=0)
+            drawn = True
+    for ax, (title, _) in zip(axes, CURVES):
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    for ax in axes[2:]:
+        ax.set_xlabel("optimiser step")
+    handles, labels = [], []
+    for ax in axes:  # one legend entry per variant, whichever panel drew it
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            if label not in labels:
+                handles.append(h)
+                labels.append(label)
+    fig.legend(handles, labels, loc="outside right upper", fontsize=8)
+    fig.suptitle("validation figures during training (mean over seeds, band: min..max)")
+    if drawn:
+        fig.savefig(path, dpi=110)
+    return drawn
+
+
+def _points(variants: list[dict[str, Any]], x: str, y: str) -> list[tuple[str, int, float, float, float, float]]:
+    """(variant, index, x mean, x std, y mean, y std) for the variants with both figures."""
+    out = []
+    for i, v in enumerate(variants):
+        fx, fy = v["figures"][x], v["figures"][y]
+        if fx["n"] and fy["n"]:
+            out.append((v["variant"], i, fx["mean"], fx["std"], fy["mean"], fy["std"]))
+    return out
+
+
+def _scatter(ax: Any, points: list[tuple], colours: list[Any]) -> None:
+    for name, i, xm, xs, ym, ys in points:
+        ax.errorbar(xm, ym, xerr=None if math.isnan(xs) else xs, yerr=None if math.isnan(ys) else ys,
+                    fmt="o", color=colours[i], label=name, capsize=3)
+        ax.annotate(name, (xm, ym), textcoords="offset points", xytext=(4, 4), fontsize=7)
+
+
+def plot_rate_distortion(variants: list[dict[str, Any]], path: Path) -> bool:
+    points = _points(variants, "kl", "rec")
+    if not points:
+        return False
+    fig = _figure(8, 6)
+    ax = fig.subplots()
+    colours = _colours(len(variants))
+    _scatter(ax, points, colours)
+    elbos = [xm + ym for _, _, xm, _, ym, _ in points]
+    xs = [xm for _, _, xm, _, _, _ in points]
+    lo, hi = min(elbos), max(elbos)
+    levels = [lo + (hi - lo) * k / 3 for k in range(4)] if hi > lo else [lo]
+    x0, x1 = min(xs + [0.0]), max(xs) * 1.05 + 1e-6
+    for level in levels:  # rec = level - KL
+        ax.plot([x0, x1], [level - x0, level - x1], ls="--", lw=0.8, color="grey")
+        ax.annotate(f"-ELBO {level:.4g}", (x1, level - x1), fontsize=7, color="grey", ha="right", va="bottom")
+    ax.set_xlabel("KL = rate (nats per sentence)")
+    ax.set_ylabel("reconstruction = distortion (nats per sentence)")
+    ax.set_title("rate-distortion on the test set (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def plot_nll_mi(variants: list[dict[str, Any]], path: Path) -> bool:
+    points = _points(variants, "mi", "nll")
+    if not points:
+        return False
+    fig = _figure(8, 6)
+    ax = fig.subplots()
+    colours = _colours(len(variants))
+    _scatter(ax, points, colours)
+    with_mi = {p[0] for p in points}
+    for i, v in enumerate(variants):  # language models: NLL only
+        nll = v["figures"]["nll"]
+        if v["variant"] not in with_mi and nll["n"]:
+            ax.axhline(nll["mean"], ls=":", color=colours[i], label=f"{v['variant']} (no latent)")
+    truth = next((v["figures"] for v in variants if v["figures"]["true_nll"]["n"]), None)
+    if truth is not None:
+        ax.axhline(truth["true_nll"]["mean"], ls="--", color="black", lw=0.8, label="true NLL")
+        ax.axvline(truth["true_mi"]["mean"], ls="--", color="black", lw=0.8, label="true MI")
+    ax.set_xlabel("MI (nats, whole-set estimator)")
+    ax.set_ylabel("IW-NLL (nats per sentence)")
+    ax.set_title("NLL against mutual information on the test set (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def study_plots(results: dict[str, Any], folder: Path) -> dict[str, Path]:
+    """Draw every figure of a study from its results (``textvae.study.aggregate``) and the runs'
+    metrics.jsonl; returns name -> PNG path of the figures that had data."""
+    from textvae.study import read_records
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    curves: dict[str, list] = {v["variant"]: [] for v in results["variants"]}
+    for run in results["runs"]:
+        if run["report"] is not None:
+            curves[run["variant"]].append(run_curves(read_records(Path(run["dir"]) / "metrics.jsonl")))
+    curves = {k: v for k, v in curves.items() if v}
+    drawers = {"curves": lambda p: bool(curves) and plot_curves(curves, p),
+               "rate_distortion": lambda p: plot_rate_distortion(results["variants"], p),
+               "nll_mi": lambda p: plot_nll_mi(results["variants"], p)}
+    written = {}
+    for name, draw in drawers.items():
+        path = folder / f"{name}.png"
+        if draw(path):
+            written[name] = path
+    return written

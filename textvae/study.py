@@ -1,0 +1,614 @@
+"""One-command studies: variants x seeds of a recipe, trained, resumed, aggregated and plotted.
+
+    textvae study studies/ptb_main.yaml [--jobs N] [--out DIR] [--only VARIANT ...]
+
+A study file (YAML):
+
+    name: ptb_main                           # default: the file's stem
+    description: one paragraph for report.md # optional
+    base: ../recipes/ptb/vae.yaml            # relative to the study file, the current directory or
+                                             # the repository; default: the embedded synthetic recipe
+    out: out/ptb_main                        # default: out/<name>, relative to the current directory
+    seeds: [1, 2, 3]                         # train.seed of each run (default: [1])
+    budget: {epochs: 40, max_steps: 20000}   # per run; `seconds` needs a train.max_seconds option
+    data: {name: ptb, max_sentences: 5000}   # dataset override for every run
+    overrides: {train.metrics_every: 200}    # for every run
+    variants:                                # name -> overrides, dotted or nested keys
+      plain: {}
+      free_bits: {objective.remedies: [{name: free_bits_li2019, target_kl: 8}]}
+      adam: {optim: {name: adam, lr: 0.001}}
+
+A run's configuration is the base recipe, then ``data``, ``budget``, ``overrides`` and the
+variant's overrides, each on top of the previous. Sections of :class:`~textvae.config.RunConfig`
+(``optim``, ``model.encoder``, ...) merge key by key; every other value, free-form dicts
+(``kl_schedule``, ``options``) and lists (``remedies``) included, is replaced whole.
+
+Run ``seed k`` of variant ``v`` is an ordinary run folder ``<out>/v/seed<k>/`` next to its recipe
+``<out>/v/seed<k>.yaml`` (``textvae train`` that file to redo the run by hand). Runs go seed by seed,
+all variants of a seed before the next, so a partial study already has a full table. Re-running
+the study skips finished runs (the test record is in their metrics.jsonl), resumes interrupted
+ones from their checkpoint, restarts those that died before their first checkpoint, and refuses a
+run folder trained with another configuration. With ``--jobs N`` runs are subprocesses
+(``python -m textvae.cli train``), N at a time, each with cores / N torch threads unless the
+configuration sets ``train.threads``; their output goes to ``<out>/v/seed<k>.log``.
+
+Outputs in ``<out>/``: ``results.csv`` (one row per variant: mean and std of each figure),
+``results.json`` (the same plus every run's test report), ``report.md`` (the table and the plots
+of :mod:`textvae.plots`).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import datetime
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from textvae.config import RunConfig, TrainConfig
+from textvae.errors import TextVAEError
+
+log = logging.getLogger(__name__)
+
+STUDY_KEYS = ("name", "description", "base", "out", "seeds", "budget", "data", "overrides", "variants")
+BUDGET_KEYS = {"epochs": "epochs", "max_steps": "max_steps", "seconds": "max_seconds"}  # -> train.*
+# Keys that may differ between a run folder's config.yaml and the study without making it another
+# run: where the study lives, its run names, and how many threads / progress bars this machine uses.
+INCIDENTAL_KEYS = {"name", "out_dir", "train.threads", "train.progress"}
+VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---- the study file ----------------------------------------------------------------------------
+@dataclasses.dataclass
+class Study:
+    name: str
+    path: Path  # the study file
+    base: Path  # the base recipe
+    out: Path
+    seeds: list[int]
+    variants: dict[str, dict[str, Any]]  # name -> nested overrides
+    common: list[dict[str, Any]]  # nested overrides for every run: data, budget, overrides
+    description: str = ""
+    budget: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class Run:
+    variant: str
+    seed: int
+    dir: Path  # the run folder <out>/<variant>/seed<k>
+    config: RunConfig
+
+    @property
+    def recipe(self) -> Path:
+        return self.dir.with_suffix(".yaml")
+
+    @property
+    def log_file(self) -> Path:
+        return self.dir.with_suffix(".log")
+
+    @property
+    def label(self) -> str:
+        return f"{self.variant}/seed{self.seed}"
+
+
+def expand_dotted(overrides: dict[str, Any], where: str) -> dict[str, Any]:
+    """{"optim.lr": 0.5, "model": {"encoder.hidden_dim": 8}} -> {"optim": {"lr": 0.5}, "model": {"encoder": {...}}}.
+
+    Nested dicts are expanded too; two spellings of the same key are an error."""
+    if not isinstance(overrides, dict):
+        raise TextVAEError(f"{where}: overrides must be a mapping, got {type(overrides).__name__}")
+    nested: dict[str, Any] = {}
+    for key, value in overrides.items():
+        parts = str(key).split(".")
+        if not all(parts):
+            raise TextVAEError(f"{where}: malformed key {key!r}")
+        node = nested
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise TextVAEError(f"{where}: key {key!r} conflicts with another override")
+        value = expand_dotted(value, where) if isinstance(value, dict) else value
+        leaf = parts[-1]
+        if leaf in node:
+            if not (isinstance(node[leaf], dict) and isinstance(value, dict)):
+                raise TextVAEError(f"{where}: key {key!r} is given twice")
+            value = _merge_plain(node[leaf], value, f"{where}: key {key!r}")
+        node[leaf] = value
+    return nested
+
+
+def _merge_plain(a: dict[str, Any], b: dict[str, Any], where: str) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        if k in out and isinstance(out[k], dict) and isinstance(v, dict):
+            out[k] = _merge_plain(out[k], v, where)
+        elif k in out:
+            raise TextVAEError(f"{where}: {k!r} is given twice")
+        else:
+            out[k] = v
+    return out
+
+
+def apply_overrides(values: dict[str, Any], overrides: dict[str, Any], cls: type = RunConfig,
+                    where: str = "overrides", prefix: str = "") -> dict[str, Any]:
+    """``values`` (a recipe dict for the dataclass ``cls``) with nested ``overrides`` applied.
+
+    Keys are checked against ``cls``; dataclass-typed fields merge recursively, any other value is
+    replaced. ``values`` is not modified."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    out = dict(values)
+    for key, value in overrides.items():
+        if key not in fields:
+            raise TextVAEError(f"{where}: unknown key {prefix + key!r}; valid: {sorted(fields)}")
+        sub = _section(fields[key])
+        if sub is not None:
+            if not isinstance(value, dict):
+                raise TextVAEError(f"{where}: {prefix + key!r} is a section; give a mapping, not {value!r}")
+            out[key] = apply_overrides(out.get(key) or {}, value, sub, where, f"{prefix}{key}.")
+        else:
+            out[key] = value
+    return out
+
+
+def _section(f: dataclasses.Field) -> Optional[type]:
+    """The dataclass type of a RunConfig field that is itself a section, else None."""
+    factory = f.default_factory  # type: ignore[misc]
+    return factory if factory is not dataclasses.MISSING and dataclasses.is_dataclass(factory) else None
+
+
+def _find_file(name: str, study_dir: Path) -> Path:
+    for root in (study_dir, Path.cwd(), REPO_ROOT):
+        if (root / name).is_file():
+            return (root / name).resolve()
+    raise TextVAEError(f"base recipe {name!r} not found next to the study file, in the current directory "
+                       f"or in {REPO_ROOT}")
+
+
+def load_study(path: str | Path, out: Optional[str] = None) -> Study:
+    """Read and check a study file; ``out`` overrides its output folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise TextVAEError(f"no such study file: {path}")
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise TextVAEError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
+    if not isinstance(spec, dict):
+        raise TextVAEError(f"{path}: a study file is a mapping with keys {', '.join(STUDY_KEYS)}")
+    unknown = sorted(set(spec) - set(STUDY_KEYS))
+    if unknown:
+        raise TextVAEError(f"{path}: unknown key(s) {unknown}; valid: {', '.join(STUDY_KEYS)}")
+    name = str(spec.get("name") or path.stem)
+
+    if spec.get("base") in (None, "default"):
+        from textvae.cli import default_recipe
+        base = Path(default_recipe())
+    else:
+        base = _find_file(str(spec["base"]), path.parent)
+
+    seeds = spec.get("seeds", [1])
+    if (not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                             for s in seeds) or len(set(seeds)) != len(seeds)):
+        raise TextVAEError(f"{path}: seeds must be a non-empty list of distinct integers, got {seeds!r}")
+
+    budget = spec.get("budget") or {}
+    if not isinstance(budget, dict) or set(budget) - set(BUDGET_KEYS):
+        raise TextVAEError(f"{path}: budget takes {', '.join(BUDGET_KEYS)}; got {budget!r}")
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    if budget.get("seconds") is not None and "max_seconds" not in train_fields:
+        raise TextVAEError(f"{path}: budget.seconds needs a train.max_seconds option, which this version of "
+                           f"the trainer lacks; bound the runs with budget.epochs or budget.max_steps")
+    budget_train = {BUDGET_KEYS[k]: v for k, v in budget.items() if v is not None}
+
+    common = [{"data": expand_dotted(spec.get("data") or {}, f"{path}: data")},
+              {"train": budget_train},
+              expand_dotted(spec.get("overrides") or {}, f"{path}: overrides")]
+    variants = spec.get("variants")
+    if not isinstance(variants, dict) or not variants:
+        raise TextVAEError(f"{path}: variants must be a non-empty mapping of name -> overrides")
+    checked = {}
+    for vname, overrides in variants.items():
+        if not VARIANT_NAME.match(str(vname)):
+            raise TextVAEError(f"{path}: variant name {vname!r} is not a folder name (letters, digits, _.+=-)")
+        checked[str(vname)] = expand_dotted(overrides or {}, f"{path}: variant {vname!r}")
+    out_dir = Path(out or spec.get("out") or Path("out") / name).resolve()
+    return Study(name=name, path=path.resolve(), base=base, out=out_dir, seeds=seeds, variants=checked,
+                 common=common, description=str(spec.get("description") or "").strip(), budget=budget)
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def plan(study: Study, jobs: int = 1) -> list[Run]:
+    """Every run of the study, seed-major, each with its checked configuration."""
+    from textvae.cli import parse_run_config
+
+    base = yaml.safe_load(study.base.read_text()) or {}
+    if not isinstance(base, dict):
+        raise TextVAEError(f"{study.base}: a recipe is a mapping")
+    threads = max(1, _cores() // jobs)
+    runs = []
+    for seed in study.seeds:
+        for vname, overrides in study.variants.items():
+            where = f"{study.path.name}: variant {vname!r}"
+            values = base
+            for layer in (*study.common, overrides):
+                values = apply_overrides(values, layer, where=where)
+            run_dir = study.out / vname / f"seed{seed}"
+            values = apply_overrides(values, {"name": run_dir.name, "out_dir": str(run_dir.parent),
+                                              "train": {"seed": seed, "progress": False}}, where=where)
+            if values["train"].get("threads") is None:
+                values["train"]["threads"] = threads
+            # Through the command line's parser, so types are checked exactly as `textvae train` does.
+            with tempfile.TemporaryDirectory() as tmp:
+                recipe = Path(tmp) / "recipe.yaml"
+                recipe.write_text(yaml.safe_dump(values, sort_keys=False))
+                try:
+                    cfg, _ = parse_run_config([str(recipe)])
+                except TextVAEError as e:
+                    raise TextVAEError(f"{where}: {e}") from None
+            runs.append(Run(vname, seed, run_dir, cfg))
+    return runs
+
+
+# ---- run folders -------------------------------------------------------------------------------
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl records; a line cut short by a kill is skipped."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def test_report(run_dir: Path) -> Optional[dict[str, Any]]:
+    """The run's final test record (its presence marks a finished run), else None."""
+    tests = [r for r in read_records(run_dir / "metrics.jsonl") if r.get("split") == "test"]
+    return tests[-1] if tests else None
+
+
+def run_state(run: Run) -> str:
+    """``done`` (test record written), ``resume`` (a checkpoint), or ``new``."""
+    from textvae.training.train import CHECKPOINT
+
+    if test_report(run.dir) is not None:
+        return "done"
+    return "resume" if (run.dir / CHECKPOINT).is_file() else "new"
+
+
+def check_run_folder(run: Run) -> None:
+    """A run folder holding a run of another configuration is an error (never overwritten)."""
+    from textvae.training.train import config_changes
+
+    saved = run.dir / "config.yaml"
+    if not saved.is_file():
+        return
+    old = json.loads(json.dumps(yaml.safe_load(saved.read_text())))
+    changes = {k: v for k, v in config_changes(old, json.loads(json.dumps(run.config.to_dict()))).items()
+               if k not in INCIDENTAL_KEYS}
+    if changes:
+        shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(changes.items())[:3])
+        raise TextVAEError(f"{run.dir} was trained with another configuration ({shown}"
+                           f"{'; ...' if len(changes) > 3 else ''}); delete it or choose another --out")
+
+
+def _clear_unstarted(run: Run) -> None:
+    """A run killed before its first checkpoint (written at step 0) cannot be resumed: start it
+    again from scratch (its metrics.jsonl would otherwise keep the dead attempt's records)."""
+    if run.dir.exists():
+        shutil.rmtree(run.dir)
+
+
+# ---- running -----------------------------------------------------------------------------------
+def _train_in_process(run: Run, resume: bool) -> bool:
+    from textvae.training.train import run_training
+
+    try:
+        run_training(run.config, resume=resume)
+        return True
+    except Exception:  # a failed run must not stop the study; its traceback goes to the log
+        log.error("%s failed:\n%s", run.label, traceback.format_exc())
+        return False
+
+
+def _command(run: Run, resume: bool) -> list[str]:
+    return [sys.executable, "-m", "textvae.cli", "train", str(run.recipe)] + (["--resume"] if resume else [])
+
+
+def _start_subprocess(run: Run, resume: bool) -> subprocess.Popen:
+    env = dict(os.environ)
+    threads = str(run.config.train.threads)
+    env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    with open(run.log_file, "a") as f:
+        return subprocess.Popen(_command(run, resume), stdout=f, stderr=subprocess.STDOUT, env=env)
+
+
+def _prepare(run: Run) -> bool:
+    """Write the run's recipe and tidy its folder; returns whether to resume."""
+    state = run_state(run)
+    if state == "new":
+        _clear_unstarted(run)
+    run.recipe.parent.mkdir(parents=True, exist_ok=True)
+    run.recipe.write_text(yaml.safe_dump(run.config.to_dict(), sort_keys=False))
+    return state == "resume"
+
+
+def _finished(run: Run, ok: bool, seconds: float, n: int, total: int) -> None:
+    report = test_report(run.dir) if ok else None
+    if report is None:
+        log.info("[%d/%d] %s FAILED after %.0f s (see %s)", n, total, run.label, seconds,
+                 run.log_file if run.log_file.is_file() else "the log above")
+        return
+    figs = run_figures(report)
+    log.info("[%d/%d] %s done in %.0f s: NLL %.2f  KL %.2f  MI %.2f  AU %s", n, total, run.label, seconds,
+             figs["nll"], figs["kl"], figs["mi"], _fmt(figs["au"], "{:.0f}"))
+
+
+def execute(study: Study, runs: list[Run], jobs: int = 1, only: Optional[list[str]] = None) -> list[Run]:
+    """Train the runs (of the variants ``only``, default all) that are not finished; returns those
+    that failed. ``jobs == 1`` trains in this process, more run as subprocesses. After each run the
+    tables of the whole study are rewritten."""
+    selected = [r for r in runs if not only or r.variant in only]
+    todo = [r for r in selected if run_state(r) != "done"]
+    log.info("study %s: %d runs, %d finished, %d to train (%s)", study.name, len(selected),
+             len(selected) - len(todo), len(todo), "in this process" if jobs == 1 else f"{jobs} subprocesses at a time")
+    failed: list[Run] = []
+    if jobs == 1:
+        for n, run in enumerate(todo, 1):
+            resume = _prepare(run)
+            log.info("[%d/%d] %s: %s", n, len(todo), run.label, "resuming" if resume else "training")
+            t0 = time.perf_counter()
+            ok = _train_in_process(run, resume)
+            _finished(run, ok, time.perf_counter() - t0, n, len(todo))
+            if not ok:
+                failed.append(run)
+            write_outputs(study, runs, plots=False)
+        return failed
+
+    pending, running, n = list(todo), {}, 0
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                run = pending.pop(0)
+                resume = _prepare(run)
+                n += 1
+                log.info("[%d/%d] %s: %s (log: %s)", n, len(todo), run.label, "resuming" if resume else "training",
+                         run.log_file)
+                running[run.label] = (run, _start_subprocess(run, resume), time.perf_counter(), n)
+            time.sleep(0.2)
+            for label, (run, proc, t0, k) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                del running[label]
+                ok = proc.returncode == 0
+                _finished(run, ok, time.perf_counter() - t0, k, len(todo))
+                if not ok:
+                    failed.append(run)
+                write_outputs(study, runs, plots=False)
+    except KeyboardInterrupt:
+        # A child stops on SIGINT keeping its last checkpoint; wait, so that none is killed mid-write.
+        for _, proc, _, _ in running.values():
+            proc.send_signal(signal.SIGINT)
+        for _, proc, _, _ in running.values():
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        raise
+    return failed
+
+
+# ---- aggregation -------------------------------------------------------------------------------
+# (figure, column label, format): the table of report.md, in order.
+COLUMNS = [("nll", "IW-NLL", "{:.2f}"), ("kl", "KL", "{:.2f}"), ("mi", "MI", "{:.2f}"), ("au", "AU", "{:.1f}"),
+           ("ppl", "IW-PPL", "{:.2f}"), ("rec", "Rec.", "{:.2f}"), ("neg_elbo", "-ELBO", "{:.2f}"),
+           ("train_minutes", "train (min)", "{:.1f}"), ("tokens_per_s", "tok/s", "{:.0f}")]
+# Report keys carried into results.csv / results.json besides the table's figures.
+EXTRA = ("iw_nll", "iw_ppl", "elbo_ppl", "mi_batch", "mi_dataset", "true_nll", "true_mi")
+FIGURES = [key for key, _, _ in COLUMNS] + list(EXTRA)
+
+
+def run_figures(report: dict[str, Any]) -> dict[str, float]:
+    """The figures of one test report. A language model has no IW-NLL: its -ELBO is its exact NLL
+    (KL = 0), so NLL / PPL fall back to -ELBO / ELBO-PPL; MI is the whole-set estimator."""
+    nan = math.nan
+    figs = {"nll": report.get("iw_nll", report.get("neg_elbo", nan)),
+            "ppl": report.get("iw_ppl", report.get("elbo_ppl", nan)),
+            "kl": report.get("kl", nan), "mi": report.get("mi_dataset", nan), "au": report.get("au", nan),
+            "rec": report.get("rec", nan), "neg_elbo": report.get("neg_elbo", nan),
+            "train_minutes": report.get("train_seconds", nan) / 60.0,
+            "tokens_per_s": report.get("train_tokens_per_s", nan)}
+    figs.update({k: report.get(k, nan) for k in EXTRA})
+    return {k: float(v) for k, v in figs.items()}
+
+
+def mean_std(values: list[float]) -> tuple[float, float, int]:
+    """Mean and sample standard deviation (n - 1) of the finite values; std is NaN for n < 2."""
+    xs = [v for v in values if math.isfinite(v)]
+    if not xs:
+        return math.nan, math.nan, 0
+    mean = sum(xs) / len(xs)
+    std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else math.nan
+    return mean, std, len(xs)
+
+
+def aggregate(study: Study, runs: list[Run]) -> dict[str, Any]:
+    """results.json's content: per variant mean / std / n of every figure, and every run's report."""
+    per_run, variants = [], []
+    for vname in study.variants:
+        mine = [r for r in runs if r.variant == vname]
+        reports = [(r, test_report(r.dir)) for r in mine]
+        done = [(r, rep) for r, rep in reports if rep is not None]
+        figs = [run_figures(rep) for _, rep in done]
+        stats = {}
+        for key in FIGURES:
+            mean, std, n = mean_std([f[key] for f in figs])
+            stats[key] = {"mean": mean, "std": std, "n": n}
+        variants.append({"variant": vname, "runs": len(done), "planned": len(mine), "figures": stats})
+        per_run += [{"variant": r.variant, "seed": r.seed, "dir": str(r.dir),
+                     "state": "done" if rep is not None else run_state(r), "report": rep} for r, rep in reports]
+    first = next((r["report"] for r in per_run if r["report"]), {})
+    return {"study": study.name, "study_file": str(study.path), "base": str(study.base), "seeds": study.seeds,
+            "budget": study.budget, "mi_estimator": "mi_dataset",
+            "iw_samples": first.get("iw_samples"), "au_threshold": first.get("au_threshold"),
+            "variants": variants, "runs": per_run}
+
+
+def _fmt(value: float, fmt: str) -> str:
+    return fmt.format(value) if math.isfinite(value) else "–"
+
+
+def cell(stats: dict[str, Any], fmt: str) -> str:
+    """'mean ± std' (just the mean for a single run, '–' for none)."""
+    if stats["n"] == 0:
+        return "–"
+    if stats["n"] == 1:
+        return _fmt(stats["mean"], fmt)
+    return f"{_fmt(stats['mean'], fmt)} ± {_fmt(stats['std'], fmt)}"
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    header = ["variant", "runs"] + [label for _, label, _ in COLUMNS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for v in results["variants"]:
+        cells = [v["variant"], f"{v['runs']}/{v['planned']}"] + [cell(v["figures"][k], fmt) for k, _, fmt in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_csv(results: dict[str, Any], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["variant", "runs"] + [f"{k}_{s}" for k in FIGURES for s in ("mean", "std")])
+        for v in results["variants"]:
+            row = [v["variant"], v["runs"]]
+            for k in FIGURES:
+                row += [repr(v["figures"][k]["mean"]), repr(v["figures"][k]["std"])]
+            writer.writerow(row)
+
+
+def report_markdown(study: Study, results: dict[str, Any], plot_files: dict[str, str], plot_note: str) -> str:
+    budget = ", ".join(f"{k} {v}" for k, v in study.budget.items() if v is not None) or "the recipe's"
+    k = results.get("iw_samples")
+    thr = results.get("au_threshold")
+    notes = [
+        f"Test-set figures of each run's best model (by validation -ELBO), mean ± sample std over seeds "
+        f"({', '.join(map(str, study.seeds))}). NLL, KL, Rec. (reconstruction) and -ELBO in nats per sentence; "
+        f"IW-NLL / IW-PPL with K = {k:.0f} importance samples" if k else "Test-set figures of each run's best model",
+        "MI: the whole-set estimator (Li et al. 2019; log q(z) over all N test sentences, bounded by log N); "
+        "results.csv also has He et al.'s per-batch estimator (mi_batch_*)",
+        f"AU: latent dimensions with Var_x E[z|x] >= {thr:g}" if thr else "AU: active units",
+        "train (min): the training loop's time (resumed runs summed), without the final evaluation; "
+        "tok/s: training tokens per second",
+        "Language-model rows (no latent) show their exact NLL (-ELBO with KL = 0) under IW-NLL / IW-PPL",
+    ]
+    truth = [v for v in results["variants"] if v["figures"]["true_nll"]["n"]]
+    if truth:
+        f = truth[0]["figures"]
+        notes.append(f"Ground truth of the synthetic test set: NLL {f['true_nll']['mean']:.2f}, "
+                     f"MI {f['true_mi']['mean']:.3f} nats")
+    lines = [f"# Study `{study.name}`", ""]
+    if study.description:
+        lines += [study.description, ""]
+    lines += [f"Study file `{study.path}`; base recipe `{study.base}`; budget per run: {budget}. "
+              f"Written {datetime.datetime.now().isoformat(timespec='seconds')}.", "",
+              markdown_table(results), ""]
+    lines += [f"- {n}." for n in notes] + [""]
+    titles = {"curves": "Validation figures during training", "rate_distortion": "Rate-distortion (test set)",
+              "nll_mi": "NLL against mutual information (test set)"}
+    for key, title in titles.items():
+        if key in plot_files:
+            lines += [f"## {title}", "", f"![{title}]({plot_files[key]})", ""]
+    if plot_note:
+        lines += [plot_note, ""]
+    lines += ["## Runs", "", "| variant | seed | state | folder |", "|---|---|---|---|"]
+    lines += [f"| {r['variant']} | {r['seed']} | {r['state']} | `{r['dir']}` |" for r in results["runs"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(study: Study, runs: list[Run], plots: bool = True) -> dict[str, Any]:
+    """results.csv, results.json and report.md in ``study.out`` (plots under ``plots/`` when asked
+    and matplotlib is installed)."""
+    study.out.mkdir(parents=True, exist_ok=True)
+    results = aggregate(study, runs)
+    (study.out / "results.json").write_text(json.dumps(results, indent=2))
+    write_csv(results, study.out / "results.csv")
+    plot_files, note = {}, ""
+    if plots:
+        try:
+            from textvae import plots as plotting
+            plot_files = plotting.study_plots(results, study.out / "plots")
+            plot_files = {k: str(Path(p).relative_to(study.out)) for k, p in plot_files.items()}
+        except TextVAEError as e:
+            note = f"Plots skipped: {e}"
+            log.warning(note)
+    elif (study.out / "report.md").is_file():
+        # Keep the figures of the last full report (they are redrawn when the study ends).
+        plot_files = {p.stem: f"plots/{p.name}" for p in sorted((study.out / "plots").glob("*.png"))}
+    (study.out / "report.md").write_text(report_markdown(study, results, plot_files, note))
+    return results
+
+
+# ---- command line ------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse would exit; the CLI prints TextVAEError itself
+        raise TextVAEError(f"textvae study: {message}")
+
+
+def run_study(path: str | Path, jobs: int = 1, out: Optional[str] = None,
+              only: Optional[list[str]] = None) -> dict[str, Any]:
+    """Load, plan, train what is missing, and write the outputs; returns results.json's content.
+    Raises :class:`TextVAEError` (after writing the outputs) when runs failed."""
+    if jobs < 1:
+        raise TextVAEError(f"--jobs must be >= 1, got {jobs}")
+    study = load_study(path, out)
+    unknown = sorted(set(only or []) - set(study.variants))
+    if unknown:
+        raise TextVAEError(f"--only: unknown variant(s) {unknown}; valid: {', '.join(study.variants)}")
+    runs = plan(study, jobs)
+    for run in runs:
+        check_run_folder(run)
+    failed = execute(study, runs, jobs, only)
+    results = write_outputs(study, runs)
+    log.info("study %s: results in %s\n%s", study.name, study.out, markdown_table(results))
+    if failed:
+        raise TextVAEError(f"{len(failed)} runs failed: "
+                           f"{', '.join(r.label for r in failed)} (see the logs); re-run the study to retry them")
+    return results
+
+
+def main(argv: list[str]) -> None:
+    """``textvae study STUDY.yaml [--jobs N] [--out DIR] [--only VARIANT ...]``."""
+    ap = _Parser(prog="textvae study", description="Train variants x seeds of a recipe and aggregate them.")
+    ap.add_argument("study", help="study YAML file")
+    ap.add_argument("--jobs", type=int, default=1, help="runs at a time (subprocesses when > 1)")
+    ap.add_argument("--out", help="output folder (default: the study's `out`, else out/<name>)")
+    ap.add_argument("--only", nargs="+", metavar="VARIANT", help="train only these variants")
+    args = ap.parse_args(argv)
+    try:
+        run_study(args.study, jobs=args.jobs, out=args.out, only=args.only)
+    except KeyboardInterrupt:
+        log.warning("study interrupted: run the same command again to resume it")
+        raise
