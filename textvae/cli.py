@@ -5,6 +5,8 @@
     textvae sample MODEL [--n 10] [--method sample] [--temperature 1.0]
     textvae reconstruct MODEL "a sentence" ... | --file FILE
     textvae interpolate MODEL "first sentence" "second sentence" [--steps 5]
+    textvae respond RUN --context "hi , how are you ?" [--context ...] [--n 5]   (dialogue CVAE)
+    textvae study studies/cpu_smoke.yaml [--jobs N]
 
 Errors in the input are printed as one line (``textvae: error: ...``) with exit status 2.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from importlib import resources
 from pathlib import Path
@@ -22,7 +25,7 @@ import torch
 
 from textvae.errors import TextVAEError
 
-COMMANDS = ("train", "evaluate", "sample", "reconstruct", "interpolate")
+COMMANDS = ("train", "evaluate", "sample", "reconstruct", "interpolate", "respond", "study")
 
 
 def default_recipe() -> str:
@@ -68,11 +71,16 @@ def parse_run_config(argv: list[str]):
 
 
 def cmd_train(argv: list[str]) -> None:
+    from textvae.dialogue.train import cmd_train_cvae, names_dialogue_recipe
     from textvae.training.train import run_training
 
+    if names_dialogue_recipe(argv):  # a recipe with `task: dialogue` trains the conditional VAE
+        cmd_train_cvae(argv)
+        return
     cfg, resume = parse_run_config(argv)
     report = run_training(cfg, resume=resume)
-    print(format_report(report))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun every rank returns the report; one prints it
+        print(format_report(report))
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -109,7 +117,6 @@ def cmd_evaluate(argv: list[str]) -> None:
     subset of the split (the first sentences would be the shortest in evaluation order)."""
     from textvae.config import DataConfig, from_dict
     from textvae.data.datasets import load_dataset
-    from textvae.metrics import METRICS
     from textvae.metrics.generation import generation_metrics
     from textvae.metrics.likelihood import DEFAULT_MAX_TOKENS
     from textvae.training.train import evaluation
@@ -160,9 +167,8 @@ def cmd_evaluate(argv: list[str]) -> None:
         """A fresh iterator over ``limit`` sentences of the split, in evaluation order, on the device."""
         return lambda: (b.to(device) for b in split.batches(args.batch_size, limit=limit))
 
-    metrics = [m for m in METRICS if m != "iw" or args.iw_samples > 0]
-    results = evaluation(model, batches(n_eval), device, metrics=metrics, n_samples=max(args.iw_samples, 1),
-                         max_tokens=args.max_tokens, per_dim=True)
+    results = evaluation(model, batches(n_eval), device, n_samples=args.iw_samples, max_tokens=args.max_tokens,
+                         per_dim=True)
     if data.truth is not None:
         results.update(_truth_figures(data.truth, args.split, split, split.subset(n_eval)))
     examples: dict[str, Any] = {}
@@ -318,6 +324,18 @@ def cmd_interpolate(argv: list[str]) -> None:
     path = interpolate(mu[0], mu[1], args.steps)
     for t, line in zip(torch.linspace(0, 1, args.steps).tolist(), decode(model, tokenizer, path, args, args.steps)):
         print(f"{t:.2f}\t{line}")
+
+
+def cmd_respond(argv: list[str]) -> None:
+    from textvae.dialogue.respond import cmd_respond as respond
+
+    respond(argv)
+
+
+def cmd_study(argv: list[str]) -> None:
+    from textvae.study import main as study
+
+    study(argv)
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -11,7 +11,7 @@ with y the response's dialogue act (kgCVAE only; e_y its embedding). Training us
 decoder; generation and every likelihood figure use the predicted soft label e_ŷ = softmax(.) @ E,
 so p(x | z, c) needs nothing but the context (as in Zhao et al.'s code).
 
-The KL between the two diagonal Gaussians is in closed form (:func:`gaussian_kl`). The loss comes
+The KL between the two diagonal Gaussians is in closed form (:meth:`DiagGaussian.kl`). The loss comes
 from the same :class:`~textvae.objective.Objective` as every sentence VAE, so KL schedules and the
 registered remedies are configuration; the act cross-entropy joins as one more per-sentence extra.
 Remedies see the CVAE through the sentence-VAE protocol: the batch they get is the response
@@ -40,28 +40,9 @@ from textvae.errors import TextVAEError
 from textvae.models.decoders import DECODERS
 from textvae.models.distributions import DiagGaussian
 from textvae.models.encoders import ENCODERS, last_layer_final_state
-from textvae.models.textvae import TextVAE, VAEOutput
+from textvae.models.textvae import PretrainedMixin, VAEOutput
 from textvae.objective import Objective
 from textvae.remedies import Remedy, create_remedy
-
-
-def gaussian_kl(mu_q: torch.Tensor, logvar_q: torch.Tensor, mu_p: torch.Tensor, logvar_p: torch.Tensor
-                ) -> torch.Tensor:
-    """KL(N(mu_q, σ_q²) || N(mu_p, σ_p²)) per dimension:
-
-        ½ [ log σ_p² − log σ_q² + (σ_q² + (mu_q − mu_p)²) / σ_p² − 1 ].
-    """
-    return 0.5 * (logvar_p - logvar_q + (torch.exp(logvar_q) + (mu_q - mu_p) ** 2) * torch.exp(-logvar_p) - 1.0)
-
-
-class ConditionalGaussian(DiagGaussian):
-    """A diagonal Gaussian whose KL to another diagonal Gaussian (the prior network's p(z|c)) is
-    analytic; against anything else it behaves as :class:`DiagGaussian`."""
-
-    def kl(self, prior: Any) -> Optional[torch.Tensor]:
-        if isinstance(prior, DiagGaussian):
-            return gaussian_kl(self.mu, self.logvar, prior.mu, prior.logvar)
-        return super().kl(prior)
 
 
 class HierarchicalContextEncoder(nn.Module):
@@ -89,7 +70,7 @@ class HierarchicalContextEncoder(nn.Module):
         return last_layer_final_state(h_n, 1, 1)
 
 
-class KgCVAE(nn.Module):
+class KgCVAE(PretrainedMixin, nn.Module):
     """The CVAE / kgCVAE of Zhao et al. (2017); see the module docstring.
 
     ``act_names`` are the dialogue-act classes of the data (kgCVAE needs them, ``cfg.use_acts``);
@@ -152,14 +133,14 @@ class KgCVAE(nn.Module):
         """c [B, H_c]."""
         return self.context_encoder(batch.context, batch.turn_lengths, batch.n_turns)
 
-    def prior(self, c: torch.Tensor) -> ConditionalGaussian:
+    def prior(self, c: torch.Tensor) -> DiagGaussian:
         """p(z|c) after the prior transforms (BN on its mean for BN-CVAE)."""
         mu, logvar = self.prior_net(c).chunk(2, dim=-1)
         for transform in self.prior_transforms:
             mu, logvar = transform.transform_posterior(mu, logvar)
-        return ConditionalGaussian(mu, logvar)
+        return DiagGaussian(mu, logvar)
 
-    def posterior(self, batch: DialogueBatch, c: torch.Tensor) -> tuple[ConditionalGaussian, torch.Tensor]:
+    def posterior(self, batch: DialogueBatch, c: torch.Tensor) -> tuple[DiagGaussian, torch.Tensor]:
         """q(z|x,c[,y]) after the remedies' posterior transforms, and its input h = [x; c (; act
         features)] [B, encoder_dim], x the response vector."""
         x = self.utterance_encoder(batch.response.tokens, batch.response.lengths)
@@ -170,7 +151,7 @@ class KgCVAE(nn.Module):
         mu, logvar = self.recognition(h).chunk(2, dim=-1)
         for remedy in self.objective.remedies:
             mu, logvar = remedy.transform_posterior(mu, logvar)
-        return ConditionalGaussian(mu, logvar), h
+        return DiagGaussian(mu, logvar), h
 
     def inference_parameters(self) -> list[nn.Parameter]:
         """The parameters of q(z|x,c): encoders, recognition network (and act features), and
@@ -281,7 +262,7 @@ class KgCVAE(nn.Module):
         loss, terms = self.objective(rec, kl, step, extras)
         return VAEOutput(rec=rec, kl=kl, n_tokens=response.n_tokens, loss=loss, terms=terms, z=z)
 
-    # ---- persistence: TextVAE's files and atomic writes, driven by config_dict / from_config_dict ----
+    # ---- persistence (files: PretrainedMixin) ----
     def config_dict(self) -> dict[str, Any]:
         return {"model_type": "kgcvae", "model": dataclasses.asdict(self.cfg), "vocab_size": self.vocab_size,
                 "objective": dataclasses.asdict(self.objective_cfg), "act_names": self.act_names,
@@ -294,6 +275,3 @@ class KgCVAE(nn.Module):
         return cls(CVAEConfig(**cfg["model"]), int(cfg["vocab_size"]), ObjectiveConfig(**cfg.get("objective", {})),
                    cfg.get("act_names"), cfg.get("text"))
 
-    save_weights = TextVAE.save_weights
-    save_pretrained = TextVAE.save_pretrained
-    from_pretrained = classmethod(TextVAE.from_pretrained.__func__)

@@ -34,8 +34,8 @@ from textvae.training.checkpoint import read_checkpoint, rng_state, save_checkpo
 from textvae.training.distributed import World
 from textvae.training.logger import RunLogger
 from textvae.training.train import (CHECKPOINT, EVAL_SEED, LoopState, LoopTrainer, build_optimizer, check_config,
-                                    check_run_dir,
-                                    describe_nonfinite, nonfinite_figures, resolve_device, restore_run, set_lr)
+                                    check_run_dir, describe_nonfinite, nonfinite_figures, resolve_device,
+                                    restore_run, set_lr)
 
 TASK = "dialogue"
 

@@ -4,26 +4,28 @@ Likelihood (``likelihood``): :func:`iw_nll` (importance-weighted NLL / IW-PPL), 
 (rec, KL, −ELBO, ELBO-PPL). Information (``information``): :func:`mi_batch` (He et al. 2019),
 :func:`mi_dataset` (whole-set). Latent usage (``latent``): :func:`active_units`,
 :func:`collapse_diagnostics`. Text (``generation``): :func:`reconstruction_bleu`, :func:`distinct_n`,
-:func:`self_bleu`. Probing (``probe``): :func:`latent_probe`. All at once: :func:`evaluate_model`
-and :func:`format_table`.
+:func:`self_bleu`, and :func:`generation_metrics` (generates from a model, then scores). Probing
+(``probe``): :func:`latent_probe`, :func:`probe_model`. All at once: :func:`evaluate_model` and
+:func:`format_table` (``textvae evaluate`` adds generation, probe and ground truth).
 
 Models are used only through the protocol of ``docs/design.md``: ``encode``, ``prior.log_prob``,
 ``log_likelihood``.
 """
 from textvae.metrics.evaluate import METRICS, evaluate_model, format_table
-from textvae.metrics.generation import distinct_n, reconstruction_bleu, self_bleu
+from textvae.metrics.generation import (GenerationResult, distinct_n, generation_metrics,
+                                        reconstruction_bleu, self_bleu)
 from textvae.metrics.information import mi_batch, mi_dataset
 from textvae.metrics.latent import (ActiveUnits, CollapseDiagnostics, active_units,
                                     collapse_diagnostics, collapse_verdict)
-from textvae.metrics.likelihood import (ElboResult, IWResult, elbo_batch, elbo_terms,
+from textvae.metrics.likelihood import (ElboResult, IWResult, draw_samples, elbo_batch, elbo_terms,
                                         iw_log_marginal, iw_nll)
-from textvae.metrics.probe import ProbeResult, latent_probe
+from textvae.metrics.probe import ProbeResult, draw_labelled, latent_probe, probe_model
 
 __all__ = [
     "METRICS", "evaluate_model", "format_table",
-    "distinct_n", "reconstruction_bleu", "self_bleu",
+    "GenerationResult", "distinct_n", "generation_metrics", "reconstruction_bleu", "self_bleu",
     "mi_batch", "mi_dataset",
     "ActiveUnits", "CollapseDiagnostics", "active_units", "collapse_diagnostics", "collapse_verdict",
-    "ElboResult", "IWResult", "elbo_batch", "elbo_terms", "iw_log_marginal", "iw_nll",
-    "ProbeResult", "latent_probe",
+    "ElboResult", "IWResult", "draw_samples", "elbo_batch", "elbo_terms", "iw_log_marginal", "iw_nll",
+    "ProbeResult", "draw_labelled", "latent_probe", "probe_model",
 ]

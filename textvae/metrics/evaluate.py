@@ -27,7 +27,7 @@ def evaluate_model(model: Any, batches: Batches, metrics: Sequence[str] = METRIC
     one z ~ q(z|x) per sentence are kept and shared by the requested ``metrics``:
 
     * ``elbo``: rec, kl, neg_elbo, elbo_ppl (one sample, β = 1; see ``elbo_terms``);
-    * ``iw``: iw_nll, iw_ppl, iw_samples (K = ``n_samples``; see ``iw_nll``);
+    * ``iw``: iw_nll, iw_ppl, iw_samples (K = ``n_samples``; see ``iw_nll``; 0 skips it);
     * ``mi_batch`` / ``mi_dataset``: the two MI estimators (same z as the ELBO);
     * ``au``: au, au_threshold, latent_dim;
     * ``diagnostics``: au, latent_dim, dims_too_noisy, dims_signal_too_weak.
@@ -43,6 +43,10 @@ def evaluate_model(model: Any, batches: Batches, metrics: Sequence[str] = METRIC
     unknown = sorted(set(metrics) - set(METRICS))
     if unknown:
         raise TextVAEError(f"evaluate_model: unknown metrics {unknown}; valid: {', '.join(METRICS)}")
+    if n_samples < 0:
+        raise TextVAEError(f"evaluate_model: n_samples must be >= 0 (0 skips IW-NLL), got {n_samples}")
+    if n_samples == 0:
+        metrics = [m for m in metrics if m != "iw"]
     if getattr(model, "latent_dim", None) == 0:  # the language model: only likelihood figures exist
         metrics = [m for m in metrics if m in ("elbo", "iw")]
         n_samples = 1  # every importance weight is the same (see iw_log_marginal)

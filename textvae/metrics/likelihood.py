@@ -18,8 +18,11 @@ from textvae.metrics._common import Batches, eval_mode, iterate, seeded
 from textvae.reduction import CorpusAccumulator
 
 # Default bound on S·B·T, the (sample, sentence) pairs times the padded length the decoder scores
-# at once. Decoder memory is dominated by logits of this many tokens times V.
-DEFAULT_MAX_TOKENS = 16384
+# at once. Decoder memory is dominated by the logits of this many tokens times V, twice (logits and
+# their log-softmax): ~0.3 GB at V = 10k. Measured on PTB (256/256/32, 2 CPU threads; see
+# benchmarks/iw_speed.py), the cost per (token, sample) is flat from ~1k tokens per call up, and
+# 16384 (~1.3 GB) is no faster within noise, so a larger budget buys nothing but memory.
+DEFAULT_MAX_TOKENS = 4096
 
 
 @dataclass

@@ -6,7 +6,7 @@ exists, ``entropy`` / ``kl``; so a flow posterior or a learned prior plugs in wi
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -50,10 +50,18 @@ class DiagGaussian:
         """H[q] = 1/2 Σ_d (1 + log 2π + logvar_d), [B]."""
         return 0.5 * (1.0 + LOG_2PI + self.logvar).sum(-1)
 
-    def kl(self, prior: "Prior") -> Optional[torch.Tensor]:
-        """Analytic KL(q || p) per dimension [B, D] when p is N(0, I); ``None`` otherwise."""
+    def kl(self, prior: Any) -> Optional[torch.Tensor]:
+        """Analytic KL(q || p) per dimension [B, D] when p is N(0, I) or another diagonal Gaussian
+        (a conditional prior p(z|c)):
+
+            KL_d = 1/2 [ log s_p² − log s_q² + (s_q² + (m_q − m_p)²) / s_p² − 1 ];
+
+        ``None`` for other priors (callers then use a Monte-Carlo estimate)."""
         if isinstance(prior, StandardNormal):
             return 0.5 * (self.mu**2 + torch.exp(self.logvar) - 1.0 - self.logvar)
+        if isinstance(prior, DiagGaussian):
+            return 0.5 * (prior.logvar - self.logvar
+                          + (torch.exp(self.logvar) + (self.mu - prior.mu) ** 2) * torch.exp(-prior.logvar) - 1.0)
         return None
 
 

@@ -48,7 +48,57 @@ class VAEOutput:
     z: Optional[torch.Tensor] = None
 
 
-class TextVAE(nn.Module):
+class PretrainedMixin:
+    """Saving and loading a model folder: ``model.safetensors`` + ``config.json`` (+ ``tokenizer.json``).
+
+    A model class provides ``config_dict()`` and the classmethod ``from_config_dict(cfg)``; the
+    files, atomic writes and load errors are shared here (TextVAE, the dialogue CVAE).
+    """
+
+    def save_weights(self, directory: str | Path) -> None:
+        """Write ``model.safetensors`` (weights and buffers) atomically: a crash mid-write keeps
+        the previous file. No pickle: it loads with any torch version, on any device."""
+        from safetensors.torch import save_model
+
+        tmp = Path(directory) / (WEIGHTS_FILE + ".tmp")
+        save_model(self, str(tmp))
+        os.replace(tmp, Path(directory) / WEIGHTS_FILE)
+
+    def save_pretrained(self, directory: str | Path, tokenizer: Any = None) -> Path:
+        """Write ``model.safetensors``, ``config.json`` and, if given, ``tokenizer.json``;
+        :meth:`from_pretrained` reads the folder back."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.save_weights(directory)
+        tmp = directory / (CONFIG_FILE + ".tmp")
+        tmp.write_text(json.dumps(self.config_dict(), indent=2))
+        os.replace(tmp, directory / CONFIG_FILE)
+        if tokenizer is not None:
+            tokenizer.save(directory / TOKENIZER_FILE)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> Any:
+        from safetensors.torch import load_model
+
+        directory = Path(directory)
+        config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+        for path in (config_path, weights_path):
+            if not path.is_file():
+                raise TextVAEError(f"not a saved textvae model: {path} is missing")
+        try:
+            cfg = json.loads(config_path.read_text())
+        except json.JSONDecodeError as e:
+            raise TextVAEError(f"corrupted model config {config_path}: {e}") from None
+        model = cls.from_config_dict(cfg)
+        try:
+            load_model(model, str(weights_path), device=str(device))
+        except Exception as e:  # safetensors raises several types for truncated/garbled files
+            raise TextVAEError(f"cannot load weights {weights_path}: {str(e).splitlines()[0]}") from None
+        return model.to(device)
+
+
+class TextVAE(PretrainedMixin, nn.Module):
     def __init__(self, cfg: ModelConfig, vocab_size: int, objective: Optional[ObjectiveConfig] = None):
         super().__init__()
         self.cfg = cfg
@@ -184,57 +234,15 @@ class TextVAE(nn.Module):
         loss, terms = self.objective(rec, kl, step, extras)
         return VAEOutput(rec=rec, kl=kl, n_tokens=batch.n_tokens, loss=loss, terms=terms, z=z)
 
-    # ---- persistence -------------------------------------------------------------------------
+    # ---- persistence (files: PretrainedMixin) -------------------------------------------------
     def config_dict(self) -> dict[str, Any]:
         return {"model": dataclasses.asdict(self.cfg), "vocab_size": self.vocab_size,
                 "objective": dataclasses.asdict(self.objective_cfg)}
-
-    def save_weights(self, directory: str | Path) -> None:
-        """Write ``model.safetensors`` (weights and buffers) atomically: a crash mid-write keeps
-        the previous file. No pickle: it loads with any torch version, on any device."""
-        from safetensors.torch import save_model
-
-        tmp = Path(directory) / (WEIGHTS_FILE + ".tmp")
-        save_model(self, str(tmp))
-        os.replace(tmp, Path(directory) / WEIGHTS_FILE)
-
-    def save_pretrained(self, directory: str | Path, tokenizer: Any = None) -> Path:
-        """Write ``model.safetensors``, ``config.json`` and, if given, ``tokenizer.json``;
-        :meth:`from_pretrained` reads the folder back."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.save_weights(directory)
-        tmp = directory / (CONFIG_FILE + ".tmp")
-        tmp.write_text(json.dumps(self.config_dict(), indent=2))
-        os.replace(tmp, directory / CONFIG_FILE)
-        if tokenizer is not None:
-            tokenizer.save(directory / TOKENIZER_FILE)
-        return directory
 
     @classmethod
     def from_config_dict(cls, cfg: dict[str, Any]) -> "TextVAE":
         return cls(model_config_from_dict(cfg["model"]), int(cfg["vocab_size"]),
                    ObjectiveConfig(**cfg.get("objective", {})))
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "TextVAE":
-        from safetensors.torch import load_model
-
-        directory = Path(directory)
-        config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
-        for path in (config_path, weights_path):
-            if not path.is_file():
-                raise TextVAEError(f"not a saved textvae model: {path} is missing")
-        try:
-            cfg = json.loads(config_path.read_text())
-        except json.JSONDecodeError as e:
-            raise TextVAEError(f"corrupted model config {config_path}: {e}") from None
-        model = cls.from_config_dict(cfg)
-        try:
-            load_model(model, str(weights_path), device=str(device))
-        except Exception as e:  # safetensors raises several types for truncated/garbled files
-            raise TextVAEError(f"cannot load weights {weights_path}: {str(e).splitlines()[0]}") from None
-        return model.to(device)
 
 
 def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
