@@ -118,23 +118,22 @@ def plot_rate_distortion(variants: list[dict[str, Any]], path: Path) -> bool:
     points = _points(variants, "kl", "rec")
     if not points:
         return False
-    fig = _figure(8, 6)
+    fig = _figure(9, 6)
     ax = fig.subplots()
-    colours = _colours(len(variants))
-    _scatter(ax, points, colours)
+    _scatter(ax, points, _colours(len(variants)))
+    xlim, ylim = ax.get_xlim(), ax.get_ylim()
     elbos = [xm + ym for _, _, xm, _, ym, _ in points]
-    xs = [xm for _, _, xm, _, _, _ in points]
     lo, hi = min(elbos), max(elbos)
-    levels = [lo + (hi - lo) * k / 3 for k in range(4)] if hi > lo else [lo]
-    x0, x1 = min(xs + [0.0]), max(xs) * 1.05 + 1e-6
-    for level in levels:  # rec = level - KL
-        ax.plot([x0, x1], [level - x0, level - x1], ls="--", lw=0.8, color="grey")
-        ax.annotate(f"-ELBO {level:.4g}", (x1, level - x1), fontsize=7, color="grey", ha="right", va="bottom")
+    for k, level in enumerate([lo + (hi - lo) * k / 3 for k in range(4)] if hi > lo else [lo]):
+        ax.plot(xlim, [level - xlim[0], level - xlim[1]], ls="--", lw=0.8, color="grey",
+                label="equal -ELBO = rec + KL" if k == 0 else None)
+    ax.set_xlim(xlim)  # the lines of equal -ELBO must not stretch the view
+    ax.set_ylim(ylim)
     ax.set_xlabel("KL = rate (nats per sentence)")
     ax.set_ylabel("reconstruction = distortion (nats per sentence)")
     ax.set_title("rate-distortion on the test set (mean ± std over seeds)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    fig.legend(loc="outside right upper", fontsize=7)
     fig.savefig(path, dpi=110)
     return True
 
@@ -143,7 +142,7 @@ def plot_nll_mi(variants: list[dict[str, Any]], path: Path) -> bool:
     points = _points(variants, "mi", "nll")
     if not points:
         return False
-    fig = _figure(8, 6)
+    fig = _figure(9, 6)
     ax = fig.subplots()
     colours = _colours(len(variants))
     _scatter(ax, points, colours)
@@ -160,7 +159,7 @@ def plot_nll_mi(variants: list[dict[str, Any]], path: Path) -> bool:
     ax.set_ylabel("IW-NLL (nats per sentence)")
     ax.set_title("NLL against mutual information on the test set (mean ± std over seeds)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    fig.legend(loc="outside right upper", fontsize=7)
     fig.savefig(path, dpi=110)
     return True
 

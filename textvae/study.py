@@ -282,7 +282,7 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def test_report(run_dir: Path) -> Optional[dict[str, Any]]:
+def finished_report(run_dir: Path) -> Optional[dict[str, Any]]:
     """The run's final test record (its presence marks a finished run), else None."""
     tests = [r for r in read_records(run_dir / "metrics.jsonl") if r.get("split") == "test"]
     return tests[-1] if tests else None
@@ -292,7 +292,7 @@ def run_state(run: Run) -> str:
     """``done`` (test record written), ``resume`` (a checkpoint), or ``new``."""
     from textvae.training.train import CHECKPOINT
 
-    if test_report(run.dir) is not None:
+    if finished_report(run.dir) is not None:
         return "done"
     return "resume" if (run.dir / CHECKPOINT).is_file() else "new"
 
@@ -356,7 +356,7 @@ def _prepare(run: Run) -> bool:
 
 
 def _finished(run: Run, ok: bool, seconds: float, n: int, total: int) -> None:
-    report = test_report(run.dir) if ok else None
+    report = finished_report(run.dir) if ok else None
     if report is None:
         log.info("[%d/%d] %s FAILED after %.0f s (see %s)", n, total, run.label, seconds,
                  run.log_file if run.log_file.is_file() else "the log above")
@@ -459,7 +459,7 @@ def aggregate(study: Study, runs: list[Run]) -> dict[str, Any]:
     per_run, variants = [], []
     for vname in study.variants:
         mine = [r for r in runs if r.variant == vname]
-        reports = [(r, test_report(r.dir)) for r in mine]
+        reports = [(r, finished_report(r.dir)) for r in mine]
         done = [(r, rep) for r, rep in reports if rep is not None]
         figs = [run_figures(rep) for _, rep in done]
         stats = {}
@@ -469,10 +469,11 @@ def aggregate(study: Study, runs: list[Run]) -> dict[str, Any]:
         variants.append({"variant": vname, "runs": len(done), "planned": len(mine), "figures": stats})
         per_run += [{"variant": r.variant, "seed": r.seed, "dir": str(r.dir),
                      "state": "done" if rep is not None else run_state(r), "report": rep} for r, rep in reports]
-    first = next((r["report"] for r in per_run if r["report"]), {})
+    reports = [r["report"] for r in per_run if r["report"]]
+    setting = {k: next((rep[k] for rep in reports if k in rep), None)
+               for k in ("iw_samples", "au_threshold", "latent_dim", "n_sentences")}
     return {"study": study.name, "study_file": str(study.path), "base": str(study.base), "seeds": study.seeds,
-            "budget": study.budget, "mi_estimator": "mi_dataset",
-            "iw_samples": first.get("iw_samples"), "au_threshold": first.get("au_threshold"),
+            "budget": study.budget, "mi_estimator": "mi_dataset", **setting,
             "variants": variants, "runs": per_run}
 
 
@@ -509,6 +510,17 @@ def write_csv(results: dict[str, Any], path: Path) -> None:
             writer.writerow(row)
 
 
+def _mi_noise(results: dict[str, Any]) -> str:
+    """The estimators' noise floor. With one z_i per sentence and the analytic entropy, a collapsed
+    posterior (q(z|x) = N(0, I) for every x) gives MI = mean_i (||z_i||^2 - D) / 2, not 0: a mean
+    of N terms of variance D / 2, so of std sqrt(D / 2N)."""
+    d, n = results.get("latent_dim"), results.get("n_sentences")
+    if not d or not n:
+        return ""
+    return (f". Both use one z per sentence: even a collapsed posterior reads noise of std "
+            f"sqrt(D / 2N) = {math.sqrt(d / (2 * n)):.3f} nats here (D = {d:.0f}, N = {n:.0f})")
+
+
 def report_markdown(study: Study, results: dict[str, Any], plot_files: dict[str, str], plot_note: str) -> str:
     budget = ", ".join(f"{k} {v}" for k, v in study.budget.items() if v is not None) or "the recipe's"
     k = results.get("iw_samples")
@@ -518,7 +530,7 @@ def report_markdown(study: Study, results: dict[str, Any], plot_files: dict[str,
         f"({', '.join(map(str, study.seeds))}). NLL, KL, Rec. (reconstruction) and -ELBO in nats per sentence; "
         f"IW-NLL / IW-PPL with K = {k:.0f} importance samples" if k else "Test-set figures of each run's best model",
         "MI: the whole-set estimator (Li et al. 2019; log q(z) over all N test sentences, bounded by log N); "
-        "results.csv also has He et al.'s per-batch estimator (mi_batch_*)",
+        "results.csv also has He et al.'s per-batch estimator (mi_batch_*)" + _mi_noise(results),
         f"AU: latent dimensions with Var_x E[z|x] >= {thr:g}" if thr else "AU: active units",
         "train (min): the training loop's time (resumed runs summed), without the final evaluation; "
         "tok/s: training tokens per second",
@@ -548,12 +560,23 @@ def report_markdown(study: Study, results: dict[str, Any], plot_files: dict[str,
     return "\n".join(lines) + "\n"
 
 
+def _finite_or_null(value: Any) -> Any:
+    """NaN / inf -> None, so results.json is standard JSON (jq, browsers)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_null(v) for v in value]
+    return value
+
+
 def write_outputs(study: Study, runs: list[Run], plots: bool = True) -> dict[str, Any]:
     """results.csv, results.json and report.md in ``study.out`` (plots under ``plots/`` when asked
     and matplotlib is installed)."""
     study.out.mkdir(parents=True, exist_ok=True)
     results = aggregate(study, runs)
-    (study.out / "results.json").write_text(json.dumps(results, indent=2))
+    (study.out / "results.json").write_text(json.dumps(_finite_or_null(results), indent=2))
     write_csv(results, study.out / "results.csv")
     plot_files, note = {}, ""
     if plots:

@@ -1,0 +1,432 @@
+"""Issue 6 figures: training and evaluation throughput, measured against this machine's limits.
+
+    TEXTVAE_DATA_DIR=/work/shared/data python benchmarks/throughput.py [--threads 2] [--clock wall]
+        [--sections peak train iw epoch] [--repeats 5] [--steps 30] [--json out.json]
+
+Sections (each prints a table):
+
+* ``peak``: GFLOP/s of large fp32 and bf16 GEMMs (2048^3, best of ``--repeats``): the roof.
+* ``train``: training steps of the PTB 256/256/32 LSTM-VAE (real PTB batches, bucketed plan)
+  and of the Yahoo-size 512/1024/32 model (PTB lengths, random ids, V = 20k), batch 32, SGD,
+  clip 5, the loop's non-finite check. Variants (the *levers*) are timed **interleaved**: every
+  repeat runs each variant on the same batches in turn, so load from other processes hits all
+  alike; the median and best repeat are reported. Achieved FLOP/s counts the useful FLOPs
+  analytically (:func:`step_flops`: real tokens only, backward = 2 x forward) and is set against
+  the measured GEMM peak of the variant's precision. Also: time outside forward/backward (batch
+  collation) and the update (clip, check, SGD), padding of the plan, peak RSS.
+* ``iw``: IW-NLL (``textvae.metrics.iw_nll``, K = 500) sentences/s on PTB test sentences for
+  evaluation budgets ``max_tokens``, fused vs reference loss, fp32 vs bf16; peak RSS against K.
+* ``epoch``: one PTB epoch of ``recipes/ptb/vae.yaml`` through ``run_training`` in a fresh
+  process per variant: tokens/s, validation -ELBO (the NLL bound the loop validates with), KL,
+  peak RSS.
+
+``--clock cpu`` times with this process's CPU time instead of wall time: with ``--threads 1`` it
+is immune to other processes' load (use it for A/B comparisons on a busy machine, and report
+wall-clock figures only when ``uptime`` shows a load below the core count). The load average is
+printed with every table.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from textvae.config import DecoderConfig, EncoderConfig, ModelConfig
+from textvae.data.batch import Batch, collate
+from textvae.data.batching import padding_fraction
+from textvae.models.encoders import RNNEncoder, last_layer_final_state
+from textvae.models.textvae import TextVAE
+from textvae.training.distributed import World
+from textvae.training.train import TrainStep, nonfinite_figures
+
+RECIPE = "recipes/ptb/vae.yaml"
+SIZES = {"ptb 256/256/32": (256, 256, 10002), "yahoo 512/1024/32": (512, 1024, 20001)}  # emb, hidden, V
+
+
+# ---- measurement plumbing ----------------------------------------------------------------------
+def clock_fn(kind: str) -> Callable[[], float]:
+    return time.process_time if kind == "cpu" else time.perf_counter
+
+
+def load() -> str:
+    return f"load average {os.getloadavg()[0]:.2f} (1 min) on {os.cpu_count()} cores"
+
+
+def reset_peak_rss() -> None:
+    """Reset the process's peak-RSS counter (Linux: writing 5 to clear_refs)."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---- the roof ----------------------------------------------------------------------------------
+def gemm_peak(dtype: torch.dtype, repeats: int, clock: Callable[[], float], n: int = 2048) -> float:
+    """Best GFLOP/s of an n x n x n matmul in ``dtype``."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b
+    best = math.inf
+    for _ in range(max(repeats, 3)):
+        t = clock()
+        a @ b
+        best = min(best, clock() - t)
+    return 2 * n**3 / best / 1e9
+
+
+# ---- FLOPs of a training step ---------------------------------------------------------------------
+def lstm_flops(inp: int, hidden: int) -> int:
+    """Forward multiply-adds x 2 of one LSTM position: 4 gates of (W_ih x + W_hh h)."""
+    return 2 * 4 * hidden * (inp + hidden)
+
+
+def step_flops(emb: int, hidden: int, latent: int, vocab: int, lengths: np.ndarray) -> float:
+    """Useful FLOPs of one training step (padding excluded): encoder LSTM over the n + 2 tokens of
+    each sentence, posterior head, decoder LSTM (input emb + z) and output projection over its
+    n + 1 positions; backward = 2 x forward (input and weight gradients). Elementwise work
+    (gates, softmax) is not counted: it is not GEMM work."""
+    enc_pos = float(lengths.sum())
+    dec_pos = float((lengths - 1).sum())
+    forward = (enc_pos * lstm_flops(emb, hidden) + len(lengths) * 2 * hidden * 2 * latent
+               + dec_pos * (lstm_flops(emb + latent, hidden) + 2 * hidden * vocab))
+    return 3 * forward
+
+
+# ---- levers ------------------------------------------------------------------------------------
+def packed_encoder_forward(self: RNNEncoder, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """The reference encoder: always pack (the per-step, non-fused RNN path on CPU)."""
+    packed = pack_padded_sequence(self.embedding(tokens), lengths.cpu(), batch_first=True, enforce_sorted=False)
+    _, h_n = self.rnn(packed)
+    h_n = h_n[0] if isinstance(h_n, tuple) else h_n
+    return last_layer_final_state(h_n, self.num_layers, self.num_directions)
+
+
+@contextlib.contextmanager
+def encoder_mode(packed: bool) -> Iterator[None]:
+    if not packed:
+        yield
+        return
+    original = RNNEncoder.forward
+    RNNEncoder.forward = packed_encoder_forward  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        RNNEncoder.forward = original  # type: ignore[method-assign]
+
+
+@dataclass
+class Variant:
+    name: str
+    precision: str = "fp32"
+    fused_loss: bool = True
+    packed_encoder: bool = False
+    check: bool = True  # the loop's per-step non-finite check
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+TRAIN_VARIANTS = [
+    Variant("reference fp32 (before issue 6)", fused_loss=False, packed_encoder=True),
+    Variant("fp32 + unpacked encoder", fused_loss=False),
+    Variant("fp32 + fused loss (default)"),
+    Variant("fp32, no non-finite check", check=False),
+    Variant("reference bf16", precision="bf16", fused_loss=False, packed_encoder=True),
+    Variant("bf16 + unpacked encoder", precision="bf16", fused_loss=False),
+    Variant("bf16 + fused loss (default)", precision="bf16"),
+]
+
+
+def build_model(emb: int, hidden: int, vocab: int, seed: int = 0) -> TextVAE:
+    torch.manual_seed(seed)
+    cfg = ModelConfig(emb_dim=emb, latent_dim=32, encoder=EncoderConfig(hidden_dim=hidden),
+                      decoder=DecoderConfig(hidden_dim=hidden, input_dropout=0.5, output_dropout=0.5))
+    return TextVAE(cfg, vocab)
+
+
+def train_batches(size: str, n: int, seed: int = 0) -> tuple[list[list[np.ndarray]], np.ndarray, float]:
+    """The first n batches (id arrays) of PTB's epoch-0 bucketed plan, their lengths, and the plan's
+    padding; for the Yahoo-size model the same lengths filled with random ids of its vocabulary."""
+    from textvae.cli import parse_run_config
+    from textvae.data.datasets import load_dataset
+
+    cfg, _ = parse_run_config([RECIPE])
+    split = load_dataset(cfg.data).splits["train"]
+    sampler = split.sampler(32, shuffle=True, seed=seed, pool_batches=cfg.data.bucket_pool)
+    plan = sampler.epoch_batches(0)
+    padding = padding_fraction(plan, split.lengths)
+    vocab = SIZES[size][2]
+    rng = np.random.default_rng(seed)
+    batches = []
+    for index in plan[:n]:
+        seqs = [split.ids[i] for i in index]
+        if vocab != 10002:
+            seqs = [np.concatenate([[1], rng.integers(4, vocab, len(s) - 2), [2]]) for s in seqs]
+        batches.append(seqs)
+    lengths = np.concatenate([[len(s) for s in b] for b in batches])
+    return batches, lengths, padding
+
+
+class Stepper:
+    """One variant's model and optimiser, stepping exactly as the training loop's hot path does."""
+
+    def __init__(self, variant: Variant, size: str):
+        emb, hidden, vocab = SIZES[size]
+        self.variant, self.dims = variant, (emb, hidden, 32, vocab)
+        self.model = build_model(emb, hidden, vocab).train()
+        self.model.fused_loss = variant.fused_loss
+        self.step_fn = TrainStep(self.model)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=1.0)
+        self.world = World()
+        self.step = 0
+
+    def run(self, batches: list[list[np.ndarray]], clock: Callable[[], float]) -> dict[str, float]:
+        """Train on ``batches``; seconds in collation, forward + backward, and the update."""
+        times = {"data": 0.0, "fwd_bwd": 0.0, "update": 0.0}
+        v = self.variant
+        with encoder_mode(v.packed_encoder):
+            for seqs in batches:
+                t0 = clock()
+                batch = collate(seqs)
+                t1 = clock()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=v.precision == "bf16"):
+                    loss, out = self.step_fn(batch, self.step, 1.0)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                t2 = clock()
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
+                if v.check and nonfinite_figures(out, grad_norm, self.world):
+                    raise RuntimeError(f"{v.name}: non-finite training figures")
+                self.optimizer.step()
+                self.step += 1
+                t3 = clock()
+                times["data"] += t1 - t0
+                times["fwd_bwd"] += t2 - t1
+                times["update"] += t3 - t2
+        return times
+
+
+def section_train(args: argparse.Namespace, peaks: dict[str, float]) -> list[dict[str, Any]]:
+    clock = clock_fn(args.clock)
+    rows = []
+    for size in args.sizes:
+        batches, lengths, padding = train_batches(size, args.warmup + args.steps)
+        warm, timed = batches[: args.warmup], batches[args.warmup:]
+        n_tokens = int(sum(len(s) - 1 for b in timed for s in b))
+        flops = step_flops(*SIZES[size][:2], 32, SIZES[size][2], lengths[-sum(len(b) for b in timed):])
+        variants = [v for v in TRAIN_VARIANTS if not args.variants or any(k in v.name for k in args.variants)]
+        steppers = [Stepper(v, size) for v in variants]
+        for s in steppers:
+            s.run(warm, clock)
+        runs: dict[str, list[dict[str, float]]] = {v.name: [] for v in variants}
+        rss: dict[str, float] = {}
+        for _ in range(args.repeats):
+            for s in steppers:
+                reset_peak_rss()
+                runs[s.variant.name].append(s.run(timed, clock))
+                rss[s.variant.name] = max(rss.get(s.variant.name, 0.0), peak_rss_mb())
+        print(f"\n== training step, {size}, batch 32, {len(timed)} steps x {args.repeats} repeats "
+              f"(interleaved), {args.threads} threads, {args.clock} clock; {load()}")
+        print(f"   {n_tokens} tokens, {flops / len(timed) / 1e9:.2f} GFLOP/step useful, plan padding {padding:.2%}")
+        print(f"{'variant':<34} {'tok/s med':>9} {'tok/s best':>10} {'ms/step':>8} {'GFLOP/s':>8} "
+              f"{'% peak':>7} {'% fp32 pk':>9} {'data %':>6} {'update %':>8} {'RSS MB':>7}")
+        for v in variants:
+            totals = [sum(r.values()) for r in runs[v.name]]
+            med, best = statistics.median(totals), min(totals)
+            r = runs[v.name][totals.index(med)]
+            gflops = flops / med / 1e9
+            row = {"section": "train", "size": size, "variant": v.name, "tokens_per_s": n_tokens / med,
+                   "tokens_per_s_best": n_tokens / best, "ms_per_step": 1e3 * med / len(timed),
+                   "gflops": gflops, "frac_peak": gflops / peaks[v.precision],
+                   "frac_fp32_peak": gflops / peaks["fp32"], "data_frac": r["data"] / med,
+                   "update_frac": r["update"] / med, "peak_rss_mb": rss[v.name], "padding": padding,
+                   "all_tokens_per_s": [n_tokens / t for t in totals]}
+            rows.append(row)
+            print(f"{v.name:<34} {row['tokens_per_s']:>9,.0f} {row['tokens_per_s_best']:>10,.0f} "
+                  f"{row['ms_per_step']:>8.1f} {gflops:>8.1f} {row['frac_peak']:>7.1%} "
+                  f"{row['frac_fp32_peak']:>9.1%} {row['data_frac']:>6.1%} {row['update_frac']:>8.1%} "
+                  f"{row['peak_rss_mb']:>7.0f}")
+    return rows
+
+
+def section_bucketing() -> None:
+    """Padding of the training plan against the bucket pool (1 = plain shuffling)."""
+    from textvae.cli import parse_run_config
+    from textvae.data.datasets import load_dataset
+
+    cfg, _ = parse_run_config([RECIPE])
+    split = load_dataset(cfg.data).splits["train"]
+    print("\n== padding of the PTB training plan (batch 32) against data.bucket_pool")
+    for pool in (1, 10, 100, 1000):
+        plan = split.sampler(32, shuffle=True, seed=1, pool_batches=pool).epoch_batches(0)
+        print(f"   bucket_pool {pool:>5}: padding {padding_fraction(plan, split.lengths):.2%}")
+
+
+# ---- evaluation ----------------------------------------------------------------------------------
+def section_iw(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from textvae.cli import parse_run_config
+    from textvae.data.datasets import load_dataset
+    from textvae.metrics import iw_nll
+
+    cfg, _ = parse_run_config([RECIPE])
+    test = load_dataset(cfg.data).splits["test"]
+    model = build_model(256, 256, 10002).eval()
+    clock = clock_fn(args.clock)
+    n = args.iw_sentences
+
+    def run(k: int, budget: int, fused: bool, bf16: bool, n: int = n) -> tuple[float, float, float]:
+        model.fused_loss = fused
+        reset_peak_rss()
+        t = clock()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            res = iw_nll(model, lambda: test.batches(32, limit=n), n_samples=k, max_tokens=budget,
+                         generator=torch.Generator().manual_seed(0))
+        return n / (clock() - t), res.nll_mean, peak_rss_mb()
+
+    configs = [(budget, fused, bf16) for budget in args.iw_budgets for fused in (False, True)
+               for bf16 in (False, True) if fused or not bf16]
+    results: dict[tuple, list] = {c: [] for c in configs}
+    for _ in range(args.iw_repeats):
+        for c in configs:
+            results[c].append(run(args.iw_k, *c))
+    print(f"\n== IW-NLL, K = {args.iw_k}, {n} PTB test sentences, untrained 256/256/32, "
+          f"{args.threads} threads, best of {args.iw_repeats} (interleaved); {load()}")
+    print(f"{'max_tokens':>10} {'loss':>9} {'prec':>5} {'sent/s':>7} {'IW-NLL':>9} {'peak RSS MB':>11}")
+    rows = []
+    for c in configs:
+        rate, nll, _ = max(results[c])
+        peak = max(r[2] for r in results[c])
+        budget, fused, bf16 = c
+        rows.append({"section": "iw", "max_tokens": budget, "fused": fused, "bf16": bf16, "sent_per_s": rate,
+                     "iw_nll": nll, "peak_rss_mb": peak})
+        print(f"{budget:>10} {'fused' if fused else 'reference':>9} {'bf16' if bf16 else 'fp32':>5} "
+              f"{rate:>7.3f} {nll:>9.3f} {peak:>11.0f}")
+    print(f"peak RSS against K (max_tokens {args.iw_budgets[-1]}, fused fp32, {min(n, 8)} sentences):")
+    for k in (50, 500, 2000):
+        rate, _, peak = run(k, args.iw_budgets[-1], True, False, min(n, 8))
+        print(f"   K {k:>5}: {peak:>6.0f} MB, {rate:.3f} sent/s")
+        rows.append({"section": "iw_memory", "k": k, "peak_rss_mb": peak})
+    return rows
+
+
+# ---- whole epochs ----------------------------------------------------------------------------------
+EPOCH_VARIANTS = {"reference-fp32": ("fp32", True), "fp32": ("fp32", False), "bf16": ("bf16", False),
+                  "reference-bf16": ("bf16", True)}
+
+
+def epoch_worker(job: dict[str, Any]) -> dict[str, Any]:
+    """One PTB epoch in this (fresh) process; the reference variant patches the levers out."""
+    from textvae.cli import parse_run_config
+    from textvae.training.logger import read_jsonl
+    from textvae.training.train import run_training
+
+    precision, reference = EPOCH_VARIANTS[job["variant"]]
+    cfg, _ = parse_run_config([RECIPE, "--out_dir", job["out"], "--name", job["variant"], "--train.epochs", "1",
+                               "--train.iw_samples_final", "0", "--train.metrics_every", "0",
+                               "--train.progress", "false", "--train.tensorboard", "false",
+                               "--train.threads", str(job["threads"]), "--train.precision", precision])
+    if reference:
+        TextVAE.fused_loss = False  # instances read the class attribute until they set their own
+        original_init = TextVAE.__init__
+
+        def init(self: TextVAE, *a: Any, **k: Any) -> None:
+            original_init(self, *a, **k)
+            self.fused_loss = False
+
+        TextVAE.__init__ = init  # type: ignore[method-assign]
+        RNNEncoder.forward = packed_encoder_forward  # type: ignore[method-assign]
+    t = time.perf_counter()
+    report = run_training(cfg)
+    wall = time.perf_counter() - t
+    valid = [r for r in read_jsonl(Path(job["out"]) / job["variant"] / "metrics.jsonl") if r["split"] == "valid"][-1]
+    return {"variant": job["variant"], "tokens_per_s": valid["tokens_per_s"], "neg_elbo": valid["neg_elbo"],
+            "rec": valid["rec"], "kl": valid.get("kl", 0.0), "elbo_ppl": valid["elbo_ppl"], "wall_s": wall,
+            "test_neg_elbo": report.get("neg_elbo"), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def section_epoch(args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows = []
+    with tempfile.TemporaryDirectory() as out:
+        for variant in args.epoch_variants:
+            job = {"variant": variant, "out": out, "threads": args.threads}
+            before = os.getloadavg()[0]
+            res = subprocess.run([sys.executable, __file__, "--epoch-worker", json.dumps(job)], check=True,
+                                 capture_output=True, text=True)
+            row = json.loads(res.stdout.strip().splitlines()[-1])
+            row.update(section="epoch", load_before=before, load_after=os.getloadavg()[0])
+            rows.append(row)
+    print(f"\n== one PTB epoch ({RECIPE}, 929,589 training tokens), {args.threads} threads, wall clock")
+    print(f"{'variant':<16} {'tok/s':>7} {'wall s':>7} {'valid -ELBO':>11} {'rec':>8} {'KL':>6} "
+          f"{'ELBO-PPL':>8} {'peak RSS MB':>11}  load before / after")
+    for r in rows:
+        print(f"{r['variant']:<16} {r['tokens_per_s']:>7,.0f} {r['wall_s']:>7.0f} {r['neg_elbo']:>11.3f} "
+              f"{r['rec']:>8.3f} {r['kl']:>6.3f} {r['elbo_ppl']:>8.2f} {r['peak_rss_mb']:>11.0f}  "
+              f"{r['load_before']:.2f} / {r['load_after']:.2f}")
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sections", nargs="+", default=["peak", "train", "iw", "epoch"],
+                    choices=["peak", "train", "bucketing", "iw", "epoch"])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    ap.add_argument("--variants", nargs="*", default=[], help="substrings selecting training variants")
+    ap.add_argument("--iw-k", type=int, default=500)
+    ap.add_argument("--iw-sentences", type=int, default=16)
+    ap.add_argument("--iw-repeats", type=int, default=2)
+    ap.add_argument("--iw-budgets", type=int, nargs="+", default=[4096, 16384, 65536])
+    ap.add_argument("--epoch-variants", nargs="+", default=["reference-fp32", "fp32", "bf16"],
+                    choices=list(EPOCH_VARIANTS))
+    ap.add_argument("--json", help="also write all rows here")
+    ap.add_argument("--epoch-worker", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    os.environ.setdefault("TEXTVAE_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    torch.set_num_threads(args.threads)
+    if args.epoch_worker:
+        print(json.dumps(epoch_worker(json.loads(args.epoch_worker))))
+        return
+    rows: list[dict[str, Any]] = []
+    clock = clock_fn(args.clock)
+    peaks = {"fp32": gemm_peak(torch.float32, args.repeats, clock),
+             "bf16": gemm_peak(torch.bfloat16, args.repeats, clock)}
+    if "peak" in args.sections:
+        print(f"== GEMM peak (2048^3, best of {max(args.repeats, 3)}), {args.threads} threads, {args.clock} clock; "
+              f"{load()}\n   fp32 {peaks['fp32']:.1f} GFLOP/s, bf16 {peaks['bf16']:.1f} GFLOP/s")
+    rows.append({"section": "peak", **peaks})
+    if "bucketing" in args.sections:
+        section_bucketing()
+    if "train" in args.sections:
+        rows += section_train(args, peaks)
+    if "iw" in args.sections:
+        rows += section_iw(args)
+    if "epoch" in args.sections:
+        rows += section_epoch(args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
