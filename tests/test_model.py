@@ -171,3 +171,13 @@ def test_he2019_init_ranges():
     for name, p in model.named_parameters():
         bound = 0.1 if "embedding" in name else 0.01
         assert p.abs().max() <= bound, name
+
+
+def test_encoder_init_separate_from_decoder_init():
+    """BN-VAE's set-up: He et al.'s U(-0.01, 0.01) on the decoder, PyTorch defaults on the encoder."""
+    cfg = ModelConfig(emb_dim=12, latent_dim=3, encoder=EncoderConfig(hidden_dim=8), decoder=DecoderConfig(hidden_dim=8),
+                      encoder_init="torch")
+    model = TextVAE(cfg, V)
+    assert all(p.abs().max() <= 0.1 for n, p in model.named_parameters() if n.startswith(("decoder.", "projection.")))
+    assert model.posterior.linear.weight.abs().max() > 0.05  # default init of a Linear with 8 inputs: U(±0.35)
+    assert model.encoder.rnn.weight_hh_l0.abs().max() > 0.05

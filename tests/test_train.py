@@ -127,3 +127,15 @@ def test_lm_recipe_on_ptb(tmp_path, data_dir, monkeypatch):
           "--train.progress", "false", "--train.tensorboard", "false", "--train.threads", "1",
           "--train.device", "cpu"])
     lm_check(tmp_path / "runs" / "lm")
+
+
+def test_wall_time_budget_stops_the_run(tmp_path, monkeypatch):
+    """train.max_seconds ends training at the first check past the budget (every log_every
+    steps), and the run still ends with its test report."""
+    monkeypatch.setenv("TEXTVAE_CACHE", str(tmp_path / "cache"))
+    args = tiny_args(tmp_path / "runs", "timed", "synthetic", "--data.max_sentences", "200",
+                     "--train.max_seconds", "1e-9", "--train.log_every", "3", "--train.metrics_every", "0")
+    main(["train", *args])
+    records = read_jsonl(tmp_path / "runs" / "timed" / "metrics.jsonl")
+    assert [r["step"] for r in records if r["split"] == "train"] == [3]
+    assert any(r["split"] == "test" for r in records)

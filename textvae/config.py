@@ -76,8 +76,11 @@ class DecoderConfig:
 class ModelConfig:
     """``latent_dim: 0`` gives the LSTM language model baseline (same decoder, no z).
 
-    init: ``he2019`` (weights U(-0.01, 0.01), embeddings U(-0.1, 0.1), encoder too) or ``torch``
-    (PyTorch defaults).
+    init: ``he2019`` (weights U(-0.01, 0.01), embeddings U(-0.1, 0.1)) or ``torch`` (PyTorch
+    defaults). encoder_init: the scheme of the encoder and posterior head (``None``: as ``init``).
+    BN-VAE's code keeps PyTorch defaults there (``encoder_init: torch``): under U(-0.01, 0.01) the
+    posterior means start with a batch variance far below BatchNorm's eps, where its KL floor
+    gamma² v / (v + eps) vanishes.
     """
 
     emb_dim: int = 256
@@ -90,6 +93,7 @@ class ModelConfig:
     prior_options: dict[str, Any] = field(default_factory=dict)
     tie_weights: bool = False
     init: str = "he2019"
+    encoder_init: Optional[str] = None
 
 
 @dataclass
@@ -135,7 +139,8 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    """Loop control. ``max_steps`` (optimiser steps) stops early when set; ``metrics_every``
+    """Loop control. ``max_steps`` (optimiser steps) and ``max_seconds`` (training-loop time,
+    summed over resumed sessions, checked every ``log_every`` steps) stop early when set; ``metrics_every``
     logs KL / MI / AU on the first ``metrics_sentences`` validation sentences every N steps
     (0 = only at epoch ends); a checkpoint is written every epoch and, with ``checkpoint_every``,
     every N steps as well. The final test report uses ``iw_samples_final`` importance samples
@@ -144,6 +149,7 @@ class TrainConfig:
 
     epochs: int = 100
     max_steps: Optional[int] = None
+    max_seconds: Optional[float] = None
     seed: int = 783435
     device: str = "auto"
     threads: Optional[int] = None

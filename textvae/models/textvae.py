@@ -217,25 +217,29 @@ class TextVAE(PretrainedMixin, nn.Module):
     def is_lm(self) -> bool:
         return self.cfg.latent_dim == 0
 
-    def init_weights(self, parts: Optional[list[nn.Module]] = None) -> None:
-        """(Re-)draw the parameters of ``parts`` (default: the whole model) with the configured scheme:
-        ``he2019`` = U(-0.01, 0.01) for weights, U(-0.1, 0.1) for embeddings (He et al. 2019), on
-        encoder, posterior, decoder and projection (normalisation layers excepted);
-        ``torch`` = each layer's PyTorch default initialisation."""
-        scheme = self.cfg.init
+    def init_weights(self, parts: Optional[list[nn.Module]] = None, scheme: Optional[str] = None) -> None:
+        """(Re-)draw the parameters of ``parts`` with ``scheme`` (default: ``cfg.init``):
+        ``he2019`` = U(-0.01, 0.01) for weights, U(-0.1, 0.1) for embeddings (He et al. 2019),
+        normalisation layers excepted; ``torch`` = each layer's PyTorch default initialisation.
+        Without ``parts``: the decoder side with ``cfg.init`` and the encoder side with
+        ``cfg.encoder_init`` (falling back to ``cfg.init``)."""
+        if parts is None:
+            self.init_weights([self.projection, self.decoder], self.cfg.init)  # a tied weight: as the embedding
+            if not self.is_lm:
+                self.init_weights([self.encoder, self.posterior], self.cfg.encoder_init or self.cfg.init)
+            return
+        scheme = scheme or self.cfg.init
         if scheme not in ("he2019", "torch"):
             raise TextVAEError(f"unknown init {scheme!r}; valid: he2019, torch")
-        for part in [self] if parts is None else parts:
+        for part in parts:
             if scheme == "torch":
                 for sub in part.modules():
-                    if sub is not self and hasattr(sub, "reset_parameters"):
+                    if hasattr(sub, "reset_parameters"):
                         sub.reset_parameters()
                 continue
             with torch.no_grad():
                 for name, p in part.named_parameters():
-                    # only the network weights of the paper's scheme: normalisation scales, priors'
-                    # parameters and remedies' shifts keep their own initialisation
-                    if "norm" in name or name.startswith(("prior.", "objective.")):
+                    if "norm" in name:  # normalisation scales keep their own initialisation
                         continue
                     bound = 0.1 if "embedding" in name else 0.01
                     p.uniform_(-bound, bound)

@@ -15,6 +15,10 @@ sigma² - log sigma² - 1 >= 0,
 with equality when every sigma = 1 (up to the eps factor v/(v+eps)). A fixed gamma > 0 keeps the
 expected KL away from zero whatever the decoder does. The paper uses gamma 0.5-0.7 ("BN-VAE
 (0.7)" is gamma = 0.7).
+
+The floor is really gamma² v_d / (v_d + eps): an encoder whose means have a batch variance far
+below eps escapes it. He et al.'s U(-0.01, 0.01) initialisation starts there, which is why BN-VAE's
+code keeps PyTorch's defaults in the encoder; use ``model.encoder_init: torch`` with this remedy.
 """
 from __future__ import annotations
 

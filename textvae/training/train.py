@@ -27,7 +27,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -323,7 +322,9 @@ def _train(cfg: RunConfig, resume: bool, world: World, device: torch.device) -> 
                    vocab_size=data.tokenizer.vocab_size, world_size=world.size)
         checkpoint()  # from here on, a killed run can be resumed
     epoch_metrics = ("elbo",) if model.is_lm else ("elbo", "mi_batch", "au")
-    while not state.done and state.epoch < tc.epochs and (tc.max_steps is None or state.step < tc.max_steps):
+    out_of_time = tc.max_seconds is not None and state.train_seconds >= tc.max_seconds
+    while (not state.done and not out_of_time and state.epoch < tc.epochs
+           and (tc.max_steps is None or state.step < tc.max_steps)):
         model.train()
         sampler.set_epoch(state.epoch, state.batch_in_epoch)
         bar = tqdm(sampler, total=n_batches, initial=state.batch_in_epoch, disable=not (tc.progress and world.is_main),
@@ -371,6 +372,11 @@ def _train(cfg: RunConfig, resume: bool, world: World, device: torch.device) -> 
                 checkpoint()
             if tc.max_steps is not None and state.step >= tc.max_steps:
                 break
+            if tc.max_seconds is not None and state.step % tc.log_every == 0:  # all ranks decide together
+                spent = state.train_seconds + time.perf_counter() - t0
+                out_of_time = bool(world.any(torch.tensor([spent >= tc.max_seconds], device=device)))
+                if out_of_time:
+                    break
         bar.close()
         elapsed = time.perf_counter() - t0
         state.train_seconds += elapsed
