@@ -15,7 +15,6 @@ from textvae.models.textvae import TextVAE
 from textvae.remedies import create_remedy, inference_parameters, list_remedies, rate_sweep, reinit_decoder
 from textvae.remedies.delta_vae import sigma_upper
 from textvae.remedies.kl_constraint import KLConstraint
-from textvae.schedules import create_schedule
 
 V, D = 30, 4
 CONTEXT = dict(latent_dim=D, vocab_size=V, hidden_dim=12, emb_dim=12)
