@@ -45,6 +45,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
+from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from textvae.config import DecoderConfig, EncoderConfig, ModelConfig
@@ -136,22 +137,27 @@ def encoder_mode(packed: bool) -> Iterator[None]:
 
 @dataclass
 class Variant:
+    """A training configuration: the levers of issue 6, each on or off."""
+
     name: str
     precision: str = "fp32"
     fused_loss: bool = True
     packed_encoder: bool = False
+    torch_dropout: bool = False  # nn.Dropout (bernoulli_) instead of the decoders' Dropout
     check: bool = True  # the loop's per-step non-finite check
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
+REFERENCE = dict(fused_loss=False, packed_encoder=True, torch_dropout=True)
 TRAIN_VARIANTS = [
-    Variant("reference fp32 (before issue 6)", fused_loss=False, packed_encoder=True),
-    Variant("fp32 + unpacked encoder", fused_loss=False),
-    Variant("fp32 + fused loss (default)"),
-    Variant("fp32, no non-finite check", check=False),
-    Variant("reference bf16", precision="bf16", fused_loss=False, packed_encoder=True),
-    Variant("bf16 + unpacked encoder", precision="bf16", fused_loss=False),
-    Variant("bf16 + fused loss (default)", precision="bf16"),
+    Variant("fp32 reference (before issue 6)", **REFERENCE),
+    Variant("fp32 + unpacked encoder", fused_loss=False, torch_dropout=True),
+    Variant("fp32 + fast dropout", fused_loss=False),
+    Variant("fp32 + fused loss = default"),
+    Variant("fp32 default, no non-finite check", check=False),
+    Variant("bf16 reference", precision="bf16", **REFERENCE),
+    Variant("bf16 + unpacked encoder", precision="bf16", fused_loss=False, torch_dropout=True),
+    Variant("bf16 + fast dropout", precision="bf16", fused_loss=False),
+    Variant("bf16 + fused loss = default", precision="bf16"),
 ]
 
 
@@ -193,6 +199,9 @@ class Stepper:
         self.variant, self.dims = variant, (emb, hidden, 32, vocab)
         self.model = build_model(emb, hidden, vocab).train()
         self.model.fused_loss = variant.fused_loss
+        if variant.torch_dropout:
+            dec = self.model.decoder
+            dec.input_dropout, dec.output_dropout = (nn.Dropout(dec.input_dropout.p), nn.Dropout(dec.output_dropout.p))
         self.step_fn = TrainStep(self.model)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=1.0)
         self.world = World()
@@ -332,8 +341,18 @@ EPOCH_VARIANTS = {"reference-fp32": ("fp32", True), "fp32": ("fp32", False), "bf
                   "reference-bf16": ("bf16", True)}
 
 
+def use_reference_paths() -> None:
+    """Patch this process back to the code before issue 6: packed encoder, ``nn.Dropout``,
+    unfused loss (the fp32 latent side under autocast stays)."""
+    import textvae.models.decoders as decoders
+
+    decoders.Dropout = nn.Dropout  # read by RNNDecoder.__init__
+    RNNEncoder.forward = packed_encoder_forward  # type: ignore[method-assign]
+    TextVAE.fused_loss = property(lambda self: False, lambda self, value: None)  # type: ignore[assignment]
+
+
 def epoch_worker(job: dict[str, Any]) -> dict[str, Any]:
-    """One PTB epoch in this (fresh) process; the reference variant patches the levers out."""
+    """One PTB epoch in this (fresh) process."""
     from textvae.cli import parse_run_config
     from textvae.training.logger import read_jsonl
     from textvae.training.train import run_training
@@ -342,17 +361,10 @@ def epoch_worker(job: dict[str, Any]) -> dict[str, Any]:
     cfg, _ = parse_run_config([RECIPE, "--out_dir", job["out"], "--name", job["variant"], "--train.epochs", "1",
                                "--train.iw_samples_final", "0", "--train.metrics_every", "0",
                                "--train.progress", "false", "--train.tensorboard", "false",
-                               "--train.threads", str(job["threads"]), "--train.precision", precision])
+                               "--train.threads", str(job["threads"]), "--train.precision", precision,
+                               "--train.retain_memory", str(not reference).lower()])
     if reference:
-        TextVAE.fused_loss = False  # instances read the class attribute until they set their own
-        original_init = TextVAE.__init__
-
-        def init(self: TextVAE, *a: Any, **k: Any) -> None:
-            original_init(self, *a, **k)
-            self.fused_loss = False
-
-        TextVAE.__init__ = init  # type: ignore[method-assign]
-        RNNEncoder.forward = packed_encoder_forward  # type: ignore[method-assign]
+        use_reference_paths()
     t = time.perf_counter()
     report = run_training(cfg)
     wall = time.perf_counter() - t

@@ -145,7 +145,10 @@ class TrainConfig:
     (0 = only at epoch ends); a checkpoint is written every epoch and, with ``checkpoint_every``,
     every N steps as well. The final test report uses ``iw_samples_final`` importance samples
     (0 skips IW-NLL). ``precision: bf16`` runs forward passes under bfloat16 autocast (CPU or
-    GPU) with fp32 master weights; the loss' softmax stays fp32."""
+    GPU) with fp32 master weights; the loss' softmax stays fp32. ``retain_memory`` keeps freed
+    memory in the process (glibc malloc) instead of returning it to the system, so the large
+    per-step temporaries are not page-faulted in again on every step (about 10-25 % of a CPU
+    step); the resident size then stays at its peak."""
 
     epochs: int = 100
     max_steps: Optional[int] = None
@@ -158,6 +161,7 @@ class TrainConfig:
     metrics_sentences: int = 1000
     checkpoint_every: int = 0
     precision: str = "fp32"
+    retain_memory: bool = True
     iw_samples_final: int = 500
     progress: bool = True
     tensorboard: bool = True

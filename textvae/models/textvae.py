@@ -31,23 +31,28 @@ from textvae.objective import Objective
 
 WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE = "model.safetensors", "config.json", "tokenizer.json"
 
-# Tokens per chunk of the fused loss: bounds its fp32 softmax scratch to V x 256 floats (10 MB at
-# V = 10k), small enough to be reused from the heap rather than page-faulted in on every step.
+# Tokens per chunk of the fused loss: bounds its fp32 softmax scratch to 256 x V floats (10 MB at
+# V = 10k) whatever the number of tokens, so evaluation memory does not grow with its batch.
 LOSS_CHUNK_TOKENS = 256
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
-    """nll_i = logsumexp_v(W h_i + b)_v - (W h_i + b)_{y_i}, fused with the softmax gradient.
+    """nll_i = logsumexp_v(l_i)_v - l_{i, y_i} with l_i = W h_i + b, fused with its gradient.
 
-    The reference path (``F.linear`` then ``F.cross_entropy`` on ``logits.float()``) writes the
-    [N, V] logits, an fp32 copy and the fp32 log-softmax, and its backward goes over them again
-    (log-softmax backward, cast back). Here each chunk of tokens is scored once: the logits come
-    transposed, [V, n] = W h^T (+ b) (this GEMM layout runs about twice as fast as h W^T on CPU
-    BLAS), softmax statistics are taken in fp32, and when gradients are needed the chunk's
-    dlogits = softmax - onehot(y) is written straight into G [V, N] in the compute dtype. The
-    backward is then two GEMMs for any upstream gradient g [N]:
-        dh = (G^T W) * g[:, None],   dW = G (h * g[:, None]),   db = G g.
-    The loss is the exact full-vocabulary cross-entropy (no sampling); only rounding differs.
+    The reference path (``F.linear`` then ``F.cross_entropy(logits.float())``) writes the [N, V]
+    logits, an fp32 copy and the fp32 log-softmax, and its backward passes over them again
+    (NLL backward, log-softmax backward, cast back). Here each chunk of n tokens makes one fp32
+    softmax p [n, V] straight from the logits; the NLL needs no log-softmax:
+
+        log p_y = l_y - lse,  lse = max_v l - log max_v p   (max_v p >= 1/V never underflows),
+
+    and, when gradients are needed, dl = p - onehot(y) is stored in the compute dtype as G [N, V]
+    (its target entries formed in fp32, so p_y near 1 keeps its precision). The backward is
+    then two GEMMs for any upstream gradient g [N]:
+
+        dh = (G W) * g[:, None],   dW = G^T (h * g[:, None]),   db = G^T g.
+
+    It is the exact full-vocabulary cross-entropy (no sampling): only rounding differs.
     """
 
     @staticmethod
@@ -55,27 +60,26 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 targets: torch.Tensor, dtype: torch.dtype, chunk: int) -> torch.Tensor:
         with torch.autocast(hidden.device.type, enabled=False):
             h, w = hidden.to(dtype), weight.to(dtype)
-            b = None if bias is None else bias.to(dtype).unsqueeze(1)  # [V, 1]
+            b = None if bias is None else bias.to(dtype)
             n_tokens, vocab = h.shape[0], w.shape[0]
             need_grad = any(ctx.needs_input_grad[:3])
             nll = torch.empty(n_tokens, device=h.device, dtype=torch.float32)
-            grad_logits = torch.empty(vocab, n_tokens, device=h.device, dtype=dtype) if need_grad else None
+            grad_logits = None
+            if need_grad and not (n_tokens <= chunk and dtype == torch.float32):
+                grad_logits = torch.empty(n_tokens, vocab, device=h.device, dtype=dtype)
             for start in range(0, n_tokens, chunk):
                 hc, yc = h[start:start + chunk], targets[start:start + chunk]
-                cols = torch.arange(hc.shape[0], device=h.device)
-                logits = torch.mm(w, hc.t()) if b is None else torch.addmm(b, w, hc.t())  # [V, n]
-                peak = logits.amax(0).float()  # [n]
-                target_logit = logits[yc, cols].float()
-                probs = torch.sub(logits, peak).exp_()  # fp32 whatever the compute dtype
-                total = probs.sum(0)
-                nll[start:start + chunk] = peak + total.log() - target_logit
+                rows = torch.arange(hc.shape[0], device=h.device)
+                logits = torch.mm(hc, w.t()) if b is None else torch.addmm(b, hc, w.t())  # [n, V]
+                probs = torch.softmax(logits, -1, dtype=torch.float32)
+                nll[start:start + chunk] = (logits.amax(-1).float() - probs.amax(-1).log()
+                                            - logits[rows, yc].float())
                 if need_grad:
-                    # softmax written straight into G's columns (one pass); the target entries
-                    # p_y - 1 are formed in fp32 first, so p_y near 1 keeps its precision
-                    target_grad = probs[yc, cols] / total - 1.0
-                    block = grad_logits[:, start:start + chunk]
-                    torch.div(probs, total, out=block)
-                    block[yc, cols] = target_grad.to(dtype)
+                    probs[rows, yc] -= 1.0
+                    if grad_logits is None:  # one fp32 chunk: the scratch is G itself
+                        grad_logits = probs
+                    else:
+                        grad_logits[start:start + chunk] = probs
         ctx.save_for_backward(h, w, grad_logits)
         ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
         return nll
@@ -89,11 +93,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_h = grad_w = grad_b = None
         with torch.autocast(h.device.type, enabled=False):
             if ctx.needs_input_grad[0]:
-                grad_h = (grad_logits.t() @ w).mul_(g.unsqueeze(1)).to(h_dtype)  # [N, H]
+                grad_h = (grad_logits @ w).mul_(g.unsqueeze(1)).to(h_dtype)  # [N, H]
             if ctx.needs_input_grad[1]:
-                grad_w = (grad_logits @ (h * g.unsqueeze(1))).to(w_dtype)  # [V, H]
+                grad_w = (grad_logits.t() @ (h * g.unsqueeze(1))).to(w_dtype)  # [V, H]
             if ctx.needs_input_grad[2]:
-                grad_b = torch.mv(grad_logits, g).to(b_dtype)  # [V]
+                grad_b = torch.mv(grad_logits.t(), g).to(b_dtype)  # [V]
         return grad_h, grad_w, grad_b, None, None, None
 
 
@@ -247,11 +251,14 @@ class TextVAE(PretrainedMixin, nn.Module):
     # ---- latent side -------------------------------------------------------------------------
     def encode_hidden(self, batch: Batch) -> tuple[torch.Tensor, Any]:
         """Encoder context h [B, H] and the posterior q(z|x) built from it (after remedies)."""
-        h = self.encoder(batch.tokens, batch.lengths)
-        mu, logvar = self.posterior(h)
-        for remedy in self.objective.remedies:
-            mu, logvar = remedy.transform_posterior(mu, logvar)
-        return h, self.posterior.distribution(mu, logvar, h)
+        h = self.encoder(batch.tokens, batch.lengths).float()
+        # The latent side stays fp32 under autocast (it is B x H x 2D FLOPs): in bf16, mu, log sigma²
+        # and the KL term of the loss would keep only 3 significant digits.
+        with torch.autocast(h.device.type, enabled=False):
+            mu, logvar = self.posterior(h)
+            for remedy in self.objective.remedies:
+                mu, logvar = remedy.transform_posterior(mu, logvar)
+            return h, self.posterior.distribution(mu, logvar, h)
 
     def encode(self, batch: Batch):
         """q(z|x). The language model's latent space is empty (D = 0): its posterior is a
@@ -308,8 +315,9 @@ class TextVAE(PretrainedMixin, nn.Module):
             kl = batch.tokens.new_zeros((len(batch), 0), dtype=torch.float32)
         else:
             h, q = self.encode_hidden(batch)
-            z = q.rsample(1)[0]
-            kl = kl_per_dim(q, self.prior, z)
+            with torch.autocast(h.device.type, enabled=False):  # fp32, as in encode_hidden
+                z = q.rsample(1)[0]
+                kl = kl_per_dim(q, self.prior, z)
             for remedy in self.objective.remedies:
                 extra = remedy.extra_loss(self, batch, z, h)
                 if extra is not None:

@@ -23,6 +23,8 @@ Never losing work:
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import dataclasses
 import json
 import logging
@@ -224,6 +226,22 @@ def check_config(cfg: RunConfig) -> None:
         raise TextVAEError(f"need optim.lr > 0 and 0 < optim.decay_factor <= 1, got {oc.lr} and {oc.decay_factor}")
 
 
+def retain_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse; False where it cannot (not glibc).
+
+    By default an allocation above a dynamic threshold (at most 32 MB) is a fresh ``mmap``, and
+    freed memory at the heap top is trimmed: every step then page-faults its logits, softmax and
+    gradient buffers (tens of MB) in again, one 4 kB page at a time. Raising both thresholds
+    serves them from the heap, where the previous step left them. Process-wide and irreversible.
+    """
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    mmap_threshold, trim_threshold, largest = -3, -1, 2**31 - 1  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+    return bool(mallopt(mmap_threshold, largest)) and bool(mallopt(trim_threshold, largest))
+
+
 def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     """Train (or, with ``resume``, continue) the run ``out_dir/name``; returns the test report.
 
@@ -233,6 +251,8 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     tc = cfg.train
     if tc.threads:
         torch.set_num_threads(tc.threads)
+    if tc.retain_memory:
+        retain_freed_memory()
     world = World.from_environment()
     device = world.start(resolve_device(tc.device))
     finished = False
