@@ -16,9 +16,14 @@ with equality when every sigma = 1 (up to the eps factor v/(v+eps)). A fixed gam
 expected KL away from zero whatever the decoder does. The paper uses gamma 0.5-0.7 ("BN-VAE
 (0.7)" is gamma = 0.7).
 
-The floor is really gamma² v_d / (v_d + eps): an encoder whose means have a batch variance far
-below eps escapes it. He et al.'s U(-0.01, 0.01) initialisation starts there, which is why BN-VAE's
-code keeps PyTorch's defaults in the encoder; use ``model.encoder_init: torch`` with this remedy.
+The floor is really gamma² v_d / (v_d + eps): an encoder whose means have a batch variance
+v_d far below eps escapes it. The KL gradient always pushes v_d down (d/dv of v / (v + eps) is
+eps / (v + eps)² > 0); under SGD, the paper's optimiser, that push is negligible once v >> eps,
+but Adam rescales it to full-size steps, and with PyTorch's BatchNorm eps of 1e-5 (the paper's
+code) a run with Adam collapsed to KL 0.01 (studies/remedies_synthetic.yaml). So eps defaults to
+1e-10 here; ``eps: 1.0e-5`` reproduces the paper's code. He et al.'s U(-0.01, 0.01) initialisation
+also starts the means below eps, which is why BN-VAE's code keeps PyTorch's defaults in the
+encoder: use ``model.encoder_init: torch`` with this remedy.
 """
 from __future__ import annotations
 
@@ -32,7 +37,7 @@ from textvae.remedies.base import Remedy, register_remedy
 
 @register_remedy("bn_vae")
 class BNVAE(Remedy):
-    def __init__(self, latent_dim: int, gamma: float = 0.7, momentum: float = 0.1, eps: float = 1e-5):
+    def __init__(self, latent_dim: int, gamma: float = 0.7, momentum: float = 0.1, eps: float = 1e-10):
         super().__init__()
         if gamma <= 0:
             raise TextVAEError(f"remedy 'bn_vae': gamma must be > 0, got {gamma}")
