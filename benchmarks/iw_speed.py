@@ -1,8 +1,9 @@
 """Issue 3 figures: speed and memory of the importance-weighted NLL (K = 500) on PTB test.
 
-    TEXTVAE_DATA_DIR=/work/shared/data python benchmarks/iw_speed.py [--sentences 20] [--model RUN/model]
+    TEXTVAE_DATA_DIR=/work/shared/data python benchmarks/iw_speed.py [--batches 2] [--model RUN/model]
 
-Compares, on the same test sentences and the same model (default: an untrained 256/256/32 LSTM-VAE
+Compares, on the same test sentences (whole batches of the evaluation plan of the split, so with
+the padding a full evaluation has) and the same model (default: an untrained 256/256/32 LSTM-VAE
 with the PTB vocabulary; ``--model`` takes a saved one):
 
 * ``batched``: :func:`textvae.metrics.likelihood.iw_log_marginal`, whole length-sorted batches of
@@ -11,9 +12,10 @@ with the PTB vocabulary; ``--model`` takes a saved one):
   time, K samples in chunks of 100, each chunk one decoder pass over that sentence repeated.
 
 Both are run in fresh subprocesses (one per method and repeat) so each one's peak resident memory
-is its own; the peak is reset after loading (``/proc/self/clear_refs``) so it measures the IW pass.
-The machine is shared: each timing is the best of ``--repeats`` runs. Then peak memory against K
-at a fixed budget, and speed / memory against the budget (the choice of ``DEFAULT_MAX_TOKENS``).
+(ru_maxrss) is its own; the peak after loading the data is printed too, so that the IW pass is
+seen to set the peak. The machine is shared: each timing is the best of ``--repeats`` runs. Then
+peak memory against K at a fixed budget, and speed / memory against the budget (the choice of
+``DEFAULT_MAX_TOKENS``).
 """
 from __future__ import annotations
 
@@ -30,26 +32,17 @@ from typing import Any
 import numpy as np
 
 
-def _status_mb(field: str) -> float:
-    """A memory field of /proc/self/status (VmRSS: now, VmHWM: peak), in MB."""
+def _rss_mb() -> float:
+    """Resident memory of this process now (VmRSS), in MB."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
+        if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
-    raise KeyError(field)
+    raise OSError("no VmRSS in /proc/self/status")
 
 
-def _reset_peak() -> bool:
-    """Reset the peak-RSS counter (Linux >= 4.0: writing 5 to clear_refs); False if refused."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_mb(reset: bool) -> float:
-    """Peak RSS since the reset; without one, since the process started (ru_maxrss, kB on Linux)."""
-    return _status_mb("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def _peak_mb() -> float:
+    """Peak resident memory of this process so far (ru_maxrss is in kB on Linux), in MB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def worker(job: dict[str, Any]) -> dict[str, Any]:
@@ -75,19 +68,24 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
         torch.manual_seed(0)
         model = TextVAE(ModelConfig(), data.tokenizer.vocab_size)
     split = data.splits[job["split"]]
+    # Whole batches of the evaluation plan of the full split (sorted by length), evenly spaced
+    # (the middle of each of ``batches`` equal parts): the padding is that of a full evaluation.
+    plan = list(split.sampler(job["batch_size"]))
+    n = job["batches"]
+    chosen = [plan[(2 * i + 1) * len(plan) // (2 * n)] for i in range(n)]
     k = job["samples"]
     torch.manual_seed(job["seed"])
     nll: dict[int, float] = {}
-    rss_before = _status_mb("VmRSS")
-    reset = _reset_peak()
+    rss_before, load_peak = _rss_mb(), _peak_mb()
     start = time.perf_counter()
     with eval_mode(model):
         if job["method"] == "batched":
-            for batch in split.batches(job["batch_size"], limit=job["sentences"]):
+            for index in chosen:
+                batch = split.batch(index)
                 values = -iw_log_marginal(model, batch, model.encode(batch), k, job["max_tokens"])
                 nll.update(zip(batch.index.tolist(), values.tolist()))
         else:
-            for i in split.subset(job["sentences"]).tolist():
+            for i in np.concatenate(chosen).tolist():
                 batch = split.batch([i])
                 posterior = model.encode(batch)
                 log_w = []
@@ -97,9 +95,11 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
                                  - posterior.log_prob(z))
                 nll[i] = -float(torch.logsumexp(torch.cat(log_w), 0) - math.log(k))
     seconds = time.perf_counter() - start
-    tokens = int(split.lengths[list(nll)].sum() - len(nll))  # words + </s>
-    return {"seconds": seconds, "nll": nll, "tokens": tokens, "rss_before_mb": rss_before,
-            "peak_mb": _peak_mb(reset), "peak_reset": reset,
+    positions = np.concatenate(chosen)
+    tokens = int(split.lengths[positions].sum() - len(positions))  # words + </s>
+    padded = sum(len(b) * int(split.lengths[b].max() - 1) for b in chosen)
+    return {"seconds": seconds, "nll": nll, "tokens": tokens, "padding": 1 - tokens / padded,
+            "rss_before_mb": rss_before, "load_peak_mb": load_peak, "peak_mb": _peak_mb(),
             "vocab": model.vocab_size, "hidden": model.decoder.out_dim}
 
 
@@ -128,14 +128,14 @@ def main() -> None:
     ap.add_argument("--data", default="ptb")
     ap.add_argument("--split", default="test")
     ap.add_argument("--model", default="", help="saved model folder (default: untrained 256/256/32)")
-    ap.add_argument("--sentences", type=int, default=20, help="test sentences, spread over the split")
+    ap.add_argument("--batch-size", type=int, default=10)
+    ap.add_argument("--batches", type=int, default=2, help="evaluation batches scored, evenly spaced")
     ap.add_argument("--samples", type=int, default=500, help="K")
-    ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS)
     ap.add_argument("--chunk", type=int, default=100, help="reference: samples per decoder pass")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--sweep-sentences", type=int, default=8)
+    ap.add_argument("--sweep-batches", type=int, default=1)
     ap.add_argument("--sweep-k", type=int, nargs="*", default=[50, 500, 2000])
     ap.add_argument("--sweep-budgets", type=int, nargs="*", default=[1024, 4096, 16384])
     args = ap.parse_args()
@@ -146,9 +146,9 @@ def main() -> None:
                   batch_size=args.batch_size, chunk=args.chunk, seed=0)
 
     # ---- batched vs one sentence at a time, K = --samples ------------------------------------
-    ours = best_of(args.repeats, method="batched", sentences=args.sentences, samples=args.samples,
+    ours = best_of(args.repeats, method="batched", batches=args.batches, samples=args.samples,
                    max_tokens=args.max_tokens, **common)
-    ref = best_of(args.repeats, method="reference", sentences=args.sentences, samples=args.samples,
+    ref = best_of(args.repeats, method="reference", batches=args.batches, samples=args.samples,
                   max_tokens=args.max_tokens, **common)
     ids = sorted(ref["nll"])
     assert ids == sorted(ours["nll"]), "the two methods scored different sentences"
@@ -156,11 +156,12 @@ def main() -> None:
     stderr = diff.std(ddof=1) / math.sqrt(len(diff))
     flops = 2 * ours["hidden"] * ours["vocab"]  # output projection per (token, sample)
     print(f"model: {args.model or 'untrained 256/256/32 LSTM-VAE'}, vocabulary {ours['vocab']}; "
-          f"{len(ids)} {args.data} {args.split} sentences ({ours['tokens']} tokens), K = {args.samples}, "
+          f"{len(ids)} {args.data} {args.split} sentences ({args.batches} evaluation batches of "
+          f"{args.batch_size}, {ours['tokens']} tokens, padding {ours['padding']:.1%}), K = {args.samples}, "
           f"{args.threads} threads, best of {args.repeats}")
     print(f"{'method':<38} {'sent/s':>7} {'seconds':>8} {'tok*K/s':>8} {'proj GFLOP/s':>12} "
           f"{'base MB':>8} {'peak MB':>8}")
-    for name, r in ((f"batched (B={args.batch_size}, max_tokens={args.max_tokens})", ours),
+    for name, r in ((f"batched (max_tokens={args.max_tokens})", ours),
                     (f"reference (1 sentence, chunks of {args.chunk})", ref)):
         rate = r["tokens"] * args.samples / r["seconds"]
         print(f"{name:<38} {len(ids) / r['seconds']:>7.3f} {r['seconds']:>8.1f} {rate:>8.0f} "
@@ -172,25 +173,15 @@ def main() -> None:
           f"{stderr:.4f} ({diff.mean() / stderr if stderr > 0 else 0.0:+.2f} s.e.); "
           f"mean NLL {np.mean([ref['nll'][i] for i in ids]):.3f}")
 
-    # ---- peak memory against K at a fixed budget -----------------------------------------------
-    print(f"\npeak memory against K ({args.sweep_sentences} sentences, max_tokens={args.max_tokens}):")
-    print(f"{'K':>6} {'seconds':>8} {'base MB':>8} {'peak MB':>8} {'IW pass MB':>10}")
-    for k in args.sweep_k:
-        r = run_job(method="batched", sentences=args.sweep_sentences, samples=k,
-                    max_tokens=args.max_tokens, **common)
-        print(f"{k:>6} {r['seconds']:>8.1f} {r['rss_before_mb']:>8.0f} {r['peak_mb']:>8.0f} "
-              f"{r['peak_mb'] - r['rss_before_mb']:>10.0f}")
-
-    # ---- speed and memory against the budget ------------------------------------------------------
-    print(f"\nbudget (max_tokens) at K={args.samples} ({args.sweep_sentences} sentences), best of "
-          f"{args.repeats}:")
-    print(f"{'max_tokens':>10} {'sent/s':>7} {'base MB':>8} {'peak MB':>8} {'IW pass MB':>10} "
-          f"{'logits MB':>9}")
-    for budget in args.sweep_budgets:
-        r = best_of(args.repeats, method="batched", sentences=args.sweep_sentences,
-                    samples=args.samples, max_tokens=budget, **common)
-        print(f"{budget:>10} {args.sweep_sentences / r['seconds']:>7.3f} {r['rss_before_mb']:>8.0f} "
-              f"{r['peak_mb']:>8.0f} {r['peak_mb'] - r['rss_before_mb']:>10.0f} "
+    # ---- peak memory against K at a fixed budget, then speed and memory against the budget ------
+    sweep = dict(common, method="batched", batches=args.sweep_batches)
+    print(f"\n{'K':>6} {'max_tokens':>10} {'sent/s':>7} {'base MB':>8} {'load peak':>9} {'peak MB':>8} "
+          f"{'IW pass MB':>10} {'logits MB':>9}   ({args.sweep_batches} batch of {args.batch_size}, 1 run each)")
+    for k, budget in [(k, args.max_tokens) for k in args.sweep_k] + \
+                     [(args.samples, b) for b in args.sweep_budgets if b != args.max_tokens]:
+        r = run_job(samples=k, max_tokens=budget, **sweep)
+        print(f"{k:>6} {budget:>10} {len(r['nll']) / r['seconds']:>7.3f} {r['rss_before_mb']:>8.0f} "
+              f"{r['load_peak_mb']:>9.0f} {r['peak_mb']:>8.0f} {r['peak_mb'] - r['rss_before_mb']:>10.0f} "
               f"{budget * r['vocab'] * 4 / 2**20:>9.0f}")
 
 
