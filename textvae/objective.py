@@ -31,6 +31,15 @@ class Objective(nn.Module):
     def beta(self, step: int) -> float:
         return self.schedule(step)
 
+    def extra_losses(self, model: Any, batch: Any, z: torch.Tensor, h: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each remedy's added per-sentence loss [B] (bag-of-words, Z-forcing, ...), by remedy class."""
+        extras = {}
+        for remedy in self.remedies:
+            extra = remedy.extra_loss(model, batch, z, h)
+            if extra is not None:
+                extras[type(remedy).__name__] = extra
+        return extras
+
     def forward(self, rec: torch.Tensor, kl: torch.Tensor, step: int,
                 extras: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """rec [B], kl [B, D], extras name -> [B]; returns (loss, terms for logging)."""

@@ -57,12 +57,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                targets: torch.Tensor, dtype: torch.dtype, chunk: int) -> torch.Tensor:
+                targets: torch.Tensor, dtype: torch.dtype, chunk: int, grad_enabled: bool) -> torch.Tensor:
         with torch.autocast(hidden.device.type, enabled=False):
             h, w = hidden.to(dtype), weight.to(dtype)
             b = None if bias is None else bias.to(dtype)
             n_tokens, vocab = h.shape[0], w.shape[0]
-            need_grad = any(ctx.needs_input_grad[:3])
+            # (needs_input_grad is set for parameters even under no_grad: evaluation must not pay
+            # for a gradient buffer it never uses)
+            need_grad = grad_enabled and any(ctx.needs_input_grad[:3])
             nll = torch.empty(n_tokens, device=h.device, dtype=torch.float32)
             grad_logits = None
             if need_grad and not (n_tokens <= chunk and dtype == torch.float32):
@@ -98,7 +100,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 grad_w = (grad_logits.t() @ (h * g.unsqueeze(1))).to(w_dtype)  # [V, H]
             if ctx.needs_input_grad[2]:
                 grad_b = torch.mv(grad_logits.t(), g).to(b_dtype)  # [V]
-        return grad_h, grad_w, grad_b, None, None, None
+        return grad_h, grad_w, grad_b, None, None, None, None
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
@@ -108,7 +110,7 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: Optio
     on CPU), else in the dtype of ``hidden``; softmax statistics are always fp32."""
     device = hidden.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
-    return _LinearCrossEntropy.apply(hidden, weight, bias, targets, dtype, chunk)
+    return _LinearCrossEntropy.apply(hidden, weight, bias, targets, dtype, chunk, torch.is_grad_enabled())
 
 
 @dataclass
@@ -309,19 +311,15 @@ class TextVAE(PretrainedMixin, nn.Module):
         if self.training:
             for remedy in self.objective.remedies:
                 inputs = remedy.corrupt_inputs(inputs)
-        extras: dict[str, torch.Tensor] = {}
         if self.is_lm:
-            z = None
+            z, extras = None, {}
             kl = batch.tokens.new_zeros((len(batch), 0), dtype=torch.float32)
         else:
             h, q = self.encode_hidden(batch)
             with torch.autocast(h.device.type, enabled=False):  # fp32, as in encode_hidden
                 z = q.rsample(1)[0]
                 kl = kl_per_dim(q, self.prior, z)
-            for remedy in self.objective.remedies:
-                extra = remedy.extra_loss(self, batch, z, h)
-                if extra is not None:
-                    extras[type(remedy).__name__] = extra
+            extras = self.objective.extra_losses(self, batch, z, h)
         rec = self.token_nll(batch, z, inputs)
         loss, terms = self.objective(rec, kl, step, extras)
         return VAEOutput(rec=rec, kl=kl, n_tokens=batch.n_tokens, loss=loss, terms=terms, z=z)
