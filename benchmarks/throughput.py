@@ -1,45 +1,55 @@
 """Issue 6 figures: training and evaluation throughput, measured against this machine's limits.
 
     TEXTVAE_DATA_DIR=/work/shared/data python benchmarks/throughput.py [--threads 2] [--clock wall]
-        [--sections peak train iw epoch] [--repeats 5] [--steps 30] [--json out.json]
+        [--sections peak train retain bucketing iw epoch] [--repeats 5] [--steps 30] [--json out.json]
 
-Sections (each prints a table):
+Sections (each prints a table with the load average it ran under):
 
-* ``peak``: GFLOP/s of large fp32 and bf16 GEMMs (2048^3, best of ``--repeats``): the roof.
-* ``train``: training steps of the PTB 256/256/32 LSTM-VAE (real PTB batches, bucketed plan)
-  and of the Yahoo-size 512/1024/32 model (PTB lengths, random ids, V = 20k), batch 32, SGD,
-  clip 5, the loop's non-finite check. Variants (the *levers*) are timed **interleaved**: every
-  repeat runs each variant on the same batches in turn, so load from other processes hits all
-  alike; the median and best repeat are reported. Achieved FLOP/s counts the useful FLOPs
-  analytically (:func:`step_flops`: real tokens only, backward = 2 x forward) and is set against
-  the measured GEMM peak of the variant's precision. Also: time outside forward/backward (batch
-  collation) and the update (clip, check, SGD), padding of the plan, peak RSS.
+* ``peak``: GFLOP/s of 2048^3 fp32 and bf16 GEMMs (best of ``--repeats``): the roof.
+* ``train``: training steps of the PTB 256/256/32 LSTM-VAE (real PTB batches of the bucketed
+  plan) and of the Yahoo-size 512/1024/32 model (the same lengths, random ids, V = 20k), batch 32,
+  SGD, clip 5 and the loop's non-finite check, exactly as the loop's hot path. The variants (the
+  levers, each cumulative on the previous one) are timed **interleaved**: each repeat runs every
+  variant on the same batches in turn, so load from other processes hits all alike; median and
+  best repeat are reported. Achieved FLOP/s counts useful FLOPs analytically (:func:`step_flops`:
+  real tokens only, GEMMs only, backward = 2 x forward) against the GEMM peak of the variant's
+  precision. Also the share of time outside forward/backward (batch collation) and in the update
+  (clip, check, SGD).
+* ``retain``: ``train.retain_memory`` off / on (process-wide, so alternating fresh processes).
+* ``bucketing``: padding of the training plan against ``data.bucket_pool``.
 * ``iw``: IW-NLL (``textvae.metrics.iw_nll``, K = 500) sentences/s on PTB test sentences for
-  evaluation budgets ``max_tokens``, fused vs reference loss, fp32 vs bf16; peak RSS against K.
+  several ``max_tokens`` budgets, fused vs reference loss, fp32 vs bf16, one fresh process per run
+  so each peak RSS is its own; then the peak RSS against K at a fixed budget.
 * ``epoch``: one PTB epoch of ``recipes/ptb/vae.yaml`` through ``run_training`` in a fresh
-  process per variant: tokens/s, validation -ELBO (the NLL bound the loop validates with), KL,
-  peak RSS.
+  process per variant (``reference-*`` patches the code back to before issue 6): tokens/s,
+  validation -ELBO (the NLL bound the loop validates with), KL, peak RSS. The trained fp32 model
+  (``--out``/fp32/model) is what the ``iw`` section then evaluates.
 
 ``--clock cpu`` times with this process's CPU time instead of wall time: with ``--threads 1`` it
-is immune to other processes' load (use it for A/B comparisons on a busy machine, and report
-wall-clock figures only when ``uptime`` shows a load below the core count). The load average is
-printed with every table.
+is nearly immune to other processes' load, for A/B comparisons on a busy machine; absolute
+figures are wall-clock ones taken while the load average stays below the core count.
+
+Levers not kept (measured while building this): ``torch.compile`` of the train step fails in
+dynamo (symbolic shapes in the posterior's ``randn``); compiled on its own, the softmax part of
+the loss took 30 s to compile and saved ~4 ms of a 130 ms step; inductor leaves LSTMs to aten
+anyway. A sampled / adaptive softmax would train a different objective (the ELBO's p(x|z) needs
+the full normaliser), so the full-vocabulary softmax stays, made cheap instead.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import json
 import math
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -49,12 +59,12 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from textvae.config import DecoderConfig, EncoderConfig, ModelConfig
-from textvae.data.batch import Batch, collate
+from textvae.data.batch import collate
 from textvae.data.batching import padding_fraction
 from textvae.models.encoders import RNNEncoder, last_layer_final_state
 from textvae.models.textvae import TextVAE
 from textvae.training.distributed import World
-from textvae.training.train import TrainStep, nonfinite_figures
+from textvae.training.train import TrainStep, nonfinite_figures, retain_freed_memory
 
 RECIPE = "recipes/ptb/vae.yaml"
 SIZES = {"ptb 256/256/32": (256, 256, 10002), "yahoo 512/1024/32": (512, 1024, 20001)}  # emb, hidden, V
@@ -290,49 +300,99 @@ def section_bucketing() -> None:
 
 
 # ---- evaluation ----------------------------------------------------------------------------------
-def section_iw(args: argparse.Namespace) -> list[dict[str, Any]]:
+def iw_worker(job: dict[str, Any]) -> dict[str, Any]:
+    """IW-NLL of ``sentences`` PTB test sentences in this (fresh) process: sentences/s, the
+    estimate, and the peak RSS of the evaluation itself (counter reset after loading)."""
     from textvae.cli import parse_run_config
     from textvae.data.datasets import load_dataset
     from textvae.metrics import iw_nll
 
     cfg, _ = parse_run_config([RECIPE])
     test = load_dataset(cfg.data).splits["test"]
-    model = build_model(256, 256, 10002).eval()
-    clock = clock_fn(args.clock)
-    n = args.iw_sentences
+    model = TextVAE.from_pretrained(job["model"]) if job["model"] else build_model(256, 256, 10002)
+    model.fused_loss = job["fused"]
+    n = job["sentences"]
+    clock = clock_fn(job["clock"])
+    base = peak_rss_mb()
+    reset_peak_rss()
+    t = clock()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=job["bf16"]):
+        res = iw_nll(model, lambda: test.batches(32, limit=n), n_samples=job["k"], max_tokens=job["max_tokens"],
+                     generator=torch.Generator().manual_seed(0))
+    seconds = clock() - t
+    tokens = int(res.n_tokens.sum())
+    return {"sent_per_s": n / seconds, "tokens_x_k_per_s": tokens * job["k"] / seconds, "iw_nll": res.nll_mean,
+            "base_rss_mb": base, "peak_rss_mb": peak_rss_mb()}
 
-    def run(k: int, budget: int, fused: bool, bf16: bool, n: int = n) -> tuple[float, float, float]:
-        model.fused_loss = fused
-        reset_peak_rss()
-        t = clock()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            res = iw_nll(model, lambda: test.batches(32, limit=n), n_samples=k, max_tokens=budget,
-                         generator=torch.Generator().manual_seed(0))
-        return n / (clock() - t), res.nll_mean, peak_rss_mb()
 
+def run_iw(args: argparse.Namespace, model: str, **job: Any) -> dict[str, Any]:
+    job = {"model": model, "clock": args.clock, **job}
+    cmd = [sys.executable, __file__, "--threads", str(args.threads), "--retain-memory", args.retain_memory,
+           "--iw-worker", json.dumps(job)]
+    res = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def section_iw(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """IW-NLL throughput and memory, one fresh process per run (so each peak RSS is its own),
+    configurations alternating within each repeat."""
+    default_model = Path(args.out) / "fp32" / "model"
+    model = args.iw_model or (str(default_model) if default_model.is_dir() else "")
+    n, k = args.iw_sentences, args.iw_k
     configs = [(budget, fused, bf16) for budget in args.iw_budgets for fused in (False, True)
                for bf16 in (False, True) if fused or not bf16]
-    results: dict[tuple, list] = {c: [] for c in configs}
+    results: dict[tuple, list[dict[str, Any]]] = {c: [] for c in configs}
     for _ in range(args.iw_repeats):
         for c in configs:
-            results[c].append(run(args.iw_k, *c))
-    print(f"\n== IW-NLL, K = {args.iw_k}, {n} PTB test sentences, untrained 256/256/32, "
-          f"{args.threads} threads, best of {args.iw_repeats} (interleaved); {load()}")
-    print(f"{'max_tokens':>10} {'loss':>9} {'prec':>5} {'sent/s':>7} {'IW-NLL':>9} {'peak RSS MB':>11}")
+            results[c].append(run_iw(args, model, sentences=n, k=k, max_tokens=c[0], fused=c[1], bf16=c[2]))
+    print(f"\n== IW-NLL (textvae.metrics.iw_nll), K = {k}, {n} PTB test sentences, model "
+          f"{model or 'untrained 256/256/32'}, {args.threads} threads, {args.clock} clock, best of "
+          f"{args.iw_repeats} (interleaved, fresh process each); {load()}")
+    print(f"{'max_tokens':>10} {'loss':>9} {'prec':>5} {'sent/s':>7} {'tok*K/s':>8} {'IW-NLL':>9} "
+          f"{'eval peak RSS MB':>16}")
     rows = []
     for c in configs:
-        rate, nll, _ = max(results[c])
-        peak = max(r[2] for r in results[c])
+        best = max(results[c], key=lambda r: r["sent_per_s"])
+        peak = max(r["peak_rss_mb"] - r["base_rss_mb"] for r in results[c])
         budget, fused, bf16 = c
-        rows.append({"section": "iw", "max_tokens": budget, "fused": fused, "bf16": bf16, "sent_per_s": rate,
-                     "iw_nll": nll, "peak_rss_mb": peak})
+        rows.append({"section": "iw", "max_tokens": budget, "fused": fused, "bf16": bf16, **best,
+                     "eval_peak_rss_mb": peak})
         print(f"{budget:>10} {'fused' if fused else 'reference':>9} {'bf16' if bf16 else 'fp32':>5} "
-              f"{rate:>7.3f} {nll:>9.3f} {peak:>11.0f}")
-    print(f"peak RSS against K (max_tokens {args.iw_budgets[-1]}, fused fp32, {min(n, 8)} sentences):")
-    for k in (50, 500, 2000):
-        rate, _, peak = run(k, args.iw_budgets[-1], True, False, min(n, 8))
-        print(f"   K {k:>5}: {peak:>6.0f} MB, {rate:.3f} sent/s")
-        rows.append({"section": "iw_memory", "k": k, "peak_rss_mb": peak})
+              f"{best['sent_per_s']:>7.3f} {best['tokens_x_k_per_s']:>8,.0f} {best['iw_nll']:>9.3f} {peak:>16.0f}")
+    budget = args.iw_budgets[-1]
+    print(f"evaluation peak RSS against K (max_tokens {budget}, fused fp32, {min(n, 8)} sentences):")
+    for k_ in (50, 500, 2000):
+        r = run_iw(args, model, sentences=min(n, 8), k=k_, max_tokens=budget, fused=True, bf16=False)
+        print(f"   K {k_:>5}: {r['peak_rss_mb'] - r['base_rss_mb']:>6.0f} MB above the loaded model, "
+              f"{r['sent_per_s']:.3f} sent/s")
+        rows.append({"section": "iw_memory", "k": k_, **r})
+    return rows
+
+
+def section_retain(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """``train.retain_memory`` (process-wide, so one process per setting): fresh processes with it
+    off and on, alternating, each timing the PTB step of the selected variants once."""
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for repeat in range(args.repeats):
+            for setting in ("off", "on"):
+                out = Path(tmp) / f"{setting}{repeat}.json"
+                cmd = [sys.executable, __file__, "--sections", "train", "--sizes", "ptb 256/256/32", "--repeats", "1",
+                       "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
+                       "--clock", args.clock, "--retain-memory", setting, "--json", str(out), "--variants",
+                       *(args.variants or ["reference", "default"])]
+                subprocess.run(cmd, check=True, capture_output=True)
+                for r in json.loads(out.read_text()):
+                    if r["section"] == "train":
+                        rows.append({"section": "retain", "retain_memory": setting, "variant": r["variant"],
+                                     "tokens_per_s": r["tokens_per_s"]})
+    print(f"\n== train.retain_memory off / on: PTB step, fresh process per setting, {args.repeats} alternating "
+          f"pairs, {args.threads} threads, {args.clock} clock; {load()}")
+    print(f"{'variant':<34} {'off tok/s':>9} {'on tok/s':>9} {'gain':>6}")
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        med = {k: statistics.median(r["tokens_per_s"] for r in rows if r["variant"] == variant and r["retain_memory"] == k)
+               for k in ("off", "on")}
+        print(f"{variant:<34} {med['off']:>9,.0f} {med['on']:>9,.0f} {med['on'] / med['off'] - 1:>+6.1%}")
     return rows
 
 
@@ -365,32 +425,44 @@ def epoch_worker(job: dict[str, Any]) -> dict[str, Any]:
                                "--train.retain_memory", str(not reference).lower()])
     if reference:
         use_reference_paths()
+    import textvae.training.train as loop
+
+    final_report, peak_before_report = loop.final_report, []
+
+    def report_after_training(*a: Any, **k: Any) -> dict[str, Any]:  # the loop's peak, before the test report
+        peak_before_report.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        return final_report(*a, **k)
+
+    loop.final_report = report_after_training
     t = time.perf_counter()
     report = run_training(cfg)
     wall = time.perf_counter() - t
     valid = [r for r in read_jsonl(Path(job["out"]) / job["variant"] / "metrics.jsonl") if r["split"] == "valid"][-1]
     return {"variant": job["variant"], "tokens_per_s": valid["tokens_per_s"], "neg_elbo": valid["neg_elbo"],
             "rec": valid["rec"], "kl": valid.get("kl", 0.0), "elbo_ppl": valid["elbo_ppl"], "wall_s": wall,
-            "test_neg_elbo": report.get("neg_elbo"), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "test_neg_elbo": report.get("neg_elbo"), "train_peak_rss_mb": peak_before_report[0],
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def section_epoch(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
-    with tempfile.TemporaryDirectory() as out:
-        for variant in args.epoch_variants:
-            job = {"variant": variant, "out": out, "threads": args.threads}
-            before = os.getloadavg()[0]
-            res = subprocess.run([sys.executable, __file__, "--epoch-worker", json.dumps(job)], check=True,
-                                 capture_output=True, text=True)
-            row = json.loads(res.stdout.strip().splitlines()[-1])
-            row.update(section="epoch", load_before=before, load_after=os.getloadavg()[0])
-            rows.append(row)
+    out = Path(args.out)
+    for variant in args.epoch_variants:
+        shutil.rmtree(out / variant, ignore_errors=True)
+        job = {"variant": variant, "out": str(out), "threads": args.threads}
+        before = os.getloadavg()[0]
+        res = subprocess.run([sys.executable, __file__, "--threads", str(args.threads), "--epoch-worker",
+                              json.dumps(job)], check=True, capture_output=True, text=True)
+        row = json.loads(res.stdout.strip().splitlines()[-1])
+        row.update(section="epoch", load_before=before, load_after=os.getloadavg()[0])
+        rows.append(row)
     print(f"\n== one PTB epoch ({RECIPE}, 929,589 training tokens), {args.threads} threads, wall clock")
     print(f"{'variant':<16} {'tok/s':>7} {'wall s':>7} {'valid -ELBO':>11} {'rec':>8} {'KL':>6} "
-          f"{'ELBO-PPL':>8} {'peak RSS MB':>11}  load before / after")
+          f"{'ELBO-PPL':>8} {'RSS MB: train+valid':>19} {'+ test report':>13}  load before / after")
     for r in rows:
         print(f"{r['variant']:<16} {r['tokens_per_s']:>7,.0f} {r['wall_s']:>7.0f} {r['neg_elbo']:>11.3f} "
-              f"{r['rec']:>8.3f} {r['kl']:>6.3f} {r['elbo_ppl']:>8.2f} {r['peak_rss_mb']:>11.0f}  "
+              f"{r['rec']:>8.3f} {r['kl']:>6.3f} {r['elbo_ppl']:>8.2f} {r['train_peak_rss_mb']:>19.0f} "
+              f"{r['peak_rss_mb']:>13.0f}  "
               f"{r['load_before']:.2f} / {r['load_after']:.2f}")
     return rows
 
@@ -398,7 +470,7 @@ def section_epoch(args: argparse.Namespace) -> list[dict[str, Any]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sections", nargs="+", default=["peak", "train", "iw", "epoch"],
-                    choices=["peak", "train", "bucketing", "iw", "epoch"])
+                    choices=["peak", "train", "retain", "bucketing", "iw", "epoch"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     ap.add_argument("--repeats", type=int, default=5)
@@ -410,15 +482,26 @@ def main() -> None:
     ap.add_argument("--iw-sentences", type=int, default=16)
     ap.add_argument("--iw-repeats", type=int, default=2)
     ap.add_argument("--iw-budgets", type=int, nargs="+", default=[4096, 16384, 65536])
+    ap.add_argument("--iw-model", help="saved model folder for the iw section (default: OUT/fp32/model "
+                    "when the epoch section has made it, else an untrained model)")
+    ap.add_argument("--out", default="out/bench_throughput", help="where the epoch section keeps its runs")
     ap.add_argument("--epoch-variants", nargs="+", default=["reference-fp32", "fp32", "bf16"],
                     choices=list(EPOCH_VARIANTS))
+    ap.add_argument("--retain-memory", choices=["on", "off"], default="on",
+                    help="train.retain_memory for this process (the loop's default: on)")
     ap.add_argument("--json", help="also write all rows here")
     ap.add_argument("--epoch-worker", help=argparse.SUPPRESS)
+    ap.add_argument("--iw-worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     os.environ.setdefault("TEXTVAE_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     torch.set_num_threads(args.threads)
-    if args.epoch_worker:
+    if args.epoch_worker:  # run_training applies train.retain_memory itself
         print(json.dumps(epoch_worker(json.loads(args.epoch_worker))))
+        return
+    if args.retain_memory == "on":
+        retain_freed_memory()
+    if args.iw_worker:
+        print(json.dumps(iw_worker(json.loads(args.iw_worker))))
         return
     rows: list[dict[str, Any]] = []
     clock = clock_fn(args.clock)
@@ -432,6 +515,8 @@ def main() -> None:
         section_bucketing()
     if "train" in args.sections:
         rows += section_train(args, peaks)
+    if "retain" in args.sections:
+        rows += section_retain(args)
     if "iw" in args.sections:
         rows += section_iw(args)
     if "epoch" in args.sections:
