@@ -29,7 +29,7 @@ from tests.test_train import REPO, state_of, tiny_args, write_corpus
 # epoch 3 fail to improve, so the run also decays the lr and reloads the best model.
 SETTINGS = ("--data.batch_size", "16", "--train.epochs", "4", "--train.checkpoint_every", "4",
             "--train.metrics_every", "5", "--train.log_every", "3", "--model.decoder.input_dropout", "0.3",
-            "--objective.remedies", '[{"name": "word_dropout", "p": 0.2}]', "--optim.lr", "0.03",
+            "--objective.remedies", '[{"name": "word_dropout", "p": 0.2}]', "--optim.lr", "0.1",
             "--optim.decay_start_epoch", "1", "--optim.decay_patience", "1")
 FINAL_STEP = 52
 VOLATILE = {"time", "tokens_per_s", "train_seconds", "train_tokens_per_s"}  # wall-clock figures

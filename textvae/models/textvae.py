@@ -42,7 +42,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
     The reference path (``F.linear`` then ``F.cross_entropy(logits.float())``) writes the [N, V]
     logits, an fp32 copy and the fp32 log-softmax, and its backward passes over them again
     (NLL backward, log-softmax backward, cast back). Here each chunk of n tokens makes one fp32
-    softmax p [n, V] straight from the logits; the NLL needs no log-softmax:
+    softmax p [n, V] straight from the logits (without gradients, one fp32 log-softmax and
+    nothing else); the NLL needs no log-softmax:
 
         log p_y = l_y - lse,  lse = max_v l - log max_v p   (max_v p >= 1/V never underflows),
 
@@ -73,15 +74,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 hc, yc = h[start:start + chunk], targets[start:start + chunk]
                 rows = torch.arange(hc.shape[0], device=h.device)
                 logits = torch.mm(hc, w.t()) if b is None else torch.addmm(b, hc, w.t())  # [n, V]
+                if not need_grad:  # evaluation: one pass, nothing kept
+                    nll[start:start + chunk] = -torch.log_softmax(logits, -1, dtype=torch.float32)[rows, yc]
+                    continue
                 probs = torch.softmax(logits, -1, dtype=torch.float32)
                 nll[start:start + chunk] = (logits.amax(-1).float() - probs.amax(-1).log()
                                             - logits[rows, yc].float())
-                if need_grad:
-                    probs[rows, yc] -= 1.0
-                    if grad_logits is None:  # one fp32 chunk: the scratch is G itself
-                        grad_logits = probs
-                    else:
-                        grad_logits[start:start + chunk] = probs
+                probs[rows, yc] -= 1.0
+                if grad_logits is None:  # one fp32 chunk: the scratch is G itself
+                    grad_logits = probs
+                else:
+                    grad_logits[start:start + chunk] = probs
         ctx.save_for_backward(h, w, grad_logits)
         ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
         return nll
