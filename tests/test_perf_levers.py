@@ -6,7 +6,7 @@
 * the decoders' ``Dropout`` vs the Bernoulli(1 - p) inverted-dropout distribution;
 * bf16 autocast really runs the recurrent layers and the output layer in bf16, keeps the latent
   side and the loss in fp32, and leaves fp32 gradients on the fp32 master weights;
-* the malloc setting of the training loop applies.
+* the loop's gradient clipping equals clip_grad_norm_; its malloc setting applies.
 """
 import math
 
@@ -20,7 +20,7 @@ from textvae.data.batch import collate
 from textvae.models.decoders import Dropout
 from textvae.models.encoders import last_layer_final_state
 from textvae.models.textvae import TextVAE, linear_cross_entropy
-from textvae.training.train import retain_freed_memory
+from textvae.training.train import clip_gradients, retain_freed_memory
 
 torch.set_num_threads(1)
 V = 50
@@ -245,3 +245,22 @@ def test_retain_freed_memory_applies_on_glibc():
 
     applied = retain_freed_memory()
     assert applied == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+
+
+@pytest.mark.parametrize("max_norm", [1e-3, 1e3, math.inf])
+def test_clip_gradients_equals_clip_grad_norm(max_norm):
+    """The loop's clip (no scaling pass when the factor is 1) leaves the same gradients, bit for
+    bit, and returns the same norm as torch's clip_grad_norm_, whether it clips or not."""
+    results = []
+    for clip in (clip_gradients, lambda m, c: torch.nn.utils.clip_grad_norm_(m.parameters(), c)):
+        model, batch = tiny_model(), ragged_batch()
+        torch.manual_seed(0)
+        model(batch).loss.backward()
+        norm = clip(model, max_norm)
+        results.append((norm, [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    (norm_a, grads_a), (norm_b, grads_b) = results
+    assert torch.equal(norm_a, norm_b) and len(grads_a) == len(grads_b)
+    assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
+    if max_norm < 1:
+        total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads_a]))
+        torch.testing.assert_close(total, torch.tensor(max_norm), rtol=1e-4, atol=0)

@@ -281,7 +281,10 @@ def read_records(path: Path) -> list[dict[str, Any]]:
 def finished_report(run_dir: Path) -> Optional[dict[str, Any]]:
     """The run's final test record (its presence marks a finished run), else None."""
     tests = [r for r in read_records(run_dir / "metrics.jsonl") if r.get("split") == "test"]
-    return tests[-1] if tests else None
+    if not tests:
+        return None
+    # the report itself, without the log record's bookkeeping (as run_training returns it)
+    return {k: v for k, v in tests[-1].items() if k not in ("split", "step", "epoch", "time")}
 
 
 def run_state(run: Run) -> str:

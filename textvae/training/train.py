@@ -177,6 +177,19 @@ def describe_nonfinite(name: str, remedies: list[Remedy]) -> str:
     return f"extra loss of remedy {remedy_name(owner)!r}" if owner is not None else f"term {name!r}"
 
 
+def clip_gradients(model: nn.Module, max_norm: float) -> torch.Tensor:
+    """``clip_grad_norm_`` that skips the scaling pass when it would multiply by exactly 1.
+
+    Same result bit for bit: torch scales every gradient by min(1, max_norm / (norm + 1e-6)),
+    a pass over all of them (memory-bound, ~2 % of a CPU step) even when the factor is 1.
+    Returns the total norm before clipping."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    if norm + 1e-6 > max_norm:  # one host sync; the non-finite check syncs every step anyway
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+    return norm
+
+
 def nonfinite_figures(out: VAEOutput, grad_norm: torch.Tensor, world: World) -> list[str]:
     """Names of the figures of this step that are NaN or infinite on any rank: rec, kl, the
     objective's terms (kl_term, each remedy's extra loss), loss, gradient -- in that order."""
@@ -366,7 +379,7 @@ def _train(cfg: RunConfig, resume: bool, world: World, device: torch.device) -> 
                 loss, out = step_fn(batch, state.step, weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # DDP: gradients averaged over the ranks during the backward pass
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), oc.clip if oc.clip > 0 else math.inf)
+            grad_norm = clip_gradients(model, oc.clip if oc.clip > 0 else math.inf)
             bad = nonfinite_figures(out, grad_norm, world)
             if bad:
                 stop_nonfinite(bad)
