@@ -243,8 +243,9 @@ def test_bf16_loss_close_to_fp32():
 def test_retain_freed_memory_applies_on_glibc():
     import platform
 
-    applied = retain_freed_memory()
-    assert applied == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert retain_freed_memory() == glibc
+    assert retain_freed_memory(False) == glibc  # back to the defaults, kept memory given back
 
 
 @pytest.mark.parametrize("max_norm", [1e-3, 1e3, math.inf])

@@ -239,20 +239,27 @@ def check_config(cfg: RunConfig) -> None:
         raise TextVAEError(f"need optim.lr > 0 and 0 < optim.decay_factor <= 1, got {oc.lr} and {oc.decay_factor}")
 
 
-def retain_freed_memory() -> bool:
-    """Make glibc's malloc keep freed memory for reuse; False where it cannot (not glibc).
+def retain_freed_memory(retain: bool = True) -> bool:
+    """Make glibc's malloc keep freed memory for reuse (``retain``), or go back to its defaults
+    and give the kept memory back to the system; False where it cannot (not glibc).
 
     By default an allocation above a dynamic threshold (at most 32 MB) is a fresh ``mmap``, and
     freed memory at the heap top is trimmed: every step then page-faults its logits, softmax and
     gradient buffers (tens of MB) in again, one 4 kB page at a time. Raising both thresholds
-    serves them from the heap, where the previous step left them. Process-wide and irreversible.
+    serves them from the heap, where the previous step left them. Process-wide; the loop turns it
+    off again before the test report, whose differently sized buffers would only add to the heap.
     """
     try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
     except (OSError, AttributeError):
         return False
-    mmap_threshold, trim_threshold, largest = -3, -1, 2**31 - 1  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
-    return bool(mallopt(mmap_threshold, largest)) and bool(mallopt(trim_threshold, largest))
+    mmap_threshold, trim_threshold = -3, -1  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+    value = 2**31 - 1 if retain else 128 * 1024  # glibc's default for both is 128 kB
+    applied = bool(mallopt(mmap_threshold, value)) and bool(mallopt(trim_threshold, value))
+    if not retain:
+        malloc_trim(0)
+    return applied
 
 
 def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
@@ -454,6 +461,8 @@ def _train(cfg: RunConfig, resume: bool, world: World, device: torch.device) -> 
         logger.log("test", state.step, state.epoch, **report)
         return report
 
+    if tc.retain_memory:
+        retain_freed_memory(False)
     report = world.on_main(test_report)
     logger.close()
     return report
