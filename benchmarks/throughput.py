@@ -32,8 +32,9 @@ figures are wall-clock ones taken while the load average stays below the core co
 Levers not kept (measured while building this): ``torch.compile`` of the train step fails in
 dynamo (symbolic shapes in the posterior's ``randn``); compiled on its own, the softmax part of
 the loss took 30 s to compile and saved ~4 ms of a 130 ms step; inductor leaves LSTMs to aten
-anyway. A sampled / adaptive softmax would train a different objective (the ELBO's p(x|z) needs
-the full normaliser), so the full-vocabulary softmax stays, made cheap instead.
+anyway. The sampled softmax (``train.sampled_softmax``, variants ``... sampled softmax`` and
+``*-sampled``) trains a biased estimate of the reconstruction term, so it is opt-in, never the
+default: the ``epoch`` section shows what it costs in validation -ELBO (always full softmax).
 """
 from __future__ import annotations
 
@@ -62,6 +63,7 @@ from textvae.config import DecoderConfig, EncoderConfig, ModelConfig
 from textvae.data.batch import collate
 from textvae.data.batching import padding_fraction
 from textvae.models.encoders import RNNEncoder, last_layer_final_state
+from textvae.models.sampled_softmax import SampledSoftmax
 from textvae.models.textvae import TextVAE
 from textvae.training.distributed import World
 from textvae.training.train import TrainStep, clip_gradients, nonfinite_figures, retain_freed_memory
@@ -111,11 +113,12 @@ def lstm_flops(inp: int, hidden: int) -> int:
     return 2 * 4 * hidden * (inp + hidden)
 
 
-def step_flops(emb: int, hidden: int, latent: int, vocab: int, lengths: np.ndarray) -> float:
+def step_flops(emb: int, hidden: int, latent: int, vocab: float, lengths: np.ndarray) -> float:
     """Useful FLOPs of one training step (padding excluded): encoder LSTM over the n + 2 tokens of
     each sentence, posterior head, decoder LSTM (input emb + z) and output projection over its
-    n + 1 positions; backward = 2 x forward (input and weight gradients). Elementwise work
-    (gates, softmax) is not counted: it is not GEMM work."""
+    n + 1 positions (``vocab`` output words: V, or the sampled softmax's expected candidates + 1);
+    backward = 2 x forward (input and weight gradients). Elementwise work (gates, softmax) is not
+    counted: it is not GEMM work."""
     enc_pos = float(lengths.sum())
     dec_pos = float((lengths - 1).sum())
     forward = (enc_pos * lstm_flops(emb, hidden) + len(lengths) * 2 * hidden * 2 * latent
@@ -156,8 +159,10 @@ class Variant:
     torch_dropout: bool = False  # nn.Dropout (bernoulli_) instead of the decoders' Dropout
     torch_clip: bool = False  # clip_grad_norm_ instead of the loop's clip_gradients
     check: bool = True  # the loop's per-step non-finite check
+    sampled: int = 0  # train.sampled_softmax: candidate words per step (0 = the full softmax)
 
 
+SAMPLED = 1024  # candidate words of the sampled-softmax lever (about 600 distinct per step on PTB)
 REFERENCE = dict(fused_loss=False, packed_encoder=True, torch_dropout=True, torch_clip=True)
 TRAIN_VARIANTS = [
     Variant("fp32 reference (before issue 6)", **REFERENCE),
@@ -171,6 +176,8 @@ TRAIN_VARIANTS = [
     Variant("bf16 + fast dropout", precision="bf16", fused_loss=False, torch_clip=True),
     Variant("bf16 + fused loss", precision="bf16", torch_clip=True),
     Variant("bf16 + lean clip = default", precision="bf16"),
+    Variant(f"fp32 default + sampled softmax {SAMPLED}", sampled=SAMPLED),
+    Variant(f"bf16 default + sampled softmax {SAMPLED}", precision="bf16", sampled=SAMPLED),
 ]
 
 
@@ -181,9 +188,12 @@ def build_model(emb: int, hidden: int, vocab: int, seed: int = 0) -> TextVAE:
     return TextVAE(cfg, vocab)
 
 
-def train_batches(size: str, n: int, seed: int = 0) -> tuple[list[list[np.ndarray]], np.ndarray, float]:
-    """The first n batches (id arrays) of PTB's epoch-0 bucketed plan, their lengths, and the plan's
-    padding; for the Yahoo-size model the same lengths filled with random ids of its vocabulary."""
+def train_batches(size: str, n: int, seed: int = 0
+                  ) -> tuple[list[list[np.ndarray]], np.ndarray, float, torch.Tensor]:
+    """The first n batches (id arrays) of PTB's epoch-0 bucketed plan, their lengths, the plan's
+    padding and the training token counts [V] (the sampled softmax's proposal, as the loop makes
+    it); for the Yahoo-size model the same lengths filled with uniformly random ids of its
+    vocabulary (counts: uniform)."""
     from textvae.cli import parse_run_config
     from textvae.data.datasets import load_dataset
 
@@ -201,17 +211,21 @@ def train_batches(size: str, n: int, seed: int = 0) -> tuple[list[list[np.ndarra
             seqs = [np.concatenate([[1], rng.integers(4, vocab, len(s) - 2), [2]]) for s in seqs]
         batches.append(seqs)
     lengths = np.concatenate([[len(s) for s in b] for b in batches])
-    return batches, lengths, padding
+    counts = (torch.bincount(torch.from_numpy(split.ids.flat).long(), minlength=vocab) if vocab == 10002
+              else torch.ones(vocab))
+    return batches, lengths, padding, counts
 
 
 class Stepper:
     """One variant's model and optimiser, stepping exactly as the training loop's hot path does."""
 
-    def __init__(self, variant: Variant, size: str):
+    def __init__(self, variant: Variant, size: str, counts: torch.Tensor):
         emb, hidden, vocab = SIZES[size]
         self.variant, self.dims = variant, (emb, hidden, 32, vocab)
         self.model = build_model(emb, hidden, vocab).train()
         self.model.fused_loss = variant.fused_loss
+        if variant.sampled:
+            self.model.sampled_softmax = SampledSoftmax(counts, variant.sampled)
         if variant.torch_dropout:
             dec = self.model.decoder
             dec.input_dropout, dec.output_dropout = (nn.Dropout(dec.input_dropout.p), nn.Dropout(dec.output_dropout.p))
@@ -219,6 +233,11 @@ class Stepper:
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=1.0)
         self.world = World()
         self.step = 0
+
+    def output_words(self) -> float:
+        """Output-layer rows per position: V, or the expected distinct candidates + the target."""
+        sm = self.model.sampled_softmax
+        return self.dims[3] if sm is None else float(sm.log_inclusion.exp().sum()) + 1
 
     def run(self, batches: list[list[np.ndarray]], clock: Callable[[], float]) -> dict[str, float]:
         """Train on ``batches``; seconds in collation, forward + backward, and the update."""
@@ -251,12 +270,13 @@ def section_train(args: argparse.Namespace, peaks: dict[str, float]) -> list[dic
     clock = clock_fn(args.clock)
     rows = []
     for size in args.sizes:
-        batches, lengths, padding = train_batches(size, args.warmup + args.steps)
+        batches, lengths, padding, counts = train_batches(size, args.warmup + args.steps)
         warm, timed = batches[: args.warmup], batches[args.warmup:]
         n_tokens = int(sum(len(s) - 1 for b in timed for s in b))
-        flops = step_flops(*SIZES[size][:2], 32, SIZES[size][2], lengths[-sum(len(b) for b in timed):])
         variants = [v for v in TRAIN_VARIANTS if not args.variants or any(k in v.name for k in args.variants)]
-        steppers = [Stepper(v, size) for v in variants]
+        steppers = [Stepper(v, size, counts) for v in variants]
+        flops = {s.variant.name: step_flops(*SIZES[size][:2], 32, s.output_words(),
+                                            lengths[-sum(len(b) for b in timed):]) for s in steppers}
         for s in steppers:
             s.run(warm, clock)
         runs: dict[str, list[dict[str, float]]] = {v.name: [] for v in variants}
@@ -268,14 +288,15 @@ def section_train(args: argparse.Namespace, peaks: dict[str, float]) -> list[dic
                 rss[s.variant.name] = max(rss.get(s.variant.name, 0.0), peak_rss_mb())
         print(f"\n== training step, {size}, batch 32, {len(timed)} steps x {args.repeats} repeats "
               f"(interleaved), {args.threads} threads, {args.clock} clock; {load()}")
-        print(f"   {n_tokens} tokens, {flops / len(timed) / 1e9:.2f} GFLOP/step useful, plan padding {padding:.2%}")
+        print(f"   {n_tokens} tokens, {flops[variants[0].name] / len(timed) / 1e9:.2f} GFLOP/step useful with the "
+              f"full softmax, plan padding {padding:.2%}")
         print(f"{'variant':<34} {'tok/s med':>9} {'tok/s best':>10} {'ms/step':>8} {'GFLOP/s':>8} "
               f"{'data %':>6} {'update %':>8} {'RSS MB':>7}")
         for v in variants:
             totals = [sum(r.values()) for r in runs[v.name]]
             med, best = statistics.median(totals), min(totals)
             r = runs[v.name][totals.index(med)]
-            gflops = flops / med / 1e9
+            gflops = flops[v.name] / med / 1e9
             row = {"section": "train", "size": size, "variant": v.name, "tokens_per_s": n_tokens / med,
                    "tokens_per_s_best": n_tokens / best, "ms_per_step": 1e3 * med / len(timed),
                    "gflops": gflops, "frac_peak": gflops / peaks[v.precision],
@@ -400,8 +421,9 @@ def section_retain(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 # ---- whole epochs ----------------------------------------------------------------------------------
-EPOCH_VARIANTS = {"reference-fp32": ("fp32", True), "fp32": ("fp32", False), "bf16": ("bf16", False),
-                  "reference-bf16": ("bf16", True)}
+EPOCH_VARIANTS = {"reference-fp32": ("fp32", True, 0), "fp32": ("fp32", False, 0), "bf16": ("bf16", False, 0),
+                  "reference-bf16": ("bf16", True, 0), "fp32-sampled": ("fp32", False, SAMPLED),
+                  "bf16-sampled": ("bf16", False, SAMPLED)}
 
 
 def use_reference_paths() -> None:
@@ -420,12 +442,13 @@ def epoch_worker(job: dict[str, Any]) -> dict[str, Any]:
     from textvae.training.logger import read_jsonl
     from textvae.training.train import run_training
 
-    precision, reference = EPOCH_VARIANTS[job["variant"]]
+    precision, reference, sampled = EPOCH_VARIANTS[job["variant"]]
     cfg, _ = parse_run_config([RECIPE, "--out_dir", job["out"], "--name", job["variant"], "--train.epochs", "1",
                                "--train.iw_samples_final", "0", "--train.metrics_every", "0",
                                "--train.progress", "false", "--train.tensorboard", "false",
                                "--train.threads", str(job["threads"]), "--train.precision", precision,
-                               "--train.retain_memory", str(not reference).lower()])
+                               "--train.retain_memory", str(not reference).lower(),
+                               "--train.sampled_softmax", str(sampled)])
     if reference:
         use_reference_paths()
     import textvae.training.train as loop

@@ -148,7 +148,10 @@ class TrainConfig:
     GPU) with fp32 master weights; the loss' softmax stays fp32. ``retain_memory`` keeps freed
     memory in the process (glibc malloc) instead of returning it to the system, so the large
     per-step temporaries are not page-faulted in again on every step (about 10-25 % of a CPU
-    step); the resident size then stays at its peak."""
+    step); the resident size then stays at its peak. ``sampled_softmax: n`` (> 0) trains the
+    reconstruction term with a sampled softmax over n candidate words per step drawn from the
+    unigram^0.75 (Jean et al. 2015; :mod:`textvae.models.sampled_softmax`): a biased estimate that
+    saves most of the output layer's work; validation, test and every metric use the full softmax."""
 
     epochs: int = 100
     max_steps: Optional[int] = None
@@ -162,6 +165,7 @@ class TrainConfig:
     checkpoint_every: int = 0
     precision: str = "fp32"
     retain_memory: bool = True
+    sampled_softmax: int = 0
     iw_samples_final: int = 500
     progress: bool = True
     tensorboard: bool = True

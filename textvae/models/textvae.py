@@ -27,6 +27,7 @@ from textvae.models.decoders import DECODERS
 from textvae.models.distributions import PRIORS, DiagGaussian, StandardNormal, kl_per_dim
 from textvae.models.encoders import ENCODERS
 from textvae.models.posteriors import POSTERIORS
+from textvae.models.sampled_softmax import SampledSoftmax
 from textvae.objective import Objective
 
 WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE = "model.safetensors", "config.json", "tokenizer.json"
@@ -191,6 +192,8 @@ class TextVAE(PretrainedMixin, nn.Module):
         # fused projection + cross-entropy in token_nll (same loss; False: the F.linear +
         # F.cross_entropy reference path, kept for tests and A/B benchmarks)
         self.fused_loss = True
+        # training-only sampled softmax (train.sampled_softmax; set by the loop, not saved)
+        self.sampled_softmax: Optional[SampledSoftmax] = None
         d = cfg.latent_dim
         if d > 0:
             enc = cfg.encoder
@@ -282,7 +285,9 @@ class TextVAE(PretrainedMixin, nn.Module):
         targets = batch.targets
         mask = targets != PAD_ID  # [B, T-1]
         # Project only real positions: padding costs no vocabulary matmul.
-        if self.fused_loss:
+        if self.training and self.sampled_softmax is not None:
+            nll = self.sampled_softmax(hidden[mask], self.projection.weight, self.projection.bias, targets[mask])
+        elif self.fused_loss:
             nll = linear_cross_entropy(hidden[mask], self.projection.weight, self.projection.bias, targets[mask])
         else:  # the plain reference path
             nll = F.cross_entropy(self.projection(hidden[mask]).float(), targets[mask], reduction="none")

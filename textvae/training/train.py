@@ -45,6 +45,7 @@ from textvae.data.batching import padding_fraction
 from textvae.data.datasets import load_dataset
 from textvae.errors import TextVAEError
 from textvae.metrics import evaluate_model
+from textvae.models.sampled_softmax import SampledSoftmax
 from textvae.models.textvae import TextVAE, VAEOutput
 from textvae.reduction import token_counts
 from textvae.remedies import REMEDIES, Remedy, inference_parameters, reinit_decoder
@@ -222,6 +223,8 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
 def check_config(cfg: RunConfig) -> None:
     """One-line errors for loop settings out of range (before any work is done)."""
     tc, oc, dc = cfg.train, cfg.optim, cfg.data
+    if tc.sampled_softmax < 0:
+        raise TextVAEError(f"train.sampled_softmax is a number of candidate words (0 = full softmax), got {tc.sampled_softmax}")
     if tc.precision not in ("fp32", "bf16"):
         raise TextVAEError(f"unknown train.precision {tc.precision!r}; valid: fp32, bf16")
     if oc.cycle_lr not in ("none", "restart", "cosine"):
@@ -309,9 +312,11 @@ def _train(cfg: RunConfig, resume: bool, world: World, device: torch.device) -> 
         ckpt: Checkpoint = world.on_main(lambda: read_checkpoint(ckpt_path))
         state, changes = restore_run(ckpt, cfg, model, optimizer, world, device)
         log_bytes = ckpt.meta["log_bytes"]
-    else:
+    unigram = torch.bincount(torch.from_numpy(train_split.ids.flat).long(), minlength=data.tokenizer.vocab_size)
+    if tc.sampled_softmax:
+        model.sampled_softmax = SampledSoftmax(unigram, tc.sampled_softmax)
+    if not resume:
         changes, log_bytes = {}, 0
-        unigram = torch.bincount(torch.from_numpy(train_split.ids.flat).long(), minlength=data.tokenizer.vocab_size)
         for remedy in remedies:
             remedy.set_corpus_statistics(unigram.to(device))
 
