@@ -46,6 +46,23 @@ def test_evaluate_reproduces_the_test_report(run, capsys):
         assert results[key] == pytest.approx(report[key], rel=1e-6, abs=1e-9), key
 
 
+def test_evaluate_bf16_is_labelled_and_close_to_fp32(run, tmp_path, capsys):
+    """--precision bf16 changes rounding only: the same seeded figures to bf16's ~3 digits, and the
+    JSON says which precision produced them."""
+    results = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / f"{precision}.json"
+        main(["evaluate", str(run), "--iw-samples", "4", "--no-generation", "--precision", precision,
+              "--json", str(out)])
+        results[precision] = json.loads(out.read_text())
+    capsys.readouterr()
+    assert results["bf16"]["precision"] == "bf16" and results["fp32"]["precision"] == "fp32"
+    for key in ("neg_elbo", "rec", "iw_nll"):
+        assert results["bf16"][key] != results["fp32"][key], key  # bf16 really ran
+        assert results["bf16"][key] == pytest.approx(results["fp32"][key], rel=5e-3), key
+    assert results["bf16"]["kl"] == pytest.approx(results["fp32"]["kl"], rel=5e-3, abs=1e-6)
+
+
 def test_sample_is_clean_and_seeded(run, capsys):
     main(["sample", str(run / "model"), "--n", "3", "--seed", "1"])
     first = capsys.readouterr().out.splitlines()

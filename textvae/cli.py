@@ -141,6 +141,10 @@ def cmd_evaluate(argv: list[str]) -> None:
     ap.add_argument("--seed", type=int, default=0, help="seed of the prior samples and the probe's draws")
     ap.add_argument("--json", help="write the results here (default: <run or model folder>/eval_<split>.json)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                    help="bf16: figures under bfloat16 autocast (recurrent and output GEMMs in bf16; posterior head, KL "
+                         "and softmax statistics in fp32; about 2x faster IW-NLL on a CPU with bf16 units); "
+                         "recorded in the results")
     args = ap.parse_args(argv)
     for flag in ("iw_samples", "probe"):
         if getattr(args, flag) < 0:
@@ -167,8 +171,9 @@ def cmd_evaluate(argv: list[str]) -> None:
         """A fresh iterator over ``limit`` sentences of the split, in evaluation order, on the device."""
         return lambda: (b.to(device) for b in split.batches(args.batch_size, limit=limit))
 
-    results = evaluation(model, batches(n_eval), device, n_samples=args.iw_samples, max_tokens=args.max_tokens,
-                         per_dim=True)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+        results = evaluation(model, batches(n_eval), device, n_samples=args.iw_samples,
+                             max_tokens=args.max_tokens, per_dim=True)
     if data.truth is not None:
         results.update(_truth_figures(data.truth, args.split, split, split.subset(n_eval)))
     examples: dict[str, Any] = {}
@@ -183,7 +188,8 @@ def cmd_evaluate(argv: list[str]) -> None:
         results.update(_probe_figures(model, data, args, batches(n_eval), device))
     print(format_report(results))
     out = Path(args.json) if args.json else Path(args.model) / f"eval_{args.split}.json"
-    record = {"model": str(args.model), "data": data_cfg.name, "split": args.split, **results, "examples": examples}
+    record = {"model": str(args.model), "data": data_cfg.name, "split": args.split, "precision": args.precision,
+              **results, "examples": examples}
     out.write_text(json.dumps(record, indent=2))
     print(f"results written to {out}")
 
