@@ -181,11 +181,27 @@ def test_seconds_budget_needs_the_trainer_option(tmp_path):
             st.load_study(path)
 
 
+def test_command_line_seeds_and_sets(tmp_path):
+    """--seeds replaces the file's seeds; --set applies to every run after the file's overrides
+    (its YAML values typed) and before the variant's, which still win."""
+    path = write_study(tmp_path)
+    study = st.load_study(path, seeds=[7], sets=["train.iw_samples_final=50", "optim.lr=0.5",
+                                                 "objective.kl_schedule={name: linear, warmup_steps: 10}"])
+    runs = {r.label: r.config for r in st.plan(study)}
+    assert set(runs) == {"plain/seed7", "fb/seed7"}
+    assert {c.train.iw_samples_final for c in runs.values()} == {50}
+    assert runs["fb/seed7"].optim.lr == 0.5 and runs["plain/seed7"].optim.lr == 0.003
+    assert runs["fb/seed7"].objective.kl_schedule == {"name": "linear", "warmup_steps": 10}
+    assert "train.iw_samples_final=50" in st.report_markdown(study, {"variants": [], "runs": []}, {}, "")
+
+
 @pytest.mark.parametrize("argv, message", [
     (["missing.yaml"], "no such study file"),
     (["{study}", "--jobs", "0"], "--jobs must be >= 1"),
     (["{study}", "--only", "nope"], r"unknown variant\(s\) \['nope'\]"),
     (["{study}", "--frobnicate"], "unrecognized arguments"),
+    (["{study}", "--set", "train.iw_samples_final"], "expected KEY=VALUE"),
+    (["{study}", "--set", "train.colour=red"], "colour"),
     ([], "required"),
 ])
 def test_command_line_errors(tmp_path, argv, message):

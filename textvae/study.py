@@ -1,6 +1,7 @@
 """One-command studies: variants x seeds of a recipe, trained, resumed, aggregated and plotted.
 
-    textvae study studies/ptb_main.yaml [--jobs N] [--out DIR] [--only VARIANT ...]
+    textvae study studies/ptb_main.yaml [--jobs N] [--out DIR] [--only VARIANT ...] [--seeds K ...]
+                                        [--set KEY=VALUE ...]
 
 A study file (YAML):
 
@@ -18,8 +19,10 @@ A study file (YAML):
       free_bits: {objective.remedies: [{name: free_bits_li2019, target_kl: 8}]}
       adam: {optim: {name: adam, lr: 0.001}}
 
-A run's configuration is the base recipe, then ``data``, ``budget``, ``overrides`` and the
-variant's overrides, each on top of the previous. Sections of :class:`~textvae.config.RunConfig`
+A run's configuration is the base recipe, then ``data``, ``budget``, ``overrides``, the command
+line's ``--set`` (dotted keys, YAML values: ``--set train.max_seconds=600 train.iw_samples_final=50``,
+to fit a study to a smaller machine without copying it) and the variant's overrides, each on top of
+the previous; ``--seeds`` replaces the file's seeds. Both are written into report.md. Sections of :class:`~textvae.config.RunConfig`
 (``optim``, ``model.encoder``, ...) merge key by key; every other value, free-form dicts
 (``kl_schedule``, ``options``) and lists (``remedies``) included, is replaced whole.
 
@@ -85,6 +88,7 @@ class Study:
     common: list[dict[str, Any]]  # nested overrides for every run: data, budget, overrides
     description: str = ""
     budget: dict[str, Any] = dataclasses.field(default_factory=dict)
+    cli_overrides: list[str] = dataclasses.field(default_factory=list)  # --set, as typed
 
 
 @dataclasses.dataclass
@@ -180,8 +184,25 @@ def _find_file(name: str, study_dir: Path) -> Path:
                        f"or in {REPO_ROOT}")
 
 
-def load_study(path: str | Path, out: Optional[str] = None) -> Study:
-    """Read and check a study file; ``out`` overrides its output folder."""
+def parse_sets(sets: list[str], where: str = "--set") -> dict[str, Any]:
+    """["train.max_seconds=600", "objective.kl_schedule={name: constant}"] -> nested overrides
+    (values read as YAML)."""
+    flat: dict[str, Any] = {}
+    for item in sets:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise TextVAEError(f"{where}: expected KEY=VALUE, got {item!r}")
+        try:
+            flat[key.strip()] = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise TextVAEError(f"{where}: {key}: not a YAML value ({' '.join(str(e).split())})") from None
+    return expand_dotted(flat, where)
+
+
+def load_study(path: str | Path, out: Optional[str] = None, seeds: Optional[list[int]] = None,
+               sets: Optional[list[str]] = None) -> Study:
+    """Read and check a study file; ``out`` overrides its output folder, ``seeds`` its seeds,
+    ``sets`` (``KEY=VALUE`` strings) add overrides for every run after the file's."""
     path = Path(path)
     if not path.is_file():
         raise TextVAEError(f"no such study file: {path}")
@@ -202,7 +223,7 @@ def load_study(path: str | Path, out: Optional[str] = None) -> Study:
     else:
         base = _find_file(str(spec["base"]), path.parent)
 
-    seeds = spec.get("seeds", [1])
+    seeds = spec.get("seeds", [1]) if seeds is None else seeds
     if (not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
                                                              for s in seeds) or len(set(seeds)) != len(seeds)):
         raise TextVAEError(f"{path}: seeds must be a non-empty list of distinct integers, got {seeds!r}")
@@ -214,7 +235,7 @@ def load_study(path: str | Path, out: Optional[str] = None) -> Study:
 
     common = [{"data": expand_dotted(spec.get("data") or {}, f"{path}: data")},
               {"train": budget_train},
-              expand_dotted(spec.get("overrides") or {}, f"{path}: overrides")]
+              expand_dotted(spec.get("overrides") or {}, f"{path}: overrides"), parse_sets(sets or [])]
     variants = spec.get("variants")
     if not isinstance(variants, dict) or not variants:
         raise TextVAEError(f"{path}: variants must be a non-empty mapping of name -> overrides")
@@ -225,7 +246,8 @@ def load_study(path: str | Path, out: Optional[str] = None) -> Study:
         checked[str(vname)] = expand_dotted(overrides or {}, f"{path}: variant {vname!r}")
     out_dir = Path(out or spec.get("out") or Path("out") / name).resolve()
     return Study(name=name, path=path.resolve(), base=base, out=out_dir, seeds=seeds, variants=checked,
-                 common=common, description=str(spec.get("description") or "").strip(), budget=budget)
+                 common=common, description=str(spec.get("description") or "").strip(), budget=budget,
+                 cli_overrides=list(sets or []))
 
 
 def _cores() -> int:
@@ -543,7 +565,9 @@ def report_markdown(study: Study, results: dict[str, Any], plot_files: dict[str,
     lines = [f"# Study `{study.name}`", ""]
     if study.description:
         lines += [study.description, ""]
-    lines += [f"Study file `{study.path}`; base recipe `{study.base}`; budget per run: {budget}. "
+    sets = (f"; command-line overrides for every run: `{' '.join(study.cli_overrides)}`"
+            if study.cli_overrides else "")
+    lines += [f"Study file `{study.path}`; base recipe `{study.base}`; budget per run: {budget}{sets}. "
               f"Written {datetime.datetime.now().isoformat(timespec='seconds')}.", "",
               markdown_table(results), ""]
     lines += [f"- {n}." for n in notes] + [""]
@@ -599,13 +623,13 @@ class _Parser(argparse.ArgumentParser):
         raise TextVAEError(f"textvae study: {message}")
 
 
-def run_study(path: str | Path, jobs: int = 1, out: Optional[str] = None,
-              only: Optional[list[str]] = None) -> dict[str, Any]:
+def run_study(path: str | Path, jobs: int = 1, out: Optional[str] = None, only: Optional[list[str]] = None,
+              seeds: Optional[list[int]] = None, sets: Optional[list[str]] = None) -> dict[str, Any]:
     """Load, plan, train what is missing, and write the outputs; returns results.json's content.
     Raises :class:`TextVAEError` (after writing the outputs) when runs failed."""
     if jobs < 1:
         raise TextVAEError(f"--jobs must be >= 1, got {jobs}")
-    study = load_study(path, out)
+    study = load_study(path, out, seeds, sets)
     unknown = sorted(set(only or []) - set(study.variants))
     if unknown:
         raise TextVAEError(f"--only: unknown variant(s) {unknown}; valid: {', '.join(study.variants)}")
@@ -622,15 +646,18 @@ def run_study(path: str | Path, jobs: int = 1, out: Optional[str] = None,
 
 
 def main(argv: list[str]) -> None:
-    """``textvae study STUDY.yaml [--jobs N] [--out DIR] [--only VARIANT ...]``."""
+    """``textvae study STUDY.yaml [--jobs N] [--out DIR] [--only VARIANT ...] [--seeds K ...] [--set K=V ...]``."""
     ap = _Parser(prog="textvae study", description="Train variants x seeds of a recipe and aggregate them.")
     ap.add_argument("study", help="study YAML file")
     ap.add_argument("--jobs", type=int, default=1, help="runs at a time (subprocesses when > 1)")
     ap.add_argument("--out", help="output folder (default: the study's `out`, else out/<name>)")
     ap.add_argument("--only", nargs="+", metavar="VARIANT", help="train only these variants")
+    ap.add_argument("--seeds", nargs="+", type=int, metavar="K", help="these seeds instead of the file's")
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="sets",
+                    help="overrides for every run (dotted keys, YAML values), after the file's")
     args = ap.parse_args(argv)
     try:
-        run_study(args.study, jobs=args.jobs, out=args.out, only=args.only)
+        run_study(args.study, jobs=args.jobs, out=args.out, only=args.only, seeds=args.seeds, sets=args.sets)
     except KeyboardInterrupt:
         log.warning("study interrupted: run the same command again to resume it")
         raise
