@@ -295,7 +295,7 @@ def section_train(args: argparse.Namespace, peaks: dict[str, float]) -> list[dic
         for v in variants:
             totals = [sum(r.values()) for r in runs[v.name]]
             med, best = statistics.median(totals), min(totals)
-            r = runs[v.name][totals.index(med)]
+            r = runs[v.name][min(range(len(totals)), key=lambda i: abs(totals[i] - med))]  # (even count)
             gflops = flops[v.name] / med / 1e9
             row = {"section": "train", "size": size, "variant": v.name, "tokens_per_s": n_tokens / med,
                    "tokens_per_s_best": n_tokens / best, "ms_per_step": 1e3 * med / len(timed),
