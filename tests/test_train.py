@@ -139,3 +139,36 @@ def test_wall_time_budget_stops_the_run(tmp_path, monkeypatch):
     records = read_jsonl(tmp_path / "runs" / "timed" / "metrics.jsonl")
     assert [r["step"] for r in records if r["split"] == "train"] == [3]
     assert any(r["split"] == "test" for r in records)
+
+
+def test_plateau_update_follows_he2019_schedule():
+    """A hand-traced run: patience 2 from epoch 3, factor 0.5, at most 2 decays; partial epochs
+    (epoch_complete False) never count as bad."""
+    from textvae.config import OptimConfig
+    from textvae.training.train import LoopState, plateau_update
+
+    oc = OptimConfig(lr=1.0, decay_factor=0.5, decay_patience=2, decay_start_epoch=3, max_decays=2)
+    state = LoopState(lr=1.0)
+    calls = []
+    trace = []
+    # (val loss, epoch complete); the epoch counter advances on complete epochs, as in the loop
+    for val, complete in [(10, True), (11, True), (12, True), (13, False), (12, True), (9, True),
+                          (9.5, True), (9.7, True), (9.9, True)]:
+        if complete:
+            state.epoch += 1
+        improved, decayed = plateau_update(state, val, complete, oc, save_best=lambda: calls.append("save"),
+                                           reload_best=lambda: calls.append("reload"))
+        trace.append((state.epoch, improved, decayed, state.bad_epochs, state.lr, state.done))
+    assert trace == [
+        (1, True, False, 0, 1.0, False),
+        (2, False, False, 1, 1.0, False),   # bad, but before decay_start_epoch
+        (3, False, True, 0, 0.5, False),    # 2 bad epochs at epoch 3: first decay
+        (3, False, False, 0, 0.5, False),   # partial epoch: not counted
+        (4, False, False, 1, 0.5, False),
+        (5, True, False, 0, 0.5, False),
+        (6, False, False, 1, 0.5, False),
+        (7, False, True, 0, 0.25, True),    # second decay = max_decays: done
+        (8, False, False, 1, 0.25, True),   # (the loop stops at done)
+    ]
+    assert calls == ["save", "reload", "save", "reload"]
+    assert state.best_val == 9 and state.decays == 2

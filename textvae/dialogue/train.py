@@ -34,8 +34,8 @@ from textvae.training.checkpoint import read_checkpoint, rng_state, save_checkpo
 from textvae.training.distributed import World
 from textvae.training.logger import RunLogger
 from textvae.training.train import (CHECKPOINT, EVAL_SEED, LoopState, LoopTrainer, build_optimizer, check_config,
-                                    check_run_dir, describe_nonfinite, nonfinite_figures, resolve_device,
-                                    restore_run, set_lr)
+                                    check_run_dir, describe_nonfinite, nonfinite_figures, plateau_update,
+                                    resolve_device, restore_run, set_lr)
 
 TASK = "dialogue"
 
@@ -216,21 +216,13 @@ def train_cvae(cfg: CVAERunConfig, resume: bool = False, data: Optional[Dialogue
 
         # ---- validation at beta = 1; plateau decay with best-model reload ----------------------------
         val = cvae_evaluation(model, valid_split, cfg.data.eval_batch_size, device)
-        improved = val["neg_elbo"] < state.best_val
-        if improved:
-            state.best_val, state.bad_epochs = val["neg_elbo"], 0
-            model.save_weights(best_dir)  # config.json and tokenizer.json stay as written at start
+        improved, decayed = plateau_update(
+            state, val["neg_elbo"], epoch_complete, oc,
+            save_best=lambda: model.save_weights(best_dir),  # config.json and tokenizer.json stay as written at start
+            reload_best=lambda: model.load_state_dict(KgCVAE.from_pretrained(best_dir, device).state_dict()))
+        if decayed:
+            optimizer = trainer.optimizer = build_optimizer(oc, model, state.lr)
         if epoch_complete:
-            if not improved:
-                state.bad_epochs += 1
-            if not improved and state.epoch >= oc.decay_start_epoch and state.bad_epochs >= oc.decay_patience:
-                state.lr *= oc.decay_factor
-                state.decays += 1
-                state.bad_epochs = 0
-                if oc.reload_best_on_decay:
-                    model.load_state_dict(KgCVAE.from_pretrained(best_dir, device).state_dict())
-                optimizer = trainer.optimizer = build_optimizer(oc, model, state.lr)
-                state.done = state.decays >= oc.max_decays
             for remedy in remedies:
                 val.update(remedy.after_epoch(trainer, state.epoch, val))
         logger.log("valid", state.step, state.epoch, lr=state.lr, improved=improved, tokens_per_s=tok_s, **val)

@@ -81,6 +81,34 @@ class LoopState:
     train_tokens: int = 0
 
 
+def plateau_update(state: LoopState, val_loss: float, epoch_complete: bool, oc: OptimConfig,
+                   save_best: Callable[[], Any], reload_best: Callable[[], Any]) -> tuple[bool, bool]:
+    """He et al. (2019)'s schedule after one validation; returns (improved, decayed).
+
+    A better ``val_loss`` is kept (``save_best``). Only a complete epoch counts as a bad one (the
+    partial epoch that ``max_steps`` ends does not); after ``decay_patience`` bad epochs, from epoch
+    ``decay_start_epoch`` on, lr <- lr * ``decay_factor`` and the best model is reloaded
+    (``reload_best``, when ``reload_best_on_decay``); the run is done after ``max_decays`` decays.
+    A decay needs a new optimiser at ``state.lr``: the caller builds it.
+    """
+    improved = val_loss < state.best_val
+    if improved:
+        state.best_val, state.bad_epochs = val_loss, 0
+        save_best()
+    if not epoch_complete or improved:
+        return improved, False
+    state.bad_epochs += 1
+    if state.epoch < oc.decay_start_epoch or state.bad_epochs < oc.decay_patience:
+        return improved, False
+    state.lr *= oc.decay_factor
+    state.decays += 1
+    state.bad_epochs = 0
+    if oc.reload_best_on_decay:
+        reload_best()
+    state.done = state.decays >= oc.max_decays
+    return improved, True
+
+
 def build_optimizer(cfg: OptimConfig, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.name == "sgd":
@@ -434,21 +462,17 @@ def _train(cfg: RunConfig, resume: bool, world: World, device: torch.device) -> 
         # ---- validation at beta = 1; plateau decay with best-model reload (He et al. 2019) ----------
         val = world.on_main(lambda: evaluation(model, valid_batches(), device, metrics=epoch_metrics))
         val_loss = val["neg_elbo"]
-        improved = val_loss < state.best_val
-        if improved:
-            state.best_val, state.bad_epochs = val_loss, 0
-            world.on_main(lambda: model.save_weights(best_dir))  # config.json stays as written at start
-        if epoch_complete:  # epoch-level rules skip the partial epoch that max_steps ends
-            if not improved:
-                state.bad_epochs += 1
-            if not improved and state.epoch >= oc.decay_start_epoch and state.bad_epochs >= oc.decay_patience:
-                state.lr *= oc.decay_factor
-                state.decays += 1
-                state.bad_epochs = 0
-                if oc.reload_best_on_decay and world.is_main:  # the other ranks get it from sync_module
-                    model.load_state_dict(TextVAE.from_pretrained(best_dir, device).state_dict())
-                optimizer = trainer.optimizer = build_optimizer(oc, model, state.lr)
-                state.done = state.decays >= oc.max_decays
+
+        def reload_best() -> None:  # on rank 0; the other ranks get it from sync_module below
+            model.load_state_dict(TextVAE.from_pretrained(best_dir, device).state_dict())
+
+        improved, decayed = plateau_update(state, val_loss, epoch_complete, oc,
+                                           # config.json stays as written at start
+                                           save_best=lambda: world.on_main(lambda: model.save_weights(best_dir)),
+                                           reload_best=lambda: world.on_main(reload_best))
+        if decayed:
+            optimizer = trainer.optimizer = build_optimizer(oc, model, state.lr)
+        if epoch_complete:
             for remedy in remedies:
                 val.update(remedy.after_epoch(trainer, state.epoch, val))
             world.sync_module(model)  # a reloaded best model, a decoder re-drawn from per-rank streams
