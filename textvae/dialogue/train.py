@@ -206,13 +206,7 @@ def train_cvae(cfg: CVAERunConfig, resume: bool = False, data: Optional[Dialogue
             if tc.max_steps is not None and state.step >= tc.max_steps:
                 break
         bar.close()
-        elapsed = time.perf_counter() - t0
-        state.train_seconds += elapsed
-        tok_s = (state.train_tokens - tokens0) / max(elapsed, 1e-9)
-        epoch_complete = state.batch_in_epoch >= n_batches
-        if epoch_complete:
-            state.epoch += 1
-            state.batch_in_epoch = 0
+        tok_s, epoch_complete = state.end_pass(t0, tokens0, n_batches)
 
         # ---- validation at beta = 1; plateau decay with best-model reload ----------------------------
         val = cvae_evaluation(model, valid_split, cfg.data.eval_batch_size, device)

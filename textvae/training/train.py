@@ -80,6 +80,19 @@ class LoopState:
     train_seconds: float = 0.0
     train_tokens: int = 0
 
+    def end_pass(self, started: float, tokens_before: int, n_batches: int) -> tuple[float, bool]:
+        """Close a pass over (the rest of) an epoch begun at ``time.perf_counter()`` = ``started``
+        with ``tokens_before`` training tokens: add its time, and move to the next epoch when all
+        ``n_batches`` are done. Returns (training tokens/s of the pass, epoch complete)."""
+        elapsed = time.perf_counter() - started
+        self.train_seconds += elapsed
+        tok_s = (self.train_tokens - tokens_before) / max(elapsed, 1e-9)
+        complete = self.batch_in_epoch >= n_batches
+        if complete:
+            self.epoch += 1
+            self.batch_in_epoch = 0
+        return tok_s, complete
+
 
 def plateau_update(state: LoopState, val_loss: float, epoch_complete: bool, oc: OptimConfig,
                    save_best: Callable[[], Any], reload_best: Callable[[], Any]) -> tuple[bool, bool]:
@@ -451,13 +464,7 @@ def _train(cfg: RunConfig, resume: bool, world: World, device: torch.device) -> 
                 if out_of_time:
                     break
         bar.close()
-        elapsed = time.perf_counter() - t0
-        state.train_seconds += elapsed
-        tok_s = (state.train_tokens - tokens0) / max(elapsed, 1e-9)
-        epoch_complete = state.batch_in_epoch >= n_batches
-        if epoch_complete:
-            state.epoch += 1
-            state.batch_in_epoch = 0
+        tok_s, epoch_complete = state.end_pass(t0, tokens0, n_batches)
 
         # ---- validation at beta = 1; plateau decay with best-model reload (He et al. 2019) ----------
         val = world.on_main(lambda: evaluation(model, valid_batches(), device, metrics=epoch_metrics))
