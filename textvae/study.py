@@ -21,10 +21,11 @@ A study file (YAML):
 
 A run's configuration is the base recipe, then ``data``, ``budget``, ``overrides``, the command
 line's ``--set`` (dotted keys, YAML values: ``--set train.max_seconds=600 train.iw_samples_final=50``,
-to fit a study to a smaller machine without copying it) and the variant's overrides, each on top of
-the previous; ``--seeds`` replaces the file's seeds. Both are written into report.md. Sections of :class:`~textvae.config.RunConfig`
-(``optim``, ``model.encoder``, ...) merge key by key; every other value, free-form dicts
-(``kl_schedule``, ``options``) and lists (``remedies``) included, is replaced whole.
+to fit a study to a smaller machine without copying it; printed in report.md) and the variant's
+overrides, each on top of the previous; ``--seeds`` replaces the file's seeds. Sections of
+:class:`~textvae.config.RunConfig` (``optim``, ``model.encoder``, ...) merge key by key; every other
+value, free-form dicts (``kl_schedule``, ``options``) and lists (``remedies``) included, is replaced
+whole.
 
 Run ``seed k`` of variant ``v`` is an ordinary run folder ``<out>/v/seed<k>/`` next to its recipe
 ``<out>/v/seed<k>.yaml`` (``textvae train`` that file to redo the run by hand). Runs go seed by seed,
