@@ -265,7 +265,8 @@ def check_config(cfg: RunConfig) -> None:
     """One-line errors for loop settings out of range (before any work is done)."""
     tc, oc, dc = cfg.train, cfg.optim, cfg.data
     if tc.sampled_softmax < 0:
-        raise TextVAEError(f"train.sampled_softmax is a number of candidate words (0 = full softmax), got {tc.sampled_softmax}")
+        raise TextVAEError(f"train.sampled_softmax is a number of candidate words (0 = full softmax), "
+                           f"got {tc.sampled_softmax}")
     if tc.precision not in ("fp32", "bf16"):
         raise TextVAEError(f"unknown train.precision {tc.precision!r}; valid: fp32, bf16")
     if oc.cycle_lr not in ("none", "restart", "cosine"):
