@@ -97,5 +97,6 @@ def test_negative_sample_count_is_an_error(tmp_path):
     with pytest.raises(TextVAEError, match="num_samples > 0"):
         SampledSoftmax(counts(), num_samples=0)
     with pytest.raises(SystemExit) as exc:
-        main(["train", *tiny_args(tmp_path / "runs", "bad", write_corpus(tmp_path / "c"), "--train.sampled_softmax", "-1")])
+        main(["train", *tiny_args(tmp_path / "runs", "bad", write_corpus(tmp_path / "c"),
+                                  "--train.sampled_softmax", "-1")])
     assert exc.value.code != 0

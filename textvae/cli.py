@@ -142,9 +142,9 @@ def cmd_evaluate(argv: list[str]) -> None:
     ap.add_argument("--json", help="write the results here (default: <run or model folder>/eval_<split>.json)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
-                    help="bf16: figures under bfloat16 autocast (recurrent and output GEMMs in bf16; posterior head, KL "
-                         "and softmax statistics in fp32; about 2x faster IW-NLL on a CPU with bf16 units); "
-                         "recorded in the results")
+                    help="bf16: figures under bfloat16 autocast (recurrent and output GEMMs in bf16; posterior "
+                         "head, KL and softmax statistics in fp32; about 2x faster IW-NLL on a CPU with bf16 "
+                         "units); recorded in the results")
     args = ap.parse_args(argv)
     for flag in ("iw_samples", "probe"):
         if getattr(args, flag) < 0:
