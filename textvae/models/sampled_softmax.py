@@ -27,8 +27,9 @@ from textvae.errors import TextVAEError
 class SampledSoftmax:
     """Draws the shared candidates and computes per-token sampled-softmax NLLs.
 
-    ``counts`` [V]: training token counts (the proposal is counts^alpha, never proposing ``<pad>``
-    or ``<s>``, which are never targets); ``num_samples``: draws per step (n above).
+    ``counts`` [V]: training token counts, on the model's device (the proposal is counts^alpha,
+    never proposing ``<pad>`` or ``<s>``, which are never targets); ``num_samples``: draws per
+    step (n above).
     """
 
     def __init__(self, counts: torch.Tensor, num_samples: int, alpha: float = 0.75):
@@ -51,9 +52,7 @@ class SampledSoftmax:
         """Per-token sampled NLL [N] of ``targets`` [N] given ``hidden`` [N, H] (the decoder
         output), the output layer ``weight`` [V, H] / ``bias`` [V]; ``candidates`` defaults to a
         fresh draw. The matmuls follow autocast; the log-sum-exp is fp32."""
-        if self.q.device != hidden.device:
-            self.q, self.log_inclusion = self.q.to(hidden.device), self.log_inclusion.to(hidden.device)
-        cand = self.candidates() if candidates is None else candidates.to(hidden.device)
+        cand = self.candidates() if candidates is None else candidates
         w_y, w_s = weight[targets], weight[cand]  # [N, H], [|S|, H]
         true = (hidden.float() * w_y.float()).sum(-1)  # [N], fp32: N x H work only
         neg = (hidden @ w_s.t()).float()  # [N, |S|], the GEMM (autocast dtype when on)

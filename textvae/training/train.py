@@ -354,13 +354,14 @@ def _train(cfg: RunConfig, resume: bool, world: World, device: torch.device) -> 
         ckpt: Checkpoint = world.on_main(lambda: read_checkpoint(ckpt_path))
         state, changes = restore_run(ckpt, cfg, model, optimizer, world, device)
         log_bytes = ckpt.meta["log_bytes"]
-    unigram = torch.bincount(torch.from_numpy(train_split.ids.flat).long(), minlength=data.tokenizer.vocab_size)
+    unigram = torch.bincount(torch.from_numpy(train_split.ids.flat).long(),
+                             minlength=data.tokenizer.vocab_size).to(device)
     if tc.sampled_softmax:
         model.sampled_softmax = SampledSoftmax(unigram, tc.sampled_softmax)
     if not resume:
         changes, log_bytes = {}, 0
         for remedy in remedies:
-            remedy.set_corpus_statistics(unigram.to(device))
+            remedy.set_corpus_statistics(unigram)
 
         def start_run_dir() -> None:
             best_dir.mkdir(parents=True, exist_ok=True)
