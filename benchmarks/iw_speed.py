@@ -12,8 +12,8 @@ with the PTB vocabulary; ``--model`` takes a saved one):
   time, K samples in chunks of 100, each chunk re-encoding the sentence, sampling, and one decoder
   pass over the sentence repeated, scored with the plain ``F.linear`` + ``F.cross_entropy`` (the
   full [100·T, V] logits); the model's fused loss is switched off for it;
-* ``batched bf16``: the batched method under bfloat16 autocast (the GEMMs in bf16, the softmax
-  statistics and the latent side in fp32), with its own agreement with the reference.
+* ``batched bf16``: the batched method under bfloat16 autocast (recurrent and output GEMMs in bf16;
+  posterior head, KL and softmax statistics in fp32), with its own agreement with the reference.
 
 All are run in fresh subprocesses (one per method and repeat) so each one's peak resident memory
 (ru_maxrss) is its own; the peak after loading the data is printed too, so that the IW pass is
