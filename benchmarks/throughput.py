@@ -160,22 +160,26 @@ class Variant:
     torch_clip: bool = False  # clip_grad_norm_ instead of the loop's clip_gradients
     check: bool = True  # the loop's per-step non-finite check
     sampled: int = 0  # train.sampled_softmax: candidate words per step (0 = the full softmax)
+    sparse: bool = True  # train.sparse_gradients
 
 
 SAMPLED = 1024  # candidate words of the sampled-softmax lever (about 600 distinct per step on PTB)
-REFERENCE = dict(fused_loss=False, packed_encoder=True, torch_dropout=True, torch_clip=True)
+REFERENCE = dict(fused_loss=False, packed_encoder=True, torch_dropout=True, torch_clip=True, sparse=False)
 TRAIN_VARIANTS = [
     Variant("fp32 reference (before issue 6)", **REFERENCE),
-    Variant("fp32 + unpacked encoder", fused_loss=False, torch_dropout=True, torch_clip=True),
-    Variant("fp32 + fast dropout", fused_loss=False, torch_clip=True),
-    Variant("fp32 + fused loss", torch_clip=True),
-    Variant("fp32 + lean clip = default"),
+    Variant("fp32 + unpacked encoder", fused_loss=False, torch_dropout=True, torch_clip=True, sparse=False),
+    Variant("fp32 + fast dropout", fused_loss=False, torch_clip=True, sparse=False),
+    Variant("fp32 + fused loss", torch_clip=True, sparse=False),
+    Variant("fp32 + lean clip", sparse=False),
+    Variant("fp32 + sparse gradients = default"),
     Variant("fp32 default, no non-finite check", check=False),
     Variant("bf16 reference", precision="bf16", **REFERENCE),
-    Variant("bf16 + unpacked encoder", precision="bf16", fused_loss=False, torch_dropout=True, torch_clip=True),
-    Variant("bf16 + fast dropout", precision="bf16", fused_loss=False, torch_clip=True),
-    Variant("bf16 + fused loss", precision="bf16", torch_clip=True),
-    Variant("bf16 + lean clip = default", precision="bf16"),
+    Variant("bf16 + unpacked encoder", precision="bf16", fused_loss=False, torch_dropout=True, torch_clip=True,
+            sparse=False),
+    Variant("bf16 + fast dropout", precision="bf16", fused_loss=False, torch_clip=True, sparse=False),
+    Variant("bf16 + fused loss", precision="bf16", torch_clip=True, sparse=False),
+    Variant("bf16 + lean clip", precision="bf16", sparse=False),
+    Variant("bf16 + sparse gradients = default", precision="bf16"),
     Variant(f"fp32 default + sampled softmax {SAMPLED}", sampled=SAMPLED),
     Variant(f"bf16 default + sampled softmax {SAMPLED}", precision="bf16", sampled=SAMPLED),
 ]
@@ -226,6 +230,7 @@ class Stepper:
         self.model.fused_loss = variant.fused_loss
         if variant.sampled:
             self.model.sampled_softmax = SampledSoftmax(counts, variant.sampled)
+        self.model.set_sparse_gradients(variant.sparse)
         if variant.torch_dropout:
             dec = self.model.decoder
             dec.input_dropout, dec.output_dropout = (nn.Dropout(dec.input_dropout.p), nn.Dropout(dec.output_dropout.p))
@@ -448,6 +453,7 @@ def epoch_worker(job: dict[str, Any]) -> dict[str, Any]:
                                "--train.progress", "false", "--train.tensorboard", "false",
                                "--train.threads", str(job["threads"]), "--train.precision", precision,
                                "--train.retain_memory", str(not reference).lower(),
+                               "--train.sparse_gradients", str(not reference).lower(),
                                "--train.sampled_softmax", str(sampled)])
     if reference:
         use_reference_paths()

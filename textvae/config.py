@@ -151,7 +151,11 @@ class TrainConfig:
     step); the resident size then stays at its peak. ``sampled_softmax: n`` (> 0) trains the
     reconstruction term with a sampled softmax over n candidate words per step drawn from the
     unigram^0.75 (Jean et al. 2015; :mod:`textvae.models.sampled_softmax`): a biased estimate that
-    saves most of the output layer's work; validation, test and every metric use the full softmax."""
+    saves most of the output layer's work; validation, test and every metric use the full softmax.
+    ``sparse_gradients`` gives the embeddings (and, with the sampled softmax, the output layer) a
+    gradient holding only the rows the batch used, instead of zeroing, norming and updating every
+    row of the V x E tables each step; it takes effect only where the update is the same (plain
+    SGD: momentum 0, weight decay 0; one process) and is ignored otherwise."""
 
     epochs: int = 100
     max_steps: Optional[int] = None
@@ -166,6 +170,7 @@ class TrainConfig:
     precision: str = "fp32"
     retain_memory: bool = True
     sampled_softmax: int = 0
+    sparse_gradients: bool = True
     iw_samples_final: int = 500
     progress: bool = True
     tensorboard: bool = True

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 
 from textvae.data.special import BOS_ID, PAD_ID
 from textvae.errors import TextVAEError
@@ -48,12 +49,16 @@ class SampledSoftmax:
         return torch.unique(draws)
 
     def __call__(self, hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                 targets: torch.Tensor, candidates: Optional[torch.Tensor] = None) -> torch.Tensor:
+                 targets: torch.Tensor, candidates: Optional[torch.Tensor] = None, sparse: bool = False
+                 ) -> torch.Tensor:
         """Per-token sampled NLL [N] of ``targets`` [N] given ``hidden`` [N, H] (the decoder
         output), the output layer ``weight`` [V, H] / ``bias`` [V]; ``candidates`` defaults to a
-        fresh draw. The matmuls follow autocast; the log-sum-exp is fp32."""
+        fresh draw. ``sparse``: the weight's gradient holds only the rows read (targets and
+        candidates) instead of a dense [V, H] mostly of zeros. The matmuls follow autocast; the
+        log-sum-exp is fp32."""
         cand = self.candidates() if candidates is None else candidates
-        w_y, w_s = weight[targets], weight[cand]  # [N, H], [|S|, H]
+        # [N, H], [|S|, H]
+        w_y, w_s = F.embedding(targets, weight, sparse=sparse), F.embedding(cand, weight, sparse=sparse)
         true = (hidden.float() * w_y.float()).sum(-1)  # [N], fp32: N x H work only
         neg = (hidden @ w_s.t()).float()  # [N, |S|], the GEMM (autocast dtype when on)
         if bias is not None:

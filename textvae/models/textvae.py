@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +33,9 @@ from textvae.objective import Objective
 
 WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE = "model.safetensors", "config.json", "tokenizer.json"
 
-# Tokens per chunk of the fused loss: bounds its fp32 softmax scratch to 256 x V floats (10 MB at
-# V = 10k) whatever the number of tokens, so evaluation memory does not grow with its batch.
+# Tokens per chunk of the fused loss without gradients (evaluation) and in bf16: bounds its fp32
+# softmax scratch to 256 x V floats (10 MB at V = 10k) whatever the number of tokens, so
+# evaluation memory does not grow with its batch.
 LOSS_CHUNK_TOKENS = 256
 
 
@@ -54,6 +56,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
         dh = (G W) * g[:, None],   dW = G^T (h * g[:, None]),   db = G^T g.
 
+    With gradients in fp32 the whole batch is one chunk (its softmax *is* G, no scratch);
+    otherwise chunks bound the fp32 scratch to ``chunk`` x V. fp32 on CPU pads the vocabulary
+    to a multiple of 16 with zero rows of W and bias -inf (probability 0, gradient 0): MKL's
+    fp32 GEMM h W^T runs at 75-120 GFLOP/s with V = 10002 output columns but 135-165 with 10016
+    on this CPU (``benchmarks/throughput.py``); the padded copy of W costs one V x H write.
+
     It is the exact full-vocabulary cross-entropy (no sampling): only rounding differs.
     """
 
@@ -64,17 +72,23 @@ class _LinearCrossEntropy(torch.autograd.Function):
             h, w = hidden.to(dtype), weight.to(dtype)
             b = None if bias is None else bias.to(dtype)
             n_tokens, vocab = h.shape[0], w.shape[0]
+            pad = -vocab % 16 if dtype == torch.float32 and h.device.type == "cpu" else 0
+            if pad:
+                w = F.pad(w, (0, 0, 0, pad))
+                b = F.pad(w.new_zeros(vocab) if b is None else b, (0, pad), value=-math.inf)
             # (needs_input_grad is set for parameters even under no_grad: evaluation must not pay
             # for a gradient buffer it never uses)
             need_grad = grad_enabled and any(ctx.needs_input_grad[:3])
+            if need_grad and dtype == torch.float32:
+                chunk = max(n_tokens, 1)
             nll = torch.empty(n_tokens, device=h.device, dtype=torch.float32)
-            grad_logits = None
-            if need_grad and not (n_tokens <= chunk and dtype == torch.float32):
-                grad_logits = torch.empty(n_tokens, vocab, device=h.device, dtype=dtype)
+            grad_logits = None  # G [N, V + pad]
+            if need_grad and dtype != torch.float32:
+                grad_logits = torch.empty(n_tokens, vocab + pad, device=h.device, dtype=dtype)
             for start in range(0, n_tokens, chunk):
                 hc, yc = h[start:start + chunk], targets[start:start + chunk]
                 rows = torch.arange(hc.shape[0], device=h.device)
-                logits = torch.mm(hc, w.t()) if b is None else torch.addmm(b, hc, w.t())  # [n, V]
+                logits = torch.mm(hc, w.t()) if b is None else torch.addmm(b, hc, w.t())  # [n, V + pad]
                 if not need_grad:  # evaluation: one pass, nothing kept
                     nll[start:start + chunk] = -torch.log_softmax(logits, -1, dtype=torch.float32)[rows, yc]
                     continue
@@ -82,12 +96,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 nll[start:start + chunk] = (logits.amax(-1).float() - probs.amax(-1).log()
                                             - logits[rows, yc].float())
                 probs[rows, yc] -= 1.0
-                if grad_logits is None:  # one fp32 chunk: the scratch is G itself
+                if grad_logits is None:  # fp32: one chunk, the scratch is G itself
                     grad_logits = probs
                 else:
                     grad_logits[start:start + chunk] = probs
         ctx.save_for_backward(h, w, grad_logits)
         ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
+        ctx.vocab = vocab
         return nll
 
     @staticmethod
@@ -100,10 +115,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
         with torch.autocast(h.device.type, enabled=False):
             if ctx.needs_input_grad[0]:
                 grad_h = (grad_logits @ w).mul_(g.unsqueeze(1)).to(h_dtype)  # [N, H]
-            if ctx.needs_input_grad[1]:
-                grad_w = (grad_logits.t() @ (h * g.unsqueeze(1))).to(w_dtype)  # [V, H]
+            if ctx.needs_input_grad[1]:  # the padding rows dropped
+                grad_w = (grad_logits.t() @ (h * g.unsqueeze(1)))[:ctx.vocab].to(w_dtype)  # [V, H]
             if ctx.needs_input_grad[2]:
-                grad_b = torch.mv(grad_logits.t(), g).to(b_dtype)  # [V]
+                grad_b = torch.mv(grad_logits.t(), g)[:ctx.vocab].to(b_dtype)  # [V]
         return grad_h, grad_w, grad_b, None, None, None, None
 
 
@@ -194,6 +209,7 @@ class TextVAE(PretrainedMixin, nn.Module):
         self.fused_loss = True
         # training-only sampled softmax (train.sampled_softmax; set by the loop, not saved)
         self.sampled_softmax: Optional[SampledSoftmax] = None
+        self.sparse_gradients = False  # see set_sparse_gradients
         d = cfg.latent_dim
         if d > 0:
             enc = cfg.encoder
@@ -256,6 +272,16 @@ class TextVAE(PretrainedMixin, nn.Module):
                     bound = 0.1 if "embedding" in name else 0.01
                     p.uniform_(-bound, bound)
 
+    def set_sparse_gradients(self, on: bool) -> None:
+        """Sparse gradients for row lookups (``train.sparse_gradients``): every ``nn.Embedding``
+        of the model, and the sampled softmax's output rows, then back-propagate only the rows
+        they read. Only an optimiser that leaves rows without gradient untouched (plain SGD) may
+        take them; the loop decides."""
+        self.sparse_gradients = on
+        for module in self.modules():
+            if isinstance(module, nn.Embedding):
+                module.sparse = on
+
     # ---- latent side -------------------------------------------------------------------------
     def encode_hidden(self, batch: Batch) -> tuple[torch.Tensor, Any]:
         """Encoder context h [B, H] and the posterior q(z|x) built from it (after remedies)."""
@@ -286,7 +312,8 @@ class TextVAE(PretrainedMixin, nn.Module):
         mask = targets != PAD_ID  # [B, T-1]
         # Project only real positions: padding costs no vocabulary matmul.
         if self.training and self.sampled_softmax is not None:
-            nll = self.sampled_softmax(hidden[mask], self.projection.weight, self.projection.bias, targets[mask])
+            nll = self.sampled_softmax(hidden[mask], self.projection.weight, self.projection.bias, targets[mask],
+                                       sparse=self.sparse_gradients)
         elif self.fused_loss:
             nll = linear_cross_entropy(hidden[mask], self.projection.weight, self.projection.bias, targets[mask])
         else:  # the plain reference path

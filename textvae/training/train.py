@@ -173,7 +173,7 @@ class LoopTrainer:
 
     def clip_gradients(self) -> None:
         if self.clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
+            clip_gradients(self.model, self.clip)
 
     def encoder_parameters(self) -> list[torch.nn.Parameter]:
         return inference_parameters(self.model)
@@ -220,16 +220,35 @@ def describe_nonfinite(name: str, remedies: list[Remedy]) -> str:
 
 
 def clip_gradients(model: nn.Module, max_norm: float) -> torch.Tensor:
-    """``clip_grad_norm_`` that skips the scaling pass when it would multiply by exactly 1.
+    """``clip_grad_norm_`` that skips the scaling pass when it would multiply by exactly 1, and
+    takes sparse gradients (``train.sparse_gradients``).
 
-    Same result bit for bit: torch scales every gradient by min(1, max_norm / (norm + 1e-6)),
-    a pass over all of them (memory-bound, ~2 % of a CPU step) even when the factor is 1.
-    Returns the total norm before clipping."""
+    Same result bit for bit on dense gradients: torch scales every gradient by
+    min(1, max_norm / (norm + 1e-6)), a pass over all of them (memory-bound, ~2 % of a CPU step)
+    even when the factor is 1. A sparse gradient is coalesced first (an embedding's backward
+    holds one row per occurrence of a word; the norm needs each row's sum). Returns the total
+    norm before clipping."""
     params = [p for p in model.parameters() if p.grad is not None]
-    norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    for p in params:
+        if p.grad.is_sparse:
+            p.grad = p.grad.coalesce()
+    norm = torch.nn.utils.get_total_norm([p.grad._values() if p.grad.is_sparse else p.grad for p in params])
     if norm + 1e-6 > max_norm:  # one host sync; the non-finite check syncs every step anyway
-        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+        torch.nn.utils.clip_grads_with_norm_([p for p in params if not p.grad.is_sparse], max_norm, norm)
+        scale = max_norm / (norm + 1e-6)
+        for p in params:
+            if p.grad.is_sparse:
+                p.grad.mul_(scale)
     return norm
+
+
+def sparse_gradients_apply(cfg: RunConfig, world: World) -> bool:
+    """Whether ``train.sparse_gradients`` takes effect: only where a sparse gradient gives the
+    same update as its dense form -- plain SGD (momentum 0, weight decay 0: an untouched row
+    does not move) in one process (DDP all-reduces dense buckets)."""
+    oc = cfg.optim
+    return (cfg.train.sparse_gradients and oc.name == "sgd" and oc.momentum == 0 and oc.weight_decay == 0
+            and world.size == 1)
 
 
 def nonfinite_figures(out: VAEOutput, grad_norm: torch.Tensor, world: World) -> list[str]:
@@ -358,6 +377,7 @@ def _train(cfg: RunConfig, resume: bool, world: World, device: torch.device) -> 
                              minlength=data.tokenizer.vocab_size).to(device)
     if tc.sampled_softmax:
         model.sampled_softmax = SampledSoftmax(unigram, tc.sampled_softmax)
+    model.set_sparse_gradients(sparse_gradients_apply(cfg, world))
     if not resume:
         changes, log_bytes = {}, 0
         for remedy in remedies:
@@ -407,7 +427,7 @@ def _train(cfg: RunConfig, resume: bool, world: World, device: torch.device) -> 
     padding = padding_fraction(sampler.epoch_batches(0), train_split.lengths)
     if not resume:
         logger.log("data", state.step, state.epoch, train_sentences=len(train_split), padding_fraction=padding,
-                   vocab_size=data.tokenizer.vocab_size, world_size=world.size)
+                   vocab_size=data.tokenizer.vocab_size, world_size=world.size, sparse_gradients=model.sparse_gradients)
         checkpoint()  # from here on, a killed run can be resumed
     epoch_metrics = ("elbo",) if model.is_lm else ("elbo", "mi_batch", "au")
     out_of_time = tc.max_seconds is not None and state.train_seconds >= tc.max_seconds
