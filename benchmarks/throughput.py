@@ -9,7 +9,9 @@ Sections (each prints a table with the load average it ran under):
 * ``train``: training steps of the PTB 256/256/32 LSTM-VAE (real PTB batches of the bucketed
   plan) and of the Yahoo-size 512/1024/32 model (the same lengths, random ids, V = 20k), batch 32,
   SGD, clip 5 and the loop's non-finite check, exactly as the loop's hot path. The variants (the
-  levers, each cumulative on the previous one) are timed **interleaved**: each repeat runs every
+  levers, each cumulative on the previous one: the unpacked one-direction encoder, the decoders'
+  ``Dropout``, the fused loss -- which in fp32 on CPU pads V to a multiple of 16 --, the lean
+  clip, sparse embedding gradients under plain SGD) are timed **interleaved**: each repeat runs every
   variant on the same batches in turn, so load from other processes hits all alike; median and
   best repeat are reported. Achieved FLOP/s counts useful FLOPs analytically (:func:`step_flops`:
   real tokens only, GEMMs only, backward = 2 x forward) against the GEMM peak of the variant's
@@ -21,8 +23,9 @@ Sections (each prints a table with the load average it ran under):
   several ``max_tokens`` budgets, fused vs reference loss, fp32 vs bf16, one fresh process per run
   so each peak RSS is its own; then the peak RSS against K at a fixed budget.
 * ``epoch``: one PTB epoch of ``recipes/ptb/vae.yaml`` through ``run_training`` in a fresh
-  process per variant (``reference-*`` patches the code back to before issue 6): tokens/s,
-  validation -ELBO (the NLL bound the loop validates with), KL, peak RSS. The trained fp32 model
+  process per variant and seed (``--epoch-seeds``; ``reference-*`` patches the code back to
+  before issue 6): tokens/s, validation -ELBO (the NLL bound the loop validates with), KL, peak
+  RSS; with several seeds, mean ± sd. The trained fp32 model
   (``--out``/fp32/model) is what the ``iw`` section then evaluates.
 
 ``--clock cpu`` times with this process's CPU time instead of wall time: with ``--threads 1`` it
@@ -448,7 +451,8 @@ def epoch_worker(job: dict[str, Any]) -> dict[str, Any]:
     from textvae.training.train import run_training
 
     precision, reference, sampled = EPOCH_VARIANTS[job["variant"]]
-    cfg, _ = parse_run_config([RECIPE, "--out_dir", job["out"], "--name", job["variant"], "--train.epochs", "1",
+    cfg, _ = parse_run_config([RECIPE, "--out_dir", job["out"], "--name", job["name"], "--train.epochs", "1",
+                               "--train.seed", str(job["seed"]),
                                "--train.iw_samples_final", "0", "--train.metrics_every", "0",
                                "--train.progress", "false", "--train.tensorboard", "false",
                                "--train.threads", str(job["threads"]), "--train.precision", precision,
@@ -469,8 +473,8 @@ def epoch_worker(job: dict[str, Any]) -> dict[str, Any]:
     t = time.perf_counter()
     report = run_training(cfg)
     wall = time.perf_counter() - t
-    valid = [r for r in read_jsonl(Path(job["out"]) / job["variant"] / "metrics.jsonl") if r["split"] == "valid"][-1]
-    return {"variant": job["variant"], "tokens_per_s": valid["tokens_per_s"], "neg_elbo": valid["neg_elbo"],
+    valid = [r for r in read_jsonl(Path(job["out"]) / job["name"] / "metrics.jsonl") if r["split"] == "valid"][-1]
+    return {"variant": job["variant"], "seed": job["seed"], "tokens_per_s": valid["tokens_per_s"], "neg_elbo": valid["neg_elbo"],
             "rec": valid["rec"], "kl": valid.get("kl", 0.0), "elbo_ppl": valid["elbo_ppl"], "wall_s": wall,
             "test_neg_elbo": report.get("neg_elbo"), "train_peak_rss_mb": peak_before_report[0],
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -479,23 +483,33 @@ def epoch_worker(job: dict[str, Any]) -> dict[str, Any]:
 def section_epoch(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     out = Path(args.out)
-    for variant in args.epoch_variants:
-        shutil.rmtree(out / variant, ignore_errors=True)
-        job = {"variant": variant, "out": str(out), "threads": args.threads}
-        before = os.getloadavg()[0]
-        res = subprocess.run([sys.executable, __file__, "--threads", str(args.threads), "--epoch-worker",
-                              json.dumps(job)], check=True, capture_output=True, text=True)
-        row = json.loads(res.stdout.strip().splitlines()[-1])
-        row.update(section="epoch", load_before=before, load_after=os.getloadavg()[0])
-        rows.append(row)
+    for seed in args.epoch_seeds:  # seeds outer: each variant's runs spread over the session
+        for variant in args.epoch_variants:
+            # the first seed's fp32 run keeps the plain name: the iw section evaluates OUT/fp32/model
+            name = variant if seed == args.epoch_seeds[0] else f"{variant}-seed{seed}"
+            shutil.rmtree(out / name, ignore_errors=True)
+            job = {"variant": variant, "name": name, "seed": seed, "out": str(out), "threads": args.threads}
+            before = os.getloadavg()[0]
+            res = subprocess.run([sys.executable, __file__, "--threads", str(args.threads), "--epoch-worker",
+                                  json.dumps(job)], check=True, capture_output=True, text=True)
+            row = json.loads(res.stdout.strip().splitlines()[-1])
+            row.update(section="epoch", load_before=before, load_after=os.getloadavg()[0])
+            rows.append(row)
     print(f"\n== one PTB epoch ({RECIPE}, 929,589 training tokens), {args.threads} threads, wall clock")
-    print(f"{'variant':<16} {'tok/s':>7} {'wall s':>7} {'valid -ELBO':>11} {'rec':>8} {'KL':>6} "
+    print(f"{'variant':<16} {'seed':>7} {'tok/s':>7} {'wall s':>7} {'valid -ELBO':>11} {'rec':>8} {'KL':>6} "
           f"{'ELBO-PPL':>8} {'RSS MB: train+valid':>19} {'+ test report':>13}  load before / after")
-    for r in rows:
-        print(f"{r['variant']:<16} {r['tokens_per_s']:>7,.0f} {r['wall_s']:>7.0f} {r['neg_elbo']:>11.3f} "
-              f"{r['rec']:>8.3f} {r['kl']:>6.3f} {r['elbo_ppl']:>8.2f} {r['train_peak_rss_mb']:>19.0f} "
-              f"{r['peak_rss_mb']:>13.0f}  "
+    for r in sorted(rows, key=lambda r: args.epoch_variants.index(r["variant"])):
+        print(f"{r['variant']:<16} {r['seed']:>7} {r['tokens_per_s']:>7,.0f} {r['wall_s']:>7.0f} "
+              f"{r['neg_elbo']:>11.3f} {r['rec']:>8.3f} {r['kl']:>6.3f} {r['elbo_ppl']:>8.2f} "
+              f"{r['train_peak_rss_mb']:>19.0f} {r['peak_rss_mb']:>13.0f}  "
               f"{r['load_before']:.2f} / {r['load_after']:.2f}")
+    if len(args.epoch_seeds) > 1:
+        print(f"mean ± sd over seeds {args.epoch_seeds}:")
+        for variant in args.epoch_variants:
+            mine = [r for r in rows if r["variant"] == variant]
+            tok, nll = [r["tokens_per_s"] for r in mine], [r["neg_elbo"] for r in mine]
+            print(f"{variant:<16} tok/s {statistics.mean(tok):>7,.0f}   valid -ELBO {statistics.mean(nll):.3f} "
+                  f"± {statistics.stdev(nll):.3f}")
     return rows
 
 
@@ -519,6 +533,8 @@ def main() -> None:
     ap.add_argument("--out", default="out/bench_throughput", help="where the epoch section keeps its runs")
     ap.add_argument("--epoch-variants", nargs="+", default=["reference-fp32", "fp32", "bf16"],
                     choices=list(EPOCH_VARIANTS))
+    ap.add_argument("--epoch-seeds", type=int, nargs="+", default=[783435],
+                    help="train.seed of the epoch runs (default: the recipe's); several give mean ± sd")
     ap.add_argument("--retain-memory", choices=["on", "off"], default="on",
                     help="train.retain_memory for this process (the loop's default: on)")
     ap.add_argument("--json", help="also write all rows here")
