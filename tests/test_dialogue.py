@@ -11,17 +11,21 @@ import textvae.remedies  # noqa: F401  (registration)
 from textvae.config import ObjectiveConfig, TrainConfig
 from textvae.data.special import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from textvae.data.tokenization import build_tokenizer
-from textvae.dialogue.config import CVAEConfig, CVAERunConfig, DialogueDataConfig, DialogueEvalConfig
+from textvae.dialogue.config import (CVAEConfig, CVAERunConfig, DialogueDataConfig, DialogueEvalConfig,
+                                     DialogueOptimConfig)
 from textvae.dialogue.data import (collate_dialogues, encode_split, normalize_utterance, read_dialogue_lines,
                                    read_jsonl_pairs)
 from textvae.dialogue.generation import ContextDecoder, generate_responses
 from textvae.dialogue.metrics import GivenContext, bleu_precision_recall, generation_metrics
 from textvae.dialogue.model import KgCVAE
 from textvae.dialogue.respond import respond
+import textvae.dialogue.train as dialogue_train
 from textvae.dialogue.train import names_dialogue_recipe, parse_cvae_run_config, train_cvae
 from textvae.errors import TextVAEError
 from textvae.metrics.likelihood import iw_log_marginal
 from textvae.models.distributions import DiagGaussian, StandardNormal
+from textvae.models.textvae import set_sparse_embeddings
+from textvae.training.checkpoint import read_checkpoint
 
 V = 40
 RECIPES = sorted((Path(__file__).parent.parent / "recipes" / "dailydialog").glob("*.yaml"))
@@ -303,14 +307,19 @@ def test_recipes_parse(recipe):
     assert not names_dialogue_recipe([str(recipe.parent.parent / "ptb" / "vae.yaml")])
 
 
-def test_train_cvae_and_respond(tmp_path, capsys):
+def write_dialogues(folder: Path) -> None:
+    """``train/valid/test.jsonl`` of random three-turn dialogues (40 / 6 / 6) with a dialogue act."""
     g = torch.Generator().manual_seed(0)
     words = "hello hi how are you fine thanks good bad what why yes no okay sure".split()
     for split, n in (("train", 40), ("valid", 6), ("test", 6)):
-        with open(tmp_path / f"{split}.jsonl", "w") as f:
+        with open(folder / f"{split}.jsonl", "w") as f:
             for _ in range(n):
                 turns = [" ".join(words[i] for i in torch.randint(0, len(words), (3,), generator=g)) for _ in range(3)]
                 f.write(json.dumps({"context": turns[:2], "response": turns[2] + " ?", "act": int(turns[2][0] < "m")}) + "\n")
+
+
+def test_train_cvae_and_respond(tmp_path, capsys):
+    write_dialogues(tmp_path)
     cfg = CVAERunConfig(
         name="run", out_dir=str(tmp_path / "runs"),
         data=DialogueDataConfig(name=str(tmp_path), context_turns=2, batch_size=8, eval_batch_size=4),
@@ -335,3 +344,31 @@ def test_train_cvae_and_respond(tmp_path, capsys):
     assert max(r["step"] for r in records if r["split"] == "train") == 10  # 5 batches per epoch
     lines = respond(run, ["hello how are you __eou__ fine thanks"], n=3)
     assert len(lines) == 3 and capsys.readouterr().out.count("\n") == 3
+
+
+def test_cvae_sparse_gradients_train_like_dense_and_sampled_softmax_is_refused(tmp_path, monkeypatch):
+    """Three SGD steps at lr 1 with clipping active give the same weights with sparse embedding
+    gradients as with dense ones (the loop really switched them on); the sentence VAE's sampled
+    softmax is refused, not ignored."""
+    write_dialogues(tmp_path)
+    switched = []
+    monkeypatch.setattr(dialogue_train, "set_sparse_embeddings",
+                        lambda model, on: switched.append(on) or set_sparse_embeddings(model, on))
+    states = {}
+    for sparse in (False, True):
+        cfg = CVAERunConfig(
+            name=f"sparse_{sparse}", out_dir=str(tmp_path / "runs"),
+            data=DialogueDataConfig(name=str(tmp_path), context_turns=2, batch_size=8, eval_batch_size=4),
+            model=tiny(use_acts=True).cfg, optim=DialogueOptimConfig(name="sgd", lr=1.0, clip=0.5),
+            train=TrainConfig(epochs=1, max_steps=3, progress=False, tensorboard=False, metrics_every=0,
+                              iw_samples_final=0, sparse_gradients=sparse),
+            eval=DialogueEvalConfig(n_responses=1, max_contexts=1, max_len=3))
+        train_cvae(cfg)
+        states[sparse] = {k: v for k, v in read_checkpoint(tmp_path / "runs" / cfg.name / "checkpoint.safetensors")
+                          .tensors.items() if k.startswith("model.")}
+    assert switched == [False, True]
+    for key, value in states[False].items():
+        torch.testing.assert_close(states[True][key], value, rtol=1e-4, atol=1e-6, msg=key)
+    cfg.name, cfg.train.sampled_softmax = "sampled", 8
+    with pytest.raises(TextVAEError, match="sampled_softmax"):
+        train_cvae(cfg)

@@ -29,13 +29,14 @@ from textvae.dialogue.data import DialogueBatch, DialogueData, DialogueSplit, lo
 from textvae.dialogue.metrics import evaluate_generation, likelihood_metrics
 from textvae.dialogue.model import KgCVAE
 from textvae.errors import TextVAEError
+from textvae.models.textvae import set_sparse_embeddings
 from textvae.schedules import cycle_fraction, cycle_restart
 from textvae.training.checkpoint import read_checkpoint, rng_state, save_checkpoint
 from textvae.training.distributed import World
 from textvae.training.logger import RunLogger
 from textvae.training.train import (CHECKPOINT, EVAL_SEED, LoopState, LoopTrainer, build_optimizer, check_config,
-                                    check_run_dir, describe_nonfinite, nonfinite_figures, plateau_update,
-                                    resolve_device, restore_run, set_lr)
+                                    check_run_dir, clip_gradients, describe_nonfinite, nonfinite_figures,
+                                    plateau_update, resolve_device, restore_run, set_lr, sparse_gradients_apply)
 
 TASK = "dialogue"
 
@@ -112,6 +113,9 @@ def train_cvae(cfg: CVAERunConfig, resume: bool = False, data: Optional[Dialogue
     """
     tc, oc = cfg.train, cfg.optim
     check_config(cfg)  # type: ignore[arg-type]  (it reads only the train, optim and batching fields)
+    if tc.sampled_softmax:
+        raise TextVAEError("train.sampled_softmax is a lever of the sentence VAE's loss; the dialogue "
+                           "CVAE trains with the full softmax (leave it at 0)")
     if tc.threads:
         torch.set_num_threads(tc.threads)
     device, world = resolve_device(tc.device), World()
@@ -126,6 +130,7 @@ def train_cvae(cfg: CVAERunConfig, resume: bool = False, data: Optional[Dialogue
     model = KgCVAE(cfg.model, data.tokenizer.vocab_size, cfg.objective, data.act_names, text).to(device)
     remedies = list(model.objective.remedies)
     state = LoopState(lr=oc.lr)
+    set_sparse_embeddings(model, sparse_gradients_apply(cfg, world))  # type: ignore[arg-type]
     optimizer = build_optimizer(oc, model, state.lr)
     if resume:
         ckpt = read_checkpoint(ckpt_path)
@@ -179,7 +184,7 @@ def train_cvae(cfg: CVAERunConfig, resume: bool = False, data: Optional[Dialogue
                 out = model(batch, step=state.step)
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), oc.clip if oc.clip > 0 else math.inf)
+            grad_norm = clip_gradients(model, oc.clip if oc.clip > 0 else math.inf)
             bad = nonfinite_figures(out, grad_norm, world)
             if bad:
                 logger.log("nonfinite", state.step + 1, state.epoch, terms=bad)

@@ -132,6 +132,14 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: Optio
     return _LinearCrossEntropy.apply(hidden, weight, bias, targets, dtype, chunk, torch.is_grad_enabled())
 
 
+def set_sparse_embeddings(module: nn.Module, on: bool) -> None:
+    """Every ``nn.Embedding`` inside ``module`` back-propagates a sparse gradient (the rows it
+    read) when ``on``, a dense [V, E] one otherwise."""
+    for sub in module.modules():
+        if isinstance(sub, nn.Embedding):
+            sub.sparse = on
+
+
 @dataclass
 class VAEOutput:
     """Per-sentence figures of one batch (B sentences, D latent dimensions).
@@ -278,9 +286,7 @@ class TextVAE(PretrainedMixin, nn.Module):
         they read. Only an optimiser that leaves rows without gradient untouched (plain SGD) may
         take them; the loop decides."""
         self.sparse_gradients = on
-        for module in self.modules():
-            if isinstance(module, nn.Embedding):
-                module.sparse = on
+        set_sparse_embeddings(self, on)
 
     # ---- latent side -------------------------------------------------------------------------
     def encode_hidden(self, batch: Batch) -> tuple[torch.Tensor, Any]:
