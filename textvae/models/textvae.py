@@ -52,9 +52,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     and, when gradients are needed, dl = p - onehot(y) is stored in the compute dtype as G [N, V]
     (its target entries formed in fp32, so p_y near 1 keeps its precision). The backward is
-    then two GEMMs for any upstream gradient g [N]:
+    then two GEMMs for any upstream gradient g [N] (db as one more column of the second):
 
-        dh = (G W) * g[:, None],   dW = G^T (h * g[:, None]),   db = G^T g.
+        dh = (G W) * g[:, None],   [dW | db] = G^T [h * g[:, None] | g].
 
     With gradients in fp32 the whole batch is one chunk (its softmax *is* G, no scratch);
     otherwise chunks bound the fp32 scratch to ``chunk`` x V. fp32 on CPU pads the vocabulary
@@ -115,10 +115,19 @@ class _LinearCrossEntropy(torch.autograd.Function):
         with torch.autocast(h.device.type, enabled=False):
             if ctx.needs_input_grad[0]:
                 grad_h = (grad_logits @ w).mul_(g.unsqueeze(1)).to(h_dtype)  # [N, H]
-            if ctx.needs_input_grad[1]:  # the padding rows dropped
-                grad_w = (grad_logits.t() @ (h * g.unsqueeze(1)))[:ctx.vocab].to(w_dtype)  # [V, H]
             if ctx.needs_input_grad[2]:
-                grad_b = torch.mv(grad_logits.t(), g)[:ctx.vocab].to(b_dtype)  # [V]
+                # db = G^T g rides in dW's GEMM as one more column of its right operand (zero-padded
+                # to 16 columns, aligned): one pass over G instead of a second one for a GEMV
+                n, hid = h.shape
+                rhs = h.new_zeros(n, hid + 16)
+                rhs[:, :hid] = h * g.unsqueeze(1)
+                rhs[:, hid] = g
+                both = grad_logits.t() @ rhs  # [V + pad, H + 16]
+                grad_b = both[:ctx.vocab, hid].to(b_dtype).contiguous()  # [V], padding rows dropped
+                if ctx.needs_input_grad[1]:
+                    grad_w = both[:ctx.vocab, :hid].to(w_dtype).contiguous()  # [V, H]
+            elif ctx.needs_input_grad[1]:
+                grad_w = (grad_logits.t() @ (h * g.unsqueeze(1)))[:ctx.vocab].to(w_dtype)  # [V, H]
         return grad_h, grad_w, grad_b, None, None, None, None
 
 
