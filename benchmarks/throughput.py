@@ -393,7 +393,7 @@ def section_iw(args: argparse.Namespace) -> list[dict[str, Any]]:
               f"{best['sent_per_s']:>7.3f} {best['tokens_x_k_per_s']:>8,.0f} {best['iw_nll']:>9.3f} {peak:>16.0f}")
     budget = args.iw_budgets[-1]
     print(f"evaluation peak RSS against K (max_tokens {budget}, fused fp32, {min(n, 8)} sentences):")
-    for k_ in (50, 500, 2000):
+    for k_ in args.iw_k_sweep:
         r = run_iw(args, model, sentences=min(n, 8), k=k_, max_tokens=budget, fused=True, bf16=False)
         print(f"   K {k_:>5}: {r['peak_rss_mb'] - r['base_rss_mb']:>6.0f} MB above the loaded model, "
               f"{r['sent_per_s']:.3f} sent/s")
@@ -528,6 +528,8 @@ def main() -> None:
     ap.add_argument("--iw-sentences", type=int, default=16)
     ap.add_argument("--iw-repeats", type=int, default=2)
     ap.add_argument("--iw-budgets", type=int, nargs="+", default=[4096, 16384, 65536])
+    ap.add_argument("--iw-k-sweep", type=int, nargs="+", default=[50, 500, 2000, 8000],
+                    help="K values of the evaluation-memory sweep (at the last budget)")
     ap.add_argument("--iw-model", help="saved model folder for the iw section (default: OUT/fp32/model "
                     "when the epoch section has made it, else an untrained model)")
     ap.add_argument("--out", default="out/bench_throughput", help="where the epoch section keeps its runs")

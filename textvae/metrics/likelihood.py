@@ -94,11 +94,17 @@ def iw_log_marginal(model: Any, batch: Any, posterior: Any, n_samples: int,
     if getattr(model, "latent_dim", None) == 0:
         n_samples = 1
     chunk = max(1, max_tokens // (len(batch) * batch.tokens.shape[1]))
-    log_w = []
+    # [K, B], allocated once: a list of small per-chunk results kept to the end would sit between
+    # the freed large blocks of successive chunks and fragment the heap (resident size then grew
+    # with K at a fixed budget)
+    log_w: Optional[torch.Tensor] = None
     for start in range(0, n_samples, chunk):
         z, log_q = draw_samples(posterior, min(chunk, n_samples - start))  # [S, B, D], [S, B]
-        log_w.append(model.log_likelihood(batch, z) + model.prior.log_prob(z) - log_q)
-    return torch.logsumexp(torch.cat(log_w), dim=0) - math.log(n_samples)
+        w = model.log_likelihood(batch, z) + model.prior.log_prob(z) - log_q
+        if log_w is None:
+            log_w = w.new_empty(n_samples, len(batch))
+        log_w[start:start + len(w)] = w
+    return torch.logsumexp(log_w, dim=0) - math.log(n_samples)
 
 
 def elbo_batch(model: Any, batch: Any, posterior: Any, z: torch.Tensor
