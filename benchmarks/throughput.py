@@ -35,7 +35,10 @@ figures are wall-clock ones taken while the load average stays below the core co
 Levers not kept (measured while building this): ``torch.compile`` of the train step fails in
 dynamo (symbolic shapes in the posterior's ``randn``); compiled on its own, the softmax part of
 the loss took 30 s to compile and saved ~4 ms of a 130 ms step; inductor leaves LSTMs to aten
-anyway. The sampled softmax (``train.sampled_softmax``, variants ``... sampled softmax`` and
+anyway. In the fused loss, computing the logits transposed (W h^T: MKL's fp32 GEMM at ~180
+GFLOP/s) lost its gain to the dim-0 softmax in the real step; the bias as one more GEMM input
+column was slower in fp32; bf16 chunks of 1024 tokens instead of 256 changed nothing; the batch's
+targets as certain candidates of the sampled softmax gave no better -ELBO over 3 seeds. The sampled softmax (``train.sampled_softmax``, variants ``... sampled softmax`` and
 ``*-sampled``) trains a biased estimate of the reconstruction term, so it is opt-in, never the
 default: the ``epoch`` section shows what it costs in validation -ELBO (always full softmax).
 """
