@@ -38,9 +38,10 @@ the loss took 30 s to compile and saved ~4 ms of a 130 ms step; inductor leaves 
 anyway. In the fused loss, computing the logits transposed (W h^T: MKL's fp32 GEMM at ~180
 GFLOP/s) lost its gain to the dim-0 softmax in the real step; the bias as one more GEMM input
 column was slower in fp32; bf16 chunks of 1024 tokens instead of 256 changed nothing; the batch's
-targets as certain candidates of the sampled softmax gave no better -ELBO over 3 seeds. The sampled softmax (``train.sampled_softmax``, variants ``... sampled softmax`` and
-``*-sampled``) trains a biased estimate of the reconstruction term, so it is opt-in, never the
-default: the ``epoch`` section shows what it costs in validation -ELBO (always full softmax).
+targets as certain candidates of the sampled softmax gave no better -ELBO over 3 seeds. The
+sampled softmax (``train.sampled_softmax``, variants ``... sampled softmax`` and ``*-sampled``)
+trains a biased estimate of the reconstruction term, so it is opt-in, never the default: the
+``epoch`` section shows what it costs in validation -ELBO (always full softmax).
 """
 from __future__ import annotations
 
@@ -477,8 +478,8 @@ def epoch_worker(job: dict[str, Any]) -> dict[str, Any]:
     report = run_training(cfg)
     wall = time.perf_counter() - t
     valid = [r for r in read_jsonl(Path(job["out"]) / job["name"] / "metrics.jsonl") if r["split"] == "valid"][-1]
-    return {"variant": job["variant"], "seed": job["seed"], "tokens_per_s": valid["tokens_per_s"], "neg_elbo": valid["neg_elbo"],
-            "rec": valid["rec"], "kl": valid.get("kl", 0.0), "elbo_ppl": valid["elbo_ppl"], "wall_s": wall,
+    return {"variant": job["variant"], "seed": job["seed"], "tokens_per_s": valid["tokens_per_s"],
+            "neg_elbo": valid["neg_elbo"], "rec": valid["rec"], "kl": valid.get("kl", 0.0), "elbo_ppl": valid["elbo_ppl"], "wall_s": wall,
             "test_neg_elbo": report.get("neg_elbo"), "train_peak_rss_mb": peak_before_report[0],
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
