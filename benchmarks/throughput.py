@@ -479,7 +479,8 @@ def epoch_worker(job: dict[str, Any]) -> dict[str, Any]:
     wall = time.perf_counter() - t
     valid = [r for r in read_jsonl(Path(job["out"]) / job["name"] / "metrics.jsonl") if r["split"] == "valid"][-1]
     return {"variant": job["variant"], "seed": job["seed"], "tokens_per_s": valid["tokens_per_s"],
-            "neg_elbo": valid["neg_elbo"], "rec": valid["rec"], "kl": valid.get("kl", 0.0), "elbo_ppl": valid["elbo_ppl"], "wall_s": wall,
+            "neg_elbo": valid["neg_elbo"], "rec": valid["rec"], "kl": valid.get("kl", 0.0),
+            "elbo_ppl": valid["elbo_ppl"], "wall_s": wall,
             "test_neg_elbo": report.get("neg_elbo"), "train_peak_rss_mb": peak_before_report[0],
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 

@@ -25,7 +25,7 @@ from textvae.errors import TextVAEError
 from textvae.metrics.likelihood import iw_log_marginal
 from textvae.models.distributions import DiagGaussian, StandardNormal
 from textvae.models.textvae import set_sparse_embeddings
-from textvae.training.checkpoint import read_checkpoint
+from tests.test_train import state_of
 
 V = 40
 RECIPES = sorted((Path(__file__).parent.parent / "recipes" / "dailydialog").glob("*.yaml"))
@@ -364,8 +364,7 @@ def test_cvae_sparse_gradients_train_like_dense_and_sampled_softmax_is_refused(t
                               iw_samples_final=0, sparse_gradients=sparse),
             eval=DialogueEvalConfig(n_responses=1, max_contexts=1, max_len=3))
         train_cvae(cfg)
-        states[sparse] = {k: v for k, v in read_checkpoint(tmp_path / "runs" / cfg.name / "checkpoint.safetensors")
-                          .tensors.items() if k.startswith("model.")}
+        states[sparse] = state_of(tmp_path / "runs" / cfg.name / "checkpoint.safetensors")
     assert switched == [False, True]
     for key, value in states[False].items():
         torch.testing.assert_close(states[True][key], value, rtol=1e-4, atol=1e-6, msg=key)
