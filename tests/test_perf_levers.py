@@ -95,6 +95,19 @@ def test_fused_loss_bf16_as_accurate_as_reference_bf16():
         assert err_f <= max(1.5 * err_r, 1e-6) and err_f < 0.02, (err_f, err_r)
 
 
+@pytest.mark.parametrize("grad", [True, False])
+def test_fused_loss_bf16_keeps_the_bias_in_fp32(grad):
+    """Under bf16 autocast the bias is added to the fp32 logits, not rounded to bf16: with
+    h = 0 the logits are the bias alone, so the NLL is the fp32 one exactly (a bf16 bias, 8
+    significant bits, is off by ~1e-2 nats here)."""
+    hidden, weight, bias, targets, _ = problem()
+    bias = bias * 7.0
+    exact = -torch.log_softmax(bias.double(), -1)[targets]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        nll = linear_cross_entropy(torch.zeros_like(hidden).requires_grad_(grad), weight, bias, targets, chunk=8)
+    torch.testing.assert_close(nll.double().detach(), exact, rtol=1e-6, atol=1e-5)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fused_loss_without_grad_matches_and_is_deterministic(monkeypatch, dtype):
     """Under no_grad (evaluation) with parameters that require grad, each softmax sees one chunk
