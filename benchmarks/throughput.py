@@ -25,7 +25,8 @@ Sections (each prints a table with the load average it ran under):
 * ``epoch``: one PTB epoch of ``recipes/ptb/vae.yaml`` through ``run_training`` in a fresh
   process per variant and seed (``--epoch-seeds``; ``reference-*`` patches the code back to
   before issue 6): tokens/s, validation -ELBO (the NLL bound the loop validates with), KL, peak
-  RSS; with several seeds, mean ± sd. The trained fp32 model
+  RSS, and the fp32 GEMM roof measured just before and after the run (this shared host's speed
+  drifts by 10-20 % over an hour); with several seeds, mean ± sd. The trained fp32 model
   (``--out``/fp32/model) is what the ``iw`` section then evaluates.
 
 ``--clock cpu`` times with this process's CPU time instead of wall time: with ``--threads 1`` it
@@ -494,20 +495,21 @@ def section_epoch(args: argparse.Namespace) -> list[dict[str, Any]]:
             name = variant if seed == args.epoch_seeds[0] else f"{variant}-seed{seed}"
             shutil.rmtree(out / name, ignore_errors=True)
             job = {"variant": variant, "name": name, "seed": seed, "out": str(out), "threads": args.threads}
-            before = os.getloadavg()[0]
+            before, roof_before = os.getloadavg()[0], gemm_peak(torch.float32, 3, time.perf_counter)
             res = subprocess.run([sys.executable, __file__, "--threads", str(args.threads), "--epoch-worker",
                                   json.dumps(job)], check=True, capture_output=True, text=True)
             row = json.loads(res.stdout.strip().splitlines()[-1])
-            row.update(section="epoch", load_before=before, load_after=os.getloadavg()[0])
+            row.update(section="epoch", load_before=before, load_after=os.getloadavg()[0],
+                       roof_before=roof_before, roof_after=gemm_peak(torch.float32, 3, time.perf_counter))
             rows.append(row)
     print(f"\n== one PTB epoch ({RECIPE}, 929,589 training tokens), {args.threads} threads, wall clock")
     print(f"{'variant':<16} {'seed':>7} {'tok/s':>7} {'wall s':>7} {'valid -ELBO':>11} {'rec':>8} {'KL':>6} "
-          f"{'ELBO-PPL':>8} {'RSS MB: train+valid':>19} {'+ test report':>13}  load before / after")
+          f"{'ELBO-PPL':>8} {'RSS MB: train+valid':>19} {'+ test report':>13}  load and fp32 roof before / after")
     for r in sorted(rows, key=lambda r: args.epoch_variants.index(r["variant"])):
         print(f"{r['variant']:<16} {r['seed']:>7} {r['tokens_per_s']:>7,.0f} {r['wall_s']:>7.0f} "
               f"{r['neg_elbo']:>11.3f} {r['rec']:>8.3f} {r['kl']:>6.3f} {r['elbo_ppl']:>8.2f} "
               f"{r['train_peak_rss_mb']:>19.0f} {r['peak_rss_mb']:>13.0f}  "
-              f"{r['load_before']:.2f} / {r['load_after']:.2f}")
+              f"{r['load_before']:.2f} / {r['load_after']:.2f}, {r['roof_before']:.0f} / {r['roof_after']:.0f} GFLOP/s")
     if len(args.epoch_seeds) > 1:
         print(f"mean ± sd over seeds {args.epoch_seeds}:")
         for variant in args.epoch_variants:
