@@ -39,7 +39,15 @@ the loss took 30 s to compile and saved ~4 ms of a 130 ms step; inductor leaves 
 anyway. In the fused loss, computing the logits transposed (W h^T: MKL's fp32 GEMM at ~180
 GFLOP/s) lost its gain to the dim-0 softmax in the real step; the bias as one more GEMM input
 column was slower in fp32; bf16 chunks of 1024 tokens instead of 256 changed nothing; the batch's
-targets as certain candidates of the sampled softmax gave no better -ELBO over 3 seeds. The
+targets as certain candidates of the sampled softmax gave no better -ELBO over 3 seeds; writing G
+in bf16 straight from an fp32 log-softmax (``exp(.., out=G)``) was slower than softmax + copy.
+The sampled softmax pads its GEMM's N and |S| to multiples of 64: oneDNN builds and JIT-compiles
+a primitive per new shape (bf16 [N, 256] x [256, |S|] forward + backward: 5.5 ms per call at
+first sight vs 3.6 ms once cached), and |S| is random, so unpadded nearly every step paid it
+(bf16 + sampled step: 17.8k -> 18.8-21.2k tok/s). The full softmax's shapes repeat (fixed
+chunks; N new on ~35 % of steps), where padding N would cost more than it saves.
+``OMP_WAIT_POLICY=ACTIVE`` did not help (libgomp's default already spins between the LSTM's
+small parallel regions; ``PASSIVE`` costs 25-40 %). The
 sampled softmax (``train.sampled_softmax``, variants ``... sampled softmax`` and ``*-sampled``)
 trains a biased estimate of the reconstruction term, so it is opt-in, never the default: the
 ``epoch`` section shows what it costs in validation -ELBO (always full softmax).

@@ -61,6 +61,45 @@ def test_candidate_equal_to_target_is_masked():
         torch.testing.assert_close(got[i], want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("n_tokens", [37, 64, 65])
+def test_gemm_shapes_are_aligned(n_tokens):
+    """Every matmul of the loss, forward and backward, has its N and |S| dimensions padded to
+    multiples of GEMM_ALIGN (oneDNN builds and JIT-compiles one primitive per shape), and
+    the padding changes nothing: padded candidates and tokens get no gradient."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from textvae.models.sampled_softmax import GEMM_ALIGN
+
+    shapes = []
+
+    class RecordMatmuls(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in (torch.ops.aten.mm.default, torch.ops.aten.bmm.default, torch.ops.aten.addmm.default):
+                a, b = args[-2], args[-1]
+                shapes.append((a.shape[-2], a.shape[-1], b.shape[-1]))  # (M, K, N)
+            return func(*args, **(kwargs or {}))
+
+    hidden, weight, bias, targets, upstream = problem(n=n_tokens)
+    targets = targets.clamp(min=BOS_ID + 1)  # <pad> and <s> are never targets (log P(w in S) = -inf)
+    hidden.requires_grad_(), weight.requires_grad_()
+    sm = SampledSoftmax(counts(), num_samples=3)
+    cand = torch.tensor([5, 9, 17, 30, 41])
+    with RecordMatmuls():
+        got = sm(hidden, weight, bias, targets, candidates=cand)
+        (got * upstream).sum().backward()
+    # forward and the two backward GEMMs; every dimension but the hidden size H is padded
+    assert len(shapes) == 3 and all(d % GEMM_ALIGN == 0 or d == hidden.shape[1] for mkn in shapes for d in mkn), shapes
+    # the same loss from the formula, and the rows of W it may touch
+    logits = F.linear(hidden, weight, bias) - sm.log_inclusion
+    for i, y in enumerate(targets.tolist()):
+        rest = [w for w in cand.tolist() if w != y]
+        torch.testing.assert_close(got[i], torch.logsumexp(logits[i, [y] + rest], 0) - logits[i, y],
+                                   rtol=1e-5, atol=1e-5)
+    used = torch.zeros(V, dtype=torch.bool)
+    used[cand], used[targets] = True, True
+    assert (weight.grad[~used] == 0).all() and torch.isfinite(hidden.grad).all()
+
+
 def test_model_uses_it_in_training_only_and_touches_only_sampled_rows():
     model, batch = tiny_model(), ragged_batch()
     z = torch.randn(len(batch), 4, generator=torch.Generator().manual_seed(1))

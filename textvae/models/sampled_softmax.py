@@ -25,6 +25,9 @@ from textvae.data.special import BOS_ID, PAD_ID
 from textvae.errors import TextVAEError
 
 
+GEMM_ALIGN = 64
+
+
 class SampledSoftmax:
     """Draws the shared candidates and computes per-token sampled-softmax NLLs.
 
@@ -57,13 +60,20 @@ class SampledSoftmax:
         candidates) instead of a dense [V, H] mostly of zeros. The matmuls follow autocast; the
         log-sum-exp is fp32."""
         cand = self.candidates() if candidates is None else candidates
-        # [N, H], [|S|, H]
+        n, s = hidden.shape[0], cand.shape[0]
+        # The GEMM's free dimensions are padded to multiples of GEMM_ALIGN: |S| is random and N
+        # varies, and oneDNN (bf16 on CPU) builds and JIT-compiles a primitive for each new shape,
+        # ~0.6 ms apiece, three per step (see benchmarks/throughput.py's docstring).
+        # Padded candidates are <pad>'s row, masked out by position; padded tokens are zero rows.
+        cand = F.pad(cand, (0, -s % GEMM_ALIGN), value=PAD_ID)  # [S'] (S' >= |S|)
+        # [N, H], [S', H]
         w_y, w_s = F.embedding(targets, weight, sparse=sparse), F.embedding(cand, weight, sparse=sparse)
         true = (hidden.float() * w_y.float()).sum(-1)  # [N], fp32: N x H work only
-        neg = (hidden @ w_s.t()).float()  # [N, |S|], the GEMM (autocast dtype when on)
+        neg = (F.pad(hidden, (0, 0, 0, -n % GEMM_ALIGN)) @ w_s.t())[:n].float()  # [N, S'], the GEMM (autocast dtype)
         if bias is not None:
             true, neg = true + bias[targets], neg + bias[cand]
         true = true - self.log_inclusion[targets]
         # an accidental hit (a candidate equal to the target) is the target itself: counted once
-        neg = (neg - self.log_inclusion[cand]).masked_fill(cand.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))
+        drop = (cand.unsqueeze(0) == targets.unsqueeze(1)) | (torch.arange(cand.shape[0], device=cand.device) >= s)
+        neg = (neg - self.log_inclusion[cand]).masked_fill(drop, float("-inf"))
         return torch.logaddexp(true, torch.logsumexp(neg, dim=-1)) - true
