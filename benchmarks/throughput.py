@@ -444,7 +444,7 @@ def section_retain(args: argparse.Namespace) -> list[dict[str, Any]]:
 # ---- whole epochs ----------------------------------------------------------------------------------
 EPOCH_VARIANTS = {"reference-fp32": ("fp32", True, 0), "fp32": ("fp32", False, 0), "bf16": ("bf16", False, 0),
                   "reference-bf16": ("bf16", True, 0), "fp32-sampled": ("fp32", False, SAMPLED),
-                  "bf16-sampled": ("bf16", False, SAMPLED)}
+                  "bf16-sampled": ("bf16", False, SAMPLED), "bf16-sampled2048": ("bf16", False, 2 * SAMPLED)}
 
 
 def use_reference_paths() -> None:
