@@ -44,8 +44,9 @@ in bf16 straight from an fp32 log-softmax (``exp(.., out=G)``) was slower than s
 The sampled softmax pads its GEMM's N and |S| to multiples of 64: oneDNN builds and JIT-compiles
 a primitive per new shape (bf16 [N, 256] x [256, |S|] forward + backward: 5.5 ms per call at
 first sight vs 3.6 ms once cached), and |S| is random, so unpadded nearly every step paid it
-(bf16 + sampled step: 17.8k -> 18.8-21.2k tok/s). The full softmax's shapes repeat (fixed
-chunks; N new on ~35 % of steps), where padding N would cost more than it saves.
+(bf16 + sampled step: 17.8k -> 18.8-21.2k tok/s). The full softmax's shapes mostly repeat
+(fixed chunks; N new on ~35 % of steps): padding its N to 16 showed no gain (200 first-seen PTB
+batches, bf16: 9.9-10.4k tok/s either way).
 ``OMP_WAIT_POLICY=ACTIVE`` did not help (libgomp's default already spins between the LSTM's
 small parallel regions; ``PASSIVE`` costs 25-40 %). The
 sampled softmax (``train.sampled_softmax``, variants ``... sampled softmax`` and ``*-sampled``)
@@ -444,7 +445,8 @@ def section_retain(args: argparse.Namespace) -> list[dict[str, Any]]:
 # ---- whole epochs ----------------------------------------------------------------------------------
 EPOCH_VARIANTS = {"reference-fp32": ("fp32", True, 0), "fp32": ("fp32", False, 0), "bf16": ("bf16", False, 0),
                   "reference-bf16": ("bf16", True, 0), "fp32-sampled": ("fp32", False, SAMPLED),
-                  "bf16-sampled": ("bf16", False, SAMPLED), "bf16-sampled2048": ("bf16", False, 2 * SAMPLED)}
+                  "bf16-sampled": ("bf16", False, SAMPLED), "bf16-sampled1536": ("bf16", False, 3 * SAMPLED // 2),
+                  "bf16-sampled2048": ("bf16", False, 2 * SAMPLED)}
 
 
 def use_reference_paths() -> None:
