@@ -1,15 +1,17 @@
 """The training-only sampled softmax (textvae.models.sampled_softmax): the candidates' inclusion
 probabilities against Monte-Carlo counts, the exact full softmax when every word is a candidate
-with probability 1, accidental hits counted once, the model scoring the full softmax in eval mode,
-and gradients touching only the output rows of targets and candidates."""
+with probability 1, accidental hits counted once, GEMM shapes padded without changing the loss, the
+model scoring the full softmax in eval mode, and gradients touching only the output rows of targets
+and candidates."""
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from textvae.cli import main
 from textvae.data.special import BOS_ID, PAD_ID
 from textvae.errors import TextVAEError
-from textvae.models.sampled_softmax import SampledSoftmax
+from textvae.models.sampled_softmax import GEMM_ALIGN, SampledSoftmax
 from textvae.training.logger import read_jsonl
 from tests.test_perf_levers import V, problem, ragged_batch, tiny_model
 from tests.test_train import tiny_args, write_corpus
@@ -66,10 +68,6 @@ def test_gemm_shapes_are_aligned(n_tokens):
     """Every matmul of the loss, forward and backward, has its N and |S| dimensions padded to
     multiples of GEMM_ALIGN (oneDNN builds and JIT-compiles one primitive per shape), and
     the padding changes nothing: padded candidates and tokens get no gradient."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    from textvae.models.sampled_softmax import GEMM_ALIGN
-
     shapes = []
 
     class RecordMatmuls(TorchDispatchMode):
