@@ -48,10 +48,10 @@ first sight vs 3.6 ms once cached), and |S| is random, so unpadded nearly every 
 (fixed chunks; N new on ~35 % of steps): padding its N to 16 showed no gain (200 first-seen PTB
 batches, bf16: 9.9-10.4k tok/s either way).
 ``OMP_WAIT_POLICY=ACTIVE`` did not help (libgomp's default already spins between the LSTM's
-small parallel regions; ``PASSIVE`` costs 25-40 %). The
-sampled softmax (``train.sampled_softmax``, variants ``... sampled softmax`` and ``*-sampled``)
-trains a biased estimate of the reconstruction term, so it is opt-in, never the default: the
-``epoch`` section shows what it costs in validation -ELBO (always full softmax).
+small parallel regions; ``PASSIVE`` costs 25-40 %). The sampled softmax (``train.sampled_softmax``,
+variants ``... sampled softmax`` and ``*-sampled*``) trains a biased estimate of the
+reconstruction term, so it is opt-in, never the default: the ``epoch`` section shows what it costs
+in validation -ELBO (always full softmax).
 """
 from __future__ import annotations
 

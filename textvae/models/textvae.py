@@ -122,19 +122,18 @@ class _LinearCrossEntropy(torch.autograd.Function):
         with torch.autocast(h.device.type, enabled=False):
             if ctx.needs_input_grad[0]:
                 grad_h = (grad_logits @ w).mul_(g.unsqueeze(1)).to(h_dtype)  # [N, H]
-            if ctx.needs_input_grad[2]:
-                # db = G^T g rides in dW's GEMM as one more column of its right operand (zero-padded
-                # to 16 columns, aligned): one pass over G instead of a second one for a GEMV
+            if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
                 n, hid = h.shape
-                rhs = h.new_zeros(n, hid + 16)
-                rhs[:, :hid] = h * g.unsqueeze(1)
-                rhs[:, hid] = g
-                both = grad_logits.t() @ rhs  # [V + pad, H + 16]
-                grad_b = both[:ctx.vocab, hid].to(b_dtype).contiguous()  # [V], padding rows dropped
+                rhs = h * g.unsqueeze(1)  # [N, H]
+                if ctx.needs_input_grad[2]:
+                    # db = G^T g rides in dW's GEMM as one more column of its right operand (zero-padded
+                    # to 16 columns, aligned): one pass over G instead of a second one for a GEMV
+                    rhs = torch.cat([rhs, g.unsqueeze(1), rhs.new_zeros(n, 15)], dim=1)  # [N, H + 16]
+                both = grad_logits.t() @ rhs  # [V + pad, H (+ 16)]; padding rows dropped below
+                if ctx.needs_input_grad[2]:
+                    grad_b = both[:ctx.vocab, hid].to(b_dtype).contiguous()  # [V]
                 if ctx.needs_input_grad[1]:
                     grad_w = both[:ctx.vocab, :hid].to(w_dtype).contiguous()  # [V, H]
-            elif ctx.needs_input_grad[1]:
-                grad_w = (grad_logits.t() @ (h * g.unsqueeze(1)))[:ctx.vocab].to(w_dtype)  # [V, H]
         return grad_h, grad_w, grad_b, None, None, None, None
 
 
