@@ -46,13 +46,17 @@ def comparable(results):
 
 
 def assert_same(a, b):
-    """Equal reports and aggregates up to float noise (NaN equal to NaN)."""
+    """Equal reports and aggregates up to float noise (NaN equal to NaN); labels equal exactly."""
     for part_a, part_b in zip(comparable(a), comparable(b)):
         assert part_a.keys() == part_b.keys()
         for key in part_a:
             assert part_a[key].keys() == part_b[key].keys(), key
             for k in part_a[key]:
-                assert part_a[key][k] == pytest.approx(part_b[key][k], rel=1e-6, abs=1e-6, nan_ok=True), (key, k)
+                va, vb = part_a[key][k], part_b[key][k]
+                if isinstance(vb, str):
+                    assert va == vb, (key, k)
+                else:
+                    assert va == pytest.approx(vb, rel=1e-6, abs=1e-6, nan_ok=True), (key, k)
 
 
 def test_interrupted_study_resumes_to_the_same_table(tmp_path, monkeypatch):

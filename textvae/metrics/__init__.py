@@ -1,8 +1,9 @@
 """Evaluation metrics of text VAEs, with the field's published definitions.
 
 Likelihood (``likelihood``): :func:`iw_nll` (importance-weighted NLL / IW-PPL), :func:`elbo_terms`
-(rec, KL, −ELBO, ELBO-PPL). Information (``information``): :func:`mi_batch` (He et al. 2019),
-:func:`mi_dataset` (whole-set). Latent usage (``latent``): :func:`active_units`,
+(rec, KL, −ELBO, ELBO-PPL). Information (``information``): :func:`mi_dataset` (whole set),
+:func:`mi_batch` (He et al. 2019's per-batch aggregate), :func:`mi_batch_he2019` (their estimator
+as published, with its noise floor :func:`he2019_noise_sd`). Latent usage (``latent``): :func:`active_units`,
 :func:`collapse_diagnostics`. Text (``generation``): :func:`reconstruction_bleu`, :func:`distinct_n`,
 :func:`self_bleu`, and :func:`generation_metrics` (generates from a model, then scores). Probing
 (``probe``): :func:`latent_probe`, :func:`probe_model`. All at once: :func:`evaluate_model` and
@@ -14,7 +15,7 @@ Models are used only through the protocol of ``docs/design.md``: ``encode``, ``p
 from textvae.metrics.evaluate import METRICS, evaluate_model, format_table
 from textvae.metrics.generation import (GenerationResult, distinct_n, generation_metrics,
                                         reconstruction_bleu, self_bleu)
-from textvae.metrics.information import mi_batch, mi_dataset
+from textvae.metrics.information import he2019_noise_sd, mi_batch, mi_batch_he2019, mi_dataset
 from textvae.metrics.latent import (ActiveUnits, CollapseDiagnostics, active_units,
                                     collapse_diagnostics, collapse_verdict)
 from textvae.metrics.likelihood import (ElboResult, IWResult, draw_samples, elbo_batch, elbo_terms,
@@ -24,7 +25,7 @@ from textvae.metrics.probe import ProbeResult, draw_labelled, latent_probe, prob
 __all__ = [
     "METRICS", "evaluate_model", "format_table",
     "GenerationResult", "distinct_n", "generation_metrics", "reconstruction_bleu", "self_bleu",
-    "mi_batch", "mi_dataset",
+    "mi_batch", "mi_batch_he2019", "mi_dataset", "he2019_noise_sd",
     "ActiveUnits", "CollapseDiagnostics", "active_units", "collapse_diagnostics", "collapse_verdict",
     "ElboResult", "IWResult", "draw_samples", "elbo_batch", "elbo_terms", "iw_log_marginal", "iw_nll",
     "ProbeResult", "draw_labelled", "latent_probe", "probe_model",

@@ -7,13 +7,14 @@ import torch
 
 from textvae.errors import TextVAEError
 from textvae.metrics._common import Batches, eval_mode, iterate, seeded
-from textvae.metrics.information import mi_batch, mi_dataset
+from textvae.metrics.information import he2019_noise_sd, mi_batch, mi_batch_he2019, mi_dataset
 from textvae.metrics.latent import AU_THRESHOLD, active_units, collapse_diagnostics, collapse_verdict
 from textvae.metrics.likelihood import (DEFAULT_MAX_TOKENS, ElboAccumulator, elbo_batch,
                                         iw_log_marginal)
 from textvae.reduction import CorpusAccumulator
 
-METRICS = ("elbo", "iw", "mi_batch", "mi_dataset", "au", "diagnostics")
+METRICS = ("elbo", "iw", "mi_batch", "mi_dataset", "mi_batch_he2019", "au", "diagnostics")
+MI_METRICS = ("mi_batch", "mi_dataset", "mi_batch_he2019")
 
 
 def evaluate_model(model: Any, batches: Batches, metrics: Sequence[str] = METRICS,
@@ -28,7 +29,9 @@ def evaluate_model(model: Any, batches: Batches, metrics: Sequence[str] = METRIC
 
     * ``elbo``: rec, kl, neg_elbo, elbo_ppl (one sample, β = 1; see ``elbo_terms``);
     * ``iw``: iw_nll, iw_ppl, iw_samples (K = ``n_samples``; see ``iw_nll``; 0 skips it);
-    * ``mi_batch`` / ``mi_dataset``: the two MI estimators (same z as the ELBO);
+    * ``mi_batch`` / ``mi_dataset``: the MI estimators (same z as the ELBO), noise-cancelling;
+    * ``mi_batch_he2019``: He et al.'s estimator as published, with ``mi_batch_he2019_noise_sd``,
+      its noise floor √(D / 2N);
     * ``au``: au, au_threshold, latent_dim;
     * ``diagnostics``: au, latent_dim, dims_too_noisy, dims_signal_too_weak.
 
@@ -50,7 +53,7 @@ def evaluate_model(model: Any, batches: Batches, metrics: Sequence[str] = METRIC
     if getattr(model, "latent_dim", None) == 0:  # the language model: only likelihood figures exist
         metrics = [m for m in metrics if m in ("elbo", "iw")]
         n_samples = 1  # every importance weight is the same (see iw_log_marginal)
-    want_mi = "mi_batch" in metrics or "mi_dataset" in metrics
+    want_mi = any(m in metrics for m in MI_METRICS)
     elbo, iw, counts = ElboAccumulator(), CorpusAccumulator(), CorpusAccumulator()
     posteriors, samples, means, mus, sigmas = [], [], [], [], []
     results: dict[str, Any] = {}
@@ -77,6 +80,9 @@ def evaluate_model(model: Any, batches: Batches, metrics: Sequence[str] = METRIC
             results["mi_batch"] = mi_batch(posteriors, samples)
         if "mi_dataset" in metrics:
             results["mi_dataset"] = mi_dataset(posteriors, samples)
+        if "mi_batch_he2019" in metrics:
+            results["mi_batch_he2019"] = mi_batch_he2019(posteriors, samples)
+            results["mi_batch_he2019_noise_sd"] = he2019_noise_sd(samples[0].shape[-1], counts.n_sentences)
 
     results["n_sentences"] = float(counts.n_sentences)
     results["n_tokens"] = counts.n_tokens
@@ -122,8 +128,9 @@ _ROWS = [
     ("kl", "  KL", "{:.2f}"),
     ("kl_per_dim", "  KL per dim, largest", None),
     ("elbo_ppl", "PPL (ELBO bound)", "{:.2f}"),
-    ("mi_batch", "MI (per-batch, He et al. 2019)", "{:.3f}"),
     ("mi_dataset", "MI (whole set, N={N})", "{:.3f}"),
+    ("mi_batch", "MI (per-batch)", "{:.3f}"),
+    ("mi_batch_he2019", "MI (per-batch, He et al. 2019 as published)", "{:.3f}"),
     ("true_mi", "MI (true I(x; latent))", "{:.3f}"),
     ("au", "AU (Var >= {thr})", "{:.0f}"),
     ("dims_too_noisy", "inactive dims: too noisy", "{:.0f}"),
@@ -136,7 +143,7 @@ _ROWS = [
 ]
 # shown inside other rows' labels or values
 _HIDDEN = {"iw_samples", "au_threshold", "latent_dim", "gen_sentences", "probe_acc_std",
-           "probe_n_per_class", "probe_draws"}
+           "probe_n_per_class", "probe_draws", "mi_batch_he2019_noise_sd"}
 _TOP_DIMS = 5  # dimensions listed in the KL-per-dim row
 
 
@@ -161,6 +168,8 @@ def format_table(results: dict[str, Any]) -> str:
         if key not in results:
             continue
         value = _kl_dims(results[key]) if fmt is None else fmt.format(results[key])
+        if key == "mi_batch_he2019" and "mi_batch_he2019_noise_sd" in results:
+            value += f" (noise floor sd {results['mi_batch_he2019_noise_sd']:.3f})"
         if key == "au" and "latent_dim" in results:
             value += f" / {results['latent_dim']:.0f}"
         if key == "probe_acc":

@@ -2,17 +2,25 @@
 
     I_q = E_x E_q(z|x)[log q(z|x)] − E_q(z)[log q(z)],   q(z) = (1/N) Σ_j q(z|x_j)
 
-Two published estimators differ only in the set of sentences that stands in for the aggregate
-posterior q(z), and are not comparable: name which one a table uses.
+Every estimator draws one z_i ~ q(z|x_i) per sentence and differs in the set of sentences that
+stands in for the aggregate posterior q(z) (the estimators are not comparable: name which one a
+table uses):
 
+* :func:`mi_dataset` (Li et al. 2019; also the BN-VAE and Optimus code): q(z) from all N evaluation
+  sentences. Bounded by log N. textvae's reported MI.
 * :func:`mi_batch` (He et al. 2019, "Lagging inference networks"): q(z) from the B sentences of the
-  same batch. Bounded by log B, noisy, and it can come out slightly negative.
-* :func:`mi_dataset` (Li et al. 2019; also the BN-VAE and Optimus code): q(z) from all N
-  evaluation sentences. Bounded by log N.
+  same batch. Bounded by log B and biased low when the MI is not small against log B.
 
-Both draw one z_i ~ q(z|x_i) per sentence and take the first term from the closed-form entropy
-where the posterior has one (for a diagonal Gaussian −½·D·log 2π − ½·Σ_d(1 + log σ_d²)), else from
-log q(z_i|x_i) with the same sample.
+Both take the first term as log q(z_i|x_i) of the *same* sample that enters log q(z_i). The
+sampling noise then cancels term by term: an x-independent posterior gives exactly 0 (every
+log q(z_i|x_j) equals log q(z_i|x_i)), and since the j = i term alone gives
+log q(z_i) ≥ log q(z_i|x_i) − log N, the estimate never exceeds log N (log B per batch).
+
+* :func:`mi_batch_he2019` is He et al.'s estimator as published, for comparison with published MI:
+  the first term from the closed-form entropy, −½·D·log 2π − ½·Σ_d(1 + log σ_d²). With one sampled
+  log q(z_i) beside it, a Gaussian posterior leaves the term ½·mean_i Σ_d(ε_id² − 1), ε ~ N(0, I),
+  that does not cancel: noise of sd √(D / 2N) (:func:`he2019_noise_sd`), fixed for a fixed seed,
+  and the log B bound no longer holds.
 """
 from __future__ import annotations
 
@@ -28,10 +36,10 @@ from textvae.metrics._common import seeded
 DEFAULT_MAX_ELEMENTS = 2**24
 
 
-def _neg_entropy(posterior: Any, z: torch.Tensor) -> torch.Tensor:
-    """E_q(z|x_i)[log q(z|x_i)] [B]: −entropy when closed-form, else log q(z_i|x_i) for z [B, D]."""
-    entropy = posterior.entropy()
-    return posterior.log_prob(z) if entropy is None else -entropy
+def he2019_noise_sd(latent_dim: int, n_sentences: int) -> float:
+    """sd of :func:`mi_batch_he2019`'s noise floor, √(D / 2N): ½·mean_i Σ_d(ε_id² − 1) over N
+    sentences is a mean of N terms of variance D / 2."""
+    return math.sqrt(latent_dim / (2.0 * n_sentences))
 
 
 def _pairs(posteriors: Iterable[Any], samples: Optional[Iterable[torch.Tensor]]
@@ -42,34 +50,52 @@ def _pairs(posteriors: Iterable[Any], samples: Optional[Iterable[torch.Tensor]]
     return zip(posteriors, samples, strict=True)
 
 
-def mi_batch(posteriors: Iterable[Any], samples: Optional[Iterable[torch.Tensor]] = None,
-             generator: Optional[torch.Generator] = None) -> float:
-    """Per-batch MI estimator of He et al. (2019), batch-size-weighted over batches.
-
-    For a batch of B sentences with z_i ~ q(z|x_i):
-
-        log q(z_i) ≈ logsumexp_j log q(z_i|x_j) − log B       (j over the same batch)
-        MI_batch   = mean_i E_q(z|x_i)[log q(z|x_i)] − mean_i log q(z_i)
-
-    and the result is Σ_b B_b·MI_b / Σ_b B_b. Bounded by log B (exactly so when the first term
-    uses log q(z_i|x_i), since the j = i term alone gives log q(z_i) ≥ log q(z_i|x_i) − log B);
-    biased low when the true MI is not small against log B; noisy, and can be slightly negative.
-
-    posteriors: one posterior per batch; samples: optionally one z [B, D] per batch (drawn here,
-    seeded by ``generator``, when ``None``).
-    """
+def _mi_batch(posteriors: Iterable[Any], samples: Optional[Iterable[torch.Tensor]],
+              generator: Optional[torch.Generator], closed_form_entropy: bool) -> float:
+    """Σ_b B_b·MI_b / Σ_b B_b, MI_b = mean_i first_term_i − mean_i log q̂(z_i) within batch b."""
     total, count = 0.0, 0
     with torch.no_grad(), seeded(generator):
         for posterior, z in _pairs(posteriors, samples):
             b = z.shape[0]
             log_q = posterior.log_prob(z.unsqueeze(1))  # [B (z_i), B (x_j)]
             log_qz = torch.logsumexp(log_q, dim=1) - math.log(b)  # [B]
-            mi = _neg_entropy(posterior, z).mean() - log_qz.mean()
-            total += b * float(mi)
+            entropy = posterior.entropy() if closed_form_entropy else None
+            first = -entropy if entropy is not None else log_q.diagonal()  # [B]
+            total += b * float(first.mean() - log_qz.mean())
             count += b
     if count == 0:
         raise TextVAEError("mi_batch: no posteriors given")
     return total / count
+
+
+def mi_batch(posteriors: Iterable[Any], samples: Optional[Iterable[torch.Tensor]] = None,
+             generator: Optional[torch.Generator] = None) -> float:
+    """Per-batch MI (He et al. 2019's aggregate posterior), batch-size-weighted over batches.
+
+    For a batch of B sentences with z_i ~ q(z|x_i):
+
+        log q(z_i) ≈ logsumexp_j log q(z_i|x_j) − log B       (j over the same batch)
+        MI_batch   = mean_i log q(z_i|x_i) − mean_i log q(z_i)
+
+    and the result is Σ_b B_b·MI_b / Σ_b B_b. In [0 − noise, log B]: 0 exactly for an
+    x-independent posterior, never above log B; biased low when the MI is not small against log B.
+
+    posteriors: one posterior per batch; samples: optionally one z [B, D] per batch (drawn here,
+    seeded by ``generator``, when ``None``).
+    """
+    return _mi_batch(posteriors, samples, generator, closed_form_entropy=False)
+
+
+def mi_batch_he2019(posteriors: Iterable[Any], samples: Optional[Iterable[torch.Tensor]] = None,
+                    generator: Optional[torch.Generator] = None) -> float:
+    """He et al. 2019's per-batch estimator as their code computes it: :func:`mi_batch` with the
+    first term from the closed-form entropy where the posterior has one,
+
+        MI_batch = mean_i (−½·D·log 2π − ½·Σ_d(1 + log σ_id²)) − mean_i log q(z_i),
+
+    so it carries a noise floor of sd √(D / 2N) (:func:`he2019_noise_sd`) and can exceed log B.
+    Kept to compare with published MI; report its noise floor beside it."""
+    return _mi_batch(posteriors, samples, generator, closed_form_entropy=True)
 
 
 def mi_dataset(posteriors: Sequence[Any], samples: Optional[Sequence[torch.Tensor]] = None,
@@ -79,9 +105,10 @@ def mi_dataset(posteriors: Sequence[Any], samples: Optional[Sequence[torch.Tenso
     but the aggregate posterior is the mixture over all N evaluation sentences,
 
         log q(z_i) ≈ logsumexp_{j=1..N} log q(z_i|x_j) − log N,
-        MI = mean_i E_q(z|x_i)[log q(z|x_i)] − mean_i log q(z_i).
+        MI = mean_i log q(z_i|x_i) − mean_i log q(z_i).
 
-    Bounded by log N. The N×N×D computation is done for M samples against one batch of
+    0 for an x-independent posterior, never above log N (the published code takes the first term
+    from the closed-form entropy, which adds :func:`mi_batch_he2019`'s noise floor). The N×N×D computation is done for M samples against one batch of
     posteriors at a time with M·B·D ≤ ``max_elements``; only [M, number of batches] partial
     log-sums are kept, never N×N×D (nor N×N).
     """
@@ -90,7 +117,7 @@ def mi_dataset(posteriors: Sequence[Any], samples: Optional[Sequence[torch.Tenso
         if not pairs:
             raise TextVAEError("mi_dataset: no posteriors given")
         z = torch.cat([zb for _, zb in pairs])  # [N, D]
-        neg_entropy = torch.cat([_neg_entropy(p, zb) for p, zb in pairs])  # [N]
+        log_q_own = torch.cat([p.log_prob(zb) for p, zb in pairs])  # [N]: log q(z_i|x_i)
         n, d = z.shape
         rows = max(1, max_elements // (max(zb.shape[0] for _, zb in pairs) * d))
         log_qz = []
@@ -99,4 +126,4 @@ def mi_dataset(posteriors: Sequence[Any], samples: Optional[Sequence[torch.Tenso
             # one logsumexp per batch of posteriors: [M, n_batches], then over batches
             partial = torch.stack([torch.logsumexp(p.log_prob(zi), dim=1) for p, _ in pairs], 1)
             log_qz.append(torch.logsumexp(partial, dim=1) - math.log(n))
-        return float(neg_entropy.mean() - torch.cat(log_qz).mean())
+        return float(log_q_own.mean() - torch.cat(log_qz).mean())
