@@ -215,6 +215,39 @@ def test_target_kl_clamps_the_batch_total():
     assert bool((grad == 0).all())
 
 
+def authors_masked_kl(kl, beta, fb, target_kl):
+    """Li et al.'s text_anneal_fb.py, --fb 1/2/3, written from its formulas: [B] per-sentence terms."""
+    if fb == 1:
+        total = kl.sum(-1)
+        return (total.detach() > target_kl).float() * beta * total
+    if fb == 2:
+        return beta * ((kl.detach() > target_kl / kl.shape[-1]).float() * kl).sum(-1)
+    total = kl.sum(-1)
+    return (total.detach().mean() > target_kl).float() * beta * total
+
+
+@pytest.mark.parametrize("fb, spec", [(1, {"name": "free_bits_li2019_total", "target_kl": 0.8}),
+                                      (2, {"name": "free_bits_li2019", "target_kl": 1.0}),
+                                      (3, {"name": "target_kl", "target": 0.8})])
+def test_free_bits_variants_have_the_authors_gradient(fb, spec):
+    # totals per sentence 0.97, 0.64, 1.01, 0.74 (batch mean 0.84): thresholds split the batch
+    value, grad = kl_term_and_grad(spec)
+    kl = KL.clone().requires_grad_(True)
+    reference = authors_masked_kl(kl, 0.5, fb, 0.8 if fb != 2 else 1.0)
+    reference.mean().backward()
+    torch.testing.assert_close(grad, kl.grad, rtol=0, atol=1e-7)
+    assert bool((grad != 0).any()) and (fb == 3 or bool((grad == 0).any()))
+    # the values differ only by the threshold counted where the authors' mask is 0
+    assert float(value) >= float(reference.detach().mean()) - 1e-7
+
+
+def test_free_bits_li_total_clamps_each_sentence_total():
+    value, grad = kl_term_and_grad({"name": "free_bits_li2019_total", "target_kl": 0.8})
+    totals = KL.sum(-1)
+    assert float(value) == pytest.approx(0.5 * totals.clamp(min=0.8).mean().item())
+    torch.testing.assert_close(grad, (totals > 0.8).float()[:, None].expand(4, 4) * 0.5 / 4, rtol=0, atol=0)
+
+
 def test_kl_constraint_ramps_capacity_and_flips_gradient_sign_at_c():
     spec = {"name": "kl_constraint", "capacity": 2.0, "ramp_steps": 100}
     assert [KLConstraint(2.0, 100).target(t) for t in (0, 50, 100, 500)] == [0.0, 1.0, 2.0, 2.0]

@@ -1,5 +1,5 @@
 """Free bits: KL below a threshold costs nothing (and gets no gradient), so the optimiser has no
-reason to push it further towards zero. Three published variants differ in *what* is clamped:
+reason to push it further towards zero. The published variants differ in *what* is clamped:
 
 * ``free_bits_kingma2016`` (Kingma et al. 2016, "Improved Variational Inference with Inverse
   Autoregressive Flow"): the latent dimensions are split into groups G_j of ``group_size``; per
@@ -8,16 +8,26 @@ reason to push it further towards zero. Three published variants differ in *what
       K = beta * Σ_j max(lambda, E_b[KL_{b,j}]),     KL_{b,j} = Σ_{d in G_j} KL_{b,d}
 
 * ``free_bits_li2019`` (Li et al. 2019, "A Surprisingly Effective Fix for Deep Latent Variable
-  Modeling of Text"): per example and per dimension,
+  Modeling of Text"; ``--fb 2`` of their code, the published recipe): per example and dimension,
 
       K_b = beta * Σ_d max(lambda, KL_{b,d}),        lambda = target_kl / latent_dim
 
   (their target 8 nats with 32 dimensions gives 0.25 nats per dimension).
-* ``target_kl``: the total KL averaged over the minibatch is clamped below a target,
+* ``free_bits_li2019_total`` (their code's ``--fb 1``): per example, on its total KL,
+
+      K_b = beta * max(target_kl, Σ_d KL_{b,d})
+
+* ``target_kl`` (their code's ``--fb 3``): the total KL averaged over the minibatch,
 
       K = beta * max(target, E_b[Σ_d KL_{b,d}])
 
   i.e. Kingma's rule with a single group of all dimensions.
+
+Li et al.'s code writes each rule as a mask, ``mask · KL`` with mask = [KL > threshold]: the same
+gradient, a value lower by the threshold where the mask is 0 (here the clamp's value counts, so the
+term is a bound on what the KL may cost). Below its threshold a KL gets no gradient at all: an
+encoder whose KL starts under the floor and whose reconstruction gradient is tiny (He et al.'s
+U(-0.01, 0.01) init under SGD) stays there; Li et al. pair the rule with a pretrained encoder.
 
 The hook returns per-sentence values whose batch mean is K and has K's gradient: a batch-level
 clamp that is active (E_b > lambda) contributes each sentence's own KL (gradient 1/B each); an
@@ -82,9 +92,24 @@ class FreeBitsLi(Remedy):
         return beta * example_free_bits(kl, self.threshold)
 
 
+@register_remedy("free_bits_li2019_total")
+class FreeBitsLiTotal(Remedy):
+    """max(target_kl, Σ_d KL_{b,d}) for every example b (Li et al.'s ``--fb 1``)."""
+
+    replaces_kl = True
+
+    def __init__(self, target_kl: float = 8.0):
+        super().__init__()
+        self.threshold = _non_negative("free_bits_li2019_total", target_kl)
+
+    def kl_term(self, kl: torch.Tensor, beta: float, step: int) -> torch.Tensor:
+        return beta * example_free_bits(kl.sum(-1, keepdim=True), self.threshold)
+
+
 @register_remedy("target_kl")
 class TargetKL(Remedy):
-    """max(target, E_batch[Σ_d KL]): the whole KL is free until its batch mean exceeds ``target``."""
+    """max(target, E_batch[Σ_d KL]): the whole KL is free until its batch mean exceeds ``target``
+    (Li et al.'s ``--fb 3``)."""
 
     replaces_kl = True
 
