@@ -1,0 +1,214 @@
+"""Issue 18, target 1: textvae's exact-objective training step against He et al.'s own code
+(jxhe/vae-lagging-encoder), side by side on one machine.
+
+    git clone <jxhe/vae-lagging-encoder> /tmp/peer     # a scratch checkout; never part of textvae
+    TEXTVAE_DATA_DIR=/work/shared/data python benchmarks/peer_throughput.py --peer-dir /tmp/peer \
+        [--sizes ptb yahoo] [--rounds 3] [--steps 60] [--warmup 20] [--threads 2]
+
+For each model size, every round runs one fresh subprocess per code path, in turn (so load from
+elsewhere hits all alike): the peer's training step (its ``VAE.loss`` with KL weight 1, backward,
+``clip_grad_norm_`` 5, its two SGD optimisers, lr 1, on batches from its own ``MonoTextData``
+batching), then textvae's training step in fp32 and in bf16 autocast (the loop's hot path, as
+``benchmarks/throughput.py``'s ``Stepper`` runs it, on textvae's bucketed batches). Both read the same
+corpus: PTB's training set for the 256/256/32 model; for the Yahoo-size model (512/1024/32 of the
+peer's ``config_yahoo.py``, V = 20k) a corpus of uniformly random words of a 20k vocabulary with
+PTB's sentence lengths, written once into a scratch folder. Each worker times ``--steps`` steps after
+``--warmup`` and counts real tokens (words + ``</s>``; ``<s>`` is not predicted). The fp32 and bf16
+GEMM roofs (2048^3) are measured just before the first and after the last round.
+
+Prints one table per size: tok/s per round, the median, the ratio to the peer's median, and the
+achieved share of the roof (useful GEMM FLOPs as ``throughput.step_flops`` counts them). Without
+``--peer-dir`` or with a folder that is not the peer's checkout it says so and exits 0 (skipped).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+SIZES = {"ptb": (256, 256, 10002), "yahoo": (512, 1024, 20000)}  # emb, hidden, vocabulary
+PEER_FILES = ("modules/vae.py", "modules/encoders/enc_lstm.py", "data/text_data.py")
+
+
+def write_corpus(size: str, folder: Path) -> Path:
+    """PTB's training text, or random words of a 20k vocabulary with PTB's sentence lengths."""
+    ptb = Path(os.environ.get("TEXTVAE_DATA_DIR", "")) / "ptb" / "ptb.train.txt"
+    if not ptb.is_file():
+        sys.exit(f"peer_throughput: {ptb} not found; set TEXTVAE_DATA_DIR")
+    if size == "ptb":
+        return ptb
+    path = folder / "random20k.train.txt"
+    if not path.is_file():
+        rng = np.random.default_rng(0)
+        vocab = SIZES[size][2] - 4  # the four special tokens each code adds
+        lines = [" ".join(f"w{i}" for i in rng.integers(0, vocab, len(s.split())))
+                 for s in ptb.read_text().splitlines() if s.split()]
+        path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# ---- workers (one fresh process each) ----------------------------------------------------------
+def peer_worker(job: dict[str, Any]) -> dict[str, Any]:
+    """He et al.'s text.py training step, its own modules and batching, KL weight 1."""
+    import torch
+    from torch import nn
+
+    sys.path.insert(0, job["peer_dir"])
+    from data import MonoTextData  # noqa: E402 (the peer's package)
+    from modules import VAE, LSTMDecoder, LSTMEncoder  # noqa: E402
+
+    emb, hidden, _ = SIZES[job["size"]]
+    args = argparse.Namespace(ni=emb, enc_nh=hidden, dec_nh=hidden, nz=32, dec_dropout_in=0.5,
+                              dec_dropout_out=0.5, device=torch.device("cpu"))
+    torch.manual_seed(job["seed"])
+    data = MonoTextData(job["corpus"], label=False)
+
+    def uniform(stdv: float):
+        return lambda t: nn.init.uniform_(t, -stdv, stdv)
+
+    vae = VAE(LSTMEncoder(args, len(data.vocab), uniform(0.01), uniform(0.1)),
+              LSTMDecoder(args, data.vocab, uniform(0.01), uniform(0.1)), args)
+    enc_opt = torch.optim.SGD(vae.encoder.parameters(), lr=1.0)
+    dec_opt = torch.optim.SGD(vae.decoder.parameters(), lr=1.0)
+    batches = data.create_data_batch(batch_size=32, device=args.device, batch_first=True)
+    order = np.random.default_rng(job["seed"]).permutation(len(batches))
+    vae.train()
+
+    def step(batch: torch.Tensor) -> None:
+        enc_opt.zero_grad()
+        dec_opt.zero_grad()
+        loss, _, _ = vae.loss(batch, 1.0, nsamples=1)
+        loss.mean(dim=-1).backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 5.0)
+        enc_opt.step()
+        dec_opt.step()
+
+    for i in order[: job["warmup"]]:
+        step(batches[i])
+    timed = [batches[i] for i in order[job["warmup"]: job["warmup"] + job["steps"]]]
+    t0 = time.perf_counter()
+    for batch in timed:
+        step(batch)
+    seconds = time.perf_counter() - t0
+    lengths = np.concatenate([np.full(b.shape[0], b.shape[1] - 1) for b in timed])  # predicted tokens
+    return {"seconds": seconds, "tokens": int(lengths.sum()), "lengths": lengths.tolist()}
+
+
+def textvae_worker(job: dict[str, Any]) -> dict[str, Any]:
+    """textvae's hot path (throughput.Stepper) on its bucketed batches of the same corpus."""
+    sys.path.insert(0, str(HERE))
+    import torch
+    import throughput as tp
+    from textvae.cli import parse_run_config
+    from textvae.data.datasets import load_dataset
+
+    overrides = [] if job["size"] == "ptb" else ["--data.name", job["corpus"]]
+    cfg, _ = parse_run_config([str(HERE.parent / tp.RECIPE), *overrides])
+    bundle = load_dataset(cfg.data)
+    split = bundle.splits["train"]
+    plan = split.sampler(32, shuffle=True, seed=job["seed"], pool_batches=cfg.data.bucket_pool).epoch_batches(0)
+    batches = [[split.ids[i] for i in index] for index in plan[: job["warmup"] + job["steps"]]]
+    emb, hidden, _ = SIZES[job["size"]]
+    tp.SIZES[job["size"]] = (emb, hidden, bundle.tokenizer.vocab_size)
+    counts = torch.ones(bundle.tokenizer.vocab_size)
+    stepper = tp.Stepper(tp.Variant(job["path"], precision=job["precision"]), job["size"], counts)
+    stepper.run(batches[: job["warmup"]], time.perf_counter)
+    timed = batches[job["warmup"]:]
+    t0 = time.perf_counter()
+    stepper.run(timed, time.perf_counter)
+    seconds = time.perf_counter() - t0
+    lengths = np.array([len(s) - 1 for b in timed for s in b])
+    return {"seconds": seconds, "tokens": int(lengths.sum()), "lengths": lengths.tolist()}
+
+
+def run_worker(job: dict[str, Any], threads: int) -> dict[str, Any]:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)], env=env,
+                         capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"peer_throughput: worker {job['path']} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ---- the comparison ----------------------------------------------------------------------------
+def peer_checkout_problem(peer_dir: str | None) -> str | None:
+    if not peer_dir:
+        return "no --peer-dir given"
+    missing = [f for f in PEER_FILES if not (Path(peer_dir) / f).is_file()]
+    return f"{peer_dir} is not a checkout of jxhe/vae-lagging-encoder (missing {', '.join(missing)})" \
+        if missing else None
+
+
+def compare(args: argparse.Namespace, size: str, corpus: Path, peaks: dict[str, float]) -> None:
+    sys.path.insert(0, str(HERE))
+    import throughput as tp
+
+    paths = [("He et al. (fp32)", "peer", "fp32"), ("textvae fp32", "textvae", "fp32"),
+             ("textvae bf16 (exact objective)", "textvae", "bf16")]
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in paths}
+    for r in range(args.rounds):
+        for name, code, precision in paths:
+            job = {"code": code, "path": name, "precision": precision, "size": size, "corpus": str(corpus),
+                   "peer_dir": args.peer_dir, "steps": args.steps, "warmup": args.warmup, "seed": r}
+            results[name].append(run_worker(job, args.threads))
+    emb, hidden, vocab = SIZES[size]
+    print(f"\n== {size} {emb}/{hidden}/32, V = {vocab}, batch 32, {args.steps} steps after {args.warmup}, "
+          f"{args.threads} threads, {args.rounds} rounds; roof fp32 {peaks['fp32']:.0f} / bf16 "
+          f"{peaks['bf16']:.0f} GFLOP/s")
+    print(f"{'code':<32} {'tok/s per round':<30} {'median':>8} {'vs peer':>8} {'% roof':>7}")
+    peer_median = None
+    for name, _, precision in paths:
+        rates = [r["tokens"] / r["seconds"] for r in results[name]]
+        med = statistics.median(rates)
+        peer_median = peer_median or med
+        per_token = np.mean([tp.step_flops(emb, hidden, 32, vocab, np.array(r["lengths"])) / r["tokens"]
+                             for r in results[name]])
+        share = med * per_token / 1e9 / peaks[precision]
+        print(f"{name:<32} {' / '.join(f'{x:,.0f}' for x in rates):<30} {med:>8,.0f} "
+              f"{med / peer_median:>7.2f}x {share:>7.1%}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--peer-dir", help="a scratch checkout of jxhe/vae-lagging-encoder")
+    ap.add_argument("--sizes", nargs="+", default=["ptb", "yahoo"], choices=sorted(SIZES))
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        job = json.loads(args.worker)
+        print(json.dumps((peer_worker if job["code"] == "peer" else textvae_worker)(job)))
+        return
+    problem = peer_checkout_problem(args.peer_dir)
+    if problem:
+        print(f"peer_throughput: skipped: {problem}")
+        return
+    sys.path.insert(0, str(HERE))
+    import torch
+    import throughput as tp
+
+    torch.set_num_threads(args.threads)
+    clock = time.perf_counter
+    peaks = {"fp32": tp.gemm_peak(torch.float32, 3, clock), "bf16": tp.gemm_peak(torch.bfloat16, 3, clock)}
+    with tempfile.TemporaryDirectory() as scratch:
+        for size in args.sizes:
+            compare(args, size, write_corpus(size, Path(scratch)), peaks)
+    after = {"fp32": tp.gemm_peak(torch.float32, 3, clock), "bf16": tp.gemm_peak(torch.bfloat16, 3, clock)}
+    print(f"\nroof after the rounds: fp32 {after['fp32']:.0f} / bf16 {after['bf16']:.0f} GFLOP/s; {tp.load()}")
+
+
+if __name__ == "__main__":
+    main()
