@@ -24,7 +24,7 @@ from textvae.dialogue.train import names_dialogue_recipe, parse_cvae_run_config,
 from textvae.errors import TextVAEError
 from textvae.metrics.likelihood import iw_log_marginal
 from textvae.models.distributions import DiagGaussian, StandardNormal
-from textvae.models.textvae import set_sparse_embeddings
+from textvae.models.output_head import set_sparse_embeddings
 from tests.test_train import state_of
 
 V = 40

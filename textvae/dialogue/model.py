@@ -32,13 +32,13 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from textvae.config import ObjectiveConfig
 from textvae.data.batch import Batch
-from textvae.data.special import PAD_ID
 from textvae.dialogue.config import CVAEConfig
 from textvae.dialogue.data import DialogueBatch
 from textvae.errors import TextVAEError
 from textvae.models.decoders import DECODERS
 from textvae.models.distributions import DiagGaussian
 from textvae.models.encoders import ENCODERS, last_layer_final_state
+from textvae.models.output_head import OutputHead
 from textvae.models.textvae import PretrainedMixin, VAEOutput
 from textvae.objective import Objective
 from textvae.remedies import Remedy, create_remedy
@@ -69,7 +69,7 @@ class HierarchicalContextEncoder(nn.Module):
         return last_layer_final_state(h_n, 1, 1)
 
 
-class KgCVAE(PretrainedMixin, nn.Module):
+class KgCVAE(OutputHead, PretrainedMixin, nn.Module):
     """The CVAE / kgCVAE of Zhao et al. (2017); see the module docstring.
 
     ``act_names`` are the dialogue-act classes of the data (kgCVAE needs them, ``cfg.use_acts``);
@@ -111,6 +111,9 @@ class KgCVAE(PretrainedMixin, nn.Module):
             self.decoder.embedding = self.utterance_encoder.embedding
         self.init_state = nn.Linear(c + d + y, cfg.decoder_layers * cfg.decoder_hidden)
         self.projection = nn.Linear(self.decoder.out_dim, vocab_size)
+        # The reference loss, with which the CVAE's published runs were trained: the fused one gives
+        # the same loss rounded differently, so switching would change every recorded result.
+        self.fused_loss = False
         facts = dict(latent_dim=d, vocab_size=vocab_size, hidden_dim=self.decoder.out_dim, emb_dim=cfg.emb_dim,
                      encoder_dim=u + c + y)
         self.objective = Objective(self.objective_cfg, **facts)
@@ -205,12 +208,7 @@ class KgCVAE(PretrainedMixin, nn.Module):
             raise TextVAEError("KgCVAE.token_nll: the response batch carries no context vector (see with_context)")
         code = self.latent_code(c, z, response.extras.get("labels") if self.training and self.use_acts else None)
         hidden, _ = self.decoder(response.inputs if inputs is None else inputs, code, self.initial_state(c, code))
-        targets = response.targets
-        mask = targets != PAD_ID  # [B, T-1]
-        logits = self.projection(hidden[mask])  # [N_tokens, V]: padding costs no vocabulary matmul
-        nll = F.cross_entropy(logits.float(), targets[mask], reduction="none")
-        rows = torch.arange(targets.shape[0], device=targets.device).unsqueeze(1).expand_as(targets)[mask]
-        return nll.new_zeros(targets.shape[0]).index_add_(0, rows, nll)
+        return self.sentence_nll(hidden, response.targets)
 
     def log_likelihood(self, batch: DialogueBatch, z: torch.Tensor, c: Optional[torch.Tensor] = None) -> torch.Tensor:
         """log p(x | z_s, c) for z [S, B, D] -> [S, B] (predicted soft act); the batch is repeated S

@@ -29,7 +29,7 @@ from textvae.dialogue.data import DialogueBatch, DialogueData, DialogueSplit, lo
 from textvae.dialogue.metrics import evaluate_generation, likelihood_metrics
 from textvae.dialogue.model import KgCVAE
 from textvae.errors import TextVAEError
-from textvae.models.textvae import set_sparse_embeddings
+from textvae.models.output_head import set_sparse_embeddings
 from textvae.schedules import cycle_fraction, cycle_restart
 from textvae.training.checkpoint import read_checkpoint, rng_state, save_checkpoint
 from textvae.training.distributed import World
