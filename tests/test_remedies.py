@@ -12,7 +12,7 @@ from textvae.data.batch import collate
 from textvae.data.special import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from textvae.errors import TextVAEError
 from textvae.models.textvae import TextVAE
-from textvae.remedies import create_remedy, inference_parameters, list_remedies, rate_sweep, reinit_decoder
+from textvae.remedies import create_remedy, list_remedies, rate_sweep
 from textvae.remedies.delta_vae import sigma_upper
 from textvae.remedies.kl_constraint import KLConstraint
 
@@ -51,10 +51,10 @@ class FakeTrainer:
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
 
     def encoder_parameters(self):
-        return self._encoder_params if self._encoder_params is not None else inference_parameters(self.model)
+        return self._encoder_params if self._encoder_params is not None else self.model.inference_parameters()
 
     def reinit_decoder(self):
-        reinit_decoder(self.model, self.optimizer)
+        self.model.reinit_decoder(self.optimizer)
         self.reinits += 1
 
 
@@ -427,7 +427,7 @@ def test_aggressive_switches_off_for_good_when_validation_mi_drops():
 def test_aggressive_on_a_real_model_updates_only_the_inference_network():
     model = tiny([{"name": "aggressive", "max_inner_steps": 4}, {"name": "bow"}]).train()
     trainer = FakeTrainer(model, [random_batch(seed=s) for s in range(3)])
-    enc = {id(p) for p in inference_parameters(model)}
+    enc = {id(p) for p in model.inference_parameters()}
     assert enc >= {id(p) for p in model.encoder.parameters()} | {id(p) for p in model.posterior.parameters()}
     assert not enc & {id(p) for p in model.decoder.parameters()}
     before = {n: p.detach().clone() for n, p in model.named_parameters()}

@@ -41,7 +41,7 @@ from textvae.models.encoders import ENCODERS, last_layer_final_state
 from textvae.models.output_head import OutputHead
 from textvae.models.textvae import PretrainedMixin, VAEOutput
 from textvae.objective import Objective
-from textvae.remedies import Remedy, create_remedy
+from textvae.remedies import create_remedy
 
 
 class HierarchicalContextEncoder(nn.Module):
@@ -150,9 +150,7 @@ class KgCVAE(OutputHead, PretrainedMixin, nn.Module):
         if self.use_acts:
             parts.append(self.act_features(self.act_embedding(self._true_acts(batch))))
         h = torch.cat(parts, -1)
-        mu, logvar = self.recognition(h).chunk(2, dim=-1)
-        for remedy in self.objective.remedies:
-            mu, logvar = remedy.transform_posterior(mu, logvar)
+        mu, logvar = self.objective.transform_posterior(*self.recognition(h).chunk(2, dim=-1))
         return DiagGaussian(mu, logvar), h
 
     def inference_parameters(self) -> list[nn.Parameter]:
@@ -161,8 +159,12 @@ class KgCVAE(OutputHead, PretrainedMixin, nn.Module):
         modules: list[nn.Module] = [self.context_encoder, self.recognition]  # the context encoder holds the utterance one
         if self.use_acts:
             modules += [self.act_embedding, self.act_features]
-        modules += [r for r in self.objective.remedies if type(r).transform_posterior is not Remedy.transform_posterior]
+        modules += self.objective.posterior_remedies()
         return list({id(p): p for m in modules for p in m.parameters() if p.requires_grad}.values())
+
+    def reinit_decoder(self, optimizer: Optional[torch.optim.Optimizer] = None) -> None:
+        raise TextVAEError("re-initialising the decoder (remedy 'encoder_pretraining') is not supported for the "
+                           "dialogue CVAE: its decoder shares the embedding with the utterance encoder")
 
     def _true_acts(self, batch: DialogueBatch) -> torch.Tensor:
         if batch.acts is None:
@@ -241,10 +243,7 @@ class KgCVAE(OutputHead, PretrainedMixin, nn.Module):
         """rec [B], KL(q(z|x,c) || p(z|c)) [B, D], n_tokens [B] and the objective's loss."""
         c = self.encode_context(batch)
         response = self.with_context(batch.response, c)
-        inputs = response.inputs
-        if self.training:
-            for remedy in self.objective.remedies:
-                inputs = remedy.corrupt_inputs(inputs)
+        inputs = self.objective.corrupt_inputs(response.inputs) if self.training else response.inputs
         q, h = self.posterior(batch, c)
         z = q.rsample(1)[0]
         kl = q.kl(self.prior(c))

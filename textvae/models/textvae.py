@@ -165,6 +165,23 @@ class TextVAE(OutputHead, PretrainedMixin, nn.Module):
                     bound = 0.1 if "embedding" in name else 0.01
                     p.uniform_(-bound, bound)
 
+    def inference_parameters(self) -> list[nn.Parameter]:
+        """The inference network q(z|x): encoder, posterior head, and the remedies that transform
+        the posterior. He et al. (2019) update exactly these in their aggressive inner loop."""
+        modules: list[nn.Module] = [self.encoder, self.posterior, *self.objective.posterior_remedies()]
+        return [p for m in modules for p in m.parameters() if p.requires_grad]
+
+    def reinit_decoder(self, optimizer: Optional[torch.optim.Optimizer] = None) -> None:
+        """Re-draw the decoder and output projection with the init scheme (Li et al. 2019
+        re-initialise the decoder after pretraining) and drop their optimiser state (momentum,
+        Adam moments), which belonged to the old weights."""
+        # named_parameters() lists a tied projection/embedding weight once, by its embedding name
+        params = [p for name, p in self.named_parameters() if name.startswith(("decoder.", "projection."))]
+        self.init_weights([self.projection, self.decoder])  # the decoder last: a tied weight as the embedding's
+        if optimizer is not None:
+            for p in params:
+                optimizer.state.pop(p, None)
+
     # ---- latent side -------------------------------------------------------------------------
     def encode_hidden(self, batch: Batch) -> tuple[torch.Tensor, Any]:
         """Encoder context h [B, H] and the posterior q(z|x) built from it (after remedies)."""
@@ -172,9 +189,7 @@ class TextVAE(OutputHead, PretrainedMixin, nn.Module):
         # The latent side stays fp32 under autocast (it is B x H x 2D FLOPs): in bf16, mu, log sigma²
         # and the KL term of the loss would keep only 3 significant digits.
         with torch.autocast(h.device.type, enabled=False):
-            mu, logvar = self.posterior(h)
-            for remedy in self.objective.remedies:
-                mu, logvar = remedy.transform_posterior(mu, logvar)
+            mu, logvar = self.objective.transform_posterior(*self.posterior(h))
             return h, self.posterior.distribution(mu, logvar, h)
 
     def encode(self, batch: Batch):
@@ -214,10 +229,7 @@ class TextVAE(OutputHead, PretrainedMixin, nn.Module):
 
     # ---- training ----------------------------------------------------------------------------
     def forward(self, batch: Batch, step: int = 0) -> VAEOutput:
-        inputs = batch.inputs
-        if self.training:
-            for remedy in self.objective.remedies:
-                inputs = remedy.corrupt_inputs(inputs)
+        inputs = self.objective.corrupt_inputs(batch.inputs) if self.training else batch.inputs
         if self.is_lm:
             z, extras = None, {}
             kl = batch.tokens.new_zeros((len(batch), 0), dtype=torch.float32)

@@ -48,7 +48,7 @@ from textvae.metrics import evaluate_model
 from textvae.models.sampled_softmax import SampledSoftmax
 from textvae.models.textvae import TextVAE, VAEOutput
 from textvae.reduction import token_counts
-from textvae.remedies import REMEDIES, Remedy, inference_parameters, reinit_decoder
+from textvae.remedies import REMEDIES, Remedy
 from textvae.schedules import cycle_fraction, cycle_restart
 from textvae.training.checkpoint import (Checkpoint, read_checkpoint, restore_checkpoint, rng_state,
                                          save_checkpoint)
@@ -176,10 +176,10 @@ class LoopTrainer:
             clip_gradients(self.model, self.clip)
 
     def encoder_parameters(self) -> list[torch.nn.Parameter]:
-        return inference_parameters(self.model)
+        return self.model.inference_parameters()
 
     def reinit_decoder(self) -> None:
-        reinit_decoder(self.model, self.optimizer)
+        self.model.reinit_decoder(self.optimizer)
         self.state.best_val, self.state.bad_epochs = math.inf, 0
 
 
