@@ -45,7 +45,7 @@ def sentence_vae_run(tmp: Path) -> Path:
 
 
 def cvae_run(tmp: Path) -> Path:
-    from textvae.dialogue.train import train_cvae
+    from textvae.tasks import run_training
 
     write_dialogues(tmp)
     cfg = CVAERunConfig(
@@ -58,7 +58,7 @@ def cvae_run(tmp: Path) -> Path:
         train=TrainConfig(epochs=2, progress=False, tensorboard=False, log_every=2, metrics_every=3,
                           iw_samples_final=0, threads=1, device="cpu"),
         eval=DialogueEvalConfig(n_responses=1, max_contexts=1, max_len=3))
-    train_cvae(cfg)
+    run_training(cfg)
     return tmp / "runs" / "cvae"
 
 

@@ -219,7 +219,7 @@ def load_study(path: str | Path, out: Optional[str] = None, seeds: Optional[list
     name = str(spec.get("name") or path.stem)
 
     if spec.get("base") in (None, "default"):
-        from textvae.cli import default_recipe
+        from textvae.tasks.runconfig import default_recipe
         base = Path(default_recipe())
     else:
         base = _find_file(str(spec["base"]), path.parent)
@@ -257,7 +257,7 @@ def _cores() -> int:
 
 def plan(study: Study, jobs: int = 1) -> list[Run]:
     """Every run of the study, seed-major, each with its checked configuration."""
-    from textvae.cli import parse_run_config
+    from textvae.tasks.runconfig import parse_run_config
 
     base = yaml.safe_load(study.base.read_text()) or {}
     if not isinstance(base, dict):
@@ -344,7 +344,7 @@ def _clear_unstarted(run: Run) -> None:
 
 # ---- running -----------------------------------------------------------------------------------
 def _train_in_process(run: Run, resume: bool) -> bool:
-    from textvae.training.train import run_training
+    from textvae.tasks import run_training
 
     try:
         run_training(run.config, resume=resume)
