@@ -12,9 +12,10 @@ from textvae.data.batch import collate
 from textvae.data.special import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from textvae.errors import TextVAEError
 from textvae.models.textvae import TextVAE
-from textvae.remedies import create_remedy, list_remedies, rate_sweep
+from textvae.remedies import create_remedy, list_remedies
 from textvae.remedies.delta_vae import sigma_upper
 from textvae.remedies.kl_constraint import KLConstraint
+from textvae.sweeps import rate_sweep
 
 V, D = 30, 4
 CONTEXT = dict(latent_dim=D, vocab_size=V, hidden_dim=12, emb_dim=12)
