@@ -65,6 +65,8 @@ import yaml
 
 from textvae.config import RunConfig
 from textvae.errors import TextVAEError
+from textvae.metrics import get_metric, list_metrics
+from textvae.training.logger import read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -288,22 +290,9 @@ def plan(study: Study, jobs: int = 1) -> list[Run]:
 
 
 # ---- run folders -------------------------------------------------------------------------------
-def read_records(path: Path) -> list[dict[str, Any]]:
-    """metrics.jsonl records; a line cut short by a kill is skipped."""
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
-
-
 def finished_report(run_dir: Path) -> Optional[dict[str, Any]]:
     """The run's final test record (its presence marks a finished run), else None."""
-    tests = [r for r in read_records(run_dir / "metrics.jsonl") if r.get("split") == "test"]
+    tests = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("split") == "test"]
     if not tests:
         return None
     # the report itself, without the log record's bookkeeping (as run_training returns it)
@@ -449,7 +438,16 @@ COLUMNS = [("nll", "IW-NLL", "{:.2f}"), ("kl", "KL", "{:.2f}"), ("mi", "MI", "{:
            ("train_minutes", "train (min)", "{:.1f}"), ("tokens_per_s", "tok/s", "{:.0f}")]
 # Report keys carried into results.csv / results.json besides the table's figures.
 EXTRA = ("iw_nll", "iw_ppl", "elbo_ppl", "mi_batch", "mi_dataset", "true_nll", "true_mi")
-FIGURES = [key for key, _, _ in COLUMNS] + list(EXTRA)
+
+
+def columns() -> list[tuple[str, str, str]]:
+    """The table's columns: the figures above, then those of the registered metrics (their ``study_columns``)."""
+    return COLUMNS + [column for name in list_metrics() for column in get_metric(name).study_columns]
+
+
+def figure_keys() -> list[str]:
+    """Every figure of results.csv / results.json."""
+    return [key for key, _, _ in columns()] + list(EXTRA)
 
 
 def run_figures(report: dict[str, Any]) -> dict[str, float]:
@@ -462,7 +460,7 @@ def run_figures(report: dict[str, Any]) -> dict[str, float]:
             "rec": report.get("rec", nan), "neg_elbo": report.get("neg_elbo", nan),
             "train_minutes": report.get("train_seconds", nan) / 60.0,
             "tokens_per_s": report.get("train_tokens_per_s", nan)}
-    figs.update({k: report.get(k, nan) for k in EXTRA})
+    figs.update({k: report.get(k, nan) for k in figure_keys() if k not in figs})
     return {k: float(v) for k, v in figs.items()}
 
 
@@ -485,7 +483,7 @@ def aggregate(study: Study, runs: list[Run]) -> dict[str, Any]:
         done = [(r, rep) for r, rep in reports if rep is not None]
         figs = [run_figures(rep) for _, rep in done]
         stats = {}
-        for key in FIGURES:
+        for key in figure_keys():
             mean, std, n = mean_std([f[key] for f in figs])
             stats[key] = {"mean": mean, "std": std, "n": n}
         variants.append({"variant": vname, "runs": len(done), "planned": len(mine), "figures": stats})
@@ -513,10 +511,10 @@ def cell(stats: dict[str, Any], fmt: str) -> str:
 
 
 def markdown_table(results: dict[str, Any]) -> str:
-    header = ["variant", "runs"] + [label for _, label, _ in COLUMNS]
+    header = ["variant", "runs"] + [label for _, label, _ in columns()]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for v in results["variants"]:
-        cells = [v["variant"], f"{v['runs']}/{v['planned']}"] + [cell(v["figures"][k], fmt) for k, _, fmt in COLUMNS]
+        cells = [v["variant"], f"{v['runs']}/{v['planned']}"] + [cell(v["figures"][k], fmt) for k, _, fmt in columns()]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -524,10 +522,10 @@ def markdown_table(results: dict[str, Any]) -> str:
 def write_csv(results: dict[str, Any], path: Path) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["variant", "runs"] + [f"{k}_{s}" for k in FIGURES for s in ("mean", "std")])
+        writer.writerow(["variant", "runs"] + [f"{k}_{s}" for k in figure_keys() for s in ("mean", "std")])
         for v in results["variants"]:
             row = [v["variant"], v["runs"]]
-            for k in FIGURES:
+            for k in figure_keys():
                 row += [repr(v["figures"][k]["mean"]), repr(v["figures"][k]["std"])]
             writer.writerow(row)
 
