@@ -63,17 +63,8 @@ def load_model_dir(path: str) -> tuple[Any, Any, Optional[dict]]:
     return model, Tokenizer.load(p / TOKENIZER_FILE), run_cfg
 
 
-def cmd_evaluate(argv: list[str]) -> None:
-    """One table and one JSON file of every figure of a model on a split: ELBO terms with the KL
-    per dimension, IW-NLL / IW-PPL, both MI estimators, active units and the collapse diagnosis,
-    generation (reconstruction BLEU, distinct-1/2 and self-BLEU of prior samples) and, with
-    ``--probe N``, the latent probe (BN-VAE). ``--max-sentences`` evaluates an evenly spread
-    subset of the split (the first sentences would be the shortest in evaluation order)."""
-    from textvae.config import DataConfig, from_dict
-    from textvae.data.datasets import load_dataset
-    from textvae.metrics.generation import generation_metrics
+def evaluate_parser() -> argparse.ArgumentParser:
     from textvae.metrics.likelihood import DEFAULT_MAX_TOKENS
-    from textvae.training.train import evaluation
 
     ap = argparse.ArgumentParser(prog="textvae evaluate", description="Evaluate a trained model on a split.")
     ap.add_argument("model", help="run folder or saved model folder")
@@ -99,7 +90,21 @@ def cmd_evaluate(argv: list[str]) -> None:
                     help="bf16: figures under bfloat16 autocast (recurrent and output GEMMs in bf16; posterior "
                          "head, KL and softmax statistics in fp32; about 2x faster IW-NLL on a CPU with bf16 "
                          "units); recorded in the results")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def cmd_evaluate(argv: list[str]) -> None:
+    """One table and one JSON file of every figure of a model on a split: ELBO terms with the KL
+    per dimension, IW-NLL / IW-PPL, both MI estimators, active units and the collapse diagnosis,
+    generation (reconstruction BLEU, distinct-1/2 and self-BLEU of prior samples) and, with
+    ``--probe N``, the latent probe (BN-VAE). ``--max-sentences`` evaluates an evenly spread
+    subset of the split (the first sentences would be the shortest in evaluation order)."""
+    from textvae.config import DataConfig, from_dict
+    from textvae.data.datasets import load_dataset
+    from textvae.metrics.generation import generation_metrics
+    from textvae.training.train import evaluation
+
+    args = evaluate_parser().parse_args(argv)
     for flag in ("iw_samples", "probe"):
         if getattr(args, flag) < 0:
             raise TextVAEError(f"--{flag.replace('_', '-')} must be >= 0")
