@@ -59,12 +59,26 @@ class FakeTrainer:
         self.reinits += 1
 
 
-# ---- every registered remedy -------------------------------------------------------------------
+# ---- every registered remedy, in both models ----------------------------------------------------
+def sentence_vae(remedies):
+    return tiny(remedies), [random_batch(seed=s) for s in range(4)]
+
+
+def cvae(remedies):
+    from tests.test_dialogue import random_batch as dialogue_batch, tiny as tiny_cvae
+
+    return tiny_cvae(remedies, use_acts=True), [dialogue_batch(seed=s, acts=True) for s in range(4)]
+
+
+MODELS = {"sentence_vae": sentence_vae, "cvae": cvae}
+
+
+@pytest.mark.parametrize("kind", MODELS)
 @pytest.mark.parametrize("name", list_remedies())
-def test_every_remedy_trains_and_round_trips(name, tmp_path):
-    model = tiny([{"name": name}]).train()
-    batch = random_batch()
-    trainer = FakeTrainer(model, [random_batch(seed=s) for s in range(1, 4)])
+def test_every_remedy_trains_and_round_trips(name, kind, tmp_path):
+    model, (batch, *others) = MODELS[kind]([{"name": name}])
+    model.train()
+    trainer = FakeTrainer(model, others)
     trainer.step = 3
     remedy = model.objective.remedies[0]
     remedy.before_update(trainer, batch)
@@ -76,14 +90,24 @@ def test_every_remedy_trains_and_round_trips(name, tmp_path):
     remedy.before_step(trainer)
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
-    assert all(p.grad is not None for p in model.decoder.parameters() if p.requires_grad)
+    # (the CVAE's decoder embedding is also the utterance encoder's: an inference parameter)
+    inference = {id(p) for p in model.inference_parameters()}
+    assert all(p.grad is not None for p in model.decoder.parameters() if p.requires_grad and id(p) not in inference)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in remedy.parameters())
     trainer.optimizer.step()
     assert isinstance(remedy.after_epoch(trainer, 1, {"mi_batch": 0.5}), dict)
     model.save_pretrained(tmp_path)  # remedy buffers and parameters persist without pickle
-    loaded = TextVAE.from_pretrained(tmp_path)
+    loaded = type(model).from_pretrained(tmp_path)
     for key, value in model.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_the_cvae_refuses_to_redraw_its_decoder():
+    """Encoder pretraining trains in the CVAE, but its decoder re-draw at the end of pretraining is
+    refused: the CVAE's decoder shares its embedding with the utterance encoder."""
+    model, batches = cvae([{"name": "encoder_pretraining", "pretrain_epochs": 1}])
+    with pytest.raises(TextVAEError, match="not supported for the dialogue CVAE"):
+        model.objective.remedies[0].after_epoch(FakeTrainer(model, batches), 1, {})
 
 
 def test_unknown_remedy_and_parameter_are_user_errors():
