@@ -244,8 +244,8 @@ def clip_gradients(model: nn.Module, max_norm: float) -> torch.Tensor:
     takes sparse gradients (``train.sparse_gradients``).
 
     Same result bit for bit on dense gradients: torch scales every gradient by
-    min(1, max_norm / (norm + 1e-6)), a pass over all of them (memory-bound, ~2 % of a CPU step)
-    even when the factor is 1. A sparse gradient is coalesced first (an embedding's backward
+    min(1, max_norm / (norm + 1e-6)), a memory-bound pass over all of them even when the factor
+    is 1. A sparse gradient is coalesced first (an embedding's backward
     holds one row per occurrence of a word; the norm needs each row's sum). Returns the total
     norm before clipping."""
     params = [p for p in model.parameters() if p.grad is not None]
