@@ -51,6 +51,7 @@ from textvae.metrics import evaluate_model
 from textvae.models.sampled_softmax import SampledSoftmax
 from textvae.models.textvae import VAEOutput
 from textvae.reduction import token_counts
+from textvae.registry import Registry
 from textvae.remedies import REMEDIES, Remedy
 from textvae.schedules import create_lr_schedule
 from textvae.training.checkpoint import (Checkpoint, read_checkpoint, restore_checkpoint, rng_state,
@@ -126,13 +127,22 @@ def plateau_update(state: LoopState, val_loss: float, epoch_complete: bool, oc: 
     return improved, True
 
 
+OPTIMIZERS: Registry = Registry("optimizer")  # optim.name -> (parameters, lr, OptimConfig) -> optimiser
+
+
+@OPTIMIZERS.register("sgd")
+def sgd(params: list[nn.Parameter], lr: float, cfg: OptimConfig) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+@OPTIMIZERS.register("adam")
+def adam(params: list[nn.Parameter], lr: float, cfg: OptimConfig) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+
+
 def build_optimizer(cfg: OptimConfig, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-    raise TextVAEError(f"unknown optimizer {cfg.name!r}; valid: adam, sgd")
+    """The registered optimiser ``cfg.name`` over the model's trainable parameters, at ``lr``."""
+    return OPTIMIZERS.create(cfg.name, [p for p in model.parameters() if p.requires_grad], lr, cfg)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
