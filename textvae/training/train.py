@@ -399,8 +399,10 @@ class Run:
     state: LoopState
     logger: RunLogger
     lr_at: Callable[[int], float]  # step -> lr around the plateau schedule's state.lr
-    step_fn: nn.Module = dataclasses.field(init=False)
-    sampler: Any = dataclasses.field(init=False)
+    step_fn: nn.Module = dataclasses.field(init=False)  # what DDP wraps
+    sampler: Any = dataclasses.field(init=False)  # the training split's batch plan
+    trainer: "LoopTrainer" = dataclasses.field(init=False)  # the remedies' view
+    remedies: list[Remedy] = dataclasses.field(init=False)
     last_checkpoint: int = 0
     epoch_complete: bool = False
     tokens_per_s: float = 0.0
@@ -411,7 +413,7 @@ class Run:
         self.sampler = self.train_split.sampler(self.cfg.data.batch_size, shuffle=True, seed=self.cfg.train.seed,
                                                 pool_batches=self.cfg.data.bucket_pool)
         self.trainer = LoopTrainer(self)
-        self.remedies: list[Remedy] = list(self.model.objective.remedies)
+        self.remedies = list(self.model.objective.remedies)
         self.last_checkpoint = self.state.step
         self.out_of_time = self.spent_time(0.0)
 
