@@ -1,6 +1,6 @@
 """Autoregressive decoders: (inputs, z) -> hidden states, one per input position.
 
-The output projection to the vocabulary belongs to :class:`~textvae.models.textvae.TextVAE`, so the
+The output projection to the vocabulary belongs to the model (:mod:`textvae.models.output_head`), so the
 loss can project only the non-padding positions.
 """
 from __future__ import annotations
