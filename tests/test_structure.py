@@ -118,3 +118,32 @@ def test_one_backward_call_for_the_training_loop():
     nothing else in the package takes gradients of a loss (evaluation never does)."""
     assert sorted(backward_calls()) == ["textvae/remedies/aggressive.py _encoder_step",
                                         "textvae/training/train.py train_step"]
+
+
+# Layers from the bottom; a module may import only from its own layer or those below.
+LAYERS = [
+    ("base", ["textvae", "textvae.config", "textvae.errors", "textvae.registry", "textvae.reduction"]),
+    ("data", ["textvae.data", "textvae.dialogue.config", "textvae.dialogue.data"]),
+    ("model parts", ["textvae.models"]),
+    ("objective", ["textvae.objective", "textvae.remedies", "textvae.schedules"]),
+    ("models", ["textvae.models.textvae", "textvae.models.decoding", "textvae.dialogue.model"]),
+    ("metrics", ["textvae.metrics", "textvae.dialogue.metrics", "textvae.dialogue.generation"]),
+    ("training", ["textvae.training"]),
+    ("tasks", ["textvae.tasks"]),
+    ("front ends", ["textvae.cli", "textvae.study", "textvae.sweeps", "textvae.plots", "textvae.dialogue"]),
+]
+
+
+def layer_of(module: str) -> int:
+    """The layer of the longest prefix naming ``module`` (a package names its submodules)."""
+    matches = [(len(prefix), i) for i, (_, prefixes) in enumerate(LAYERS) for prefix in prefixes
+               if module == prefix or module.startswith(prefix + ".")]
+    return max(matches)[1]
+
+
+def test_imports_run_one_way():
+    """data -> model parts -> objective / remedies -> models -> metrics -> training -> tasks -> front ends."""
+    upward = [f"{m} ({LAYERS[layer_of(m)][0]}) imports {d} ({LAYERS[layer_of(d)][0]})"
+              for m, deps in import_graph().items() for d in sorted(deps) if layer_of(d) > layer_of(m)]
+    assert upward == []
+    assert layer_of("textvae.models.textvae") > layer_of("textvae.objective") > layer_of("textvae.models.decoders")
