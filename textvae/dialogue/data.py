@@ -353,17 +353,10 @@ class DialogueSplit:
         lengths = self.lengths if limit is None else self.lengths[:limit]
         return BucketBatchSampler(lengths, batch_size, pool_batches, shuffle, seed)
 
-    def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0, epoch: int = 0,
-                pool_batches: int = 100, start_batch: int = 0, limit: Optional[int] = None
-                ) -> Iterator[DialogueBatch]:
-        """One epoch of batches of :meth:`sampler`'s plan, from ``start_batch`` on."""
-        sampler = self.sampler(batch_size, shuffle, seed, pool_batches, limit)
-        sampler.set_epoch(epoch, start_batch)
-        for index in sampler:
+    def batches(self, batch_size: int, shuffle: bool = False, limit: Optional[int] = None) -> Iterator[DialogueBatch]:
+        """The batches of :meth:`sampler`'s plan (epoch 0; the training loop draws its own epochs)."""
+        for index in self.sampler(batch_size, shuffle, limit=limit):
             yield self.batch(index)
-
-    def num_batches(self, batch_size: int) -> int:
-        return -(-len(self) // batch_size)
 
 
 @dataclass
