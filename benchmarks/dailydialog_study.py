@@ -4,7 +4,7 @@
 
 The three runs share the data, the model sizes, the KL annealing and the seed; they differ only in
 ``objective.remedies`` (none / ``bow`` / ``bn_vae`` on the means of q(z|x,c) and p(z|c)). Each is
-trained by :func:`textvae.dialogue.train.train_cvae` (best validation −ELBO kept) and scored on
+trained by :func:`textvae.tasks.run_training` (the ``dialogue`` task; best validation −ELBO kept) and scored on
 test pairs taken at an even stride through the test split: KL(q(z|x,c) || p(z|c)), −ELBO and IW-NLL
 of the response given its context, and Zhao et al. (2017)'s BLEU precision / recall and distinct-n
 of ``--responses`` greedy responses per context, each decoded from its own z ~ p(z|c). Samples for
@@ -35,7 +35,7 @@ from textvae.dialogue.config import (CVAEConfig, CVAERunConfig, DialogueDataConf
                                      DialogueOptimConfig)
 from textvae.dialogue.data import DialogueData, encode_split, read_dialogue_splits
 from textvae.dialogue.respond import respond
-from textvae.dialogue.train import train_cvae
+from textvae.tasks import run_training as train_cvae
 
 VARIANTS = {
     "CVAE": [],

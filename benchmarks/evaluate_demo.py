@@ -18,9 +18,10 @@ from pathlib import Path
 
 import torch
 
-from textvae.cli import default_recipe, main as textvae_main, parse_run_config
+from textvae.cli import main as textvae_main
 from textvae.training.logger import read_jsonl
-from textvae.training.train import run_training
+from textvae.tasks import run_training
+from textvae.tasks.runconfig import default_recipe, parse_run_config
 
 
 def train(recipe: str, out: str, steps: int, metrics_every: int, metrics_sentences: int, threads: int) -> Path:

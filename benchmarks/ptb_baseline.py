@@ -12,9 +12,9 @@ import argparse
 import shutil
 from pathlib import Path
 
-from textvae.cli import parse_run_config
+from textvae.tasks.runconfig import parse_run_config
 from textvae.training.logger import read_jsonl
-from textvae.training.train import run_training
+from textvae.tasks import run_training
 
 
 def main() -> None:

@@ -215,7 +215,7 @@ def train_batches(size: str, n: int, seed: int = 0
     padding and the training token counts [V] (the sampled softmax's proposal, as the loop makes
     it); for the Yahoo-size model the same lengths filled with uniformly random ids of its
     vocabulary (counts: uniform)."""
-    from textvae.cli import parse_run_config
+    from textvae.tasks.runconfig import parse_run_config
     from textvae.data.datasets import load_dataset
 
     cfg, _ = parse_run_config([RECIPE])
@@ -334,7 +334,7 @@ def section_train(args: argparse.Namespace, peaks: dict[str, float]) -> list[dic
 
 def section_bucketing() -> None:
     """Padding of the training plan against the bucket pool (1 = plain shuffling)."""
-    from textvae.cli import parse_run_config
+    from textvae.tasks.runconfig import parse_run_config
     from textvae.data.datasets import load_dataset
 
     cfg, _ = parse_run_config([RECIPE])
@@ -349,7 +349,7 @@ def section_bucketing() -> None:
 def iw_worker(job: dict[str, Any]) -> dict[str, Any]:
     """IW-NLL of ``sentences`` PTB test sentences in this (fresh) process: sentences/s, the
     estimate, and the peak RSS of the evaluation itself (counter reset after loading)."""
-    from textvae.cli import parse_run_config
+    from textvae.tasks.runconfig import parse_run_config
     from textvae.data.datasets import load_dataset
     from textvae.metrics import iw_nll
 
@@ -461,9 +461,9 @@ def use_reference_paths() -> None:
 
 def epoch_worker(job: dict[str, Any]) -> dict[str, Any]:
     """One PTB epoch in this (fresh) process."""
-    from textvae.cli import parse_run_config
+    from textvae.tasks.runconfig import parse_run_config
     from textvae.training.logger import read_jsonl
-    from textvae.training.train import run_training
+    from textvae.tasks import run_training
 
     precision, reference, sampled = EPOCH_VARIANTS[job["variant"]]
     cfg, _ = parse_run_config([RECIPE, "--out_dir", job["out"], "--name", job["name"], "--train.epochs", "1",
@@ -476,15 +476,15 @@ def epoch_worker(job: dict[str, Any]) -> dict[str, Any]:
                                "--train.sampled_softmax", str(sampled)])
     if reference:
         use_reference_paths()
-    import textvae.training.train as loop
+    from textvae.tasks.sentences import SentenceTask
 
-    final_report, peak_before_report = loop.final_report, []
+    final_report, peak_before_report = SentenceTask.test_report, []
 
     def report_after_training(*a: Any, **k: Any) -> dict[str, Any]:  # the loop's peak, before the test report
         peak_before_report.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         return final_report(*a, **k)
 
-    loop.final_report = report_after_training
+    SentenceTask.test_report = report_after_training  # type: ignore[method-assign]
     t = time.perf_counter()
     report = run_training(cfg)
     wall = time.perf_counter() - t

@@ -122,3 +122,40 @@ def test_weighted_shares_give_the_global_mean_gradient(size, n):
         seen += list(share) if weight else []
     assert seen == list(range(n))  # contiguous, disjoint, complete
     torch.testing.assert_close(total, want)
+
+
+def test_the_dialogue_cvae_trains_data_parallel_as_in_one_process(tmp_path):
+    """The dialogue task runs in the same loop, so DDP comes with it: two processes follow one (for
+    two steps: the tiny CVAE amplifies the ranks' other rounding of the same sums within a few more)."""
+    import yaml
+
+    from tests.test_dialogue import write_dialogues
+
+    write_dialogues(tmp_path)
+    model = {"emb_dim": 8, "utterance_hidden": 6, "context_hidden": 10, "latent_dim": 3, "prior_hidden": 12,
+             "decoder_hidden": 9, "use_acts": True, "act_emb_dim": 4, "act_hidden": 7}
+    recipe = {"task": "dialogue", "out_dir": str(tmp_path / "runs"), "model": model,
+              "data": {"name": str(tmp_path), "context_turns": 2, "batch_size": 7, "eval_batch_size": 4},
+              "objective": {"remedies": [{"name": "bow", "mlp_dim": 5}]},
+              "optim": {"name": "sgd", "lr": 0.1},
+              "train": {"epochs": 1, "max_steps": 2, "log_every": 1, "metrics_every": 0, "iw_samples_final": 0, "progress": False,
+                        "tensorboard": False, "threads": 1, "device": "cpu"},
+              "eval": {"n_responses": 1, "max_contexts": 1, "max_len": 3}}
+    (tmp_path / "cvae.yaml").write_text(yaml.safe_dump(recipe))
+    done = torchrun(["train", str(tmp_path / "cvae.yaml"), "--name", "two"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    mp = pytest.MonkeyPatch()
+    mp.setattr(DiagGaussian, "rsample", deterministic_rsample)
+    try:
+        main(["train", str(tmp_path / "cvae.yaml"), "--name", "one"])
+    finally:
+        mp.undo()
+    runs = [tmp_path / "runs" / name for name in ("one", "two")]
+    train = [[r for r in read_jsonl(run / "metrics.jsonl") if r["split"] == "train"] for run in runs]
+    assert [r["step"] for r in train[1]] == [1, 2]
+    assert next(r for r in read_jsonl(runs[1] / "metrics.jsonl") if r["split"] == "data")["world_size"] == 2
+    for a, b in zip(*train):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-5), a["step"]
+    got, want = (state_of(run / "checkpoint.safetensors") for run in reversed(runs))
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=0, atol=1e-5, msg=name)

@@ -19,12 +19,12 @@ from textvae.dialogue.generation import ContextDecoder, generate_responses
 from textvae.dialogue.metrics import GivenContext, bleu_precision_recall, generation_metrics
 from textvae.dialogue.model import KgCVAE
 from textvae.dialogue.respond import respond
-import textvae.dialogue.train as dialogue_train
-from textvae.dialogue.train import names_dialogue_recipe, parse_cvae_run_config, train_cvae
+from textvae.tasks import run_training as train_cvae
+from textvae.tasks.runconfig import parse_run_config, recipe_task
 from textvae.errors import TextVAEError
 from textvae.metrics.likelihood import iw_log_marginal
 from textvae.models.distributions import DiagGaussian, StandardNormal
-from textvae.models.textvae import set_sparse_embeddings
+from textvae.training.logger import read_jsonl
 from tests.test_train import state_of
 
 V = 40
@@ -301,10 +301,13 @@ def test_generation_metrics_distinct():
 # ---- training and responding ---------------------------------------------------------------------
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
 def test_recipes_parse(recipe):
-    cfg, resume = parse_cvae_run_config([str(recipe), "--train.epochs", "1"])
-    assert cfg.task == "dialogue" and cfg.train.epochs == 1 and not resume
-    assert names_dialogue_recipe([str(recipe)]) and names_dialogue_recipe(["--resume", "--config", str(recipe)])
-    assert not names_dialogue_recipe([str(recipe.parent.parent / "ptb" / "vae.yaml")])
+    cfg, resume = parse_run_config([str(recipe), "--train.epochs", "1"])
+    assert isinstance(cfg, CVAERunConfig) and cfg.train.epochs == 1 and not resume
+    assert isinstance(parse_run_config(["--resume", "--config", str(recipe)])[0], CVAERunConfig)
+    assert recipe_task(str(recipe)) == "dialogue"
+    assert recipe_task(str(recipe.parent.parent / "ptb" / "vae.yaml")) == "sentences"
+    with pytest.raises(TextVAEError, match="chosen by the recipe"):
+        parse_run_config([str(recipe), "--task", "sentences"])
 
 
 def write_dialogues(folder: Path) -> None:
@@ -337,8 +340,7 @@ def test_train_cvae_and_respond(tmp_path, capsys):
         assert math.isfinite(report[key]), key
     assert report["n_pairs"] == 6 and report["n_contexts"] == 3
     run = tmp_path / "runs" / "run"
-    assert names_dialogue_recipe([str(run / "config.yaml"), "--resume"])  # textvae train <run>/config.yaml --resume
-    assert parse_cvae_run_config([str(run / "config.yaml")])[0] == cfg
+    assert parse_run_config([str(run / "config.yaml"), "--resume"]) == (cfg, True)  # textvae train <run>/config.yaml
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records if r["split"] == "valid"] == [1, 2]
     assert max(r["step"] for r in records if r["split"] == "train") == 10  # 5 batches per epoch
@@ -346,28 +348,25 @@ def test_train_cvae_and_respond(tmp_path, capsys):
     assert len(lines) == 3 and capsys.readouterr().out.count("\n") == 3
 
 
-def test_cvae_sparse_gradients_train_like_dense_and_sampled_softmax_is_refused(tmp_path, monkeypatch):
-    """Three SGD steps at lr 1 with clipping active give the same weights with sparse embedding
-    gradients as with dense ones (the loop really switched them on); the sentence VAE's sampled
-    softmax is refused, not ignored."""
+def test_cvae_trains_with_sparse_gradients_like_dense_and_with_the_sampled_softmax(tmp_path):
+    """The loop's levers reach the CVAE: three SGD steps at lr 1 with clipping active give the same
+    weights with sparse embedding gradients as with dense ones (and the loop really switched them
+    on), and the sampled softmax trains it (the validation and test figures use the full softmax)."""
     write_dialogues(tmp_path)
-    switched = []
-    monkeypatch.setattr(dialogue_train, "set_sparse_embeddings",
-                        lambda model, on: switched.append(on) or set_sparse_embeddings(model, on))
     states = {}
-    for sparse in (False, True):
+    for name, sparse, sampled in (("dense", False, 0), ("sparse", True, 0), ("sampled", False, 8)):
         cfg = CVAERunConfig(
-            name=f"sparse_{sparse}", out_dir=str(tmp_path / "runs"),
+            name=name, out_dir=str(tmp_path / "runs"),
             data=DialogueDataConfig(name=str(tmp_path), context_turns=2, batch_size=8, eval_batch_size=4),
             model=tiny(use_acts=True).cfg, optim=DialogueOptimConfig(name="sgd", lr=1.0, clip=0.5),
             train=TrainConfig(epochs=1, max_steps=3, progress=False, tensorboard=False, metrics_every=0,
-                              iw_samples_final=0, sparse_gradients=sparse),
+                              iw_samples_final=0, sparse_gradients=sparse, sampled_softmax=sampled),
             eval=DialogueEvalConfig(n_responses=1, max_contexts=1, max_len=3))
-        train_cvae(cfg)
-        states[sparse] = state_of(tmp_path / "runs" / cfg.name / "checkpoint.safetensors")
-    assert switched == [False, True]
-    for key, value in states[False].items():
-        torch.testing.assert_close(states[True][key], value, rtol=1e-4, atol=1e-6, msg=key)
-    cfg.name, cfg.train.sampled_softmax = "sampled", 8
-    with pytest.raises(TextVAEError, match="sampled_softmax"):
-        train_cvae(cfg)
+        report = train_cvae(cfg)
+        assert math.isfinite(report["neg_elbo"])
+        states[name] = state_of(tmp_path / "runs" / name / "checkpoint.safetensors")
+        (data,) = [r for r in read_jsonl(tmp_path / "runs" / name / "metrics.jsonl") if r["split"] == "data"]
+        assert data["sparse_gradients"] == sparse
+    for key, value in states["dense"].items():
+        torch.testing.assert_close(states["sparse"][key], value, rtol=1e-4, atol=1e-6, msg=key)
+    assert not torch.equal(states["sampled"]["model.projection.weight"], states["dense"]["model.projection.weight"])

@@ -26,7 +26,7 @@ from textvae.metrics.likelihood import draw_samples, iw_log_marginal
 from textvae.metrics.probe import probe_model
 from textvae.models.flows import IAF
 from textvae.models.textvae import TextVAE
-from textvae.training.train import run_training
+from textvae.tasks import run_training
 
 torch.set_num_threads(1)
 

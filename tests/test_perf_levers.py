@@ -19,7 +19,8 @@ from textvae.config import DecoderConfig, EncoderConfig, ModelConfig
 from textvae.data.batch import collate
 from textvae.models.decoders import Dropout
 from textvae.models.encoders import last_layer_final_state
-from textvae.models.textvae import TextVAE, linear_cross_entropy
+from textvae.models.fused_loss import linear_cross_entropy
+from textvae.models.textvae import TextVAE
 from textvae.training.train import clip_gradients, retain_freed_memory
 
 torch.set_num_threads(1)

@@ -12,9 +12,10 @@ from textvae.data.batch import collate
 from textvae.data.special import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from textvae.errors import TextVAEError
 from textvae.models.textvae import TextVAE
-from textvae.remedies import create_remedy, inference_parameters, list_remedies, rate_sweep, reinit_decoder
+from textvae.remedies import create_remedy, list_remedies
 from textvae.remedies.delta_vae import sigma_upper
 from textvae.remedies.kl_constraint import KLConstraint
+from textvae.sweeps import rate_sweep
 
 V, D = 30, 4
 CONTEXT = dict(latent_dim=D, vocab_size=V, hidden_dim=12, emb_dim=12)
@@ -51,19 +52,33 @@ class FakeTrainer:
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
 
     def encoder_parameters(self):
-        return self._encoder_params if self._encoder_params is not None else inference_parameters(self.model)
+        return self._encoder_params if self._encoder_params is not None else self.model.inference_parameters()
 
     def reinit_decoder(self):
-        reinit_decoder(self.model, self.optimizer)
+        self.model.reinit_decoder(self.optimizer)
         self.reinits += 1
 
 
-# ---- every registered remedy -------------------------------------------------------------------
+# ---- every registered remedy, in both models ----------------------------------------------------
+def sentence_vae(remedies):
+    return tiny(remedies), [random_batch(seed=s) for s in range(4)]
+
+
+def cvae(remedies):
+    from tests.test_dialogue import random_batch as dialogue_batch, tiny as tiny_cvae
+
+    return tiny_cvae(remedies, use_acts=True), [dialogue_batch(seed=s, acts=True) for s in range(4)]
+
+
+MODELS = {"sentence_vae": sentence_vae, "cvae": cvae}
+
+
+@pytest.mark.parametrize("kind", MODELS)
 @pytest.mark.parametrize("name", list_remedies())
-def test_every_remedy_trains_and_round_trips(name, tmp_path):
-    model = tiny([{"name": name}]).train()
-    batch = random_batch()
-    trainer = FakeTrainer(model, [random_batch(seed=s) for s in range(1, 4)])
+def test_every_remedy_trains_and_round_trips(name, kind, tmp_path):
+    model, (batch, *others) = MODELS[kind]([{"name": name}])
+    model.train()
+    trainer = FakeTrainer(model, others)
     trainer.step = 3
     remedy = model.objective.remedies[0]
     remedy.before_update(trainer, batch)
@@ -75,14 +90,24 @@ def test_every_remedy_trains_and_round_trips(name, tmp_path):
     remedy.before_step(trainer)
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
-    assert all(p.grad is not None for p in model.decoder.parameters() if p.requires_grad)
+    # (the CVAE's decoder embedding is also the utterance encoder's: an inference parameter)
+    inference = {id(p) for p in model.inference_parameters()}
+    assert all(p.grad is not None for p in model.decoder.parameters() if p.requires_grad and id(p) not in inference)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in remedy.parameters())
     trainer.optimizer.step()
     assert isinstance(remedy.after_epoch(trainer, 1, {"mi_batch": 0.5}), dict)
     model.save_pretrained(tmp_path)  # remedy buffers and parameters persist without pickle
-    loaded = TextVAE.from_pretrained(tmp_path)
+    loaded = type(model).from_pretrained(tmp_path)
     for key, value in model.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_the_cvae_refuses_to_redraw_its_decoder():
+    """Encoder pretraining trains in the CVAE, but its decoder re-draw at the end of pretraining is
+    refused: the CVAE's decoder shares its embedding with the utterance encoder."""
+    model, batches = cvae([{"name": "encoder_pretraining", "pretrain_epochs": 1}])
+    with pytest.raises(TextVAEError, match="not supported for the dialogue CVAE"):
+        model.objective.remedies[0].after_epoch(FakeTrainer(model, batches), 1, {})
 
 
 def test_unknown_remedy_and_parameter_are_user_errors():
@@ -460,7 +485,7 @@ def test_aggressive_switches_off_for_good_when_validation_mi_drops():
 def test_aggressive_on_a_real_model_updates_only_the_inference_network():
     model = tiny([{"name": "aggressive", "max_inner_steps": 4}, {"name": "bow"}]).train()
     trainer = FakeTrainer(model, [random_batch(seed=s) for s in range(3)])
-    enc = {id(p) for p in inference_parameters(model)}
+    enc = {id(p) for p in model.inference_parameters()}
     assert enc >= {id(p) for p in model.encoder.parameters()} | {id(p) for p in model.posterior.parameters()}
     assert not enc & {id(p) for p in model.decoder.parameters()}
     before = {n: p.detach().clone() for n, p in model.named_parameters()}

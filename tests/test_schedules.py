@@ -4,7 +4,7 @@ import math
 import pytest
 
 from textvae.errors import TextVAEError
-from textvae.schedules import SCHEDULES, create_schedule, cycle_fraction, cycle_restart
+from textvae.schedules import SCHEDULES, create_lr_schedule, create_schedule
 
 
 def test_constant_and_linear():
@@ -51,19 +51,28 @@ def test_cyclical_shapes_start_end(shape, mid):
 def test_cyclical_fractional_period_boundaries():
     """total 10, 3 cycles: P = 10/3, cycles start at floor(c P) = 0, 3, 6 and nowhere else."""
     beta = create_schedule({"name": "cyclical", "total_steps": 10, "n_cycles": 3, "ratio": 1.0})
-    restarts = [t for t in range(20) if cycle_restart(beta, t)]
-    assert restarts == [0, 3, 6]
+    assert [t for t in range(10) if beta.position(t)[1] == 0] == [0, 3, 6]
     assert [t for t in range(10) if beta(t) == 0.0] == [0, 3, 6]
     assert beta(5) == pytest.approx(2 / (10 / 3))
-    assert cycle_fraction(beta, 9) == pytest.approx(3 / (10 / 3))
-    assert cycle_fraction(beta, 10) is None
+    assert beta.position(9)[1] == pytest.approx(3 / (10 / 3))
+    assert beta.position(10) is None
     reference = fu_linear_reference(10, 0.0, 1.0, 3, 1.0)
     assert [beta(t) for t in range(10)] == pytest.approx(reference)
 
 
-def test_non_cyclical_schedules_never_restart():
-    lin = create_schedule({"name": "linear"})
-    assert not any(cycle_restart(lin, t) for t in range(5)) and cycle_fraction(lin, 3) is None
+def test_lr_schedules():
+    """cosine: lr (1 + cos(pi u)) / 2 within each cycle of the KL schedule, the last step's value held
+    after the cycles; none and restart (and cosine without cycles): the plateau lr itself."""
+    cycles = create_schedule({"name": "cyclical", "total_steps": 10, "n_cycles": 3})
+    cosine = create_lr_schedule("cosine", 0.5, cycles)
+    u = [cycles.position(t)[1] for t in range(10)]
+    assert [cosine(t) for t in range(10)] == [0.5 * (1 + math.cos(math.pi * x)) / 2 for x in u]
+    assert cosine(0) == cosine(3) == cosine(6) == 0.5 and cosine(10) == cosine(25) == cosine(9) < 0.5
+    linear = create_schedule({"name": "linear"})
+    for name, kl in (("none", cycles), ("restart", cycles), ("cosine", linear)):
+        assert {create_lr_schedule(name, 0.5, kl)(t) for t in range(12)} == {0.5}, name
+    with pytest.raises(TextVAEError, match="cycle_lr 'step'; valid: cosine, none, restart"):
+        create_lr_schedule("step", 0.5, cycles)
 
 
 def fu_linear_reference(n_iter, start, stop, n_cycle, ratio):
@@ -98,7 +107,7 @@ def test_cyclical_differs_from_epoch_reset_bug_exactly_where_the_bug_is():
     cycle_len = steps_per_epoch * epochs_per_cycle
     bug_zone = {c * cycle_len + i for c in range(n_cycles) for i in range(1, steps_per_epoch)}
     assert differ == bug_zone  # the first epoch of each cycle, except the cycle's own first step
-    assert [t for t in range(total) if cycle_restart(ours, t)] == [0, 40, 80]
+    assert [t for t in range(total) if ours.position(t)[1] == 0] == [0, 40, 80]
 
 
 @pytest.mark.parametrize("spec", [

@@ -67,9 +67,10 @@ def test_interrupted_study_resumes_to_the_same_table(tmp_path, monkeypatch):
         assert (tmp_path / "ref" / name).is_file()
 
     # Interrupt the first run right after its end-of-epoch-1 checkpoint (of 2 epochs).
+    import textvae.tasks as tasks_module
     import textvae.training.train as train_module
 
-    real_save, real_train = train_module.save_checkpoint, train_module.run_training
+    real_save, real_train = train_module.save_checkpoint, tasks_module.run_training
 
     def save_then_interrupt(path, model, optimizer, meta, **kwargs):
         real_save(path, model, optimizer, meta, **kwargs)
@@ -90,7 +91,7 @@ def test_interrupted_study_resumes_to_the_same_table(tmp_path, monkeypatch):
         calls.append((f"{cfg.out_dir.split('/')[-1]}/{cfg.name}", resume))
         return real_train(cfg, resume)
 
-    monkeypatch.setattr(train_module, "run_training", spy)
+    monkeypatch.setattr(tasks_module, "run_training", spy)
     resumed = st.run_study(path, out=str(tmp_path / "b"))
     assert calls == [("plain/seed1", True), ("fb/seed1", False), ("plain/seed2", False), ("fb/seed2", False)]
     assert_same(resumed, reference)
@@ -99,9 +100,9 @@ def test_interrupted_study_resumes_to_the_same_table(tmp_path, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(train_module, "run_training", no_training)
+    monkeypatch.setattr(tasks_module, "run_training", no_training)
     assert_same(st.run_study(path, out=str(tmp_path / "b")), reference)
-    monkeypatch.setattr(train_module, "run_training", real_train)
+    monkeypatch.setattr(tasks_module, "run_training", real_train)
 
     # ... and a run whose finished marker (the test record) is lost is resumed and re-evaluated.
     metrics = runs["fb/seed2"].dir / "metrics.jsonl"

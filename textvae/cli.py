@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import sys
-from importlib import resources
 from pathlib import Path
 from typing import Any, Optional
 
@@ -28,55 +27,10 @@ from textvae.errors import TextVAEError
 COMMANDS = ("train", "evaluate", "sample", "reconstruct", "interpolate", "respond", "study")
 
 
-def default_recipe() -> str:
-    return str(resources.files("textvae") / "recipes" / "synthetic.yaml")
-
-
-def train_parser():
-    from jsonargparse import ArgumentParser
-
-    from textvae.config import RunConfig
-
-    parser = ArgumentParser(prog="textvae train", exit_on_error=False,
-                            description="Train a text VAE (or LM) from a YAML recipe with overrides.")
-    parser.add_argument("--config", action="config", help="recipe YAML (also accepted as the first argument)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in out_dir/name")
-    parser.add_class_arguments(RunConfig, None)
-    return parser
-
-
-def parse_run_config(argv: list[str]):
-    """RunConfig from ``[RECIPE] [--overrides]``; no recipe means the embedded synthetic default."""
-    from jsonargparse import ArgumentError
-
-    from textvae.config import RunConfig, from_dict
-
-    argv = list(argv)
-    if argv and not argv[0].startswith("-"):
-        argv = ["--config", argv[0]] + argv[1:]
-    elif "--config" not in argv and not any(a in ("-h", "--help") for a in argv):
-        argv = ["--config", default_recipe()] + argv
-    if argv[:1] == ["--config"] and len(argv) > 1 and not Path(argv[1]).is_file():
-        raise TextVAEError(f"no such recipe: {argv[1]}")
-    parser = train_parser()
-    try:
-        ns = parser.parse_args(argv)
-    except ArgumentError as e:
-        raise TextVAEError(" ".join(str(e).split())) from None
-    values = ns.as_dict()
-    resume = values.pop("resume")
-    values.pop("config", None)
-    values.pop("__path__", None)
-    return from_dict(RunConfig, values), resume
-
-
 def cmd_train(argv: list[str]) -> None:
-    from textvae.dialogue.train import cmd_train_cvae, names_dialogue_recipe
-    from textvae.training.train import run_training
+    from textvae.tasks import run_training
+    from textvae.tasks.runconfig import parse_run_config
 
-    if names_dialogue_recipe(argv):  # a recipe with `task: dialogue` trains the conditional VAE
-        cmd_train_cvae(argv)
-        return
     cfg, resume = parse_run_config(argv)
     report = run_training(cfg, resume=resume)
     if os.environ.get("RANK", "0") == "0":  # under torchrun every rank returns the report; one prints it
@@ -109,17 +63,8 @@ def load_model_dir(path: str) -> tuple[Any, Any, Optional[dict]]:
     return model, Tokenizer.load(p / TOKENIZER_FILE), run_cfg
 
 
-def cmd_evaluate(argv: list[str]) -> None:
-    """One table and one JSON file of every figure of a model on a split: ELBO terms with the KL
-    per dimension, IW-NLL / IW-PPL, both MI estimators, active units and the collapse diagnosis,
-    generation (reconstruction BLEU, distinct-1/2 and self-BLEU of prior samples) and, with
-    ``--probe N``, the latent probe (BN-VAE). ``--max-sentences`` evaluates an evenly spread
-    subset of the split (the first sentences would be the shortest in evaluation order)."""
-    from textvae.config import DataConfig, from_dict
-    from textvae.data.datasets import load_dataset
-    from textvae.metrics.generation import generation_metrics
+def evaluate_parser() -> argparse.ArgumentParser:
     from textvae.metrics.likelihood import DEFAULT_MAX_TOKENS
-    from textvae.training.train import evaluation
 
     ap = argparse.ArgumentParser(prog="textvae evaluate", description="Evaluate a trained model on a split.")
     ap.add_argument("model", help="run folder or saved model folder")
@@ -145,7 +90,21 @@ def cmd_evaluate(argv: list[str]) -> None:
                     help="bf16: figures under bfloat16 autocast (recurrent and output GEMMs in bf16; posterior "
                          "head, KL and softmax statistics in fp32; about 2x faster IW-NLL on a CPU with bf16 "
                          "units); recorded in the results")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def cmd_evaluate(argv: list[str]) -> None:
+    """One table and one JSON file of every figure of a model on a split: ELBO terms with the KL
+    per dimension, IW-NLL / IW-PPL, both MI estimators, active units and the collapse diagnosis,
+    generation (reconstruction BLEU, distinct-1/2 and self-BLEU of prior samples) and, with
+    ``--probe N``, the latent probe (BN-VAE). ``--max-sentences`` evaluates an evenly spread
+    subset of the split (the first sentences would be the shortest in evaluation order)."""
+    from textvae.config import DataConfig, from_dict
+    from textvae.data.datasets import load_dataset
+    from textvae.metrics.generation import generation_metrics
+    from textvae.training.train import evaluation
+
+    args = evaluate_parser().parse_args(argv)
     for flag in ("iw_samples", "probe"):
         if getattr(args, flag) < 0:
             raise TextVAEError(f"--{flag.replace('_', '-')} must be >= 0")

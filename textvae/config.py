@@ -140,15 +140,15 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     """Loop control. ``max_steps`` (optimiser steps) and ``max_seconds`` (training-loop time,
-    summed over resumed sessions, checked every ``log_every`` steps) stop early when set; ``metrics_every``
+    summed over resumed sessions, checked after every step) stop early when set; ``metrics_every``
     logs KL / MI / AU on the first ``metrics_sentences`` validation sentences every N steps
     (0 = only at epoch ends); a checkpoint is written every epoch and, with ``checkpoint_every``,
     every N steps as well. The final test report uses ``iw_samples_final`` importance samples
     (0 skips IW-NLL). ``precision: bf16`` runs forward passes under bfloat16 autocast (CPU or
     GPU) with fp32 master weights; the loss' softmax stays fp32. ``retain_memory`` keeps freed
     memory in the process (glibc malloc) instead of returning it to the system, so the large
-    per-step temporaries are not page-faulted in again on every step (about 10-25 % of a CPU
-    step); the resident size then stays at its peak. ``sampled_softmax: n`` (> 0) trains the
+    per-step temporaries are not page-faulted in again on every step; the resident size then
+    stays at its peak. ``sampled_softmax: n`` (> 0) trains the
     reconstruction term with a sampled softmax over n candidate words per step drawn from the
     unigram^0.75 (Jean et al. 2015; :mod:`textvae.models.sampled_softmax`): a biased estimate that
     saves most of the output layer's work; validation, test and every metric use the full softmax.

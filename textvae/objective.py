@@ -1,5 +1,10 @@
 """The training objective: per-sentence terms from the model -> the scalar the optimiser minimises.
 
+It owns the remedies and the order of their model hooks; a model calls, in this order,
+:meth:`Objective.corrupt_inputs` (decoder inputs, training only), :meth:`Objective.transform_posterior`
+(posterior parameters), :meth:`Objective.extra_losses` (added per-sentence losses) and finally the
+objective itself on its per-sentence terms, and so never iterates over remedies:
+
     loss = mean_b [ rec_b + K_b + Σ_r extra_{r,b} ]
 
 with K_b = beta(step) · Σ_d KL_{b,d} unless a remedy replaces the KL term (free bits, KL constraint),
@@ -15,7 +20,7 @@ from torch import nn
 
 from textvae.config import ObjectiveConfig
 from textvae.errors import TextVAEError
-from textvae.remedies import create_remedy
+from textvae.remedies import Remedy, create_remedy
 from textvae.schedules import create_schedule
 
 
@@ -30,6 +35,24 @@ class Objective(nn.Module):
 
     def beta(self, step: int) -> float:
         return self.schedule(step)
+
+    def corrupt_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Decoder inputs [B, T] after every remedy's corruption (word dropout, noising); the
+        model calls it in training only."""
+        for remedy in self.remedies:
+            inputs = remedy.corrupt_inputs(inputs)
+        return inputs
+
+    def transform_posterior(self, mu: torch.Tensor, logvar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior parameters after every remedy's transform (BN-VAE, delta-VAE), in order."""
+        for remedy in self.remedies:
+            mu, logvar = remedy.transform_posterior(mu, logvar)
+        return mu, logvar
+
+    def posterior_remedies(self) -> list[nn.Module]:
+        """The remedies that transform the posterior: part of the inference network (their
+        parameters, BN-VAE's shift, train with it)."""
+        return [r for r in self.remedies if type(r).transform_posterior is not Remedy.transform_posterior]
 
     def extra_losses(self, model: Any, batch: Any, z: torch.Tensor, h: torch.Tensor) -> dict[str, torch.Tensor]:
         """Each remedy's added per-sentence loss [B] (bag-of-words, Z-forcing, ...), by remedy class."""

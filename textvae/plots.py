@@ -167,14 +167,14 @@ def plot_nll_mi(variants: list[dict[str, Any]], path: Path) -> bool:
 def study_plots(results: dict[str, Any], folder: Path) -> dict[str, Path]:
     """Draw every figure of a study from its results (``textvae.study.aggregate``) and the runs'
     metrics.jsonl; returns name -> PNG path of the figures that had data."""
-    from textvae.study import read_records
+    from textvae.training.logger import read_jsonl
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     curves: dict[str, list] = {v["variant"]: [] for v in results["variants"]}
     for run in results["runs"]:
         if run["report"] is not None:
-            curves[run["variant"]].append(run_curves(read_records(Path(run["dir"]) / "metrics.jsonl")))
+            curves[run["variant"]].append(run_curves(read_jsonl(Path(run["dir"]) / "metrics.jsonl")))
     curves = {k: v for k, v in curves.items() if v}
     drawers = {"curves": lambda p: bool(curves) and plot_curves(curves, p),
                "rate_distortion": lambda p: plot_rate_distortion(results["variants"], p),

@@ -1,11 +1,13 @@
-"""KL-weight schedules: pure functions ``step -> beta`` counted in optimiser steps.
+"""Schedules: pure functions of the optimiser step, ``step -> beta`` (KL weight) and ``step -> lr``.
 
-Each factory takes the schedule's parameters and returns a function of the step. Build one from a
-recipe with ``create_schedule({"name": "linear", "start": 0.1, "warmup_steps": 10000})``.
+Each factory takes the schedule's parameters and returns a function of the step. Build a KL schedule
+from a recipe with ``create_schedule({"name": "linear", "start": 0.1, "warmup_steps": 10000})``.
 
 beta-VAE (Higgins et al. 2017) is the ``constant`` schedule with ``value: beta``; it needs no remedy.
-The cyclical schedule also tells the training loop where its cycles start (:func:`cycle_restart`,
-:func:`cycle_fraction`), so a run can restart its learning rate with each cycle as Fu et al. do.
+
+Learning-rate schedules (``optim.cycle_lr``) are composed with the KL schedule the same way:
+``create_lr_schedule("cosine", lr, kl_schedule)`` is ``step -> lr`` for the plateau schedule's
+current ``lr``; the training loop rebuilds it when the plateau schedule changes ``lr``.
 """
 from __future__ import annotations
 
@@ -109,30 +111,44 @@ class Cyclical:
             return float(self.end)
         return self.start + (self.end - self.start) * self.shape(min(1.0, pos[1] / self.ratio))
 
-    def restart(self, step: int) -> bool:
-        """True at the first step of each cycle (step 0 included)."""
-        pos = self.position(step)
-        return pos is not None and (step == 0 or self.position(step - 1)[0] != pos[0])
-
 
 SCHEDULES.register("cyclical")(Cyclical)
 
 
-def cycle_restart(schedule: Schedule, step: int) -> bool:
-    """Whether ``step`` starts a new annealing cycle (False for schedules without cycles).
-
-    The training loop resets its learning rate to the initial value when this is True (Fu et al.
-    restart the learning rate with each cycle in their PTB runs)."""
-    return isinstance(schedule, Cyclical) and schedule.restart(step)
+LR_SCHEDULES: Registry = Registry("optim.cycle_lr")
 
 
-def cycle_fraction(schedule: Schedule, step: int) -> Optional[float]:
-    """Fraction of the current cycle elapsed at ``step`` (for a per-cycle cosine learning rate
-    lr = lr0 (1 + cos(pi u)) / 2); ``None`` for schedules without cycles or past the last cycle."""
-    if not isinstance(schedule, Cyclical):
-        return None
-    pos = schedule.position(step)
-    return None if pos is None else pos[1]
+@LR_SCHEDULES.register("none")
+def constant_lr(lr: float, kl_schedule: Schedule) -> Schedule:
+    """lr(t) = lr."""
+    return lambda step: lr
+
+
+# Fu et al. restart the lr with each cycle. Here the lr between cycle starts already is the plateau
+# schedule's (a decay starts a new optimiser at the decayed lr, which a restart keeps), so a
+# restart leaves it as it is: the same schedule as ``none``, kept as a name recipes use.
+LR_SCHEDULES.register("restart")(constant_lr)
+
+
+@LR_SCHEDULES.register("cosine")
+def cosine_per_cycle(lr: float, kl_schedule: Schedule) -> Schedule:
+    """lr(t) = lr (1 + cos(pi u_t)) / 2, u_t the fraction of its cycle of the cyclical KL schedule
+    elapsed at step t (0 at each cycle start); past the last cycle lr(t) keeps the value of the
+    last cycle's last step. With a KL schedule without cycles, lr(t) = lr."""
+    position = getattr(kl_schedule, "position", None)  # only cyclical schedules have cycles
+    if position is None:
+        return constant_lr(lr, kl_schedule)
+    last = kl_schedule.total_steps - 1  # type: ignore[attr-defined]
+
+    def cosine(step: int) -> float:
+        return lr * (1 + math.cos(math.pi * position(min(step, last))[1])) / 2
+
+    return cosine
+
+
+def create_lr_schedule(name: str, lr: float, kl_schedule: Schedule) -> Schedule:
+    """``step -> lr`` of the registered ``name`` around the base ``lr``, cycles taken from ``kl_schedule``."""
+    return LR_SCHEDULES.create(name, lr, kl_schedule)
 
 
 def create_schedule(spec: dict[str, Any]) -> Schedule:

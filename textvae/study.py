@@ -65,7 +65,8 @@ import yaml
 
 from textvae.config import RunConfig
 from textvae.errors import TextVAEError
-from textvae.metrics.information import he2019_noise_sd
+from textvae.metrics import get_metric, he2019_noise_sd, list_metrics
+from textvae.training.logger import read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +221,7 @@ def load_study(path: str | Path, out: Optional[str] = None, seeds: Optional[list
     name = str(spec.get("name") or path.stem)
 
     if spec.get("base") in (None, "default"):
-        from textvae.cli import default_recipe
+        from textvae.tasks.runconfig import default_recipe
         base = Path(default_recipe())
     else:
         base = _find_file(str(spec["base"]), path.parent)
@@ -258,7 +259,7 @@ def _cores() -> int:
 
 def plan(study: Study, jobs: int = 1) -> list[Run]:
     """Every run of the study, seed-major, each with its checked configuration."""
-    from textvae.cli import parse_run_config
+    from textvae.tasks.runconfig import parse_run_config
 
     base = yaml.safe_load(study.base.read_text()) or {}
     if not isinstance(base, dict):
@@ -289,22 +290,9 @@ def plan(study: Study, jobs: int = 1) -> list[Run]:
 
 
 # ---- run folders -------------------------------------------------------------------------------
-def read_records(path: Path) -> list[dict[str, Any]]:
-    """metrics.jsonl records; a line cut short by a kill is skipped."""
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
-
-
 def finished_report(run_dir: Path) -> Optional[dict[str, Any]]:
     """The run's final test record (its presence marks a finished run), else None."""
-    tests = [r for r in read_records(run_dir / "metrics.jsonl") if r.get("split") == "test"]
+    tests = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("split") == "test"]
     if not tests:
         return None
     # the report itself, without the log record's bookkeeping (as run_training returns it)
@@ -345,7 +333,7 @@ def _clear_unstarted(run: Run) -> None:
 
 # ---- running -----------------------------------------------------------------------------------
 def _train_in_process(run: Run, resume: bool) -> bool:
-    from textvae.training.train import run_training
+    from textvae.tasks import run_training
 
     try:
         run_training(run.config, resume=resume)
@@ -451,7 +439,16 @@ COLUMNS = [("nll", "IW-NLL", "{:.2f}"), ("kl", "KL", "{:.2f}"), ("mi", "MI", "{:
 # Report keys carried into results.csv / results.json besides the table's figures.
 EXTRA = ("iw_nll", "iw_ppl", "elbo_ppl", "mi_batch", "mi_dataset", "mi_batch_he2019", "mi_batch_he2019_noise_sd",
          "true_nll", "true_mi")
-FIGURES = [key for key, _, _ in COLUMNS] + list(EXTRA)
+
+
+def columns() -> list[tuple[str, str, str]]:
+    """The table's columns: the figures above, then those of the registered metrics (their ``study_columns``)."""
+    return COLUMNS + [column for name in list_metrics() for column in get_metric(name).study_columns]
+
+
+def figure_keys() -> list[str]:
+    """Every figure of results.csv / results.json."""
+    return [key for key, _, _ in columns()] + list(EXTRA)
 
 
 def run_figures(report: dict[str, Any]) -> dict[str, float]:
@@ -464,7 +461,7 @@ def run_figures(report: dict[str, Any]) -> dict[str, float]:
             "rec": report.get("rec", nan), "neg_elbo": report.get("neg_elbo", nan),
             "train_minutes": report.get("train_seconds", nan) / 60.0,
             "tokens_per_s": report.get("train_tokens_per_s", nan)}
-    figs.update({k: report.get(k, nan) for k in EXTRA})
+    figs.update({k: report.get(k, nan) for k in figure_keys() if k not in figs})
     return {k: float(v) for k, v in figs.items()}
 
 
@@ -487,7 +484,7 @@ def aggregate(study: Study, runs: list[Run]) -> dict[str, Any]:
         done = [(r, rep) for r, rep in reports if rep is not None]
         figs = [run_figures(rep) for _, rep in done]
         stats = {}
-        for key in FIGURES:
+        for key in figure_keys():
             mean, std, n = mean_std([f[key] for f in figs])
             stats[key] = {"mean": mean, "std": std, "n": n}
         variants.append({"variant": vname, "runs": len(done), "planned": len(mine), "figures": stats})
@@ -515,10 +512,10 @@ def cell(stats: dict[str, Any], fmt: str) -> str:
 
 
 def markdown_table(results: dict[str, Any]) -> str:
-    header = ["variant", "runs"] + [label for _, label, _ in COLUMNS]
+    header = ["variant", "runs"] + [label for _, label, _ in columns()]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for v in results["variants"]:
-        cells = [v["variant"], f"{v['runs']}/{v['planned']}"] + [cell(v["figures"][k], fmt) for k, _, fmt in COLUMNS]
+        cells = [v["variant"], f"{v['runs']}/{v['planned']}"] + [cell(v["figures"][k], fmt) for k, _, fmt in columns()]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -526,10 +523,10 @@ def markdown_table(results: dict[str, Any]) -> str:
 def write_csv(results: dict[str, Any], path: Path) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["variant", "runs"] + [f"{k}_{s}" for k in FIGURES for s in ("mean", "std")])
+        writer.writerow(["variant", "runs"] + [f"{k}_{s}" for k in figure_keys() for s in ("mean", "std")])
         for v in results["variants"]:
             row = [v["variant"], v["runs"]]
-            for k in FIGURES:
+            for k in figure_keys():
                 row += [repr(v["figures"][k]["mean"]), repr(v["figures"][k]["std"])]
             writer.writerow(row)
 

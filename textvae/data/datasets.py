@@ -87,6 +87,10 @@ class Split:
             batch.extras["labels"] = torch.as_tensor(self.labels[index])
         return batch
 
+    def unigram(self, vocab_size: int) -> torch.Tensor:
+        """Token counts [V] over every sentence of the split, ``<s>`` and ``</s>`` included."""
+        return torch.bincount(torch.from_numpy(self.ids.flat).long(), minlength=vocab_size)
+
     def subset(self, limit: Optional[int] = None) -> np.ndarray:
         """Positions of ``limit`` sentences spread evenly over the split (i * N // limit); all
         when ``limit`` is None. Taking the first sentences instead would favour one topic, and

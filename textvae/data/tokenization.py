@@ -14,7 +14,7 @@ added special tokens, so ``<unk>`` is matched whole instead of being split into 
 
 Word-level encoding is a dictionary lookup per whitespace-separated word, exactly what the
 WordLevel model does; it runs in Python because that is several times faster than building the
-library's Encoding objects (PTB train: ~0.3 s against ~1.5 s on two cores). The saved JSON is
+library's Encoding objects. The saved JSON is
 the library's, so the library alone reproduces the same ids.
 """
 from __future__ import annotations

@@ -3,5 +3,6 @@
 ``data``: (context, response) pairs from DailyDialog or JSONL, :class:`DialogueBatch`;
 ``model``: :class:`KgCVAE` (hierarchical context encoder, recognition and prior networks, decoder);
 ``metrics``: BLEU precision / recall, distinct-n, ELBO and IW-NLL of the response given its context;
-``train``: :func:`train_cvae`; ``respond``: :func:`respond` (diverse responses to a context).
+``respond``: :func:`respond` (diverse responses to a context). Training is the ``dialogue`` task
+(:mod:`textvae.tasks.dialogue`) of the one training loop.
 """

@@ -3,7 +3,7 @@ objective, optimiser and loop sections are textvae's (``textvae.config``), so KL
 remedies, the plateau lr schedule and checkpointing are configured exactly as for sentence VAEs.
 
 ``textvae train recipes/dailydialog/cvae.yaml`` reads a YAML holding ``task: dialogue`` into a
-:class:`CVAERunConfig` (see :func:`textvae.dialogue.train.parse_cvae_run_config`).
+:class:`CVAERunConfig`, the configuration of the ``dialogue`` task (:mod:`textvae.tasks.runconfig`).
 """
 from __future__ import annotations
 

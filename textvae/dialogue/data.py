@@ -341,19 +341,22 @@ class DialogueSplit:
         acts = None if self.acts is None else self.acts[index]
         return collate_dialogues(contexts, responses, acts, index)
 
-    def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0, epoch: int = 0,
-                pool_batches: int = 100, start_batch: int = 0, limit: Optional[int] = None
-                ) -> Iterator[DialogueBatch]:
-        """One epoch of batches bucketed by response length (``textvae.data.batching``);
-        ``shuffle=False`` is evaluation order. ``limit`` keeps only the first ``limit`` pairs."""
-        lengths = self.lengths if limit is None else self.lengths[:limit]
-        sampler = BucketBatchSampler(lengths, batch_size, pool_batches, shuffle, seed)
-        sampler.set_epoch(epoch, start_batch)
-        for index in sampler:
-            yield self.batch(index)
+    def unigram(self, vocab_size: int) -> torch.Tensor:
+        """Token counts [V] over the responses (what the model reconstructs), each pair counted."""
+        responses = np.concatenate([self.ids[r] for r in self.responses])
+        return torch.bincount(torch.from_numpy(responses).long(), minlength=vocab_size)
 
-    def num_batches(self, batch_size: int) -> int:
-        return -(-len(self) // batch_size)
+    def sampler(self, batch_size: int, shuffle: bool = False, seed: int = 0, pool_batches: int = 100,
+                limit: Optional[int] = None) -> BucketBatchSampler:
+        """The batch plan over the first ``limit`` pairs (all when None), bucketed by response
+        length (``textvae.data.batching``); ``shuffle=False`` is evaluation order."""
+        lengths = self.lengths if limit is None else self.lengths[:limit]
+        return BucketBatchSampler(lengths, batch_size, pool_batches, shuffle, seed)
+
+    def batches(self, batch_size: int, shuffle: bool = False, limit: Optional[int] = None) -> Iterator[DialogueBatch]:
+        """The batches of :meth:`sampler`'s plan (epoch 0; the training loop draws its own epochs)."""
+        for index in self.sampler(batch_size, shuffle, limit=limit):
+            yield self.batch(index)
 
 
 @dataclass

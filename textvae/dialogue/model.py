@@ -32,16 +32,16 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from textvae.config import ObjectiveConfig
 from textvae.data.batch import Batch
-from textvae.data.special import PAD_ID
 from textvae.dialogue.config import CVAEConfig
 from textvae.dialogue.data import DialogueBatch
 from textvae.errors import TextVAEError
 from textvae.models.decoders import DECODERS
 from textvae.models.distributions import DiagGaussian
 from textvae.models.encoders import ENCODERS, last_layer_final_state
+from textvae.models.output_head import OutputHead
 from textvae.models.textvae import PretrainedMixin, VAEOutput
 from textvae.objective import Objective
-from textvae.remedies import Remedy, create_remedy
+from textvae.remedies import create_remedy
 
 
 class HierarchicalContextEncoder(nn.Module):
@@ -69,7 +69,7 @@ class HierarchicalContextEncoder(nn.Module):
         return last_layer_final_state(h_n, 1, 1)
 
 
-class KgCVAE(PretrainedMixin, nn.Module):
+class KgCVAE(OutputHead, PretrainedMixin, nn.Module):
     """The CVAE / kgCVAE of Zhao et al. (2017); see the module docstring.
 
     ``act_names`` are the dialogue-act classes of the data (kgCVAE needs them, ``cfg.use_acts``);
@@ -111,6 +111,9 @@ class KgCVAE(PretrainedMixin, nn.Module):
             self.decoder.embedding = self.utterance_encoder.embedding
         self.init_state = nn.Linear(c + d + y, cfg.decoder_layers * cfg.decoder_hidden)
         self.projection = nn.Linear(self.decoder.out_dim, vocab_size)
+        # The reference loss, with which the CVAE's published runs were trained: the fused one gives
+        # the same loss rounded differently, so switching would change every recorded result.
+        self.fused_loss = False
         facts = dict(latent_dim=d, vocab_size=vocab_size, hidden_dim=self.decoder.out_dim, emb_dim=cfg.emb_dim,
                      encoder_dim=u + c + y)
         self.objective = Objective(self.objective_cfg, **facts)
@@ -147,9 +150,7 @@ class KgCVAE(PretrainedMixin, nn.Module):
         if self.use_acts:
             parts.append(self.act_features(self.act_embedding(self._true_acts(batch))))
         h = torch.cat(parts, -1)
-        mu, logvar = self.recognition(h).chunk(2, dim=-1)
-        for remedy in self.objective.remedies:
-            mu, logvar = remedy.transform_posterior(mu, logvar)
+        mu, logvar = self.objective.transform_posterior(*self.recognition(h).chunk(2, dim=-1))
         return DiagGaussian(mu, logvar), h
 
     def inference_parameters(self) -> list[nn.Parameter]:
@@ -158,8 +159,12 @@ class KgCVAE(PretrainedMixin, nn.Module):
         modules: list[nn.Module] = [self.context_encoder, self.recognition]  # the context encoder holds the utterance one
         if self.use_acts:
             modules += [self.act_embedding, self.act_features]
-        modules += [r for r in self.objective.remedies if type(r).transform_posterior is not Remedy.transform_posterior]
+        modules += self.objective.posterior_remedies()
         return list({id(p): p for m in modules for p in m.parameters() if p.requires_grad}.values())
+
+    def reinit_decoder(self, optimizer: Optional[torch.optim.Optimizer] = None) -> None:
+        raise TextVAEError("re-initialising the decoder (remedy 'encoder_pretraining') is not supported for the "
+                           "dialogue CVAE: its decoder shares the embedding with the utterance encoder")
 
     def _true_acts(self, batch: DialogueBatch) -> torch.Tensor:
         if batch.acts is None:
@@ -205,12 +210,7 @@ class KgCVAE(PretrainedMixin, nn.Module):
             raise TextVAEError("KgCVAE.token_nll: the response batch carries no context vector (see with_context)")
         code = self.latent_code(c, z, response.extras.get("labels") if self.training and self.use_acts else None)
         hidden, _ = self.decoder(response.inputs if inputs is None else inputs, code, self.initial_state(c, code))
-        targets = response.targets
-        mask = targets != PAD_ID  # [B, T-1]
-        logits = self.projection(hidden[mask])  # [N_tokens, V]: padding costs no vocabulary matmul
-        nll = F.cross_entropy(logits.float(), targets[mask], reduction="none")
-        rows = torch.arange(targets.shape[0], device=targets.device).unsqueeze(1).expand_as(targets)[mask]
-        return nll.new_zeros(targets.shape[0]).index_add_(0, rows, nll)
+        return self.sentence_nll(hidden, response.targets)
 
     def log_likelihood(self, batch: DialogueBatch, z: torch.Tensor, c: Optional[torch.Tensor] = None) -> torch.Tensor:
         """log p(x | z_s, c) for z [S, B, D] -> [S, B] (predicted soft act); the batch is repeated S
@@ -243,10 +243,7 @@ class KgCVAE(PretrainedMixin, nn.Module):
         """rec [B], KL(q(z|x,c) || p(z|c)) [B, D], n_tokens [B] and the objective's loss."""
         c = self.encode_context(batch)
         response = self.with_context(batch.response, c)
-        inputs = response.inputs
-        if self.training:
-            for remedy in self.objective.remedies:
-                inputs = remedy.corrupt_inputs(inputs)
+        inputs = self.objective.corrupt_inputs(response.inputs) if self.training else response.inputs
         q, h = self.posterior(batch, c)
         z = q.rsample(1)[0]
         kl = q.kl(self.prior(c))

@@ -7,12 +7,14 @@ as published, with its noise floor :func:`he2019_noise_sd`). Latent usage (``lat
 :func:`collapse_diagnostics`. Text (``generation``): :func:`reconstruction_bleu`, :func:`distinct_n`,
 :func:`self_bleu`, and :func:`generation_metrics` (generates from a model, then scores). Probing
 (``probe``): :func:`latent_probe`, :func:`probe_model`. All at once: :func:`evaluate_model` and
-:func:`format_table` (``textvae evaluate`` adds generation, probe and ground truth).
+:func:`format_table` (``textvae evaluate`` adds generation, probe and ground truth); a new metric
+is one function registered with :func:`register_metric`.
 
 Models are used only through the protocol of ``docs/design.md``: ``encode``, ``prior.log_prob``,
 ``log_likelihood``.
 """
-from textvae.metrics.evaluate import METRICS, evaluate_model, format_table
+from textvae.metrics.evaluate import (METRICS, EvalPass, Metric, evaluate_model, format_table, get_metric,
+                                      list_metrics, register_metric)
 from textvae.metrics.generation import (GenerationResult, distinct_n, generation_metrics,
                                         reconstruction_bleu, self_bleu)
 from textvae.metrics.information import he2019_noise_sd, mi_batch, mi_batch_he2019, mi_dataset
@@ -23,7 +25,8 @@ from textvae.metrics.likelihood import (ElboResult, IWResult, draw_samples, elbo
 from textvae.metrics.probe import ProbeResult, draw_labelled, latent_probe, probe_model
 
 __all__ = [
-    "METRICS", "evaluate_model", "format_table",
+    "METRICS", "EvalPass", "Metric", "evaluate_model", "format_table", "get_metric", "list_metrics",
+    "register_metric",
     "GenerationResult", "distinct_n", "generation_metrics", "reconstruction_bleu", "self_bleu",
     "mi_batch", "mi_batch_he2019", "mi_dataset", "he2019_noise_sd",
     "ActiveUnits", "CollapseDiagnostics", "active_units", "collapse_diagnostics", "collapse_verdict",

@@ -1,7 +1,13 @@
-"""One pass over an evaluation set computing every latent-variable figure, and its table."""
+"""The registered metrics, one pass over an evaluation set computing them, and its table.
+
+A metric is one registered function (:func:`register_metric`); :func:`evaluate_model` computes any
+of them, the training loop computes those registered for its stages (``epoch``, ``periodic``,
+``test``) and a study's table shows the columns a metric declares.
+"""
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
@@ -12,12 +18,161 @@ from textvae.metrics.latent import AU_THRESHOLD, active_units, collapse_diagnost
 from textvae.metrics.likelihood import (DEFAULT_MAX_TOKENS, ElboAccumulator, elbo_batch,
                                         iw_log_marginal)
 from textvae.reduction import CorpusAccumulator
+from textvae.registry import Registry
 
-METRICS = ("elbo", "iw", "mi_batch", "mi_dataset", "mi_batch_he2019", "au", "diagnostics")
-MI_METRICS = ("mi_batch", "mi_dataset", "mi_batch_he2019")
+STAGES = ("epoch", "periodic", "test")
 
 
-def evaluate_model(model: Any, batches: Batches, metrics: Sequence[str] = METRICS,
+@dataclass
+class EvalPass:
+    """What one pass over an evaluation set keeps for the metrics: per batch the posterior's mean
+    (and, for Gaussian posteriors, mu and sigma), and, when a metric ``keeps_posteriors``, the
+    posterior and one z ~ q(z|x) per sentence; plus the accumulators of the per-batch metrics."""
+
+    model: Any
+    n_samples: int
+    max_tokens: int
+    au_threshold: float
+    per_dim: bool
+    keep_posteriors: bool
+    counts: CorpusAccumulator = field(default_factory=CorpusAccumulator)
+    elbo: ElboAccumulator = field(default_factory=ElboAccumulator)
+    iw: CorpusAccumulator = field(default_factory=CorpusAccumulator)
+    posteriors: list[Any] = field(default_factory=list)
+    samples: list[torch.Tensor] = field(default_factory=list)
+    means: list[torch.Tensor] = field(default_factory=list)
+    mus: list[torch.Tensor] = field(default_factory=list)
+    sigmas: list[torch.Tensor] = field(default_factory=list)
+
+    def add(self, batch: Any, posterior: Any, z: torch.Tensor) -> None:
+        self.counts.add(batch.n_tokens)
+        self.means.append(posterior.mean)
+        if hasattr(posterior, "logvar"):
+            self.mus.append(posterior.mu)
+            self.sigmas.append(torch.exp(0.5 * posterior.logvar))
+        if self.keep_posteriors:
+            self.posteriors.append(posterior)
+            self.samples.append(z[0])
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """Posterior means of the whole set [N, D]."""
+        return torch.cat(self.means)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One registered metric of :func:`evaluate_model`.
+
+    ``result(pass) -> {figure: value}`` after the pass; ``update(pass, batch, posterior, z)`` per
+    batch when the metric needs the model batch by batch (it may draw random numbers: updates run in
+    the order of the metrics' names). ``latent``: the figure needs a latent space (the language
+    model skips it). ``keeps_posteriors``: the pass keeps every posterior and z for it.
+    ``stages``: where the training loop computes it besides ``textvae evaluate`` (``epoch``: each
+    epoch's validation; ``periodic``: every ``train.metrics_every`` steps; ``test``: the final
+    report). ``study_columns``: (figure, label, format) columns it adds to a study's table.
+    """
+
+    result: Callable[[EvalPass], dict[str, Any]]
+    update: Optional[Callable[[EvalPass, Any, Any, torch.Tensor], None]] = None
+    latent: bool = True
+    keeps_posteriors: bool = False
+    stages: tuple[str, ...] = ()
+    study_columns: tuple[tuple[str, str, str], ...] = ()
+
+
+METRICS: Registry = Registry("metric")
+
+
+def register_metric(name: str, **options: Any) -> Callable[[Callable[[EvalPass], dict[str, Any]]], Metric]:
+    """Decorator: ``@register_metric("au", stages=("epoch",))`` on ``result(pass) -> dict`` registers
+    a :class:`Metric` with those options under ``name``."""
+    unknown = sorted(set(options.get("stages", ())) - set(STAGES))
+    if unknown:
+        raise TextVAEError(f"metric {name!r}: unknown stages {unknown}; valid: {', '.join(STAGES)}")
+    return lambda result: METRICS.register(name)(Metric(result, **options))
+
+
+def list_metrics(stage: Optional[str] = None) -> list[str]:
+    """Every registered metric, or those the training loop computes at ``stage``."""
+    return [n for n in METRICS.names() if stage is None or stage in METRICS.get(n).stages]
+
+
+def get_metric(name: str) -> Metric:
+    return METRICS.get(name)
+
+
+def _elbo_update(p: EvalPass, batch: Any, posterior: Any, z: torch.Tensor) -> None:
+    p.elbo.add(batch.n_tokens, *elbo_batch(p.model, batch, posterior, z))
+
+
+@register_metric("elbo", update=_elbo_update, latent=False, stages=STAGES)
+def _elbo(p: EvalPass) -> dict[str, Any]:
+    """rec, kl, neg_elbo, elbo_ppl (one sample, beta = 1; see ``elbo_terms``)."""
+    summary = p.elbo.result()
+    figures = summary.summary()
+    if p.per_dim and summary.kl_per_dim is not None:
+        figures["kl_per_dim"] = summary.kl_per_dim.tolist()
+    return figures
+
+
+def _iw_update(p: EvalPass, batch: Any, posterior: Any, z: torch.Tensor) -> None:
+    p.iw.add(batch.n_tokens, nll=-iw_log_marginal(p.model, batch, posterior, p.n_samples, p.max_tokens))
+
+
+@register_metric("iw", update=_iw_update, latent=False, stages=("test",))
+def _iw(p: EvalPass) -> dict[str, Any]:
+    """iw_nll, iw_ppl, iw_samples (K = ``n_samples``; see ``iw_nll``)."""
+    return {"iw_nll": p.iw.mean("nll"), "iw_ppl": p.iw.ppl("nll"), "iw_samples": float(p.n_samples)}
+
+
+@register_metric("mi_batch", keeps_posteriors=True, stages=STAGES)
+def _mi_batch(p: EvalPass) -> dict[str, Any]:
+    """The per-batch MI estimator (He et al. 2019's aggregate posterior; same z as the ELBO)."""
+    return {"mi_batch": mi_batch(p.posteriors, p.samples)}
+
+
+@register_metric("mi_dataset", keeps_posteriors=True, stages=("periodic", "test"))
+def _mi_dataset(p: EvalPass) -> dict[str, Any]:
+    """The whole-set MI estimator (same z as the ELBO): textvae's reported MI."""
+    return {"mi_dataset": mi_dataset(p.posteriors, p.samples)}
+
+
+@register_metric("mi_batch_he2019", keeps_posteriors=True, stages=("test",))
+def _mi_batch_he2019(p: EvalPass) -> dict[str, Any]:
+    """He et al.'s per-batch estimator as published, and its noise floor sd sqrt(D / 2N)."""
+    n, d = sum(len(z) for z in p.samples), p.samples[0].shape[-1]
+    return {"mi_batch_he2019": mi_batch_he2019(p.posteriors, p.samples),
+            "mi_batch_he2019_noise_sd": he2019_noise_sd(d, n)}
+
+
+@register_metric("au", stages=STAGES)
+def _au(p: EvalPass) -> dict[str, Any]:
+    """au, au_threshold, latent_dim (active units: Var_x E[z|x] >= the threshold)."""
+    au = active_units(p.mean, p.au_threshold)
+    figures = {"au": float(au.count), "au_threshold": p.au_threshold, "latent_dim": float(p.mean.shape[1])}
+    if p.per_dim:
+        figures["var_mu_per_dim"] = au.variances.tolist()
+    return figures
+
+
+@register_metric("diagnostics", stages=("test",))
+def _diagnostics(p: EvalPass) -> dict[str, Any]:
+    """au, latent_dim, dims_too_noisy, dims_signal_too_weak (why inactive dimensions are inactive)."""
+    gaussian = len(p.mus) == len(p.means)
+    diag = collapse_diagnostics(torch.cat(p.mus) if gaussian else p.mean, torch.cat(p.sigmas) if gaussian else None,
+                                threshold=p.au_threshold)
+    figures = {"au": float(diag.n_active), "latent_dim": float(p.mean.shape[1]),
+               "dims_too_noisy": float(diag.modes.count("too noisy")),
+               "dims_signal_too_weak": float(diag.modes.count("signal too weak"))}
+    if p.per_dim:
+        figures.update(var_mu_per_dim=diag.var_mu.tolist(), dim_modes=diag.modes)
+        if diag.mean_sigma is not None:
+            figures["sigma_per_dim"] = diag.mean_sigma.tolist()
+    return figures
+
+
+def evaluate_model(model: Any, batches: Batches, metrics: Optional[Sequence[str]] = None,
                    n_samples: int = 500, max_tokens: int = DEFAULT_MAX_TOKENS,
                    au_threshold: float = AU_THRESHOLD,
                    generator: Optional[torch.Generator] = None,
@@ -25,15 +180,9 @@ def evaluate_model(model: Any, batches: Batches, metrics: Sequence[str] = METRIC
     """Evaluate ``model`` on ``batches`` (an iterable, or a callable returning a fresh iterator).
 
     Each batch is encoded once, in eval mode without gradients; its posterior, posterior means and
-    one z ~ q(z|x) per sentence are kept and shared by the requested ``metrics``:
-
-    * ``elbo``: rec, kl, neg_elbo, elbo_ppl (one sample, β = 1; see ``elbo_terms``);
-    * ``iw``: iw_nll, iw_ppl, iw_samples (K = ``n_samples``; see ``iw_nll``; 0 skips it);
-    * ``mi_batch`` / ``mi_dataset``: the MI estimators (same z as the ELBO), noise-cancelling;
-    * ``mi_batch_he2019``: He et al.'s estimator as published, with ``mi_batch_he2019_noise_sd``,
-      its noise floor √(D / 2N);
-    * ``au``: au, au_threshold, latent_dim;
-    * ``diagnostics``: au, latent_dim, dims_too_noisy, dims_signal_too_weak.
+    one z ~ q(z|x) per sentence are kept and shared by the requested registered ``metrics`` (all
+    by default; see :func:`list_metrics`): ``elbo``, ``iw`` (K = ``n_samples``; 0 skips it),
+    ``mi_batch`` / ``mi_dataset``, ``au`` and ``diagnostics``, each documented where it is registered.
 
     A model with ``latent_dim == 0`` (the language model) gets the likelihood metrics only, and
     IW-NLL with one sample, which is exact for it.
@@ -43,74 +192,33 @@ def evaluate_model(model: Any, batches: Batches, metrics: Sequence[str] = METRIC
     ``au`` / ``diagnostics``), and with ``diagnostics`` ``sigma_per_dim`` (E_x[sigma_d], Gaussian
     posteriors) and ``dim_modes`` (active / too noisy / signal too weak).
     """
-    unknown = sorted(set(metrics) - set(METRICS))
+    metrics = list_metrics() if metrics is None else metrics
+    unknown = sorted(set(metrics) - set(list_metrics()))
     if unknown:
-        raise TextVAEError(f"evaluate_model: unknown metrics {unknown}; valid: {', '.join(METRICS)}")
+        raise TextVAEError(f"evaluate_model: unknown metrics {unknown}; valid: {', '.join(list_metrics())}")
     if n_samples < 0:
         raise TextVAEError(f"evaluate_model: n_samples must be >= 0 (0 skips IW-NLL), got {n_samples}")
     if n_samples == 0:
         metrics = [m for m in metrics if m != "iw"]
     if getattr(model, "latent_dim", None) == 0:  # the language model: only likelihood figures exist
-        metrics = [m for m in metrics if m in ("elbo", "iw")]
+        metrics = [m for m in metrics if not get_metric(m).latent]
         n_samples = 1  # every importance weight is the same (see iw_log_marginal)
-    want_mi = any(m in metrics for m in MI_METRICS)
-    elbo, iw, counts = ElboAccumulator(), CorpusAccumulator(), CorpusAccumulator()
-    posteriors, samples, means, mus, sigmas = [], [], [], [], []
+    chosen = [get_metric(name) for name in sorted(set(metrics))]
+    p = EvalPass(model, n_samples, max_tokens, au_threshold, per_dim, any(m.keeps_posteriors for m in chosen))
     results: dict[str, Any] = {}
     with eval_mode(model), seeded(generator):
         for batch in iterate(batches):
             posterior = model.encode(batch)
             z = posterior.rsample(1)  # [1, B, D]
-            counts.add(batch.n_tokens)
-            if "elbo" in metrics:
-                elbo.add(batch.n_tokens, *elbo_batch(model, batch, posterior, z))
-            if "iw" in metrics:
-                nll = -iw_log_marginal(model, batch, posterior, n_samples, max_tokens)
-                iw.add(batch.n_tokens, nll=nll)
-            means.append(posterior.mean)
-            if hasattr(posterior, "logvar"):
-                mus.append(posterior.mu)
-                sigmas.append(torch.exp(0.5 * posterior.logvar))
-            if want_mi:
-                posteriors.append(posterior)
-                samples.append(z[0])
-        if counts.n_sentences == 0:
+            p.add(batch, posterior, z)
+            for metric in chosen:
+                if metric.update is not None:
+                    metric.update(p, batch, posterior, z)
+        if p.counts.n_sentences == 0:
             raise TextVAEError("evaluate_model: no batches to evaluate")
-        if "mi_batch" in metrics:
-            results["mi_batch"] = mi_batch(posteriors, samples)
-        if "mi_dataset" in metrics:
-            results["mi_dataset"] = mi_dataset(posteriors, samples)
-        if "mi_batch_he2019" in metrics:
-            results["mi_batch_he2019"] = mi_batch_he2019(posteriors, samples)
-            results["mi_batch_he2019_noise_sd"] = he2019_noise_sd(samples[0].shape[-1], counts.n_sentences)
-
-    results["n_sentences"] = float(counts.n_sentences)
-    results["n_tokens"] = counts.n_tokens
-    if "elbo" in metrics:
-        summary = elbo.result()
-        results.update(summary.summary())
-        if per_dim and summary.kl_per_dim is not None:
-            results["kl_per_dim"] = summary.kl_per_dim.tolist()
-    if "iw" in metrics:
-        results.update(iw_nll=iw.mean("nll"), iw_ppl=iw.ppl("nll"), iw_samples=float(n_samples))
-    mean = torch.cat(means)  # [N, D]
-    if "au" in metrics:
-        au = active_units(mean, au_threshold)
-        results.update(au=float(au.count), au_threshold=au_threshold, latent_dim=float(mean.shape[1]))
-        if per_dim:
-            results["var_mu_per_dim"] = au.variances.tolist()
-    if "diagnostics" in metrics:
-        gaussian = len(mus) == len(means)
-        diag = collapse_diagnostics(torch.cat(mus) if gaussian else mean,
-                                    torch.cat(sigmas) if gaussian else None,
-                                    threshold=au_threshold)
-        results.update(au=float(diag.n_active), latent_dim=float(mean.shape[1]),
-                       dims_too_noisy=float(diag.modes.count("too noisy")),
-                       dims_signal_too_weak=float(diag.modes.count("signal too weak")))
-        if per_dim:
-            results.update(var_mu_per_dim=diag.var_mu.tolist(), dim_modes=diag.modes)
-            if diag.mean_sigma is not None:
-                results["sigma_per_dim"] = diag.mean_sigma.tolist()
+        results.update(n_sentences=float(p.counts.n_sentences), n_tokens=p.counts.n_tokens)
+        for metric in chosen:
+            results.update(metric.result(p))
     return results
 
 
@@ -142,8 +250,8 @@ _ROWS = [
     ("probe_acc", "probe accuracy ({P}/class, mean ± std)", "{:.4f}"),
 ]
 # shown inside other rows' labels or values
-_HIDDEN = {"iw_samples", "au_threshold", "latent_dim", "gen_sentences", "probe_acc_std",
-           "probe_n_per_class", "probe_draws", "mi_batch_he2019_noise_sd"}
+_HIDDEN = {"iw_samples", "au_threshold", "latent_dim", "gen_sentences", "probe_acc_std", "mi_batch_he2019_noise_sd",
+           "probe_n_per_class", "probe_draws"}
 _TOP_DIMS = 5  # dimensions listed in the KL-per-dim row
 
 

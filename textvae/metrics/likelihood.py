@@ -20,9 +20,8 @@ from textvae.reduction import CorpusAccumulator
 # Default bound on S·B·T, the (sample, sentence) pairs times the padded length the decoder scores
 # at once. A decoder that writes whole [tokens, V] logits (and their log-softmax) needs ~80 kB per
 # token at V = 10k: ~0.3 GB here, against ~1.3 GB at 16384. TextVAE's fused loss scores the
-# vocabulary in chunks of its own, leaving ~8 kB per token of LSTM activations. On PTB (256/256/32,
-# K = 500, 2 CPU threads; benchmarks/iw_speed.py) 1024 / 4096 / 16384 ran at 0.142 / 0.150 / 0.159
-# sentences/s, within the noise of a shared machine: a larger budget buys little speed.
+# vocabulary in chunks of its own, leaving ~8 kB per token of LSTM activations. A larger budget
+# buys little speed (benchmarks/iw_speed.py measures it).
 DEFAULT_MAX_TOKENS = 4096
 
 

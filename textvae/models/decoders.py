@@ -1,6 +1,6 @@
 """Autoregressive decoders: (inputs, z) -> hidden states, one per input position.
 
-The output projection to the vocabulary belongs to :class:`~textvae.models.textvae.TextVAE`, so the
+The output projection to the vocabulary belongs to the model (:mod:`textvae.models.output_head`), so the
 loss can project only the non-padding positions.
 """
 from __future__ import annotations
@@ -18,9 +18,9 @@ DECODERS: Registry = Registry("decoder")
 
 class Dropout(nn.Module):
     """Inverted dropout, x * m / (1 - p) with m ~ Bernoulli(1 - p) per element: the distribution
-    of ``nn.Dropout``, with the mask drawn as ``U(0, 1) >= p`` in fp32. On CPU this is ~3x faster
+    of ``nn.Dropout``, with the mask drawn as ``U(0, 1) >= p`` in fp32. On CPU this is faster
     than ``nn.Dropout``, whose ``bernoulli_`` draws one element at a time (it is two calls per
-    training step of the recurrent decoders)."""
+    training step of the recurrent decoders; ``benchmarks/throughput.py`` measures it)."""
 
     def __init__(self, p: float = 0.5):
         super().__init__()

@@ -63,7 +63,7 @@ class SampledSoftmax:
         n, s = hidden.shape[0], cand.shape[0]
         # The GEMM's free dimensions are padded to multiples of GEMM_ALIGN: |S| is random and N
         # varies, and oneDNN (bf16 on CPU) builds and JIT-compiles a primitive for each new shape,
-        # ~0.6 ms apiece, three per step (see benchmarks/throughput.py's docstring).
+        # three per step (benchmarks/throughput.py measures the cost).
         # Padded candidates are <pad>'s row, masked out by position; padded tokens are zero rows.
         cand = F.pad(cand, (0, -s % GEMM_ALIGN), value=PAD_ID)  # [S'] (S' >= |S|)
         # [N, H], [S', H]

@@ -10,149 +10,25 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from textvae.config import DecoderConfig, EncoderConfig, ModelConfig, ObjectiveConfig
 from textvae.data.batch import Batch
-from textvae.data.special import PAD_ID
 from textvae.errors import TextVAEError
 from textvae.models.decoders import DECODERS
 from textvae.models.distributions import PRIORS, DiagGaussian, StandardNormal, kl_per_dim
 from textvae.models.encoders import ENCODERS
 from textvae.models.posteriors import POSTERIORS
-from textvae.models.sampled_softmax import SampledSoftmax
+from textvae.models.output_head import OutputHead
 from textvae.objective import Objective
 
 WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE = "model.safetensors", "config.json", "tokenizer.json"
-
-# Tokens per chunk of the fused loss without gradients (evaluation) and in bf16: bounds its fp32
-# softmax scratch to 256 x V floats (10 MB at V = 10k) whatever the number of tokens, so
-# evaluation memory does not grow with its batch.
-LOSS_CHUNK_TOKENS = 256
-
-
-class _LinearCrossEntropy(torch.autograd.Function):
-    """nll_i = logsumexp_v(l_i)_v - l_{i, y_i} with l_i = W h_i + b, fused with its gradient.
-
-    The reference path (``F.linear`` then ``F.cross_entropy(logits.float())``) writes the [N, V]
-    logits, an fp32 copy and the fp32 log-softmax, and its backward passes over them again
-    (NLL backward, log-softmax backward, cast back). Here each chunk of n tokens makes fp32
-    logits [n, V] (the bias-free GEMM in the compute dtype, then the fp32 bias in the same pass
-    as the cast: the bias is never rounded to bf16) and turns them into their softmax p in place
-    (without gradients, into their log-softmax, and nothing else); the NLL needs no log-softmax:
-
-        log p_y = l_y - lse,  lse = max_v l - log max_v p   (max_v p >= 1/V never underflows),
-
-    and, when gradients are needed, dl = p - onehot(y) is stored in the compute dtype as G [N, V]
-    (its target entries formed in fp32, so p_y near 1 keeps its precision). The backward is
-    then two GEMMs for any upstream gradient g [N] (db as one more column of the second):
-
-        dh = (G W) * g[:, None],   [dW | db] = G^T [h * g[:, None] | g].
-
-    With gradients in fp32 the whole batch is one chunk (its softmax *is* G, no scratch);
-    otherwise chunks bound the fp32 scratch to ``chunk`` x V. fp32 on CPU pads the vocabulary
-    to a multiple of 16 with zero rows of W and bias -inf (probability 0, gradient 0): MKL's
-    fp32 GEMM h W^T runs at 75-120 GFLOP/s with V = 10002 output columns but 135-165 with 10016
-    on this CPU (``benchmarks/throughput.py``); the padded copy of W costs one V x H write.
-
-    It is the exact full-vocabulary cross-entropy (no sampling): only rounding differs.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                targets: torch.Tensor, dtype: torch.dtype, chunk: int, grad_enabled: bool) -> torch.Tensor:
-        with torch.autocast(hidden.device.type, enabled=False):
-            h, w = hidden.to(dtype), weight.to(dtype)
-            b = None if bias is None else bias.float()  # added to the fp32 logits, never rounded to bf16
-            n_tokens, vocab = h.shape[0], w.shape[0]
-            pad = -vocab % 16 if dtype == torch.float32 and h.device.type == "cpu" else 0
-            if pad:
-                w = F.pad(w, (0, 0, 0, pad))
-                b = F.pad(w.new_zeros(vocab) if b is None else b, (0, pad), value=-math.inf)
-            # (needs_input_grad is set for parameters even under no_grad: evaluation must not pay
-            # for a gradient buffer it never uses)
-            need_grad = grad_enabled and any(ctx.needs_input_grad[:3])
-            if need_grad and dtype == torch.float32:
-                chunk = max(n_tokens, 1)
-            nll = torch.empty(n_tokens, device=h.device, dtype=torch.float32)
-            grad_logits = None  # G [N, V + pad]
-            if need_grad and dtype != torch.float32:
-                grad_logits = torch.empty(n_tokens, vocab + pad, device=h.device, dtype=dtype)
-            for start in range(0, n_tokens, chunk):
-                hc, yc = h[start:start + chunk], targets[start:start + chunk]
-                rows = torch.arange(hc.shape[0], device=h.device)
-                logits = torch.mm(hc, w.t())  # [n, V + pad] in the compute dtype
-                # fp32 logits [n, V + pad]; the bias rides in this pass, not in the GEMM (addmm
-                # first writes the broadcast bias into its output: ~30 % slower in bf16 at n = 256)
-                if logits.dtype == torch.float32:
-                    logits = logits if b is None else logits.add_(b)
-                else:
-                    logits = logits.float() if b is None else torch.add(logits, b)
-                if not need_grad:  # evaluation: one pass, in place, nothing kept
-                    nll[start:start + chunk] = -torch.log_softmax(logits, -1, out=logits)[rows, yc]
-                    continue
-                logit_y, logit_max = logits[rows, yc], logits.amax(-1)
-                probs = torch.softmax(logits, -1, out=logits)  # in place: the logits are not needed again
-                nll[start:start + chunk] = logit_max - probs.amax(-1).log() - logit_y
-                probs[rows, yc] -= 1.0
-                if grad_logits is None:  # fp32: one chunk, the scratch is G itself
-                    grad_logits = probs
-                else:
-                    grad_logits[start:start + chunk] = probs
-        ctx.save_for_backward(h, w, grad_logits)
-        ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
-        ctx.vocab = vocab
-        return nll
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad_nll: torch.Tensor):
-        h, w, grad_logits = ctx.saved_tensors
-        h_dtype, w_dtype, b_dtype = ctx.dtypes
-        g = grad_nll.to(grad_logits.dtype)  # [N]
-        grad_h = grad_w = grad_b = None
-        with torch.autocast(h.device.type, enabled=False):
-            if ctx.needs_input_grad[0]:
-                grad_h = (grad_logits @ w).mul_(g.unsqueeze(1)).to(h_dtype)  # [N, H]
-            if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-                n, hid = h.shape
-                rhs = h * g.unsqueeze(1)  # [N, H]
-                if ctx.needs_input_grad[2]:
-                    # db = G^T g rides in dW's GEMM as one more column of its right operand (zero-padded
-                    # to 16 columns, aligned): one pass over G instead of a second one for a GEMV
-                    rhs = torch.cat([rhs, g.unsqueeze(1), rhs.new_zeros(n, 15)], dim=1)  # [N, H + 16]
-                both = grad_logits.t() @ rhs  # [V + pad, H (+ 16)]; padding rows dropped below
-                if ctx.needs_input_grad[2]:
-                    grad_b = both[:ctx.vocab, hid].to(b_dtype).contiguous()  # [V]
-                if ctx.needs_input_grad[1]:
-                    grad_w = both[:ctx.vocab, :hid].to(w_dtype).contiguous()  # [V, H]
-        return grad_h, grad_w, grad_b, None, None, None, None
-
-
-def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                         targets: torch.Tensor, chunk: int = LOSS_CHUNK_TOKENS) -> torch.Tensor:
-    """Per-token NLL [N] of ``targets`` [N] under softmax(hidden [N, H] W^T + b), fused (see
-    :class:`_LinearCrossEntropy`). The matmuls run in the autocast dtype when autocast is on (bf16
-    on CPU), else in the dtype of ``hidden``; softmax statistics are always fp32."""
-    device = hidden.device.type
-    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
-    return _LinearCrossEntropy.apply(hidden, weight, bias, targets, dtype, chunk, torch.is_grad_enabled())
-
-
-def set_sparse_embeddings(module: nn.Module, on: bool) -> None:
-    """Every ``nn.Embedding`` inside ``module`` back-propagates a sparse gradient (the rows it
-    read) when ``on``, a dense [V, E] one otherwise."""
-    for sub in module.modules():
-        if isinstance(sub, nn.Embedding):
-            sub.sparse = on
 
 
 @dataclass
@@ -221,18 +97,12 @@ class PretrainedMixin:
         return model.to(device)
 
 
-class TextVAE(PretrainedMixin, nn.Module):
+class TextVAE(OutputHead, PretrainedMixin, nn.Module):
     def __init__(self, cfg: ModelConfig, vocab_size: int, objective: Optional[ObjectiveConfig] = None):
         super().__init__()
         self.cfg = cfg
         self.vocab_size = vocab_size
         self.objective_cfg = objective or ObjectiveConfig()
-        # fused projection + cross-entropy in token_nll (same loss; False: the F.linear +
-        # F.cross_entropy reference path, kept for tests and A/B benchmarks)
-        self.fused_loss = True
-        # training-only sampled softmax (train.sampled_softmax; set by the loop, not saved)
-        self.sampled_softmax: Optional[SampledSoftmax] = None
-        self.sparse_gradients = False  # see set_sparse_gradients
         d = cfg.latent_dim
         if d > 0:
             enc = cfg.encoder
@@ -295,13 +165,22 @@ class TextVAE(PretrainedMixin, nn.Module):
                     bound = 0.1 if "embedding" in name else 0.01
                     p.uniform_(-bound, bound)
 
-    def set_sparse_gradients(self, on: bool) -> None:
-        """Sparse gradients for row lookups (``train.sparse_gradients``): every ``nn.Embedding``
-        of the model, and the sampled softmax's output rows, then back-propagate only the rows
-        they read. Only an optimiser that leaves rows without gradient untouched (plain SGD) may
-        take them; the loop decides."""
-        self.sparse_gradients = on
-        set_sparse_embeddings(self, on)
+    def inference_parameters(self) -> list[nn.Parameter]:
+        """The inference network q(z|x): encoder, posterior head, and the remedies that transform
+        the posterior. He et al. (2019) update exactly these in their aggressive inner loop."""
+        modules: list[nn.Module] = [self.encoder, self.posterior, *self.objective.posterior_remedies()]
+        return [p for m in modules for p in m.parameters() if p.requires_grad]
+
+    def reinit_decoder(self, optimizer: Optional[torch.optim.Optimizer] = None) -> None:
+        """Re-draw the decoder and output projection with the init scheme (Li et al. 2019
+        re-initialise the decoder after pretraining) and drop their optimiser state (momentum,
+        Adam moments), which belonged to the old weights."""
+        # named_parameters() lists a tied projection/embedding weight once, by its embedding name
+        params = [p for name, p in self.named_parameters() if name.startswith(("decoder.", "projection."))]
+        self.init_weights([self.projection, self.decoder])  # the decoder last: a tied weight as the embedding's
+        if optimizer is not None:
+            for p in params:
+                optimizer.state.pop(p, None)
 
     # ---- latent side -------------------------------------------------------------------------
     def encode_hidden(self, batch: Batch) -> tuple[torch.Tensor, Any]:
@@ -310,9 +189,7 @@ class TextVAE(PretrainedMixin, nn.Module):
         # The latent side stays fp32 under autocast (it is B x H x 2D FLOPs): in bf16, mu, log sigma²
         # and the KL term of the loss would keep only 3 significant digits.
         with torch.autocast(h.device.type, enabled=False):
-            mu, logvar = self.posterior(h)
-            for remedy in self.objective.remedies:
-                mu, logvar = remedy.transform_posterior(mu, logvar)
+            mu, logvar = self.objective.transform_posterior(*self.posterior(h))
             return h, self.posterior.distribution(mu, logvar, h)
 
     def encode(self, batch: Batch):
@@ -329,18 +206,7 @@ class TextVAE(PretrainedMixin, nn.Module):
         """Per-sentence Σ_t -log p(x_t | x_<t, z) [B]; ``inputs`` overrides the decoder inputs
         (word dropout) while the targets stay the true tokens."""
         hidden, _ = self.decoder(batch.inputs if inputs is None else inputs, z)
-        targets = batch.targets
-        mask = targets != PAD_ID  # [B, T-1]
-        # Project only real positions: padding costs no vocabulary matmul.
-        if self.training and self.sampled_softmax is not None:
-            nll = self.sampled_softmax(hidden[mask], self.projection.weight, self.projection.bias, targets[mask],
-                                       sparse=self.sparse_gradients)
-        elif self.fused_loss:
-            nll = linear_cross_entropy(hidden[mask], self.projection.weight, self.projection.bias, targets[mask])
-        else:  # the plain reference path
-            nll = F.cross_entropy(self.projection(hidden[mask]).float(), targets[mask], reduction="none")
-        rows = torch.arange(targets.shape[0], device=targets.device).unsqueeze(1).expand_as(targets)[mask]
-        return torch.zeros(targets.shape[0], device=nll.device, dtype=nll.dtype).index_add_(0, rows, nll)
+        return self.sentence_nll(hidden, batch.targets)
 
     def log_likelihood(self, batch: Batch, z: torch.Tensor) -> torch.Tensor:
         """log p(x|z_s) for z [S, B, D] -> [S, B]; the batch is repeated S times (sample-major) so the
@@ -363,10 +229,7 @@ class TextVAE(PretrainedMixin, nn.Module):
 
     # ---- training ----------------------------------------------------------------------------
     def forward(self, batch: Batch, step: int = 0) -> VAEOutput:
-        inputs = batch.inputs
-        if self.training:
-            for remedy in self.objective.remedies:
-                inputs = remedy.corrupt_inputs(inputs)
+        inputs = self.objective.corrupt_inputs(batch.inputs) if self.training else batch.inputs
         if self.is_lm:
             z, extras = None, {}
             kl = batch.tokens.new_zeros((len(batch), 0), dtype=torch.float32)

@@ -5,11 +5,8 @@ beta-VAE is not a remedy: it is the ``constant`` KL schedule with ``value: beta`
 """
 from textvae.remedies import (aggressive, aux_autoencoder, bn_vae, bow, data_noising, delta_vae, free_bits,
                               kl_constraint, pretraining, word_dropout, zforcing)
-from textvae.remedies.base import (REMEDIES, Remedy, Trainer, create_remedy, inference_parameters,
-                                   list_remedies, register_remedy, reinit_decoder)
-from textvae.remedies.kl_constraint import RatePoint, rate_sweep
+from textvae.remedies.base import REMEDIES, Remedy, Trainer, create_remedy, list_remedies, register_remedy
 
-__all__ = ["REMEDIES", "Remedy", "Trainer", "create_remedy", "inference_parameters", "list_remedies",
-           "register_remedy", "reinit_decoder", "RatePoint", "rate_sweep",
+__all__ = ["REMEDIES", "Remedy", "Trainer", "create_remedy", "list_remedies", "register_remedy",
            "aggressive", "aux_autoencoder", "bn_vae", "bow", "data_noising", "delta_vae", "free_bits",
            "kl_constraint", "pretraining", "word_dropout", "zforcing"]

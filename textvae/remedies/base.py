@@ -45,10 +45,10 @@ class Trainer(Protocol):
         """Apply the run's gradient clipping to the current gradients."""
 
     def encoder_parameters(self) -> list[nn.Parameter]:
-        """Parameters of the inference network q(z|x) (see :func:`inference_parameters`)."""
+        """Parameters of the inference network q(z|x) (the model's ``inference_parameters()``)."""
 
     def reinit_decoder(self) -> None:
-        """Fresh decoder weights and optimiser state (see :func:`reinit_decoder`); model selection
+        """Fresh decoder weights and optimiser state (the model's ``reinit_decoder``); model selection
         restarts too (best validation loss forgotten): earlier checkpoints had another objective."""
 
 
@@ -114,27 +114,3 @@ def create_remedy(spec: dict[str, Any], **context: Any) -> Remedy:
     if name is None:
         raise TextVAEError(f"a remedy needs a 'name'; valid: {', '.join(list_remedies())}")
     return REMEDIES.build(name, params, **context)
-
-
-# ---- the training loop's side of the Trainer protocol -------------------------------------------
-def inference_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The inference network q(z|x): encoder, posterior head, and the parameters of remedies that
-    transform the posterior (BN-VAE's shift). He et al. (2019) update exactly these in their
-    aggressive inner loop."""
-    modules: list[nn.Module] = [model.encoder, model.posterior]
-    modules += [r for r in model.objective.remedies
-                if type(r).transform_posterior is not Remedy.transform_posterior]
-    return [p for m in modules for p in m.parameters() if p.requires_grad]
-
-
-def reinit_decoder(model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None) -> None:
-    """Re-draw the decoder and output projection with the model's init scheme (Li et al. 2019
-    re-initialise the decoder after pretraining) and drop their optimiser state (momentum, Adam
-    moments), which belonged to the old weights."""
-    # model.named_parameters() lists a tied projection/embedding weight once, by its embedding name.
-    params = {name: p for name, p in model.named_parameters() if name.startswith(("decoder.", "projection."))}
-    # the decoder last, so a tied weight ends up as the embedding's scheme drew it
-    model.init_weights([model.projection, model.decoder])
-    if optimizer is not None:
-        for p in params.values():
-            optimizer.state.pop(p, None)

@@ -10,14 +10,9 @@ mean of the per-sentence total KL, E_b[Σ_d KL_{b,d}], and beta = 1 in their run
 the KL schedule multiplies the term). ``per_sentence: true`` applies |KL_b - C| to each sentence
 instead, which pins every sentence's rate rather than the average.
 
-:func:`rate_sweep` trains one model per C and collects its rate-distortion point.
+:func:`textvae.sweeps.rate_sweep` trains one model per C and collects its rate-distortion point.
 """
 from __future__ import annotations
-
-import copy
-import math
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Optional
 
 import torch
 
@@ -51,41 +46,3 @@ class KLConstraint(Remedy):
         # per sentence is that of the batch-level absolute value.
         sign = torch.sign(total.detach().mean() - c)
         return beta * sign * (total - c)
-
-
-@dataclass
-class RatePoint:
-    """One trained model of a rate sweep: test-set figures (nats per sentence)."""
-
-    capacity: float
-    kl: float  # rate
-    rec: float  # distortion
-    nll: float  # IW-NLL when evaluated, else -ELBO
-    au: float
-    mi: float  # whole-set MI when evaluated, else per-batch
-
-
-def rate_sweep(base_config: Any, capacities: Iterable[float],
-               train_fn: Optional[Callable[[Any], dict[str, Any]]] = None) -> list[RatePoint]:
-    """Train ``base_config`` (a :class:`~textvae.config.RunConfig`) once per capacity C with the
-    ``kl_constraint`` remedy set to C (its other parameters are kept when the base recipe has the
-    remedy) and return the rate-distortion points, read from the report of ``train_fn``
-    (default :func:`textvae.training.train.run_training`). Runs are named ``<name>-C<C>``."""
-    if train_fn is None:
-        from textvae.training.train import run_training as train_fn  # the trainer imports the models
-    points = []
-    for c in capacities:
-        cfg = copy.deepcopy(base_config)
-        remedies = cfg.objective.remedies
-        spec = next((r for r in remedies if r.get("name") == "kl_constraint"), {"name": "kl_constraint"})
-        cfg.objective.remedies = [r for r in remedies if r.get("name") != "kl_constraint"]
-        cfg.objective.remedies.append({**spec, "capacity": float(c)})
-        cfg.name = f"{base_config.name}-C{c:g}"
-        report = train_fn(cfg)
-        missing = sorted({"kl", "rec", "au"} - set(report))
-        if missing:
-            raise TextVAEError(f"rate_sweep: the report of run {cfg.name!r} lacks {missing}")
-        points.append(RatePoint(capacity=float(c), kl=report["kl"], rec=report["rec"],
-                                nll=report.get("iw_nll", report.get("neg_elbo", math.nan)), au=report["au"],
-                                mi=report.get("mi_dataset", report.get("mi_batch", math.nan))))
-    return points

@@ -64,8 +64,10 @@ class RunLogger:
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a log. A last line without its newline -- a record cut short by a killed
-    process, which ``--resume`` would truncate away -- is ignored."""
+    """The records of a log (none when there is no log yet). A last line without its newline -- a
+    record cut short by a killed process, which ``--resume`` would truncate away -- is ignored."""
+    if not Path(path).is_file():
+        return []
     text = Path(path).read_text()
     lines = text.split("\n")
     complete = lines[:-1]  # the part after the last newline is empty or an incomplete record

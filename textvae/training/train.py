@@ -1,11 +1,14 @@
-"""The training loop, top to bottom in one function.
+"""The training loop of every task, read top to bottom from :func:`run_training`.
 
     textvae train recipes/ptb/vae.yaml [--overrides] [--resume]
     torchrun --nproc_per_node 4 -m textvae.cli train recipes/ptb/vae.yaml     # data-parallel
 
-One pass: build data, model (whose forward returns the loss), optimiser; restore a checkpoint if
-resuming; then epochs of steps; each epoch ends with validation at beta = 1, the plateau lr decay
-with best-model reload (He et al. 2019), and a checkpoint. Remedies that change the procedure
+One pass: the task (:class:`~textvae.training.task.Task`: sentences, dialogue, ...) gives data and
+a model whose forward returns the loss; build the optimiser; restore a checkpoint if resuming
+(:func:`start_run`); then epochs of steps (:func:`train_epoch`, :func:`train_step`); each epoch
+ends with the task's validation at beta = 1, the plateau lr decay with best-model reload (He et al.
+2019), and a checkpoint (:func:`end_epoch`); last, the task's test report (:func:`finish_run`). The
+learning rate of each step comes from a ``step -> lr`` schedule (:mod:`textvae.schedules`). Remedies that change the procedure
 (aggressive encoder updates, encoder pretraining) act through the hooks of
 :class:`~textvae.remedies.Remedy`; figures reported to the user come from ``textvae.metrics``.
 Under ``torchrun`` the same loop runs data-parallel (:mod:`textvae.training.distributed`).
@@ -23,6 +26,7 @@ Never losing work:
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import dataclasses
@@ -42,18 +46,19 @@ from tqdm import tqdm
 from textvae.config import OptimConfig, RunConfig
 from textvae.data.batch import Batch
 from textvae.data.batching import padding_fraction
-from textvae.data.datasets import load_dataset
 from textvae.errors import TextVAEError
 from textvae.metrics import evaluate_model
 from textvae.models.sampled_softmax import SampledSoftmax
-from textvae.models.textvae import TextVAE, VAEOutput
+from textvae.models.textvae import VAEOutput
 from textvae.reduction import token_counts
-from textvae.remedies import REMEDIES, Remedy, inference_parameters, reinit_decoder
-from textvae.schedules import cycle_fraction, cycle_restart
+from textvae.registry import Registry
+from textvae.remedies import REMEDIES, Remedy
+from textvae.schedules import create_lr_schedule
 from textvae.training.checkpoint import (Checkpoint, read_checkpoint, restore_checkpoint, rng_state,
                                          save_checkpoint)
 from textvae.training.distributed import World, rank_seed
 from textvae.training.logger import RunLogger
+from textvae.training.task import Task
 
 CHECKPOINT = "checkpoint.safetensors"
 EVAL_SEED = 1234  # evaluation draws its own random numbers so it never shifts the training stream
@@ -122,13 +127,22 @@ def plateau_update(state: LoopState, val_loss: float, epoch_complete: bool, oc: 
     return improved, True
 
 
+OPTIMIZERS: Registry = Registry("optimizer")  # optim.name -> (parameters, lr, OptimConfig) -> optimiser
+
+
+@OPTIMIZERS.register("sgd")
+def sgd(params: list[nn.Parameter], lr: float, cfg: OptimConfig) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+@OPTIMIZERS.register("adam")
+def adam(params: list[nn.Parameter], lr: float, cfg: OptimConfig) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+
+
 def build_optimizer(cfg: OptimConfig, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-    raise TextVAEError(f"unknown optimizer {cfg.name!r}; valid: adam, sgd")
+    """The registered optimiser ``cfg.name`` over the model's trainable parameters, at ``lr``."""
+    return OPTIMIZERS.create(cfg.name, [p for p in model.parameters() if p.requires_grad], lr, cfg)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -148,39 +162,55 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def evaluation(model: TextVAE, batches: Callable[[], Iterator[Batch]], device: torch.device,
-               **kwargs: Any) -> dict[str, float]:
-    """Metrics on a split with a fixed random stream, leaving the training RNG untouched."""
+@contextlib.contextmanager
+def evaluation_rng(device: torch.device) -> Iterator[None]:
+    """Evaluation draws from its own stream (seed ``EVAL_SEED``) and leaves the training RNG as it was."""
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(EVAL_SEED)
+        yield
+
+
+def evaluation(model: nn.Module, batches: Callable[[], Iterator[Batch]], device: torch.device,
+               **kwargs: Any) -> dict[str, float]:
+    """Metrics on a split with a fixed random stream, leaving the training RNG untouched."""
+    with evaluation_rng(device):
         return evaluate_model(model, lambda: (b.to(device) for b in batches()), **kwargs)
 
 
 class LoopTrainer:
-    """The :class:`textvae.remedies.Trainer` view of this loop that procedure remedies act through."""
+    """The :class:`textvae.remedies.Trainer` view of a :class:`Run` that procedure remedies act through."""
 
-    def __init__(self, model: TextVAE, optimizer: torch.optim.Optimizer, state: LoopState, clip: float,
-                 sample_batch: Callable[[], Batch]):
-        self.model, self.optimizer, self.state, self.clip = model, optimizer, state, clip
-        self._sample_batch = sample_batch
+    def __init__(self, run: "Run"):
+        self.run = run
+
+    @property
+    def model(self) -> nn.Module:
+        return self.run.model
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.run.optimizer
 
     @property
     def step(self) -> int:
-        return self.state.step
+        return self.run.state.step
 
-    def random_batch(self) -> Batch:
-        return self._sample_batch()
+    def random_batch(self) -> Any:
+        """A uniformly drawn training batch, from torch's global RNG (so resuming replays it)."""
+        run = self.run
+        plan = run.train_split.sampler(run.cfg.data.batch_size, shuffle=False).epoch_batches(0)
+        return run.train_split.batch(plan[int(torch.randint(len(plan), ()))]).to(run.device)
 
     def clip_gradients(self) -> None:
-        if self.clip > 0:
-            clip_gradients(self.model, self.clip)
+        if self.run.cfg.optim.clip > 0:
+            clip_gradients(self.model, self.run.cfg.optim.clip)
 
     def encoder_parameters(self) -> list[torch.nn.Parameter]:
-        return inference_parameters(self.model)
+        return self.model.inference_parameters()
 
     def reinit_decoder(self) -> None:
-        reinit_decoder(self.model, self.optimizer)
-        self.state.best_val, self.state.bad_epochs = math.inf, 0
+        self.model.reinit_decoder(self.optimizer)
+        self.run.state.best_val, self.run.state.bad_epochs = math.inf, 0
 
 
 class TrainStep(nn.Module):
@@ -191,7 +221,7 @@ class TrainStep(nn.Module):
     that graph exactly the loss's, so unused parameters are recognised as such.
     """
 
-    def __init__(self, model: TextVAE):
+    def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
@@ -224,8 +254,8 @@ def clip_gradients(model: nn.Module, max_norm: float) -> torch.Tensor:
     takes sparse gradients (``train.sparse_gradients``).
 
     Same result bit for bit on dense gradients: torch scales every gradient by
-    min(1, max_norm / (norm + 1e-6)), a pass over all of them (memory-bound, ~2 % of a CPU step)
-    even when the factor is 1. A sparse gradient is coalesced first (an embedding's backward
+    min(1, max_norm / (norm + 1e-6)), a memory-bound pass over all of them even when the factor
+    is 1. A sparse gradient is coalesced first (an embedding's backward
     holds one row per occurrence of a word; the norm needs each row's sum). Returns the total
     norm before clipping."""
     params = [p for p in model.parameters() if p.grad is not None]
@@ -326,11 +356,14 @@ def retain_freed_memory(retain: bool = True) -> bool:
     return applied
 
 
-def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
-    """Train (or, with ``resume``, continue) the run ``out_dir/name``; returns the test report.
+def run_training(task: Task, resume: bool = False, data: Any = None) -> dict[str, Any]:
+    """Train (or, with ``resume``, continue) the run ``out_dir/name`` of ``task``; returns the test
+    report. ``data`` may be passed in when several runs share one loaded corpus (a study); it must
+    be what ``task.cfg.data`` describes.
 
     Every rank of a ``torchrun`` launch calls this; each returns the same report.
     """
+    cfg = task.cfg
     check_config(cfg)
     tc = cfg.train
     if tc.threads:
@@ -341,192 +374,262 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     device = world.start(resolve_device(tc.device))
     finished = False
     try:
-        report = _train(cfg, resume, world, device)
+        run = start_run(task, resume, world, device, data)
+        while not run.finished():
+            train_epoch(run)
+            end_epoch(run)
+        report = finish_run(run)
         finished = True
     finally:
         world.close(clean=finished)
     return report
 
 
-def _train(cfg: RunConfig, resume: bool, world: World, device: torch.device) -> dict[str, Any]:
-    tc, oc = cfg.train, cfg.optim
+@dataclasses.dataclass
+class Run:
+    """One training run as the loop's stages share it (built by :func:`start_run`)."""
+
+    task: Task
+    cfg: Any
+    world: World
+    device: torch.device
+    data: Any
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    state: LoopState
+    logger: RunLogger
+    lr_at: Callable[[int], float]  # step -> lr around the plateau schedule's state.lr
+    step_fn: nn.Module = dataclasses.field(init=False)  # what DDP wraps
+    sampler: Any = dataclasses.field(init=False)  # the training split's batch plan
+    trainer: "LoopTrainer" = dataclasses.field(init=False)  # the remedies' view
+    remedies: list[Remedy] = dataclasses.field(init=False)
+    last_checkpoint: int = 0
+    epoch_complete: bool = False
+    tokens_per_s: float = 0.0
+    out_of_time: bool = False
+
+    def __post_init__(self) -> None:
+        self.step_fn = self.world.wrap(TrainStep(self.model), self.device)
+        self.sampler = self.train_split.sampler(self.cfg.data.batch_size, shuffle=True, seed=self.cfg.train.seed,
+                                                pool_batches=self.cfg.data.bucket_pool)
+        self.trainer = LoopTrainer(self)
+        self.remedies = list(self.model.objective.remedies)
+        self.last_checkpoint = self.state.step
+        self.out_of_time = self.spent_time(0.0)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.cfg.out_dir) / self.cfg.name
+
+    @property
+    def train_split(self) -> Any:
+        return self.data.splits["train"]
+
+    def spent_time(self, this_pass: float) -> bool:
+        """Whether ``train.max_seconds`` is used up, ``this_pass`` seconds into the current pass
+        (every rank decides the same)."""
+        limit = self.cfg.train.max_seconds
+        if limit is None:
+            return False
+        spent = self.state.train_seconds + this_pass >= limit
+        return bool(self.world.any(torch.tensor([spent], device=self.device)))
+
+    def finished(self) -> bool:
+        state, tc = self.state, self.cfg.train
+        return (state.done or self.out_of_time or state.epoch >= tc.epochs
+                or (tc.max_steps is not None and state.step >= tc.max_steps))
+
+    def checkpoint(self) -> None:
+        rng = self.world.gather(rng_state(self.device))
+        meta = {"loop": dataclasses.asdict(self.state), "config": self.cfg.to_dict(), "log_bytes": self.logger.offset()}
+        self.world.on_main(lambda: save_checkpoint(self.run_dir / CHECKPOINT, self.model, self.optimizer, meta,
+                                                   rng_states=rng))
+        self.last_checkpoint = self.state.step
+
+    def rebuild_optimizer(self) -> None:
+        """A new optimiser and lr schedule at the plateau schedule's ``state.lr``."""
+        self.optimizer = build_optimizer(self.cfg.optim, self.model, self.state.lr)
+        self.lr_at = create_lr_schedule(self.cfg.optim.cycle_lr, self.state.lr, self.model.objective.schedule)
+
+
+def start_run(task: Task, resume: bool, world: World, device: torch.device, data: Any) -> Run:
+    """Data, model, optimiser and run folder of a new run, or of a resumed one from its checkpoint."""
+    cfg, tc = task.cfg, task.cfg.train
     if not world.is_main:  # one copy of the data and progress messages
         logging.getLogger("textvae").setLevel(logging.WARNING)
     run_dir = Path(cfg.out_dir) / cfg.name
-    ckpt_path, best_dir = run_dir / CHECKPOINT, run_dir / "model"
     world.on_main(lambda: check_run_dir(run_dir, resume))
-
     torch.manual_seed(tc.seed)  # the same initial weights on every rank
-    data = world.node_first(lambda: load_dataset(cfg.data))
-    train_split, valid_split = data.splits["train"], data.splits["valid"]
-    model = TextVAE(cfg.model, data.tokenizer.vocab_size, cfg.objective).to(device)
-    remedies = list(model.objective.remedies)
+    data = world.node_first(task.load_data) if data is None else data
+    model = task.build_model(data).to(device)
+    check_remedies_run_in(world, list(model.objective.remedies))
+    if task.reseed_after_init or world.size > 1:
+        torch.manual_seed(rank_seed(tc.seed, world.rank))  # this rank's z noise, dropout masks, ...
+    state = LoopState(lr=cfg.optim.lr)
+    optimizer = build_optimizer(cfg.optim, model, state.lr)
+    changes, log_bytes = {}, 0
+    if resume:
+        ckpt: Checkpoint = world.on_main(lambda: read_checkpoint(run_dir / CHECKPOINT))
+        state, changes = restore_run(ckpt, cfg, model, optimizer, world, device)
+        log_bytes = ckpt.meta["log_bytes"]
+    unigram = data.splits["train"].unigram(data.tokenizer.vocab_size).to(device)
+    if tc.sampled_softmax:
+        model.sampled_softmax = SampledSoftmax(unigram, tc.sampled_softmax)
+    model.set_sparse_gradients(sparse_gradients_apply(cfg, world))
+    if not resume:
+        for remedy in model.objective.remedies:
+            remedy.set_corpus_statistics(unigram)
+        world.on_main(lambda: model.save_pretrained(run_dir / "model", data.tokenizer))
+    if changes or not resume:
+        world.on_main(lambda: (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
+    logger = RunLogger(run_dir, tensorboard=tc.tensorboard, enabled=world.is_main, truncate_to=log_bytes,
+                       purge_step=state.step + 1 if resume else None)
+    lr_at = create_lr_schedule(cfg.optim.cycle_lr, state.lr, model.objective.schedule)
+    run = Run(task, cfg, world, device, data, model, optimizer, state, logger, lr_at)
+    if changes:
+        logger.log("resume", state.step, state.epoch, changed={k: list(v) for k, v in changes.items()})
+    if not resume:
+        split = run.train_split
+        logger.log("data", state.step, state.epoch, train_sentences=len(split), vocab_size=data.tokenizer.vocab_size,
+                   padding_fraction=padding_fraction(run.sampler.epoch_batches(0), split.lengths),
+                   world_size=world.size, sparse_gradients=model.sparse_gradients)
+        run.checkpoint()  # from here on, a killed run can be resumed
+    return run
+
+
+def check_remedies_run_in(world: World, remedies: list[Remedy]) -> None:
+    """Remedies that take optimiser steps of their own run in one process only."""
     for remedy in remedies:
         if world.size > 1 and type(remedy).before_update is not Remedy.before_update:
             raise TextVAEError(f"remedy {remedy_name(remedy)!r} takes optimiser steps of its own inside each "
                                f"training step, which data-parallel training does not support; run it in "
                                f"one process (without torchrun)")
-    torch.manual_seed(rank_seed(tc.seed, world.rank))  # this rank's z noise, dropout masks, ...
-    state = LoopState(lr=oc.lr)
-    optimizer = build_optimizer(oc, model, state.lr)
-    if resume:
-        ckpt: Checkpoint = world.on_main(lambda: read_checkpoint(ckpt_path))
-        state, changes = restore_run(ckpt, cfg, model, optimizer, world, device)
-        log_bytes = ckpt.meta["log_bytes"]
-    unigram = torch.bincount(torch.from_numpy(train_split.ids.flat).long(),
-                             minlength=data.tokenizer.vocab_size).to(device)
-    if tc.sampled_softmax:
-        model.sampled_softmax = SampledSoftmax(unigram, tc.sampled_softmax)
-    model.set_sparse_gradients(sparse_gradients_apply(cfg, world))
-    if not resume:
-        changes, log_bytes = {}, 0
-        for remedy in remedies:
-            remedy.set_corpus_statistics(unigram)
 
-        def start_run_dir() -> None:
-            best_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-            model.save_pretrained(best_dir, data.tokenizer)
 
-        world.on_main(start_run_dir)
-    logger = RunLogger(run_dir, tensorboard=tc.tensorboard, enabled=world.is_main, truncate_to=log_bytes,
-                       purge_step=state.step + 1 if resume else None)
-    if changes:
-        logger.log("resume", state.step, state.epoch, changed={k: list(v) for k, v in changes.items()})
-        world.on_main(lambda: (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
-
-    def sample_batch() -> Batch:
-        """A uniformly drawn training batch, from torch's global RNG (so resuming replays it)."""
-        batches = train_split.sampler(cfg.data.batch_size, shuffle=False).epoch_batches(0)
-        return train_split.batch(batches[int(torch.randint(len(batches), ()))]).to(device)
-
-    trainer = LoopTrainer(model, optimizer, state, oc.clip, sample_batch)
-    step_fn = world.wrap(TrainStep(model), device)
-    last_checkpoint = [state.step]
-
-    def valid_batches(limit: int | None = None) -> Callable[[], Iterator[Batch]]:
-        return lambda: valid_split.batches(cfg.data.eval_batch_size, shuffle=False, limit=limit)
-
-    def checkpoint() -> None:
-        rng = world.gather(rng_state(device))
-        meta = {"loop": dataclasses.asdict(state), "config": cfg.to_dict(), "log_bytes": logger.offset()}
-        world.on_main(lambda: save_checkpoint(ckpt_path, model, optimizer, meta, rng_states=rng))
-        last_checkpoint[0] = state.step
-
-    def stop_nonfinite(bad: list[str]) -> None:
-        what = describe_nonfinite(bad[0], remedies)
-        logger.log("nonfinite", state.step + 1, state.epoch, terms=bad)
-        raise TextVAEError(
-            f"non-finite {what} at step {state.step + 1} (epoch {state.epoch + 1}, batch "
-            f"{state.batch_in_epoch + 1}); the update was not applied. The last good checkpoint, "
-            f"{ckpt_path} (step {last_checkpoint[0]}), is kept; resume it with a lower learning rate: "
-            f"textvae train {run_dir / 'config.yaml'} --resume --optim.lr {state.lr / 2:g}")
-
-    sampler = train_split.sampler(cfg.data.batch_size, shuffle=True, seed=tc.seed, pool_batches=cfg.data.bucket_pool)
-    n_batches = len(sampler)
-    padding = padding_fraction(sampler.epoch_batches(0), train_split.lengths)
-    if not resume:
-        logger.log("data", state.step, state.epoch, train_sentences=len(train_split), padding_fraction=padding,
-                   vocab_size=data.tokenizer.vocab_size, world_size=world.size, sparse_gradients=model.sparse_gradients)
-        checkpoint()  # from here on, a killed run can be resumed
-    epoch_metrics = ("elbo",) if model.is_lm else ("elbo", "mi_batch", "au")
-    out_of_time = tc.max_seconds is not None and state.train_seconds >= tc.max_seconds
-    while (not state.done and not out_of_time and state.epoch < tc.epochs
-           and (tc.max_steps is None or state.step < tc.max_steps)):
-        model.train()
-        sampler.set_epoch(state.epoch, state.batch_in_epoch)
-        bar = tqdm(sampler, total=n_batches, initial=state.batch_in_epoch, disable=not (tc.progress and world.is_main),
-                   desc=f"epoch {state.epoch + 1}/{tc.epochs}", dynamic_ncols=True, leave=False)
-        t0, tokens0 = time.perf_counter(), state.train_tokens
-        for index in bar:
-            if oc.cycle_lr != "none":
-                u = cycle_fraction(model.objective.schedule, state.step)
-                if oc.cycle_lr == "cosine" and u is not None:
-                    set_lr(optimizer, state.lr * (1 + math.cos(math.pi * u)) / 2)
-                elif oc.cycle_lr == "restart" and cycle_restart(model.objective.schedule, state.step):
-                    set_lr(optimizer, state.lr)
-            index = np.asarray(index)
-            mine, weight = world.shard(index)  # this rank's share of the global batch
-            batch = train_split.batch(mine).to(device)
-            for remedy in remedies:
-                remedy.before_update(trainer, batch)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16"):
-                loss, out = step_fn(batch, state.step, weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # DDP: gradients averaged over the ranks during the backward pass
-            grad_norm = clip_gradients(model, oc.clip if oc.clip > 0 else math.inf)
-            bad = nonfinite_figures(out, grad_norm, world)
-            if bad:
-                stop_nonfinite(bad)
-            for remedy in remedies:
-                remedy.before_step(trainer)
-            optimizer.step()
-            state.step += 1
-            state.batch_in_epoch += 1
-            state.train_tokens += int(token_counts(torch.from_numpy(train_split.lengths[index])).sum())
-
-            if state.step % tc.log_every == 0:
-                figures = world.weighted_mean({"loss": out.loss, "rec": out.rec.mean(), "kl": out.kl.sum(-1).mean(),
-                                               **out.terms}, len(mine) if weight else 0)
-                bar.set_postfix(loss=f"{figures['loss']:.2f}", rec=f"{figures['rec']:.2f}", kl=f"{figures['kl']:.2f}")
-                logger.log("train", state.step, state.epoch, lr=optimizer.param_groups[0]["lr"],
+def train_epoch(run: Run) -> None:
+    """Optimiser steps over (the rest of) the current epoch, until it ends or a limit is reached."""
+    state, tc, world = run.state, run.cfg.train, run.world
+    run.model.train()
+    run.sampler.set_epoch(state.epoch, state.batch_in_epoch)
+    n_batches = len(run.sampler)
+    bar = tqdm(run.sampler, total=n_batches, initial=state.batch_in_epoch, disable=not (tc.progress and world.is_main),
+               desc=f"epoch {state.epoch + 1}/{tc.epochs}", dynamic_ncols=True, leave=False)
+    t0, tokens0 = time.perf_counter(), state.train_tokens
+    for index in bar:
+        index = np.asarray(index)
+        out, grad_norm, n_mine = train_step(run, index)
+        state.train_tokens += int(token_counts(torch.from_numpy(run.train_split.lengths[index])).sum())
+        if state.step % tc.log_every == 0:
+            figures = world.weighted_mean({"loss": out.loss, "rec": out.rec.mean(), "kl": out.kl.sum(-1).mean(),
+                                           **out.terms}, n_mine)
+            bar.set_postfix(loss=f"{figures['loss']:.2f}", rec=f"{figures['rec']:.2f}", kl=f"{figures['kl']:.2f}")
+            run.logger.log("train", state.step, state.epoch, lr=run.optimizer.param_groups[0]["lr"],
                            grad_norm=float(grad_norm), **figures)
-            if tc.metrics_every and state.step % tc.metrics_every == 0 and not model.is_lm:
-                figures = world.on_main(lambda: evaluation(model, valid_batches(tc.metrics_sentences), device,
-                                                           metrics=("elbo", "mi_batch", "mi_dataset", "au")))
-                logger.log("valid_metrics", state.step, state.epoch, **figures)
-                model.train()
-            if tc.checkpoint_every and state.step % tc.checkpoint_every == 0:
-                checkpoint()
-            if tc.max_steps is not None and state.step >= tc.max_steps:
-                break
-            if tc.max_seconds is not None and state.step % tc.log_every == 0:  # all ranks decide together
-                spent = state.train_seconds + time.perf_counter() - t0
-                out_of_time = bool(world.any(torch.tensor([spent >= tc.max_seconds], device=device)))
-                if out_of_time:
-                    break
-        bar.close()
-        tok_s, epoch_complete = state.end_pass(t0, tokens0, n_batches)
+        if tc.metrics_every and state.step % tc.metrics_every == 0:
+            figures = world.on_main(lambda: evaluate_task(run, run.task.periodic_metrics, limit=tc.metrics_sentences))
+            if figures is not None:
+                run.logger.log("valid_metrics", state.step, state.epoch, **figures)
+            run.model.train()
+        if tc.checkpoint_every and state.step % tc.checkpoint_every == 0:
+            run.checkpoint()
+        run.out_of_time = run.spent_time(time.perf_counter() - t0)
+        if run.out_of_time or (tc.max_steps is not None and state.step >= tc.max_steps):
+            break
+    bar.close()
+    run.tokens_per_s, run.epoch_complete = state.end_pass(t0, tokens0, n_batches)
 
-        # ---- validation at beta = 1; plateau decay with best-model reload (He et al. 2019) ----------
-        val = world.on_main(lambda: evaluation(model, valid_batches(), device, metrics=epoch_metrics))
-        val_loss = val["neg_elbo"]
 
-        def reload_best() -> None:  # on rank 0; the other ranks get it from sync_module below
-            model.load_state_dict(TextVAE.from_pretrained(best_dir, device).state_dict())
+def train_step(run: Run, index: np.ndarray) -> tuple[VAEOutput, torch.Tensor, int]:
+    """One optimiser step on the global batch ``index``; returns this rank's figures (detached),
+    the gradient norm before clipping and this rank's number of sentences (0 when it only pads)."""
+    state, optimizer, clip = run.state, run.optimizer, run.cfg.optim.clip
+    set_lr(optimizer, run.lr_at(state.step))
+    mine, weight = run.world.shard(index)  # this rank's share of the global batch
+    batch = run.train_split.batch(mine).to(run.device)
+    for remedy in run.remedies:
+        remedy.before_update(run.trainer, batch)
+    with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.cfg.train.precision == "bf16"):
+        loss, out = run.step_fn(batch, state.step, weight)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()  # DDP: gradients averaged over the ranks during the backward pass
+    grad_norm = clip_gradients(run.model, clip if clip > 0 else math.inf)
+    bad = nonfinite_figures(out, grad_norm, run.world)
+    if bad:
+        stop_nonfinite(run, bad)
+    for remedy in run.remedies:
+        remedy.before_step(run.trainer)
+    optimizer.step()
+    state.step += 1
+    state.batch_in_epoch += 1
+    return out, grad_norm, len(mine) if weight else 0
 
-        improved, decayed = plateau_update(state, val_loss, epoch_complete, oc,
-                                           # config.json stays as written at start
-                                           save_best=lambda: world.on_main(lambda: model.save_weights(best_dir)),
-                                           reload_best=lambda: world.on_main(reload_best))
-        if decayed:
-            optimizer = trainer.optimizer = build_optimizer(oc, model, state.lr)
-        if epoch_complete:
-            for remedy in remedies:
-                val.update(remedy.after_epoch(trainer, state.epoch, val))
-            world.sync_module(model)  # a reloaded best model, a decoder re-drawn from per-rank streams
-        logger.log("valid", state.step, state.epoch, lr=state.lr, improved=improved, tokens_per_s=tok_s, **val)
-        if tc.progress and world.is_main:
-            tqdm.write(f"epoch {state.epoch}: valid -ELBO {val_loss:.3f}  ELBO-PPL {val['elbo_ppl']:.2f}  "
-                       f"KL {val.get('kl', 0.0):.3f}  lr {state.lr:g}  {tok_s:,.0f} tok/s")
-        checkpoint()
+
+def stop_nonfinite(run: Run, bad: list[str]) -> None:
+    state = run.state
+    what = describe_nonfinite(bad[0], run.remedies)
+    run.logger.log("nonfinite", state.step + 1, state.epoch, terms=bad)
+    raise TextVAEError(
+        f"non-finite {what} at step {state.step + 1} (epoch {state.epoch + 1}, batch "
+        f"{state.batch_in_epoch + 1}); the update was not applied. The last good checkpoint, "
+        f"{run.run_dir / CHECKPOINT} (step {run.last_checkpoint}), is kept; resume it with a lower learning rate: "
+        f"textvae train {run.run_dir / 'config.yaml'} --resume --optim.lr {state.lr / 2:g}")
+
+
+def evaluate_task(run: Run, figures: Callable[..., Any], **kwargs: Any) -> Any:
+    """``figures(model, valid split, device, **kwargs)`` on the evaluation random stream."""
+    with evaluation_rng(run.device):
+        return figures(run.model, run.data.splits["valid"], run.device, **kwargs)
+
+
+def end_epoch(run: Run) -> None:
+    """Validation at beta = 1, the plateau lr decay with best-model reload (He et al. 2019), the
+    remedies' epoch hooks (after a complete epoch), the log and a checkpoint."""
+    state, world, model = run.state, run.world, run.model
+    best_dir = run.run_dir / "model"
+    val = world.on_main(lambda: evaluate_task(run, run.task.validate))
+
+    def reload_best() -> None:  # on rank 0; the other ranks get it from sync_module below
+        model.load_state_dict(type(model).from_pretrained(best_dir, run.device).state_dict())
+
+    improved, decayed = plateau_update(state, val["neg_elbo"], run.epoch_complete, run.cfg.optim,
+                                       # config.json and tokenizer.json stay as written at start
+                                       save_best=lambda: world.on_main(lambda: model.save_weights(best_dir)),
+                                       reload_best=lambda: world.on_main(reload_best))
+    if decayed:
+        run.rebuild_optimizer()
+    if run.epoch_complete:
+        for remedy in run.remedies:
+            val.update(remedy.after_epoch(run.trainer, state.epoch, val))
+        world.sync_module(model)  # a reloaded best model, a decoder re-drawn from per-rank streams
+    run.logger.log("valid", state.step, state.epoch, lr=state.lr, improved=improved, tokens_per_s=run.tokens_per_s,
+                   **val)
+    if run.cfg.train.progress and world.is_main:
+        tqdm.write(f"epoch {state.epoch}: valid -ELBO {val['neg_elbo']:.3f}  ELBO-PPL {val['elbo_ppl']:.2f}  "
+                   f"KL {val.get('kl', 0.0):.3f}  lr {state.lr:g}  {run.tokens_per_s:,.0f} tok/s")
+    run.checkpoint()
+
+
+def finish_run(run: Run) -> dict[str, Any]:
+    """The test report of the best model, with the run's training figures; logged and returned."""
+    state, split = run.state, run.train_split
 
     def test_report() -> dict[str, Any]:
-        report = final_report(cfg, data, best_dir, device)
+        with evaluation_rng(run.device):
+            report = run.task.test_report(run.data, run.run_dir / "model", run.device)
         report["train_seconds"] = state.train_seconds
         report["train_tokens_per_s"] = state.train_tokens / max(state.train_seconds, 1e-9)
-        report["padding_fraction"] = padding
-        logger.log("test", state.step, state.epoch, **report)
+        report["padding_fraction"] = padding_fraction(run.sampler.epoch_batches(0), split.lengths)
+        run.logger.log("test", state.step, state.epoch, **report)
         return report
 
-    if tc.retain_memory:
+    if run.cfg.train.retain_memory:
         retain_freed_memory(False)
-    report = world.on_main(test_report)
-    logger.close()
+    report = run.world.on_main(test_report)
+    run.logger.close()
     return report
 
 
-def restore_run(ckpt: Checkpoint, cfg: RunConfig, model: TextVAE, optimizer: torch.optim.Optimizer, world: World,
+def restore_run(ckpt: Checkpoint, cfg: RunConfig, model: nn.Module, optimizer: torch.optim.Optimizer, world: World,
                 device: torch.device) -> tuple[LoopState, dict[str, tuple[Any, Any]]]:
     """Load a checkpoint into this rank; returns the loop state and the configuration changes
     since the checkpoint (a changed ``optim.lr`` takes effect; others are only reported)."""
@@ -551,28 +654,3 @@ def restore_run(ckpt: Checkpoint, cfg: RunConfig, model: TextVAE, optimizer: tor
         state.lr = cfg.optim.lr
         set_lr(optimizer, state.lr)
     return state, changes
-
-
-def final_report(cfg: RunConfig, data: Any, best_dir: Path, device: torch.device) -> dict[str, Any]:
-    """Test-set figures of the best model, and the ground truth when the corpus is synthetic; in the
-    run's precision (``eval_precision``)."""
-    model = TextVAE.from_pretrained(best_dir, device)
-    test = data.splits["test"]
-    metrics = ("elbo",) if model.is_lm else ("elbo", "mi_batch", "mi_dataset", "mi_batch_he2019", "au",
-                                              "diagnostics")
-    if cfg.train.iw_samples_final > 0 and not model.is_lm:
-        metrics += ("iw",)
-    # A bf16 run is evaluated under the same autocast (about twice as fast at K = 500), labelled so.
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16"):
-        report = evaluation(model, lambda: test.batches(cfg.data.eval_batch_size, shuffle=False), device,
-                            metrics=metrics, n_samples=cfg.train.iw_samples_final)
-    report["eval_precision"] = cfg.train.precision
-    if data.truth is not None:
-        report.update(truth_figures(data.truth, "test"))
-    return report
-
-
-def truth_figures(truth: dict[str, Any], split: str) -> dict[str, float]:
-    """The synthetic corpus' true NLL, PPL and mutual information, to set beside the model's."""
-    figures = truth["splits"][split]
-    return {"true_nll": figures["nll"], "true_ppl": figures["ppl"], "true_mi": truth["mi"]}

@@ -1,0 +1,125 @@
+"""The output layer's projection fused with its cross-entropy: nll = logsumexp(W h + b) - (W h + b)_y
+computed chunk by chunk without keeping the [N, V] logits, with the gradient formed in the same pass.
+
+:mod:`textvae.models.output_head` calls it for every model's full-softmax loss.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+
+# Tokens per chunk of the fused loss without gradients (evaluation) and in bf16: bounds its fp32
+# softmax scratch to 256 x V floats (10 MB at V = 10k) whatever the number of tokens, so
+# evaluation memory does not grow with its batch.
+LOSS_CHUNK_TOKENS = 256
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """nll_i = logsumexp_v(l_i)_v - l_{i, y_i} with l_i = W h_i + b, fused with its gradient.
+
+    The reference path (``F.linear`` then ``F.cross_entropy(logits.float())``) writes the [N, V]
+    logits, an fp32 copy and the fp32 log-softmax, and its backward passes over them again
+    (NLL backward, log-softmax backward, cast back). Here each chunk of n tokens makes fp32
+    logits [n, V] (the bias-free GEMM in the compute dtype, then the fp32 bias in the same pass
+    as the cast: the bias is never rounded to bf16) and turns them into their softmax p in place
+    (without gradients, into their log-softmax, and nothing else); the NLL needs no log-softmax:
+
+        log p_y = l_y - lse,  lse = max_v l - log max_v p   (max_v p >= 1/V never underflows),
+
+    and, when gradients are needed, dl = p - onehot(y) is stored in the compute dtype as G [N, V]
+    (its target entries formed in fp32, so p_y near 1 keeps its precision). The backward is
+    then two GEMMs for any upstream gradient g [N] (db as one more column of the second):
+
+        dh = (G W) * g[:, None],   [dW | db] = G^T [h * g[:, None] | g].
+
+    With gradients in fp32 the whole batch is one chunk (its softmax *is* G, no scratch);
+    otherwise chunks bound the fp32 scratch to ``chunk`` x V. fp32 on CPU pads the vocabulary
+    to a multiple of 16 with zero rows of W and bias -inf (probability 0, gradient 0): MKL's
+    fp32 GEMM h W^T is markedly faster when its output width is a multiple of 16 (measured by
+    ``benchmarks/throughput.py``); the padded copy of W costs one V x H write.
+
+    It is the exact full-vocabulary cross-entropy (no sampling): only rounding differs.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                targets: torch.Tensor, dtype: torch.dtype, chunk: int, grad_enabled: bool) -> torch.Tensor:
+        with torch.autocast(hidden.device.type, enabled=False):
+            h, w = hidden.to(dtype), weight.to(dtype)
+            b = None if bias is None else bias.float()  # added to the fp32 logits, never rounded to bf16
+            n_tokens, vocab = h.shape[0], w.shape[0]
+            pad = -vocab % 16 if dtype == torch.float32 and h.device.type == "cpu" else 0
+            if pad:
+                w = F.pad(w, (0, 0, 0, pad))
+                b = F.pad(w.new_zeros(vocab) if b is None else b, (0, pad), value=-math.inf)
+            # (needs_input_grad is set for parameters even under no_grad: evaluation must not pay
+            # for a gradient buffer it never uses)
+            need_grad = grad_enabled and any(ctx.needs_input_grad[:3])
+            if need_grad and dtype == torch.float32:
+                chunk = max(n_tokens, 1)
+            nll = torch.empty(n_tokens, device=h.device, dtype=torch.float32)
+            grad_logits = None  # G [N, V + pad]
+            if need_grad and dtype != torch.float32:
+                grad_logits = torch.empty(n_tokens, vocab + pad, device=h.device, dtype=dtype)
+            for start in range(0, n_tokens, chunk):
+                hc, yc = h[start:start + chunk], targets[start:start + chunk]
+                rows = torch.arange(hc.shape[0], device=h.device)
+                logits = torch.mm(hc, w.t())  # [n, V + pad] in the compute dtype
+                # fp32 logits [n, V + pad]; the bias rides in this pass, not in the GEMM (addmm
+                # first writes the broadcast bias into its output, one more pass over [n, V])
+                if logits.dtype == torch.float32:
+                    logits = logits if b is None else logits.add_(b)
+                else:
+                    logits = logits.float() if b is None else torch.add(logits, b)
+                if not need_grad:  # evaluation: one pass, in place, nothing kept
+                    nll[start:start + chunk] = -torch.log_softmax(logits, -1, out=logits)[rows, yc]
+                    continue
+                logit_y, logit_max = logits[rows, yc], logits.amax(-1)
+                probs = torch.softmax(logits, -1, out=logits)  # in place: the logits are not needed again
+                nll[start:start + chunk] = logit_max - probs.amax(-1).log() - logit_y
+                probs[rows, yc] -= 1.0
+                if grad_logits is None:  # fp32: one chunk, the scratch is G itself
+                    grad_logits = probs
+                else:
+                    grad_logits[start:start + chunk] = probs
+        ctx.save_for_backward(h, w, grad_logits)
+        ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
+        ctx.vocab = vocab
+        return nll
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_nll: torch.Tensor):
+        h, w, grad_logits = ctx.saved_tensors
+        h_dtype, w_dtype, b_dtype = ctx.dtypes
+        g = grad_nll.to(grad_logits.dtype)  # [N]
+        grad_h = grad_w = grad_b = None
+        with torch.autocast(h.device.type, enabled=False):
+            if ctx.needs_input_grad[0]:
+                grad_h = (grad_logits @ w).mul_(g.unsqueeze(1)).to(h_dtype)  # [N, H]
+            if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+                n, hid = h.shape
+                rhs = h * g.unsqueeze(1)  # [N, H]
+                if ctx.needs_input_grad[2]:
+                    # db = G^T g rides in dW's GEMM as one more column of its right operand (zero-padded
+                    # to 16 columns, aligned): one pass over G instead of a second one for a GEMV
+                    rhs = torch.cat([rhs, g.unsqueeze(1), rhs.new_zeros(n, 15)], dim=1)  # [N, H + 16]
+                both = grad_logits.t() @ rhs  # [V + pad, H (+ 16)]; padding rows dropped below
+                if ctx.needs_input_grad[2]:
+                    grad_b = both[:ctx.vocab, hid].to(b_dtype).contiguous()  # [V]
+                if ctx.needs_input_grad[1]:
+                    grad_w = both[:ctx.vocab, :hid].to(w_dtype).contiguous()  # [V, H]
+        return grad_h, grad_w, grad_b, None, None, None, None
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                         targets: torch.Tensor, chunk: int = LOSS_CHUNK_TOKENS) -> torch.Tensor:
+    """Per-token NLL [N] of ``targets`` [N] under softmax(hidden [N, H] W^T + b), fused (see
+    :class:`_LinearCrossEntropy`). The matmuls run in the autocast dtype when autocast is on (bf16
+    on CPU), else in the dtype of ``hidden``; softmax statistics are always fp32."""
+    device = hidden.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+    return _LinearCrossEntropy.apply(hidden, weight, bias, targets, dtype, chunk, torch.is_grad_enabled())

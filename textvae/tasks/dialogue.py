@@ -1,0 +1,58 @@
+"""The ``dialogue`` task: a (kg)CVAE of responses given their dialogue context (Zhao et al. 2017).
+
+The validation loss is -ELBO at beta = 1 of the responses given their contexts; the final report
+adds IW-NLL and Zhao et al.'s BLEU / distinct figures on the test split
+(:mod:`textvae.dialogue.metrics`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from textvae.dialogue.config import CVAERunConfig
+from textvae.dialogue.data import DialogueData, DialogueSplit, load_dialogue_data
+from textvae.dialogue.metrics import evaluate_generation, likelihood_metrics
+from textvae.dialogue.model import KgCVAE
+from textvae.tasks.base import register_task
+from textvae.training.task import Task
+from textvae.training.train import EVAL_SEED
+
+
+@register_task("dialogue")
+class DialogueTask(Task):
+    config_class = CVAERunConfig
+    reseed_after_init = False  # one process keeps the initialisation stream, as the recorded runs did
+
+    def load_data(self) -> DialogueData:
+        return load_dialogue_data(self.cfg.data)
+
+    def build_model(self, data: DialogueData) -> KgCVAE:
+        dc = self.cfg.data
+        text = {"context_turns": dc.context_turns, "max_turn_words": dc.max_turn_words}
+        return KgCVAE(self.cfg.model, data.tokenizer.vocab_size, self.cfg.objective, data.act_names, text)
+
+    def validate(self, model: KgCVAE, split: DialogueSplit, device: torch.device) -> dict[str, float]:
+        return self._likelihood(model, split, device)
+
+    def periodic_metrics(self, model: KgCVAE, split: DialogueSplit, device: torch.device,
+                         limit: int) -> Optional[dict[str, float]]:
+        return self._likelihood(model, split, device, limit=limit)
+
+    def test_report(self, data: DialogueData, best_dir: Path, device: torch.device) -> dict[str, Any]:
+        """Test figures of the best model: likelihood (with IW-NLL) and generation (BLEU, distinct)."""
+        model = KgCVAE.from_pretrained(best_dir, device)
+        test, ec = data.splits["test"], self.cfg.eval
+        report = self._likelihood(model, test, device, limit=ec.max_pairs, iw_samples=self.cfg.train.iw_samples_final)
+        generated, _ = evaluate_generation(model, data.tokenizer, test, ec.n_responses, ec.max_contexts, ec.method,
+                                           ec.max_len, torch.Generator().manual_seed(EVAL_SEED),
+                                           temperature=ec.temperature, top_p=ec.top_p)
+        report.update(generated)
+        return report
+
+    def _likelihood(self, model: KgCVAE, split: DialogueSplit, device: torch.device, limit: Optional[int] = None,
+                    iw_samples: int = 0) -> dict[str, float]:
+        """Likelihood figures on the first ``limit`` pairs of ``split``, from a generator of their own."""
+        batches = (b.to(device) for b in split.batches(self.cfg.data.eval_batch_size, shuffle=False, limit=limit))
+        return likelihood_metrics(model, batches, iw_samples, generator=torch.Generator().manual_seed(EVAL_SEED))

@@ -1,0 +1,73 @@
+"""From ``textvae train`` arguments to a run configuration, for every task.
+
+    [RECIPE.yaml | --config RECIPE.yaml] [--section.key value ...] [--resume]
+
+The recipe's ``task`` key chooses the task (``sentences``, whose recipes do not name it, when
+absent) and so the configuration class the arguments are read into (jsonargparse over the nested dataclasses: unknown keys and
+wrongly typed values are one-line errors). No recipe means the embedded synthetic default.
+"""
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from textvae.config import from_dict
+from textvae.errors import TextVAEError
+from textvae.tasks.base import TASKS
+
+DEFAULT_TASK = "sentences"
+
+
+def default_recipe() -> str:
+    return str(resources.files("textvae") / "recipes" / "synthetic.yaml")
+
+
+def recipe_task(path: str) -> str:
+    """The task a recipe names (``DEFAULT_TASK`` when it names none or cannot be read: the
+    parser then reports what is wrong with it)."""
+    try:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return DEFAULT_TASK
+    task = values.get("task", DEFAULT_TASK) if isinstance(values, dict) else DEFAULT_TASK
+    return task if isinstance(task, str) else DEFAULT_TASK
+
+
+def train_parser(config_class: type):
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(prog="textvae train", exit_on_error=False,
+                            description="Train a text VAE, LM or dialogue CVAE from a YAML recipe with overrides.")
+    parser.add_argument("--config", action="config", help="recipe YAML (also accepted as the first argument)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in out_dir/name")
+    parser.add_class_arguments(config_class, None)
+    return parser
+
+
+def parse_run_config(argv: list[str]) -> tuple[Any, bool]:
+    """(run configuration, resume) from ``[RECIPE] [--overrides] [--resume]``."""
+    from jsonargparse import ArgumentError
+
+    argv = list(argv)
+    if argv and not argv[0].startswith("-"):
+        argv = ["--config", argv[0]] + argv[1:]
+    elif "--config" not in argv and not any(a in ("-h", "--help") for a in argv):
+        argv = ["--config", default_recipe()] + argv
+    if argv[:1] == ["--config"] and len(argv) > 1 and not Path(argv[1]).is_file():
+        raise TextVAEError(f"no such recipe: {argv[1]}")
+    task = recipe_task(argv[argv.index("--config") + 1]) if "--config" in argv[:-1] else DEFAULT_TASK
+    config_class = TASKS.get(task).config_class
+    try:
+        values = train_parser(config_class).parse_args(argv).as_dict()
+    except ArgumentError as e:
+        raise TextVAEError(" ".join(str(e).split())) from None
+    resume = values.pop("resume")
+    values.pop("config", None)
+    values.pop("__path__", None)
+    cfg = from_dict(config_class, values)
+    if getattr(cfg, "task", task) != task:  # the sentence task's configuration has no task key
+        raise TextVAEError(f"task {cfg.task!r}: the task is chosen by the recipe, which says {task!r}")
+    return cfg, resume

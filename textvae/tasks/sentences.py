@@ -1,0 +1,65 @@
+"""The ``sentences`` task: a sentence VAE (or the LSTM language model) on a corpus of sentences."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+
+from textvae.config import RunConfig
+from textvae.data.datasets import DataBundle, load_dataset
+from textvae.metrics import list_metrics
+from textvae.models.textvae import TextVAE
+from textvae.tasks.base import register_task
+from textvae.training.task import Task
+from textvae.training.train import evaluation
+
+LM_METRICS = ("elbo",)  # the language model's -ELBO is its exact NLL
+
+
+@register_task("sentences")
+class SentenceTask(Task):
+    config_class = RunConfig
+
+    def load_data(self) -> DataBundle:
+        return load_dataset(self.cfg.data)
+
+    def build_model(self, data: DataBundle) -> TextVAE:
+        return TextVAE(self.cfg.model, data.tokenizer.vocab_size, self.cfg.objective)
+
+    def validate(self, model: TextVAE, split: Any, device: torch.device) -> dict[str, float]:
+        return evaluation(model, self._batches(split), device, metrics=metrics_of("epoch", model))
+
+    def periodic_metrics(self, model: TextVAE, split: Any, device: torch.device,
+                         limit: int) -> Optional[dict[str, float]]:
+        if model.is_lm:  # the language model has no latent figures; its NLL comes at each epoch end
+            return None
+        return evaluation(model, self._batches(split, limit), device, metrics=metrics_of("periodic", model))
+
+    def test_report(self, data: DataBundle, best_dir: Path, device: torch.device) -> dict[str, Any]:
+        """Test-set figures of the best model, and the ground truth when the corpus is synthetic; in the
+        run's precision (``eval_precision``)."""
+        model = TextVAE.from_pretrained(best_dir, device)
+        precision = self.cfg.train.precision
+        # A bf16 run is evaluated under the same autocast (its speed: benchmarks/throughput.py, iw), labelled so.
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            report = evaluation(model, self._batches(data.splits["test"]), device,
+                                metrics=metrics_of("test", model), n_samples=self.cfg.train.iw_samples_final)
+        report["eval_precision"] = precision
+        if data.truth is not None:
+            report.update(truth_figures(data.truth, "test"))
+        return report
+
+    def _batches(self, split: Any, limit: Optional[int] = None):
+        return lambda: split.batches(self.cfg.data.eval_batch_size, shuffle=False, limit=limit)
+
+
+def metrics_of(stage: str, model: TextVAE) -> Sequence[str]:
+    """The registered metrics of a training stage (``textvae.metrics.list_metrics``)."""
+    return LM_METRICS if model.is_lm else list_metrics(stage)
+
+
+def truth_figures(truth: dict[str, Any], split: str) -> dict[str, float]:
+    """The synthetic corpus' true NLL, PPL and mutual information, to set beside the model's."""
+    figures = truth["splits"][split]
+    return {"true_nll": figures["nll"], "true_ppl": figures["ppl"], "true_mi": truth["mi"]}

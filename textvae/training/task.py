@@ -1,0 +1,58 @@
+"""What the training loop needs of a *task*: one kind of data and model (sentences, dialogue, ...).
+
+A task is built from its run configuration and registered in :mod:`textvae.tasks`; the loop of
+:mod:`textvae.training.train` runs any task, so time budgets, bf16, the sampled softmax, sparse
+gradients, data-parallel training, checkpoints and resuming come with the loop, not the task.
+
+The run configuration (a nested dataclass) has ``name``, ``out_dir``, ``objective``, ``optim``,
+``train`` as in :class:`textvae.config.RunConfig`, and a ``data`` section with ``batch_size``,
+``eval_batch_size`` and ``bucket_pool``. The data a task loads has ``tokenizer`` and ``splits``
+(``train``, ``valid``, ``test``); a split has ``lengths`` [N] (padded lengths of what the model
+reconstructs), ``batch(index)``, ``sampler(batch_size, shuffle, seed, pool_batches)`` and
+``unigram(vocab_size)``. The model's ``forward(batch, step)`` returns a
+:class:`~textvae.models.textvae.VAEOutput`; it mixes in :class:`~textvae.models.output_head.OutputHead`
+and :class:`~textvae.models.textvae.PretrainedMixin` and has ``objective``,
+``inference_parameters()`` and ``reinit_decoder(optimizer)``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+
+class Task:
+    """Base class of the registered tasks; a subclass overrides every method."""
+
+    # Whether the training stream is re-seeded per rank after the model is drawn. One process of a
+    # task that says False keeps drawing from the initialisation stream (as its recorded runs did);
+    # data-parallel runs always re-seed, each rank needing a stream of its own.
+    reseed_after_init = True
+
+    def __init__(self, cfg: Any):
+        self.cfg = cfg
+
+    def load_data(self) -> Any:
+        """The tokenizer and the train / valid / test splits that ``cfg.data`` names."""
+        raise NotImplementedError
+
+    def build_model(self, data: Any) -> nn.Module:
+        """A freshly initialised model for ``data`` (from torch's global random stream)."""
+        raise NotImplementedError
+
+    def validate(self, model: nn.Module, split: Any, device: torch.device) -> dict[str, float]:
+        """Figures of the whole validation split at the end of an epoch; ``neg_elbo`` (the model
+        selection criterion) and ``elbo_ppl`` among them."""
+        raise NotImplementedError
+
+    def periodic_metrics(self, model: nn.Module, split: Any, device: torch.device,
+                         limit: int) -> Optional[dict[str, float]]:
+        """Figures of the first ``limit`` validation items every ``train.metrics_every`` steps
+        (``None``: the task has none for this model)."""
+        raise NotImplementedError
+
+    def test_report(self, data: Any, best_dir: Path, device: torch.device) -> dict[str, Any]:
+        """The final figures of the best model (saved in ``best_dir``) on the test split."""
+        raise NotImplementedError
