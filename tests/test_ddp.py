@@ -9,6 +9,7 @@ share), which a plain mean of per-rank means would get wrong; encoder pretrainin
 decoder after epoch 1 from per-rank random streams, which rank 0's copy must overwrite.
 """
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+import textvae
 from textvae.cli import main
 from textvae.models.distributions import DiagGaussian
 from textvae.training.checkpoint import read_checkpoint
@@ -98,8 +100,25 @@ def test_procedure_remedies_are_refused(tmp_path):
                     tmp_path)
     assert done.returncode != 0
     assert "textvae: error: remedy 'aggressive' takes optimiser steps of its own" in done.stderr
-    # the workers print the one-line message; torchrun's own traceback (ChildFailedError) follows
-    assert not any('File "' in line and "textvae" in line for line in done.stderr.splitlines())
+    # the workers print the one-line message; torchrun's own traceback (ChildFailedError) follows,
+    # so a textvae traceback is a frame in the package's own files -- the checkout's or the venv's
+    # path may contain "textvae" too
+    assert not package_frames(done.stderr)
+
+
+def package_frames(stderr: str) -> list[str]:
+    """The traceback frames of ``stderr`` that lie in the textvae package's source files."""
+    package = Path(textvae.__file__).resolve().parent
+    frames = re.findall(r'^\s*File "([^"]+)", line \d+', stderr, flags=re.MULTILINE)
+    return [f for f in frames if Path(f).resolve().is_relative_to(package)]
+
+
+def test_package_frames_finds_textvae_frames_only():
+    package = Path(textvae.__file__).resolve().parent
+    elsewhere = "/home/ci/textvae-clone/.venv/lib/python3/site-packages/torch/distributed/run.py"
+    stderr = (f'Traceback (most recent call last):\n  File "{elsewhere}", line 9, in main\n'
+              f'  File "{package / "cli.py"}", line 3, in main\nValueError: x\n')
+    assert package_frames(stderr) == [str(package / "cli.py")]
 
 
 @pytest.mark.parametrize("size,n", [(2, 7), (2, 1), (3, 8), (4, 2)])
