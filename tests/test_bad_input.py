@@ -2,14 +2,18 @@
 status 2, no traceback -- or, where the policy is to go on (over-long lines, unknown words), a count
 in the log. The README's "Bad input" table lists these cases.
 """
+import dataclasses
 import logging
 import re
 import shutil
+import typing
 from pathlib import Path
 
 import pytest
 
 from textvae.cli import main
+from textvae.config import RunConfig
+from textvae.dialogue.config import CVAERunConfig
 from textvae.training.logger import read_jsonl
 from tests.test_train import tiny_args, write_corpus
 
@@ -161,7 +165,14 @@ def test_resume_and_restart_mistakes(tmp_path, trained, corpus, capsys):
     (["--objective.remedies", '[{"name": "bowl"}]'], "unknown remedy 'bowl'; valid: aggressive,"),
     (["--data.batch_size", "0"], "data.batch_size must be at least 1, got 0"),
     (["--train.log_every", "0"], "train.log_every must be at least 1, got 0"),
-    (["--optim.lr", "-1"], "need optim.lr > 0"),
+    (["--optim.lr", "-1"], "optim.lr must be > 0, got -1.0"),
+    (["--model.latent_dim", "-4"], "model.latent_dim must be at least 0, got -4"),
+    (["--data.max_sentences", "0"], "data.max_sentences must be at least 1, got 0"),
+    (["--model.decoder.hidden_dim", "0"], "model.decoder.hidden_dim must be at least 1, got 0"),
+    (["--model.emb_dim", "-5"], "model.emb_dim must be at least 1, got -5"),
+    (["--train.threads", "-1"], "train.threads must be at least 1, got -1"),
+    (["--model.encoder.dropout", "1.5"], "model.encoder.dropout must be at most 1, got 1.5"),
+    (["--optim.betas", "[0.9, 1.0]"], "optim.betas must be < 1, got (0.9, 1.0)"),
     (["--optim.name", "rmsprop"], "unknown optimizer 'rmsprop'; valid: adam, sgd"),
     (["--data.long_lines", "cut"], "long_lines must be one of ('skip', 'truncate'), got 'cut'"),
 ])
@@ -178,6 +189,25 @@ def test_bad_recipe_files(tmp_path, capsys, text, expected):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(text)
     assert expected in fails(["train", str(recipe), "--out_dir", str(tmp_path)], capsys)
+
+
+def numeric_fields(cls: type, prefix: str = "") -> list[tuple[type, str]]:
+    """(section class, dotted key) of every int / float setting of a configuration, nested ones too."""
+    found = []
+    for name, hint in typing.get_type_hints(cls).items():
+        if dataclasses.is_dataclass(hint):
+            found += numeric_fields(hint, f"{prefix}{name}.")
+        elif name != "RANGES" and {int, float} & set(typing.get_args(hint) or (hint,)):
+            found.append((cls, prefix + name))
+    return found
+
+
+@pytest.mark.parametrize("config", [RunConfig, CVAERunConfig])
+def test_every_numeric_setting_declares_its_range(config):
+    fields = numeric_fields(config)
+    assert ("model.latent_dim" in [k for _, k in fields]) and any(k == "optim.betas" for _, k in fields)
+    undeclared = [key for cls, key in fields if key.rsplit(".", 1)[-1] not in cls.RANGES]
+    assert not undeclared
 
 
 def test_dataset_that_does_not_exist(tmp_path, capsys):

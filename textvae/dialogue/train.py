@@ -112,7 +112,7 @@ def train_cvae(cfg: CVAERunConfig, resume: bool = False, data: Optional[Dialogue
     corpus (a study); it must be what ``cfg.data`` describes.
     """
     tc, oc = cfg.train, cfg.optim
-    check_config(cfg)  # type: ignore[arg-type]  (it reads only the train, optim and batching fields)
+    check_config(cfg)  # type: ignore[arg-type]  (every section's ranges; the train and optim names)
     if tc.sampled_softmax:
         raise TextVAEError("train.sampled_softmax is a lever of the sentence VAE's loss; the dialogue "
                            "CVAE trains with the full softmax (leave it at 0)")

@@ -39,7 +39,7 @@ import yaml
 from torch import nn
 from tqdm import tqdm
 
-from textvae.config import OptimConfig, RunConfig
+from textvae.config import OptimConfig, RunConfig, check_ranges
 from textvae.data.batch import Batch
 from textvae.data.batching import padding_fraction
 from textvae.data.datasets import load_dataset
@@ -281,26 +281,13 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
 
 
 def check_config(cfg: RunConfig) -> None:
-    """One-line errors for loop settings out of range (before any work is done)."""
-    tc, oc, dc = cfg.train, cfg.optim, cfg.data
-    if tc.sampled_softmax < 0:
-        raise TextVAEError(f"train.sampled_softmax is a number of candidate words (0 = full softmax), "
-                           f"got {tc.sampled_softmax}")
+    """One-line errors for settings out of range or unknown (before any work is done)."""
+    tc, oc = cfg.train, cfg.optim
+    check_ranges(cfg)
     if tc.precision not in ("fp32", "bf16"):
         raise TextVAEError(f"unknown train.precision {tc.precision!r}; valid: fp32, bf16")
     if oc.cycle_lr not in ("none", "restart", "cosine"):
         raise TextVAEError(f"unknown optim.cycle_lr {oc.cycle_lr!r}; valid: none, restart, cosine")
-    at_least = {"data.batch_size": (dc.batch_size, 1), "data.eval_batch_size": (dc.eval_batch_size, 1),
-                "data.bucket_pool": (dc.bucket_pool, 1), "train.log_every": (tc.log_every, 1),
-                "train.metrics_every": (tc.metrics_every, 0), "train.metrics_sentences": (tc.metrics_sentences, 2),
-                "train.checkpoint_every": (tc.checkpoint_every, 0), "train.epochs": (tc.epochs, 0),
-                "train.max_steps": (1 if tc.max_steps is None else tc.max_steps, 1),
-                "train.iw_samples_final": (tc.iw_samples_final, 0), "optim.clip": (oc.clip, 0)}
-    for key, (value, least) in at_least.items():
-        if value < least:
-            raise TextVAEError(f"{key} must be at least {least}, got {value}")
-    if not oc.lr > 0 or not 0 < oc.decay_factor <= 1:
-        raise TextVAEError(f"need optim.lr > 0 and 0 < optim.decay_factor <= 1, got {oc.lr} and {oc.decay_factor}")
 
 
 def retain_freed_memory(retain: bool = True) -> bool:
