@@ -213,3 +213,15 @@ def test_every_numeric_setting_declares_its_range(config):
 def test_dataset_that_does_not_exist(tmp_path, capsys):
     line = fails(train_on(tmp_path, "ptbb"), capsys)
     assert "data.name 'ptbb' is not a corpus (dailydialog, ptb, snli, yahoo, yelp, yelp_short), synthetic" in line
+
+
+@pytest.mark.parametrize("remedy", ["aggressive", "bn_vae", "delta_vae", "bow", "zforcing", "free_bits_li2019"])
+def test_latent_remedy_on_a_language_model(tmp_path, corpus, capsys, remedy):
+    line = fails([*train_on(tmp_path, corpus), "--model.latent_dim", "0",
+                  "--objective.remedies", f'[{{"name": "{remedy}"}}]'], capsys)
+    assert f"remedy '{remedy}' acts on the latent z, but model.latent_dim 0 is the language model" in line
+
+
+def test_input_remedy_on_a_language_model(tmp_path, corpus):
+    main([*train_on(tmp_path, corpus), "--model.latent_dim", "0", "--objective.remedies", '[{"name": "word_dropout"}]'])
+    assert (tmp_path / "runs/x/model/model.safetensors").is_file()
