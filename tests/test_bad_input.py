@@ -225,3 +225,14 @@ def test_latent_remedy_on_a_language_model(tmp_path, corpus, capsys, remedy):
 def test_input_remedy_on_a_language_model(tmp_path, corpus):
     main([*train_on(tmp_path, corpus), "--model.latent_dim", "0", "--objective.remedies", '[{"name": "word_dropout"}]'])
     assert (tmp_path / "runs/x/model/model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["sample", "{model}", "--n", "-3"], "--n must be at least 1, got -3"),
+    (["sample", "{model}", "--temperature", "0"], "--temperature must be > 0, got 0.0"),
+    (["interpolate", "{model}", "w1", "w2", "--steps", "1"], "--steps must be at least 2, got 1"),
+    (["evaluate", "{model}", "--iw-samples", "-1"], "--iw-samples must be at least 0, got -1"),
+])
+def test_bad_command_flags(trained, capsys, argv, expected):
+    assert expected in fails([a.format(model=trained / "model") for a in argv], capsys)
+

@@ -23,6 +23,7 @@ from typing import Any, Optional
 
 import torch
 
+from textvae.config import COUNT, NON_NEGATIVE, POSITIVE, Range
 from textvae.errors import TextVAEError
 
 COMMANDS = ("train", "evaluate", "sample", "reconstruct", "interpolate", "respond", "study")
@@ -68,6 +69,16 @@ def parse_run_config(argv: list[str]):
     values.pop("config", None)
     values.pop("__path__", None)
     return from_dict(RunConfig, values), resume
+
+
+def check_flags(args: argparse.Namespace, ranges: dict[str, Range]) -> None:
+    """One-line error for the first numeric flag outside its bounds (what ``RANGES`` does for the
+    run configuration), before a model is loaded."""
+    for name, bounds in ranges.items():
+        value = getattr(args, name)
+        problem = None if value is None else bounds.violation(value)
+        if problem:
+            raise TextVAEError(f"--{name.replace('_', '-')} {problem}, got {value}")
 
 
 def cmd_train(argv: list[str]) -> None:
@@ -146,12 +157,8 @@ def cmd_evaluate(argv: list[str]) -> None:
                          "head, KL and softmax statistics in fp32; about 2x faster IW-NLL on a CPU with bf16 "
                          "units); recorded in the results")
     args = ap.parse_args(argv)
-    for flag in ("iw_samples", "probe"):
-        if getattr(args, flag) < 0:
-            raise TextVAEError(f"--{flag.replace('_', '-')} must be >= 0")
-    for flag in ("max_tokens", "batch_size", "probe_draws"):
-        if getattr(args, flag) < 1:
-            raise TextVAEError(f"--{flag.replace('_', '-')} must be >= 1")
+    check_flags(args, {"iw_samples": NON_NEGATIVE, "probe": NON_NEGATIVE, "max_tokens": COUNT, "batch_size": COUNT,
+                       "probe_draws": COUNT, "max_sentences": COUNT, "max_len": COUNT})
     if not args.no_generation and args.gen_sentences < 2:
         raise TextVAEError("--gen-sentences must be >= 2 (self-BLEU compares samples with each other)")
     model, tokenizer, run_cfg = load_model_dir(args.model)
@@ -260,6 +267,10 @@ def decoding_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--seed", type=int, default=0)
 
 
+DECODING_RANGES = {"temperature": POSITIVE, "top_k": NON_NEGATIVE, "top_p": Range(above=0, most=1),
+                   "beam_size": COUNT, "max_len": COUNT}
+
+
 def decode(model: Any, tokenizer: Any, z: Optional[torch.Tensor], args: argparse.Namespace, n: int) -> list[str]:
     from textvae.models.decoding import decode_sentences
 
@@ -280,6 +291,7 @@ def cmd_sample(argv: list[str]) -> None:
     ap.add_argument("--n", type=int, default=10)
     decoding_args(ap)
     args = ap.parse_args(argv)
+    check_flags(args, {"n": COUNT, **DECODING_RANGES})
     if args.method == "greedy" and "--method" not in argv:
         args.method = "sample"
     model, tokenizer, _ = load_model_dir(args.model)
@@ -307,6 +319,7 @@ def cmd_reconstruct(argv: list[str]) -> None:
     ap.add_argument("--file")
     decoding_args(ap)
     args = ap.parse_args(argv)
+    check_flags(args, DECODING_RANGES)
     model, tokenizer, _ = load_model_dir(args.model)
     sentences = read_sentences(args)
     outputs = decode(model, tokenizer, _latents_for(model, tokenizer, sentences), args, len(sentences))
@@ -325,6 +338,7 @@ def cmd_interpolate(argv: list[str]) -> None:
     ap.add_argument("--steps", type=int, default=5)
     decoding_args(ap)
     args = ap.parse_args(argv)
+    check_flags(args, {"steps": Range(least=2), **DECODING_RANGES})
     model, tokenizer, _ = load_model_dir(args.model)
     mu = _latents_for(model, tokenizer, [args.first, args.second])
     path = interpolate(mu[0], mu[1], args.steps)
