@@ -236,3 +236,11 @@ def test_input_remedy_on_a_language_model(tmp_path, corpus):
 def test_bad_command_flags(trained, capsys, argv, expected):
     assert expected in fails([a.format(model=trained / "model") for a in argv], capsys)
 
+
+@pytest.mark.parametrize("command", [["evaluate"], ["sample"], ["reconstruct", "hi there"], ["interpolate", "a", "b"]])
+def test_sentence_commands_on_a_dialogue_model(tmp_path, capsys, command):
+    from tests.test_dialogue import tiny
+
+    tiny().save_pretrained(tmp_path / "model")
+    line = fails([command[0], str(tmp_path / "model"), *command[1:]], capsys)
+    assert f"{tmp_path / 'model'}: this is a dialogue CVAE" in line and "use `textvae respond" in line

@@ -213,7 +213,10 @@ class PretrainedMixin:
             cfg = json.loads(config_path.read_text())
         except json.JSONDecodeError as e:
             raise TextVAEError(f"corrupted model config {config_path}: {e}") from None
-        model = cls.from_config_dict(cfg)
+        try:
+            model = cls.from_config_dict(cfg)
+        except TextVAEError as e:
+            raise TextVAEError(f"{directory}: {e}") from None
         try:
             load_model(model, str(weights_path), device=str(device))
         except Exception as e:  # safetensors raises several types for truncated/garbled files
@@ -387,6 +390,9 @@ class TextVAE(PretrainedMixin, nn.Module):
 
     @classmethod
     def from_config_dict(cls, cfg: dict[str, Any]) -> "TextVAE":
+        if cfg.get("model_type") == "kgcvae":  # the dialogue CVAE's folders look the same
+            raise TextVAEError("this is a dialogue CVAE, which evaluate, sample, reconstruct and interpolate do not "
+                               "take (they read sentence VAEs); use `textvae respond RUN --context ...`")
         return cls(model_config_from_dict(cfg["model"]), int(cfg["vocab_size"]),
                    ObjectiveConfig(**cfg.get("objective", {})))
 
