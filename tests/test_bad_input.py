@@ -244,3 +244,13 @@ def test_sentence_commands_on_a_dialogue_model(tmp_path, capsys, command):
     tiny().save_pretrained(tmp_path / "model")
     line = fails([command[0], str(tmp_path / "model"), *command[1:]], capsys)
     assert f"{tmp_path / 'model'}: this is a dialogue CVAE" in line and "use `textvae respond" in line
+
+
+def test_output_folder_that_cannot_be_written(tmp_path, corpus, capsys):
+    """A path under a regular file stands for a read-only file system (both are an OSError on
+    mkdir; root ignores permission bits, so this is the case a test can make anywhere)."""
+    (tmp_path / "file").write_text("")
+    argv = ["train", *tiny_args(tmp_path / "file" / "runs", "x", corpus, "--train.max_steps", "2")]
+    line = fails(argv, capsys)
+    assert f"cannot write the run folder {tmp_path / 'file/runs/x'}: Not a directory" in line
+

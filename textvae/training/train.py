@@ -278,6 +278,20 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
         raise TextVAEError(f"--resume: no checkpoint in {run_dir}; start the run without --resume")
     if not resume and ckpt.is_file():
         raise TextVAEError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --name")
+    check_writable(run_dir)
+
+
+def check_writable(run_dir: Path) -> None:
+    """Create ``run_dir`` and write a file in it, so an output folder on a read-only file system
+    (or under a file, or without permission) fails before the data is loaded, not mid-run."""
+    probe = run_dir / ".write-test"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise TextVAEError(f"cannot write the run folder {run_dir}: {e.strerror} ({e.filename}); "
+                           f"choose another --out_dir") from None
 
 
 def check_config(cfg: RunConfig) -> None:
