@@ -254,3 +254,26 @@ def test_output_folder_that_cannot_be_written(tmp_path, corpus, capsys):
     line = fails(argv, capsys)
     assert f"cannot write the run folder {tmp_path / 'file/runs/x'}: Not a directory" in line
 
+
+def test_disk_full_while_writing_a_checkpoint(tmp_path, trained, corpus, capsys, monkeypatch):
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    shutil.copytree(trained, tmp_path / "runs/x")
+    ckpt = tmp_path / "runs/x/checkpoint.safetensors"
+    before = ckpt.read_bytes()
+
+    def full_disk(tensors, filename, metadata=None):  # what safetensors raises on ENOSPC, half a file left
+        Path(filename).write_bytes(b"\0" * 100)
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    line = fails([*train_on(tmp_path, corpus), "--train.max_steps", "3", "--train.checkpoint_every", "1", "--resume"],
+                 capsys)
+    assert (f"cannot write checkpoint {ckpt}.tmp: Error while serializing: I/O error: No space left on device "
+            f"(os error 28); the previous checkpoint {ckpt} is intact; free space (or fix the cause) and resume: "
+            f"textvae train {tmp_path / 'runs/x/config.yaml'} --resume") in line
+    assert ckpt.read_bytes() == before and not Path(f"{ckpt}.tmp").exists()
+    monkeypatch.undo()
+    main(["train", str(tmp_path / "runs/x/config.yaml"), "--resume", "--train.max_steps", "3"])  # the command works
+    assert ckpt.read_bytes() != before

@@ -184,7 +184,12 @@ class PretrainedMixin:
         from safetensors.torch import save_model
 
         tmp = Path(directory) / (WEIGHTS_FILE + ".tmp")
-        save_model(self, str(tmp))
+        try:
+            save_model(self, str(tmp))
+        except Exception as e:  # OSError, or safetensors' own error type wrapping one (a full disk)
+            tmp.unlink(missing_ok=True)
+            raise TextVAEError(f"cannot write {tmp}: {str(e).splitlines()[0]}; any earlier {WEIGHTS_FILE} there is "
+                               f"intact; free space (or fix the cause) and save again (a training run: --resume)") from None
         os.replace(tmp, Path(directory) / WEIGHTS_FILE)
 
     def save_pretrained(self, directory: str | Path, tokenizer: Any = None) -> Path:
