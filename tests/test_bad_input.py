@@ -78,6 +78,9 @@ def test_empty_file(tmp_path, capsys):
 def test_only_blank_lines(tmp_path, capsys):
     line = fails(train_on(tmp_path, folder(tmp_path, b"\n  \n\t\n")), capsys)
     assert "train.txt: the file has only blank lines (3)" in line
+    single = tmp_path / "blank.txt"  # a single file is split 90/5/5: too few lines would be said first
+    single.write_text("\n" * 5)
+    assert "blank.txt: the file has only blank lines (5)" in fails(train_on(tmp_path, single), capsys)
 
 
 def test_non_utf8_bytes(tmp_path, capsys):

@@ -236,6 +236,8 @@ def _read_folder(folder: Path, cfg: DataConfig) -> dict[str, _Text]:
 
 def _read_single_file(path: Path, cfg: DataConfig) -> dict[str, _Text]:
     raw = read_lines(path)
+    if raw and not any(line is None or line.strip() for line in raw):  # else "too few lines" would mislead
+        raise TextVAEError(f"{path}: the file has only blank lines ({len(raw)})")
     if len(raw) < 20:
         raise TextVAEError(
             f"{path}: {len(raw)} lines are too few to split 90/5/5; give a folder with "
