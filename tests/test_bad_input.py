@@ -83,6 +83,20 @@ def test_only_blank_lines(tmp_path, capsys):
     assert "blank.txt: the file has only blank lines (5)" in fails(train_on(tmp_path, single), capsys)
 
 
+def test_batch_larger_than_the_corpus_warns(tmp_path, corpus, caplog):
+    with caplog.at_level(logging.WARNING, logger="textvae"):
+        main([*train_on(tmp_path, corpus), "--data.batch_size", "100"])
+    assert "data.batch_size 100 is larger than the training split (60): every epoch is one step of 60" in caplog.text
+
+
+def test_zero_epochs_is_not_called_collapsed(tmp_path, corpus, caplog, capsys):
+    with caplog.at_level(logging.WARNING, logger="textvae"):
+        main([*train_on(tmp_path, corpus), "--train.epochs", "0"])
+    out = capsys.readouterr().out
+    assert "train.epochs 0: no training step" in caplog.text
+    assert re.search(r"latent space\s+not trained \(0 steps\): no verdict", out) and "collapsed" not in out
+
+
 def test_non_utf8_bytes(tmp_path, capsys):
     line = fails(train_on(tmp_path, folder(tmp_path, b"w1 w2\nw3 \xff w4\n")), capsys)
     assert re.search(r"train.txt: line 2: invalid UTF-8 byte 0xff at byte offset 9 \(column 4\)", line)

@@ -36,7 +36,8 @@ from textvae.training.distributed import World
 from textvae.training.logger import RunLogger
 from textvae.training.train import (CHECKPOINT, EVAL_SEED, LoopState, LoopTrainer, build_optimizer, check_config,
                                     check_run_dir, clip_gradients, describe_nonfinite, nonfinite_figures,
-                                    plateau_update, resolve_device, restore_run, set_lr, sparse_gradients_apply)
+                                    plateau_update, resolve_device, restore_run, set_lr, sparse_gradients_apply,
+                                    warn_about_settings)
 
 TASK = "dialogue"
 
@@ -126,6 +127,7 @@ def train_cvae(cfg: CVAERunConfig, resume: bool = False, data: Optional[Dialogue
     torch.manual_seed(tc.seed)
     data = data or load_dialogue_data(cfg.data)
     train_split, valid_split = data.splits["train"], data.splits["valid"]
+    warn_about_settings(cfg, len(train_split))
     text = {"context_turns": cfg.data.context_turns, "max_turn_words": cfg.data.max_turn_words}
     model = KgCVAE(cfg.model, data.tokenizer.vocab_size, cfg.objective, data.act_names, text).to(device)
     remedies = list(model.objective.remedies)

@@ -169,7 +169,9 @@ def format_table(results: dict[str, Any]) -> str:
     known = {key for key, _, _ in _ROWS} | _HIDDEN
     rows += [(key, f"{value:.4g}") for key, value in results.items()
              if key not in known and isinstance(value, (int, float))]
-    if "au" in results and "latent_dim" in results:
+    if results.get("train_steps") == 0:  # an initialised model's posterior says nothing about collapse
+        rows.append(("latent space", "not trained (0 steps): no verdict"))
+    elif "au" in results and "latent_dim" in results:
         rows.append(("latent space", collapse_verdict(int(results["au"]), int(results["latent_dim"]))))
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)

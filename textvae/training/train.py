@@ -304,6 +304,15 @@ def check_config(cfg: RunConfig) -> None:
         raise TextVAEError(f"unknown optim.cycle_lr {oc.cycle_lr!r}; valid: none, restart, cosine")
 
 
+def warn_about_settings(cfg: Any, n_train: int) -> None:
+    """Warnings for settings that run but rarely do what was meant (both training loops)."""
+    if cfg.data.batch_size > n_train:
+        log.warning("data.batch_size %d is larger than the training split (%d): every epoch is one step of "
+                    "%d; lower data.batch_size for more updates", cfg.data.batch_size, n_train, n_train)
+    if cfg.train.epochs == 0:
+        log.warning("train.epochs 0: no training step; the report describes the model as initialised")
+
+
 def retain_freed_memory(retain: bool = True) -> bool:
     """Make glibc's malloc keep freed memory for reuse (``retain``), or go back to its defaults
     and give the kept memory back to the system; False where it cannot (not glibc).
@@ -360,6 +369,7 @@ def _train(cfg: RunConfig, resume: bool, world: World, device: torch.device) -> 
     torch.manual_seed(tc.seed)  # the same initial weights on every rank
     data = world.node_first(lambda: load_dataset(cfg.data))
     train_split, valid_split = data.splits["train"], data.splits["valid"]
+    warn_about_settings(cfg, len(train_split))
     model = TextVAE(cfg.model, data.tokenizer.vocab_size, cfg.objective).to(device)
     remedies = list(model.objective.remedies)
     for remedy in remedies:
@@ -515,6 +525,7 @@ def _train(cfg: RunConfig, resume: bool, world: World, device: torch.device) -> 
     def test_report() -> dict[str, Any]:
         report = final_report(cfg, data, best_dir, device)
         report["train_seconds"] = state.train_seconds
+        report["train_steps"] = state.step
         report["train_tokens_per_s"] = state.train_tokens / max(state.train_seconds, 1e-9)
         report["padding_fraction"] = padding
         logger.log("test", state.step, state.epoch, **report)
