@@ -294,3 +294,10 @@ def test_disk_full_while_writing_a_checkpoint(tmp_path, trained, corpus, capsys,
     monkeypatch.undo()
     main(["train", str(tmp_path / "runs/x/config.yaml"), "--resume", "--train.max_steps", "3"])  # the command works
     assert ckpt.read_bytes() != before
+
+
+def test_resumed_run_says_from_which_step(tmp_path, trained, corpus, caplog):
+    shutil.copytree(trained, tmp_path / "runs/x")
+    with caplog.at_level(logging.INFO, logger="textvae"):
+        main([*train_on(tmp_path, corpus), "--train.max_steps", "3", "--resume"])
+    assert f"resuming {tmp_path / 'runs/x/checkpoint.safetensors'} after step 2 (epoch 2, batch 1 next)" in caplog.text

@@ -555,6 +555,8 @@ def restore_run(ckpt: Checkpoint, cfg: RunConfig, model: TextVAE, optimizer: tor
             raise TextVAEError(f"{e}; changed since the checkpoint: {changed}") from None
         raise
     state = LoopState(**ckpt.meta["loop"])
+    log.info("resuming %s after step %d (epoch %d, batch %d next)", ckpt.path, state.step, state.epoch + 1,
+             state.batch_in_epoch + 1)
     if not same_world:  # data order does not depend on the world size; only the noise streams do
         log.warning("resuming a %d-process run with %d processes: random streams restart from the seed",
                     len(ckpt.rng_states), world.size)
