@@ -3,6 +3,7 @@ status 2, no traceback -- or, where the policy is to go on (over-long lines, unk
 in the log. The README's "Bad input" table lists these cases.
 """
 import dataclasses
+import json
 import logging
 import re
 import shutil
@@ -125,9 +126,24 @@ def test_unknown_words_are_unk_and_reported(tmp_path, trained, caplog, capsys):
     unseen = sum(int(w[1:]) >= 30 for w in test_words) / len(test_words)
     assert unseen > 0.1
     with caplog.at_level(logging.INFO, logger="textvae"):
-        main(["evaluate", str(trained / "model"), "--data", str(other), "--iw-samples", "2"])
+        main(["evaluate", str(trained / "model"), "--data", str(other), "--iw-samples", "2",
+              "--json", str(tmp_path / "eval.json")])
     assert f"test {unseen:.2%}" in re.search(r"unk rate .*", caplog.text).group(0)
-    assert "-ELBO" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "-ELBO" in out and re.search(rf"unknown words \(<unk>\)\s+{unseen:.2%}", out)  # in the table
+    assert json.loads((tmp_path / "eval.json").read_text())["unk_rate"] == pytest.approx(unseen)
+    assert f"{100 * unseen:.2f}% of the test words are <unk>" in caplog.text  # and a warning
+
+
+def test_evaluate_states_its_cost_first(trained, corpus, caplog, capsys):
+    with caplog.at_level(logging.INFO, logger="textvae"):
+        main(["evaluate", str(trained), "--iw-samples", "3", "--no-generation", "--max-sentences", "10"])
+    tokens = int(re.search(r"evaluating 10 of 20 test sentences \((\d+) tokens\): IW-NLL with K = 3 samples "
+                           r"decodes ([\d,]+) tokens", caplog.text).group(1))
+    assert f"decodes {3 * tokens:,} tokens" in caplog.text
+    out, err = capsys.readouterr()
+    assert re.search(r"unknown words \(<unk>\)\s+0.00%", out)
+    assert re.search(rf"evaluate test: .*/{tokens}.0 \[00:00<.*tok/s\]", err)  # a bar over the tokens, time left
 
 
 @pytest.mark.parametrize("change,detail", [

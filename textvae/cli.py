@@ -181,14 +181,16 @@ def cmd_evaluate(argv: list[str]) -> None:
     device = torch.device(args.device)
     model.to(device)
     n_eval = min(args.max_sentences or len(split), len(split))
+    n_tokens, unknown = announce_evaluation(args, split, n_eval, model.is_lm)
 
     def batches(limit: int) -> Any:
         """A fresh iterator over ``limit`` sentences of the split, in evaluation order, on the device."""
         return lambda: (b.to(device) for b in split.batches(args.batch_size, limit=limit))
 
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
-        results = evaluation(model, batches(n_eval), device, n_samples=args.iw_samples,
-                             max_tokens=args.max_tokens, per_dim=True)
+        results = evaluation(model, with_progress(batches(n_eval), n_tokens, f"evaluate {args.split}"), device,
+                             n_samples=args.iw_samples, max_tokens=args.max_tokens, per_dim=True)
+    results["unk_rate"] = unknown
     if data.truth is not None:
         results.update(_truth_figures(data.truth, args.split, split, split.subset(n_eval)))
     examples: dict[str, Any] = {}
@@ -210,6 +212,41 @@ def cmd_evaluate(argv: list[str]) -> None:
 
 
 _EXAMPLES = 20  # reconstructions and samples kept in the JSON
+_UNK_WARNING = 0.05  # an <unk> rate above which PPL and BLEU describe another text than the one given
+
+
+def announce_evaluation(args: argparse.Namespace, split: Any, n_eval: int, is_lm: bool) -> tuple[int, float]:
+    """Say before the work starts what it will cost (sentences, tokens, importance samples K) and
+    how much of the text the model cannot read; returns (tokens evaluated, <unk> rate)."""
+    from textvae.data.tokenization import unk_rate
+
+    positions = split.subset(n_eval)
+    n_tokens = int((split.lengths[positions] - 1).sum())  # words + </s>
+    k = 1 if is_lm else args.iw_samples  # the language model's likelihood is exact with one sample
+    cost = (f"IW-NLL with K = {k} samples decodes {k * n_tokens:,} tokens" if k
+            else "no IW-NLL (--iw-samples 0)")
+    log = logging.getLogger("textvae")
+    log.info("evaluating %d of %d %s sentences (%d tokens): %s%s", n_eval, len(split), args.split, n_tokens, cost,
+             "" if args.no_generation else f", then {args.gen_sentences} reconstructions and prior samples")
+    unknown = unk_rate(split.ids[i] for i in positions)
+    if unknown > _UNK_WARNING:
+        log.warning("%.2f%% of the %s words are <unk> (outside the model's vocabulary): NLL, PPL and BLEU score "
+                    "predicting <unk>, not those words", 100 * unknown, args.split)
+    return n_tokens, unknown
+
+
+def with_progress(batches: Any, n_tokens: int, what: str) -> Any:
+    """``batches`` (a callable returning an iterator) showing a progress bar with the time left,
+    counted in tokens: evaluation order puts the shortest sentences first, so a count of batches
+    would promise the end too early."""
+    from tqdm import tqdm
+
+    def run() -> Any:
+        with tqdm(total=n_tokens, desc=what, unit="tok", unit_scale=True, leave=False, dynamic_ncols=True) as bar:
+            for batch in batches():
+                yield batch
+                bar.update(int(batch.n_tokens.sum()))
+    return run
 
 
 def _truth_figures(truth: dict[str, Any], name: str, split: Any, positions: Any) -> dict[str, float]:

@@ -113,6 +113,7 @@ def evaluate_model(model: Any, batches: Batches, metrics: Sequence[str] = METRIC
 _ROWS = [
     ("n_sentences", "sentences", "{:.0f}"),
     ("n_tokens", "tokens (words + </s>)", "{:.0f}"),
+    ("unk_rate", "unknown words (<unk>)", "{:.2%}"),
     ("iw_nll", "NLL (IW, K={K})", "{:.2f}"),
     ("true_nll", "NLL (true, synthetic corpus)", "{:.2f}"),
     ("iw_ppl", "PPL (IW)", "{:.2f}"),
