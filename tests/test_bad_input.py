@@ -317,3 +317,14 @@ def test_resumed_run_says_from_which_step(tmp_path, trained, corpus, caplog):
     with caplog.at_level(logging.INFO, logger="textvae"):
         main([*train_on(tmp_path, corpus), "--train.max_steps", "3", "--resume"])
     assert f"resuming {tmp_path / 'runs/x/checkpoint.safetensors'} after step 2 (epoch 2, batch 1 next)" in caplog.text
+
+
+def test_reconstruct_names_unknown_words(trained, caplog, capsys):
+    with caplog.at_level(logging.WARNING, logger="textvae"):
+        main(["reconstruct", str(trained / "model"), "w1 zebra w2 yak", "w3 w4"])
+    assert "2 word(s) are not in the model's vocabulary and are read as <unk>: yak, zebra" in caplog.text
+    assert capsys.readouterr().out.count("->") == 2
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="textvae"):
+        main(["interpolate", str(trained / "model"), "w1 w2", "w3 w4"])
+    assert "vocabulary" not in caplog.text

@@ -296,10 +296,25 @@ def _latents_for(model: Any, tokenizer: Any, sentences: list[str]) -> torch.Tens
 
     if model.is_lm:
         raise TextVAEError("this model is a language model: it has no latent space")
+    warn_unknown_words(tokenizer, sentences)
     batch = collate([tokenizer.encode(s) for s in sentences])
     model.eval()
     with torch.no_grad():
         return model.encode(batch).mean
+
+
+def warn_unknown_words(tokenizer: Any, sentences: list[str]) -> None:
+    """Name the words the model reads as ``<unk>``: its output then reconstructs another sentence."""
+    from textvae.data.special import UNK_ID
+
+    unknown = sorted({w for s in sentences for w in s.split() if UNK_ID in tokenizer.encode(w)})
+    if unknown:
+        shown = ", ".join(unknown[:_UNKNOWN_SHOWN]) + (", ..." if len(unknown) > _UNKNOWN_SHOWN else "")
+        logging.getLogger("textvae").warning("%d word(s) are not in the model's vocabulary and are read as <unk>: %s",
+                                             len(unknown), shown)
+
+
+_UNKNOWN_SHOWN = 10
 
 
 def decoding_args(ap: argparse.ArgumentParser) -> None:
