@@ -113,10 +113,11 @@ def test_interrupted_study_resumes_to_the_same_table(tmp_path, monkeypatch):
         st.run_study(write_study(tmp_path, changed, "changed.yaml"), out=str(tmp_path / "b"))
 
 
-def test_subprocess_jobs_give_the_same_table(tmp_path):
+def test_subprocess_jobs_give_the_same_table(tmp_path, capsys):
     """--jobs 2 trains through `python -m textvae.cli train` subprocesses; --only limits the runs."""
     path = write_study(tmp_path)
     inproc = st.run_study(path, out=str(tmp_path / "a"), only=["fb"])
+    assert "| variant | runs |" in capsys.readouterr().out  # the results table is printed on stdout
     sub = st.run_study(path, out=str(tmp_path / "b"), jobs=2, only=["fb"])
     assert [(v["variant"], v["runs"]) for v in sub["variants"]] == [("plain", 0), ("fb", 2)]
     assert_same(sub, inproc)
