@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import re
+import shlex
 import shutil
 import typing
 from pathlib import Path
@@ -328,3 +329,14 @@ def test_reconstruct_names_unknown_words(trained, caplog, capsys):
     with caplog.at_level(logging.WARNING, logger="textvae"):
         main(["interpolate", str(trained / "model"), "w1 w2", "w3 w4"])
     assert "vocabulary" not in caplog.text
+
+
+def test_end_of_training_says_where_and_suggests_a_remedy_on_collapse(tmp_path, corpus, capsys):
+    main(train_on(tmp_path, corpus))  # two steps of a tiny VAE: no active unit
+    out = capsys.readouterr().out
+    run = tmp_path / "runs/x"
+    assert f"run saved in {run}: best model {run / 'model'}" in out
+    command = re.search(r"the latent space collapsed \(0 active units\); to try a remedy: (.*)", out).group(1)
+    assert command.startswith(f"textvae train {run / 'config.yaml'} --name x-bn_vae --objective.remedies ")
+    main(shlex.split(command)[1:])  # the command runs
+    assert (tmp_path / "runs/x-bn_vae/model/model.safetensors").is_file()

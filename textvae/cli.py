@@ -91,6 +91,7 @@ def check_flags(args: argparse.Namespace, ranges: dict[str, Range]) -> None:
 
 def cmd_train(argv: list[str]) -> None:
     from textvae.dialogue.train import cmd_train_cvae, names_dialogue_recipe
+    from textvae.training.epilogue import run_epilogue
     from textvae.training.train import run_training
 
     if names_dialogue_recipe(argv):  # a recipe with `task: dialogue` trains the conditional VAE
@@ -100,6 +101,7 @@ def cmd_train(argv: list[str]) -> None:
     report = run_training(cfg, resume=resume)
     if os.environ.get("RANK", "0") == "0":  # under torchrun every rank returns the report; one prints it
         print(format_report(report))
+        print(run_epilogue(Path(cfg.out_dir) / cfg.name, report, cfg.objective.remedies))
 
 
 def format_report(report: dict[str, Any]) -> str:

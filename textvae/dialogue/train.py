@@ -255,8 +255,10 @@ def final_report(cfg: CVAERunConfig, data: DialogueData, best_dir: Path, device:
 def cmd_train_cvae(argv: list[str]) -> dict[str, Any]:
     """The ``textvae train`` entry for dialogue recipes: parse, train, print the report."""
     from textvae.metrics import format_table
+    from textvae.training.epilogue import run_epilogue
 
     cfg, resume = parse_cvae_run_config(argv)
     report = train_cvae(cfg, resume=resume)
     print(format_table(report))
+    print(run_epilogue(Path(cfg.out_dir) / cfg.name, report, cfg.objective.remedies))
     return report
