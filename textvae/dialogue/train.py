@@ -34,6 +34,7 @@ from textvae.schedules import cycle_fraction, cycle_restart
 from textvae.training.checkpoint import read_checkpoint, rng_state, save_checkpoint
 from textvae.training.distributed import World
 from textvae.training.logger import RunLogger
+from textvae.training.progress import SmoothedLoss
 from textvae.training.train import (CHECKPOINT, EVAL_SEED, LoopState, LoopTrainer, build_optimizer, check_config,
                                     check_run_dir, clip_gradients, describe_nonfinite, nonfinite_figures,
                                     plateau_update, resolve_device, restore_run, set_lr, sparse_gradients_apply,
@@ -164,6 +165,7 @@ def train_cvae(cfg: CVAERunConfig, resume: bool = False, data: Optional[Dialogue
     n_batches = train_split.num_batches(cfg.data.batch_size)
     if not resume:
         checkpoint()
+    smoothed = SmoothedLoss()
     while not state.done and state.epoch < tc.epochs and (tc.max_steps is None or state.step < tc.max_steps):
         model.train()
         batches: Iterator[DialogueBatch] = train_split.batches(
@@ -201,7 +203,8 @@ def train_cvae(cfg: CVAERunConfig, resume: bool = False, data: Optional[Dialogue
             if state.step % tc.log_every == 0:
                 figures = {"loss": out.loss.item(), "rec": float(out.rec.detach().mean()),
                            "kl": float(out.kl.detach().sum(-1).mean()), **{k: float(v) for k, v in out.terms.items()}}
-                bar.set_postfix(loss=f"{figures['loss']:.2f}", rec=f"{figures['rec']:.2f}", kl=f"{figures['kl']:.2f}")
+                loss_per_token = smoothed.add(figures["loss"], out.n_tokens.shape[0], int(out.n_tokens.sum()))
+                bar.set_postfix({"loss/token": f"{loss_per_token:.3f}", "kl": f"{figures['kl']:.2f}"})
                 logger.log("train", state.step, state.epoch, lr=optimizer.param_groups[0]["lr"],
                            grad_norm=float(grad_norm), **figures)
             if tc.metrics_every and state.step % tc.metrics_every == 0:

@@ -54,6 +54,7 @@ from textvae.training.checkpoint import (Checkpoint, read_checkpoint, restore_ch
                                          save_checkpoint)
 from textvae.training.distributed import World, rank_seed
 from textvae.training.logger import RunLogger
+from textvae.training.progress import SmoothedLoss
 
 CHECKPOINT = "checkpoint.safetensors"
 EVAL_SEED = 1234  # evaluation draws its own random numbers so it never shifts the training stream
@@ -442,6 +443,7 @@ def _train(cfg: RunConfig, resume: bool, world: World, device: torch.device) -> 
         checkpoint()  # from here on, a killed run can be resumed
     epoch_metrics = ("elbo",) if model.is_lm else ("elbo", "mi_batch", "au")
     out_of_time = tc.max_seconds is not None and state.train_seconds >= tc.max_seconds
+    smoothed = SmoothedLoss()
     while (not state.done and not out_of_time and state.epoch < tc.epochs
            and (tc.max_steps is None or state.step < tc.max_steps)):
         model.train()
@@ -474,12 +476,14 @@ def _train(cfg: RunConfig, resume: bool, world: World, device: torch.device) -> 
             optimizer.step()
             state.step += 1
             state.batch_in_epoch += 1
-            state.train_tokens += int(token_counts(torch.from_numpy(train_split.lengths[index])).sum())
+            batch_tokens = int(token_counts(torch.from_numpy(train_split.lengths[index])).sum())
+            state.train_tokens += batch_tokens
 
             if state.step % tc.log_every == 0:
                 figures = world.weighted_mean({"loss": out.loss, "rec": out.rec.mean(), "kl": out.kl.sum(-1).mean(),
                                                **out.terms}, len(mine) if weight else 0)
-                bar.set_postfix(loss=f"{figures['loss']:.2f}", rec=f"{figures['rec']:.2f}", kl=f"{figures['kl']:.2f}")
+                bar.set_postfix({"loss/token": f"{smoothed.add(figures['loss'], len(index), batch_tokens):.3f}",
+                                 "kl": f"{figures['kl']:.2f}"})
                 logger.log("train", state.step, state.epoch, lr=optimizer.param_groups[0]["lr"],
                            grad_norm=float(grad_norm), **figures)
             if tc.metrics_every and state.step % tc.metrics_every == 0 and not model.is_lm:
