@@ -340,3 +340,44 @@ def test_end_of_training_says_where_and_suggests_a_remedy_on_collapse(tmp_path, 
     assert command.startswith(f"textvae train {run / 'config.yaml'} --name x-bn_vae --objective.remedies ")
     main(shlex.split(command)[1:])  # the command runs
     assert (tmp_path / "runs/x-bn_vae/model/model.safetensors").is_file()
+
+
+def test_corpus_unknown_token_is_read_as_unk(tmp_path, caplog):
+    data = write_corpus(tmp_path / "yahoo_like", n_train=60, n_eval=20)
+    for name in ("train", "valid", "test"):
+        lines = (data / f"{name}.txt").read_text().splitlines()
+        (data / f"{name}.txt").write_text("\n".join(f"_UNK {line}" for line in lines) + "\n")
+    with caplog.at_level(logging.INFO, logger="textvae"):
+        main(train_on(tmp_path, data))
+    assert "'_UNK' looks like the corpus's own unknown-word token" in caplog.text
+    assert "set data.unk_token: _UNK" in caplog.text and "unk rate train 0.00%" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="textvae"):
+        main([*train_on(tmp_path, data), "--name", "mapped", "--data.unk_token", "_UNK"])
+    assert "looks like" not in caplog.text
+    rate = float(re.search(r"unk rate train (\d+\.\d+)%", caplog.text).group(1))
+    assert rate > 10  # one word in 2-12 is now <unk>
+
+
+def test_untokenised_text_is_detected_and_pretokenised(tmp_path, caplog):
+    data = tmp_path / "raw"
+    data.mkdir()
+    words = ["dog", "cat", "tree", "house", "river"]
+    for name, n in (("train", 60), ("valid", 20), ("test", 20)):  # "the dog, the cat." and the like
+        lines = [" ".join(f"the {words[(i + k) % 5]}{',' if k == 0 else ''}" for k in range(2)) + "." for i in range(n)]
+        (data / f"{name}.txt").write_text("\n".join(lines) + "\n")
+    with caplog.at_level(logging.INFO, logger="textvae"):
+        main(train_on(tmp_path, data))
+    assert re.search(r"raw train: 60 of 60 lines have punctuation glued to words \('\w+,'\): the text looks "
+                     r"untokenised", caplog.text) and "set data.pretokenize: bert" in caplog.text
+    assert "vocabulary 15;" in caplog.text  # the, dog, dog, and dog. ... apart, and the 4 special tokens
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="textvae"):
+        main([*train_on(tmp_path, data), "--name", "split", "--data.pretokenize", "bert"])
+    assert "glued" not in caplog.text
+    assert "vocabulary 12;" in caplog.text  # the, 5 words, "," and "."
+
+
+def test_unknown_pretokenizer(tmp_path, corpus, capsys):
+    line = fails([*train_on(tmp_path, corpus), "--data.pretokenize", "spacy"], capsys)
+    assert "unknown data.pretokenize 'spacy'; valid: bert, whitespace" in line

@@ -58,6 +58,11 @@ class DataConfig:
         (``long_lines: truncate`` cuts them instead).
     bucket_pool: batches per shuffled pool that is sorted by length (1 = plain shuffling).
     max_sentences: cap on sentences per split (for quick runs); ``None`` = all.
+    unk_token: the corpus's own unknown-word token (Yahoo's ``_UNK``), read as ``<unk>`` so the
+        unk rate counts it; ``None``: an ordinary word.
+    pretokenize: split words at punctuation first with a Hugging Face ``tokenizers`` pre-tokenizer
+        (``bert``: every punctuation mark apart; ``whitespace``: runs of punctuation kept together),
+        for text that is not tokenised ("the dog." -> "the dog ."); ``None``: split at whitespace only.
     """
 
     name: str = "synthetic"
@@ -74,6 +79,8 @@ class DataConfig:
     bucket_pool: int = 100
     max_sentences: Optional[int] = None
     synthetic_seed: int = 0
+    unk_token: Optional[str] = None
+    pretokenize: Optional[str] = None
 
     RANGES: ClassVar[dict[str, Range]] = {
         "bpe_vocab_size": COUNT, "min_freq": COUNT, "max_vocab": COUNT, "max_length": COUNT, "batch_size": COUNT,
