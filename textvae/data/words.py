@@ -59,7 +59,7 @@ def warn_about_words(lines: Sequence[str], source: str, unk_token: Optional[str]
     if pretokenize is None:
         glued = sum(bool(GLUED.search(line)) for line in sample)
         if glued > GLUED_WARNING * len(sample):
-            example = next(m.group(0).strip() for line in sample if (m := GLUED.search(line)))
+            example = next(w for line in sample for w in line.split() if GLUED.search(w))
             log.warning("%s: %d of %d lines have punctuation glued to words (%r): the text looks untokenised, "
                         "so 'dog.' and 'dog' are different words; set data.pretokenize: bert to split them",
                         source, glued, len(sample), example)
