@@ -300,3 +300,26 @@ def test_missing_matplotlib_skips_plots_with_a_note(tmp_path, monkeypatch):
                      seeds=[1], variants={"vae": {}}, common=[])
     st.write_outputs(study, [run])
     assert "Plots skipped: plots need matplotlib" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_nll_mi_plot_keeps_points_in_view_and_apart():
+    """Five clustered variants: no overprinted labels (legend only, one marker each); a true NLL far
+    below does not stretch the axis but is named with its value; true NLL and true MI differ in style."""
+    pytest.importorskip("matplotlib")
+    from textvae.plots import draw_nll_mi
+
+    def figure(mean: float, n: int = 1) -> dict:
+        return {"mean": mean, "std": float("nan"), "n": n}
+
+    none = figure(float("nan"), 0)
+    variants = [{"variant": f"v{i}", "figures": {"mi": figure(2.0 + 0.01 * i), "nll": figure(80.0 + 0.01 * i),
+                                                 "true_nll": figure(40.0), "true_mi": figure(2.02)}}
+                for i in range(5)]
+    variants.append({"variant": "lm", "figures": {"mi": none, "nll": figure(80.02), "true_nll": none, "true_mi": none}})
+    ax = draw_nll_mi(variants).axes[0]
+    assert not ax.texts  # no labels beside the points
+    assert ax.get_ylim()[0] > 79  # the true NLL at 40 would put every point at the top
+    legend = {t.get_text(): h for h, t in zip(ax.figure.legends[0].legend_handles, ax.figure.legends[0].texts)}
+    assert "true NLL = 40.00 (below the view)" in legend and "true MI" in legend and "lm (no latent)" in legend
+    assert legend["true NLL = 40.00 (below the view)"].get_linestyle() != legend["true MI"].get_linestyle()
+    assert len({c.lines[0].get_marker() for c in ax.containers}) == 5  # each errorbar's data line
