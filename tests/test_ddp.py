@@ -61,6 +61,7 @@ def runs(tmp_path_factory):
     corpus = write_corpus(tmp / "corpus", n_train=71, n_eval=20)
     done = torchrun(["train", *tiny_args(tmp, "two", corpus, *SETTINGS)], tmp)
     assert done.returncode == 0, done.stderr[-3000:]
+    (tmp / "two.stderr").write_text(done.stderr)
     mp = pytest.MonkeyPatch()
     mp.setattr(DiagGaussian, "rsample", deterministic_rsample)
     try:
@@ -92,6 +93,23 @@ def test_two_processes_follow_the_one_process_trajectory(runs):
         torch.testing.assert_close(got[name], want[name], rtol=0, atol=1e-5, msg=name)
     assert len(read_checkpoint(two / "checkpoint.safetensors").rng_states) == 2  # every rank's stream saved
     assert next(r for r in logs[1] if r["split"] == "data")["world_size"] == 2
+
+
+def test_no_unused_parameter_search_where_none_can_go_unused(runs):
+    """Encoder pretraining with the standard normal prior (no parameters): DDP is not told to
+    search for unused parameters, so no rank warns that the search found none."""
+    assert "find_unused_parameters" not in (runs[1].parent / "two.stderr").read_text()
+
+
+@pytest.mark.parametrize("prior,remedy,expected", [("standard_normal", "encoder_pretraining", False),
+                                                   ("mog", "encoder_pretraining", True), ("mog", "bn_vae", False)])
+def test_parameters_may_go_unused(prior, remedy, expected):
+    from textvae.config import ModelConfig, ObjectiveConfig
+    from textvae.models.textvae import TextVAE
+    from textvae.training.distributed import parameters_may_go_unused
+
+    model = TextVAE(ModelConfig(emb_dim=8, latent_dim=3, prior=prior), 20, ObjectiveConfig(remedies=[{"name": remedy}]))
+    assert parameters_may_go_unused(model) is expected
 
 
 def test_procedure_remedies_are_refused(tmp_path):

@@ -80,6 +80,9 @@ class Remedy(nn.Module):
     # False for remedies that only corrupt the decoder's inputs, which a language model
     # (model.latent_dim 0) has as well; the rest act on z, q(z|x) or the KL and need a latent.
     needs_latent = True
+    # True for a remedy whose KL term is a constant for a phase, so the prior's parameters leave the
+    # loss's graph (data-parallel training must then look for unused parameters)
+    drops_kl_term = False
 
     def corrupt_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
         return inputs

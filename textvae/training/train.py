@@ -52,7 +52,7 @@ from textvae.remedies import REMEDIES, Remedy, inference_parameters, reinit_deco
 from textvae.schedules import cycle_fraction, cycle_restart
 from textvae.training.checkpoint import (Checkpoint, read_checkpoint, restore_checkpoint, rng_state,
                                          save_checkpoint)
-from textvae.training.distributed import World, rank_seed
+from textvae.training.distributed import World, parameters_may_go_unused, rank_seed
 from textvae.training.logger import RunLogger
 from textvae.training.progress import SmoothedLoss
 
@@ -413,7 +413,7 @@ def _train(cfg: RunConfig, resume: bool, world: World, device: torch.device) -> 
         return train_split.batch(batches[int(torch.randint(len(batches), ()))]).to(device)
 
     trainer = LoopTrainer(model, optimizer, state, oc.clip, sample_batch)
-    step_fn = world.wrap(TrainStep(model), device)
+    step_fn = world.wrap(TrainStep(model), device, find_unused_parameters=parameters_may_go_unused(model))
     last_checkpoint = [state.step]
 
     def valid_batches(limit: int | None = None) -> Callable[[], Iterator[Batch]]:
