@@ -4,6 +4,7 @@ complete run folder whose records agree with the objective's definitions.
 Also the helpers the other loop tests share: a tiny folder corpus and tiny-model overrides.
 """
 import math
+import os
 import re
 from pathlib import Path
 
@@ -194,3 +195,18 @@ def test_progress_bar_shows_loss_per_token(tmp_path, capsys):
     main(["train", *tiny_args(tmp_path, "bar", corpus, "--train.progress", "true", "--train.max_steps", "2",
                                      "--train.log_every", "1")])
     assert re.search(r"loss/token=\d+\.\d{3}, kl=", capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_every_file_of_a_run_follows_the_umask(tmp_path, umask, mode):
+    """One permission policy: checkpoints and weights (which safetensors creates 0600) get the
+    mode of any new file, like the configuration, log and tokenizer."""
+    corpus = write_corpus(tmp_path / "corpus", n_train=40, n_eval=10)
+    old = os.umask(umask)
+    try:
+        main(["train", *tiny_args(tmp_path / "runs", "perm", corpus, "--train.max_steps", "2")])
+    finally:
+        os.umask(old)
+    files = [p for p in (tmp_path / "runs/perm").rglob("*") if p.is_file()]
+    assert {"checkpoint.safetensors", "model.safetensors", "config.yaml", "metrics.jsonl"} <= {p.name for p in files}
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: oct(mode) for p in files}

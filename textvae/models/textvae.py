@@ -24,6 +24,7 @@ from textvae.config import DecoderConfig, EncoderConfig, ModelConfig, ObjectiveC
 from textvae.data.batch import Batch
 from textvae.data.special import PAD_ID
 from textvae.errors import TextVAEError
+from textvae.files import replace_as_new_file
 from textvae.models.decoders import DECODERS
 from textvae.models.distributions import PRIORS, DiagGaussian, StandardNormal, kl_per_dim
 from textvae.models.encoders import ENCODERS
@@ -190,7 +191,7 @@ class PretrainedMixin:
             tmp.unlink(missing_ok=True)
             raise TextVAEError(f"cannot write {tmp}: {str(e).splitlines()[0]}; any earlier {WEIGHTS_FILE} there is "
                                f"intact; free space (or fix the cause) and save again (a training run: --resume)") from None
-        os.replace(tmp, Path(directory) / WEIGHTS_FILE)
+        replace_as_new_file(tmp, Path(directory) / WEIGHTS_FILE)
 
     def save_pretrained(self, directory: str | Path, tokenizer: Any = None) -> Path:
         """Write ``model.safetensors``, ``config.json`` and, if given, ``tokenizer.json``;

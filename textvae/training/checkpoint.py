@@ -20,6 +20,7 @@ from typing import Any, Optional
 import torch
 
 from textvae.errors import TextVAEError
+from textvae.files import replace_as_new_file
 
 META_KEY = "textvae"
 
@@ -104,7 +105,7 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
             os.fsync(f.fileno())
     except Exception as e:  # OSError, or safetensors' own error type wrapping one (a full disk)
         raise write_failure(tmp, path, e) from None
-    os.replace(tmp, path)
+    replace_as_new_file(tmp, path)
     _fsync_dir(path.parent)
 
 
