@@ -85,8 +85,8 @@ def setup(work: Path) -> dict[str, Path]:
     (work / "blank.txt").write_text("\n" * 5)
     paths["blank"] = work / "blank.txt"
     for argv in (train(work, "vae", paths["corpus"]),
-                 ["train", str(REPO / "recipes/dailydialog/cvae.yaml"), "--name", "cvae", "--out_dir", str(work / "runs"),
-                  "--data.name", str(paths["dialogues"]), "--model.emb_dim", "8", "--model.utterance_hidden", "6",
+                 ["train", str(REPO / "recipes/dailydialog/cvae.yaml"), "--name", "cvae",
+                  "--out_dir", str(work / "runs"), "--data.name", str(paths["dialogues"]), "--model.emb_dim", "8", "--model.utterance_hidden", "6",
                   "--model.context_hidden", "8", "--model.latent_dim", "3", "--model.prior_hidden", "8",
                   "--model.decoder_hidden", "8", "--train.max_steps", "2", "--train.progress", "false",
                   "--train.tensorboard", "false", "--train.iw_samples_final", "2", "--eval.n_responses", "2",

@@ -381,3 +381,26 @@ def test_untokenised_text_is_detected_and_pretokenised(tmp_path, caplog):
 def test_unknown_pretokenizer(tmp_path, corpus, capsys):
     line = fails([*train_on(tmp_path, corpus), "--data.pretokenize", "spacy"], capsys)
     assert "unknown data.pretokenize 'spacy'; valid: bert, whitespace" in line
+
+
+def test_disk_full_while_writing_the_best_model(tmp_path, trained, monkeypatch):
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    from textvae.errors import TextVAEError
+    from textvae.models.textvae import TextVAE
+
+    shutil.copytree(trained / "model", tmp_path / "model")
+    weights = tmp_path / "model/model.safetensors"
+    before = weights.read_bytes()
+
+    def full_disk(model, filename, metadata=None, force_contiguous=False):
+        Path(filename).write_bytes(b"\0" * 100)
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    model = TextVAE.from_pretrained(tmp_path / "model")
+    monkeypatch.setattr(safetensors.torch, "save_model", full_disk)
+    with pytest.raises(TextVAEError, match=rf"cannot write {re.escape(str(weights))}.tmp: .*No space left on device "
+                                           r".*; any earlier model.safetensors there is intact"):
+        model.save_weights(tmp_path / "model")
+    assert weights.read_bytes() == before and not Path(f"{weights}.tmp").exists()

@@ -189,8 +189,9 @@ class PretrainedMixin:
             save_model(self, str(tmp))
         except Exception as e:  # OSError, or safetensors' own error type wrapping one (a full disk)
             tmp.unlink(missing_ok=True)
-            raise TextVAEError(f"cannot write {tmp}: {str(e).splitlines()[0]}; any earlier {WEIGHTS_FILE} there is "
-                               f"intact; free space (or fix the cause) and save again (a training run: --resume)") from None
+            reason = str(e).splitlines()[0]
+            raise TextVAEError(f"cannot write {tmp}: {reason}; any earlier {WEIGHTS_FILE} there is intact; free "
+                               f"space (or fix the cause) and save again (a training run: --resume)") from None
         replace_as_new_file(tmp, Path(directory) / WEIGHTS_FILE)
 
     def save_pretrained(self, directory: str | Path, tokenizer: Any = None) -> Path:
