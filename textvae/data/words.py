@@ -37,9 +37,12 @@ def word_rewriter(unk_token: Optional[str], pretokenize: Optional[str]) -> Optio
 
     def rewrite(line: str) -> str:
         words = [UNK if w == unk_token else w for w in line.split()]
-        if split is not None:  # <unk> and the other special tokens stay whole
-            words = [p for w in words for p in ([w] if w in SPECIAL_TOKENS else split(w))]
-        return " ".join(words)
+        if split is None:
+            return " ".join(words)
+        if not any(w in SPECIAL_TOKENS for w in words):  # the usual case: one call for the line
+            return " ".join(split(" ".join(words)))
+        # <unk> and the other special tokens stay whole
+        return " ".join(p for w in words for p in ([w] if w in SPECIAL_TOKENS else split(w)))
     return rewrite
 
 
