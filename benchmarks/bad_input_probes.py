@@ -27,7 +27,8 @@ TINY = ["--model.emb_dim", "8", "--model.latent_dim", "4", "--model.encoder.hidd
         "--train.iw_samples_final", "4", "--train.threads", "1", "--train.max_steps", "2"]
 # the line that answers a probe: an error, else a warning or report line of interest
 ANSWER = re.compile(r"^textvae: error: .*|.*(?:warning|is larger than|epochs 0|not trained|glued|looks like|"
-                    r"unknown words|not in the model's vocabulary|run saved in|collapsed \(0 active|resuming).*$",
+                    r"unknown words|not in the model's vocabulary|run saved in|collapsed \(0 active|resuming|evaluating|"
+                    r"LATENT_DIM\s+\(type).*$",
                     re.MULTILINE)
 
 
@@ -39,7 +40,8 @@ def cli(*argv: str, work: Path, want: str = "") -> tuple[int, str]:
     text = done.stderr + done.stdout
     if "Traceback" in text:
         return done.returncode, "TRACEBACK: " + text.strip().splitlines()[-1]
-    lines = [m.group(0).strip() for m in ANSWER.finditer(text) if want in m.group(0)]
+    errors = [line for line in text.splitlines() if line.startswith("textvae: error:")]
+    lines = errors or [" ".join(m.group(0).split()) for m in ANSWER.finditer(text) if want in m.group(0)]
     return done.returncode, lines[0] if lines else "(no line)"
 
 
@@ -144,6 +146,8 @@ def probes(work: Path, p: dict[str, Path]) -> list[tuple[str, list[str], str]]:
         ("a single file of 5 blank lines", train(work, "x", p["blank"]), ""),
         ("evaluate on text the model cannot read (unk rate row)", ["evaluate", model, "--data", str(p["other"]),
                                                                    "--iw-samples", "2"], "unknown words"),
+        ("evaluate: the cost, said first", ["evaluate", model, "--iw-samples", "500"], "evaluating"),
+        ("train --help: the latent size a bare run uses", ["train", "--help"], "LATENT_DIM"),
         ("reconstruct with out-of-vocabulary words", ["reconstruct", model, "w1 zebra w2"], "vocabulary"),
         ("a corpus with its own _UNK token", train(work, "yahoo", p["yahoo"]), "looks like"),
         ("untokenised text", train(work, "raw", p["raw"]), "glued"),
