@@ -229,7 +229,8 @@ def announce_evaluation(args: argparse.Namespace, split: Any, n_eval: int, is_lm
             else "no IW-NLL (--iw-samples 0)")
     log = logging.getLogger("textvae")
     log.info("evaluating %d of %d %s sentences (%d tokens): %s%s", n_eval, len(split), args.split, n_tokens, cost,
-             "" if args.no_generation else f", then {args.gen_sentences} reconstructions and prior samples")
+             "" if args.no_generation else f", then {min(args.gen_sentences, n_eval)} reconstructions and "
+                                           f"{args.gen_sentences} prior samples")
     unknown = unk_rate(split.ids[i] for i in positions)
     if unknown > _UNK_WARNING:
         log.warning("%.2f%% of the %s words are <unk> (outside the model's vocabulary): NLL, PPL and BLEU score "
