@@ -109,7 +109,7 @@ def textvae_worker(job: dict[str, Any]) -> dict[str, Any]:
     sys.path.insert(0, str(HERE))
     import torch
     import throughput as tp
-    from textvae.cli import parse_run_config
+    from textvae.tasks.runconfig import parse_run_config
     from textvae.data.datasets import load_dataset
 
     overrides = [] if job["size"] == "ptb" else ["--data.name", job["corpus"]]

@@ -2,14 +2,20 @@
 status 2, no traceback -- or, where the policy is to go on (over-long lines, unknown words), a count
 in the log. The README's "Bad input" table lists these cases.
 """
+import dataclasses
+import json
 import logging
 import re
+import shlex
 import shutil
+import typing
 from pathlib import Path
 
 import pytest
 
 from textvae.cli import main
+from textvae.config import RunConfig
+from textvae.dialogue.config import CVAERunConfig
 from textvae.training.logger import read_jsonl
 from tests.test_train import tiny_args, write_corpus
 
@@ -74,6 +80,23 @@ def test_empty_file(tmp_path, capsys):
 def test_only_blank_lines(tmp_path, capsys):
     line = fails(train_on(tmp_path, folder(tmp_path, b"\n  \n\t\n")), capsys)
     assert "train.txt: the file has only blank lines (3)" in line
+    single = tmp_path / "blank.txt"  # a single file is split 90/5/5: too few lines would be said first
+    single.write_text("\n" * 5)
+    assert "blank.txt: the file has only blank lines (5)" in fails(train_on(tmp_path, single), capsys)
+
+
+def test_batch_larger_than_the_corpus_warns(tmp_path, corpus, caplog):
+    with caplog.at_level(logging.WARNING, logger="textvae"):
+        main([*train_on(tmp_path, corpus), "--data.batch_size", "100"])
+    assert "data.batch_size 100 is larger than the training split (60): every epoch is one step of 60" in caplog.text
+
+
+def test_zero_epochs_is_not_called_collapsed(tmp_path, corpus, caplog, capsys):
+    with caplog.at_level(logging.WARNING, logger="textvae"):
+        main([*train_on(tmp_path, corpus), "--train.epochs", "0"])
+    out = capsys.readouterr().out
+    assert "train.epochs 0: no training step" in caplog.text
+    assert re.search(r"latent space\s+not trained \(0 steps\): no verdict", out) and "collapsed" not in out
 
 
 def test_non_utf8_bytes(tmp_path, capsys):
@@ -104,9 +127,24 @@ def test_unknown_words_are_unk_and_reported(tmp_path, trained, caplog, capsys):
     unseen = sum(int(w[1:]) >= 30 for w in test_words) / len(test_words)
     assert unseen > 0.1
     with caplog.at_level(logging.INFO, logger="textvae"):
-        main(["evaluate", str(trained / "model"), "--data", str(other), "--iw-samples", "2"])
+        main(["evaluate", str(trained / "model"), "--data", str(other), "--iw-samples", "2",
+              "--json", str(tmp_path / "eval.json")])
     assert f"test {unseen:.2%}" in re.search(r"unk rate .*", caplog.text).group(0)
-    assert "-ELBO" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "-ELBO" in out and re.search(rf"unknown words \(<unk>\)\s+{unseen:.2%}", out)  # in the table
+    assert json.loads((tmp_path / "eval.json").read_text())["unk_rate"] == pytest.approx(unseen)
+    assert f"{100 * unseen:.2f}% of the test words are <unk>" in caplog.text  # and a warning
+
+
+def test_evaluate_states_its_cost_first(trained, corpus, caplog, capsys):
+    with caplog.at_level(logging.INFO, logger="textvae"):
+        main(["evaluate", str(trained), "--iw-samples", "3", "--no-generation", "--max-sentences", "10"])
+    tokens = int(re.search(r"evaluating 10 of 20 test sentences \((\d+) tokens\): IW-NLL with K = 3 samples "
+                           r"decodes ([\d,]+) tokens", caplog.text).group(1))
+    assert f"decodes {3 * tokens:,} tokens" in caplog.text
+    out, err = capsys.readouterr()
+    assert re.search(r"unknown words \(<unk>\)\s+0.00%", out)
+    assert re.search(rf"evaluate test: .*/{tokens}.0 \[00:00<.*tok/s\]", err)  # a bar over the tokens, time left
 
 
 @pytest.mark.parametrize("change,detail", [
@@ -161,7 +199,14 @@ def test_resume_and_restart_mistakes(tmp_path, trained, corpus, capsys):
     (["--objective.remedies", '[{"name": "bowl"}]'], "unknown remedy 'bowl'; valid: aggressive,"),
     (["--data.batch_size", "0"], "data.batch_size must be at least 1, got 0"),
     (["--train.log_every", "0"], "train.log_every must be at least 1, got 0"),
-    (["--optim.lr", "-1"], "need optim.lr > 0"),
+    (["--optim.lr", "-1"], "optim.lr must be > 0, got -1.0"),
+    (["--model.latent_dim", "-4"], "model.latent_dim must be at least 0, got -4"),
+    (["--data.max_sentences", "0"], "data.max_sentences must be at least 1, got 0"),
+    (["--model.decoder.hidden_dim", "0"], "model.decoder.hidden_dim must be at least 1, got 0"),
+    (["--model.emb_dim", "-5"], "model.emb_dim must be at least 1, got -5"),
+    (["--train.threads", "-1"], "train.threads must be at least 1, got -1"),
+    (["--model.encoder.dropout", "1.5"], "model.encoder.dropout must be at most 1, got 1.5"),
+    (["--optim.betas", "[0.9, 1.0]"], "optim.betas must be < 1, got (0.9, 1.0)"),
     (["--optim.name", "rmsprop"], "unknown optimizer 'rmsprop'; valid: adam, sgd"),
     (["--data.long_lines", "cut"], "long_lines must be one of ('skip', 'truncate'), got 'cut'"),
 ])
@@ -180,6 +225,182 @@ def test_bad_recipe_files(tmp_path, capsys, text, expected):
     assert expected in fails(["train", str(recipe), "--out_dir", str(tmp_path)], capsys)
 
 
+def numeric_fields(cls: type, prefix: str = "") -> list[tuple[type, str]]:
+    """(section class, dotted key) of every int / float setting of a configuration, nested ones too."""
+    found = []
+    for name, hint in typing.get_type_hints(cls).items():
+        if dataclasses.is_dataclass(hint):
+            found += numeric_fields(hint, f"{prefix}{name}.")
+        elif name != "RANGES" and {int, float} & set(typing.get_args(hint) or (hint,)):
+            found.append((cls, prefix + name))
+    return found
+
+
+@pytest.mark.parametrize("config", [RunConfig, CVAERunConfig])
+def test_every_numeric_setting_declares_its_range(config):
+    fields = numeric_fields(config)
+    assert ("model.latent_dim" in [k for _, k in fields]) and any(k == "optim.betas" for _, k in fields)
+    undeclared = [key for cls, key in fields if key.rsplit(".", 1)[-1] not in cls.RANGES]
+    assert not undeclared
+
+
 def test_dataset_that_does_not_exist(tmp_path, capsys):
     line = fails(train_on(tmp_path, "ptbb"), capsys)
     assert "data.name 'ptbb' is not a corpus (dailydialog, ptb, snli, yahoo, yelp, yelp_short), synthetic" in line
+
+
+@pytest.mark.parametrize("remedy", ["aggressive", "bn_vae", "delta_vae", "bow", "zforcing", "free_bits_li2019"])
+def test_latent_remedy_on_a_language_model(tmp_path, corpus, capsys, remedy):
+    line = fails([*train_on(tmp_path, corpus), "--model.latent_dim", "0",
+                  "--objective.remedies", f'[{{"name": "{remedy}"}}]'], capsys)
+    assert f"remedy '{remedy}' acts on the latent z, but model.latent_dim 0 is the language model" in line
+
+
+def test_input_remedy_on_a_language_model(tmp_path, corpus):
+    main([*train_on(tmp_path, corpus), "--model.latent_dim", "0", "--objective.remedies", '[{"name": "word_dropout"}]'])
+    assert (tmp_path / "runs/x/model/model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["sample", "{model}", "--n", "-3"], "--n must be at least 1, got -3"),
+    (["sample", "{model}", "--temperature", "0"], "--temperature must be > 0, got 0.0"),
+    (["interpolate", "{model}", "w1", "w2", "--steps", "1"], "--steps must be at least 2, got 1"),
+    (["evaluate", "{model}", "--iw-samples", "-1"], "--iw-samples must be at least 0, got -1"),
+])
+def test_bad_command_flags(trained, capsys, argv, expected):
+    assert expected in fails([a.format(model=trained / "model") for a in argv], capsys)
+
+
+@pytest.mark.parametrize("command", [["evaluate"], ["sample"], ["reconstruct", "hi there"], ["interpolate", "a", "b"]])
+def test_sentence_commands_on_a_dialogue_model(tmp_path, capsys, command):
+    from tests.test_dialogue import tiny
+
+    tiny().save_pretrained(tmp_path / "model")
+    line = fails([command[0], str(tmp_path / "model"), *command[1:]], capsys)
+    assert f"{tmp_path / 'model'}: this is a dialogue CVAE" in line and "use `textvae respond" in line
+
+
+def test_output_folder_that_cannot_be_written(tmp_path, corpus, capsys):
+    """A path under a regular file stands for a read-only file system (both are an OSError on
+    mkdir; root ignores permission bits, so this is the case a test can make anywhere)."""
+    (tmp_path / "file").write_text("")
+    argv = ["train", *tiny_args(tmp_path / "file" / "runs", "x", corpus, "--train.max_steps", "2")]
+    line = fails(argv, capsys)
+    assert f"cannot write the run folder {tmp_path / 'file/runs/x'}: Not a directory" in line
+
+
+def test_disk_full_while_writing_a_checkpoint(tmp_path, trained, corpus, capsys, monkeypatch):
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    shutil.copytree(trained, tmp_path / "runs/x")
+    ckpt = tmp_path / "runs/x/checkpoint.safetensors"
+    before = ckpt.read_bytes()
+
+    def full_disk(tensors, filename, metadata=None):  # what safetensors raises on ENOSPC, half a file left
+        Path(filename).write_bytes(b"\0" * 100)
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    line = fails([*train_on(tmp_path, corpus), "--train.max_steps", "3", "--train.checkpoint_every", "1", "--resume"],
+                 capsys)
+    assert (f"cannot write checkpoint {ckpt}.tmp: Error while serializing: I/O error: No space left on device "
+            f"(os error 28); the previous checkpoint {ckpt} is intact; free space (or fix the cause) and resume: "
+            f"textvae train {tmp_path / 'runs/x/config.yaml'} --resume") in line
+    assert ckpt.read_bytes() == before and not Path(f"{ckpt}.tmp").exists()
+    monkeypatch.undo()
+    main(["train", str(tmp_path / "runs/x/config.yaml"), "--resume", "--train.max_steps", "3"])  # the command works
+    assert ckpt.read_bytes() != before
+
+
+def test_resumed_run_says_from_which_step(tmp_path, trained, corpus, caplog):
+    shutil.copytree(trained, tmp_path / "runs/x")
+    with caplog.at_level(logging.INFO, logger="textvae"):
+        main([*train_on(tmp_path, corpus), "--train.max_steps", "3", "--resume"])
+    assert f"resuming {tmp_path / 'runs/x/checkpoint.safetensors'} after step 2 (epoch 2, batch 1 next)" in caplog.text
+
+
+def test_reconstruct_names_unknown_words(trained, caplog, capsys):
+    with caplog.at_level(logging.WARNING, logger="textvae"):
+        main(["reconstruct", str(trained / "model"), "w1 zebra w2 yak", "w3 w4"])
+    assert "2 word(s) are not in the model's vocabulary and are read as <unk>: yak, zebra" in caplog.text
+    assert capsys.readouterr().out.count("->") == 2
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="textvae"):
+        main(["interpolate", str(trained / "model"), "w1 w2", "w3 w4"])
+    assert "vocabulary" not in caplog.text
+
+
+def test_end_of_training_says_where_and_suggests_a_remedy_on_collapse(tmp_path, corpus, capsys):
+    main(train_on(tmp_path, corpus))  # two steps of a tiny VAE: no active unit
+    out = capsys.readouterr().out
+    run = tmp_path / "runs/x"
+    assert f"run saved in {run}: best model {run / 'model'}" in out
+    command = re.search(r"the latent space collapsed \(0 active units\); to try a remedy: (.*)", out).group(1)
+    assert command.startswith(f"textvae train {run / 'config.yaml'} --name x-bn_vae --objective.remedies ")
+    main(shlex.split(command)[1:])  # the command runs
+    assert (tmp_path / "runs/x-bn_vae/model/model.safetensors").is_file()
+
+
+def test_corpus_unknown_token_is_read_as_unk(tmp_path, caplog):
+    data = write_corpus(tmp_path / "yahoo_like", n_train=60, n_eval=20)
+    for name in ("train", "valid", "test"):
+        lines = (data / f"{name}.txt").read_text().splitlines()
+        (data / f"{name}.txt").write_text("\n".join(f"_UNK {line}" for line in lines) + "\n")
+    with caplog.at_level(logging.INFO, logger="textvae"):
+        main(train_on(tmp_path, data))
+    assert "'_UNK' looks like the corpus's own unknown-word token" in caplog.text
+    assert "set data.unk_token: _UNK" in caplog.text and "unk rate train 0.00%" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="textvae"):
+        main([*train_on(tmp_path, data), "--name", "mapped", "--data.unk_token", "_UNK"])
+    assert "looks like" not in caplog.text
+    rate = float(re.search(r"unk rate train (\d+\.\d+)%", caplog.text).group(1))
+    assert rate > 10  # one word in 2-12 is now <unk>
+
+
+def test_untokenised_text_is_detected_and_pretokenised(tmp_path, caplog):
+    data = tmp_path / "raw"
+    data.mkdir()
+    words = ["dog", "cat", "tree", "house", "river"]
+    for name, n in (("train", 60), ("valid", 20), ("test", 20)):  # "the dog, the cat." and the like
+        lines = [" ".join(f"the {words[(i + k) % 5]}{',' if k == 0 else ''}" for k in range(2)) + "." for i in range(n)]
+        (data / f"{name}.txt").write_text("\n".join(lines) + "\n")
+    with caplog.at_level(logging.INFO, logger="textvae"):
+        main(train_on(tmp_path, data))
+    assert re.search(r"raw train: 60 of 60 lines have punctuation glued to words \('\w+,'\): the text looks "
+                     r"untokenised", caplog.text) and "set data.pretokenize: bert" in caplog.text
+    assert "vocabulary 15;" in caplog.text  # the, dog, dog, and dog. ... apart, and the 4 special tokens
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="textvae"):
+        main([*train_on(tmp_path, data), "--name", "split", "--data.pretokenize", "bert"])
+    assert "glued" not in caplog.text
+    assert "vocabulary 12;" in caplog.text  # the, 5 words, "," and "."
+
+
+def test_unknown_pretokenizer(tmp_path, corpus, capsys):
+    line = fails([*train_on(tmp_path, corpus), "--data.pretokenize", "spacy"], capsys)
+    assert "unknown data.pretokenize 'spacy'; valid: bert, whitespace" in line
+
+
+def test_disk_full_while_writing_the_best_model(tmp_path, trained, monkeypatch):
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    from textvae.errors import TextVAEError
+    from textvae.models.textvae import TextVAE
+
+    shutil.copytree(trained / "model", tmp_path / "model")
+    weights = tmp_path / "model/model.safetensors"
+    before = weights.read_bytes()
+
+    def full_disk(model, filename, metadata=None, force_contiguous=False):
+        Path(filename).write_bytes(b"\0" * 100)
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    model = TextVAE.from_pretrained(tmp_path / "model")
+    monkeypatch.setattr(safetensors.torch, "save_model", full_disk)
+    with pytest.raises(TextVAEError, match=rf"cannot write {re.escape(str(weights))}.tmp: .*No space left on device "
+                                           r".*; any earlier model.safetensors there is intact"):
+        model.save_weights(tmp_path / "model")
+    assert weights.read_bytes() == before and not Path(f"{weights}.tmp").exists()

@@ -88,3 +88,16 @@ def test_language_model_has_no_latent_space(tmp_path, capsys):
         main(["reconstruct", str(tmp_path / "lm/model"), "w1 w2"])
     assert stop.value.code == 2
     assert capsys.readouterr().err.strip() == "textvae: error: this model is a language model: it has no latent space"
+
+
+@pytest.mark.parametrize("recipe,latent_dim", [([], "8"), (["recipes/ptb/vae.yaml"], "32")])
+def test_train_help_shows_the_defaults_a_run_uses(capsys, monkeypatch, recipe, latent_dim):
+    """A bare ``textvae train`` runs the embedded synthetic recipe (latent 8, embeddings 64)."""
+    from tests.test_train import REPO
+
+    monkeypatch.chdir(REPO)
+    with pytest.raises(SystemExit) as stop:
+        main(["train", *recipe, "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert stop.value.code == 0
+    assert f"--model.latent_dim LATENT_DIM (type: int, default: {latent_dim})" in help_text

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import sys
 import types
@@ -21,7 +22,7 @@ from textvae.config import DataConfig
 from textvae.data import corpora, datasets
 from textvae.data.batch import collate
 from textvae.data.batching import BucketBatchSampler, padding_fraction
-from textvae.data.corpora import CorpusSpec, list_corpora, resolve_corpus
+from textvae.data.corpora import CORPORA, CorpusSpec, list_corpora, resolve_corpus
 from textvae.data.datasets import load_dataset
 from textvae.data.reading import read_corpus, read_lines
 from textvae.data.special import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID
@@ -250,7 +251,7 @@ def test_unverified_md5_is_not_reported_ok(tmp_path, caplog):
     spec = toy_spec()
     spec.md5["a/test.txt"] = None
     resolve_corpus(spec, tmp_path)
-    assert "NOT verified" in caplog.text and "test.txt" in caplog.text
+    assert "test.txt is unverified (no known md5): read without a check" in caplog.text
 
 
 def test_local_folder_missing_a_file(tmp_path):
@@ -536,3 +537,14 @@ def test_dailydialog_utterances_and_acts():
     assert len(train.lines) == len(train.labels) == 87171 - 12 - 4
     assert set(train.labels) == {0, 1, 2, 3}
     assert len(texts["valid"].lines) == 8069
+
+
+def test_readme_names_every_unverified_corpus():
+    """The README's "Unverified" sentence lists exactly the corpora with a file of unknown md5."""
+    from tests.test_train import REPO
+
+    readme = " ".join((REPO / "README.md").read_text().split())
+    sentence = readme[readme.index("Unverified (no known md5"):].split(".")[0]
+    listed = set(re.findall(r"`(\w+)`", sentence))
+    assert listed == {spec.name for spec in (CORPORA.get(n) for n in list_corpora()) if spec.unverified}
+    assert CORPORA.get("yahoo").unverified == ["yahoo_data/yahoo.train.txt"]

@@ -9,6 +9,7 @@ share), which a plain mean of per-rank means would get wrong; encoder pretrainin
 decoder after epoch 1 from per-rank random streams, which rank 0's copy must overwrite.
 """
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+import textvae
 from textvae.cli import main
 from textvae.models.distributions import DiagGaussian
 from textvae.training.checkpoint import read_checkpoint
@@ -59,6 +61,7 @@ def runs(tmp_path_factory):
     corpus = write_corpus(tmp / "corpus", n_train=71, n_eval=20)
     done = torchrun(["train", *tiny_args(tmp, "two", corpus, *SETTINGS)], tmp)
     assert done.returncode == 0, done.stderr[-3000:]
+    (tmp / "two.stderr").write_text(done.stderr)
     mp = pytest.MonkeyPatch()
     mp.setattr(DiagGaussian, "rsample", deterministic_rsample)
     try:
@@ -92,14 +95,48 @@ def test_two_processes_follow_the_one_process_trajectory(runs):
     assert next(r for r in logs[1] if r["split"] == "data")["world_size"] == 2
 
 
+def test_no_unused_parameter_search_where_none_can_go_unused(runs):
+    """Encoder pretraining with the standard normal prior (no parameters): DDP is not told to
+    search for unused parameters, so no rank warns that the search found none."""
+    assert "find_unused_parameters" not in (runs[1].parent / "two.stderr").read_text()
+
+
+@pytest.mark.parametrize("prior,remedy,expected", [("standard_normal", "encoder_pretraining", False),
+                                                   ("mog", "encoder_pretraining", True), ("mog", "bn_vae", False)])
+def test_parameters_may_go_unused(prior, remedy, expected):
+    from textvae.config import ModelConfig, ObjectiveConfig
+    from textvae.models.textvae import TextVAE
+    from textvae.training.distributed import parameters_may_go_unused
+
+    model = TextVAE(ModelConfig(emb_dim=8, latent_dim=3, prior=prior), 20, ObjectiveConfig(remedies=[{"name": remedy}]))
+    assert parameters_may_go_unused(model) is expected
+
+
 def test_procedure_remedies_are_refused(tmp_path):
     corpus = write_corpus(tmp_path / "corpus", n_train=40, n_eval=20)
     done = torchrun(["train", *tiny_args(tmp_path, "agg", corpus, "--objective.remedies", '[{"name": "aggressive"}]')],
                     tmp_path)
     assert done.returncode != 0
     assert "textvae: error: remedy 'aggressive' takes optimiser steps of its own" in done.stderr
-    # the workers print the one-line message; torchrun's own traceback (ChildFailedError) follows
-    assert not any('File "' in line and "textvae" in line for line in done.stderr.splitlines())
+    # the workers print the one-line message; torchrun's own traceback (ChildFailedError) follows,
+    # so a textvae traceback is a frame in the package's own files -- the checkout's or the venv's
+    # path may contain "textvae" too
+    assert not package_frames(done.stderr)
+
+
+def package_frames(stderr: str) -> list[str]:
+    """The traceback frames of ``stderr`` that lie in the textvae package's source files."""
+    package = Path(textvae.__file__).resolve().parent
+    frames = re.findall(r'^\s*File "([^"]+)", line \d+', stderr, flags=re.MULTILINE)
+    return [f for f in frames if Path(f).resolve().is_relative_to(package)]
+
+
+def test_package_frames_finds_textvae_frames_only():
+    package = Path(textvae.__file__).resolve().parent
+    elsewhere = "/home/ci/textvae-clone/.venv/lib/python3/site-packages/torch/distributed/run.py"
+    stderr = (f'Traceback (most recent call last):\n  File "{elsewhere}", line 9, in main\n'
+              f'  File "{package / "cli.py"}", line 3, in main\nValueError: x\n')
+    assert package_frames(stderr) == [str(package / "cli.py")]
 
 
 @pytest.mark.parametrize("size,n", [(2, 7), (2, 1), (3, 8), (4, 2)])

@@ -118,10 +118,11 @@ def test_interrupted_study_resumes_to_the_same_table(tmp_path, monkeypatch):
         st.run_study(write_study(tmp_path, changed, "changed.yaml"), out=str(tmp_path / "b"))
 
 
-def test_subprocess_jobs_give_the_same_table(tmp_path):
+def test_subprocess_jobs_give_the_same_table(tmp_path, capsys):
     """--jobs 2 trains through `python -m textvae.cli train` subprocesses; --only limits the runs."""
     path = write_study(tmp_path)
     inproc = st.run_study(path, out=str(tmp_path / "a"), only=["fb"])
+    assert "| variant | runs |" in capsys.readouterr().out  # the results table is printed on stdout
     sub = st.run_study(path, out=str(tmp_path / "b"), jobs=2, only=["fb"])
     assert [(v["variant"], v["runs"]) for v in sub["variants"]] == [("plain", 0), ("fb", 2)]
     assert_same(sub, inproc)
@@ -304,3 +305,26 @@ def test_missing_matplotlib_skips_plots_with_a_note(tmp_path, monkeypatch):
                      seeds=[1], variants={"vae": {}}, common=[])
     st.write_outputs(study, [run])
     assert "Plots skipped: plots need matplotlib" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_nll_mi_plot_keeps_points_in_view_and_apart():
+    """Five clustered variants: no overprinted labels (legend only, one marker each); a true NLL far
+    below does not stretch the axis but is named with its value; true NLL and true MI differ in style."""
+    pytest.importorskip("matplotlib")
+    from textvae.plots import draw_nll_mi
+
+    def figure(mean: float, n: int = 1) -> dict:
+        return {"mean": mean, "std": float("nan"), "n": n}
+
+    none = figure(float("nan"), 0)
+    variants = [{"variant": f"v{i}", "figures": {"mi": figure(2.0 + 0.01 * i), "nll": figure(80.0 + 0.01 * i),
+                                                 "true_nll": figure(40.0), "true_mi": figure(2.02)}}
+                for i in range(5)]
+    variants.append({"variant": "lm", "figures": {"mi": none, "nll": figure(80.02), "true_nll": none, "true_mi": none}})
+    ax = draw_nll_mi(variants).axes[0]
+    assert not ax.texts  # no labels beside the points
+    assert ax.get_ylim()[0] > 79  # the true NLL at 40 would put every point at the top
+    legend = {t.get_text(): h for h, t in zip(ax.figure.legends[0].legend_handles, ax.figure.legends[0].texts)}
+    assert "true NLL = 40.00 (below the view)" in legend and "true MI" in legend and "lm (no latent)" in legend
+    assert legend["true NLL = 40.00 (below the view)"].get_linestyle() != legend["true MI"].get_linestyle()
+    assert len({c.lines[0].get_marker() for c in ax.containers}) == 5  # each errorbar's data line

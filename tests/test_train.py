@@ -4,6 +4,8 @@ complete run folder whose records agree with the objective's definitions.
 Also the helpers the other loop tests share: a tiny folder corpus and tiny-model overrides.
 """
 import math
+import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -172,3 +174,39 @@ def test_plateau_update_follows_he2019_schedule():
     ]
     assert calls == ["save", "reload", "save", "reload"]
     assert state.best_val == 9 and state.decays == 2
+
+
+def test_progress_loss_is_per_token_and_smoothed():
+    """Batches alternating short and long sentences at the same loss per token: per sentence the
+    figure would jump 4x between steps; the bar's figure stays at that loss per token."""
+    from textvae.training.progress import SmoothedLoss
+
+    smoothed = SmoothedLoss()
+    shown = [smoothed.add(2.0 * words, n_sentences=8, n_tokens=8 * words) for words in (5, 20) * 5]
+    assert shown == pytest.approx([2.0] * 10)
+    assert SmoothedLoss(decay=0.5).add(3.0, 1, 3) == pytest.approx(1.0)
+    noisy = SmoothedLoss()
+    values = [noisy.add(loss, 1, 1) for loss in (1.0, 5.0) * 20]
+    assert max(values[-10:]) - min(values[-10:]) < 1.0  # a raw per-step figure would swing by 4
+
+
+def test_progress_bar_shows_loss_per_token(tmp_path, capsys):
+    corpus = write_corpus(tmp_path / "corpus", n_train=40, n_eval=10)
+    main(["train", *tiny_args(tmp_path, "bar", corpus, "--train.progress", "true", "--train.max_steps", "2",
+                                     "--train.log_every", "1")])
+    assert re.search(r"loss/token=\d+\.\d{3}, kl=", capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_every_file_of_a_run_follows_the_umask(tmp_path, umask, mode):
+    """One permission policy: checkpoints and weights (which safetensors creates 0600) get the
+    mode of any new file, like the configuration, log and tokenizer."""
+    corpus = write_corpus(tmp_path / "corpus", n_train=40, n_eval=10)
+    old = os.umask(umask)
+    try:
+        main(["train", *tiny_args(tmp_path / "runs", "perm", corpus, "--train.max_steps", "2")])
+    finally:
+        os.umask(old)
+    files = [p for p in (tmp_path / "runs/perm").rglob("*") if p.is_file()]
+    assert {"checkpoint.safetensors", "model.safetensors", "config.yaml", "metrics.jsonl"} <= {p.name for p in files}
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: oct(mode) for p in files}

@@ -22,19 +22,32 @@ from typing import Any, Optional
 
 import torch
 
+from textvae.config import COUNT, NON_NEGATIVE, POSITIVE, Range
 from textvae.errors import TextVAEError
 
 COMMANDS = ("train", "evaluate", "sample", "reconstruct", "interpolate", "respond", "study")
 
 
+def check_flags(args: argparse.Namespace, ranges: dict[str, Range]) -> None:
+    """One-line error for the first numeric flag outside its bounds (what ``RANGES`` does for the
+    run configuration), before a model is loaded."""
+    for name, bounds in ranges.items():
+        value = getattr(args, name)
+        problem = None if value is None else bounds.violation(value)
+        if problem:
+            raise TextVAEError(f"--{name.replace('_', '-')} {problem}, got {value}")
+
+
 def cmd_train(argv: list[str]) -> None:
     from textvae.tasks import run_training
     from textvae.tasks.runconfig import parse_run_config
+    from textvae.training.epilogue import run_epilogue
 
     cfg, resume = parse_run_config(argv)
     report = run_training(cfg, resume=resume)
     if os.environ.get("RANK", "0") == "0":  # under torchrun every rank returns the report; one prints it
         print(format_report(report))
+        print(run_epilogue(Path(cfg.out_dir) / cfg.name, report, cfg.objective.remedies))
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -88,8 +101,8 @@ def evaluate_parser() -> argparse.ArgumentParser:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                     help="bf16: figures under bfloat16 autocast (recurrent and output GEMMs in bf16; posterior "
-                         "head, KL and softmax statistics in fp32; about 2x faster IW-NLL on a CPU with bf16 "
-                         "units); recorded in the results")
+                         "head, KL and softmax statistics in fp32; faster IW-NLL on a CPU with bf16 units); "
+                         "recorded in the results")
     return ap
 
 
@@ -105,12 +118,8 @@ def cmd_evaluate(argv: list[str]) -> None:
     from textvae.training.train import evaluation
 
     args = evaluate_parser().parse_args(argv)
-    for flag in ("iw_samples", "probe"):
-        if getattr(args, flag) < 0:
-            raise TextVAEError(f"--{flag.replace('_', '-')} must be >= 0")
-    for flag in ("max_tokens", "batch_size", "probe_draws"):
-        if getattr(args, flag) < 1:
-            raise TextVAEError(f"--{flag.replace('_', '-')} must be >= 1")
+    check_flags(args, {"iw_samples": NON_NEGATIVE, "probe": NON_NEGATIVE, "max_tokens": COUNT, "batch_size": COUNT,
+                       "probe_draws": COUNT, "max_sentences": COUNT, "max_len": COUNT})
     if not args.no_generation and args.gen_sentences < 2:
         raise TextVAEError("--gen-sentences must be >= 2 (self-BLEU compares samples with each other)")
     model, tokenizer, run_cfg = load_model_dir(args.model)
@@ -125,14 +134,16 @@ def cmd_evaluate(argv: list[str]) -> None:
     device = torch.device(args.device)
     model.to(device)
     n_eval = min(args.max_sentences or len(split), len(split))
+    n_tokens, unknown = announce_evaluation(args, split, n_eval, model.is_lm)
 
     def batches(limit: int) -> Any:
         """A fresh iterator over ``limit`` sentences of the split, in evaluation order, on the device."""
         return lambda: (b.to(device) for b in split.batches(args.batch_size, limit=limit))
 
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
-        results = evaluation(model, batches(n_eval), device, n_samples=args.iw_samples,
-                             max_tokens=args.max_tokens, per_dim=True)
+        results = evaluation(model, with_progress(batches(n_eval), n_tokens, f"evaluate {args.split}"), device,
+                             n_samples=args.iw_samples, max_tokens=args.max_tokens, per_dim=True)
+    results["unk_rate"] = unknown
     if data.truth is not None:
         results.update(_truth_figures(data.truth, args.split, split, split.subset(n_eval)))
     examples: dict[str, Any] = {}
@@ -154,6 +165,42 @@ def cmd_evaluate(argv: list[str]) -> None:
 
 
 _EXAMPLES = 20  # reconstructions and samples kept in the JSON
+_UNK_WARNING = 0.05  # an <unk> rate above which PPL and BLEU describe another text than the one given
+
+
+def announce_evaluation(args: argparse.Namespace, split: Any, n_eval: int, is_lm: bool) -> tuple[int, float]:
+    """Say before the work starts what it will cost (sentences, tokens, importance samples K) and
+    how much of the text the model cannot read; returns (tokens evaluated, <unk> rate)."""
+    from textvae.data.tokenization import unk_rate
+
+    positions = split.subset(n_eval)
+    n_tokens = int((split.lengths[positions] - 1).sum())  # words + </s>
+    k = 1 if is_lm else args.iw_samples  # the language model's likelihood is exact with one sample
+    cost = (f"IW-NLL with K = {k} samples decodes {k * n_tokens:,} tokens" if k
+            else "no IW-NLL (--iw-samples 0)")
+    log = logging.getLogger("textvae")
+    log.info("evaluating %d of %d %s sentences (%d tokens): %s%s", n_eval, len(split), args.split, n_tokens, cost,
+             "" if args.no_generation else f", then {min(args.gen_sentences, n_eval)} reconstructions and "
+                                           f"{args.gen_sentences} prior samples")
+    unknown = unk_rate(split.ids[i] for i in positions)
+    if unknown > _UNK_WARNING:
+        log.warning("%.2f%% of the %s words are <unk> (outside the model's vocabulary): NLL, PPL and BLEU score "
+                    "predicting <unk>, not those words", 100 * unknown, args.split)
+    return n_tokens, unknown
+
+
+def with_progress(batches: Any, n_tokens: int, what: str) -> Any:
+    """``batches`` (a callable returning an iterator) showing a progress bar with the time left,
+    counted in tokens: evaluation order puts the shortest sentences first, so a count of batches
+    would promise the end too early."""
+    from tqdm import tqdm
+
+    def run() -> Any:
+        with tqdm(total=n_tokens, desc=what, unit="tok", unit_scale=True, leave=False, dynamic_ncols=True) as bar:
+            for batch in batches():
+                yield batch
+                bar.update(int(batch.n_tokens.sum()))
+    return run
 
 
 def _truth_figures(truth: dict[str, Any], name: str, split: Any, positions: Any) -> dict[str, float]:
@@ -203,10 +250,25 @@ def _latents_for(model: Any, tokenizer: Any, sentences: list[str]) -> torch.Tens
 
     if model.is_lm:
         raise TextVAEError("this model is a language model: it has no latent space")
+    warn_unknown_words(tokenizer, sentences)
     batch = collate([tokenizer.encode(s) for s in sentences])
     model.eval()
     with torch.no_grad():
         return model.encode(batch).mean
+
+
+def warn_unknown_words(tokenizer: Any, sentences: list[str]) -> None:
+    """Name the words the model reads as ``<unk>``: its output then reconstructs another sentence."""
+    from textvae.data.special import UNK_ID
+
+    unknown = sorted({w for s in sentences for w in s.split() if UNK_ID in tokenizer.encode(w)})
+    if unknown:
+        shown = ", ".join(unknown[:_UNKNOWN_SHOWN]) + (", ..." if len(unknown) > _UNKNOWN_SHOWN else "")
+        logging.getLogger("textvae").warning("%d word(s) are not in the model's vocabulary and are read as <unk>: %s",
+                                             len(unknown), shown)
+
+
+_UNKNOWN_SHOWN = 10
 
 
 def decoding_args(ap: argparse.ArgumentParser) -> None:
@@ -217,6 +279,10 @@ def decoding_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--beam-size", type=int, default=5)
     ap.add_argument("--max-len", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
+
+
+DECODING_RANGES = {"temperature": POSITIVE, "top_k": NON_NEGATIVE, "top_p": Range(above=0, most=1),
+                   "beam_size": COUNT, "max_len": COUNT}
 
 
 def decode(model: Any, tokenizer: Any, z: Optional[torch.Tensor], args: argparse.Namespace, n: int) -> list[str]:
@@ -239,6 +305,7 @@ def cmd_sample(argv: list[str]) -> None:
     ap.add_argument("--n", type=int, default=10)
     decoding_args(ap)
     args = ap.parse_args(argv)
+    check_flags(args, {"n": COUNT, **DECODING_RANGES})
     if args.method == "greedy" and "--method" not in argv:
         args.method = "sample"
     model, tokenizer, _ = load_model_dir(args.model)
@@ -266,6 +333,7 @@ def cmd_reconstruct(argv: list[str]) -> None:
     ap.add_argument("--file")
     decoding_args(ap)
     args = ap.parse_args(argv)
+    check_flags(args, DECODING_RANGES)
     model, tokenizer, _ = load_model_dir(args.model)
     sentences = read_sentences(args)
     outputs = decode(model, tokenizer, _latents_for(model, tokenizer, sentences), args, len(sentences))
@@ -284,6 +352,7 @@ def cmd_interpolate(argv: list[str]) -> None:
     ap.add_argument("--steps", type=int, default=5)
     decoding_args(ap)
     args = ap.parse_args(argv)
+    check_flags(args, {"steps": Range(least=2), **DECODING_RANGES})
     model, tokenizer, _ = load_model_dir(args.model)
     mu = _latents_for(model, tokenizer, [args.first, args.second])
     path = interpolate(mu[0], mu[1], args.steps)

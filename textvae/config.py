@@ -3,12 +3,47 @@
 ``textvae train recipes/ptb/vae.yaml --model.latent_dim 16 --optim.lr 0.5`` resolves a
 :class:`RunConfig`; unknown keys and wrongly typed values are errors; the resolved configuration is
 written to ``<run>/config.yaml`` so every run can be re-created.
+
+Every numeric setting declares its bounds in its section's ``RANGES``; :func:`check_ranges` checks
+them all in one pass before a run starts, so a value out of range is a one-line error naming the
+key instead of a failure deep inside torch.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
+
+from textvae.errors import TextVAEError
+
+
+@dataclass(frozen=True)
+class Range:
+    """Bounds of a numeric setting: ``value >= least``, ``value > above``, ``value <= most``,
+    ``value < below``."""
+
+    least: Optional[float] = None
+    above: Optional[float] = None
+    most: Optional[float] = None
+    below: Optional[float] = None
+
+    def violation(self, value: float) -> Optional[str]:
+        """What is wrong with ``value`` (``"must be at least 1"``), or None when it is in range."""
+        if self.least is not None and value < self.least:
+            return f"must be at least {self.least:g}"
+        if self.above is not None and not value > self.above:
+            return f"must be > {self.above:g}"
+        if self.most is not None and value > self.most:
+            return f"must be at most {self.most:g}"
+        if self.below is not None and not value < self.below:
+            return f"must be < {self.below:g}"
+        return None
+
+
+COUNT = Range(least=1)  # sizes, steps, counts of things
+NON_NEGATIVE = Range(least=0)  # where 0 means "off" or "none"
+POSITIVE = Range(above=0)
+PROBABILITY = Range(least=0, most=1)
 
 
 @dataclass
@@ -23,6 +58,11 @@ class DataConfig:
         (``long_lines: truncate`` cuts them instead).
     bucket_pool: batches per shuffled pool that is sorted by length (1 = plain shuffling).
     max_sentences: cap on sentences per split (for quick runs); ``None`` = all.
+    unk_token: the corpus's own unknown-word token (Yahoo's ``_UNK``), read as ``<unk>`` so the
+        unk rate counts it; ``None``: an ordinary word.
+    pretokenize: split words at punctuation first with a Hugging Face ``tokenizers`` pre-tokenizer
+        (``bert``: every punctuation mark apart; ``whitespace``: runs of punctuation kept together),
+        for text that is not tokenised ("the dog." -> "the dog ."); ``None``: split at whitespace only.
     """
 
     name: str = "synthetic"
@@ -39,6 +79,12 @@ class DataConfig:
     bucket_pool: int = 100
     max_sentences: Optional[int] = None
     synthetic_seed: int = 0
+    unk_token: Optional[str] = None
+    pretokenize: Optional[str] = None
+
+    RANGES: ClassVar[dict[str, Range]] = {
+        "bpe_vocab_size": COUNT, "min_freq": COUNT, "max_vocab": COUNT, "max_length": COUNT, "batch_size": COUNT,
+        "eval_batch_size": COUNT, "bucket_pool": COUNT, "max_sentences": COUNT, "synthetic_seed": NON_NEGATIVE}
 
 
 @dataclass
@@ -52,6 +98,8 @@ class EncoderConfig:
     bidirectional: bool = False
     dropout: float = 0.0
     options: dict[str, Any] = field(default_factory=dict)
+
+    RANGES: ClassVar[dict[str, Range]] = {"hidden_dim": COUNT, "num_layers": COUNT, "dropout": PROBABILITY}
 
 
 @dataclass
@@ -70,6 +118,9 @@ class DecoderConfig:
     z_init: bool = True
     z_concat: bool = True
     options: dict[str, Any] = field(default_factory=dict)
+
+    RANGES: ClassVar[dict[str, Range]] = {"hidden_dim": COUNT, "num_layers": COUNT, "input_dropout": PROBABILITY,
+                                          "output_dropout": PROBABILITY}
 
 
 @dataclass
@@ -94,6 +145,8 @@ class ModelConfig:
     tie_weights: bool = False
     init: str = "he2019"
     encoder_init: Optional[str] = None
+
+    RANGES: ClassVar[dict[str, Range]] = {"emb_dim": COUNT, "latent_dim": NON_NEGATIVE}
 
 
 @dataclass
@@ -136,6 +189,11 @@ class OptimConfig:
     reload_best_on_decay: bool = True
     cycle_lr: str = "none"
 
+    RANGES: ClassVar[dict[str, Range]] = {
+        "lr": POSITIVE, "momentum": NON_NEGATIVE, "betas": Range(least=0, below=1), "weight_decay": NON_NEGATIVE,
+        "clip": NON_NEGATIVE, "decay_factor": Range(above=0, most=1), "decay_patience": COUNT,
+        "decay_start_epoch": NON_NEGATIVE, "max_decays": NON_NEGATIVE}
+
 
 @dataclass
 class TrainConfig:
@@ -175,6 +233,11 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = True
 
+    RANGES: ClassVar[dict[str, Range]] = {
+        "epochs": NON_NEGATIVE, "max_steps": COUNT, "max_seconds": POSITIVE, "seed": NON_NEGATIVE, "threads": COUNT,
+        "log_every": COUNT, "metrics_every": NON_NEGATIVE, "metrics_sentences": Range(least=2),
+        "checkpoint_every": NON_NEGATIVE, "sampled_softmax": NON_NEGATIVE, "iw_samples_final": NON_NEGATIVE}
+
 
 @dataclass
 class RunConfig:
@@ -190,14 +253,27 @@ class RunConfig:
         return asdict(self)
 
 
+def check_ranges(cfg: Any, prefix: str = "") -> None:
+    """Raise :class:`TextVAEError` for the first numeric setting of the (nested) configuration
+    ``cfg`` outside the bounds its section declares in ``RANGES`` (``None``, "not set", passes)."""
+    ranges = getattr(type(cfg), "RANGES", {})
+    for f in dataclasses.fields(cfg):
+        value, key = getattr(cfg, f.name), prefix + f.name
+        if dataclasses.is_dataclass(value):
+            check_ranges(value, key + ".")
+        elif f.name in ranges and value is not None:
+            for item in value if isinstance(value, (tuple, list)) else (value,):
+                problem = ranges[f.name].violation(item)
+                if problem:
+                    raise TextVAEError(f"{key} {problem}, got {value}")
+
+
 def from_dict(cls: type, values: dict[str, Any]) -> Any:
     """Build the dataclass ``cls`` from a (nested) dict, recursing into dataclass-typed fields.
 
     Unknown keys raise :class:`~textvae.errors.TextVAEError`; used to read back a run's saved
     ``config.yaml``.
     """
-    from textvae.errors import TextVAEError
-
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:

@@ -7,8 +7,11 @@
   validation set, MI per batch) when it has no periodic ones.
 * ``rate_distortion.png``: reconstruction against KL on the test set (mean ± std over seeds),
   with dashed lines of equal -ELBO = rec + KL.
-* ``nll_mi.png``: IW-NLL against MI on the test set; variants without a latent (language models)
-  and the synthetic corpus' true NLL and MI are drawn as reference lines.
+* ``nll_mi.png``: IW-NLL against MI on the test set, one marker shape and colour per variant
+  (named in the legend: labels beside points overprint when variants cluster); variants without
+  a latent (language models) and the synthetic corpus' true NLL (dashed) and true MI (dash-dotted)
+  are reference lines, which never stretch the view: one outside it is named in the legend with
+  its value.
 
 matplotlib is optional (``pip install 'textvae[plot]'``); it is imported only here, without pyplot,
 so drawing never touches a GUI backend.
@@ -107,11 +110,15 @@ def _points(variants: list[dict[str, Any]], x: str, y: str) -> list[tuple[str, i
     return out
 
 
-def _scatter(ax: Any, points: list[tuple], colours: list[Any]) -> None:
+MARKERS = "osD^v<>PX*"
+
+
+def _scatter(ax: Any, points: list[tuple], colours: list[Any], annotate: bool = True) -> None:
     for name, i, xm, xs, ym, ys in points:
         ax.errorbar(xm, ym, xerr=None if math.isnan(xs) else xs, yerr=None if math.isnan(ys) else ys,
-                    fmt="o", color=colours[i], label=name, capsize=3)
-        ax.annotate(name, (xm, ym), textcoords="offset points", xytext=(4, 4), fontsize=7)
+                    fmt="o" if annotate else MARKERS[i % len(MARKERS)], color=colours[i], label=name, capsize=3)
+        if annotate:
+            ax.annotate(name, (xm, ym), textcoords="offset points", xytext=(4, 4), fontsize=7)
 
 
 def plot_rate_distortion(variants: list[dict[str, Any]], path: Path) -> bool:
@@ -138,30 +145,48 @@ def plot_rate_distortion(variants: list[dict[str, Any]], path: Path) -> bool:
     return True
 
 
-def plot_nll_mi(variants: list[dict[str, Any]], path: Path) -> bool:
+def _reference_line(ax: Any, value: float, vertical: bool, label: str, **style: Any) -> None:
+    """A horizontal (vertical) line at ``value`` that leaves the view as the points set it; a line
+    outside the view gets its value, and where it lies, in the legend entry instead."""
+    lo, hi = ax.get_xlim() if vertical else ax.get_ylim()
+    if not lo <= value <= hi:
+        side = ("left of" if value < lo else "right of") if vertical else ("below" if value < lo else "above")
+        label = f"{label} = {value:.2f} ({side} the view)"
+    (ax.axvline if vertical else ax.axhline)(value, label=label, **style)
+    (ax.set_xlim if vertical else ax.set_ylim)(lo, hi)
+
+
+def draw_nll_mi(variants: list[dict[str, Any]]) -> Any:
+    """The ``nll_mi`` figure, or None when no variant has both figures."""
     points = _points(variants, "mi", "nll")
     if not points:
-        return False
+        return None
     fig = _figure(9, 6)
     ax = fig.subplots()
     colours = _colours(len(variants))
-    _scatter(ax, points, colours)
+    _scatter(ax, points, colours, annotate=False)
     with_mi = {p[0] for p in points}
     for i, v in enumerate(variants):  # language models: NLL only
         nll = v["figures"]["nll"]
         if v["variant"] not in with_mi and nll["n"]:
-            ax.axhline(nll["mean"], ls=":", color=colours[i], label=f"{v['variant']} (no latent)")
+            _reference_line(ax, nll["mean"], False, f"{v['variant']} (no latent)", ls=":", color=colours[i])
     truth = next((v["figures"] for v in variants if v["figures"]["true_nll"]["n"]), None)
     if truth is not None:
-        ax.axhline(truth["true_nll"]["mean"], ls="--", color="black", lw=0.8, label="true NLL")
-        ax.axvline(truth["true_mi"]["mean"], ls="--", color="black", lw=0.8, label="true MI")
+        _reference_line(ax, truth["true_nll"]["mean"], False, "true NLL", ls="--", color="black", lw=0.9)
+        _reference_line(ax, truth["true_mi"]["mean"], True, "true MI", ls="-.", color="dimgrey", lw=0.9)
     ax.set_xlabel("MI (nats, whole-set estimator)")
     ax.set_ylabel("IW-NLL (nats per sentence)")
     ax.set_title("NLL against mutual information on the test set (mean ± std over seeds)")
     ax.grid(alpha=0.3)
     fig.legend(loc="outside right upper", fontsize=7)
-    fig.savefig(path, dpi=110)
-    return True
+    return fig
+
+
+def plot_nll_mi(variants: list[dict[str, Any]], path: Path) -> bool:
+    fig = draw_nll_mi(variants)
+    if fig is not None:
+        fig.savefig(path, dpi=110)
+    return fig is not None
 
 
 def study_plots(results: dict[str, Any], folder: Path) -> dict[str, Path]:

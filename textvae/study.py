@@ -638,7 +638,8 @@ def run_study(path: str | Path, jobs: int = 1, out: Optional[str] = None, only: 
         check_run_folder(run)
     failed = execute(study, runs, jobs, only)
     results = write_outputs(study, runs)
-    log.info("study %s: results in %s\n%s", study.name, study.out, markdown_table(results))
+    log.info("study %s: results in %s", study.name, study.out)
+    print(markdown_table(results))  # the command's result, on stdout where a pipe or a redirect finds it
     if failed:
         raise TextVAEError(f"{len(failed)} runs failed: "
                            f"{', '.join(r.label for r in failed)} (see the logs); re-run the study to retry them")

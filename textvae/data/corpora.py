@@ -1,6 +1,7 @@
 """The standard corpora of the text-VAE literature: where they come from and how to check them.
 
-``resolve_corpus(name)`` returns a folder holding the corpus files with verified md5s:
+``resolve_corpus(name)`` returns a folder holding the corpus files, md5-checked where the registry
+knows the md5 (``unverified`` lists the files it does not):
 
 1. ``<data_dir or $TEXTVAE_DATA_DIR>/<name>/`` (or one of the corpus's alias folder names), if
    it exists; a folder that lacks a file is an error, not a reason to download;
@@ -11,7 +12,7 @@
 
 md5s are checked on every resolve; the md5 of each file is remembered in
 ``<cache>/md5-verified.json`` keyed by path, size and mtime, so repeated runs do not re-hash
-unchanged files. ``md5=None`` means "not verified yet": the file is used with a warning, never
+unchanged files. ``md5=None`` means "unverified": the file is used with a warning saying so, never
 reported as checked.
 """
 from __future__ import annotations
@@ -71,6 +72,11 @@ class CorpusSpec:
     def files(self) -> list[str]:
         return [f for paths in self.splits.values() for f in paths]
 
+    @property
+    def unverified(self) -> list[str]:
+        """The files whose md5 is not known: read, but not checked."""
+        return [f for f in self.files if self.md5[f] is None]
+
 
 CORPORA: Registry[CorpusSpec] = Registry("corpus")
 
@@ -108,8 +114,12 @@ register_corpus(CorpusSpec(
     name="yahoo",
     reference="Yahoo Answers documents as used by He et al. 2019 (100k/10k/10k, 20k vocabulary)",
     splits={s: (f"yahoo_data/yahoo.{s}.txt",) for s in ("train", "valid", "test")},
-    # md5 None: must be filled in when the files are first verified against the tarball.
-    md5={f"yahoo_data/yahoo.{s}.txt": None for s in ("train", "valid", "test")},
+    # valid / test: the md5s of Yang et al. 2017's split as distributed in the OpenVLG/DELLA and
+    # yaoxiaoyuan/vae repositories (data/yahoo/val.txt and test.txt there, 10,000 lines each).
+    # train: no published md5 known; None until it is verified against the tarball.
+    md5={"yahoo_data/yahoo.train.txt": None,
+         "yahoo_data/yahoo.valid.txt": "2680dd89b4fe882359846b5accfb7647",
+         "yahoo_data/yahoo.test.txt": "3e6dcb643282e3543303980f1e21bb9d"},
     downloads={"datasets.tar.gz": _HE2019_TARBALL},
 ))
 register_corpus(CorpusSpec(
@@ -287,7 +297,7 @@ def _verify(root: Path, spec: CorpusSpec) -> None:
         expected = spec.md5[rel]
         path = (root / rel).resolve()
         if expected is None:
-            log.warning("corpus %s: %s has no recorded md5; it is NOT verified", spec.name, path)
+            log.warning("corpus %s: %s is unverified (no known md5): read without a check", spec.name, path)
             continue
         st = path.stat()
         key, stamp = str(path), [st.st_size, st.st_mtime_ns]

@@ -33,6 +33,7 @@ from textvae.data.batching import BucketBatchSampler
 from textvae.data.corpora import CORPORA, CorpusSpec, cache_dir, list_corpora, resolve_corpus
 from textvae.data.reading import ReadStats, filter_lines, read_lines
 from textvae.data.tokenization import Tokenizer, build_tokenizer, unk_rate
+from textvae.data.words import warn_about_words, word_rewriter
 from textvae.errors import TextVAEError
 
 log = logging.getLogger("textvae.data")
@@ -156,6 +157,7 @@ class _Text:
 def load_dataset(cfg: DataConfig, tokenizer: Optional[Tokenizer] = None) -> DataBundle:
     """Read, filter and encode the train/valid/test splits named by ``cfg`` (see module doc)."""
     texts, truth = _read_splits(cfg)
+    warn_about_words(texts["train"].lines, f"{cfg.name} train", cfg.unk_token, cfg.pretokenize)
     for split, text in texts.items():
         (log.warning if text.stats.long or text.stats.malformed else log.info)(
             "%s: %s", split, text.stats.summary()
@@ -216,6 +218,9 @@ def _read_splits(cfg: DataConfig) -> tuple[dict[str, _Text], Optional[dict]]:
 
 
 def _filter(texts: list[Optional[str]], labels: Optional[list], cfg: DataConfig, source: str) -> _Text:
+    rewrite = word_rewriter(cfg.unk_token, cfg.pretokenize)
+    if rewrite is not None:  # before filtering: max_length counts the words the model will see
+        texts = [None if t is None else rewrite(t) for t in texts]
     kept, lines, stats = filter_lines(texts, cfg.max_length, cfg.long_lines, cfg.lowercase, source)
     return _Text(lines, None if labels is None else [labels[i] for i in kept], stats)
 
@@ -240,6 +245,8 @@ def _read_folder(folder: Path, cfg: DataConfig) -> dict[str, _Text]:
 
 def _read_single_file(path: Path, cfg: DataConfig) -> dict[str, _Text]:
     raw = read_lines(path)
+    if raw and not any(line is None or line.strip() for line in raw):  # else "too few lines" would mislead
+        raise TextVAEError(f"{path}: the file has only blank lines ({len(raw)})")
     if len(raw) < 20:
         raise TextVAEError(
             f"{path}: {len(raw)} lines are too few to split 90/5/5; give a folder with "

@@ -8,9 +8,9 @@ remedies, the plateau lr schedule and checkpointing are configured exactly as fo
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
-from textvae.config import ObjectiveConfig, OptimConfig, TrainConfig
+from textvae.config import COUNT, POSITIVE, PROBABILITY, ObjectiveConfig, OptimConfig, Range, TrainConfig
 
 
 @dataclass
@@ -38,6 +38,10 @@ class DialogueDataConfig:
     eval_batch_size: int = 100
     bucket_pool: int = 100
     max_pairs: Optional[int] = None
+
+    RANGES: ClassVar[dict[str, Range]] = {
+        "context_turns": COUNT, "max_turn_words": COUNT, "min_freq": COUNT, "max_vocab": COUNT, "batch_size": COUNT,
+        "eval_batch_size": COUNT, "bucket_pool": COUNT, "max_pairs": COUNT}
 
 
 @dataclass
@@ -74,6 +78,11 @@ class CVAEConfig:
     act_hidden: int = 400
     prior_remedies: list[str] = field(default_factory=lambda: ["bn_vae"])
 
+    RANGES: ClassVar[dict[str, Range]] = {
+        "emb_dim": COUNT, "utterance_hidden": COUNT, "context_hidden": COUNT, "context_dropout": PROBABILITY,
+        "latent_dim": COUNT, "prior_hidden": COUNT, "decoder_hidden": COUNT, "decoder_layers": COUNT,
+        "input_dropout": PROBABILITY, "output_dropout": PROBABILITY, "act_emb_dim": COUNT, "act_hidden": COUNT}
+
 
 @dataclass
 class DialogueEvalConfig:
@@ -92,6 +101,9 @@ class DialogueEvalConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     max_pairs: Optional[int] = None
+
+    RANGES: ClassVar[dict[str, Range]] = {"n_responses": COUNT, "max_contexts": COUNT, "max_len": COUNT,
+                                          "temperature": POSITIVE, "top_p": Range(above=0, most=1), "max_pairs": COUNT}
 
 
 @dataclass

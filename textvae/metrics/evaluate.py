@@ -227,6 +227,7 @@ def evaluate_model(model: Any, batches: Batches, metrics: Optional[Sequence[str]
 _ROWS = [
     ("n_sentences", "sentences", "{:.0f}"),
     ("n_tokens", "tokens (words + </s>)", "{:.0f}"),
+    ("unk_rate", "unknown words (<unk>)", "{:.2%}"),
     ("iw_nll", "NLL (IW, K={K})", "{:.2f}"),
     ("true_nll", "NLL (true, synthetic corpus)", "{:.2f}"),
     ("iw_ppl", "PPL (IW)", "{:.2f}"),
@@ -286,7 +287,9 @@ def format_table(results: dict[str, Any]) -> str:
     known = {key for key, _, _ in _ROWS} | _HIDDEN
     rows += [(key, f"{value:.4g}") for key, value in results.items()
              if key not in known and isinstance(value, (int, float))]
-    if "au" in results and "latent_dim" in results:
+    if results.get("train_steps") == 0:  # an initialised model's posterior says nothing about collapse
+        rows.append(("latent space", "not trained (0 steps): no verdict"))
+    elif "au" in results and "latent_dim" in results:
         rows.append(("latent space", collapse_verdict(int(results["au"]), int(results["latent_dim"]))))
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)

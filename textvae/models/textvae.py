@@ -21,6 +21,7 @@ from torch import nn
 from textvae.config import DecoderConfig, EncoderConfig, ModelConfig, ObjectiveConfig
 from textvae.data.batch import Batch
 from textvae.errors import TextVAEError
+from textvae.files import replace_as_new_file
 from textvae.models.decoders import DECODERS
 from textvae.models.distributions import PRIORS, DiagGaussian, StandardNormal, kl_per_dim
 from textvae.models.encoders import ENCODERS
@@ -60,8 +61,14 @@ class PretrainedMixin:
         from safetensors.torch import save_model
 
         tmp = Path(directory) / (WEIGHTS_FILE + ".tmp")
-        save_model(self, str(tmp))
-        os.replace(tmp, Path(directory) / WEIGHTS_FILE)
+        try:
+            save_model(self, str(tmp))
+        except Exception as e:  # OSError, or safetensors' own error type wrapping one (a full disk)
+            tmp.unlink(missing_ok=True)
+            reason = str(e).splitlines()[0]
+            raise TextVAEError(f"cannot write {tmp}: {reason}; any earlier {WEIGHTS_FILE} there is intact; free "
+                               f"space (or fix the cause) and save again (a training run: --resume)") from None
+        replace_as_new_file(tmp, Path(directory) / WEIGHTS_FILE)
 
     def save_pretrained(self, directory: str | Path, tokenizer: Any = None) -> Path:
         """Write ``model.safetensors``, ``config.json`` and, if given, ``tokenizer.json``;
@@ -89,7 +96,10 @@ class PretrainedMixin:
             cfg = json.loads(config_path.read_text())
         except json.JSONDecodeError as e:
             raise TextVAEError(f"corrupted model config {config_path}: {e}") from None
-        model = cls.from_config_dict(cfg)
+        try:
+            model = cls.from_config_dict(cfg)
+        except TextVAEError as e:
+            raise TextVAEError(f"{directory}: {e}") from None
         try:
             load_model(model, str(weights_path), device=str(device))
         except Exception as e:  # safetensors raises several types for truncated/garbled files
@@ -250,6 +260,9 @@ class TextVAE(OutputHead, PretrainedMixin, nn.Module):
 
     @classmethod
     def from_config_dict(cls, cfg: dict[str, Any]) -> "TextVAE":
+        if cfg.get("model_type") == "kgcvae":  # the dialogue CVAE's folders look the same
+            raise TextVAEError("this is a dialogue CVAE, which evaluate, sample, reconstruct and interpolate do not "
+                               "take (they read sentence VAEs); use `textvae respond RUN --context ...`")
         return cls(model_config_from_dict(cfg["model"]), int(cfg["vocab_size"]),
                    ObjectiveConfig(**cfg.get("objective", {})))
 

@@ -77,6 +77,12 @@ class Remedy(nn.Module):
     """
 
     replaces_kl = False
+    # False for remedies that only corrupt the decoder's inputs, which a language model
+    # (model.latent_dim 0) has as well; the rest act on z, q(z|x) or the KL and need a latent.
+    needs_latent = True
+    # True for a remedy whose KL term is a constant for a phase, so the prior's parameters leave the
+    # loss's graph (data-parallel training must then look for unused parameters)
+    drops_kl_term = False
 
     def corrupt_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
         return inputs
@@ -113,4 +119,7 @@ def create_remedy(spec: dict[str, Any], **context: Any) -> Remedy:
     name = params.pop("name", None)
     if name is None:
         raise TextVAEError(f"a remedy needs a 'name'; valid: {', '.join(list_remedies())}")
+    if context.get("latent_dim") == 0 and name in REMEDIES and REMEDIES.get(name).needs_latent:
+        raise TextVAEError(f"remedy {name!r} acts on the latent z, but model.latent_dim 0 is the language model, "
+                           f"which has none; set model.latent_dim >= 1 or drop the remedy")
     return REMEDIES.build(name, params, **context)

@@ -26,6 +26,8 @@ from textvae.remedies.word_dropout import check_probability, drop_mask, word_pos
 
 @register_remedy("word_blank")
 class WordBlank(Remedy):
+    needs_latent = False
+
     def __init__(self, vocab_size: int, p: float = 0.25, blank_id: int = UNK_ID):
         super().__init__()
         self.p = check_probability("word_blank", p)
@@ -53,6 +55,8 @@ class UnigramNoise(Remedy):
     ``<pad>``, ``<s>`` and ``</s>`` get zero probability: they are not words. The counts are a
     persistent buffer, so a checkpoint carries them and a resumed run draws from the same q.
     """
+
+    needs_latent = False
 
     def __init__(self, vocab_size: int, p: float = 0.25, unigram: Optional[Sequence[float]] = None):
         super().__init__()

@@ -27,6 +27,7 @@ from textvae.remedies.free_bits import example_free_bits
 @register_remedy("encoder_pretraining")
 class EncoderPretraining(Remedy):
     replaces_kl = True
+    drops_kl_term = True  # zeros while pretraining: the prior leaves the graph (DDP must know)
 
     def __init__(self, latent_dim: int, pretrain_epochs: int = 10, target_kl: float = 8.0,
                  warmup_steps: int = 10000, kl_start: float = 0.0):

@@ -40,6 +40,8 @@ class WordDropout(Remedy):
     """Replace each decoder input word by ``<unk>`` with probability ``p`` (Bowman et al. report
     keep rates 0.25-1; p = 1 - keep rate)."""
 
+    needs_latent = False
+
     def __init__(self, p: float = 0.25):
         super().__init__()
         self.p = check_probability("word_dropout", p)

@@ -40,7 +40,10 @@ def train_parser(config_class: type):
     from jsonargparse import ArgumentParser
 
     parser = ArgumentParser(prog="textvae train", exit_on_error=False,
-                            description="Train a text VAE, LM or dialogue CVAE from a YAML recipe with overrides.")
+                            description="Train a text VAE, LM or dialogue CVAE from a YAML recipe with overrides. "
+                                        "The defaults shown are those the run uses: the recipe's values (with no "
+                                        "recipe, those of the embedded textvae/recipes/synthetic.yaml), and the "
+                                        "configuration's built-in defaults for the keys the recipe leaves out.")
     parser.add_argument("--config", action="config", help="recipe YAML (also accepted as the first argument)")
     parser.add_argument("--resume", action="store_true", help="continue the run in out_dir/name")
     parser.add_class_arguments(config_class, None)
@@ -54,14 +57,20 @@ def parse_run_config(argv: list[str]) -> tuple[Any, bool]:
     argv = list(argv)
     if argv and not argv[0].startswith("-"):
         argv = ["--config", argv[0]] + argv[1:]
-    elif "--config" not in argv and not any(a in ("-h", "--help") for a in argv):
+    elif "--config" not in argv:
         argv = ["--config", default_recipe()] + argv
     if argv[:1] == ["--config"] and len(argv) > 1 and not Path(argv[1]).is_file():
         raise TextVAEError(f"no such recipe: {argv[1]}")
     task = recipe_task(argv[argv.index("--config") + 1]) if "--config" in argv[:-1] else DEFAULT_TASK
     config_class = TASKS.get(task).config_class
+    parser = train_parser(config_class)
     try:
-        values = train_parser(config_class).parse_args(argv).as_dict()
+        recipe = argv.index("--config") + 1
+        if any(a in ("-h", "--help") for a in argv) and recipe < len(argv):
+            # jsonargparse's help shows the class defaults even after --config; show the recipe's
+            parser.set_defaults({key: value for key, value in parser.parse_path(argv[recipe]).items()
+                                 if key not in ("config", "__path__", "resume")})
+        values = parser.parse_args(argv).as_dict()
     except ArgumentError as e:
         raise TextVAEError(" ".join(str(e).split())) from None
     resume = values.pop("resume")

@@ -20,6 +20,7 @@ from typing import Any, Optional
 import torch
 
 from textvae.errors import TextVAEError
+from textvae.files import replace_as_new_file
 
 META_KEY = "textvae"
 
@@ -98,11 +99,27 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
         tensors.update({f"rng.{rank}.{name}": value.cpu() for name, value in state.items()})
     document = {"meta": meta, "optimizer": optim_meta}
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(document)})
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(document)})
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+    except Exception as e:  # OSError, or safetensors' own error type wrapping one (a full disk)
+        raise write_failure(tmp, path, e) from None
+    replace_as_new_file(tmp, path)
     _fsync_dir(path.parent)
+
+
+def write_failure(tmp: Path, path: Path, error: Exception) -> TextVAEError:
+    """The one-line error for a checkpoint that could not be written (a full disk, say): the
+    half-written ``tmp`` is removed, ``path`` -- the previous checkpoint -- is left as it was, and
+    the message gives the command that resumes from it once the problem is fixed (a run keeps its
+    ``config.yaml`` beside its checkpoint)."""
+    tmp.unlink(missing_ok=True)
+    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    previous = (f"the previous checkpoint {path} is intact" if path.is_file()
+                else f"there is no earlier checkpoint ({path})")
+    return TextVAEError(f"cannot write checkpoint {tmp}: {reason}; {previous}; free space (or fix the cause) and "
+                        f"resume: textvae train {path.parent / 'config.yaml'} --resume")
 
 
 @dataclass

@@ -49,6 +49,14 @@ T = TypeVar("T")
 WAIT_TIMEOUT = datetime.timedelta(hours=6)
 
 
+def parameters_may_go_unused(model: nn.Module) -> bool:
+    """Whether a training step's loss may not reach every trainable parameter: a remedy that
+    drops the KL term for a phase (encoder pretraining) takes a learned prior's parameters out of
+    the graph. Every other term keeps its parameters in the graph, with a zero gradient at worst."""
+    drops_kl = any(remedy.drops_kl_term for remedy in model.objective.remedies)
+    return drops_kl and any(p.requires_grad for p in model.prior.parameters())
+
+
 def rank_seed(seed: int, rank: int) -> int:
     """A seed for rank ``rank``'s random stream, decorrelated from ``seed`` itself (which draws the
     initial weights) and from the other ranks' streams."""
@@ -115,19 +123,19 @@ class World:
             return index[:1], 0.0
         return share, len(share) * self.size / len(index)
 
-    def wrap(self, module: nn.Module, device: torch.device) -> nn.Module:
+    def wrap(self, module: nn.Module, device: torch.device, find_unused_parameters: bool = False) -> nn.Module:
         """``module`` in DistributedDataParallel (itself with one rank).
 
-        ``find_unused_parameters``: which parameters reach the loss can change between steps
-        (encoder pretraining zeroes the KL term, so a learned prior's parameters go unused);
-        DDP then walks the loss's autograd graph each step, a small cost beside an LSTM's.
+        ``find_unused_parameters``: some step's loss may not reach every parameter (see
+        :func:`parameters_may_go_unused`); DDP then walks the loss's autograd graph each step. Set
+        where it is not needed, DDP warns on every rank that the walk found nothing.
         """
         if self.size == 1:
             return module
         from torch.nn.parallel import DistributedDataParallel
 
         return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
-                                       find_unused_parameters=True)
+                                       find_unused_parameters=find_unused_parameters)
 
     def sync_module(self, module: nn.Module) -> None:
         """Copy rank 0's parameters and buffers to every rank (after rank 0 reloaded the best

@@ -43,7 +43,7 @@ import yaml
 from torch import nn
 from tqdm import tqdm
 
-from textvae.config import OptimConfig, RunConfig
+from textvae.config import OptimConfig, RunConfig, check_ranges
 from textvae.data.batch import Batch
 from textvae.data.batching import padding_fraction
 from textvae.errors import TextVAEError
@@ -56,8 +56,9 @@ from textvae.remedies import REMEDIES, Remedy
 from textvae.schedules import create_lr_schedule
 from textvae.training.checkpoint import (Checkpoint, read_checkpoint, restore_checkpoint, rng_state,
                                          save_checkpoint)
-from textvae.training.distributed import World, rank_seed
+from textvae.training.distributed import World, parameters_may_go_unused, rank_seed
 from textvae.training.logger import RunLogger
+from textvae.training.progress import SmoothedLoss
 from textvae.training.task import Task
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -308,29 +309,39 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
         raise TextVAEError(f"--resume: no checkpoint in {run_dir}; start the run without --resume")
     if not resume and ckpt.is_file():
         raise TextVAEError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --name")
+    check_writable(run_dir)
+
+
+def check_writable(run_dir: Path) -> None:
+    """Create ``run_dir`` and write a file in it, so an output folder on a read-only file system
+    (or under a file, or without permission) fails before the data is loaded, not mid-run."""
+    probe = run_dir / ".write-test"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise TextVAEError(f"cannot write the run folder {run_dir}: {e.strerror} ({e.filename}); "
+                           f"choose another --out_dir") from None
 
 
 def check_config(cfg: RunConfig) -> None:
-    """One-line errors for loop settings out of range (before any work is done)."""
-    tc, oc, dc = cfg.train, cfg.optim, cfg.data
-    if tc.sampled_softmax < 0:
-        raise TextVAEError(f"train.sampled_softmax is a number of candidate words (0 = full softmax), "
-                           f"got {tc.sampled_softmax}")
+    """One-line errors for settings out of range or unknown (before any work is done)."""
+    tc, oc = cfg.train, cfg.optim
+    check_ranges(cfg)
     if tc.precision not in ("fp32", "bf16"):
         raise TextVAEError(f"unknown train.precision {tc.precision!r}; valid: fp32, bf16")
     if oc.cycle_lr not in ("none", "restart", "cosine"):
         raise TextVAEError(f"unknown optim.cycle_lr {oc.cycle_lr!r}; valid: none, restart, cosine")
-    at_least = {"data.batch_size": (dc.batch_size, 1), "data.eval_batch_size": (dc.eval_batch_size, 1),
-                "data.bucket_pool": (dc.bucket_pool, 1), "train.log_every": (tc.log_every, 1),
-                "train.metrics_every": (tc.metrics_every, 0), "train.metrics_sentences": (tc.metrics_sentences, 2),
-                "train.checkpoint_every": (tc.checkpoint_every, 0), "train.epochs": (tc.epochs, 0),
-                "train.max_steps": (1 if tc.max_steps is None else tc.max_steps, 1),
-                "train.iw_samples_final": (tc.iw_samples_final, 0), "optim.clip": (oc.clip, 0)}
-    for key, (value, least) in at_least.items():
-        if value < least:
-            raise TextVAEError(f"{key} must be at least {least}, got {value}")
-    if not oc.lr > 0 or not 0 < oc.decay_factor <= 1:
-        raise TextVAEError(f"need optim.lr > 0 and 0 < optim.decay_factor <= 1, got {oc.lr} and {oc.decay_factor}")
+
+
+def warn_about_settings(cfg: Any, n_train: int) -> None:
+    """Warnings for settings that run but rarely do what was meant (every task)."""
+    if cfg.data.batch_size > n_train:
+        log.warning("data.batch_size %d is larger than the training split (%d): every epoch is one step of "
+                    "%d; lower data.batch_size for more updates", cfg.data.batch_size, n_train, n_train)
+    if cfg.train.epochs == 0:
+        log.warning("train.epochs 0: no training step; the report describes the model as initialised")
 
 
 def retain_freed_memory(retain: bool = True) -> bool:
@@ -407,9 +418,11 @@ class Run:
     epoch_complete: bool = False
     tokens_per_s: float = 0.0
     out_of_time: bool = False
+    smoothed: SmoothedLoss = dataclasses.field(default_factory=SmoothedLoss)  # the progress bar's loss
 
     def __post_init__(self) -> None:
-        self.step_fn = self.world.wrap(TrainStep(self.model), self.device)
+        self.step_fn = self.world.wrap(TrainStep(self.model), self.device,
+                                       find_unused_parameters=parameters_may_go_unused(self.model))
         self.sampler = self.train_split.sampler(self.cfg.data.batch_size, shuffle=True, seed=self.cfg.train.seed,
                                                 pool_batches=self.cfg.data.bucket_pool)
         self.trainer = LoopTrainer(self)
@@ -461,6 +474,7 @@ def start_run(task: Task, resume: bool, world: World, device: torch.device, data
     world.on_main(lambda: check_run_dir(run_dir, resume))
     torch.manual_seed(tc.seed)  # the same initial weights on every rank
     data = world.node_first(task.load_data) if data is None else data
+    warn_about_settings(cfg, len(data.splits["train"]))
     model = task.build_model(data).to(device)
     check_remedies_run_in(world, list(model.objective.remedies))
     if task.reseed_after_init or world.size > 1:
@@ -518,11 +532,13 @@ def train_epoch(run: Run) -> None:
     for index in bar:
         index = np.asarray(index)
         out, grad_norm, n_mine = train_step(run, index)
-        state.train_tokens += int(token_counts(torch.from_numpy(run.train_split.lengths[index])).sum())
+        batch_tokens = int(token_counts(torch.from_numpy(run.train_split.lengths[index])).sum())
+        state.train_tokens += batch_tokens
         if state.step % tc.log_every == 0:
             figures = world.weighted_mean({"loss": out.loss, "rec": out.rec.mean(), "kl": out.kl.sum(-1).mean(),
                                            **out.terms}, n_mine)
-            bar.set_postfix(loss=f"{figures['loss']:.2f}", rec=f"{figures['rec']:.2f}", kl=f"{figures['kl']:.2f}")
+            bar.set_postfix({"loss/token": f"{run.smoothed.add(figures['loss'], len(index), batch_tokens):.3f}",
+                             "kl": f"{figures['kl']:.2f}"})
             run.logger.log("train", state.step, state.epoch, lr=run.optimizer.param_groups[0]["lr"],
                            grad_norm=float(grad_norm), **figures)
         if tc.metrics_every and state.step % tc.metrics_every == 0:
@@ -617,6 +633,7 @@ def finish_run(run: Run) -> dict[str, Any]:
         with evaluation_rng(run.device):
             report = run.task.test_report(run.data, run.run_dir / "model", run.device)
         report["train_seconds"] = state.train_seconds
+        report["train_steps"] = state.step
         report["train_tokens_per_s"] = state.train_tokens / max(state.train_seconds, 1e-9)
         report["padding_fraction"] = padding_fraction(run.sampler.epoch_batches(0), split.lengths)
         run.logger.log("test", state.step, state.epoch, **report)
@@ -646,6 +663,8 @@ def restore_run(ckpt: Checkpoint, cfg: RunConfig, model: nn.Module, optimizer: t
             raise TextVAEError(f"{e}; changed since the checkpoint: {changed}") from None
         raise
     state = LoopState(**ckpt.meta["loop"])
+    log.info("resuming %s after step %d (epoch %d, batch %d next)", ckpt.path, state.step, state.epoch + 1,
+             state.batch_in_epoch + 1)
     if not same_world:  # data order does not depend on the world size; only the noise streams do
         log.warning("resuming a %d-process run with %d processes: random streams restart from the seed",
                     len(ckpt.rng_states), world.size)

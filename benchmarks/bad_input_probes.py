@@ -1,0 +1,182 @@
+"""Issue 17: run every probe of a new user through the real command line and print, for each, its
+exit status and the one line that answers it (the error, or the warning / report line).
+
+    python benchmarks/bad_input_probes.py [--work /tmp/textvae-probes]
+
+Each probe is ``python -m textvae.cli ...`` in a subprocess, on a small generated corpus, so what
+is shown is exactly what a user sees. The read-only output folder and the full disk are real
+(a read-only tmpfs, and a tmpfs too small for the next checkpoint) when this runs as root where
+mounting is allowed; otherwise an output path under a regular file stands in for the read-only
+file system, and the full-disk probe is skipped (tests/test_bad_input.py covers it either way).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--model.emb_dim", "8", "--model.latent_dim", "4", "--model.encoder.hidden_dim", "8",
+        "--model.decoder.hidden_dim", "8", "--train.progress", "false", "--train.tensorboard", "false",
+        "--train.iw_samples_final", "4", "--train.threads", "1", "--train.max_steps", "2"]
+# the line that answers a probe: an error, else a warning or report line of interest
+ANSWER = re.compile(r"^textvae: error: .*|.*(?:warning|is larger than|epochs 0|not trained|glued|looks like|"
+                    r"unknown words|not in the model's vocabulary|run saved in|collapsed \(0 active|resuming|evaluating|"
+                    r"LATENT_DIM\s+\(type).*$",
+                    re.MULTILINE)
+
+
+def cli(*argv: str, work: Path, want: str = "") -> tuple[int, str]:
+    """Exit status and the answering line (the first one containing ``want``, when given)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-m", "textvae.cli", *argv], cwd=work, env=env, capture_output=True,
+                          text=True, timeout=600)
+    text = done.stderr + done.stdout
+    if "Traceback" in text:
+        return done.returncode, "TRACEBACK: " + text.strip().splitlines()[-1]
+    errors = [line for line in text.splitlines() if line.startswith("textvae: error:")]
+    lines = errors or [" ".join(m.group(0).split()) for m in ANSWER.finditer(text) if want in m.group(0)]
+    return done.returncode, lines[0] if lines else "(no line)"
+
+
+def write_corpus(folder: Path, words: list[str], n: int = 60, seed: int = 0, pattern: str = "{}") -> Path:
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, count in (("train", n), ("valid", 20), ("test", 20)):
+        lines = [pattern.format(" ".join(rng.choice(words) for _ in range(rng.randint(2, 10)))) for _ in range(count)]
+        (folder / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def write_dialogues(folder: Path) -> Path:
+    rng = random.Random(0)
+    words = "hello hi how are you fine thanks good bad what why yes no okay sure".split()
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", 40), ("valid", 6), ("test", 6)):
+        with open(folder / f"{split}.jsonl", "w") as f:
+            for _ in range(n):
+                turns = [" ".join(rng.choice(words) for _ in range(3)) for _ in range(3)]
+                f.write(json.dumps({"context": turns[:2], "response": turns[2]}) + "\n")
+    return folder
+
+
+def mount_tmpfs(path: Path, options: str) -> bool:
+    path.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+                          capture_output=True).returncode == 0
+
+
+def train(work: Path, name: str, data: Path, *extra: str, out: str = "runs") -> list[str]:
+    return ["train", "--name", name, "--out_dir", str(work / out), "--data.name", str(data), *TINY, *extra]
+
+
+def setup(work: Path) -> dict[str, Path]:
+    """A corpus, a finished tiny run, a dialogue run and the odd files the probes read."""
+    words = [f"w{i}" for i in range(30)]
+    paths = {"corpus": write_corpus(work / "corpus", words),
+             "other": write_corpus(work / "other", [f"v{i}" for i in range(30)], seed=1),
+             "raw": write_corpus(work / "raw", ["dog", "cat", "tree", "house", "river"], pattern="the {}, again."),
+             "yahoo": write_corpus(work / "yahoo", words + ["_UNK"]),
+             "dialogues": write_dialogues(work / "dialogues")}
+    (work / "blank.txt").write_text("\n" * 5)
+    paths["blank"] = work / "blank.txt"
+    for argv in (train(work, "vae", paths["corpus"]),
+                 ["train", str(REPO / "recipes/dailydialog/cvae.yaml"), "--name", "cvae",
+                  "--out_dir", str(work / "runs"), "--data.name", str(paths["dialogues"]), "--model.emb_dim", "8", "--model.utterance_hidden", "6",
+                  "--model.context_hidden", "8", "--model.latent_dim", "3", "--model.prior_hidden", "8",
+                  "--model.decoder_hidden", "8", "--train.max_steps", "2", "--train.progress", "false",
+                  "--train.tensorboard", "false", "--train.iw_samples_final", "2", "--eval.n_responses", "2",
+                  "--eval.max_contexts", "2"]):
+        status, line = cli(*argv, work=work)
+        if status != 0:
+            sys.exit(f"setup failed ({status}): {' '.join(argv)}: {line}")
+    return paths
+
+
+def read_only_probe(work: Path, corpus: Path) -> tuple[str, list[str]]:
+    if mount_tmpfs(work / "readonly", "ro"):
+        return "an output folder on a read-only file system", train(work, "x", corpus, out="readonly/runs")
+    (work / "a-file").write_text("")
+    return "an output folder under a regular file (no mount allowed here)", train(work, "x", corpus, out="a-file/runs")
+
+
+def disk_full_probe(work: Path) -> tuple[str, list[str]] | None:
+    """A copy of the tiny run on a tmpfs with room for the files it has, not for a new checkpoint."""
+    run = work / "runs" / "vae"
+    used = sum(f.stat().st_size for f in run.rglob("*") if f.is_file())
+    size_kb = (used + (run / "checkpoint.safetensors").stat().st_size // 2) // 1024 + 64  # + tmpfs overhead
+    if not mount_tmpfs(work / "small", f"size={size_kb}k"):
+        return None
+    shutil.copytree(run, work / "small" / "vae")
+    return ("the disk fills while a checkpoint is written",
+            ["train", str(work / "small" / "vae" / "config.yaml"), "--out_dir", str(work / "small"), "--resume",
+             "--train.max_steps", "4", "--train.checkpoint_every", "1"])
+
+
+def probes(work: Path, p: dict[str, Path]) -> list[tuple[str, list[str], str]]:
+    """(what, argv, text the answering line contains or '')."""
+    model, cvae = str(work / "runs/vae/model"), str(work / "runs/cvae")
+    latent = [(f"--model.latent_dim 0 with {r}", train(work, "x", p["corpus"], "--model.latent_dim", "0",
+                                                        "--objective.remedies", f'[{{"name": "{r}"}}]'), "")
+              for r in ("aggressive", "bn_vae", "delta_vae", "bow", "zforcing")]
+    return [
+        ("--model.latent_dim -4", train(work, "x", p["corpus"], "--model.latent_dim", "-4"), ""),
+        *latent[:1],
+        ("--data.max_sentences 0", train(work, "x", p["corpus"], "--data.max_sentences", "0"), ""),
+        ("--model.decoder.hidden_dim 0", train(work, "x", p["corpus"], "--model.decoder.hidden_dim", "0"), ""),
+        ("--model.emb_dim -5", train(work, "x", p["corpus"], "--model.emb_dim", "-5"), ""),
+        ("--train.threads -1", train(work, "x", p["corpus"], "--train.threads", "-1"), ""),
+        ("sample MODEL --n -3", ["sample", model, "--n", "-3"], ""),
+        ("evaluate on a dialogue run", ["evaluate", cvae], ""),
+        ("sample on a dialogue run", ["sample", cvae], ""),
+        ("reconstruct on a dialogue run", ["reconstruct", cvae, "hi there"], ""),
+        ("interpolate on a dialogue run", ["interpolate", cvae, "hi", "fine thanks"], ""),
+        (*read_only_probe(work, p["corpus"]), ""),
+        *latent[1:],
+        ("data.batch_size larger than the corpus", train(work, "big", p["corpus"], "--data.batch_size", "100"),
+         "larger than"),
+        ("train.epochs 0: the warning", train(work, "e0", p["corpus"], "--train.epochs", "0"), "epochs 0"),
+        ("train.epochs 0: the verdict", train(work, "e0b", p["corpus"], "--train.epochs", "0"), "not trained"),
+        ("a single file of 5 blank lines", train(work, "x", p["blank"]), ""),
+        ("evaluate on text the model cannot read (unk rate row)", ["evaluate", model, "--data", str(p["other"]),
+                                                                   "--iw-samples", "2"], "unknown words"),
+        ("evaluate: the cost, said first", ["evaluate", str(work / "runs/vae"), "--iw-samples", "500"],
+         "evaluating"),
+        ("train --help: the latent size a bare run uses", ["train", "--help"], "LATENT_DIM"),
+        ("reconstruct with out-of-vocabulary words", ["reconstruct", model, "w1 zebra w2"], "vocabulary"),
+        ("a corpus with its own _UNK token", train(work, "yahoo", p["yahoo"]), "looks like"),
+        ("untokenised text", train(work, "raw", p["raw"]), "glued"),
+        ("end of a collapsed run: where saved", train(work, "end", p["corpus"]), "run saved in"),
+        ("end of a collapsed run: the remedy command", train(work, "end2", p["corpus"]), "collapsed"),
+        ("a resumed run", ["train", str(work / "runs/vae/config.yaml"), "--resume", "--train.max_steps", "3"],
+         "resuming"),
+    ]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", default="/tmp/textvae-probes")
+    work = Path(ap.parse_args().work)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    paths = setup(work)
+    cases = probes(work, paths)
+    full = disk_full_probe(work)
+    cases.append((*full, "") if full else ("the disk fills while a checkpoint is written", [], "skipped"))
+    try:
+        for what, argv, want in cases:
+            status, line = cli(*argv, work=work, want=want) if argv else ("-", "skipped: cannot mount a tmpfs here")
+            print(f"{what}\n    exit {status}: {line}")
+    finally:
+        for mount in ("readonly", "small"):
+            subprocess.run(["umount", str(work / mount)], capture_output=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+"""The lines printed after a run's test report: where the run was saved and, when its latent
+space collapsed, the command that trains the same run again with a remedy."""
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from typing import Any
+
+# Tried in order; the first one the run does not use already is suggested. BN-VAE (Zhu et al. 2020)
+# first: one parameter, no schedule to tune, and a KL floor by construction.
+SUGGESTED_REMEDIES = ({"name": "bn_vae"}, {"name": "delta_vae"}, {"name": "free_bits_li2019"})
+
+
+def run_epilogue(run_dir: Path, report: dict[str, Any], remedies: list[dict[str, Any]]) -> str:
+    """``run saved in ...`` and, for a trained VAE with no active unit, the remedy command."""
+    lines = [f"run saved in {run_dir}: best model {run_dir / 'model'}, checkpoint, metrics.jsonl, config.yaml"]
+    collapsed = report.get("au") == 0 and report.get("latent_dim", 0) > 0 and report.get("train_steps") != 0
+    used = {spec.get("name") for spec in remedies}
+    remedy = next((r for r in SUGGESTED_REMEDIES if r["name"] not in used), None)
+    if collapsed and remedy is not None:
+        command = ["textvae", "train", str(run_dir / "config.yaml"), "--name", f"{run_dir.name}-{remedy['name']}",
+                   "--objective.remedies", json.dumps([remedy])]
+        lines.append(f"the latent space collapsed (0 active units); to try a remedy: {shlex.join(command)}")
+    return "\n".join(lines)

@@ -1,0 +1,24 @@
+"""What the training progress bar shows."""
+from __future__ import annotations
+
+
+class SmoothedLoss:
+    """The training loss per token, as an exponential moving average over the logged steps
+    weighted by their tokens.
+
+    Per sentence, the loss jumps with the length buckets (a batch of long sentences sums more
+    words: 8 -> 67 -> 31 on PTB); per token, one batch is still noisy; the average is what a reader
+    of the bar wants to see go down. ``decay`` is the weight the past keeps at each logged step.
+    """
+
+    def __init__(self, decay: float = 0.9):
+        self.decay = decay
+        self.loss = 0.0  # decayed sum of loss * sentences
+        self.tokens = 0.0  # decayed sum of tokens
+
+    def add(self, loss_per_sentence: float, n_sentences: int, n_tokens: int) -> float:
+        """Take a step's mean loss per sentence over ``n_sentences`` sentences of ``n_tokens``
+        tokens; returns the smoothed loss per token."""
+        self.loss = self.decay * self.loss + loss_per_sentence * n_sentences
+        self.tokens = self.decay * self.tokens + n_tokens
+        return self.loss / max(self.tokens, 1.0)
