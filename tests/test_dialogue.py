@@ -12,7 +12,7 @@ import torch
 import textvae.remedies  # noqa: F401  (registration)
 from textvae.config import ObjectiveConfig, TrainConfig
 from textvae.data.special import BOS_ID, EOS_ID, PAD_ID, UNK_ID
-from textvae.data.tokenization import build_tokenizer
+from textvae.data.tokenization import create_tokenizer
 from textvae.dialogue.config import (CVAEConfig, CVAERunConfig, DialogueDataConfig, DialogueEvalConfig,
                                      DialogueOptimConfig)
 from textvae.dialogue.data import (collate_dialogues, encode_split, normalize_utterance, read_dialogue_lines,
@@ -88,7 +88,7 @@ def test_dailydialog_pairs_have_no_leak():
         assert a < b == r, "the context must be the turns strictly before the response"
         assert text.turns[r] not in text.turns[a:b]
 
-    tokenizer = build_tokenizer(text.turns)
+    tokenizer = create_tokenizer("word", text.turns)
     split = encode_split("train", text, tokenizer)
     batch = split.batch([0, 2, 3])
     assert batch.n_turns.tolist() == [1, 2, 1]
