@@ -28,9 +28,10 @@ STAGES = ("epoch", "periodic", "test")
 class EvalPass:
     """What one pass over an evaluation set keeps for the metrics: per batch the posterior's mean
     (and, for Gaussian posteriors, mu and sigma), and, when a metric ``keeps_posteriors``, the
-    posterior and one z ~ q(z|x) per sentence; plus the accumulators of the per-batch metrics."""
+    posterior and one z ~ q(z|x) per sentence; plus the accumulators of the per-batch metrics. The
+    model reaches the metrics batch by batch, in their ``update`` (for a conditional model, given
+    each batch's conditions)."""
 
-    model: Any
     n_samples: int
     max_tokens: int
     au_threshold: float
@@ -215,7 +216,7 @@ def evaluate_model(model: Any, batches: Batches, metrics: Optional[Sequence[str]
         metrics = [m for m in metrics if not get_metric(m).latent]
         n_samples = 1  # every importance weight is the same (see iw_log_marginal)
     chosen = [get_metric(name) for name in sorted(set(metrics))]
-    p = EvalPass(model, n_samples, max_tokens, au_threshold, per_dim, any(m.keeps_posteriors for m in chosen))
+    p = EvalPass(n_samples, max_tokens, au_threshold, per_dim, any(m.keeps_posteriors for m in chosen))
     results: dict[str, Any] = {}
     with eval_mode(model), seeded(generator):
         for item in iterate(batches):
