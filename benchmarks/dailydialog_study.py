@@ -30,7 +30,7 @@ import torch
 import textvae.remedies.bn_vae  # noqa: F401  (registration)
 import textvae.remedies.bow  # noqa: F401
 from textvae.config import ObjectiveConfig, TrainConfig
-from textvae.data.tokenization import build_tokenizer
+from textvae.data.tokenization import create_tokenizer
 from textvae.dialogue.config import (CVAEConfig, CVAERunConfig, DialogueDataConfig, DialogueEvalConfig,
                                      DialogueOptimConfig)
 from textvae.dialogue.data import DialogueData, encode_split, read_dialogue_splits
@@ -65,7 +65,7 @@ def load_data(cfg: DialogueDataConfig, args: argparse.Namespace) -> DialogueData
     stride = np.linspace(0, len(test.responses) - 1, num=min(args.test_pairs, len(test.responses))).astype(np.int64)
     texts = {"train": texts["train"].head(args.train_pairs), "valid": texts["valid"].head(args.valid_pairs),
              "test": test.subset(stride)}
-    tokenizer = build_tokenizer(texts["train"].turns, "word", cfg.min_freq, cfg.max_vocab)
+    tokenizer = create_tokenizer("word", texts["train"].turns, min_freq=cfg.min_freq, max_vocab=cfg.max_vocab)
     return DialogueData(tokenizer, {s: encode_split(s, t, tokenizer) for s, t in texts.items()}, act_names)
 
 

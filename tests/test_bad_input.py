@@ -92,11 +92,32 @@ def test_batch_larger_than_the_corpus_warns(tmp_path, corpus, caplog):
 
 
 def test_zero_epochs_is_not_called_collapsed(tmp_path, corpus, caplog, capsys):
+    """Neither by the training report nor by ``evaluate`` of the run, which reads the steps from its log."""
     with caplog.at_level(logging.WARNING, logger="textvae"):
         main([*train_on(tmp_path, corpus), "--train.epochs", "0"])
     out = capsys.readouterr().out
     assert "train.epochs 0: no training step" in caplog.text
     assert re.search(r"latent space\s+not trained \(0 steps\): no verdict", out) and "collapsed" not in out
+    run = tmp_path / "runs" / "x"
+    main(["evaluate", str(run), "--iw-samples", "2", "--no-generation", "--json", str(tmp_path / "eval.json")])
+    out = capsys.readouterr().out
+    assert re.search(r"latent space\s+not trained \(0 steps\): no verdict", out) and "collapsed" not in out
+    assert json.loads((tmp_path / "eval.json").read_text())["train_steps"] == 0
+
+
+def test_evaluate_of_a_trained_run_gives_a_verdict_and_its_steps(trained, tmp_path, capsys):
+    main(["evaluate", str(trained), "--iw-samples", "2", "--no-generation", "--json", str(tmp_path / "eval.json")])
+    assert re.search(r"latent space\s+(?!not trained)", capsys.readouterr().out)
+    assert json.loads((tmp_path / "eval.json").read_text())["train_steps"] == 2
+
+
+def test_probe_on_an_unlabelled_corpus_fails_before_the_evaluation_pass(trained, monkeypatch, capsys):
+    def evaluation(*args, **kwargs):
+        raise AssertionError("the evaluation pass ran before the probe's data was checked")
+
+    monkeypatch.setattr("textvae.training.train.evaluation", evaluation)
+    line = fails(["evaluate", str(trained), "--probe", "5", "--no-generation"], capsys)
+    assert "--probe needs a labelled corpus such as yelp_short; " in line and "has no labels" in line
 
 
 def test_non_utf8_bytes(tmp_path, capsys):

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import models, pre_tokenizers, trainers
 
 from textvae.config import DataConfig
 from textvae.data import corpora, datasets
@@ -26,7 +28,8 @@ from textvae.data.corpora import CORPORA, CorpusSpec, list_corpora, resolve_corp
 from textvae.data.datasets import load_dataset
 from textvae.data.reading import read_corpus, read_lines
 from textvae.data.special import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID
-from textvae.data.tokenization import Tokenizer, build_tokenizer, unk_rate
+from textvae.data.tokenization import (TOKENIZERS, Tokenizer, create_tokenizer, list_tokenizers, register_tokenizer,
+                                       unk_rate)
 from textvae.errors import TextVAEError
 from textvae.reduction import token_counts
 
@@ -60,9 +63,9 @@ def md5(data: bytes) -> str:
 # ---------------------------------------------------------------- tokenization
 
 
-@pytest.mark.parametrize("kind", ["word", "bpe"])
+@pytest.mark.parametrize("kind", list_tokenizers())
 def test_special_token_ids(kind):
-    tok = build_tokenizer(LINES, kind, bpe_vocab_size=60)
+    tok = create_tokenizer(kind, LINES, bpe_vocab_size=60)
     assert [tok.hf.token_to_id(t) for t in SPECIAL_TOKENS] == [PAD_ID, BOS_ID, EOS_ID, UNK_ID]
     for line in LINES:
         ids = tok.encode(line)
@@ -72,25 +75,25 @@ def test_special_token_ids(kind):
 
 
 def test_word_fast_path_equals_library_encoding():
-    tok = build_tokenizer(LINES[:3])
+    tok = create_tokenizer("word", LINES[:3])
     tests = LINES + ["  <s> weird\t spacing </s> <pad> ", "zebra <unk>"]
     assert tok.encode_batch(tests) == [e.ids for e in tok.hf.encode_batch(tests)]
 
 
 def test_literal_unk_is_unk_id_not_a_word():
-    tok = build_tokenizer(LINES)
+    tok = create_tokenizer("word", LINES)
     words = {w for line in LINES for w in line.split()} - {"<unk>"}
     assert tok.vocab_size == len(words) + len(SPECIAL_TOKENS)
     ids = tok.encode("a dog <unk> barked")
     assert ids[3] == UNK_ID and ids.count(UNK_ID) == 1
     assert tok.encode("zebra")[1] == UNK_ID  # unseen word
-    bpe = build_tokenizer(LINES, "bpe", bpe_vocab_size=60)
+    bpe = create_tokenizer("bpe", LINES, bpe_vocab_size=60)
     assert bpe.encode("the <unk> dog").count(UNK_ID) == 1  # one token, not "<", "u", "n", ...
 
 
-@pytest.mark.parametrize("kind", ["word", "bpe"])
+@pytest.mark.parametrize("kind", list_tokenizers())
 def test_decode_never_shows_pad_bos_eos(kind):
-    tok = build_tokenizer(LINES, kind, bpe_vocab_size=60)
+    tok = create_tokenizer(kind, LINES, bpe_vocab_size=60)
     rng = np.random.default_rng(0)
     for _ in range(300):  # arbitrary id sequences, as a sampler might produce
         ids = rng.integers(0, tok.vocab_size, size=rng.integers(0, 12)).tolist()
@@ -102,7 +105,7 @@ def test_decode_never_shows_pad_bos_eos(kind):
 
 
 def test_bpe_round_trip():
-    tok = build_tokenizer(LINES, "bpe", bpe_vocab_size=50)
+    tok = create_tokenizer("bpe", LINES, bpe_vocab_size=50)
     tests = LINES + ["  the   cat  ", "mat cat sat", "dogsat thecat"]  # unseen words, seen characters
     encoded = tok.encode_batch(tests)
     assert any(len(ids) > len(t.split()) + 2 for ids, t in zip(encoded, tests))  # words were split
@@ -110,20 +113,59 @@ def test_bpe_round_trip():
         assert tok.decode(ids) == " ".join(text.split())
 
 
+@pytest.fixture
+def wordpiece_kind(monkeypatch):
+    """Registers ``wordpiece`` (Wu et al. 2016's pieces, ``##`` marking a word's continuation) for
+    this test only: a new tokenizer kind is one registered class."""
+    monkeypatch.setattr(TOKENIZERS, "_entries", dict(TOKENIZERS._entries))
+
+    @register_tokenizer("wordpiece")
+    class WordPieceKind:
+        model = models.WordPiece
+
+        def __init__(self, bpe_vocab_size: int = 8000):
+            self.vocab_size = bpe_vocab_size
+
+        def train(self, lines):
+            hf = HFTokenizer(models.WordPiece(unk_token="<unk>"))
+            hf.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+            hf.train_from_iterator(lines, trainers.WordPieceTrainer(vocab_size=self.vocab_size, show_progress=False,
+                                                                    special_tokens=SPECIAL_TOKENS))
+            return hf
+
+        @staticmethod
+        def join(pieces):
+            return " ".join(pieces).replace(" ##", "")
+
+    return "wordpiece"
+
+
+def test_a_registered_tokenizer_kind_trains_saves_and_loads(wordpiece_kind, tmp_path):
+    assert list_tokenizers() == ["bpe", "word", "wordpiece"]
+    tok = create_tokenizer(wordpiece_kind, LINES, bpe_vocab_size=60, max_vocab=None, min_freq=1)
+    tok.save(tmp_path / "tok.json")
+    again = Tokenizer.load(tmp_path / "tok.json")
+    assert tok.kind == again.kind == wordpiece_kind
+    tests = LINES + ["dogsat thecat"]  # unseen words of seen pieces
+    assert [again.decode(again.encode(t)) for t in tests] == [" ".join(t.split()) for t in tests]
+    with pytest.raises(TextVAEError, match="tokenizer 'wordpiece': unknown parameter"):
+        TOKENIZERS.build(wordpiece_kind, {"merges": 3})
+
+
 def test_word_vocabulary_cutoffs():
     lines = ["b b b a a c", "c d"]  # counts: b 3, a 2, c 2, d 1
-    assert build_tokenizer(lines, min_freq=2).vocab_size == 4 + 3
-    tok = build_tokenizer(lines, max_vocab=4 + 2)  # b, then a before c (tie, alphabetical)
+    assert create_tokenizer("word", lines, min_freq=2).vocab_size == 4 + 3
+    tok = create_tokenizer("word", lines, max_vocab=4 + 2)  # b, then a before c (tie, alphabetical)
     assert [tok.encode(w)[1] for w in ("b", "a", "c", "d")] == [4, 5, UNK_ID, UNK_ID]
     with pytest.raises(TextVAEError, match="bpe_vocab_size"):
-        build_tokenizer(lines, "bpe", max_vocab=100)
-    with pytest.raises(TextVAEError, match="word, bpe"):
-        build_tokenizer(lines, "chars")
+        create_tokenizer("bpe", lines, max_vocab=100)
+    with pytest.raises(TextVAEError, match="unknown tokenizer 'chars'; valid: bpe, word$"):
+        create_tokenizer("chars", lines)
 
 
-@pytest.mark.parametrize("kind", ["word", "bpe"])
+@pytest.mark.parametrize("kind", list_tokenizers())
 def test_save_load(tmp_path, kind):
-    tok = build_tokenizer(LINES, kind, bpe_vocab_size=60)
+    tok = create_tokenizer(kind, LINES, bpe_vocab_size=60)
     tok.save(tmp_path / "tok.json")
     again = Tokenizer.load(tmp_path / "tok.json")
     assert again.kind == kind and again.vocab_size == tok.vocab_size
@@ -142,7 +184,7 @@ def test_unk_rate():
 
 
 def test_token_counts_are_words_plus_one():
-    tok = build_tokenizer(LINES)
+    tok = create_tokenizer("word", LINES)
     batch = collate(tok.encode_batch(LINES))
     expected = [len(line.split()) + 1 for line in LINES]
     assert token_counts(batch.lengths).tolist() == expected
@@ -427,7 +469,7 @@ def test_single_file_split_90_5_5(tmp_path):
 
 def test_given_tokenizer_and_max_sentences(tmp_path):
     write_split_folder(tmp_path / "c")
-    tok = build_tokenizer(["cat dog"])
+    tok = create_tokenizer("word", ["cat dog"])
     bundle = load_dataset(DataConfig(name=str(tmp_path / "c"), max_sentences=2), tokenizer=tok)
     assert bundle.tokenizer is tok and tok.vocab_size == 6
     assert len(bundle.splits["train"]) == 2

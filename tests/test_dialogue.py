@@ -4,27 +4,33 @@ import json
 import math
 from pathlib import Path
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 import textvae.remedies  # noqa: F401  (registration)
 from textvae.config import ObjectiveConfig, TrainConfig
 from textvae.data.special import BOS_ID, EOS_ID, PAD_ID, UNK_ID
-from textvae.data.tokenization import build_tokenizer
+from textvae.data.tokenization import create_tokenizer
 from textvae.dialogue.config import (CVAEConfig, CVAERunConfig, DialogueDataConfig, DialogueEvalConfig,
                                      DialogueOptimConfig)
 from textvae.dialogue.data import (collate_dialogues, encode_split, normalize_utterance, read_dialogue_lines,
                                    read_jsonl_pairs)
 from textvae.dialogue.generation import ContextDecoder, generate_responses
-from textvae.dialogue.metrics import GivenContext, bleu_precision_recall, generation_metrics
+from textvae.dialogue.metrics import bleu_precision_recall, generation_metrics
 from textvae.dialogue.model import KgCVAE
 from textvae.dialogue.respond import respond
 from textvae.tasks import run_training as train_cvae
 from textvae.tasks.runconfig import parse_run_config, recipe_task
 from textvae.errors import TextVAEError
-from textvae.metrics.likelihood import iw_log_marginal
+from textvae.metrics._common import eval_mode, seeded
+from textvae.metrics.likelihood import ElboAccumulator, elbo_batch, iw_log_marginal
 from textvae.models.distributions import DiagGaussian, StandardNormal
+from textvae.reduction import CorpusAccumulator
+from textvae.tasks import create_task
 from textvae.training.logger import read_jsonl
+from textvae.training.train import EVAL_SEED
 from tests.test_train import state_of
 
 V = 40
@@ -82,7 +88,7 @@ def test_dailydialog_pairs_have_no_leak():
         assert a < b == r, "the context must be the turns strictly before the response"
         assert text.turns[r] not in text.turns[a:b]
 
-    tokenizer = build_tokenizer(text.turns)
+    tokenizer = create_tokenizer("word", text.turns)
     split = encode_split("train", text, tokenizer)
     batch = split.batch([0, 2, 3])
     assert batch.n_turns.tolist() == [1, 2, 1]
@@ -192,12 +198,12 @@ def test_iw_nll_matches_quadrature():
     with torch.no_grad():
         model.prior_net[2].bias.copy_(torch.tensor([1.5, -1.0]))  # p(z|c) far from N(0, 1)
         model.init_state.weight.mul_(20)  # and a decoder that depends on z
-        view = GivenContext(model, batch)
-        iw = iw_log_marginal(view, batch.response, view.posterior(), n_samples=50_000)
+        view, response = model.given(batch)
+        iw = iw_log_marginal(view, response, view.encode(response), n_samples=50_000)
         mu, sd = view.prior.mu[:, 0], view.prior.std[:, 0]
         u = torch.linspace(-10, 10, 2001, dtype=torch.float64)
         z = (mu + u[:, None] * sd)[:, :, None]  # [S, B, 1], per-pair grid over the prior's mass
-        log_f = view.log_likelihood(batch.response, z) + view.prior.log_prob(z)  # [S, B]
+        log_f = view.log_likelihood(response, z) + view.prior.log_prob(z)  # [S, B]
         step = (u[1] - u[0]) * sd  # [B]
         weights = torch.full_like(u, 1.0)
         weights[[0, -1]] = 0.5
@@ -319,6 +325,47 @@ def write_dialogues(folder: Path) -> None:
             for _ in range(n):
                 turns = [" ".join(words[i] for i in torch.randint(0, len(words), (3,), generator=g)) for _ in range(3)]
                 f.write(json.dumps({"context": turns[:2], "response": turns[2] + " ?", "act": int(turns[2][0] < "m")}) + "\n")
+
+
+def former_likelihood_figures(model, split, batch_size, iw_samples):
+    """The CVAE's likelihood figures as ``likelihood_metrics`` (``dialogue/metrics.py``, commit 077a130)
+    computed them before they went through the metric registry: per pair one z ~ q(z|x,c), the
+    closed-form KL against p(z|c), IW-NLL with q(z|x,c) as proposal; one fork of the RNG seeded from
+    a generator seeded with ``EVAL_SEED``."""
+    elbo, iw = ElboAccumulator(), CorpusAccumulator()
+    with eval_mode(model), seeded(torch.Generator().manual_seed(EVAL_SEED)):
+        for batch in split.batches(batch_size, shuffle=False):
+            c = model.encode_context(batch)
+            view = SimpleNamespace(prior=model.prior(c), latent_dim=model.latent_dim,
+                                   log_likelihood=lambda response, z, batch=batch, c=c: model.log_likelihood(batch, z, c))
+            q = model.posterior(batch, c)[0]
+            elbo.add(batch.n_tokens, *elbo_batch(view, batch.response, q, q.rsample(1)))
+            if iw_samples > 0:
+                iw.add(batch.n_tokens, nll=-iw_log_marginal(view, batch.response, q, iw_samples))
+    figures = {**elbo.result().summary(), "n_pairs": float(elbo.corpus.n_sentences)}
+    if iw_samples > 0:
+        figures.update(iw_nll=iw.mean("nll"), iw_ppl=iw.ppl("nll"), iw_samples=float(iw_samples))
+    return figures
+
+
+def test_the_cvae_figures_through_the_metric_registry_are_those_computed_before(tmp_path):
+    """Validation and test figures of the dialogue task come from the registered metrics now; the
+    likelihood figures the CVAE reported before keep their values exactly."""
+    write_dialogues(tmp_path)
+    cfg = CVAERunConfig(data=DialogueDataConfig(name=str(tmp_path), context_turns=2, eval_batch_size=4),
+                        model=tiny(use_acts=True).cfg, train=TrainConfig(iw_samples_final=3),
+                        eval=DialogueEvalConfig(n_responses=1, max_contexts=2, max_len=3))
+    task = create_task(cfg)
+    data = task.load_data()
+    torch.manual_seed(3)
+    model = task.build_model(data)
+    model.save_pretrained(tmp_path / "best")
+    cpu = torch.device("cpu")
+    for figures, iw_samples in ((task.validate(model, data.splits["valid"], cpu), 0),
+                                (task.test_report(data, tmp_path / "best", cpu), 3)):
+        split = data.splits["valid" if iw_samples == 0 else "test"]
+        former = former_likelihood_figures(model, split, 4, iw_samples)
+        assert {key: figures[key] for key in former} == former
 
 
 def test_train_cvae_and_respond(tmp_path, capsys):

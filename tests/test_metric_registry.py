@@ -1,5 +1,6 @@
 """A new metric is one registered function: it appears in ``evaluate_model``, in the training log
-(the stages it is registered for) and in a study's table (the columns it declares)."""
+(the stages it is registered for) of every task, the dialogue CVAE's included, and in a study's
+table (the columns it declares)."""
 import json
 import math
 from types import SimpleNamespace
@@ -8,9 +9,15 @@ import pytest
 
 import textvae.study as st
 from textvae.cli import main
+from textvae.config import TrainConfig
+from textvae.dialogue.config import CVAERunConfig, DialogueDataConfig, DialogueEvalConfig
+from textvae.dialogue.data import load_dialogue_data
 from textvae.errors import TextVAEError
 from textvae.metrics import METRICS, evaluate_model, list_metrics, register_metric
+from textvae.tasks import run_training
 from textvae.tasks.runconfig import parse_run_config
+from textvae.training.logger import read_jsonl
+from tests.test_dialogue import tiny as tiny_cvae, write_dialogues
 from tests.test_remedies import random_batch, tiny
 from tests.test_train import tiny_args
 
@@ -54,3 +61,22 @@ def test_a_registered_metric_reaches_the_training_log_and_the_study_table(toy_me
     header, _, row = st.markdown_table(results).splitlines()
     assert header.split(" | ")[-1] == "Toy |"
     assert row.split(" | ")[-1] == f"{records[-1]['toy']:.3f} |"
+
+
+def test_a_registered_metric_reaches_the_dialogue_cvae_log_and_report(toy_metric, tmp_path, monkeypatch):
+    """The CVAE is evaluated through the same registry, given each pair's context: the toy metric
+    counts the responses' tokens per pair."""
+    monkeypatch.setenv("TEXTVAE_CACHE", str(tmp_path / "cache"))
+    write_dialogues(tmp_path)
+    cfg = CVAERunConfig(name="cvae", out_dir=str(tmp_path / "runs"),
+                        data=DialogueDataConfig(name=str(tmp_path), context_turns=2, batch_size=8, eval_batch_size=4),
+                        model=tiny_cvae().cfg,
+                        train=TrainConfig(epochs=1, progress=False, tensorboard=False, metrics_every=2,
+                                          iw_samples_final=2, threads=1, device="cpu"),
+                        eval=DialogueEvalConfig(n_responses=1, max_contexts=1, max_len=3))
+    report = run_training(cfg)
+    records = read_jsonl(tmp_path / "runs" / "cvae" / "metrics.jsonl")
+    assert [r["split"] for r in records if "toy" in r] == ["valid_metrics"] * 2 + ["test"]
+    assert report["toy"] == records[-1]["toy"]
+    test = load_dialogue_data(cfg.data).splits["test"]
+    assert report["toy"] == pytest.approx(float(sum(int(n) - 1 for n in test.lengths)) / len(test))

@@ -130,6 +130,8 @@ def cmd_evaluate(argv: list[str]) -> None:
         raise TextVAEError("--data is needed when evaluating a model folder rather than a run folder")
     data_cfg.max_sentences = None  # the whole split, whatever cap the run trained with
     data = load_dataset(data_cfg, tokenizer=tokenizer)
+    if args.probe:  # before the evaluation pass, which can take long, not after it
+        check_probe(model, data)
     split = data.splits[args.split]
     device = torch.device(args.device)
     model.to(device)
@@ -144,6 +146,9 @@ def cmd_evaluate(argv: list[str]) -> None:
         results = evaluation(model, with_progress(batches(n_eval), n_tokens, f"evaluate {args.split}"), device,
                              n_samples=args.iw_samples, max_tokens=args.max_tokens, per_dim=True)
     results["unk_rate"] = unknown
+    steps = run_steps(Path(args.model)) if run_cfg else None
+    if steps is not None:  # the table's verdict: an untrained model's posterior says nothing about collapse
+        results["train_steps"] = float(steps)
     if data.truth is not None:
         results.update(_truth_figures(data.truth, args.split, split, split.subset(n_eval)))
     examples: dict[str, Any] = {}
@@ -221,19 +226,32 @@ def _truth_figures(truth: dict[str, Any], name: str, split: Any, positions: Any)
             "true_mi": float(truth["mi"])}
 
 
+def run_steps(run_dir: Path) -> Optional[int]:
+    """The training steps of a run as its log records them (the last record's step); ``None``
+    when the run has no log."""
+    from textvae.training.logger import read_jsonl
+
+    records = read_jsonl(run_dir / "metrics.jsonl")
+    return max(int(r["step"]) for r in records) if records else None
+
+
+def check_probe(model: Any, data: Any) -> None:
+    """The latent probe needs a latent space and labelled training sentences."""
+    if model.is_lm:
+        raise TextVAEError("--probe: this model is a language model: it has no latent space")
+    if data.splits["train"].labels is None:
+        raise TextVAEError(f"--probe needs a labelled corpus such as yelp_short; {data.name} has no labels")
+
+
 def _probe_figures(model: Any, data: Any, args: argparse.Namespace, test_batches: Any,
                    device: torch.device) -> dict[str, Any]:
     """Latent probe: ``args.probe`` labelled train sentences per class, ``args.probe_draws`` draws,
-    tested on the evaluated sentences."""
+    tested on the evaluated sentences (:func:`check_probe` has vetted model and data)."""
     import numpy as np
 
     from textvae.metrics.probe import probe_model
 
     train = data.splits["train"]
-    if model.is_lm:
-        raise TextVAEError("--probe: this model is a language model: it has no latent space")
-    if train.labels is None:
-        raise TextVAEError(f"--probe needs a labelled corpus such as yelp_short; {data.name} has no labels")
 
     def train_batches(positions: np.ndarray) -> Any:
         positions = positions[np.argsort(train.lengths[positions], kind="stable")]  # less padding

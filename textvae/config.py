@@ -54,6 +54,7 @@ class DataConfig:
         ``yelp_short``), ``synthetic`` / ``synthetic_z`` (ground-truth corpora generated on the fly),
         or a path to a text file or a folder with ``train/valid/test`` files.
     data_dir: local folder holding ``<name>/`` copies; defaults to ``$TEXTVAE_DATA_DIR``.
+    tokenizer: a registered tokenizer kind (``word``, ``bpe``: ``textvae.data.tokenization``).
     max_length: sentences with more words than this are counted, reported and skipped
         (``long_lines: truncate`` cuts them instead).
     bucket_pool: batches per shuffled pool that is sorted by length (1 = plain shuffling).

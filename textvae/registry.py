@@ -1,7 +1,7 @@
 """Named registries of components (timm-style ``register_*`` / ``list_*`` / ``create_*``).
 
-Every swappable part (encoders, decoders, posteriors, priors, remedies, corpora, schedules) lives
-in a :class:`Registry`; an unknown name raises :class:`~textvae.errors.TextVAEError` listing the
+Every swappable part (encoders, decoders, posteriors, priors, remedies, corpora, tokenizer kinds,
+schedules, optimisers, metrics, tasks) lives in a :class:`Registry`; an unknown name raises :class:`~textvae.errors.TextVAEError` listing the
 valid names, so a typo in a recipe is a one-line error.
 """
 from __future__ import annotations

@@ -32,7 +32,7 @@ from textvae.data.batch import Batch, collate
 from textvae.data.batching import BucketBatchSampler
 from textvae.data.corpora import CORPORA, CorpusSpec, cache_dir, list_corpora, resolve_corpus
 from textvae.data.reading import ReadStats, filter_lines, read_lines
-from textvae.data.tokenization import Tokenizer, build_tokenizer, unk_rate
+from textvae.data.tokenization import Tokenizer, create_tokenizer, unk_rate
 from textvae.data.words import warn_about_words, word_rewriter
 from textvae.errors import TextVAEError
 
@@ -168,9 +168,8 @@ def load_dataset(cfg: DataConfig, tokenizer: Optional[Tokenizer] = None) -> Data
             text.lines = text.lines[: cfg.max_sentences]
             text.labels = None if text.labels is None else text.labels[: cfg.max_sentences]
     if tokenizer is None:
-        tokenizer = build_tokenizer(
-            texts["train"].lines, cfg.tokenizer, cfg.min_freq, cfg.max_vocab, cfg.bpe_vocab_size
-        )
+        tokenizer = create_tokenizer(cfg.tokenizer, texts["train"].lines, min_freq=cfg.min_freq,
+                                     max_vocab=cfg.max_vocab, bpe_vocab_size=cfg.bpe_vocab_size)
     splits = {split: _encode(split, text, tokenizer) for split, text in texts.items()}
     log.info(
         "%s: %s tokenizer, vocabulary %d; unk rate %s", cfg.name, tokenizer.kind, tokenizer.vocab_size,

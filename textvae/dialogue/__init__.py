@@ -2,7 +2,8 @@
 
 ``data``: (context, response) pairs from DailyDialog or JSONL, :class:`DialogueBatch`;
 ``model``: :class:`KgCVAE` (hierarchical context encoder, recognition and prior networks, decoder);
-``metrics``: BLEU precision / recall, distinct-n, ELBO and IW-NLL of the response given its context;
+``metrics``: BLEU precision / recall and distinct-n of generated responses (the likelihood figures
+are the registered metrics, through :meth:`KgCVAE.given`);
 ``respond``: :func:`respond` (diverse responses to a context). Training is the ``dialogue`` task
 (:mod:`textvae.tasks.dialogue`) of the one training loop.
 """

@@ -16,7 +16,7 @@ Sources:
   dialogue and is read as one empty turn.
 
 Text is raw: :func:`normalize_utterance` lowercases it and splits punctuation before the
-WordLevel vocabulary of :func:`textvae.data.tokenization.build_tokenizer` sees it.
+WordLevel vocabulary of :func:`textvae.data.tokenization.create_tokenizer` sees it.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from textvae.data.batching import BucketBatchSampler
 from textvae.data.corpora import CORPORA, resolve_corpus
 from textvae.data.reading import read_lines
 from textvae.data.special import PAD_ID
-from textvae.data.tokenization import Tokenizer, build_tokenizer, unk_rate
+from textvae.data.tokenization import Tokenizer, create_tokenizer, unk_rate
 from textvae.dialogue.config import DialogueDataConfig
 from textvae.errors import TextVAEError
 
@@ -385,7 +385,7 @@ def load_dialogue_data(cfg: DialogueDataConfig, tokenizer: Optional[Tokenizer] =
                      len(text.responses))
             texts[split] = text.head(cfg.max_pairs)
     if tokenizer is None:
-        tokenizer = build_tokenizer(texts["train"].turns, "word", cfg.min_freq, cfg.max_vocab)
+        tokenizer = create_tokenizer("word", texts["train"].turns, min_freq=cfg.min_freq, max_vocab=cfg.max_vocab)
     splits = {split: encode_split(split, text, tokenizer) for split, text in texts.items()}
     log.info("%s: vocabulary %d; unk rate %s", cfg.name, tokenizer.vocab_size,
              ", ".join(f"{s} {unk_rate(sp.ids):.2%}" for s, sp in splits.items()))

@@ -1,14 +1,12 @@
-"""Evaluation of dialogue CVAEs (Zhao et al. 2017, section 5.2).
+"""Evaluation of dialogue CVAEs (Zhao et al. 2017, section 5.2): the figures of generated responses.
 
-Likelihood of the response given its context, with β = 1 and one z per pair (textvae's ELBO
-conventions, :mod:`textvae.metrics.likelihood`):
+The likelihood of the response given its context is not here: the registered metrics
+(:mod:`textvae.metrics`) compute it, with β = 1 and one z per pair (textvae's ELBO conventions), through
+:class:`~textvae.dialogue.model.GivenContext`, the design protocol for a batch of fixed contexts:
 
     rec = −log p(x | z, c),  z ~ q(z|x,c);   KL = KL(q(z|x,c) || p(z|c)) (closed form);
     IW-NLL: −log p(x|c) ≈ −[logsumexp_k (log p(x|z_k,c) + log p(z_k|c) − log q(z_k|x,c)) − log K],
     z_k ~ q(z|x,c)
-
-computed by textvae's own ``elbo_batch`` / ``iw_log_marginal`` through :class:`GivenContext`, the
-design protocol (``prior.log_prob``, ``log_likelihood``) for a batch of fixed contexts.
 
 Generation: for each context, n responses h_1..h_n (each from its own z ~ p(z|c)) against the m
 references r_1..r_m (one in DailyDialog):
@@ -24,59 +22,18 @@ all contexts, ``intra`` is the mean over contexts of each context's n responses.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from textvae.data.batch import Batch
 from textvae.data.tokenization import Tokenizer
-from textvae.dialogue.data import DialogueBatch, DialogueSplit
+from textvae.dialogue.data import DialogueSplit
 from textvae.dialogue.generation import generate_responses
 from textvae.dialogue.model import KgCVAE
 from textvae.errors import TextVAEError
-from textvae.metrics._common import eval_mode, seeded
 from textvae.metrics.generation import distinct_n
-from textvae.metrics.likelihood import DEFAULT_MAX_TOKENS, ElboAccumulator, elbo_batch, iw_log_marginal
-from textvae.reduction import CorpusAccumulator
 
 BLEU_ORDERS = (1, 2, 3, 4)
-
-
-class GivenContext:
-    """The model protocol of ``docs/design.md`` for a batch of fixed contexts: ``prior`` is p(z|c)
-    (a Gaussian per pair, so ``prior.log_prob(z [S, B, D]) -> [S, B]``) and ``log_likelihood`` is
-    log p(x | z, c), so textvae's likelihood metrics apply unchanged."""
-
-    def __init__(self, model: KgCVAE, batch: DialogueBatch):
-        self.model, self.batch = model, batch
-        self.c = model.encode_context(batch)
-        self.prior = model.prior(self.c)
-
-    def posterior(self) -> Any:
-        return self.model.posterior(self.batch, self.c)[0]
-
-    def log_likelihood(self, response: Batch, z: torch.Tensor) -> torch.Tensor:
-        return self.model.log_likelihood(self.batch, z, self.c)
-
-
-def likelihood_metrics(model: KgCVAE, batches: Iterable[DialogueBatch], iw_samples: int = 0,
-                       max_tokens: int = DEFAULT_MAX_TOKENS, generator: Optional[torch.Generator] = None
-                       ) -> dict[str, float]:
-    """rec, kl, neg_elbo, elbo_ppl (one z per pair, β = 1) and, with ``iw_samples`` > 0, iw_nll and
-    iw_ppl; per-pair means in nats, PPLs over the responses' tokens (``textvae.reduction``)."""
-    elbo, iw = ElboAccumulator(), CorpusAccumulator()
-    with eval_mode(model), seeded(generator):
-        for batch in batches:
-            view = GivenContext(model, batch)
-            q = view.posterior()
-            elbo.add(batch.n_tokens, *elbo_batch(view, batch.response, q, q.rsample(1)))
-            if iw_samples > 0:
-                iw.add(batch.n_tokens, nll=-iw_log_marginal(view, batch.response, q, iw_samples, max_tokens))
-    results = elbo.result().summary()
-    if iw_samples > 0:
-        results.update(iw_nll=iw.mean("nll"), iw_ppl=iw.ppl("nll"), iw_samples=float(iw_samples))
-    results["n_pairs"] = float(elbo.corpus.n_sentences)
-    return results
 
 
 @lru_cache(maxsize=None)

@@ -222,6 +222,11 @@ class KgCVAE(OutputHead, PretrainedMixin, nn.Module):
                          extras={"context_vector": c.repeat(s, 1)})
         return -self.token_nll(repeated, z.reshape(s * b, d)).view(s, b)
 
+    def given(self, batch: DialogueBatch) -> tuple["GivenContext", Batch]:
+        """The model protocol of ``docs/design.md`` for the pairs of ``batch`` given their contexts,
+        and the responses it scores: how the registered metrics see a conditional model."""
+        return GivenContext(self, batch), batch.response
+
     def decode_step(self, tokens: torch.Tensor, c: torch.Tensor, z: torch.Tensor, state: Any = None
                     ) -> tuple[torch.Tensor, Any]:
         """One step for rows with context vectors c [B, H_c] and latents z [B, D]; the state carries
@@ -268,3 +273,22 @@ class KgCVAE(OutputHead, PretrainedMixin, nn.Module):
         return cls(CVAEConfig(**cfg["model"]), int(cfg["vocab_size"]), ObjectiveConfig(**cfg.get("objective", {})),
                    cfg.get("act_names"), cfg.get("text"))
 
+
+class GivenContext:
+    """The model protocol of ``docs/design.md`` for a batch of pairs with fixed contexts c: ``encode``
+    gives q(z|x,c), ``prior`` is p(z|c) (a Gaussian per pair, so ``prior.log_prob(z [S, B, D]) ->
+    [S, B]``) and ``log_likelihood`` is log p(x | z, c), so every registered metric applies unchanged
+    (Zhao et al. 2017's likelihood of the response given its context)."""
+
+    def __init__(self, model: KgCVAE, batch: DialogueBatch):
+        self.model, self.batch = model, batch
+        self.latent_dim = model.latent_dim
+        self.c = model.encode_context(batch)
+        self.prior = model.prior(self.c)
+
+    def encode(self, response: Batch) -> DiagGaussian:
+        """q(z|x,c) of the batch's responses (``response`` is that batch's, as :meth:`KgCVAE.given` returns it)."""
+        return self.model.posterior(self.batch, self.c)[0]
+
+    def log_likelihood(self, response: Batch, z: torch.Tensor) -> torch.Tensor:
+        return self.model.log_likelihood(self.batch, z, self.c)

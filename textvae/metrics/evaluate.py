@@ -2,7 +2,8 @@
 
 A metric is one registered function (:func:`register_metric`); :func:`evaluate_model` computes any
 of them, the training loop computes those registered for its stages (``epoch``, ``periodic``,
-``test``) and a study's table shows the columns a metric declares.
+``test``) for every task, and a study's table shows the columns a metric declares. A conditional
+model (the dialogue CVAE) is evaluated given each batch's conditions (:func:`batch_protocol`).
 """
 from __future__ import annotations
 
@@ -27,9 +28,10 @@ STAGES = ("epoch", "periodic", "test")
 class EvalPass:
     """What one pass over an evaluation set keeps for the metrics: per batch the posterior's mean
     (and, for Gaussian posteriors, mu and sigma), and, when a metric ``keeps_posteriors``, the
-    posterior and one z ~ q(z|x) per sentence; plus the accumulators of the per-batch metrics."""
+    posterior and one z ~ q(z|x) per sentence; plus the accumulators of the per-batch metrics. The
+    model reaches the metrics batch by batch, in their ``update`` (for a conditional model, given
+    each batch's conditions)."""
 
-    model: Any
     n_samples: int
     max_tokens: int
     au_threshold: float
@@ -64,9 +66,10 @@ class EvalPass:
 class Metric:
     """One registered metric of :func:`evaluate_model`.
 
-    ``result(pass) -> {figure: value}`` after the pass; ``update(pass, batch, posterior, z)`` per
-    batch when the metric needs the model batch by batch (it may draw random numbers: updates run in
-    the order of the metrics' names). ``latent``: the figure needs a latent space (the language
+    ``result(pass) -> {figure: value}`` after the pass; ``update(pass, model, batch, posterior, z)``
+    per batch when the metric needs the model batch by batch, ``model`` being the protocol for that
+    batch (:func:`batch_protocol`; it may draw random numbers: updates run in the order of the
+    metrics' names). ``latent``: the figure needs a latent space (the language
     model skips it). ``keeps_posteriors``: the pass keeps every posterior and z for it.
     ``stages``: where the training loop computes it besides ``textvae evaluate`` (``epoch``: each
     epoch's validation; ``periodic``: every ``train.metrics_every`` steps; ``test``: the final
@@ -74,7 +77,7 @@ class Metric:
     """
 
     result: Callable[[EvalPass], dict[str, Any]]
-    update: Optional[Callable[[EvalPass, Any, Any, torch.Tensor], None]] = None
+    update: Optional[Callable[[EvalPass, Any, Any, Any, torch.Tensor], None]] = None
     latent: bool = True
     keeps_posteriors: bool = False
     stages: tuple[str, ...] = ()
@@ -102,8 +105,8 @@ def get_metric(name: str) -> Metric:
     return METRICS.get(name)
 
 
-def _elbo_update(p: EvalPass, batch: Any, posterior: Any, z: torch.Tensor) -> None:
-    p.elbo.add(batch.n_tokens, *elbo_batch(p.model, batch, posterior, z))
+def _elbo_update(p: EvalPass, model: Any, batch: Any, posterior: Any, z: torch.Tensor) -> None:
+    p.elbo.add(batch.n_tokens, *elbo_batch(model, batch, posterior, z))
 
 
 @register_metric("elbo", update=_elbo_update, latent=False, stages=STAGES)
@@ -116,8 +119,8 @@ def _elbo(p: EvalPass) -> dict[str, Any]:
     return figures
 
 
-def _iw_update(p: EvalPass, batch: Any, posterior: Any, z: torch.Tensor) -> None:
-    p.iw.add(batch.n_tokens, nll=-iw_log_marginal(p.model, batch, posterior, p.n_samples, p.max_tokens))
+def _iw_update(p: EvalPass, model: Any, batch: Any, posterior: Any, z: torch.Tensor) -> None:
+    p.iw.add(batch.n_tokens, nll=-iw_log_marginal(model, batch, posterior, p.n_samples, p.max_tokens))
 
 
 @register_metric("iw", update=_iw_update, latent=False, stages=("test",))
@@ -172,6 +175,14 @@ def _diagnostics(p: EvalPass) -> dict[str, Any]:
     return figures
 
 
+def batch_protocol(model: Any, item: Any) -> tuple[Any, Any]:
+    """(the model protocol of ``docs/design.md`` for one item of the batches, the batch it scores).
+    A conditional model says what it is given with ``given(item)`` (the dialogue CVAE: its view of
+    the pairs given their contexts, and their responses); any other model is its own protocol."""
+    given = getattr(model, "given", None)
+    return (model, item) if given is None else given(item)
+
+
 def evaluate_model(model: Any, batches: Batches, metrics: Optional[Sequence[str]] = None,
                    n_samples: int = 500, max_tokens: int = DEFAULT_MAX_TOKENS,
                    au_threshold: float = AU_THRESHOLD,
@@ -179,8 +190,9 @@ def evaluate_model(model: Any, batches: Batches, metrics: Optional[Sequence[str]
                    per_dim: bool = False) -> dict[str, Any]:
     """Evaluate ``model`` on ``batches`` (an iterable, or a callable returning a fresh iterator).
 
-    Each batch is encoded once, in eval mode without gradients; its posterior, posterior means and
-    one z ~ q(z|x) per sentence are kept and shared by the requested registered ``metrics`` (all
+    Each batch is encoded once (a conditional model's given its conditions: :func:`batch_protocol`),
+    in eval mode without gradients; its posterior, posterior means and one z ~ q(z|x) per sentence
+    are kept and shared by the requested registered ``metrics`` (all
     by default; see :func:`list_metrics`): ``elbo``, ``iw`` (K = ``n_samples``; 0 skips it),
     ``mi_batch`` / ``mi_dataset``, ``au`` and ``diagnostics``, each documented where it is registered.
 
@@ -204,16 +216,17 @@ def evaluate_model(model: Any, batches: Batches, metrics: Optional[Sequence[str]
         metrics = [m for m in metrics if not get_metric(m).latent]
         n_samples = 1  # every importance weight is the same (see iw_log_marginal)
     chosen = [get_metric(name) for name in sorted(set(metrics))]
-    p = EvalPass(model, n_samples, max_tokens, au_threshold, per_dim, any(m.keeps_posteriors for m in chosen))
+    p = EvalPass(n_samples, max_tokens, au_threshold, per_dim, any(m.keeps_posteriors for m in chosen))
     results: dict[str, Any] = {}
     with eval_mode(model), seeded(generator):
-        for batch in iterate(batches):
-            posterior = model.encode(batch)
+        for item in iterate(batches):
+            view, batch = batch_protocol(model, item)
+            posterior = view.encode(batch)
             z = posterior.rsample(1)  # [1, B, D]
             p.add(batch, posterior, z)
             for metric in chosen:
                 if metric.update is not None:
-                    metric.update(p, batch, posterior, z)
+                    metric.update(p, view, batch, posterior, z)
         if p.counts.n_sentences == 0:
             raise TextVAEError("evaluate_model: no batches to evaluate")
         results.update(n_sentences=float(p.counts.n_sentences), n_tokens=p.counts.n_tokens)

@@ -1,8 +1,10 @@
 """The ``dialogue`` task: a (kg)CVAE of responses given their dialogue context (Zhao et al. 2017).
 
-The validation loss is -ELBO at beta = 1 of the responses given their contexts; the final report
-adds IW-NLL and Zhao et al.'s BLEU / distinct figures on the test split
-(:mod:`textvae.dialogue.metrics`).
+Its figures are the registered metrics of each stage (:mod:`textvae.metrics`: -ELBO at beta = 1 of
+the responses given their contexts, its terms, MI, AU, and IW-NLL in the final report), computed
+given each pair's context (:meth:`KgCVAE.given`); the final report adds Zhao et al.'s BLEU / distinct
+figures of generated responses on the test split (:mod:`textvae.dialogue.metrics`), which decode and
+score text rather than read one evaluation pass.
 """
 from __future__ import annotations
 
@@ -13,8 +15,9 @@ import torch
 
 from textvae.dialogue.config import CVAERunConfig
 from textvae.dialogue.data import DialogueData, DialogueSplit, load_dialogue_data
-from textvae.dialogue.metrics import evaluate_generation, likelihood_metrics
+from textvae.dialogue.metrics import evaluate_generation
 from textvae.dialogue.model import KgCVAE
+from textvae.metrics import evaluate_model, list_metrics
 from textvae.tasks.base import register_task
 from textvae.training.task import Task
 from textvae.training.train import EVAL_SEED
@@ -34,25 +37,30 @@ class DialogueTask(Task):
         return KgCVAE(self.cfg.model, data.tokenizer.vocab_size, self.cfg.objective, data.act_names, text)
 
     def validate(self, model: KgCVAE, split: DialogueSplit, device: torch.device) -> dict[str, float]:
-        return self._likelihood(model, split, device)
+        return self._figures(model, split, device, "epoch")
 
     def periodic_metrics(self, model: KgCVAE, split: DialogueSplit, device: torch.device,
                          limit: int) -> Optional[dict[str, float]]:
-        return self._likelihood(model, split, device, limit=limit)
+        return self._figures(model, split, device, "periodic", limit)
 
     def test_report(self, data: DialogueData, best_dir: Path, device: torch.device) -> dict[str, Any]:
-        """Test figures of the best model: likelihood (with IW-NLL) and generation (BLEU, distinct)."""
+        """Test figures of the best model: the registered metrics (with IW-NLL), and generation's
+        (BLEU, distinct)."""
         model = KgCVAE.from_pretrained(best_dir, device)
         test, ec = data.splits["test"], self.cfg.eval
-        report = self._likelihood(model, test, device, limit=ec.max_pairs, iw_samples=self.cfg.train.iw_samples_final)
+        report = self._figures(model, test, device, "test", ec.max_pairs, self.cfg.train.iw_samples_final)
         generated, _ = evaluate_generation(model, data.tokenizer, test, ec.n_responses, ec.max_contexts, ec.method,
                                            ec.max_len, torch.Generator().manual_seed(EVAL_SEED),
                                            temperature=ec.temperature, top_p=ec.top_p)
         report.update(generated)
         return report
 
-    def _likelihood(self, model: KgCVAE, split: DialogueSplit, device: torch.device, limit: Optional[int] = None,
-                    iw_samples: int = 0) -> dict[str, float]:
-        """Likelihood figures on the first ``limit`` pairs of ``split``, from a generator of their own."""
+    def _figures(self, model: KgCVAE, split: DialogueSplit, device: torch.device, stage: str,
+                 limit: Optional[int] = None, iw_samples: int = 0) -> dict[str, float]:
+        """The metrics registered for ``stage`` on the first ``limit`` pairs of ``split``, counted as
+        ``n_pairs``, from a generator of their own (the stream the CVAE's recorded figures came from)."""
         batches = (b.to(device) for b in split.batches(self.cfg.data.eval_batch_size, shuffle=False, limit=limit))
-        return likelihood_metrics(model, batches, iw_samples, generator=torch.Generator().manual_seed(EVAL_SEED))
+        figures = evaluate_model(model, batches, list_metrics(stage), n_samples=iw_samples,
+                                 generator=torch.Generator().manual_seed(EVAL_SEED))
+        figures["n_pairs"] = figures.pop("n_sentences")
+        return figures
