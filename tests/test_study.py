@@ -328,3 +328,11 @@ def test_nll_mi_plot_keeps_points_in_view_and_apart():
     assert "true NLL = 40.00 (below the view)" in legend and "true MI" in legend and "lm (no latent)" in legend
     assert legend["true NLL = 40.00 (below the view)"].get_linestyle() != legend["true MI"].get_linestyle()
     assert len({c.lines[0].get_marker() for c in ax.containers}) == 5  # each errorbar's data line
+
+
+def test_nll_falls_back_to_the_bound_only_for_the_language_model():
+    lm = {"rec": 90.0, "kl": 0.0, "neg_elbo": 90.0, "elbo_ppl": 110.0}
+    vae = {**lm, "kl": 2.0, "neg_elbo": 92.0, "au": 3.0, "latent_dim": 32.0}  # iw_samples_final 0
+    assert st.run_figures(lm)["nll"] == 90.0 and st.run_figures(lm)["ppl"] == 110.0
+    assert math.isnan(st.run_figures(vae)["nll"]) and math.isnan(st.run_figures(vae)["ppl"])
+    assert st.run_figures({**vae, "iw_nll": 91.0, "iw_ppl": 105.0})["nll"] == 91.0

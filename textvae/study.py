@@ -453,10 +453,13 @@ def figure_keys() -> list[str]:
 
 def run_figures(report: dict[str, Any]) -> dict[str, float]:
     """The figures of one test report. A language model has no IW-NLL: its -ELBO is its exact NLL
-    (KL = 0), so NLL / PPL fall back to -ELBO / ELBO-PPL; MI is the whole-set estimator."""
+    (KL = 0), so NLL / PPL fall back to -ELBO / ELBO-PPL; a VAE evaluated without importance
+    samples (``train.iw_samples_final 0``) has no NLL, only its bound (-ELBO). MI is the whole-set
+    estimator."""
     nan = math.nan
-    figs = {"nll": report.get("iw_nll", report.get("neg_elbo", nan)),
-            "ppl": report.get("iw_ppl", report.get("elbo_ppl", nan)),
+    exact = "latent_dim" not in report  # the language model: no latent figures in its report
+    figs = {"nll": report.get("iw_nll", report.get("neg_elbo", nan) if exact else nan),
+            "ppl": report.get("iw_ppl", report.get("elbo_ppl", nan) if exact else nan),
             "kl": report.get("kl", nan), "mi": report.get("mi_dataset", nan), "au": report.get("au", nan),
             "rec": report.get("rec", nan), "neg_elbo": report.get("neg_elbo", nan),
             "train_minutes": report.get("train_seconds", nan) / 60.0,
