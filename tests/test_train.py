@@ -140,7 +140,8 @@ def test_wall_time_budget_stops_the_run(tmp_path, monkeypatch):
                      "--train.max_seconds", "1e-9", "--train.log_every", "3", "--train.metrics_every", "0")
     main(["train", *args])
     records = read_jsonl(tmp_path / "runs" / "timed" / "metrics.jsonl")
-    assert [(r["split"], r["step"]) for r in records if r["split"] != "data"] == [("valid", 1), ("test", 1)]
+    assert [(r["split"], r["step"]) for r in records if r["split"] not in ("data", "source")] == \
+        [("valid", 1), ("test", 1)]
 
 
 def test_plateau_update_follows_he2019_schedule():
@@ -210,3 +211,21 @@ def test_every_file_of_a_run_follows_the_umask(tmp_path, umask, mode):
     files = [p for p in (tmp_path / "runs/perm").rglob("*") if p.is_file()]
     assert {"checkpoint.safetensors", "model.safetensors", "config.yaml", "metrics.jsonl"} <= {p.name for p in files}
     assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: oct(mode) for p in files}
+
+
+def test_each_start_of_a_run_records_the_code_it_ran(tmp_path):
+    import subprocess
+
+    import textvae
+
+    corpus = write_corpus(tmp_path / "corpus", n_train=60, n_eval=20)
+    args = tiny_args(tmp_path / "runs", "src", corpus, "--train.iw_samples_final", "0")
+    main(["train", *args, "--train.max_steps", "2"])
+    main(["train", *args, "--train.max_steps", "4", "--resume"])
+    sources = [r for r in read_jsonl(tmp_path / "runs" / "src" / "metrics.jsonl") if r["split"] == "source"]
+    assert [r["step"] for r in sources] == [0, 2]  # the start and the resumed part
+    where = Path(textvae.__file__).resolve().parent
+    git = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True)
+    for r in sources:
+        assert r["textvae"] == textvae.__version__ and r["torch"] == torch.__version__
+        assert r["commit"] == (git.stdout.strip() if git.returncode == 0 else None)

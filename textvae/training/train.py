@@ -33,6 +33,7 @@ import dataclasses
 import json
 import logging
 import math
+import subprocess
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -500,6 +501,8 @@ def start_run(task: Task, resume: bool, world: World, device: torch.device, data
                        purge_step=state.step + 1 if resume else None)
     lr_at = create_lr_schedule(cfg.optim.cycle_lr, state.lr, model.objective.schedule)
     run = Run(task, cfg, world, device, data, model, optimizer, state, logger, lr_at)
+    if world.is_main:  # the code each start of the run used (a resumed run may use newer code)
+        logger.log("source", state.step, state.epoch, **source_revision())
     if changes:
         logger.log("resume", state.step, state.epoch, changed={k: list(v) for k, v in changes.items()})
     if not resume:
@@ -509,6 +512,24 @@ def start_run(task: Task, resume: bool, world: World, device: torch.device, data
                    world_size=world.size, sparse_gradients=model.sparse_gradients)
         run.checkpoint()  # from here on, a killed run can be resumed
     return run
+
+
+def source_revision() -> dict[str, Any]:
+    """Which code a run (or each resumed part of it) ran: the git commit of the textvae checkout
+    it was imported from, whether that checkout had uncommitted changes, and the versions;
+    ``commit`` is None for an installed copy outside git."""
+    import textvae
+
+    revision: dict[str, Any] = {"textvae": textvae.__version__, "torch": torch.__version__, "commit": None}
+    where = Path(textvae.__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        status = subprocess.run(["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no", "."],
+                                capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return revision
+    return {**revision, "commit": commit, "dirty": bool(status.strip())}
 
 
 def check_remedies_run_in(world: World, remedies: list[Remedy]) -> None:
