@@ -69,11 +69,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 rows = torch.arange(hc.shape[0], device=h.device)
                 logits = torch.mm(hc, w.t())  # [n, V + pad] in the compute dtype
                 # fp32 logits [n, V + pad]; the bias rides in this pass, not in the GEMM (addmm
-                # first writes the broadcast bias into its output, one more pass over [n, V])
-                if logits.dtype == torch.float32:
-                    logits = logits if b is None else logits.add_(b)
-                else:
-                    logits = logits.float() if b is None else torch.add(logits, b)
+                # first writes the broadcast bias into its output, one more pass over [n, V]). The
+                # cast comes first: on CPU the mixed-dtype add (bf16 logits + fp32 bias, the same
+                # fp32 sums) takes a slow element-by-element path, ~20x the cast plus an fp32 add_
+                logits = logits.float()
+                logits = logits if b is None else logits.add_(b)
                 if not need_grad:  # evaluation: one pass, in place, nothing kept
                     nll[start:start + chunk] = -torch.log_softmax(logits, -1, out=logits)[rows, yc]
                     continue
