@@ -96,6 +96,18 @@ def test_fused_loss_bf16_as_accurate_as_reference_bf16():
         assert err_f <= max(1.5 * err_r, 1e-6) and err_f < 0.02, (err_f, err_r)
 
 
+def test_fused_loss_bf16_eval_is_the_fp32_log_softmax_of_the_bf16_logits():
+    """Without gradients under bf16 autocast the NLL is exactly -log_softmax(fp32(h W^T in bf16) + b)_y
+    with the bias added as one mixed-dtype add (bf16 + fp32 -> fp32 sums): casting the logits first,
+    then adding the fp32 bias in place, is a faster route to the same bits."""
+    hidden, weight, bias, targets, _ = problem()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        nll = linear_cross_entropy(hidden, weight, bias, targets, chunk=len(hidden))
+    logits = torch.add(hidden.bfloat16() @ weight.bfloat16().t(), bias)
+    assert logits.dtype == torch.float32
+    assert torch.equal(nll, -torch.log_softmax(logits, -1)[torch.arange(len(targets)), targets])
+
+
 @pytest.mark.parametrize("grad", [True, False])
 def test_fused_loss_bf16_keeps_the_bias_in_fp32(grad):
     """Under bf16 autocast the bias is added to the fp32 logits, not rounded to bf16: with

@@ -23,8 +23,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
     The reference path (``F.linear`` then ``F.cross_entropy(logits.float())``) writes the [N, V]
     logits, an fp32 copy and the fp32 log-softmax, and its backward passes over them again
     (NLL backward, log-softmax backward, cast back). Here each chunk of n tokens makes fp32
-    logits [n, V] (the bias-free GEMM in the compute dtype, then the fp32 bias in the same pass
-    as the cast: the bias is never rounded to bf16) and turns them into their softmax p in place
+    logits [n, V] (the bias-free GEMM in the compute dtype, cast to fp32, then the fp32 bias
+    added in place: the bias is never rounded to bf16) and turns them into their softmax p in place
     (without gradients, into their log-softmax, and nothing else); the NLL needs no log-softmax:
 
         log p_y = l_y - lse,  lse = max_v l - log max_v p   (max_v p >= 1/V never underflows),
