@@ -554,8 +554,9 @@ def main() -> None:
                     choices=list(EPOCH_VARIANTS))
     ap.add_argument("--epoch-seeds", type=int, nargs="+", default=[783435],
                     help="train.seed of the epoch runs (default: the recipe's); several give mean ± sd")
-    ap.add_argument("--retain-memory", choices=["on", "off"], default="on",
-                    help="train.retain_memory for this process (the loop's default: on)")
+    ap.add_argument("--retain-memory", choices=["on", "off", "released"], default="on",
+                    help="train.retain_memory for this process (the loop's default: on); released: glibc's "
+                         "fixed default thresholds, as the loop's test report ran before issue 18")
     ap.add_argument("--json", help="also write all rows here")
     ap.add_argument("--epoch-worker", help=argparse.SUPPRESS)
     ap.add_argument("--iw-worker", help=argparse.SUPPRESS)
@@ -565,8 +566,8 @@ def main() -> None:
     if args.epoch_worker:  # run_training applies train.retain_memory itself
         print(json.dumps(epoch_worker(json.loads(args.epoch_worker))))
         return
-    if args.retain_memory == "on":
-        retain_freed_memory()
+    if args.retain_memory != "off":
+        retain_freed_memory(args.retain_memory == "on")
     if args.iw_worker:
         print(json.dumps(iw_worker(json.loads(args.iw_worker))))
         return
