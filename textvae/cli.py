@@ -102,7 +102,7 @@ def cmd_evaluate(argv: list[str]) -> None:
     from textvae.config import DataConfig, from_dict
     from textvae.data.datasets import load_dataset
     from textvae.metrics.generation import generation_metrics
-    from textvae.training.train import evaluation
+    from textvae.training.train import evaluation, retain_freed_memory
 
     args = evaluate_parser().parse_args(argv)
     for flag in ("iw_samples", "probe"):
@@ -130,9 +130,15 @@ def cmd_evaluate(argv: list[str]) -> None:
         """A fresh iterator over ``limit`` sentences of the split, in evaluation order, on the device."""
         return lambda: (b.to(device) for b in split.batches(args.batch_size, limit=limit))
 
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
-        results = evaluation(model, batches(n_eval), device, n_samples=args.iw_samples,
-                             max_tokens=args.max_tokens, per_dim=True)
+    # the IW pass makes and frees the same logits chunks thousands of times: served from memory
+    # kept for reuse, they are not page-faulted in afresh each time (as in the training loop)
+    retain_freed_memory()
+    try:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+            results = evaluation(model, batches(n_eval), device, n_samples=args.iw_samples,
+                                 max_tokens=args.max_tokens, per_dim=True)
+    finally:
+        retain_freed_memory(False)
     if data.truth is not None:
         results.update(_truth_figures(data.truth, args.split, split, split.subset(n_eval)))
     examples: dict[str, Any] = {}
