@@ -298,3 +298,22 @@ def test_clip_gradients_equals_clip_grad_norm(max_norm):
     if max_norm < 1:
         total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads_a]))
         torch.testing.assert_close(total, torch.tensor(max_norm), rtol=1e-4, atol=0)
+
+
+def test_test_report_keeps_its_own_freed_memory(tmp_path, monkeypatch):
+    """With train.retain_memory the loop retains during training, gives that memory back before the
+    test report, retains again for the report (its IW pass re-makes the same chunk buffers), and
+    ends with the kept memory given back."""
+    import textvae.training.train as train_module
+    from textvae.cli import main
+    from textvae.tasks.sentences import SentenceTask
+    from tests.test_train import tiny_args
+
+    calls: list = []
+    monkeypatch.setattr(train_module, "retain_freed_memory", lambda retain=True: calls.append(retain) or True)
+    report = SentenceTask.test_report
+    monkeypatch.setattr(SentenceTask, "test_report", lambda *a, **k: calls.append("report") or report(*a, **k))
+    monkeypatch.setenv("TEXTVAE_CACHE", str(tmp_path / "cache"))
+    main(["train", *tiny_args(tmp_path / "runs", "vae", "synthetic", "--data.max_sentences", "40",
+                              "--train.max_steps", "2")])
+    assert calls == [True, False, True, "report", False]
