@@ -96,6 +96,18 @@ def test_fused_loss_bf16_as_accurate_as_reference_bf16():
         assert err_f <= max(1.5 * err_r, 1e-6) and err_f < 0.02, (err_f, err_r)
 
 
+def test_fused_loss_bf16_eval_is_the_fp32_log_softmax_of_the_bf16_logits():
+    """Without gradients under bf16 autocast the NLL is exactly -log_softmax(fp32(h W^T in bf16) + b)_y
+    with the bias added as one mixed-dtype add (bf16 + fp32 -> fp32 sums): casting the logits first,
+    then adding the fp32 bias in place, is a faster route to the same bits."""
+    hidden, weight, bias, targets, _ = problem()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        nll = linear_cross_entropy(hidden, weight, bias, targets, chunk=len(hidden))
+    logits = torch.add(hidden.bfloat16() @ weight.bfloat16().t(), bias)
+    assert logits.dtype == torch.float32
+    assert torch.equal(nll, -torch.log_softmax(logits, -1)[torch.arange(len(targets)), targets])
+
+
 @pytest.mark.parametrize("grad", [True, False])
 def test_fused_loss_bf16_keeps_the_bias_in_fp32(grad):
     """Under bf16 autocast the bias is added to the fp32 logits, not rounded to bf16: with
@@ -286,3 +298,22 @@ def test_clip_gradients_equals_clip_grad_norm(max_norm):
     if max_norm < 1:
         total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads_a]))
         torch.testing.assert_close(total, torch.tensor(max_norm), rtol=1e-4, atol=0)
+
+
+def test_test_report_keeps_its_own_freed_memory(tmp_path, monkeypatch):
+    """With train.retain_memory the loop retains during training, gives that memory back before the
+    test report, retains again for the report (its IW pass re-makes the same chunk buffers), and
+    ends with the kept memory given back."""
+    import textvae.training.train as train_module
+    from textvae.cli import main
+    from textvae.tasks.sentences import SentenceTask
+    from tests.test_train import tiny_args
+
+    calls: list = []
+    monkeypatch.setattr(train_module, "retain_freed_memory", lambda retain=True: calls.append(retain) or True)
+    report = SentenceTask.test_report
+    monkeypatch.setattr(SentenceTask, "test_report", lambda *a, **k: calls.append("report") or report(*a, **k))
+    monkeypatch.setenv("TEXTVAE_CACHE", str(tmp_path / "cache"))
+    main(["train", *tiny_args(tmp_path / "runs", "vae", "synthetic", "--data.max_sentences", "40",
+                              "--train.max_steps", "2")])
+    assert calls == [True, False, True, "report", False]

@@ -18,7 +18,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -142,9 +142,10 @@ def cmd_evaluate(argv: list[str]) -> None:
         """A fresh iterator over ``limit`` sentences of the split, in evaluation order, on the device."""
         return lambda: (b.to(device) for b in split.batches(args.batch_size, limit=limit))
 
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
-        results = evaluation(model, with_progress(batches(n_eval), n_tokens, f"evaluate {args.split}"), device,
-                             n_samples=args.iw_samples, max_tokens=args.max_tokens, per_dim=True)
+    results = kept_memory_evaluation(
+        lambda: evaluation(model, with_progress(batches(n_eval), n_tokens, f"evaluate {args.split}"), device,
+                           n_samples=args.iw_samples, max_tokens=args.max_tokens, per_dim=True),
+        device, args.precision)
     results["unk_rate"] = unknown
     steps = run_steps(Path(args.model)) if run_cfg else None
     if steps is not None:  # the table's verdict: an untrained model's posterior says nothing about collapse
@@ -167,6 +168,21 @@ def cmd_evaluate(argv: list[str]) -> None:
               **results, "examples": examples}
     out.write_text(json.dumps(record, indent=2))
     print(f"results written to {out}")
+
+
+def kept_memory_evaluation(evaluate: Callable[[], dict[str, Any]], device: torch.device,
+                           precision: str) -> dict[str, Any]:
+    """``evaluate()`` under the precision's autocast, with freed memory kept for reuse: the IW pass
+    makes and frees the same logits chunks thousands of times, which are then not page-faulted in
+    afresh each time (as in the training loop)."""
+    from textvae.training.train import retain_freed_memory
+
+    retain_freed_memory()
+    try:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            return evaluate()
+    finally:
+        retain_freed_memory(False)
 
 
 _EXAMPLES = 20  # reconstructions and samples kept in the JSON

@@ -23,8 +23,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
     The reference path (``F.linear`` then ``F.cross_entropy(logits.float())``) writes the [N, V]
     logits, an fp32 copy and the fp32 log-softmax, and its backward passes over them again
     (NLL backward, log-softmax backward, cast back). Here each chunk of n tokens makes fp32
-    logits [n, V] (the bias-free GEMM in the compute dtype, then the fp32 bias in the same pass
-    as the cast: the bias is never rounded to bf16) and turns them into their softmax p in place
+    logits [n, V] (the bias-free GEMM in the compute dtype, cast to fp32, then the fp32 bias
+    added in place: the bias is never rounded to bf16) and turns them into their softmax p in place
     (without gradients, into their log-softmax, and nothing else); the NLL needs no log-softmax:
 
         log p_y = l_y - lse,  lse = max_v l - log max_v p   (max_v p >= 1/V never underflows),
@@ -69,11 +69,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 rows = torch.arange(hc.shape[0], device=h.device)
                 logits = torch.mm(hc, w.t())  # [n, V + pad] in the compute dtype
                 # fp32 logits [n, V + pad]; the bias rides in this pass, not in the GEMM (addmm
-                # first writes the broadcast bias into its output, one more pass over [n, V])
-                if logits.dtype == torch.float32:
-                    logits = logits if b is None else logits.add_(b)
-                else:
-                    logits = logits.float() if b is None else torch.add(logits, b)
+                # first writes the broadcast bias into its output, one more pass over [n, V]). The
+                # cast comes first: on CPU the mixed-dtype add (bf16 logits + fp32 bias, the same
+                # fp32 sums) takes a slow element-by-element path, ~20x the cast plus an fp32 add_
+                logits = logits.float()
+                logits = logits if b is None else logits.add_(b)
                 if not need_grad:  # evaluation: one pass, in place, nothing kept
                     nll[start:start + chunk] = -torch.log_softmax(logits, -1, out=logits)[rows, yc]
                     continue

@@ -352,8 +352,8 @@ def retain_freed_memory(retain: bool = True) -> bool:
     By default an allocation above a dynamic threshold (at most 32 MB) is a fresh ``mmap``, and
     freed memory at the heap top is trimmed: every step then page-faults its logits, softmax and
     gradient buffers (tens of MB) in again, one 4 kB page at a time. Raising both thresholds
-    serves them from the heap, where the previous step left them. Process-wide; the loop turns it
-    off again before the test report, whose differently sized buffers would only add to the heap.
+    serves them from the heap, where the previous step left them. Process-wide; before the test
+    report the loop gives training's kept memory back and retains the report's own (:func:`finish_run`).
     """
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
@@ -660,9 +660,19 @@ def finish_run(run: Run) -> dict[str, Any]:
         run.logger.log("test", state.step, state.epoch, **report)
         return report
 
-    if run.cfg.train.retain_memory:
+    retain = run.cfg.train.retain_memory
+    if retain:
+        # Give back what training kept (the report's buffers have other sizes), then keep what the
+        # report itself frees: its IW pass makes and frees the same logits chunks thousands of
+        # times, and page-faulting each one in afresh slows it markedly (benchmarks/throughput.py,
+        # iw section). Off again afterwards, as the defaults were.
         retain_freed_memory(False)
-    report = run.world.on_main(test_report)
+        retain_freed_memory()
+    try:
+        report = run.world.on_main(test_report)
+    finally:
+        if retain:
+            retain_freed_memory(False)
     run.logger.close()
     return report
 
