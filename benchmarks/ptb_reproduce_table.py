@@ -24,6 +24,9 @@ import shutil
 from pathlib import Path
 from typing import Any, Optional
 
+from textvae.study import run_figures
+from textvae.training.logger import read_jsonl
+
 # variant -> (row, IW-NLL, -ELBO, KL, MI, AU); None where the paper gives no figure
 PUBLISHED: dict[str, tuple[str, Optional[float], ...]] = {
     "lm": ("LSTM language model", 101.04, None, None, None, None),
@@ -55,20 +58,9 @@ def load(study_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {"variants": [], "runs": []}
 
 
-def records(run_dir: Path) -> list[dict[str, Any]]:
-    out = []
-    path = run_dir / "metrics.jsonl"
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
-
-
 def eval_seconds(run_dir: Path) -> float:
     """Time from the last record before the test record to the test record."""
-    recs = records(run_dir)
+    recs = read_jsonl(run_dir / "metrics.jsonl")
     idx = next((i for i, r in enumerate(recs) if r.get("split") == "test"), None)
     if not idx or "time" not in recs[idx] or "time" not in recs[idx - 1]:
         return math.nan
@@ -76,11 +68,10 @@ def eval_seconds(run_dir: Path) -> float:
 
 
 def figures(report: dict[str, Any]) -> dict[str, float]:
-    nan = math.nan
-    return {"nll": report.get("iw_nll", report.get("neg_elbo", nan)), "neg_elbo": report.get("neg_elbo", nan),
-            "kl": report.get("kl", nan), "mi": report.get("mi_dataset", nan), "au": report.get("au", nan),
-            "mi_he": report.get("mi_batch_he2019", nan), "mi_he_sd": report.get("mi_batch_he2019_noise_sd", nan),
-            "train_min": report.get("train_seconds", nan) / 60.0, "precision": report.get("eval_precision", "fp32")}
+    """The study table's figures of one report (textvae.study.run_figures), under this table's names."""
+    figs = run_figures(report)
+    return {**{k: figs[k] for k in FIGURES}, "mi_he": figs["mi_batch_he2019"],
+            "mi_he_sd": figs["mi_batch_he2019_noise_sd"], "train_min": figs["train_minutes"]}
 
 
 def finished_runs(results: dict[str, Any]) -> dict[str, list[tuple[int, dict[str, float]]]]:
