@@ -35,7 +35,7 @@ PUBLISHED: dict[str, tuple[str, Optional[float], ...]] = {
     "aggressive": ("He et al. 2019, aggressive", 100.89, 101.19, 0.93, 0.83, 4),
     "pretrain_fb": ("Li et al. 2019, AE pretraining + FB λ = 5", 100.23, 102.41, 6.54, 5.31, 32),
     "bn_vae": ("Zhu et al. 2020, BN-VAE γ = 0.7", None, None, None, None, None),
-    "kl_constraint": ("Prokhorov et al. 2019, |KL − C|, C = 15", None, None, None, None, None),
+    "kl_constraint": ("Prokhorov et al. 2019, \\|KL − C\\|, C = 15", None, None, None, None, None),
     "composite": ("textvae: pretraining + FB λ = 8 + BN-VAE γ = 0.5", None, None, None, None, None),
 }
 FIGURES = ("nll", "neg_elbo", "kl", "mi", "au")

@@ -21,7 +21,9 @@ Sections (each prints a table with the load average it ran under):
 * ``bucketing``: padding of the training plan against ``data.bucket_pool``.
 * ``iw``: IW-NLL (``textvae.metrics.iw_nll``, K = 500) sentences/s on PTB test sentences for
   several ``max_tokens`` budgets, fused vs reference loss, fp32 vs bf16, one fresh process per run
-  so each peak RSS is its own; then the peak RSS against K at a fixed budget.
+  so each peak RSS is its own, with the share of the bf16 GEMM roof achieved and each estimate's
+  difference from fused fp32 (same sentences and samples); then the peak RSS against K at a fixed
+  budget.
 * ``epoch``: one PTB epoch of ``recipes/ptb/vae.yaml`` through ``run_training`` in a fresh
   process per variant and seed (``--epoch-seeds``; ``reference-*`` patches the code back to
   before issue 6): tokens/s, validation -ELBO (the NLL bound the loop validates with), KL, peak
@@ -404,9 +406,18 @@ def run_iw(args: argparse.Namespace, model: str, **job: Any) -> dict[str, Any]:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def section_iw(args: argparse.Namespace) -> list[dict[str, Any]]:
+def iw_token_flops(emb: int = 256, hidden: int = 256, latent: int = 32, vocab: int = 10002) -> int:
+    """Decoder FLOPs of one predicted token of one importance sample: its LSTM step (input
+    emb + z) and the output projection. The encoder (once per sentence, not per sample) and the
+    elementwise softmax are left out, so K x tokens x this is the IW pass's GEMM work."""
+    return lstm_flops(emb + latent, hidden) + 2 * hidden * vocab
+
+
+def section_iw(args: argparse.Namespace, peaks: dict[str, float]) -> list[dict[str, Any]]:
     """IW-NLL throughput and memory, one fresh process per run (so each peak RSS is its own),
-    configurations alternating within each repeat."""
+    configurations alternating within each repeat; achieved GEMM FLOP/s (:func:`iw_token_flops`)
+    as a share of the bf16 roof, and each estimate's difference from the fused fp32 one of the same
+    budget (the same sentences and samples: only rounding differs)."""
     default_model = Path(args.out) / "fp32" / "model"
     model = args.iw_model or (str(default_model) if default_model.is_dir() else "")
     n, k = args.iw_sentences, args.iw_k
@@ -419,17 +430,20 @@ def section_iw(args: argparse.Namespace) -> list[dict[str, Any]]:
     print(f"\n== IW-NLL (textvae.metrics.iw_nll), K = {k}, {n} PTB test sentences, model "
           f"{model or 'untrained 256/256/32'}, {args.threads} threads, {args.clock} clock, best of "
           f"{args.iw_repeats} (interleaved, fresh process each); {load()}")
-    print(f"{'max_tokens':>10} {'loss':>9} {'prec':>5} {'sent/s':>7} {'tok*K/s':>8} {'IW-NLL':>9} "
-          f"{'eval peak RSS MB':>16}")
+    print(f"{'max_tokens':>10} {'loss':>9} {'prec':>5} {'sent/s':>7} {'tok*K/s':>8} {'% bf16 roof':>11} "
+          f"{'IW-NLL':>9} {'vs fp32':>8} {'eval peak RSS MB':>16}")
     rows = []
     for c in configs:
         best = max(results[c], key=lambda r: r["sent_per_s"])
         peak = max(r["peak_rss_mb"] - r["base_rss_mb"] for r in results[c])
         budget, fused, bf16 = c
+        roof = best["tokens_x_k_per_s"] * iw_token_flops() / 1e9 / peaks["bf16"]
+        delta = best["iw_nll"] - results[(budget, True, False)][0]["iw_nll"]
         rows.append({"section": "iw", "max_tokens": budget, "fused": fused, "bf16": bf16, **best,
-                     "eval_peak_rss_mb": peak})
+                     "eval_peak_rss_mb": peak, "frac_bf16_peak": roof, "delta_vs_fp32": delta})
         print(f"{budget:>10} {'fused' if fused else 'reference':>9} {'bf16' if bf16 else 'fp32':>5} "
-              f"{best['sent_per_s']:>7.3f} {best['tokens_x_k_per_s']:>8,.0f} {best['iw_nll']:>9.3f} {peak:>16.0f}")
+              f"{best['sent_per_s']:>7.3f} {best['tokens_x_k_per_s']:>8,.0f} {roof:>11.1%} {best['iw_nll']:>9.3f} "
+              f"{delta:>+8.4f} {peak:>16.0f}")
     budget = args.iw_budgets[-1]
     print(f"evaluation peak RSS against K (max_tokens {budget}, fused fp32, {min(n, 8)} sentences):")
     for k_ in args.iw_k_sweep:
@@ -624,7 +638,7 @@ def main() -> None:
     if "retain" in args.sections:
         rows += section_retain(args)
     if "iw" in args.sections:
-        rows += section_iw(args)
+        rows += section_iw(args, peaks)
     if "epoch" in args.sections:
         rows += section_epoch(args)
     if args.json:
