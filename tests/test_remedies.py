@@ -482,6 +482,29 @@ def test_aggressive_switches_off_for_good_when_validation_mi_drops():
         create_remedy({"name": "aggressive"}, **CONTEXT).after_epoch(trainer, 1, {"kl": 1.0})
 
 
+def test_best_model_reload_does_not_switch_aggressive_mode_back_on(tmp_path):
+    """He et al.'s flag lives in their script: reloading a best epoch saved in aggressive mode (an
+    lr decay) restores weights and model buffers (BN-VAE's running statistics), not the switch."""
+    from textvae.training.train import reload_weights
+
+    model = tiny([{"name": "aggressive"}, {"name": "bn_vae"}])
+    aggressive, bn = model.objective.remedies
+    aggressive.after_epoch(None, 1, {"mi_batch": 0.7})
+    model.save_pretrained(tmp_path)  # the best epoch, still in aggressive mode
+    saved = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+        bn.running_mean.add_(1.0)
+    assert aggressive.after_epoch(None, 2, {"mi_batch": 0.5}) == {"aggressive": 0.0}
+    reload_weights(model, tmp_path, torch.device("cpu"), list(model.objective.remedies))
+    for n, p in model.named_parameters():
+        assert torch.equal(p, saved[n]), n
+    assert torch.equal(bn.running_mean, torch.zeros(D)), "model buffers come back with the weights"
+    assert not aggressive.active and float(aggressive.last_mi) == 0.5, "switched off for good"
+    assert aggressive.after_epoch(None, 3, {"mi_batch": 0.9}) == {}
+
+
 def test_aggressive_on_a_real_model_updates_only_the_inference_network():
     model = tiny([{"name": "aggressive", "max_inner_steps": 4}, {"name": "bow"}]).train()
     trainer = FakeTrainer(model, [random_batch(seed=s) for s in range(3)])

@@ -12,7 +12,10 @@ is optimised until it catches up with the current decoder:
 
 Aggressive mode is switched off for good once the validation MI (He et al.'s per-batch estimator,
 ``mi_batch``) decreases from one epoch to the next; from then on updates are ordinary. The switch
-and the last MI are persistent buffers, so a resumed run continues in the right mode.
+and the last MI are persistent buffers, so a resumed run continues in the right mode; they are
+procedure state (``procedure_buffers``), so the plateau schedule's best-model reload keeps them
+(the authors' flag is a script variable: a reloaded best epoch from aggressive mode does not
+switch it back on).
 Deviation: the authors compare the first epoch's MI with 0; here the first comparison is between
 the first two epochs, as the rule is stated.
 """
@@ -29,6 +32,8 @@ from textvae.remedies.base import Remedy, Trainer, register_remedy
 
 @register_remedy("aggressive")
 class Aggressive(Remedy):
+    procedure_buffers = ("active", "last_mi")
+
     def __init__(self, max_inner_steps: int = 100, check_every: int = 15, mi_key: str = "mi_batch"):
         super().__init__()
         if max_inner_steps < 1 or check_every < 1:

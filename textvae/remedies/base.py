@@ -6,7 +6,8 @@ training loop calls the training-procedure hooks, so remedies compose by configu
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Protocol
+import contextlib
+from typing import Any, Iterable, Iterator, Optional, Protocol
 
 import torch
 from torch import nn
@@ -83,6 +84,11 @@ class Remedy(nn.Module):
     # True for a remedy whose KL term is a constant for a phase, so the prior's parameters leave the
     # loss's graph (data-parallel training must then look for unused parameters)
     drops_kl_term = False
+    # Names of buffers that record where the training procedure stands (a mode switched off for
+    # good), not what the model is: a checkpoint (``--resume``) restores them, but the plateau
+    # schedule's best-model reload must not roll them back to the best epoch's values
+    # (:func:`keep_procedure_state`).
+    procedure_buffers: tuple[str, ...] = ()
 
     def corrupt_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
         return inputs
@@ -107,6 +113,18 @@ class Remedy(nn.Module):
 
     def after_epoch(self, trainer: Trainer, epoch: int, valid_metrics: dict[str, float]) -> dict[str, float]:
         return {}
+
+
+@contextlib.contextmanager
+def keep_procedure_state(remedies: Iterable[Remedy]) -> Iterator[None]:
+    """Leave the remedies' ``procedure_buffers`` as they are across what the block loads into the
+    model (the best model's weights): in the published code such state lives in variables of
+    the training script, which a reload of the saved model never touches."""
+    saved = [(r, name, getattr(r, name).detach().clone()) for r in remedies for name in r.procedure_buffers]
+    yield
+    with torch.no_grad():
+        for remedy, name, value in saved:
+            getattr(remedy, name).copy_(value)
 
 
 def create_remedy(spec: dict[str, Any], **context: Any) -> Remedy:

@@ -53,7 +53,7 @@ from textvae.models.sampled_softmax import SampledSoftmax
 from textvae.models.textvae import VAEOutput
 from textvae.reduction import token_counts
 from textvae.registry import Registry
-from textvae.remedies import REMEDIES, Remedy
+from textvae.remedies import REMEDIES, Remedy, keep_procedure_state
 from textvae.schedules import create_lr_schedule
 from textvae.training.checkpoint import (Checkpoint, read_checkpoint, restore_checkpoint, rng_state,
                                          save_checkpoint)
@@ -626,7 +626,7 @@ def end_epoch(run: Run) -> None:
     val = world.on_main(lambda: evaluate_task(run, run.task.validate))
 
     def reload_best() -> None:  # on rank 0; the other ranks get it from sync_module below
-        model.load_state_dict(type(model).from_pretrained(best_dir, run.device).state_dict())
+        reload_weights(model, best_dir, run.device, run.remedies)
 
     improved, decayed = plateau_update(state, val["neg_elbo"], run.epoch_complete, run.cfg.optim,
                                        # config.json and tokenizer.json stay as written at start
@@ -644,6 +644,15 @@ def end_epoch(run: Run) -> None:
         tqdm.write(f"epoch {state.epoch}: valid -ELBO {val['neg_elbo']:.3f}  ELBO-PPL {val['elbo_ppl']:.2f}  "
                    f"KL {val.get('kl', 0.0):.3f}  lr {state.lr:g}  {run.tokens_per_s:,.0f} tok/s")
     run.checkpoint()
+
+
+def reload_weights(model: nn.Module, directory: Path, device: torch.device, remedies: list[Remedy]) -> None:
+    """Load the saved model in ``directory`` into ``model``: its weights and buffers, except the
+    remedies' procedure state (``Remedy.procedure_buffers``). He et al. (2019) keep their
+    aggressive-mode flag in the training script, so a best-model reload at an lr decay never
+    turns aggressive mode back on."""
+    with keep_procedure_state(remedies):
+        model.load_state_dict(type(model).from_pretrained(directory, device).state_dict())
 
 
 def finish_run(run: Run) -> dict[str, Any]:
