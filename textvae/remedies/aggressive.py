@@ -47,7 +47,8 @@ class Aggressive(Remedy):
     def _encoder_step(self, trainer: Trainer, batch: Any) -> tuple[float, float]:
         """One update of the encoder parameters; returns (summed loss, tokens) of the batch."""
         trainer.optimizer.zero_grad(set_to_none=True)
-        out = trainer.model(batch, step=trainer.step)
+        with trainer.forward_precision():  # the inner steps in the outer step's precision
+            out = trainer.model(batch, step=trainer.step)
         out.loss.backward()
         trainer.clip_gradients()
         keep = {id(p) for p in trainer.encoder_parameters()}

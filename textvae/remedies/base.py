@@ -45,6 +45,10 @@ class Trainer(Protocol):
     def clip_gradients(self) -> None:
         """Apply the run's gradient clipping to the current gradients."""
 
+    def forward_precision(self) -> contextlib.AbstractContextManager:
+        """The run's precision for a forward pass (``train.precision: bf16``: bfloat16 autocast), so
+        a hook's own updates run as the loop's do; the backward pass goes outside it."""
+
     def encoder_parameters(self) -> list[nn.Parameter]:
         """Parameters of the inference network q(z|x) (the model's ``inference_parameters()``)."""
 

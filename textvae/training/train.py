@@ -207,6 +207,10 @@ class LoopTrainer:
         if self.run.cfg.optim.clip > 0:
             clip_gradients(self.model, self.run.cfg.optim.clip)
 
+    def forward_precision(self) -> torch.autocast:
+        run = self.run
+        return torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.cfg.train.precision == "bf16")
+
     def encoder_parameters(self) -> list[torch.nn.Parameter]:
         return self.model.inference_parameters()
 
@@ -585,7 +589,7 @@ def train_step(run: Run, index: np.ndarray) -> tuple[VAEOutput, torch.Tensor, in
     batch = run.train_split.batch(mine).to(run.device)
     for remedy in run.remedies:
         remedy.before_update(run.trainer, batch)
-    with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.cfg.train.precision == "bf16"):
+    with run.trainer.forward_precision():
         loss, out = run.step_fn(batch, state.step, weight)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()  # DDP: gradients averaged over the ranks during the backward pass
