@@ -75,6 +75,35 @@ def test_lr_schedules():
         create_lr_schedule("step", 0.5, cycles)
 
 
+def test_cosine_lr_stairs_hold_the_lr_on_equal_parts_of_each_cycle():
+    """stairs S: lr (1 + cos(pi k / S)) / 2 on the k-th S-th of each cycle, changing exactly at the
+    first step of each part (13150 / 10 = 1315 steps: Fu et al.'s epochs), held after the cycles."""
+    cycles = create_schedule({"name": "cyclical", "total_steps": 52600, "n_cycles": 4})
+    stairs = create_lr_schedule("cosine", 1e-3, cycles, stairs=10)
+    for t in range(0, 52600, 7):
+        k = (t % 13150) // 1315
+        assert stairs(t) == pytest.approx(1e-3 * (1 + math.cos(math.pi * k / 10)) / 2, rel=1e-12, abs=0), t
+    changes = [t for t in range(1, 52600) if stairs(t) != stairs(t - 1)]
+    assert changes == [t for t in range(1315, 52600, 1315)]
+    assert stairs(52599) == stairs(10**6) == pytest.approx(1e-3 * (1 + math.cos(0.9 * math.pi)) / 2)
+    smooth = create_lr_schedule("cosine", 1e-3, cycles)
+    assert smooth(1314) < stairs(1314) == stairs(0) == 1e-3  # the continuous form is another schedule
+    with pytest.raises(TextVAEError, match="stairs must be >= 0"):
+        create_lr_schedule("cosine", 1e-3, cycles, stairs=-1)
+
+
+def test_cycle_lr_stairs_without_the_cosine_is_a_config_error():
+    from textvae.config import RunConfig
+    from textvae.training.train import check_config
+
+    cfg = RunConfig()
+    cfg.optim.cycle_lr_stairs = 10
+    with pytest.raises(TextVAEError, match="cycle_lr_stairs shapes the cosine lr only"):
+        check_config(cfg)
+    cfg.optim.cycle_lr = "cosine"
+    check_config(cfg)
+
+
 def fu_linear_reference(n_iter, start, stop, n_cycle, ratio):
     """Step-level cyclical schedule as Fu et al. define it: an array filled cycle by cycle, rising
     by a constant increment from ``start`` until ``stop`` and staying at ``stop``."""

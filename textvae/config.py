@@ -174,7 +174,8 @@ class OptimConfig:
     lr by ``decay_factor`` and reload the best model; stop after ``max_decays`` decays.
     ``cycle_lr`` (with the cyclical KL schedule, Fu et al. 2019): ``restart`` resets the lr to its
     initial value at each cycle start, ``cosine`` sets lr = lr0 (1 + cos(pi u)) / 2 at cycle
-    fraction u; ``none`` leaves the lr to the plateau schedule.
+    fraction u; ``none`` leaves the lr to the plateau schedule. ``cycle_lr_stairs`` S > 0 holds the
+    cosine's lr on S equal parts of each cycle (Fu et al.'s PTB script: once per epoch, S = 10).
     """
 
     name: str = "sgd"
@@ -189,11 +190,12 @@ class OptimConfig:
     max_decays: int = 5
     reload_best_on_decay: bool = True
     cycle_lr: str = "none"
+    cycle_lr_stairs: int = 0
 
     RANGES: ClassVar[dict[str, Range]] = {
         "lr": POSITIVE, "momentum": NON_NEGATIVE, "betas": Range(least=0, below=1), "weight_decay": NON_NEGATIVE,
         "clip": NON_NEGATIVE, "decay_factor": Range(above=0, most=1), "decay_patience": COUNT,
-        "decay_start_epoch": NON_NEGATIVE, "max_decays": NON_NEGATIVE}
+        "decay_start_epoch": NON_NEGATIVE, "max_decays": NON_NEGATIVE, "cycle_lr_stairs": NON_NEGATIVE}
 
 
 @dataclass

@@ -338,6 +338,9 @@ def check_config(cfg: RunConfig) -> None:
         raise TextVAEError(f"unknown train.precision {tc.precision!r}; valid: fp32, bf16")
     if oc.cycle_lr not in ("none", "restart", "cosine"):
         raise TextVAEError(f"unknown optim.cycle_lr {oc.cycle_lr!r}; valid: none, restart, cosine")
+    if oc.cycle_lr_stairs and oc.cycle_lr != "cosine":
+        raise TextVAEError(f"optim.cycle_lr_stairs shapes the cosine lr only; set optim.cycle_lr: cosine "
+                           f"(got {oc.cycle_lr!r}) or cycle_lr_stairs: 0")
 
 
 def warn_about_settings(cfg: Any, n_train: int) -> None:
@@ -467,7 +470,8 @@ class Run:
     def rebuild_optimizer(self) -> None:
         """A new optimiser and lr schedule at the plateau schedule's ``state.lr``."""
         self.optimizer = build_optimizer(self.cfg.optim, self.model, self.state.lr)
-        self.lr_at = create_lr_schedule(self.cfg.optim.cycle_lr, self.state.lr, self.model.objective.schedule)
+        self.lr_at = create_lr_schedule(self.cfg.optim.cycle_lr, self.state.lr, self.model.objective.schedule,
+                                        self.cfg.optim.cycle_lr_stairs)
 
 
 def start_run(task: Task, resume: bool, world: World, device: torch.device, data: Any) -> Run:
@@ -503,7 +507,7 @@ def start_run(task: Task, resume: bool, world: World, device: torch.device, data
         world.on_main(lambda: (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
     logger = RunLogger(run_dir, tensorboard=tc.tensorboard, enabled=world.is_main, truncate_to=log_bytes,
                        purge_step=state.step + 1 if resume else None)
-    lr_at = create_lr_schedule(cfg.optim.cycle_lr, state.lr, model.objective.schedule)
+    lr_at = create_lr_schedule(cfg.optim.cycle_lr, state.lr, model.objective.schedule, cfg.optim.cycle_lr_stairs)
     run = Run(task, cfg, world, device, data, model, optimizer, state, logger, lr_at)
     if world.is_main:  # the code each start of the run used (a resumed run may use newer code)
         logger.log("source", state.step, state.epoch, **source_revision())

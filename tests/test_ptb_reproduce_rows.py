@@ -1,0 +1,70 @@
+"""Rows of studies/ptb_reproduce.yaml against the published code they reproduce: each run costs
+hours, so its settings are checked here, step by step where the paper's code has a schedule."""
+import math
+from pathlib import Path
+
+import pytest
+
+from textvae import study as st
+from textvae.schedules import create_lr_schedule, create_schedule
+
+STUDY = Path(__file__).resolve().parent.parent / "studies" / "ptb_reproduce.yaml"
+BATCHES_PER_EPOCH = 1315  # PTB train, batch 32
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return {run.variant: run.config for run in st.plan(st.load_study(STUDY))}
+
+
+def fu_ptb_script(n_batches, epochs=40, cycle=10, warmup=5, lr=1e-3):
+    """(beta, lr) of each step of Fu et al.'s PTB script, restated from its training loop: at each
+    cycle's first epoch beta is set to 0.1; before every batch it grows by 1 / (warmup epochs of
+    batches), capped at 1; the lr is set once per epoch, lr (1 + cos(pi e / cycle)) / 2 for the
+    epoch's index e in its cycle."""
+    beta, steps = 0.1, []
+    for epoch in range(epochs):
+        e = epoch % cycle
+        epoch_lr = lr * (1 + math.cos(math.pi * e / cycle)) / 2
+        if e == 0:
+            beta = 0.1
+        for _ in range(n_batches):
+            beta = min(1.0, beta + 1.0 / (warmup * n_batches))
+            steps.append((beta, epoch_lr))
+    return steps
+
+
+def test_cyclical_row_follows_fu_et_al_ptb_script_step_by_step(rows):
+    cfg = rows["cyclical"]
+    assert (cfg.optim.name, cfg.optim.clip, cfg.train.epochs, cfg.data.batch_size) == ("adam", 5.0, 40, 32)
+    beta = create_schedule(cfg.objective.kl_schedule)
+    lr = create_lr_schedule(cfg.optim.cycle_lr, cfg.optim.lr, beta, cfg.optim.cycle_lr_stairs)
+    theirs = fu_ptb_script(BATCHES_PER_EPOCH)
+    assert len(theirs) == 40 * BATCHES_PER_EPOCH
+    for t, (_, their_lr) in enumerate(theirs):
+        # theirs grows before each batch; ours is the value before that growth: the previous
+        # batch's beta, or the 0.1 each cycle restarts at
+        before = 0.1 if t % (10 * BATCHES_PER_EPOCH) == 0 else theirs[t - 1][0]
+        assert beta(t) == pytest.approx(before, abs=1e-9), t
+        assert lr(t) == pytest.approx(their_lr, rel=1e-12, abs=0), t
+    # plateau decay out of reach until the last epoch's validation
+    assert cfg.optim.decay_start_epoch >= cfg.train.epochs
+
+
+def test_bn_vae_row_is_zhu_et_al_code_settings(rows):
+    cfg = rows["bn_vae"]
+    assert cfg.objective.remedies == [{"name": "bn_vae", "gamma": 0.7}]
+    assert cfg.objective.kl_schedule == {"name": "constant", "value": 1.0}  # their default kl_start 1
+    assert cfg.model.encoder_init == "torch" and cfg.model.init == "he2019"
+    oc = cfg.optim  # Li et al.'s loop: SGD 1.0, clip 5, halve after 5 bad epochs from epoch 15, 5 decays
+    assert (oc.name, oc.lr, oc.momentum, oc.clip) == ("sgd", 1.0, 0.0, 5.0)
+    assert (oc.decay_patience, oc.decay_start_epoch, oc.decay_factor, oc.max_decays) == (5, 15, 0.5, 5)
+    assert (cfg.train.epochs, cfg.data.batch_size) == (100, 32)
+
+
+def test_kl_constraint_row_ramps_c_over_two_epochs_with_their_adam(rows):
+    cfg = rows["kl_constraint"]
+    assert cfg.objective.remedies == [{"name": "kl_constraint", "capacity": 15.0,
+                                       "ramp_steps": 2 * BATCHES_PER_EPOCH}]
+    assert cfg.objective.kl_schedule == {"name": "constant", "value": 1.0}  # beta 1 in their loss
+    assert (cfg.optim.name, cfg.optim.lr, tuple(cfg.optim.betas)) == ("adam", 7.5e-4, (0.9, 0.999))
