@@ -117,6 +117,15 @@ def test_interrupted_study_resumes_to_the_same_table(tmp_path, monkeypatch):
     with pytest.raises(TextVAEError, match="plain/seed1 was trained with another configuration.*optim.lr"):
         st.run_study(write_study(tmp_path, changed, "changed.yaml"), out=str(tmp_path / "b"))
 
+    # A setting added to textvae after a run was made (absent from its config.yaml) is its default:
+    # the finished run is still this study's, not "another configuration".
+    saved = runs["plain/seed1"].dir / "config.yaml"
+    config = yaml.safe_load(saved.read_text())
+    del config["optim"]["cycle_lr_stairs"]
+    saved.write_text(yaml.safe_dump(config, sort_keys=False))
+    monkeypatch.setattr(tasks_module, "run_training", no_training)
+    assert_same(st.run_study(path, out=str(tmp_path / "b")), reference)
+
 
 def test_subprocess_jobs_give_the_same_table(tmp_path, capsys):
     """--jobs 2 trains through `python -m textvae.cli train` subprocesses; --only limits the runs."""

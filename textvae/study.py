@@ -63,7 +63,7 @@ from typing import Any, Optional
 
 import yaml
 
-from textvae.config import RunConfig
+from textvae.config import RunConfig, from_dict
 from textvae.errors import TextVAEError
 from textvae.metrics import get_metric, he2019_noise_sd, list_metrics
 from textvae.training.logger import read_jsonl
@@ -316,6 +316,10 @@ def check_run_folder(run: Run) -> None:
     if not saved.is_file():
         return
     old = json.loads(json.dumps(yaml.safe_load(saved.read_text())))
+    try:  # a setting added to textvae since the run was made reads as its default: the same run
+        old = json.loads(json.dumps(dataclasses.asdict(from_dict(type(run.config), old))))
+    except TextVAEError:
+        pass  # a setting textvae no longer has: compared as saved, so it shows as a change
     changes = {k: v for k, v in config_changes(old, json.loads(json.dumps(run.config.to_dict()))).items()
                if k not in INCIDENTAL_KEYS}
     if changes:
