@@ -574,6 +574,20 @@ def test_encoder_pretraining_phases():
     assert int(restored.objective.remedies[0].switch_step) == 40
 
 
+def test_best_model_reload_keeps_encoder_pretraining_past_its_switch(tmp_path):
+    """A best model saved while still pretraining, reloaded after the decoder was re-initialised,
+    brings back its weights, not the pretraining phase."""
+    from textvae.training.train import reload_weights
+
+    model = tiny([{"name": "encoder_pretraining", "pretrain_epochs": 1}])
+    remedy = model.objective.remedies[0]
+    model.save_pretrained(tmp_path)  # switch_step -1: pretraining
+    remedy.after_epoch(FakeTrainer(model, [random_batch()]), 1, {})
+    assert not remedy.pretraining
+    reload_weights(model, tmp_path, torch.device("cpu"), list(model.objective.remedies))
+    assert not remedy.pretraining and int(remedy.switch_step) == 0
+
+
 def test_bn_vae_floor_holds_for_means_of_tiny_spread():
     """The expected-KL floor gamma² v / (v + eps) must not vanish when the encoder's means barely
     vary (Var 1e-8, the regime Adam drives an encoder into): with PyTorch's eps 1e-5 it does."""

@@ -13,7 +13,9 @@ The published recipe: kl_start 0, warm-up 10 epochs, target_kl 8 (0.25 nats per 
 dimensions). The annealing restarts at the switch, so this remedy carries its own ramp; keep the
 KL schedule ``constant`` 1 (its beta multiplies the term). It replaces the KL term, so it is not
 combined with another free-bits remedy. The switch step is a persistent buffer (-1 before the
-switch): a resumed run stays in its phase.
+switch): a resumed run stays in its phase. It is procedure state (``procedure_buffers``): a
+best-model reload at an lr decay never takes the run back into pretraining (Li et al. pretrain in a
+separate run, so their reloads cannot).
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from textvae.remedies.free_bits import example_free_bits
 class EncoderPretraining(Remedy):
     replaces_kl = True
     drops_kl_term = True  # zeros while pretraining: the prior leaves the graph (DDP must know)
+    procedure_buffers = ("switch_step",)
 
     def __init__(self, latent_dim: int, pretrain_epochs: int = 10, target_kl: float = 8.0,
                  warmup_steps: int = 10000, kl_start: float = 0.0):
