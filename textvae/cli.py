@@ -18,7 +18,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 
@@ -115,7 +115,7 @@ def cmd_evaluate(argv: list[str]) -> None:
     from textvae.config import DataConfig, from_dict
     from textvae.data.datasets import load_dataset
     from textvae.metrics.generation import generation_metrics
-    from textvae.training.train import evaluation
+    from textvae.training.train import evaluation, freed_memory_kept, precision_autocast
 
     args = evaluate_parser().parse_args(argv)
     check_flags(args, {"iw_samples": NON_NEGATIVE, "probe": NON_NEGATIVE, "max_tokens": COUNT, "batch_size": COUNT,
@@ -142,10 +142,11 @@ def cmd_evaluate(argv: list[str]) -> None:
         """A fresh iterator over ``limit`` sentences of the split, in evaluation order, on the device."""
         return lambda: (b.to(device) for b in split.batches(args.batch_size, limit=limit))
 
-    results = kept_memory_evaluation(
-        lambda: evaluation(model, with_progress(batches(n_eval), n_tokens, f"evaluate {args.split}"), device,
-                           n_samples=args.iw_samples, max_tokens=args.max_tokens, per_dim=True),
-        device, args.precision)
+    # freed memory kept, as in the training loop: the IW pass makes and frees the same logits chunks
+    # thousands of times, which are then not page-faulted in afresh each time
+    with freed_memory_kept(), precision_autocast(device, args.precision):
+        results = evaluation(model, with_progress(batches(n_eval), n_tokens, f"evaluate {args.split}"), device,
+                             n_samples=args.iw_samples, max_tokens=args.max_tokens, per_dim=True)
     results["unk_rate"] = unknown
     steps = run_steps(Path(args.model)) if run_cfg else None
     if steps is not None:  # the table's verdict: an untrained model's posterior says nothing about collapse
@@ -168,21 +169,6 @@ def cmd_evaluate(argv: list[str]) -> None:
               **results, "examples": examples}
     out.write_text(json.dumps(record, indent=2))
     print(f"results written to {out}")
-
-
-def kept_memory_evaluation(evaluate: Callable[[], dict[str, Any]], device: torch.device,
-                           precision: str) -> dict[str, Any]:
-    """``evaluate()`` under the precision's autocast, with freed memory kept for reuse: the IW pass
-    makes and frees the same logits chunks thousands of times, which are then not page-faulted in
-    afresh each time (as in the training loop)."""
-    from textvae.training.train import retain_freed_memory
-
-    retain_freed_memory()
-    try:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            return evaluate()
-    finally:
-        retain_freed_memory(False)
 
 
 _EXAMPLES = 20  # reconstructions and samples kept in the JSON

@@ -12,7 +12,7 @@ from textvae.metrics import list_metrics
 from textvae.models.textvae import TextVAE
 from textvae.tasks.base import register_task
 from textvae.training.task import Task
-from textvae.training.train import evaluation
+from textvae.training.train import evaluation, precision_autocast
 
 LM_METRICS = ("elbo",)  # the language model's -ELBO is its exact NLL
 
@@ -42,7 +42,7 @@ class SentenceTask(Task):
         model = TextVAE.from_pretrained(best_dir, device)
         precision = self.cfg.train.precision
         # A bf16 run is evaluated under the same autocast (its speed: benchmarks/throughput.py, iw), labelled so.
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with precision_autocast(device, precision):
             report = evaluation(model, self._batches(data.splits["test"]), device,
                                 metrics=metrics_of("test", model), n_samples=self.cfg.train.iw_samples_final)
         report["eval_precision"] = precision

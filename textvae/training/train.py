@@ -208,8 +208,7 @@ class LoopTrainer:
             clip_gradients(self.model, self.run.cfg.optim.clip)
 
     def forward_precision(self) -> torch.autocast:
-        run = self.run
-        return torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.cfg.train.precision == "bf16")
+        return precision_autocast(self.run.device, self.run.cfg.train.precision)
 
     def encoder_parameters(self) -> list[torch.nn.Parameter]:
         return self.model.inference_parameters()
@@ -373,6 +372,23 @@ def retain_freed_memory(retain: bool = True) -> bool:
     if not retain:
         malloc_trim(0)
     return applied
+
+
+@contextlib.contextmanager
+def freed_memory_kept() -> Iterator[None]:
+    """Within the block, freed memory is kept for reuse (:func:`retain_freed_memory`); afterwards
+    the defaults are back and the kept memory is given back."""
+    retain_freed_memory()
+    try:
+        yield
+    finally:
+        retain_freed_memory(False)
+
+
+def precision_autocast(device: torch.device, precision: str) -> torch.autocast:
+    """The forward passes of a ``train.precision`` (``bf16``: bfloat16 autocast over fp32 weights;
+    ``fp32``: no autocast), for training, its hooks and evaluation alike."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def run_training(task: Task, resume: bool = False, data: Any = None) -> dict[str, Any]:
@@ -678,18 +694,13 @@ def finish_run(run: Run) -> dict[str, Any]:
         return report
 
     retain = run.cfg.train.retain_memory
-    if retain:
-        # Give back what training kept (the report's buffers have other sizes), then keep what the
-        # report itself frees: its IW pass makes and frees the same logits chunks thousands of
-        # times, and page-faulting each one in afresh slows it markedly (benchmarks/throughput.py,
-        # iw section). Off again afterwards, as the defaults were.
+    if retain:  # give back what training kept: the report's buffers have other sizes
         retain_freed_memory(False)
-        retain_freed_memory()
-    try:
+    # ... and keep what the report itself frees: its IW pass makes and frees the same logits chunks
+    # thousands of times, and page-faulting each one in afresh slows it markedly
+    # (benchmarks/throughput.py, iw section). Off again afterwards, as the defaults were.
+    with freed_memory_kept() if retain else contextlib.nullcontext():
         report = run.world.on_main(test_report)
-    finally:
-        if retain:
-            retain_freed_memory(False)
     run.logger.close()
     return report
 
