@@ -26,7 +26,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from textvae.training.logger import read_jsonl
+from textvae.study import finished_report
 
 HERE = Path(__file__).resolve().parent
 
@@ -42,8 +42,7 @@ def train(mode: str, args: argparse.Namespace, folder: Path, name: str) -> float
            "--train.precision", args.precision, "--train.iw_samples_final", "0", "--train.progress", "false",
            "--train.tensorboard", "false", "--train.metrics_every", "0", "--out_dir", str(folder), "--name", name]
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    test = [r for r in read_jsonl(folder / name / "metrics.jsonl") if r.get("split") == "test"][-1]
-    return float(test["train_tokens_per_s"])
+    return float(finished_report(folder / name)["train_tokens_per_s"])
 
 
 def main() -> None:
