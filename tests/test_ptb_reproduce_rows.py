@@ -68,3 +68,28 @@ def test_kl_constraint_row_ramps_c_over_two_epochs_with_their_adam(rows):
                                        "ramp_steps": 2 * BATCHES_PER_EPOCH}]
     assert cfg.objective.kl_schedule == {"name": "constant", "value": 1.0}  # beta 1 in their loss
     assert (cfg.optim.name, cfg.optim.lr, tuple(cfg.optim.betas)) == ("adam", 7.5e-4, (0.9, 0.999))
+
+
+def test_pretrain_fb_is_li_et_al_two_runs(rows):
+    """pretrain_ae is text_beta.py --beta 0 (KL weight 0, selected by rec); pretrain_fb starts from
+    its encoder (same seed) with text_anneal_fb.py's ramp: kl_weight = kl_start = 0, then before
+    every batch kl_weight += 1 / (warm_up * len(train) / batch), capped at 1."""
+    from textvae.remedies import create_remedy
+
+    ae, fb = rows["pretrain_ae"], rows["pretrain_fb"]
+    assert ae.objective.kl_schedule == {"name": "constant", "value": 0.0} and ae.objective.remedies == []
+    assert ae.optim.plateau_kl_weight == 0.0 and fb.optim.plateau_kl_weight == 1.0  # fb: validated at beta 1
+    assert fb.model.encoder_from == str(Path(ae.out_dir) / ae.name / "model")
+    for cfg in (ae, fb):
+        oc = cfg.optim
+        assert (oc.name, oc.lr, oc.clip, oc.decay_patience, oc.decay_start_epoch, oc.max_decays) == \
+            ("sgd", 1.0, 5.0, 5, 15, 5)
+    beta = create_schedule(fb.objective.kl_schedule)
+    anneal_rate, weight = 1.0 / (10 * 42068 / 32), 0.0
+    for step in range(12 * BATCHES_PER_EPOCH):
+        weight = min(1.0, weight + anneal_rate)
+        # one step apart, and 13150 against their 10 x 1314.6 batches: under 4e-4 at the end of the ramp
+        assert beta(step) == pytest.approx(weight, abs=5e-4), step
+    (spec,) = fb.objective.remedies
+    fb_remedy = create_remedy(spec, latent_dim=fb.model.latent_dim)
+    assert spec["name"] == "free_bits_li2019" and fb_remedy.threshold == pytest.approx(5.0 / 32)

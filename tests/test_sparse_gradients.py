@@ -72,14 +72,16 @@ def test_training_with_sparse_gradients_equals_dense_training(tmp_path, sampled)
         torch.testing.assert_close(states["true"][key], value, rtol=1e-4, atol=1e-6, msg=key)
 
 
-@pytest.mark.parametrize("change", [dict(name="adam"), dict(momentum=0.9), dict(weight_decay=1e-4), dict(world=2)])
-def test_sparse_gradients_only_where_the_update_is_the_same(change):
-    cfg = RunConfig()
+@pytest.mark.parametrize("change", [dict(name="adam"), dict(momentum=0.9), dict(weight_decay=1e-4), dict(world=2),
+                                    dict(device="cuda")])
+def test_sparse_gradients_only_where_the_update_is_the_same_and_pays(change):
+    cfg, cpu = RunConfig(), torch.device("cpu")
     world = SimpleNamespace(size=change.pop("world", 1))
-    assert sparse_gradients_apply(cfg, SimpleNamespace(size=1))
+    device = torch.device(change.pop("device", "cpu"))
+    assert sparse_gradients_apply(cfg, SimpleNamespace(size=1), cpu)
     for key, value in change.items():
         setattr(cfg.optim, key, value)
-    assert not sparse_gradients_apply(cfg, world)
+    assert not sparse_gradients_apply(cfg, world, device)
     cfg = RunConfig()
     cfg.train.sparse_gradients = False
-    assert not sparse_gradients_apply(cfg, SimpleNamespace(size=1))
+    assert not sparse_gradients_apply(cfg, SimpleNamespace(size=1), cpu)

@@ -133,6 +133,11 @@ class ModelConfig:
     BN-VAE's code keeps PyTorch defaults there (``encoder_init: torch``): under U(-0.01, 0.01) the
     posterior means start with a batch variance far below BatchNorm's eps, where its KL floor
     gamma² v / (v + eps) vanishes.
+
+    encoder_from: a saved model folder (a finished run's ``model/``, e.g. an autoencoder's) whose
+    inference network (encoder and posterior head) replaces the freshly drawn one when a run starts;
+    the decoder stays freshly drawn. Li et al. (2019)'s second stage, ``--load_path AE --reset_dec``.
+    In a study, ``"{run:VARIANT}/model"`` names another variant's run of the same seed.
     """
 
     emb_dim: int = 256
@@ -146,6 +151,7 @@ class ModelConfig:
     tie_weights: bool = False
     init: str = "he2019"
     encoder_init: Optional[str] = None
+    encoder_from: Optional[str] = None
 
     RANGES: ClassVar[dict[str, Range]] = {"emb_dim": COUNT, "latent_dim": NON_NEGATIVE}
 
@@ -176,6 +182,9 @@ class OptimConfig:
     initial value at each cycle start, ``cosine`` sets lr = lr0 (1 + cos(pi u)) / 2 at cycle
     fraction u; ``none`` leaves the lr to the plateau schedule. ``cycle_lr_stairs`` S > 0 holds the
     cosine's lr on S equal parts of each cycle (Fu et al.'s PTB script: once per epoch, S = 10).
+    ``plateau_kl_weight`` w: the validation loss that selects the best model and drives the decays
+    is rec + w KL = -ELBO - (1 - w) KL. w = 1 (-ELBO) everywhere but in an autoencoder trained with
+    the KL weight 0, which Li et al. (2019, ``text_beta.py --beta 0``) select by rec + 0 KL.
     """
 
     name: str = "sgd"
@@ -191,11 +200,13 @@ class OptimConfig:
     reload_best_on_decay: bool = True
     cycle_lr: str = "none"
     cycle_lr_stairs: int = 0
+    plateau_kl_weight: float = 1.0
 
     RANGES: ClassVar[dict[str, Range]] = {
         "lr": POSITIVE, "momentum": NON_NEGATIVE, "betas": Range(least=0, below=1), "weight_decay": NON_NEGATIVE,
         "clip": NON_NEGATIVE, "decay_factor": Range(above=0, most=1), "decay_patience": COUNT,
-        "decay_start_epoch": NON_NEGATIVE, "max_decays": NON_NEGATIVE, "cycle_lr_stairs": NON_NEGATIVE}
+        "decay_start_epoch": NON_NEGATIVE, "max_decays": NON_NEGATIVE, "cycle_lr_stairs": NON_NEGATIVE,
+        "plateau_kl_weight": NON_NEGATIVE}
 
 
 @dataclass
@@ -216,7 +227,8 @@ class TrainConfig:
     ``sparse_gradients`` gives the embeddings (and, with the sampled softmax, the output layer) a
     gradient holding only the rows the batch used, instead of zeroing, norming and updating every
     row of the V x E tables each step; it takes effect only where the update is the same (plain
-    SGD: momentum 0, weight decay 0; one process) and is ignored otherwise."""
+    SGD: momentum 0, weight decay 0; one process) and on the CPU (on a GPU the dense update is
+    faster), and is ignored otherwise."""
 
     epochs: int = 100
     max_steps: Optional[int] = None

@@ -27,6 +27,11 @@ overrides, each on top of the previous; ``--seeds`` replaces the file's seeds. S
 value, free-form dicts (``kl_schedule``, ``options``) and lists (``remedies``) included, is replaced
 whole.
 
+A string setting may name another variant's run of the same seed: ``"{run:ae}/model"`` is
+``<out>/ae/seed<k>/model`` (``model.encoder_from: "{run:ae}/model"`` starts a VAE from the ``ae``
+variant's trained encoder). Such a run waits for that run to finish; it fails without training if
+that run is neither finished nor selected (``--only``).
+
 Run ``seed k`` of variant ``v`` is an ordinary run folder ``<out>/v/seed<k>/`` next to its recipe
 ``<out>/v/seed<k>.yaml`` (``textvae train`` that file to redo the run by hand). Runs go seed by seed,
 all variants of a seed before the next, so a partial study already has a full table. Re-running
@@ -100,6 +105,7 @@ class Run:
     seed: int
     dir: Path  # the run folder <out>/<variant>/seed<k>
     config: RunConfig
+    needs: tuple[str, ...] = ()  # labels of the runs whose folders its settings name ("{run:v}")
 
     @property
     def recipe(self) -> Path:
@@ -275,6 +281,10 @@ def plan(study: Study, jobs: int = 1) -> list[Run]:
             run_dir = study.out / vname / f"seed{seed}"
             values = apply_overrides(values, {"name": run_dir.name, "out_dir": str(run_dir.parent),
                                               "train": {"seed": seed, "progress": False}}, where=where)
+            needs: set[str] = set()
+            values = resolve_run_references(values, study, seed, needs, where)
+            if vname in needs:
+                raise TextVAEError(f"{where}: a variant cannot name its own run ({{run:{vname}}})")
             if values["train"].get("threads") is None:
                 values["train"]["threads"] = threads
             # Through the command line's parser, so types are checked exactly as `textvae train` does.
@@ -285,8 +295,32 @@ def plan(study: Study, jobs: int = 1) -> list[Run]:
                     cfg, _ = parse_run_config([str(recipe)])
                 except TextVAEError as e:
                     raise TextVAEError(f"{where}: {e}") from None
-            runs.append(Run(vname, seed, run_dir, cfg))
+            runs.append(Run(vname, seed, run_dir, cfg, tuple(f"{v}/seed{seed}" for v in sorted(needs))))
     return runs
+
+
+RUN_REFERENCE = re.compile(r"\{run:([^{}]*)\}")
+
+
+def resolve_run_references(value: Any, study: Study, seed: int, needs: set[str], where: str) -> Any:
+    """``value`` (a recipe dict, list or scalar) with each ``{run:VARIANT}`` in its strings replaced
+    by that variant's run folder for ``seed``; the variants named are added to ``needs``."""
+    if isinstance(value, dict):
+        return {k: resolve_run_references(v, study, seed, needs, where) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve_run_references(v, study, seed, needs, where) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def folder(match: re.Match) -> str:
+        name = match.group(1)
+        if name not in study.variants:
+            raise TextVAEError(f"{where}: {{run:{name}}} names no variant of the study; valid: "
+                               f"{', '.join(study.variants)}")
+        needs.add(name)
+        return str(study.out / name / f"seed{seed}")
+
+    return RUN_REFERENCE.sub(folder, value)
 
 
 # ---- run folders -------------------------------------------------------------------------------
@@ -383,45 +417,40 @@ def _finished(run: Run, ok: bool, seconds: float, n: int, total: int) -> None:
 
 def execute(study: Study, runs: list[Run], jobs: int = 1, only: Optional[list[str]] = None) -> list[Run]:
     """Train the runs (of the variants ``only``, default all) that are not finished; returns those
-    that failed. ``jobs == 1`` trains in this process, more run as subprocesses. After each run the
-    tables of the whole study are rewritten."""
+    that failed. ``jobs == 1`` trains in this process, more run as subprocesses. A run starts once
+    the runs it needs are finished. After each run the tables of the whole study are rewritten."""
     selected = [r for r in runs if not only or r.variant in only]
     todo = [r for r in selected if run_state(r) != "done"]
     log.info("study %s: %d runs, %d finished, %d to train (%s)", study.name, len(selected),
              len(selected) - len(todo), len(todo), "in this process" if jobs == 1 else f"{jobs} subprocesses at a time")
-    failed: list[Run] = []
-    if jobs == 1:
-        for n, run in enumerate(todo, 1):
-            resume = _prepare(run)
-            log.info("[%d/%d] %s: %s", n, len(todo), run.label, "resuming" if resume else "training")
-            t0 = time.perf_counter()
-            ok = _train_in_process(run, resume)
-            _finished(run, ok, time.perf_counter() - t0, n, len(todo))
-            if not ok:
-                failed.append(run)
-            write_outputs(study, runs, plots=False)
-        return failed
-
-    pending, running, n = list(todo), {}, 0
+    by_label = {r.label: r for r in runs}
+    pending, running, failed, n = list(todo), {}, [], 0
     try:
         while pending or running:
-            while pending and len(running) < jobs:
-                run = pending.pop(0)
+            while len(running) < jobs and (run := _take_ready(pending, by_label)) is not None:
                 resume = _prepare(run)
                 n += 1
+                if jobs == 1:
+                    log.info("[%d/%d] %s: %s", n, len(todo), run.label, "resuming" if resume else "training")
+                    t0 = time.perf_counter()
+                    ok = _train_in_process(run, resume)
+                    _done(study, runs, run, ok, time.perf_counter() - t0, n, len(todo), failed)
+                    continue
                 log.info("[%d/%d] %s: %s (log: %s)", n, len(todo), run.label, "resuming" if resume else "training",
                          run.log_file)
                 running[run.label] = (run, _start_subprocess(run, resume), time.perf_counter(), n)
+            if not running:  # nothing can start: what is left waits on runs that will not finish here
+                for run in pending:
+                    log.error("%s not trained: it needs %s, which is not finished (failed, or not selected: "
+                              "add its variant to --only)", run.label, ", ".join(_waiting_on(run, by_label)))
+                failed += pending
+                break
             time.sleep(0.2)
             for label, (run, proc, t0, k) in list(running.items()):
                 if proc.poll() is None:
                     continue
                 del running[label]
-                ok = proc.returncode == 0
-                _finished(run, ok, time.perf_counter() - t0, k, len(todo))
-                if not ok:
-                    failed.append(run)
-                write_outputs(study, runs, plots=False)
+                _done(study, runs, run, proc.returncode == 0, time.perf_counter() - t0, k, len(todo), failed)
     except KeyboardInterrupt:
         # A child stops on SIGINT keeping its last checkpoint; wait, so that none is killed mid-write.
         for _, proc, _, _ in running.values():
@@ -433,6 +462,27 @@ def execute(study: Study, runs: list[Run], jobs: int = 1, only: Optional[list[st
                 proc.kill()
         raise
     return failed
+
+
+def _waiting_on(run: Run, by_label: dict[str, Run]) -> list[str]:
+    """The runs that ``run`` needs and that are not finished."""
+    return [label for label in run.needs if run_state(by_label[label]) != "done"]
+
+
+def _take_ready(pending: list[Run], by_label: dict[str, Run]) -> Optional[Run]:
+    """Remove and return the first pending run whose needs are all finished (None: none is)."""
+    for i, run in enumerate(pending):
+        if not _waiting_on(run, by_label):
+            return pending.pop(i)
+    return None
+
+
+def _done(study: Study, runs: list[Run], run: Run, ok: bool, seconds: float, n: int, total: int,
+          failed: list[Run]) -> None:
+    _finished(run, ok, seconds, n, total)
+    if not ok:
+        failed.append(run)
+    write_outputs(study, runs, plots=False)
 
 
 # ---- aggregation -------------------------------------------------------------------------------

@@ -48,6 +48,20 @@ class VAEOutput:
     z: Optional[torch.Tensor] = None
 
 
+def unshared_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict as CPU copies that share no memory, a tied weight once (under its first name
+    in sorted order, as safetensors' ``save_model`` keeps it, so its ``load_model`` reads the file).
+    On CUDA, cuDNN packs an LSTM's weights into one buffer, which ``save_model`` refuses to write."""
+    state, seen = {}, set()
+    for name, tensor in sorted(module.state_dict().items()):
+        key = (tensor.device, tensor.data_ptr(), tuple(tensor.shape), tuple(tensor.stride()))
+        if tensor.numel() and key in seen:
+            continue
+        seen.add(key)
+        state[name] = tensor.detach().to("cpu", copy=True).contiguous()
+    return state
+
+
 class PretrainedMixin:
     """Saving and loading a model folder: ``model.safetensors`` + ``config.json`` (+ ``tokenizer.json``).
 
@@ -58,11 +72,11 @@ class PretrainedMixin:
     def save_weights(self, directory: str | Path) -> None:
         """Write ``model.safetensors`` (weights and buffers) atomically: a crash mid-write keeps
         the previous file. No pickle: it loads with any torch version, on any device."""
-        from safetensors.torch import save_model
+        from safetensors.torch import save_file
 
         tmp = Path(directory) / (WEIGHTS_FILE + ".tmp")
         try:
-            save_model(self, str(tmp))
+            save_file(unshared_state(self), str(tmp), metadata={"format": "pt"})
         except Exception as e:  # OSError, or safetensors' own error type wrapping one (a full disk)
             tmp.unlink(missing_ok=True)
             reason = str(e).splitlines()[0]
@@ -191,6 +205,34 @@ class TextVAE(OutputHead, PretrainedMixin, nn.Module):
         if optimizer is not None:
             for p in params:
                 optimizer.state.pop(p, None)
+
+    def load_inference_network(self, directory: str | Path, tokenizer: Any = None) -> None:
+        """Copy the encoder and posterior head of the saved model in ``directory`` over this model's,
+        keeping its decoder as drawn: Li et al. (2019) train an autoencoder, then start the VAE from
+        its encoder with a fresh decoder (``--load_path AE --reset_dec``). ``tokenizer``: the run's,
+        which must have the saved model's vocabulary (word ids index both embeddings)."""
+        directory = Path(directory)
+        if self.is_lm:
+            raise TextVAEError("model.encoder_from: a language model (latent_dim 0) has no encoder to load")
+        try:
+            source = type(self).from_pretrained(directory)
+        except TextVAEError as e:
+            raise TextVAEError(f"model.encoder_from: {e}") from None
+        if source.is_lm:
+            raise TextVAEError(f"model.encoder_from: {directory} holds a language model, which has no encoder")
+        if tokenizer is not None and (directory / TOKENIZER_FILE).is_file():
+            from textvae.data.tokenization import Tokenizer
+
+            if Tokenizer.load(directory / TOKENIZER_FILE).hf.get_vocab() != tokenizer.hf.get_vocab():
+                raise TextVAEError(f"model.encoder_from: {directory} was trained with another vocabulary than "
+                                   f"this run's data")
+        for part in ("encoder", "posterior"):
+            mine, theirs = getattr(self, part).state_dict(), getattr(source, part).state_dict()
+            shapes = {k: tuple(v.shape) for k, v in mine.items()}
+            if shapes != {k: tuple(v.shape) for k, v in theirs.items()}:
+                raise TextVAEError(f"model.encoder_from: the {part} in {directory} has other parameters than this "
+                                   f"model's (its config.json against this run's model settings)")
+            getattr(self, part).load_state_dict(theirs)
 
     # ---- latent side -------------------------------------------------------------------------
     def encode_hidden(self, batch: Batch) -> tuple[torch.Tensor, Any]:

@@ -277,13 +277,14 @@ def clip_gradients(model: nn.Module, max_norm: float) -> torch.Tensor:
     return norm
 
 
-def sparse_gradients_apply(cfg: RunConfig, world: World) -> bool:
+def sparse_gradients_apply(cfg: RunConfig, world: World, device: torch.device) -> bool:
     """Whether ``train.sparse_gradients`` takes effect: only where a sparse gradient gives the
     same update as its dense form -- plain SGD (momentum 0, weight decay 0: an untouched row
-    does not move) in one process (DDP all-reduces dense buckets)."""
+    does not move) in one process (DDP all-reduces dense buckets) -- and on the CPU, where it
+    pays: on a GPU the dense update of the whole table is the faster (benchmarks/gpu_ptb.py)."""
     oc = cfg.optim
     return (cfg.train.sparse_gradients and oc.name == "sgd" and oc.momentum == 0 and oc.weight_decay == 0
-            and world.size == 1)
+            and world.size == 1 and device.type == "cpu")
 
 
 def nonfinite_figures(out: VAEOutput, grad_norm: torch.Tensor, world: World) -> list[str]:
@@ -514,7 +515,7 @@ def start_run(task: Task, resume: bool, world: World, device: torch.device, data
     unigram = data.splits["train"].unigram(data.tokenizer.vocab_size).to(device)
     if tc.sampled_softmax:
         model.sampled_softmax = SampledSoftmax(unigram, tc.sampled_softmax)
-    model.set_sparse_gradients(sparse_gradients_apply(cfg, world))
+    model.set_sparse_gradients(sparse_gradients_apply(cfg, world, device))
     if not resume:
         for remedy in model.objective.remedies:
             remedy.set_corpus_statistics(unigram)
@@ -643,8 +644,9 @@ def evaluate_task(run: Run, figures: Callable[..., Any], **kwargs: Any) -> Any:
 
 
 def end_epoch(run: Run) -> None:
-    """Validation at beta = 1, the plateau lr decay with best-model reload (He et al. 2019), the
-    remedies' epoch hooks (after a complete epoch), the log and a checkpoint."""
+    """Validation at beta = 1, the plateau lr decay with best-model reload (He et al. 2019) on
+    rec + w KL (``optim.plateau_kl_weight``; w = 1: the -ELBO), the remedies' epoch hooks (after a
+    complete epoch), the log and a checkpoint."""
     state, world, model = run.state, run.world, run.model
     best_dir = run.run_dir / "model"
     val = world.on_main(lambda: evaluate_task(run, run.task.validate))
@@ -652,7 +654,9 @@ def end_epoch(run: Run) -> None:
     def reload_best() -> None:  # on rank 0; the other ranks get it from sync_module below
         reload_weights(model, best_dir, run.device, run.remedies)
 
-    improved, decayed = plateau_update(state, val["neg_elbo"], run.epoch_complete, run.cfg.optim,
+    # the language model's validation has no KL
+    val_loss = val["neg_elbo"] - (1.0 - run.cfg.optim.plateau_kl_weight) * val.get("kl", 0.0)
+    improved, decayed = plateau_update(state, val_loss, run.epoch_complete, run.cfg.optim,
                                        # config.json and tokenizer.json stay as written at start
                                        save_best=lambda: world.on_main(lambda: model.save_weights(best_dir)),
                                        reload_best=lambda: world.on_main(reload_best))
