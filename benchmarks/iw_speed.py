@@ -137,7 +137,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=10)
     ap.add_argument("--batches", type=int, default=2, help="evaluation batches scored, evenly spaced")
     ap.add_argument("--samples", type=int, default=500, help="K")
-    ap.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS)
+    ap.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS["cpu"])
     ap.add_argument("--chunk", type=int, default=100, help="reference: samples per decoder pass")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)

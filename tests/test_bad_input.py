@@ -415,12 +415,12 @@ def test_disk_full_while_writing_the_best_model(tmp_path, trained, monkeypatch):
     weights = tmp_path / "model/model.safetensors"
     before = weights.read_bytes()
 
-    def full_disk(model, filename, metadata=None, force_contiguous=False):
+    def full_disk(tensors, filename, metadata=None):
         Path(filename).write_bytes(b"\0" * 100)
         raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
     model = TextVAE.from_pretrained(tmp_path / "model")
-    monkeypatch.setattr(safetensors.torch, "save_model", full_disk)
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
     with pytest.raises(TextVAEError, match=rf"cannot write {re.escape(str(weights))}.tmp: .*No space left on device "
                                            r".*; any earlier model.safetensors there is intact"):
         model.save_weights(tmp_path / "model")

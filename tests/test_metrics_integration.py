@@ -236,3 +236,27 @@ def test_language_model_iw_is_its_exact_nll_and_zero_samples_skip_iw():
     table = format_table(skipped)
     assert "KL per dim, largest" in table and "NLL (IW" not in table
     assert table.splitlines()[-1].startswith("latent space")
+
+
+@pytest.mark.parametrize("device, budget", [("cpu", 4096), ("cuda", 65536), ("mps", 4096)])
+def test_iw_decoder_budget_defaults_to_the_devices(device, budget):
+    from textvae.metrics.likelihood import default_max_tokens
+
+    assert default_max_tokens(device) == budget
+
+
+def test_iw_without_a_budget_takes_the_cpu_default_per_decoder_call(monkeypatch):
+    """None resolves to the batch device's default: the decoder then scores at most
+    4096 // (B·T) samples per call on the CPU."""
+    model, batch = tiny_model(), random_batch()
+    per_call = []
+    real = type(model).log_likelihood
+
+    def counted(self, b, z):
+        per_call.append(z.shape[0])
+        return real(self, b, z)
+
+    monkeypatch.setattr(type(model), "log_likelihood", counted)
+    with torch.no_grad():
+        iw_log_marginal(model, batch, model.encode(batch), n_samples=500)
+    assert max(per_call) == 4096 // batch.tokens.numel() and sum(per_call) == 500

@@ -16,7 +16,7 @@ from textvae.errors import TextVAEError
 from textvae.metrics._common import Batches, eval_mode, iterate, seeded
 from textvae.metrics.information import he2019_noise_sd, mi_batch, mi_batch_he2019, mi_dataset
 from textvae.metrics.latent import AU_THRESHOLD, active_units, collapse_diagnostics, collapse_verdict
-from textvae.metrics.likelihood import (DEFAULT_MAX_TOKENS, ElboAccumulator, elbo_batch,
+from textvae.metrics.likelihood import (ElboAccumulator, elbo_batch,
                                         iw_log_marginal)
 from textvae.reduction import CorpusAccumulator
 from textvae.registry import Registry
@@ -33,7 +33,7 @@ class EvalPass:
     each batch's conditions)."""
 
     n_samples: int
-    max_tokens: int
+    max_tokens: Optional[int]  # None: the device's default (likelihood.default_max_tokens)
     au_threshold: float
     per_dim: bool
     keep_posteriors: bool
@@ -184,7 +184,7 @@ def batch_protocol(model: Any, item: Any) -> tuple[Any, Any]:
 
 
 def evaluate_model(model: Any, batches: Batches, metrics: Optional[Sequence[str]] = None,
-                   n_samples: int = 500, max_tokens: int = DEFAULT_MAX_TOKENS,
+                   n_samples: int = 500, max_tokens: Optional[int] = None,
                    au_threshold: float = AU_THRESHOLD,
                    generator: Optional[torch.Generator] = None,
                    per_dim: bool = False) -> dict[str, Any]:

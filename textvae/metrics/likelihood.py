@@ -18,11 +18,17 @@ from textvae.metrics._common import Batches, eval_mode, iterate, seeded
 from textvae.reduction import CorpusAccumulator
 
 # Default bound on S·B·T, the (sample, sentence) pairs times the padded length the decoder scores
-# at once. A decoder that writes whole [tokens, V] logits (and their log-softmax) needs ~80 kB per
-# token at V = 10k: ~0.3 GB here, against ~1.3 GB at 16384. TextVAE's fused loss scores the
-# vocabulary in chunks of its own, leaving ~8 kB per token of LSTM activations. A larger budget
-# buys little speed (benchmarks/iw_speed.py measures it).
-DEFAULT_MAX_TOKENS = 4096
+# at once, per device type. A decoder that writes whole [tokens, V] logits (and their log-softmax)
+# needs ~80 kB per token at V = 10k: ~0.3 GB at 4096, against ~1.3 GB at 16384. TextVAE's fused
+# loss scores the vocabulary in chunks of its own, leaving ~8 kB per token of LSTM activations. On
+# the CPU a larger budget buys little speed (benchmarks/iw_speed.py, throughput.py); on a GPU the
+# pass is launch-bound and 65536 takes half the time of 4096 for ~0.8 GB (benchmarks/gpu_ptb.py).
+DEFAULT_MAX_TOKENS = {"cpu": 4096, "cuda": 65536}
+
+
+def default_max_tokens(device: torch.device | str) -> int:
+    """The decoder budget of an IW pass on ``device`` when the caller sets none."""
+    return DEFAULT_MAX_TOKENS.get(torch.device(device).type, DEFAULT_MAX_TOKENS["cpu"])
 
 
 @dataclass
@@ -74,7 +80,7 @@ def draw_samples(posterior: Any, n: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def iw_log_marginal(model: Any, batch: Any, posterior: Any, n_samples: int,
-                    max_tokens: int = DEFAULT_MAX_TOKENS) -> torch.Tensor:
+                    max_tokens: Optional[int] = None) -> torch.Tensor:
     """Importance-weighted estimate of log p(x) [B] for one batch whose posterior is given.
 
     log p(x) ≈ logsumexp_k w_k − log K,  w_k = log p(x|z_k) + log p(z_k) − log q(z_k|x),
@@ -83,7 +89,8 @@ def iw_log_marginal(model: Any, batch: Any, posterior: Any, n_samples: int,
 
     All sentences of the batch are scored together: the decoder takes S samples × B sentences
     per call with S·B·T ≤ ``max_tokens`` (S ≥ 1, so a single sample of the batch, B·T, is the
-    floor), which bounds its memory whatever K; K need not be a multiple of S. Samples come from
+    floor), which bounds its memory whatever K (``None``: :func:`default_max_tokens` of the
+    batch's device); K need not be a multiple of S. Samples come from
     :func:`draw_samples`, so the estimate does not depend on the chunking. Only the [K, B] weights
     are kept whole. A model without latent space (``latent_dim == 0``, the LM) has K identical
     weights, so one sample gives its exact log p(x).
@@ -92,6 +99,7 @@ def iw_log_marginal(model: Any, batch: Any, posterior: Any, n_samples: int,
         raise TextVAEError(f"iw_nll: n_samples must be >= 1, got {n_samples}")
     if getattr(model, "latent_dim", None) == 0:
         n_samples = 1
+    max_tokens = max_tokens or default_max_tokens(batch.tokens.device)
     chunk = max(1, max_tokens // (len(batch) * batch.tokens.shape[1]))
     # [K, B], allocated once: a list of small per-chunk results kept to the end would sit between
     # the freed large blocks of successive chunks and fragment the heap (resident size then grew
@@ -124,7 +132,7 @@ def elbo_batch(model: Any, batch: Any, posterior: Any, z: torch.Tensor
 
 
 def iw_nll(model: Any, batches: Batches, n_samples: int = 500,
-           max_tokens: int = DEFAULT_MAX_TOKENS,
+           max_tokens: Optional[int] = None,
            generator: Optional[torch.Generator] = None) -> IWResult:
     """Importance-weighted NLL −log p(x) of every sentence, and IW-PPL (see :func:`iw_log_marginal`).
 
