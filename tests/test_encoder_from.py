@@ -118,6 +118,11 @@ def test_study_trains_a_named_run_before_the_run_that_needs_it(autoencoder, tmp_
     st.run_study(path, out=str(tmp_path / "out"))
     assert calls == ["ae", "fb"]
 
+    # The study folder moved: fb's encoder_from moved with it, so its finished run is still this study's.
+    (tmp_path / "out").rename(tmp_path / "moved")
+    st.run_study(path, out=str(tmp_path / "moved"))
+    assert calls == ["ae", "fb"]
+
 
 def test_study_reference_to_an_unknown_variant_is_an_error(autoencoder, tmp_path):
     corpus, _ = autoencoder

@@ -354,12 +354,26 @@ def check_run_folder(run: Run) -> None:
         old = json.loads(json.dumps(dataclasses.asdict(from_dict(type(run.config), old))))
     except TextVAEError:
         pass  # a setting textvae no longer has: compared as saved, so it shows as a change
+    # a study folder moved since: its runs' paths into it ("{run:v}") moved with it
+    made_in = str(Path(old.get("out_dir") or run.dir.parent).parent)
+    old = _moved_paths(old, made_in, str(run.dir.parent.parent))
     changes = {k: v for k, v in config_changes(old, json.loads(json.dumps(run.config.to_dict()))).items()
                if k not in INCIDENTAL_KEYS}
     if changes:
         shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(changes.items())[:3])
         raise TextVAEError(f"{run.dir} was trained with another configuration ({shown}"
                            f"{'; ...' if len(changes) > 3 else ''}); delete it or choose another --out")
+
+
+def _moved_paths(value: Any, old_root: str, new_root: str) -> Any:
+    """``value`` (a config dict, list or scalar) with every path under ``old_root`` put under ``new_root``."""
+    if isinstance(value, dict):
+        return {k: _moved_paths(v, old_root, new_root) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_moved_paths(v, old_root, new_root) for v in value]
+    if isinstance(value, str) and value.startswith(old_root + os.sep):
+        return new_root + value[len(old_root):]
+    return value
 
 
 def _clear_unstarted(run: Run) -> None:
