@@ -2,7 +2,7 @@
 convergence check, read from the folders of ``textvae study studies/ptb_reproduce.yaml``.
 
     python benchmarks/ptb_reproduce_table.py --study ~/textvae-runs/ptb_reproduce \
-        --fp32 ~/textvae-runs/ptb_reproduce_fp32 [--write docs/results/ptb]
+        --fp32 ~/textvae-runs/ptb_reproduce_fp32 [--write docs/results/ptb] [--progress]
 
 Published rows: Li et al. 2020 ("Optimus"), appendix Table 8, re-quoting the original papers, as in
 ../shared/REFERENCE.md; IW-NLL derived from the published IW-PPL over PTB test's 82,430 tokens.
@@ -152,11 +152,30 @@ def precision_table(bf16: dict[str, list], fp32: dict[str, list]) -> str:
     return "\n".join(lines)
 
 
+def progress_table(study_dir: Path) -> str:
+    """The unfinished runs of a study folder: where each stands (its last validation)."""
+    lines = ["| run | epoch | lr | decays | valid rec | valid −ELBO (best) | KL | MI per-batch | AU |",
+             "|" + "---|" * 9]
+    for log in sorted(study_dir.glob("*/seed*/metrics.jsonl")):
+        records = read_jsonl(log)
+        valid = [r for r in records if r.get("split") == "valid"]
+        if not valid or any(r.get("split") == "test" for r in records):
+            continue
+        last, lrs = valid[-1], [r["lr"] for r in valid]
+        decays = sum(1 for a, b in zip(lrs, lrs[1:]) if b < a)
+        best = min(r["neg_elbo"] for r in valid)
+        lines.append(f"| {log.parent.parent.name}/{log.parent.name} | {last['epoch']} | {last['lr']:g} | {decays} | "
+                     f"{fmt(last.get('rec'))} | {fmt(last['neg_elbo'])} ({fmt(best)}) | {fmt(last.get('kl'))} | "
+                     f"{fmt(last.get('mi_batch'))} | {fmt(last.get('au'), '{:.0f}')} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--study", type=Path, required=True, help="output folder of studies/ptb_reproduce.yaml")
     ap.add_argument("--fp32", type=Path, help="output folder of the fp32 check (--only lm pretrain_fb_inrun)")
     ap.add_argument("--write", type=Path, help="copy results and write comparison.md into this folder")
+    ap.add_argument("--progress", action="store_true", help="also print where the unfinished runs stand")
     args = ap.parse_args()
     runs = finished_runs(load(args.study.expanduser()))
     text = "## textvae and the published PTB rows\n\n" + comparison_table(runs) + "\n"
@@ -164,6 +183,9 @@ def main() -> None:
         text += ("\n## bf16 against fp32 at convergence\n\n"
                  + precision_table(runs, finished_runs(load(args.fp32.expanduser()))) + "\n")
     print(text)
+    if args.progress:
+        for folder in filter(None, (args.study, args.fp32)):
+            print(f"\n## Unfinished runs in {folder}\n\n" + progress_table(folder.expanduser()))
     if args.write:
         args.write.mkdir(parents=True, exist_ok=True)
         (args.write / "comparison.md").write_text(text)
