@@ -2,7 +2,7 @@
 convergence check, read from the folders of ``textvae study studies/ptb_reproduce.yaml``.
 
     python benchmarks/ptb_reproduce_table.py --study ~/textvae-runs/ptb_reproduce \
-        --fp32 ~/textvae-runs/ptb_reproduce_fp32 [--write docs/results/ptb] [--progress]
+        --fp32 ~/textvae-runs/ptb_reproduce_fp32 [--write docs/results/ptb] [--progress] [--decoder-age]
 
 Published rows: Li et al. 2020 ("Optimus"), appendix Table 8, re-quoting the original papers, as in
 ../shared/REFERENCE.md; IW-NLL derived from the published IW-PPL over PTB test's 82,430 tokens.
@@ -170,18 +170,49 @@ def progress_table(study_dir: Path) -> str:
     return "\n".join(lines)
 
 
+# variant -> epochs before its decoder was (re)drawn: the decoder's age is the epoch minus this
+DECODER_START = {"lm": 0, "pretrain_fb": 0, "pretrain_fb_inrun": 10}
+
+
+def decoder_age_table(study_dir: Path, ages: tuple[int, ...] = (1, 3, 5, 10, 15, 20, 30, 40)) -> str:
+    """Validation rec (and KL, per-batch MI) of the pretraining rows against the LM's NLL, each at the
+    same number of epochs since its decoder was drawn: how much the decoder reads from z, and how
+    that depends on the length of the autoencoder stage (pretrain_fb against pretrain_fb_inrun).
+    Each row's lr decays come at its own epochs, so late ages also compare schedules."""
+    curves = {}
+    for variant, start in DECODER_START.items():
+        log = study_dir / variant / "seed1" / "metrics.jsonl"
+        if log.is_file():
+            curves[variant] = {r["epoch"] - start: r for r in read_jsonl(log) if r.get("split") == "valid"}
+    lines = ["| decoder age (epochs) | " + " | ".join("`lm` NLL" if v == "lm" else f"`{v}` rec (KL, MI per-batch)"
+                                                 for v in curves) + " |",
+             "|" + "---|" * (len(curves) + 1)]
+    for age in ages:
+        cells = []
+        for variant, by_age in curves.items():
+            r = by_age.get(age)
+            latent = "" if variant == "lm" else f" ({r.get('kl', 0):.1f}, {r.get('mi_batch', 0):.2f})" if r else ""
+            cells.append("–" if r is None else f"{r['rec']:.2f}{latent}")
+        lines.append(f"| {age} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--study", type=Path, required=True, help="output folder of studies/ptb_reproduce.yaml")
     ap.add_argument("--fp32", type=Path, help="output folder of the fp32 check (--only lm pretrain_fb_inrun)")
     ap.add_argument("--write", type=Path, help="copy results and write comparison.md into this folder")
     ap.add_argument("--progress", action="store_true", help="also print where the unfinished runs stand")
+    ap.add_argument("--decoder-age", action="store_true",
+                    help="also print the pretraining rows' validation rec against the LM's at equal decoder age")
     args = ap.parse_args()
     runs = finished_runs(load(args.study.expanduser()))
     text = "## textvae and the published PTB rows\n\n" + comparison_table(runs) + "\n"
     if args.fp32:
         text += ("\n## bf16 against fp32 at convergence\n\n"
                  + precision_table(runs, finished_runs(load(args.fp32.expanduser()))) + "\n")
+    if args.decoder_age:
+        text += "\n## Validation at equal decoder age\n\n" + decoder_age_table(args.study.expanduser()) + "\n"
     print(text)
     if args.progress:
         for folder in filter(None, (args.study, args.fp32)):
