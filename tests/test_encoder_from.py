@@ -50,6 +50,7 @@ def test_encoder_from_loads_the_inference_network_and_keeps_a_fresh_decoder(auto
     data = task.load_data()
     torch.manual_seed(5)
     warm = task.build_model(data)
+    task.warm_start(warm, data)
     torch.manual_seed(5)
     fresh = create_task(fresh_cfg).build_model(data)
     source = TextVAE.from_pretrained(run / "model")
@@ -71,8 +72,9 @@ def test_encoder_from_refuses_what_does_not_fit(autoencoder, tmp_path, change, m
     cfg, _ = parse_run_config([*tiny_args(tmp_path / "runs", "vae", corpus), *change,
                                "--model.encoder_from", str(run / "model")])
     task = create_task(cfg)
+    data = task.load_data()
     with pytest.raises(TextVAEError, match=message):
-        task.build_model(task.load_data())
+        task.warm_start(task.build_model(data), data)
 
 
 def test_encoder_from_refuses_another_vocabulary_and_a_missing_folder(autoencoder, tmp_path):
@@ -81,8 +83,46 @@ def test_encoder_from_refuses_another_vocabulary_and_a_missing_folder(autoencode
     for source, message in ((run / "model", "another vocabulary"), (tmp_path / "nothing", "encoder_from: not a saved")):
         cfg, _ = parse_run_config([*tiny_args(tmp_path / "runs", "vae", other), "--model.encoder_from", str(source)])
         task = create_task(cfg)
+        data = task.load_data()
         with pytest.raises(TextVAEError, match=message):
-            task.build_model(task.load_data())
+            task.warm_start(task.build_model(data), data)
+
+
+def test_a_run_from_another_runs_encoder_resumes_without_it(autoencoder, tmp_path):
+    """The encoder is loaded when the run starts; a resumed run has it in its checkpoint, so the
+    autoencoder's folder may be gone by then."""
+    import shutil
+
+    corpus, run = autoencoder
+    source = tmp_path / "ae_model"
+    shutil.copytree(run / "model", source)
+    args = tiny_args(tmp_path / "runs", "vae", corpus, "--model.encoder_from", str(source), "--train.epochs", "2")
+    main(["train", *args, "--train.max_steps", "3"])
+    shutil.rmtree(source)
+    main(["train", *args, "--resume"])
+    assert [r["split"] for r in read_jsonl(tmp_path / "runs" / "vae" / "metrics.jsonl")].count("test") == 1
+
+
+def test_posterior_remedies_come_along_when_both_models_have_them(tmp_path):
+    def model(seed, remedies):
+        from textvae.config import DecoderConfig, EncoderConfig, ModelConfig, ObjectiveConfig
+
+        torch.manual_seed(seed)
+        cfg = ModelConfig(emb_dim=8, latent_dim=4, encoder=EncoderConfig(hidden_dim=8),
+                          decoder=DecoderConfig(hidden_dim=8))
+        return TextVAE(cfg, 20, ObjectiveConfig(remedies=remedies))
+
+    bn = [{"name": "bn_vae", "gamma": 0.5}]
+    source = model(1, bn)
+    with torch.no_grad():
+        source.objective.posterior_remedies()[0].shift.add_(1.0)  # differs from any fresh draw
+    source.save_pretrained(tmp_path / "src")
+    same, plain = model(2, bn), model(2, [])
+    same.load_inference_network(tmp_path / "src")
+    plain.load_inference_network(tmp_path / "src")  # no BN here: encoder and head only
+    for name, tensor in same.objective.posterior_remedies()[0].state_dict().items():
+        assert torch.equal(tensor, source.objective.posterior_remedies()[0].state_dict()[name]), name
+    assert torch.equal(plain.encoder.state_dict()["rnn.weight_hh_l0"], source.encoder.state_dict()["rnn.weight_hh_l0"])
 
 
 def chained_study(tmp_path, corpus):
@@ -131,4 +171,16 @@ def test_study_reference_to_an_unknown_variant_is_an_error(autoencoder, tmp_path
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     with pytest.raises(TextVAEError, match=r"\{run:autoencoder\} names no variant of the study; valid: fb, ae"):
+        st.plan(st.load_study(path))
+
+
+@pytest.mark.parametrize("loop", [{"fb": "ae", "ae": "fb"}, {"fb": "fb"}])
+def test_runs_that_need_each_other_are_an_error(autoencoder, tmp_path, loop):
+    corpus, _ = autoencoder
+    spec = yaml.safe_load(chained_study(tmp_path, corpus).read_text())
+    for variant, needed in loop.items():
+        spec["variants"][variant]["model.encoder_from"] = f"{{run:{needed}}}/model"
+    path = tmp_path / "loop.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    with pytest.raises(TextVAEError, match=r"runs that need each other .* can never start: fb/seed1 -> "):
         st.plan(st.load_study(path))

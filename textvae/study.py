@@ -283,8 +283,6 @@ def plan(study: Study, jobs: int = 1) -> list[Run]:
                                               "train": {"seed": seed, "progress": False}}, where=where)
             needs: set[str] = set()
             values = resolve_run_references(values, study, seed, needs, where)
-            if vname in needs:
-                raise TextVAEError(f"{where}: a variant cannot name its own run ({{run:{vname}}})")
             if values["train"].get("threads") is None:
                 values["train"]["threads"] = threads
             # Through the command line's parser, so types are checked exactly as `textvae train` does.
@@ -296,7 +294,26 @@ def plan(study: Study, jobs: int = 1) -> list[Run]:
                 except TextVAEError as e:
                     raise TextVAEError(f"{where}: {e}") from None
             runs.append(Run(vname, seed, run_dir, cfg, tuple(f"{v}/seed{seed}" for v in sorted(needs))))
+    check_no_cycle(runs, study.path.name)
     return runs
+
+
+def check_no_cycle(runs: list[Run], where: str) -> None:
+    """Runs that need each other (``{run:v}`` both ways, or round a longer loop) could never start."""
+    needs = {r.label: r.needs for r in runs}
+    done: set[str] = set()
+
+    def visit(label: str, path: list[str]) -> None:
+        if label in path:
+            loop = " -> ".join(path[path.index(label):] + [label])
+            raise TextVAEError(f"{where}: runs that need each other ({{run:...}}) can never start: {loop}")
+        if label not in done:
+            for need in needs[label]:
+                visit(need, path + [label])
+            done.add(label)
+
+    for label in needs:
+        visit(label, [])
 
 
 RUN_REFERENCE = re.compile(r"\{run:([^{}]*)\}")

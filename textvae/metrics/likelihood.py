@@ -99,7 +99,7 @@ def iw_log_marginal(model: Any, batch: Any, posterior: Any, n_samples: int,
         raise TextVAEError(f"iw_nll: n_samples must be >= 1, got {n_samples}")
     if getattr(model, "latent_dim", None) == 0:
         n_samples = 1
-    max_tokens = max_tokens or default_max_tokens(batch.tokens.device)
+    max_tokens = default_max_tokens(batch.tokens.device) if max_tokens is None else max_tokens
     chunk = max(1, max_tokens // (len(batch) * batch.tokens.shape[1]))
     # [K, B], allocated once: a list of small per-chunk results kept to the end would sit between
     # the freed large blocks of successive chunks and fragment the heap (resident size then grew

@@ -207,10 +207,13 @@ class TextVAE(OutputHead, PretrainedMixin, nn.Module):
                 optimizer.state.pop(p, None)
 
     def load_inference_network(self, directory: str | Path, tokenizer: Any = None) -> None:
-        """Copy the encoder and posterior head of the saved model in ``directory`` over this model's,
-        keeping its decoder as drawn: Li et al. (2019) train an autoencoder, then start the VAE from
-        its encoder with a fresh decoder (``--load_path AE --reset_dec``). ``tokenizer``: the run's,
-        which must have the saved model's vocabulary (word ids index both embeddings)."""
+        """Copy the inference network of the saved model in ``directory`` over this model's, keeping
+        its decoder as drawn: Li et al. (2019) train an autoencoder, then start the VAE from its
+        encoder with a fresh decoder (``--load_path AE --reset_dec``). Copied: the encoder, the
+        posterior head, and the remedies that transform the posterior (BN-VAE's) when the saved
+        model has the same ones; otherwise this model's stay as drawn. ``tokenizer``: the run's,
+        which must have the saved model's vocabulary (word ids index both embeddings); a saved
+        model without ``tokenizer.json`` is only checked by its shapes."""
         directory = Path(directory)
         if self.is_lm:
             raise TextVAEError("model.encoder_from: a language model (latent_dim 0) has no encoder to load")
@@ -226,13 +229,17 @@ class TextVAE(OutputHead, PretrainedMixin, nn.Module):
             if Tokenizer.load(directory / TOKENIZER_FILE).hf.get_vocab() != tokenizer.hf.get_vocab():
                 raise TextVAEError(f"model.encoder_from: {directory} was trained with another vocabulary than "
                                    f"this run's data")
-        for part in ("encoder", "posterior"):
-            mine, theirs = getattr(self, part).state_dict(), getattr(source, part).state_dict()
-            shapes = {k: tuple(v.shape) for k, v in mine.items()}
-            if shapes != {k: tuple(v.shape) for k, v in theirs.items()}:
+        parts = [("encoder", self.encoder, source.encoder), ("posterior head", self.posterior, source.posterior)]
+        mine, theirs = self.objective.posterior_remedies(), source.objective.posterior_remedies()
+        if [type(r) for r in mine] == [type(r) for r in theirs]:
+            parts += [(f"remedy {type(r).__name__}", r, t) for r, t in zip(mine, theirs)]
+        for part, target, saved in parts:
+            state = saved.state_dict()
+            if {k: tuple(v.shape) for k, v in target.state_dict().items()} != {k: tuple(v.shape)
+                                                                                for k, v in state.items()}:
                 raise TextVAEError(f"model.encoder_from: the {part} in {directory} has other parameters than this "
                                    f"model's (its config.json against this run's model settings)")
-            getattr(self, part).load_state_dict(theirs)
+            target.load_state_dict(state)
 
     # ---- latent side -------------------------------------------------------------------------
     def encode_hidden(self, batch: Batch) -> tuple[torch.Tensor, Any]:

@@ -25,10 +25,11 @@ class SentenceTask(Task):
         return load_dataset(self.cfg.data)
 
     def build_model(self, data: DataBundle) -> TextVAE:
-        model = TextVAE(self.cfg.model, data.tokenizer.vocab_size, self.cfg.objective)
+        return TextVAE(self.cfg.model, data.tokenizer.vocab_size, self.cfg.objective)
+
+    def warm_start(self, model: TextVAE, data: DataBundle) -> None:
         if self.cfg.model.encoder_from:  # after the draw, so the decoder is the one a fresh run gets
             model.load_inference_network(self.cfg.model.encoder_from, data.tokenizer)
-        return model
 
     def validate(self, model: TextVAE, split: Any, device: torch.device) -> dict[str, float]:
         return evaluation(model, self._batches(split), device, metrics=metrics_of("epoch", model))

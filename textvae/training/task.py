@@ -24,7 +24,8 @@ from torch import nn
 
 
 class Task:
-    """Base class of the registered tasks; a subclass overrides every method."""
+    """Base class of the registered tasks; a subclass overrides every method (``warm_start`` where
+    its runs can start from saved weights)."""
 
     # Whether the training stream is re-seeded per rank after the model is drawn. One process of a
     # task that says False keeps drawing from the initialisation stream (as its recorded runs did);
@@ -41,6 +42,10 @@ class Task:
     def build_model(self, data: Any) -> nn.Module:
         """A freshly initialised model for ``data`` (from torch's global random stream)."""
         raise NotImplementedError
+
+    def warm_start(self, model: nn.Module, data: Any) -> None:
+        """Weights a new run starts from besides its draw (``model.encoder_from``: another run's
+        encoder); nothing by default. Called once, when a run starts, never when it resumes."""
 
     def validate(self, model: nn.Module, split: Any, device: torch.device) -> dict[str, float]:
         """Figures of the whole validation split at the end of an epoch; ``neg_elbo`` (the model

@@ -502,6 +502,8 @@ def start_run(task: Task, resume: bool, world: World, device: torch.device, data
     data = world.node_first(task.load_data) if data is None else data
     warn_about_settings(cfg, len(data.splits["train"]))
     model = task.build_model(data).to(device)
+    if not resume:  # before the reseed below: loading saved weights may draw (a throwaway model's init)
+        task.warm_start(model, data)
     check_remedies_run_in(world, list(model.objective.remedies))
     if task.reseed_after_init or world.size > 1:
         torch.manual_seed(rank_seed(tc.seed, world.rank))  # this rank's z noise, dropout masks, ...
