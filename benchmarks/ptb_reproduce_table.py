@@ -24,6 +24,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Optional
 
+import yaml
+
 from textvae.study import run_figures
 from textvae.training.logger import read_jsonl
 
@@ -153,9 +155,10 @@ def precision_table(bf16: dict[str, list], fp32: dict[str, list]) -> str:
 
 
 def progress_table(study_dir: Path) -> str:
-    """The unfinished runs of a study folder: where each stands (its last validation)."""
-    lines = ["| run | epoch | lr | decays | valid rec | valid −ELBO (best) | KL | MI per-batch | AU |",
-             "|" + "---|" * 9]
+    """The unfinished runs of a study folder: where each stands (its last validation, and the best
+    of its own selection loss, rec + w KL with w its ``optim.plateau_kl_weight``)."""
+    lines = ["| run | epoch | lr | decays | valid rec | valid −ELBO | best rec + w KL | KL | MI per-batch | AU |",
+             "|" + "---|" * 10]
     for log in sorted(study_dir.glob("*/seed*/metrics.jsonl")):
         records = read_jsonl(log)
         valid = [r for r in records if r.get("split") == "valid"]
@@ -163,9 +166,11 @@ def progress_table(study_dir: Path) -> str:
             continue
         last, lrs = valid[-1], [r["lr"] for r in valid]
         decays = sum(1 for a, b in zip(lrs, lrs[1:]) if b < a)
-        best = min(r["neg_elbo"] for r in valid)
+        config = yaml.safe_load((log.parent / "config.yaml").read_text())
+        w = config["optim"].get("plateau_kl_weight", 1.0)  # the run's selection loss: rec + w KL
+        best = min(r["neg_elbo"] - (1.0 - w) * r.get("kl", 0.0) for r in valid)
         lines.append(f"| {log.parent.parent.name}/{log.parent.name} | {last['epoch']} | {last['lr']:g} | {decays} | "
-                     f"{fmt(last.get('rec'))} | {fmt(last['neg_elbo'])} ({fmt(best)}) | {fmt(last.get('kl'))} | "
+                     f"{fmt(last.get('rec'))} | {fmt(last['neg_elbo'])} | {fmt(best)} | {fmt(last.get('kl'))} | "
                      f"{fmt(last.get('mi_batch'))} | {fmt(last.get('au'), '{:.0f}')} |")
     return "\n".join(lines)
 
