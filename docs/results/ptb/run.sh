@@ -3,8 +3,8 @@
 # thread per run, each chain with its own rows (two study processes must never share a run;
 # finished runs are skipped, killed ones resume from their last epoch's checkpoint).
 #   core A: bf16 rows pretrain_fb_inrun annealed bn_vae aggressive, then seeds 2 and 3 of lm annealed
-#   core B: Li et al.'s two runs (pretrain_ae, then pretrain_fb from its encoder), bf16 rows composite
-#           kl_constraint cyclical, the fp32 check (lm, pretrain_fb_inrun), then seeds 2 and 3 of
+#   core B: Li et al.'s two runs (pretrain_ae, then pretrain_fb from its encoder), the fp32 check
+#           (lm, pretrain_fb_inrun), bf16 rows composite kl_constraint cyclical, then seeds 2 and 3 of
 #           pretrain_ae pretrain_fb bn_vae
 # Runs from a frozen source tree so edits in the checkout do not reach running runs:
 #   git worktree add --detach ~/textvae-src main     # once; later: git -C ~/textvae-src checkout --detach main
@@ -20,8 +20,8 @@ S="textvae study studies/ptb_reproduce.yaml --jobs 1"
 nohup bash -c "$S --only lm pretrain_fb_inrun annealed bn_vae aggressive --set train.threads=1 --out $RUNS/ptb_reproduce; \
   $S --seeds 2 3 --only lm annealed --set train.threads=1 --out $RUNS/ptb_reproduce" >> "$RUNS/ptb_reproduce.out" 2>&1 &
 nohup bash -c "$S --only pretrain_ae pretrain_fb --set train.threads=1 --out $RUNS/ptb_reproduce; \
-  $S --only composite kl_constraint cyclical --set train.threads=1 --out $RUNS/ptb_reproduce; \
   $S --only lm pretrain_fb_inrun --set train.threads=1 train.precision=fp32 --out $RUNS/ptb_reproduce_fp32; \
+  $S --only composite kl_constraint cyclical --set train.threads=1 --out $RUNS/ptb_reproduce; \
   $S --seeds 2 3 --only pretrain_ae pretrain_fb bn_vae --set train.threads=1 --out $RUNS/ptb_reproduce" \
   >> "$RUNS/ptb_reproduce_b.out" 2>&1 &
 echo "started; logs: $RUNS/ptb_reproduce.out $RUNS/ptb_reproduce_b.out"
