@@ -28,6 +28,7 @@ import yaml
 
 from textvae.study import run_figures
 from textvae.training.logger import read_jsonl
+from textvae.training.train import selection_loss
 
 # variant -> (row, IW-NLL, -ELBO, KL, MI, AU); None where the paper gives no figure
 PUBLISHED: dict[str, tuple[str, Optional[float], ...]] = {
@@ -167,8 +168,8 @@ def progress_table(study_dir: Path) -> str:
         last, lrs = valid[-1], [r["lr"] for r in valid]
         decays = sum(1 for a, b in zip(lrs, lrs[1:]) if b < a)
         config = yaml.safe_load((log.parent / "config.yaml").read_text())
-        w = config["optim"].get("plateau_kl_weight", 1.0)  # the run's selection loss: rec + w KL
-        best = min(r["neg_elbo"] - (1.0 - w) * r.get("kl", 0.0) for r in valid)
+        w = config["optim"].get("plateau_kl_weight", 1.0)
+        best = min(selection_loss(r, w) for r in valid)
         lines.append(f"| {log.parent.parent.name}/{log.parent.name} | {last['epoch']} | {last['lr']:g} | {decays} | "
                      f"{fmt(last.get('rec'))} | {fmt(last['neg_elbo'])} | {fmt(best)} | {fmt(last.get('kl'))} | "
                      f"{fmt(last.get('mi_batch'))} | {fmt(last.get('au'), '{:.0f}')} |")

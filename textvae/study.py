@@ -64,7 +64,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import yaml
 
@@ -322,13 +322,6 @@ RUN_REFERENCE = re.compile(r"\{run:([^{}]*)\}")
 def resolve_run_references(value: Any, study: Study, seed: int, needs: set[str], where: str) -> Any:
     """``value`` (a recipe dict, list or scalar) with each ``{run:VARIANT}`` in its strings replaced
     by that variant's run folder for ``seed``; the variants named are added to ``needs``."""
-    if isinstance(value, dict):
-        return {k: resolve_run_references(v, study, seed, needs, where) for k, v in value.items()}
-    if isinstance(value, list):
-        return [resolve_run_references(v, study, seed, needs, where) for v in value]
-    if not isinstance(value, str):
-        return value
-
     def folder(match: re.Match) -> str:
         name = match.group(1)
         if name not in study.variants:
@@ -337,7 +330,16 @@ def resolve_run_references(value: Any, study: Study, seed: int, needs: set[str],
         needs.add(name)
         return str(study.out / name / f"seed{seed}")
 
-    return RUN_REFERENCE.sub(folder, value)
+    return map_strings(value, lambda text: RUN_REFERENCE.sub(folder, text))
+
+
+def map_strings(value: Any, fn: Callable[[str], str]) -> Any:
+    """``value`` (a config dict, list or scalar) with ``fn`` applied to every string in it."""
+    if isinstance(value, dict):
+        return {k: map_strings(v, fn) for k, v in value.items()}
+    if isinstance(value, list):
+        return [map_strings(v, fn) for v in value]
+    return fn(value) if isinstance(value, str) else value
 
 
 # ---- run folders -------------------------------------------------------------------------------
@@ -372,25 +374,14 @@ def check_run_folder(run: Run) -> None:
     except TextVAEError:
         pass  # a setting textvae no longer has: compared as saved, so it shows as a change
     # a study folder moved since: its runs' paths into it ("{run:v}") moved with it
-    made_in = str(Path(old.get("out_dir") or run.dir.parent).parent)
-    old = _moved_paths(old, made_in, str(run.dir.parent.parent))
+    made_in, now_in = str(Path(old.get("out_dir") or run.dir.parent).parent), str(run.dir.parent.parent)
+    old = map_strings(old, lambda text: now_in + text[len(made_in):] if text.startswith(made_in + os.sep) else text)
     changes = {k: v for k, v in config_changes(old, json.loads(json.dumps(run.config.to_dict()))).items()
                if k not in INCIDENTAL_KEYS}
     if changes:
         shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(changes.items())[:3])
         raise TextVAEError(f"{run.dir} was trained with another configuration ({shown}"
                            f"{'; ...' if len(changes) > 3 else ''}); delete it or choose another --out")
-
-
-def _moved_paths(value: Any, old_root: str, new_root: str) -> Any:
-    """``value`` (a config dict, list or scalar) with every path under ``old_root`` put under ``new_root``."""
-    if isinstance(value, dict):
-        return {k: _moved_paths(v, old_root, new_root) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_moved_paths(v, old_root, new_root) for v in value]
-    if isinstance(value, str) and value.startswith(old_root + os.sep):
-        return new_root + value[len(old_root):]
-    return value
 
 
 def _clear_unstarted(run: Run) -> None:

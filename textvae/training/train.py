@@ -101,6 +101,12 @@ class LoopState:
         return tok_s, complete
 
 
+def selection_loss(figures: dict[str, float], kl_weight: float) -> float:
+    """The validation loss that selects the best model and drives the lr decays: rec + w KL
+    = -ELBO - (1 - w) KL, w = ``optim.plateau_kl_weight`` (a language model's figures have no KL)."""
+    return figures["neg_elbo"] - (1.0 - kl_weight) * figures.get("kl", 0.0)
+
+
 def plateau_update(state: LoopState, val_loss: float, epoch_complete: bool, oc: OptimConfig,
                    save_best: Callable[[], Any], reload_best: Callable[[], Any]) -> tuple[bool, bool]:
     """He et al. (2019)'s schedule after one validation; returns (improved, decayed).
@@ -656,9 +662,8 @@ def end_epoch(run: Run) -> None:
     def reload_best() -> None:  # on rank 0; the other ranks get it from sync_module below
         reload_weights(model, best_dir, run.device, run.remedies)
 
-    # the language model's validation has no KL
-    val_loss = val["neg_elbo"] - (1.0 - run.cfg.optim.plateau_kl_weight) * val.get("kl", 0.0)
-    improved, decayed = plateau_update(state, val_loss, run.epoch_complete, run.cfg.optim,
+    improved, decayed = plateau_update(state, selection_loss(val, run.cfg.optim.plateau_kl_weight),
+                                       run.epoch_complete, run.cfg.optim,
                                        # config.json and tokenizer.json stay as written at start
                                        save_best=lambda: world.on_main(lambda: model.save_weights(best_dir)),
                                        reload_best=lambda: world.on_main(reload_best))
