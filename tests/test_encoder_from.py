@@ -123,6 +123,13 @@ def test_posterior_remedies_come_along_when_both_models_have_them(tmp_path):
     for name, tensor in same.objective.posterior_remedies()[0].state_dict().items():
         assert torch.equal(tensor, source.objective.posterior_remedies()[0].state_dict()[name]), name
     assert torch.equal(plain.encoder.state_dict()["rnn.weight_hh_l0"], source.encoder.state_dict()["rnn.weight_hh_l0"])
+    # The other way round (the composite row): BN-VAE on a model whose autoencoder had none keeps its fresh BN.
+    plain.save_pretrained(tmp_path / "plain")
+    bn_from_plain, drawn = model(3, bn), model(3, bn)
+    bn_from_plain.load_inference_network(tmp_path / "plain")
+    assert torch.equal(bn_from_plain.posterior.linear.weight, plain.posterior.linear.weight)
+    for name, tensor in bn_from_plain.objective.posterior_remedies()[0].state_dict().items():
+        assert torch.equal(tensor, drawn.objective.posterior_remedies()[0].state_dict()[name]), name
 
 
 def chained_study(tmp_path, corpus):
