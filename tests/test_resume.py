@@ -87,7 +87,7 @@ def start(argv: list[str], log: Path, code: str = "from textvae.cli import main;
                             stdout=open(log, "w"), stderr=subprocess.STDOUT)
 
 
-def kill_when(proc: subprocess.Popen, ready, timeout: float = 60.0) -> None:
+def kill_when(proc: subprocess.Popen, ready, timeout: float = 300.0) -> None:
     deadline = time.monotonic() + timeout
     while not ready():
         assert proc.poll() is None, f"the run ended (status {proc.returncode}) before it could be killed"

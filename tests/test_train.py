@@ -229,3 +229,43 @@ def test_each_start_of_a_run_records_the_code_it_ran(tmp_path):
     for r in sources:
         assert r["textvae"] == textvae.__version__ and r["torch"] == torch.__version__
         assert r["commit"] == (git.stdout.strip() if git.returncode == 0 else None)
+
+
+def test_valid_redraw_draws_validation_anew_each_epoch_and_leaves_training_alone(tmp_path):
+    """``train.valid_redraw`` (He et al.'s validation): new z draws each epoch. The training stream
+    must not move (identical training records), while every epoch's validation figures differ from
+    the fixed-draw run's, of the same model; without it, epoch 1's and a re-run's draws agree."""
+    corpus = write_corpus(tmp_path / "corpus", n_train=60, n_eval=20)
+    records = {}
+    for name, redraw in (("fixed", "false"), ("redraw", "true"), ("fixed_again", "false")):
+        main(["train", *tiny_args(tmp_path / "runs", name, corpus, "--train.iw_samples_final", "0",
+                                  "--train.epochs", "2", "--train.metrics_every", "0",
+                                  "--train.valid_redraw", redraw)])
+        records[name] = read_jsonl(tmp_path / "runs" / name / "metrics.jsonl")
+
+    def split(name, which):
+        return [{k: v for k, v in r.items() if k not in ("time", "tokens_per_s")} for r in records[name]
+                if r["split"] == which]
+
+    assert split("fixed", "train") == split("redraw", "train")
+    fixed, redraw = split("fixed", "valid"), split("redraw", "valid")
+    assert len(fixed) == len(redraw) == 2
+    for a, b in zip(fixed, redraw):
+        assert a["rec"] != b["rec"] and a["mi_batch_he2019"] != b["mi_batch_he2019"]
+    assert split("fixed", "valid") == split("fixed_again", "valid")
+
+
+def test_aggressive_switches_off_on_he_et_al_s_mi_when_asked(tmp_path):
+    """The aggressive row's recipe: the switch-off follows the validation ``mi_batch_he2019`` of each
+    epoch (new draws each epoch), not textvae's ``mi_batch``: on at epoch 1, off from the first epoch
+    whose MI is below the previous epoch's, and never on again."""
+    corpus = write_corpus(tmp_path / "corpus", n_train=60, n_eval=20)
+    remedy = '[{"name": "aggressive", "max_inner_steps": 2, "check_every": 1, "mi_key": "mi_batch_he2019"}]'
+    main(["train", *tiny_args(tmp_path / "runs", "agg", corpus, "--train.iw_samples_final", "0", "--train.epochs", "5",
+                              "--train.metrics_every", "0", "--train.valid_redraw", "true",
+                              "--data.eval_batch_size", "8", "--objective.remedies", remedy)])
+    valid = [r for r in read_jsonl(tmp_path / "runs" / "agg" / "metrics.jsonl") if r["split"] == "valid"]
+    mis = [r["mi_batch_he2019"] for r in valid]
+    off = next((i for i in range(1, len(mis)) if mis[i] < mis[i - 1]), None)
+    assert off is not None, f"the noisy MI never dropped in 5 epochs: {mis}"
+    assert [r.get("aggressive") for r in valid] == [1.0] * off + [0.0] + [None] * (len(valid) - off - 1)

@@ -228,7 +228,11 @@ class TrainConfig:
     gradient holding only the rows the batch used, instead of zeroing, norming and updating every
     row of the V x E tables each step; it takes effect only where the update is the same (plain
     SGD: momentum 0, weight decay 0; one process) and on the CPU (on a GPU the dense update is
-    faster), and is ignored otherwise."""
+    faster), and is ignored otherwise. Validation draws its random numbers (z samples) from a stream
+    of its own, the same draws every epoch, so a change between epochs is the model's;
+    ``valid_redraw`` draws them anew each epoch instead (seeded by the epoch), as He et al.'s and
+    Li et al.'s code do: their epoch-to-epoch comparisons (aggressive training's MI switch-off, the
+    plateau schedule) then carry the estimators' sampling noise."""
 
     epochs: int = 100
     max_steps: Optional[int] = None
@@ -245,6 +249,7 @@ class TrainConfig:
     sampled_softmax: int = 0
     sparse_gradients: bool = True
     iw_samples_final: int = 500
+    valid_redraw: bool = False
     progress: bool = True
     tensorboard: bool = True
 

@@ -141,9 +141,10 @@ def _mi_dataset(p: EvalPass) -> dict[str, Any]:
     return {"mi_dataset": mi_dataset(p.posteriors, p.samples)}
 
 
-@register_metric("mi_batch_he2019", keeps_posteriors=True, stages=("test",))
+@register_metric("mi_batch_he2019", keeps_posteriors=True, stages=("epoch", "test"))
 def _mi_batch_he2019(p: EvalPass) -> dict[str, Any]:
-    """He et al.'s per-batch estimator as published, and its noise floor sd sqrt(D / 2N)."""
+    """He et al.'s per-batch estimator as published, and its noise floor sd sqrt(D / 2N); at each
+    epoch too, where aggressive training may take it as its switch-off signal, as He et al.'s code does."""
     n, d = sum(len(z) for z in p.samples), p.samples[0].shape[-1]
     return {"mi_batch_he2019": mi_batch_he2019(p.posteriors, p.samples),
             "mi_batch_he2019_noise_sd": he2019_noise_sd(d, n)}

@@ -20,7 +20,7 @@ from textvae.dialogue.model import KgCVAE
 from textvae.metrics import evaluate_model, list_metrics
 from textvae.tasks.base import register_task
 from textvae.training.task import Task
-from textvae.training.train import EVAL_SEED
+from textvae.training.train import EVAL_SEED, eval_seed
 
 
 @register_task("dialogue")
@@ -61,6 +61,6 @@ class DialogueTask(Task):
         ``n_pairs``, from a generator of their own (the stream the CVAE's recorded figures came from)."""
         batches = (b.to(device) for b in split.batches(self.cfg.data.eval_batch_size, shuffle=False, limit=limit))
         figures = evaluate_model(model, batches, list_metrics(stage), n_samples=iw_samples,
-                                 generator=torch.Generator().manual_seed(EVAL_SEED))
+                                 generator=torch.Generator().manual_seed(eval_seed()))
         figures["n_pairs"] = figures.pop("n_sentences")
         return figures

@@ -27,6 +27,7 @@ Never losing work:
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import ctypes
 import ctypes.util
 import dataclasses
@@ -170,11 +171,24 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+# The validation draw (0, or the epoch under ``train.valid_redraw``) in force while the loop
+# evaluates: tasks seed their own evaluation streams (a generator, or :func:`evaluation_rng`) from
+# :func:`eval_seed`, so the loop sets it for them instead of every task taking it as an argument.
+_EVAL_DRAW: contextvars.ContextVar[int] = contextvars.ContextVar("eval_draw", default=0)
+
+
+def eval_seed() -> int:
+    """The seed of evaluation's random stream: ``EVAL_SEED``, plus the epoch while the loop runs a
+    ``train.valid_redraw`` validation."""
+    return EVAL_SEED + _EVAL_DRAW.get()
+
+
 @contextlib.contextmanager
 def evaluation_rng(device: torch.device) -> Iterator[None]:
-    """Evaluation draws from its own stream (seed ``EVAL_SEED``) and leaves the training RNG as it was."""
+    """Evaluation draws from its own stream (seed :func:`eval_seed`) and leaves the training RNG as
+    it was."""
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(EVAL_SEED)
+        torch.manual_seed(eval_seed())
         yield
 
 
@@ -646,9 +660,14 @@ def stop_nonfinite(run: Run, bad: list[str]) -> None:
 
 
 def evaluate_task(run: Run, figures: Callable[..., Any], **kwargs: Any) -> Any:
-    """``figures(model, valid split, device, **kwargs)`` on the evaluation random stream."""
-    with evaluation_rng(run.device):
-        return figures(run.model, run.data.splits["valid"], run.device, **kwargs)
+    """``figures(model, valid split, device, **kwargs)`` on the evaluation random stream: the same
+    draws every time, or with ``train.valid_redraw`` new draws each epoch."""
+    token = _EVAL_DRAW.set(run.state.epoch if run.cfg.train.valid_redraw else 0)
+    try:
+        with evaluation_rng(run.device):
+            return figures(run.model, run.data.splits["valid"], run.device, **kwargs)
+    finally:
+        _EVAL_DRAW.reset(token)
 
 
 def end_epoch(run: Run) -> None:
