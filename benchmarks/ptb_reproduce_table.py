@@ -8,7 +8,7 @@ Published rows: Li et al. 2020 ("Optimus"), appendix Table 8, re-quoting the ori
 ../shared/REFERENCE.md; IW-NLL derived from the published IW-PPL over PTB test's 82,430 tokens.
 Tolerances (issue 15): IW-NLL within 1.0 nat; KL and MI within max(0.5, 25 %); AU within
 max(3, 15 %). A row is judged on the figures the paper published; a finished row with a figure
-outside its tolerance is marked ✗ and needs its cause in docs/results/ptb/report.md.
+outside its tolerance is marked ✗ and needs its cause in docs/results/ptb/causes.md.
 
 Wall time per row: the training loop's time (``train_seconds``, resumed runs summed) plus the final
 evaluation's (the time between the last record before the test record and the test record).
