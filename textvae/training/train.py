@@ -37,7 +37,7 @@ import math
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -172,8 +172,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 # The validation draw (0, or the epoch under ``train.valid_redraw``) in force while the loop
-# evaluates: tasks seed their own evaluation streams (a generator, or :func:`evaluation_rng`) from
-# :func:`eval_seed`, so the loop sets it for them instead of every task taking it as an argument.
+# evaluates: tasks seed their own evaluation streams (a generator, or a nested
+# :func:`evaluation_rng`) from :func:`eval_seed`, so the loop sets it for them instead of every
+# task taking it as an argument.
 _EVAL_DRAW: contextvars.ContextVar[int] = contextvars.ContextVar("eval_draw", default=0)
 
 
@@ -184,12 +185,17 @@ def eval_seed() -> int:
 
 
 @contextlib.contextmanager
-def evaluation_rng(device: torch.device) -> Iterator[None]:
+def evaluation_rng(device: torch.device, draw: Optional[int] = None) -> Iterator[None]:
     """Evaluation draws from its own stream (seed :func:`eval_seed`) and leaves the training RNG as
-    it was."""
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(eval_seed())
-        yield
+    it was. ``draw`` (the loop's validation) sets the draw for every stream seeded inside."""
+    token = None if draw is None else _EVAL_DRAW.set(draw)
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(eval_seed())
+            yield
+    finally:
+        if token is not None:
+            _EVAL_DRAW.reset(token)
 
 
 def evaluation(model: nn.Module, batches: Callable[[], Iterator[Batch]], device: torch.device,
@@ -662,12 +668,8 @@ def stop_nonfinite(run: Run, bad: list[str]) -> None:
 def evaluate_task(run: Run, figures: Callable[..., Any], **kwargs: Any) -> Any:
     """``figures(model, valid split, device, **kwargs)`` on the evaluation random stream: the same
     draws every time, or with ``train.valid_redraw`` new draws each epoch."""
-    token = _EVAL_DRAW.set(run.state.epoch if run.cfg.train.valid_redraw else 0)
-    try:
-        with evaluation_rng(run.device):
-            return figures(run.model, run.data.splits["valid"], run.device, **kwargs)
-    finally:
-        _EVAL_DRAW.reset(token)
+    with evaluation_rng(run.device, draw=run.state.epoch if run.cfg.train.valid_redraw else 0):
+        return figures(run.model, run.data.splits["valid"], run.device, **kwargs)
 
 
 def end_epoch(run: Run) -> None:
