@@ -73,10 +73,20 @@ def eval_seconds(run_dir: Path) -> float:
     return recs[idx]["time"] - recs[idx - 1]["time"]
 
 
-def figures(report: dict[str, Any]) -> dict[str, float]:
-    """The study table's figures of one report (textvae.study.run_figures), under this table's names."""
+def mi_group(record: dict[str, Any], run_dir: Path) -> float:
+    """The group size B of a record's per-batch MI figures: ``mi_batch_size`` (32, He et al.'s), or,
+    in records made before it was fixed, the evaluation batch (``data.eval_batch_size`` of the run)."""
+    if "mi_batch_size" in record:
+        return float(record["mi_batch_size"])
+    return float(yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["eval_batch_size"])
+
+
+def figures(report: dict[str, Any], run_dir: Path) -> dict[str, float]:
+    """The study table's figures of one report (textvae.study.run_figures), under this table's names;
+    ``mi_he_b`` is the group size of He et al.'s per-batch MI (:func:`mi_group`)."""
     figs = run_figures(report)
-    return {**{k: figs[k] for k in FIGURES}, "mi_he": figs["mi_batch_he2019"],
+    b = mi_group(report, run_dir) if math.isfinite(figs["mi_batch_he2019"]) else math.nan
+    return {**{k: figs[k] for k in FIGURES}, "mi_he": figs["mi_batch_he2019"], "mi_he_b": b,
             "mi_he_sd": figs["mi_batch_he2019_noise_sd"], "train_min": figs["train_minutes"]}
 
 
@@ -85,7 +95,7 @@ def finished_runs(results: dict[str, Any]) -> dict[str, list[tuple[int, dict[str
     by_variant: dict[str, list[tuple[int, dict[str, float]]]] = {}
     for run in results["runs"]:
         if run.get("report"):
-            figs = figures(run["report"])
+            figs = figures(run["report"], Path(run["dir"]))
             figs["eval_min"] = eval_seconds(Path(run["dir"])) / 60.0
             by_variant.setdefault(run["variant"], []).append((run["seed"], figs))
     for variant, stage in STAGES.items():
@@ -108,7 +118,7 @@ def mean(values: list[float]) -> float:
 
 def comparison_table(runs: dict[str, list[tuple[int, dict[str, float]]]]) -> str:
     head = ("| variant | row | seeds | IW-NLL (pub.) | −ELBO (pub.) | KL (pub.) | MI (pub.) | AU (pub.) | "
-            "MI He et al. (noise sd) | train + eval (min) | within tolerance |")
+            "MI He et al. (noise sd, B) | train + eval (min) | within tolerance |")
     lines = [head, "|" + "---|" * 11]
     lm_nll = mean([f["nll"] for _, f in runs.get("lm", [])])
     for variant, (row, *pub) in PUBLISHED.items():
@@ -116,7 +126,8 @@ def comparison_table(runs: dict[str, list[tuple[int, dict[str, float]]]]) -> str
         if not done:
             lines.append(f"| `{variant}` | {row} | 0 | – | – | – | – | – | – | – | not finished |")
             continue
-        ours = {k: mean([f[k] for _, f in done]) for k in FIGURES + ("mi_he", "mi_he_sd", "train_min", "eval_min")}
+        ours = {k: mean([f[k] for _, f in done])
+                for k in FIGURES + ("mi_he", "mi_he_sd", "mi_he_b", "train_min", "eval_min")}
         cells, verdict = [], []
         for key, p in zip(FIGURES, pub):
             spec = "{:.0f}" if key == "au" else "{:.2f}"
@@ -131,7 +142,7 @@ def comparison_table(runs: dict[str, list[tuple[int, dict[str, float]]]]) -> str
             verdict.append(("✓" if ok else "✗") + " goal (IW-NLL < LM, MI ≥ 5, AU 32)")
         seeds = ",".join(str(s) for s, _ in done)
         lines.append(f"| `{variant}` | {row} | {seeds} | " + " | ".join(cells)
-                     + f" | {fmt(ours['mi_he'])} ({fmt(ours['mi_he_sd'], '{:.3f}')})"
+                     + f" | {fmt(ours['mi_he'])} ({fmt(ours['mi_he_sd'], '{:.3f}')}, {fmt(ours['mi_he_b'], '{:.0f}')})"
                      + f" | {fmt(ours['train_min'], '{:.0f}')} + {fmt(ours['eval_min'], '{:.0f}')}"
                      + f" | {', '.join(verdict) or '–'} |")
     return "\n".join(lines)
@@ -158,7 +169,7 @@ def precision_table(bf16: dict[str, list], fp32: dict[str, list]) -> str:
 def progress_table(study_dir: Path) -> str:
     """The unfinished runs of a study folder: where each stands (its last validation, and the best
     of its own selection loss, rec + w KL with w its ``optim.plateau_kl_weight``)."""
-    lines = ["| run | epoch | lr | decays | valid rec | valid −ELBO | best rec + w KL | KL | MI per-batch | AU |",
+    lines = ["| run | epoch | lr | decays | valid rec | valid −ELBO | best rec + w KL | KL | MI per-batch (B) | AU |",
              "|" + "---|" * 10]
     for log in sorted(study_dir.glob("*/seed*/metrics.jsonl")):
         records = read_jsonl(log)
@@ -172,7 +183,7 @@ def progress_table(study_dir: Path) -> str:
         best = min(selection_loss(r, w) for r in valid)
         lines.append(f"| {log.parent.parent.name}/{log.parent.name} | {last['epoch']} | {last['lr']:g} | {decays} | "
                      f"{fmt(last.get('rec'))} | {fmt(last['neg_elbo'])} | {fmt(best)} | {fmt(last.get('kl'))} | "
-                     f"{fmt(last.get('mi_batch'))} | {fmt(last.get('au'), '{:.0f}')} |")
+                     f"{fmt(last.get('mi_batch'))} ({mi_group(last, log.parent):.0f}) | {fmt(last.get('au'), '{:.0f}')} |")
     return "\n".join(lines)
 
 
@@ -185,13 +196,15 @@ def decoder_age_table(study_dir: Path, ages: tuple[int, ...] = (1, 3, 5, 10, 15,
     same number of epochs since its decoder was drawn: how much the decoder reads from z, and how
     that depends on the length of the autoencoder stage (pretrain_fb against pretrain_fb_inrun).
     Each row's lr decays come at its own epochs, so late ages also compare schedules."""
-    curves = {}
+    curves, heads = {}, []
     for variant, start in DECODER_START.items():
         log = study_dir / variant / "seed1" / "metrics.jsonl"
         if log.is_file():
             curves[variant] = {r["epoch"] - start: r for r in read_jsonl(log) if r.get("split") == "valid"}
-    lines = ["| decoder age (epochs) | " + " | ".join("`lm` NLL" if v == "lm" else f"`{v}` rec (KL, MI per-batch)"
-                                                 for v in curves) + " |",
+            first = next(iter(curves[variant].values()), {})
+            heads.append("`lm` NLL" if variant == "lm" else
+                         f"`{variant}` rec (KL, MI per-batch B = {mi_group(first, log.parent):.0f})")
+    lines = ["| decoder age (epochs) | " + " | ".join(heads) + " |",
              "|" + "---|" * (len(curves) + 1)]
     for age in ages:
         cells = []

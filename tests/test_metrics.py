@@ -333,6 +333,33 @@ def test_mi_batch_is_batch_size_weighted():
     assert mi_batch(posteriors, samples) == pytest.approx((20 * parts[0] + 10 * parts[1]) / 30)
 
 
+@pytest.mark.parametrize("n, groups", [(128, [32, 32, 32, 32]), (100, [25, 25, 25, 25]), (20, [20])])
+def test_per_batch_mi_over_groups_of_at_most_b_equals_those_groups_as_batches(n, groups):
+    # one evaluation batch of n split into groups of at most 32, as equal as possible, gives the
+    # figure of those groups passed as separate batches, for both per-batch estimators
+    g = seed(n)
+    mu, logvar = torch.randn(n, 3, generator=g, dtype=F64), torch.randn(n, 3, generator=g, dtype=F64) - 1
+    z = mu + torch.exp(0.5 * logvar) * torch.randn(n, 3, generator=g, dtype=F64)
+    bounds = torch.tensor([0] + groups).cumsum(0).tolist()
+    parts = [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+    one = DiagGaussian(mu, logvar)
+    for estimator in (mi_batch, mi_batch_he2019):
+        grouped = estimator([one], [z], batch_size=32)
+        separate = estimator([DiagGaussian(mu[p], logvar[p]) for p in parts], [z[p] for p in parts])
+        assert grouped == pytest.approx(separate, abs=1e-12)
+    if len(groups) > 1:  # and it is not the figure of the whole batch
+        assert abs(mi_batch([one], [z], batch_size=32) - mi_batch([one], [z])) > 1e-3
+
+
+def test_per_batch_mi_bound_is_its_group_size():
+    # well separated, near-deterministic codes: the estimate sits at log B of the groups, not of the batch
+    g = seed(0)
+    mu = 10 * torch.randn(128, 4, generator=g, dtype=F64)
+    sharp = [DiagGaussian(mu, torch.full((128, 4), math.log(1e-4), dtype=F64))]
+    assert mi_batch(sharp, generator=seed(1), batch_size=32) == pytest.approx(math.log(32), abs=1e-4)
+    assert mi_batch(sharp, generator=seed(1)) == pytest.approx(math.log(128), abs=1e-4)
+
+
 # ---- active units and collapse diagnostics -----------------------------------------------------
 def columns_with_variances(variances, n=50, seed_=0):
     """means [n, D] whose unbiased column variances are exactly ``variances``."""
@@ -443,7 +470,7 @@ def test_evaluate_model_one_pass_and_table():
     results = evaluate_model(approx, split(x, 40), n_samples=20, generator=seed(0))
     means = torch.cat([approx.encode(b).mean for b in split(x, 40)])
     assert results["au"] == active_units(means).count and results["latent_dim"] == 2
-    assert 0 < results["mi_batch"] <= math.log(40) + 0.2
+    assert 0 < results["mi_batch"] <= math.log(20) + 0.2
     assert 0 < results["mi_dataset"] <= math.log(120) + 0.2
     assert all(isinstance(v, float) for v in results.values())
     table = format_table(results)
@@ -456,7 +483,8 @@ def test_evaluate_model_one_pass_and_table():
     sharp = LinearGaussian(approx.W, approx.b, approx.sigma, 100 * approx.A, approx.c,
                            torch.full((2,), math.log(1e-4), dtype=F64), opaque=True)
     mi = evaluate_model(sharp, split(x, 40), metrics=("mi_batch", "mi_dataset"), generator=seed(0))
-    assert mi["mi_batch"] == pytest.approx(math.log(40), abs=1e-4)
+    # evaluation batches of 40 are taken as two groups of 20 (at most He et al.'s 32 each)
+    assert mi["mi_batch"] == pytest.approx(math.log(20), abs=1e-4) and mi["mi_batch_size"] == 32
     assert mi["mi_dataset"] == pytest.approx(math.log(120), abs=1e-4)
     only_au = evaluate_model(approx, split(x, 40), metrics=("au",))
     assert set(only_au) == {"n_sentences", "n_tokens", "au", "au_threshold", "latent_dim"}

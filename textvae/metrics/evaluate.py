@@ -14,7 +14,7 @@ import torch
 
 from textvae.errors import TextVAEError
 from textvae.metrics._common import Batches, eval_mode, iterate, seeded
-from textvae.metrics.information import he2019_noise_sd, mi_batch, mi_batch_he2019, mi_dataset
+from textvae.metrics.information import HE2019_BATCH, he2019_noise_sd, mi_batch, mi_batch_he2019, mi_dataset
 from textvae.metrics.latent import AU_THRESHOLD, active_units, collapse_diagnostics, collapse_verdict
 from textvae.metrics.likelihood import (ElboAccumulator, elbo_batch,
                                         iw_log_marginal)
@@ -131,8 +131,10 @@ def _iw(p: EvalPass) -> dict[str, Any]:
 
 @register_metric("mi_batch", keeps_posteriors=True, stages=STAGES)
 def _mi_batch(p: EvalPass) -> dict[str, Any]:
-    """The per-batch MI estimator (He et al. 2019's aggregate posterior; same z as the ELBO)."""
-    return {"mi_batch": mi_batch(p.posteriors, p.samples)}
+    """The per-batch MI estimator (He et al. 2019's aggregate posterior over groups of their batch size
+    HE2019_BATCH, whatever the evaluation batch; same z as the ELBO), and that B as ``mi_batch_size``."""
+    return {"mi_batch": mi_batch(p.posteriors, p.samples, batch_size=HE2019_BATCH),
+            "mi_batch_size": float(HE2019_BATCH)}
 
 
 @register_metric("mi_dataset", keeps_posteriors=True, stages=("periodic", "test"))
@@ -144,10 +146,11 @@ def _mi_dataset(p: EvalPass) -> dict[str, Any]:
 @register_metric("mi_batch_he2019", keeps_posteriors=True, stages=("epoch", "test"))
 def _mi_batch_he2019(p: EvalPass) -> dict[str, Any]:
     """He et al.'s per-batch estimator as published, and its noise floor sd sqrt(D / 2N); at each
-    epoch too, where aggressive training may take it as its switch-off signal, as He et al.'s code does."""
+    epoch too, where aggressive training may take it as its switch-off signal, as He et al.'s code does.
+    Over groups of HE2019_BATCH sentences, as ``mi_batch``."""
     n, d = sum(len(z) for z in p.samples), p.samples[0].shape[-1]
-    return {"mi_batch_he2019": mi_batch_he2019(p.posteriors, p.samples),
-            "mi_batch_he2019_noise_sd": he2019_noise_sd(d, n)}
+    return {"mi_batch_he2019": mi_batch_he2019(p.posteriors, p.samples, batch_size=HE2019_BATCH),
+            "mi_batch_he2019_noise_sd": he2019_noise_sd(d, n), "mi_batch_size": float(HE2019_BATCH)}
 
 
 @register_metric("au", stages=STAGES)
@@ -252,8 +255,8 @@ _ROWS = [
     ("kl_per_dim", "  KL per dim, largest", None),
     ("elbo_ppl", "PPL (ELBO bound)", "{:.2f}"),
     ("mi_dataset", "MI (whole set, N={N})", "{:.3f}"),
-    ("mi_batch", "MI (per-batch)", "{:.3f}"),
-    ("mi_batch_he2019", "MI (per-batch, He et al. 2019 as published)", "{:.3f}"),
+    ("mi_batch", "MI (per-batch, B={B})", "{:.3f}"),
+    ("mi_batch_he2019", "MI (per-batch, B={B}, He et al. 2019 as published)", "{:.3f}"),
     ("true_mi", "MI (true I(x; latent))", "{:.3f}"),
     ("au", "AU (Var >= {thr})", "{:.0f}"),
     ("dims_too_noisy", "inactive dims: too noisy", "{:.0f}"),
@@ -266,7 +269,7 @@ _ROWS = [
 ]
 # shown inside other rows' labels or values
 _HIDDEN = {"iw_samples", "au_threshold", "latent_dim", "gen_sentences", "probe_acc_std", "mi_batch_he2019_noise_sd",
-           "probe_n_per_class", "probe_draws"}
+           "mi_batch_size", "probe_n_per_class", "probe_draws"}
 _TOP_DIMS = 5  # dimensions listed in the KL-per-dim row
 
 
@@ -283,6 +286,7 @@ def format_table(results: dict[str, Any]) -> str:
     KL-per-dim summary; they are for the JSON."""
     fill = {"K": f"{results.get('iw_samples', float('nan')):.0f}",
             "N": f"{results.get('n_sentences', float('nan')):.0f}",
+            "B": f"{results.get('mi_batch_size', float('nan')):.0f}",
             "thr": f"{results.get('au_threshold', AU_THRESHOLD):g}",
             "G": f"{results.get('gen_sentences', float('nan')):.0f}",
             "P": f"{results.get('probe_n_per_class', float('nan')):.0f}"}

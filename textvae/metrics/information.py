@@ -9,7 +9,12 @@ table uses):
 * :func:`mi_dataset` (Li et al. 2019; also the BN-VAE and Optimus code): q(z) from all N evaluation
   sentences. Bounded by log N. textvae's reported MI.
 * :func:`mi_batch` (He et al. 2019, "Lagging inference networks"): q(z) from the B sentences of the
-  same batch. Bounded by log B and biased low when the MI is not small against log B.
+  same batch. Bounded by log B and biased low when the MI is not small against log B, so its value
+  depends on B: the registered metrics split every evaluation batch into consecutive groups of at
+  most ``HE2019_BATCH`` = 32 sentences (He et al.'s batch size), as equal as possible, so that B no
+  longer follows ``data.eval_batch_size`` (at its default 128, groups of exactly 32). Evaluation batches are sorted by length, so a group holds sentences of
+  nearly equal length, as He et al.'s batches of one length do (theirs: exactly one length, so a
+  length's last batch can be smaller).
 
 Both take the first term as log q(z_i|x_i) of the *same* sample that enters log q(z_i). The
 sampling noise then cancels term by term: an x-independent posterior gives exactly 0 (every
@@ -34,6 +39,9 @@ from textvae.metrics._common import seeded
 
 # Default bound on the elements of one broadcast [M, B, D] block inside posterior.log_prob.
 DEFAULT_MAX_ELEMENTS = 2**24
+# He et al. 2019's batch size (their PTB, Yahoo and Yelp scripts): the B of the registered per-batch
+# estimators, so that their figures do not change with the evaluation batch size.
+HE2019_BATCH = 32
 
 
 def he2019_noise_sd(latent_dim: int, n_sentences: int) -> float:
@@ -50,26 +58,38 @@ def _pairs(posteriors: Iterable[Any], samples: Optional[Iterable[torch.Tensor]]
     return zip(posteriors, samples, strict=True)
 
 
+def _groups(n: int, batch_size: Optional[int]) -> list[int]:
+    """Sizes of the consecutive groups a batch of n is split into: as equal as possible, none above
+    ``batch_size`` (e.g. 100 at 32: 25, 25, 25, 25), or one group of n."""
+    parts = -(-n // batch_size) if batch_size else 1
+    return [n // parts + (i < n % parts) for i in range(parts)]
+
+
 def _mi_batch(posteriors: Iterable[Any], samples: Optional[Iterable[torch.Tensor]],
-              generator: Optional[torch.Generator], closed_form_entropy: bool) -> float:
-    """Σ_b B_b·MI_b / Σ_b B_b, MI_b = mean_i first_term_i − mean_i log q̂(z_i) within batch b."""
+              generator: Optional[torch.Generator], closed_form_entropy: bool,
+              batch_size: Optional[int]) -> float:
+    """Σ_b B_b·MI_b / Σ_b B_b, MI_b = mean_i first_term_i − mean_i log q̂(z_i) within group b: the
+    given batches, or each split into groups of at most ``batch_size`` sentences (:func:`_groups`)."""
     total, count = 0.0, 0
     with torch.no_grad(), seeded(generator):
         for posterior, z in _pairs(posteriors, samples):
-            b = z.shape[0]
             log_q = posterior.log_prob(z.unsqueeze(1))  # [B (z_i), B (x_j)]
-            log_qz = torch.logsumexp(log_q, dim=1) - math.log(b)  # [B]
             entropy = posterior.entropy() if closed_form_entropy else None
             first = -entropy if entropy is not None else log_q.diagonal()  # [B]
-            total += b * float(first.mean() - log_qz.mean())
-            count += b
+            start = 0
+            for b in _groups(z.shape[0], batch_size):
+                block = log_q[start:start + b, start:start + b]  # the group's own [b, b] pairs
+                log_qz = torch.logsumexp(block, dim=1) - math.log(b)  # [b]
+                total += b * float(first[start:start + b].mean() - log_qz.mean())
+                count += b
+                start += b
     if count == 0:
         raise TextVAEError("mi_batch: no posteriors given")
     return total / count
 
 
 def mi_batch(posteriors: Iterable[Any], samples: Optional[Iterable[torch.Tensor]] = None,
-             generator: Optional[torch.Generator] = None) -> float:
+             generator: Optional[torch.Generator] = None, batch_size: Optional[int] = None) -> float:
     """Per-batch MI (He et al. 2019's aggregate posterior), batch-size-weighted over batches.
 
     For a batch of B sentences with z_i ~ q(z|x_i):
@@ -81,21 +101,23 @@ def mi_batch(posteriors: Iterable[Any], samples: Optional[Iterable[torch.Tensor]
     x-independent posterior, never above log B; biased low when the MI is not small against log B.
 
     posteriors: one posterior per batch; samples: optionally one z [B, D] per batch (drawn here,
-    seeded by ``generator``, when ``None``).
+    seeded by ``generator``, when ``None``); batch_size: B, each batch split into consecutive groups
+    of at most this many sentences, as equal as possible (``None``: the batches as given).
     """
-    return _mi_batch(posteriors, samples, generator, closed_form_entropy=False)
+    return _mi_batch(posteriors, samples, generator, False, batch_size)
 
 
 def mi_batch_he2019(posteriors: Iterable[Any], samples: Optional[Iterable[torch.Tensor]] = None,
-                    generator: Optional[torch.Generator] = None) -> float:
+                    generator: Optional[torch.Generator] = None, batch_size: Optional[int] = None) -> float:
     """He et al. 2019's per-batch estimator as their code computes it: :func:`mi_batch` with the
     first term from the closed-form entropy where the posterior has one,
 
         MI_batch = mean_i (−½·D·log 2π − ½·Σ_d(1 + log σ_id²)) − mean_i log q(z_i),
 
     so it carries a noise floor of sd √(D / 2N) (:func:`he2019_noise_sd`) and can exceed log B.
-    Kept to compare with published MI; report its noise floor beside it."""
-    return _mi_batch(posteriors, samples, generator, closed_form_entropy=True)
+    Kept to compare with published MI; report its noise floor beside it. ``batch_size`` as in
+    :func:`mi_batch`."""
+    return _mi_batch(posteriors, samples, generator, True, batch_size)
 
 
 def mi_dataset(posteriors: Sequence[Any], samples: Optional[Sequence[torch.Tensor]] = None,

@@ -13,12 +13,11 @@ is optimised until it catches up with the current decoder:
 Aggressive mode is switched off for good once the validation MI (``mi_key``: by default the
 per-batch estimator ``mi_batch``; ``mi_batch_he2019`` is the authors' own, with its sampling noise)
 decreases from one epoch to the next; from then on updates are ordinary. The authors' code also
-draws that MI's samples anew each epoch, over batches of at most 32 sentences: ``train.valid_redraw``
-and ``data.eval_batch_size: 32`` reproduce that. The switch and the last MI are persistent
-buffers, so a resumed run continues in the right mode; they are
-procedure state (``procedure_buffers``), so the plateau schedule's best-model reload keeps them
-(the authors' flag is a script variable: a reloaded best epoch from aggressive mode does not
-switch it back on).
+draws that MI's samples anew each epoch (``train.valid_redraw``), over batches of at most 32
+sentences (as textvae's per-batch estimators always group them). The switch and the last MI are
+persistent buffers, so a resumed run continues in the right mode; they are procedure state
+(``procedure_buffers``), so the plateau schedule's best-model reload keeps them (the authors' flag
+is a script variable: a reloaded best epoch from aggressive mode does not switch it back on).
 Deviation: the authors compare the first epoch's MI with 0; here the first comparison is between
 the first two epochs, as the rule is stated.
 """
