@@ -80,6 +80,16 @@ oneDNN's fused cell wins in bf16, and torch has no CPU kernel for a cell over pr
 fp32 logits buffer: no change (9.9 vs 10.0 ms); a bf16 GEMM writing fp32 logits (``torch.mm(...,
 out_dtype=)``) is not implemented on CPU.
 
+Issue 18's precision condition (bf16 validation NLL after one epoch against fp32, paired seeds):
+``--sections epoch --threads 1 --epoch-variants fp32 bf16 --epoch-seeds 1 2 3 4 5`` (2026-12-04, one
+PTB study run on the other core; tok/s are not speed figures). Valid -ELBO after the epoch, fp32 ->
+bf16: 120.697 -> 120.906, 122.157 -> 122.068, 121.598 -> 122.282, 122.475 -> 122.356, 121.314 ->
+121.240, i.e. +0.173, -0.073, +0.563, -0.097, -0.061 %: mean +0.101 % (sd 0.28 %, standard error
+0.13 %), no detectable bias, but single pairs differ by up to 0.56 %. After one epoch the pair's own
+trajectories have drifted apart (bf16 rounding changes every update), and across seeds fp32 itself
+varies by sd 0.70 nats (0.58 %), so one epoch cannot show 0.1 % per pair. At convergence the same
+model pair (``lm`` in the PTB study, 48 epochs) differs by -0.005 nats (0.005 %).
+
 Issue 18, quiet machine (every other process stopped), 2 threads, wall clock: ``--sections peak iw
 --iw-model <PTB VAE after 1,000 steps, AU 32, KL 9.5> --iw-sentences 16 --iw-budgets 4096 16384
 --iw-repeats 2 --iw-k-sweep 500 2000`` (roof bf16 420 GFLOP/s; % roof: decoder GEMM FLOPs of
@@ -600,7 +610,21 @@ def section_epoch(args: argparse.Namespace) -> list[dict[str, Any]]:
             tok, nll = [r["tokens_per_s"] for r in mine], [r["neg_elbo"] for r in mine]
             print(f"{variant:<16} tok/s {statistics.mean(tok):>7,.0f}   valid -ELBO {statistics.mean(nll):.3f} "
                   f"± {statistics.stdev(nll):.3f}")
+        paired_precision(rows)
     return rows
+
+
+def paired_precision(rows: list[dict[str, Any]]) -> None:
+    """Issue 18's precision check: each seed's bf16 validation -ELBO after the epoch against the fp32
+    run of the same seed (same initialisation and batches), relative difference in %."""
+    by = {(r["variant"], r["seed"]): r["neg_elbo"] for r in rows}
+    seeds = [s for v, s in by if v == "fp32" and ("bf16", s) in by]
+    if not seeds:
+        return
+    rel = [100 * (by["bf16", s] - by["fp32", s]) / by["fp32", s] for s in seeds]
+    print("bf16 against fp32, paired by seed (valid -ELBO after the epoch): "
+          + ", ".join(f"{s}: {by['fp32', s]:.3f} -> {by['bf16', s]:.3f} ({d:+.3f} %)" for s, d in zip(seeds, rel))
+          + f"; mean {statistics.mean(rel):+.3f} %, largest |difference| {max(map(abs, rel)):.3f} %")
 
 
 def main() -> None:
