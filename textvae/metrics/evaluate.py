@@ -131,8 +131,9 @@ def _iw(p: EvalPass) -> dict[str, Any]:
 
 @register_metric("mi_batch", keeps_posteriors=True, stages=STAGES)
 def _mi_batch(p: EvalPass) -> dict[str, Any]:
-    """The per-batch MI estimator (He et al. 2019's aggregate posterior over groups of their batch size
-    HE2019_BATCH, whatever the evaluation batch; same z as the ELBO), and that B as ``mi_batch_size``."""
+    """The per-batch MI estimator (He et al. 2019's aggregate posterior over groups of at most their
+    batch size HE2019_BATCH within each evaluation batch; same z as the ELBO), and that B as
+    ``mi_batch_size``."""
     return {"mi_batch": mi_batch(p.posteriors, p.samples, batch_size=HE2019_BATCH),
             "mi_batch_size": float(HE2019_BATCH)}
 

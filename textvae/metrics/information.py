@@ -12,9 +12,9 @@ table uses):
   same batch. Bounded by log B and biased low when the MI is not small against log B, so its value
   depends on B: the registered metrics split every evaluation batch into consecutive groups of at
   most ``HE2019_BATCH`` = 32 sentences (He et al.'s batch size), as equal as possible, so that B no
-  longer follows ``data.eval_batch_size`` (at its default 128, groups of exactly 32). Evaluation batches are sorted by length, so a group holds sentences of
-  nearly equal length, as He et al.'s batches of one length do (theirs: exactly one length, so a
-  length's last batch can be smaller).
+  longer follows ``data.eval_batch_size`` (at its default 128, groups of exactly 32). Evaluation
+  batches are sorted by length, so a group holds sentences of nearly equal length, as He et al.'s
+  batches of one length do (theirs: exactly one length, so a length's last batch can be smaller).
 
 Both take the first term as log q(z_i|x_i) of the *same* sample that enters log q(z_i). The
 sampling noise then cancels term by term: an x-independent posterior gives exactly 0 (every
