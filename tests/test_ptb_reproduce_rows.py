@@ -93,3 +93,13 @@ def test_pretrain_fb_is_li_et_al_two_runs(rows):
     (spec,) = fb.objective.remedies
     fb_remedy = create_remedy(spec, latent_dim=fb.model.latent_dim)
     assert spec["name"] == "free_bits_li2019" and fb_remedy.threshold == pytest.approx(5.0 / 32)
+
+
+def test_lambda_diagnostic_is_pretrain_fb_but_for_lambda(rows):
+    """pretrain_fb_lambda6_5 tests one cause of pretrain_fb's MI gap (causes.md): it must be pretrain_fb
+    with only the free-bits target changed, from the same autoencoder run."""
+    fb, diag = rows["pretrain_fb"].to_dict(), rows["pretrain_fb_lambda6_5"].to_dict()
+    assert diag["objective"].pop("remedies") == [{"name": "free_bits_li2019", "target_kl": 6.5}]
+    assert fb["objective"].pop("remedies") == [{"name": "free_bits_li2019", "target_kl": 5.0}]
+    assert diag.pop("out_dir") != fb.pop("out_dir")
+    assert diag == fb
