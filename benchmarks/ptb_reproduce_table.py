@@ -18,6 +18,7 @@ evaluation's (the time between the last record before the test record and the te
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import shutil
@@ -80,7 +81,13 @@ def mi_group(record: dict[str, Any], run_dir: Path) -> float:
     in records made before it was fixed, the evaluation batch (``data.eval_batch_size`` of the run)."""
     if "mi_batch_size" in record:
         return float(record["mi_batch_size"])
-    return float(yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["eval_batch_size"])
+    return float(run_config(run_dir)["data"]["eval_batch_size"])
+
+
+@functools.lru_cache(maxsize=None)
+def run_config(run_dir: Path) -> dict[str, Any]:
+    """A run's saved config.yaml (read once per run: every record of an older run asks for it)."""
+    return yaml.safe_load((run_dir / "config.yaml").read_text())
 
 
 def figures(report: dict[str, Any], run_dir: Path) -> dict[str, float]:
@@ -180,8 +187,7 @@ def progress_table(study_dir: Path) -> str:
             continue
         last, lrs = valid[-1], [r["lr"] for r in valid]
         decays = sum(1 for a, b in zip(lrs, lrs[1:]) if b < a)
-        config = yaml.safe_load((log.parent / "config.yaml").read_text())
-        w = config["optim"].get("plateau_kl_weight", 1.0)
+        w = run_config(log.parent)["optim"].get("plateau_kl_weight", 1.0)
         best = min(selection_loss(r, w) for r in valid)
         lines.append(f"| {log.parent.parent.name}/{log.parent.name} | {last['epoch']} | {last['lr']:g} | {decays} | "
                      f"{fmt(last.get('rec'))} | {fmt(last['neg_elbo'])} | {fmt(best)} | {fmt(last.get('kl'))} | "
@@ -203,9 +209,10 @@ def decoder_age_table(study_dir: Path, ages: tuple[int, ...] = (1, 3, 5, 10, 15,
         log = study_dir / variant / "seed1" / "metrics.jsonl"
         if log.is_file():
             curves[variant] = {r["epoch"] - start: r for r in read_jsonl(log) if r.get("split") == "valid"}
-            first = next(iter(curves[variant].values()), {})
+            # a run that straddles the per-batch MI fix (b049657) names both B, in the order they came
+            groups = dict.fromkeys(f"{mi_group(r, log.parent):.0f}" for r in curves[variant].values())
             heads.append("`lm` NLL" if variant == "lm" else
-                         f"`{variant}` rec (KL, MI per-batch B = {mi_group(first, log.parent):.0f})")
+                         f"`{variant}` rec (KL, MI per-batch B = {' then '.join(groups)})")
     lines = ["| decoder age (epochs) | " + " | ".join(heads) + " |",
              "|" + "---|" * (len(curves) + 1)]
     for age in ages:
