@@ -114,8 +114,9 @@ evaluation loss's elementwise part (fp32 cast, bias, logsumexp, target gather) a
 kernel: 3.2 -> 2.4 ms per 256 x 10k chunk beside its 7.2 ms bf16 GEMM (one thread, CPU clock, the
 same figures to 2e-6), i.e. under 8 % of the IW pass, for a compile of ~2 minutes and a C++
 toolchain at run time. Nor the evaluation loss's fp32 part (cast, bias, log-softmax, gather) in
-sub-chunks of 32-128 of each 256-token chunk's bf16 logits, through one reused fp32 buffer: 9.68 -> 9.17 ms per chunk (medians of 15 interleaved repeats, one thread, CPU clock, the
-same figures to the bit; fp32 unchanged), ~4 % of the IW pass, for a second loop in the fused loss.
+sub-chunks of 32-128 of each 256-token chunk's bf16 logits, through one reused fp32 buffer: 9.68 ->
+9.17 ms per chunk (medians of 15 interleaved repeats, one thread, CPU clock, the same figures to the
+bit; fp32 unchanged), ~4 % of the IW pass, for a second loop in the fused loss.
 
 Where a bf16 PTB training step goes on the quiet machine at 2 threads (``torch.profiler``, 30 steps
 of the default variant, ~700 tokens each, 71 ms per step): the GEMMs 32 ms (the output layer's three
