@@ -2,11 +2,10 @@
 # The PTB reproduction (issue 15) on a 2-core CPU: two chains of `textvae study`, one per core, one
 # thread per run, each chain with its own rows (two study processes must never share a run;
 # finished runs are skipped, killed ones resume from their last epoch's checkpoint).
-#   core A: bf16 rows pretrain_fb_inrun annealed bn_vae aggressive cyclical kl_constraint, then seeds 2
-#           and 3 of lm annealed
+#   core A: bf16 rows pretrain_fb_inrun annealed bn_vae, the lambda diagnostic pretrain_fb_lambda6_5 (from
+#           pretrain_ae's encoder), aggressive cyclical kl_constraint, then seeds 2 and 3 of lm annealed
 #   core B: Li et al.'s two runs (pretrain_ae, then pretrain_fb from its encoder), the fp32 check (lm,
-#           pretrain_fb_inrun; it gates the bf16 rows), the lambda diagnostic pretrain_fb_lambda6_5 and
-#           composite (both also from pretrain_ae's encoder), then
+#           pretrain_fb_inrun; it gates the bf16 rows), composite (also from pretrain_ae's encoder), then
 #           seeds 2 and 3 of pretrain_ae pretrain_fb bn_vae
 # Runs from a frozen source tree so edits in the checkout do not reach running runs:
 #   git worktree add --detach ~/textvae-src main     # once; later: git -C ~/textvae-src checkout --detach main
@@ -19,11 +18,12 @@ export TEXTVAE_DATA_DIR=${TEXTVAE_DATA_DIR:-/work/shared/data}
 mkdir -p "$RUNS"
 cd "$SRC"
 S="textvae study studies/ptb_reproduce.yaml --jobs 1"
-nohup bash -c "$S --only lm pretrain_fb_inrun annealed bn_vae aggressive cyclical kl_constraint --set train.threads=1 --out $RUNS/ptb_reproduce; \
+nohup bash -c "$S --only lm pretrain_fb_inrun annealed bn_vae --set train.threads=1 --out $RUNS/ptb_reproduce; \
+  $S --only pretrain_fb_lambda6_5 aggressive cyclical kl_constraint --set train.threads=1 --out $RUNS/ptb_reproduce; \
   $S --seeds 2 3 --only lm annealed --set train.threads=1 --out $RUNS/ptb_reproduce" >> "$RUNS/ptb_reproduce.out" 2>&1 &
 nohup bash -c "$S --only pretrain_ae pretrain_fb --set train.threads=1 --out $RUNS/ptb_reproduce; \
   $S --only lm pretrain_fb_inrun --set train.threads=1 train.precision=fp32 --out $RUNS/ptb_reproduce_fp32; \
-  $S --only pretrain_fb_lambda6_5 composite --set train.threads=1 --out $RUNS/ptb_reproduce; \
+  $S --only composite --set train.threads=1 --out $RUNS/ptb_reproduce; \
   $S --seeds 2 3 --only pretrain_ae pretrain_fb bn_vae --set train.threads=1 --out $RUNS/ptb_reproduce" \
   >> "$RUNS/ptb_reproduce_b.out" 2>&1 &
 echo "started; logs: $RUNS/ptb_reproduce.out $RUNS/ptb_reproduce_b.out"
