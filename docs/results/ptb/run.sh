@@ -5,8 +5,9 @@
 #   core A: bf16 rows pretrain_fb_inrun annealed bn_vae, the lambda diagnostic pretrain_fb_lambda6_5 (from
 #           pretrain_ae's encoder), aggressive cyclical kl_constraint, then seeds 2 and 3 of lm annealed
 #   core B: Li et al.'s two runs (pretrain_ae, then pretrain_fb from its encoder), the fp32 check (lm,
-#           pretrain_fb_inrun; it gates the bf16 rows), composite (also from pretrain_ae's encoder), then
-#           seeds 2 and 3 of pretrain_ae pretrain_fb bn_vae
+#           pretrain_fb_inrun; it gates the bf16 rows), the gamma diagnostic bn_vae_gamma0_5, composite (also
+#           from pretrain_ae's encoder), the second gamma diagnostic bn_vae_gamma0_3, then seeds 2 and 3 of
+#           pretrain_ae pretrain_fb bn_vae
 # Runs from a frozen source tree so edits in the checkout do not reach running runs:
 #   git worktree add --detach ~/textvae-src main     # once; later: git -C ~/textvae-src checkout --detach main
 #   RUNS=~/textvae-runs SRC=~/textvae-src bash docs/results/ptb/run.sh
@@ -23,7 +24,7 @@ nohup bash -c "$S --only lm pretrain_fb_inrun annealed bn_vae --set train.thread
   $S --seeds 2 3 --only lm annealed --set train.threads=1 --out $RUNS/ptb_reproduce" >> "$RUNS/ptb_reproduce.out" 2>&1 &
 nohup bash -c "$S --only pretrain_ae pretrain_fb --set train.threads=1 --out $RUNS/ptb_reproduce; \
   $S --only lm pretrain_fb_inrun --set train.threads=1 train.precision=fp32 --out $RUNS/ptb_reproduce_fp32; \
-  $S --only composite --set train.threads=1 --out $RUNS/ptb_reproduce; \
+  $S --only bn_vae_gamma0_5 composite bn_vae_gamma0_3 --set train.threads=1 --out $RUNS/ptb_reproduce; \
   $S --seeds 2 3 --only pretrain_ae pretrain_fb bn_vae --set train.threads=1 --out $RUNS/ptb_reproduce" \
   >> "$RUNS/ptb_reproduce_b.out" 2>&1 &
 echo "started; logs: $RUNS/ptb_reproduce.out $RUNS/ptb_reproduce_b.out"
