@@ -3,7 +3,8 @@
 # thread per run, each chain with its own rows (two study processes must never share a run;
 # finished runs are skipped, killed ones resume from their last epoch's checkpoint).
 #   core A: bf16 rows pretrain_fb_inrun annealed bn_vae, the lambda diagnostic pretrain_fb_lambda6_5 (from
-#           pretrain_ae's encoder), aggressive cyclical kl_constraint, then seeds 2 and 3 of lm annealed
+#           pretrain_ae's encoder), cyclical kl_constraint, aggressive (last: each of its outer steps in
+#           aggressive mode costs 31-100 ordinary steps), then seeds 2 and 3 of lm annealed
 #   core B: Li et al.'s two runs (pretrain_ae, then pretrain_fb from its encoder), the fp32 check (lm,
 #           pretrain_fb_inrun; it gates the bf16 rows), the gamma diagnostic bn_vae_gamma0_5, composite (also
 #           from pretrain_ae's encoder), the second gamma diagnostic bn_vae_gamma0_3, then seeds 2 and 3 of
@@ -20,7 +21,8 @@ mkdir -p "$RUNS"
 cd "$SRC"
 S="textvae study studies/ptb_reproduce.yaml --jobs 1"
 nohup bash -c "$S --only lm pretrain_fb_inrun annealed bn_vae --set train.threads=1 --out $RUNS/ptb_reproduce; \
-  $S --only pretrain_fb_lambda6_5 aggressive cyclical kl_constraint --set train.threads=1 --out $RUNS/ptb_reproduce; \
+  $S --only pretrain_fb_lambda6_5 cyclical kl_constraint --set train.threads=1 --out $RUNS/ptb_reproduce; \
+  $S --only aggressive --set train.threads=1 --out $RUNS/ptb_reproduce; \
   $S --seeds 2 3 --only lm annealed --set train.threads=1 --out $RUNS/ptb_reproduce" >> "$RUNS/ptb_reproduce.out" 2>&1 &
 nohup bash -c "$S --only pretrain_ae pretrain_fb --set train.threads=1 --out $RUNS/ptb_reproduce; \
   $S --only lm pretrain_fb_inrun --set train.threads=1 train.precision=fp32 --out $RUNS/ptb_reproduce_fp32; \
