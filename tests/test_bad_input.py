@@ -425,3 +425,12 @@ def test_disk_full_while_writing_the_best_model(tmp_path, trained, monkeypatch):
                                            r".*; any earlier model.safetensors there is intact"):
         model.save_weights(tmp_path / "model")
     assert weights.read_bytes() == before and not Path(f"{weights}.tmp").exists()
+
+
+def test_training_into_a_folder_another_process_writes(tmp_path, corpus, capsys):
+    from tests.test_study import held_elsewhere
+
+    with held_elsewhere(tmp_path / "runs" / "x") as child:
+        line = fails(train_on(tmp_path, corpus), capsys)
+    assert f"{tmp_path / 'runs/x'} is being written by another process (pid {child.pid})" in line
+    assert not (tmp_path / "runs" / "x").exists()

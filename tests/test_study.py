@@ -1,9 +1,13 @@
 """Studies: overrides, planning, skip / resume after an interruption, aggregation, outputs."""
+import contextlib
 import csv
 import dataclasses
 import json
 import math
+import os
 import statistics
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -345,3 +349,53 @@ def test_nll_falls_back_to_the_bound_only_for_the_language_model():
     assert st.run_figures(lm)["nll"] == 90.0 and st.run_figures(lm)["ppl"] == 110.0
     assert math.isnan(st.run_figures(vae)["nll"]) and math.isnan(st.run_figures(vae)["ppl"])
     assert st.run_figures({**vae, "iw_nll": 91.0, "iw_ppl": 105.0})["nll"] == 91.0
+
+
+# ---- one writer per run folder ------------------------------------------------------------------
+@contextlib.contextmanager
+def held_elsewhere(run_dir):
+    """``run_dir`` held by another process (a child holding :func:`run_folder_lock` until its stdin
+    closes); yields the child."""
+    from tests.test_train import REPO
+
+    code = ("import sys; from pathlib import Path; from textvae.files import run_folder_lock\n"
+            "with run_folder_lock(Path(sys.argv[1])):\n    print('held', flush=True); sys.stdin.read()")
+    child = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    try:
+        assert child.stdout.readline().strip() == "held"
+        yield child
+    finally:
+        child.stdin.close()
+        child.wait(timeout=30)
+
+
+def test_run_folder_lock_keeps_a_second_process_out_until_the_first_ends(tmp_path):
+    from textvae.files import run_folder_lock
+
+    run_dir = tmp_path / "runs" / "x"
+    with held_elsewhere(run_dir) as child:
+        with pytest.raises(TextVAEError, match=rf"{run_dir} is being written by another process \(pid {child.pid}\)"):
+            with run_folder_lock(run_dir):
+                pass
+    with run_folder_lock(run_dir), run_folder_lock(run_dir):  # free again; re-entrant in one process
+        assert not run_dir.exists()  # holding a folder does not make it
+    with held_elsewhere(run_dir) as child:
+        child.kill()  # a killed holder leaves no stale lock
+        child.wait(timeout=30)
+        with run_folder_lock(run_dir):
+            pass
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_study_leaves_a_run_folder_held_by_another_process_alone(tmp_path, caplog, jobs):
+    """A study started twice must not clear or resume a run the other one is training."""
+    path = write_study(tmp_path, dict(TINY, seeds=[1], variants={"plain": {}}))
+    (run,) = st.plan(st.load_study(path, str(tmp_path / "out")), jobs)
+    run.dir.mkdir(parents=True)
+    record = json.dumps({"split": "train", "step": 0, "loss": 1.0}) + "\n"  # the other process's; no checkpoint yet
+    (run.dir / "metrics.jsonl").write_text(record)
+    with held_elsewhere(run.dir), pytest.raises(TextVAEError, match="1 runs failed: plain/seed1"):
+        st.run_study(path, out=str(tmp_path / "out"), jobs=jobs)
+    assert (run.dir / "metrics.jsonl").read_text() == record
+    assert f"plain/seed1 not trained: {run.dir} is being written by another process" in caplog.text

@@ -1,14 +1,28 @@
-"""One file-permission policy for everything a run writes: the mode a new file gets from the
-process's umask (0644 under the usual 022), checkpoints and model weights included.
+"""How a run folder is written: one file-permission policy, and one writer at a time.
 
-safetensors creates its files 0600; left so, a run folder's weights would be private while its
-configuration, log and tokenizer are not, which protects nothing and surprises whoever shares the
-run. A user who wants a private run sets the umask (``umask 077``), and every file follows it.
+Permissions: every file a run writes gets the mode a new file gets from the process's umask
+(0644 under the usual 022), checkpoints and model weights included. safetensors creates its files
+0600; left so, a run folder's weights would be private while its configuration, log and tokenizer
+are not, which protects nothing and surprises whoever shares the run. A user who wants a private
+run sets the umask (``umask 077``), and every file follows it.
+
+One writer: :func:`run_folder_lock` keeps a second process (a study started twice, ``textvae train``
+on a folder a study is training) out of a run folder instead of letting two trainings interleave
+their checkpoints and logs, or a study clear a folder whose run has just started.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
+from typing import Iterator
+
+from textvae.errors import TextVAEError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; run folders are then not guarded
+    fcntl = None  # type: ignore[assignment]
 
 
 def umask_mode() -> int:
@@ -22,3 +36,62 @@ def replace_as_new_file(tmp: Path, path: Path) -> None:
     """Give ``tmp`` the mode of a newly created file, then rename it over ``path`` (atomically)."""
     os.chmod(tmp, umask_mode())
     os.replace(tmp, path)
+
+
+def check_writable(run_dir: Path) -> None:
+    """Create ``run_dir`` and write a file in it, so an output folder on a read-only file system
+    (or under a file, or without permission) fails before the data is loaded, not mid-run."""
+    probe = run_dir / ".write-test"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise cannot_write(run_dir, e) from None
+
+
+def cannot_write(run_dir: Path, e: OSError) -> TextVAEError:
+    return TextVAEError(f"cannot write the run folder {run_dir}: {e.strerror} ({e.filename}); choose another --out_dir")
+
+
+_held: set[Path] = set()  # the run folders this process holds
+
+
+@contextlib.contextmanager
+def run_folder_lock(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir`` for this process during the block; a TextVAEError if another process
+    holds it.
+
+    The lock is an exclusive ``flock`` on ``.<name>.lock`` beside the folder, not in it, so that
+    clearing the folder keeps it. The OS drops it when its process ends, however it ends: a killed
+    run leaves no stale lock. Re-entrant within a process (a study holds a run's folder while it
+    trains the run in the same process).
+    """
+    key = run_dir.resolve()
+    if key in _held:  # the outer block releases it
+        yield
+        return
+    if fcntl is None:
+        yield
+        return
+    try:  # the folder itself is not made here: a refused --resume leaves nothing behind
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(run_dir.parent / f".{run_dir.name}.lock", os.O_RDWR | os.O_CREAT, umask_mode())
+    except OSError as e:
+        raise cannot_write(run_dir, e) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise TextVAEError(f"{run_dir} is being written by another process (pid {holder}); "
+                               f"two trainings must not share a run folder") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _held.add(key)
+        try:
+            yield
+        finally:
+            _held.discard(key)
+    finally:
+        os.close(fd)  # closing the last descriptor releases the flock

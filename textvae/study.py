@@ -70,6 +70,7 @@ import yaml
 
 from textvae.config import RunConfig, from_dict
 from textvae.errors import TextVAEError
+from textvae.files import run_folder_lock
 from textvae.metrics import get_metric, he2019_noise_sd, list_metrics
 from textvae.training.logger import read_jsonl
 
@@ -392,12 +393,18 @@ def _clear_unstarted(run: Run) -> None:
 
 
 # ---- running -----------------------------------------------------------------------------------
-def _train_in_process(run: Run, resume: bool) -> bool:
+def _train_in_process(run: Run, n: int, total: int) -> bool:
     from textvae.tasks import run_training
 
     try:
-        run_training(run.config, resume=resume)
+        with run_folder_lock(run.dir):  # held from the folder's tidying to the test report
+            resume = _prepare(run)
+            log.info("[%d/%d] %s: %s", n, total, run.label, "resuming" if resume else "training")
+            run_training(run.config, resume=resume)
         return True
+    except TextVAEError as e:  # the user's to fix (another process on the folder, a bad setting): one line
+        log.error("%s not trained: %s", run.label, e)
+        return False
     except Exception:  # a failed run must not stop the study; its traceback goes to the log
         log.error("%s failed:\n%s", run.label, traceback.format_exc())
         return False
@@ -450,13 +457,18 @@ def execute(study: Study, runs: list[Run], jobs: int = 1, only: Optional[list[st
     try:
         while pending or running:
             while len(running) < jobs and (run := _take_ready(pending, by_label)) is not None:
-                resume = _prepare(run)
                 n += 1
                 if jobs == 1:
-                    log.info("[%d/%d] %s: %s", n, len(todo), run.label, "resuming" if resume else "training")
                     t0 = time.perf_counter()
-                    ok = _train_in_process(run, resume)
+                    ok = _train_in_process(run, n, len(todo))
                     _done(study, runs, run, ok, time.perf_counter() - t0, n, len(todo), failed)
+                    continue
+                try:  # the child takes the folder's lock itself once started; a busy folder is left alone
+                    with run_folder_lock(run.dir):
+                        resume = _prepare(run)
+                except TextVAEError as e:
+                    log.error("%s not trained: %s", run.label, e)
+                    _done(study, runs, run, False, 0.0, n, len(todo), failed)
                     continue
                 log.info("[%d/%d] %s: %s (log: %s)", n, len(todo), run.label, "resuming" if resume else "training",
                          run.log_file)

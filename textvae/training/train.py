@@ -49,6 +49,7 @@ from textvae.config import OptimConfig, RunConfig, check_ranges
 from textvae.data.batch import Batch
 from textvae.data.batching import padding_fraction
 from textvae.errors import TextVAEError
+from textvae.files import check_writable, run_folder_lock
 from textvae.metrics import evaluate_model
 from textvae.models.sampled_softmax import SampledSoftmax
 from textvae.models.textvae import VAEOutput
@@ -343,19 +344,6 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
     check_writable(run_dir)
 
 
-def check_writable(run_dir: Path) -> None:
-    """Create ``run_dir`` and write a file in it, so an output folder on a read-only file system
-    (or under a file, or without permission) fails before the data is loaded, not mid-run."""
-    probe = run_dir / ".write-test"
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise TextVAEError(f"cannot write the run folder {run_dir}: {e.strerror} ({e.filename}); "
-                           f"choose another --out_dir") from None
-
-
 def check_config(cfg: RunConfig) -> None:
     """One-line errors for settings out of range or unknown (before any work is done)."""
     tc, oc = cfg.train, cfg.optim
@@ -435,15 +423,18 @@ def run_training(task: Task, resume: bool = False, data: Any = None) -> dict[str
     world = World.from_environment()
     device = world.start(resolve_device(tc.device))
     finished = False
-    try:
-        run = start_run(task, resume, world, device, data)
-        while not run.finished():
-            train_epoch(run)
-            end_epoch(run)
-        report = finish_run(run)
-        finished = True
-    finally:
-        world.close(clean=finished)
+    with contextlib.ExitStack() as held:
+        try:
+            # rank 0 holds the run folder for every rank, from before its first file to the test report
+            world.on_main(lambda: held.enter_context(run_folder_lock(Path(cfg.out_dir) / cfg.name)))
+            run = start_run(task, resume, world, device, data)
+            while not run.finished():
+                train_epoch(run)
+                end_epoch(run)
+            report = finish_run(run)
+            finished = True
+        finally:
+            world.close(clean=finished)
     return report
 
 
