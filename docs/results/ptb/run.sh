@@ -19,6 +19,12 @@ export PYTHONPATH=$SRC OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 export TEXTVAE_DATA_DIR=${TEXTVAE_DATA_DIR:-/work/shared/data}
 mkdir -p "$RUNS"
 cd "$SRC"
+# started twice, the second chains would skip the runs the first ones hold (each run folder is locked)
+# but start the rows after them on a third and fourth process
+if pgrep -f "textvae study studies/ptb_reproduce.yaml" > /dev/null; then
+  echo "the study is already running (pids: $(pgrep -d ' ' -f 'textvae study studies/ptb_reproduce.yaml')); not started" >&2
+  exit 1
+fi
 S="textvae study studies/ptb_reproduce.yaml --jobs 1"
 nohup bash -c "$S --only lm pretrain_fb_inrun annealed bn_vae --set train.threads=1 --out $RUNS/ptb_reproduce; \
   $S --only pretrain_fb_lambda6_5 cyclical kl_constraint --set train.threads=1 --out $RUNS/ptb_reproduce; \
