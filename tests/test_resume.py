@@ -138,6 +138,47 @@ main(sys.argv[1:])
     assert_same_run(tmp_path / "run", reference)
 
 
+@pytest.mark.parametrize("stop_step", [6, 13])  # mid-epoch (no periodic checkpoint there), an epoch's last step
+def test_sigterm_stops_after_the_step_with_its_checkpoint_and_resumes_exactly(corpus, reference, tmp_path, stop_step):
+    """The run signals itself right after step ``stop_step``: it stops there (exit 130, like Ctrl-C)
+    with a checkpoint of that very step, and resuming gives the uninterrupted run."""
+    code = f"""
+import os, signal, textvae.training.train as loop
+original = loop.train_step
+def train_step(run, index):
+    result = original(run, index)
+    if run.state.step == {stop_step}:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return result
+loop.train_step = train_step
+from textvae.cli import main
+main(sys.argv[1:])
+"""
+    args = tiny_args(tmp_path, "run", corpus, *SETTINGS)
+    proc = start(["train", *args], tmp_path / "log.txt", code)
+    assert proc.wait(timeout=300) == 130
+    log = (tmp_path / "log.txt").read_text()
+    assert "SIGTERM: training stops after the current step, with a checkpoint" in log
+    assert "textvae: interrupted; continue with --resume" in log and "Traceback" not in log
+    assert checkpoint_step(tmp_path / "run" / "checkpoint.safetensors") == stop_step
+    main(["train", *args, "--resume"])
+    assert_same_run(tmp_path / "run", reference)
+
+
+def test_signal_handlers_ask_to_stop_then_a_second_ctrl_c_stops_at_once():
+    from textvae.training.signals import stop_on_signals, stop_requested
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with stop_on_signals():
+        assert not stop_requested()
+        os.kill(os.getpid(), signal.SIGTERM)  # handled: the process goes on
+        assert stop_requested()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)  # after a request, Ctrl-C is "now"
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    assert not stop_requested()
+
+
 def nan_after(monkeypatch, owner: type, method: str, calls: int) -> None:
     """Make ``owner.method`` return NaN from its ``calls``-th call in training mode on."""
     original, seen = getattr(owner, method), []

@@ -486,9 +486,11 @@ def execute(study: Study, runs: list[Run], jobs: int = 1, only: Optional[list[st
                 del running[label]
                 _done(study, runs, run, proc.returncode == 0, time.perf_counter() - t0, k, len(todo), failed)
     except KeyboardInterrupt:
-        # A child stops on SIGINT keeping its last checkpoint; wait, so that none is killed mid-write.
+        # A child asked by SIGTERM stops after its current step with a checkpoint; wait, so that none is
+        # killed mid-write. Not SIGINT: a child that got the terminal's Ctrl-C too would take a second
+        # SIGINT as "stop at once" (textvae.training.signals).
         for _, proc, _, _ in running.values():
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(signal.SIGTERM)
         for _, proc, _, _ in running.values():
             try:
                 proc.wait(timeout=60)

@@ -20,6 +20,8 @@ Never losing work:
   continues from it exactly: the batch plan is a function of (seed, epoch) resumed at the saved
   batch, the RNG streams are restored, and ``metrics.jsonl`` is cut back to the checkpoint, so a
   run killed at any moment ends with the parameters, best model and log of an uninterrupted one.
+* SIGINT (Ctrl-C) or SIGTERM stops training after the current step with a checkpoint of that step
+  (:mod:`textvae.training.signals`); a second Ctrl-C stops at once.
 * A non-finite loss or gradient stops training before the update, naming the term that went
   non-finite and the step; the last checkpoint is kept and the message gives the command that
   resumes it with a lower learning rate (``--resume`` applies a changed ``--optim.lr``).
@@ -62,6 +64,7 @@ from textvae.training.checkpoint import (Checkpoint, read_checkpoint, restore_ch
 from textvae.training.distributed import World, parameters_may_go_unused, rank_seed
 from textvae.training.logger import RunLogger
 from textvae.training.progress import SmoothedLoss
+from textvae.training.signals import StopRequested, stop_on_signals, stop_requested
 from textvae.training.task import Task
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -427,10 +430,17 @@ def run_training(task: Task, resume: bool = False, data: Any = None) -> dict[str
         try:
             # rank 0 holds the run folder for every rank, from before its first file to the test report
             world.on_main(lambda: held.enter_context(run_folder_lock(Path(cfg.out_dir) / cfg.name)))
+            held.enter_context(stop_on_signals())
             run = start_run(task, resume, world, device, data)
             while not run.finished():
                 train_epoch(run)
-                end_epoch(run)
+                if run.epoch_complete or not run.stopping:
+                    end_epoch(run)  # validation and a checkpoint
+                else:
+                    run.checkpoint()  # mid-epoch: resumed at the next batch
+                if run.stopping:
+                    raise StopRequested(f"stopped on request at step {run.state.step}; its checkpoint is in "
+                                        f"{run.run_dir}")
             report = finish_run(run)
             finished = True
         finally:
@@ -460,6 +470,7 @@ class Run:
     epoch_complete: bool = False
     tokens_per_s: float = 0.0
     out_of_time: bool = False
+    stopping: bool = False  # a signal asked to stop: checkpoint, then StopRequested
     smoothed: SmoothedLoss = dataclasses.field(default_factory=SmoothedLoss)  # the progress bar's loss
 
     def __post_init__(self) -> None:
@@ -470,7 +481,7 @@ class Run:
         self.trainer = LoopTrainer(self)
         self.remedies = list(self.model.objective.remedies)
         self.last_checkpoint = self.state.step
-        self.out_of_time = self.spent_time(0.0)
+        self.check_stops(0.0)
 
     @property
     def run_dir(self) -> Path:
@@ -480,14 +491,14 @@ class Run:
     def train_split(self) -> Any:
         return self.data.splits["train"]
 
-    def spent_time(self, this_pass: float) -> bool:
-        """Whether ``train.max_seconds`` is used up, ``this_pass`` seconds into the current pass
-        (every rank decides the same)."""
+    def check_stops(self, this_pass: float) -> None:
+        """Set ``out_of_time`` (``train.max_seconds`` used up, ``this_pass`` seconds into the current
+        pass) and ``stopping`` (a signal asked any rank to stop, :mod:`textvae.training.signals`);
+        every rank decides the same."""
         limit = self.cfg.train.max_seconds
-        if limit is None:
-            return False
-        spent = self.state.train_seconds + this_pass >= limit
-        return bool(self.world.any(torch.tensor([spent], device=self.device)))
+        spent = limit is not None and self.state.train_seconds + this_pass >= limit
+        flags = self.world.any(torch.tensor([spent, stop_requested()], device=self.device))
+        self.out_of_time, self.stopping = bool(flags[0]), bool(flags[1])
 
     def finished(self) -> bool:
         state, tc = self.state, self.cfg.train
@@ -613,8 +624,8 @@ def train_epoch(run: Run) -> None:
             run.model.train()
         if tc.checkpoint_every and state.step % tc.checkpoint_every == 0:
             run.checkpoint()
-        run.out_of_time = run.spent_time(time.perf_counter() - t0)
-        if run.out_of_time or (tc.max_steps is not None and state.step >= tc.max_steps):
+        run.check_stops(time.perf_counter() - t0)
+        if run.out_of_time or run.stopping or (tc.max_steps is not None and state.step >= tc.max_steps):
             break
     bar.close()
     run.tokens_per_s, run.epoch_complete = state.end_pass(t0, tokens0, n_batches)

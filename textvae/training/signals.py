@@ -1,0 +1,56 @@
+"""Stopping a run on request without losing work.
+
+SIGINT (Ctrl-C) and SIGTERM (a scheduler's or a session's stop) do not end training mid-update:
+they set a flag that the loop reads after each optimiser step, where it writes a checkpoint and
+raises :class:`StopRequested`, so ``--resume`` continues from that very step (with a mid-epoch
+checkpoint otherwise only ``train.checkpoint_every`` gives). A second SIGINT stops at once, for a
+run in a long evaluation; the last checkpoint is then the one to resume from. The handlers are
+installed by :func:`stop_on_signals` in the main thread only, and the previous ones come back when
+training ends.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+from typing import Iterator
+
+log = logging.getLogger("textvae")
+
+
+class StopRequested(KeyboardInterrupt):
+    """Training stopped on a signal, after writing its checkpoint (a KeyboardInterrupt, so callers
+    that handle Ctrl-C handle it too)."""
+
+
+_requested = threading.Event()
+
+
+def stop_requested() -> bool:
+    """Whether a signal asked this process to stop training."""
+    return _requested.is_set()
+
+
+def _handle(signum: int, frame: object) -> None:
+    if signum == signal.SIGINT and _requested.is_set():
+        raise KeyboardInterrupt
+    _requested.set()
+    log.warning("%s: training stops after the current step, with a checkpoint%s", signal.Signals(signum).name,
+                " (Ctrl-C again: stop at once)" if signum == signal.SIGINT else "")
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM ask training to stop (:func:`stop_requested`) for the block."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+        yield
+        return
+    previous = {s: signal.signal(s, _handle) for s in (signal.SIGINT, signal.SIGTERM)}
+    _requested.clear()
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        _requested.clear()
