@@ -5,9 +5,11 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import statistics
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -399,3 +401,32 @@ def test_study_leaves_a_run_folder_held_by_another_process_alone(tmp_path, caplo
         st.run_study(path, out=str(tmp_path / "out"), jobs=jobs)
     assert (run.dir / "metrics.jsonl").read_text() == record
     assert f"plain/seed1 not trained: {run.dir} is being written by another process" in caplog.text
+
+
+def test_sigterm_to_a_study_stops_its_subprocess_runs_with_checkpoints(tmp_path):
+    """A study killed with SIGTERM (`kill PID`) passes the stop on: its runs stop after their current
+    step with a checkpoint, and no orphan goes on writing their folders."""
+    from tests.test_resume import checkpoint_step
+    from tests.test_train import REPO
+    from textvae.files import run_folder_lock
+
+    spec = dict(TINY, budget={"epochs": 500}, variants={"plain": {}})
+    path, out = write_study(tmp_path, spec), tmp_path / "out"
+    runs = st.plan(st.load_study(path, str(out)), 2)
+    code = "import sys; from textvae.cli import main; main(sys.argv[1:])"
+    study = subprocess.Popen([sys.executable, "-c", code, "study", str(path), "--jobs", "2", "--out", str(out)],
+                             stdout=subprocess.DEVNULL, stderr=open(tmp_path / "log.txt", "w"),
+                             env=dict(os.environ, PYTHONPATH=str(REPO)))
+    try:
+        deadline = time.monotonic() + 240
+        while min(checkpoint_step(r.dir / "checkpoint.safetensors") for r in runs) < 1:
+            assert study.poll() is None and time.monotonic() < deadline, (tmp_path / "log.txt").read_text()
+            time.sleep(0.05)
+        study.send_signal(signal.SIGTERM)
+        assert study.wait(timeout=120) == 130
+    finally:
+        study.kill()
+    for run in runs:
+        with run_folder_lock(run.dir):  # free: its child has ended
+            assert 1 <= checkpoint_step(run.dir / "checkpoint.safetensors") < 500 * 5
+        assert "SIGTERM: training stops after the current step" in run.log_file.read_text()

@@ -73,6 +73,7 @@ from textvae.errors import TextVAEError
 from textvae.files import run_folder_lock
 from textvae.metrics import get_metric, he2019_noise_sd, list_metrics
 from textvae.training.logger import read_jsonl
+from textvae.training.signals import sigterm_interrupts
 
 log = logging.getLogger(__name__)
 
@@ -730,7 +731,8 @@ def run_study(path: str | Path, jobs: int = 1, out: Optional[str] = None, only: 
     runs = plan(study, jobs)
     for run in runs:
         check_run_folder(run)
-    failed = execute(study, runs, jobs, only)
+    with sigterm_interrupts():  # stopped by SIGTERM, the study stops its runs too rather than orphan them
+        failed = execute(study, runs, jobs, only)
     results = write_outputs(study, runs)
     log.info("study %s: results in %s", study.name, study.out)
     print(markdown_table(results))  # the command's result, on stdout where a pipe or a redirect finds it

@@ -6,7 +6,8 @@ raises :class:`StopRequested`, so ``--resume`` continues from that very step (wi
 checkpoint otherwise only ``train.checkpoint_every`` gives). A second SIGINT stops at once, for a
 run in a long evaluation; the last checkpoint is then the one to resume from. The handlers are
 installed by :func:`stop_on_signals` in the main thread only, and the previous ones come back when
-training ends.
+training ends. A process that only waits on others (a study's parent) takes SIGTERM as Ctrl-C
+instead (:func:`sigterm_interrupts`), so that it can pass the stop on to them.
 """
 from __future__ import annotations
 
@@ -54,3 +55,20 @@ def stop_on_signals() -> Iterator[None]:
         for s, handler in previous.items():
             signal.signal(s, handler)
         _requested.clear()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt in the block, as Ctrl-C does (default: the process dies at once)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
