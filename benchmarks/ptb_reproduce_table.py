@@ -41,7 +41,7 @@ PUBLISHED: dict[str, tuple[str, Optional[float], ...]] = {
     "aggressive": ("He et al. 2019, aggressive", 100.89, 101.19, 0.93, 0.83, 4),
     "pretrain_fb": ("Li et al. 2019, AE pretraining + FB λ = 5", *LI_FB),
     "pretrain_fb_inrun": ("the same, its AE stage the run's first 10 epochs", *LI_FB),
-    "pretrain_fb_lambda6_5": ("diagnostic: pretrain_fb at λ = 6.5 (the published λ unverified)", *LI_FB),
+    "pretrain_fb_lambda6_5": ("diagnostic: pretrain_fb at λ = 6.5, where KL ≈ λ would meet the published KL", *LI_FB),
     "bn_vae": ("Zhu et al. 2020, BN-VAE γ = 0.7", None, None, None, None, None),
     "bn_vae_gamma0_5": ("diagnostic: bn_vae at γ = 0.5 (KL floor 4.0, not 7.84)", None, None, None, None, None),
     "bn_vae_gamma0_3": ("diagnostic: bn_vae at γ = 0.3 (KL floor 1.44)", None, None, None, None, None),
