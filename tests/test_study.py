@@ -406,17 +406,13 @@ def test_study_leaves_a_run_folder_held_by_another_process_alone(tmp_path, caplo
 def test_sigterm_to_a_study_stops_its_subprocess_runs_with_checkpoints(tmp_path):
     """A study killed with SIGTERM (`kill PID`) passes the stop on: its runs stop after their current
     step with a checkpoint, and no orphan goes on writing their folders."""
-    from tests.test_resume import checkpoint_step
-    from tests.test_train import REPO
+    from tests.test_resume import checkpoint_step, start
     from textvae.files import run_folder_lock
 
     spec = dict(TINY, budget={"epochs": 500}, variants={"plain": {}})
     path, out = write_study(tmp_path, spec), tmp_path / "out"
     runs = st.plan(st.load_study(path, str(out)), 2)
-    code = "import sys; from textvae.cli import main; main(sys.argv[1:])"
-    study = subprocess.Popen([sys.executable, "-c", code, "study", str(path), "--jobs", "2", "--out", str(out)],
-                             stdout=subprocess.DEVNULL, stderr=open(tmp_path / "log.txt", "w"),
-                             env=dict(os.environ, PYTHONPATH=str(REPO)))
+    study = start(["study", str(path), "--jobs", "2", "--out", str(out)], tmp_path / "log.txt")
     try:
         deadline = time.monotonic() + 240
         while min(checkpoint_step(r.dir / "checkpoint.safetensors") for r in runs) < 1:

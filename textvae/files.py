@@ -68,10 +68,7 @@ def run_folder_lock(run_dir: Path) -> Iterator[None]:
     trains the run in the same process).
     """
     key = run_dir.resolve()
-    if key in _held:  # the outer block releases it
-        yield
-        return
-    if fcntl is None:
+    if key in _held or fcntl is None:  # held: the outer block releases it
         yield
         return
     try:  # the folder itself is not made here: a refused --resume leaves nothing behind

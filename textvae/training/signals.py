@@ -15,7 +15,7 @@ import contextlib
 import logging
 import signal
 import threading
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 log = logging.getLogger("textvae")
 
@@ -42,18 +42,28 @@ def _handle(signum: int, frame: object) -> None:
 
 
 @contextlib.contextmanager
-def stop_on_signals() -> Iterator[None]:
-    """SIGINT and SIGTERM ask training to stop (:func:`stop_requested`) for the block."""
-    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+def _handling(handlers: dict[int, Callable[[int, Any], None]]) -> Iterator[None]:
+    """``handlers`` installed for the block, the previous ones back after it; nothing outside the
+    main thread, where Python cannot install them."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {s: signal.signal(s, _handle) for s in (signal.SIGINT, signal.SIGTERM)}
-    _requested.clear()
+    previous = {s: signal.signal(s, handler) for s, handler in handlers.items()}
     try:
         yield
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM ask training to stop (:func:`stop_requested`) for the block."""
+    _requested.clear()
+    try:
+        with _handling({signal.SIGINT: _handle, signal.SIGTERM: _handle}):
+            yield
+    finally:
         _requested.clear()
 
 
@@ -61,14 +71,6 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-@contextlib.contextmanager
-def sigterm_interrupts() -> Iterator[None]:
+def sigterm_interrupts() -> contextlib.AbstractContextManager[None]:
     """SIGTERM raises KeyboardInterrupt in the block, as Ctrl-C does (default: the process dies at once)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return _handling({signal.SIGTERM: _interrupt})
