@@ -27,7 +27,7 @@ def test_usage_errors(capsys):
             main(argv)
         assert stop.value.code == 2
         assert capsys.readouterr().err.strip() == "textvae: error: choose a command: train, evaluate, sample, " \
-                                                  "reconstruct, interpolate, respond, study"
+                                                  "reconstruct, interpolate, respond, study, list"
 
 
 def test_saved_config_recreates_the_run(run, tmp_path):

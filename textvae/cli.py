@@ -7,12 +7,14 @@
     textvae interpolate MODEL "first sentence" "second sentence" [--steps 5]
     textvae respond RUN --context "hi , how are you ?" [--context ...] [--n 5]   (dialogue CVAE)
     textvae study studies/cpu_smoke.yaml [--jobs N]
+    textvae list [KIND [NAME]]      every registered part (remedies, decoders, metrics, ...)
 
 Errors in the input are printed as one line (``textvae: error: ...``) with exit status 2.
 """
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 import os
@@ -25,7 +27,7 @@ import torch
 from textvae.config import COUNT, NON_NEGATIVE, POSITIVE, Range
 from textvae.errors import TextVAEError
 
-COMMANDS = ("train", "evaluate", "sample", "reconstruct", "interpolate", "respond", "study")
+COMMANDS = ("train", "evaluate", "sample", "reconstruct", "interpolate", "respond", "study", "list")
 
 
 def check_flags(args: argparse.Namespace, ranges: dict[str, Range]) -> None:
@@ -391,6 +393,46 @@ def cmd_study(argv: list[str]) -> None:
     from textvae.study import main as study
 
     study(argv)
+
+
+def cmd_list(argv: list[str]) -> None:
+    """``textvae list``: every kind with its names; ``list KIND``: each entry's summary and the
+    parameters a recipe may set; ``list KIND NAME``: one entry's parameters and whole docstring."""
+    ap = argparse.ArgumentParser(prog="textvae list", description=cmd_list.__doc__)
+    ap.add_argument("kind", nargs="?", help="a registry, e.g. remedy, decoder, metric (textvae list shows them)")
+    ap.add_argument("name", nargs="?", help="one entry of that registry")
+    args = ap.parse_args(argv)
+    registries = _all_registries()
+    if args.kind is None:
+        for key, registry in registries.items():
+            print(f"{key}: {', '.join(registry.names())}\n    in a recipe: {registry.recipe}")
+        return
+    registry = registries.get(args.kind.lower().replace(" ", "_"))
+    if registry is None:
+        raise TextVAEError(f"unknown kind {args.kind!r}; valid: {', '.join(registries)}")
+    names = registry.names() if args.name is None else [args.name]
+    print(f"{registry.kind} (in a recipe: {registry.recipe})")
+    for name in names:
+        summary = registry.summary(name)  # an unknown name is an error listing the valid ones
+        print(f"\n{name}: {summary}" if args.name is None else f"\n{name}")
+        if callable(registry.get(name)):  # corpora and metrics are settings-free objects
+            params = ", ".join(k if v is inspect.Parameter.empty else f"{k}={v!r}"
+                               for k, v in registry.parameters(name).items())
+            print(f"    parameters: {params or 'none'}")
+        if args.name is not None:
+            for text in registry.doc(name):
+                if text:
+                    print("\n" + text)
+
+
+def _all_registries() -> dict[str, Any]:
+    """Every registry by its command-line key (the kind, lower case, ``_`` for spaces); importing the
+    tasks imports every part they build, and the synthetic corpora register their kinds."""
+    import textvae.data.synthetic  # noqa: F401
+    import textvae.tasks  # noqa: F401
+    from textvae.registry import list_registries
+
+    return {r.kind.lower().replace(" ", "_"): r for r in list_registries()}
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -2,22 +2,35 @@
 
 Every swappable part (encoders, decoders, posteriors, priors, remedies, corpora, tokenizer kinds,
 schedules, optimisers, metrics, tasks) lives in a :class:`Registry`; an unknown name raises :class:`~textvae.errors.TextVAEError` listing the
-valid names, so a typo in a recipe is a one-line error.
+valid names, so a typo in a recipe is a one-line error. Each registry also says how a recipe names
+its entries and which arguments its caller supplies, so that ``textvae list`` can show every part
+with the parameters a recipe may set.
 """
 from __future__ import annotations
 
 import inspect
+import sys
 from typing import Any, Callable, Generic, TypeVar
 
 from textvae.errors import TextVAEError
 
 T = TypeVar("T")
+_REGISTRIES: list[Registry[Any]] = []  # every registry, in the order of creation
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str):
+    """``recipe``: how a recipe chooses an entry and sets its parameters (shown by ``textvae list``).
+    ``supplied``: the arguments the caller passes from the model or the configuration; a recipe may
+    not set them, and a caller may pass no other (:meth:`build`)."""
+
+    def __init__(self, kind: str, recipe: str = "", supplied: tuple[str, ...] = ()):
+        if any(r.kind == kind for r in _REGISTRIES):
+            raise ValueError(f"a registry of {kind!r} exists already")
         self.kind = kind
+        self.recipe = recipe
+        self.supplied = supplied
         self._entries: dict[str, T] = {}
+        _REGISTRIES.append(self)
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator: ``@REG.register("lstm")`` adds the decorated object under ``name``."""
@@ -45,15 +58,20 @@ class Registry(Generic[T]):
         by the caller. Unknown user parameters are an error listing the valid ones; a context entry
         is passed only when the constructor names it, so parts take just the facts they need.
         """
+        undeclared = sorted(set(context) - set(self.supplied))
+        if undeclared:  # a programming error: the registry's list of supplied arguments is out of date
+            raise ValueError(f"{self.kind}: the caller passes {undeclared}, which `supplied` does not declare")
         factory = self.get(name)
-        target = factory.__init__ if inspect.isclass(factory) else factory
-        signature = inspect.signature(target).parameters
+        signature = _signature(factory)
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.values())
         unknown = sorted(set(params) - set(signature)) if not takes_any else []
         if unknown:
-            valid = sorted(p for p in signature if p not in ("self", *context) and
-                           signature[p].kind is not inspect.Parameter.VAR_POSITIONAL)
-            raise TextVAEError(f"{self.kind} {name!r}: unknown parameter(s) {unknown}; valid: {valid}")
+            raise TextVAEError(f"{self.kind} {name!r}: unknown parameter(s) {unknown}; "
+                               f"valid: {sorted(self.parameters(name))}")
+        taken = sorted(set(params) & set(self.supplied))
+        if taken:
+            raise TextVAEError(f"{self.kind} {name!r}: {taken} come(s) from the model or the configuration, "
+                               f"not from the recipe; valid: {sorted(self.parameters(name))}")
         kwargs = {k: v for k, v in context.items() if k in signature or takes_any}
         kwargs.update(params)
         try:
@@ -64,5 +82,45 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self._entries)
 
+    def parameters(self, name: str) -> dict[str, Any]:
+        """The parameters a recipe may set for ``name``, each with its default (``inspect.Parameter.empty``
+        where it has none): the constructor's, less those the caller supplies."""
+        factory = self.get(name)
+        if not callable(factory):
+            return {}
+        skip = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        return {p.name: p.default for p in _signature(factory).values()
+                if p.name != "self" and p.name not in self.supplied and p.kind not in skip}
+
+    def doc(self, name: str) -> tuple[str, str]:
+        """(the entry's own docstring, the docstring of the module that defines it); either may be "".
+        A class without one takes its nearest base's from the same module (``lstm``: ``RNNDecoder``'s);
+        an entry that is an object rather than a class or function gives its own as ``.doc``."""
+        entry = self.get(name)
+        if inspect.isclass(entry):
+            own = next((c.__dict__["__doc__"] for c in entry.__mro__
+                        if c.__module__ == entry.__module__ and c.__dict__.get("__doc__")), "")
+        elif inspect.isfunction(entry):
+            own = entry.__doc__ or ""
+        else:
+            return inspect.cleandoc(getattr(entry, "doc", "") or ""), ""
+        module = sys.modules.get(entry.__module__)
+        return inspect.cleandoc(own), inspect.cleandoc(getattr(module, "__doc__", None) or "")
+
+    def summary(self, name: str) -> str:
+        """The first paragraph of the entry's own docstring, else of its module's, on one line."""
+        own, module = self.doc(name)
+        return " ".join((own or module).split("\n\n")[0].split())
+
     def __contains__(self, name: object) -> bool:
         return name in self._entries
+
+
+def list_registries() -> list[Registry[Any]]:
+    """Every registry created so far (importing a package creates and fills its registries)."""
+    return list(_REGISTRIES)
+
+
+def _signature(factory: Any) -> dict[str, inspect.Parameter]:
+    target = factory.__init__ if inspect.isclass(factory) else factory
+    return dict(inspect.signature(target).parameters)

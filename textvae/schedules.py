@@ -18,7 +18,7 @@ from textvae.errors import TextVAEError
 from textvae.registry import Registry
 
 Schedule = Callable[[int], float]
-SCHEDULES: Registry = Registry("KL schedule")
+SCHEDULES: Registry = Registry("KL schedule", recipe="objective.kl_schedule: {name: NAME, PARAMETER: VALUE}")
 
 
 @SCHEDULES.register("constant")
@@ -115,7 +115,8 @@ class Cyclical:
 SCHEDULES.register("cyclical")(Cyclical)
 
 
-LR_SCHEDULES: Registry = Registry("optim.cycle_lr")
+LR_SCHEDULES: Registry = Registry("optim.cycle_lr", recipe="optim.cycle_lr: NAME (optim.cycle_lr_stairs for stairs)",
+                                       supplied=("lr", "kl_schedule", "stairs"))
 
 
 @LR_SCHEDULES.register("none")

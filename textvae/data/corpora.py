@@ -69,6 +69,11 @@ class CorpusSpec:
     holdout: Optional[tuple[str, int]] = None
 
     @property
+    def doc(self) -> str:
+        """What ``textvae list corpus`` says of it."""
+        return f"{self.reference}. Splits: " + "; ".join(f"{k} {', '.join(v)}" for k, v in self.splits.items())
+
+    @property
     def files(self) -> list[str]:
         return [f for paths in self.splits.values() for f in paths]
 
@@ -78,7 +83,7 @@ class CorpusSpec:
         return [f for f in self.files if self.md5[f] is None]
 
 
-CORPORA: Registry[CorpusSpec] = Registry("corpus")
+CORPORA: Registry[CorpusSpec] = Registry("corpus", recipe="data.name: NAME (or a file or folder of text)")
 
 
 def register_corpus(spec: CorpusSpec) -> CorpusSpec:

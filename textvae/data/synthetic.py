@@ -532,7 +532,8 @@ class ContinuousZMarkov(MarkovSource):
         return _mean_and_stderr(gain)
 
 
-SYNTHETIC_KINDS: Registry[type[MarkovSource]] = Registry("synthetic corpus")
+SYNTHETIC_KINDS: Registry[type[MarkovSource]] = Registry("synthetic corpus", recipe="data.name: NAME",
+                                                                  supplied=("params", "seed"))
 SYNTHETIC_KINDS.register("synthetic")(ClassMarkov)
 SYNTHETIC_KINDS.register("synthetic_z")(ContinuousZMarkov)
 

@@ -35,7 +35,8 @@ from textvae.registry import Registry
 
 _BPE_SUFFIX = "</w>"
 
-TOKENIZERS: Registry = Registry("tokenizer")
+TOKENIZERS: Registry = Registry("tokenizer", recipe="data.tokenizer: NAME (its settings are the data section's)",
+                                  supplied=("min_freq", "max_vocab", "bpe_vocab_size"))
 
 
 def register_tokenizer(name: str):
@@ -146,7 +147,9 @@ def create_tokenizer(kind: str, lines: Sequence[str], **settings: Any) -> Tokeni
 
 @register_tokenizer("word")
 class WordKind:
-    """Keeps words seen at least ``min_freq`` times; ``max_vocab`` caps the total size, special
+    """Whole words, split at whitespace.
+
+    Keeps words seen at least ``min_freq`` times; ``max_vocab`` caps the total size, special
     tokens included (the most frequent words are kept)."""
 
     model = models.WordLevel
@@ -178,7 +181,9 @@ class WordKind:
 
 @register_tokenizer("bpe")
 class BPEKind:
-    """``bpe_vocab_size`` is the total size; ``min_freq`` is the trainer's minimum pair count."""
+    """Byte-pair encoding (Sennrich et al. 2016) within whitespace-split words.
+
+    ``bpe_vocab_size`` is the total size; ``min_freq`` is the trainer's minimum pair count."""
 
     model = models.BPE
 

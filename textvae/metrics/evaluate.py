@@ -7,6 +7,7 @@ model (the dialogue CVAE) is evaluated given each batch's conditions (:func:`bat
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
@@ -83,8 +84,13 @@ class Metric:
     stages: tuple[str, ...] = ()
     study_columns: tuple[tuple[str, str, str], ...] = ()
 
+    @property
+    def doc(self) -> str:
+        """What ``textvae list metric`` says of it: its ``result``'s docstring and its stages."""
+        return f"{inspect.getdoc(self.result) or ''}\n\nStages: {', '.join(self.stages) or 'textvae evaluate only'}."
 
-METRICS: Registry = Registry("metric")
+
+METRICS: Registry = Registry("metric", recipe="every metric is computed by textvae evaluate and at the stages it names")
 
 
 def register_metric(name: str, **options: Any) -> Callable[[Callable[[EvalPass], dict[str, Any]]], Metric]:

@@ -12,7 +12,8 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from textvae.data.special import PAD_ID
 from textvae.registry import Registry
 
-ENCODERS: Registry = Registry("encoder")
+ENCODERS: Registry = Registry("encoder", recipe="model.encoder: {type: NAME, options: {PARAMETER: VALUE}}",
+                                supplied=("vocab_size", "emb_dim", "hidden_dim", "num_layers", "bidirectional", "dropout"))
 
 
 def last_layer_final_state(h_n: torch.Tensor, num_layers: int, num_directions: int) -> torch.Tensor:
@@ -27,6 +28,9 @@ def last_layer_final_state(h_n: torch.Tensor, num_layers: int, num_directions: i
 
 
 class RNNEncoder(nn.Module):
+    """LSTM/GRU encoder: h is the top layer's final state at each sentence's last token (both
+    directions' concatenated with ``bidirectional``), as He et al. 2019."""
+
     rnn_cls: type[nn.RNNBase]
 
     def __init__(self, vocab_size: int, emb_dim: int, hidden_dim: int, num_layers: int = 1,

@@ -194,7 +194,9 @@ class IAFPosterior:
 
 @POSTERIORS.register("iaf")
 class IAFHead(nn.Module):
-    """[mu, log sigma²] = W h (bias-free, as the Gaussian head), then ``num_steps`` IAF steps whose
+    """Inverse autoregressive flow posterior (Kingma et al. 2016).
+
+    [mu, log sigma²] = W h (bias-free, as the Gaussian head), then ``num_steps`` IAF steps whose
     MADEs (``hidden_dim`` units, default 2·D; ``num_hidden_layers``) also read h.
 
     ``gate_bias`` is added to s before the sigmoid, so sigma starts near sigmoid(gate_bias) whatever

@@ -172,7 +172,9 @@ class VonMisesFisher:
 
 @POSTERIORS.register("vmf")
 class VMFHead(nn.Module):
-    """Mean direction mu = W h / ||W h|| (bias-free W); the norm of W h is ignored and kappa is the
+    """von Mises-Fisher posterior (Xu & Durrett 2018), q(z|x) = vMF(z; mu(x), kappa).
+
+    Mean direction mu = W h / ||W h|| (bias-free W); the norm of W h is ignored and kappa is the
     fixed hyperparameter ``kappa`` (the paper's remedy: KL constant in x)."""
 
     def __init__(self, in_dim: int, latent_dim: int, kappa: float = 50.0):

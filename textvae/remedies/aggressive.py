@@ -34,6 +34,9 @@ from textvae.remedies.base import Remedy, Trainer, register_remedy
 
 @register_remedy("aggressive")
 class Aggressive(Remedy):
+    """Aggressive encoder training (He et al. 2019): before each decoder update, encoder-only steps
+    until the per-word loss stops falling, until the validation MI falls; the loss is unchanged."""
+
     procedure_buffers = ("active", "last_mi")
 
     def __init__(self, max_inner_steps: int = 100, check_every: int = 15, mi_key: str = "mi_batch"):

@@ -39,6 +39,9 @@ from textvae.remedies.base import Remedy, Trainer, register_remedy
 
 @register_remedy("aux_autoencoder")
 class AuxAutoencoder(Remedy):
+    """Collaborative auxiliary autoencoder (Shen et al. 2018): extra_b = (1 - r(t)) rec(x_b | e(x_b))
+    + weight * 1/2 ||z_b - sg(e(x_b))||², r(t) = min(1, t / mix_steps)."""
+
     def __init__(self, latent_dim: int, hidden_dim: int, encoder_dim: Optional[int] = None,
                  weight: float = 1.0, mix_steps: int = 2500):
         super().__init__()

@@ -15,7 +15,8 @@ from torch import nn
 from textvae.errors import TextVAEError
 from textvae.registry import Registry
 
-REMEDIES: Registry = Registry("remedy")
+REMEDIES: Registry = Registry("remedy", recipe="objective.remedies: [{name: NAME, PARAMETER: VALUE}, ...]",
+                                supplied=("latent_dim", "vocab_size", "hidden_dim", "emb_dim", "encoder_dim"))
 
 
 def register_remedy(name: str):

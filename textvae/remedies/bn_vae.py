@@ -37,6 +37,9 @@ from textvae.remedies.base import Remedy, register_remedy
 
 @register_remedy("bn_vae")
 class BNVAE(Remedy):
+    """BN-VAE (Zhu et al. 2020): mu'_{b,d} = gamma (mu_{b,d} - m_d) / sqrt(v_d + eps) + s_d, which
+    keeps E_b[KL] >= 1/2 Σ_d (gamma² + s_d²)."""
+
     def __init__(self, latent_dim: int, gamma: float = 0.7, momentum: float = 0.1, eps: float = 1e-10):
         super().__init__()
         if gamma <= 0:

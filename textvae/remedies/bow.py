@@ -30,7 +30,9 @@ def word_counts(targets: torch.Tensor, vocab_size: int) -> torch.Tensor:
 
 @register_remedy("bow")
 class BagOfWords(Remedy):
-    """f = Linear(D, mlp_dim) -> tanh -> Linear(mlp_dim, V) (kgCVAE uses 400 hidden units)."""
+    """Bag-of-words loss (Zhao et al. 2017): extra_b = -weight Σ_t log softmax(f(z_b))[y_t].
+
+    f = Linear(D, mlp_dim) -> tanh -> Linear(mlp_dim, V) (kgCVAE uses 400 hidden units)."""
 
     def __init__(self, latent_dim: int, vocab_size: int, mlp_dim: int = 400, weight: float = 1.0):
         super().__init__()

@@ -26,6 +26,8 @@ from textvae.remedies.word_dropout import check_probability, drop_mask, word_pos
 
 @register_remedy("word_blank")
 class WordBlank(Remedy):
+    """Blank noising (Xie et al. 2017): each decoder input word becomes ``blank_id`` with probability p."""
+
     needs_latent = False
 
     def __init__(self, vocab_size: int, p: float = 0.25, blank_id: int = UNK_ID):
@@ -41,7 +43,8 @@ class WordBlank(Remedy):
 
 @register_remedy("unigram_noise")
 class UnigramNoise(Remedy):
-    """Unigram noising: replacements are drawn from q(w) ∝ count(w).
+    """Unigram noising (Xie et al. 2017): each decoder input word becomes w ~ q(w) ∝ count(w) with
+    probability p.
 
     The counts (one per token id) come from
 

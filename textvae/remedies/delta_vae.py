@@ -38,6 +38,9 @@ def sigma_upper(delta: float) -> float:
 
 @register_remedy("delta_vae")
 class DeltaVAE(Remedy):
+    """delta-VAE committed rate (Razavi et al. 2019): sigma kept in [sigma_l, sigma_u], so that every
+    KL_d >= 1/2 f(sigma_u²) = delta, f(v) = v - log v - 1."""
+
     def __init__(self, delta: float = 0.1, sigma_lower: float = 0.01):
         super().__init__()
         if delta <= 0:

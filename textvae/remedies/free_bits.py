@@ -61,8 +61,8 @@ def _non_negative(name: str, value: float) -> float:
 
 @register_remedy("free_bits_kingma2016")
 class FreeBitsKingma(Remedy):
-    """Σ_groups max(lambda_, E_batch[KL_group]); a last group smaller than ``group_size`` holds the
-    remaining dimensions."""
+    """Free bits (Kingma et al. 2016): K = beta Σ_groups max(lambda_, E_batch[KL_group]); a last group
+    smaller than ``group_size`` holds the remaining dimensions."""
 
     replaces_kl = True
 
@@ -80,7 +80,7 @@ class FreeBitsKingma(Remedy):
 
 @register_remedy("free_bits_li2019")
 class FreeBitsLi(Remedy):
-    """Σ_d max(target_kl / latent_dim, KL_{b,d}) for every example b."""
+    """Free bits (Li et al. 2019, ``--fb 2``): K_b = beta Σ_d max(target_kl / latent_dim, KL_{b,d})."""
 
     replaces_kl = True
 
@@ -94,7 +94,7 @@ class FreeBitsLi(Remedy):
 
 @register_remedy("free_bits_li2019_total")
 class FreeBitsLiTotal(Remedy):
-    """max(target_kl, Σ_d KL_{b,d}) for every example b (Li et al.'s ``--fb 1``)."""
+    """Free bits on the total (Li et al. 2019, ``--fb 1``): K_b = beta max(target_kl, Σ_d KL_{b,d})."""
 
     replaces_kl = True
 
@@ -108,8 +108,8 @@ class FreeBitsLiTotal(Remedy):
 
 @register_remedy("target_kl")
 class TargetKL(Remedy):
-    """max(target, E_batch[Σ_d KL]): the whole KL is free until its batch mean exceeds ``target``
-    (Li et al.'s ``--fb 3``)."""
+    """Target KL (Li et al. 2019, ``--fb 3``): K = beta max(target, E_batch[Σ_d KL]); the whole KL is
+    free until its batch mean exceeds ``target``."""
 
     replaces_kl = True
 

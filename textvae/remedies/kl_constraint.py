@@ -22,6 +22,9 @@ from textvae.remedies.base import Remedy, register_remedy
 
 @register_remedy("kl_constraint")
 class KLConstraint(Remedy):
+    """Explicit KL constraint (Prokhorov et al. 2019): loss = rec + beta |KL - C(t)|,
+    C(t) = C min(1, t / ramp_steps)."""
+
     replaces_kl = True
 
     def __init__(self, capacity: float = 15.0, ramp_steps: int = 10000, per_sentence: bool = False):

@@ -28,6 +28,9 @@ from textvae.remedies.free_bits import example_free_bits
 
 @register_remedy("encoder_pretraining")
 class EncoderPretraining(Remedy):
+    """Encoder pretraining (Li et al. 2019) in one run: K_b = 0 for ``pretrain_epochs`` epochs, then a
+    fresh decoder and K_b = beta w(t) Σ_d max(target_kl / latent_dim, KL_{b,d})."""
+
     replaces_kl = True
     drops_kl_term = True  # zeros while pretraining: the prior leaves the graph (DDP must know)
     procedure_buffers = ("switch_step",)

@@ -37,8 +37,8 @@ def check_probability(name: str, p: float) -> float:
 
 @register_remedy("word_dropout")
 class WordDropout(Remedy):
-    """Replace each decoder input word by ``<unk>`` with probability ``p`` (Bowman et al. report
-    keep rates 0.25-1; p = 1 - keep rate)."""
+    """Word dropout (Bowman et al. 2016): each decoder input word becomes ``<unk>`` with probability
+    ``p`` (they report keep rates 0.25-1; p = 1 - keep rate)."""
 
     needs_latent = False
 

@@ -44,6 +44,9 @@ def reverse_index(lengths: torch.Tensor, t: int) -> torch.Tensor:
 
 @register_remedy("zforcing")
 class ZForcing(Remedy):
+    """Z-forcing (Goyal et al. 2017): extra_b = weight Σ_t -log N(sg(b_t); m(z_b), diag exp(l(z_b))),
+    b_t the states of a backward LSTM over the targets."""
+
     def __init__(self, vocab_size: int, emb_dim: int, hidden_dim: int, latent_dim: int,
                  weight: float = 1.0, backward_lm: bool = True):
         super().__init__()

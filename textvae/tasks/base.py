@@ -8,7 +8,7 @@ from textvae.registry import Registry
 from textvae.training import train
 from textvae.training.task import Task
 
-TASKS: Registry = Registry("task")
+TASKS: Registry = Registry("task", recipe="task: NAME (top level of the recipe)", supplied=("cfg",))
 
 
 def register_task(name: str):

@@ -140,16 +140,20 @@ def plateau_update(state: LoopState, val_loss: float, epoch_complete: bool, oc: 
     return improved, True
 
 
-OPTIMIZERS: Registry = Registry("optimizer")  # optim.name -> (parameters, lr, OptimConfig) -> optimiser
+# optim.name -> (parameters, lr, OptimConfig) -> optimiser
+OPTIMIZERS: Registry = Registry("optimizer", recipe="optim.name: NAME (its settings are the optim section's)",
+                                supplied=("params", "lr", "cfg"))
 
 
 @OPTIMIZERS.register("sgd")
 def sgd(params: list[nn.Parameter], lr: float, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """Stochastic gradient descent (the papers' optimiser for PTB): optim.momentum, optim.weight_decay."""
     return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 @OPTIMIZERS.register("adam")
 def adam(params: list[nn.Parameter], lr: float, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """Adam (Kingma & Ba 2015): optim.betas, optim.weight_decay."""
     return torch.optim.Adam(params, lr=lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
 
 

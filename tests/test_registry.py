@@ -1,0 +1,97 @@
+"""Every registry: ``textvae list`` shows each of its entries with the parameters a recipe may set,
+an argument the caller supplies cannot be set from a recipe, and each remedy's summary names its
+paper."""
+import inspect
+import re
+
+import pytest
+
+import textvae.data.synthetic  # noqa: F401 (registers the synthetic corpus kinds)
+import textvae.tasks  # noqa: F401 (imports every registered part)
+import textvae.registry as registry
+from textvae.cli import main
+from textvae.errors import TextVAEError
+from textvae.registry import Registry, list_registries
+from textvae.remedies import create_remedy, list_remedies
+from tests.test_metric_registry import toy_metric  # noqa: F401 (fixture)
+
+REGISTRIES = list_registries()
+
+
+def key(r: Registry) -> str:
+    return r.kind.lower().replace(" ", "_")
+
+
+def list_output(capsys, *argv: str) -> str:
+    capsys.readouterr()
+    main(["list", *argv])
+    return capsys.readouterr().out
+
+
+def test_list_names_every_registry_and_entry(capsys):
+    out = list_output(capsys)
+    for r in REGISTRIES:
+        line = next(l for l in out.splitlines() if l.startswith(f"{key(r)}: "))
+        assert line == f"{key(r)}: {', '.join(r.names())}"
+        assert f"in a recipe: {r.recipe}" in out and r.recipe
+
+
+@pytest.mark.parametrize("r", REGISTRIES, ids=key)
+def test_list_kind_shows_each_entry_its_summary_and_parameters(r, capsys):
+    out = list_output(capsys, key(r))
+    for name in r.names():
+        assert f"\n{name}: {r.summary(name)}\n" in out
+        assert r.summary(name), f"{r.kind} {name!r} has no docstring (nor has its module)"
+        factory = r.get(name)
+        if callable(factory):  # what a recipe may set: the signature less what the caller supplies
+            target = factory.__init__ if inspect.isclass(factory) else factory
+            expected = [p for p in inspect.signature(target).parameters
+                        if p != "self" and p not in r.supplied and not p.startswith(("args", "kwargs"))]
+            assert list(r.parameters(name)) == expected
+
+
+def test_list_one_entry_prints_its_parameters_and_docstrings(capsys):
+    out = list_output(capsys, "remedy", "bn_vae")
+    assert "parameters: gamma=0.7, momentum=0.1, eps=1e-10" in out and "latent_dim" not in out.split("\n\n")[1]
+    assert "BN-VAE (Zhu et al. 2020)" in out  # the class's docstring
+    assert "The floor is really gamma² v_d / (v_d + eps)" in out  # and its module's
+    assert "parameters: total_steps, n_cycles=4" in list_output(capsys, "kl_schedule", "cyclical")  # no default
+
+
+def test_a_new_metric_is_listed(toy_metric, capsys):  # noqa: F811
+    """Registered for this test only, without a docstring: listed with its stages."""
+    assert "\ntoy: Stages: periodic, test.\n" in list_output(capsys, "metric")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["remedies"], "unknown kind 'remedies'; valid: "),
+    (["remedy", "bn-vae"], "unknown remedy 'bn-vae'; valid: aggressive, "),
+])
+def test_list_errors_name_the_valid_choices(argv, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["list", *argv])
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", list_remedies())
+def test_each_remedy_summary_names_its_paper(name):
+    remedies = next(r for r in REGISTRIES if r.kind == "remedy")
+    assert re.search(r"\b[A-Z][a-z]+ (et al\. )?(19|20)\d\d\b", remedies.summary(name)), remedies.summary(name)
+
+
+def test_a_recipe_cannot_set_what_the_model_supplies():
+    with pytest.raises(TextVAEError, match=r"remedy 'bn_vae': \['latent_dim'\] come\(s\) from the model"):
+        create_remedy({"name": "bn_vae", "latent_dim": 8}, latent_dim=4)
+    with pytest.raises(TextVAEError, match=r"unknown parameter\(s\) \['gama'\]; valid: \['eps', 'gamma', 'momentum'\]"):
+        create_remedy({"name": "bn_vae", "gama": 0.5}, latent_dim=4)
+
+
+def test_a_caller_passes_only_declared_arguments(monkeypatch):
+    monkeypatch.setattr(registry, "_REGISTRIES", [])
+    parts = Registry("part", recipe="x: NAME", supplied=("size",))
+    parts.register("box")(lambda size, depth=1: (size, depth))
+    assert parts.build("box", {"depth": 2}, size=3) == (3, 2)
+    with pytest.raises(ValueError, match=r"the caller passes \['width'\]"):
+        parts.build("box", {}, size=3, width=4)
+    with pytest.raises(ValueError, match="a registry of 'part' exists already"):
+        Registry("part")
