@@ -192,10 +192,13 @@ def test_progress_loss_is_per_token_and_smoothed():
 
 
 def test_progress_bar_shows_loss_per_token(tmp_path, capsys):
+    """Also the validation lines, numbered as the bar numbers epochs (2 batches each here)."""
     corpus = write_corpus(tmp_path / "corpus", n_train=40, n_eval=10)
-    main(["train", *tiny_args(tmp_path, "bar", corpus, "--train.progress", "true", "--train.max_steps", "2",
+    main(["train", *tiny_args(tmp_path, "bar", corpus, "--train.progress", "true", "--train.max_steps", "3",
                                      "--train.log_every", "1")])
-    assert re.search(r"loss/token=\d+\.\d{3}, kl=", capsys.readouterr().err)
+    out = capsys.readouterr()
+    assert re.search(r"loss/token=\d+\.\d{3}, kl=", out.err)
+    assert re.findall(r"^(epoch [^:]*): valid -ELBO", out.out, re.M) == ["epoch 1", "epoch 2, stopped after batch 1"]
 
 
 @pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600)])

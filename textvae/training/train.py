@@ -703,7 +703,10 @@ def end_epoch(run: Run) -> None:
     run.logger.log("valid", state.step, state.epoch, lr=state.lr, improved=improved, tokens_per_s=run.tokens_per_s,
                    **val)
     if run.cfg.train.progress and world.is_main:
-        tqdm.write(f"epoch {state.epoch}: valid -ELBO {val['neg_elbo']:.3f}  ELBO-PPL {val['elbo_ppl']:.2f}  "
+        # state.epoch counts complete epochs: a run stopped mid-epoch (max_steps, a signal) is in the next
+        where = f"epoch {state.epoch}" if run.epoch_complete else \
+            f"epoch {state.epoch + 1}, stopped after batch {state.batch_in_epoch}"
+        tqdm.write(f"{where}: valid -ELBO {val['neg_elbo']:.3f}  ELBO-PPL {val['elbo_ppl']:.2f}  "
                    f"KL {val.get('kl', 0.0):.3f}  lr {state.lr:g}  {run.tokens_per_s:,.0f} tok/s")
     run.checkpoint()
 
