@@ -27,7 +27,7 @@ def test_usage_errors(capsys):
             main(argv)
         assert stop.value.code == 2
         assert capsys.readouterr().err.strip() == "textvae: error: choose a command: train, evaluate, sample, " \
-                                                  "reconstruct, interpolate, respond, study, list"
+                                                  "reconstruct, interpolate, respond, study, list, plot"
 
 
 def test_saved_config_recreates_the_run(run, tmp_path):
@@ -101,3 +101,35 @@ def test_train_help_shows_the_defaults_a_run_uses(capsys, monkeypatch, recipe, l
     help_text = " ".join(capsys.readouterr().out.split())
     assert stop.value.code == 0
     assert f"--model.latent_dim LATENT_DIM (type: int, default: {latent_dim})" in help_text
+
+
+def test_plot_draws_each_runs_logged_curves(run, tmp_path, capsys, monkeypatch):
+    """Two runs of the same folder name are told apart by their paths; each line is its log's."""
+    import shutil
+
+    import textvae.plots as plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_figure", lambda *size, new=plots._figure: figures.append(new(*size)) or figures[-1])
+    twin = tmp_path / "elsewhere" / run.name
+    shutil.copytree(run, twin)
+    main(["plot", str(run), str(twin), "--out", str(tmp_path / "c.png")])
+    assert capsys.readouterr().out.strip() == f"wrote {tmp_path / 'c.png'}"
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+    fig = figures[-1]
+    assert fig._suptitle.get_text() == "validation figures during training"
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [str(run), str(twin)]
+    expected = plots.run_curves(read_jsonl(run / "metrics.jsonl"))["-ELBO (nats, NLL bound)"]
+    line = fig.axes[3].get_lines()[0]
+    assert expected and list(line.get_xdata()) == sorted(expected)
+    assert list(line.get_ydata()) == [expected[s] for s in sorted(expected)]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["{tmp}"], "{tmp}: no metrics.jsonl here; plot takes run folders (runs/NAME)"),
+    (["{run}", "--out", "{tmp}/no/such/c.png"], "cannot write {tmp}/no/such/c.png: No such file or directory"),
+])
+def test_plot_errors(run, tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as stop:
+        main(["plot", *(a.format(tmp=tmp_path, run=run) for a in argv)])
+    assert stop.value.code == 2 and message.format(tmp=tmp_path) in capsys.readouterr().err

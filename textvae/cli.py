@@ -8,6 +8,7 @@
     textvae respond RUN --context "hi , how are you ?" [--context ...] [--n 5]   (dialogue CVAE)
     textvae study studies/cpu_smoke.yaml [--jobs N]
     textvae list [KIND [NAME]]      every registered part (remedies, decoders, metrics, ...)
+    textvae plot RUN [RUN ...] [--out curves.png]   validation KL, MI, AU and -ELBO during training
 
 Errors in the input are printed as one line (``textvae: error: ...``) with exit status 2.
 """
@@ -27,7 +28,7 @@ import torch
 from textvae.config import COUNT, NON_NEGATIVE, POSITIVE, Range
 from textvae.errors import TextVAEError
 
-COMMANDS = ("train", "evaluate", "sample", "reconstruct", "interpolate", "respond", "study", "list")
+COMMANDS = ("train", "evaluate", "sample", "reconstruct", "interpolate", "respond", "study", "list", "plot")
 
 
 def check_flags(args: argparse.Namespace, ranges: dict[str, Range]) -> None:
@@ -423,6 +424,23 @@ def cmd_list(argv: list[str]) -> None:
             for text in registry.doc(name):
                 if text:
                     print("\n" + text)
+
+
+def cmd_plot(argv: list[str]) -> None:
+    """``textvae plot RUN [RUN ...]``: KL, MI, active units and -ELBO on validation data during
+    training, one line per run, in one PNG (RUN/curves.png for one run, ./curves.png for several)."""
+    from textvae.plots import runs_plot
+
+    ap = argparse.ArgumentParser(prog="textvae plot", description=cmd_plot.__doc__)
+    ap.add_argument("runs", nargs="+", type=Path, help="run folders (each with its metrics.jsonl)")
+    ap.add_argument("--out", type=Path, help="the PNG to write")
+    args = ap.parse_args(argv)
+    out = args.out or (args.runs[0] / "curves.png" if len(args.runs) == 1 else Path("curves.png"))
+    try:
+        runs_plot(args.runs, out)
+    except OSError as e:
+        raise TextVAEError(f"cannot write {out}: {e.strerror}; choose another --out") from None
+    print(f"wrote {out}")
 
 
 def _all_registries() -> dict[str, Any]:

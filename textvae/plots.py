@@ -13,6 +13,8 @@
   are reference lines, which never stretch the view: one outside it is named in the legend with
   its value.
 
+``textvae plot RUN ...`` draws ``curves.png`` for run folders outside a study (:func:`runs_plot`).
+
 matplotlib is optional (``pip install 'textvae[plot]'``); it is imported only here, without pyplot,
 so drawing never touches a GUI backend.
 """
@@ -65,7 +67,8 @@ def _seed_band(series: list[dict[int, float]]) -> tuple[list[int], list[float], 
     return (steps, [sum(v) / len(v) for v in values], [min(v) for v in values], [max(v) for v in values])
 
 
-def plot_curves(curves: dict[str, list[dict[str, dict[int, float]]]], path: Path) -> bool:
+def plot_curves(curves: dict[str, list[dict[str, dict[int, float]]]], path: Path,
+                heading: str = "validation figures during training (mean over seeds, band: min..max)") -> bool:
     """``curves``: variant -> per-seed :func:`run_curves`. Returns False when there is nothing to draw."""
     fig = _figure(12, 7.5)
     axes = fig.subplots(2, 2, sharex=True).ravel()
@@ -94,7 +97,7 @@ def plot_curves(curves: dict[str, list[dict[str, dict[int, float]]]], path: Path
                 handles.append(h)
                 labels.append(label)
     fig.legend(handles, labels, loc="outside right upper", fontsize=8)
-    fig.suptitle("validation figures during training (mean over seeds, band: min..max)")
+    fig.suptitle(heading)
     if drawn:
         fig.savefig(path, dpi=110)
     return drawn
@@ -187,6 +190,22 @@ def plot_nll_mi(variants: list[dict[str, Any]], path: Path) -> bool:
     if fig is not None:
         fig.savefig(path, dpi=110)
     return fig is not None
+
+
+def runs_plot(runs: list[Path], path: Path) -> None:
+    """``textvae plot``: the validation curves of one or more run folders in one figure, one line per
+    run, labelled by its folder's name (by the path as given where two names are the same)."""
+    from textvae.training.logger import read_jsonl
+
+    names = [Path(r).resolve().name for r in runs]
+    curves = {}
+    for run, name in zip(runs, names):
+        log = Path(run) / "metrics.jsonl"
+        if not log.is_file():
+            raise TextVAEError(f"{run}: no metrics.jsonl here; plot takes run folders (runs/NAME)")
+        curves[name if names.count(name) == 1 else str(run)] = [run_curves(read_jsonl(log))]
+    if not plot_curves(curves, path, heading="validation figures during training"):
+        raise TextVAEError(f"nothing to plot: {', '.join(map(str, runs))} logged no validation figures yet")
 
 
 def study_plots(results: dict[str, Any], folder: Path) -> dict[str, Path]:
