@@ -17,6 +17,7 @@ import yaml
 from textvae import study as st
 from textvae.config import RunConfig, TrainConfig
 from textvae.errors import TextVAEError
+from textvae.training.logger import read_jsonl
 
 # A tiny model on 100 synthetic sentences: 5 batches per epoch, 2 epochs.
 TINY = {
@@ -426,3 +427,37 @@ def test_sigterm_to_a_study_stops_its_subprocess_runs_with_checkpoints(tmp_path)
         with run_folder_lock(run.dir):  # free: its child has ended
             assert 1 <= checkpoint_step(run.dir / "checkpoint.safetensors") < 500 * 5
         assert "SIGTERM: training stops after the current step" in run.log_file.read_text()
+
+
+def test_status_says_where_each_run_is_and_writes_nothing(tmp_path, capsys):
+    spec = dict(TINY, seeds=[1], variants={"ae": {}, "vae": {"model.encoder_from": "{run:ae}/model"},
+                                           "other": {"optim.lr": 0.003}, "busy": {"optim.lr": 0.002}})
+    path, out = write_study(tmp_path, spec), tmp_path / "out"
+
+    def status():
+        capsys.readouterr()
+        st.main([str(path), "--out", str(out), "--status"])
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0] == f"study tiny in {out}:"
+        return {line.split()[0]: line.split(None, 2)[1:] for line in lines[1:-1]}, lines[-1]
+
+    assert status() == ({"ae/seed1": ["new"], "vae/seed1": ["waiting", "starts after ae/seed1"],
+                         "other/seed1": ["new"], "busy/seed1": ["new"]}, "3 new, 1 waiting")
+    assert not out.exists()
+    st.run_study(path, out=str(out), only=["ae", "other"])
+    runs = {r.label: r for r in st.plan(st.load_study(path, str(out)))}
+    metrics = runs["other/seed1"].dir / "metrics.jsonl"  # stopped: its finished marker removed
+    metrics.write_text("".join(line for line in metrics.read_text().splitlines(keepends=True)
+                               if '"split": "test"' not in line))
+    last = [r for r in read_jsonl(metrics) if r["split"] == "valid"][-1]
+    report = st.finished_report(runs["ae/seed1"].dir)
+    with held_elsewhere(runs["busy/seed1"].dir) as child:
+        states, counts = status()
+    assert states["ae/seed1"][0] == "done" and states["ae/seed1"][1].startswith(
+        f"NLL {report['iw_nll']:.2f}  KL {report['kl']:.2f}  MI {report['mi_dataset']:.2f}  AU {report['au']:.0f}")
+    assert states["vae/seed1"] == ["new"]
+    assert states["other/seed1"] == ["stopped", f"epoch 2 (step {last['step']}), lr {last['lr']:g}, "
+                                                f"valid -ELBO {last['neg_elbo']:.2f}; the study resumes it"]
+    assert states["busy/seed1"] == ["training", f"pid {child.pid}: no validation yet"]
+    assert counts == "1 done, 1 new, 1 stopped, 1 training"
+    assert status()[0]["busy/seed1"] == ["new"]  # its holder gone

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 from textvae.errors import TextVAEError
 
@@ -80,8 +80,7 @@ def run_folder_lock(run_dir: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise TextVAEError(f"{run_dir} is being written by another process (pid {holder}); "
+            raise TextVAEError(f"{run_dir} is being written by another process (pid {_holder(fd)}); "
                                f"two trainings must not share a run folder") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -92,3 +91,37 @@ def run_folder_lock(run_dir: Path) -> Iterator[None]:
             _held.discard(key)
     finally:
         os.close(fd)  # closing the last descriptor releases the flock
+
+
+def _holder(fd: int) -> str:
+    """The pid the holder of a run folder's lock wrote into it."""
+    return os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
+
+
+def lock_holder(run_dir: Path) -> Optional[str]:
+    """The pid of the process holding ``run_dir`` (:func:`run_folder_lock`), or None when none does
+    (this process's own hold included). Creates nothing: for reports of a study's state."""
+    path = run_dir.parent / f".{run_dir.name}.lock"
+    if fcntl is None or run_dir.resolve() in _held or not path.is_file():
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        pid = _holder(fd)
+        if pid.isdigit() and not _alive(int(pid)):
+            return None  # its last holder is gone (and probing would hold the lock a moment)
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # granted only while no process holds it exclusively
+        return None
+    except BlockingIOError:
+        return pid
+    finally:
+        os.close(fd)

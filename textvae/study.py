@@ -1,7 +1,7 @@
 """One-command studies: variants x seeds of a recipe, trained, resumed, aggregated and plotted.
 
     textvae study studies/ptb_main.yaml [--jobs N] [--out DIR] [--only VARIANT ...] [--seeds K ...]
-                                        [--set KEY=VALUE ...]
+                                        [--set KEY=VALUE ...] [--status]
 
 A study file (YAML):
 
@@ -41,6 +41,10 @@ run folder trained with another configuration. With ``--jobs N`` runs are subpro
 (``python -m textvae.cli train``), N at a time, each with cores / N torch threads unless the
 configuration sets ``train.threads``; their output goes to ``<out>/v/seed<k>.log``.
 
+``--status`` trains nothing and writes nothing: one line per run (``--only`` and ``--seeds`` apply)
+saying whether it is done (its test figures), being trained (by which process), stopped (where, and
+that the study resumes it), waiting for a run it starts from, or not started.
+
 Outputs in ``<out>/``: ``results.csv`` (one row per variant: mean and std of each figure),
 ``results.json`` (the same plus every run's test report), ``report.md`` (the table and the plots
 of :mod:`textvae.plots`).
@@ -70,7 +74,7 @@ import yaml
 
 from textvae.config import RunConfig, from_dict
 from textvae.errors import TextVAEError
-from textvae.files import run_folder_lock
+from textvae.files import lock_holder, run_folder_lock
 from textvae.metrics import get_metric, he2019_noise_sd, list_metrics
 from textvae.training.logger import read_jsonl
 from textvae.training.signals import sigterm_interrupts
@@ -522,6 +526,42 @@ def _done(study: Study, runs: list[Run], run: Run, ok: bool, seconds: float, n: 
     write_outputs(study, runs, plots=False)
 
 
+def run_status(run: Run, by_label: dict[str, Run]) -> tuple[str, str]:
+    """(state, detail) of one run for ``--status``, from its folder alone."""
+    try:
+        check_run_folder(run)
+    except TextVAEError as e:
+        return "conflict", str(e)
+    state, holder = run_state(run), lock_holder(run.dir)
+    if state == "done":
+        figs = run_figures(finished_report(run.dir) or {})
+        return "done", (f"NLL {_fmt(figs['nll'], '{:.2f}')}  KL {_fmt(figs['kl'], '{:.2f}')}  "
+                        f"MI {_fmt(figs['mi'], '{:.2f}')}  AU {_fmt(figs['au'], '{:.0f}')}  "
+                        f"{_fmt(figs['train_minutes'], '{:.0f}')} min")
+    valid = [r for r in read_jsonl(run.dir / "metrics.jsonl") if r.get("split") == "valid"]
+    where = (f"epoch {valid[-1]['epoch']} (step {valid[-1]['step']}), lr {valid[-1].get('lr', math.nan):g}, "
+             f"valid -ELBO {valid[-1].get('neg_elbo', math.nan):.2f}") if valid else "no validation yet"
+    if holder is not None:
+        return "training", f"pid {holder}: {where}"
+    if state == "resume":
+        return "stopped", f"{where}; the study resumes it"
+    waiting = _waiting_on(run, by_label)
+    return ("waiting", f"starts after {', '.join(waiting)}") if waiting else ("new", "")
+
+
+def status_lines(runs: list[Run], only: Optional[list[str]] = None) -> list[str]:
+    """``--status``: a line per run of the variants ``only`` (default all), then the count per state."""
+    by_label = {r.label: r for r in runs}
+    chosen = [r for r in runs if only is None or r.variant in only]
+    rows = [(r.label, *run_status(r, by_label)) for r in chosen]
+    width = max((len(label) for label, _, _ in rows), default=0)
+    lines = [f"{label:<{width}}  {state:<8}  {detail}".rstrip() for label, state, detail in rows]
+    counts = {}
+    for _, state, _ in rows:
+        counts[state] = counts.get(state, 0) + 1
+    return lines + [", ".join(f"{n} {state}" for state, n in counts.items())]
+
+
 # ---- aggregation -------------------------------------------------------------------------------
 # (figure, column label, format): the table of report.md, in order.
 COLUMNS = [("nll", "IW-NLL", "{:.2f}"), ("kl", "KL", "{:.2f}"), ("mi", "MI", "{:.2f}"), ("au", "AU", "{:.1f}"),
@@ -719,9 +759,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def run_study(path: str | Path, jobs: int = 1, out: Optional[str] = None, only: Optional[list[str]] = None,
-              seeds: Optional[list[int]] = None, sets: Optional[list[str]] = None) -> dict[str, Any]:
+              seeds: Optional[list[int]] = None, sets: Optional[list[str]] = None,
+              status: bool = False) -> dict[str, Any]:
     """Load, plan, train what is missing, and write the outputs; returns results.json's content.
-    Raises :class:`TextVAEError` (after writing the outputs) when runs failed."""
+    Raises :class:`TextVAEError` (after writing the outputs) when runs failed. ``status``: print
+    each run's state instead (:func:`status_lines`), touching nothing; returns {}."""
     if jobs < 1:
         raise TextVAEError(f"--jobs must be >= 1, got {jobs}")
     study = load_study(path, out, seeds, sets)
@@ -729,6 +771,9 @@ def run_study(path: str | Path, jobs: int = 1, out: Optional[str] = None, only: 
     if unknown:
         raise TextVAEError(f"--only: unknown variant(s) {unknown}; valid: {', '.join(study.variants)}")
     runs = plan(study, jobs)
+    if status:
+        print("\n".join([f"study {study.name} in {study.out}:", *status_lines(runs, only)]))
+        return {}
     for run in runs:
         check_run_folder(run)
     with sigterm_interrupts():  # stopped by SIGTERM, the study stops its runs too rather than orphan them
@@ -743,7 +788,8 @@ def run_study(path: str | Path, jobs: int = 1, out: Optional[str] = None, only: 
 
 
 def main(argv: list[str]) -> None:
-    """``textvae study STUDY.yaml [--jobs N] [--out DIR] [--only VARIANT ...] [--seeds K ...] [--set K=V ...]``."""
+    """``textvae study STUDY.yaml [--jobs N] [--out DIR] [--only VARIANT ...] [--seeds K ...] [--set K=V ...]
+    [--status]``."""
     ap = _Parser(prog="textvae study", description="Train variants x seeds of a recipe and aggregate them.")
     ap.add_argument("study", help="study YAML file")
     ap.add_argument("--jobs", type=int, default=1, help="runs at a time (subprocesses when > 1)")
@@ -752,9 +798,12 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--seeds", nargs="+", type=int, metavar="K", help="these seeds instead of the file's")
     ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="sets",
                     help="overrides for every run (dotted keys, YAML values), after the file's")
+    ap.add_argument("--status", action="store_true",
+                    help="train nothing: say of each run whether it is done, training, stopped, waiting or new")
     args = ap.parse_args(argv)
     try:
-        run_study(args.study, jobs=args.jobs, out=args.out, only=args.only, seeds=args.seeds, sets=args.sets)
+        run_study(args.study, jobs=args.jobs, out=args.out, only=args.only, seeds=args.seeds, sets=args.sets,
+                  status=args.status)
     except KeyboardInterrupt:
         log.warning("study interrupted: run the same command again to resume it")
         raise
