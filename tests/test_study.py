@@ -429,6 +429,37 @@ def test_sigterm_to_a_study_stops_its_subprocess_runs_with_checkpoints(tmp_path)
         assert "SIGTERM: training stops after the current step" in run.log_file.read_text()
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_study_killed_outright_leaves_no_orphan_training_on(tmp_path):
+    """SIGKILL gives a study no chance to pass the stop on: the kernel sends its runs SIGTERM, and they
+    stop after their current step with a checkpoint."""
+    from tests.test_resume import checkpoint_step, start
+    from textvae.files import lock_holder, run_folder_lock
+
+    spec = dict(TINY, budget={"epochs": 500}, variants={"plain": {}})
+    path, out = write_study(tmp_path, spec), tmp_path / "out"
+    runs = st.plan(st.load_study(path, str(out)), 2)
+    study = start(["study", str(path), "--jobs", "2", "--out", str(out)], tmp_path / "log.txt")
+    try:
+        deadline = time.monotonic() + 240
+        while min(checkpoint_step(r.dir / "checkpoint.safetensors") for r in runs) < 1:
+            assert study.poll() is None and time.monotonic() < deadline, (tmp_path / "log.txt").read_text()
+            time.sleep(0.05)
+        children = [lock_holder(r.dir) for r in runs]
+        assert all(pid and pid.isdigit() and int(pid) != study.pid for pid in children)
+    finally:
+        study.kill()
+        study.wait(timeout=30)
+    deadline = time.monotonic() + 120
+    for run in runs:
+        while lock_holder(run.dir) is not None:  # its child still running
+            assert time.monotonic() < deadline, f"{run.label}: an orphan trains on"
+            time.sleep(0.05)
+        with run_folder_lock(run.dir):
+            assert 1 <= checkpoint_step(run.dir / "checkpoint.safetensors") < 500 * 5
+        assert "SIGTERM: training stops after the current step" in run.log_file.read_text()
+
+
 def test_status_says_where_each_run_is_and_writes_nothing(tmp_path, capsys):
     spec = dict(TINY, seeds=[1], variants={"ae": {}, "vae": {"model.encoder_from": "{run:ae}/model"},
                                            "other": {"optim.lr": 0.003}, "busy": {"optim.lr": 0.002}})

@@ -45,6 +45,9 @@ def cmd_train(argv: list[str]) -> None:
     from textvae.tasks import run_training
     from textvae.tasks.runconfig import parse_run_config
     from textvae.training.epilogue import run_epilogue
+    from textvae.training.signals import stop_with_parent
+
+    stop_with_parent()  # a study's subprocess run: stop (with a checkpoint) when the study dies
 
     cfg, resume = parse_run_config(argv)
     report = run_training(cfg, resume=resume)

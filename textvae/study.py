@@ -77,7 +77,7 @@ from textvae.errors import TextVAEError
 from textvae.files import lock_holder, run_folder_lock
 from textvae.metrics import get_metric, he2019_noise_sd, list_metrics
 from textvae.training.logger import read_jsonl
-from textvae.training.signals import sigterm_interrupts
+from textvae.training.signals import PARENT_ENV, sigterm_interrupts
 
 log = logging.getLogger(__name__)
 
@@ -422,7 +422,7 @@ def _command(run: Run, resume: bool) -> list[str]:
 def _start_subprocess(run: Run, resume: bool) -> subprocess.Popen:
     env = dict(os.environ)
     threads = str(run.config.train.threads)
-    env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, **{PARENT_ENV: str(os.getpid())})
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     with open(run.log_file, "a") as f:
         return subprocess.Popen(_command(run, resume), stdout=f, stderr=subprocess.STDOUT, env=env)

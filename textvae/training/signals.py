@@ -7,17 +7,24 @@ checkpoint otherwise only ``train.checkpoint_every`` gives). A second SIGINT sto
 run in a long evaluation; the last checkpoint is then the one to resume from. The handlers are
 installed by :func:`stop_on_signals` in the main thread only, and the previous ones come back when
 training ends. A process that only waits on others (a study's parent) takes SIGTERM as Ctrl-C
-instead (:func:`sigterm_interrupts`), so that it can pass the stop on to them.
+instead (:func:`sigterm_interrupts`), so that it can pass the stop on to them; its runs also get
+SIGTERM from the kernel when it dies without passing anything on (SIGKILL, a crash:
+:func:`stop_with_parent`).
 """
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
+import os
 import signal
+import sys
 import threading
 from typing import Any, Callable, Iterator
 
 log = logging.getLogger("textvae")
+PARENT_ENV = "TEXTVAE_STOP_WITH_PARENT"  # set by a study for its subprocess runs: the study's pid
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class StopRequested(KeyboardInterrupt):
@@ -65,6 +72,20 @@ def stop_on_signals() -> Iterator[None]:
             yield
     finally:
         _requested.clear()
+
+
+def stop_with_parent() -> None:
+    """In a study's subprocess run (``TEXTVAE_STOP_WITH_PARENT`` holds the study's pid): ask the
+    kernel for SIGTERM when the study dies, however it dies (Linux's ``PR_SET_PDEATHSIG``; elsewhere
+    nothing), so that a killed study leaves no orphan writing its run folders. A study already gone
+    by then (between fork and here) gets the same answer at once."""
+    parent = os.environ.get(PARENT_ENV)
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    if ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+        log.warning("cannot ask to stop with the study (prctl: %s)", os.strerror(ctypes.get_errno()))
+    elif os.getppid() != int(parent):
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _interrupt(signum: int, frame: object) -> None:
