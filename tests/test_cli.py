@@ -2,6 +2,7 @@
 bit, ``evaluate`` reproduces the run's own test report, and the decoding commands print one
 clean line per output."""
 import json
+import shutil
 
 import pytest
 import torch
@@ -27,7 +28,7 @@ def test_usage_errors(capsys):
             main(argv)
         assert stop.value.code == 2
         assert capsys.readouterr().err.strip() == "textvae: error: choose a command: train, evaluate, sample, " \
-                                                  "reconstruct, interpolate, respond, study, list, plot"
+                                                  "reconstruct, interpolate, respond, study, list, plot, compare"
 
 
 def test_saved_config_recreates_the_run(run, tmp_path):
@@ -133,3 +134,36 @@ def test_plot_errors(run, tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as stop:
         main(["plot", *(a.format(tmp=tmp_path, run=run) for a in argv)])
     assert stop.value.code == 2 and message.format(tmp=tmp_path) in capsys.readouterr().err
+
+
+def test_compare_tables_runs_with_the_settings_that_differ(tmp_path, capsys):
+    """Each row is the run's own test record; the last column names exactly what differs from the
+    first run (not its name, folder or threads, nor a setting added since a run was made)."""
+    import yaml
+
+    from textvae.study import finished_report, run_figures
+
+    corpus = write_corpus(tmp_path / "corpus", n_train=60, n_eval=20)
+    main(["train", *tiny_args(tmp_path, "run", corpus, "--train.max_steps", "3")])
+    main(["train", *tiny_args(tmp_path, "fb", corpus, "--train.max_steps", "3", "--train.threads", "2",
+                              "--objective.remedies", '[{"name": "free_bits_li2019", "target_kl": 1}]')])
+    main(["train", *tiny_args(tmp_path, "cut", corpus, "--train.max_steps", "2")])
+    metrics = tmp_path / "cut" / "metrics.jsonl"  # unfinished: no test record
+    metrics.write_text("".join(l for l in metrics.read_text().splitlines(True) if '"split": "test"' not in l))
+    run = tmp_path / "run"
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    del saved["optim"]["cycle_lr_stairs"]  # as if made before the setting existed
+    old = tmp_path / "old"
+    shutil.copytree(run, old)
+    (old / "config.yaml").write_text(yaml.safe_dump(saved))
+    capsys.readouterr()
+    main(["compare", str(old), str(tmp_path / "fb"), str(tmp_path / "cut")])
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines()[2:]]
+    figs = run_figures(finished_report(tmp_path / "fb"))
+    assert rows[0][-1] == "– |" and rows[0][1] == f"{run_figures(finished_report(run))['nll']:.2f}"
+    assert rows[1][1:4] == [f"{figs['nll']:.2f}", f"{figs['kl']:.2f}", f"{figs['mi']:.2f}"]
+    assert rows[1][-1] == 'objective.remedies [{"name": "free_bits_li2019", "target_kl": 1}] |'
+    assert rows[2][1] == "not finished" and rows[2][-1] == "train.max_steps 2 |"
+    with pytest.raises(SystemExit) as stop:
+        main(["compare", str(tmp_path / "corpus")])
+    assert stop.value.code == 2 and "no config.yaml here; compare takes run folders" in capsys.readouterr().err

@@ -404,35 +404,15 @@ def test_study_leaves_a_run_folder_held_by_another_process_alone(tmp_path, caplo
     assert f"plain/seed1 not trained: {run.dir} is being written by another process" in caplog.text
 
 
-def test_sigterm_to_a_study_stops_its_subprocess_runs_with_checkpoints(tmp_path):
-    """A study killed with SIGTERM (`kill PID`) passes the stop on: its runs stop after their current
-    step with a checkpoint, and no orphan goes on writing their folders."""
-    from tests.test_resume import checkpoint_step, start
-    from textvae.files import run_folder_lock
-
-    spec = dict(TINY, budget={"epochs": 500}, variants={"plain": {}})
-    path, out = write_study(tmp_path, spec), tmp_path / "out"
-    runs = st.plan(st.load_study(path, str(out)), 2)
-    study = start(["study", str(path), "--jobs", "2", "--out", str(out)], tmp_path / "log.txt")
-    try:
-        deadline = time.monotonic() + 240
-        while min(checkpoint_step(r.dir / "checkpoint.safetensors") for r in runs) < 1:
-            assert study.poll() is None and time.monotonic() < deadline, (tmp_path / "log.txt").read_text()
-            time.sleep(0.05)
-        study.send_signal(signal.SIGTERM)
-        assert study.wait(timeout=120) == 130
-    finally:
-        study.kill()
-    for run in runs:
-        with run_folder_lock(run.dir):  # free: its child has ended
-            assert 1 <= checkpoint_step(run.dir / "checkpoint.safetensors") < 500 * 5
-        assert "SIGTERM: training stops after the current step" in run.log_file.read_text()
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
-def test_a_study_killed_outright_leaves_no_orphan_training_on(tmp_path):
-    """SIGKILL gives a study no chance to pass the stop on: the kernel sends its runs SIGTERM, and they
-    stop after their current step with a checkpoint."""
+@pytest.mark.parametrize("sig, code", [
+    (signal.SIGTERM, 130),
+    pytest.param(signal.SIGKILL, -signal.SIGKILL, marks=pytest.mark.skipif(
+        not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")),
+])
+def test_a_stopped_study_stops_its_subprocess_runs_with_checkpoints(tmp_path, sig, code):
+    """A study killed with SIGTERM (`kill PID`) passes the stop on; killed with SIGKILL it cannot, and
+    the kernel sends its runs SIGTERM instead. Either way its runs stop after their current step with
+    a checkpoint, and no orphan goes on writing their folders."""
     from tests.test_resume import checkpoint_step, start
     from textvae.files import lock_holder, run_folder_lock
 
@@ -447,9 +427,10 @@ def test_a_study_killed_outright_leaves_no_orphan_training_on(tmp_path):
             time.sleep(0.05)
         children = [lock_holder(r.dir) for r in runs]
         assert all(pid and pid.isdigit() and int(pid) != study.pid for pid in children)
+        study.send_signal(sig)
+        assert study.wait(timeout=120) == code
     finally:
         study.kill()
-        study.wait(timeout=30)
     deadline = time.monotonic() + 120
     for run in runs:
         while lock_holder(run.dir) is not None:  # its child still running

@@ -9,6 +9,7 @@
     textvae study studies/cpu_smoke.yaml [--jobs N]
     textvae list [KIND [NAME]]      every registered part (remedies, decoders, metrics, ...)
     textvae plot RUN [RUN ...] [--out curves.png]   validation KL, MI, AU and -ELBO during training
+    textvae compare RUN [RUN ...]   test figures side by side, with the settings that differ
 
 Errors in the input are printed as one line (``textvae: error: ...``) with exit status 2.
 """
@@ -28,7 +29,7 @@ import torch
 from textvae.config import COUNT, NON_NEGATIVE, POSITIVE, Range
 from textvae.errors import TextVAEError
 
-COMMANDS = ("train", "evaluate", "sample", "reconstruct", "interpolate", "respond", "study", "list", "plot")
+COMMANDS = ("train", "evaluate", "sample", "reconstruct", "interpolate", "respond", "study", "list", "plot", "compare")
 
 
 def check_flags(args: argparse.Namespace, ranges: dict[str, Range]) -> None:
@@ -444,6 +445,16 @@ def cmd_plot(argv: list[str]) -> None:
     except OSError as e:
         raise TextVAEError(f"cannot write {out}: {e.strerror}; choose another --out") from None
     print(f"wrote {out}")
+
+
+def cmd_compare(argv: list[str]) -> None:
+    """``textvae compare RUN [RUN ...]``: the test figures of finished runs as a study's table (IW-NLL,
+    KL, MI, AU, ...), one row per run, with the settings in which each differs from the first."""
+    from textvae.study import compare_runs
+
+    ap = argparse.ArgumentParser(prog="textvae compare", description=cmd_compare.__doc__)
+    ap.add_argument("runs", nargs="+", type=Path, help="run folders (runs/NAME)")
+    print(compare_runs(ap.parse_args(argv).runs))
 
 
 def _all_registries() -> dict[str, Any]:

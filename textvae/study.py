@@ -45,6 +45,8 @@ configuration sets ``train.threads``; their output goes to ``<out>/v/seed<k>.log
 saying whether it is done (its test figures), being trained (by which process), stopped (where, and
 that the study resumes it), waiting for a run it starts from, or not started.
 
+``textvae compare RUN ...`` prints the same table for run folders made by hand (:func:`compare_runs`).
+
 Outputs in ``<out>/``: ``results.csv`` (one row per variant: mean and std of each figure),
 ``results.json`` (the same plus every run's test report), ``report.md`` (the table and the plots
 of :mod:`textvae.plots`).
@@ -652,6 +654,55 @@ def markdown_table(results: dict[str, Any]) -> str:
         cells = [v["variant"], f"{v['runs']}/{v['planned']}"] + [cell(v["figures"][k], fmt) for k, _, fmt in columns()]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def compare_runs(run_dirs: list[Path]) -> str:
+    """``textvae compare``: the test figures of run folders made outside a study, as a study's table,
+    one row per run, with the settings in which each differs from the first (``INCIDENTAL_KEYS``
+    left out), so that a comparison says what it compares."""
+    configs = [_saved_config(Path(d)) for d in run_dirs]
+    header = ["run"] + [label for _, label, _ in columns()] + ["settings that differ from the first run"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for i, (run_dir, (cls, config)) in enumerate(zip(run_dirs, configs)):
+        report = finished_report(Path(run_dir))
+        figs = run_figures(report) if report is not None else None
+        cells = ([_fmt(figs[k], fmt) for k, _, fmt in columns()] if figs is not None
+                 else ["not finished"] + ["–"] * (len(columns()) - 1))
+        changes = {k: v for k, v in _setting_changes(cls, configs[0][1], config).items() if k not in INCIDENTAL_KEYS}
+        settings = "; ".join(f"{k} {json.dumps(v)}" for k, v in changes.items()) or ("–" if i == 0 else "none")
+        lines.append("| " + " | ".join([str(run_dir), *cells, settings]) + " |")
+    return "\n".join(lines)
+
+
+def _saved_config(run_dir: Path) -> tuple[type, dict[str, Any]]:
+    """A run's configuration class (its task's) and its config.yaml with every setting textvae has
+    now (one added since the run was made reads as its default)."""
+    from textvae.tasks.base import TASKS
+    from textvae.tasks.runconfig import DEFAULT_TASK
+
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        raise TextVAEError(f"{run_dir}: no config.yaml here; compare takes run folders (runs/NAME)")
+    values = yaml.safe_load(saved.read_text()) or {}
+    cls = TASKS.get(values.get("task", DEFAULT_TASK)).config_class
+    try:
+        values = dataclasses.asdict(from_dict(cls, values))
+    except TextVAEError:
+        pass  # a setting textvae no longer has: compared as saved
+    return cls, json.loads(json.dumps(values))
+
+
+def _setting_changes(cls: type, a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"optim.lr": b's value, ...}`` where b differs from a, by section; a free-form value (a KL
+    schedule, a remedy list, options) counts whole."""
+    changes: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        x, y, sub = a.get(f.name), b.get(f.name), _section(f)
+        if sub is not None and isinstance(x, dict) and isinstance(y, dict):
+            changes.update(_setting_changes(sub, x, y, f"{prefix}{f.name}."))
+        elif x != y:
+            changes[f"{prefix}{f.name}"] = y
+    return changes
 
 
 def write_csv(results: dict[str, Any], path: Path) -> None:
