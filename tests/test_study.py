@@ -187,6 +187,8 @@ def test_threads_are_split_between_jobs(tmp_path, monkeypatch):
     ({"budget": {"hours": 1}}, r"budget takes"),
     ({"base": "no/such/recipe.yaml"}, r"base recipe 'no/such/recipe.yaml' not found"),
     ({"colour": "red"}, r"unknown key\(s\) \['colour'\]"),
+    ({"notes": {"plian": "typo"}}, r"notes for unknown variant\(s\) \['plian'\]; valid: plain, fb"),
+    ({"notes": {"plain": ["a", "list"]}}, r"notes must be a mapping of variant -> text"),
 ])
 def test_bad_study_files_are_clear_errors(tmp_path, change, message):
     spec = dict(TINY, **change)
@@ -473,3 +475,20 @@ def test_status_says_where_each_run_is_and_writes_nothing(tmp_path, capsys):
     assert states["busy/seed1"] == ["training", f"pid {child.pid}: no validation yet"]
     assert counts == "1 done, 1 new, 1 stopped, 1 training"
     assert status()[0]["busy/seed1"] == ["new"]  # its holder gone
+
+
+def test_report_says_what_each_variant_sets_with_its_note(tmp_path):
+    """report.md's Variants table: a variant's own settings by section (free-form values whole) and the
+    study file's note, with a | in either escaped for the table."""
+    spec = dict(TINY, seeds=[1], variants={"plain": {}, "fb": TINY["variants"]["fb"],
+                                           "cap": {"objective.remedies": [{"name": "kl_constraint", "capacity": 2}],
+                                                   "optim": {"name": "adam", "lr": 0.003}}},
+                notes={"cap": "Prokhorov et al.'s |KL - C|  over\n two lines"})
+    study = st.load_study(write_study(tmp_path, spec), str(tmp_path / "out"))
+    lines = st.variants_markdown(study, RunConfig)
+    assert lines[6:9] == [
+        "| plain | – |  |",
+        '| fb | `objective.remedies: [{"name": "free_bits_li2019", "target_kl": 1.0}]` |  |',
+        '| cap | `objective.remedies: [{"name": "kl_constraint", "capacity": 2}]`; `optim.name: "adam"`; '
+        "`optim.lr: 0.003` | Prokhorov et al.'s \\|KL - C\\| over two lines |"]
+    assert "\n".join(lines) in st.report_markdown(study, {"variants": [], "runs": []}, {}, "")

@@ -18,6 +18,8 @@ A study file (YAML):
       plain: {}
       free_bits: {objective.remedies: [{name: free_bits_li2019, target_kl: 8}]}
       adam: {optim: {name: adam, lr: 0.001}}
+    notes:                                   # optional: what a variant changes and why, for report.md
+      adam: Kingma & Ba's optimiser at the lr of its paper, not the table's SGD
 
 A run's configuration is the base recipe, then ``data``, ``budget``, ``overrides``, the command
 line's ``--set`` (dotted keys, YAML values: ``--set train.max_seconds=600 train.iw_samples_final=50``,
@@ -83,7 +85,7 @@ from textvae.training.signals import PARENT_ENV, sigterm_interrupts
 
 log = logging.getLogger(__name__)
 
-STUDY_KEYS = ("name", "description", "base", "out", "seeds", "budget", "data", "overrides", "variants")
+STUDY_KEYS = ("name", "description", "base", "out", "seeds", "budget", "data", "overrides", "variants", "notes")
 BUDGET_KEYS = {"epochs": "epochs", "max_steps": "max_steps", "seconds": "max_seconds"}  # -> train.*
 # Keys that may differ between a run folder's config.yaml and the study without making it another
 # run: where the study lives, its run names, and how many threads / progress bars this machine uses.
@@ -105,6 +107,7 @@ class Study:
     description: str = ""
     budget: dict[str, Any] = dataclasses.field(default_factory=dict)
     cli_overrides: list[str] = dataclasses.field(default_factory=list)  # --set, as typed
+    notes: dict[str, str] = dataclasses.field(default_factory=dict)  # variant -> what it changes, for report.md
 
 
 @dataclasses.dataclass
@@ -261,10 +264,16 @@ def load_study(path: str | Path, out: Optional[str] = None, seeds: Optional[list
         if not VARIANT_NAME.match(str(vname)):
             raise TextVAEError(f"{path}: variant name {vname!r} is not a folder name (letters, digits, _.+=-)")
         checked[str(vname)] = expand_dotted(overrides or {}, f"{path}: variant {vname!r}")
+    notes = spec.get("notes") or {}
+    if not isinstance(notes, dict) or not all(isinstance(t, str) for t in notes.values()):
+        raise TextVAEError(f"{path}: notes must be a mapping of variant -> text")
+    if set(notes) - set(checked):
+        raise TextVAEError(f"{path}: notes for unknown variant(s) {sorted(set(notes) - set(checked))}; "
+                           f"valid: {', '.join(checked)}")
     out_dir = Path(out or spec.get("out") or Path("out") / name).resolve()
     return Study(name=name, path=path.resolve(), base=base, out=out_dir, seeds=seeds, variants=checked,
                  common=common, description=str(spec.get("description") or "").strip(), budget=budget,
-                 cli_overrides=list(sets or []))
+                 cli_overrides=list(sets or []), notes={str(k): " ".join(v.split()) for k, v in notes.items()})
 
 
 def _cores() -> int:
@@ -698,8 +707,8 @@ def _setting_changes(cls: type, a: dict[str, Any], b: dict[str, Any], prefix: st
     changes: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         x, y, sub = a.get(f.name), b.get(f.name), _section(f)
-        if sub is not None and isinstance(x, dict) and isinstance(y, dict):
-            changes.update(_setting_changes(sub, x, y, f"{prefix}{f.name}."))
+        if sub is not None and isinstance(y, dict) and isinstance(x, (dict, type(None))):
+            changes.update(_setting_changes(sub, x or {}, y, f"{prefix}{f.name}."))
         elif x != y:
             changes[f"{prefix}{f.name}"] = y
     return changes
@@ -725,7 +734,20 @@ def _mi_noise(results: dict[str, Any]) -> str:
             f"{he2019_noise_sd(int(d), int(n)):.3f} nats here, D = {d:.0f}, N = {n:.0f})")
 
 
-def report_markdown(study: Study, results: dict[str, Any], plot_files: dict[str, str], plot_note: str) -> str:
+def variants_markdown(study: Study, config_class: type) -> list[str]:
+    """report.md's table of what each variant sets on top of the base recipe and the study's common
+    settings, with the study file's note on it: a row that differs from the others says how."""
+    lines = ["## Variants", "", "Each on top of the base recipe and the settings common to the study (above).", "",
+             "| variant | settings | note |", "|---|---|---|"]
+    for name, overrides in study.variants.items():
+        settings = "; ".join(f"`{k}: {json.dumps(v)}`" for k, v in _setting_changes(config_class, {}, overrides).items())
+        cells = [name, settings or "–", study.notes.get(name, "")]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return lines + [""]
+
+
+def report_markdown(study: Study, results: dict[str, Any], plot_files: dict[str, str], plot_note: str,
+                    config_class: type = RunConfig) -> str:
     budget = ", ".join(f"{k} {v}" for k, v in study.budget.items() if v is not None) or "the recipe's"
     k = results.get("iw_samples")
     thr = results.get("au_threshold")
@@ -756,7 +778,7 @@ def report_markdown(study: Study, results: dict[str, Any], plot_files: dict[str,
     lines += [f"Study file `{study.path}`; base recipe `{study.base}`; budget per run: {budget}{sets}. "
               f"Written {datetime.datetime.now().isoformat(timespec='seconds')}.", "",
               markdown_table(results), ""]
-    lines += [f"- {n}." for n in notes] + [""]
+    lines += [f"- {n}." for n in notes] + [""] + variants_markdown(study, config_class)
     titles = {"curves": "Validation figures during training", "rate_distortion": "Rate-distortion (test set)",
               "nll_mi": "NLL against mutual information (test set)"}
     for key, title in titles.items():
@@ -799,7 +821,7 @@ def write_outputs(study: Study, runs: list[Run], plots: bool = True) -> dict[str
     elif (study.out / "report.md").is_file():
         # Keep the figures of the last full report (they are redrawn when the study ends).
         plot_files = {p.stem: f"plots/{p.name}" for p in sorted((study.out / "plots").glob("*.png"))}
-    (study.out / "report.md").write_text(report_markdown(study, results, plot_files, note))
+    (study.out / "report.md").write_text(report_markdown(study, results, plot_files, note, type(runs[0].config)))
     return results
 
 
