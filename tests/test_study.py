@@ -170,7 +170,9 @@ def test_dotted_and_nested_overrides_agree_and_sections_merge(tmp_path):
 def test_threads_are_split_between_jobs(tmp_path, monkeypatch):
     spec = json.loads(json.dumps(TINY))
     del spec["overrides"]["train"]["threads"]
-    monkeypatch.setattr(st, "_cores", lambda: 8)
+    import textvae.study.spec as spec_module
+
+    monkeypatch.setattr(spec_module, "_cores", lambda: 8)
     path = write_study(tmp_path, spec)
     assert {r.config.train.threads for r in st.plan(st.load_study(path), jobs=4)} == {2}
     assert {r.config.train.threads for r in st.plan(st.load_study(path), jobs=16)} == {1}

@@ -1,0 +1,132 @@
+"""One-command studies: variants x seeds of a recipe, trained, resumed, aggregated and plotted.
+
+    textvae study studies/ptb_main.yaml [--jobs N] [--out DIR] [--only VARIANT ...] [--seeds K ...]
+                                        [--set KEY=VALUE ...] [--status]
+
+A study file (YAML):
+
+    name: ptb_main                           # default: the file's stem
+    description: one paragraph for report.md # optional
+    base: ../recipes/ptb/vae.yaml            # relative to the study file, the current directory or
+                                             # the repository; default: the embedded synthetic recipe
+    out: out/ptb_main                        # default: out/<name>, relative to the current directory
+    seeds: [1, 2, 3]                         # train.seed of each run (default: [1])
+    budget: {epochs: 40, max_steps: 20000, seconds: 3600}   # per run (any subset)
+    data: {name: ptb, max_sentences: 5000}   # dataset override for every run
+    overrides: {train.metrics_every: 200}    # for every run
+    variants:                                # name -> overrides, dotted or nested keys
+      plain: {}
+      free_bits: {objective.remedies: [{name: free_bits_li2019, target_kl: 8}]}
+      adam: {optim: {name: adam, lr: 0.001}}
+    notes:                                   # optional: what a variant changes and why, for report.md
+      adam: Kingma & Ba's optimiser at the lr of its paper, not the table's SGD
+
+A run's configuration is the base recipe, then ``data``, ``budget``, ``overrides``, the command
+line's ``--set`` (dotted keys, YAML values: ``--set train.max_seconds=600 train.iw_samples_final=50``,
+to fit a study to a smaller machine without copying it; printed in report.md) and the variant's
+overrides, each on top of the previous; ``--seeds`` replaces the file's seeds. Sections of
+:class:`~textvae.config.RunConfig` (``optim``, ``model.encoder``, ...) merge key by key; every other
+value, free-form dicts (``kl_schedule``, ``options``) and lists (``remedies``) included, is replaced
+whole.
+
+A string setting may name another variant's run of the same seed: ``"{run:ae}/model"`` is
+``<out>/ae/seed<k>/model`` (``model.encoder_from: "{run:ae}/model"`` starts a VAE from the ``ae``
+variant's trained encoder). Such a run waits for that run to finish; it fails without training if
+that run is neither finished nor selected (``--only``).
+
+Run ``seed k`` of variant ``v`` is an ordinary run folder ``<out>/v/seed<k>/`` next to its recipe
+``<out>/v/seed<k>.yaml`` (``textvae train`` that file to redo the run by hand). Runs go seed by seed,
+all variants of a seed before the next, so a partial study already has a full table. Re-running
+the study skips finished runs (the test record is in their metrics.jsonl), resumes interrupted
+ones from their checkpoint, restarts those that died before their first checkpoint, and refuses a
+run folder trained with another configuration. With ``--jobs N`` runs are subprocesses
+(``python -m textvae.cli train``), N at a time, each with cores / N torch threads unless the
+configuration sets ``train.threads``; their output goes to ``<out>/v/seed<k>.log``.
+
+``--status`` trains nothing and writes nothing: one line per run (``--only`` and ``--seeds`` apply)
+saying whether it is done (its test figures), being trained (by which process), stopped (where, and
+that the study resumes it), waiting for a run it starts from, or not started.
+
+``textvae compare RUN ...`` prints the same table for run folders made by hand (:func:`compare_runs`).
+
+Outputs in ``<out>/``: ``results.csv`` (one row per variant: mean and std of each figure),
+``results.json`` (the same plus every run's test report), ``report.md`` (the table and the plots
+of :mod:`textvae.plots`).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+from textvae.errors import TextVAEError
+from textvae.study.folders import check_run_folder, finished_report, run_state
+from textvae.study.report import (aggregate, columns, compare_runs, markdown_table, mean_std, report_markdown,
+                                  run_figures, variants_markdown, write_outputs)
+from textvae.study.runner import execute, status_lines
+from textvae.study.spec import INCIDENTAL_KEYS, Run, Study, apply_overrides, load_study, plan
+from textvae.training.signals import sigterm_interrupts
+
+log = logging.getLogger("textvae.study")
+
+__all__ = ["INCIDENTAL_KEYS", "Run", "Study", "aggregate", "apply_overrides", "check_run_folder", "columns",
+           "compare_runs", "execute", "finished_report", "load_study", "main", "markdown_table", "mean_std", "plan",
+           "report_markdown", "run_figures", "run_state", "run_study", "status_lines", "variants_markdown",
+           "write_outputs"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse would exit; the CLI prints TextVAEError itself
+        raise TextVAEError(f"textvae study: {message}")
+
+
+def run_study(path: str | Path, jobs: int = 1, out: Optional[str] = None, only: Optional[list[str]] = None,
+              seeds: Optional[list[int]] = None, sets: Optional[list[str]] = None,
+              status: bool = False) -> dict[str, Any]:
+    """Load, plan, train what is missing, and write the outputs; returns results.json's content.
+    Raises :class:`TextVAEError` (after writing the outputs) when runs failed. ``status``: print
+    each run's state instead (:func:`status_lines`), touching nothing; returns {}."""
+    if jobs < 1:
+        raise TextVAEError(f"--jobs must be >= 1, got {jobs}")
+    study = load_study(path, out, seeds, sets)
+    unknown = sorted(set(only or []) - set(study.variants))
+    if unknown:
+        raise TextVAEError(f"--only: unknown variant(s) {unknown}; valid: {', '.join(study.variants)}")
+    runs = plan(study, jobs)
+    if status:
+        print("\n".join([f"study {study.name} in {study.out}:", *status_lines(runs, only)]))
+        return {}
+    for run in runs:
+        check_run_folder(run)
+    with sigterm_interrupts():  # stopped by SIGTERM, the study stops its runs too rather than orphan them
+        failed = execute(study, runs, jobs, only)
+    results = write_outputs(study, runs)
+    log.info("study %s: results in %s", study.name, study.out)
+    print(markdown_table(results))  # the command's result, on stdout where a pipe or a redirect finds it
+    if failed:
+        raise TextVAEError(f"{len(failed)} runs failed: "
+                           f"{', '.join(r.label for r in failed)} (see the logs); re-run the study to retry them")
+    return results
+
+
+def main(argv: list[str]) -> None:
+    """``textvae study STUDY.yaml [--jobs N] [--out DIR] [--only VARIANT ...] [--seeds K ...] [--set K=V ...]
+    [--status]``."""
+    ap = _Parser(prog="textvae study", description="Train variants x seeds of a recipe and aggregate them.")
+    ap.add_argument("study", help="study YAML file")
+    ap.add_argument("--jobs", type=int, default=1, help="runs at a time (subprocesses when > 1)")
+    ap.add_argument("--out", help="output folder (default: the study's `out`, else out/<name>)")
+    ap.add_argument("--only", nargs="+", metavar="VARIANT", help="train only these variants")
+    ap.add_argument("--seeds", nargs="+", type=int, metavar="K", help="these seeds instead of the file's")
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="sets",
+                    help="overrides for every run (dotted keys, YAML values), after the file's")
+    ap.add_argument("--status", action="store_true",
+                    help="train nothing: say of each run whether it is done, training, stopped, waiting or new")
+    args = ap.parse_args(argv)
+    try:
+        run_study(args.study, jobs=args.jobs, out=args.out, only=args.only, seeds=args.seeds, sets=args.sets,
+                  status=args.status)
+    except KeyboardInterrupt:
+        log.warning("study interrupted: run the same command again to resume it")
+        raise

@@ -1,0 +1,65 @@
+"""A study's run folders: finished, resumable or new, and never one made with another configuration."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from textvae.config import from_dict
+from textvae.errors import TextVAEError
+from textvae.study.spec import INCIDENTAL_KEYS, Run, map_strings
+from textvae.training.logger import read_jsonl
+
+
+def finished_report(run_dir: Path) -> Optional[dict[str, Any]]:
+    """The run's final test record (its presence marks a finished run), else None."""
+    tests = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("split") == "test"]
+    if not tests:
+        return None
+    # the report itself, without the log record's bookkeeping (as run_training returns it)
+    return {k: v for k, v in tests[-1].items() if k not in ("split", "step", "epoch", "time")}
+
+
+def run_state(run: Run) -> str:
+    """``done`` (test record written), ``resume`` (a checkpoint), or ``new``."""
+    from textvae.training.train import CHECKPOINT
+
+    if finished_report(run.dir) is not None:
+        return "done"
+    return "resume" if (run.dir / CHECKPOINT).is_file() else "new"
+
+
+def check_run_folder(run: Run) -> None:
+    """A run folder holding a run of another configuration is an error (never overwritten)."""
+    from textvae.training.train import config_changes
+
+    saved = run.dir / "config.yaml"
+    if not saved.is_file():
+        return
+    old = json.loads(json.dumps(yaml.safe_load(saved.read_text())))
+    try:  # a setting added to textvae since the run was made reads as its default: the same run
+        old = json.loads(json.dumps(dataclasses.asdict(from_dict(type(run.config), old))))
+    except TextVAEError:
+        pass  # a setting textvae no longer has: compared as saved, so it shows as a change
+    # a study folder moved since: its runs' paths into it ("{run:v}") moved with it
+    made_in, now_in = str(Path(old.get("out_dir") or run.dir.parent).parent), str(run.dir.parent.parent)
+    old = map_strings(old, lambda text: now_in + text[len(made_in):] if text.startswith(made_in + os.sep) else text)
+    changes = {k: v for k, v in config_changes(old, json.loads(json.dumps(run.config.to_dict()))).items()
+               if k not in INCIDENTAL_KEYS}
+    if changes:
+        shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(changes.items())[:3])
+        raise TextVAEError(f"{run.dir} was trained with another configuration ({shown}"
+                           f"{'; ...' if len(changes) > 3 else ''}); delete it or choose another --out")
+
+
+def clear_unstarted(run: Run) -> None:
+    """A run killed before its first checkpoint (written at step 0) cannot be resumed: start it
+    again from scratch (its metrics.jsonl would otherwise keep the dead attempt's records)."""
+    if run.dir.exists():
+        shutil.rmtree(run.dir)
+

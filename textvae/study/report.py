@@ -1,0 +1,274 @@
+"""A study's outputs: the figures of each run, aggregated over seeds into results.csv, results.json
+and report.md (with the plots of :mod:`textvae.plots`); and ``textvae compare`` for runs made by hand."""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from textvae.config import RunConfig, from_dict
+from textvae.errors import TextVAEError
+from textvae.metrics import get_metric, he2019_noise_sd, list_metrics
+from textvae.study.folders import finished_report, run_state
+from textvae.study.spec import INCIDENTAL_KEYS, Run, Study, section_type
+
+log = logging.getLogger("textvae.study")
+
+
+# (figure, column label, format): the table of report.md, in order.
+COLUMNS = [("nll", "IW-NLL", "{:.2f}"), ("kl", "KL", "{:.2f}"), ("mi", "MI", "{:.2f}"), ("au", "AU", "{:.1f}"),
+           ("ppl", "IW-PPL", "{:.2f}"), ("rec", "Rec.", "{:.2f}"), ("neg_elbo", "-ELBO", "{:.2f}"),
+           ("train_minutes", "train (min)", "{:.1f}"), ("tokens_per_s", "tok/s", "{:.0f}")]
+# Report keys carried into results.csv / results.json besides the table's figures.
+EXTRA = ("iw_nll", "iw_ppl", "elbo_ppl", "mi_batch", "mi_dataset", "mi_batch_he2019", "mi_batch_he2019_noise_sd",
+         "mi_batch_size", "true_nll", "true_mi")
+
+
+def columns() -> list[tuple[str, str, str]]:
+    """The table's columns: the figures above, then those of the registered metrics (their ``study_columns``)."""
+    return COLUMNS + [column for name in list_metrics() for column in get_metric(name).study_columns]
+
+
+def figure_keys() -> list[str]:
+    """Every figure of results.csv / results.json."""
+    return [key for key, _, _ in columns()] + list(EXTRA)
+
+
+def run_figures(report: dict[str, Any]) -> dict[str, float]:
+    """The figures of one test report. A language model has no IW-NLL: its -ELBO is its exact NLL
+    (KL = 0), so NLL / PPL fall back to -ELBO / ELBO-PPL; a VAE evaluated without importance
+    samples (``train.iw_samples_final 0``) has no NLL, only its bound (-ELBO). MI is the whole-set
+    estimator."""
+    nan = math.nan
+    exact = "latent_dim" not in report  # the language model: no latent figures in its report
+    figs = {"nll": report.get("iw_nll", report.get("neg_elbo", nan) if exact else nan),
+            "ppl": report.get("iw_ppl", report.get("elbo_ppl", nan) if exact else nan),
+            "kl": report.get("kl", nan), "mi": report.get("mi_dataset", nan), "au": report.get("au", nan),
+            "rec": report.get("rec", nan), "neg_elbo": report.get("neg_elbo", nan),
+            "train_minutes": report.get("train_seconds", nan) / 60.0,
+            "tokens_per_s": report.get("train_tokens_per_s", nan)}
+    figs.update({k: report.get(k, nan) for k in figure_keys() if k not in figs})
+    return {k: float(v) for k, v in figs.items()}
+
+
+def mean_std(values: list[float]) -> tuple[float, float, int]:
+    """Mean and sample standard deviation (n - 1) of the finite values; std is NaN for n < 2."""
+    xs = [v for v in values if math.isfinite(v)]
+    if not xs:
+        return math.nan, math.nan, 0
+    mean = sum(xs) / len(xs)
+    std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else math.nan
+    return mean, std, len(xs)
+
+
+def aggregate(study: Study, runs: list[Run]) -> dict[str, Any]:
+    """results.json's content: per variant mean / std / n of every figure, and every run's report."""
+    per_run, variants = [], []
+    for vname in study.variants:
+        mine = [r for r in runs if r.variant == vname]
+        reports = [(r, finished_report(r.dir)) for r in mine]
+        done = [(r, rep) for r, rep in reports if rep is not None]
+        figs = [run_figures(rep) for _, rep in done]
+        stats = {}
+        for key in figure_keys():
+            mean, std, n = mean_std([f[key] for f in figs])
+            stats[key] = {"mean": mean, "std": std, "n": n}
+        variants.append({"variant": vname, "runs": len(done), "planned": len(mine), "figures": stats})
+        per_run += [{"variant": r.variant, "seed": r.seed, "dir": str(r.dir),
+                     "state": "done" if rep is not None else run_state(r), "report": rep} for r, rep in reports]
+    reports = [r["report"] for r in per_run if r["report"]]
+    setting = {k: next((rep[k] for rep in reports if k in rep), None)
+               for k in ("iw_samples", "au_threshold", "latent_dim", "n_sentences")}
+    return {"study": study.name, "study_file": str(study.path), "base": str(study.base), "seeds": study.seeds,
+            "budget": study.budget, "mi_estimator": "mi_dataset", **setting,
+            "variants": variants, "runs": per_run}
+
+
+def format_figure(value: float, fmt: str) -> str:
+    return fmt.format(value) if math.isfinite(value) else "–"
+
+
+def cell(stats: dict[str, Any], fmt: str) -> str:
+    """'mean ± std' (just the mean for a single run, '–' for none)."""
+    if stats["n"] == 0:
+        return "–"
+    if stats["n"] == 1:
+        return format_figure(stats["mean"], fmt)
+    return f"{format_figure(stats['mean'], fmt)} ± {format_figure(stats['std'], fmt)}"
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    header = ["variant", "runs"] + [label for _, label, _ in columns()]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for v in results["variants"]:
+        cells = [v["variant"], f"{v['runs']}/{v['planned']}"] + [cell(v["figures"][k], fmt) for k, _, fmt in columns()]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def compare_runs(run_dirs: list[Path]) -> str:
+    """``textvae compare``: the test figures of run folders made outside a study, as a study's table,
+    one row per run, with the settings in which each differs from the first (``INCIDENTAL_KEYS``
+    left out), so that a comparison says what it compares."""
+    configs = [_saved_config(Path(d)) for d in run_dirs]
+    header = ["run"] + [label for _, label, _ in columns()] + ["settings that differ from the first run"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for i, (run_dir, (cls, config)) in enumerate(zip(run_dirs, configs)):
+        report = finished_report(Path(run_dir))
+        figs = run_figures(report) if report is not None else None
+        cells = ([format_figure(figs[k], fmt) for k, _, fmt in columns()] if figs is not None
+                 else ["not finished"] + ["–"] * (len(columns()) - 1))
+        changes = {k: v for k, v in _setting_changes(cls, configs[0][1], config).items() if k not in INCIDENTAL_KEYS}
+        settings = "; ".join(f"{k} {json.dumps(v)}" for k, v in changes.items()) or ("–" if i == 0 else "none")
+        lines.append("| " + " | ".join([str(run_dir), *cells, settings]) + " |")
+    return "\n".join(lines)
+
+
+def _saved_config(run_dir: Path) -> tuple[type, dict[str, Any]]:
+    """A run's configuration class (its task's) and its config.yaml with every setting textvae has
+    now (one added since the run was made reads as its default)."""
+    from textvae.tasks.base import TASKS
+    from textvae.tasks.runconfig import DEFAULT_TASK
+
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        raise TextVAEError(f"{run_dir}: no config.yaml here; compare takes run folders (runs/NAME)")
+    values = yaml.safe_load(saved.read_text()) or {}
+    cls = TASKS.get(values.get("task", DEFAULT_TASK)).config_class
+    try:
+        values = dataclasses.asdict(from_dict(cls, values))
+    except TextVAEError:
+        pass  # a setting textvae no longer has: compared as saved
+    return cls, json.loads(json.dumps(values))
+
+
+def _setting_changes(cls: type, a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"optim.lr": b's value, ...}`` where b differs from a, by section; a free-form value (a KL
+    schedule, a remedy list, options) counts whole."""
+    changes: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        x, y, sub = a.get(f.name), b.get(f.name), section_type(f)
+        if sub is not None and isinstance(y, dict) and isinstance(x, (dict, type(None))):
+            changes.update(_setting_changes(sub, x or {}, y, f"{prefix}{f.name}."))
+        elif x != y:
+            changes[f"{prefix}{f.name}"] = y
+    return changes
+
+
+def write_csv(results: dict[str, Any], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["variant", "runs"] + [f"{k}_{s}" for k in figure_keys() for s in ("mean", "std")])
+        for v in results["variants"]:
+            row = [v["variant"], v["runs"]]
+            for k in figure_keys():
+                row += [repr(v["figures"][k]["mean"]), repr(v["figures"][k]["std"])]
+            writer.writerow(row)
+
+
+def _mi_noise(results: dict[str, Any]) -> str:
+    """The published per-batch estimator's noise floor, √(D / 2N), when the reports have it."""
+    d, n = results.get("latent_dim"), results.get("n_sentences")
+    if not d or not n:
+        return ""
+    return (f" (its closed-form entropy beside one sampled log q(z) leaves noise of sd sqrt(D / 2N) = "
+            f"{he2019_noise_sd(int(d), int(n)):.3f} nats here, D = {d:.0f}, N = {n:.0f})")
+
+
+def variants_markdown(study: Study, config_class: type) -> list[str]:
+    """report.md's table of what each variant sets on top of the base recipe and the study's common
+    settings, with the study file's note on it: a row that differs from the others says how."""
+    lines = ["## Variants", "", "Each on top of the base recipe and the settings common to the study (above).", "",
+             "| variant | settings | note |", "|---|---|---|"]
+    for name, overrides in study.variants.items():
+        settings = "; ".join(f"`{k}: {json.dumps(v)}`" for k, v in _setting_changes(config_class, {}, overrides).items())
+        cells = [name, settings or "–", study.notes.get(name, "")]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return lines + [""]
+
+
+def report_markdown(study: Study, results: dict[str, Any], plot_files: dict[str, str], plot_note: str,
+                    config_class: type = RunConfig) -> str:
+    budget = ", ".join(f"{k} {v}" for k, v in study.budget.items() if v is not None) or "the recipe's"
+    k = results.get("iw_samples")
+    thr = results.get("au_threshold")
+    notes = [
+        f"Test-set figures of each run's best model (by validation -ELBO), mean ± sample std over seeds "
+        f"({', '.join(map(str, study.seeds))}). NLL, KL, Rec. (reconstruction) and -ELBO in nats per sentence; "
+        f"IW-NLL / IW-PPL with K = {k:.0f} importance samples" if k else "Test-set figures of each run's best model",
+        "MI: the whole-set estimator (Li et al. 2019; log q(z) over all N test sentences) with log q(z_i|x_i) of "
+        "the same sample as its first term, so that the sampling noise cancels: 0 for an x-independent posterior, "
+        "never above log N; results.csv also has the per-batch estimator (mi_batch_*) and He et al.'s as "
+        "published (mi_batch_he2019_*), both over groups of mi_batch_size test sentences (He et al.'s batch size; "
+        "blank in reports made before it was fixed, whose groups were the evaluation batches)" + _mi_noise(results),
+        f"AU: latent dimensions with Var_x E[z|x] >= {thr:g}" if thr else "AU: active units",
+        "train (min): the training loop's time (resumed runs summed), without the final evaluation; "
+        "tok/s: training tokens per second",
+        "Language-model rows (no latent) show their exact NLL (-ELBO with KL = 0) under IW-NLL / IW-PPL",
+    ]
+    truth = [v for v in results["variants"] if v["figures"]["true_nll"]["n"]]
+    if truth:
+        f = truth[0]["figures"]
+        notes.append(f"Ground truth of the synthetic test set: NLL {f['true_nll']['mean']:.2f}, "
+                     f"MI {f['true_mi']['mean']:.3f} nats")
+    lines = [f"# Study `{study.name}`", ""]
+    if study.description:
+        lines += [study.description, ""]
+    sets = (f"; command-line overrides for every run: `{' '.join(study.cli_overrides)}`"
+            if study.cli_overrides else "")
+    lines += [f"Study file `{study.path}`; base recipe `{study.base}`; budget per run: {budget}{sets}. "
+              f"Written {datetime.datetime.now().isoformat(timespec='seconds')}.", "",
+              markdown_table(results), ""]
+    lines += [f"- {n}." for n in notes] + [""] + variants_markdown(study, config_class)
+    titles = {"curves": "Validation figures during training", "rate_distortion": "Rate-distortion (test set)",
+              "nll_mi": "NLL against mutual information (test set)"}
+    for key, title in titles.items():
+        if key in plot_files:
+            lines += [f"## {title}", "", f"![{title}]({plot_files[key]})", ""]
+    if plot_note:
+        lines += [plot_note, ""]
+    lines += ["## Runs", "", "| variant | seed | state | folder |", "|---|---|---|---|"]
+    lines += [f"| {r['variant']} | {r['seed']} | {r['state']} | `{r['dir']}` |" for r in results["runs"]]
+    return "\n".join(lines) + "\n"
+
+
+def _finite_or_null(value: Any) -> Any:
+    """NaN / inf -> None, so results.json is standard JSON (jq, browsers)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_null(v) for v in value]
+    return value
+
+
+def write_outputs(study: Study, runs: list[Run], plots: bool = True) -> dict[str, Any]:
+    """results.csv, results.json and report.md in ``study.out`` (plots under ``plots/`` when asked
+    and matplotlib is installed)."""
+    study.out.mkdir(parents=True, exist_ok=True)
+    results = aggregate(study, runs)
+    (study.out / "results.json").write_text(json.dumps(_finite_or_null(results), indent=2))
+    write_csv(results, study.out / "results.csv")
+    plot_files, note = {}, ""
+    if plots:
+        try:
+            from textvae import plots as plotting
+            plot_files = plotting.study_plots(results, study.out / "plots")
+            plot_files = {k: str(Path(p).relative_to(study.out)) for k, p in plot_files.items()}
+        except TextVAEError as e:
+            note = f"Plots skipped: {e}"
+            log.warning(note)
+    elif (study.out / "report.md").is_file():
+        # Keep the figures of the last full report (they are redrawn when the study ends).
+        plot_files = {p.stem: f"plots/{p.name}" for p in sorted((study.out / "plots").glob("*.png"))}
+    (study.out / "report.md").write_text(report_markdown(study, results, plot_files, note, type(runs[0].config)))
+    return results
+

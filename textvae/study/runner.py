@@ -1,0 +1,191 @@
+"""Training a study's runs: in this process or as subprocesses, each once the runs it starts from
+are finished; and ``--status``, where each run stands."""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from typing import Optional
+
+import yaml
+
+from textvae.errors import TextVAEError
+from textvae.files import lock_holder, run_folder_lock
+from textvae.study.folders import clear_unstarted, check_run_folder, finished_report, run_state
+from textvae.study.report import format_figure, run_figures, write_outputs
+from textvae.study.spec import REPO_ROOT, Run, Study
+from textvae.training.logger import read_jsonl
+from textvae.training.signals import PARENT_ENV
+
+log = logging.getLogger("textvae.study")
+
+
+def _train_in_process(run: Run, n: int, total: int) -> bool:
+    from textvae.tasks import run_training
+
+    try:
+        with run_folder_lock(run.dir):  # held from the folder's tidying to the test report
+            resume = _prepare(run)
+            log.info("[%d/%d] %s: %s", n, total, run.label, "resuming" if resume else "training")
+            run_training(run.config, resume=resume)
+        return True
+    except TextVAEError as e:  # the user's to fix (another process on the folder, a bad setting): one line
+        log.error("%s not trained: %s", run.label, e)
+        return False
+    except Exception:  # a failed run must not stop the study; its traceback goes to the log
+        log.error("%s failed:\n%s", run.label, traceback.format_exc())
+        return False
+
+
+def _command(run: Run, resume: bool) -> list[str]:
+    return [sys.executable, "-m", "textvae.cli", "train", str(run.recipe)] + (["--resume"] if resume else [])
+
+
+def _start_subprocess(run: Run, resume: bool) -> subprocess.Popen:
+    env = dict(os.environ)
+    threads = str(run.config.train.threads)
+    env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, **{PARENT_ENV: str(os.getpid())})
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    with open(run.log_file, "a") as f:
+        return subprocess.Popen(_command(run, resume), stdout=f, stderr=subprocess.STDOUT, env=env)
+
+
+def _prepare(run: Run) -> bool:
+    """Write the run's recipe and tidy its folder; returns whether to resume."""
+    state = run_state(run)
+    if state == "new":
+        clear_unstarted(run)
+    run.recipe.parent.mkdir(parents=True, exist_ok=True)
+    run.recipe.write_text(yaml.safe_dump(run.config.to_dict(), sort_keys=False))
+    return state == "resume"
+
+
+def _finished(run: Run, ok: bool, seconds: float, n: int, total: int) -> None:
+    report = finished_report(run.dir) if ok else None
+    if report is None:
+        log.info("[%d/%d] %s FAILED after %.0f s (see %s)", n, total, run.label, seconds,
+                 run.log_file if run.log_file.is_file() else "the log above")
+        return
+    figs = run_figures(report)
+    log.info("[%d/%d] %s done in %.0f s: NLL %.2f  KL %.2f  MI %.2f  AU %s", n, total, run.label, seconds,
+             figs["nll"], figs["kl"], figs["mi"], format_figure(figs["au"], "{:.0f}"))
+
+
+def execute(study: Study, runs: list[Run], jobs: int = 1, only: Optional[list[str]] = None) -> list[Run]:
+    """Train the runs (of the variants ``only``, default all) that are not finished; returns those
+    that failed. ``jobs == 1`` trains in this process, more run as subprocesses. A run starts once
+    the runs it needs are finished. After each run the tables of the whole study are rewritten."""
+    selected = [r for r in runs if not only or r.variant in only]
+    todo = [r for r in selected if run_state(r) != "done"]
+    log.info("study %s: %d runs, %d finished, %d to train (%s)", study.name, len(selected),
+             len(selected) - len(todo), len(todo), "in this process" if jobs == 1 else f"{jobs} subprocesses at a time")
+    by_label = {r.label: r for r in runs}
+    pending, running, failed, n = list(todo), {}, [], 0
+    try:
+        while pending or running:
+            while len(running) < jobs and (run := _take_ready(pending, by_label)) is not None:
+                n += 1
+                if jobs == 1:
+                    t0 = time.perf_counter()
+                    ok = _train_in_process(run, n, len(todo))
+                    _done(study, runs, run, ok, time.perf_counter() - t0, n, len(todo), failed)
+                    continue
+                try:  # the child takes the folder's lock itself once started; a busy folder is left alone
+                    with run_folder_lock(run.dir):
+                        resume = _prepare(run)
+                except TextVAEError as e:
+                    log.error("%s not trained: %s", run.label, e)
+                    _done(study, runs, run, False, 0.0, n, len(todo), failed)
+                    continue
+                log.info("[%d/%d] %s: %s (log: %s)", n, len(todo), run.label, "resuming" if resume else "training",
+                         run.log_file)
+                running[run.label] = (run, _start_subprocess(run, resume), time.perf_counter(), n)
+            if not running:  # nothing can start: what is left waits on runs that will not finish here
+                for run in pending:
+                    log.error("%s not trained: it needs %s, which is not finished (failed, or not selected: "
+                              "add its variant to --only)", run.label, ", ".join(_waiting_on(run, by_label)))
+                failed += pending
+                break
+            time.sleep(0.2)
+            for label, (run, proc, t0, k) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                del running[label]
+                _done(study, runs, run, proc.returncode == 0, time.perf_counter() - t0, k, len(todo), failed)
+    except KeyboardInterrupt:
+        # A child asked by SIGTERM stops after its current step with a checkpoint; wait, so that none is
+        # killed mid-write. Not SIGINT: a child that got the terminal's Ctrl-C too would take a second
+        # SIGINT as "stop at once" (textvae.training.signals).
+        for _, proc, _, _ in running.values():
+            proc.send_signal(signal.SIGTERM)
+        for _, proc, _, _ in running.values():
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        raise
+    return failed
+
+
+def _waiting_on(run: Run, by_label: dict[str, Run]) -> list[str]:
+    """The runs that ``run`` needs and that are not finished."""
+    return [label for label in run.needs if run_state(by_label[label]) != "done"]
+
+
+def _take_ready(pending: list[Run], by_label: dict[str, Run]) -> Optional[Run]:
+    """Remove and return the first pending run whose needs are all finished (None: none is)."""
+    for i, run in enumerate(pending):
+        if not _waiting_on(run, by_label):
+            return pending.pop(i)
+    return None
+
+
+def _done(study: Study, runs: list[Run], run: Run, ok: bool, seconds: float, n: int, total: int,
+          failed: list[Run]) -> None:
+    _finished(run, ok, seconds, n, total)
+    if not ok:
+        failed.append(run)
+    write_outputs(study, runs, plots=False)
+
+
+def run_status(run: Run, by_label: dict[str, Run]) -> tuple[str, str]:
+    """(state, detail) of one run for ``--status``, from its folder alone."""
+    try:
+        check_run_folder(run)
+    except TextVAEError as e:
+        return "conflict", str(e)
+    state, holder = run_state(run), lock_holder(run.dir)
+    if state == "done":
+        figs = run_figures(finished_report(run.dir) or {})
+        return "done", (f"NLL {format_figure(figs['nll'], '{:.2f}')}  KL {format_figure(figs['kl'], '{:.2f}')}  "
+                        f"MI {format_figure(figs['mi'], '{:.2f}')}  AU {format_figure(figs['au'], '{:.0f}')}  "
+                        f"{format_figure(figs['train_minutes'], '{:.0f}')} min")
+    valid = [r for r in read_jsonl(run.dir / "metrics.jsonl") if r.get("split") == "valid"]
+    where = (f"epoch {valid[-1]['epoch']} (step {valid[-1]['step']}), lr {valid[-1].get('lr', math.nan):g}, "
+             f"valid -ELBO {valid[-1].get('neg_elbo', math.nan):.2f}") if valid else "no validation yet"
+    if holder is not None:
+        return "training", f"pid {holder}: {where}"
+    if state == "resume":
+        return "stopped", f"{where}; the study resumes it"
+    waiting = _waiting_on(run, by_label)
+    return ("waiting", f"starts after {', '.join(waiting)}") if waiting else ("new", "")
+
+
+def status_lines(runs: list[Run], only: Optional[list[str]] = None) -> list[str]:
+    """``--status``: a line per run of the variants ``only`` (default all), then the count per state."""
+    by_label = {r.label: r for r in runs}
+    chosen = [r for r in runs if only is None or r.variant in only]
+    rows = [(r.label, *run_status(r, by_label)) for r in chosen]
+    width = max((len(label) for label, _, _ in rows), default=0)
+    lines = [f"{label:<{width}}  {state:<8}  {detail}".rstrip() for label, state, detail in rows]
+    counts = {}
+    for _, state, _ in rows:
+        counts[state] = counts.get(state, 0) + 1
+    return lines + [", ".join(f"{n} {state}" for state, n in counts.items())]
+
+
