@@ -494,3 +494,12 @@ def test_report_says_what_each_variant_sets_with_its_note(tmp_path):
         '| cap | `objective.remedies: [{"name": "kl_constraint", "capacity": 2}]`; `optim.name: "adam"`; '
         "`optim.lr: 0.003` | Prokhorov et al.'s \\|KL - C\\| over two lines |"]
     assert "\n".join(lines) in st.report_markdown(study, {"variants": [], "runs": []}, {}, "")
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (st.REPO_ROOT / "studies").glob("*.yaml")))
+def test_every_shipped_study_plans(name, tmp_path):
+    """Each study file under studies/ loads and plans (its base recipe found, every variant a valid
+    configuration, its notes on variants it has), writing nothing."""
+    study = st.load_study(st.REPO_ROOT / "studies" / name, str(tmp_path / "out"))
+    runs = st.plan(study)
+    assert len(runs) == len(study.variants) * len(study.seeds) and not (tmp_path / "out").exists()
