@@ -36,3 +36,4 @@ nohup bash -c "$S --only pretrain_ae pretrain_fb --set train.threads=1 --out $RU
   $S --seeds 2 3 --only pretrain_ae pretrain_fb bn_vae --set train.threads=1 --out $RUNS/ptb_reproduce" \
   >> "$RUNS/ptb_reproduce_b.out" 2>&1 &
 echo "started; logs: $RUNS/ptb_reproduce.out $RUNS/ptb_reproduce_b.out"
+echo "where each run stands: textvae study studies/ptb_reproduce.yaml --status --out $RUNS/ptb_reproduce"
