@@ -116,7 +116,7 @@ SCHEDULES.register("cyclical")(Cyclical)
 
 
 LR_SCHEDULES: Registry = Registry("optim.cycle_lr", recipe="optim.cycle_lr: NAME (optim.cycle_lr_stairs for stairs)",
-                                       supplied=("lr", "kl_schedule", "stairs"))
+                                  supplied=("lr", "kl_schedule", "stairs"))
 
 
 @LR_SCHEDULES.register("none")

@@ -533,7 +533,7 @@ class ContinuousZMarkov(MarkovSource):
 
 
 SYNTHETIC_KINDS: Registry[type[MarkovSource]] = Registry("synthetic corpus", recipe="data.name: NAME",
-                                                                  supplied=("params", "seed"))
+                                                         supplied=("params", "seed"))
 SYNTHETIC_KINDS.register("synthetic")(ClassMarkov)
 SYNTHETIC_KINDS.register("synthetic_z")(ContinuousZMarkov)
 

@@ -36,7 +36,7 @@ from textvae.registry import Registry
 _BPE_SUFFIX = "</w>"
 
 TOKENIZERS: Registry = Registry("tokenizer", recipe="data.tokenizer: NAME (its settings are the data section's)",
-                                  supplied=("min_freq", "max_vocab", "bpe_vocab_size"))
+                                supplied=("min_freq", "max_vocab", "bpe_vocab_size"))
 
 
 def register_tokenizer(name: str):

@@ -14,8 +14,8 @@ from textvae.data.special import PAD_ID
 from textvae.registry import Registry
 
 DECODERS: Registry = Registry("decoder", recipe="model.decoder: {type: NAME, options: {PARAMETER: VALUE}}",
-                                supplied=("vocab_size", "emb_dim", "hidden_dim", "latent_dim", "num_layers", "input_dropout",
-                                          "output_dropout", "z_init", "z_concat"))
+                              supplied=("vocab_size", "emb_dim", "hidden_dim", "latent_dim", "num_layers",
+                                        "input_dropout", "output_dropout", "z_init", "z_concat"))
 
 
 class Dropout(nn.Module):

@@ -15,7 +15,7 @@ from textvae.registry import Registry
 LOG_2PI = math.log(2 * math.pi)
 
 PRIORS: Registry = Registry("prior", recipe="model.prior: NAME, model.prior_options: {PARAMETER: VALUE}",
-                              supplied=("latent_dim",))
+                            supplied=("latent_dim",))
 
 
 class DiagGaussian:

@@ -13,7 +13,8 @@ from textvae.data.special import PAD_ID
 from textvae.registry import Registry
 
 ENCODERS: Registry = Registry("encoder", recipe="model.encoder: {type: NAME, options: {PARAMETER: VALUE}}",
-                                supplied=("vocab_size", "emb_dim", "hidden_dim", "num_layers", "bidirectional", "dropout"))
+                              supplied=("vocab_size", "emb_dim", "hidden_dim", "num_layers", "bidirectional",
+                                        "dropout"))
 
 
 def last_layer_final_state(h_n: torch.Tensor, num_layers: int, num_directions: int) -> torch.Tensor:

@@ -7,8 +7,9 @@ from torch import nn
 from textvae.models.distributions import DiagGaussian
 from textvae.registry import Registry
 
-POSTERIORS: Registry = Registry("posterior", recipe="model.posterior: NAME, model.posterior_options: {PARAMETER: VALUE}",
-                                  supplied=("in_dim", "latent_dim"))
+POSTERIORS: Registry = Registry("posterior",
+                                recipe="model.posterior: NAME, model.posterior_options: {PARAMETER: VALUE}",
+                                supplied=("in_dim", "latent_dim"))
 
 
 @POSTERIORS.register("gaussian")

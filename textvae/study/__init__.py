@@ -70,10 +70,10 @@ from textvae.training.signals import sigterm_interrupts
 
 log = logging.getLogger("textvae.study")
 
-__all__ = ["INCIDENTAL_KEYS", "REPO_ROOT", "Run", "Study", "aggregate", "apply_overrides", "check_run_folder", "columns",
-           "compare_runs", "execute", "finished_report", "load_study", "main", "markdown_table", "mean_std", "plan",
-           "report_markdown", "run_figures", "run_state", "run_study", "status_lines", "variants_markdown",
-           "write_outputs"]
+__all__ = ["INCIDENTAL_KEYS", "REPO_ROOT", "Run", "Study", "aggregate", "apply_overrides", "check_run_folder",
+           "columns", "compare_runs", "execute", "finished_report", "load_study", "main", "markdown_table",
+           "mean_std", "plan", "report_markdown", "run_figures", "run_state", "run_study", "status_lines",
+           "variants_markdown", "write_outputs"]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -188,7 +188,8 @@ def variants_markdown(study: Study, config_class: type) -> list[str]:
     lines = ["## Variants", "", "Each on top of the base recipe and the settings common to the study (above).", "",
              "| variant | settings | note |", "|---|---|---|"]
     for name, overrides in study.variants.items():
-        settings = "; ".join(f"`{k}: {json.dumps(v)}`" for k, v in _setting_changes(config_class, {}, overrides).items())
+        own = _setting_changes(config_class, {}, overrides)
+        settings = "; ".join(f"`{k}: {json.dumps(v)}`" for k, v in own.items())
         cells = [name, settings or "–", study.notes.get(name, "")]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return lines + [""]
