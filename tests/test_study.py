@@ -10,6 +10,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -496,10 +497,13 @@ def test_report_says_what_each_variant_sets_with_its_note(tmp_path):
     assert "\n".join(lines) in st.report_markdown(study, {"variants": [], "runs": []}, {}, "")
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in (st.REPO_ROOT / "studies").glob("*.yaml")))
+STUDIES = Path(__file__).resolve().parents[1] / "studies"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in STUDIES.glob("*.yaml")))
 def test_every_shipped_study_plans(name, tmp_path):
     """Each study file under studies/ loads and plans (its base recipe found, every variant a valid
     configuration, its notes on variants it has), writing nothing."""
-    study = st.load_study(st.REPO_ROOT / "studies" / name, str(tmp_path / "out"))
+    study = st.load_study(STUDIES / name, str(tmp_path / "out"))
     runs = st.plan(study)
     assert len(runs) == len(study.variants) * len(study.seeds) and not (tmp_path / "out").exists()

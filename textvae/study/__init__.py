@@ -65,12 +65,12 @@ from textvae.study.folders import check_run_folder, finished_report, run_state
 from textvae.study.report import (aggregate, columns, compare_runs, markdown_table, mean_std, report_markdown,
                                   run_figures, variants_markdown, write_outputs)
 from textvae.study.runner import execute, status_lines
-from textvae.study.spec import INCIDENTAL_KEYS, REPO_ROOT, Run, Study, apply_overrides, load_study, plan
+from textvae.study.spec import INCIDENTAL_KEYS, Run, Study, apply_overrides, load_study, plan
 from textvae.training.signals import sigterm_interrupts
 
 log = logging.getLogger("textvae.study")
 
-__all__ = ["INCIDENTAL_KEYS", "REPO_ROOT", "Run", "Study", "aggregate", "apply_overrides", "check_run_folder",
+__all__ = ["INCIDENTAL_KEYS", "Run", "Study", "aggregate", "apply_overrides", "check_run_folder",
            "columns", "compare_runs", "execute", "finished_report", "load_study", "main", "markdown_table",
            "mean_std", "plan", "report_markdown", "run_figures", "run_state", "run_study", "status_lines",
            "variants_markdown", "write_outputs"]
