@@ -18,10 +18,6 @@ from tests.test_metric_registry import toy_metric  # noqa: F401 (fixture)
 REGISTRIES = list_registries()
 
 
-def key(r: Registry) -> str:
-    return r.kind.lower().replace(" ", "_")
-
-
 def list_output(capsys, *argv: str) -> str:
     capsys.readouterr()
     main(["list", *argv])
@@ -31,14 +27,14 @@ def list_output(capsys, *argv: str) -> str:
 def test_list_names_every_registry_and_entry(capsys):
     out = list_output(capsys)
     for r in REGISTRIES:
-        line = next(l for l in out.splitlines() if l.startswith(f"{key(r)}: "))
-        assert line == f"{key(r)}: {', '.join(r.names())}"
+        line = next(l for l in out.splitlines() if l.startswith(f"{r.key}: "))
+        assert line == f"{r.key}: {', '.join(r.names())}"
         assert f"in a recipe: {r.recipe}" in out and r.recipe
 
 
-@pytest.mark.parametrize("r", REGISTRIES, ids=key)
+@pytest.mark.parametrize("r", REGISTRIES, ids=lambda r: r.key)
 def test_list_kind_shows_each_entry_its_summary_and_parameters(r, capsys):
-    out = list_output(capsys, key(r))
+    out = list_output(capsys, r.key)
     for name in r.names():
         assert f"\n{name}: {r.summary(name)}\n" in out
         assert r.summary(name), f"{r.kind} {name!r} has no docstring (nor has its module)"

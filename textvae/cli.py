@@ -458,13 +458,13 @@ def cmd_compare(argv: list[str]) -> None:
 
 
 def _all_registries() -> dict[str, Any]:
-    """Every registry by its command-line key (the kind, lower case, ``_`` for spaces); importing the
+    """Every registry by its command-line key (:attr:`Registry.key`); importing the
     tasks imports every part they build, and the synthetic corpora register their kinds."""
     import textvae.data.synthetic  # noqa: F401
     import textvae.tasks  # noqa: F401
     from textvae.registry import list_registries
 
-    return {r.kind.lower().replace(" ", "_"): r for r in list_registries()}
+    return {r.key: r for r in list_registries()}
 
 
 def main(argv: Optional[list[str]] = None) -> None:

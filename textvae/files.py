@@ -73,7 +73,7 @@ def run_folder_lock(run_dir: Path) -> Iterator[None]:
         return
     try:  # the folder itself is not made here: a refused --resume leaves nothing behind
         run_dir.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(run_dir.parent / f".{run_dir.name}.lock", os.O_RDWR | os.O_CREAT, umask_mode())
+        fd = os.open(_lock_path(run_dir), os.O_RDWR | os.O_CREAT, umask_mode())
     except OSError as e:
         raise cannot_write(run_dir, e) from None
     try:
@@ -91,6 +91,11 @@ def run_folder_lock(run_dir: Path) -> Iterator[None]:
             _held.discard(key)
     finally:
         os.close(fd)  # closing the last descriptor releases the flock
+
+
+def _lock_path(run_dir: Path) -> Path:
+    """``.<name>.lock`` beside the run folder, not in it: clearing the folder keeps the lock."""
+    return run_dir.parent / f".{run_dir.name}.lock"
 
 
 def _holder(fd: int) -> str:
@@ -111,7 +116,7 @@ def _alive(pid: int) -> bool:
 def lock_holder(run_dir: Path) -> Optional[str]:
     """The pid of the process holding ``run_dir`` (:func:`run_folder_lock`), or None when none does
     (this process's own hold included). Creates nothing: for reports of a study's state."""
-    path = run_dir.parent / f".{run_dir.name}.lock"
+    path = _lock_path(run_dir)
     if fcntl is None or run_dir.resolve() in _held or not path.is_file():
         return None
     fd = os.open(path, os.O_RDONLY)

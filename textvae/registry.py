@@ -79,6 +79,11 @@ class Registry(Generic[T]):
         except TypeError as e:
             raise TextVAEError(f"{self.kind} {name!r}: {e}") from None
 
+    @property
+    def key(self) -> str:
+        """The kind as ``textvae list`` takes it: lower case, ``_`` for spaces (``kl_schedule``)."""
+        return self.kind.lower().replace(" ", "_")
+
     def names(self) -> list[str]:
         return sorted(self._entries)
 

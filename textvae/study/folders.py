@@ -34,18 +34,32 @@ def run_state(run: Run) -> str:
     return "resume" if (run.dir / CHECKPOINT).is_file() else "new"
 
 
+def saved_config(run_dir: Path, cls: Optional[type] = None) -> Optional[tuple[type, dict[str, Any]]]:
+    """A run folder's config.yaml as plain JSON values with every setting textvae has now, and its
+    configuration class (``cls``, else its task's); None when there is no config.yaml."""
+    from textvae.tasks.base import TASKS
+    from textvae.tasks.runconfig import DEFAULT_TASK
+
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        return None
+    values = json.loads(json.dumps(yaml.safe_load(saved.read_text()) or {}))
+    cls = cls or TASKS.get(values.get("task", DEFAULT_TASK)).config_class
+    try:  # a setting added to textvae since the run was made reads as its default: the same run
+        values = json.loads(json.dumps(dataclasses.asdict(from_dict(cls, values))))
+    except TextVAEError:
+        pass  # a setting textvae no longer has: compared as saved, so it shows as a change
+    return cls, values
+
+
 def check_run_folder(run: Run) -> None:
     """A run folder holding a run of another configuration is an error (never overwritten)."""
     from textvae.training.train import config_changes
 
-    saved = run.dir / "config.yaml"
-    if not saved.is_file():
+    saved = saved_config(run.dir, type(run.config))
+    if saved is None:
         return
-    old = json.loads(json.dumps(yaml.safe_load(saved.read_text())))
-    try:  # a setting added to textvae since the run was made reads as its default: the same run
-        old = json.loads(json.dumps(dataclasses.asdict(from_dict(type(run.config), old))))
-    except TextVAEError:
-        pass  # a setting textvae no longer has: compared as saved, so it shows as a change
+    _, old = saved
     # a study folder moved since: its runs' paths into it ("{run:v}") moved with it
     made_in, now_in = str(Path(old.get("out_dir") or run.dir.parent).parent), str(run.dir.parent.parent)
     old = map_strings(old, lambda text: now_in + text[len(made_in):] if text.startswith(made_in + os.sep) else text)

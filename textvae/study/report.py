@@ -11,12 +11,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from textvae.config import RunConfig, from_dict
+from textvae.config import RunConfig
 from textvae.errors import TextVAEError
 from textvae.metrics import get_metric, he2019_noise_sd, list_metrics
-from textvae.study.folders import finished_report, run_state
+from textvae.study.folders import finished_report, run_state, saved_config
 from textvae.study.spec import INCIDENTAL_KEYS, Run, Study, section_type
 
 log = logging.getLogger("textvae.study")
@@ -132,21 +130,11 @@ def compare_runs(run_dirs: list[Path]) -> str:
 
 
 def _saved_config(run_dir: Path) -> tuple[type, dict[str, Any]]:
-    """A run's configuration class (its task's) and its config.yaml with every setting textvae has
-    now (one added since the run was made reads as its default)."""
-    from textvae.tasks.base import TASKS
-    from textvae.tasks.runconfig import DEFAULT_TASK
-
-    saved = run_dir / "config.yaml"
-    if not saved.is_file():
+    """A run's configuration class and settings (:func:`saved_config`); not a run folder: an error."""
+    saved = saved_config(run_dir)
+    if saved is None:
         raise TextVAEError(f"{run_dir}: no config.yaml here; compare takes run folders (runs/NAME)")
-    values = yaml.safe_load(saved.read_text()) or {}
-    cls = TASKS.get(values.get("task", DEFAULT_TASK)).config_class
-    try:
-        values = dataclasses.asdict(from_dict(cls, values))
-    except TextVAEError:
-        pass  # a setting textvae no longer has: compared as saved
-    return cls, json.loads(json.dumps(values))
+    return saved
 
 
 def _setting_changes(cls: type, a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> dict[str, Any]:
