@@ -10,6 +10,10 @@ Tolerances (issue 15): IW-NLL within 1.0 nat; KL and MI within max(0.5, 25 %); A
 max(3, 15 %). A row is judged on the figures the paper published; a finished row with a figure
 outside its tolerance is marked ✗ and needs its cause in docs/results/ptb/causes.md.
 
+IW-NLL reads "mean ± its Monte Carlo standard error" (the draw of the K = 500 samples;
+``textvae.metrics.iw_estimate``) where the test report has it (runs evaluated from 2026-12-05 on;
+``benchmarks/iw_mc_error.py`` measures it for a finished run). The language model's is 0 (exact).
+
 Wall time per row: the training loop's time (``train_seconds``, resumed runs summed) plus the final
 evaluation's (the time between the last record before the test record and the test record).
 ``--write DIR`` copies the study's results.csv / report.md / plots there and writes
@@ -98,7 +102,7 @@ def figures(report: dict[str, Any], run_dir: Path) -> dict[str, float]:
     ``mi_he_b`` is the group size of He et al.'s per-batch MI (:func:`mi_group`)."""
     figs = run_figures(report)
     b = mi_group(report, run_dir) if math.isfinite(figs["mi_batch_he2019"]) else math.nan
-    return {**{k: figs[k] for k in FIGURES}, "mi_he": figs["mi_batch_he2019"], "mi_he_b": b,
+    return {**{k: figs[k] for k in FIGURES}, "nll_se": figs["iw_nll_mc_se"], "mi_he": figs["mi_batch_he2019"], "mi_he_b": b,
             "mi_he_sd": figs["mi_batch_he2019_noise_sd"], "train_min": figs["train_minutes"]}
 
 
@@ -140,10 +144,13 @@ def comparison_table(runs: dict[str, list[tuple[int, dict[str, float]]]]) -> str
             continue
         ours = {k: mean([f[k] for _, f in done])
                 for k in FIGURES + ("mi_he", "mi_he_sd", "mi_he_b", "train_min", "eval_min")}
+        # Monte Carlo se of the seeds' mean IW-NLL, √(Σ se²) / n; NaN where a report predates it
+        nll_se = math.sqrt(sum(f["nll_se"] ** 2 for _, f in done)) / len(done)
         cells, verdict = [], []
         for key, p in zip(FIGURES, pub):
             spec = "{:.0f}" if key == "au" else "{:.2f}"
-            cells.append(f"{fmt(ours[key], spec)} ({fmt(p, spec) if p is not None else '–'})")
+            se = f" ± {nll_se:.3f}" if key == "nll" and math.isfinite(nll_se) and nll_se > 0 else ""
+            cells.append(f"{fmt(ours[key], spec)}{se} ({fmt(p, spec) if p is not None else '–'})")
             if p is not None and math.isfinite(ours[key]):
                 verdict.append(("✓ " if within(key, ours[key], p) else "✗ ") + key)
         if variant.startswith("bn_vae"):

@@ -36,13 +36,18 @@ class IWResult:
     """Per-sentence IW-NLL (in the order the batches came) and its corpus summary."""
 
     nll: torch.Tensor  # [N], −log p(x) estimate per sentence, nats
+    mc_var: torch.Tensor  # [N], its Monte Carlo variance (:func:`iw_estimate`)
+    ess: torch.Tensor  # [N], the effective sample size of its K weights
     n_tokens: torch.Tensor  # [N]
     n_samples: int
     nll_mean: float  # per-sentence mean NLL (the figure tables report)
+    nll_mc_se: float  # Monte Carlo standard error of nll_mean, √(Σ var) / N
+    ess_mean: float  # mean effective sample size of the K weights
     ppl: float  # IW-PPL = exp(Σ NLL / Σ tokens)
 
     def summary(self) -> dict[str, float]:
-        return {"iw_nll": self.nll_mean, "iw_ppl": self.ppl, "iw_samples": float(self.n_samples)}
+        return {"iw_nll": self.nll_mean, "iw_nll_mc_se": self.nll_mc_se, "iw_ess": self.ess_mean,
+                "iw_ppl": self.ppl, "iw_samples": float(self.n_samples)}
 
 
 @dataclass
@@ -79,13 +84,11 @@ def draw_samples(posterior: Any, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(zs), torch.cat(log_qs)
 
 
-def iw_log_marginal(model: Any, batch: Any, posterior: Any, n_samples: int,
-                    max_tokens: Optional[int] = None) -> torch.Tensor:
-    """Importance-weighted estimate of log p(x) [B] for one batch whose posterior is given.
-
-    log p(x) ≈ logsumexp_k w_k − log K,  w_k = log p(x|z_k) + log p(z_k) − log q(z_k|x),
-    z_k ~ q(z|x) (Burda et al. 2016; the K = 500 protocol of He et al. 2019). Only log-densities
-    are used, so any posterior / prior pair works.
+def iw_log_weights(model: Any, batch: Any, posterior: Any, n_samples: int,
+                   max_tokens: Optional[int] = None) -> torch.Tensor:
+    """Log importance weights [K, B] of one batch whose posterior is given:
+    w_k = log p(x|z_k) + log p(z_k) − log q(z_k|x), z_k ~ q(z|x). Only log-densities are used, so
+    any posterior / prior pair works.
 
     All sentences of the batch are scored together: the decoder takes S samples × B sentences
     per call with S·B·T ≤ ``max_tokens`` (S ≥ 1, so a single sample of the batch, B·T, is the
@@ -111,7 +114,51 @@ def iw_log_marginal(model: Any, batch: Any, posterior: Any, n_samples: int,
         if log_w is None:
             log_w = w.new_empty(n_samples, len(batch))
         log_w[start:start + len(w)] = w
-    return torch.logsumexp(log_w, dim=0) - math.log(n_samples)
+    return log_w
+
+
+@dataclass
+class IWEstimate:
+    """The IW estimate of log p(x) of each sentence of a batch, and how far its sampling can move it."""
+
+    log_p: torch.Tensor  # [B], logsumexp_k w_k − log K
+    mc_var: torch.Tensor  # [B], delta-method Var[log p̂(x)] over the draw of the K samples
+    ess: torch.Tensor  # [B], Kish's effective sample size 1 / Σ_k p_k², in [1, K]
+
+
+def iw_estimate(log_w: torch.Tensor) -> IWEstimate:
+    """log p̂(x) = logsumexp_k w_k − log K from log weights [K, B], with its Monte Carlo variance.
+
+    With p_k = exp(w_k) / Σ_j exp(w_j) the normalised weights and ESS = 1 / Σ_k p_k² (Kish), the
+    delta method gives Var[log p̂] ≈ Var(e^w) / (K · E[e^w]²); the weights' sample variance plugged
+    in makes it (K / ESS − 1) / (K − 1). First-order: it is the variance across redraws of the K
+    samples of one sentence, not across sentences, and heavy-tailed weights (a small ESS) make it an
+    underestimate. The estimate is also biased low by about half of it (Jensen), so the IW-NLL sits
+    that much above −log p(x). K = 1 leaves no variance to estimate (NaN).
+    """
+    k = log_w.shape[0]
+    wide = log_w.double()  # K·Σp² − 1 cancels when the weights are nearly equal
+    sum_sq = torch.exp(torch.logsumexp(2.0 * wide, dim=0) - 2.0 * torch.logsumexp(wide, dim=0))  # Σ_k p_k², [B]
+    mc_var = ((k * sum_sq - 1.0) / (k - 1)).clamp_min(0.0) if k > 1 else torch.full_like(sum_sq, math.nan)
+    return IWEstimate(log_p=torch.logsumexp(log_w, dim=0) - math.log(k), mc_var=mc_var, ess=1.0 / sum_sq)
+
+
+def iw_log_marginal(model: Any, batch: Any, posterior: Any, n_samples: int,
+                    max_tokens: Optional[int] = None) -> torch.Tensor:
+    """Importance-weighted estimate of log p(x) [B] for one batch whose posterior is given:
+    log p(x) ≈ logsumexp_k w_k − log K over the weights of :func:`iw_log_weights` (Burda et al.
+    2016; the K = 500 protocol of He et al. 2019)."""
+    return iw_batch(model, batch, posterior, n_samples, max_tokens).log_p
+
+
+def iw_batch(model: Any, batch: Any, posterior: Any, n_samples: int,
+             max_tokens: Optional[int] = None) -> IWEstimate:
+    """:func:`iw_estimate` of one batch's :func:`iw_log_weights`; the language model's one weight
+    is its exact log p(x), so its Monte Carlo variance is 0."""
+    estimate = iw_estimate(iw_log_weights(model, batch, posterior, n_samples, max_tokens))
+    if getattr(model, "latent_dim", None) == 0:
+        estimate.mc_var = torch.zeros_like(estimate.mc_var)
+    return estimate
 
 
 def elbo_batch(model: Any, batch: Any, posterior: Any, z: torch.Tensor
@@ -141,17 +188,19 @@ def iw_nll(model: Any, batches: Batches, n_samples: int = 500,
     global RNG is left untouched); ``None`` draws from the global RNG.
     """
     acc = CorpusAccumulator()
-    nlls, counts = [], []
+    estimates, counts = [], []
     with eval_mode(model), seeded(generator):
         for batch in iterate(batches):
-            nll = -iw_log_marginal(model, batch, model.encode(batch), n_samples, max_tokens)
-            acc.add(batch.n_tokens, nll=nll)
-            nlls.append(nll)
+            estimate = iw_batch(model, batch, model.encode(batch), n_samples, max_tokens)
+            acc.add(batch.n_tokens, nll=-estimate.log_p, nll_mc_var=estimate.mc_var, ess=estimate.ess)
+            estimates.append(estimate)
             counts.append(batch.n_tokens)
-    if not nlls:
+    if not estimates:
         raise TextVAEError("iw_nll: no batches to evaluate")
-    return IWResult(nll=torch.cat(nlls), n_tokens=torch.cat(counts), n_samples=n_samples,
-                    nll_mean=acc.mean("nll"), ppl=acc.ppl("nll"))
+    return IWResult(nll=-torch.cat([e.log_p for e in estimates]), mc_var=torch.cat([e.mc_var for e in estimates]),
+                    ess=torch.cat([e.ess for e in estimates]), n_tokens=torch.cat(counts), n_samples=n_samples,
+                    nll_mean=acc.mean("nll"), nll_mc_se=acc.mean_se("nll_mc_var"), ess_mean=acc.mean("ess"),
+                    ppl=acc.ppl("nll"))
 
 
 def elbo_terms(model: Any, batches: Batches,
