@@ -507,3 +507,13 @@ def test_every_shipped_study_plans(name, tmp_path):
     study = st.load_study(STUDIES / name, str(tmp_path / "out"))
     runs = st.plan(study)
     assert len(runs) == len(study.variants) * len(study.seeds) and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in STUDIES.glob("*.yaml")))
+def test_every_shipped_row_that_changes_model_or_optimiser_says_so(name, tmp_path):
+    """A comparison is fair or says why not: a row whose own settings change the model (its init
+    included) or the optimiser, which a study's rows otherwise share, has a note in report.md."""
+    study = st.load_study(STUDIES / name, str(tmp_path / "out"))
+    silent = [v for v, overrides in study.variants.items()
+              if {"model", "optim"} & set(overrides) and v not in study.notes]
+    assert not silent, f"{name}: rows changing model or optim without a note: {silent}"
