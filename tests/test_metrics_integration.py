@@ -118,7 +118,9 @@ def test_evaluate_cli_prints_one_table_and_writes_json(run_dir, tmp_path, capsys
     assert sum(record["kl_per_dim"]) == pytest.approx(record["kl"])
     assert record["iw_nll"] <= record["neg_elbo"] + 0.5
     assert 0 < record["iw_nll_mc_se"] < 0.5 and 1 <= record["iw_ess"] <= 50  # printed beside the NLL
-    assert f"(Monte Carlo se {record['iw_nll_mc_se']:.3f}; ESS {record['iw_ess']:.1f} of 50)" in printed
+    assert record["iw_se_sentences"] > 0
+    assert (f"(Monte Carlo se {record['iw_nll_mc_se']:.3f}, from a second draw of {record['iw_se_sentences']:.0f} "
+            f"sentences; ESS {record['iw_ess']:.1f} of 50)") in printed
     assert 0 <= record["recon_bleu"] <= 100 and 0 < record["distinct_1"] <= 1
     assert len(record["examples"]["samples"]) == 20
     # the true figures are those of the evaluated sentences (an even subset of the split)
@@ -231,8 +233,8 @@ def test_language_model_iw_is_its_exact_nll_and_zero_samples_skip_iw():
     lm, batch = tiny_model(latent=0), random_batch()
     figures = evaluate_model(lm, [batch], n_samples=50)
     assert figures["iw_samples"] == 1 and figures["iw_nll"] == pytest.approx(figures["neg_elbo"], abs=1e-5)
-    assert figures["iw_nll_mc_se"] == 0.0 and figures["iw_ess"] == 1.0  # exact: nothing to redraw
-    assert "Monte Carlo se 0.000; ESS 1.0 of 1" in format_table(figures)
+    assert figures["iw_nll_mc_se"] == 0.0 and figures["iw_se_sentences"] == 0  # exact: nothing to redraw
+    assert "Monte Carlo se 0.000, from a second draw of 0 sentences; ESS 1.0 of 1" in format_table(figures)
     vae = tiny_model()
     skipped = evaluate_model(vae, [batch], n_samples=0, per_dim=True)
     assert "iw_nll" not in skipped and len(skipped["kl_per_dim"]) == 3

@@ -54,8 +54,3 @@ class CorpusAccumulator:
 
     def ppl(self, name: str) -> float:
         return perplexity(self.sums[name], self.n_tokens)
-
-    def mean_se(self, variance: str) -> float:
-        """Standard error of a per-sentence mean whose sentences' estimates are independent, from
-        their accumulated variances ``variance``: √(Σ var) / N."""
-        return math.sqrt(self.sums[variance]) / max(self.n_sentences, 1)

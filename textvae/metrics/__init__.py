@@ -1,7 +1,7 @@
 """Evaluation metrics of text VAEs, with the field's published definitions.
 
 Likelihood (``likelihood``): :func:`iw_nll` (importance-weighted NLL / IW-PPL, with the NLL's Monte Carlo
-standard error from :func:`iw_estimate`), :func:`elbo_terms`
+standard error from a second draw, :class:`IWAccumulator`), :func:`elbo_terms`
 (rec, KL, −ELBO, ELBO-PPL). Information (``information``): :func:`mi_dataset` (whole set),
 :func:`mi_batch` (He et al. 2019's per-batch aggregate), :func:`mi_batch_he2019` (their estimator
 as published, with its noise floor :func:`he2019_noise_sd`). Latent usage (``latent``): :func:`active_units`,
@@ -21,8 +21,9 @@ from textvae.metrics.generation import (GenerationResult, distinct_n, generation
 from textvae.metrics.information import he2019_noise_sd, mi_batch, mi_batch_he2019, mi_dataset
 from textvae.metrics.latent import (ActiveUnits, CollapseDiagnostics, active_units,
                                     collapse_diagnostics, collapse_verdict)
-from textvae.metrics.likelihood import (ElboResult, IWEstimate, IWResult, draw_samples, elbo_batch, elbo_terms,
-                                        iw_batch, iw_estimate, iw_log_marginal, iw_log_weights, iw_nll)
+from textvae.metrics.likelihood import (ElboResult, IWAccumulator, IWEstimate, IWResult, draw_samples, elbo_batch,
+                                        elbo_terms, iw_batch, iw_estimate, iw_log_marginal, iw_log_weights, iw_nll,
+                                        iw_redraw_variance)
 from textvae.metrics.probe import ProbeResult, draw_labelled, latent_probe, probe_model
 
 __all__ = [
@@ -31,7 +32,7 @@ __all__ = [
     "GenerationResult", "distinct_n", "generation_metrics", "reconstruction_bleu", "self_bleu",
     "mi_batch", "mi_batch_he2019", "mi_dataset", "he2019_noise_sd",
     "ActiveUnits", "CollapseDiagnostics", "active_units", "collapse_diagnostics", "collapse_verdict",
-    "ElboResult", "IWEstimate", "IWResult", "draw_samples", "elbo_batch", "elbo_terms", "iw_batch", "iw_estimate",
-    "iw_log_marginal", "iw_log_weights", "iw_nll",
+    "ElboResult", "IWAccumulator", "IWEstimate", "IWResult", "draw_samples", "elbo_batch", "elbo_terms", "iw_batch",
+    "iw_estimate", "iw_log_marginal", "iw_log_weights", "iw_nll", "iw_redraw_variance",
     "ProbeResult", "draw_labelled", "latent_probe", "probe_model",
 ]

@@ -18,7 +18,7 @@ from textvae.errors import TextVAEError
 from textvae.metrics._common import Batches, eval_mode, iterate, seeded
 from textvae.metrics.information import HE2019_BATCH, he2019_noise_sd, mi_batch, mi_batch_he2019, mi_dataset
 from textvae.metrics.latent import AU_THRESHOLD, active_units, collapse_diagnostics, collapse_verdict
-from textvae.metrics.likelihood import ElboAccumulator, elbo_batch, iw_batch
+from textvae.metrics.likelihood import ElboAccumulator, IWAccumulator, elbo_batch
 from textvae.reduction import CorpusAccumulator
 from textvae.registry import Registry
 
@@ -40,7 +40,7 @@ class EvalPass:
     keep_posteriors: bool
     counts: CorpusAccumulator = field(default_factory=CorpusAccumulator)
     elbo: ElboAccumulator = field(default_factory=ElboAccumulator)
-    iw: CorpusAccumulator = field(default_factory=CorpusAccumulator)
+    iw: IWAccumulator = field(default_factory=IWAccumulator)
     posteriors: list[Any] = field(default_factory=list)
     samples: list[torch.Tensor] = field(default_factory=list)
     means: list[torch.Tensor] = field(default_factory=list)
@@ -126,17 +126,15 @@ def _elbo(p: EvalPass) -> dict[str, Any]:
 
 
 def _iw_update(p: EvalPass, model: Any, batch: Any, posterior: Any, z: torch.Tensor) -> None:
-    estimate = iw_batch(model, batch, posterior, p.n_samples, p.max_tokens)
-    p.iw.add(batch.n_tokens, nll=-estimate.log_p, nll_mc_var=estimate.mc_var, ess=estimate.ess)
+    p.iw.add(model, batch, posterior, p.n_samples, p.max_tokens)
 
 
 @register_metric("iw", update=_iw_update, latent=False, stages=("test",))
 def _iw(p: EvalPass) -> dict[str, Any]:
-    """iw_nll, iw_ppl, iw_samples (K = ``n_samples``; see ``iw_nll``), and beside the NLL its Monte
-    Carlo standard error iw_nll_mc_se and the weights' mean effective sample size iw_ess (see
-    ``iw_estimate``)."""
-    return {"iw_nll": p.iw.mean("nll"), "iw_nll_mc_se": p.iw.mean_se("nll_mc_var"), "iw_ess": p.iw.mean("ess"),
-            "iw_ppl": p.iw.ppl("nll"), "iw_samples": float(p.n_samples)}
+    """iw_nll, iw_ppl, iw_samples (K = ``n_samples``; see ``iw_nll``); beside the NLL its Monte
+    Carlo standard error iw_nll_mc_se, from a second draw of iw_se_sentences sentences, and the
+    weights' mean effective sample size iw_ess (see ``IWAccumulator``)."""
+    return p.iw.result().summary()
 
 
 @register_metric("mi_batch", keeps_posteriors=True, stages=STAGES)
@@ -279,7 +277,7 @@ _ROWS = [
     ("probe_acc", "probe accuracy ({P}/class, mean ± std)", "{:.4f}"),
 ]
 # shown inside other rows' labels or values
-_HIDDEN = {"iw_samples", "iw_nll_mc_se", "iw_ess", "au_threshold", "latent_dim", "gen_sentences", "probe_acc_std",
+_HIDDEN = {"iw_samples", "iw_nll_mc_se", "iw_se_sentences", "iw_ess", "au_threshold", "latent_dim", "gen_sentences", "probe_acc_std",
            "mi_batch_he2019_noise_sd", "mi_batch_size", "probe_n_per_class", "probe_draws"}
 _TOP_DIMS = 5  # dimensions listed in the KL-per-dim row
 
@@ -307,7 +305,9 @@ def format_table(results: dict[str, Any]) -> str:
             continue
         value = _kl_dims(results[key]) if fmt is None else fmt.format(results[key])
         if key == "iw_nll" and "iw_nll_mc_se" in results:
-            value += f" (Monte Carlo se {results['iw_nll_mc_se']:.3f}; ESS {results.get('iw_ess', math.nan):.1f} of {fill['K']})"
+            value += (f" (Monte Carlo se {results['iw_nll_mc_se']:.3f}, from a second draw of "
+                      f"{results.get('iw_se_sentences', math.nan):.0f} sentences; ESS {results.get('iw_ess', math.nan):.1f} "
+                      f"of {fill['K']})")
         if key == "mi_batch_he2019" and "mi_batch_he2019_noise_sd" in results:
             value += f" (noise floor sd {results['mi_batch_he2019_noise_sd']:.3f})"
         if key == "au" and "latent_dim" in results:

@@ -24,6 +24,8 @@ from textvae.reduction import CorpusAccumulator
 # the CPU a larger budget buys little speed (benchmarks/iw_speed.py, throughput.py); on a GPU the
 # pass is launch-bound and 65536 takes half the time of 4096 for ~0.8 GB (benchmarks/gpu_ptb.py).
 DEFAULT_MAX_TOKENS = {"cpu": 4096, "cuda": 65536}
+# An IW pass draws every IW_CHECK_EVERY-th batch twice, for its NLL's Monte Carlo error (IWAccumulator).
+IW_CHECK_EVERY = 10
 
 
 def default_max_tokens(device: torch.device | str) -> int:
@@ -36,18 +38,18 @@ class IWResult:
     """Per-sentence IW-NLL (in the order the batches came) and its corpus summary."""
 
     nll: torch.Tensor  # [N], −log p(x) estimate per sentence, nats
-    mc_var: torch.Tensor  # [N], its Monte Carlo variance (:func:`iw_estimate`)
     ess: torch.Tensor  # [N], the effective sample size of its K weights
     n_tokens: torch.Tensor  # [N]
     n_samples: int
     nll_mean: float  # per-sentence mean NLL (the figure tables report)
-    nll_mc_se: float  # Monte Carlo standard error of nll_mean, √(Σ var) / N
+    nll_mc_se: float  # Monte Carlo standard error of nll_mean (:class:`IWAccumulator`)
+    se_sentences: int  # the sentences drawn twice that nll_mc_se is estimated from
     ess_mean: float  # mean effective sample size of the K weights
     ppl: float  # IW-PPL = exp(Σ NLL / Σ tokens)
 
     def summary(self) -> dict[str, float]:
-        return {"iw_nll": self.nll_mean, "iw_nll_mc_se": self.nll_mc_se, "iw_ess": self.ess_mean,
-                "iw_ppl": self.ppl, "iw_samples": float(self.n_samples)}
+        return {"iw_nll": self.nll_mean, "iw_nll_mc_se": self.nll_mc_se, "iw_se_sentences": float(self.se_sentences),
+                "iw_ess": self.ess_mean, "iw_ppl": self.ppl, "iw_samples": float(self.n_samples)}
 
 
 @dataclass
@@ -119,28 +121,18 @@ def iw_log_weights(model: Any, batch: Any, posterior: Any, n_samples: int,
 
 @dataclass
 class IWEstimate:
-    """The IW estimate of log p(x) of each sentence of a batch, and how far its sampling can move it."""
+    """The IW estimate of log p(x) of each sentence of a batch, and how many of its samples count."""
 
     log_p: torch.Tensor  # [B], logsumexp_k w_k − log K
-    mc_var: torch.Tensor  # [B], delta-method Var[log p̂(x)] over the draw of the K samples
-    ess: torch.Tensor  # [B], Kish's effective sample size 1 / Σ_k p_k², in [1, K]
+    ess: torch.Tensor  # [B], Kish's effective sample size (Σ_k e^w_k)² / Σ_k e^2w_k, in [1, K]
 
 
 def iw_estimate(log_w: torch.Tensor) -> IWEstimate:
-    """log p̂(x) = logsumexp_k w_k − log K from log weights [K, B], with its Monte Carlo variance.
-
-    With p_k = exp(w_k) / Σ_j exp(w_j) the normalised weights and ESS = 1 / Σ_k p_k² (Kish), the
-    delta method gives Var[log p̂] ≈ Var(e^w) / (K · E[e^w]²); the weights' sample variance plugged
-    in makes it (K / ESS − 1) / (K − 1). First-order: it is the variance across redraws of the K
-    samples of one sentence, not across sentences, and heavy-tailed weights (a small ESS) make it an
-    underestimate. The estimate is also biased low by about half of it (Jensen), so the IW-NLL sits
-    that much above −log p(x). K = 1 leaves no variance to estimate (NaN).
-    """
-    k = log_w.shape[0]
-    wide = log_w.double()  # K·Σp² − 1 cancels when the weights are nearly equal
-    sum_sq = torch.exp(torch.logsumexp(2.0 * wide, dim=0) - 2.0 * torch.logsumexp(wide, dim=0))  # Σ_k p_k², [B]
-    mc_var = ((k * sum_sq - 1.0) / (k - 1)).clamp_min(0.0) if k > 1 else torch.full_like(sum_sq, math.nan)
-    return IWEstimate(log_p=torch.logsumexp(log_w, dim=0) - math.log(k), mc_var=mc_var, ess=1.0 / sum_sq)
+    """log p̂(x) = logsumexp_k w_k − log K from log weights [K, B], and the weights' effective
+    sample size. A small ESS (a few of the K weights carry the sum) warns that the estimate's
+    error is heavy-tailed."""
+    ess = torch.exp(2.0 * torch.logsumexp(log_w.double(), dim=0) - torch.logsumexp(2.0 * log_w.double(), dim=0))
+    return IWEstimate(log_p=torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0]), ess=ess)
 
 
 def iw_log_marginal(model: Any, batch: Any, posterior: Any, n_samples: int,
@@ -153,12 +145,68 @@ def iw_log_marginal(model: Any, batch: Any, posterior: Any, n_samples: int,
 
 def iw_batch(model: Any, batch: Any, posterior: Any, n_samples: int,
              max_tokens: Optional[int] = None) -> IWEstimate:
-    """:func:`iw_estimate` of one batch's :func:`iw_log_weights`; the language model's one weight
-    is its exact log p(x), so its Monte Carlo variance is 0."""
-    estimate = iw_estimate(iw_log_weights(model, batch, posterior, n_samples, max_tokens))
-    if getattr(model, "latent_dim", None) == 0:
-        estimate.mc_var = torch.zeros_like(estimate.mc_var)
-    return estimate
+    """:func:`iw_estimate` of one batch's :func:`iw_log_weights`."""
+    return iw_estimate(iw_log_weights(model, batch, posterior, n_samples, max_tokens))
+
+
+def iw_redraw_variance(model: Any, batch: Any, posterior: Any, first: torch.Tensor, n_samples: int,
+                       max_tokens: Optional[int] = None) -> torch.Tensor:
+    """(L − L')² / 2 [B] for the batch's IW estimates L = ``first`` and L' from a second,
+    independent draw of the K samples: an unbiased estimate of each sentence's Var[log p̂(x)] over
+    the draw, whatever the weights' tails. Reading it off one draw's K weights instead (the delta
+    method, (K / ESS − 1) / (K − 1)) misses the tail that draw did not reach: on PTB's VAEs, with an
+    ESS of ~15 of 500, that gave under half of it (benchmarks/iw_mc_error.py).
+
+    The second draw comes from a fork of torch's RNG, so the main stream, and every later batch's
+    samples, are as without it. The fork continues the main stream: it repeats the noise the next
+    batch will draw, for other sentences, and is independent of this batch's first draw.
+    """
+    devices = [batch.tokens.device] if batch.tokens.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        second = iw_log_marginal(model, batch, posterior, n_samples, max_tokens)
+    return (first.double() - second.double()) ** 2 / 2.0
+
+
+class IWAccumulator:
+    """Collects the IW estimates of a pass over batches into an :class:`IWResult`.
+
+    The NLL's Monte Carlo standard error: every ``check_every``-th batch (the first included) is
+    estimated a second time (:func:`iw_redraw_variance`), and with v̄ the mean variance of those
+    sentences the corpus mean's se is √(v̄ / N) (the N sentences' draws are independent). At the
+    default 10 that is one extra IW pass over a tenth of the set; evaluation order is by length,
+    so the redrawn batches cover every length. The language model's estimate is exact: se 0, no
+    second draw.
+    """
+
+    def __init__(self, check_every: int = IW_CHECK_EVERY) -> None:
+        self.check_every = check_every
+        self.corpus = CorpusAccumulator()
+        self.checked = CorpusAccumulator()
+        self.nll: list[torch.Tensor] = []
+        self.ess: list[torch.Tensor] = []
+        self.counts: list[torch.Tensor] = []
+        self.n_samples = 0
+
+    def add(self, model: Any, batch: Any, posterior: Any, n_samples: int, max_tokens: Optional[int] = None) -> None:
+        exact = getattr(model, "latent_dim", None) == 0
+        estimate = iw_batch(model, batch, posterior, n_samples, max_tokens)
+        if not exact and len(self.nll) % self.check_every == 0:
+            variance = iw_redraw_variance(model, batch, posterior, estimate.log_p, n_samples, max_tokens)
+            self.checked.add(batch.n_tokens, var=variance)
+        self.corpus.add(batch.n_tokens, nll=-estimate.log_p, ess=estimate.ess)
+        self.nll.append(-estimate.log_p)
+        self.ess.append(estimate.ess)
+        self.counts.append(batch.n_tokens)
+        self.n_samples = 1 if exact else n_samples
+
+    def result(self) -> IWResult:
+        if not self.nll:
+            raise TextVAEError("iw_nll: no batches to evaluate")
+        c, n_checked = self.corpus, self.checked.n_sentences
+        se = math.sqrt(self.checked.mean("var") / c.n_sentences) if n_checked else 0.0
+        return IWResult(nll=torch.cat(self.nll), ess=torch.cat(self.ess), n_tokens=torch.cat(self.counts),
+                        n_samples=self.n_samples, nll_mean=c.mean("nll"), nll_mc_se=se, se_sentences=n_checked,
+                        ess_mean=c.mean("ess"), ppl=c.ppl("nll"))
 
 
 def elbo_batch(model: Any, batch: Any, posterior: Any, z: torch.Tensor
@@ -180,27 +228,20 @@ def elbo_batch(model: Any, batch: Any, posterior: Any, z: torch.Tensor
 
 def iw_nll(model: Any, batches: Batches, n_samples: int = 500,
            max_tokens: Optional[int] = None,
-           generator: Optional[torch.Generator] = None) -> IWResult:
-    """Importance-weighted NLL −log p(x) of every sentence, and IW-PPL (see :func:`iw_log_marginal`).
+           generator: Optional[torch.Generator] = None, check_every: int = IW_CHECK_EVERY) -> IWResult:
+    """Importance-weighted NLL −log p(x) of every sentence, and IW-PPL (see :func:`iw_log_marginal`),
+    with the NLL's Monte Carlo standard error from a second draw of every ``check_every``-th batch
+    (:class:`IWAccumulator`).
 
     The model is put in eval mode (dropout off) under ``torch.no_grad`` and its modes restored
     afterwards; the encoder runs once per batch. ``generator`` seeds the samples (the caller's
     global RNG is left untouched); ``None`` draws from the global RNG.
     """
-    acc = CorpusAccumulator()
-    estimates, counts = [], []
+    acc = IWAccumulator(check_every)
     with eval_mode(model), seeded(generator):
         for batch in iterate(batches):
-            estimate = iw_batch(model, batch, model.encode(batch), n_samples, max_tokens)
-            acc.add(batch.n_tokens, nll=-estimate.log_p, nll_mc_var=estimate.mc_var, ess=estimate.ess)
-            estimates.append(estimate)
-            counts.append(batch.n_tokens)
-    if not estimates:
-        raise TextVAEError("iw_nll: no batches to evaluate")
-    return IWResult(nll=-torch.cat([e.log_p for e in estimates]), mc_var=torch.cat([e.mc_var for e in estimates]),
-                    ess=torch.cat([e.ess for e in estimates]), n_tokens=torch.cat(counts), n_samples=n_samples,
-                    nll_mean=acc.mean("nll"), nll_mc_se=acc.mean_se("nll_mc_var"), ess_mean=acc.mean("ess"),
-                    ppl=acc.ppl("nll"))
+            acc.add(model, batch, model.encode(batch), n_samples, max_tokens)
+    return acc.result()
 
 
 def elbo_terms(model: Any, batches: Batches,
