@@ -18,6 +18,14 @@ the precision of the study's test report:
   bias taken as ∝ 1 / K): an estimate of how far the IW-NLL at K sits above −log p(x).
 
 Each variance is printed as the standard error it gives the whole test split, √(v̄ / N).
+
+Measured 2026-12-05 (``--sentences 100 --groups 8``, one thread, beside the study's two training runs;
+docs/results/ptb/iw_mc_error.md), K = 500, bf16:
+
+    run                         n   IW-NLL ESS mean ESS min se textvae se reference se delta   bias
+    pretrain_fb_lambda6_5     100   95.579     15.1     1.0     0.0121       0.0095   0.0061  0.211
+    bn_vae                    100   98.076     18.4     1.3     0.0087       0.0082   0.0056  0.135
+    pretrain_fb               100   96.216     21.7     1.6     0.0080       0.0067   0.0049  0.098
 """
 from __future__ import annotations
 

@@ -10,9 +10,10 @@ Tolerances (issue 15): IW-NLL within 1.0 nat; KL and MI within max(0.5, 25 %); A
 max(3, 15 %). A row is judged on the figures the paper published; a finished row with a figure
 outside its tolerance is marked ✗ and needs its cause in docs/results/ptb/causes.md.
 
-IW-NLL reads "mean ± its Monte Carlo standard error" (the draw of the K = 500 samples;
-``textvae.metrics.iw_estimate``) where the test report has it (runs evaluated from 2026-12-05 on;
-``benchmarks/iw_mc_error.py`` measures it for a finished run). The language model's is 0 (exact).
+IW-NLL reads "mean ± its Monte Carlo standard error" (over the draw of the K = 500 samples, from a
+second draw of every tenth test batch: ``textvae.metrics.IWAccumulator``) where the test report has
+it (runs evaluated from 2026-12-05 on; ``benchmarks/iw_mc_error.py`` measures it on a subset of a
+finished run's test set, in ``docs/results/ptb/iw_mc_error.md``). The language model's is 0 (exact).
 
 Wall time per row: the training loop's time (``train_seconds``, resumed runs summed) plus the final
 evaluation's (the time between the last record before the test record and the test record).
