@@ -448,7 +448,8 @@ def test_a_stopped_study_stops_its_subprocess_runs_with_checkpoints(tmp_path, si
 
 def test_status_says_where_each_run_is_and_writes_nothing(tmp_path, capsys):
     spec = dict(TINY, seeds=[1], variants={"ae": {}, "vae": {"model.encoder_from": "{run:ae}/model"},
-                                           "other": {"optim.lr": 0.003}, "busy": {"optim.lr": 0.002}})
+                                           "other": {"optim.lr": 0.003}, "busy": {"optim.lr": 0.002},
+                                           "testing": {"optim.lr": 0.004}})
     path, out = write_study(tmp_path, spec), tmp_path / "out"
 
     def status():
@@ -459,16 +460,22 @@ def test_status_says_where_each_run_is_and_writes_nothing(tmp_path, capsys):
         return {line.split()[0]: line.split(None, 2)[1:] for line in lines[1:-1]}, lines[-1]
 
     assert status() == ({"ae/seed1": ["new"], "vae/seed1": ["waiting", "starts after ae/seed1"],
-                         "other/seed1": ["new"], "busy/seed1": ["new"]}, "3 new, 1 waiting")
+                         "other/seed1": ["new"], "busy/seed1": ["new"], "testing/seed1": ["new"]},
+                        "4 new, 1 waiting")
     assert not out.exists()
     st.run_study(path, out=str(out), only=["ae", "other"])
     runs = {r.label: r for r in st.plan(st.load_study(path, str(out)))}
     metrics = runs["other/seed1"].dir / "metrics.jsonl"  # stopped: its finished marker removed
-    metrics.write_text("".join(line for line in metrics.read_text().splitlines(keepends=True)
-                               if '"split": "test"' not in line))
+    lines = metrics.read_text().splitlines(keepends=True)
+    assert [json.loads(line)["split"] for line in lines[-2:]] == ["test_start", "test"]
+    metrics.write_text("".join(lines[:-2]))
+    # another run in its final evaluation: the same log up to the test report's start
+    runs["testing/seed1"].dir.mkdir(parents=True)
+    (runs["testing/seed1"].dir / "metrics.jsonl").write_text("".join(lines[:-1]))
     last = [r for r in read_jsonl(metrics) if r["split"] == "valid"][-1]
+    since = time.strftime("%H:%M UTC", time.gmtime(json.loads(lines[-2])["time"]))
     report = st.finished_report(runs["ae/seed1"].dir)
-    with held_elsewhere(runs["busy/seed1"].dir) as child:
+    with held_elsewhere(runs["busy/seed1"].dir) as child, held_elsewhere(runs["testing/seed1"].dir) as tester:
         states, counts = status()
     assert states["ae/seed1"][0] == "done" and states["ae/seed1"][1].startswith(
         f"NLL {report['iw_nll']:.2f}  KL {report['kl']:.2f}  MI {report['mi_dataset']:.2f}  AU {report['au']:.0f}")
@@ -476,7 +483,10 @@ def test_status_says_where_each_run_is_and_writes_nothing(tmp_path, capsys):
     assert states["other/seed1"] == ["stopped", f"epoch 2 (step {last['step']}), lr {last['lr']:g}, "
                                                 f"valid -ELBO {last['neg_elbo']:.2f}; the study resumes it"]
     assert states["busy/seed1"] == ["training", f"pid {child.pid}: no validation yet"]
-    assert counts == "1 done, 1 new, 1 stopped, 1 training"
+    assert states["testing/seed1"] == ["testing", f"pid {tester.pid}: the test report since {since}, after epoch 2 "
+                                                  f"(step {last['step']}), lr {last['lr']:g}, "
+                                                  f"valid -ELBO {last['neg_elbo']:.2f}"]
+    assert counts == "1 done, 1 new, 1 stopped, 1 training, 1 testing"
     assert status()[0]["busy/seed1"] == ["new"]  # its holder gone
 
 

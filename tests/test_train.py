@@ -141,7 +141,7 @@ def test_wall_time_budget_stops_the_run(tmp_path, monkeypatch):
     main(["train", *args])
     records = read_jsonl(tmp_path / "runs" / "timed" / "metrics.jsonl")
     assert [(r["split"], r["step"]) for r in records if r["split"] not in ("data", "source")] == \
-        [("valid", 1), ("test", 1)]
+        [("valid", 1), ("test_start", 1), ("test", 1)]
 
 
 def test_plateau_update_follows_he2019_schedule():

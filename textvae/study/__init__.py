@@ -122,7 +122,8 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="sets",
                     help="overrides for every run (dotted keys, YAML values), after the file's")
     ap.add_argument("--status", action="store_true",
-                    help="train nothing: say of each run whether it is done, training, stopped, waiting or new")
+                    help="train nothing: say of each run whether it is done, training, testing (its final "
+                         "evaluation), stopped, waiting or new")
     args = ap.parse_args(argv)
     try:
         run_study(args.study, jobs=args.jobs, out=args.out, only=args.only, seeds=args.seeds, sets=args.sets,

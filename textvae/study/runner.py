@@ -165,13 +165,18 @@ def run_status(run: Run, by_label: dict[str, Run]) -> tuple[str, str]:
         return "done", (f"NLL {format_figure(figs['nll'], '{:.2f}')}  KL {format_figure(figs['kl'], '{:.2f}')}  "
                         f"MI {format_figure(figs['mi'], '{:.2f}')}  AU {format_figure(figs['au'], '{:.0f}')}  "
                         f"{format_figure(figs['train_minutes'], '{:.0f}')} min")
-    valid = [r for r in read_jsonl(run.dir / "metrics.jsonl") if r.get("split") == "valid"]
+    records = read_jsonl(run.dir / "metrics.jsonl")
+    valid = [r for r in records if r.get("split") == "valid"]
     where = (f"epoch {valid[-1]['epoch']} (step {valid[-1]['step']}), lr {valid[-1].get('lr', math.nan):g}, "
              f"valid -ELBO {valid[-1].get('neg_elbo', math.nan):.2f}") if valid else "no validation yet"
+    testing = bool(records) and records[-1].get("split") == "test_start"
+    if holder is not None and testing:
+        since = time.strftime("%H:%M UTC", time.gmtime(records[-1]["time"]))
+        return "testing", f"pid {holder}: the test report since {since}, after {where}"
     if holder is not None:
         return "training", f"pid {holder}: {where}"
     if state == "resume":
-        return "stopped", f"{where}; the study resumes it"
+        return "stopped", f"{where}{', in its test report' if testing else ''}; the study resumes it"
     waiting = _waiting_on(run, by_label)
     return ("waiting", f"starts after {', '.join(waiting)}") if waiting else ("new", "")
 

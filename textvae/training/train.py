@@ -725,6 +725,9 @@ def finish_run(run: Run) -> dict[str, Any]:
     state, split = run.state, run.train_split
 
     def test_report() -> dict[str, Any]:
+        # marks the (long: an IW pass at K = 500) evaluation, for `textvae study --status`; a run
+        # killed during it resumes from its last checkpoint, whose log offset drops this record
+        run.logger.log("test_start", state.step, state.epoch)
         with evaluation_rng(run.device):
             report = run.task.test_report(run.data, run.run_dir / "model", run.device)
         report["train_seconds"] = state.train_seconds
