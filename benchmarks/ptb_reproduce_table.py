@@ -103,8 +103,8 @@ def figures(report: dict[str, Any], run_dir: Path) -> dict[str, float]:
     ``mi_he_b`` is the group size of He et al.'s per-batch MI (:func:`mi_group`)."""
     figs = run_figures(report)
     b = mi_group(report, run_dir) if math.isfinite(figs["mi_batch_he2019"]) else math.nan
-    return {**{k: figs[k] for k in FIGURES}, "nll_se": figs["iw_nll_mc_se"], "mi_he": figs["mi_batch_he2019"], "mi_he_b": b,
-            "mi_he_sd": figs["mi_batch_he2019_noise_sd"], "train_min": figs["train_minutes"]}
+    return {**{k: figs[k] for k in FIGURES}, "nll_se": figs["iw_nll_mc_se"], "mi_he": figs["mi_batch_he2019"],
+            "mi_he_b": b, "mi_he_sd": figs["mi_batch_he2019_noise_sd"], "train_min": figs["train_minutes"]}
 
 
 def finished_runs(results: dict[str, Any]) -> dict[str, list[tuple[int, dict[str, float]]]]:

@@ -277,8 +277,8 @@ _ROWS = [
     ("probe_acc", "probe accuracy ({P}/class, mean ± std)", "{:.4f}"),
 ]
 # shown inside other rows' labels or values
-_HIDDEN = {"iw_samples", "iw_nll_mc_se", "iw_se_sentences", "iw_ess", "au_threshold", "latent_dim", "gen_sentences", "probe_acc_std",
-           "mi_batch_he2019_noise_sd", "mi_batch_size", "probe_n_per_class", "probe_draws"}
+_HIDDEN = {"iw_samples", "iw_nll_mc_se", "iw_se_sentences", "iw_ess", "au_threshold", "latent_dim", "gen_sentences",
+           "probe_acc_std", "mi_batch_he2019_noise_sd", "mi_batch_size", "probe_n_per_class", "probe_draws"}
 _TOP_DIMS = 5  # dimensions listed in the KL-per-dim row
 
 
@@ -306,8 +306,8 @@ def format_table(results: dict[str, Any]) -> str:
         value = _kl_dims(results[key]) if fmt is None else fmt.format(results[key])
         if key == "iw_nll" and "iw_nll_mc_se" in results:
             value += (f" (Monte Carlo se {results['iw_nll_mc_se']:.3f}, from a second draw of "
-                      f"{results.get('iw_se_sentences', math.nan):.0f} sentences; ESS {results.get('iw_ess', math.nan):.1f} "
-                      f"of {fill['K']})")
+                      f"{results.get('iw_se_sentences', math.nan):.0f} sentences; "
+                      f"ESS {results.get('iw_ess', math.nan):.1f} of {fill['K']})")
         if key == "mi_batch_he2019" and "mi_batch_he2019_noise_sd" in results:
             value += f" (noise floor sd {results['mi_batch_he2019_noise_sd']:.3f})"
         if key == "au" and "latent_dim" in results:

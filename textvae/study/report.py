@@ -25,8 +25,8 @@ COLUMNS = [("nll", "IW-NLL", "{:.2f}"), ("kl", "KL", "{:.2f}"), ("mi", "MI", "{:
            ("ppl", "IW-PPL", "{:.2f}"), ("rec", "Rec.", "{:.2f}"), ("neg_elbo", "-ELBO", "{:.2f}"),
            ("train_minutes", "train (min)", "{:.1f}"), ("tokens_per_s", "tok/s", "{:.0f}")]
 # Report keys carried into results.csv / results.json besides the table's figures.
-EXTRA = ("iw_nll", "iw_nll_mc_se", "iw_se_sentences", "iw_ess", "iw_ppl", "elbo_ppl", "mi_batch", "mi_dataset", "mi_batch_he2019", "mi_batch_he2019_noise_sd",
-         "mi_batch_size", "true_nll", "true_mi")
+EXTRA = ("iw_nll", "iw_nll_mc_se", "iw_se_sentences", "iw_ess", "iw_ppl", "elbo_ppl", "mi_batch", "mi_dataset",
+         "mi_batch_he2019", "mi_batch_he2019_noise_sd", "mi_batch_size", "true_nll", "true_mi")
 
 
 def columns() -> list[tuple[str, str, str]]:
