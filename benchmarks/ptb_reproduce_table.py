@@ -11,7 +11,7 @@ max(3, 15 %). A row is judged on the figures the paper published; a finished row
 outside its tolerance is marked ✗ and needs its cause in docs/results/ptb/causes.md.
 
 IW-NLL reads "mean ± its Monte Carlo standard error" (over the draw of the K = 500 samples, from a
-second draw of every tenth test batch: ``textvae.metrics.IWAccumulator``) where the test report has
+second draw of one test batch in ten: ``textvae.metrics.IWAccumulator``) where the test report has
 it (runs evaluated from 2026-12-05 on; ``benchmarks/iw_mc_error.py`` measures it on a subset of a
 finished run's test set, in ``docs/results/ptb/iw_mc_error.md``). The language model's is 0 (exact).
 

@@ -24,7 +24,7 @@ from textvae.reduction import CorpusAccumulator
 # the CPU a larger budget buys little speed (benchmarks/iw_speed.py, throughput.py); on a GPU the
 # pass is launch-bound and 65536 takes half the time of 4096 for ~0.8 GB (benchmarks/gpu_ptb.py).
 DEFAULT_MAX_TOKENS = {"cpu": 4096, "cuda": 65536}
-# An IW pass draws every IW_CHECK_EVERY-th batch twice, for its NLL's Monte Carlo error (IWAccumulator).
+# An IW pass draws one batch in IW_CHECK_EVERY twice, for its NLL's Monte Carlo error (IWAccumulator).
 IW_CHECK_EVERY = 10
 
 
@@ -170,18 +170,21 @@ def iw_redraw_variance(model: Any, batch: Any, posterior: Any, first: torch.Tens
 class IWAccumulator:
     """Collects the IW estimates of a pass over batches into an :class:`IWResult`.
 
-    The NLL's Monte Carlo standard error: every ``check_every``-th batch (the first included) is
+    The NLL's Monte Carlo standard error: batches ``check_every // 2``, ``+ check_every``, ... are
     estimated a second time (:func:`iw_redraw_variance`), and with v̄ the mean variance of those
     sentences the corpus mean's se is √(v̄ / N) (the N sentences' draws are independent). At the
-    default 10 that is one extra IW pass over a tenth of the set; evaluation order is by length,
-    so the redrawn batches cover every length. The language model's estimate is exact: se 0, no
-    second draw.
+    default 10 that is one extra IW pass over a tenth of the set. Evaluation order is by length,
+    so the redrawn batches sit in the middle of each run of ``check_every``, a systematic sample of
+    the lengths; one starting at the first batch would lean to the shortest sentences. The first
+    batch is redrawn too, and counts only in a pass too short to reach the middle one.
+    The language model's estimate is exact: se 0, no second draw.
     """
 
     def __init__(self, check_every: int = IW_CHECK_EVERY) -> None:
         self.check_every = check_every
         self.corpus = CorpusAccumulator()
         self.checked = CorpusAccumulator()
+        self.first = CorpusAccumulator()  # the first batch's redraw: the fallback of a short pass
         self.nll: list[torch.Tensor] = []
         self.ess: list[torch.Tensor] = []
         self.counts: list[torch.Tensor] = []
@@ -190,9 +193,11 @@ class IWAccumulator:
     def add(self, model: Any, batch: Any, posterior: Any, n_samples: int, max_tokens: Optional[int] = None) -> None:
         exact = getattr(model, "latent_dim", None) == 0
         estimate = iw_batch(model, batch, posterior, n_samples, max_tokens)
-        if not exact and len(self.nll) % self.check_every == 0:
+        index = len(self.nll)
+        if not exact and (index == 0 or index % self.check_every == self.check_every // 2):
             variance = iw_redraw_variance(model, batch, posterior, estimate.log_p, n_samples, max_tokens)
-            self.checked.add(batch.n_tokens, var=variance)
+            fallback = index == 0 and self.check_every > 1
+            (self.first if fallback else self.checked).add(batch.n_tokens, var=variance)
         self.corpus.add(batch.n_tokens, nll=-estimate.log_p, ess=estimate.ess)
         self.nll.append(-estimate.log_p)
         self.ess.append(estimate.ess)
@@ -202,8 +207,10 @@ class IWAccumulator:
     def result(self) -> IWResult:
         if not self.nll:
             raise TextVAEError("iw_nll: no batches to evaluate")
-        c, n_checked = self.corpus, self.checked.n_sentences
-        se = math.sqrt(self.checked.mean("var") / c.n_sentences) if n_checked else 0.0
+        c = self.corpus
+        checked = self.checked if self.checked.n_sentences else self.first
+        n_checked = checked.n_sentences
+        se = math.sqrt(checked.mean("var") / c.n_sentences) if n_checked else 0.0
         return IWResult(nll=torch.cat(self.nll), ess=torch.cat(self.ess), n_tokens=torch.cat(self.counts),
                         n_samples=self.n_samples, nll_mean=c.mean("nll"), nll_mc_se=se, se_sentences=n_checked,
                         ess_mean=c.mean("ess"), ppl=c.ppl("nll"))
@@ -230,7 +237,7 @@ def iw_nll(model: Any, batches: Batches, n_samples: int = 500,
            max_tokens: Optional[int] = None,
            generator: Optional[torch.Generator] = None, check_every: int = IW_CHECK_EVERY) -> IWResult:
     """Importance-weighted NLL −log p(x) of every sentence, and IW-PPL (see :func:`iw_log_marginal`),
-    with the NLL's Monte Carlo standard error from a second draw of every ``check_every``-th batch
+    with the NLL's Monte Carlo standard error from a second draw of one batch in ``check_every``
     (:class:`IWAccumulator`).
 
     The model is put in eval mode (dropout off) under ``torch.no_grad`` and its modes restored
