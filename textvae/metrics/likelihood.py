@@ -131,7 +131,8 @@ def iw_estimate(log_w: torch.Tensor) -> IWEstimate:
     """log p̂(x) = logsumexp_k w_k − log K from log weights [K, B], and the weights' effective
     sample size. A small ESS (a few of the K weights carry the sum) warns that the estimate's
     error is heavy-tailed."""
-    ess = torch.exp(2.0 * torch.logsumexp(log_w.double(), dim=0) - torch.logsumexp(2.0 * log_w.double(), dim=0))
+    wide = log_w.double()  # [K, B]
+    ess = torch.exp(2.0 * torch.logsumexp(wide, dim=0) - torch.logsumexp(2.0 * wide, dim=0))
     return IWEstimate(log_p=torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0]), ess=ess)
 
 
