@@ -15,6 +15,10 @@ second draw of one test batch in ten: ``textvae.metrics.IWAccumulator``) where t
 it (runs evaluated from 2026-12-05 on; ``benchmarks/iw_mc_error.py`` measures it on a subset of a
 finished run's test set, in ``docs/results/ptb/iw_mc_error.md``). The language model's is 0 (exact).
 
+Runs whose folders are gone (a new machine) come from the study's archive (``textvae study ...
+--archive docs/results/ptb/archive.json``, :mod:`textvae.study.archive`): the study's results.json
+has them, with their test report's wall time and epoch-end validation records.
+
 Wall time per row: the training loop's time (``train_seconds``, resumed runs summed) plus the final
 evaluation's (the time between the last record before the test record and the test record).
 ``--write DIR`` copies the study's results.csv / report.md / plots there and writes
@@ -75,9 +79,12 @@ def load(study_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {"variants": [], "runs": []}
 
 
-def eval_seconds(run_dir: Path) -> float:
-    """Time from the last record before the test record to the test record."""
-    recs = read_jsonl(run_dir / "metrics.jsonl")
+def eval_seconds(run: dict[str, Any]) -> float:
+    """The test report's wall time: from the last record before the test record to the test record
+    (a run kept only in the study's archive has it there)."""
+    if run["state"] == "archived":
+        return run["test_seconds"] if run["test_seconds"] is not None else math.nan
+    recs = read_jsonl(Path(run["dir"]) / "metrics.jsonl")
     idx = next((i for i, r in enumerate(recs) if r.get("split") == "test"), None)
     if not idx or "time" not in recs[idx] or "time" not in recs[idx - 1]:
         return math.nan
@@ -89,6 +96,8 @@ def mi_group(record: dict[str, Any], run_dir: Path) -> float:
     in records made before it was fixed, the evaluation batch (``data.eval_batch_size`` of the run)."""
     if "mi_batch_size" in record:
         return float(record["mi_batch_size"])
+    if not (run_dir / "config.yaml").is_file():  # an archived run whose report did not say
+        return math.nan
     return float(run_config(run_dir)["data"]["eval_batch_size"])
 
 
@@ -113,7 +122,7 @@ def finished_runs(results: dict[str, Any]) -> dict[str, list[tuple[int, dict[str
     for run in results["runs"]:
         if run.get("report"):
             figs = figures(run["report"], Path(run["dir"]))
-            figs["eval_min"] = eval_seconds(Path(run["dir"])) / 60.0
+            figs["eval_min"] = eval_seconds(run) / 60.0
             by_variant.setdefault(run["variant"], []).append((run["seed"], figs))
     for variant, stage in STAGES.items():
         first = dict(by_variant.get(stage, []))
@@ -171,7 +180,7 @@ def comparison_table(runs: dict[str, list[tuple[int, dict[str, float]]]]) -> str
 def precision_table(bf16: dict[str, list], fp32: dict[str, list]) -> str:
     lines = ["| variant | seed | IW-NLL bf16 | IW-NLL fp32 | Δ (bf16 − fp32) | within 0.3 | KL bf16 / fp32 | "
              "train min bf16 / fp32 |", "|" + "---|" * 8]
-    for variant in ("lm", "pretrain_fb_inrun"):
+    for variant in PUBLISHED:
         for seed, f32 in fp32.get(variant, []):
             b16 = dict(bf16.get(variant, [])).get(seed)
             if b16 is None:
@@ -210,18 +219,32 @@ def progress_table(study_dir: Path) -> str:
 DECODER_START = {"lm": 0, "pretrain_fb": 0, "pretrain_fb_inrun": 10, "pretrain_fb_lambda6_5": 0, "composite": 0}
 
 
-def decoder_age_table(study_dir: Path, ages: tuple[int, ...] = (1, 3, 5, 10, 15, 20, 30, 40)) -> str:
+def valid_records(study_dir: Path, results: dict[str, Any], variant: str) -> Optional[tuple[list, Path]]:
+    """Seed 1's epoch-end validation records of a variant and its run folder: from its metrics.jsonl, or
+    from the study's archive (results.json) for a run whose folder is gone; None if it has neither."""
+    log = study_dir / variant / "seed1" / "metrics.jsonl"
+    if log.is_file():
+        return [r for r in read_jsonl(log) if r.get("split") == "valid"], log.parent
+    run = next((r for r in results["runs"] if r["variant"] == variant and r["seed"] == 1), None)
+    if run is not None and run["state"] == "archived" and run["valid"]:
+        return run["valid"], log.parent
+    return None
+
+
+def decoder_age_table(study_dir: Path, results: dict[str, Any],
+                      ages: tuple[int, ...] = (1, 3, 5, 10, 15, 20, 30, 40)) -> str:
     """Validation rec (and KL, per-batch MI) of the pretraining rows against the LM's NLL, each at the
     same number of epochs since its decoder was drawn: how much the decoder reads from z, and how
     that depends on the length of the autoencoder stage (pretrain_fb against pretrain_fb_inrun).
     Each row's lr decays come at its own epochs, so late ages also compare schedules."""
     curves, heads = {}, []
     for variant, start in DECODER_START.items():
-        log = study_dir / variant / "seed1" / "metrics.jsonl"
-        if log.is_file():
-            curves[variant] = {r["epoch"] - start: r for r in read_jsonl(log) if r.get("split") == "valid"}
+        found = valid_records(study_dir, results, variant)
+        if found is not None:
+            records, run_dir = found
+            curves[variant] = {r["epoch"] - start: r for r in records}
             # a run that straddles the per-batch MI fix (b049657) names both B, in the order they came
-            groups = dict.fromkeys(f"{mi_group(r, log.parent):.0f}" for r in curves[variant].values())
+            groups = dict.fromkeys(f"{mi_group(r, run_dir):.0f}" for r in records if variant != "lm")
             heads.append("`lm` NLL" if variant == "lm" else
                          f"`{variant}` rec (KL, MI per-batch B = {' then '.join(groups)})")
     lines = ["| decoder age (epochs) | " + " | ".join(heads) + " |",
@@ -239,19 +262,20 @@ def decoder_age_table(study_dir: Path, ages: tuple[int, ...] = (1, 3, 5, 10, 15,
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--study", type=Path, required=True, help="output folder of studies/ptb_reproduce.yaml")
-    ap.add_argument("--fp32", type=Path, help="output folder of the fp32 check (--only lm pretrain_fb_inrun)")
+    ap.add_argument("--fp32", type=Path, help="output folder of the fp32 check (--only lm cyclical --set train.precision=fp32)")
     ap.add_argument("--write", type=Path, help="copy results and write comparison.md into this folder")
     ap.add_argument("--progress", action="store_true", help="also print where the unfinished runs stand")
     ap.add_argument("--decoder-age", action="store_true",
                     help="also print the pretraining rows' validation rec against the LM's at equal decoder age")
     args = ap.parse_args()
-    runs = finished_runs(load(args.study.expanduser()))
+    results = load(args.study.expanduser())
+    runs = finished_runs(results)
     text = "## textvae and the published PTB rows\n\n" + comparison_table(runs) + "\n"
     if args.fp32:
         text += ("\n## bf16 against fp32 at convergence\n\n"
                  + precision_table(runs, finished_runs(load(args.fp32.expanduser()))) + "\n")
     if args.decoder_age:
-        text += "\n## Validation at equal decoder age\n\n" + decoder_age_table(args.study.expanduser()) + "\n"
+        text += "\n## Validation at equal decoder age\n\n" + decoder_age_table(args.study.expanduser(), results) + "\n"
     print(text)
     if args.progress:
         for folder in filter(None, (args.study, args.fp32)):

@@ -5,6 +5,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -527,3 +528,52 @@ def test_every_shipped_row_that_changes_model_or_optimiser_says_so(name, tmp_pat
     silent = [v for v, overrides in study.variants.items()
               if {"model", "optim"} & set(overrides) and v not in study.notes]
     assert not silent, f"{name}: rows changing model or optim without a note: {silent}"
+
+
+def test_archive_keeps_finished_runs_when_their_folders_are_gone(tmp_path, capsys, caplog):
+    spec = dict(TINY, seeds=[1], variants={"ae": {}, "vae": {"model.encoder_from": "{run:ae}/model"},
+                                           "other": {"optim.lr": 0.003}})
+    path, out, archive = write_study(tmp_path, spec), tmp_path / "out", tmp_path / "kept" / "archive.json"
+    first = st.run_study(path, out=str(out), only=["ae", "other"], archive=archive)
+    saved = json.loads(archive.read_text())  # standard JSON: NaN written as null
+    assert {(e["variant"], e["seed"], e["source"]) for e in saved["runs"]} == {("ae", 1, "run folder"),
+                                                                                ("other", 1, "run folder")}
+    plan = {r.label: r for r in st.plan(st.load_study(path, str(out)))}
+    valid = [r for r in read_jsonl(plan["other/seed1"].dir / "metrics.jsonl") if r["split"] == "valid"]
+    entry = next(e for e in saved["runs"] if e["variant"] == "other")
+    assert [r["epoch"] for r in entry["valid"]] == [r["epoch"] for r in valid] == [1, 2]
+    assert entry["test_seconds"] > 0 and all(isinstance(c, str) or c is None for c in entry["commits"])
+    shutil.rmtree(out)  # the machine is new: every run folder is gone
+
+    capsys.readouterr()
+    st.main([str(path), "--out", str(out), "--status", "--archive", str(archive)])
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in lines[1:-1]] == [["ae/seed1", "archived"], ["vae/seed1", "waiting"],
+                                                           ["other/seed1", "archived"]]
+    assert lines[-1] == "2 archived, 1 waiting" and not out.exists()
+    again = st.run_study(path, out=str(out), only=["ae", "other"], archive=archive)  # trains nothing
+    assert not (out / "ae" / "seed1").exists() and not (out / "other" / "seed1").exists()
+    assert_same(again, first)
+    assert [r["state"] for r in again["runs"]] == ["archived", "new", "archived"]
+    assert (out / "plots" / "curves.png").is_file()
+    assert json.loads(archive.read_text())["runs"] == saved["runs"]
+
+    # another configuration: the archived runs do not count, and say so
+    st.main([str(path), "--out", str(out), "--status", "--archive", str(archive), "--set", "optim.clip=1.0"])
+    assert capsys.readouterr().out.splitlines()[-1] == "2 new, 1 waiting"
+    assert "the archive's run was made with other settings" in caplog.text
+
+    # vae starts from ae's weights, which no archive holds: ae is trained again, to the same figures
+    third = st.run_study(path, out=str(out), only=["vae"], archive=archive)
+    assert [r["state"] for r in third["runs"]] == ["done", "done", "archived"]
+    assert_same({**third, "runs": third["runs"][:1], "variants": third["variants"][:1]},
+                {**first, "runs": first["runs"][:1], "variants": first["variants"][:1]})
+    assert len(json.loads(archive.read_text())["runs"]) == 3
+
+
+@pytest.mark.parametrize("text", ["[]", "{not json", '{"format": 99, "runs": []}'])
+def test_a_file_that_is_no_archive_is_a_clear_error(tmp_path, text):
+    path, archive = write_study(tmp_path), tmp_path / "archive.json"
+    archive.write_text(text)
+    with pytest.raises(TextVAEError, match="--archive .*archive.json: not a study archive"):
+        st.run_study(path, out=str(tmp_path / "out"), status=True, archive=archive)

@@ -217,7 +217,11 @@ def study_plots(results: dict[str, Any], folder: Path) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     curves: dict[str, list] = {v["variant"]: [] for v in results["variants"]}
     for run in results["runs"]:
-        if run["report"] is not None:
+        if run["state"] == "archived":  # kept only in the study's archive, with its curves (JSON: string steps)
+            if run["curves"]:  # an entry rebuilt from a table has none
+                curves[run["variant"]].append({title: {int(t): v for t, v in points.items()}
+                                               for title, points in run["curves"].items()})
+        elif run["report"] is not None:
             curves[run["variant"]].append(run_curves(read_jsonl(Path(run["dir"]) / "metrics.jsonl")))
     curves = {k: v for k, v in curves.items() if v}
     drawers = {"curves": lambda p: bool(curves) and plot_curves(curves, p),

@@ -1,7 +1,7 @@
 """One-command studies: variants x seeds of a recipe, trained, resumed, aggregated and plotted.
 
     textvae study studies/ptb_main.yaml [--jobs N] [--out DIR] [--only VARIANT ...] [--seeds K ...]
-                                        [--set KEY=VALUE ...] [--status]
+                                        [--set KEY=VALUE ...] [--status] [--archive FILE]
 
 A study file (YAML):
 
@@ -47,6 +47,11 @@ configuration sets ``train.threads``; their output goes to ``<out>/v/seed<k>.log
 saying whether it is done (its test figures), being trained (by which process), stopped (where, and
 that the study resumes it), waiting for a run it starts from, or not started.
 
+``--archive FILE`` keeps the finished runs as figures in one JSON file (configuration, test report,
+validation curves, commits; no weights) that can be committed beside the results: a run whose folder
+is gone but whose entry matches its configuration counts as finished (``archived`` in ``--status``)
+and is not trained again, unless a run to be trained starts from it (:mod:`textvae.study.archive`).
+
 ``textvae compare RUN ...`` prints the same table for run folders made by hand (:func:`compare_runs`).
 
 Outputs in ``<out>/``: ``results.csv`` (one row per variant: mean and std of each figure),
@@ -61,6 +66,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from textvae.errors import TextVAEError
+from textvae.study.archive import attach, load_archive
 from textvae.study.folders import check_run_folder, finished_report, run_state
 from textvae.study.report import (aggregate, columns, compare_runs, markdown_table, mean_std, report_markdown,
                                   run_figures, variants_markdown, write_outputs)
@@ -83,10 +89,11 @@ class _Parser(argparse.ArgumentParser):
 
 def run_study(path: str | Path, jobs: int = 1, out: Optional[str] = None, only: Optional[list[str]] = None,
               seeds: Optional[list[int]] = None, sets: Optional[list[str]] = None,
-              status: bool = False) -> dict[str, Any]:
+              status: bool = False, archive: Optional[str | Path] = None) -> dict[str, Any]:
     """Load, plan, train what is missing, and write the outputs; returns results.json's content.
     Raises :class:`TextVAEError` (after writing the outputs) when runs failed. ``status``: print
-    each run's state instead (:func:`status_lines`), touching nothing; returns {}."""
+    each run's state instead (:func:`status_lines`), touching nothing; returns {}. ``archive``: a
+    JSON file of finished runs (:mod:`textvae.study.archive`), read first and written with the outputs."""
     if jobs < 1:
         raise TextVAEError(f"--jobs must be >= 1, got {jobs}")
     study = load_study(path, out, seeds, sets)
@@ -94,6 +101,9 @@ def run_study(path: str | Path, jobs: int = 1, out: Optional[str] = None, only: 
     if unknown:
         raise TextVAEError(f"--only: unknown variant(s) {unknown}; valid: {', '.join(study.variants)}")
     runs = plan(study, jobs)
+    if archive is not None:
+        study.archive = Path(archive)
+        attach(study, runs, load_archive(study.archive))
     if status:
         print("\n".join([f"study {study.name} in {study.out}:", *status_lines(runs, only)]))
         return {}
@@ -112,7 +122,7 @@ def run_study(path: str | Path, jobs: int = 1, out: Optional[str] = None, only: 
 
 def main(argv: list[str]) -> None:
     """``textvae study STUDY.yaml [--jobs N] [--out DIR] [--only VARIANT ...] [--seeds K ...] [--set K=V ...]
-    [--status]``."""
+    [--status] [--archive FILE]``."""
     ap = _Parser(prog="textvae study", description="Train variants x seeds of a recipe and aggregate them.")
     ap.add_argument("study", help="study YAML file")
     ap.add_argument("--jobs", type=int, default=1, help="runs at a time (subprocesses when > 1)")
@@ -124,10 +134,13 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--status", action="store_true",
                     help="train nothing: say of each run whether it is done, training, testing (its final "
                          "evaluation), stopped, waiting or new")
+    ap.add_argument("--archive", metavar="FILE",
+                    help="a JSON file of the study's finished runs (figures, no weights), to commit: its runs are "
+                         "not trained again when their folders are gone; written with the outputs")
     args = ap.parse_args(argv)
     try:
         run_study(args.study, jobs=args.jobs, out=args.out, only=args.only, seeds=args.seeds, sets=args.sets,
-                  status=args.status)
+                  status=args.status, archive=args.archive)
     except KeyboardInterrupt:
         log.warning("study interrupted: run the same command again to resume it")
         raise

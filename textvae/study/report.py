@@ -14,6 +14,7 @@ from typing import Any
 from textvae.config import RunConfig
 from textvae.errors import TextVAEError
 from textvae.metrics import get_metric, he2019_noise_sd, list_metrics
+from textvae.study.archive import finite_or_null, load_archive, write_archive
 from textvae.study.folders import finished_report, run_state, saved_config
 from textvae.study.spec import INCIDENTAL_KEYS, Run, Study, section_type
 
@@ -71,7 +72,7 @@ def aggregate(study: Study, runs: list[Run]) -> dict[str, Any]:
     per_run, variants = [], []
     for vname in study.variants:
         mine = [r for r in runs if r.variant == vname]
-        reports = [(r, finished_report(r.dir)) for r in mine]
+        reports = [(r, finished_report(r.dir) or (r.archived or {}).get("report")) for r in mine]
         done = [(r, rep) for r, rep in reports if rep is not None]
         figs = [run_figures(rep) for _, rep in done]
         stats = {}
@@ -79,14 +80,23 @@ def aggregate(study: Study, runs: list[Run]) -> dict[str, Any]:
             mean, std, n = mean_std([f[key] for f in figs])
             stats[key] = {"mean": mean, "std": std, "n": n}
         variants.append({"variant": vname, "runs": len(done), "planned": len(mine), "figures": stats})
-        per_run += [{"variant": r.variant, "seed": r.seed, "dir": str(r.dir),
-                     "state": "done" if rep is not None else run_state(r), "report": rep} for r, rep in reports]
+        per_run += [_run_entry(r, rep) for r, rep in reports]
     reports = [r["report"] for r in per_run if r["report"]]
     setting = {k: next((rep[k] for rep in reports if k in rep), None)
                for k in ("iw_samples", "au_threshold", "latent_dim", "n_sentences")}
     return {"study": study.name, "study_file": str(study.path), "base": str(study.base), "seeds": study.seeds,
             "budget": study.budget, "mi_estimator": "mi_dataset", **setting,
             "variants": variants, "runs": per_run}
+
+
+def _run_entry(run: Run, report: Any) -> dict[str, Any]:
+    """results.json's record of one run; a run finished only in the archive brings its validation
+    records (for the curves), the test report's wall time and its commits from there."""
+    entry = {"variant": run.variant, "seed": run.seed, "dir": str(run.dir), "report": report}
+    if report is not None and finished_report(run.dir) is None:
+        return {**entry, "state": "archived",
+                **{k: run.archived[k] for k in ("curves", "valid", "test_seconds", "commits", "source")}}
+    return {**entry, "state": "done" if report is not None else run_state(run)}
 
 
 def format_figure(value: float, fmt: str) -> str:
@@ -228,23 +238,12 @@ def report_markdown(study: Study, results: dict[str, Any], plot_files: dict[str,
     return "\n".join(lines) + "\n"
 
 
-def _finite_or_null(value: Any) -> Any:
-    """NaN / inf -> None, so results.json is standard JSON (jq, browsers)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite_or_null(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite_or_null(v) for v in value]
-    return value
-
-
 def write_outputs(study: Study, runs: list[Run], plots: bool = True) -> dict[str, Any]:
     """results.csv, results.json and report.md in ``study.out`` (plots under ``plots/`` when asked
     and matplotlib is installed)."""
     study.out.mkdir(parents=True, exist_ok=True)
     results = aggregate(study, runs)
-    (study.out / "results.json").write_text(json.dumps(_finite_or_null(results), indent=2))
+    (study.out / "results.json").write_text(json.dumps(finite_or_null(results), indent=2))
     write_csv(results, study.out / "results.csv")
     plot_files, note = {}, ""
     if plots:
@@ -259,5 +258,7 @@ def write_outputs(study: Study, runs: list[Run], plots: bool = True) -> dict[str
         # Keep the figures of the last full report (they are redrawn when the study ends).
         plot_files = {p.stem: f"plots/{p.name}" for p in sorted((study.out / "plots").glob("*.png"))}
     (study.out / "report.md").write_text(report_markdown(study, results, plot_files, note, type(runs[0].config)))
+    if study.archive is not None:
+        write_archive(study.archive, study, runs, load_archive(study.archive))
     return results
 

@@ -81,10 +81,13 @@ def execute(study: Study, runs: list[Run], jobs: int = 1, only: Optional[list[st
     that failed. ``jobs == 1`` trains in this process, more run as subprocesses. A run starts once
     the runs it needs are finished. After each run the tables of the whole study are rewritten."""
     selected = [r for r in runs if not only or r.variant in only]
-    todo = [r for r in selected if run_state(r) != "done"]
+    todo = [r for r in selected if run_state(r) != "done" and r.archived is None]
+    by_label = {r.label: r for r in runs}
+    # an archive holds no weights: a run that a run to be trained starts from is trained again
+    needed = {label for r in todo for label in r.needs if by_label[label].archived is not None}
+    todo = [r for r in runs if r in todo or r.label in needed]
     log.info("study %s: %d runs, %d finished, %d to train (%s)", study.name, len(selected),
              len(selected) - len(todo), len(todo), "in this process" if jobs == 1 else f"{jobs} subprocesses at a time")
-    by_label = {r.label: r for r in runs}
     pending, running, failed, n = list(todo), {}, [], 0
     try:
         while pending or running:
@@ -154,15 +157,18 @@ def _done(study: Study, runs: list[Run], run: Run, ok: bool, seconds: float, n: 
 
 
 def run_status(run: Run, by_label: dict[str, Run]) -> tuple[str, str]:
-    """(state, detail) of one run for ``--status``, from its folder alone."""
+    """(state, detail) of one run for ``--status``, from its folder alone (or the study's archive,
+    for a run whose folder was never made here)."""
     try:
         check_run_folder(run)
     except TextVAEError as e:
         return "conflict", str(e)
     state, holder = run_state(run), lock_holder(run.dir)
-    if state == "done":
-        figs = run_figures(finished_report(run.dir) or {})
-        return "done", (f"NLL {format_figure(figs['nll'], '{:.2f}')}  KL {format_figure(figs['kl'], '{:.2f}')}  "
+    archived = state == "new" and holder is None and run.archived is not None
+    if state == "done" or archived:
+        figs = run_figures(run.archived["report"] if archived else finished_report(run.dir) or {})
+        return ("archived" if archived else "done"), (
+                        f"NLL {format_figure(figs['nll'], '{:.2f}')}  KL {format_figure(figs['kl'], '{:.2f}')}  "
                         f"MI {format_figure(figs['mi'], '{:.2f}')}  AU {format_figure(figs['au'], '{:.0f}')}  "
                         f"{format_figure(figs['train_minutes'], '{:.0f}')} min")
     records = read_jsonl(run.dir / "metrics.jsonl")

@@ -36,6 +36,7 @@ class Study:
     budget: dict[str, Any] = dataclasses.field(default_factory=dict)
     cli_overrides: list[str] = dataclasses.field(default_factory=list)  # --set, as typed
     notes: dict[str, str] = dataclasses.field(default_factory=dict)  # variant -> what it changes, for report.md
+    archive: Optional[Path] = None  # --archive: finished runs kept as figures (textvae.study.archive)
 
 
 @dataclasses.dataclass
@@ -45,6 +46,7 @@ class Run:
     dir: Path  # the run folder <out>/<variant>/seed<k>
     config: RunConfig
     needs: tuple[str, ...] = ()  # labels of the runs whose folders its settings name ("{run:v}")
+    archived: Optional[dict[str, Any]] = None  # its entry in the study's archive, when only that holds it
 
     @property
     def recipe(self) -> Path:

@@ -1,0 +1,122 @@
+"""A study's archive: its finished runs kept as figures in one JSON file that can be committed, so that
+losing the run folders (a new machine, a wiped scratch disk) loses no finished row.
+
+    textvae study STUDY.yaml --archive docs/results/NAME/archive.json
+
+The file holds, per finished run, what the study's outputs need of it: its configuration, its test
+report, its validation curves (as report.md's plot draws them), its epoch-end validation records
+(trimmed to :data:`VALID_KEYS`, for per-epoch tables), the wall time of its test report and the commits it ran at. No weights: a run that another run
+starts from (``"{run:v}/model"``) is trained again when that other run has to be trained.
+
+A planned run whose folder holds no finished run, and whose variant, seed and configuration match an
+entry, counts as finished from the archive: it is not trained, ``--status`` says ``archived``, and its
+figures enter results.csv / results.json / report.md as a run's would. An entry whose configuration
+differs (the study was changed since) is left out with a warning, and the run is trained. Every time
+the study writes its outputs it writes the archive again: the entries it had, with each run finished
+in a folder added or replaced by its folder's figures.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+from textvae.errors import TextVAEError
+from textvae.plots import run_curves
+from textvae.study.folders import finished_report
+from textvae.study.spec import INCIDENTAL_KEYS, Run, Study, map_strings
+from textvae.training.logger import read_jsonl
+
+log = logging.getLogger("textvae.study")
+
+FORMAT = 1
+# the figures of an epoch-end validation record an archive keeps (for per-epoch tables)
+VALID_KEYS = ("split", "epoch", "step", "time", "lr", "improved", "rec", "kl", "neg_elbo", "nll", "mi_dataset", "mi_batch",
+              "mi_batch_size", "mi_batch_he2019", "au")
+OUT = "{out}"  # stands for the study's output folder in an archived configuration
+
+
+def portable_config(run: Run, out: Path) -> dict[str, Any]:
+    """The run's settings as JSON values, without the incidental ones (threads, progress bars, its
+    name and folder), with paths into the study's folder written relative to ``{out}``."""
+    values = json.loads(json.dumps(run.config.to_dict()))
+    for key in INCIDENTAL_KEYS:
+        section, _, leaf = key.rpartition(".")
+        node = values.get(section, {}) if section else values
+        node.pop(leaf, None)
+    root = str(out)
+    return map_strings(values, lambda s: OUT + s[len(root):] if s == root or s.startswith(root + "/") else s)
+
+
+def _test_seconds(records: list[dict[str, Any]]) -> float:
+    """The test report's wall time: from its ``test_start`` record (or, in runs made before it was
+    logged, the last record before it) to the test record."""
+    idx = next((i for i, r in enumerate(records) if r.get("split") == "test"), None)
+    if not idx:
+        return math.nan
+    start = next((r for r in reversed(records[:idx]) if r.get("split") == "test_start"), records[idx - 1])
+    return records[idx].get("time", math.nan) - start.get("time", math.nan)
+
+
+def folder_entry(run: Run, out: Path) -> Optional[dict[str, Any]]:
+    """The archive entry of a run finished in its folder (None if it is not)."""
+    report = finished_report(run.dir)
+    if report is None:
+        return None
+    records = read_jsonl(run.dir / "metrics.jsonl")
+    commits = list(dict.fromkeys(r.get("commit") for r in records if r.get("split") == "source"))
+    valid = [{k: r[k] for k in VALID_KEYS if k in r} for r in records if r.get("split") == "valid"]
+    return {"variant": run.variant, "seed": run.seed, "config": portable_config(run, out), "report": report,
+            "curves": run_curves(records), "valid": valid, "test_seconds": _test_seconds(records), "commits": commits, "source": "run folder"}
+
+
+def load_archive(path: Path) -> list[dict[str, Any]]:
+    """The entries of an archive file ([] when there is none yet)."""
+    if not path.is_file():
+        return []
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise TextVAEError(f"--archive {path}: not a study archive ({e})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("runs"), list):
+        raise TextVAEError(f"--archive {path}: not a study archive (expected format {FORMAT} with a list of runs)")
+    return data["runs"]
+
+
+def attach(study: Study, runs: list[Run], entries: list[dict[str, Any]]) -> None:
+    """Set ``run.archived`` to its entry for each run not finished in its folder whose variant, seed
+    and configuration an entry matches; an entry of the same run with other settings is reported."""
+    by_label = {f"{e['variant']}/seed{e['seed']}": e for e in entries}
+    for run in runs:
+        entry = by_label.get(run.label)
+        if entry is None or finished_report(run.dir) is not None:
+            continue
+        if entry["config"] == portable_config(run, study.out):
+            run.archived = entry
+        else:
+            log.warning("%s: the archive's run was made with other settings; it is trained again", run.label)
+
+
+def write_archive(path: Path, study: Study, runs: list[Run], entries: list[dict[str, Any]]) -> None:
+    """The archive again: its entries, each run finished in a folder added or replacing its entry."""
+    merged = {f"{e['variant']}/seed{e['seed']}": e for e in entries}
+    for run in runs:
+        entry = folder_entry(run, study.out)
+        if entry is not None:
+            merged[run.label] = entry
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"format": FORMAT, "study": study.name, "runs": list(merged.values())}
+    path.write_text(json.dumps(finite_or_null(data), indent=1) + "\n")
+
+
+def finite_or_null(value: Any) -> Any:
+    """NaN / inf -> None, so the JSON a study writes is standard JSON (jq, browsers)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite_or_null(v) for v in value]
+    return value
