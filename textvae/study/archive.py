@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from textvae.errors import TextVAEError
+from textvae.files import replace_as_new_file
 from textvae.plots import run_curves
 from textvae.study.folders import finished_report
 from textvae.study.spec import INCIDENTAL_KEYS, Run, Study, map_strings
@@ -108,7 +109,9 @@ def write_archive(path: Path, study: Study, runs: list[Run], entries: list[dict[
             merged[run.label] = entry
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {"format": FORMAT, "study": study.name, "runs": list(merged.values())}
-    path.write_text(json.dumps(finite_or_null(data), indent=1) + "\n")
+    tmp = path.with_name(path.name + ".tmp")  # a study stopped mid-write leaves the last archive whole
+    tmp.write_text(json.dumps(finite_or_null(data), indent=1) + "\n")
+    replace_as_new_file(tmp, path)
 
 
 def finite_or_null(value: Any) -> Any:
