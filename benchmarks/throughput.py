@@ -545,7 +545,7 @@ def section_retain(args: argparse.Namespace) -> list[dict[str, Any]]:
 EPOCH_VARIANTS = {"reference-fp32": ("fp32", True, 0), "fp32": ("fp32", False, 0), "bf16": ("bf16", False, 0),
                   "reference-bf16": ("bf16", True, 0), "fp32-sampled": ("fp32", False, SAMPLED),
                   "bf16-sampled": ("bf16", False, SAMPLED), "bf16-sampled1536": ("bf16", False, 3 * SAMPLED // 2),
-                  "bf16-sampled2048": ("bf16", False, 2 * SAMPLED)}
+                  "bf16-sampled2048": ("bf16", False, 2 * SAMPLED), "bf16-unpadded": ("bf16", False, 0)}
 
 
 def use_reference_paths() -> None:
@@ -575,6 +575,9 @@ def epoch_worker(job: dict[str, Any]) -> dict[str, Any]:
                                "--train.sampled_softmax", str(sampled)])
     if reference:
         use_reference_paths()
+    if job["variant"].endswith("-unpadded"):  # the loss's GEMMs at the batch's own token count (a new shape per N)
+        import textvae.models.fused_loss as fused_loss
+        fused_loss.GEMM_ROWS = 1
     from textvae.tasks.sentences import SentenceTask
 
     final_report, peak_before_report = SentenceTask.test_report, []

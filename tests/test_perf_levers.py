@@ -19,7 +19,8 @@ from textvae.config import DecoderConfig, EncoderConfig, ModelConfig
 from textvae.data.batch import collate
 from textvae.models.decoders import Dropout
 from textvae.models.encoders import last_layer_final_state
-from textvae.models.fused_loss import linear_cross_entropy
+from textvae.models import fused_loss
+from textvae.models.fused_loss import GEMM_ROWS, linear_cross_entropy
 from textvae.models.textvae import TextVAE
 from textvae.training.train import clip_gradients, retain_freed_memory
 
@@ -141,7 +142,8 @@ def test_fused_loss_without_grad_matches_and_is_deterministic(monkeypatch, dtype
     assert max(sizes) == 4 * padded
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
         linear_cross_entropy(hidden, weight, bias, targets, chunk=4)  # with grad: the buffer is made
-    assert max(sizes) == len(hidden) * padded
+    rows = len(hidden) if dtype == torch.float32 else -(-len(hidden) // GEMM_ROWS) * GEMM_ROWS  # bf16: zero rows
+    assert max(sizes) == rows * padded
     assert torch.equal(a, b)
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=0.02, atol=0.05)
     torch.testing.assert_close(a, reference_loss(hidden, weight, bias, targets.detach()).detach(), **tol)
@@ -317,3 +319,20 @@ def test_test_report_keeps_its_own_freed_memory(tmp_path, monkeypatch):
     main(["train", *tiny_args(tmp_path / "runs", "vae", "synthetic", "--data.max_sentences", "40",
                               "--train.max_steps", "2")])
     assert calls == [True, False, True, "report", False]
+
+
+@pytest.mark.parametrize("n", [5, 64, 70, 300])
+def test_bf16_zero_rows_of_the_loss_gemms_change_nothing(monkeypatch, n):
+    """The bf16 loss pads its GEMMs' token dimension with zero rows (GEMM_ROWS); without them
+    (GEMM_ROWS = 1) the NLL and every gradient are the same to bf16's last bit."""
+    def run(rows):
+        monkeypatch.setattr(fused_loss, "GEMM_ROWS", rows)
+        hidden, weight, bias, targets, upstream = problem(n=n)
+        leaves = [t.requires_grad_() for t in (hidden, weight, bias)]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            nll = linear_cross_entropy(hidden, weight, bias, targets, chunk=128)
+        (nll * upstream).sum().backward()
+        return [nll.detach()] + [t.grad for t in leaves]
+
+    for padded, plain in zip(run(GEMM_ROWS), run(1)):
+        torch.testing.assert_close(padded, plain, rtol=0, atol=0)

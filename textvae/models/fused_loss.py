@@ -15,6 +15,12 @@ import torch.nn.functional as F
 # softmax scratch to 256 x V floats (10 MB at V = 10k) whatever the number of tokens, so
 # evaluation memory does not grow with its batch.
 LOSS_CHUNK_TOKENS = 256
+# Outside fp32 the loss's GEMMs go to oneDNN, which builds (JIT-compiles) a kernel for each new shape
+# and caches it; on CPUs with AMX that build costs several times the GEMM itself. The token count N
+# changes from batch to batch, so the GEMMs' N is padded with zero rows to a multiple of this: a
+# few shapes, each built once (benchmarks/throughput.py). Zero rows add nothing to dW and their dh and
+# NLL are dropped. A divisor of LOSS_CHUNK_TOKENS, so that every chunk's GEMM has a padded shape.
+GEMM_ROWS = 64
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -62,12 +68,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 chunk = max(n_tokens, 1)
             nll = torch.empty(n_tokens, device=h.device, dtype=torch.float32)
             grad_logits = None  # G [N, V + pad]
-            if need_grad and dtype != torch.float32:
-                grad_logits = torch.empty(n_tokens, vocab + pad, device=h.device, dtype=dtype)
+            if dtype != torch.float32:  # h and G get zero rows up to a multiple of GEMM_ROWS (see there)
+                h = F.pad(h, (0, 0, 0, -n_tokens % GEMM_ROWS))
+                if need_grad:
+                    grad_logits = torch.empty(h.shape[0], vocab + pad, device=h.device, dtype=dtype)
+                    grad_logits[n_tokens:] = 0
+            w_t = w.t().contiguous()  # [H, V + pad]: a transposed view as the GEMM's right operand is slower
             for start in range(0, n_tokens, chunk):
-                hc, yc = h[start:start + chunk], targets[start:start + chunk]
-                rows = torch.arange(hc.shape[0], device=h.device)
-                logits = torch.mm(hc, w.t())  # [n, V + pad] in the compute dtype
+                yc = targets[start:start + chunk]
+                rows = torch.arange(yc.shape[0], device=h.device)
+                logits = torch.mm(h[start:start + chunk], w_t)[:yc.shape[0]]  # [n, V + pad] in the compute dtype
                 # fp32 logits [n, V + pad]; the bias rides in this pass, not in the GEMM (addmm
                 # first writes the broadcast bias into its output, one more pass over [n, V]). The
                 # cast comes first: on CPU the mixed-dtype add (bf16 logits + fp32 bias, the same
@@ -84,22 +94,23 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 if grad_logits is None:  # fp32: one chunk, the scratch is G itself
                     grad_logits = probs
                 else:
-                    grad_logits[start:start + chunk] = probs
+                    grad_logits[start:start + probs.shape[0]] = probs
         ctx.save_for_backward(h, w, grad_logits)
         ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
-        ctx.vocab = vocab
+        ctx.vocab, ctx.n_tokens = vocab, n_tokens
         return nll
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad_nll: torch.Tensor):
-        h, w, grad_logits = ctx.saved_tensors
+        h, w, grad_logits = ctx.saved_tensors  # h and G with their zero rows (GEMM_ROWS)
         h_dtype, w_dtype, b_dtype = ctx.dtypes
-        g = grad_nll.to(grad_logits.dtype)  # [N]
+        n_tokens = ctx.n_tokens
+        g = F.pad(grad_nll.to(grad_logits.dtype), (0, h.shape[0] - n_tokens))  # [N (+ zero rows)]
         grad_h = grad_w = grad_b = None
         with torch.autocast(h.device.type, enabled=False):
             if ctx.needs_input_grad[0]:
-                grad_h = (grad_logits @ w).mul_(g.unsqueeze(1)).to(h_dtype)  # [N, H]
+                grad_h = (grad_logits @ w)[:n_tokens].mul_(g[:n_tokens].unsqueeze(1)).to(h_dtype)  # [N, H]
             if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
                 n, hid = h.shape
                 rhs = h * g.unsqueeze(1)  # [N, H]
