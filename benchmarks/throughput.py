@@ -139,6 +139,39 @@ GEMM roof of the exact step (~18k tok/s at ~22 MFLOP per token). So no exact-obj
 implementation meets target 3 on this CPU for the rows as their papers schedule them; with both
 threads on one row (about 1.75x one thread for these steps, measured above) ``annealed`` would take
 about 85 + 18 minutes.
+
+The machine of 2026-12-05 (an Intel Xeon with AMX-BF16: 2048^3 GEMM roofs fp32 ~370, bf16 ~2,400
+GFLOP/s at 2 threads, 6.5x apart where the EPYC's were 2.2x) changes the picture: the bf16 step's
+GEMMs now take a fraction of it. Kept: the bf16 fused loss pads its GEMMs' token dimension with zero
+rows to a multiple of 64 (``textvae.models.fused_loss.GEMM_ROWS``). oneDNN builds a kernel for each
+new GEMM shape; with AMX a build costs ~15-20 ms where the GEMM itself ([~900, 10002] x [10002, 256],
+bf16, one thread) takes 4.7 ms, and N (real tokens in the batch) is new on most steps. Same NLL and
+gradients to the bit (``tests/test_perf_levers.py``). ``--sections epoch --threads 2 --epoch-variants
+bf16 bf16-unpadded --epoch-seeds 1``, quiet machine (every other process stopped), one fresh process each:
+
+    variant          tok/s   wall s   valid -ELBO   peak RSS MB
+    bf16             17,149      60       120.899         1,081
+    bf16-unpadded    13,618      75       120.744         3,947
+
+(+26 %; the unpadded run also holds ~2.9 GB more, oneDNN's cache of kernels for every shape it met.)
+One thread, CPU clock, busy host, 200 steps: 10.9k against 8.5k tok/s (two pairs). Also kept: the
+forward GEMM's right operand W^T made contiguous once per call (four 256-row chunks: 6.4 -> 4.5 ms;
+the copy costs 1.6 ms per call). Where the rest goes: per 256-token chunk the fp32 cast (~1.2 ms),
+bias add (0.4), softmax / log-softmax (1.2-1.3) and max passes now cost more than the chunk's GEMM
+(~1.1 ms at the roof), so the exact loss's elementwise work, not its GEMMs, bounds the step.
+
+The IW pass (``--sections peak iw --threads 2 --iw-model <kl_constraint's model, AU 27> --iw-sentences
+16 --iw-budgets 4096 16384 --iw-repeats 2 --iw-k-sweep 500``, quiet): bf16 3.44 / 3.84 sent/s at
+budget 4096 / 16384 (10.0 / 11.1 % of the bf16 roof), fused fp32 1.39 / 1.51, bf16 - fp32 -0.0067
+nats, eval peak 90 / 139 MB (bf16). The whole K = 500 test report of ``kl_constraint`` (IW pass with
+its redraw, ELBO, MI, AU) took 9.9 min at 2 threads. With one thread (CPU clock, busy host) 2.00 / 2.19
+sent/s, of which the fused loss is ~80 %: its GEMMs ~23 %, the fp32 cast ~13 %, the rest bias,
+log-softmax and indexing. (torch.profiler misattributes this pass: it reports the cast at ~25 ms per
+chunk, against 1.2 ms timed directly.)
+
+Target 3 on this machine: ``kl_constraint`` (49 epochs to its plateau stop, both cores, commit 1b0a546,
+before the padding) took 100.4 + 9.9 min; at the padded epoch's 60 s its 49 epochs would take ~49 +
+10 min, at the limit of target 3, and ``annealed``'s 54 epochs ~54 + 10.
 """
 from __future__ import annotations
 
