@@ -5,8 +5,9 @@ losing the run folders (a new machine, a wiped scratch disk) loses no finished r
 
 The file holds, per finished run, what the study's outputs need of it: its configuration, its test
 report, its validation curves (as report.md's plot draws them), its epoch-end validation records
-(trimmed to :data:`VALID_KEYS`, for per-epoch tables), the wall time of its test report and the commits it ran at. No weights: a run that another run
-starts from (``"{run:v}/model"``) is trained again when that other run has to be trained.
+(trimmed to :data:`VALID_KEYS`, for per-epoch tables), the wall time of its test report and the
+commits it ran at. No weights: a run that another run starts from (``"{run:v}/model"``) is trained
+again when that other run has to be trained.
 
 A planned run whose folder holds no finished run, and whose variant, seed and configuration match an
 entry, counts as finished from the archive: it is not trained, ``--status`` says ``archived``, and its
@@ -34,8 +35,8 @@ log = logging.getLogger("textvae.study")
 
 FORMAT = 1
 # the figures of an epoch-end validation record an archive keeps (for per-epoch tables)
-VALID_KEYS = ("split", "epoch", "step", "time", "lr", "improved", "rec", "kl", "neg_elbo", "nll", "mi_dataset", "mi_batch",
-              "mi_batch_size", "mi_batch_he2019", "au")
+VALID_KEYS = ("split", "epoch", "step", "time", "lr", "improved", "rec", "kl", "neg_elbo", "nll", "mi_dataset",
+              "mi_batch", "mi_batch_size", "mi_batch_he2019", "au")
 OUT = "{out}"  # stands for the study's output folder in an archived configuration
 
 
@@ -70,7 +71,8 @@ def folder_entry(run: Run, out: Path) -> Optional[dict[str, Any]]:
     commits = list(dict.fromkeys(r.get("commit") for r in records if r.get("split") == "source"))
     valid = [{k: r[k] for k in VALID_KEYS if k in r} for r in records if r.get("split") == "valid"]
     return {"variant": run.variant, "seed": run.seed, "config": portable_config(run, out), "report": report,
-            "curves": run_curves(records), "valid": valid, "test_seconds": _test_seconds(records), "commits": commits, "source": "run folder"}
+            "curves": run_curves(records), "valid": valid, "test_seconds": _test_seconds(records),
+            "commits": commits, "source": "run folder"}
 
 
 def load_archive(path: Path) -> list[dict[str, Any]]:
