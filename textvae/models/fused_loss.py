@@ -73,7 +73,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 if need_grad:
                     grad_logits = torch.empty(h.shape[0], vocab + pad, device=h.device, dtype=dtype)
                     grad_logits[n_tokens:] = 0
-            w_t = w.t().contiguous()  # [H, V + pad]: a transposed view as the GEMM's right operand is slower
+            # [H, V + pad]: in bf16 oneDNN's GEMM is slower with a transposed view as its right operand, and
+            # the copy pays over the chunks; fp32's one chunk is as fast on the view, so no copy there
+            w_t = w.t() if dtype == torch.float32 else w.t().contiguous()
             for start in range(0, n_tokens, chunk):
                 yc = targets[start:start + chunk]
                 rows = torch.arange(yc.shape[0], device=h.device)
