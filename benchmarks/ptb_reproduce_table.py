@@ -20,7 +20,8 @@ Runs whose folders are gone (a new machine) come from the study's archive (``tex
 has them, with their test report's wall time and epoch-end validation records.
 
 Wall time per row: the training loop's time (``train_seconds``, resumed runs summed) plus the final
-evaluation's (the time between the last record before the test record and the test record).
+evaluation's (from its ``test_start`` record, or in older runs the last record before the test
+record, to the test record).
 ``--write DIR`` copies the study's results.csv / report.md / plots there and writes
 ``comparison.md`` (this script's tables); report.md's plot links (``plots/``) stay valid.
 """
@@ -37,6 +38,7 @@ from typing import Any, Optional
 import yaml
 
 from textvae.study import run_figures
+from textvae.study.archive import test_seconds
 from textvae.training.logger import read_jsonl
 from textvae.training.train import selection_loss
 
@@ -80,15 +82,11 @@ def load(study_dir: Path) -> dict[str, Any]:
 
 
 def eval_seconds(run: dict[str, Any]) -> float:
-    """The test report's wall time: from the last record before the test record to the test record
-    (a run kept only in the study's archive has it there)."""
+    """The test report's wall time (:func:`textvae.study.archive.test_seconds`; a run kept only in the
+    study's archive has it there)."""
     if run["state"] == "archived":
         return run["test_seconds"] if run["test_seconds"] is not None else math.nan
-    recs = read_jsonl(Path(run["dir"]) / "metrics.jsonl")
-    idx = next((i for i, r in enumerate(recs) if r.get("split") == "test"), None)
-    if not idx or "time" not in recs[idx] or "time" not in recs[idx - 1]:
-        return math.nan
-    return recs[idx]["time"] - recs[idx - 1]["time"]
+    return test_seconds(read_jsonl(Path(run["dir"]) / "metrics.jsonl"))
 
 
 def mi_group(record: dict[str, Any], run_dir: Path) -> float:

@@ -27,7 +27,7 @@ from typing import Any, Optional
 from textvae.errors import TextVAEError
 from textvae.files import replace_as_new_file
 from textvae.plots import run_curves
-from textvae.study.folders import finished_report
+from textvae.study.folders import finished_report, settings_now, test_report
 from textvae.study.spec import INCIDENTAL_KEYS, Run, Study, map_strings
 from textvae.training.logger import read_jsonl
 
@@ -43,7 +43,10 @@ OUT = "{out}"  # stands for the study's output folder in an archived configurati
 def portable_config(run: Run, out: Path) -> dict[str, Any]:
     """The run's settings as JSON values, without the incidental ones (threads, progress bars, its
     name and folder), with paths into the study's folder written relative to ``{out}``."""
-    values = json.loads(json.dumps(run.config.to_dict()))
+    return _portable(json.loads(json.dumps(run.config.to_dict())), out)
+
+
+def _portable(values: dict[str, Any], out: Path) -> dict[str, Any]:
     for key in INCIDENTAL_KEYS:
         section, _, leaf = key.rpartition(".")
         node = values.get(section, {}) if section else values
@@ -52,7 +55,7 @@ def portable_config(run: Run, out: Path) -> dict[str, Any]:
     return map_strings(values, lambda s: OUT + s[len(root):] if s == root or s.startswith(root + "/") else s)
 
 
-def _test_seconds(records: list[dict[str, Any]]) -> float:
+def test_seconds(records: list[dict[str, Any]]) -> float:
     """The test report's wall time: from its ``test_start`` record (or, in runs made before it was
     logged, the last record before it) to the test record."""
     idx = next((i for i, r in enumerate(records) if r.get("split") == "test"), None)
@@ -64,14 +67,14 @@ def _test_seconds(records: list[dict[str, Any]]) -> float:
 
 def folder_entry(run: Run, out: Path) -> Optional[dict[str, Any]]:
     """The archive entry of a run finished in its folder (None if it is not)."""
-    report = finished_report(run.dir)
+    records = read_jsonl(run.dir / "metrics.jsonl")
+    report = test_report(records)
     if report is None:
         return None
-    records = read_jsonl(run.dir / "metrics.jsonl")
     commits = list(dict.fromkeys(r.get("commit") for r in records if r.get("split") == "source"))
     valid = [{k: r[k] for k in VALID_KEYS if k in r} for r in records if r.get("split") == "valid"]
     return {"variant": run.variant, "seed": run.seed, "config": portable_config(run, out), "report": report,
-            "curves": run_curves(records), "valid": valid, "test_seconds": _test_seconds(records),
+            "curves": run_curves(records), "valid": valid, "test_seconds": test_seconds(records),
             "commits": commits, "source": "run folder"}
 
 
@@ -90,13 +93,16 @@ def load_archive(path: Path) -> list[dict[str, Any]]:
 
 def attach(study: Study, runs: list[Run], entries: list[dict[str, Any]]) -> None:
     """Set ``run.archived`` to its entry for each run not finished in its folder whose variant, seed
-    and configuration an entry matches; an entry of the same run with other settings is reported."""
+    and configuration an entry matches (a setting added to textvae since reads as its default, as for
+    a run folder: :func:`~textvae.study.folders.settings_now`); an entry of the same run with other
+    settings is reported."""
     by_label = {f"{e['variant']}/seed{e['seed']}": e for e in entries}
     for run in runs:
         entry = by_label.get(run.label)
         if entry is None or finished_report(run.dir) is not None:
             continue
-        if entry["config"] == portable_config(run, study.out):
+        archived = _portable(settings_now(type(run.config), entry["config"]), study.out)
+        if archived == portable_config(run, study.out):
             run.archived = entry
         else:
             log.warning("%s: the archive's run was made with other settings; it is trained again", run.label)

@@ -18,10 +18,15 @@ from textvae.training.logger import read_jsonl
 
 def finished_report(run_dir: Path) -> Optional[dict[str, Any]]:
     """The run's final test record (its presence marks a finished run), else None."""
-    tests = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("split") == "test"]
+    return test_report(read_jsonl(run_dir / "metrics.jsonl"))
+
+
+def test_report(records: list[dict[str, Any]]) -> Optional[dict[str, Any]]:
+    """The last test record of a run's log records, without the log's bookkeeping (as run_training
+    returns it); None if there is none."""
+    tests = [r for r in records if r.get("split") == "test"]
     if not tests:
         return None
-    # the report itself, without the log record's bookkeeping (as run_training returns it)
     return {k: v for k, v in tests[-1].items() if k not in ("split", "step", "epoch", "time")}
 
 
@@ -45,11 +50,17 @@ def saved_config(run_dir: Path, cls: Optional[type] = None) -> Optional[tuple[ty
         return None
     values = json.loads(json.dumps(yaml.safe_load(saved.read_text()) or {}))
     cls = cls or TASKS.get(values.get("task", DEFAULT_TASK)).config_class
-    try:  # a setting added to textvae since the run was made reads as its default: the same run
-        values = json.loads(json.dumps(dataclasses.asdict(from_dict(cls, values))))
+    return cls, settings_now(cls, values)
+
+
+def settings_now(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """Saved settings as JSON values with every setting textvae has now: one added since the run was
+    made reads as its default (the same run); with one textvae no longer has they stay as saved, so
+    that it shows as a change."""
+    try:
+        return json.loads(json.dumps(dataclasses.asdict(from_dict(cls, values))))
     except TextVAEError:
-        pass  # a setting textvae no longer has: compared as saved, so it shows as a change
-    return cls, values
+        return values
 
 
 def check_run_folder(run: Run) -> None:

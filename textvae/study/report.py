@@ -72,15 +72,17 @@ def aggregate(study: Study, runs: list[Run]) -> dict[str, Any]:
     per_run, variants = [], []
     for vname in study.variants:
         mine = [r for r in runs if r.variant == vname]
-        reports = [(r, finished_report(r.dir) or (r.archived or {}).get("report")) for r in mine]
-        done = [(r, rep) for r, rep in reports if rep is not None]
+        # (run, its report, whether only the archive has it)
+        reports = [(r, rep, False) if (rep := finished_report(r.dir)) is not None
+                   else (r, (r.archived or {}).get("report"), r.archived is not None) for r in mine]
+        done = [(r, rep) for r, rep, _ in reports if rep is not None]
         figs = [run_figures(rep) for _, rep in done]
         stats = {}
         for key in figure_keys():
             mean, std, n = mean_std([f[key] for f in figs])
             stats[key] = {"mean": mean, "std": std, "n": n}
         variants.append({"variant": vname, "runs": len(done), "planned": len(mine), "figures": stats})
-        per_run += [_run_entry(r, rep) for r, rep in reports]
+        per_run += [_run_entry(r, rep, archived) for r, rep, archived in reports]
     reports = [r["report"] for r in per_run if r["report"]]
     setting = {k: next((rep[k] for rep in reports if k in rep), None)
                for k in ("iw_samples", "au_threshold", "latent_dim", "n_sentences")}
@@ -89,11 +91,11 @@ def aggregate(study: Study, runs: list[Run]) -> dict[str, Any]:
             "variants": variants, "runs": per_run}
 
 
-def _run_entry(run: Run, report: Any) -> dict[str, Any]:
+def _run_entry(run: Run, report: Any, archived: bool) -> dict[str, Any]:
     """results.json's record of one run; a run finished only in the archive brings its validation
     records (for the curves), the test report's wall time and its commits from there."""
     entry = {"variant": run.variant, "seed": run.seed, "dir": str(run.dir), "report": report}
-    if report is not None and finished_report(run.dir) is None:
+    if archived:
         return {**entry, "state": "archived",
                 **{k: run.archived[k] for k in ("curves", "valid", "test_seconds", "commits", "source")}}
     return {**entry, "state": "done" if report is not None else run_state(run)}

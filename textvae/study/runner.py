@@ -84,8 +84,8 @@ def execute(study: Study, runs: list[Run], jobs: int = 1, only: Optional[list[st
     todo = [r for r in selected if run_state(r) != "done" and r.archived is None]
     by_label = {r.label: r for r in runs}
     # an archive holds no weights: a run that a run to be trained starts from is trained again
-    needed = {label for r in todo for label in r.needs if by_label[label].archived is not None}
-    todo = [r for r in runs if r in todo or r.label in needed]
+    train = {r.label for r in todo} | {label for r in todo for label in r.needs if by_label[label].archived is not None}
+    todo = [r for r in runs if r.label in train]
     log.info("study %s: %d runs, %d finished, %d to train (%s)", study.name, len(selected),
              len(selected) - len(todo), len(todo), "in this process" if jobs == 1 else f"{jobs} subprocesses at a time")
     pending, running, failed, n = list(todo), {}, [], 0
