@@ -154,9 +154,10 @@ bf16 bf16-unpadded --epoch-seeds 1``, quiet machine (every other process stopped
     bf16-unpadded    13,618      75       120.744         3,947
 
 (+26 %; the unpadded run also holds ~2.9 GB more, oneDNN's cache of kernels for every shape it met.)
-One thread, CPU clock, busy host, 200 steps: 10.9k against 8.5k tok/s (two pairs). Also kept: the
-forward GEMM's right operand W^T made contiguous once per call (four 256-row chunks: 6.4 -> 4.5 ms;
-the copy costs 1.6 ms per call). Where the rest goes: per 256-token chunk the fp32 cast (~1.2 ms),
+One thread, CPU clock, busy host, 200 steps: 10.9k against 8.5k tok/s (two pairs). Also kept, in
+bf16 only: the forward GEMM's right operand W^T made contiguous once per call (four 256-row chunks,
+quiet, copy included: 6.9 -> 6.2 ms); fp32's single chunk is as fast on the transposed view (42.4 ms
+against 41.5 contiguous, [900, 256] x [256, 10016]) and its copy would cost ~6 ms. Where the rest goes: per 256-token chunk the fp32 cast (~1.2 ms),
 bias add (0.4), softmax / log-softmax (1.2-1.3) and max passes now cost more than the chunk's GEMM
 (~1.1 ms at the roof), so the exact loss's elementwise work, not its GEMMs, bounds the step.
 
