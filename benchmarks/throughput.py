@@ -159,7 +159,27 @@ bf16 only: the forward GEMM's right operand W^T made contiguous once per call (f
 quiet, copy included: 6.9 -> 6.2 ms); fp32's single chunk is as fast on the transposed view (42.4 ms
 against 41.5 contiguous, [900, 256] x [256, 10016]) and its copy would cost ~6 ms. Where the rest goes: per 256-token chunk the fp32 cast (~1.2 ms),
 bias add (0.4), softmax / log-softmax (1.2-1.3) and max passes now cost more than the chunk's GEMM
-(~1.1 ms at the roof), so the exact loss's elementwise work, not its GEMMs, bounds the step.
+(~1.1 ms at the roof): in the loss, elementwise work, not GEMM work, takes most of the time.
+
+Where a bf16 PTB step goes on this CPU (``torch.profiler``, 50 steps of the default variant, one
+thread, the study on both cores, so shares only): of ~58 ms of forward + backward per step, the
+output layer's GEMMs ~15 ms, the fused loss's elementwise passes ~16 ms (its two [256, V] casts,
+bf16 -> fp32 logits and fp32 -> bf16 G, ~9; softmax 3.5; the max passes 1.8; bias 1.2), the LSTMs
+~14 (backward 11), the output weight's cast and transpose ~2.5. Levers for the elementwise part, not
+kept (one [256, 10002] chunk: cast, bias, softmax, NLL and G from its bf16 logits; medians of 20
+interleaved repeats, wall clock, quiet machine, 1 / 2 threads; the chunk's GEMM 1.24 / 0.68 ms):
+
+    as it is                                             3.69 / 2.02 ms
+    the same ops over sub-chunks of 32 tokens through
+      one reused fp32 buffer that stays in L2            3.28 / 1.80 ms  (same bits)
+    torch.compile (inductor) of the whole part           3.44 / 1.79 ms  (41 s to compile, a C++ toolchain)
+
+About 0.2-0.4 ms per chunk, ~3 chunks per step: 1-2 % of the step. The softmax's exp over 2.56M
+elements is ~1.1 ms at one thread by itself, so even a one-pass kernel would save at most ~2 ms per
+chunk at one thread and ~1 at two: ~3 ms of the step's ~44 ms at two threads, where 3x the peer
+needs ~31 ms. Nor the backward's
+G W as G (W^T)^T on the forward's contiguous W^T (4.64 against 4.79 ms, [900, V] x [V, 256], one
+thread): within the noise.
 
 The IW pass (``--sections peak iw --threads 2 --iw-model <kl_constraint's model, AU 27> --iw-sentences
 16 --iw-budgets 4096 16384 --iw-repeats 2 --iw-k-sweep 500``, quiet): bf16 3.44 / 3.84 sent/s at
