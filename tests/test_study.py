@@ -543,6 +543,9 @@ def test_archive_keeps_finished_runs_when_their_folders_are_gone(tmp_path, capsy
     entry = next(e for e in saved["runs"] if e["variant"] == "other")
     assert [r["epoch"] for r in entry["valid"]] == [r["epoch"] for r in valid] == [1, 2]
     assert entry["test_seconds"] > 0 and all(isinstance(c, str) or c is None for c in entry["commits"])
+    assert entry["machines"] == [f"{source['cpu']}, {source['threads']} threads"
+                                 for source in read_jsonl(plan["other/seed1"].dir / "metrics.jsonl")
+                                 if source["split"] == "source"]
     shutil.rmtree(out)  # the machine is new: every run folder is gone
     # an entry written before textvae had a setting matches a run with that setting's default
     older = json.loads(archive.read_text())
@@ -559,6 +562,7 @@ def test_archive_keeps_finished_runs_when_their_folders_are_gone(tmp_path, capsy
     assert not (out / "ae" / "seed1").exists() and not (out / "other" / "seed1").exists()
     assert_same(again, first)
     assert [r["state"] for r in again["runs"]] == ["archived", "new", "archived"]
+    assert again["runs"][2]["machines"] == entry["machines"]  # an archived run still says where it ran
     assert (out / "plots" / "curves.png").is_file()
     assert json.loads(archive.read_text())["runs"] == older["runs"]  # entries kept as they were
 

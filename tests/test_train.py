@@ -216,7 +216,7 @@ def test_every_file_of_a_run_follows_the_umask(tmp_path, umask, mode):
     assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: oct(mode) for p in files}
 
 
-def test_each_start_of_a_run_records_the_code_it_ran(tmp_path):
+def test_each_start_of_a_run_records_the_code_and_the_machine_it_ran_on(tmp_path):
     import subprocess
 
     import textvae
@@ -232,6 +232,9 @@ def test_each_start_of_a_run_records_the_code_it_ran(tmp_path):
     for r in sources:
         assert r["textvae"] == textvae.__version__ and r["torch"] == torch.__version__
         assert r["commit"] == (git.stdout.strip() if git.returncode == 0 else None)
+        # and the machine: its wall times mean little without it
+        assert isinstance(r["cpu"], str) and r["cpu"] and r["cores"] == os.cpu_count() >= 1
+        assert r["threads"] == torch.get_num_threads() and "gpu" not in r
 
 
 def test_valid_redraw_draws_validation_anew_each_epoch_and_leaves_training_alone(tmp_path):

@@ -5,8 +5,8 @@ losing the run folders (a new machine, a wiped scratch disk) loses no finished r
 
 The file holds, per finished run, what the study's outputs need of it: its configuration, its test
 report, its validation curves (as report.md's plot draws them), its epoch-end validation records
-(trimmed to :data:`VALID_KEYS`, for per-epoch tables), the wall time of its test report and the
-commits it ran at. No weights: a run that another run starts from (``"{run:v}/model"``) is trained
+(trimmed to :data:`VALID_KEYS`, for per-epoch tables), the wall time of its test report, the
+commits it ran at and the machines it ran on. No weights: a run that another run starts from (``"{run:v}/model"``) is trained
 again when that other run has to be trained.
 
 A planned run whose folder holds no finished run, and whose variant, seed and configuration match an
@@ -71,11 +71,19 @@ def folder_entry(run: Run, out: Path) -> Optional[dict[str, Any]]:
     report = test_report(records)
     if report is None:
         return None
-    commits = list(dict.fromkeys(r.get("commit") for r in records if r.get("split") == "source"))
+    sources = [r for r in records if r.get("split") == "source"]
+    commits = list(dict.fromkeys(r.get("commit") for r in sources))
     valid = [{k: r[k] for k in VALID_KEYS if k in r} for r in records if r.get("split") == "valid"]
     return {"variant": run.variant, "seed": run.seed, "config": portable_config(run, out), "report": report,
             "curves": run_curves(records), "valid": valid, "test_seconds": test_seconds(records),
-            "commits": commits, "source": "run folder"}
+            "commits": commits, "machines": machines(sources), "source": "run folder"}
+
+
+def machines(sources: list[dict[str, Any]]) -> list[str]:
+    """Where a run's parts ran, each once: 'CPU model, n threads' (and its GPU), from its ``source``
+    records (runs logged before textvae recorded the machine give none)."""
+    return list(dict.fromkeys(f"{r['cpu']}, {r['threads']} threads" + (f", {r['gpu']}" if r.get("gpu") else "")
+                              for r in sources if "cpu" in r))
 
 
 def load_archive(path: Path) -> list[dict[str, Any]]:

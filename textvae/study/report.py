@@ -93,10 +93,11 @@ def aggregate(study: Study, runs: list[Run]) -> dict[str, Any]:
 
 def _run_entry(run: Run, report: Any, archived: bool) -> dict[str, Any]:
     """results.json's record of one run; a run finished only in the archive brings its validation
-    records (for the curves), the test report's wall time and its commits from there."""
+    records (for the curves), the test report's wall time, its commits and its machines from there
+    (entries written before the machines were recorded have none)."""
     entry = {"variant": run.variant, "seed": run.seed, "dir": str(run.dir), "report": report}
     if archived:
-        return {**entry, "state": "archived",
+        return {**entry, "state": "archived", "machines": run.archived.get("machines", []),
                 **{k: run.archived[k] for k in ("curves", "valid", "test_seconds", "commits", "source")}}
     return {**entry, "state": "done" if report is not None else run_state(run)}
 

@@ -36,6 +36,8 @@ import dataclasses
 import json
 import logging
 import math
+import os
+import platform
 import subprocess
 import time
 from pathlib import Path
@@ -561,7 +563,7 @@ def start_run(task: Task, resume: bool, world: World, device: torch.device, data
     lr_at = create_lr_schedule(cfg.optim.cycle_lr, state.lr, model.objective.schedule, cfg.optim.cycle_lr_stairs)
     run = Run(task, cfg, world, device, data, model, optimizer, state, logger, lr_at)
     if world.is_main:  # the code each start of the run used (a resumed run may use newer code)
-        logger.log("source", state.step, state.epoch, **source_revision())
+        logger.log("source", state.step, state.epoch, **source_revision(), **machine_facts(device))
     if changes:
         logger.log("resume", state.step, state.epoch, changed={k: list(v) for k, v in changes.items()})
     if not resume:
@@ -589,6 +591,19 @@ def source_revision() -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         return revision
     return {**revision, "commit": commit, "dirty": bool(status.strip())}
+
+
+def machine_facts(device: torch.device) -> dict[str, Any]:
+    """Where a run (or each resumed part of it) ran: its wall times mean little without the CPU
+    model, the cores the machine has, the threads torch uses, and the GPU when it trains on one."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):  # Linux names the model; platform.processor() often does not
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), cpu)
+    facts: dict[str, Any] = {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        facts["gpu"] = torch.cuda.get_device_name(device)
+    return facts
 
 
 def check_remedies_run_in(world: World, remedies: list[Remedy]) -> None:
