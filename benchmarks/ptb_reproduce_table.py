@@ -38,7 +38,7 @@ from typing import Any, Optional
 import yaml
 
 from textvae.study import run_figures
-from textvae.study.archive import test_seconds
+from textvae.study.archive import machines, test_seconds
 from textvae.training.logger import read_jsonl
 from textvae.training.train import selection_loss
 
@@ -87,6 +87,28 @@ def eval_seconds(run: dict[str, Any]) -> float:
     if run["state"] == "archived":
         return run["test_seconds"] if run["test_seconds"] is not None else math.nan
     return test_seconds(read_jsonl(Path(run["dir"]) / "metrics.jsonl"))
+
+
+def run_machines(run: dict[str, Any]) -> list[str]:
+    """Where a finished run ran (:func:`textvae.study.archive.machines`: from its folder's source records,
+    or its archive entry's); [] for a run logged before textvae recorded the machine."""
+    if run["state"] == "archived":
+        return run.get("machines", [])
+    return machines([r for r in read_jsonl(Path(run["dir"]) / "metrics.jsonl") if r.get("split") == "source"])
+
+
+def machines_table(studies: dict[str, dict[str, Any]]) -> str:
+    """precision -> results.json: each finished run's machines and commits (wall times depend on both)."""
+    lines = ["| run | precision | machine (CPU, threads) | commits |", "|---|---|---|---|"]
+    for precision, results in studies.items():
+        for run in results["runs"]:
+            if run.get("report"):
+                commits = run.get("commits") or list(dict.fromkeys(
+                    r.get("commit") for r in read_jsonl(Path(run["dir"]) / "metrics.jsonl") if r.get("split") == "source"))
+                lines.append(f"| `{run['variant']}/seed{run['seed']}` | {precision} | "
+                             f"{'; '.join(run_machines(run)) or 'not recorded'} | "
+                             f"{', '.join((c or '?')[:7] for c in commits) or '–'} |")
+    return "\n".join(lines)
 
 
 def mi_group(record: dict[str, Any], run_dir: Path) -> float:
@@ -275,6 +297,9 @@ def main() -> None:
                  + precision_table(runs, finished_runs(load(args.fp32.expanduser()))) + "\n")
     if args.decoder_age:
         text += "\n## Validation at equal decoder age\n\n" + decoder_age_table(args.study.expanduser(), results) + "\n"
+    studies = {"bf16": results, **({"fp32": load(args.fp32.expanduser())} if args.fp32 else {})}
+    text += ("\n## Where each run ran\n\nWall times compare only on one machine. 'not recorded': a run "
+             "logged before textvae recorded its machine (see README.md).\n\n" + machines_table(studies) + "\n")
     print(text)
     if args.progress:
         for folder in filter(None, (args.study, args.fp32)):
