@@ -70,5 +70,10 @@ def cvae_run(tmp: Path) -> Path:
 @pytest.mark.parametrize("kind, run", [("sentence_vae", sentence_vae_run), ("cvae", cvae_run)])
 def test_parameters_after_training_are_bitwise_those_recorded(kind, run, tmp_path, monkeypatch):
     monkeypatch.setenv("TEXTVAE_CACHE", str(tmp_path / "cache"))
+    # the CVAE's hashes were recorded with torch's per-tensor Adam; optim.name adam is its fused kernel
+    # since, which rounds differently (the same steps to rounding: tests/test_perf_levers.py), so these
+    # runs take the recorded kernel and the hashes keep guarding everything else
+    adam = torch.optim.Adam
+    monkeypatch.setattr(torch.optim, "Adam", lambda *a, **k: adam(*a, **{**k, "fused": None}))
     torch.set_num_threads(1)
     assert parameter_hash(state_of(run(tmp_path) / "checkpoint.safetensors")) in REFERENCE[kind]

@@ -6,7 +6,8 @@
 * the decoders' ``Dropout`` vs the Bernoulli(1 - p) inverted-dropout distribution;
 * bf16 autocast really runs the recurrent layers and the output layer in bf16, keeps the latent
   side and the loss in fp32, and leaves fp32 gradients on the fp32 master weights;
-* the loop's gradient clipping equals clip_grad_norm_; its malloc setting applies.
+* the loop's gradient clipping equals clip_grad_norm_; its malloc setting applies;
+* ``optim.name: adam`` (torch's fused kernel) takes the steps of torch's per-tensor Adam.
 """
 import math
 
@@ -22,7 +23,8 @@ from textvae.models.encoders import last_layer_final_state
 from textvae.models import fused_loss
 from textvae.models.fused_loss import GEMM_ROWS, linear_cross_entropy
 from textvae.models.textvae import TextVAE
-from textvae.training.train import clip_gradients, retain_freed_memory
+from textvae.config import OptimConfig
+from textvae.training.train import build_optimizer, clip_gradients, retain_freed_memory
 
 torch.set_num_threads(1)
 V = 50
@@ -300,6 +302,30 @@ def test_clip_gradients_equals_clip_grad_norm(max_norm):
     if max_norm < 1:
         total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads_a]))
         torch.testing.assert_close(total, torch.tensor(max_norm), rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_adam_fused_takes_the_reference_adam_steps(weight_decay):
+    """The loop's Adam is torch's fused kernel: after 30 steps on the same gradients (rescaled each
+    step, so that the moments' bias corrections matter) every parameter equals the per-tensor
+    for-loop Adam's, the slow reference, to rounding."""
+    cfg = OptimConfig(name="adam", betas=[0.9, 0.99], weight_decay=weight_decay)
+    models = [tiny_model(), tiny_model()]
+    fused = build_optimizer(cfg, models[0], 3e-3)
+    reference = torch.optim.Adam(models[1].parameters(), lr=3e-3, betas=(0.9, 0.99), weight_decay=weight_decay,
+                                 foreach=False)
+    assert fused.defaults["fused"] and not reference.defaults["fused"]
+    for step in range(30):
+        for model in models:
+            torch.manual_seed(step)  # the same dropout and z draws for both
+            model.zero_grad(set_to_none=True)
+            (model(ragged_batch()).loss * (1 + step % 3)).backward()
+        fused.step()
+        reference.step()
+    start = tiny_model()
+    for a, b, p0 in zip(models[0].parameters(), models[1].parameters(), start.parameters()):
+        assert not torch.equal(a, p0)  # it trained
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_test_report_keeps_its_own_freed_memory(tmp_path, monkeypatch):

@@ -155,8 +155,11 @@ def sgd(params: list[nn.Parameter], lr: float, cfg: OptimConfig) -> torch.optim.
 
 @OPTIMIZERS.register("adam")
 def adam(params: list[nn.Parameter], lr: float, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """Adam (Kingma & Ba 2015): optim.betas, optim.weight_decay."""
-    return torch.optim.Adam(params, lr=lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    """Adam (Kingma & Ba 2015): optim.betas, optim.weight_decay. torch's fused kernel: one pass over
+    each parameter and its moments instead of about seven elementwise ones (the embeddings and the
+    output layer are dense and large, so on a CPU those passes cost a large share of a step); the same
+    update up to rounding (``benchmarks/throughput.py``)."""
+    return torch.optim.Adam(params, lr=lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, fused=True)
 
 
 def build_optimizer(cfg: OptimConfig, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
