@@ -38,7 +38,7 @@ from typing import Any, Optional
 import yaml
 
 from textvae.study import run_figures
-from textvae.study.archive import machines, test_seconds
+from textvae.study.archive import provenance, test_seconds
 from textvae.training.logger import read_jsonl
 from textvae.training.train import selection_loss
 
@@ -89,12 +89,12 @@ def eval_seconds(run: dict[str, Any]) -> float:
     return test_seconds(read_jsonl(Path(run["dir"]) / "metrics.jsonl"))
 
 
-def run_machines(run: dict[str, Any]) -> list[str]:
-    """Where a finished run ran (:func:`textvae.study.archive.machines`: from its folder's source records,
-    or its archive entry's); [] for a run logged before textvae recorded the machine."""
+def run_provenance(run: dict[str, Any]) -> tuple[list[Optional[str]], list[str]]:
+    """A finished run's commits and machines (:func:`textvae.study.archive.provenance`): from its
+    folder's log, or from its archive entry (whose machines are [] when it predates them)."""
     if run["state"] == "archived":
-        return run.get("machines", [])
-    return machines([r for r in read_jsonl(Path(run["dir"]) / "metrics.jsonl") if r.get("split") == "source"])
+        return run["commits"], run.get("machines", [])
+    return provenance(read_jsonl(Path(run["dir"]) / "metrics.jsonl"))
 
 
 def machines_table(studies: dict[str, dict[str, Any]]) -> str:
@@ -103,10 +103,9 @@ def machines_table(studies: dict[str, dict[str, Any]]) -> str:
     for precision, results in studies.items():
         for run in results["runs"]:
             if run.get("report"):
-                commits = run.get("commits") or list(dict.fromkeys(
-                    r.get("commit") for r in read_jsonl(Path(run["dir"]) / "metrics.jsonl") if r.get("split") == "source"))
+                commits, machines = run_provenance(run)
                 lines.append(f"| `{run['variant']}/seed{run['seed']}` | {precision} | "
-                             f"{'; '.join(run_machines(run)) or 'not recorded'} | "
+                             f"{'; '.join(machines) or 'not recorded'} | "
                              f"{', '.join((c or '?')[:7] for c in commits) or '–'} |")
     return "\n".join(lines)
 

@@ -16,14 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from textvae.config import DecoderConfig, EncoderConfig, ModelConfig
+from textvae.config import DecoderConfig, EncoderConfig, ModelConfig, OptimConfig
 from textvae.data.batch import collate
 from textvae.models.decoders import Dropout
 from textvae.models.encoders import last_layer_final_state
 from textvae.models import fused_loss
 from textvae.models.fused_loss import GEMM_ROWS, linear_cross_entropy
 from textvae.models.textvae import TextVAE
-from textvae.config import OptimConfig
 from textvae.training.train import build_optimizer, clip_gradients, retain_freed_memory
 
 torch.set_num_threads(1)

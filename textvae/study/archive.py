@@ -71,19 +71,22 @@ def folder_entry(run: Run, out: Path) -> Optional[dict[str, Any]]:
     report = test_report(records)
     if report is None:
         return None
-    sources = [r for r in records if r.get("split") == "source"]
-    commits = list(dict.fromkeys(r.get("commit") for r in sources))
     valid = [{k: r[k] for k in VALID_KEYS if k in r} for r in records if r.get("split") == "valid"]
+    commits, machines = provenance(records)
     return {"variant": run.variant, "seed": run.seed, "config": portable_config(run, out), "report": report,
             "curves": run_curves(records), "valid": valid, "test_seconds": test_seconds(records),
-            "commits": commits, "machines": machines(sources), "source": "run folder"}
+            "commits": commits, "machines": machines, "source": "run folder"}
 
 
-def machines(sources: list[dict[str, Any]]) -> list[str]:
-    """Where a run's parts ran, each once: 'CPU model, n threads' (and its GPU), from its ``source``
-    records (runs logged before textvae recorded the machine give none)."""
-    return list(dict.fromkeys(f"{r['cpu']}, {r['threads']} threads" + (f", {r['gpu']}" if r.get("gpu") else "")
-                              for r in sources if "cpu" in r))
+def provenance(records: list[dict[str, Any]]) -> tuple[list[Optional[str]], list[str]]:
+    """From a run's ``source`` records (one per start), each once: the commits it ran at, and where
+    it ran, as 'CPU model, n threads' (and its GPU; runs logged before textvae recorded the machine
+    give none)."""
+    sources = [r for r in records if r.get("split") == "source"]
+    commits = list(dict.fromkeys(r.get("commit") for r in sources))
+    machines = list(dict.fromkeys(f"{r['cpu']}, {r['threads']} threads" + (f", {r['gpu']}" if r.get("gpu") else "")
+                                  for r in sources if "cpu" in r))
+    return commits, machines
 
 
 def load_archive(path: Path) -> list[dict[str, Any]]:
