@@ -1,13 +1,12 @@
 #!/usr/bin/env bash
 # The PTB reproduction (issue 15) on a 2-core CPU: one chain of `textvae study`, one run at a time on both
 # cores (train.threads=2: ~1.7x one thread's steps, so a row of ~50 epochs plus its test report fits in
-# one ~3-hour session), the rows in order of what the table still needs:
-#   cyclical in exact fp32 (the VAE of the bf16-vs-fp32 check: 40 epochs, no plateau stop, so both
-#   precisions train the same steps); cyclical seed 2 in bf16 (issue 18's converged row timed alone on
-#   both cores: its fixed 40 epochs are the table's shortest VAE schedule); the gamma diagnostic
-#   bn_vae_gamma0_5; aggressive (each of its outer steps in aggressive mode costs 31-100 ordinary
-#   steps); bn_vae_gamma0_3; pretrain_ae, then composite from its encoder; then seeds 2 and 3 of lm
-#   annealed pretrain_fb bn_vae.
+# one ~3-hour session), the rows in order of what the table still needs (done so far: the fp32 cyclical
+# of the bf16-vs-fp32 check and cyclical seed 2, issue 18's timed row):
+#   the gamma diagnostics bn_vae_gamma0_5 then bn_vae_gamma0_3 (the measurement bn_vae's cause owes);
+#   aggressive (each of its outer steps in aggressive mode costs 31-100 ordinary steps), with
+#   pretrain_ae trained again first and composite from its encoder; then seeds 2 and 3 of lm annealed
+#   pretrain_fb bn_vae.
 # The archives (docs/results/ptb/archive*.json, committed) hold every finished run's figures, so a new
 # machine, whose run folders are gone, trains only what no archive holds (a run that another run starts
 # from, like pretrain_ae for composite, is trained again: an archive keeps no weights). Finished runs in
@@ -16,8 +15,9 @@
 #   git worktree add --detach ~/textvae-src main     # once; later: git -C ~/textvae-src checkout --detach main
 #   RUNS=~/textvae-runs SRC=~/textvae-src bash docs/results/ptb/run.sh
 # The archives written by the runs are the source tree's: copy them into the checkout to commit them.
-# The outputs of a chain step with --seeds 2 3 cover those seeds only; the whole table, training nothing:
-#   textvae study studies/ptb_reproduce.yaml --seeds 1 2 3 --only lm --archive $A --out $RUNS/ptb_reproduce
+# The outputs of a chain step cover its selection only; the whole table comes from a command whose selection
+# is all finished (it trains nothing then), e.g. while seeds 2 and 3 are not done:
+#   textvae study studies/ptb_reproduce.yaml --seeds 1 2 --only cyclical --archive $A --out $RUNS/ptb_reproduce
 set -euo pipefail
 RUNS=${RUNS:-$HOME/textvae-runs}
 SRC=${SRC:-$HOME/textvae-src}
@@ -33,9 +33,9 @@ if pgrep -f "textvae study studies/ptb_reproduce.yaml" > /dev/null; then
 fi
 A=docs/results/ptb/archive.json
 S="textvae study studies/ptb_reproduce.yaml --jobs 1 --set train.threads=2"
-nohup bash -c "$S train.precision=fp32 --only cyclical --archive docs/results/ptb/archive_fp32.json --out $RUNS/ptb_reproduce_fp32; \
-  $S --seeds 2 --only cyclical --archive $A --out $RUNS/ptb_reproduce; \
-  $S --only bn_vae_gamma0_5 aggressive bn_vae_gamma0_3 composite --archive $A --out $RUNS/ptb_reproduce; \
+nohup bash -c "$S --only bn_vae_gamma0_5 --archive $A --out $RUNS/ptb_reproduce; \
+  $S --only bn_vae_gamma0_3 --archive $A --out $RUNS/ptb_reproduce; \
+  $S --only aggressive composite --archive $A --out $RUNS/ptb_reproduce; \
   $S --seeds 2 3 --only lm annealed pretrain_fb bn_vae --archive $A --out $RUNS/ptb_reproduce" \
   >> "$RUNS/ptb_reproduce.out" 2>&1 &
 echo "started; log: $RUNS/ptb_reproduce.out"
