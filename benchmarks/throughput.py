@@ -225,6 +225,30 @@ from start to test report, of which training 52.4 min (11,822 tok/s), the 40 epo
 102.41). Over the 60 minutes by 6 %: the Adam update (above) keeps this row at 12k tok/s where an SGD
 row trains at 17k; the SGD rows' schedules are longer (``annealed`` 54 epochs, ~54 x 63 s + 10 min
 report = ~67 min).
+
+Kept: denormals flushed to zero (``train.flush_denormals``, on by default; FTZ and DAZ in every
+intra-op thread, :mod:`textvae.training.denormals`). The Adam row does not slow down over the run
+for nothing: the first moment of a rare word's embedding row decays by 0.9 each step its word is
+absent and passes through the denormal range, where x86 takes a microcode assist per instruction.
+At the end of ``cyclical`` seed 2, 122,503 of the 17.6M moment elements were denormal. Its fused Adam
+step over the two embeddings alone: 10.3-11.0 ms as saved against 3.4 ms with denormals flushed (one
+thread); ``torch.set_flush_denormal`` alone changed nothing at two threads, because it sets the calling
+thread only. ``--sections denormals --threads 2 --denormal-rounds 3 --steps 40 --warmup 10
+--denormal-checkpoint <cyclical/seed2/checkpoint.safetensors>`` (quiet, 2026-12-05 17:46 UTC; bf16 steps from
+that checkpoint's weights and moments, each in a fresh process, taken in turn):
+
+    denormals  tok/s per round             median  fwd+bwd ms  update ms
+    kept       11,298 / 12,601 / 11,882    11,882       43.0       15.3
+    flushed    13,485 / 13,947 / 13,841    13,841       40.0        9.1
+
+The kept figure is the study's (11.8k tok/s over the row's 40 epochs). The flushed update (9.1 ms)
+is what a fresh Adam state costs, so the lever only removes what the trained state added. SGD rows do
+not change: from ``pretrain_ae``'s epoch-12 checkpoint (SGD, sparse gradients), 9.8-9.9k tok/s kept
+against 9.9-10.4k flushed (one thread, CPU clock).
+
+Changed with it: the CPU's default IW budget (``textvae.metrics.likelihood.DEFAULT_MAX_TOKENS``) is
+16384 instead of 4096, after the IW figures above (3.44 -> 3.84 sent/s, +50 MB; the estimate is the
+same, because samples do not depend on the chunking).
 """
 from __future__ import annotations
 
@@ -550,6 +574,60 @@ def section_optim(args: argparse.Namespace, clock: Callable[[], float]) -> list[
     return rows
 
 
+def denormal_worker(job: dict[str, Any]) -> dict[str, Any]:
+    """Bf16 training steps with fused Adam from a saved run's checkpoint (its weights and moments)
+    in this (fresh) process, denormals flushed or not (``train.flush_denormals``)."""
+    from textvae.training.checkpoint import load_checkpoint
+    from textvae.training.denormals import flush_denormals
+
+    mode = flush_denormals(job["flush"])
+    batches, _, _, counts = train_batches("ptb 256/256/32", job["warmup"] + job["steps"], seed=job["seed"])
+    stepper = Stepper(Variant("bf16", precision="bf16", sparse=False), "ptb 256/256/32", counts)
+    stepper.optimizer = torch.optim.Adam(stepper.model.parameters(), lr=1e-3, fused=True)
+    load_checkpoint(job["checkpoint"], stepper.model, stepper.optimizer, restore_rng=False)
+    tiny = torch.finfo(torch.float32).tiny
+    moments = [v for state in stepper.optimizer.state.values() for k, v in state.items() if k.startswith("exp_avg")]
+    denormal = sum(int(((m != 0) & (m.abs() < tiny)).sum()) for m in moments)
+    clock = clock_fn(job["clock"])
+    stepper.run(batches[: job["warmup"]], clock)
+    times = stepper.run(batches[job["warmup"]:], clock)
+    tokens = sum(len(s) - 1 for b in batches[job["warmup"]:] for s in b)
+    return {"mode": mode, "denormal_moments": denormal, "moments": sum(m.numel() for m in moments),
+            "tok_s": tokens / (times["fwd_bwd"] + times["update"]),
+            "fwd_bwd_ms": 1e3 * times["fwd_bwd"] / job["steps"], "update_ms": 1e3 * times["update"] / job["steps"]}
+
+
+def section_denormals(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Training steps from a trained Adam run's checkpoint, denormals kept vs flushed, one fresh
+    process per measurement, the two taken in turn ``--denormal-rounds`` times."""
+    if not args.denormal_checkpoint or not Path(args.denormal_checkpoint).is_file():
+        print("\n== denormals: skipped (--denormal-checkpoint: the checkpoint.safetensors of a PTB run trained with "
+              "optim.name adam)")
+        return []
+    results: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
+    for seed in range(args.denormal_rounds):
+        for flush in (False, True):
+            job = {"flush": flush, "checkpoint": args.denormal_checkpoint, "clock": args.clock, "seed": seed,
+                   "warmup": args.warmup, "steps": args.steps}
+            cmd = [sys.executable, __file__, "--threads", str(args.threads), "--denormal-worker", json.dumps(job)]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            results[flush].append(json.loads(out.strip().splitlines()[-1]))
+    first = results[False][0]
+    print(f"\n== bf16 training steps from {args.denormal_checkpoint} (fused Adam; {first['denormal_moments']:,} of "
+          f"{first['moments']:,} moment elements denormal), {args.threads} threads, {args.clock} clock, "
+          f"{args.steps} steps after {args.warmup}; {load()}")
+    print(f"   {'denormals':<10} {'tok/s per round':<26} {'median':>7} {'fwd+bwd ms':>10} {'update ms':>9}")
+    rows = []
+    for flush, runs in results.items():
+        row = {"section": "denormals", "flush": flush, "mode": runs[0]["mode"],
+               **{k: statistics.median(r[k] for r in runs) for k in ("tok_s", "fwd_bwd_ms", "update_ms")}}
+        rows.append(row)
+        per_round = " / ".join(f"{r['tok_s']:,.0f}" for r in runs)
+        print(f"   {row['mode']:<10} {per_round:<26} {row['tok_s']:>7,.0f} "
+              f"{row['fwd_bwd_ms']:>10.1f} {row['update_ms']:>9.1f}")
+    return rows
+
+
 # ---- evaluation ----------------------------------------------------------------------------------
 def iw_worker(job: dict[str, Any]) -> dict[str, Any]:
     """IW-NLL of ``sentences`` PTB test sentences in this (fresh) process: sentences/s, the
@@ -767,7 +845,7 @@ def paired_precision(rows: list[dict[str, Any]]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sections", nargs="+", default=["peak", "train", "iw", "epoch"],
-                    choices=["peak", "train", "retain", "bucketing", "optim", "iw", "epoch"])
+                    choices=["peak", "train", "retain", "bucketing", "optim", "denormals", "iw", "epoch"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     ap.add_argument("--repeats", type=int, default=5)
@@ -791,9 +869,13 @@ def main() -> None:
     ap.add_argument("--retain-memory", choices=["on", "off", "released"], default="on",
                     help="train.retain_memory for this process (the loop's default: on); released: glibc's "
                          "fixed default thresholds, as the loop's test report ran before issue 18")
+    ap.add_argument("--denormal-checkpoint", help="denormals section: a PTB run's checkpoint.safetensors, trained "
+                    "with optim.name adam")
+    ap.add_argument("--denormal-rounds", type=int, default=3)
     ap.add_argument("--json", help="also write all rows here")
     ap.add_argument("--epoch-worker", help=argparse.SUPPRESS)
     ap.add_argument("--iw-worker", help=argparse.SUPPRESS)
+    ap.add_argument("--denormal-worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     os.environ.setdefault("TEXTVAE_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     torch.set_num_threads(args.threads)
@@ -804,6 +886,9 @@ def main() -> None:
         retain_freed_memory(args.retain_memory == "on")
     if args.iw_worker:
         print(json.dumps(iw_worker(json.loads(args.iw_worker))))
+        return
+    if args.denormal_worker:
+        print(json.dumps(denormal_worker(json.loads(args.denormal_worker))))
         return
     rows: list[dict[str, Any]] = []
     clock = clock_fn(args.clock)
@@ -834,6 +919,8 @@ def main() -> None:
         rows += section_retain(args)
     if "optim" in args.sections:
         rows += section_optim(args, clock)
+    if "denormals" in args.sections:
+        rows += section_denormals(args)
     if "iw" in args.sections:
         rows += section_iw(args, peaks)
     if "epoch" in args.sections:

@@ -244,7 +244,7 @@ def test_language_model_iw_is_its_exact_nll_and_zero_samples_skip_iw():
     assert table.splitlines()[-1].startswith("latent space")
 
 
-@pytest.mark.parametrize("device, budget", [("cpu", 4096), ("cuda", 65536), ("mps", 4096)])
+@pytest.mark.parametrize("device, budget", [("cpu", 16384), ("cuda", 65536), ("mps", 16384)])
 def test_iw_decoder_budget_defaults_to_the_devices(device, budget):
     from textvae.metrics.likelihood import default_max_tokens
 
@@ -253,7 +253,7 @@ def test_iw_decoder_budget_defaults_to_the_devices(device, budget):
 
 def test_iw_without_a_budget_takes_the_cpu_default_per_decoder_call(monkeypatch):
     """None resolves to the batch device's default: the decoder then scores at most
-    4096 // (B·T) samples per call on the CPU."""
+    16384 // (B·T) samples per call on the CPU."""
     model, batch = tiny_model(), random_batch()
     per_call = []
     real = type(model).log_likelihood
@@ -265,4 +265,4 @@ def test_iw_without_a_budget_takes_the_cpu_default_per_decoder_call(monkeypatch)
     monkeypatch.setattr(type(model), "log_likelihood", counted)
     with torch.no_grad():
         iw_log_marginal(model, batch, model.encode(batch), n_samples=500)
-    assert max(per_call) == 4096 // batch.tokens.numel() and sum(per_call) == 500
+    assert max(per_call) == 16384 // batch.tokens.numel() and sum(per_call) == 500

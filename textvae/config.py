@@ -232,7 +232,10 @@ class TrainConfig:
     of its own, the same draws every epoch, so a change between epochs is the model's;
     ``valid_redraw`` draws them anew each epoch instead (seeded by the epoch), as He et al.'s and
     Li et al.'s code do: their epoch-to-epoch comparisons (aggressive training's MI switch-off, the
-    plateau schedule) then carry the estimators' sampling noise."""
+    plateau schedule) then carry the estimators' sampling noise. ``flush_denormals`` computes with
+    denormal floats (below 1.18e-38) read and written as 0 in every thread, as TensorFlow's CPU
+    kernels do: x86 takes a slow microcode path for them, and Adam's moments of rare words' embedding
+    rows pass through them (:mod:`textvae.training.denormals`); off, arithmetic is IEEE's to the last bit."""
 
     epochs: int = 100
     max_steps: Optional[int] = None
@@ -250,6 +253,7 @@ class TrainConfig:
     sparse_gradients: bool = True
     iw_samples_final: int = 500
     valid_redraw: bool = False
+    flush_denormals: bool = True
     progress: bool = True
     tensorboard: bool = True
 

@@ -21,9 +21,10 @@ from textvae.reduction import CorpusAccumulator
 # at once, per device type. A decoder that writes whole [tokens, V] logits (and their log-softmax)
 # needs ~80 kB per token at V = 10k: ~0.3 GB at 4096, against ~1.3 GB at 16384. TextVAE's fused
 # loss scores the vocabulary in chunks of its own, leaving ~8 kB per token of LSTM activations. On
-# the CPU a larger budget buys little speed (benchmarks/iw_speed.py, throughput.py); on a GPU the
-# pass is launch-bound and 65536 takes half the time of 4096 for ~0.8 GB (benchmarks/gpu_ptb.py).
-DEFAULT_MAX_TOKENS = {"cpu": 4096, "cuda": 65536}
+# a CPU with AMX the bf16 pass takes ~10 % less time at 16384 than at 4096 for ~50 MB more
+# (benchmarks/throughput.py, iw section); on a GPU the pass is launch-bound and 65536 takes half
+# the time of 4096 for ~0.8 GB (benchmarks/gpu_ptb.py).
+DEFAULT_MAX_TOKENS = {"cpu": 16384, "cuda": 65536}
 # An IW pass draws one batch in IW_CHECK_EVERY twice, for its NLL's Monte Carlo error (IWAccumulator).
 IW_CHECK_EVERY = 10
 

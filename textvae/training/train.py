@@ -63,6 +63,7 @@ from textvae.remedies import REMEDIES, Remedy, keep_procedure_state
 from textvae.schedules import create_lr_schedule
 from textvae.training.checkpoint import (Checkpoint, read_checkpoint, restore_checkpoint, rng_state,
                                          save_checkpoint)
+from textvae.training.denormals import calling_thread_flushes, denormal_mode, flush_denormals
 from textvae.training.distributed import World, parameters_may_go_unused, rank_seed
 from textvae.training.logger import RunLogger
 from textvae.training.progress import SmoothedLoss
@@ -436,6 +437,11 @@ def run_training(task: Task, resume: bool = False, data: Any = None) -> dict[str
     device = world.start(resolve_device(tc.device))
     finished = False
     with contextlib.ExitStack() as held:
+        # the whole run, its test report included, in one mode in every thread
+        held.callback(flush_denormals, calling_thread_flushes())  # the caller's mode back after the run
+        if flush_denormals(tc.flush_denormals) == "mixed":  # another OpenMP runtime than libgomp
+            log.warning("train.flush_denormals: torch's intra-op threads keep their own denormal mode (its OpenMP "
+                        "runtime is not libgomp); steps may be slower")
         try:
             # rank 0 holds the run folder for every rank, from before its first file to the test report
             world.on_main(lambda: held.enter_context(run_folder_lock(Path(cfg.out_dir) / cfg.name)))
@@ -566,7 +572,8 @@ def start_run(task: Task, resume: bool, world: World, device: torch.device, data
     lr_at = create_lr_schedule(cfg.optim.cycle_lr, state.lr, model.objective.schedule, cfg.optim.cycle_lr_stairs)
     run = Run(task, cfg, world, device, data, model, optimizer, state, logger, lr_at)
     if world.is_main:  # the code each start of the run used (a resumed run may use newer code)
-        logger.log("source", state.step, state.epoch, **source_revision(), **machine_facts(device))
+        logger.log("source", state.step, state.epoch, **source_revision(), **machine_facts(device),
+                   denormals=denormal_mode())
     if changes:
         logger.log("resume", state.step, state.epoch, changed={k: list(v) for k, v in changes.items()})
     if not resume:
