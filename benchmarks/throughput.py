@@ -227,8 +227,8 @@ row trains at 17k; the SGD rows' schedules are longer (``annealed`` 54 epochs, ~
 report = ~67 min).
 
 Kept: denormals flushed to zero (``train.flush_denormals``, on by default; FTZ and DAZ in every
-intra-op thread, :mod:`textvae.training.denormals`). The Adam row does not slow down over the run
-for nothing: the first moment of a rare word's embedding row decays by 0.9 each step its word is
+intra-op thread, :mod:`textvae.training.denormals`). Part of what an Adam row's update cost was
+denormals: the first moment of a rare word's embedding row decays by 0.9 each step its word is
 absent and passes through the denormal range, where x86 takes a microcode assist per instruction.
 At the end of ``cyclical`` seed 2, 122,503 of the 17.6M moment elements were denormal. Its fused Adam
 step over the two embeddings alone: 10.3-11.0 ms as saved against 3.4 ms with denormals flushed (one
@@ -249,6 +249,12 @@ against 9.9-10.4k flushed (one thread, CPU clock).
 Changed with it: the CPU's default IW budget (``textvae.metrics.likelihood.DEFAULT_MAX_TOKENS``) is
 16384 instead of 4096, after the IW figures above (3.44 -> 3.84 sent/s, +50 MB; the estimate is the
 same, because samples do not depend on the chunking).
+
+Target 3 measured again with both: ``cyclical`` seed 3 (``docs/results/ptb/run.sh``; the same row,
+configuration and machine as seed 2 above), alone on both cores at commit e34e6a3, 2026-12-05 17:47:09
+(chain start) to 18:41:31 UTC: **54.4 minutes** from start to test report, of which training 44.8 min
+(13,825 tok/s, against seed 2's 11,822), the 40 validations 1.7 min, the K = 500 test report 7.8 min
+(against 9.3). It ends at IW-NLL 102.30, KL 1.52, MI 1.47, AU 3 (seeds 1, 2: 102.41, 102.42).
 """
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from textvae.cli import main
+from textvae.training.denormals import calling_thread_flushes
 from textvae.training.logger import read_jsonl
 from tests.test_train import state_of, tiny_args, write_corpus
 
@@ -45,6 +46,7 @@ def test_evaluate_reproduces_the_test_report(run, capsys):
     (report,) = [r for r in read_jsonl(run / "metrics.jsonl") if r["split"] == "test"]
     for key in ("neg_elbo", "rec", "kl", "iw_nll", "mi_batch", "mi_dataset", "au", "n_tokens"):
         assert results[key] == pytest.approx(report[key], rel=1e-6, abs=1e-9), key
+    assert not calling_thread_flushes()  # the run's denormal mode (flushed) held only while it evaluated
 
 
 def test_evaluate_bf16_is_labelled_and_close_to_fp32(run, tmp_path, capsys):

@@ -123,6 +123,7 @@ def cmd_evaluate(argv: list[str]) -> None:
     from textvae.config import DataConfig, from_dict
     from textvae.data.datasets import load_dataset
     from textvae.metrics.generation import generation_metrics
+    from textvae.training.denormals import denormals_flushed
     from textvae.training.train import evaluation, freed_memory_kept, precision_autocast
 
     args = evaluate_parser().parse_args(argv)
@@ -151,8 +152,10 @@ def cmd_evaluate(argv: list[str]) -> None:
         return lambda: (b.to(device) for b in split.batches(args.batch_size, limit=limit))
 
     # freed memory kept, as in the training loop: the IW pass makes and frees the same logits chunks
-    # thousands of times, which are then not page-faulted in afresh each time
-    with freed_memory_kept(), precision_autocast(device, args.precision):
+    # thousands of times, which are then not page-faulted in afresh each time; denormals as the run's
+    # own test report computed them (train.flush_denormals)
+    flush = ((run_cfg or {}).get("train") or {}).get("flush_denormals", True)
+    with freed_memory_kept(), precision_autocast(device, args.precision), denormals_flushed(flush):
         results = evaluation(model, with_progress(batches(n_eval), n_tokens, f"evaluate {args.split}"), device,
                              n_samples=args.iw_samples, max_tokens=args.max_tokens, per_dim=True)
     results["unk_rate"] = unknown

@@ -16,10 +16,12 @@ what holds in fact, measured with :func:`denormal_mode`.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import re
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -82,3 +84,14 @@ def flush_denormals(on: bool) -> str:
     if mode == "mixed" and _copy_mode_to_pool():
         mode = denormal_mode()
     return mode
+
+
+@contextlib.contextmanager
+def denormals_flushed(on: bool) -> Iterator[str]:
+    """:func:`flush_denormals` for the block (yielding its mode); the calling thread's mode before
+    it is every thread's after it."""
+    was = calling_thread_flushes()
+    try:
+        yield flush_denormals(on)
+    finally:
+        flush_denormals(was)

@@ -63,7 +63,7 @@ from textvae.remedies import REMEDIES, Remedy, keep_procedure_state
 from textvae.schedules import create_lr_schedule
 from textvae.training.checkpoint import (Checkpoint, read_checkpoint, restore_checkpoint, rng_state,
                                          save_checkpoint)
-from textvae.training.denormals import calling_thread_flushes, denormal_mode, flush_denormals
+from textvae.training.denormals import denormal_mode, denormals_flushed
 from textvae.training.distributed import World, parameters_may_go_unused, rank_seed
 from textvae.training.logger import RunLogger
 from textvae.training.progress import SmoothedLoss
@@ -438,8 +438,7 @@ def run_training(task: Task, resume: bool = False, data: Any = None) -> dict[str
     finished = False
     with contextlib.ExitStack() as held:
         # the whole run, its test report included, in one mode in every thread
-        held.callback(flush_denormals, calling_thread_flushes())  # the caller's mode back after the run
-        if flush_denormals(tc.flush_denormals) == "mixed":  # another OpenMP runtime than libgomp
+        if held.enter_context(denormals_flushed(tc.flush_denormals)) == "mixed":  # an OpenMP runtime not libgomp
             log.warning("train.flush_denormals: torch's intra-op threads keep their own denormal mode (its OpenMP "
                         "runtime is not libgomp); steps may be slower")
         try:
