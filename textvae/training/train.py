@@ -438,9 +438,10 @@ def run_training(task: Task, resume: bool = False, data: Any = None) -> dict[str
     finished = False
     with contextlib.ExitStack() as held:
         # the whole run, its test report included, in one mode in every thread
-        if held.enter_context(denormals_flushed(tc.flush_denormals)) == "mixed":  # an OpenMP runtime not libgomp
-            log.warning("train.flush_denormals: torch's intra-op threads keep their own denormal mode (its OpenMP "
-                        "runtime is not libgomp); steps may be slower")
+        mode = held.enter_context(denormals_flushed(tc.flush_denormals))
+        if mode != ("flushed" if tc.flush_denormals else "kept"):  # a CPU without the bits, an OpenMP not libgomp
+            log.warning(f"train.flush_denormals is {tc.flush_denormals}, but denormals are {mode} in torch's "
+                        f"threads on this machine")
         try:
             # rank 0 holds the run folder for every rank, from before its first file to the test report
             world.on_main(lambda: held.enter_context(run_folder_lock(Path(cfg.out_dir) / cfg.name)))
