@@ -202,7 +202,8 @@ the training passes; validation -ELBO of epochs 1-2 the same to 0.005 nats):
 
 An Adam row still trains slower than an SGD one (12k against 17k tok/s): its update reads and writes
 all 8.8M parameters, their gradients and both moments every step, and its embeddings' gradients are
-dense [V, 256] tensors, where plain SGD's are sparse.
+dense [V, 256] tensors, where plain SGD's are sparse (and, found later, its moments held denormals:
+see the ``denormals`` section below).
 
 The IW pass (``--sections peak iw --threads 2 --iw-model <kl_constraint's model, AU 27> --iw-sentences
 16 --iw-budgets 4096 16384 --iw-repeats 2 --iw-k-sweep 500``, quiet): bf16 3.44 / 3.84 sent/s at
