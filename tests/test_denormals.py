@@ -1,4 +1,5 @@
 """``train.flush_denormals``: what the mode does to arithmetic, and that every intra-op thread gets it."""
+import os
 import subprocess
 import sys
 
@@ -66,5 +67,5 @@ def test_every_intra_op_thread_takes_the_mode_whenever_it_started(order):
     intra-op thread of a pool started before the call (a study loads its corpus first) must get
     the mode too, and lose it again; a run gives every thread the mode it found back."""
     out = subprocess.run([sys.executable, "-c", SCRIPT, order], capture_output=True, text=True, timeout=120,
-                         env={"OMP_NUM_THREADS": "2", "PATH": ""}, check=True)
+                         env={**os.environ, "OMP_NUM_THREADS": "2"}, check=True)
     assert out.stdout.split() == ["flushed", "kept", "flushed", "kept"]
