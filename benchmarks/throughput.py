@@ -592,9 +592,10 @@ def denormal_worker(job: dict[str, Any]) -> dict[str, Any]:
     stepper = Stepper(Variant("bf16", precision="bf16", sparse=False), "ptb 256/256/32", counts)
     stepper.optimizer = torch.optim.Adam(stepper.model.parameters(), lr=1e-3, fused=True)
     load_checkpoint(job["checkpoint"], stepper.model, stepper.optimizer, restore_rng=False)
-    tiny = torch.finfo(torch.float32).tiny
     moments = [v for state in stepper.optimizer.state.values() for k, v in state.items() if k.startswith("exp_avg")]
-    denormal = sum(int(((m != 0) & (m.abs() < tiny)).sum()) for m in moments)
+    # from the bits (exponent 0, mantissa not): with DAZ on, a comparison would read every denormal as 0
+    bits = [m.view(torch.int32) for m in moments]
+    denormal = sum(int(((b & 0x7F800000).eq(0) & (b & 0x007FFFFF).ne(0)).sum()) for b in bits)
     clock = clock_fn(job["clock"])
     stepper.run(batches[: job["warmup"]], clock)
     times = stepper.run(batches[job["warmup"]:], clock)

@@ -13,7 +13,7 @@ from textvae.training.denormals import DENORMAL, calling_thread_flushes, flush_d
 def restore_mode():
     was = calling_thread_flushes()
     yield
-    torch.set_flush_denormal(was)
+    flush_denormals(was)
 
 
 def test_the_mode_reads_and_writes_denormals_as_zero_and_clears_again(restore_mode):

@@ -120,7 +120,7 @@ def cmd_evaluate(argv: list[str]) -> None:
     generation (reconstruction BLEU, distinct-1/2 and self-BLEU of prior samples) and, with
     ``--probe N``, the latent probe (BN-VAE). ``--max-sentences`` evaluates an evenly spread
     subset of the split (the first sentences would be the shortest in evaluation order)."""
-    from textvae.config import DataConfig, from_dict
+    from textvae.config import DataConfig, TrainConfig, from_dict
     from textvae.data.datasets import load_dataset
     from textvae.metrics.generation import generation_metrics
     from textvae.training.denormals import denormals_flushed
@@ -154,7 +154,7 @@ def cmd_evaluate(argv: list[str]) -> None:
     # freed memory kept, as in the training loop: the IW pass makes and frees the same logits chunks
     # thousands of times, which are then not page-faulted in afresh each time; denormals as the run's
     # own test report computed them (train.flush_denormals)
-    flush = ((run_cfg or {}).get("train") or {}).get("flush_denormals", True)
+    flush = ((run_cfg or {}).get("train") or {}).get("flush_denormals", TrainConfig.flush_denormals)
     with freed_memory_kept(), precision_autocast(device, args.precision), denormals_flushed(flush):
         results = evaluation(model, with_progress(batches(n_eval), n_tokens, f"evaluate {args.split}"), device,
                              n_samples=args.iw_samples, max_tokens=args.max_tokens, per_dim=True)
