@@ -284,6 +284,7 @@ from textvae.config import DecoderConfig, EncoderConfig, ModelConfig
 from textvae.data.batch import collate
 from textvae.data.batching import padding_fraction
 from textvae.models.encoders import RNNEncoder, last_layer_final_state
+from textvae.models.native import native_kernels, native_status, set_native_kernels
 from textvae.models.sampled_softmax import SampledSoftmax
 from textvae.models.textvae import TextVAE
 from textvae.training.distributed import World
@@ -382,6 +383,7 @@ class Variant:
     check: bool = True  # the loop's per-step non-finite check
     sampled: int = 0  # train.sampled_softmax: candidate words per step (0 = the full softmax)
     sparse: bool = True  # train.sparse_gradients
+    native: bool = True  # train.native_kernels: the bf16 loss's softmax part in textvae's C++ kernel
 
 
 SAMPLED = 1024  # candidate words of the sampled-softmax lever (about 600 distinct per step on PTB)
@@ -400,7 +402,8 @@ TRAIN_VARIANTS = [
     Variant("bf16 + fast dropout", precision="bf16", fused_loss=False, torch_clip=True, sparse=False),
     Variant("bf16 + fused loss", precision="bf16", torch_clip=True, sparse=False),
     Variant("bf16 + lean clip", precision="bf16", sparse=False),
-    Variant("bf16 + sparse gradients = default", precision="bf16"),
+    Variant("bf16 + sparse gradients, torch ops", precision="bf16", native=False),
+    Variant("bf16 + C++ softmax kernel = default", precision="bf16"),
     Variant(f"fp32 default + sampled softmax {SAMPLED}", sampled=SAMPLED),
     Variant(f"bf16 default + sampled softmax {SAMPLED}", precision="bf16", sampled=SAMPLED),
 ]
@@ -469,7 +472,7 @@ class Stepper:
         """Train on ``batches``; seconds in collation, forward + backward, and the update."""
         times = {"data": 0.0, "fwd_bwd": 0.0, "update": 0.0}
         v = self.variant
-        with encoder_mode(v.packed_encoder):
+        with encoder_mode(v.packed_encoder), native_kernels(v.native):
             for seqs in batches:
                 t0 = clock()
                 batch = collate(seqs)
@@ -648,6 +651,8 @@ def iw_worker(job: dict[str, Any]) -> dict[str, Any]:
     test = load_dataset(cfg.data).splits["test"]
     model = TextVAE.from_pretrained(job["model"]) if job["model"] else build_model(256, 256, 10002)
     model.fused_loss = job["fused"]
+    set_native_kernels(job.get("native", True))
+    native_status()  # built (or loaded from its cache) before the clock starts
     n = job["sentences"]
     clock = clock_fn(job["clock"])
     base = peak_rss_mb()
@@ -685,12 +690,16 @@ def section_iw(args: argparse.Namespace, peaks: dict[str, float]) -> list[dict[s
     default_model = Path(args.out) / "fp32" / "model"
     model = args.iw_model or (str(default_model) if default_model.is_dir() else "")
     n, k = args.iw_sentences, args.iw_k
-    configs = [(budget, fused, bf16) for budget in args.iw_budgets for fused in (False, True)
-               for bf16 in (False, True) if fused or not bf16]
+    # (budget, fused, bf16, native): the reference and the fused loss in fp32, the fused bf16 loss with
+    # torch operations and with the C++ kernel (textvae.models.native)
+    configs = [(budget, fused, bf16, native) for budget in args.iw_budgets
+               for fused, bf16, native in ((False, False, False), (True, False, False), (True, True, False),
+                                           (True, True, True))]
     results: dict[tuple, list[dict[str, Any]]] = {c: [] for c in configs}
     for _ in range(args.iw_repeats):
         for c in configs:
-            results[c].append(run_iw(args, model, sentences=n, k=k, max_tokens=c[0], fused=c[1], bf16=c[2]))
+            results[c].append(run_iw(args, model, sentences=n, k=k, max_tokens=c[0], fused=c[1], bf16=c[2],
+                                     native=c[3]))
     print(f"\n== IW-NLL (textvae.metrics.iw_nll), K = {k}, {n} PTB test sentences, model "
           f"{model or 'untrained 256/256/32'}, {args.threads} threads, {args.clock} clock, best of "
           f"{args.iw_repeats} (interleaved, fresh process each); {load()}")
@@ -700,12 +709,13 @@ def section_iw(args: argparse.Namespace, peaks: dict[str, float]) -> list[dict[s
     for c in configs:
         best = max(results[c], key=lambda r: r["sent_per_s"])
         peak = max(r["peak_rss_mb"] - r["base_rss_mb"] for r in results[c])
-        budget, fused, bf16 = c
+        budget, fused, bf16, native = c
         roof = best["tokens_x_k_per_s"] * iw_token_flops() / 1e9 / peaks["bf16"]
-        delta = best["iw_nll"] - results[(budget, True, False)][0]["iw_nll"]
-        rows.append({"section": "iw", "max_tokens": budget, "fused": fused, "bf16": bf16, **best,
+        delta = best["iw_nll"] - results[(budget, True, False, False)][0]["iw_nll"]
+        rows.append({"section": "iw", "max_tokens": budget, "fused": fused, "bf16": bf16, "native": native, **best,
                      "eval_peak_rss_mb": peak, "frac_bf16_peak": roof, "delta_vs_fp32": delta})
-        print(f"{budget:>10} {'fused' if fused else 'reference':>9} {'bf16' if bf16 else 'fp32':>5} "
+        loss = "fused+C++" if native else "fused" if fused else "reference"
+        print(f"{budget:>10} {loss:>9} {'bf16' if bf16 else 'fp32':>5} "
               f"{best['sent_per_s']:>7.3f} {best['tokens_x_k_per_s']:>8,.0f} {roof:>11.1%} {best['iw_nll']:>9.3f} "
               f"{delta:>+8.4f} {peak:>16.0f}")
     budget = args.iw_budgets[-1]

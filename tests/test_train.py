@@ -16,6 +16,7 @@ from textvae.cli import main
 from textvae.tasks.runconfig import parse_run_config
 from textvae.models.textvae import TextVAE
 from textvae.training.checkpoint import read_checkpoint
+from textvae.models.native import native_status
 from textvae.training.denormals import calling_thread_flushes
 from textvae.training.logger import read_jsonl
 
@@ -237,10 +238,17 @@ def test_each_start_of_a_run_records_the_code_and_the_machine_it_ran_on(tmp_path
         assert isinstance(r["cpu"], str) and r["cpu"] and r["cores"] == os.cpu_count() >= 1
         assert r["threads"] == torch.get_num_threads() and "gpu" not in r
         assert r["denormals"] == "flushed"  # train.flush_denormals' default, in every intra-op thread
+        assert r["native_kernels"] == "unused"  # fp32: no kernel applies
     assert not calling_thread_flushes()  # the run left the caller's mode as it found it
-    main(["train", *args, "--train.max_steps", "6", "--resume", "--train.flush_denormals", "false"])
+    main(["train", *args, "--train.max_steps", "6", "--resume", "--train.flush_denormals", "false",
+          "--train.precision", "bf16"])
     last = [r for r in read_jsonl(tmp_path / "runs" / "src" / "metrics.jsonl") if r["split"] == "source"][-1]
     assert last["step"] == 4 and last["denormals"] == "kept"
+    assert last["native_kernels"] == native_status()  # bf16 on the CPU: "on" where the kernel builds
+    main(["train", *args, "--train.max_steps", "7", "--resume", "--train.precision", "bf16",
+          "--train.native_kernels", "false"])
+    last = [r for r in read_jsonl(tmp_path / "runs" / "src" / "metrics.jsonl") if r["split"] == "source"][-1]
+    assert last["step"] == 6 and last["native_kernels"] == "off" and native_status() != "off"  # and set back
 
 
 def test_valid_redraw_draws_validation_anew_each_epoch_and_leaves_training_alone(tmp_path):

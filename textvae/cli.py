@@ -123,6 +123,7 @@ def cmd_evaluate(argv: list[str]) -> None:
     from textvae.config import DataConfig, TrainConfig, from_dict
     from textvae.data.datasets import load_dataset
     from textvae.metrics.generation import generation_metrics
+    from textvae.models.native import native_kernels
     from textvae.training.denormals import denormals_flushed
     from textvae.training.train import evaluation, freed_memory_kept, precision_autocast
 
@@ -153,9 +154,12 @@ def cmd_evaluate(argv: list[str]) -> None:
 
     # freed memory kept, as in the training loop: the IW pass makes and frees the same logits chunks
     # thousands of times, which are then not page-faulted in afresh each time; denormals as the run's
-    # own test report computed them (train.flush_denormals)
-    flush = ((run_cfg or {}).get("train") or {}).get("flush_denormals", TrainConfig.flush_denormals)
-    with freed_memory_kept(), precision_autocast(device, args.precision), denormals_flushed(flush):
+    # own test report computed them (train.flush_denormals), and its C++ kernels or not (train.native_kernels)
+    run_train = (run_cfg or {}).get("train") or {}
+    flush = run_train.get("flush_denormals", TrainConfig.flush_denormals)
+    native = run_train.get("native_kernels", TrainConfig.native_kernels)
+    with freed_memory_kept(), precision_autocast(device, args.precision), denormals_flushed(flush), \
+            native_kernels(native):
         results = evaluation(model, with_progress(batches(n_eval), n_tokens, f"evaluate {args.split}"), device,
                              n_samples=args.iw_samples, max_tokens=args.max_tokens, per_dim=True)
     results["unk_rate"] = unknown

@@ -235,7 +235,10 @@ class TrainConfig:
     plateau schedule) then carry the estimators' sampling noise. ``flush_denormals`` computes with
     denormal floats (below 1.18e-38) read and written as 0 in every thread, as TensorFlow's CPU
     kernels do: x86 takes a slow microcode path for them, and Adam's moments of rare words' embedding
-    rows pass through them (:mod:`textvae.training.denormals`); off, arithmetic is IEEE's to the last bit."""
+    rows pass through them (:mod:`textvae.training.denormals`); off, arithmetic is IEEE's to the last bit.
+    ``native_kernels`` computes the bf16 output loss's softmax part on the CPU with textvae's C++ kernel,
+    compiled for the machine on first use (:mod:`textvae.models.native`; torch operations where no
+    compiler is found, or when off): the same formulas, other rounding."""
 
     epochs: int = 100
     max_steps: Optional[int] = None
@@ -254,6 +257,7 @@ class TrainConfig:
     iw_samples_final: int = 500
     valid_redraw: bool = False
     flush_denormals: bool = True
+    native_kernels: bool = True
     progress: bool = True
     tensorboard: bool = True
 

@@ -11,6 +11,8 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
+from textvae.models.native import native_kernel
+
 # Tokens per chunk of the fused loss without gradients (evaluation) and in bf16: bounds its fp32
 # softmax scratch to 256 x V floats (10 MB at V = 10k) whatever the number of tokens, so
 # evaluation memory does not grow with its batch.
@@ -47,6 +49,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
     fp32 GEMM h W^T is markedly faster when its output width is a multiple of 16 (measured by
     ``benchmarks/throughput.py``); the padded copy of W costs one V x H write.
 
+    In bf16 on CPU the elementwise part (cast, bias, softmax, NLL, G) of each chunk is one C++ kernel
+    where it builds (``softmax_rows``, :mod:`textvae.models.native`): one pass per row in cache
+    instead of torch's passes over the whole [n, V] chunk; the same formulas, its own exp.
+
     It is the exact full-vocabulary cross-entropy (no sampling): only rounding differs.
     """
 
@@ -73,13 +79,21 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 if need_grad:
                     grad_logits = torch.empty(h.shape[0], vocab + pad, device=h.device, dtype=dtype)
                     grad_logits[n_tokens:] = 0
-            # [H, V + pad]: in bf16 oneDNN's GEMM is slower with a transposed view as its right operand, and
-            # the copy pays over the chunks; fp32's one chunk is as fast on the view, so no copy there
-            w_t = w.t() if dtype == torch.float32 else w.t().contiguous()
+            # [H, V + pad], a view: the GEMMs read it about as fast as a contiguous copy, and torch's
+            # transposing copy costs more than that gains (benchmarks/throughput.py)
+            w_t = w.t()
+            rows_kernel = native_kernel("softmax_rows") if dtype == torch.bfloat16 and h.device.type == "cpu" else None
+            if rows_kernel is not None and b is None:
+                b = torch.zeros(vocab, device=h.device)
             for start in range(0, n_tokens, chunk):
                 yc = targets[start:start + chunk]
-                rows = torch.arange(yc.shape[0], device=h.device)
                 logits = torch.mm(h[start:start + chunk], w_t)[:yc.shape[0]]  # [n, V + pad] in the compute dtype
+                if rows_kernel is not None:  # cast, bias, softmax, NLL and G in one pass per row
+                    nll[start:start + chunk] = (
+                        rows_kernel.nll_and_grad(logits, b, yc, grad_logits[start:start + yc.shape[0]]) if need_grad
+                        else rows_kernel.nll_only(logits, b, yc))
+                    continue
+                rows = torch.arange(yc.shape[0], device=h.device)
                 # fp32 logits [n, V + pad]; the bias rides in this pass, not in the GEMM (addmm
                 # first writes the broadcast bias into its output, one more pass over [n, V]). The
                 # cast comes first: on CPU the mixed-dtype add (bf16 logits + fp32 bias, the same

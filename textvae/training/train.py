@@ -49,12 +49,13 @@ import yaml
 from torch import nn
 from tqdm import tqdm
 
-from textvae.config import OptimConfig, RunConfig, check_ranges
+from textvae.config import OptimConfig, RunConfig, TrainConfig, check_ranges
 from textvae.data.batch import Batch
 from textvae.data.batching import padding_fraction
 from textvae.errors import TextVAEError
 from textvae.files import check_writable, run_folder_lock
 from textvae.metrics import evaluate_model
+from textvae.models.native import native_kernels, native_status
 from textvae.models.sampled_softmax import SampledSoftmax
 from textvae.models.textvae import VAEOutput
 from textvae.reduction import token_counts
@@ -442,6 +443,7 @@ def run_training(task: Task, resume: bool = False, data: Any = None) -> dict[str
         if mode != ("flushed" if tc.flush_denormals else "kept"):  # a CPU without the bits, an OpenMP not libgomp
             log.warning(f"train.flush_denormals is {tc.flush_denormals}, but denormals are {mode} in torch's "
                         f"threads on this machine")
+        held.enter_context(native_kernels(tc.native_kernels))
         try:
             # rank 0 holds the run folder for every rank, from before its first file to the test report
             world.on_main(lambda: held.enter_context(run_folder_lock(Path(cfg.out_dir) / cfg.name)))
@@ -573,7 +575,7 @@ def start_run(task: Task, resume: bool, world: World, device: torch.device, data
     run = Run(task, cfg, world, device, data, model, optimizer, state, logger, lr_at)
     if world.is_main:  # the code each start of the run used (a resumed run may use newer code)
         logger.log("source", state.step, state.epoch, **source_revision(), **machine_facts(device),
-                   denormals=denormal_mode())
+                   denormals=denormal_mode(), native_kernels=native_kernels_used(cfg.train, device))
     if changes:
         logger.log("resume", state.step, state.epoch, changed={k: list(v) for k, v in changes.items()})
     if not resume:
@@ -614,6 +616,12 @@ def machine_facts(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         facts["gpu"] = torch.cuda.get_device_name(device)
     return facts
+
+
+def native_kernels_used(tc: TrainConfig, device: torch.device) -> str:
+    """For the ``source`` record: :func:`native_status` where a kernel applies (bf16 on the CPU, which
+    builds it on a first use), ``unused`` elsewhere."""
+    return native_status() if tc.precision == "bf16" and device.type == "cpu" else "unused"
 
 
 def check_remedies_run_in(world: World, remedies: list[Remedy]) -> None:

@@ -1,0 +1,139 @@
+"""textvae's C++ kernels (textvae.models.native) against slow references, and their switch.
+
+The kernel tests skip where the kernel cannot be built (no C++ compiler): torch operations then
+compute the same thing, which tests/test_perf_levers.py covers.
+"""
+import logging
+
+import pytest
+import torch
+
+from textvae.models import native
+from textvae.models.fused_loss import linear_cross_entropy
+
+
+@pytest.fixture
+def softmax_rows():
+    module = native.native_kernel("softmax_rows")
+    if module is None:
+        pytest.skip(f"the softmax_rows kernel is not built here ({native.native_status()})")
+    return module
+
+
+def reference(logits, bias, targets):
+    """NLL and softmax - onehot in float64 of the kernel's inputs (bf16 logits + fp32 bias)."""
+    x = logits.double() + bias.double()
+    p = torch.softmax(x, -1)
+    rows = torch.arange(len(targets))
+    nll = torch.logsumexp(x, -1) - x[rows, targets]
+    p[rows, targets] -= 1.0
+    return nll, p
+
+
+def bf16_ulp(x):
+    """The spacing of bf16 numbers at |x| (8 significant bits), at least that of the smallest normal."""
+    return torch.clamp(x.abs(), min=2.0 ** -126).log2().floor().exp2() * 2.0 ** -7
+
+
+@pytest.mark.parametrize("n, vocab, scale", [(1, 7, 1.0), (37, 1003, 3.0), (64, 50, 40.0), (5, 4099, 0.01)])
+def test_softmax_rows_against_float64(softmax_rows, n, vocab, scale):
+    """NLL to ~1e-6 relative; each G entry within one bf16 rounding of the exact value (the kernel's
+    fp32 softmax is accurate to a few ulps, then rounded once to bf16). Widths that are not
+    multiples of the vector length test the loops' tails; scale 40 sends most exps below fp32's range."""
+    g = torch.Generator().manual_seed(n + vocab)
+    logits = (torch.randn(n, vocab, generator=g) * scale).bfloat16()
+    bias = torch.randn(vocab, generator=g)
+    targets = torch.randint(0, vocab, (n,), generator=g)
+    grad = torch.empty(n, vocab, dtype=torch.bfloat16)
+    nll = softmax_rows.nll_and_grad(logits, bias, targets, grad)
+    exact_nll, exact_grad = reference(logits, bias, targets)
+    torch.testing.assert_close(nll.double(), exact_nll, rtol=2e-6, atol=2e-6)
+    assert ((grad.double() - exact_grad).abs() <= bf16_ulp(exact_grad) + 1e-30).all()
+    assert torch.equal(softmax_rows.nll_only(logits, bias, targets), nll)
+
+
+def test_softmax_rows_reads_strided_rows_and_writes_only_its_rows(softmax_rows):
+    """Rows of a wider buffer (a chunk of the loss's G) are read and written at their stride, and
+    nothing outside the given rows changes."""
+    logits = torch.randn(6, 40).bfloat16()[1:5]
+    bias, targets = torch.zeros(40), torch.tensor([0, 3, 39, 7])
+    buffer = torch.full((8, 40), 7.0, dtype=torch.bfloat16)
+    softmax_rows.nll_and_grad(logits, bias, targets, buffer[2:6])
+    _, exact = reference(logits, bias, targets)
+    assert ((buffer[2:6].double() - exact).abs() <= bf16_ulp(exact) + 1e-30).all()
+    assert (buffer[:2] == 7).all() and (buffer[6:] == 7).all()
+
+
+def test_softmax_rows_rejects_what_it_cannot_read(softmax_rows):
+    with pytest.raises(RuntimeError, match="bf16"):
+        softmax_rows.nll_only(torch.zeros(2, 5), torch.zeros(5), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(RuntimeError, match="bias"):
+        softmax_rows.nll_only(torch.zeros(2, 5).bfloat16(), torch.zeros(4), torch.zeros(2, dtype=torch.long))
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_fused_loss_same_with_and_without_the_kernel(softmax_rows, with_bias):
+    """The bf16 fused loss with the kernel and with torch operations: the same NLL to fp32 rounding,
+    the same gradients to one bf16 rounding of G's entries (summed in the backward's GEMMs)."""
+    g = torch.Generator().manual_seed(1)
+    hidden, weight = torch.randn(300, 32, generator=g), torch.randn(1000, 32, generator=g) * 0.3
+    bias = torch.randn(1000, generator=g) if with_bias else None
+    targets, upstream = torch.randint(0, 1000, (300,), generator=g), torch.rand(300, generator=g)
+    results = []
+    for on in (True, False):
+        leaves = [t.clone().requires_grad_() for t in (hidden, weight, bias) if t is not None]
+        with native.native_kernels(on), torch.autocast("cpu", dtype=torch.bfloat16):
+            nll = linear_cross_entropy(leaves[0], leaves[1], leaves[2] if with_bias else None, targets, chunk=128)
+            (nll * upstream).sum().backward()
+            with torch.no_grad():
+                evaluated = linear_cross_entropy(*leaves[:2], leaves[2] if with_bias else None, targets)
+        results.append([nll.detach(), evaluated] + [t.grad for t in leaves])
+    for with_kernel, with_torch in zip(*results):
+        torch.testing.assert_close(with_kernel, with_torch, rtol=2e-5, atol=2e-5)
+
+
+def test_switch_and_status(monkeypatch):
+    assert native.set_native_kernels(False) is True
+    try:
+        assert native.native_status() == "off" and native.native_kernel("softmax_rows") is None
+        with native.native_kernels(True):
+            assert native.native_status() != "off"
+        assert native.native_status() == "off"  # the block restored the setting before it
+    finally:
+        native.set_native_kernels(True)
+    with pytest.raises(ValueError, match="valid: softmax_rows"):
+        native.native_kernel("softmax")
+
+
+def test_environment_turns_building_off(monkeypatch):
+    monkeypatch.setattr(native, "_built", {})
+    monkeypatch.setenv("TEXTVAE_NATIVE", "0")
+    assert native.native_kernel("softmax_rows") is None
+    assert native.native_status() == "unavailable: TEXTVAE_NATIVE=0"
+
+
+def test_a_failed_build_warns_once_and_torch_computes(monkeypatch, tmp_path, caplog):
+    """A source that does not compile: one warning naming the kernel, None, and the fused loss
+    computes with torch operations (the same NLL as with the kernel off)."""
+    (tmp_path / "softmax_rows.cpp").write_text("this is not C++\n")
+    monkeypatch.setattr(native, "SOURCES", tmp_path)
+    monkeypatch.setattr(native, "_built", {})
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "build"))
+    with caplog.at_level(logging.WARNING, logger="textvae.models.native"):
+        assert native.native_kernel("softmax_rows") is None
+        assert native.native_kernel("softmax_rows") is None
+    assert [r.message.count("softmax_rows could not be built") for r in caplog.records] == [1]
+    assert native.native_status().startswith("unavailable: ")
+    hidden, weight, targets = torch.randn(9, 8), torch.randn(20, 8), torch.randint(0, 20, (9,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        nll = linear_cross_entropy(hidden, weight, None, targets)
+        with native.native_kernels(False):
+            plain = linear_cross_entropy(hidden, weight, None, targets)
+    assert torch.equal(nll, plain)
+
+
+def test_build_name_follows_source_and_machine(monkeypatch):
+    """Another source or another CPU gives another cached library, never a stale one."""
+    name = native._build_name("softmax_rows")
+    monkeypatch.setattr(native, "_cpu_identity", lambda: "flags : something else")
+    assert native._build_name("softmax_rows") != name

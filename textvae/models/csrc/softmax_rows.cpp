@@ -1,0 +1,152 @@
+// The elementwise half of the fused bf16 output loss (textvae/models/fused_loss.py), one pass per row.
+//
+// For a chunk of n tokens the GEMM has written bf16 logits l [n, V]. Per row i, in fp32:
+//     x_v = l_iv + b_v,  m = max_v x_v,  s = sum_v exp(x_v - m),
+//     nll_i = m + log s - x_{y_i},
+//     G_iv = exp(x_v - m) / s - [v = y_i]            (stored in bf16; training only)
+// torch does this in ~8 passes over [n, V] fp32 tensors that do not fit in cache (cast, bias, max,
+// softmax, max, gather, subtract, cast back); here a row (V fp32 values, 40 KB at V = 10k) stays in
+// the core's L1/L2 between its three passes, and rows are split over torch's OpenMP threads.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace {
+
+inline float from_bf16(uint16_t bits) {
+  const uint32_t u = uint32_t(bits) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+// round to nearest, ties to even (what torch's fp32 -> bf16 cast does for finite values)
+inline uint16_t to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  u += 0x7FFFu + ((u >> 16) & 1u);
+  return uint16_t(u >> 16);
+}
+
+// exp(x) for x <= 0, written so the compiler vectorises it: x = n ln2 + r with |r| <= ln2 / 2
+// (ln2 in two parts, so n * ln2_hi is exact), exp(r) from its Taylor series to r^7 (truncation
+// error below 5e-9 relative), 2^n put into the exponent bits. Below -87.3 exp(x) would no longer
+// be a normal float: 0, as a flushed softmax gives.
+inline float exp_nonpositive(float x) {
+  const float lowest = -87.3f;
+  const float xc = x < lowest ? lowest : x;
+  const float n = std::nearbyint(xc * 1.44269504088896341f);
+  float r = xc - n * 0.693145751953125f;
+  r -= n * 1.428606765330187045e-06f;
+  float p = 1.0f / 5040.0f;
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const int32_t bits = (int32_t(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return x < lowest ? 0.0f : p * scale;
+}
+
+// x = l + b into x [V]; returns max_v x
+inline float biased_row(const uint16_t* l, const float* b, int64_t V, float* x) {
+  float m = -std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(max : m)
+  for (int64_t v = 0; v < V; ++v) {
+    const float xv = from_bf16(l[v]) + b[v];
+    x[v] = xv;
+    m = xv > m ? xv : m;
+  }
+  return m;
+}
+
+void check(const torch::Tensor& logits, const torch::Tensor& bias, const torch::Tensor& targets) {
+  TORCH_CHECK(logits.device().is_cpu() && logits.dim() == 2 && logits.scalar_type() == torch::kBFloat16 &&
+              logits.stride(1) == 1, "logits: a CPU bf16 [n, V] tensor with contiguous rows");
+  TORCH_CHECK(bias.scalar_type() == torch::kFloat32 && bias.is_contiguous() && bias.numel() == logits.size(1),
+              "bias: a contiguous fp32 [V] tensor");
+  TORCH_CHECK(targets.scalar_type() == torch::kInt64 && targets.is_contiguous() && targets.numel() == logits.size(0),
+              "targets: a contiguous int64 [n] tensor");
+}
+
+// rows [begin, end) in parallel, each with a row buffer of its thread
+template <typename RowFn>
+void for_rows(int64_t n, int64_t V, const RowFn& row_fn) {
+  at::parallel_for(0, n, 8, [&](int64_t begin, int64_t end) {
+    std::vector<float> x(V);
+    for (int64_t i = begin; i < end; ++i) row_fn(i, x.data());
+  });
+}
+
+}  // namespace
+
+// nll [n] (fp32) of bf16 logits [n, V] + bias at targets [n]; writes G into grad [n, V] (bf16)
+torch::Tensor nll_and_grad(const torch::Tensor& logits, const torch::Tensor& bias, const torch::Tensor& targets,
+                           torch::Tensor grad) {
+  check(logits, bias, targets);
+  TORCH_CHECK(grad.scalar_type() == torch::kBFloat16 && grad.stride(1) == 1 && grad.size(0) == logits.size(0) &&
+              grad.size(1) == logits.size(1), "grad: a bf16 tensor shaped like logits, with contiguous rows");
+  const int64_t n = logits.size(0), V = logits.size(1);
+  auto nll = torch::empty({n}, logits.options().dtype(torch::kFloat32));
+  const auto* L = reinterpret_cast<const uint16_t*>(logits.data_ptr<at::BFloat16>());
+  auto* G = reinterpret_cast<uint16_t*>(grad.data_ptr<at::BFloat16>());
+  const float* b = bias.data_ptr<float>();
+  const int64_t* y = targets.data_ptr<int64_t>();
+  float* out = nll.data_ptr<float>();
+  const int64_t l_stride = logits.stride(0), g_stride = grad.stride(0);
+  for_rows(n, V, [&](int64_t i, float* x) {
+    const uint16_t* l = L + i * l_stride;
+    uint16_t* g = G + i * g_stride;
+    const float m = biased_row(l, b, V, x);
+    float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+    for (int64_t v = 0; v < V; ++v) {
+      const float e = exp_nonpositive(x[v] - m);
+      x[v] = e;
+      s += e;
+    }
+    const int64_t t = y[i];
+    out[i] = m + std::log(s) - (from_bf16(l[t]) + b[t]);
+    const float inv = 1.0f / s;
+#pragma omp simd
+    for (int64_t v = 0; v < V; ++v) g[v] = to_bf16(x[v] * inv);
+    g[t] = to_bf16(x[t] * inv - 1.0f);  // the target's entry formed in fp32: p_y near 1 keeps its digits
+  });
+  return nll;
+}
+
+// nll [n] only (evaluation): nothing is written but the result
+torch::Tensor nll_only(const torch::Tensor& logits, const torch::Tensor& bias, const torch::Tensor& targets) {
+  check(logits, bias, targets);
+  const int64_t n = logits.size(0), V = logits.size(1);
+  auto nll = torch::empty({n}, logits.options().dtype(torch::kFloat32));
+  const auto* L = reinterpret_cast<const uint16_t*>(logits.data_ptr<at::BFloat16>());
+  const float* b = bias.data_ptr<float>();
+  const int64_t* y = targets.data_ptr<int64_t>();
+  float* out = nll.data_ptr<float>();
+  const int64_t l_stride = logits.stride(0);
+  for_rows(n, V, [&](int64_t i, float* x) {
+    const uint16_t* l = L + i * l_stride;
+    const float m = biased_row(l, b, V, x);
+    float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+    for (int64_t v = 0; v < V; ++v) s += exp_nonpositive(x[v] - m);
+    const int64_t t = y[i];
+    out[i] = m + std::log(s) - (from_bf16(l[t]) + b[t]);
+  });
+  return nll;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("nll_and_grad", &nll_and_grad, "fp32 NLL per row and bf16 softmax-minus-onehot of bf16 logits + bias");
+  m.def("nll_only", &nll_only, "fp32 NLL per row of bf16 logits + bias");
+}

@@ -1,0 +1,114 @@
+"""textvae's C++ kernels, compiled for this machine on first use (``train.native_kernels``).
+
+Each kernel is one source under ``csrc/``, built by ``torch.utils.cpp_extension`` with the host's C++
+compiler (``-O3 -march=native``: vectorised for this CPU) and cached in torch's extension folder
+(``TORCH_EXTENSIONS_DIR``, by default ~/.cache/torch_extensions). The cached library's name carries a
+hash of the source, the flags, torch's version and the CPU's feature flags, so an edited source or a
+checkout moved to another CPU builds anew instead of loading a library made for something else. The
+first build takes ~30 s. Where it fails (no compiler, no headers) a warning says why, once per
+process, and the caller computes the same thing with torch operations; ``TEXTVAE_NATIVE=0`` in the
+environment never tries.
+
+Kernels: ``softmax_rows`` (the elementwise half of the bf16 fused loss,
+:mod:`textvae.models.fused_loss`).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCES = Path(__file__).resolve().parent / "csrc"
+KERNELS = ("softmax_rows",)
+# -fopenmp: at::parallel_for is a header template, so its parallel region is compiled into the kernel.
+# The library then needs libgomp.so.1, and the dynamic linker hands it the one torch already loaded
+# (same soname): the kernel's threads are torch's intra-op pool, with its thread count and its
+# floating-point mode (textvae.training.denormals).
+_X86_FLAGS = ["-mprefer-vector-width=512"]  # gcc and clang otherwise keep AVX-512 CPUs at 256-bit vectors
+_FLAGS = ["-O3", "-march=native", "-fopenmp"]
+
+_enabled = True
+_built: dict[str, Any] = {}  # kernel name -> its module, or the reason it could not be built (str)
+
+
+def _flags() -> list[str]:
+    return _FLAGS + (_X86_FLAGS if platform.machine().lower() in ("x86_64", "amd64") else [])
+
+
+def _cpu_identity() -> str:
+    """The CPU's feature flags (Linux), else the processor's name: what ``-march=native`` compiles for."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _build_name(kernel: str) -> str:
+    source = (SOURCES / f"{kernel}.cpp").read_bytes()
+    key = b"\0".join([source, " ".join(_flags()).encode(), torch.__version__.encode(), _cpu_identity().encode()])
+    return f"textvae_{kernel}_{hashlib.sha256(key).hexdigest()[:16]}"
+
+
+def _build(kernel: str) -> Any:
+    if os.environ.get("TEXTVAE_NATIVE", "1") == "0":
+        return "TEXTVAE_NATIVE=0"
+    try:
+        from torch.utils.cpp_extension import load
+
+        return load(_build_name(kernel), [str(SOURCES / f"{kernel}.cpp")], extra_cflags=_flags(),
+                    extra_ldflags=["-fopenmp"], verbose=False)
+    except Exception as error:  # noqa: BLE001 (a compiler's failure has no one type; the reason is kept)
+        reason = f"{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}"
+        log.warning(f"textvae's C++ kernel {kernel} could not be built ({reason}); torch operations compute "
+                    f"the same instead (slower). TEXTVAE_NATIVE=0 stops trying.")
+        return reason
+
+
+def native_kernel(kernel: str) -> Optional[Any]:
+    """The built module of ``kernel`` (one of :data:`KERNELS`), or None when native kernels are off
+    or it cannot be built here (then callers use torch operations)."""
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown native kernel {kernel!r}; valid: {', '.join(KERNELS)}")
+    if not _enabled:
+        return None
+    if kernel not in _built:
+        _built[kernel] = _build(kernel)
+    module = _built[kernel]
+    return None if isinstance(module, str) else module
+
+
+def set_native_kernels(on: bool) -> bool:
+    """Use the native kernels (where they build) from now on, or never; returns the previous setting."""
+    global _enabled
+    was, _enabled = _enabled, bool(on)
+    return was
+
+
+@contextmanager
+def native_kernels(on: bool) -> Iterator[str]:
+    """:func:`set_native_kernels` for the block, yielding :func:`native_status`; the setting before
+    it is restored after."""
+    was = set_native_kernels(on)
+    try:
+        yield native_status()
+    finally:
+        set_native_kernels(was)
+
+
+def native_status() -> str:
+    """``on`` (every kernel built), ``off`` (not used) or ``unavailable: <reason>``: for run records."""
+    if not _enabled:
+        return "off"
+    missing = [k for k in KERNELS if native_kernel(k) is None]
+    return "on" if not missing else f"unavailable: {_built[missing[0]]}"
