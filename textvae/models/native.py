@@ -14,11 +14,12 @@ Kernels: ``softmax_rows`` (the elementwise half of the bf16 fused loss,
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import platform
-from contextlib import contextmanager
+import shutil
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -60,12 +61,23 @@ def _build_name(kernel: str) -> str:
     return f"textvae_{kernel}_{hashlib.sha256(key).hexdigest()[:16]}"
 
 
+def _ninja_on_path() -> None:
+    """torch builds with the ``ninja`` it finds on PATH; the pip package (a dependency) puts one in its
+    environment's scripts folder, which is not on PATH when textvae runs from a venv not activated."""
+    if shutil.which("ninja") is None:
+        with contextlib.suppress(ImportError):
+            import ninja
+
+            os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+
+
 def _build(kernel: str) -> Any:
     if os.environ.get("TEXTVAE_NATIVE", "1") == "0":
         return "TEXTVAE_NATIVE=0"
     try:
         from torch.utils.cpp_extension import load
 
+        _ninja_on_path()
         return load(_build_name(kernel), [str(SOURCES / f"{kernel}.cpp")], extra_cflags=_flags(),
                     extra_ldflags=["-fopenmp"], verbose=False)
     except Exception as error:  # noqa: BLE001 (a compiler's failure has no one type; the reason is kept)
@@ -95,7 +107,7 @@ def set_native_kernels(on: bool) -> bool:
     return was
 
 
-@contextmanager
+@contextlib.contextmanager
 def native_kernels(on: bool) -> Iterator[str]:
     """:func:`set_native_kernels` for the block, yielding :func:`native_status`; the setting before
     it is restored after."""
