@@ -288,7 +288,16 @@ GFLOP/s):
     16384       fused      bf16  4.190   11.3 %       111.958   -0.0067    135
     16384       fused+C++  bf16  5.671   15.3 %       111.958   -0.0067    123
 
-(+35 % for the IW pass; the estimate the same to the printed digits.) Not kept, measured the same way:
+(+35 % for the IW pass; the estimate the same to the printed digits.) A whole PTB epoch through
+``run_training`` (``--sections epoch --threads 2 --epoch-variants bf16 bf16-torchops --epoch-seeds 1``,
+quiet, 20:55 UTC; ``-torchops`` is ``train.native_kernels false``):
+
+    variant         tok/s   wall s   valid -ELBO   peak RSS MB (train / with test report)
+    bf16           21,210       50       120.789     986 / 1,303
+    bf16-torchops  18,338       56       120.899   1,067 / 1,069
+
+(+16 %; 2.66x the peer's 7,982 of ``peer_throughput.py``, whose 60-step windows still meet first GEMM
+shapes that a run builds once.) Not kept, measured the same way:
 the logits transposed (W h^T [V, N], one GEMM for the whole batch, G^T written in place, the backward's
 GEMMs on G^T) with a kernel over blocks of 16 or 32 token columns: its GEMMs are faster (forward 1.9
 against 4.2 ms for 768 tokens, dW 1.3 against 2.4), but the column kernel's strided reads make it 2x
@@ -804,7 +813,8 @@ def section_retain(args: argparse.Namespace) -> list[dict[str, Any]]:
 EPOCH_VARIANTS = {"reference-fp32": ("fp32", True, 0), "fp32": ("fp32", False, 0), "bf16": ("bf16", False, 0),
                   "reference-bf16": ("bf16", True, 0), "fp32-sampled": ("fp32", False, SAMPLED),
                   "bf16-sampled": ("bf16", False, SAMPLED), "bf16-sampled1536": ("bf16", False, 3 * SAMPLED // 2),
-                  "bf16-sampled2048": ("bf16", False, 2 * SAMPLED), "bf16-unpadded": ("bf16", False, 0)}
+                  "bf16-sampled2048": ("bf16", False, 2 * SAMPLED), "bf16-unpadded": ("bf16", False, 0),
+                  "bf16-torchops": ("bf16", False, 0)}  # -torchops: train.native_kernels false
 
 
 def use_reference_paths() -> None:
@@ -831,7 +841,8 @@ def epoch_worker(job: dict[str, Any]) -> dict[str, Any]:
                                "--train.threads", str(job["threads"]), "--train.precision", precision,
                                "--train.retain_memory", str(not reference).lower(),
                                "--train.sparse_gradients", str(not reference).lower(),
-                               "--train.sampled_softmax", str(sampled)])
+                               "--train.sampled_softmax", str(sampled),
+                               "--train.native_kernels", str(not job["variant"].endswith("-torchops")).lower()])
     if reference:
         use_reference_paths()
     if job["variant"].endswith("-unpadded"):  # the loss's GEMMs at the batch's own token count (a new shape per N)
