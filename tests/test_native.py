@@ -137,3 +137,22 @@ def test_build_name_follows_source_and_machine(monkeypatch):
     name = native._build_name("softmax_rows")
     monkeypatch.setattr(native, "_cpu_identity", lambda: "flags : something else")
     assert native._build_name("softmax_rows") != name
+
+
+def test_a_killed_build_s_lock_is_cleared(tmp_path, monkeypatch):
+    """A ``lock`` left by a build that was killed would make every later build wait forever: one older
+    than STALE_LOCK_S is removed, a fresh one (a build under way) is left alone."""
+    import os
+    import time
+
+    lock = tmp_path / "lock"
+    lock.write_text("")
+    native._clear_stale_lock(tmp_path)
+    assert lock.exists()
+    old = time.time() - native.STALE_LOCK_S - 5
+    os.utime(lock, (old, old))
+    native._clear_stale_lock(tmp_path)
+    assert not lock.exists()
+    native._clear_stale_lock(tmp_path)  # nothing to clear: no error
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    assert native._build_folder("k") == tmp_path / "k"

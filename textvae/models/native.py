@@ -20,6 +20,7 @@ import logging
 import os
 import platform
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -35,6 +36,7 @@ KERNELS = ("softmax_rows",)
 # floating-point mode (textvae.training.denormals).
 _X86_FLAGS = ["-mprefer-vector-width=512"]  # gcc and clang otherwise keep AVX-512 CPUs at 256-bit vectors
 _FLAGS = ["-O3", "-march=native", "-fopenmp"]
+STALE_LOCK_S = 600.0
 
 _enabled = True
 _built: dict[str, Any] = {}  # kernel name -> its module, or the reason it could not be built (str)
@@ -71,6 +73,24 @@ def _ninja_on_path() -> None:
             os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
 
 
+def _build_folder(name: str) -> Path:
+    """Where the kernel ``name`` is compiled and cached: torch's extension folder, one folder per name."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()) / name
+
+
+def _clear_stale_lock(folder: Path) -> None:
+    """torch holds a build folder with a ``lock`` file while it compiles, and a build that was killed
+    (Ctrl-C during the first run) leaves it behind: every later build would wait for it forever. A
+    build takes well under :data:`STALE_LOCK_S`; a lock older than that is removed."""
+    lock = folder / "lock"
+    with contextlib.suppress(FileNotFoundError):
+        if time.time() - lock.stat().st_mtime > STALE_LOCK_S:
+            log.warning(f"removing {lock}, left by a build of textvae's kernel that did not finish")
+            lock.unlink()
+
+
 def _build(kernel: str) -> Any:
     if os.environ.get("TEXTVAE_NATIVE", "1") == "0":
         return "TEXTVAE_NATIVE=0"
@@ -78,8 +98,12 @@ def _build(kernel: str) -> Any:
         from torch.utils.cpp_extension import load
 
         _ninja_on_path()
-        return load(_build_name(kernel), [str(SOURCES / f"{kernel}.cpp")], extra_cflags=_flags(),
-                    extra_ldflags=["-fopenmp"], verbose=False)
+        name = _build_name(kernel)
+        folder = _build_folder(name)
+        folder.mkdir(parents=True, exist_ok=True)
+        _clear_stale_lock(folder)
+        return load(name, [str(SOURCES / f"{kernel}.cpp")], extra_cflags=_flags(), extra_ldflags=["-fopenmp"],
+                    build_directory=str(folder), verbose=False)
     except Exception as error:  # noqa: BLE001 (a compiler's failure has no one type; the reason is kept)
         reason = f"{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}"
         log.warning(f"textvae's C++ kernel {kernel} could not be built ({reason}); torch operations compute "
