@@ -2,10 +2,8 @@
 # The PTB reproduction (issue 15) on a 2-core CPU: one chain of `textvae study`, one run at a time on both
 # cores (train.threads=2: ~1.7x one thread's steps, so a row of ~50 epochs plus its test report fits in
 # one ~3-hour session), the rows in order of what the table still needs (done so far: the fp32 cyclical
-# of the bf16-vs-fp32 check and cyclical seed 2, issue 18's timed row):
-#   cyclical seed 3 (issue 18's converged row timed again alone on both cores, with denormals flushed
-#   and the larger IW budget); the gamma diagnostics bn_vae_gamma0_5 then bn_vae_gamma0_3 (the
-#   measurement bn_vae's cause owes);
+# of the bf16-vs-fp32 check, cyclical seeds 2 and 3, issue 18's timed rows, and the gamma diagnostics
+# bn_vae_gamma0_5 and bn_vae_gamma0_3, the measurement bn_vae's cause owed):
 #   aggressive (each of its outer steps in aggressive mode costs 31-100 ordinary steps), with
 #   pretrain_ae trained again first and composite from its encoder; then seeds 2 and 3 of lm annealed
 #   pretrain_fb bn_vae.
@@ -35,10 +33,7 @@ if pgrep -f "textvae study studies/ptb_reproduce.yaml" > /dev/null; then
 fi
 A=docs/results/ptb/archive.json
 S="textvae study studies/ptb_reproduce.yaml --jobs 1 --set train.threads=2"
-nohup bash -c "$S --seeds 3 --only cyclical --archive $A --out $RUNS/ptb_reproduce; \
-  $S --only bn_vae_gamma0_5 --archive $A --out $RUNS/ptb_reproduce; \
-  $S --only bn_vae_gamma0_3 --archive $A --out $RUNS/ptb_reproduce; \
-  $S --only aggressive composite --archive $A --out $RUNS/ptb_reproduce; \
+nohup bash -c "$S --only aggressive composite --archive $A --out $RUNS/ptb_reproduce; \
   $S --seeds 2 3 --only lm annealed pretrain_fb bn_vae --archive $A --out $RUNS/ptb_reproduce" \
   >> "$RUNS/ptb_reproduce.out" 2>&1 &
 echo "started; log: $RUNS/ptb_reproduce.out"
