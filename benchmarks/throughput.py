@@ -297,7 +297,12 @@ quiet, 20:55 UTC; ``-torchops`` is ``train.native_kernels false``):
     bf16-torchops  18,338       56       120.899   1,067 / 1,069
 
 (+16 %; 2.66x the peer's 7,982 of ``peer_throughput.py``, whose 60-step windows still meet first GEMM
-shapes that a run builds once.) Not kept, measured the same way:
+shapes that a run builds once.) Issue 18's precision condition again, with the kernel (``--sections epoch
+--threads 2 --epoch-variants fp32 bf16 --epoch-seeds 1 2 3 4 5``, quiet, 22:19-22:33 UTC): valid -ELBO
+after one epoch, fp32 -> bf16, 120.766 -> 120.789, 122.052 -> 122.112, 121.659 -> 122.025, 122.484 ->
+122.397, 121.341 -> 121.284 (+0.019, +0.049, +0.301, -0.070, -0.047 %): mean +0.050 % (largest pair
+0.30 %); fp32 121.660 ± 0.658 over the seeds, bf16 121.721 ± 0.664; 9,580 against 20,228 tok/s.
+Not kept, measured the same way:
 the logits transposed (W h^T [V, N], one GEMM for the whole batch, G^T written in place, the backward's
 GEMMs on G^T) with a kernel over blocks of 16 or 32 token columns: its GEMMs are faster (forward 1.9
 against 4.2 ms for 768 tokens, dW 1.3 against 2.4), but the column kernel's strided reads make it 2x
