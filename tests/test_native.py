@@ -105,6 +105,18 @@ def test_switch_and_status(monkeypatch):
         native.native_kernel("softmax")
 
 
+def test_switching_on_builds_nothing(monkeypatch):
+    """Entering the switch (every run start, ``textvae evaluate``) builds no kernel: an fp32 or GPU run,
+    which uses none, neither waits for a compiler nor warns where there is none."""
+    builds = []
+    monkeypatch.setattr(native, "_built", {})
+    monkeypatch.setattr(native, "_build", lambda kernel: builds.append(kernel) or "not built in this test")
+    with native.native_kernels(True):
+        pass
+    assert builds == []
+    assert native.native_kernel("softmax_rows") is None and builds == ["softmax_rows"]  # built at first use
+
+
 def test_environment_turns_building_off(monkeypatch):
     monkeypatch.setattr(native, "_built", {})
     monkeypatch.setenv("TEXTVAE_NATIVE", "0")

@@ -132,12 +132,12 @@ def set_native_kernels(on: bool) -> bool:
 
 
 @contextlib.contextmanager
-def native_kernels(on: bool) -> Iterator[str]:
-    """:func:`set_native_kernels` for the block, yielding :func:`native_status`; the setting before
-    it is restored after."""
+def native_kernels(on: bool) -> Iterator[None]:
+    """:func:`set_native_kernels` for the block; the setting before it is restored after. Nothing is
+    built on entry: a kernel is built where it is first used (an fp32 or GPU run never builds one)."""
     was = set_native_kernels(on)
     try:
-        yield native_status()
+        yield
     finally:
         set_native_kernels(was)
 
