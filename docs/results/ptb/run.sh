@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The PTB reproduction (issue 15) on a 2-core CPU: one chain of `textvae study`, one run at a time on both
-# cores (train.threads=2: ~1.7x one thread's steps, so a row of ~50 epochs plus its test report fits in
-# one ~3-hour session), the rows in order of what the table still needs (done so far: the fp32 cyclical
+# The PTB reproduction (issue 15) on a 2-core CPU: one chain of `textvae study`, two runs at a time with one
+# thread each (two runs at one thread train ~2/1.7 as many steps as one run at two threads; a run stopped by
+# SIGTERM checkpoints after its current step, so aggressive's hour-long epochs resume mid-epoch in the next
+# session), the rows in order of what the table still needs (done so far: the fp32 cyclical
 # of the bf16-vs-fp32 check, cyclical seeds 2 and 3, issue 18's timed rows, and the gamma diagnostics
 # bn_vae_gamma0_5 and bn_vae_gamma0_3, the measurement bn_vae's cause owed):
 #   aggressive (each of its outer steps in aggressive mode costs 31-100 ordinary steps), with
@@ -21,7 +22,7 @@
 set -euo pipefail
 RUNS=${RUNS:-$HOME/textvae-runs}
 SRC=${SRC:-$HOME/textvae-src}
-export PYTHONPATH=$SRC OMP_NUM_THREADS=2 MKL_NUM_THREADS=2
+export PYTHONPATH=$SRC OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 export TEXTVAE_DATA_DIR=${TEXTVAE_DATA_DIR:-/work/shared/data}
 mkdir -p "$RUNS"
 cd "$SRC"
@@ -32,7 +33,7 @@ if pgrep -f "textvae study studies/ptb_reproduce.yaml" > /dev/null; then
   exit 1
 fi
 A=docs/results/ptb/archive.json
-S="textvae study studies/ptb_reproduce.yaml --jobs 1 --set train.threads=2"
+S="textvae study studies/ptb_reproduce.yaml --jobs 2 --set train.threads=1"
 nohup bash -c "$S --only aggressive composite --archive $A --out $RUNS/ptb_reproduce; \
   $S --seeds 2 3 --only lm annealed pretrain_fb bn_vae --archive $A --out $RUNS/ptb_reproduce" \
   >> "$RUNS/ptb_reproduce.out" 2>&1 &
