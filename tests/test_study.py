@@ -572,7 +572,10 @@ def test_archive_keeps_finished_runs_when_their_folders_are_gone(tmp_path, capsy
     assert "the archive's run was made with other settings" in caplog.text
 
     # vae starts from ae's weights, which no archive holds: ae is trained again, to the same figures
-    third = st.run_study(path, out=str(out), only=["vae"], archive=archive)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="textvae"):
+        third = st.run_study(path, out=str(out), only=["vae"], archive=archive)
+    assert "1 runs, 0 finished, 2 to train (1 of them needed by the selection; in this process)" in caplog.text
     assert [r["state"] for r in third["runs"]] == ["done", "done", "archived"]
     assert_same({**third, "runs": third["runs"][:1], "variants": third["variants"][:1]},
                 {**first, "runs": first["runs"][:1], "variants": first["variants"][:1]})

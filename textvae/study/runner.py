@@ -76,6 +76,17 @@ def _finished(run: Run, ok: bool, seconds: float, n: int, total: int) -> None:
              figs["nll"], figs["kl"], figs["mi"], format_figure(figs["au"], "{:.0f}"))
 
 
+def _plan_line(selected: list[Run], todo: list[Run], jobs: int) -> str:
+    """``2 runs, 0 finished, 3 to train (1 of them needed by the selection; 2 subprocesses at a time)``:
+    runs outside the selection that a selected run starts from are counted apart, not as finished ones."""
+    chosen = {r.label for r in selected}
+    extra = sum(1 for r in todo if r.label not in chosen)
+    finished = len(selected) - (len(todo) - extra)
+    how = "in this process" if jobs == 1 else f"{jobs} subprocesses at a time"
+    needed = f"{extra} of them needed by the selection; " if extra else ""
+    return f"{len(selected)} runs, {finished} finished, {len(todo)} to train ({needed}{how})"
+
+
 def execute(study: Study, runs: list[Run], jobs: int = 1, only: Optional[list[str]] = None) -> list[Run]:
     """Train the runs (of the variants ``only``, default all) that are not finished; returns those
     that failed. ``jobs == 1`` trains in this process, more run as subprocesses. A run starts once
@@ -86,8 +97,7 @@ def execute(study: Study, runs: list[Run], jobs: int = 1, only: Optional[list[st
     # an archive holds no weights: a run that a run to be trained starts from is trained again
     train = {r.label for r in todo} | {label for r in todo for label in r.needs if by_label[label].archived is not None}
     todo = [r for r in runs if r.label in train]
-    log.info("study %s: %d runs, %d finished, %d to train (%s)", study.name, len(selected),
-             len(selected) - len(todo), len(todo), "in this process" if jobs == 1 else f"{jobs} subprocesses at a time")
+    log.info("study %s: %s", study.name, _plan_line(selected, todo, jobs))
     pending, running, failed, n = list(todo), {}, [], 0
     try:
         while pending or running:
