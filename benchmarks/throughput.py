@@ -315,6 +315,18 @@ over all steps): forward + backward of a PTB decoder layer (30 steps x 32, 288 -
 oneDNN's 6.6, of a Yahoo-size one (544 -> 1024) 70.9 against 65.8 (quiet, 2 threads). It would also
 round the gates' pre-activations to bf16 (torch's CPU GEMMs cannot write fp32 from bf16 inputs),
 where oneDNN's bf16 cell can keep its gate scratch in fp32.
+
+Kept: bf16 working copies (``train.bf16_weight_copies``, :mod:`textvae.training.working_copies`; on
+by default with plain SGD). ``torch.profiler`` of the default bf16 step (quiet, 2 threads, 10 steps
+after 15) put ``aten::copy_`` at 20.7 % of the Yahoo-size step (47 ms of ~230: per step two casts of
+the [20000, 1024] output weight -- to bf16 for the forward, its bf16 gradient back to fp32 -- and of
+each LSTM weight, forward and backward) and 8 % of PTB's (3.2 of ~40 ms). The forward and backward now
+run on bf16 leaf tensors and one pass per weight (C++ ``sgd_bf16``) updates the fp32 master from the
+bf16 gradient and rewrites the copy. A first cut (the copies through ``torch.func.functional_call``,
+the update in torch operations) took the Yahoo-size forward + backward from 231 to 187-195 ms per
+step; with the fused update ``peer_throughput.py`` measured +14 % (Yahoo-size) and +9 % (PTB) over the
+kernel row. Not kept, measured with it: the fused loss's forward GEMM over 512 or 1024 tokens per
+chunk instead of 256 (PTB, 3 interleaved rounds of 55 steps: 17.5-18.0k tok/s for all three).
 """
 from __future__ import annotations
 
@@ -348,6 +360,7 @@ from textvae.models.sampled_softmax import SampledSoftmax
 from textvae.models.textvae import TextVAE
 from textvae.training.distributed import World
 from textvae.training.train import TrainStep, clip_gradients, nonfinite_figures, retain_freed_memory
+from textvae.training.working_copies import WorkingCopies, clip_scale, working_copy_names
 
 RECIPE = "recipes/ptb/vae.yaml"
 SIZES = {"ptb 256/256/32": (256, 256, 10002), "yahoo 512/1024/32": (512, 1024, 20001)}  # emb, hidden, V
@@ -443,6 +456,7 @@ class Variant:
     sampled: int = 0  # train.sampled_softmax: candidate words per step (0 = the full softmax)
     sparse: bool = True  # train.sparse_gradients
     native: bool = True  # train.native_kernels: the bf16 loss's softmax part in textvae's C++ kernel
+    copies: bool = True  # train.bf16_weight_copies (bf16 only): LSTM and output weights as bf16 working copies
 
 
 SAMPLED = 1024  # candidate words of the sampled-softmax lever (about 600 distinct per step on PTB)
@@ -461,8 +475,9 @@ TRAIN_VARIANTS = [
     Variant("bf16 + fast dropout", precision="bf16", fused_loss=False, torch_clip=True, sparse=False),
     Variant("bf16 + fused loss", precision="bf16", torch_clip=True, sparse=False),
     Variant("bf16 + lean clip", precision="bf16", sparse=False),
-    Variant("bf16 + sparse gradients, torch ops", precision="bf16", native=False),
-    Variant("bf16 + C++ softmax kernel = default", precision="bf16"),
+    Variant("bf16 + sparse gradients, torch ops", precision="bf16", native=False, copies=False),
+    Variant("bf16 + C++ softmax kernel", precision="bf16", copies=False),
+    Variant("bf16 + bf16 weight copies = default", precision="bf16"),
     Variant(f"fp32 default + sampled softmax {SAMPLED}", sampled=SAMPLED),
     Variant(f"bf16 default + sampled softmax {SAMPLED}", precision="bf16", sampled=SAMPLED),
 ]
@@ -517,7 +532,9 @@ class Stepper:
         if variant.torch_dropout:
             dec = self.model.decoder
             dec.input_dropout, dec.output_dropout = (nn.Dropout(dec.input_dropout.p), nn.Dropout(dec.output_dropout.p))
-        self.step_fn = TrainStep(self.model)
+        self.working = (WorkingCopies(self.model, working_copy_names(self.model))
+                        if variant.copies and variant.precision == "bf16" and not variant.torch_clip else None)
+        self.step_fn = TrainStep(self.model, self.working)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=1.0)
         self.world = World()
         self.step = 0
@@ -542,10 +559,12 @@ class Stepper:
                 loss.backward()
                 t2 = clock()
                 grad_norm = (torch.nn.utils.clip_grad_norm_(self.model.parameters(), 5.0) if v.torch_clip
-                             else clip_gradients(self.model, 5.0))
+                             else clip_gradients(self.model, 5.0, self.working))
                 if v.check and nonfinite_figures(out, grad_norm, self.world):
                     raise RuntimeError(f"{v.name}: non-finite training figures")
                 self.optimizer.step()
+                if self.working is not None:
+                    self.working.step(self.optimizer, clip_scale(float(grad_norm), 5.0))
                 self.step += 1
                 t3 = clock()
                 times["data"] += t1 - t0
@@ -819,7 +838,8 @@ EPOCH_VARIANTS = {"reference-fp32": ("fp32", True, 0), "fp32": ("fp32", False, 0
                   "reference-bf16": ("bf16", True, 0), "fp32-sampled": ("fp32", False, SAMPLED),
                   "bf16-sampled": ("bf16", False, SAMPLED), "bf16-sampled1536": ("bf16", False, 3 * SAMPLED // 2),
                   "bf16-sampled2048": ("bf16", False, 2 * SAMPLED), "bf16-unpadded": ("bf16", False, 0),
-                  "bf16-torchops": ("bf16", False, 0)}  # -torchops: train.native_kernels false
+                  "bf16-torchops": ("bf16", False, 0), "bf16-nocopies": ("bf16", False, 0)}
+# -torchops: train.native_kernels false; -nocopies: train.bf16_weight_copies false
 
 
 def use_reference_paths() -> None:
@@ -847,7 +867,8 @@ def epoch_worker(job: dict[str, Any]) -> dict[str, Any]:
                                "--train.retain_memory", str(not reference).lower(),
                                "--train.sparse_gradients", str(not reference).lower(),
                                "--train.sampled_softmax", str(sampled),
-                               "--train.native_kernels", str(not job["variant"].endswith("-torchops")).lower()])
+                               "--train.native_kernels", str(not job["variant"].endswith("-torchops")).lower(),
+                               "--train.bf16_weight_copies", str(not job["variant"].endswith("-nocopies")).lower()])
     if reference:
         use_reference_paths()
     if job["variant"].endswith("-unpadded"):  # the loss's GEMMs at the batch's own token count (a new shape per N)

@@ -59,6 +59,10 @@ class FakeTrainer:
     def encoder_parameters(self):
         return self._encoder_params if self._encoder_params is not None else self.model.inference_parameters()
 
+    def drop_gradients(self, params):
+        for p in params:
+            p.grad = None
+
     def reinit_decoder(self):
         self.model.reinit_decoder(self.optimizer)
         self.reinits += 1

@@ -239,16 +239,26 @@ def test_each_start_of_a_run_records_the_code_and_the_machine_it_ran_on(tmp_path
         assert r["threads"] == torch.get_num_threads() and "gpu" not in r
         assert r["denormals"] == "flushed"  # train.flush_denormals' default, in every intra-op thread
         assert r["native_kernels"] == "unused"  # fp32: no kernel applies
+        assert r["bf16_weight_copies"] == []  # fp32
     assert not calling_thread_flushes()  # the run left the caller's mode as it found it
     main(["train", *args, "--train.max_steps", "6", "--resume", "--train.flush_denormals", "false",
           "--train.precision", "bf16"])
     last = [r for r in read_jsonl(tmp_path / "runs" / "src" / "metrics.jsonl") if r["split"] == "source"][-1]
     assert last["step"] == 4 and last["denormals"] == "kept"
     assert last["native_kernels"] == native_status()  # bf16 on the CPU: "on" where the kernel builds
+    assert last["bf16_weight_copies"] == []  # the recipe's Adam: the copies' update is plain SGD's
     main(["train", *args, "--train.max_steps", "7", "--resume", "--train.precision", "bf16",
           "--train.native_kernels", "false"])
     last = [r for r in read_jsonl(tmp_path / "runs" / "src" / "metrics.jsonl") if r["split"] == "source"][-1]
     assert last["step"] == 6 and last["native_kernels"] == "off" and native_status() != "off"  # and set back
+    sgd = tiny_args(tmp_path / "runs", "sgd", corpus, "--train.iw_samples_final", "0", "--optim.name", "sgd",
+                    "--train.precision", "bf16")
+    main(["train", *sgd, "--train.max_steps", "2"])
+    main(["train", *sgd, "--train.max_steps", "3", "--resume", "--train.bf16_weight_copies", "false"])
+    copies = [r["bf16_weight_copies"] for r in read_jsonl(tmp_path / "runs" / "sgd" / "metrics.jsonl")
+              if r["split"] == "source"]
+    assert copies == [["encoder.rnn.weight_ih_l0", "encoder.rnn.weight_hh_l0", "decoder.rnn.weight_ih_l0",
+                       "decoder.rnn.weight_hh_l0", "projection.weight"], []]
 
 
 def test_valid_redraw_draws_validation_anew_each_epoch_and_leaves_training_alone(tmp_path):

@@ -238,7 +238,11 @@ class TrainConfig:
     rows pass through them (:mod:`textvae.training.denormals`); off, arithmetic is IEEE's to the last bit.
     ``native_kernels`` computes the bf16 output loss's softmax part on the CPU with textvae's C++ kernel,
     compiled for the machine on first use (:mod:`textvae.models.native`; torch operations where no
-    compiler is found, or when off): the same formulas, other rounding."""
+    compiler is found, or when off): the same formulas, other rounding. ``bf16_weight_copies`` keeps,
+    in bf16 on the CPU with plain SGD in one process, a bf16 working copy of each LSTM and output
+    weight for the forward and backward passes, updated together with its fp32 master in one pass,
+    instead of casting every weight and its gradient each step (:mod:`textvae.training.working_copies`):
+    the same values, other rounding of the update; ignored elsewhere."""
 
     epochs: int = 100
     max_steps: Optional[int] = None
@@ -258,6 +262,7 @@ class TrainConfig:
     valid_redraw: bool = False
     flush_denormals: bool = True
     native_kernels: bool = True
+    bf16_weight_copies: bool = True
     progress: bool = True
     tensorboard: bool = True
 

@@ -10,7 +10,8 @@ why, once per process, and the caller computes the same thing with torch operati
 ``TEXTVAE_NATIVE=0`` in the environment never tries.
 
 Kernels: ``softmax_rows`` (the elementwise half of the bf16 fused loss,
-:mod:`textvae.models.fused_loss`).
+:mod:`textvae.models.fused_loss`); ``sgd_bf16`` (the SGD update of an fp32 master weight that also writes
+its bf16 working copy, :mod:`textvae.training.working_copies`).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCES = Path(__file__).resolve().parent / "csrc"
-KERNELS = ("softmax_rows",)
+KERNELS = ("softmax_rows", "sgd_bf16")
 # -fopenmp: at::parallel_for is a header template, so its parallel region is compiled into the kernel.
 # The library then needs libgomp.so.1, and the dynamic linker hands it the one torch already loaded
 # (same soname): the kernel's threads are torch's intra-op pool, with its thread count and its

@@ -82,8 +82,7 @@ class Aggressive(Remedy):
 
     def before_step(self, trainer: Trainer) -> None:
         if self.active:  # the outer update trains the decoder only
-            for p in trainer.encoder_parameters():
-                p.grad = None
+            trainer.drop_gradients(trainer.encoder_parameters())
 
     def after_epoch(self, trainer: Trainer, epoch: int, valid_metrics: dict[str, float]) -> dict[str, float]:
         if not self.active:

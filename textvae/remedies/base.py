@@ -32,8 +32,8 @@ class Trainer(Protocol):
 
     ``step`` counts optimiser steps taken so far (the step the next update gets); ``optimizer``
     holds every trainable parameter of ``model``; a parameter whose ``grad`` is ``None`` is left
-    untouched by ``optimizer.step()`` (true of SGD and Adam), which is how a hook restricts an
-    update to a subset of the parameters.
+    untouched by ``optimizer.step()`` (true of SGD and Adam); a hook restricts the loop's own update
+    to a subset of the parameters with ``drop_gradients``.
     """
 
     model: nn.Module
@@ -49,6 +49,10 @@ class Trainer(Protocol):
     def forward_precision(self) -> contextlib.AbstractContextManager:
         """The run's precision for a forward pass (``train.precision: bf16``: bfloat16 autocast), so
         a hook's own updates run as the loop's do; the backward pass goes outside it."""
+
+    def drop_gradients(self, params: list[nn.Parameter]) -> None:
+        """The coming ``optimizer.step()`` leaves ``params`` untouched (their gradients are dropped,
+        wherever the loop keeps them: see :mod:`textvae.training.working_copies`)."""
 
     def encoder_parameters(self) -> list[nn.Parameter]:
         """Parameters of the inference network q(z|x) (the model's ``inference_parameters()``)."""

@@ -70,6 +70,7 @@ from textvae.training.logger import RunLogger
 from textvae.training.progress import SmoothedLoss
 from textvae.training.signals import StopRequested, stop_on_signals, stop_requested
 from textvae.training.task import Task
+from textvae.training.working_copies import WorkingCopies, clip_scale, working_copies_for
 
 CHECKPOINT = "checkpoint.safetensors"
 EVAL_SEED = 1234  # evaluation draws its own random numbers so it never shifts the training stream
@@ -248,6 +249,12 @@ class LoopTrainer:
         if self.run.cfg.optim.clip > 0:
             clip_gradients(self.model, self.run.cfg.optim.clip)
 
+    def drop_gradients(self, params: list[torch.nn.Parameter]) -> None:
+        for p in params:
+            p.grad = None
+        if self.run.working is not None:
+            self.run.working.drop(params)
+
     def forward_precision(self) -> torch.autocast:
         return precision_autocast(self.run.device, self.run.cfg.train.precision)
 
@@ -267,12 +274,12 @@ class TrainStep(nn.Module):
     that graph exactly the loss's, so unused parameters are recognised as such.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, working: Optional[WorkingCopies] = None):
         super().__init__()
-        self.model = model
+        self.model, self.working = model, working
 
     def forward(self, batch: Batch, step: int, weight: float) -> tuple[torch.Tensor, VAEOutput]:
-        out = self.model(batch, step=step)
+        out = self.model(batch, step=step) if self.working is None else self.working(self.model, batch, step=step)
         figures = VAEOutput(rec=out.rec.detach(), kl=out.kl.detach(), n_tokens=out.n_tokens,
                             loss=out.loss.detach(), terms={k: v.detach() for k, v in out.terms.items()})
         return out.loss * weight, figures
@@ -295,9 +302,10 @@ def describe_nonfinite(name: str, remedies: list[Remedy]) -> str:
     return f"extra loss of remedy {remedy_name(owner)!r}" if owner is not None else f"term {name!r}"
 
 
-def clip_gradients(model: nn.Module, max_norm: float) -> torch.Tensor:
+def clip_gradients(model: nn.Module, max_norm: float, working: Optional[WorkingCopies] = None) -> torch.Tensor:
     """``clip_grad_norm_`` that skips the scaling pass when it would multiply by exactly 1, and
-    takes sparse gradients (``train.sparse_gradients``).
+    takes sparse gradients (``train.sparse_gradients``). The bf16 gradients of ``working`` copies
+    count in the norm (each normed in fp32) but are not scaled: their update applies the scale.
 
     Same result bit for bit on dense gradients: torch scales every gradient by
     min(1, max_norm / (norm + 1e-6)), a memory-bound pass over all of them even when the factor
@@ -309,6 +317,9 @@ def clip_gradients(model: nn.Module, max_norm: float) -> torch.Tensor:
         if p.grad.is_sparse:
             p.grad = p.grad.coalesce()
     norm = torch.nn.utils.get_total_norm([p.grad._values() if p.grad.is_sparse else p.grad for p in params])
+    if working is not None and working.gradients():
+        norm = torch.linalg.vector_norm(torch.stack(
+            [norm] + [torch.linalg.vector_norm(g, dtype=torch.float32) for g in working.gradients()]))
     if norm + 1e-6 > max_norm:  # one host sync; the non-finite check syncs every step anyway
         torch.nn.utils.clip_grads_with_norm_([p for p in params if not p.grad.is_sparse], max_norm, norm)
         scale = max_norm / (norm + 1e-6)
@@ -479,6 +490,7 @@ class Run:
     state: LoopState
     logger: RunLogger
     lr_at: Callable[[int], float]  # step -> lr around the plateau schedule's state.lr
+    working: Optional[WorkingCopies] = None  # train.bf16_weight_copies, where it applies
     step_fn: nn.Module = dataclasses.field(init=False)  # what DDP wraps
     sampler: Any = dataclasses.field(init=False)  # the training split's batch plan
     trainer: "LoopTrainer" = dataclasses.field(init=False)  # the remedies' view
@@ -491,7 +503,7 @@ class Run:
     smoothed: SmoothedLoss = dataclasses.field(default_factory=SmoothedLoss)  # the progress bar's loss
 
     def __post_init__(self) -> None:
-        self.step_fn = self.world.wrap(TrainStep(self.model), self.device,
+        self.step_fn = self.world.wrap(TrainStep(self.model, self.working), self.device,
                                        find_unused_parameters=parameters_may_go_unused(self.model))
         self.sampler = self.train_split.sampler(self.cfg.data.batch_size, shuffle=True, seed=self.cfg.train.seed,
                                                 pool_batches=self.cfg.data.bucket_pool)
@@ -572,10 +584,12 @@ def start_run(task: Task, resume: bool, world: World, device: torch.device, data
     logger = RunLogger(run_dir, tensorboard=tc.tensorboard, enabled=world.is_main, truncate_to=log_bytes,
                        purge_step=state.step + 1 if resume else None)
     lr_at = create_lr_schedule(cfg.optim.cycle_lr, state.lr, model.objective.schedule, cfg.optim.cycle_lr_stairs)
-    run = Run(task, cfg, world, device, data, model, optimizer, state, logger, lr_at)
+    working = working_copies_for(cfg, model, world.size, device)
+    run = Run(task, cfg, world, device, data, model, optimizer, state, logger, lr_at, working)
     if world.is_main:  # the code each start of the run used (a resumed run may use newer code)
         logger.log("source", state.step, state.epoch, **source_revision(), **machine_facts(device),
-                   denormals=denormal_mode(), native_kernels=native_kernels_used(cfg.train, device))
+                   denormals=denormal_mode(), native_kernels=native_kernels_used(cfg.train, device),
+                   bf16_weight_copies=[] if working is None else working.names)
     if changes:
         logger.log("resume", state.step, state.epoch, changed={k: list(v) for k, v in changes.items()})
     if not resume:
@@ -681,13 +695,15 @@ def train_step(run: Run, index: np.ndarray) -> tuple[VAEOutput, torch.Tensor, in
         loss, out = run.step_fn(batch, state.step, weight)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()  # DDP: gradients averaged over the ranks during the backward pass
-    grad_norm = clip_gradients(run.model, clip if clip > 0 else math.inf)
+    grad_norm = clip_gradients(run.model, clip if clip > 0 else math.inf, run.working)
     bad = nonfinite_figures(out, grad_norm, run.world)
     if bad:
         stop_nonfinite(run, bad)
     for remedy in run.remedies:
         remedy.before_step(run.trainer)
     optimizer.step()
+    if run.working is not None:
+        run.working.step(optimizer, clip_scale(float(grad_norm), clip) if clip > 0 else 1.0)
     state.step += 1
     state.batch_in_epoch += 1
     return out, grad_norm, len(mine) if weight else 0
