@@ -327,6 +327,14 @@ the update in torch operations) took the Yahoo-size forward + backward from 231 
 step; with the fused update ``peer_throughput.py`` measured +14 % (Yahoo-size) and +9 % (PTB) over the
 kernel row. Not kept, measured with it: the fused loss's forward GEMM over 512 or 1024 tokens per
 chunk instead of 256 (PTB, 3 interleaved rounds of 55 steps: 17.5-18.0k tok/s for all three).
+A whole PTB epoch (``--sections epoch --threads 2 --epoch-variants bf16 bf16-nocopies --epoch-seeds 1``,
+quiet, 00:22-00:25 UTC 2026-12-06, a slower day for this machine: see ``peer_throughput.py``;
+``-nocopies`` is ``train.bf16_weight_copies false``): 19,254 against 18,490 tok/s (+4 %), valid -ELBO
+120.828 against 120.789. The precision condition with the copies (``--epoch-variants bf16
+--epoch-seeds 2 3 4 5``, the same quiet window; fp32 from the run above, whose code did not change):
+fp32 -> bf16 120.766 -> 120.828, 122.052 -> 122.108, 121.659 -> 121.143, 122.484 -> 122.351, 121.341
+-> 121.176 (+0.051, +0.046, -0.424, -0.109, -0.136 %): mean -0.114 % (bf16 the lower), sd of the
+pairs 0.19 %, so a mean of five pairs carries ~0.09 % of noise from the runs' chaos alone.
 """
 from __future__ import annotations
 

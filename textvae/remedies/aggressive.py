@@ -57,10 +57,8 @@ class Aggressive(Remedy):
         out.loss.backward()
         trainer.clip_gradients()
         keep = {id(p) for p in trainer.encoder_parameters()}
-        for group in trainer.optimizer.param_groups:
-            for p in group["params"]:
-                if id(p) not in keep:
-                    p.grad = None
+        trainer.drop_gradients([p for group in trainer.optimizer.param_groups for p in group["params"]
+                                if id(p) not in keep])
         trainer.optimizer.step()
         return float(out.loss.detach()) * len(batch), float(out.n_tokens.sum())
 

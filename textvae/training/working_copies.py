@@ -73,7 +73,6 @@ class WorkingCopies:
         self.model, self.names = model, list(names)
         self.copies: dict[str, torch.Tensor] = {}  # name -> bf16 leaf tensor (requires grad)
         self.cast_from: dict[str, tuple[torch.Tensor, int]] = {}  # name -> (master, its version) at the cast
-        self.dropped: set[str] = set()
 
     def refresh(self) -> dict[str, torch.Tensor]:
         """The copies, each cast anew from its master if the master changed since."""
@@ -95,9 +94,12 @@ class WorkingCopies:
         return [c.grad for c in self.copies.values() if c.grad is not None]
 
     def drop(self, params: Iterable[nn.Parameter]) -> None:
-        """The next :meth:`step` leaves these masters untouched (a remedy restricting an update)."""
+        """Clear the copies' gradients of these masters: the next :meth:`step` leaves them untouched
+        (a remedy restricting an update)."""
         ids = {id(p) for p in params}
-        self.dropped |= {name for name, (master, _) in self.cast_from.items() if id(master) in ids}
+        for name, (master, _) in self.cast_from.items():
+            if id(master) in ids:
+                self.copies[name].grad = None
 
     def step(self, optimizer: torch.optim.Optimizer, scale: float) -> None:
         """SGD on each master whose copy has a gradient, at its parameter group's lr and the clip's
@@ -106,7 +108,7 @@ class WorkingCopies:
         kernel = native_kernel("sgd_bf16")
         for name, copy in self.copies.items():
             master = self.cast_from[name][0]
-            if copy.grad is not None and name not in self.dropped:
+            if copy.grad is not None:
                 alpha = -lrs[id(master)] * scale
                 with torch.no_grad():
                     if kernel is not None:  # writes both through their data: no version change
@@ -116,7 +118,6 @@ class WorkingCopies:
                         copy.copy_(master)
                 self.cast_from[name] = (master, master._version)
             copy.grad = None
-        self.dropped.clear()
 
 
 def working_copies_for(cfg: RunConfig, model: nn.Module, world_size: int,
