@@ -144,9 +144,16 @@ def test_a_failed_build_warns_once_and_torch_computes(monkeypatch, tmp_path, cap
     assert torch.equal(nll, plain)
 
 
-def test_build_name_follows_source_and_machine(monkeypatch):
-    """Another source or another CPU gives another cached library, never a stale one."""
+def test_build_name_follows_source_and_machine(monkeypatch, tmp_path):
+    """Another source, another shared header or another CPU gives another cached library, never a stale one."""
     name = native._build_name("softmax_rows")
+    for source in native.SOURCES.iterdir():
+        (tmp_path / source.name).write_bytes(source.read_bytes())
+    monkeypatch.setattr(native, "SOURCES", tmp_path)
+    assert native._build_name("softmax_rows") == name
+    (tmp_path / "bf16.h").write_text((tmp_path / "bf16.h").read_text() + "// changed\n")
+    assert native._build_name("softmax_rows") != name
+    monkeypatch.setattr(native, "SOURCES", native.SOURCES.__class__(native.__file__).parent / "csrc")
     monkeypatch.setattr(native, "_cpu_identity", lambda: "flags : something else")
     assert native._build_name("softmax_rows") != name
 

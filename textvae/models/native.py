@@ -1,6 +1,6 @@
 """textvae's C++ kernels, compiled for this machine on first use (``train.native_kernels``).
 
-Each kernel is one source under ``csrc/``, built by ``torch.utils.cpp_extension`` with the host's C++
+Each kernel is one source under ``csrc/`` (with the headers there), built by ``torch.utils.cpp_extension`` with the host's C++
 compiler (``-O3 -march=native``: vectorised for this CPU) and cached in torch's extension folder
 (``TORCH_EXTENSIONS_DIR``, by default ~/.cache/torch_extensions). The cached library's name carries a
 hash of the source, the flags, torch's version and the CPU's feature flags, so an edited source or a
@@ -59,8 +59,9 @@ def _cpu_identity() -> str:
 
 
 def _build_name(kernel: str) -> str:
-    source = (SOURCES / f"{kernel}.cpp").read_bytes()
-    key = b"\0".join([source, " ".join(_flags()).encode(), torch.__version__.encode(), _cpu_identity().encode()])
+    # the shared headers count too: a kernel includes them
+    sources = [(SOURCES / f"{kernel}.cpp").read_bytes()] + [h.read_bytes() for h in sorted(SOURCES.glob("*.h"))]
+    key = b"\0".join(sources + [" ".join(_flags()).encode(), torch.__version__.encode(), _cpu_identity().encode()])
     return f"textvae_{kernel}_{hashlib.sha256(key).hexdigest()[:16]}"
 
 

@@ -6,29 +6,10 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include "bf16.h"
+
 #include <cmath>
 #include <cstdint>
-#include <cstring>
-
-namespace {
-
-inline float from_bf16(uint16_t bits) {
-  const uint32_t u = uint32_t(bits) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
-
-// round to nearest, ties to even, as torch's fp32 -> bf16 cast; a NaN stays a (quiet) NaN
-inline uint16_t to_bf16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  if (std::isnan(f)) return uint16_t((u >> 16) | 0x40u);
-  u += 0x7FFFu + ((u >> 16) & 1u);
-  return uint16_t(u >> 16);
-}
-
-}  // namespace
 
 void sgd_update(torch::Tensor master, const torch::Tensor& grad, torch::Tensor working, double alpha) {
   TORCH_CHECK(master.device().is_cpu() && master.scalar_type() == torch::kFloat32 && master.is_contiguous(),
@@ -44,9 +25,9 @@ void sgd_update(torch::Tensor master, const torch::Tensor& grad, torch::Tensor w
   at::parallel_for(0, master.numel(), 1 << 14, [&](int64_t begin, int64_t end) {
 #pragma omp simd
     for (int64_t i = begin; i < end; ++i) {
-      const float x = m[i] + a * from_bf16(g[i]);
+      const float x = m[i] + a * textvae::from_bf16(g[i]);
       m[i] = x;
-      w[i] = to_bf16(x);
+      w[i] = std::isnan(x) ? uint16_t(0x7FC0) : textvae::to_bf16(x);  // a NaN stays a NaN
     }
   });
 }

@@ -10,6 +10,8 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include "bf16.h"
+
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -18,20 +20,8 @@
 
 namespace {
 
-inline float from_bf16(uint16_t bits) {
-  const uint32_t u = uint32_t(bits) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
-
-// round to nearest, ties to even (what torch's fp32 -> bf16 cast does for finite values)
-inline uint16_t to_bf16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  u += 0x7FFFu + ((u >> 16) & 1u);
-  return uint16_t(u >> 16);
-}
+using textvae::from_bf16;
+using textvae::to_bf16;
 
 // exp(x) for x <= 0, written so the compiler vectorises it: x = n ln2 + r with |r| <= ln2 / 2
 // (ln2 in two parts, so n * ln2_hi is exact), exp(r) from its Taylor series to r^7 (truncation
