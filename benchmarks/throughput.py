@@ -334,7 +334,11 @@ quiet, 00:22-00:25 UTC 2026-12-06, a slower day for this machine: see ``peer_thr
 --epoch-seeds 2 3 4 5``, the same quiet window; fp32 from the run above, whose code did not change):
 fp32 -> bf16 120.766 -> 120.828, 122.052 -> 122.108, 121.659 -> 121.143, 122.484 -> 122.351, 121.341
 -> 121.176 (+0.051, +0.046, -0.424, -0.109, -0.136 %): mean -0.114 % (bf16 the lower), sd of the
-pairs 0.19 %, so a mean of five pairs carries ~0.09 % of noise from the runs' chaos alone.
+pairs 0.19 %, so a mean of five pairs carries ~0.09 % of noise from the runs' chaos alone. Five more
+pairs (``--epoch-variants fp32 bf16 --epoch-seeds 6 7 8 9 10 --threads 2``, quiet, 00:52-01:00 UTC):
+120.713 -> 120.655, 121.475 -> 121.553, 120.436 -> 120.429, 120.596 -> 120.634, 120.835 -> 120.719
+(-0.048, +0.064, -0.006, +0.031, -0.095 %): mean -0.011 %, largest 0.095 %; over all ten pairs
+-0.063 %. fp32 9,853 tok/s, bf16 with the copies 21,165 (19.7-22.0k) over the same five epochs.
 """
 from __future__ import annotations
 
