@@ -1,6 +1,5 @@
 """Remedies against closed forms, slow reference loops and invariants; training-procedure hooks
 against a tiny fake trainer."""
-import contextlib
 import math
 from types import SimpleNamespace
 
@@ -53,8 +52,11 @@ class FakeTrainer:
     def clip_gradients(self):
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
 
-    def forward_precision(self):
-        return contextlib.nullcontext()
+    def forward(self, batch):
+        return self.model(batch, step=self.step)
+
+    def optimizer_step(self):
+        self.optimizer.step()
 
     def encoder_parameters(self):
         return self._encoder_params if self._encoder_params is not None else self.model.inference_parameters()
@@ -476,16 +478,16 @@ def test_aggressive_inner_loop_stops_when_per_word_loss_stops_decreasing(script,
     assert model.enc.grad is None and model.dec.grad is not None, "the outer step moves the decoder only"
 
 
-def test_aggressive_inner_steps_run_forward_in_the_runs_precision():
-    """Every inner forward pass runs inside the trainer's ``forward_precision`` (bf16 autocast in a
-    bf16 run), as the outer step's does; the backward passes run outside it."""
+def test_aggressive_inner_steps_run_forward_as_the_loop_does():
+    """Every inner forward pass is the trainer's ``forward`` (in the loop: the run's precision and its
+    working copies, as the outer step's), and every inner update its ``optimizer_step``."""
     model, remedy, trainer = aggressive_setup([10.0] * 15 + [9.0] * 15 + [9.5] * 200)
-    seen = []
-    forward = model.forward
-    model.forward = lambda *a, **k: (seen.append(torch.is_autocast_enabled("cpu")), forward(*a, **k))[1]
-    trainer.forward_precision = lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+    calls = {"forward": 0, "step": 0}
+    forward, step = trainer.forward, trainer.optimizer_step
+    trainer.forward = lambda batch: (calls.__setitem__("forward", calls["forward"] + 1), forward(batch))[1]
+    trainer.optimizer_step = lambda: (calls.__setitem__("step", calls["step"] + 1), step())[1]
     remedy.before_update(trainer, torch.zeros(1))
-    assert seen == [True] * 45
+    assert calls == {"forward": 45, "step": 45}
 
 
 def test_aggressive_switches_off_for_good_when_validation_mi_drops():

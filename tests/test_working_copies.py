@@ -221,3 +221,21 @@ def test_a_remedy_that_drops_gradients_keeps_its_masters_in_the_loop(tmp_path, m
     assert "model.encoder.rnn.weight_hh_l0" in before
     assert all(torch.equal(after[k], v) for k, v in before.items() if k.startswith("model.encoder."))
     assert not torch.equal(after["model.decoder.rnn.weight_hh_l0"], before["model.decoder.rnn.weight_hh_l0"])
+
+
+def test_aggressive_inner_steps_update_copied_encoder_weights_in_the_loop(tmp_path):
+    """Aggressive training in the loop with copies on: its inner steps (the trainer's ``forward`` and
+    ``optimizer_step``) move the encoder's copied LSTM weights, which its outer steps leave alone."""
+    from textvae.cli import main
+    from tests.test_train import state_of, tiny_args, write_corpus
+
+    corpus = write_corpus(tmp_path / "corpus", n_train=60, n_eval=20)
+    args = tiny_args(tmp_path / "runs", "agg", corpus, "--train.iw_samples_final", "0", "--optim.name", "sgd",
+                     "--optim.lr", "1.0", "--train.precision", "bf16", "--train.metrics_every", "0",
+                     "--objective.remedies", '[{"name": "aggressive", "max_inner_steps": 2, "check_every": 1}]')
+    main(["train", *args, "--train.max_steps", "1"])
+    before = state_of(tmp_path / "runs" / "agg" / "checkpoint.safetensors")
+    main(["train", *args, "--train.max_steps", "2", "--resume"])
+    after = state_of(tmp_path / "runs" / "agg" / "checkpoint.safetensors")
+    for name in ("model.encoder.rnn.weight_hh_l0", "model.decoder.rnn.weight_hh_l0"):
+        assert not torch.equal(after[name], before[name]), name

@@ -52,14 +52,13 @@ class Aggressive(Remedy):
     def _encoder_step(self, trainer: Trainer, batch: Any) -> tuple[float, float]:
         """One update of the encoder parameters; returns (summed loss, tokens) of the batch."""
         trainer.optimizer.zero_grad(set_to_none=True)
-        with trainer.forward_precision():  # the inner steps in the outer step's precision
-            out = trainer.model(batch, step=trainer.step)
+        out = trainer.forward(batch)  # the inner steps run as the outer step does (precision, copies)
         out.loss.backward()
-        trainer.clip_gradients()
+        trainer.clip_gradients()  # over every gradient, the decoder's too, as the authors' code
         keep = {id(p) for p in trainer.encoder_parameters()}
         trainer.drop_gradients([p for group in trainer.optimizer.param_groups for p in group["params"]
                                 if id(p) not in keep])
-        trainer.optimizer.step()
+        trainer.optimizer_step()
         return float(out.loss.detach()) * len(batch), float(out.n_tokens.sum())
 
     def before_update(self, trainer: Trainer, batch: Any) -> None:

@@ -43,12 +43,16 @@ class Trainer(Protocol):
     def random_batch(self) -> Any:
         """A uniformly drawn training batch (torch's global RNG), on the model's device."""
 
+    def forward(self, batch: Any) -> Any:
+        """The model's output on ``batch`` at the current step, run as the loop runs its own forward
+        (its precision, its working copies), so a hook's own updates run as the loop's do; the
+        backward pass is the hook's."""
+
     def clip_gradients(self) -> None:
         """Apply the run's gradient clipping to the current gradients."""
 
-    def forward_precision(self) -> contextlib.AbstractContextManager:
-        """The run's precision for a forward pass (``train.precision: bf16``: bfloat16 autocast), so
-        a hook's own updates run as the loop's do; the backward pass goes outside it."""
+    def optimizer_step(self) -> None:
+        """``optimizer.step()`` as the loop takes it (with the update of its working copies)."""
 
     def drop_gradients(self, params: list[nn.Parameter]) -> None:
         """The coming ``optimizer.step()`` leaves ``params`` untouched (their gradients are dropped,

@@ -226,6 +226,7 @@ class LoopTrainer:
 
     def __init__(self, run: "Run"):
         self.run = run
+        self.scale = 1.0  # the last clip's factor, for the working copies' update
 
     @property
     def model(self) -> nn.Module:
@@ -245,9 +246,24 @@ class LoopTrainer:
         plan = run.train_split.sampler(run.cfg.data.batch_size, shuffle=False).epoch_batches(0)
         return run.train_split.batch(plan[int(torch.randint(len(plan), ()))]).to(run.device)
 
+    def forward(self, batch: Batch) -> VAEOutput:
+        """The model's output at the current step, in the run's precision, through the working copies
+        where the loop keeps them; the backward pass goes outside."""
+        run = self.run
+        with self.forward_precision():
+            return (run.model(batch, step=self.step) if run.working is None
+                    else run.working(run.model, batch, step=self.step))
+
     def clip_gradients(self) -> None:
-        if self.run.cfg.optim.clip > 0:
-            clip_gradients(self.model, self.run.cfg.optim.clip)
+        clip = self.run.cfg.optim.clip
+        if clip > 0:
+            self.scale = clip_scale(float(clip_gradients(self.model, clip, self.run.working)), clip)
+
+    def optimizer_step(self) -> None:
+        self.optimizer.step()
+        if self.run.working is not None:
+            self.run.working.step(self.optimizer, self.scale)
+        self.scale = 1.0
 
     def drop_gradients(self, params: list[torch.nn.Parameter]) -> None:
         for p in params:
