@@ -6,8 +6,10 @@ import dataclasses
 import pytest
 import torch
 
-from textvae.config import RunConfig
+from textvae.config import DecoderConfig, EncoderConfig, ModelConfig, RunConfig
 from textvae.models import native
+from textvae.models.decoders import DECODERS
+from textvae.models.textvae import TextVAE
 from textvae.models.sampled_softmax import SampledSoftmax
 from textvae.training.train import clip_gradients
 from textvae.training.working_copies import (WorkingCopies, clip_scale, working_copies_apply, working_copy_names)
@@ -62,6 +64,27 @@ def test_which_weights_get_copies():
     model = tiny_model()
     model.sampled_softmax = SampledSoftmax(torch.ones(V), 8)
     assert "projection.weight" not in working_copy_names(model)
+
+
+@pytest.mark.parametrize("decoder", DECODERS.names())
+def test_every_decoder_trains_through_its_copies(decoder):
+    """Each registered decoder: the forward through the copies gives autocast's loss over the masters
+    bit for bit, and every copy gets its gradient."""
+    cfg = ModelConfig(emb_dim=12, latent_dim=4, encoder=EncoderConfig(hidden_dim=10),
+                      decoder=DecoderConfig(type=decoder, hidden_dim=12, input_dropout=0.0, output_dropout=0.0),
+                      init="torch")
+    torch.manual_seed(0)
+    model, batch = TextVAE(cfg, V).train(), ragged_batch()
+    working = WorkingCopies(model, working_copy_names(model))
+    losses = []
+    for through_copies in (False, True):
+        torch.manual_seed(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = working(model, batch) if through_copies else model(batch)
+        losses.append(out.loss.detach())
+    out.loss.backward()
+    assert "projection.weight" in working.copies and torch.equal(losses[0], losses[1])
+    assert all(c.grad is not None and c.grad.dtype == torch.bfloat16 for c in working.copies.values())
 
 
 @pytest.mark.parametrize("change, applies", [
