@@ -490,10 +490,22 @@ def test_aggressive_inner_steps_run_forward_as_the_loop_does():
     assert calls == {"forward": 45, "step": 45}
 
 
+def test_aggressive_reports_its_mean_inner_steps_per_epoch():
+    """``after_epoch`` reports the mean encoder steps per update of the epoch (the row's cost), then
+    counts anew."""
+    model, remedy, trainer = aggressive_setup([10.0] * 15 + [9.0] * 15 + [9.5] * 15 + [1.0] * 15 + [2.0] * 200)
+    remedy.before_update(trainer, torch.zeros(1))  # 45 steps: the third block is worse than the second
+    remedy.before_update(trainer, torch.zeros(1))  # 30: the block after 1.0 is worse
+    first = remedy.after_epoch(trainer, 1, {"mi_batch": 1.0})
+    assert first == {"aggressive": 1.0, "aggressive_inner_steps": 37.5}
+    assert remedy.after_epoch(trainer, 2, {"mi_batch": 2.0})["aggressive_inner_steps"] == 0.0
+
+
 def test_aggressive_switches_off_for_good_when_validation_mi_drops():
     model, remedy, trainer = aggressive_setup([1.0])
     logs = [remedy.after_epoch(trainer, e, {"mi_batch": mi}) for e, mi in enumerate([0.5, 0.7, 0.6, 0.9], 1)]
-    assert logs == [{"aggressive": 1.0}, {"aggressive": 1.0}, {"aggressive": 0.0}, {}]
+    assert [{k: v for k, v in log.items() if k == "aggressive"} for log in logs] == [
+        {"aggressive": 1.0}, {"aggressive": 1.0}, {"aggressive": 0.0}, {}]
     restored = create_remedy({"name": "aggressive"}, **CONTEXT)
     restored.load_state_dict(remedy.state_dict())  # a resumed run stays in ordinary mode
     restored.before_update(trainer, torch.zeros(1))
@@ -519,7 +531,7 @@ def test_best_model_reload_does_not_switch_aggressive_mode_back_on(tmp_path):
         for p in model.parameters():
             p.add_(1.0)
         bn.running_mean.add_(1.0)
-    assert aggressive.after_epoch(None, 2, {"mi_batch": 0.5}) == {"aggressive": 0.0}
+    assert aggressive.after_epoch(None, 2, {"mi_batch": 0.5})["aggressive"] == 0.0
     reload_weights(model, tmp_path, torch.device("cpu"), list(model.objective.remedies))
     for n, p in model.named_parameters():
         assert torch.equal(p, saved[n]), n

@@ -47,7 +47,8 @@ class Aggressive(Remedy):
         self.max_inner_steps, self.check_every, self.mi_key = max_inner_steps, check_every, mi_key
         self.register_buffer("active", torch.tensor(True))
         self.register_buffer("last_mi", torch.tensor(math.nan, dtype=torch.float64))
-        self.inner_steps = 0  # of the last update, for logging
+        self.inner_steps = 0  # of the last update
+        self.epoch_inner_steps: list[int] = []  # of each update since the epoch began (or the run resumed)
 
     def _encoder_step(self, trainer: Trainer, batch: Any) -> tuple[float, float]:
         """One update of the encoder parameters; returns (summed loss, tokens) of the batch."""
@@ -75,6 +76,7 @@ class Aggressive(Remedy):
                     break
                 previous, block_loss, block_tokens = current, 0.0, 0.0
         self.inner_steps = i
+        self.epoch_inner_steps.append(i)
         trainer.optimizer.zero_grad(set_to_none=True)
 
     def before_step(self, trainer: Trainer) -> None:
@@ -91,4 +93,6 @@ class Aggressive(Remedy):
         if not math.isnan(float(self.last_mi)) and mi < float(self.last_mi):
             self.active.fill_(False)
         self.last_mi.fill_(mi)
-        return {"aggressive": float(self.active)}
+        steps, self.epoch_inner_steps = self.epoch_inner_steps, []
+        # the epoch's mean encoder steps per update: how much an aggressive epoch costs
+        return {"aggressive": float(self.active), "aggressive_inner_steps": sum(steps) / max(len(steps), 1)}
