@@ -81,7 +81,7 @@ peer's code runs as it is, with glibc's default). 3x the peer is 23.9k tok/s (PT
 (Yahoo-size): not met; Yahoo-size is within 4 %.
 
 Measured 2026-12-05 23:50-23:57 UTC on the same Xeon (quiet: the PTB study's two runs stopped with
-SIGSTOP for the measurement), commit of ``train.bf16_weight_copies``, the same commands. New row: bf16
+SIGSTOP for the measurement), commit 842d47f (``train.bf16_weight_copies``), the same commands. New row: bf16
 working copies of the LSTM and output weights (:mod:`textvae.training.working_copies`, the default for
 plain SGD), which replace the per-step fp32 -> bf16 cast of each weight and the widening of its bf16
 gradient by one fused SGD pass that also writes the copy. The machine read slower this time for every

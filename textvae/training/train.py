@@ -249,10 +249,8 @@ class LoopTrainer:
     def forward(self, batch: Batch) -> VAEOutput:
         """The model's output at the current step, in the run's precision, through the working copies
         where the loop keeps them; the backward pass goes outside."""
-        run = self.run
         with self.forward_precision():
-            return (run.model(batch, step=self.step) if run.working is None
-                    else run.working(run.model, batch, step=self.step))
+            return model_output(self.run.model, self.run.working, batch, self.step)
 
     def clip_gradients(self) -> None:
         clip = self.run.cfg.optim.clip
@@ -260,9 +258,7 @@ class LoopTrainer:
             self.scale = clip_scale(float(clip_gradients(self.model, clip, self.run.working)), clip)
 
     def optimizer_step(self) -> None:
-        self.optimizer.step()
-        if self.run.working is not None:
-            self.run.working.step(self.optimizer, self.scale)
+        optimizer_step(self.run, self.scale)
         self.scale = 1.0
 
     def drop_gradients(self, params: list[torch.nn.Parameter]) -> None:
@@ -295,10 +291,22 @@ class TrainStep(nn.Module):
         self.model, self.working = model, working
 
     def forward(self, batch: Batch, step: int, weight: float) -> tuple[torch.Tensor, VAEOutput]:
-        out = self.model(batch, step=step) if self.working is None else self.working(self.model, batch, step=step)
+        out = model_output(self.model, self.working, batch, step)
         figures = VAEOutput(rec=out.rec.detach(), kl=out.kl.detach(), n_tokens=out.n_tokens,
                             loss=out.loss.detach(), terms={k: v.detach() for k, v in out.terms.items()})
         return out.loss * weight, figures
+
+
+def model_output(model: nn.Module, working: Optional[WorkingCopies], batch: Batch, step: int) -> VAEOutput:
+    """``model(batch, step=step)``, through the bf16 working copies when the run keeps them."""
+    return model(batch, step=step) if working is None else working(model, batch, step=step)
+
+
+def optimizer_step(run: "Run", scale: float) -> None:
+    """The optimiser's step and the working copies' update, at the clip's ``scale``."""
+    run.optimizer.step()
+    if run.working is not None:
+        run.working.step(run.optimizer, scale)
 
 
 def remedy_name(remedy: Remedy) -> str:
@@ -333,9 +341,10 @@ def clip_gradients(model: nn.Module, max_norm: float, working: Optional[WorkingC
         if p.grad.is_sparse:
             p.grad = p.grad.coalesce()
     norm = torch.nn.utils.get_total_norm([p.grad._values() if p.grad.is_sparse else p.grad for p in params])
-    if working is not None and working.gradients():
+    copied = [] if working is None else working.gradients()
+    if copied:
         norm = torch.linalg.vector_norm(torch.stack(
-            [norm] + [torch.linalg.vector_norm(g, dtype=torch.float32) for g in working.gradients()]))
+            [norm] + [torch.linalg.vector_norm(g, dtype=torch.float32) for g in copied]))
     if norm + 1e-6 > max_norm:  # one host sync; the non-finite check syncs every step anyway
         torch.nn.utils.clip_grads_with_norm_([p for p in params if not p.grad.is_sparse], max_norm, norm)
         scale = max_norm / (norm + 1e-6)
@@ -717,9 +726,7 @@ def train_step(run: Run, index: np.ndarray) -> tuple[VAEOutput, torch.Tensor, in
         stop_nonfinite(run, bad)
     for remedy in run.remedies:
         remedy.before_step(run.trainer)
-    optimizer.step()
-    if run.working is not None:
-        run.working.step(optimizer, clip_scale(float(grad_norm), clip) if clip > 0 else 1.0)
+    optimizer_step(run, clip_scale(float(grad_norm), clip) if clip > 0 else 1.0)
     state.step += 1
     state.batch_in_epoch += 1
     return out, grad_norm, len(mine) if weight else 0
