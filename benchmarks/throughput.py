@@ -339,6 +339,64 @@ pairs (``--epoch-variants fp32 bf16 --epoch-seeds 6 7 8 9 10 --threads 2``, quie
 120.713 -> 120.655, 121.475 -> 121.553, 120.436 -> 120.429, 120.596 -> 120.634, 120.835 -> 120.719
 (-0.048, +0.064, -0.006, +0.031, -0.095 %): mean -0.011 %, largest 0.095 %; over all ten pairs
 -0.063 %. fp32 9,853 tok/s, bf16 with the copies 21,165 (19.7-22.0k) over the same five epochs.
+
+Issue 18, 2026-12-06 (quiet: the study's runs stopped; 2 threads; a slow day for this host, bf16 roof
+1,919-2,304 GFLOP/s). ``torch.profiler`` of the default bf16 PTB step with the working copies showed
+three more passes that a kernel or a layout removes, each measured alone (medians, wall clock):
+
+    the decoders' dropout mask + multiply, [32, 25, 256] fp32: torch (rand >= p)       0.72 ms
+      textvae's ``dropout`` kernel (SplitMix64 hash of seed and index), fp32 / bf16      0.046 / 0.063
+    the working copies' gradient norm (PTB's five bf16 gradients): torch, each
+      ``vector_norm(g, dtype=float32)`` (an fp32 copy first)                            0.97
+      ``sum_squares`` of the ``sgd_bf16`` kernel                                         0.13
+    the output layer's forward GEMM, [256, 256] x [256, 10002]: W^T as a view          0.74-0.80
+      W^T contiguous                                                                     0.60-0.63
+    its weight gradient: G^T [h | g] ([10002, 768] x [768, 272]), then a copy of the
+      [V, H] slice (0.38 ms)                                                             2.81-2.89
+      dW^T = [h | g]^T G, both operands contiguous, no copy                             2.34
+
+torch's CPU ``rand`` draws one element at a time from a locked Mersenne Twister (~2.5 ns per element);
+gcc vectorised the norm's fp32 reduction only once it sat in a function of its own (inline in the
+``parallel_reduce`` lambda it stayed scalar: 1.4 ms). The layout: the output weight's fp32 master is kept
+transposed in memory when working copies apply (``working_copies.TRANSPOSED``), so its bf16 copy and the
+copy's gradient are too, and autograd keeps that gradient without copying it. A [256, V] chunk as the
+step runs it (the GEMM among the loss's other passes) took 1.44 ms with the view. ``Stepper`` on 60 PTB
+batches after 20, then the same 60 again (all shapes met), fresh processes taken in turn:
+
+    variant                                     first 60 (tok/s)    the same 60 again
+    ee26b25 (before)                            16,980 / 17,531     18,765 / 19,029
+    + dropout kernel + kernel norm              19,460 / 19,062     21,418 / 21,132   (update 4.5 -> 3.0 ms)
+    + output weight transposed (kept)           20,680 / 20,483     22,928 / 23,411
+      the same without the transposed layout    19,507 / 19,130     20,909 / 20,916
+
+``peer_throughput.py`` has the side-by-side table: PTB 2.83x the peer, Yahoo-size 3.60x. In evaluation
+(no gradients, bf16, a call of at least ``fused_loss.CONTIGUOUS_WT_TOKENS`` tokens) the fused loss makes
+W^T contiguous once per call: the IW pass's calls have ~64 chunks. ``--sections iw --threads 2 --iw-model
+<kl_constraint's model> --iw-sentences 16 --iw-budgets 16384 --iw-repeats 2 --iw-k-sweep 500`` (quiet,
+02:43-02:46 UTC): fused + C++ bf16 4.26 sent/s (view) against 4.49 (copy), IW-NLL the same to the printed
+digits (111.958, -0.0067 from fp32); 15.5 % of that run's bf16 roof. (The same command read 5.67 sent/s
+on 2026-12-05: this host's speed drifts by ~25 % between days.)
+
+Not kept, measured the same day:
+- A C++ backward for the one-layer LSTM (oneDNN's forward kept, bit for bit): every step's
+  pre-activations as one GEMM from the forward's output ([B T, I + H] x [I + H, 4H], rows padded to
+  256), the cells' recurrence elementwise, the gradient's recurrence with one [B, 4H] x [4H, H] GEMM
+  per step, the weight and input gradients as GEMMs over all steps. Its gradients were closer to a
+  float64 reference than oneDNN's own (relative error 3.8e-3 against 4.6e-3 for dx, 4.3e-3 against
+  4.95e-3 for dW_hh; [32, 25, 288] -> 256), but it was no faster: fwd + bwd 5.94 against 6.09 ms alone,
+  and in the step (``Stepper``, two fresh-process pairs) 20,290 / 20,633 against 20,178 / 19,467 tok/s
+  on new batches and 21,361 / 22,283 against 21,864 / 20,943 on the same ones, within the noise. Its
+  per-step GEMM (~40 us) is what oneDNN's is, and the step-by-step part dominates at PTB's sizes.
+- The loss's forward GEMM over 512 or 1024 tokens per chunk with W^T contiguous: 19.7-21.6k against
+  20.0-21.1k tok/s at 256 (two rounds), within the noise.
+
+The precision condition again (the dropout stream changed for fp32 and bf16 alike): ``--sections epoch
+--threads 2 --epoch-variants fp32 bf16 --epoch-seeds 1 2 3 4 5`` and then ``... 6 7 8 9 10`` (quiet,
+02:51-03:06 and 03:08-03:24 UTC). Valid -ELBO after one epoch, fp32 -> bf16: 120.682 -> 120.699,
+122.357 -> 122.080, 121.428 -> 120.995, 122.146 -> 122.336, 121.220 -> 121.109 (+0.014, -0.227, -0.357,
++0.156, -0.091 %: mean -0.101 %); 120.761 -> 120.640, 121.484 -> 121.547, 120.249 -> 120.425, 120.525 ->
+120.631, 120.762 -> 120.857 (-0.100, +0.052, +0.146, +0.089, +0.078 %: mean +0.053 %); **all ten pairs
+-0.024 %**, largest pair 0.357 %. fp32 8,342 / 8,141 tok/s, bf16 20,207 / 19,351 over each set's epochs.
 """
 from __future__ import annotations
 

@@ -4,7 +4,9 @@ The kernel tests skip where the kernel cannot be built (no C++ compiler): torch 
 compute the same thing, which tests/test_perf_levers.py covers.
 """
 import logging
+import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -90,6 +92,54 @@ def test_fused_loss_same_with_and_without_the_kernel(softmax_rows, with_bias):
         results.append([nll.detach(), evaluated] + [t.grad for t in leaves])
     for with_kernel, with_torch in zip(*results):
         torch.testing.assert_close(with_kernel, with_torch, rtol=2e-5, atol=2e-5)
+
+
+def splitmix64_keep(seed, n, p):
+    """The dropout kernel's mask, in numpy's uint64 arithmetic (wrapping): the high 32 bits of
+    SplitMix64's output for counters 1..n from ``seed``, compared with round(p * 2^32)."""
+    with np.errstate(over="ignore"):
+        z = np.uint64(seed) + (np.arange(n, dtype=np.uint64) + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return torch.from_numpy((z >> np.uint64(32)) >= np.uint64(round(p * 2 ** 32)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("p, seed", [(0.5, 0), (0.3, 2 ** 62 + 12345), (0.9, 77)])
+def test_dropout_kernel_against_splitmix64(dtype, p, seed):
+    """Every element's mask is the reference's (a size that is no multiple of the vector width nor of
+    a thread's share); kept elements are x / (1 - p) rounded once to the input's type; NaN stays NaN."""
+    kernel = native.native_kernel("dropout")
+    if kernel is None:
+        pytest.skip(f"the dropout kernel is not built here ({native.native_status()})")
+    x = torch.randn(3, 40_003, generator=torch.Generator().manual_seed(5)).to(dtype)
+    x[0, 0] = float("nan")
+    y = kernel.dropout(x, p, seed)
+    keep = splitmix64_keep(seed, x.numel(), p).view(x.shape)
+    expected = torch.where(keep, (x.double() * float(torch.tensor(1 / (1 - p)))).to(dtype), torch.zeros((), dtype=dtype))
+    assert y.dtype == dtype
+    assert torch.equal(torch.nan_to_num(y), torch.nan_to_num(expected))
+    assert bool(keep[0, 0]) == bool(torch.isnan(y[0, 0]))
+    assert abs(keep.double().mean().item() - (1 - p)) < 5 * math.sqrt(p * (1 - p) / keep.numel())
+    with pytest.raises(RuntimeError, match="contiguous"):
+        kernel.dropout(x.t(), p, seed)
+
+
+def test_sum_squares_against_float64():
+    """The working copies' squared gradient norm: several bf16 tensors, sizes off every block size, to
+    ~1e-6 relative of the float64 sum; none gives 0."""
+    kernel = native.native_kernel("sgd_bf16")
+    if kernel is None:
+        pytest.skip(f"the sgd_bf16 kernel is not built here ({native.native_status()})")
+    g = torch.Generator().manual_seed(2)
+    grads = [(torch.randn(shape, generator=g) * scale).bfloat16()
+             for shape, scale in [((1001, 37), 1.0), ((5,), 1e-3), ((70_001,), 30.0), ((1,), 2.0)]]
+    exact = sum(float(t.double().square().sum()) for t in grads)
+    assert kernel.sum_squares(grads) == pytest.approx(exact, rel=1e-6)
+    assert kernel.sum_squares([]) == 0.0
+    with pytest.raises(RuntimeError, match="bf16"):
+        kernel.sum_squares([torch.ones(3)])
 
 
 def test_switch_and_status(monkeypatch):

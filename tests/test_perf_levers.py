@@ -3,7 +3,8 @@
 * fused projection + cross-entropy (``linear_cross_entropy``) vs ``F.linear`` + ``F.cross_entropy``,
   in fp32 (to rounding), in bf16 (as close to fp32 as the reference bf16 path), for extreme logits;
 * the unpacked one-direction encoder vs the packed one (same final states and gradients);
-* the decoders' ``Dropout`` vs the Bernoulli(1 - p) inverted-dropout distribution;
+* the decoders' ``Dropout`` (its kernel and torch operations) vs the Bernoulli(1 - p) inverted-dropout
+  distribution;
 * bf16 autocast really runs the recurrent layers and the output layer in bf16, keeps the latent
   side and the loss in fp32, and leaves fp32 gradients on the fp32 master weights;
 * the loop's gradient clipping equals clip_grad_norm_; its malloc setting applies;
@@ -226,18 +227,29 @@ def test_bidirectional_encoder_still_packed():
                                packed_final_state(model.encoder, batch.tokens, batch.lengths))
 
 
+@pytest.fixture(params=[True, False], ids=["kernel", "torch-ops"])
+def dropout_path(request):
+    """The decoders' dropout through textvae's ``dropout`` kernel, and through torch operations."""
+    if request.param and native.native_kernel("dropout") is None:
+        pytest.skip(f"the dropout kernel is not built here ({native.native_status()})")
+    with native.native_kernels(request.param):
+        yield request.param
+
+
 @pytest.mark.parametrize("p", [0.2, 0.5])
-def test_dropout_distribution(p):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_distribution(p, dtype, dropout_path):
     """Kept fraction ~ Binomial(n, 1 - p) (within 5 standard deviations), kept values scaled by
     1 / (1 - p), dropped ones 0; the gradient is the same mask times the scale."""
     torch.manual_seed(0)
     drop = Dropout(p).train()
-    x = torch.ones(200, 500, requires_grad=True)
+    x = torch.ones(200, 500, dtype=dtype, requires_grad=True)
     y = drop(x)
     n = x.numel()
     kept = (y != 0).sum().item()
+    assert y.dtype == dtype
     assert abs(kept - n * (1 - p)) < 5 * math.sqrt(n * p * (1 - p))
-    torch.testing.assert_close(y[y != 0], torch.full((kept,), 1 / (1 - p)))
+    torch.testing.assert_close(y[y != 0], torch.full((kept,), 1 / (1 - p), dtype=dtype))
     y.sum().backward()
     torch.testing.assert_close(x.grad, y.detach())
     # independent across elements: neighbouring positions agree as often as independence predicts
@@ -245,11 +257,21 @@ def test_dropout_distribution(p):
     assert abs(same - ((1 - p) ** 2 + p**2)) < 0.01
 
 
-def test_dropout_identity_and_edges():
-    x = torch.randn(4, 6)
-    assert Dropout(0.5).eval()(x) is x
-    assert Dropout(0.0).train()(x) is x
-    assert torch.equal(Dropout(1.0).train()(x), torch.zeros_like(x))
+def test_dropout_follows_torch_s_seed_and_masks_its_gradient(dropout_path):
+    """The same torch seed gives the same mask, another seed another one; the gradient of a
+    non-contiguous input is masked where the output was."""
+    drop = Dropout(0.5).train()
+    x = torch.randn(40, 30).t()  # [30, 40], not contiguous
+    outs = []
+    for seed in (3, 3, 4):
+        torch.manual_seed(seed)
+        leaf = x.clone().requires_grad_()
+        y = drop(leaf)
+        upstream = torch.randn(y.shape)
+        y.backward(upstream)
+        outs.append(y.detach())
+        torch.testing.assert_close(leaf.grad, torch.where(y != 0, upstream * 2.0, 0.0))
+    assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], outs[2])
 
 
 def test_bf16_autocast_runs_recurrent_and_output_layers_in_bf16():

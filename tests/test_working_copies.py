@@ -51,6 +51,23 @@ def test_sgd_kernel_against_torch():
         kernel.sgd_update(master, grad.float(), working, 1.0)
 
 
+def test_output_copy_is_transposed_and_its_gradient_needs_no_copy(kernel_on):
+    """The projection's master (same values) and copy are [V, H] views of contiguous [H, V] tensors, and
+    the fused loss hands autograd the copy's gradient in that same layout (kept, not copied)."""
+    model, batch = tiny_model(), ragged_batch()
+    model.train()
+    before = model.projection.weight.detach().clone()
+    working = WorkingCopies(model, working_copy_names(model))
+    master = model.projection.weight
+    assert torch.equal(master, before) and master.t().is_contiguous() and not master.is_contiguous()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        working(model, batch).loss.backward()
+    copy = working.copies["projection.weight"]
+    assert copy.shape == model.projection.weight.shape and not copy.is_contiguous() and copy.t().is_contiguous()
+    assert copy.grad.stride() == copy.stride()
+    assert all(c.grad.is_contiguous() for n, c in working.copies.items() if n != "projection.weight")
+
+
 def test_which_weights_get_copies():
     """Every LSTM weight and the fused loss's output weight; not biases, embeddings, the latent side, a
     GRU, a weight tied to an embedding, or the sampled softmax's rows."""

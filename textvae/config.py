@@ -236,9 +236,11 @@ class TrainConfig:
     denormal floats (below 1.18e-38) read and written as 0 in every thread, as TensorFlow's CPU
     kernels do: x86 takes a slow microcode path for them, and Adam's moments of rare words' embedding
     rows pass through them (:mod:`textvae.training.denormals`); off, arithmetic is IEEE's to the last bit.
-    ``native_kernels`` computes the bf16 output loss's softmax part on the CPU with textvae's C++ kernel,
-    compiled for the machine on first use (:mod:`textvae.models.native`; torch operations where no
-    compiler is found, or when off): the same formulas, other rounding. ``bf16_weight_copies`` keeps,
+    ``native_kernels`` computes on the CPU, with textvae's C++ kernels compiled for the machine on first
+    use (:mod:`textvae.models.native`; torch operations where no compiler is found, or when off), the
+    bf16 output loss's softmax part (the same formulas, other rounding), the recurrent decoders'
+    dropout masks (the same distribution, another random stream) and the working copies' gradient norm
+    and update. ``bf16_weight_copies`` keeps,
     in bf16 on the CPU with plain SGD in one process, a bf16 working copy of each LSTM and output
     weight for the forward and backward passes, updated together with its fp32 master in one pass,
     instead of casting every weight and its gradient each step (:mod:`textvae.training.working_copies`):

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from textvae.data.special import PAD_ID
+from textvae.models.native import native_kernel
 from textvae.registry import Registry
 
 DECODERS: Registry = Registry("decoder", recipe="model.decoder: {type: NAME, options: {PARAMETER: VALUE}}",
@@ -18,11 +19,31 @@ DECODERS: Registry = Registry("decoder", recipe="model.decoder: {type: NAME, opt
                                         "input_dropout", "output_dropout", "z_init", "z_concat"))
 
 
+class _CountedDropout(torch.autograd.Function):
+    """The ``dropout`` kernel's y = x * m / (1 - p), whose mask m is a function of (seed, element index):
+    the backward recomputes it from the seed instead of keeping it."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, p: float, seed: int, kernel: Any) -> torch.Tensor:
+        ctx.p, ctx.seed, ctx.kernel = p, seed, kernel
+        return kernel.dropout(x.contiguous(), p, seed)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor):
+        # the gradient has x's shape, so its element i (contiguous) meets the mask's element i
+        return ctx.kernel.dropout(grad.contiguous(), ctx.p, ctx.seed), None, None, None
+
+
 class Dropout(nn.Module):
     """Inverted dropout, x * m / (1 - p) with m ~ Bernoulli(1 - p) per element: the distribution
-    of ``nn.Dropout``, with the mask drawn as ``U(0, 1) >= p`` in fp32. On CPU this is faster
-    than ``nn.Dropout``, whose ``bernoulli_`` draws one element at a time (it is two calls per
-    training step of the recurrent decoders; ``benchmarks/throughput.py`` measures it)."""
+    of ``nn.Dropout``. On CPU, fp32 or bf16, the mask comes from textvae's ``dropout`` kernel
+    (:mod:`textvae.models.native`): m_i = [u_i >= p] with u_i a 32-bit uniform hashed from a seed drawn
+    from torch's generator and the element's index (SplitMix64), so ``torch.manual_seed`` still fixes
+    it. Elsewhere (or without the kernel) it is drawn as ``U(0, 1) >= p`` in fp32. Both are faster
+    than ``nn.Dropout``, whose ``bernoulli_`` draws one element at a time from torch's CPU generator
+    (two calls per training step of the recurrent decoders; ``benchmarks/throughput.py`` measures
+    them)."""
 
     def __init__(self, p: float = 0.5):
         super().__init__()
@@ -33,6 +54,11 @@ class Dropout(nn.Module):
             return x
         if self.p >= 1.0:
             return x * 0.0
+        kernel = (native_kernel("dropout") if x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
+                  else None)
+        if kernel is not None:
+            seed = int(torch.empty((), dtype=torch.int64).random_())  # one draw of torch's generator
+            return _CountedDropout.apply(x, self.p, seed, kernel)
         keep = torch.rand(x.shape, device=x.device) >= self.p
         return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
 

@@ -23,6 +23,9 @@ LOSS_CHUNK_TOKENS = 256
 # few shapes, each built once (benchmarks/throughput.py). Zero rows add nothing to dW and their dh and
 # NLL are dropped. A divisor of LOSS_CHUNK_TOKENS, so that every chunk's GEMM has a padded shape.
 GEMM_ROWS = 64
+# An evaluation call (no gradients) of at least this many tokens in bf16 makes W^T contiguous for its
+# chunks' GEMMs (benchmarks/throughput.py, iw section).
+CONTIGUOUS_WT_TOKENS = 8 * LOSS_CHUNK_TOKENS
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -79,9 +82,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 if need_grad:
                     grad_logits = torch.empty(h.shape[0], vocab + pad, device=h.device, dtype=dtype)
                     grad_logits[n_tokens:] = 0
-            # [H, V + pad], a view: the GEMMs read it about as fast as a contiguous copy, and torch's
-            # transposing copy costs more than that gains (benchmarks/throughput.py)
+            # [H, V + pad]. In training a view: torch's transposing copy costs more than its few chunks'
+            # GEMMs gain (the bf16 working copy is kept transposed instead, so its view is contiguous).
+            # An evaluation call of many chunks (the IW pass: ~64) pays for the copy many times over.
             w_t = w.t()
+            if not need_grad and not w_t.is_contiguous() and n_tokens >= CONTIGUOUS_WT_TOKENS and dtype != torch.float32:
+                w_t = w_t.contiguous()
             rows_kernel = native_kernel("softmax_rows") if dtype == torch.bfloat16 and h.device.type == "cpu" else None
             if rows_kernel is not None and b is None:
                 b = torch.zeros(vocab, device=h.device)
@@ -134,6 +140,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     # db = G^T g rides in dW's GEMM as one more column of its right operand (zero-padded
                     # to 16 columns, aligned): one pass over G instead of a second one for a GEMV
                     rhs = torch.cat([rhs, g.unsqueeze(1), rhs.new_zeros(n, 15)], dim=1)  # [N, H + 16]
+                if w.t().is_contiguous() and not w.is_contiguous():
+                    # W is stored transposed (the bf16 working copy, textvae.training.working_copies):
+                    # dW^T = rhs^T G [H (+ 16), V] is one GEMM with contiguous operands, and its transpose
+                    # is dW in W's own layout, which autograd keeps as it is
+                    both_t = rhs.t().contiguous() @ grad_logits  # [H (+ 16), V + pad]
+                    if ctx.needs_input_grad[2]:
+                        grad_b = both_t[hid, :ctx.vocab].to(b_dtype)  # [V]
+                    if ctx.needs_input_grad[1]:
+                        grad_w = both_t[:hid, :ctx.vocab].t().to(w_dtype)  # [V, H], strides (1, V)
+                    return grad_h, grad_w, grad_b, None, None, None, None
                 both = grad_logits.t() @ rhs  # [V + pad, H (+ 16)]; padding rows dropped below
                 if ctx.needs_input_grad[2]:
                     grad_b = both[:ctx.vocab, hid].to(b_dtype).contiguous()  # [V]

@@ -11,8 +11,10 @@ why, once per process, and the caller computes the same thing with torch operati
 ``TEXTVAE_NATIVE=0`` in the environment never tries.
 
 Kernels: ``softmax_rows`` (the elementwise half of the bf16 fused loss,
-:mod:`textvae.models.fused_loss`); ``sgd_bf16`` (the SGD update of an fp32 master weight that also writes
-its bf16 working copy, :mod:`textvae.training.working_copies`).
+:mod:`textvae.models.fused_loss`); ``sgd_bf16`` (the norm of the bf16 working copies' gradients, and the
+SGD update of an fp32 master weight that also writes its bf16 working copy,
+:mod:`textvae.training.working_copies`); ``dropout`` (the recurrent decoders' dropout on the CPU, fp32
+or bf16, :class:`textvae.models.decoders.Dropout`).
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCES = Path(__file__).resolve().parent / "csrc"
-KERNELS = ("softmax_rows", "sgd_bf16")
+KERNELS = ("softmax_rows", "sgd_bf16", "dropout")
 # -fopenmp: at::parallel_for is a header template, so its parallel region is compiled into the kernel.
 # The library then needs libgomp.so.1, and the dynamic linker hands it the one torch already loaded
 # (same soname): the kernel's threads are torch's intra-op pool, with its thread count and its
@@ -137,7 +139,7 @@ def set_native_kernels(on: bool) -> bool:
 @contextlib.contextmanager
 def native_kernels(on: bool) -> Iterator[None]:
     """:func:`set_native_kernels` for the block; the setting before it is restored after. Nothing is
-    built on entry: a kernel is built where it is first used (an fp32 or GPU run never builds one)."""
+    built on entry: a kernel is built where it is first used (a GPU run never builds one; an fp32 CPU run only the dropout)."""
     was = set_native_kernels(on)
     try:
         yield

@@ -341,10 +341,9 @@ def clip_gradients(model: nn.Module, max_norm: float, working: Optional[WorkingC
         if p.grad.is_sparse:
             p.grad = p.grad.coalesce()
     norm = torch.nn.utils.get_total_norm([p.grad._values() if p.grad.is_sparse else p.grad for p in params])
-    copied = [] if working is None else working.gradients()
-    if copied:
-        norm = torch.linalg.vector_norm(torch.stack(
-            [norm] + [torch.linalg.vector_norm(g, dtype=torch.float32) for g in copied]))
+    copied = None if working is None else working.gradient_norm()
+    if copied is not None:
+        norm = torch.linalg.vector_norm(torch.stack([norm, copied.to(norm.device)]))
     if norm + 1e-6 > max_norm:  # one host sync; the non-finite check syncs every step anyway
         torch.nn.utils.clip_grads_with_norm_([p for p in params if not p.grad.is_sparse], max_norm, norm)
         scale = max_norm / (norm + 1e-6)

@@ -22,10 +22,14 @@ full-softmax loss (not one tied to an embedding, whose gradient is sparse, nor t
 rows). Where: bf16 on the CPU, one process, plain SGD (momentum and weight decay 0, so the update is the
 kernel's), :func:`working_copies_apply`. A master changed anywhere else (a remedy's own optimiser
 steps, the plateau schedule's best-model reload, a resumed checkpoint, a re-initialised decoder)
-has a new version counter, and its copy is cast anew before the next forward.
+has a new version counter, and its copy is cast anew before the next forward. The output projection's
+master, and so its copy, is laid out transposed in memory (:data:`TRANSPOSED`; the same values), and the
+gradient norm that the clip needs is summed from the copies' bf16 gradients by the same kernel, without
+an fp32 copy of each.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable, Optional
 
 import torch
@@ -35,6 +39,13 @@ from torch.func import functional_call
 from textvae.config import RunConfig
 from textvae.models.native import native_kernel
 from textvae.models.output_head import OutputHead
+
+
+# Masters (and so their copies and the copies' gradients) kept transposed in memory, a [V, H] view of a
+# contiguous [H, V] tensor: the fused loss's forward GEMM then reads W^T contiguous, and its backward
+# writes dW^T = [h | 1]^T G as one GEMM whose transpose is the gradient in the copy's own layout, which
+# autograd keeps without copying (textvae.models.fused_loss). Saved checkpoints are contiguous as always.
+TRANSPOSED = ("projection.weight",)
 
 
 def clip_scale(norm: float, max_norm: float) -> float:
@@ -71,6 +82,10 @@ class WorkingCopies:
 
     def __init__(self, model: nn.Module, names: list[str]):
         self.model, self.names = model, list(names)
+        params = dict(model.named_parameters())
+        for name in TRANSPOSED:
+            if name in self.names:
+                params[name].data = params[name].data.t().contiguous().t()  # same values, [H, V] in memory
         self.copies: dict[str, torch.Tensor] = {}  # name -> bf16 leaf tensor (requires grad)
         self.cast_from: dict[str, tuple[torch.Tensor, int]] = {}  # name -> (master, its version) at the cast
 
@@ -81,6 +96,7 @@ class WorkingCopies:
             master = params[name]
             seen = self.cast_from.get(name)
             if seen is None or seen[0] is not master or seen[1] != master._version:
+                # the copy takes the master's layout (``to`` keeps a dense tensor's strides)
                 self.copies[name] = master.detach().to(torch.bfloat16).requires_grad_()
                 self.cast_from[name] = (master, master._version)
         return self.copies
@@ -92,6 +108,18 @@ class WorkingCopies:
     def gradients(self) -> list[torch.Tensor]:
         """The copies' bf16 gradients of the last backward pass."""
         return [c.grad for c in self.copies.values() if c.grad is not None]
+
+    def gradient_norm(self) -> Optional[torch.Tensor]:
+        """The 2-norm (fp32 scalar) of all the copies' gradients taken together, each element read in fp32;
+        None when none has one. The ``sgd_bf16`` kernel sums the squares without an fp32 copy of each
+        gradient (torch's ``vector_norm(g, dtype=float32)`` first writes one)."""
+        grads = self.gradients()
+        if not grads:
+            return None
+        kernel = native_kernel("sgd_bf16")
+        if kernel is not None:
+            return torch.tensor(math.sqrt(kernel.sum_squares(grads)), dtype=torch.float32)
+        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads]))
 
     def drop(self, params: Iterable[nn.Parameter]) -> None:
         """Clear the copies' gradients of these masters: the next :meth:`step` leaves them untouched
@@ -112,7 +140,10 @@ class WorkingCopies:
                 alpha = -lrs[id(master)] * scale
                 with torch.no_grad():
                     if kernel is not None:  # writes both through their data: no version change
-                        kernel.sgd_update(master.detach(), copy.grad, copy.detach(), alpha)
+                        m, g, c = master.detach(), copy.grad, copy.detach()
+                        if not c.is_contiguous():  # a TRANSPOSED weight: the same update on the transposes
+                            m, g, c = m.t(), g.t(), c.t()
+                        kernel.sgd_update(m, g, c, alpha)
                     else:
                         master.add_(copy.grad.float(), alpha=alpha)
                         copy.copy_(master)
