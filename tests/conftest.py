@@ -1,4 +1,5 @@
 """Test defaults: one torch thread and fixed seeds, so the suite is fast and repeatable on 2 cores."""
+import contextlib
 import os
 
 import pytest
@@ -21,3 +22,15 @@ def data_dir():
     if not os.path.isdir(os.path.join(path, "ptb")):
         pytest.skip("real corpora not available: set TEXTVAE_DATA_DIR")
     return path
+
+
+@contextlib.contextmanager
+def kernel_or_torch(kernel: str, on: bool):
+    """The block with textvae's C++ kernels on (skipped where ``kernel`` is not built here) or off (torch
+    operations), for fixtures that run a test both ways."""
+    from textvae.models import native
+
+    if on and native.native_kernel(kernel) is None:
+        pytest.skip(f"the {kernel} kernel is not built here ({native.native_status()})")
+    with native.native_kernels(on):
+        yield on

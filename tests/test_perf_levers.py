@@ -26,6 +26,7 @@ from textvae.models.fused_loss import GEMM_ROWS, linear_cross_entropy
 from textvae.models import native
 from textvae.models.textvae import TextVAE
 from textvae.training.train import build_optimizer, clip_gradients, retain_freed_memory
+from tests.conftest import kernel_or_torch
 
 torch.set_num_threads(1)
 V = 50
@@ -230,10 +231,8 @@ def test_bidirectional_encoder_still_packed():
 @pytest.fixture(params=[True, False], ids=["kernel", "torch-ops"])
 def dropout_path(request):
     """The decoders' dropout through textvae's ``dropout`` kernel, and through torch operations."""
-    if request.param and native.native_kernel("dropout") is None:
-        pytest.skip(f"the dropout kernel is not built here ({native.native_status()})")
-    with native.native_kernels(request.param):
-        yield request.param
+    with kernel_or_torch("dropout", request.param) as on:
+        yield on
 
 
 @pytest.mark.parametrize("p", [0.2, 0.5])

@@ -13,6 +13,7 @@ from textvae.models.textvae import TextVAE
 from textvae.models.sampled_softmax import SampledSoftmax
 from textvae.training.train import clip_gradients
 from textvae.training.working_copies import (WorkingCopies, clip_scale, working_copies_apply, working_copy_names)
+from tests.conftest import kernel_or_torch
 from tests.test_perf_levers import V, ragged_batch, tiny_model
 
 torch.set_num_threads(1)
@@ -21,10 +22,8 @@ CLIP = 5.0
 
 @pytest.fixture(params=[True, False], ids=["kernel", "torch-ops"])
 def kernel_on(request):
-    if request.param and native.native_kernel("sgd_bf16") is None:
-        pytest.skip(f"the sgd_bf16 kernel is not built here ({native.native_status()})")
-    with native.native_kernels(request.param):
-        yield request.param
+    with kernel_or_torch("sgd_bf16", request.param) as on:
+        yield on
 
 
 def test_sgd_kernel_against_torch():
