@@ -14,6 +14,8 @@
 # folders are skipped, killed ones resume from their last epoch's checkpoint.
 # Runs from a frozen source tree so edits in the checkout do not reach running runs:
 #   git worktree add --detach ~/textvae-src main     # once; later: git -C ~/textvae-src checkout --detach main
+# (not while aggressive or composite is unfinished: they resume at ee26b25, whose dropout stream and rounding
+# later commits changed; their rows keep one arithmetic from start to end)
 #   RUNS=~/textvae-runs SRC=~/textvae-src bash docs/results/ptb/run.sh
 # The archives written by the runs are the source tree's: copy them into the checkout to commit them.
 # The outputs of a chain step cover its selection only; the whole table comes from a command whose selection
