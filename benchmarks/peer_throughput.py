@@ -103,7 +103,7 @@ The Yahoo-size model's exact objective now trains at 3.2x the peer (target 1 met
 PTB's at 2.45x (not met: 3x is 21.4k here).
 
 Measured 2026-12-06 02:33-02:51 UTC on the same Xeon (quiet, the study's runs stopped), the same
-commands at the commit after ee26b25 that adds: the decoders' dropout masks from textvae's ``dropout``
+commands at commit 618678b, which adds: the decoders' dropout masks from textvae's ``dropout``
 kernel (fp32 and bf16 rows alike); the working copies' gradient norm summed by the ``sgd_bf16`` kernel;
 the output weight's master and copy laid out transposed, so the fused loss's forward GEMM reads W^T
 contiguous and its backward writes dW^T without a copy. The C++ row is now named "C++ kernels" (softmax
