@@ -140,21 +140,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     # db = G^T g rides in dW's GEMM as one more column of its right operand (zero-padded
                     # to 16 columns, aligned): one pass over G instead of a second one for a GEMV
                     rhs = torch.cat([rhs, g.unsqueeze(1), rhs.new_zeros(n, 15)], dim=1)  # [N, H + 16]
-                if w.t().is_contiguous() and not w.is_contiguous():
-                    # W is stored transposed (the bf16 working copy, textvae.training.working_copies):
-                    # dW^T = rhs^T G [H (+ 16), V] is one GEMM with contiguous operands, and its transpose
-                    # is dW in W's own layout, which autograd keeps as it is
-                    both_t = rhs.t().contiguous() @ grad_logits  # [H (+ 16), V + pad]
-                    if ctx.needs_input_grad[2]:
-                        grad_b = both_t[hid, :ctx.vocab].to(b_dtype)  # [V]
-                    if ctx.needs_input_grad[1]:
-                        grad_w = both_t[:hid, :ctx.vocab].t().to(w_dtype)  # [V, H], strides (1, V)
-                    return grad_h, grad_w, grad_b, None, None, None, None
-                both = grad_logits.t() @ rhs  # [V + pad, H (+ 16)]; padding rows dropped below
+                # dW in W's own layout. W stored transposed (the bf16 working copy, textvae.training.
+                # working_copies): dW^T = rhs^T G is one GEMM with contiguous operands, and its transpose
+                # is dW as autograd keeps it; otherwise G^T rhs, whose [V, H] slice is copied contiguous
+                transposed = w.t().is_contiguous() and not w.is_contiguous()
+                both = ((rhs.t().contiguous() @ grad_logits).t() if transposed
+                        else grad_logits.t() @ rhs)  # [V + pad, H (+ 16)]; padding rows dropped below
                 if ctx.needs_input_grad[2]:
                     grad_b = both[:ctx.vocab, hid].to(b_dtype).contiguous()  # [V]
                 if ctx.needs_input_grad[1]:
-                    grad_w = both[:ctx.vocab, :hid].to(w_dtype).contiguous()  # [V, H]
+                    grad_w = both[:ctx.vocab, :hid].to(w_dtype)  # [V, H]
+                    grad_w = grad_w if transposed else grad_w.contiguous()
         return grad_h, grad_w, grad_b, None, None, None, None
 
 

@@ -1,6 +1,7 @@
 // bf16 <-> fp32 conversions shared by textvae's kernels (bits of a bf16 as uint16_t).
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -20,5 +21,9 @@ inline uint16_t to_bf16(float f) {
   u += 0x7FFFu + ((u >> 16) & 1u);
   return uint16_t(u >> 16);
 }
+
+// to_bf16 where the value may be a NaN: it stays a (quiet) NaN, where the rounding's carry could make one
+// an infinity or a zero
+inline uint16_t to_bf16_keep_nan(float f) { return std::isnan(f) ? uint16_t(0x7FC0) : to_bf16(f); }
 
 }  // namespace textvae

@@ -55,7 +55,7 @@ torch::Tensor dropout(const torch::Tensor& x, double p, int64_t seed) {
     apply(reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>()),
           reinterpret_cast<uint16_t*>(y.data_ptr<at::BFloat16>()), x.numel(), s, threshold, scale,
           [](uint16_t v) { return textvae::from_bf16(v); },
-          [](float v) { return std::isnan(v) ? uint16_t(0x7FC0) : textvae::to_bf16(v); });  // a NaN stays a NaN
+          [](float v) { return textvae::to_bf16_keep_nan(v); });
   }
   return y;
 }

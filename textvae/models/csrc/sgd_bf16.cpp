@@ -12,7 +12,6 @@
 #include "bf16.h"
 
 #include <algorithm>
-#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -69,7 +68,7 @@ void sgd_update(torch::Tensor master, const torch::Tensor& grad, torch::Tensor w
     for (int64_t i = begin; i < end; ++i) {
       const float x = m[i] + a * textvae::from_bf16(g[i]);
       m[i] = x;
-      w[i] = std::isnan(x) ? uint16_t(0x7FC0) : textvae::to_bf16(x);  // a NaN stays a NaN
+      w[i] = textvae::to_bf16_keep_nan(x);
     }
   });
 }
