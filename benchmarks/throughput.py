@@ -397,6 +397,57 @@ The precision condition again (the dropout stream changed for fp32 and bf16 alik
 +0.156, -0.091 %: mean -0.101 %); 120.761 -> 120.640, 121.484 -> 121.547, 120.249 -> 120.425, 120.525 ->
 120.631, 120.762 -> 120.857 (-0.100, +0.052, +0.146, +0.089, +0.078 %: mean +0.053 %); **all ten pairs
 -0.024 %**, largest pair 0.357 %. fp32 8,342 / 8,141 tok/s, bf16 20,207 / 19,351 over each set's epochs.
+
+Issue 18, later on 2026-12-06 (quiet; 2 threads; bf16 roof 1,735-1,987 GFLOP/s, slower again). Kept: the
+``lstm_bf16`` kernel (:mod:`textvae.models.lstm`, ``csrc/lstm_bf16.cpp``; under ``train.native_kernels``,
+on CPUs with AMX), a one-layer LSTM's forward and backward recurrences in bf16 training. oneDNN's LSTM
+spent its time around each step's small GEMM, its backward ~4x its forward. In the kernel the threads
+stay in one OpenMP region for all steps with one barrier per step, each owning a block of hidden units
+and their four gate columns (so its GEMM slice and its gates need no other thread's). A step's GEMMs
+are oneDNN's AMX micro-kernel (``at::native::cpublas::brgemm``, bf16 operands, fp32 sums) on weight
+slices packed once per call, which stay in the thread's L2. The forward keeps the gates, so the backward
+recomputes nothing; the weight and input gradients are three GEMMs over all steps afterwards. The two
+LSTM prototypes above called ``at::mm`` for each step's GEMM (~40 us at PTB's sizes); a thread's
+micro-kernel calls for the same step take ~6-11 us. What mattered, measured alone (medians, 2 threads):
+- The packed operand's alignment. 8 calls of [32, 256] x [256, 64]: 5.6-9.3 us from a 64-byte-aligned
+  buffer, 12.5-13.5 us from one that is not (std::vector's 16-byte alignment).
+- The weights' transposition for packing: an element at a time down a column 0.72 ms per forward, in
+  16 x 16 tiles ~0.1.
+- Each step's input projection as a second micro-kernel call into the same fp32 sums, instead of one
+  GEMM over all steps before the recurrence: forward 1.30 against 1.50 ms.
+
+One layer, forward and forward + backward (``[B, T, I] -> H``), oneDNN against the kernel, ms:
+
+    [32, 22, 288] -> 256 (PTB decoder)    1.26 / 5.78   against   1.30 / 3.87
+    [32, 22, 256] -> 256 (PTB encoder)    1.15 / 5.31   against   1.31 / 3.98
+    [32, 40, 288] -> 256                  1.98 / 9.37   against   2.82 / 6.79
+    [32, 22, 544] -> 1024 (Yahoo-size)   10.9 / 58.8    against  24.9 / 49.4
+
+(The Yahoo-size forward is slower: each thread's packed weights, 6 MB, no longer fit its L2.) Of the
+PTB decoder's 3.9 ms, the backward recurrence takes 0.69 (its per-step GEMMs 0.25, gates 0.33, barrier
+0.04) and the three gradient GEMMs 1.13. Every output and gradient is closer to a float64 LSTM than
+autocast's oneDNN LSTM: relative error 2.8e-3 against 3.0e-3 (output), 3.4e-3 against 4.4e-3 (dW_ih),
+1.9e-3 against 3.8e-3 (db) (``tests/test_lstm_kernel.py`` checks each against 1 % and 2x oneDNN's).
+``Stepper`` on 120 PTB batches after 20, fresh steppers in turn: 17,313 / 19,308 tok/s with oneDNN's
+LSTM, 20,843 / 22,474 with the kernel (+16-20 %). A whole bf16 epoch (``--sections epoch``) 21.4-23.6k
+tok/s, 22.3k over nine seeds (20.2k and 19.4k last session, on a faster day).
+
+The precision condition with the kernel (``--sections epoch --threads 2 --epoch-variants fp32 bf16
+--epoch-seeds 1``, then ``--epoch-variants bf16 --epoch-seeds 2 3 4 5 6 7 8 9 10``; quiet, 05:44-05:57
+UTC; fp32 is unchanged code, and seed 1 read 120.682 again, bit for bit). Valid -ELBO after one epoch,
+fp32 -> bf16: 120.682 -> 120.632, 122.357 -> 121.946, 121.428 -> 120.879, 122.146 -> 122.449, 121.220 ->
+121.270, 120.761 -> 120.723, 121.484 -> 121.415, 120.249 -> 120.420, 120.525 -> 120.661, 120.762 ->
+120.743 (-0.041, -0.336, -0.452, +0.248, +0.041, -0.031, -0.057, +0.142, +0.113, -0.016 %): seeds 1-5
+mean -0.108 %, seeds 6-10 +0.030 %, **all ten -0.039 %** (sd of the pairs 0.21 %, largest 0.45 %).
+
+Also in this session: the clip scales a sparse embedding gradient's values in place, so it stays
+coalesced and SGD's sparse add does not sort it again (the update's SGD part 0.64 -> 0.59 ms per step).
+Not kept:
+- The output layer's weight gradient GEMM on one thread while the other runs the LSTM's backward:
+  9.39 against 9.42 ms for both in turn on two threads (oneDNN's LSTM forward + backward 8.8 ms on one
+  thread, 5.9 on two).
+- A pre-packed oneDNN weight for the loss's forward GEMM (``mkldnn._reorder_linear_weight``): 0.708
+  against 0.724 ms per 256-token chunk, and slower at 512 tokens (1.48 against 1.15).
 """
 from __future__ import annotations
 

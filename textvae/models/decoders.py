@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from textvae.data.special import PAD_ID
+from textvae.models.lstm import run_rnn
 from textvae.models.native import native_kernel
 from textvae.registry import Registry
 
@@ -106,7 +107,7 @@ class RNNDecoder(nn.Module):
             emb = torch.cat([emb, z.unsqueeze(1).expand(-1, emb.shape[1], -1)], dim=-1)
         if state is None:
             state = self.initial_state(z, inputs.shape[0], inputs.device)
-        out, state = self.rnn(emb, state)
+        out, state = run_rnn(self.rnn, emb, state)
         return self.output_dropout(out), state
 
     @staticmethod

@@ -10,6 +10,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from textvae.data.special import PAD_ID
+from textvae.models.lstm import run_rnn
 from textvae.registry import Registry
 
 ENCODERS: Registry = Registry("encoder", recipe="model.encoder: {type: NAME, options: {PARAMETER: VALUE}}",
@@ -55,7 +56,7 @@ class RNNEncoder(nn.Module):
         """
         emb = self.embedding(tokens)  # [B, T, E]
         if self.num_directions == 1:
-            out, _ = self.rnn(emb)  # [B, T, H], top layer
+            out, _ = run_rnn(self.rnn, emb)  # [B, T, H], top layer
             return out[torch.arange(len(lengths), device=out.device), lengths.to(out.device) - 1]
         packed = pack_padded_sequence(emb, lengths.cpu(), batch_first=True, enforce_sorted=False)
         _, h_n = self.rnn(packed)

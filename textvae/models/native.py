@@ -14,7 +14,8 @@ Kernels: ``softmax_rows`` (the elementwise half of the bf16 fused loss,
 :mod:`textvae.models.fused_loss`); ``sgd_bf16`` (the norm of the bf16 working copies' gradients, and the
 SGD update of an fp32 master weight that also writes its bf16 working copy,
 :mod:`textvae.training.working_copies`); ``dropout`` (the recurrent decoders' dropout on the CPU, fp32
-or bf16, :class:`textvae.models.decoders.Dropout`).
+or bf16, :class:`textvae.models.decoders.Dropout`); ``lstm_bf16`` (a one-layer LSTM's recurrences in bf16
+training on CPUs with AMX, :mod:`textvae.models.lstm`).
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCES = Path(__file__).resolve().parent / "csrc"
-KERNELS = ("softmax_rows", "sgd_bf16", "dropout")
+KERNELS = ("softmax_rows", "sgd_bf16", "dropout", "lstm_bf16")
 # -fopenmp: at::parallel_for is a header template, so its parallel region is compiled into the kernel.
 # The library then needs libgomp.so.1, and the dynamic linker hands it the one torch already loaded
 # (same soname): the kernel's threads are torch's intra-op pool, with its thread count and its

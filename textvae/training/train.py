@@ -348,8 +348,8 @@ def clip_gradients(model: nn.Module, max_norm: float, working: Optional[WorkingC
         torch.nn.utils.clip_grads_with_norm_([p for p in params if not p.grad.is_sparse], max_norm, norm)
         scale = max_norm / (norm + 1e-6)
         for p in params:
-            if p.grad.is_sparse:
-                p.grad.mul_(scale)
+            if p.grad.is_sparse:  # the values in place: the gradient stays coalesced, so SGD's add skips a sort
+                p.grad._values().mul_(scale)
     return norm
 
 

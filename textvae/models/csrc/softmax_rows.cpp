@@ -11,6 +11,7 @@
 #include <ATen/Parallel.h>
 
 #include "bf16.h"
+#include "exp.h"
 
 #include <cmath>
 #include <cstdint>
@@ -22,30 +23,7 @@ namespace {
 
 using textvae::from_bf16;
 using textvae::to_bf16;
-
-// exp(x) for x <= 0, written so the compiler vectorises it: x = n ln2 + r with |r| <= ln2 / 2
-// (ln2 in two parts, so n * ln2_hi is exact), exp(r) from its Taylor series to r^7 (truncation
-// error below 5e-9 relative), 2^n put into the exponent bits. Below -87.3 exp(x) would no longer
-// be a normal float: 0, as a flushed softmax gives.
-inline float exp_nonpositive(float x) {
-  const float lowest = -87.3f;
-  const float xc = x < lowest ? lowest : x;
-  const float n = std::nearbyint(xc * 1.44269504088896341f);
-  float r = xc - n * 0.693145751953125f;
-  r -= n * 1.428606765330187045e-06f;
-  float p = 1.0f / 5040.0f;
-  p = p * r + 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  const int32_t bits = (int32_t(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  return x < lowest ? 0.0f : p * scale;
-}
+using textvae::exp_nonpositive;
 
 // x = l + b into x [V]; returns max_v x
 inline float biased_row(const uint16_t* l, const float* b, int64_t V, float* x) {

@@ -1,0 +1,122 @@
+"""The ``lstm_bf16`` kernel (textvae.models.lstm) against a float64 LSTM, and where it applies.
+
+The kernel tests skip where the kernel does not run (no C++ compiler, or a CPU without AMX): the LSTM is
+then torch's own, which every other test exercises.
+"""
+import pytest
+import torch
+from torch import nn
+
+from textvae.models import native
+from textvae.models.decoders import LSTMDecoder
+from textvae.models.lstm import _kernel_for, run_rnn
+
+
+@pytest.fixture
+def lstm_kernel():
+    module = native.native_kernel("lstm_bf16")
+    if module is None or not module.available():
+        reason = native.native_status() if module is None else "this CPU has no AMX"
+        pytest.skip(f"the lstm_bf16 kernel does not run here ({reason})")
+    return module
+
+
+def lstm_pass(lstm, x, h0, c0, upstream, dtype=None, kernel=True):
+    """Outputs (out, h_n, c_n) and the gradients of sum(out * d_out) + sum(h_n * d_h) + sum(c_n * d_c)
+    with respect to x, h0, c0 and the LSTM's parameters, as float64 tensors. ``dtype``: run a copy of
+    the LSTM in that dtype (the reference); None: under bf16 autocast, through run_rnn (with the kernel,
+    or torch's LSTM if not ``kernel``)."""
+    ref = lstm if dtype is None else type(lstm)(lstm.input_size, lstm.hidden_size, batch_first=True).to(dtype)
+    if dtype is not None:
+        ref.load_state_dict(lstm.state_dict())
+    inputs = [t.to(dtype or t.dtype).clone().requires_grad_() for t in (x, h0, c0)]
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is None), native.native_kernels(kernel):
+        out, (h_n, c_n) = run_rnn(ref, inputs[0], (inputs[1][None], inputs[2][None]))
+    loss = sum((y.double() * d).sum() for y, d in zip((out, h_n[0], c_n[0]), upstream))
+    grads = torch.autograd.grad(loss, inputs + list(ref.parameters()))
+    return [t.detach().double() for t in (out, h_n[0], c_n[0], *grads)]
+
+
+@pytest.mark.parametrize("batch, steps, inp, hidden, threads",
+                         [(32, 9, 40, 64, 2), (3, 1, 10, 32, 1), (5, 6, 18, 80, 2), (7, 4, 12, 48, 3)])
+def test_kernel_against_float64(lstm_kernel, batch, steps, inp, hidden, threads):
+    """Every output and gradient within 1 % (relative, norm) of a float64 LSTM, and no further from it than
+    2x torch's own bf16 LSTM (oneDNN): rounding, not a different function. Shapes with one step, an odd
+    batch, and hidden blocks that do not split evenly over the threads."""
+    lstm = nn.LSTM(inp, hidden, batch_first=True)
+    x, h0, c0 = torch.randn(batch, steps, inp), torch.randn(batch, hidden) * 0.5, torch.randn(batch, hidden)
+    upstream = [torch.randn(batch, steps, hidden).double(), torch.randn(batch, hidden).double(),
+                torch.randn(batch, hidden).double()]
+    was = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert _kernel_for(lstm, x) is None  # outside autocast
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert _kernel_for(lstm, x) is lstm_kernel
+        exact = lstm_pass(lstm, x, h0, c0, upstream, dtype=torch.float64)
+        mine = lstm_pass(lstm, x, h0, c0, upstream)
+        onednn = lstm_pass(lstm, x, h0, c0, upstream, kernel=False)
+    finally:
+        torch.set_num_threads(was)
+    names = ["out", "h_n", "c_n", "dx", "dh0", "dc0", "dw_ih", "dw_hh", "db_ih", "db_hh"]
+    for name, m, o, e in zip(names, mine, onednn, exact):
+        err, err_onednn = float((m - e).norm() / e.norm()), float((o - e).norm() / e.norm())
+        assert err < 1e-2 and err < 2 * err_onednn + 1e-4, (name, err, err_onednn)
+
+
+def test_kernel_dtypes_and_shapes(lstm_kernel):
+    """The same dtypes and shapes as autocast's LSTM: bf16 outputs, each gradient in its input's dtype."""
+    lstm = nn.LSTM(8, 16, batch_first=True)
+    x = torch.randn(4, 5, 8, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, (h_n, c_n) = run_rnn(lstm, x)
+        ref_out, (ref_h, ref_c) = lstm(x)
+    for mine, ref in ((out, ref_out), (h_n, ref_h), (c_n, ref_c)):
+        assert mine.shape == ref.shape and mine.dtype == ref.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert x.grad.dtype == torch.float32 and x.grad.shape == x.shape
+    assert all(p.grad.dtype == torch.float32 and p.grad.shape == p.shape for p in lstm.parameters())
+
+
+@pytest.mark.parametrize("case", ["no autocast", "no gradients", "two layers", "bidirectional", "gru", "odd input"])
+def test_where_the_kernel_does_not_apply(case):
+    """Evaluation, fp32, and the LSTMs the kernel does not compute stay torch's own."""
+    shapes = {"two layers": dict(num_layers=2), "bidirectional": dict(bidirectional=True)}
+    cls = nn.GRU if case == "gru" else nn.LSTM
+    rnn = cls(9 if case == "odd input" else 8, 16, batch_first=True, **shapes.get(case, {}))
+    x = torch.randn(2, 3, rnn.input_size)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=case != "no autocast"), \
+            torch.set_grad_enabled(case != "no gradients"):
+        assert _kernel_for(rnn, x) is None
+
+
+def test_decoder_trains_the_same_with_and_without_the_kernel(lstm_kernel):
+    """A decoder's loss and gradients under bf16 autocast agree with and without the kernel to bf16 rounding."""
+    torch.manual_seed(1)
+    dec = LSTMDecoder(vocab_size=50, emb_dim=16, hidden_dim=32, latent_dim=4)
+    tokens, z = torch.randint(0, 50, (6, 7)), torch.randn(6, 4)
+    results = []
+    for on in (True, False):
+        dec.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16), native.native_kernels(on):
+            out, _ = dec(tokens, z)
+        out.float().square().mean().backward()
+        results.append([out.detach().float()] + [p.grad.clone() for p in dec.parameters() if p.grad is not None])
+    for mine, ref in zip(*results):
+        assert float((mine - ref).norm() / ref.norm()) < 2e-2
+
+
+def test_kernel_rejects_what_it_cannot_read(lstm_kernel):
+    """A tensor of another dtype or layout, or inconsistent shapes: an error naming it, not a wrong result."""
+    bf16, threads = torch.bfloat16, 1
+    x, h0, c0 = torch.zeros(3, 2, 8, dtype=bf16), torch.zeros(2, 16, dtype=bf16), torch.zeros(2, 16)
+    w_ih, w_hh, bias = torch.zeros(64, 8, dtype=bf16), torch.zeros(64, 16, dtype=bf16), torch.zeros(64)
+    lstm_kernel.forward_pass(x, h0, c0, w_ih, w_hh, bias, threads)
+    with pytest.raises(RuntimeError, match="x: a contiguous CPU"):
+        lstm_kernel.forward_pass(x.transpose(0, 1).contiguous().transpose(0, 1), h0, c0, w_ih, w_hh, bias, threads)
+    with pytest.raises(RuntimeError, match="c0: a contiguous CPU Float"):
+        lstm_kernel.forward_pass(x, h0, c0.to(bf16), w_ih, w_hh, bias, threads)
+    with pytest.raises(RuntimeError, match="inconsistent shapes"):
+        lstm_kernel.forward_pass(x, h0, c0, w_ih[:32], w_hh, bias, threads)
+    assert not lstm_kernel.supports(8, 24, 1) and not lstm_kernel.supports(7, 16, 1)
+    assert not lstm_kernel.supports(8, 32, 3) and lstm_kernel.supports(8, 32, 2)
