@@ -32,8 +32,9 @@ class _LSTMLayer(torch.autograd.Function):
                 w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: torch.Tensor, kernel: Any, threads: int):
         x_tm = x.to(_BF16).transpose(0, 1).contiguous()  # [T, B, I]: each step's rows contiguous
         w_ih16, w_hh16 = w_ih.to(_BF16), w_hh.to(_BF16)
-        hbuf, cbuf, gates, tc = kernel.forward_pass(x_tm, h0.to(_BF16).contiguous(), c0.float().contiguous(), w_ih16,
-                                               w_hh16, b_ih.float() + b_hh.float(), threads)
+        hbuf, cbuf, gates, tc = kernel.forward_pass(
+            x_tm, h0.to(_BF16).contiguous(), c0.float().contiguous(), w_ih16, w_hh16, b_ih.float() + b_hh.float(),
+            threads)
         ctx.save_for_backward(x_tm, hbuf, cbuf, gates, tc, w_ih16, w_hh16)
         ctx.kernel, ctx.threads = kernel, threads
         ctx.dtypes = (x.dtype, h0.dtype, c0.dtype, w_ih.dtype, w_hh.dtype, b_ih.dtype, b_hh.dtype)
