@@ -429,7 +429,8 @@ PTB decoder's 3.9 ms, the backward recurrence takes 0.69 (its per-step GEMMs 0.2
 autocast's oneDNN LSTM: relative error 2.8e-3 against 3.0e-3 (output), 3.4e-3 against 4.4e-3 (dW_ih),
 1.9e-3 against 3.8e-3 (db) (``tests/test_lstm_kernel.py`` checks each against 1 % and 2x oneDNN's).
 ``Stepper`` on 120 PTB batches after 20, fresh steppers in turn: 17,313 / 19,308 tok/s with oneDNN's
-LSTM, 20,843 / 22,474 with the kernel (+16-20 %). A whole bf16 epoch (``--sections epoch``) 21.4-23.6k
+LSTM, 20,843 / 22,474 with the kernel (+16-20 %); at one thread (60 batches after 20, as a study's runs
+train): 11,210 / 13,309 against 13,572 / 14,833 (+11-21 %). A whole bf16 epoch (``--sections epoch``) 21.4-23.6k
 tok/s, 22.3k over nine seeds (20.2k and 19.4k last session, on a faster day).
 
 The precision condition with the kernel (``--sections epoch --threads 2 --epoch-variants fp32 bf16
