@@ -120,3 +120,18 @@ def test_kernel_rejects_what_it_cannot_read(lstm_kernel):
         lstm_kernel.forward_pass(x, h0, c0, w_ih[:32], w_hh, bias, threads)
     assert not lstm_kernel.supports(8, 24, 1) and not lstm_kernel.supports(7, 16, 1)
     assert not lstm_kernel.supports(8, 32, 3) and lstm_kernel.supports(8, 32, 2)
+
+
+def test_kernel_keeps_a_nan(lstm_kernel):
+    """A NaN in the input reaches the outputs and the gradients as NaN (the bf16 rounding could turn one into
+    a finite number), so the training loop's non-finite check sees a diverging run."""
+    lstm = nn.LSTM(8, 16, batch_first=True)
+    x = torch.randn(2, 4, 8)
+    x[1, 2, 3] = float("nan")
+    x.requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert _kernel_for(lstm, x) is lstm_kernel
+        out, (h_n, _) = run_rnn(lstm, x)
+    assert torch.isnan(out[1, 2:]).all() and torch.isfinite(out[0]).all() and torch.isnan(h_n[0, 1]).all()
+    out.float().sum().backward()
+    assert torch.isnan(lstm.weight_hh_l0.grad).any() and torch.isnan(x.grad[1]).any()

@@ -19,6 +19,7 @@
 // Precision: the gates are summed in fp32 from bf16 x_t and h_{t-1} (as oneDNN's bf16 LSTM), the cell
 // state and the gates' values stay fp32, h_t is stored in bf16 (the output, and the next step's GEMM
 // operand), and da_t is rounded to bf16 once (the operand of the backward's GEMMs; db is summed in fp32).
+// A NaN stays a NaN through the rounding, so a diverging run still reaches the loop's non-finite check.
 #include <torch/extension.h>
 #include <ATen/native/CPUBlas.h>
 #include <omp.h>
@@ -37,7 +38,7 @@ namespace {
 namespace cpublas = at::native::cpublas;
 using textvae::exp_nonpositive;
 using textvae::from_bf16;
-using textvae::to_bf16;
+using textvae::to_bf16_keep_nan;
 
 // oneDNN's packed (VNNI) right operand is at most 64 columns wide (16, 32, 48 or 64): the GEMMs run per
 // block of at most 64 columns
@@ -123,7 +124,7 @@ inline void gate_row(const float* s, const float* b, float* a, const float* c_pr
     a[3 * n + u] = o;
     c_next[u] = c;
     tct[u] = th;
-    h_next[u] = to_bf16(o * th);
+    h_next[u] = to_bf16_keep_nan(o * th);
   }
 }
 
@@ -263,10 +264,10 @@ std::vector<torch::Tensor> backward_pass(const torch::Tensor& cbuf, const torch:
             const float dcc = dcr[u] + dh * o * (1.0f - th * th);
             const float dai = dcc * gg * i * (1.0f - i), daf = dcc * c_prev[u] * f * (1.0f - f);
             const float dag = dcc * i * (1.0f - gg * gg), dao = dh * th * o * (1.0f - o);
-            dat[u] = to_bf16(dai);
-            dat[H + u] = to_bf16(daf);
-            dat[2 * H + u] = to_bf16(dag);
-            dat[3 * H + u] = to_bf16(dao);
+            dat[u] = to_bf16_keep_nan(dai);
+            dat[H + u] = to_bf16_keep_nan(daf);
+            dat[2 * H + u] = to_bf16_keep_nan(dag);
+            dat[3 * H + u] = to_bf16_keep_nan(dao);
             dbi[u] += dai;
             dbi[H + u] += daf;
             dbi[2 * H + u] += dag;
