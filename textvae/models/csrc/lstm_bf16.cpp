@@ -147,9 +147,11 @@ void check(std::initializer_list<Arg> args) {
 // Whether this CPU runs the kernel: oneDNN's bf16 micro-kernel with packed (VNNI) operands needs AMX.
 bool available() { return cpublas::could_pack(at::kBFloat16); }
 
-// Whether the kernel takes input size I and hidden size H with P threads: I even (VNNI pairs), H a
-// multiple of 16 with at least 16 units per thread.
-bool supports(int64_t I, int64_t H, int64_t P) { return I % 2 == 0 && H % UNITS == 0 && P >= 1 && P * UNITS <= H; }
+// Whether H hidden units split over P threads in blocks of whole multiples of 16, at least one each.
+bool splits(int64_t H, int64_t P) { return H % UNITS == 0 && P >= 1 && P * UNITS <= H; }
+
+// Whether the kernel takes input size I and hidden size H with P threads: I even (VNNI pairs), and H splits.
+bool supports(int64_t I, int64_t H, int64_t P) { return I % 2 == 0 && splits(H, P); }
 
 // The forward pass. x [T, B, I] bf16 (time-major); h0 [B, H] bf16; c0 [B, H] fp32; w_ih [4H, I], w_hh [4H, H] bf16;
 // bias [4H] fp32 (b_ih + b_hh); P threads. Returns hbuf [T + 1, B, H] bf16 (hbuf[0] = h0, hbuf[1:] the
@@ -218,7 +220,7 @@ std::vector<torch::Tensor> backward_pass(const torch::Tensor& cbuf, const torch:
   check({{cbuf, "cbuf", at::kFloat}, {gates, "gates", at::kFloat}, {tc, "tc", at::kFloat}, {w_hh, "w_hh", at::kBFloat16},
          {dout, "dout", at::kBFloat16}, {dh_n, "dh_n", at::kFloat}, {dc_n, "dc_n", at::kFloat}});
   const int64_t T = gates.size(0), B = gates.size(1), H = tc.size(2);
-  TORCH_CHECK(supports(2, H, P) && w_hh.size(0) == 4 * H && w_hh.size(1) == H && dout.sizes() == tc.sizes() &&
+  TORCH_CHECK(splits(H, P) && w_hh.size(0) == 4 * H && w_hh.size(1) == H && dout.sizes() == tc.sizes() &&
               dh_n.size(0) == B && dh_n.size(1) == H && dc_n.sizes() == dh_n.sizes(),
               "lstm_bf16.backward_pass: inconsistent shapes");
   auto da = torch::empty({T, B, 4 * H}, dout.options());
