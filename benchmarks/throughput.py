@@ -22,10 +22,13 @@ Sections (each prints a table with the load average it ran under):
 * ``optim``: one optimiser step over the PTB model's parameters: SGD, and Adam as torch's per-tensor
   loop, its foreach path and its fused kernel (what ``optim.name: adam`` builds).
 * ``iw``: IW-NLL (``textvae.metrics.iw_nll``, K = 500) sentences/s on PTB test sentences for
-  several ``max_tokens`` budgets, fused vs reference loss, fp32 vs bf16, one fresh process per run
-  so each peak RSS is its own, with the share of the bf16 GEMM roof achieved and each estimate's
-  difference from fused fp32 (same sentences and samples); then the peak RSS against K at a fixed
-  budget.
+  several ``max_tokens`` budgets, fused vs reference loss, fp32 vs bf16 (``--iw-variants``), one
+  fresh process per run so each peak RSS is its own, with the share of the bf16 GEMM roof achieved
+  and each estimate's difference from fused fp32 (same sentences and samples); then the peak RSS
+  against K at a fixed budget. ``--iw-batches N`` evaluates N batches evenly spaced in the test
+  split's length-sorted evaluation plan (0: all of it), as a test report does; without it, the
+  first ``--iw-sentences`` sentences of the file as one batch of mixed lengths, whose padding and
+  (a pass of one batch) Monte Carlo redraw double the work counted (figures before 2026-12-06).
 * ``epoch``: one PTB epoch of ``recipes/ptb/vae.yaml`` through ``run_training`` in a fresh
   process per variant and seed (``--epoch-seeds``; ``reference-*`` patches the code back to
   before issue 6): tokens/s, validation -ELBO (the NLL bound the loop validates with), KL, peak
@@ -449,6 +452,54 @@ Not kept:
   thread, 5.9 on two).
 - A pre-packed oneDNN weight for the loss's forward GEMM (``mkldnn._reorder_linear_weight``): 0.708
   against 0.724 ms per 256-token chunk, and slower at 512 tokens (1.48 against 1.15).
+
+Issue 18's IW pass, 2026-12-06 (the twenty-first session; quiet, 2 threads; bf16 roof 1,950-2,216
+GFLOP/s). First, what this section had measured: ``--iw-sentences 16`` is the first 16 sentences of the
+test file as *one batch* of mixed lengths (padded to its longest, 41, for 22.6 tokens a sentence) and, a
+pass of one batch, that batch's Monte Carlo redraw too, so the 15 % of the roof above counted about
+half of the work done. ``--iw-batches N`` takes N batches evenly spaced in the length-sorted evaluation
+plan, as a test report runs them, and ``decoded`` counts the redraw's work. A profile of the bf16 pass
+on such batches (kl_constraint's model) put 29 % of its time in the output GEMMs, 23 % in the softmax
+kernel, 16 % in oneDNN's LSTM and 21 % around it: the [S·B, T, E + D] input ``cat([embedding, z])`` and
+its copy to time-major order. Kept:
+- The decoder scores the S samples of a sentence without repeating its input
+  (``Decoder.forward_samples``; for the LSTM, ``lstm.run_rnn_shared`` and the kernel's ``score_pass``):
+  W_ih's embedding part applied once per sentence and its z part once per sample, both summed in fp32
+  from bf16 operands, and each step only W_hh h_{t-1}. Without gradients the rows are independent, so
+  the threads split the rows (blocks of 32, all T steps, no barrier) with the whole W_hh packed in
+  each thread's L2. Per token and sample the LSTM with its input took ~3.4 us before (oneDNN, the cat
+  and the copy; the profile's share of the unprofiled time), ~0.8-1.1 us in the kernel.
+- The evaluation chunk of the fused loss with the C++ kernel: 512 tokens instead of 256 (the kernel's
+  bf16 logits, 10 MB at V = 10k): its GEMM [512, 256] x [256, 10002] ran at 1,951-2,146 GFLOP/s against
+  1,642-1,774 for two of 256 (1024: 2,226-2,638, but the pass as a whole gained nothing more; 2048 falls
+  to ~550 GFLOP/s).
+- The softmax kernel's two passes over a row written with AVX-512 intrinsics where the compiler targets
+  AVX-512 (the portable loops otherwise): gcc vectorised the first pass (cast, bias, running max) poorly,
+  and the exponential (the same formula, 2^n by ``scalef``) ran faster written out. ``nll_only`` on
+  [512, 10002] bf16 logits: 2.2-2.3 -> 1.70-1.75 us per row (training's ``nll_and_grad`` shares both
+  passes).
+- The CPU's default IW budget under bf16 autocast is 65536 tokens per decoder call (16384 in fp32):
+  each call's fixed costs (the output weight's bf16 transposed copy, ~6 ms; the kernel's packing and
+  the per-sentence projection) spread over 4x the tokens.
+
+Before (cc4c482) and after, alternating fresh processes (``--sections peak iw --iw-model <kl_constraint's
+model> --iw-batches 4 --iw-budgets 16384 --iw-repeats 1 --iw-variants fused bf16-c++ --iw-k-sweep 500``,
+twice each, the "before" runs with ``PYTHONPATH`` at a checkout of cc4c482; 128 sentences), tok x K/s of
+the bf16 C++ pass: 116,607 / 110,055 before, 136,637 / 139,425 after (+21 %; 32.9-35.2 % -> 40.5-40.8 %
+of the roof); IW-NLL 105.032 in all four, +0.0023 from fp32's 105.030; eval peak 166-183 -> 106-132 MB.
+Budgets on the same batches (``--iw-budgets 16384 65536 --iw-repeats 2 --iw-variants bf16-c++``): 141,546
+against 168,897 tok x K/s (+19 %), eval peak 123 against 255 MB, the same estimate. The whole test split
+(``--sections peak iw --iw-batches 0 --iw-repeats 1 --iw-variants bf16-c++``), 3,761 sentences:
+
+    max_tokens  sent/s  tok*K/s  % bf16 roof (with the redraw)  IW-NLL   eval peak MB   pass
+    16384       12.77   139,908  39.4 % (43.6 %)                105.399  260            4.9 min
+    65536       14.98   164,168  46.6 % (51.6 %)                105.399  566            4.2 min
+
+(The same estimate at both budgets: the samples do not depend on the chunking.) Issue 18's target 2 asks
+for 70 % of the roof: at 65536 the output GEMMs run at ~2.4 us per token and sample and the softmax at
+~1.7, i.e. those two alone are ~73 % of the roof's time for the pass's FLOPs, before the LSTM (~0.8-1.1
+us) and the rest. Reaching 70 % would need the softmax's exponentials to run under the GEMM (AMX and
+AVX-512 are separate units of a core: one fused kernel issuing both), not measured here.
 """
 from __future__ import annotations
 
@@ -840,12 +891,28 @@ def section_denormals(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 # ---- evaluation ----------------------------------------------------------------------------------
+def iw_batches(test: Any, job: dict[str, Any]) -> list[Any]:
+    """The batches of 32 an IW run evaluates: ``batches`` evenly spaced batches of the test split's
+    evaluation plan (sorted by length, as a full test report runs it: a systematic sample of its
+    lengths and padding), all of them if ``batches`` is 0; without ``batches``, the first
+    ``sentences`` sentences of the file as one batch (this section's figures before 2026-12-06: one
+    batch of mixed lengths, padded to its longest)."""
+    if "batches" not in job:
+        return list(test.batches(32, limit=job["sentences"]))
+    plan = list(test.batches(32))
+    n = job["batches"] or len(plan)
+    return [plan[int((i + 0.5) * len(plan) / n)] for i in range(n)]
+
+
 def iw_worker(job: dict[str, Any]) -> dict[str, Any]:
-    """IW-NLL of ``sentences`` PTB test sentences in this (fresh) process: sentences/s, the
-    estimate, and the peak RSS of the evaluation itself (counter reset after loading)."""
+    """IW-NLL of the batches of :func:`iw_batches` in this (fresh) process: sentences/s, the
+    estimate, and the peak RSS of the evaluation itself (counter reset after loading). The pass
+    decodes some batches twice (the Monte Carlo error's redraw, ``IWAccumulator``): ``decoded``
+    counts the tokens x samples it ran, ``tokens_x_k_per_s`` only the one draw the estimate is."""
     from textvae.tasks.runconfig import parse_run_config
     from textvae.data.datasets import load_dataset
     from textvae.metrics import iw_nll
+    from textvae.metrics.likelihood import IW_CHECK_EVERY
 
     cfg, _ = parse_run_config([RECIPE])
     test = load_dataset(cfg.data).splits["test"]
@@ -853,18 +920,21 @@ def iw_worker(job: dict[str, Any]) -> dict[str, Any]:
     model.fused_loss = job["fused"]
     set_native_kernels(job.get("native", True))
     native_status()  # built (or loaded from its cache) before the clock starts
-    n = job["sentences"]
+    batches = iw_batches(test, job)
     clock = clock_fn(job["clock"])
     base = peak_rss_mb()
     reset_peak_rss()
     t = clock()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=job["bf16"]):
-        res = iw_nll(model, lambda: test.batches(32, limit=n), n_samples=job["k"], max_tokens=job["max_tokens"],
+        res = iw_nll(model, lambda: iter(batches), n_samples=job["k"], max_tokens=job["max_tokens"],
                      generator=torch.Generator().manual_seed(0))
     seconds = clock() - t
     tokens = int(res.n_tokens.sum())
-    return {"sent_per_s": n / seconds, "tokens_x_k_per_s": tokens * job["k"] / seconds, "iw_nll": res.nll_mean,
-            "base_rss_mb": base, "peak_rss_mb": peak_rss_mb()}
+    redrawn = sum(int(b.n_tokens.sum()) for i, b in enumerate(batches)
+                  if i == 0 or i % IW_CHECK_EVERY == IW_CHECK_EVERY // 2)
+    return {"sentences": len(res.nll), "sent_per_s": len(res.nll) / seconds, "seconds": seconds,
+            "tokens_x_k_per_s": tokens * job["k"] / seconds, "decoded": (tokens + redrawn) * job["k"],
+            "iw_nll": res.nll_mean, "base_rss_mb": base, "peak_rss_mb": peak_rss_mb()}
 
 
 def run_iw(args: argparse.Namespace, model: str, **job: Any) -> dict[str, Any]:
@@ -882,6 +952,12 @@ def iw_token_flops(emb: int = 256, hidden: int = 256, latent: int = 32, vocab: i
     return lstm_flops(emb + latent, hidden) + 2 * hidden * vocab
 
 
+# (fused, bf16, native) of the iw section's variants: the reference and the fused loss in fp32, the fused
+# bf16 loss with torch operations and with the C++ kernels (textvae.models.native)
+IW_VARIANTS = {"reference": (False, False, False), "fused": (True, False, False), "bf16": (True, True, False),
+               "bf16-c++": (True, True, True)}
+
+
 def section_iw(args: argparse.Namespace, peaks: dict[str, float]) -> list[dict[str, Any]]:
     """IW-NLL throughput and memory, one fresh process per run (so each peak RSS is its own),
     configurations alternating within each repeat; achieved GEMM FLOP/s (:func:`iw_token_flops`)
@@ -890,33 +966,40 @@ def section_iw(args: argparse.Namespace, peaks: dict[str, float]) -> list[dict[s
     default_model = Path(args.out) / "fp32" / "model"
     model = args.iw_model or (str(default_model) if default_model.is_dir() else "")
     n, k = args.iw_sentences, args.iw_k
+    chosen = {"sentences": n} if args.iw_batches is None else {"batches": args.iw_batches}
     # (budget, fused, bf16, native): the reference and the fused loss in fp32, the fused bf16 loss with
     # torch operations and with the C++ kernel (textvae.models.native)
-    configs = [(budget, fused, bf16, native) for budget in args.iw_budgets
-               for fused, bf16, native in ((False, False, False), (True, False, False), (True, True, False),
-                                           (True, True, True))]
+    configs = [(budget, *IW_VARIANTS[name]) for budget in args.iw_budgets for name in args.iw_variants]
     results: dict[tuple, list[dict[str, Any]]] = {c: [] for c in configs}
     for _ in range(args.iw_repeats):
         for c in configs:
-            results[c].append(run_iw(args, model, sentences=n, k=k, max_tokens=c[0], fused=c[1], bf16=c[2],
+            results[c].append(run_iw(args, model, **chosen, k=k, max_tokens=c[0], fused=c[1], bf16=c[2],
                                      native=c[3]))
-    print(f"\n== IW-NLL (textvae.metrics.iw_nll), K = {k}, {n} PTB test sentences, model "
+    what = (f"the first {n} PTB test sentences (one batch)" if args.iw_batches is None else
+            f"{args.iw_batches or 'all'} batches of 32 evenly spaced in PTB test's evaluation plan "
+            f"({results[configs[0]][0]['sentences']} sentences)")
+    print(f"\n== IW-NLL (textvae.metrics.iw_nll), K = {k}, {what}, model "
           f"{model or 'untrained 256/256/32'}, {args.threads} threads, {args.clock} clock, best of "
           f"{args.iw_repeats} (interleaved, fresh process each); {load()}")
+    print("(tok*K/s and % roof: the estimate's one draw of K samples; 'decoded' adds the redrawn batches' "
+          "second draw, also in the time)")
     print(f"{'max_tokens':>10} {'loss':>9} {'prec':>5} {'sent/s':>7} {'tok*K/s':>8} {'% bf16 roof':>11} "
-          f"{'IW-NLL':>9} {'vs fp32':>8} {'eval peak RSS MB':>16}")
+          f"{'decoded':>8} {'IW-NLL':>9} {'vs fp32':>8} {'eval peak RSS MB':>16}")
     rows = []
     for c in configs:
         best = max(results[c], key=lambda r: r["sent_per_s"])
         peak = max(r["peak_rss_mb"] - r["base_rss_mb"] for r in results[c])
         budget, fused, bf16, native = c
         roof = best["tokens_x_k_per_s"] * iw_token_flops() / 1e9 / peaks["bf16"]
-        delta = best["iw_nll"] - results[(budget, True, False, False)][0]["iw_nll"]
+        decoded = best["decoded"] / best["seconds"] * iw_token_flops() / 1e9 / peaks["bf16"]
+        fp32 = results.get((budget, True, False, False))
+        delta = best["iw_nll"] - fp32[0]["iw_nll"] if fp32 else math.nan
         rows.append({"section": "iw", "max_tokens": budget, "fused": fused, "bf16": bf16, "native": native, **best,
-                     "eval_peak_rss_mb": peak, "frac_bf16_peak": roof, "delta_vs_fp32": delta})
+                     "eval_peak_rss_mb": peak, "frac_bf16_peak": roof, "frac_bf16_peak_decoded": decoded, "delta_vs_fp32": delta})
         loss = "fused+C++" if native else "fused" if fused else "reference"
         print(f"{budget:>10} {loss:>9} {'bf16' if bf16 else 'fp32':>5} "
-              f"{best['sent_per_s']:>7.3f} {best['tokens_x_k_per_s']:>8,.0f} {roof:>11.1%} {best['iw_nll']:>9.3f} "
+              f"{best['sent_per_s']:>7.3f} {best['tokens_x_k_per_s']:>8,.0f} {roof:>11.1%} {decoded:>8.1%} "
+              f"{best['iw_nll']:>9.3f} "
               f"{delta:>+8.4f} {peak:>16.0f}")
     budget = args.iw_budgets[-1]
     print(f"evaluation peak RSS against K (max_tokens {budget}, fused fp32, {min(n, 8)} sentences):")
@@ -1076,8 +1159,12 @@ def main() -> None:
     ap.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     ap.add_argument("--variants", nargs="*", default=[], help="substrings selecting training variants")
     ap.add_argument("--iw-k", type=int, default=500)
-    ap.add_argument("--iw-sentences", type=int, default=16)
+    ap.add_argument("--iw-sentences", type=int, default=16,
+                    help="without --iw-batches: the first N test sentences, as one batch")
+    ap.add_argument("--iw-batches", type=int, help="N batches of 32 evenly spaced in the test split's "
+                    "evaluation plan (0: the whole split), as a test report runs them")
     ap.add_argument("--iw-repeats", type=int, default=2)
+    ap.add_argument("--iw-variants", nargs="+", default=list(IW_VARIANTS), choices=list(IW_VARIANTS))
     ap.add_argument("--iw-budgets", type=int, nargs="+", default=[4096, 16384, 65536])
     ap.add_argument("--iw-k-sweep", type=int, nargs="+", default=[50, 500, 2000, 8000],
                     help="K values of the evaluation-memory sweep (at the last budget)")

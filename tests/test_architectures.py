@@ -374,6 +374,22 @@ def test_bad_options_are_one_line_errors():
         decoder(torch.ones(1, 5, dtype=torch.long), torch.zeros(1, 4))
 
 
+# ---------------------------------------------------------------- scoring several samples per sentence
+@pytest.mark.parametrize("decoder, options", DECODER_VARIANTS)
+def test_log_likelihood_scores_each_sample_as_its_own_batch(decoder, options):
+    """log_likelihood(batch, z [S, B, D]) (the decoder's forward_samples: all pairs in one pass, a decoder
+    free to share work between samples) is, row s, the log-likelihood of the batch given z[s] alone."""
+    model = build(decoder, dec_options=options, layers=1)
+    randomize(model, 0.5)
+    batch = random_batch(4)
+    z = torch.randn(3, 4, 4)
+    with torch.no_grad():
+        scored = model.log_likelihood(batch, z)
+        alone = torch.stack([-model.token_nll(batch, z[s]) for s in range(3)])
+    assert scored.shape == (3, 4)
+    torch.testing.assert_close(scored, alone, rtol=1e-5, atol=1e-4)
+
+
 # ---------------------------------------------------------------- every combination trains
 @pytest.mark.parametrize("posterior", POSTERIORS.names())
 @pytest.mark.parametrize("prior", PRIORS.names())

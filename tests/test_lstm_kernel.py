@@ -9,7 +9,7 @@ from torch import nn
 
 from textvae.models import native
 from textvae.models.decoders import LSTMDecoder
-from textvae.models.lstm import _kernel_for, run_rnn
+from textvae.models.lstm import _kernel_for, run_rnn, run_rnn_shared
 
 
 @pytest.fixture
@@ -62,6 +62,63 @@ def test_kernel_against_float64(lstm_kernel, batch, steps, inp, hidden, threads)
     for name, m, o, e in zip(names, mine, onednn, exact):
         err, err_onednn = float((m - e).norm() / e.norm()), float((o - e).norm() / e.norm())
         assert err < 1e-2 and err < 2 * err_onednn + 1e-4, (name, err, err_onednn)
+
+
+def scoring_pass(lstm, shared, per_row, h0, c0, dtype=None, kernel=True):
+    """Outputs [R, T, H] (float64) of ``lstm`` on rows whose input is cat(shared[r mod B, t], per_row[r]):
+    ``dtype`` a copy of the LSTM in that dtype on the explicit input (the reference); None: run_rnn_shared
+    without gradients under bf16 autocast (the kernel's scoring pass, or torch's LSTM if not ``kernel``)."""
+    state = (h0[None], c0[None])
+    with torch.no_grad():
+        if dtype is not None:
+            ref = nn.LSTM(lstm.input_size, lstm.hidden_size, batch_first=True).to(dtype)
+            ref.load_state_dict(lstm.state_dict())
+            x = torch.cat([shared.repeat(per_row.shape[0] // shared.shape[0], 1, 1),
+                           per_row[:, None].expand(-1, shared.shape[1], -1)], -1)
+            return ref(x.to(dtype), tuple(t.to(dtype) for t in state))[0].double()
+        with torch.autocast("cpu", dtype=torch.bfloat16), native.native_kernels(kernel):
+            return run_rnn_shared(lstm, shared, per_row, state).double()
+
+
+@pytest.mark.parametrize("batch, samples, steps, emb, latent, hidden, threads",
+                         [(4, 3, 6, 10, 4, 32, 2), (3, 5, 1, 8, 2, 16, 1), (5, 9, 7, 12, 6, 48, 3), (2, 40, 3, 6, 3, 16, 2)])
+def test_scoring_pass_against_float64(lstm_kernel, batch, samples, steps, emb, latent, hidden, threads):
+    """The scoring pass (input projection given per sentence and per row, rows split over the threads) within
+    1 % of a float64 LSTM on the explicit concatenated input, and no further from it than 2x torch's bf16
+    LSTM: one step, rows that fill no whole block of 32, several blocks over 1-3 threads."""
+    lstm = nn.LSTM(emb + latent, hidden, batch_first=True)
+    rows = batch * samples
+    shared, per_row = torch.randn(batch, steps, emb), torch.randn(rows, latent)
+    h0, c0 = torch.randn(rows, hidden) * 0.5, torch.randn(rows, hidden)
+    was = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            assert _kernel_for(lstm, shared, training=False) is lstm_kernel
+            assert _kernel_for(lstm, shared) is None  # the training pass needs gradients
+        exact = scoring_pass(lstm, shared, per_row, h0, c0, dtype=torch.float64)
+        mine = scoring_pass(lstm, shared, per_row, h0, c0)
+        onednn = scoring_pass(lstm, shared, per_row, h0, c0, kernel=False)
+    finally:
+        torch.set_num_threads(was)
+    assert mine.shape == exact.shape == (rows, steps, hidden)
+    err, err_onednn = float((mine - exact).norm() / exact.norm()), float((onednn - exact).norm() / exact.norm())
+    assert err < 1e-2 and err < 2 * err_onednn + 1e-4, (err, err_onednn)
+
+
+def test_decoder_scores_samples_the_same_with_and_without_the_kernel(lstm_kernel):
+    """The decoder's hidden states for S samples per sentence under bf16 autocast: the kernel's scoring pass
+    (embeddings projected once per sentence) and torch's LSTM on the repeated batch agree to bf16 rounding."""
+    torch.manual_seed(2)
+    dec = LSTMDecoder(vocab_size=50, emb_dim=16, hidden_dim=32, latent_dim=4).eval()
+    tokens, z = torch.randint(0, 50, (3, 5)), torch.randn(6, 3, 4)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with native.native_kernels(True):
+            mine = dec.forward_samples(tokens, z).float()
+        with native.native_kernels(False):
+            ref = dec(tokens.repeat(6, 1), z.reshape(18, 4))[0].float()
+    assert mine.shape == ref.shape == (18, 5, 32)
+    assert float((mine - ref).norm() / ref.norm()) < 2e-2
 
 
 def test_kernel_dtypes_and_shapes(lstm_kernel):
@@ -118,6 +175,13 @@ def test_kernel_rejects_what_it_cannot_read(lstm_kernel):
         lstm_kernel.forward_pass(x, h0, c0.to(bf16), w_ih, w_hh, bias, threads)
     with pytest.raises(RuntimeError, match="inconsistent shapes"):
         lstm_kernel.forward_pass(x, h0, c0, w_ih[:32], w_hh, bias, threads)
+    e, z = torch.zeros(2, 3, 64), torch.zeros(4, 64)  # 2 sentences, 2 samples
+    h0, c0 = torch.zeros(4, 16, dtype=bf16), torch.zeros(4, 16)
+    assert lstm_kernel.score_pass(e, z, w_hh, h0, c0, threads).shape == (4, 3, 16)
+    with pytest.raises(RuntimeError, match="e: a contiguous CPU Float"):
+        lstm_kernel.score_pass(e.to(bf16), z, w_hh, h0, c0, threads)
+    with pytest.raises(RuntimeError, match="inconsistent shapes"):  # 4 rows are not a whole number of 3 sentences
+        lstm_kernel.score_pass(torch.zeros(3, 3, 64), z, w_hh, h0, c0, threads)
     assert not lstm_kernel.supports(8, 24, 1) and not lstm_kernel.supports(7, 16, 1)
     assert not lstm_kernel.supports(8, 32, 3) and lstm_kernel.supports(8, 32, 2)
 

@@ -241,7 +241,8 @@ class TrainConfig:
     bf16 output loss's softmax part (the same formulas, other rounding), the recurrent decoders'
     dropout masks (the same distribution, another random stream), the working copies' gradient norm
     and update, and, on CPUs with AMX, a one-layer LSTM's forward and backward recurrences in bf16
-    training (:mod:`textvae.models.lstm`: the same function, other rounding). ``bf16_weight_copies`` keeps,
+    training and its bf16 scoring of many samples of z per sentence in the IW-NLL
+    (:mod:`textvae.models.lstm`: the same function, other rounding). ``bf16_weight_copies`` keeps,
     in bf16 on the CPU with plain SGD in one process, a bf16 working copy of each LSTM and output
     weight for the forward and backward passes, updated together with its fp32 master in one pass,
     instead of casting every weight and its gradient each step (:mod:`textvae.training.working_copies`):

@@ -9,7 +9,7 @@ from torch import nn
 
 from textvae.data.special import PAD_ID
 from textvae.errors import TextVAEError
-from textvae.models.decoders import DECODERS
+from textvae.models.decoders import DECODERS, Decoder
 from textvae.models.encoders import ENCODERS
 
 
@@ -30,7 +30,7 @@ class CausalConvBlock(nn.Module):
 
 
 @DECODERS.register("cnn")
-class DilatedCNNDecoder(nn.Module):
+class DilatedCNNDecoder(Decoder):
     """Dilated causal CNN decoder (Yang et al. 2017, "Improved variational autoencoders for text
     modeling using dilated convolutions").
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from textvae.data.special import PAD_ID
-from textvae.models.lstm import run_rnn
+from textvae.models.lstm import run_rnn, run_rnn_shared
 from textvae.models.native import native_kernel
 from textvae.registry import Registry
 
@@ -64,7 +64,19 @@ class Dropout(nn.Module):
         return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
 
 
-class RNNDecoder(nn.Module):
+class Decoder(nn.Module):
+    """What a registered decoder is: ``forward(inputs [B, T], z [B, D] or None, state=None)`` ->
+    (hidden [B, T, out_dim], state), and :meth:`forward_samples`."""
+
+    def forward_samples(self, inputs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Hidden states [S·B, T, out_dim] of every (sample, sentence) pair for inputs [B, T] and S
+        samples z [S, B, D], rows sample-major: the forward of the batch repeated S times. A decoder
+        whose computation on the inputs is the same for every sample overrides it to do that once."""
+        s, b, d = z.shape
+        return self(inputs.repeat(s, 1), z.reshape(s * b, d))[0]
+
+
+class RNNDecoder(Decoder):
     """LSTM/GRU decoder conditioned on z the He et al. (2019) way.
 
     * initial state: c0 = W z (bias-free), h0 = tanh(c0), one slice of W per layer (``z_init``);
@@ -109,6 +121,15 @@ class RNNDecoder(nn.Module):
             state = self.initial_state(z, inputs.shape[0], inputs.device)
         out, state = run_rnn(self.rnn, emb, state)
         return self.output_dropout(out), state
+
+    def forward_samples(self, inputs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """As :meth:`Decoder.forward_samples`; in evaluation with z concatenated to the embeddings, the
+        embeddings' share of the input projection is computed once per sentence (``run_rnn_shared``)."""
+        if self.training or not self.z_concat:
+            return super().forward_samples(inputs, z)
+        s, b, d = z.shape
+        rows = z.reshape(s * b, d)
+        return run_rnn_shared(self.rnn, self.embedding(inputs), rows, self.initial_state(rows, s * b, inputs.device))
 
     @staticmethod
     def reorder_state(state: Any, index: torch.Tensor) -> Any:

@@ -17,6 +17,9 @@ from textvae.models.native import native_kernel
 # softmax scratch to 256 x V floats (10 MB at V = 10k) whatever the number of tokens, so
 # evaluation memory does not grow with its batch.
 LOSS_CHUNK_TOKENS = 256
+# The same in evaluation where the C++ kernel takes the chunk's bf16 logits (no fp32 scratch): 512 x V
+# bf16 (10 MB at V = 10k), whose GEMM runs faster than two of 256 (benchmarks/throughput.py, iw section).
+KERNEL_EVAL_CHUNK_TOKENS = 512
 # Outside fp32 the loss's GEMMs go to oneDNN, which builds (JIT-compiles) a kernel for each new shape
 # and caches it; on CPUs with AMX that build costs several times the GEMM itself. The token count N
 # changes from batch to batch, so the GEMMs' N is padded with zero rows to a multiple of this: a
@@ -61,7 +64,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                targets: torch.Tensor, dtype: torch.dtype, chunk: int, grad_enabled: bool) -> torch.Tensor:
+                targets: torch.Tensor, dtype: torch.dtype, chunk: Optional[int], grad_enabled: bool) -> torch.Tensor:
         with torch.autocast(hidden.device.type, enabled=False):
             h, w = hidden.to(dtype), weight.to(dtype)
             b = None if bias is None else bias.float()  # added to the fp32 logits, never rounded to bf16
@@ -73,8 +76,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
             # (needs_input_grad is set for parameters even under no_grad: evaluation must not pay
             # for a gradient buffer it never uses)
             need_grad = grad_enabled and any(ctx.needs_input_grad[:3])
+            rows_kernel = native_kernel("softmax_rows") if dtype == torch.bfloat16 and h.device.type == "cpu" else None
             if need_grad and dtype == torch.float32:
                 chunk = max(n_tokens, 1)
+            elif chunk is None:
+                chunk = KERNEL_EVAL_CHUNK_TOKENS if rows_kernel is not None and not need_grad else LOSS_CHUNK_TOKENS
             nll = torch.empty(n_tokens, device=h.device, dtype=torch.float32)
             grad_logits = None  # G [N, V + pad]
             if dtype != torch.float32:  # h and G get zero rows up to a multiple of GEMM_ROWS (see there)
@@ -88,7 +94,6 @@ class _LinearCrossEntropy(torch.autograd.Function):
             w_t = w.t()
             if not need_grad and not w_t.is_contiguous() and n_tokens >= CONTIGUOUS_WT_TOKENS and dtype != torch.float32:
                 w_t = w_t.contiguous()
-            rows_kernel = native_kernel("softmax_rows") if dtype == torch.bfloat16 and h.device.type == "cpu" else None
             if rows_kernel is not None and b is None:
                 b = torch.zeros(vocab, device=h.device)
             for start in range(0, n_tokens, chunk):
@@ -155,10 +160,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                         targets: torch.Tensor, chunk: int = LOSS_CHUNK_TOKENS) -> torch.Tensor:
+                         targets: torch.Tensor, chunk: Optional[int] = None) -> torch.Tensor:
     """Per-token NLL [N] of ``targets`` [N] under softmax(hidden [N, H] W^T + b), fused (see
     :class:`_LinearCrossEntropy`). The matmuls run in the autocast dtype when autocast is on (bf16
-    on CPU), else in the dtype of ``hidden``; softmax statistics are always fp32."""
+    on CPU), else in the dtype of ``hidden``; softmax statistics are always fp32. ``chunk``: tokens
+    per chunk (None: :data:`LOSS_CHUNK_TOKENS`, or :data:`KERNEL_EVAL_CHUNK_TOKENS` where the C++
+    kernel evaluates)."""
     device = hidden.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
     return _LinearCrossEntropy.apply(hidden, weight, bias, targets, dtype, chunk, torch.is_grad_enabled())

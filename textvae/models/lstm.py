@@ -1,4 +1,4 @@
-"""The recurrent layers' bf16 training pass on CPUs with AMX, in textvae's ``lstm_bf16`` kernel.
+"""The recurrent layers' bf16 passes on CPUs with AMX, in textvae's ``lstm_bf16`` kernel.
 
 Under bf16 autocast a one-layer LSTM's forward and backward are oneDNN's fused kernels; at PTB's sizes
 (batch 32, hidden 256) the backward takes ~4x the forward, most of it around each step's small GEMM.
@@ -11,6 +11,10 @@ in fp32 where oneDNN's are too, the biases are added in fp32 (autocast rounds th
 
 It applies to a one-layer, one-direction, batch-first ``nn.LSTM`` with biases, in training (gradients
 on), under CPU bf16 autocast, where the kernel builds and the CPU has AMX; everything else is ``rnn(x)``.
+
+Scoring S samples of z per sentence (the importance-weighted likelihood, no gradients) has its own entry,
+:func:`run_rnn_shared`: the input of row (s, b) at step t is (x_{b,t}, z_{s,b}), so W_ih's x part is
+applied once per sentence and its z part once per row, and only W_hh h_{t-1} is left for each step.
 """
 from __future__ import annotations
 
@@ -61,18 +65,50 @@ class _LSTMLayer(torch.autograd.Function):
         return tuple(None if g is None else g.to(dt) for g, dt in zip(grads, ctx.dtypes)) + (None, None)
 
 
-def _kernel_for(rnn: nn.RNNBase, x: Any) -> Optional[Any]:
-    """The ``lstm_bf16`` kernel where it runs this call, else None."""
+def _kernel_for(rnn: nn.RNNBase, x: Any, training: bool = True) -> Optional[Any]:
+    """The ``lstm_bf16`` kernel where it runs this call (its training pass with gradients on, its
+    scoring pass with them off), else None."""
     if not (type(rnn) is nn.LSTM and rnn.num_layers == 1 and not rnn.bidirectional and rnn.batch_first
             and rnn.proj_size == 0 and rnn.bias and isinstance(x, torch.Tensor) and x.device.type == "cpu"
-            and x.dim() == 3 and x.shape[0] > 0 and x.shape[1] > 0 and torch.is_grad_enabled()
+            and x.dim() == 3 and x.shape[0] > 0 and x.shape[1] > 0 and torch.is_grad_enabled() == training
             and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == _BF16):
         return None
     kernel = native_kernel("lstm_bf16")
-    if kernel is None or not kernel.available() or not kernel.supports(x.shape[2], rnn.hidden_size,
-                                                                         torch.get_num_threads()):
+    if kernel is None or not kernel.available():
         return None
-    return kernel
+    threads = torch.get_num_threads()
+    fits = (kernel.supports(x.shape[2], rnn.hidden_size, threads) if training  # units split over the threads
+            else kernel.splits(rnn.hidden_size, 1))  # rows split over the threads: H a multiple of 16
+    return kernel if fits else None
+
+
+def _bf16_values(t: torch.Tensor) -> torch.Tensor:
+    """t rounded to bf16, as fp32: an fp32 GEMM of such operands sums their exact products in fp32, as the
+    bf16 GEMMs of autocast and of the kernel do."""
+    return t.to(_BF16).float()
+
+
+def run_rnn_shared(rnn: nn.RNNBase, shared: torch.Tensor, per_row: torch.Tensor, state: Any) -> torch.Tensor:
+    """Outputs [R, T, H] of ``rnn`` over R = S·B rows whose input at step t is cat(shared[r mod B, t],
+    per_row[r]) (shared [B, T, E], per_row [R, D]; rows sample-major, as ``shared.repeat(S, 1, 1)``),
+    from ``state`` (h0, c0), each [1, R, H]. Without gradients, under CPU bf16 autocast, a one-layer
+    batch-first LSTM with biases runs in the kernel's ``score_pass``: the input projection is
+    x W_x^T + b (per sentence) + z W_z^T (per row), each summed in fp32 from bf16 operands, instead of
+    a [R, T, E + D] input; anything else is ``rnn`` on that input."""
+    rows, batch = per_row.shape[0], shared.shape[0]
+    kernel = _kernel_for(rnn, shared, training=False)
+    if kernel is None or rows % batch:
+        x = torch.cat([shared.repeat(rows // batch, 1, 1), per_row.unsqueeze(1).expand(-1, shared.shape[1], -1)], -1)
+        return rnn(x, state)[0]
+    steps, width = shared.shape[1], shared.shape[2]
+    w_ih = rnn.weight_ih_l0  # [4H, E + D]: the x part, then the z part
+    with torch.autocast("cpu", enabled=False):
+        bias = rnn.bias_ih_l0.float() + rnn.bias_hh_l0.float()
+        e = torch.addmm(bias, _bf16_values(shared).view(batch * steps, width), _bf16_values(w_ih[:, :width]).t())
+        z = _bf16_values(per_row) @ _bf16_values(w_ih[:, width:]).t()  # [R, 4H]
+        h0, c0 = state
+        return kernel.score_pass(e.view(batch, steps, -1), z, rnn.weight_hh_l0.to(_BF16), h0[0].to(_BF16).contiguous(),
+                                 c0[0].float().contiguous(), torch.get_num_threads())
 
 
 def run_rnn(rnn: nn.RNNBase, x: Any, state: Any = None) -> tuple[torch.Tensor, Any]:

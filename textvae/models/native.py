@@ -15,7 +15,7 @@ Kernels: ``softmax_rows`` (the elementwise half of the bf16 fused loss,
 SGD update of an fp32 master weight that also writes its bf16 working copy,
 :mod:`textvae.training.working_copies`); ``dropout`` (the recurrent decoders' dropout on the CPU, fp32
 or bf16, :class:`textvae.models.decoders.Dropout`); ``lstm_bf16`` (a one-layer LSTM's recurrences in bf16
-training on CPUs with AMX, :mod:`textvae.models.lstm`).
+training, and its bf16 scoring of many samples of z per sentence, on CPUs with AMX, :mod:`textvae.models.lstm`).
 """
 from __future__ import annotations
 

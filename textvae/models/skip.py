@@ -16,13 +16,13 @@ import torch
 from torch import nn
 
 from textvae.data.special import PAD_ID
-from textvae.models.decoders import DECODERS, RNNDecoder
+from textvae.models.decoders import DECODERS, Decoder, RNNDecoder
 
 State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each [L, B, H]
 
 
 @DECODERS.register("skip_lstm")
-class SkipLSTMDecoder(nn.Module):
+class SkipLSTMDecoder(Decoder):
     """Stacked single-layer LSTMs with z skipped into every layer and into the output (module docstring)."""
 
     def __init__(self, vocab_size: int, emb_dim: int, hidden_dim: int, latent_dim: int, num_layers: int = 1,

@@ -268,11 +268,10 @@ class TextVAE(OutputHead, PretrainedMixin, nn.Module):
         return self.sentence_nll(hidden, batch.targets)
 
     def log_likelihood(self, batch: Batch, z: torch.Tensor) -> torch.Tensor:
-        """log p(x|z_s) for z [S, B, D] -> [S, B]; the batch is repeated S times (sample-major) so the
-        decoder scores all (sentence, sample) pairs in one pass."""
-        s, b, d = z.shape
-        repeated = Batch(tokens=batch.tokens.repeat(s, 1), lengths=batch.lengths.repeat(s))
-        return -self.token_nll(repeated, z.reshape(s * b, d)).view(s, b)
+        """log p(x|z_s) for z [S, B, D] -> [S, B]: the decoder scores all (sample, sentence) pairs in
+        one pass (``forward_samples``, rows sample-major)."""
+        s, b, _ = z.shape
+        return -self.sentence_nll(self.decoder.forward_samples(batch.inputs, z), batch.targets.repeat(s, 1)).view(s, b)
 
     def decode_step(self, tokens: torch.Tensor, z: Optional[torch.Tensor], state: Any = None
                     ) -> tuple[torch.Tensor, Any]:

@@ -12,7 +12,7 @@ from torch import nn
 
 from textvae.data.special import PAD_ID
 from textvae.errors import TextVAEError
-from textvae.models.decoders import DECODERS
+from textvae.models.decoders import DECODERS, Decoder
 from textvae.models.encoders import ENCODERS
 
 Z_INJECTIONS = ("memory", "embedding", "both")
@@ -47,7 +47,7 @@ def _check_heads(hidden_dim: int, num_heads: int, where: str) -> None:
 
 
 @DECODERS.register("transformer")
-class TransformerDecoder(nn.Module):
+class TransformerDecoder(Decoder):
     """Causal Transformer decoder conditioned on z as in Optimus (Li et al. 2020), from scratch:
 
         x_t = W_in emb(w_t) + pos_t (+ W_e z  with z_inject 'embedding' or 'both'),

@@ -96,35 +96,57 @@ void gemm(int64_t M, int64_t N, int64_t K, const at::BFloat16* A, int64_t lda, c
   }
 }
 
+// One unit's gates from its four pre-activations, and its cell: i, f, o = sigmoid, g = tanh,
+// c = f c_prev + i g, th = tanh(c). The five divisions of three sigmoids and two tanh are two:
+// 1 / d_k = (prod_{l != k} d_l) / prod_l d_l, each d in [1, 2] (so the product cannot overflow).
+struct Cell {
+  float i, f, g, o, c, th;
+};
+
+inline Cell cell(float xi, float xf, float xg, float xo, float c_prev) {
+  const float ei = exp_nonpositive(-std::fabs(xi)), ef = exp_nonpositive(-std::fabs(xf));
+  const float eg = exp_nonpositive(-2.0f * std::fabs(xg)), eo = exp_nonpositive(-std::fabs(xo));
+  const float di = 1.0f + ei, df = 1.0f + ef, dg = 1.0f + eg, dO = 1.0f + eo;
+  const float p_if = di * df, p_go = dg * dO, r = 1.0f / (p_if * p_go);
+  const float ri = r * df * p_go, rf = r * di * p_go, rg = r * dO * p_if, ro = r * dg * p_if;
+  Cell k;
+  k.i = xi >= 0.0f ? ri : ei * ri;
+  k.f = xf >= 0.0f ? rf : ef * rf;
+  const float tg = (1.0f - eg) * rg;
+  k.g = xg >= 0.0f ? tg : -tg;
+  k.o = xo >= 0.0f ? ro : eo * ro;
+  k.c = k.f * c_prev + k.i * k.g;
+  k.th = textvae::tanh_(k.c);
+  return k;
+}
+
 // One row's gates for n units (written to a [4n]: i, f, g, o side by side) from their pre-activations
-// (the GEMMs' sums s [4n] plus the biases b [4n], in the same order), and the cell and output. The five
-// divisions of three sigmoids and two tanh are two: 1 / d_k = (prod_{l != k} d_l) / prod_l d_l, each d in
-// [1, 2] (so the product cannot overflow).
+// (the GEMMs' sums s [4n] plus the biases b [4n], in the same order), and the cell and output.
 inline void gate_row(const float* s, const float* b, float* a, const float* c_prev, float* c_next, float* tct,
                      uint16_t* h_next, int64_t n) {
 #pragma omp simd
   for (int64_t u = 0; u < n; ++u) {
-    const float xi = s[u] + b[u], xf = s[n + u] + b[n + u];
-    const float xg = s[2 * n + u] + b[2 * n + u], xo = s[3 * n + u] + b[3 * n + u];
-    const float ei = exp_nonpositive(-std::fabs(xi)), ef = exp_nonpositive(-std::fabs(xf));
-    const float eg = exp_nonpositive(-2.0f * std::fabs(xg)), eo = exp_nonpositive(-std::fabs(xo));
-    const float di = 1.0f + ei, df = 1.0f + ef, dg = 1.0f + eg, dO = 1.0f + eo;
-    const float p_if = di * df, p_go = dg * dO, r = 1.0f / (p_if * p_go);
-    const float ri = r * df * p_go, rf = r * di * p_go, rg = r * dO * p_if, ro = r * dg * p_if;
-    const float i = xi >= 0.0f ? ri : ei * ri;
-    const float f = xf >= 0.0f ? rf : ef * rf;
-    const float tg = (1.0f - eg) * rg;
-    const float g = xg >= 0.0f ? tg : -tg;
-    const float o = xo >= 0.0f ? ro : eo * ro;
-    const float c = f * c_prev[u] + i * g;
-    const float th = textvae::tanh_(c);
-    a[u] = i;
-    a[n + u] = f;
-    a[2 * n + u] = g;
-    a[3 * n + u] = o;
-    c_next[u] = c;
-    tct[u] = th;
-    h_next[u] = to_bf16_keep_nan(o * th);
+    const Cell k = cell(s[u] + b[u], s[n + u] + b[n + u], s[2 * n + u] + b[2 * n + u], s[3 * n + u] + b[3 * n + u],
+                        c_prev[u]);
+    a[u] = k.i;
+    a[n + u] = k.f;
+    a[2 * n + u] = k.g;
+    a[3 * n + u] = k.o;
+    c_next[u] = k.c;
+    tct[u] = k.th;
+    h_next[u] = to_bf16_keep_nan(k.o * k.th);
+  }
+}
+
+// gate_row without gradients: the pre-activations are s + e + z (GEMM sums, the shared and the row's inputs'
+// parts, all [4H] in PyTorch's gate order), the cell state c [H] is updated in place, nothing else is kept
+inline void score_row(const float* s, const float* e, const float* z, float* c, uint16_t* h_next, int64_t H) {
+#pragma omp simd
+  for (int64_t u = 0; u < H; ++u) {
+    const Cell k = cell(s[u] + e[u] + z[u], s[H + u] + e[H + u] + z[H + u], s[2 * H + u] + e[2 * H + u] + z[2 * H + u],
+                        s[3 * H + u] + e[3 * H + u] + z[3 * H + u], c[u]);
+    c[u] = k.c;
+    h_next[u] = to_bf16_keep_nan(k.o * k.th);
   }
 }
 
@@ -287,9 +309,60 @@ std::vector<torch::Tensor> backward_pass(const torch::Tensor& cbuf, const torch:
   return {da, db, dh0, dc};
 }
 
+// Scoring without gradients (the importance-weighted likelihood's S samples of z per sentence): R rows whose
+// input at step t is (x_{r mod B, t}, z_r), its projection given in two parts: e [B, T, 4H] fp32 = W_ih's x part
+// times x plus both biases, once per sentence, and z [R, 4H] fp32 = W_ih's z part times z_r, once per row.
+// w_hh [4H, H] bf16; h0 [R, H] bf16; c0 [R, H] fp32. Returns out [R, T, H] bf16 (batch-first).
+// Rows are independent here, so the threads split the rows, not the units: no barrier. Each thread packs the
+// whole W_hh (4H x H bf16, L2-sized at H = 256) and runs blocks of ROWS rows through all T steps, its
+// block's fp32 sums [ROWS, 4H] and cells [ROWS, H] staying in its cache.
+torch::Tensor score_pass(const torch::Tensor& e, const torch::Tensor& z, const torch::Tensor& w_hh,
+                         const torch::Tensor& h0, const torch::Tensor& c0, int64_t P) {
+  check({{e, "e", at::kFloat}, {z, "z", at::kFloat}, {w_hh, "w_hh", at::kBFloat16}, {h0, "h0", at::kBFloat16},
+         {c0, "c0", at::kFloat}});
+  constexpr int64_t ROWS = 32;
+  const int64_t B = e.size(0), T = e.size(1), H = h0.size(1), R = h0.size(0);
+  TORCH_CHECK(e.dim() == 3 && T >= 1 && B >= 1 && R % B == 0 && P >= 1 && H % UNITS == 0 && e.size(2) == 4 * H &&
+              z.size(0) == R && z.size(1) == 4 * H && w_hh.size(0) == 4 * H && w_hh.size(1) == H &&
+              c0.sizes() == h0.sizes(), "lstm_bf16.score_pass: inconsistent shapes");
+  auto out = torch::empty({R, T, H}, h0.options());
+  const float* eb = e.data_ptr<float>();
+  const float* zb = z.data_ptr<float>();
+  const uint16_t* h0b = bits(h0);
+  const float* c0b = c0.data_ptr<float>();
+  uint16_t* ob = bits_mut(out);
+  const int64_t blocks = (R + ROWS - 1) / ROWS;
+#pragma omp parallel num_threads(P)
+  {
+    const auto wh = pack_gate_rows(bits(w_hh), H, H, 0, H);  // [H, 4H]: PyTorch's gate order
+    auto acc_t = torch::empty({ROWS, 4 * H}, torch::kFloat);
+    auto c_t = torch::empty({ROWS, H}, torch::kFloat);
+    float* acc = acc_t.data_ptr<float>();
+    float* c = c_t.data_ptr<float>();
+#pragma omp for schedule(static)
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      const int64_t r0 = blk * ROWS, m = std::min(ROWS, R - r0);
+      std::copy(c0b + r0 * H, c0b + (r0 + m) * H, c);
+      for (int64_t t = 0; t < T; ++t) {
+        // h_{t-1}: h0's rows, then the output's (row stride T H)
+        const uint16_t* a = t == 0 ? h0b + r0 * H : ob + (r0 * T + t - 1) * H;
+        gemm(m, 4 * H, H, bf(a), t == 0 ? H : T * H, wh, acc, 4 * H);
+        for (int64_t b = 0; b < m; ++b) {
+          const int64_t r = r0 + b;
+          score_row(acc + b * 4 * H, eb + ((r % B) * T + t) * 4 * H, zb + r * 4 * H, c + b * H, ob + (r * T + t) * H, H);
+        }
+      }
+    }
+    cpublas::brgemm_release();
+  }
+  return out;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("available", &available, "whether this CPU runs the kernel (AMX)");
+  m.def("splits", &splits, "whether H hidden units split over P threads in whole blocks of 16");
   m.def("supports", &supports, "whether the kernel takes input size I and hidden size H with P threads");
   m.def("forward_pass", &forward_pass, "forward of a one-layer bf16 LSTM, time-major");
+  m.def("score_pass", &score_pass, "forward of a one-layer bf16 LSTM without gradients, input projection given");
   m.def("backward_pass", &backward_pass, "backward of forward_pass: da, db, dh0, dc0");
 }

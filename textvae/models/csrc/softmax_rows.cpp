@@ -25,8 +25,33 @@ using textvae::from_bf16;
 using textvae::to_bf16;
 using textvae::exp_nonpositive;
 
-// x = l + b into x [V]; returns max_v x
+#if defined(__AVX512F__)
+// 16 bf16 values (mask: which of them are read) as fp32
+inline __m512 load_bf16x16(const uint16_t* p, __mmask16 mask) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, p)), 16));
+}
+
+// f(v, mask) for v = 0, 16, 32, ... < V: whole vectors, then the last V mod 16 lanes under a mask
+template <typename F>
+inline void for_vectors(int64_t V, const F& f) {
+  int64_t v = 0;
+  for (; v + 16 <= V; v += 16) f(v, __mmask16(0xFFFF));
+  if (v < V) f(v, __mmask16((1u << (V - v)) - 1u));
+}
+#endif
+
+// x = l + b into x [V]; returns max_v x. Written out for AVX-512 (gcc vectorised the loop with its max
+// reduction poorly: this pass took longer than the exponentials).
 inline float biased_row(const uint16_t* l, const float* b, int64_t V, float* x) {
+#if defined(__AVX512F__)
+  __m512 m = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  for_vectors(V, [&](int64_t v, __mmask16 k) {
+    const __m512 xv = _mm512_add_ps(load_bf16x16(l + v, k), _mm512_maskz_loadu_ps(k, b + v));
+    _mm512_mask_storeu_ps(x + v, k, xv);
+    m = _mm512_mask_max_ps(m, k, m, xv);
+  });
+  return _mm512_reduce_max_ps(m);
+#else
   float m = -std::numeric_limits<float>::infinity();
 #pragma omp simd reduction(max : m)
   for (int64_t v = 0; v < V; ++v) {
@@ -35,6 +60,30 @@ inline float biased_row(const uint16_t* l, const float* b, int64_t V, float* x) 
     m = xv > m ? xv : m;
   }
   return m;
+#endif
+}
+
+// sum_v exp(x_v - m); with ``keep`` each exp(x_v - m) is written back into x
+inline float exp_sum(float* x, float m, int64_t V, bool keep) {
+#if defined(__AVX512F__)
+  const __m512 mv = _mm512_set1_ps(m);
+  __m512 s = _mm512_setzero_ps();
+  for_vectors(V, [&](int64_t v, __mmask16 k) {
+    const __m512 e = textvae::exp_nonpositive16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + v), mv));
+    if (keep) _mm512_mask_storeu_ps(x + v, k, e);
+    s = _mm512_mask_add_ps(s, k, s, e);
+  });
+  return _mm512_reduce_add_ps(s);
+#else
+  float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+  for (int64_t v = 0; v < V; ++v) {
+    const float e = exp_nonpositive(x[v] - m);
+    if (keep) x[v] = e;
+    s += e;
+  }
+  return s;
+#endif
 }
 
 void check(const torch::Tensor& logits, const torch::Tensor& bias, const torch::Tensor& targets) {
@@ -75,13 +124,7 @@ torch::Tensor nll_and_grad(const torch::Tensor& logits, const torch::Tensor& bia
     const uint16_t* l = L + i * l_stride;
     uint16_t* g = G + i * g_stride;
     const float m = biased_row(l, b, V, x);
-    float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-    for (int64_t v = 0; v < V; ++v) {
-      const float e = exp_nonpositive(x[v] - m);
-      x[v] = e;
-      s += e;
-    }
+    const float s = exp_sum(x, m, V, true);
     const int64_t t = y[i];
     out[i] = m + std::log(s) - (from_bf16(l[t]) + b[t]);
     const float inv = 1.0f / s;
@@ -105,9 +148,7 @@ torch::Tensor nll_only(const torch::Tensor& logits, const torch::Tensor& bias, c
   for_rows(n, V, [&](int64_t i, float* x) {
     const uint16_t* l = L + i * l_stride;
     const float m = biased_row(l, b, V, x);
-    float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-    for (int64_t v = 0; v < V; ++v) s += exp_nonpositive(x[v] - m);
+    const float s = exp_sum(x, m, V, false);
     const int64_t t = y[i];
     out[i] = m + std::log(s) - (from_bf16(l[t]) + b[t]);
   });
