@@ -251,14 +251,6 @@ def test_iw_decoder_budget_defaults_to_the_devices(device, budget):
     assert default_max_tokens(device) == budget
 
 
-def test_iw_decoder_budget_of_the_cpu_in_bf16():
-    from textvae.metrics.likelihood import default_max_tokens
-
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert default_max_tokens("cpu") == 65536
-    assert default_max_tokens("cpu") == 16384
-
-
 def test_iw_without_a_budget_takes_the_cpu_default_per_decoder_call(monkeypatch):
     """None resolves to the batch device's default: the decoder then scores at most
     16384 // (B·T) samples per call on the CPU."""

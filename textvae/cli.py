@@ -93,8 +93,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
     ap.add_argument("--iw-samples", type=int, default=500, help="importance samples for IW-NLL (0 = skip)")
     ap.add_argument("--max-tokens", type=int, default=None,
                     help="IW decoder budget: samples x sentences x length per decoder call "
-                         f"(default: {DEFAULT_MAX_TOKENS['cpu']} on the CPU, {DEFAULT_MAX_TOKENS['cpu-bf16']} in its bf16, "
-                         f"{DEFAULT_MAX_TOKENS['cuda']} on a GPU)")
+                         f"(default: {DEFAULT_MAX_TOKENS['cpu']} on the CPU, {DEFAULT_MAX_TOKENS['cuda']} on a GPU)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--max-sentences", type=int, default=None, help="evaluate this many, spread over the split")
     ap.add_argument("--gen-sentences", type=int, default=500,

@@ -21,24 +21,20 @@ from textvae.reduction import CorpusAccumulator
 # at once, per device type. A decoder that writes whole [tokens, V] logits (and their log-softmax)
 # needs ~80 kB per token at V = 10k: ~0.3 GB at 4096, against ~1.3 GB at 16384. TextVAE's fused
 # loss scores the vocabulary in chunks of its own, leaving ~8 kB per token of LSTM activations. On
-# a CPU with AMX the bf16 pass takes ~10 % less time at 16384 than at 4096 for ~50 MB more, and
-# since its LSTM scores the samples in a C++ kernel, ~15 % less at 65536 than at 16384 for ~130 MB
-# more (each call's fixed costs, such as the output weight's bf16 transposed copy, spread over 4x
-# the tokens): "cpu-bf16" applies under CPU bf16 autocast (benchmarks/throughput.py, iw section).
-# On a GPU the pass is launch-bound and 65536 takes half the time of 4096 for ~0.8 GB
+# a CPU with AMX the bf16 pass takes ~10 % less time at 16384 than at 4096 for ~50 MB more; at
+# 65536 ~15 % less again, but a training run's test report then peaked at 1.8-2.3 GB instead of
+# ~1.3 (a heap that keeps freed memory, fragmented by 4x larger blocks), so 16384 stays the CPU's
+# default and 65536 is ``textvae evaluate --max-tokens 65536`` (benchmarks/throughput.py, iw
+# section). On a GPU the pass is launch-bound and 65536 takes half the time of 4096 for ~0.8 GB
 # (benchmarks/gpu_ptb.py).
-DEFAULT_MAX_TOKENS = {"cpu": 16384, "cpu-bf16": 65536, "cuda": 65536}
+DEFAULT_MAX_TOKENS = {"cpu": 16384, "cuda": 65536}
 # An IW pass draws one batch in IW_CHECK_EVERY twice, for its NLL's Monte Carlo error (IWAccumulator).
 IW_CHECK_EVERY = 10
 
 
 def default_max_tokens(device: torch.device | str) -> int:
-    """The decoder budget of an IW pass on ``device`` when the caller sets none (on the CPU, under the
-    autocast now in effect)."""
-    kind = torch.device(device).type
-    if kind == "cpu" and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16:
-        kind = "cpu-bf16"
-    return DEFAULT_MAX_TOKENS.get(kind, DEFAULT_MAX_TOKENS["cpu"])
+    """The decoder budget of an IW pass on ``device`` when the caller sets none."""
+    return DEFAULT_MAX_TOKENS.get(torch.device(device).type, DEFAULT_MAX_TOKENS["cpu"])
 
 
 @dataclass
