@@ -66,18 +66,21 @@ def test_kernel_against_float64(lstm_kernel, batch, steps, inp, hidden, threads)
 
 def scoring_pass(lstm, shared, per_row, h0, c0, dtype=None, kernel=True):
     """Outputs [R, T, H] (float64) of ``lstm`` on rows whose input is cat(shared[r mod B, t], per_row[r]):
-    ``dtype`` a copy of the LSTM in that dtype on the explicit input (the reference); None: run_rnn_shared
-    without gradients under bf16 autocast (the kernel's scoring pass, or torch's LSTM if not ``kernel``)."""
+    ``dtype`` a copy of the LSTM in that dtype on the explicit input (the reference); None: without
+    gradients under bf16 autocast, run_rnn_shared (the kernel's scoring pass), or if not ``kernel``
+    torch's LSTM on the explicit input (where run_rnn_shared returns None)."""
     state = (h0[None], c0[None])
+    x = torch.cat([shared.repeat(per_row.shape[0] // shared.shape[0], 1, 1),
+                   per_row[:, None].expand(-1, shared.shape[1], -1)], -1)
     with torch.no_grad():
         if dtype is not None:
             ref = nn.LSTM(lstm.input_size, lstm.hidden_size, batch_first=True).to(dtype)
             ref.load_state_dict(lstm.state_dict())
-            x = torch.cat([shared.repeat(per_row.shape[0] // shared.shape[0], 1, 1),
-                           per_row[:, None].expand(-1, shared.shape[1], -1)], -1)
             return ref(x.to(dtype), tuple(t.to(dtype) for t in state))[0].double()
         with torch.autocast("cpu", dtype=torch.bfloat16), native.native_kernels(kernel):
-            return run_rnn_shared(lstm, shared, per_row, state).double()
+            out = run_rnn_shared(lstm, shared, per_row, state)
+            assert (out is None) == (not kernel)
+            return (lstm(x, state)[0] if out is None else out).double()
 
 
 @pytest.mark.parametrize("batch, samples, steps, emb, latent, hidden, threads",

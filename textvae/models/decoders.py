@@ -124,12 +124,15 @@ class RNNDecoder(Decoder):
 
     def forward_samples(self, inputs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """As :meth:`Decoder.forward_samples`; in evaluation with z concatenated to the embeddings, the
-        embeddings' share of the input projection is computed once per sentence (``run_rnn_shared``)."""
-        if self.training or not self.z_concat:
-            return super().forward_samples(inputs, z)
-        s, b, d = z.shape
-        rows = z.reshape(s * b, d)
-        return run_rnn_shared(self.rnn, self.embedding(inputs), rows, self.initial_state(rows, s * b, inputs.device))
+        embeddings' share of the input projection is computed once per sentence where the LSTM kernel
+        runs it (``run_rnn_shared``)."""
+        if not self.training and self.z_concat:
+            s, b, d = z.shape
+            rows = z.reshape(s * b, d)
+            out = run_rnn_shared(self.rnn, self.embedding(inputs), rows, self.initial_state(rows, s * b, inputs.device))
+            if out is not None:
+                return out
+        return super().forward_samples(inputs, z)
 
     @staticmethod
     def reorder_state(state: Any, index: torch.Tensor) -> Any:

@@ -88,19 +88,17 @@ def _bf16_values(t: torch.Tensor) -> torch.Tensor:
     return t.to(_BF16).float()
 
 
-def run_rnn_shared(rnn: nn.RNNBase, shared: torch.Tensor, per_row: torch.Tensor, state: Any) -> torch.Tensor:
+def run_rnn_shared(rnn: nn.RNNBase, shared: torch.Tensor, per_row: torch.Tensor, state: Any) -> Optional[torch.Tensor]:
     """Outputs [R, T, H] of ``rnn`` over R = S·B rows whose input at step t is cat(shared[r mod B, t],
     per_row[r]) (shared [B, T, E], per_row [R, D]; rows sample-major, as ``shared.repeat(S, 1, 1)``),
-    from ``state`` as ``rnn`` takes it (the LSTM's (h0, c0), each [1, R, H]). Without gradients, under CPU bf16 autocast, a one-layer
-    batch-first LSTM with biases runs in the kernel's ``score_pass``: the input projection is
-    x W_x^T + b (per sentence) + z W_z^T (per row), each summed in fp32 from bf16 operands, instead of
-    a [R, T, E + D] input; anything else is ``rnn`` on that input."""
-    rows, batch = per_row.shape[0], shared.shape[0]
+    from ``state`` (h0, c0), each [1, R, H], where the kernel's ``score_pass`` runs it: without
+    gradients, under CPU bf16 autocast, a one-layer batch-first LSTM with biases. The input projection
+    is then x W_x^T + b (per sentence) + z W_z^T (per row), each summed in fp32 from bf16 operands,
+    instead of a [R, T, E + D] input. None elsewhere: the caller runs ``rnn`` on that input."""
     kernel = _kernel_for(rnn, shared, training=False)
     if kernel is None:
-        x = torch.cat([shared.repeat(rows // batch, 1, 1), per_row.unsqueeze(1).expand(-1, shared.shape[1], -1)], -1)
-        return rnn(x, state)[0]
-    steps, width = shared.shape[1], shared.shape[2]
+        return None
+    batch, steps, width = shared.shape
     w_ih = rnn.weight_ih_l0  # [4H, E + D]: the x part, then the z part
     with torch.autocast("cpu", enabled=False):
         bias = rnn.bias_ih_l0.float() + rnn.bias_hh_l0.float()

@@ -322,7 +322,7 @@ torch::Tensor score_pass(const torch::Tensor& e, const torch::Tensor& z, const t
          {c0, "c0", at::kFloat}});
   constexpr int64_t ROWS = 32;
   const int64_t B = e.size(0), T = e.size(1), H = h0.size(1), R = h0.size(0);
-  TORCH_CHECK(e.dim() == 3 && T >= 1 && B >= 1 && R % B == 0 && P >= 1 && H % UNITS == 0 && e.size(2) == 4 * H &&
+  TORCH_CHECK(e.dim() == 3 && T >= 1 && B >= 1 && R % B == 0 && P >= 1 && splits(H, 1) && e.size(2) == 4 * H &&
               z.size(0) == R && z.size(1) == 4 * H && w_hh.size(0) == 4 * H && w_hh.size(1) == H &&
               c0.sizes() == h0.sizes(), "lstm_bf16.score_pass: inconsistent shapes");
   auto out = torch::empty({R, T, H}, h0.options());
