@@ -543,11 +543,12 @@ from textvae.models.native import native_kernels, native_status, set_native_kern
 from textvae.models.sampled_softmax import SampledSoftmax
 from textvae.models.textvae import TextVAE
 from textvae.training.distributed import World
-from textvae.training.train import TrainStep, clip_gradients, nonfinite_figures, retain_freed_memory
+from textvae.training.train import TrainStep, bf16_supported, clip_gradients, nonfinite_figures, retain_freed_memory
 from textvae.training.working_copies import WorkingCopies, clip_scale, working_copy_names
 
 RECIPE = "recipes/ptb/vae.yaml"
 SIZES = {"ptb 256/256/32": (256, 256, 10002), "yahoo 512/1024/32": (512, 1024, 20001)}  # emb, hidden, V
+CPU_BF16 = bf16_supported(torch.device("cpu"))  # False (AVX2 only): the bf16 rows are left out
 
 
 # ---- measurement plumbing ----------------------------------------------------------------------
@@ -764,7 +765,8 @@ def section_train(args: argparse.Namespace, peaks: dict[str, float]) -> list[dic
         batches, lengths, padding, counts = train_batches(size, args.warmup + args.steps)
         warm, timed = batches[: args.warmup], batches[args.warmup:]
         n_tokens = int(sum(len(s) - 1 for b in timed for s in b))
-        variants = [v for v in TRAIN_VARIANTS if not args.variants or any(k in v.name for k in args.variants)]
+        variants = [v for v in TRAIN_VARIANTS if (not args.variants or any(k in v.name for k in args.variants))
+                    and (v.precision == "fp32" or CPU_BF16)]
         steppers = [Stepper(v, size, counts) for v in variants]
         flops = {s.variant.name: step_flops(*SIZES[size][:2], 32, s.output_words(),
                                             lengths[-sum(len(b) for b in timed):]) for s in steppers}
@@ -980,7 +982,8 @@ def section_iw(args: argparse.Namespace, peaks: dict[str, float]) -> list[dict[s
     chosen = {"sentences": n} if args.iw_batches is None else {"batches": args.iw_batches}
     # (budget, fused, bf16, native): the reference and the fused loss in fp32, the fused bf16 loss with
     # torch operations and with the C++ kernel (textvae.models.native)
-    configs = [(budget, *IW_VARIANTS[name]) for budget in args.iw_budgets for name in args.iw_variants]
+    configs = [(budget, *IW_VARIANTS[name]) for budget in args.iw_budgets for name in args.iw_variants
+               if CPU_BF16 or not IW_VARIANTS[name][1]]
     results: dict[tuple, list[dict[str, Any]]] = {c: [] for c in configs}
     for _ in range(args.iw_repeats):
         for c in configs:
@@ -1114,7 +1117,7 @@ def section_epoch(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     out = Path(args.out)
     for seed in args.epoch_seeds:  # seeds outer: each variant's runs spread over the session
-        for variant in args.epoch_variants:
+        for variant in [v for v in args.epoch_variants if CPU_BF16 or "bf16" not in v]:
             # the first seed's fp32 run keeps the plain name: the iw section evaluates OUT/fp32/model
             name = variant if seed == args.epoch_seeds[0] else f"{variant}-seed{seed}"
             shutil.rmtree(out / name, ignore_errors=True)
@@ -1214,13 +1217,15 @@ def main() -> None:
     clock = clock_fn(args.clock)
     # the roof: the best of several GEMMs before and after the training section (a busy moment
     # on a shared machine can only lower a measurement)
+    if not CPU_BF16:
+        print("this CPU has no bfloat16 arithmetic (textvae refuses bf16 on it): bf16 rows and roof left out")
     peaks = {"fp32": gemm_peak(torch.float32, args.repeats, clock),
-             "bf16": gemm_peak(torch.bfloat16, args.repeats, clock)}
+             "bf16": gemm_peak(torch.bfloat16, args.repeats, clock) if CPU_BF16 else math.nan}
     if "bucketing" in args.sections:
         section_bucketing()
     if "train" in args.sections:
         train_rows = section_train(args, peaks)
-        for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))[:2 if CPU_BF16 else 1]:
             peaks[precision] = max(peaks[precision], gemm_peak(dtype, args.repeats, clock))
         for r in train_rows:  # fractions against the final roof
             r["frac_peak"] = r["gflops"] / peaks["bf16" if "bf16" in r["variant"] else "fp32"]

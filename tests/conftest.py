@@ -34,3 +34,13 @@ def kernel_or_torch(kernel: str, on: bool):
         pytest.skip(f"the {kernel} kernel is not built here ({native.native_status()})")
     with native.native_kernels(on):
         yield on
+
+
+def cpu_bf16() -> bool:
+    from textvae.training.train import bf16_supported
+
+    return bf16_supported(torch.device("cpu"))
+
+
+# bf16 autocast on the CPU: where oneDNN has no bf16 (AVX2 only) textvae refuses it, and these tests skip
+needs_cpu_bf16 = pytest.mark.skipif(not cpu_bf16(), reason="this CPU has no bfloat16 arithmetic (AVX2 only)")

@@ -2,6 +2,7 @@
 bit, ``evaluate`` reproduces the run's own test report, and the decoding commands print one
 clean line per output."""
 import json
+import re
 import shutil
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from textvae.cli import main
 from textvae.training.denormals import calling_thread_flushes
 from textvae.training.logger import read_jsonl
+from tests.conftest import needs_cpu_bf16
 from tests.test_train import state_of, tiny_args, write_corpus
 
 
@@ -49,6 +51,19 @@ def test_evaluate_reproduces_the_test_report(run, capsys):
     assert not calling_thread_flushes()  # the run's denormal mode (flushed) held only while it evaluated
 
 
+def test_evaluate_bf16_where_the_cpu_has_none_is_a_one_line_error(run, tmp_path, monkeypatch, capsys):
+    import textvae.training.train as train_module
+
+    monkeypatch.setattr(train_module, "bf16_supported", lambda device: False)
+    with pytest.raises(SystemExit) as stop:
+        main(["evaluate", str(run), "--precision", "bf16", "--json", str(tmp_path / "e.json")])
+    assert stop.value.code == 2
+    assert re.fullmatch(r"textvae: error: --precision bf16: this CPU \(.+\) has no bfloat16 arithmetic "
+                        r"\(on x86 it needs AVX-512\); use --precision fp32", capsys.readouterr().err.strip())
+    assert not (tmp_path / "e.json").exists()
+
+
+@needs_cpu_bf16
 def test_evaluate_bf16_is_labelled_and_close_to_fp32(run, tmp_path, capsys):
     """--precision bf16 changes rounding only: the same seeded figures to bf16's ~3 digits, and the
     JSON says which precision produced them."""

@@ -12,6 +12,7 @@ import torch
 
 from textvae.models import native
 from textvae.models.fused_loss import linear_cross_entropy
+from tests.conftest import needs_cpu_bf16
 
 
 @pytest.fixture
@@ -73,6 +74,7 @@ def test_softmax_rows_rejects_what_it_cannot_read(softmax_rows):
         softmax_rows.nll_only(torch.zeros(2, 5).bfloat16(), torch.zeros(4), torch.zeros(2, dtype=torch.long))
 
 
+@needs_cpu_bf16
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_fused_loss_same_with_and_without_the_kernel(softmax_rows, with_bias):
     """The bf16 fused loss with the kernel and with torch operations: the same NLL to fp32 rounding,

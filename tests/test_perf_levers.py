@@ -26,7 +26,7 @@ from textvae.models.fused_loss import GEMM_ROWS, linear_cross_entropy
 from textvae.models import native
 from textvae.models.textvae import TextVAE
 from textvae.training.train import build_optimizer, clip_gradients, retain_freed_memory
-from tests.conftest import kernel_or_torch
+from tests.conftest import kernel_or_torch, needs_cpu_bf16
 
 torch.set_num_threads(1)
 V = 50
@@ -273,6 +273,7 @@ def test_dropout_follows_torch_s_seed_and_masks_its_gradient(dropout_path):
     assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], outs[2])
 
 
+@needs_cpu_bf16
 def test_bf16_autocast_runs_recurrent_and_output_layers_in_bf16():
     """Under autocast the decoder's LSTM output is bf16 (the kernel ran in bf16), and so are the
     encoder's states before the latent head; mu, z, the KL and the reconstruction are fp32; the
@@ -290,6 +291,7 @@ def test_bf16_autocast_runs_recurrent_and_output_layers_in_bf16():
     assert all(p.grad.dtype == torch.float32 for p in model.parameters() if p.grad is not None)
 
 
+@needs_cpu_bf16
 def test_bf16_loss_close_to_fp32():
     """The same weights and noise give a bf16 loss within 1 % of the fp32 one."""
     model, batch = tiny_model(), ragged_batch(n=16)

@@ -19,6 +19,8 @@ from textvae.training.checkpoint import read_checkpoint
 from textvae.models.native import native_status
 from textvae.training.denormals import calling_thread_flushes
 from textvae.training.logger import read_jsonl
+from textvae.training.train import bf16_supported
+from tests.conftest import needs_cpu_bf16
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -241,6 +243,13 @@ def test_each_start_of_a_run_records_the_code_and_the_machine_it_ran_on(tmp_path
         assert r["native_kernels"] == "unused"  # fp32: no kernel applies
         assert r["bf16_weight_copies"] == []  # fp32
     assert not calling_thread_flushes()  # the run left the caller's mode as it found it
+
+
+@needs_cpu_bf16
+def test_a_bf16_start_records_its_denormals_kernels_and_weight_copies(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus", n_train=60, n_eval=20)
+    args = tiny_args(tmp_path / "runs", "src", corpus, "--train.iw_samples_final", "0")
+    main(["train", *args, "--train.max_steps", "4"])
     main(["train", *args, "--train.max_steps", "6", "--resume", "--train.flush_denormals", "false",
           "--train.precision", "bf16"])
     last = [r for r in read_jsonl(tmp_path / "runs" / "src" / "metrics.jsonl") if r["split"] == "source"][-1]
@@ -299,3 +308,33 @@ def test_aggressive_switches_off_on_he_et_al_s_mi_when_asked(tmp_path):
     off = next((i for i in range(1, len(mis)) if mis[i] < mis[i - 1]), None)
     assert off is not None, f"the noisy MI never dropped in 5 epochs: {mis}"
     assert [r.get("aggressive") for r in valid] == [1.0] * off + [0.0] + [None] * (len(valid) - off - 1)
+
+
+def test_the_bf16_probe_says_whether_onednn_runs_an_lstm_in_bf16():
+    """bf16_supported(cpu) is True exactly where an LSTM runs under CPU bf16 autocast (oneDNN refuses
+    to create its primitive on an AVX2-only CPU)."""
+    lstm = torch.nn.LSTM(8, 16, batch_first=True)
+    try:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            lstm(torch.randn(2, 3, 8))
+        ran = True
+    except RuntimeError as e:
+        assert "primitive" in str(e)
+        ran = False
+    assert bf16_supported(torch.device("cpu")) == ran
+
+
+def test_bf16_where_the_cpu_has_none_is_refused_before_the_run_folder(tmp_path, monkeypatch, capsys):
+    import textvae.training.train as train_module
+
+    monkeypatch.setattr(train_module, "bf16_supported", lambda device: False)
+    corpus = write_corpus(tmp_path / "corpus", n_train=60, n_eval=20)
+    with pytest.raises(SystemExit) as stop:
+        main(["train", *tiny_args(tmp_path / "runs", "r", corpus), "--train.precision", "bf16"])
+    assert stop.value.code == 2
+    assert re.fullmatch(r"textvae: error: train.precision bf16: this CPU \(.+\) has no bfloat16 arithmetic "
+                        r"\(on x86 it needs AVX-512\); use train.precision fp32", capsys.readouterr().err.strip())
+    assert not (tmp_path / "runs" / "r").exists()
+    main(["train", *tiny_args(tmp_path / "runs", "r", corpus), "--train.max_steps", "1",
+          "--train.iw_samples_final", "0"])  # fp32 is not refused
+    assert (tmp_path / "runs" / "r" / "metrics.jsonl").is_file()

@@ -13,7 +13,7 @@ from textvae.models.textvae import TextVAE
 from textvae.models.sampled_softmax import SampledSoftmax
 from textvae.training.train import clip_gradients
 from textvae.training.working_copies import (WorkingCopies, clip_scale, working_copies_apply, working_copy_names)
-from tests.conftest import kernel_or_torch
+from tests.conftest import kernel_or_torch, needs_cpu_bf16
 from tests.test_perf_levers import V, ragged_batch, tiny_model
 
 torch.set_num_threads(1)
@@ -50,6 +50,7 @@ def test_sgd_kernel_against_torch():
         kernel.sgd_update(master, grad.float(), working, 1.0)
 
 
+@needs_cpu_bf16
 def test_output_copy_is_transposed_and_its_gradient_needs_no_copy(kernel_on):
     """The projection's master (same values) and copy are [V, H] views of contiguous [H, V] tensors, and
     the fused loss hands autograd the copy's gradient in that same layout (kept, not copied)."""
@@ -82,6 +83,7 @@ def test_which_weights_get_copies():
     assert "projection.weight" not in working_copy_names(model)
 
 
+@needs_cpu_bf16
 @pytest.mark.parametrize("decoder", DECODERS.names())
 def test_every_decoder_trains_through_its_copies(decoder):
     """Each registered decoder: the forward through the copies gives autocast's loss over the masters
@@ -144,6 +146,7 @@ def copies_step(model, batch, optimizer, working, seed):
     return out.loss.detach(), grads
 
 
+@needs_cpu_bf16
 def test_copies_give_autocasts_loss_gradients_and_updates(kernel_on):
     """Step 1 from the same weights: the same loss and the same gradients bit for bit (the copies'
     bf16 gradients are autocast's before it widens them); the masters after the update equal to
@@ -170,6 +173,7 @@ def test_copies_give_autocasts_loss_gradients_and_updates(kernel_on):
                                rtol=2e-3, atol=0)
 
 
+@needs_cpu_bf16
 def test_first_update_equals_autocasts_to_rounding(kernel_on):
     """One step, clipped (tiny max norm) and not: masters within a few fp32 ulps of autocast's SGD."""
     batch = ragged_batch(n=9)
@@ -193,6 +197,7 @@ def test_first_update_equals_autocasts_to_rounding(kernel_on):
             torch.testing.assert_close(b[n], a[n], rtol=1e-6, atol=1e-9)
 
 
+@needs_cpu_bf16
 def test_copies_follow_masters_changed_elsewhere():
     """A master changed outside the copies' update (a remedy's own step, a best-model reload) is cast
     anew before the next forward, which then equals autocast's over the masters."""
@@ -213,6 +218,7 @@ def test_copies_follow_masters_changed_elsewhere():
     assert torch.equal(working.copies["projection.weight"], model.projection.weight.bfloat16())
 
 
+@needs_cpu_bf16
 def test_dropped_masters_are_not_updated(kernel_on):
     """``drop`` (a remedy restricting the update, like aggressive training's decoder-only steps)
     leaves those masters and their copies as they were; the others move."""
@@ -240,6 +246,7 @@ def test_run_config_key_round_trips():
     assert dataclasses.asdict(cfg)["train"]["bf16_weight_copies"] is True
 
 
+@needs_cpu_bf16
 def test_a_remedy_that_drops_gradients_keeps_its_masters_in_the_loop(tmp_path, monkeypatch):
     """Through the training loop (bf16, plain SGD: copies on): aggressive training's outer update drops
     the encoder's gradients (``Trainer.drop_gradients``), so with its inner encoder steps switched off
@@ -262,6 +269,7 @@ def test_a_remedy_that_drops_gradients_keeps_its_masters_in_the_loop(tmp_path, m
     assert not torch.equal(after["model.decoder.rnn.weight_hh_l0"], before["model.decoder.rnn.weight_hh_l0"])
 
 
+@needs_cpu_bf16
 def test_aggressive_inner_steps_update_copied_encoder_weights_in_the_loop(tmp_path):
     """Aggressive training in the loop with copies on: its inner steps (the trainer's ``forward`` and
     ``optimizer_step``) move the encoder's copied LSTM weights, which its outer steps leave alone."""

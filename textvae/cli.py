@@ -125,13 +125,15 @@ def cmd_evaluate(argv: list[str]) -> None:
     from textvae.metrics.generation import generation_metrics
     from textvae.models.native import native_kernels
     from textvae.training.denormals import denormals_flushed
-    from textvae.training.train import evaluation, freed_memory_kept, precision_autocast
+    from textvae.training.train import check_precision, evaluation, freed_memory_kept, precision_autocast
 
     args = evaluate_parser().parse_args(argv)
     check_flags(args, {"iw_samples": NON_NEGATIVE, "probe": NON_NEGATIVE, "max_tokens": COUNT, "batch_size": COUNT,
                        "probe_draws": COUNT, "max_sentences": COUNT, "max_len": COUNT})
     if not args.no_generation and args.gen_sentences < 2:
         raise TextVAEError("--gen-sentences must be >= 2 (self-BLEU compares samples with each other)")
+    device = torch.device(args.device)
+    check_precision(device, args.precision, "--precision")
     model, tokenizer, run_cfg = load_model_dir(args.model)
     data_cfg = from_dict(DataConfig, run_cfg["data"]) if run_cfg else DataConfig()
     if args.data:
@@ -143,7 +145,6 @@ def cmd_evaluate(argv: list[str]) -> None:
     if args.probe:  # before the evaluation pass, which can take long, not after it
         check_probe(model, data)
     split = data.splits[args.split]
-    device = torch.device(args.device)
     model.to(device)
     n_eval = min(args.max_sentences or len(split), len(split))
     n_tokens, unknown = announce_evaluation(args, split, n_eval, model.is_lm)

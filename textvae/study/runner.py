@@ -21,6 +21,7 @@ from textvae.study.report import format_figure, run_figures, write_outputs
 from textvae.study.spec import REPO_ROOT, Run, Study
 from textvae.training.logger import read_jsonl
 from textvae.training.signals import PARENT_ENV
+from textvae.training.train import check_precision, resolve_device
 
 log = logging.getLogger("textvae.study")
 
@@ -97,6 +98,8 @@ def execute(study: Study, runs: list[Run], jobs: int = 1, only: Optional[list[st
     # an archive holds no weights: a run that a run to be trained starts from is trained again
     train = {r.label for r in todo} | {label for r in todo for label in r.needs if by_label[label].archived is not None}
     todo = [r for r in runs if r.label in train]
+    for run in todo:  # one error before anything starts rather than one failed run after another
+        check_precision(resolve_device(run.config.train.device), run.config.train.precision)
     log.info("study %s: %s", study.name, _plan_line(selected, todo, jobs))
     pending, running, failed, n = list(todo), {}, [], 0
     try:

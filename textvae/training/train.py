@@ -449,6 +449,25 @@ def freed_memory_kept() -> Iterator[None]:
         retain_freed_memory(False)
 
 
+def bf16_supported(device: torch.device) -> bool:
+    """Whether ``device`` computes in bfloat16: on a GPU, torch's own answer; on a CPU, whether oneDNN
+    has its bf16 primitives here (x86: AVX-512 BW/VL/DQ or newer; Arm: its BF16 extension). Elsewhere
+    (AVX2 only, say) oneDNN creates no bf16 LSTM and emulates bf16 GEMMs at a few GFLOP/s."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)  # private; absent: assume yes
+    return device.type != "cpu" or probe is None or bool(probe())
+
+
+def check_precision(device: torch.device, precision: str, setting: str = "train.precision") -> None:
+    """A one-line error, before any work, for bf16 on a device without bfloat16 arithmetic (where it
+    would fail deep in oneDNN, or run many times slower than fp32)."""
+    if precision == "bf16" and not bf16_supported(device):
+        where = f"this CPU ({torch.backends.cpu.get_cpu_capability()})" if device.type == "cpu" else str(device)
+        raise TextVAEError(f"{setting} bf16: {where} has no bfloat16 arithmetic (on x86 it needs AVX-512); "
+                           f"use {setting} fp32")
+
+
 def precision_autocast(device: torch.device, precision: str) -> torch.autocast:
     """The forward passes of a ``train.precision`` (``bf16``: bfloat16 autocast over fp32 weights;
     ``fp32``: no autocast), for training, its hooks and evaluation alike."""
@@ -471,6 +490,7 @@ def run_training(task: Task, resume: bool = False, data: Any = None) -> dict[str
         retain_freed_memory()
     world = World.from_environment()
     device = world.start(resolve_device(tc.device))
+    check_precision(device, tc.precision)
     finished = False
     with contextlib.ExitStack() as held:
         # the whole run, its test report included, in one mode in every thread
