@@ -15,6 +15,16 @@ second draw of one test batch in ten: ``textvae.metrics.IWAccumulator``) where t
 it (runs evaluated from 2026-12-05 on; ``benchmarks/iw_mc_error.py`` measures it on a subset of a
 finished run's test set, in ``docs/results/ptb/iw_mc_error.md``). The language model's is 0 (exact).
 
+The rows take each seed's run from the study (bf16) and, for a seed it has not, from the fp32 folder:
+seeds trained on a CPU without bf16 arithmetic (``--set train.precision=fp32``, in the fp32 check's
+folder and archive), marked "fp32" in the seeds column. Each folder's results.json covers the seeds of
+the command that last wrote it; before this script, refresh both over every seed (trains nothing):
+
+    textvae study studies/ptb_reproduce.yaml --seeds 1 2 3 --report \
+        --archive docs/results/ptb/archive.json --out ~/textvae-runs/ptb_reproduce
+    textvae study studies/ptb_reproduce.yaml --seeds 1 2 3 --report --set train.precision=fp32 \
+        --archive docs/results/ptb/archive_fp32.json --out ~/textvae-runs/ptb_reproduce_fp32
+
 Runs whose folders are gone (a new machine) come from the study's archive (``textvae study ...
 --archive docs/results/ptb/archive.json``, :mod:`textvae.study.archive`): the study's results.json
 has them, with their test report's wall time and epoch-end validation records.
@@ -167,7 +177,28 @@ def mean(values: list[float]) -> float:
     return sum(xs) / len(xs) if xs else math.nan
 
 
-def comparison_table(runs: dict[str, list[tuple[int, dict[str, float]]]]) -> str:
+def with_fp32_seeds(runs: dict[str, list[tuple[int, dict[str, float]]]],
+                    fp32: dict[str, list[tuple[int, dict[str, float]]]]) -> tuple[dict[str, list], dict[str, set]]:
+    """The study's runs and, for the seeds it has not, the fp32 study's (seeds 2 and 3 trained on a CPU
+    without bf16 arithmetic, 2026-12-06 on); and variant -> the seeds taken from fp32. The fp32 runs of
+    seeds the study has (the precision check) stay out of the rows."""
+    merged, from_fp32 = {}, {}
+    for variant in runs.keys() | fp32.keys():
+        have = {seed for seed, _ in runs.get(variant, [])}
+        extra = [(seed, figs) for seed, figs in fp32.get(variant, []) if seed not in have]
+        merged[variant] = sorted(runs.get(variant, []) + extra, key=lambda sf: sf[0])
+        from_fp32[variant] = {seed for seed, _ in extra}
+    return merged, from_fp32
+
+
+def seeds_cell(seeds: list[int], fp32: set[int]) -> str:
+    """'1,2,3' or '1,2,3 (2,3 fp32)'."""
+    listed = ",".join(str(s) for s in seeds)
+    return listed + (f" ({','.join(str(s) for s in sorted(fp32))} fp32)" if fp32 else "")
+
+
+def comparison_table(runs: dict[str, list[tuple[int, dict[str, float]]]],
+                     fp32_seeds: Optional[dict[str, set[int]]] = None) -> str:
     head = ("| variant | row | seeds | IW-NLL (pub.) | −ELBO (pub.) | KL (pub.) | MI (pub.) | AU (pub.) | "
             "MI He et al. (noise sd, B) | train + eval (min) | within tolerance |")
     lines = [head, "|" + "---|" * 11]
@@ -194,7 +225,7 @@ def comparison_table(runs: dict[str, list[tuple[int, dict[str, float]]]]) -> str
         if variant == "composite":
             ok = ours["mi"] >= 5 and ours["au"] >= 32 and math.isfinite(lm_nll) and ours["nll"] < lm_nll
             verdict.append(("✓" if ok else "✗") + " goal (IW-NLL < LM, MI ≥ 5, AU 32)")
-        seeds = ",".join(str(s) for s, _ in done)
+        seeds = seeds_cell([s for s, _ in done], (fp32_seeds or {}).get(variant, set()))
         lines.append(f"| `{variant}` | {row} | {seeds} | " + " | ".join(cells)
                      + f" | {fmt(ours['mi_he'])} ({fmt(ours['mi_he_sd'], '{:.3f}')}, {fmt(ours['mi_he_b'], '{:.0f}')})"
                      + f" | {fmt(ours['train_min'], '{:.0f}')} + {fmt(ours['eval_min'], '{:.0f}')}"
@@ -296,10 +327,11 @@ def main() -> None:
     args = ap.parse_args()
     results = load(args.study.expanduser())
     runs = finished_runs(results)
-    text = "## textvae and the published PTB rows\n\n" + comparison_table(runs) + "\n"
+    fp32_runs = finished_runs(load(args.fp32.expanduser())) if args.fp32 else {}
+    rows, fp32_seeds = with_fp32_seeds(runs, fp32_runs)
+    text = "## textvae and the published PTB rows\n\n" + comparison_table(rows, fp32_seeds) + "\n"
     if args.fp32:
-        text += ("\n## bf16 against fp32 at convergence\n\n"
-                 + precision_table(runs, finished_runs(load(args.fp32.expanduser()))) + "\n")
+        text += "\n## bf16 against fp32 at convergence\n\n" + precision_table(runs, fp32_runs) + "\n"
     if args.decoder_age:
         text += "\n## Validation at equal decoder age\n\n" + decoder_age_table(args.study.expanduser(), results) + "\n"
     studies = {"bf16": results, **({"fp32": load(args.fp32.expanduser())} if args.fp32 else {})}

@@ -588,3 +588,29 @@ def test_a_file_that_is_no_archive_is_a_clear_error(tmp_path, text):
     archive.write_text(text)
     with pytest.raises(TextVAEError, match="--archive .*archive.json: not a study archive"):
         st.run_study(path, out=str(tmp_path / "out"), status=True, archive=archive)
+
+
+def test_report_writes_the_finished_runs_over_every_seed_and_trains_nothing(tmp_path):
+    """--report: the outputs over the given seeds from what is finished; no run folder appears."""
+    spec = dict(TINY, seeds=[1], variants={"plain": TINY["variants"]["plain"]})
+    path, out = write_study(tmp_path, spec), tmp_path / "out"
+    trained = st.run_study(path, out=str(out))
+    st.main([str(path), "--out", str(out), "--seeds", "1", "2", "--report"])
+    results = json.loads((out / "results.json").read_text())
+    assert not (out / "plain" / "seed2").exists()
+    assert results["seeds"] == [1, 2] and results["variants"][0]["runs"] == 1
+    assert results["variants"][0]["planned"] == 2
+    assert [r["report"] for r in results["runs"] if r["seed"] == 1] == [r["report"] for r in trained["runs"]]
+    with pytest.raises(TextVAEError, match="--status: not allowed with argument --report"):
+        st.main([str(path), "--out", str(out), "--report", "--status"])
+
+
+def test_bf16_where_the_cpu_has_none_is_refused_before_any_run_starts(tmp_path, monkeypatch):
+    import textvae.training.train as train_module
+
+    monkeypatch.setattr(train_module, "bf16_supported", lambda device: False)
+    path, out = write_study(tmp_path), tmp_path / "out"
+    with pytest.raises(TextVAEError, match=r"train.precision bf16: this CPU \(.*\) has no bfloat16 arithmetic.*"
+                                           r"use train.precision fp32"):
+        st.run_study(path, out=str(out), jobs=2, sets=["train.precision=bf16"])
+    assert not out.exists()

@@ -1,7 +1,7 @@
 """One-command studies: variants x seeds of a recipe, trained, resumed, aggregated and plotted.
 
     textvae study studies/ptb_main.yaml [--jobs N] [--out DIR] [--only VARIANT ...] [--seeds K ...]
-                                        [--set KEY=VALUE ...] [--status] [--archive FILE]
+                                        [--set KEY=VALUE ...] [--status | --report] [--archive FILE]
 
 A study file (YAML):
 
@@ -45,7 +45,9 @@ configuration sets ``train.threads``; their output goes to ``<out>/v/seed<k>.log
 
 ``--status`` trains nothing and writes nothing: one line per run (``--only`` and ``--seeds`` apply)
 saying whether it is done (its test figures), being trained (by which process), stopped (where, and
-that the study resumes it), waiting for a run it starts from, or not started.
+that the study resumes it), waiting for a run it starts from, or not started. ``--report`` trains
+nothing either, but writes the outputs (and the archive) from the runs finished so far: the tables of
+``--seeds 1 2 3`` while some of those runs are still to come, or while another command trains them.
 
 ``--archive FILE`` keeps the finished runs as figures in one JSON file (configuration, test report,
 validation curves, commits; no weights) that can be committed beside the results: a run whose folder
@@ -89,11 +91,12 @@ class _Parser(argparse.ArgumentParser):
 
 def run_study(path: str | Path, jobs: int = 1, out: Optional[str] = None, only: Optional[list[str]] = None,
               seeds: Optional[list[int]] = None, sets: Optional[list[str]] = None,
-              status: bool = False, archive: Optional[str | Path] = None) -> dict[str, Any]:
+              status: bool = False, archive: Optional[str | Path] = None, report: bool = False) -> dict[str, Any]:
     """Load, plan, train what is missing, and write the outputs; returns results.json's content.
     Raises :class:`TextVAEError` (after writing the outputs) when runs failed. ``status``: print
     each run's state instead (:func:`status_lines`), touching nothing; returns {}. ``archive``: a
-    JSON file of finished runs (:mod:`textvae.study.archive`), read first and written with the outputs."""
+    JSON file of finished runs (:mod:`textvae.study.archive`), read first and written with the outputs.
+    ``report``: train nothing, only write the outputs of what is finished."""
     if jobs < 1:
         raise TextVAEError(f"--jobs must be >= 1, got {jobs}")
     study = load_study(path, out, seeds, sets)
@@ -109,8 +112,10 @@ def run_study(path: str | Path, jobs: int = 1, out: Optional[str] = None, only: 
         return {}
     for run in runs:
         check_run_folder(run)
-    with sigterm_interrupts():  # stopped by SIGTERM, the study stops its runs too rather than orphan them
-        failed = execute(study, runs, jobs, only)
+    failed = []
+    if not report:
+        with sigterm_interrupts():  # stopped by SIGTERM, the study stops its runs too rather than orphan them
+            failed = execute(study, runs, jobs, only)
     results = write_outputs(study, runs)
     log.info("study %s: results in %s", study.name, study.out)
     print(markdown_table(results))  # the command's result, on stdout where a pipe or a redirect finds it
@@ -122,7 +127,7 @@ def run_study(path: str | Path, jobs: int = 1, out: Optional[str] = None, only: 
 
 def main(argv: list[str]) -> None:
     """``textvae study STUDY.yaml [--jobs N] [--out DIR] [--only VARIANT ...] [--seeds K ...] [--set K=V ...]
-    [--status] [--archive FILE]``."""
+    [--status | --report] [--archive FILE]``."""
     ap = _Parser(prog="textvae study", description="Train variants x seeds of a recipe and aggregate them.")
     ap.add_argument("study", help="study YAML file")
     ap.add_argument("--jobs", type=int, default=1, help="runs at a time (subprocesses when > 1)")
@@ -131,16 +136,20 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--seeds", nargs="+", type=int, metavar="K", help="these seeds instead of the file's")
     ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="sets",
                     help="overrides for every run (dotted keys, YAML values), after the file's")
-    ap.add_argument("--status", action="store_true",
-                    help="train nothing: say of each run whether it is done, training, testing (its final "
-                         "evaluation), stopped, waiting or new")
+    only_look = ap.add_mutually_exclusive_group()
+    only_look.add_argument("--status", action="store_true",
+                           help="train nothing: say of each run whether it is done, training, testing (its final "
+                                "evaluation), stopped, waiting or new")
+    only_look.add_argument("--report", action="store_true",
+                           help="train nothing: write the outputs (tables, plots, the archive) of the runs finished "
+                                "so far")
     ap.add_argument("--archive", metavar="FILE",
                     help="a JSON file of the study's finished runs (figures, no weights), to commit: its runs are "
                          "not trained again when their folders are gone; written with the outputs")
     args = ap.parse_args(argv)
     try:
         run_study(args.study, jobs=args.jobs, out=args.out, only=args.only, seeds=args.seeds, sets=args.sets,
-                  status=args.status, archive=args.archive)
+                  status=args.status, archive=args.archive, report=args.report)
     except KeyboardInterrupt:
         log.warning("study interrupted: run the same command again to resume it")
         raise
