@@ -210,9 +210,9 @@ def test_build_name_follows_source_and_machine(monkeypatch, tmp_path):
     assert native._build_name("softmax_rows") != name
 
 
-def test_a_killed_build_s_lock_is_cleared(tmp_path, monkeypatch):
-    """A ``lock`` left by a build that was killed would make every later build wait forever: one older
-    than STALE_LOCK_S is removed, a fresh one (a build under way) is left alone."""
+def test_without_flock_a_killed_build_s_lock_is_cleared_by_its_age(tmp_path, monkeypatch):
+    """Where there is no flock: a ``lock`` older than STALE_LOCK_S is removed, a fresh one (a build under
+    way) is left alone."""
     import os
     import time
 
@@ -227,3 +227,30 @@ def test_a_killed_build_s_lock_is_cleared(tmp_path, monkeypatch):
     native._clear_stale_lock(tmp_path)  # nothing to clear: no error
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     assert native._build_folder("k") == tmp_path / "k"
+
+
+@pytest.mark.skipif(native.fcntl is None, reason="no flock here")
+def test_a_build_waits_for_a_live_build_and_clears_a_dead_one_s_lock(tmp_path):
+    """A build's turn waits while another process's build holds the folder's flock; once it is released
+    (its holder ended, however), torch's ``lock`` file, which would make torch wait forever, is gone."""
+    import fcntl
+    import os
+    import threading
+
+    (tmp_path / "lock").write_text("")  # a build killed mid-way, fresh as it is
+    other = os.open(tmp_path / "textvae.build", os.O_RDWR | os.O_CREAT)  # a live build's hold
+    fcntl.flock(other, fcntl.LOCK_EX)
+    entered = threading.Event()
+
+    def build():
+        with native._build_turn(tmp_path):
+            entered.set()
+
+    thread = threading.Thread(target=build)
+    thread.start()
+    assert not entered.wait(0.3)  # waits for the live build, and leaves its lock alone
+    assert (tmp_path / "lock").exists()
+    os.close(other)
+    assert entered.wait(10)
+    thread.join()
+    assert not (tmp_path / "lock").exists()

@@ -31,6 +31,11 @@ from typing import Any, Iterator, Optional
 
 import torch
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; a build's lock is then judged by its age
+    fcntl = None  # type: ignore[assignment]
+
 log = logging.getLogger(__name__)
 
 SOURCES = Path(__file__).resolve().parent / "csrc"
@@ -41,7 +46,7 @@ KERNELS = ("softmax_rows", "sgd_bf16", "dropout", "lstm_bf16")
 # floating-point mode (textvae.training.denormals).
 _X86_FLAGS = ["-mprefer-vector-width=512"]  # gcc and clang otherwise keep AVX-512 CPUs at 256-bit vectors
 _FLAGS = ["-O3", "-march=native", "-fopenmp"]
-STALE_LOCK_S = 600.0
+STALE_LOCK_S = 3600.0  # where there is no flock; a build on a loaded machine can take tens of minutes
 
 _enabled = True
 _built: dict[str, Any] = {}  # kernel name -> its module, or the reason it could not be built (str)
@@ -86,15 +91,42 @@ def _build_folder(name: str) -> Path:
     return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()) / name
 
 
+def _remove_dead_lock(lock: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        lock.unlink()
+        log.warning(f"removed {lock}, left by a build of textvae's kernel that did not finish")
+
+
 def _clear_stale_lock(folder: Path) -> None:
-    """torch holds a build folder with a ``lock`` file while it compiles, and a build that was killed
-    (Ctrl-C during the first run) leaves it behind: every later build would wait for it forever. A
-    build takes well under :data:`STALE_LOCK_S`; a lock older than that is removed."""
+    """Where there is no ``flock`` (:func:`_build_turn`): a ``lock`` older than :data:`STALE_LOCK_S`
+    is taken for a dead build's and removed."""
     lock = folder / "lock"
     with contextlib.suppress(FileNotFoundError):
         if time.time() - lock.stat().st_mtime > STALE_LOCK_S:
-            log.warning(f"removing {lock}, left by a build of textvae's kernel that did not finish")
-            lock.unlink()
+            _remove_dead_lock(lock)
+
+
+@contextlib.contextmanager
+def _build_turn(folder: Path) -> Iterator[None]:
+    """The block (a build) once no other textvae process builds in ``folder``; never waiting on a dead build.
+
+    torch marks a build folder with a ``lock`` file while it compiles and makes every other process wait,
+    with no timeout, until the file is gone: a build that was killed (Ctrl-C, a stopped study or test
+    run) leaves it, and its waiters would wait forever. So textvae's builds first take an exclusive
+    ``flock`` on ``textvae.build`` in the folder, which waits for a live build and which the OS releases
+    however its holder ends; while it is held, a ``lock`` file can only be a dead build's, and is removed.
+    """
+    if fcntl is None:
+        _clear_stale_lock(folder)
+        yield
+        return
+    fd = os.open(folder / "textvae.build", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _remove_dead_lock(folder / "lock")
+        yield
+    finally:
+        os.close(fd)  # releases the flock
 
 
 def _build(kernel: str) -> Any:
@@ -107,9 +139,9 @@ def _build(kernel: str) -> Any:
         name = _build_name(kernel)
         folder = _build_folder(name)
         folder.mkdir(parents=True, exist_ok=True)
-        _clear_stale_lock(folder)
-        return load(name, [str(SOURCES / f"{kernel}.cpp")], extra_cflags=_flags(), extra_ldflags=["-fopenmp"],
-                    build_directory=str(folder), verbose=False)
+        with _build_turn(folder):
+            return load(name, [str(SOURCES / f"{kernel}.cpp")], extra_cflags=_flags(), extra_ldflags=["-fopenmp"],
+                        build_directory=str(folder), verbose=False)
     except Exception as error:  # noqa: BLE001 (a compiler's failure has no one type; the reason is kept)
         reason = f"{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}"
         log.warning(f"textvae's C++ kernel {kernel} could not be built ({reason}); torch operations compute "
