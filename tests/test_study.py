@@ -611,6 +611,6 @@ def test_bf16_where_the_cpu_has_none_is_refused_before_any_run_starts(tmp_path, 
     monkeypatch.setattr(train_module, "bf16_supported", lambda device: False)
     path, out = write_study(tmp_path), tmp_path / "out"
     with pytest.raises(TextVAEError, match=r"train.precision bf16: this CPU \(.*\) has no bfloat16 arithmetic.*"
-                                           r"use train.precision fp32"):
+                                           r"use train.precision fp32 \(--set train.precision=fp32\)$"):
         st.run_study(path, out=str(out), jobs=2, sets=["train.precision=bf16"])
     assert not out.exists()

@@ -99,7 +99,10 @@ def execute(study: Study, runs: list[Run], jobs: int = 1, only: Optional[list[st
     train = {r.label for r in todo} | {label for r in todo for label in r.needs if by_label[label].archived is not None}
     todo = [r for r in runs if r.label in train]
     for run in todo:  # one error before anything starts rather than one failed run after another
-        check_precision(resolve_device(run.config.train.device), run.config.train.precision)
+        try:
+            check_precision(resolve_device(run.config.train.device), run.config.train.precision)
+        except TextVAEError as e:
+            raise TextVAEError(f"{run.label}: {e} (--set train.precision=fp32)") from None
     log.info("study %s: %s", study.name, _plan_line(selected, todo, jobs))
     pending, running, failed, n = list(todo), {}, [], 0
     try:
