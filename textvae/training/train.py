@@ -463,9 +463,9 @@ def check_precision(device: torch.device, precision: str, setting: str = "train.
     """A one-line error, before any work, for bf16 on a device without bfloat16 arithmetic (where it
     would fail deep in oneDNN, or run many times slower than fp32)."""
     if precision == "bf16" and not bf16_supported(device):
-        where = f"this CPU ({torch.backends.cpu.get_cpu_capability()})" if device.type == "cpu" else str(device)
-        raise TextVAEError(f"{setting} bf16: {where} has no bfloat16 arithmetic (on x86 it needs AVX-512); "
-                           f"use {setting} fp32")
+        where = (f"this CPU ({torch.backends.cpu.get_cpu_capability()})", " (on x86 it needs AVX-512)") \
+            if device.type == "cpu" else (str(device), "")
+        raise TextVAEError(f"{setting} bf16: {where[0]} has no bfloat16 arithmetic{where[1]}; use {setting} fp32")
 
 
 def precision_autocast(device: torch.device, precision: str) -> torch.autocast:
