@@ -355,15 +355,11 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     clock = time.perf_counter
-    def roofs() -> dict[str, float]:  # no bf16 roof where textvae refuses bf16 (AVX2 only)
-        return {"fp32": tp.gemm_peak(torch.float32, 3, clock),
-                "bf16": tp.gemm_peak(torch.bfloat16, 3, clock) if tp.CPU_BF16 else float("nan")}
-
-    peaks = roofs()
+    peaks = tp.gemm_roofs(3, clock)
     with tempfile.TemporaryDirectory() as scratch:
         for size in args.sizes:
             compare(args, size, write_corpus(size, Path(scratch)), peaks)
-    after = roofs()
+    after = tp.gemm_roofs(3, clock)
     print(f"\nroof after the rounds: fp32 {after['fp32']:.0f} / bf16 {after['bf16']:.0f} GFLOP/s; {tp.load()}")
 
 

@@ -327,14 +327,15 @@ def main() -> None:
     args = ap.parse_args()
     results = load(args.study.expanduser())
     runs = finished_runs(results)
-    fp32_runs = finished_runs(load(args.fp32.expanduser())) if args.fp32 else {}
+    fp32_results = load(args.fp32.expanduser()) if args.fp32 else None
+    fp32_runs = finished_runs(fp32_results) if fp32_results is not None else {}
     rows, fp32_seeds = with_fp32_seeds(runs, fp32_runs)
     text = "## textvae and the published PTB rows\n\n" + comparison_table(rows, fp32_seeds) + "\n"
     if args.fp32:
         text += "\n## bf16 against fp32 at convergence\n\n" + precision_table(runs, fp32_runs) + "\n"
     if args.decoder_age:
         text += "\n## Validation at equal decoder age\n\n" + decoder_age_table(args.study.expanduser(), results) + "\n"
-    studies = {"bf16": results, **({"fp32": load(args.fp32.expanduser())} if args.fp32 else {})}
+    studies = {"bf16": results, **({"fp32": fp32_results} if fp32_results is not None else {})}
     text += ("\n## Where each run ran\n\nWall times compare only on one machine. 'not recorded': a run "
              "logged before textvae recorded its machine (see README.md).\n\n" + machines_table(studies) + "\n")
     print(text)

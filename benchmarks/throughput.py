@@ -586,6 +586,12 @@ def gemm_peak(dtype: torch.dtype, repeats: int, clock: Callable[[], float], n: i
     return 2 * n**3 / best / 1e9
 
 
+def gemm_roofs(repeats: int, clock: Callable[[], float]) -> dict[str, float]:
+    """The fp32 and bf16 roofs (:func:`gemm_peak`); bf16's NaN where the CPU has none (``CPU_BF16``)."""
+    return {"fp32": gemm_peak(torch.float32, repeats, clock),
+            "bf16": gemm_peak(torch.bfloat16, repeats, clock) if CPU_BF16 else math.nan}
+
+
 # ---- FLOPs of a training step ---------------------------------------------------------------------
 def lstm_flops(inp: int, hidden: int) -> int:
     """Forward multiply-adds x 2 of one LSTM position: 4 gates of (W_ih x + W_hh h)."""
@@ -1219,14 +1225,12 @@ def main() -> None:
     # on a shared machine can only lower a measurement)
     if not CPU_BF16:
         print("this CPU has no bfloat16 arithmetic (textvae refuses bf16 on it): bf16 rows and roof left out")
-    peaks = {"fp32": gemm_peak(torch.float32, args.repeats, clock),
-             "bf16": gemm_peak(torch.bfloat16, args.repeats, clock) if CPU_BF16 else math.nan}
+    peaks = gemm_roofs(args.repeats, clock)
     if "bucketing" in args.sections:
         section_bucketing()
     if "train" in args.sections:
         train_rows = section_train(args, peaks)
-        for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))[:2 if CPU_BF16 else 1]:
-            peaks[precision] = max(peaks[precision], gemm_peak(dtype, args.repeats, clock))
+        peaks = {k: max(v, peaks[k]) for k, v in gemm_roofs(args.repeats, clock).items()}  # NaN stays NaN
         for r in train_rows:  # fractions against the final roof
             r["frac_peak"] = r["gflops"] / peaks["bf16" if "bf16" in r["variant"] else "fp32"]
             r["frac_fp32_peak"] = r["gflops"] / peaks["fp32"]

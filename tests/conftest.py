@@ -44,3 +44,11 @@ def cpu_bf16() -> bool:
 
 # bf16 autocast on the CPU: where oneDNN has no bf16 (AVX2 only) textvae refuses it, and these tests skip
 needs_cpu_bf16 = pytest.mark.skipif(not cpu_bf16(), reason="this CPU has no bfloat16 arithmetic (AVX2 only)")
+
+
+@pytest.fixture
+def cpu_without_bf16(monkeypatch):
+    """textvae sees a CPU without bfloat16 arithmetic (an AVX2-only one), whatever this one has."""
+    import textvae.training.train as train_module
+
+    monkeypatch.setattr(train_module, "bf16_supported", lambda device: False)

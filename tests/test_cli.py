@@ -51,10 +51,7 @@ def test_evaluate_reproduces_the_test_report(run, capsys):
     assert not calling_thread_flushes()  # the run's denormal mode (flushed) held only while it evaluated
 
 
-def test_evaluate_bf16_where_the_cpu_has_none_is_a_one_line_error(run, tmp_path, monkeypatch, capsys):
-    import textvae.training.train as train_module
-
-    monkeypatch.setattr(train_module, "bf16_supported", lambda device: False)
+def test_evaluate_bf16_where_the_cpu_has_none_is_a_one_line_error(run, tmp_path, capsys, cpu_without_bf16):
     with pytest.raises(SystemExit) as stop:
         main(["evaluate", str(run), "--precision", "bf16", "--json", str(tmp_path / "e.json")])
     assert stop.value.code == 2

@@ -605,10 +605,7 @@ def test_report_writes_the_finished_runs_over_every_seed_and_trains_nothing(tmp_
         st.main([str(path), "--out", str(out), "--report", "--status"])
 
 
-def test_bf16_where_the_cpu_has_none_is_refused_before_any_run_starts(tmp_path, monkeypatch):
-    import textvae.training.train as train_module
-
-    monkeypatch.setattr(train_module, "bf16_supported", lambda device: False)
+def test_bf16_where_the_cpu_has_none_is_refused_before_any_run_starts(tmp_path, cpu_without_bf16):
     path, out = write_study(tmp_path), tmp_path / "out"
     with pytest.raises(TextVAEError, match=r"train.precision bf16: this CPU \(.*\) has no bfloat16 arithmetic.*"
                                            r"use train.precision fp32 \(--set train.precision=fp32\)$"):

@@ -324,10 +324,7 @@ def test_the_bf16_probe_says_whether_onednn_runs_an_lstm_in_bf16():
     assert bf16_supported(torch.device("cpu")) == ran
 
 
-def test_bf16_where_the_cpu_has_none_is_refused_before_the_run_folder(tmp_path, monkeypatch, capsys):
-    import textvae.training.train as train_module
-
-    monkeypatch.setattr(train_module, "bf16_supported", lambda device: False)
+def test_bf16_where_the_cpu_has_none_is_refused_before_the_run_folder(tmp_path, capsys, cpu_without_bf16):
     corpus = write_corpus(tmp_path / "corpus", n_train=60, n_eval=20)
     with pytest.raises(SystemExit) as stop:
         main(["train", *tiny_args(tmp_path / "runs", "r", corpus), "--train.precision", "bf16"])
