@@ -19,6 +19,8 @@ import yaml
 from textvae import study as st
 from textvae.config import RunConfig, TrainConfig
 from textvae.errors import TextVAEError
+import textvae.study.runner as runner_module
+from textvae.study.runner import select, training_order
 from textvae.training.logger import read_jsonl
 
 # A tiny model on 100 synthetic sentences: 5 batches per epoch, 2 epochs.
@@ -226,7 +228,8 @@ def test_command_line_seeds_and_sets(tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["missing.yaml"], "no such study file"),
     (["{study}", "--jobs", "0"], "--jobs must be >= 1"),
-    (["{study}", "--only", "nope"], r"unknown variant\(s\) \['nope'\]"),
+    (["{study}", "--only", "nope"], r"unknown variant\(s\) or run\(s\) \['nope'\]; valid: plain, fb, or one run"),
+    (["{study}", "--only", "fb/seed3"], r"\['fb/seed3'\].* VARIANT/seedK with K of the seeds \(1, 2\)"),
     (["{study}", "--frobnicate"], "unrecognized arguments"),
     (["{study}", "--set", "train.iw_samples_final"], "expected KEY=VALUE"),
     (["{study}", "--set", "train.colour=red"], "colour"),
@@ -445,6 +448,30 @@ def test_a_stopped_study_stops_its_subprocess_runs_with_checkpoints(tmp_path, si
         with run_folder_lock(run.dir):
             assert 1 <= checkpoint_step(run.dir / "checkpoint.safetensors") < 500 * 5
         assert "SIGTERM: training stops after the current step" in run.log_file.read_text()
+
+
+def test_only_names_variants_or_runs_and_sets_the_order(tmp_path, capsys, monkeypatch):
+    """--only takes variants and single runs, in the order given (a run named twice where first named); a
+    chosen run that another chosen run starts from is trained right before it (ae/seed1 before vae/seed1)."""
+    spec = dict(TINY, variants={"ae": {}, "vae": {"model.encoder_from": "{run:ae}/model"}, "other": {}})
+    path, out = write_study(tmp_path, spec), tmp_path / "out"
+    runs = st.plan(st.load_study(path, str(out)))
+    only = ["other/seed2", "vae/seed1", "other", "ae", "other/seed2"]
+    chosen = ["other/seed2", "vae/seed1", "other/seed1", "ae/seed1", "ae/seed2"]
+    assert [r.label for r in select(runs, only)] == chosen
+    assert [r.label for r in training_order(runs, select(runs, only))] == [
+        "other/seed2", "ae/seed1", "vae/seed1", "other/seed1", "ae/seed2"]
+    assert [r.label for r in training_order(runs, select(runs, None))] == [r.label for r in runs], \
+        "without --only: the plan's order, seed by seed"
+    st.main([str(path), "--out", str(out), "--status", "--only", *only])
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:-1]] == chosen
+    # what is finished drops out of the order
+    done, real = [], runner_module._train_in_process
+    monkeypatch.setattr(runner_module, "_train_in_process",
+                        lambda run, n, total: done.append(run.label) or real(run, n, total))
+    st.run_study(path, out=str(out), only=["ae/seed1", "other/seed2"])
+    assert done == ["ae/seed1", "other/seed2"]
+    assert [r.label for r in training_order(runs, select(runs, only))] == ["vae/seed1", "other/seed1", "ae/seed2"]
 
 
 def test_status_says_where_each_run_is_and_writes_nothing(tmp_path, capsys):

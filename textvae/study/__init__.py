@@ -1,6 +1,6 @@
 """One-command studies: variants x seeds of a recipe, trained, resumed, aggregated and plotted.
 
-    textvae study studies/ptb_main.yaml [--jobs N] [--out DIR] [--only VARIANT ...] [--seeds K ...]
+    textvae study studies/ptb_main.yaml [--jobs N] [--out DIR] [--only VARIANT[/seedK] ...] [--seeds K ...]
                                         [--set KEY=VALUE ...] [--status | --report] [--archive FILE]
 
 A study file (YAML):
@@ -39,7 +39,9 @@ Run ``seed k`` of variant ``v`` is an ordinary run folder ``<out>/v/seed<k>/`` n
 all variants of a seed before the next, so a partial study already has a full table. Re-running
 the study skips finished runs (the test record is in their metrics.jsonl), resumes interrupted
 ones from their checkpoint, restarts those that died before their first checkpoint, and refuses a
-run folder trained with another configuration. With ``--jobs N`` runs are subprocesses
+run folder trained with another configuration. ``--only`` names variants or single runs (``lm/seed3``) and
+sets the order: ``--only lm/seed3 composite`` trains ``lm/seed3`` first, then ``composite``'s runs seed by
+seed, each after the runs it starts from. With ``--jobs N`` runs are subprocesses
 (``python -m textvae.cli train``), N at a time, each with cores / N torch threads unless the
 configuration sets ``train.threads``; their output goes to ``<out>/v/seed<k>.log``.
 
@@ -100,10 +102,11 @@ def run_study(path: str | Path, jobs: int = 1, out: Optional[str] = None, only: 
     if jobs < 1:
         raise TextVAEError(f"--jobs must be >= 1, got {jobs}")
     study = load_study(path, out, seeds, sets)
-    unknown = sorted(set(only or []) - set(study.variants))
-    if unknown:
-        raise TextVAEError(f"--only: unknown variant(s) {unknown}; valid: {', '.join(study.variants)}")
     runs = plan(study, jobs)
+    unknown = [entry for entry in only or [] if entry not in study.variants and entry not in {r.label for r in runs}]
+    if unknown:
+        raise TextVAEError(f"--only: unknown variant(s) or run(s) {unknown}; valid: {', '.join(study.variants)}, "
+                           f"or one run as VARIANT/seedK with K of the seeds ({', '.join(map(str, study.seeds))})")
     if archive is not None:
         study.archive = Path(archive)
         attach(study, runs, load_archive(study.archive))
@@ -126,13 +129,14 @@ def run_study(path: str | Path, jobs: int = 1, out: Optional[str] = None, only: 
 
 
 def main(argv: list[str]) -> None:
-    """``textvae study STUDY.yaml [--jobs N] [--out DIR] [--only VARIANT ...] [--seeds K ...] [--set K=V ...]
-    [--status | --report] [--archive FILE]``."""
+    """``textvae study STUDY.yaml [--jobs N] [--out DIR] [--only VARIANT[/seedK] ...] [--seeds K ...]
+    [--set K=V ...] [--status | --report] [--archive FILE]``."""
     ap = _Parser(prog="textvae study", description="Train variants x seeds of a recipe and aggregate them.")
     ap.add_argument("study", help="study YAML file")
     ap.add_argument("--jobs", type=int, default=1, help="runs at a time (subprocesses when > 1)")
     ap.add_argument("--out", help="output folder (default: the study's `out`, else out/<name>)")
-    ap.add_argument("--only", nargs="+", metavar="VARIANT", help="train only these variants")
+    ap.add_argument("--only", nargs="+", metavar="VARIANT",
+                    help="train only these variants or runs (VARIANT/seedK), in this order")
     ap.add_argument("--seeds", nargs="+", type=int, metavar="K", help="these seeds instead of the file's")
     ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="sets",
                     help="overrides for every run (dotted keys, YAML values), after the file's")

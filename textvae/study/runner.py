@@ -77,6 +77,33 @@ def _finished(run: Run, ok: bool, seconds: float, n: int, total: int) -> None:
              figs["nll"], figs["kl"], figs["mi"], format_figure(figs["au"], "{:.0f}"))
 
 
+def select(runs: list[Run], only: Optional[list[str]] = None) -> list[Run]:
+    """The runs that ``only`` names, in its order: each entry a variant (its runs seed by seed) or one run
+    (``variant/seedK``), a run named twice where first named. Default (None): every run, in the plan's
+    order (seed by seed)."""
+    if not only:
+        return list(runs)
+    chosen: dict[str, Run] = {}
+    for entry in only:
+        chosen.update((r.label, r) for r in runs if entry in (r.variant, r.label) and r.label not in chosen)
+    return list(chosen.values())
+
+
+def training_order(runs: list[Run], selected: list[Run]) -> list[Run]:
+    """The runs to train for ``selected``, in the order to start them: the selected runs that are neither
+    finished nor archived, in the selection's order, each preceded by the runs it starts from that have
+    to be trained too (an archive holds no weights: a run that a run to be trained starts from is
+    trained again)."""
+    by_label = {r.label: r for r in runs}
+    todo = [r for r in selected if run_state(r) != "done" and r.archived is None]
+    to_train = {r.label for r in todo}
+    order: dict[str, Run] = {}
+    for run in todo:
+        needed = [by_label[label] for label in run.needs if label in to_train or by_label[label].archived is not None]
+        order.update((r.label, r) for r in [*needed, run] if r.label not in order)
+    return list(order.values())
+
+
 def _plan_line(selected: list[Run], todo: list[Run], jobs: int) -> str:
     """``2 runs, 0 finished, 3 to train (1 of them needed by the selection; 2 subprocesses at a time)``:
     runs outside the selection that a selected run starts from are counted apart, not as finished ones."""
@@ -89,15 +116,13 @@ def _plan_line(selected: list[Run], todo: list[Run], jobs: int) -> str:
 
 
 def execute(study: Study, runs: list[Run], jobs: int = 1, only: Optional[list[str]] = None) -> list[Run]:
-    """Train the runs (of the variants ``only``, default all) that are not finished; returns those
-    that failed. ``jobs == 1`` trains in this process, more run as subprocesses. A run starts once
-    the runs it needs are finished. After each run the tables of the whole study are rewritten."""
-    selected = [r for r in runs if not only or r.variant in only]
-    todo = [r for r in selected if run_state(r) != "done" and r.archived is None]
+    """Train the runs that ``only`` names (:func:`select`; default all) and that are not finished, in
+    :func:`training_order`; returns those that failed. ``jobs == 1`` trains in this process, more run as
+    subprocesses. A run starts once the runs it needs are finished. After each run the tables of the
+    whole study are rewritten."""
+    selected = select(runs, only)
+    todo = training_order(runs, selected)
     by_label = {r.label: r for r in runs}
-    # an archive holds no weights: a run that a run to be trained starts from is trained again
-    train = {r.label for r in todo} | {label for r in todo for label in r.needs if by_label[label].archived is not None}
-    todo = [r for r in runs if r.label in train]
     for run in todo:  # one error before anything starts rather than one failed run after another
         try:
             check_precision(resolve_device(run.config.train.device), run.config.train.precision)
@@ -127,7 +152,7 @@ def execute(study: Study, runs: list[Run], jobs: int = 1, only: Optional[list[st
             if not running:  # nothing can start: what is left waits on runs that will not finish here
                 for run in pending:
                     log.error("%s not trained: it needs %s, which is not finished (failed, or not selected: "
-                              "add its variant to --only)", run.label, ", ".join(_waiting_on(run, by_label)))
+                              "add it or its variant to --only)", run.label, ", ".join(_waiting_on(run, by_label)))
                 failed += pending
                 break
             time.sleep(0.2)
@@ -204,9 +229,10 @@ def run_status(run: Run, by_label: dict[str, Run]) -> tuple[str, str]:
 
 
 def status_lines(runs: list[Run], only: Optional[list[str]] = None) -> list[str]:
-    """``--status``: a line per run of the variants ``only`` (default all), then the count per state."""
+    """``--status``: a line per run that ``only`` names (:func:`select`; default all), in its order, then
+    the count per state."""
     by_label = {r.label: r for r in runs}
-    chosen = [r for r in runs if only is None or r.variant in only]
+    chosen = select(runs, only)
     rows = [(r.label, *run_status(r, by_label)) for r in chosen]
     width = max((len(label) for label, _, _ in rows), default=0)
     lines = [f"{label:<{width}}  {state:<8}  {detail}".rstrip() for label, state, detail in rows]
