@@ -14,14 +14,17 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from textvae import study as st
 from textvae.config import RunConfig, TrainConfig
 from textvae.errors import TextVAEError
+from textvae.metrics import IWProgress
 import textvae.study.runner as runner_module
 from textvae.study.runner import select, training_order
 from textvae.training.logger import read_jsonl
+from textvae.training.train import IW_PROGRESS_FILE
 
 # A tiny model on 100 synthetic sentences: 5 batches per epoch, 2 epochs.
 TINY = {
@@ -500,6 +503,9 @@ def test_status_says_where_each_run_is_and_writes_nothing(tmp_path, capsys):
     # another run in its final evaluation: the same log up to the test report's start
     runs["testing/seed1"].dir.mkdir(parents=True)
     (runs["testing/seed1"].dir / "metrics.jsonl").write_text("".join(lines[:-1]))
+    progress = IWProgress(runs["testing/seed1"].dir / IW_PROGRESS_FILE, "its key")
+    for index in range(2):  # its IW pass two batches in
+        progress.put(index, {"nll": torch.zeros(3)})
     last = [r for r in read_jsonl(metrics) if r["split"] == "valid"][-1]
     since = time.strftime("%H:%M UTC", time.gmtime(json.loads(lines[-2])["time"]))
     report = st.finished_report(runs["ae/seed1"].dir)
@@ -511,7 +517,8 @@ def test_status_says_where_each_run_is_and_writes_nothing(tmp_path, capsys):
     assert states["other/seed1"] == ["stopped", f"epoch 2 (step {last['step']}), lr {last['lr']:g}, "
                                                 f"valid -ELBO {last['neg_elbo']:.2f}; the study resumes it"]
     assert states["busy/seed1"] == ["training", f"pid {child.pid}: no validation yet"]
-    assert states["testing/seed1"] == ["testing", f"pid {tester.pid}: the test report since {since}, after epoch 2 "
+    assert states["testing/seed1"] == ["testing", f"pid {tester.pid}: the test report since {since} (2 IW batches "
+                                                  f"done), after epoch 2 "
                                                   f"(step {last['step']}), lr {last['lr']:g}, "
                                                   f"valid -ELBO {last['neg_elbo']:.2f}"]
     assert counts == "1 done, 1 new, 1 stopped, 1 training, 1 testing"

@@ -21,9 +21,9 @@ from textvae.metrics.generation import (GenerationResult, distinct_n, generation
 from textvae.metrics.information import he2019_noise_sd, mi_batch, mi_batch_he2019, mi_dataset
 from textvae.metrics.latent import (ActiveUnits, CollapseDiagnostics, active_units,
                                     collapse_diagnostics, collapse_verdict)
-from textvae.metrics.likelihood import (ElboResult, IWAccumulator, IWEstimate, IWResult, draw_samples, elbo_batch,
-                                        elbo_terms, iw_batch, iw_estimate, iw_log_marginal, iw_log_weights, iw_nll,
-                                        iw_redraw_variance)
+from textvae.metrics.likelihood import (ElboResult, IWAccumulator, IWEstimate, IWProgress, IWResult, draw_samples,
+                                        elbo_batch, elbo_terms, iw_batch, iw_estimate, iw_log_marginal, iw_log_weights,
+                                        iw_nll, iw_redraw_variance)
 from textvae.metrics.probe import ProbeResult, draw_labelled, latent_probe, probe_model
 
 __all__ = [
@@ -32,7 +32,7 @@ __all__ = [
     "GenerationResult", "distinct_n", "generation_metrics", "reconstruction_bleu", "self_bleu",
     "mi_batch", "mi_batch_he2019", "mi_dataset", "he2019_noise_sd",
     "ActiveUnits", "CollapseDiagnostics", "active_units", "collapse_diagnostics", "collapse_verdict",
-    "ElboResult", "IWAccumulator", "IWEstimate", "IWResult", "draw_samples", "elbo_batch", "elbo_terms", "iw_batch",
-    "iw_estimate", "iw_log_marginal", "iw_log_weights", "iw_nll", "iw_redraw_variance",
+    "ElboResult", "IWAccumulator", "IWEstimate", "IWProgress", "IWResult", "draw_samples", "elbo_batch", "elbo_terms",
+    "iw_batch", "iw_estimate", "iw_log_marginal", "iw_log_weights", "iw_nll", "iw_redraw_variance",
     "ProbeResult", "draw_labelled", "latent_probe", "probe_model",
 ]

@@ -18,7 +18,7 @@ from textvae.errors import TextVAEError
 from textvae.metrics._common import Batches, eval_mode, iterate, seeded
 from textvae.metrics.information import HE2019_BATCH, he2019_noise_sd, mi_batch, mi_batch_he2019, mi_dataset
 from textvae.metrics.latent import AU_THRESHOLD, active_units, collapse_diagnostics, collapse_verdict
-from textvae.metrics.likelihood import ElboAccumulator, IWAccumulator, elbo_batch
+from textvae.metrics.likelihood import ElboAccumulator, IWAccumulator, IWProgress, elbo_batch
 from textvae.reduction import CorpusAccumulator
 from textvae.registry import Registry
 
@@ -200,7 +200,7 @@ def evaluate_model(model: Any, batches: Batches, metrics: Optional[Sequence[str]
                    n_samples: int = 500, max_tokens: Optional[int] = None,
                    au_threshold: float = AU_THRESHOLD,
                    generator: Optional[torch.Generator] = None,
-                   per_dim: bool = False) -> dict[str, Any]:
+                   per_dim: bool = False, iw_progress: Optional[IWProgress] = None) -> dict[str, Any]:
     """Evaluate ``model`` on ``batches`` (an iterable, or a callable returning a fresh iterator).
 
     Each batch is encoded once (a conditional model's given its conditions: :func:`batch_protocol`),
@@ -215,7 +215,9 @@ def evaluate_model(model: Any, batches: Batches, metrics: Optional[Sequence[str]
     ``per_dim`` adds per-dimension lists [D]: ``kl_per_dim`` (mean analytic KL; with ``elbo``,
     when the posterior has a closed form), ``var_mu_per_dim`` (Var_x of the posterior mean; with
     ``au`` / ``diagnostics``), and with ``diagnostics`` ``sigma_per_dim`` (E_x[sigma_d], Gaussian
-    posteriors) and ``dim_modes`` (active / too noisy / signal too weak).
+    posteriors) and ``dim_modes`` (active / too noisy / signal too weak). ``iw_progress``: the IW
+    pass's finished batches are kept there, and a pass that was stopped resumes from them with the
+    same figures (:class:`~textvae.metrics.likelihood.IWProgress`).
     """
     metrics = list_metrics() if metrics is None else metrics
     unknown = sorted(set(metrics) - set(list_metrics()))
@@ -229,7 +231,8 @@ def evaluate_model(model: Any, batches: Batches, metrics: Optional[Sequence[str]
         metrics = [m for m in metrics if not get_metric(m).latent]
         n_samples = 1  # every importance weight is the same (see iw_log_marginal)
     chosen = [get_metric(name) for name in sorted(set(metrics))]
-    p = EvalPass(n_samples, max_tokens, au_threshold, per_dim, any(m.keeps_posteriors for m in chosen))
+    p = EvalPass(n_samples, max_tokens, au_threshold, per_dim, any(m.keeps_posteriors for m in chosen),
+                 iw=IWAccumulator(progress=iw_progress))
     results: dict[str, Any] = {}
     with eval_mode(model), seeded(generator):
         for item in iterate(batches):

@@ -7,15 +7,23 @@ bound rec + KL, which is larger).
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
 from textvae.errors import TextVAEError
+from textvae.files import replace_as_new_file
 from textvae.metrics._common import Batches, eval_mode, iterate, seeded
 from textvae.reduction import CorpusAccumulator
+
+log = logging.getLogger("textvae.metrics")
 
 # Default bound on S·B·T, the (sample, sentence) pairs times the padded length the decoder scores
 # at once, per device type. A decoder that writes whole [tokens, V] logits (and their log-softmax)
@@ -172,6 +180,105 @@ def iw_redraw_variance(model: Any, batch: Any, posterior: Any, first: torch.Tens
     return (first.double() - second.double()) ** 2 / 2.0
 
 
+class IWProgress:
+    """The finished batches of an IW pass, kept in a file, so that a pass stopped part-way resumes at the
+    batch where it stopped (a killed run's test report: at K = 500 an hour or more on a CPU).
+
+    Per batch: its sentences' NLL and ESS, the redraw's variance when the batch was redrawn, its token
+    counts (a resumed pass takes a batch from the file only if its counts are the same, and from the
+    first that is not, computes the rest), and the random state after its draws. A resumed pass sets that
+    state after each batch it takes from the file, so its draws from then on, and its figures, are those
+    of a pass never stopped. The file is rewritten (atomically) after every batch and read only when its
+    ``key`` is the caller's: the model's weights and whatever else decides the figures (K, the decoder
+    budget, the precision, the batches), so a file left by another model or setting is not used.
+    """
+
+    def __init__(self, path: str | Path, key: str) -> None:
+        self.path, self.key = Path(path), key
+        self.batches = self._read()
+        self.unwritable = False
+
+    @staticmethod
+    def key_of(weights_file: str | Path, **settings: Any) -> str:
+        """A key from a weights file's digest and ``settings`` (JSON-serialisable)."""
+        digest = hashlib.sha256(Path(weights_file).read_bytes()).hexdigest()
+        return json.dumps({"weights_sha256": digest, **settings}, sort_keys=True)
+
+    @staticmethod
+    def batches_in(path: str | Path) -> int:
+        """How many finished batches the file at ``path`` holds, whatever its key (0: none, or no such file)."""
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                return int((f.metadata() or {}).get("batches", 0))
+        except Exception:  # absent, foreign or garbled
+            return 0
+
+    def _read(self) -> list[dict[str, torch.Tensor]]:
+        from safetensors import safe_open
+
+        if not self.path.is_file():
+            return []
+        try:
+            with safe_open(str(self.path), framework="pt", device="cpu") as f:
+                meta = f.metadata() or {}
+                if meta.get("key") != self.key:
+                    return []
+                tensors = {name: f.get_tensor(name) for name in f.keys()}
+        except Exception:  # a foreign or garbled file: the pass starts over (and overwrites it)
+            return []
+        batches: list[dict[str, torch.Tensor]] = [{} for _ in range(int(meta["batches"]))]
+        for name, value in tensors.items():
+            index, field = name.split(".", 1)
+            batches[int(index)][field] = value
+        return batches
+
+    def take(self, index: int, n_tokens: torch.Tensor) -> Optional[dict[str, torch.Tensor]]:
+        """Batch ``index``'s figures if the file has them for these token counts; else None, and the
+        file's later batches are dropped."""
+        saved = self.batches[index].get("n_tokens") if index < len(self.batches) else None
+        if saved is not None and torch.equal(saved, n_tokens.cpu()):
+            return self.batches[index]
+        del self.batches[index:]
+        return None
+
+    def put(self, index: int, figures: dict[str, torch.Tensor]) -> None:
+        """Keep batch ``index``'s figures (CPU tensors), in memory and in the file. A file that cannot be
+        written (a full disk) costs the pass only its resumability: a warning, and no more writes."""
+        from safetensors.torch import save_file
+
+        self.batches[index:] = [figures]
+        if self.unwritable:
+            return
+        tensors = {f"{i}.{name}": value.contiguous() for i, batch in enumerate(self.batches)
+                   for name, value in batch.items()}
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            save_file(tensors, str(tmp), metadata={"key": self.key, "batches": str(len(self.batches))})
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            replace_as_new_file(tmp, self.path)
+        except Exception as e:  # OSError, or safetensors' own error wrapping one
+            tmp.unlink(missing_ok=True)
+            self.unwritable = True
+            log.warning("cannot keep the IW pass's progress in %s (%s): the pass goes on, but if it is "
+                        "stopped it starts over", self.path, str(e).splitlines()[0] if str(e) else type(e).__name__)
+
+
+def _rng_states(device: torch.device) -> dict[str, torch.Tensor]:
+    states = {"rng_cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["rng_cuda"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def _set_rng_states(states: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(states["rng_cpu"])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(states["rng_cuda"], device)
+
+
 class IWAccumulator:
     """Collects the IW estimates of a pass over batches into an :class:`IWResult`.
 
@@ -183,10 +290,14 @@ class IWAccumulator:
     the lengths; one starting at the first batch would lean to the shortest sentences. The first
     batch is redrawn too, and counts only in a pass too short to reach the middle one.
     The language model's estimate is exact: se 0, no second draw.
+
+    ``progress``: batches finished by an earlier, stopped pass are taken from it (:class:`IWProgress`),
+    and each batch computed is added to it.
     """
 
-    def __init__(self, check_every: int = IW_CHECK_EVERY) -> None:
+    def __init__(self, check_every: int = IW_CHECK_EVERY, progress: Optional[IWProgress] = None) -> None:
         self.check_every = check_every
+        self.progress = progress
         self.corpus = CorpusAccumulator()
         self.checked = CorpusAccumulator()
         self.first = CorpusAccumulator()  # the first batch's redraw: the fallback of a short pass
@@ -197,15 +308,25 @@ class IWAccumulator:
 
     def add(self, model: Any, batch: Any, posterior: Any, n_samples: int, max_tokens: Optional[int] = None) -> None:
         exact = getattr(model, "latent_dim", None) == 0
-        estimate = iw_batch(model, batch, posterior, n_samples, max_tokens)
-        index = len(self.nll)
-        if not exact and (index == 0 or index % self.check_every == self.check_every // 2):
-            variance = iw_redraw_variance(model, batch, posterior, estimate.log_p, n_samples, max_tokens)
+        index, device = len(self.nll), batch.tokens.device
+        done = None if self.progress is None else self.progress.take(index, batch.n_tokens)
+        if done is not None:
+            figures = {k: v.to(device) for k, v in done.items() if k in ("nll", "ess", "var")}
+            _set_rng_states(done, device)
+        else:
+            estimate = iw_batch(model, batch, posterior, n_samples, max_tokens)
+            figures = {"nll": -estimate.log_p, "ess": estimate.ess}
+            if not exact and (index == 0 or index % self.check_every == self.check_every // 2):
+                figures["var"] = iw_redraw_variance(model, batch, posterior, estimate.log_p, n_samples, max_tokens)
+            if self.progress is not None:
+                self.progress.put(index, {**{k: v.cpu() for k, v in figures.items()},
+                                          "n_tokens": batch.n_tokens.cpu(), **_rng_states(device)})
+        if "var" in figures:
             fallback = index == 0 and self.check_every > 1
-            (self.first if fallback else self.checked).add(batch.n_tokens, var=variance)
-        self.corpus.add(batch.n_tokens, nll=-estimate.log_p, ess=estimate.ess)
-        self.nll.append(-estimate.log_p)
-        self.ess.append(estimate.ess)
+            (self.first if fallback else self.checked).add(batch.n_tokens, var=figures["var"])
+        self.corpus.add(batch.n_tokens, nll=figures["nll"], ess=figures["ess"])
+        self.nll.append(figures["nll"])
+        self.ess.append(figures["ess"])
         self.counts.append(batch.n_tokens)
         self.n_samples = 1 if exact else n_samples
 

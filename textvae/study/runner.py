@@ -16,12 +16,13 @@ import yaml
 
 from textvae.errors import TextVAEError
 from textvae.files import lock_holder, run_folder_lock
+from textvae.metrics.likelihood import IWProgress
 from textvae.study.folders import clear_unstarted, check_run_folder, finished_report, run_state
 from textvae.study.report import format_figure, run_figures, write_outputs
 from textvae.study.spec import REPO_ROOT, Run, Study
 from textvae.training.logger import read_jsonl
 from textvae.training.signals import PARENT_ENV
-from textvae.training.train import check_precision, resolve_device
+from textvae.training.train import IW_PROGRESS_FILE, check_precision, resolve_device
 
 log = logging.getLogger("textvae.study")
 
@@ -217,13 +218,15 @@ def run_status(run: Run, by_label: dict[str, Run]) -> tuple[str, str]:
     where = (f"epoch {valid[-1]['epoch']} (step {valid[-1]['step']}), lr {valid[-1].get('lr', math.nan):g}, "
              f"valid -ELBO {valid[-1].get('neg_elbo', math.nan):.2f}") if valid else "no validation yet"
     testing = bool(records) and records[-1].get("split") == "test_start"
+    iw_done = IWProgress.batches_in(run.dir / IW_PROGRESS_FILE) if testing else 0
     if holder is not None and testing:
         since = time.strftime("%H:%M UTC", time.gmtime(records[-1]["time"]))
-        return "testing", f"pid {holder}: the test report since {since}, after {where}"
+        return "testing", f"pid {holder}: the test report since {since} ({iw_done} IW batches done), after {where}"
     if holder is not None:
         return "training", f"pid {holder}: {where}"
     if state == "resume":
-        return "stopped", f"{where}{', in its test report' if testing else ''}; the study resumes it"
+        kept = f", in its test report ({iw_done} IW batches kept)" if testing else ""
+        return "stopped", f"{where}{kept}; the study resumes it"
     waiting = _waiting_on(run, by_label)
     return ("waiting", f"starts after {', '.join(waiting)}") if waiting else ("new", "")
 

@@ -17,7 +17,7 @@ from textvae.dialogue.config import CVAERunConfig
 from textvae.dialogue.data import DialogueData, DialogueSplit, load_dialogue_data
 from textvae.dialogue.metrics import evaluate_generation
 from textvae.dialogue.model import KgCVAE
-from textvae.metrics import evaluate_model, list_metrics
+from textvae.metrics import IWProgress, evaluate_model, list_metrics
 from textvae.tasks.base import register_task
 from textvae.training.task import Task
 from textvae.training.train import EVAL_SEED, eval_seed
@@ -43,12 +43,14 @@ class DialogueTask(Task):
                          limit: int) -> Optional[dict[str, float]]:
         return self._figures(model, split, device, "periodic", limit)
 
-    def test_report(self, data: DialogueData, best_dir: Path, device: torch.device) -> dict[str, Any]:
+    def test_report(self, data: DialogueData, best_dir: Path, device: torch.device,
+                    progress: Optional[Path] = None) -> dict[str, Any]:
         """Test figures of the best model: the registered metrics (with IW-NLL), and generation's
         (BLEU, distinct)."""
         model = KgCVAE.from_pretrained(best_dir, device)
         test, ec = data.splits["test"], self.cfg.eval
-        report = self._figures(model, test, device, "test", ec.max_pairs, self.cfg.train.iw_samples_final)
+        report = self._figures(model, test, device, "test", ec.max_pairs, self.cfg.train.iw_samples_final,
+                               self.iw_progress(progress, best_dir, device, max_pairs=ec.max_pairs))
         generated, _ = evaluate_generation(model, data.tokenizer, test, ec.n_responses, ec.max_contexts, ec.method,
                                            ec.max_len, torch.Generator().manual_seed(EVAL_SEED),
                                            temperature=ec.temperature, top_p=ec.top_p)
@@ -56,11 +58,12 @@ class DialogueTask(Task):
         return report
 
     def _figures(self, model: KgCVAE, split: DialogueSplit, device: torch.device, stage: str,
-                 limit: Optional[int] = None, iw_samples: int = 0) -> dict[str, float]:
+                 limit: Optional[int] = None, iw_samples: int = 0,
+                 iw_progress: Optional[IWProgress] = None) -> dict[str, float]:
         """The metrics registered for ``stage`` on the first ``limit`` pairs of ``split``, counted as
         ``n_pairs``, from a generator of their own (the stream the CVAE's recorded figures came from)."""
         batches = (b.to(device) for b in split.batches(self.cfg.data.eval_batch_size, shuffle=False, limit=limit))
         figures = evaluate_model(model, batches, list_metrics(stage), n_samples=iw_samples,
-                                 generator=torch.Generator().manual_seed(eval_seed()))
+                                 generator=torch.Generator().manual_seed(eval_seed()), iw_progress=iw_progress)
         figures["n_pairs"] = figures.pop("n_sentences")
         return figures

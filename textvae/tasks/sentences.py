@@ -40,7 +40,8 @@ class SentenceTask(Task):
             return None
         return evaluation(model, self._batches(split, limit), device, metrics=metrics_of("periodic", model))
 
-    def test_report(self, data: DataBundle, best_dir: Path, device: torch.device) -> dict[str, Any]:
+    def test_report(self, data: DataBundle, best_dir: Path, device: torch.device,
+                    progress: Optional[Path] = None) -> dict[str, Any]:
         """Test-set figures of the best model, and the ground truth when the corpus is synthetic; in the
         run's precision (``eval_precision``)."""
         model = TextVAE.from_pretrained(best_dir, device)
@@ -48,7 +49,8 @@ class SentenceTask(Task):
         # A bf16 run is evaluated under the same autocast (its speed: benchmarks/throughput.py, iw), labelled so.
         with precision_autocast(device, precision):
             report = evaluation(model, self._batches(data.splits["test"]), device,
-                                metrics=metrics_of("test", model), n_samples=self.cfg.train.iw_samples_final)
+                                metrics=metrics_of("test", model), n_samples=self.cfg.train.iw_samples_final,
+                                iw_progress=self.iw_progress(progress, best_dir, device))
         report["eval_precision"] = precision
         if data.truth is not None:
             report.update(truth_figures(data.truth, "test"))

@@ -22,6 +22,9 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from textvae.metrics.likelihood import IWProgress
+from textvae.models.textvae import WEIGHTS_FILE
+
 
 class Task:
     """Base class of the registered tasks; a subclass overrides every method (``warm_start`` where
@@ -58,6 +61,21 @@ class Task:
         (``None``: the task has none for this model)."""
         raise NotImplementedError
 
-    def test_report(self, data: Any, best_dir: Path, device: torch.device) -> dict[str, Any]:
-        """The final figures of the best model (saved in ``best_dir``) on the test split."""
+    def test_report(self, data: Any, best_dir: Path, device: torch.device,
+                    progress: Optional[Path] = None) -> dict[str, Any]:
+        """The final figures of the best model (saved in ``best_dir``) on the test split. ``progress``:
+        the file where its IW pass keeps the batches it has finished (:meth:`iw_progress`), so that a
+        report stopped part-way resumes there."""
         raise NotImplementedError
+
+    def iw_progress(self, path: Optional[Path], best_dir: Path, device: torch.device,
+                    **settings: Any) -> Optional[IWProgress]:
+        """The test report's IW progress in ``path`` (None: none), for the weights in ``best_dir`` and
+        the settings that decide its figures: K, precision, evaluation batch size, device type, and the
+        task's own ``settings``."""
+        if path is None:
+            return None
+        train = self.cfg.train
+        return IWProgress(path, IWProgress.key_of(best_dir / WEIGHTS_FILE, samples=train.iw_samples_final,
+                                                  precision=train.precision, device=device.type,
+                                                  eval_batch_size=self.cfg.data.eval_batch_size, **settings))

@@ -73,6 +73,7 @@ from textvae.training.task import Task
 from textvae.training.working_copies import WorkingCopies, clip_scale, working_copies_for
 
 CHECKPOINT = "checkpoint.safetensors"
+IW_PROGRESS_FILE = "test_iw_progress.safetensors"  # the test report's finished IW batches, while it runs
 EVAL_SEED = 1234  # evaluation draws its own random numbers so it never shifts the training stream
 
 log = logging.getLogger("textvae.train")
@@ -817,15 +818,18 @@ def finish_run(run: Run) -> dict[str, Any]:
 
     def test_report() -> dict[str, Any]:
         # marks the (long: an IW pass at K = 500) evaluation, for `textvae study --status`; a run
-        # killed during it resumes from its last checkpoint, whose log offset drops this record
+        # killed during it resumes from its last checkpoint, whose log offset drops this record, and
+        # its IW pass from the batches it had finished (kept in `progress` until the report is logged)
         run.logger.log("test_start", state.step, state.epoch)
+        progress = run.run_dir / IW_PROGRESS_FILE
         with evaluation_rng(run.device):
-            report = run.task.test_report(run.data, run.run_dir / "model", run.device)
+            report = run.task.test_report(run.data, run.run_dir / "model", run.device, progress)
         report["train_seconds"] = state.train_seconds
         report["train_steps"] = state.step
         report["train_tokens_per_s"] = state.train_tokens / max(state.train_seconds, 1e-9)
         report["padding_fraction"] = padding_fraction(run.sampler.epoch_batches(0), split.lengths)
         run.logger.log("test", state.step, state.epoch, **report)
+        progress.unlink(missing_ok=True)
         return report
 
     retain = run.cfg.train.retain_memory

@@ -1,0 +1,114 @@
+"""A stopped IW pass resumes from the batches it finished, with the figures of a pass never stopped:
+in ``evaluate_model`` (a file of finished batches) and in a training run killed during its test report."""
+import pytest
+import torch
+
+import textvae.metrics.likelihood as likelihood
+from textvae.cli import main
+from textvae.metrics import IWProgress, evaluate_model
+from textvae.training.logger import read_jsonl
+from textvae.training.train import IW_PROGRESS_FILE
+from tests.test_remedies import random_batch, tiny
+from tests.test_train import tiny_args
+
+# 12 batches: with the redraw every 10th (the 5th) and the first, two of them are estimated twice
+BATCHES = [random_batch(n=3, seed=s) for s in range(12)]
+
+
+REAL_IW_BATCH = likelihood.iw_batch
+
+
+class Stop(Exception):
+    pass
+
+
+def counting_iw_batch(monkeypatch, stop_after=None):
+    """Count the batches the IW pass computes (their first draw; the redraw goes through
+    ``iw_log_marginal``); raise Stop when ``stop_after`` of them are done."""
+    calls, real = [], REAL_IW_BATCH
+    monkeypatch.setattr(likelihood, "iw_log_marginal", lambda *args, **kwargs: real(*args, **kwargs).log_p)
+
+    def iw_batch(*args, **kwargs):
+        if stop_after is not None and len(calls) == stop_after:
+            raise Stop
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(likelihood, "iw_batch", iw_batch)
+    return calls
+
+
+def evaluate(model, progress=None, batches=BATCHES):
+    return evaluate_model(model, batches, n_samples=7, generator=torch.Generator().manual_seed(3),
+                          iw_progress=progress)
+
+
+@pytest.mark.parametrize("stop_after", [1, 5, 11])
+def test_a_stopped_pass_resumes_with_the_same_figures(tmp_path, monkeypatch, stop_after):
+    torch.manual_seed(0)
+    model, path = tiny(), tmp_path / "progress.safetensors"
+    whole = evaluate(model)
+    assert whole["iw_se_sentences"] == 3, "the redraw of the 5th batch is in the figures"
+    calls = counting_iw_batch(monkeypatch, stop_after)
+    with pytest.raises(Stop):
+        evaluate(model, IWProgress(path, "k"))
+    assert len(IWProgress(path, "k").batches) == stop_after
+    calls = counting_iw_batch(monkeypatch)
+    resumed = evaluate(model, IWProgress(path, "k"))
+    assert len(calls) == len(BATCHES) - stop_after, "the finished batches are not computed again"
+    assert resumed == whole  # every figure, the IW pass's and the others' (whose draws follow it), to the bit
+
+
+def test_progress_for_another_key_or_other_batches_is_not_used(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model, path = tiny(), tmp_path / "progress.safetensors"
+    whole = evaluate(model)
+    counting_iw_batch(monkeypatch, stop_after=6)
+    with pytest.raises(Stop):
+        evaluate(model, IWProgress(path, "k"))
+    calls = counting_iw_batch(monkeypatch)
+    assert evaluate(model, IWProgress(path, "another model")) == whole and len(calls) == len(BATCHES)
+    # the file now holds "another model"'s whole pass; for "k" nothing of it is used
+    assert len(IWProgress(path, "k").batches) == 0 and len(IWProgress(path, "another model").batches) == 12
+    # other batches than the file's: taken up to the first that differs, computed from there on
+    counting_iw_batch(monkeypatch, stop_after=6)
+    with pytest.raises(Stop):
+        evaluate(model, IWProgress(path, "k"))
+    other = [*BATCHES[:3], random_batch(n=3, seed=99), *BATCHES[4:]]
+    calls, progress = counting_iw_batch(monkeypatch), IWProgress(path, "k")
+    changed = evaluate(model, progress, other)
+    assert len(calls) == len(other) - 3 and len(progress.batches) == len(other)
+    assert changed["n_tokens"] == sum(float(b.n_tokens.sum()) for b in other)
+    assert changed == evaluate(model, batches=other), "the same figures as a pass of these batches from the start"
+
+
+def test_a_progress_file_that_cannot_be_written_costs_only_the_resume(tmp_path, caplog):
+    torch.manual_seed(0)
+    model = tiny()
+    whole = evaluate(model)
+    progress = IWProgress(tmp_path / "no such folder" / "progress.safetensors", "k")
+    assert evaluate(model, progress) == whole
+    assert caplog.text.count("cannot keep the IW pass's progress") == 1 and progress.unwritable
+
+
+def test_a_run_killed_in_its_test_report_resumes_its_iw_pass(tmp_path, monkeypatch):
+    """The run's test report, stopped after 2 IW batches, resumes (``--resume``) with the others only, and
+    reports what an uninterrupted run does; the progress file is gone once the report is logged."""
+    extra = ("--data.max_sentences", "200", "--data.eval_batch_size", "8", "--train.max_steps", "6",
+             "--train.metrics_every", "0", "--train.iw_samples_final", "5")
+    main(["train", *tiny_args(tmp_path, "whole", "synthetic", *extra)])
+    calls = counting_iw_batch(monkeypatch, stop_after=2)
+    with pytest.raises(Stop):
+        main(["train", *tiny_args(tmp_path, "cut", "synthetic", *extra)])
+    assert (tmp_path / "cut" / IW_PROGRESS_FILE).is_file()
+    calls = counting_iw_batch(monkeypatch)
+    main(["train", *tiny_args(tmp_path, "cut", "synthetic", *extra), "--resume"])
+    tests = {name: [r for r in read_jsonl(tmp_path / name / "metrics.jsonl") if r["split"] == "test"]
+             for name in ("whole", "cut")}
+    assert len(tests["cut"]) == 1
+    n_batches = -(-int(tests["whole"][0]["n_sentences"]) // 8)
+    assert len(calls) == n_batches - 2
+    timing = {"time", "train_seconds", "train_tokens_per_s"}
+    assert ({k: v for k, v in tests["cut"][0].items() if k not in timing}
+            == {k: v for k, v in tests["whole"][0].items() if k not in timing})
+    assert not (tmp_path / "cut" / IW_PROGRESS_FILE).exists()
