@@ -87,7 +87,9 @@ def start(argv: list[str], log: Path, code: str = "from textvae.cli import main;
                             stdout=open(log, "w"), stderr=subprocess.STDOUT)
 
 
-def kill_when(proc: subprocess.Popen, ready, timeout: float = 300.0) -> None:
+def kill_when(proc: subprocess.Popen, ready, timeout: float = 1200.0) -> None:
+    # the deadline only catches a run that hangs: niced beside two training runs on two cores, a run's
+    # start (torch's import, the data, the kernels' cache) has taken over 300 s of wall clock
     deadline = time.monotonic() + timeout
     while not ready():
         assert proc.poll() is None, f"the run ended (status {proc.returncode}) before it could be killed"

@@ -200,9 +200,9 @@ class IWProgress:
 
     @staticmethod
     def key_of(weights_file: str | Path, **settings: Any) -> str:
-        """A key from a weights file's digest and ``settings`` (JSON-serialisable)."""
+        """A key from a weights file's digest and ``settings`` (values JSON can write, others as text)."""
         digest = hashlib.sha256(Path(weights_file).read_bytes()).hexdigest()
-        return json.dumps({"weights_sha256": digest, **settings}, sort_keys=True)
+        return json.dumps({"weights_sha256": digest, **settings}, sort_keys=True, default=str)
 
     @staticmethod
     def batches_in(path: str | Path) -> int:

@@ -16,6 +16,7 @@ and :class:`~textvae.models.textvae.PretrainedMixin` and has ``objective``,
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Optional
 
@@ -71,11 +72,11 @@ class Task:
     def iw_progress(self, path: Optional[Path], best_dir: Path, device: torch.device,
                     **settings: Any) -> Optional[IWProgress]:
         """The test report's IW progress in ``path`` (None: none), for the weights in ``best_dir`` and
-        the settings that decide its figures: K, precision, evaluation batch size, device type, and the
-        task's own ``settings``."""
+        the settings that decide its figures: K, precision, device type, the data section (corpus,
+        evaluation batch size, ...), and the task's own ``settings``."""
         if path is None:
             return None
         train = self.cfg.train
         return IWProgress(path, IWProgress.key_of(best_dir / WEIGHTS_FILE, samples=train.iw_samples_final,
                                                   precision=train.precision, device=device.type,
-                                                  eval_batch_size=self.cfg.data.eval_batch_size, **settings))
+                                                  data=dataclasses.asdict(self.cfg.data), **settings))
