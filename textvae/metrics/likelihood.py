@@ -22,6 +22,7 @@ from textvae.errors import TextVAEError
 from textvae.files import replace_as_new_file
 from textvae.metrics._common import Batches, eval_mode, iterate, seeded
 from textvae.reduction import CorpusAccumulator
+from textvae.rng import rng_state, set_rng_state
 
 log = logging.getLogger("textvae.metrics")
 
@@ -266,19 +267,6 @@ class IWProgress:
                         "stopped it starts over", self.path, str(e).splitlines()[0] if str(e) else type(e).__name__)
 
 
-def _rng_states(device: torch.device) -> dict[str, torch.Tensor]:
-    states = {"rng_cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        states["rng_cuda"] = torch.cuda.get_rng_state(device)
-    return states
-
-
-def _set_rng_states(states: dict[str, torch.Tensor], device: torch.device) -> None:
-    torch.set_rng_state(states["rng_cpu"])
-    if device.type == "cuda":
-        torch.cuda.set_rng_state(states["rng_cuda"], device)
-
-
 class IWAccumulator:
     """Collects the IW estimates of a pass over batches into an :class:`IWResult`.
 
@@ -312,7 +300,7 @@ class IWAccumulator:
         done = None if self.progress is None else self.progress.take(index, batch.n_tokens)
         if done is not None:
             figures = {k: v.to(device) for k, v in done.items() if k in ("nll", "ess", "var")}
-            _set_rng_states(done, device)
+            set_rng_state({k[len("rng_"):]: v for k, v in done.items() if k.startswith("rng_")}, device)
         else:
             estimate = iw_batch(model, batch, posterior, n_samples, max_tokens)
             figures = {"nll": -estimate.log_p, "ess": estimate.ess}
@@ -320,7 +308,8 @@ class IWAccumulator:
                 figures["var"] = iw_redraw_variance(model, batch, posterior, estimate.log_p, n_samples, max_tokens)
             if self.progress is not None:
                 self.progress.put(index, {**{k: v.cpu() for k, v in figures.items()},
-                                          "n_tokens": batch.n_tokens.cpu(), **_rng_states(device)})
+                                          "n_tokens": batch.n_tokens.cpu(),
+                                          **{f"rng_{k}": v for k, v in rng_state(device).items()}})
         if "var" in figures:
             fallback = index == 0 and self.check_every > 1
             (self.first if fallback else self.checked).add(batch.n_tokens, var=figures["var"])

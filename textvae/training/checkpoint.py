@@ -21,27 +21,9 @@ import torch
 
 from textvae.errors import TextVAEError
 from textvae.files import replace_as_new_file
+from textvae.rng import rng_state, set_rng_state
 
 META_KEY = "textvae"
-
-
-def rng_state(device: Optional[torch.device] = None) -> dict[str, torch.Tensor]:
-    """This process's generator states: the CPU one, and that of the CUDA ``device`` (default: the
-    current device when CUDA is in use) -- the one device a training process draws on."""
-    state = {"torch": torch.get_rng_state()}
-    if device is None and torch.cuda.is_available() and torch.cuda.is_initialized():
-        device = torch.device("cuda", torch.cuda.current_device())
-    if device is not None and device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def set_rng_state(state: dict[str, torch.Tensor], device: Optional[torch.device] = None) -> None:
-    """Restore what :func:`rng_state` returned; a CUDA state is skipped on a machine without CUDA
-    (a checkpoint trained on GPU resumes on CPU)."""
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"], device if device is not None and device.type == "cuda" else "cuda")
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

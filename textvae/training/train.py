@@ -62,8 +62,8 @@ from textvae.reduction import token_counts
 from textvae.registry import Registry
 from textvae.remedies import REMEDIES, Remedy, keep_procedure_state
 from textvae.schedules import create_lr_schedule
-from textvae.training.checkpoint import (Checkpoint, read_checkpoint, restore_checkpoint, rng_state,
-                                         save_checkpoint)
+from textvae.rng import rng_state
+from textvae.training.checkpoint import Checkpoint, read_checkpoint, restore_checkpoint, save_checkpoint
 from textvae.training.denormals import denormal_mode, denormals_flushed
 from textvae.training.distributed import World, parameters_may_go_unused, rank_seed
 from textvae.training.logger import RunLogger
@@ -464,9 +464,10 @@ def check_precision(device: torch.device, precision: str, setting: str = "train.
     """A one-line error, before any work, for bf16 on a device without bfloat16 arithmetic (where it
     would fail deep in oneDNN, or run many times slower than fp32)."""
     if precision == "bf16" and not bf16_supported(device):
-        where = (f"this CPU ({torch.backends.cpu.get_cpu_capability()})", " (on x86 it needs AVX-512)") \
-            if device.type == "cpu" else (str(device), "")
-        raise TextVAEError(f"{setting} bf16: {where[0]} has no bfloat16 arithmetic{where[1]}; use {setting} fp32")
+        where, hint = str(device), ""
+        if device.type == "cpu":
+            where, hint = f"this CPU ({torch.backends.cpu.get_cpu_capability()})", " (on x86 it needs AVX-512)"
+        raise TextVAEError(f"{setting} bf16: {where} has no bfloat16 arithmetic{hint}; use {setting} fp32")
 
 
 def precision_autocast(device: torch.device, precision: str) -> torch.autocast:

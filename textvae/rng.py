@@ -1,0 +1,26 @@
+"""Torch's generator states: saved with a checkpoint (training) and after each batch of a resumable
+IW pass (metrics), so that a stopped process resumes drawing where it stopped."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+
+def rng_state(device: Optional[torch.device] = None) -> dict[str, torch.Tensor]:
+    """This process's generator states: the CPU one, and that of the CUDA ``device`` (default: the
+    current device when CUDA is in use) -- the one device a training process draws on."""
+    state = {"torch": torch.get_rng_state()}
+    if device is None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        device = torch.device("cuda", torch.cuda.current_device())
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor], device: Optional[torch.device] = None) -> None:
+    """Restore what :func:`rng_state` returned; a CUDA state is skipped on a machine without CUDA
+    (a checkpoint trained on GPU resumes on CPU)."""
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"], device if device is not None and device.type == "cuda" else "cuda")
