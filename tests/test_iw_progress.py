@@ -112,3 +112,45 @@ def test_a_run_killed_in_its_test_report_resumes_its_iw_pass(tmp_path, monkeypat
     assert ({k: v for k, v in tests["cut"][0].items() if k not in timing}
             == {k: v for k, v in tests["whole"][0].items() if k not in timing})
     assert not (tmp_path / "cut" / IW_PROGRESS_FILE).exists()
+
+
+def test_a_report_without_an_iw_pass_keeps_no_progress(tmp_path):
+    """With ``train.iw_samples_final: 0`` the test report has no IW pass: no progress (and no weights
+    file to hash, which here does not exist); with K > 0 the key names the weights' digest."""
+    from textvae.config import RunConfig, TrainConfig
+    from textvae.tasks import create_task
+
+    def task(k):
+        return create_task(RunConfig(train=TrainConfig(iw_samples_final=k)))
+
+    path = tmp_path / IW_PROGRESS_FILE
+    assert task(0).iw_progress(path, tmp_path / "no model", torch.device("cpu")) is None
+    with pytest.raises(FileNotFoundError):
+        task(5).iw_progress(path, tmp_path / "no model", torch.device("cpu"))
+
+
+def test_a_stopped_evaluate_resumes_its_iw_pass(tmp_path, monkeypatch, capsys):
+    """``textvae evaluate`` stopped after 2 IW batches: the same command computes only the others and
+    writes the figures of an evaluation never stopped; the progress file (beside the results) is then
+    gone. Another K does not take the file's batches."""
+    import json
+
+    main(["train", *tiny_args(tmp_path, "run", "synthetic", "--data.max_sentences", "200",
+                              "--train.max_steps", "4", "--train.iw_samples_final", "0")])
+    run = tmp_path / "run"
+    argv = ["evaluate", str(run), "--batch-size", "8", "--iw-samples", "5", "--no-generation"]
+    main([*argv, "--json", str(tmp_path / "whole.json")])
+    counting_iw_batch(monkeypatch, stop_after=2)
+    with pytest.raises(Stop):
+        main([*argv, "--json", str(tmp_path / "cut.json")])
+    progress = tmp_path / "cut.iw_progress.safetensors"
+    assert IWProgress.batches_in(progress) == 2
+    calls = counting_iw_batch(monkeypatch)
+    main([*argv, "--iw-samples", "4", "--json", str(tmp_path / "other.json")])  # another key: starts afresh
+    n_batches = len(calls)
+    assert IWProgress.batches_in(progress) == 2 and n_batches > 2
+    calls = counting_iw_batch(monkeypatch)
+    main([*argv, "--json", str(tmp_path / "cut.json")])
+    assert len(calls) == n_batches - 2 and "batches done" in capsys.readouterr().out
+    whole, cut = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("whole", "cut"))
+    assert whole == cut and not progress.exists() and not (tmp_path / "whole.iw_progress.safetensors").exists()

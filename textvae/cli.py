@@ -63,20 +63,24 @@ def format_report(report: dict[str, Any]) -> str:
     return format_table(report)
 
 
-def load_model_dir(path: str) -> tuple[Any, Any, Optional[dict]]:
-    """A saved model folder, or a run folder (its best model and its config) -> (model, tokenizer, run config)."""
+def model_folder(path: str) -> tuple[Path, Optional[dict]]:
+    """A saved model folder, or a run folder -> (the model folder: its best model's, the run config or None)."""
     import yaml
-
-    from textvae.data.tokenization import Tokenizer
-    from textvae.models.textvae import TOKENIZER_FILE, TextVAE
 
     p = Path(path)
     if not p.exists():
         raise TextVAEError(f"no such run or model folder: {p}")
-    run_cfg = None
     if (p / "config.yaml").is_file() and (p / "model").is_dir():
-        run_cfg = yaml.safe_load((p / "config.yaml").read_text())
-        p = p / "model"
+        return p / "model", yaml.safe_load((p / "config.yaml").read_text())
+    return p, None
+
+
+def load_model_dir(path: str) -> tuple[Any, Any, Optional[dict]]:
+    """A saved model folder, or a run folder (its best model and its config) -> (model, tokenizer, run config)."""
+    from textvae.data.tokenization import Tokenizer
+    from textvae.models.textvae import TOKENIZER_FILE, TextVAE
+
+    p, run_cfg = model_folder(path)
     model = TextVAE.from_pretrained(p)
     if not (p / TOKENIZER_FILE).is_file():
         raise TextVAEError(f"{p} has no {TOKENIZER_FILE}")
@@ -105,7 +109,9 @@ def evaluate_parser() -> argparse.ArgumentParser:
                     help="latent probe with N labelled train sentences per class (labelled data only)")
     ap.add_argument("--probe-draws", type=int, default=5, help="random labelled subsets the probe averages")
     ap.add_argument("--seed", type=int, default=0, help="seed of the prior samples and the probe's draws")
-    ap.add_argument("--json", help="write the results here (default: <run or model folder>/eval_<split>.json)")
+    ap.add_argument("--json", help="write the results here (default: <run or model folder>/eval_<split>.json); "
+                                   "until then the IW pass keeps its finished batches beside it "
+                                   "(<name>.iw_progress.safetensors), so the same command resumes a stopped one")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                     help="bf16: figures under bfloat16 autocast (recurrent and output GEMMs in bf16; posterior "
@@ -148,6 +154,8 @@ def cmd_evaluate(argv: list[str]) -> None:
     model.to(device)
     n_eval = min(args.max_sentences or len(split), len(split))
     n_tokens, unknown = announce_evaluation(args, split, n_eval, model.is_lm)
+    out = Path(args.json) if args.json else Path(args.model) / f"eval_{args.split}.json"
+    progress = evaluation_progress(args, data_cfg, out)
 
     def batches(limit: int) -> Any:
         """A fresh iterator over ``limit`` sentences of the split, in evaluation order, on the device."""
@@ -162,7 +170,8 @@ def cmd_evaluate(argv: list[str]) -> None:
     with freed_memory_kept(), precision_autocast(device, args.precision), denormals_flushed(flush), \
             native_kernels(native):
         results = evaluation(model, with_progress(batches(n_eval), n_tokens, f"evaluate {args.split}"), device,
-                             n_samples=args.iw_samples, max_tokens=args.max_tokens, per_dim=True)
+                             n_samples=args.iw_samples, max_tokens=args.max_tokens, per_dim=True,
+                             iw_progress=progress)
     results["unk_rate"] = unknown
     steps = run_steps(Path(args.model)) if run_cfg else None
     if steps is not None:  # the table's verdict: an untrained model's posterior says nothing about collapse
@@ -180,11 +189,36 @@ def cmd_evaluate(argv: list[str]) -> None:
     if args.probe:
         results.update(_probe_figures(model, data, args, batches(n_eval), device))
     print(format_report(results))
-    out = Path(args.json) if args.json else Path(args.model) / f"eval_{args.split}.json"
     record = {"model": str(args.model), "data": data_cfg.name, "split": args.split, "precision": args.precision,
               **results, "examples": examples}
     out.write_text(json.dumps(record, indent=2))
     print(f"results written to {out}")
+    if progress is not None:
+        progress.path.unlink(missing_ok=True)
+
+
+def evaluation_progress(args: argparse.Namespace, data_cfg: Any, out: Path) -> Any:
+    """Where the IW pass keeps the batches it has finished: beside the results file ``out``
+    (``eval_test.iw_progress.safetensors``), removed once the results are written. An evaluation
+    stopped part-way (at K = 500 an hour or more on a CPU) resumes there when the same command runs
+    again, with the figures of a pass never stopped (:class:`textvae.metrics.IWProgress`); the key
+    (weights, K, precision, device type, data, split, batch size, subset, decoder budget) keeps a file
+    left by other settings from being used. None when there is no IW pass."""
+    import dataclasses
+
+    from textvae.metrics import IWProgress
+    from textvae.models.textvae import WEIGHTS_FILE
+
+    if args.iw_samples == 0:
+        return None
+    key = IWProgress.key_of(model_folder(args.model)[0] / WEIGHTS_FILE, samples=args.iw_samples,
+                            precision=args.precision, device=torch.device(args.device).type,
+                            data=dataclasses.asdict(data_cfg), split=args.split, batch_size=args.batch_size,
+                            max_sentences=args.max_sentences, max_tokens=args.max_tokens)
+    progress = IWProgress(out.with_name(f"{out.stem}.iw_progress.safetensors"), key)
+    if progress.batches:
+        print(f"resuming the IW pass from {progress.path}: {len(progress.batches)} batches done")
+    return progress
 
 
 _EXAMPLES = 20  # reconstructions and samples kept in the JSON

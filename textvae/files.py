@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 from textvae.errors import TextVAEError
 
@@ -36,6 +36,43 @@ def replace_as_new_file(tmp: Path, path: Path) -> None:
     """Give ``tmp`` the mode of a newly created file, then rename it over ``path`` (atomically)."""
     os.chmod(tmp, umask_mode())
     os.replace(tmp, path)
+
+
+def partial_file(path: Path) -> Path:
+    """``<path>.tmp``: where :func:`write_safetensors` writes before renaming over ``path``."""
+    return path.with_name(path.name + ".tmp")
+
+
+def write_safetensors(path: Path, tensors: dict[str, Any], metadata: dict[str, str]) -> None:
+    """Write ``tensors`` (contiguous CPU tensors sharing no memory) to the safetensors file ``path``
+    atomically and durably: into :func:`partial_file`, flushed to disk, renamed over ``path`` with a new
+    file's mode, the rename flushed too. A process killed at any moment leaves the previous file whole.
+    On failure the partial file is removed and the error (an OSError, or safetensors' own type wrapping
+    one: a full disk) is raised for the caller to word; the previous file is untouched."""
+    from safetensors.torch import save_file
+
+    tmp = partial_file(path)
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        replace_as_new_file(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (POSIX; a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def check_writable(run_dir: Path) -> None:

@@ -11,7 +11,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -19,7 +18,7 @@ from typing import Any, Optional
 import torch
 
 from textvae.errors import TextVAEError
-from textvae.files import replace_as_new_file
+from textvae.files import write_safetensors
 from textvae.metrics._common import Batches, eval_mode, iterate, seeded
 from textvae.reduction import CorpusAccumulator
 from textvae.rng import rng_state, set_rng_state
@@ -247,21 +246,14 @@ class IWProgress:
     def put(self, index: int, figures: dict[str, torch.Tensor]) -> None:
         """Keep batch ``index``'s figures (CPU tensors), in memory and in the file. A file that cannot be
         written (a full disk) costs the pass only its resumability: a warning, and no more writes."""
-        from safetensors.torch import save_file
-
         self.batches[index:] = [figures]
         if self.unwritable:
             return
         tensors = {f"{i}.{name}": value.contiguous() for i, batch in enumerate(self.batches)
                    for name, value in batch.items()}
-        tmp = self.path.with_name(self.path.name + ".tmp")
         try:
-            save_file(tensors, str(tmp), metadata={"key": self.key, "batches": str(len(self.batches))})
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            replace_as_new_file(tmp, self.path)
-        except Exception as e:  # OSError, or safetensors' own error wrapping one
-            tmp.unlink(missing_ok=True)
+            write_safetensors(self.path, tensors, {"key": self.key, "batches": str(len(self.batches))})
+        except Exception as e:
             self.unwritable = True
             log.warning("cannot keep the IW pass's progress in %s (%s): the pass goes on, but if it is "
                         "stopped it starts over", self.path, str(e).splitlines()[0] if str(e) else type(e).__name__)

@@ -21,7 +21,7 @@ from torch import nn
 from textvae.config import DecoderConfig, EncoderConfig, ModelConfig, ObjectiveConfig
 from textvae.data.batch import Batch
 from textvae.errors import TextVAEError
-from textvae.files import replace_as_new_file
+from textvae.files import partial_file, write_safetensors
 from textvae.models.decoders import DECODERS
 from textvae.models.distributions import PRIORS, DiagGaussian, StandardNormal, kl_per_dim
 from textvae.models.encoders import ENCODERS
@@ -72,17 +72,13 @@ class PretrainedMixin:
     def save_weights(self, directory: str | Path) -> None:
         """Write ``model.safetensors`` (weights and buffers) atomically: a crash mid-write keeps
         the previous file. No pickle: it loads with any torch version, on any device."""
-        from safetensors.torch import save_file
-
-        tmp = Path(directory) / (WEIGHTS_FILE + ".tmp")
+        path = Path(directory) / WEIGHTS_FILE
         try:
-            save_file(unshared_state(self), str(tmp), metadata={"format": "pt"})
-        except Exception as e:  # OSError, or safetensors' own error type wrapping one (a full disk)
-            tmp.unlink(missing_ok=True)
-            reason = str(e).splitlines()[0]
-            raise TextVAEError(f"cannot write {tmp}: {reason}; any earlier {WEIGHTS_FILE} there is intact; free "
-                               f"space (or fix the cause) and save again (a training run: --resume)") from None
-        replace_as_new_file(tmp, Path(directory) / WEIGHTS_FILE)
+            write_safetensors(path, unshared_state(self), {"format": "pt"})
+        except Exception as e:
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise TextVAEError(f"cannot write {partial_file(path)}: {reason}; any earlier {WEIGHTS_FILE} there is "
+                               f"intact; free space (or fix the cause) and save again (a training run: --resume)") from None
 
     def save_pretrained(self, directory: str | Path, tokenizer: Any = None) -> Path:
         """Write ``model.safetensors``, ``config.json`` and, if given, ``tokenizer.json``;

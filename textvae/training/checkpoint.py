@@ -12,7 +12,6 @@ process killed at any moment (even mid-write) leaves the previous checkpoint int
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -20,7 +19,7 @@ from typing import Any, Optional
 import torch
 
 from textvae.errors import TextVAEError
-from textvae.files import replace_as_new_file
+from textvae.files import partial_file, write_safetensors
 from textvae.rng import rng_state, set_rng_state
 
 META_KEY = "textvae"
@@ -51,26 +50,12 @@ def _optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> 
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename in ``directory`` durable (POSIX; a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     meta: dict[str, Any], rng_states: Optional[list[dict[str, torch.Tensor]]] = None) -> None:
     """Atomically write model, optimiser, RNG states and ``meta`` (JSON-serialisable) to ``path``.
 
     rng_states: one :func:`rng_state` per rank, in rank order (default: this process's).
     """
-    from safetensors.torch import save_file
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # clone: tied weights share storage, which safetensors refuses to write twice.
@@ -80,28 +65,22 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
     for rank, state in enumerate(rng_states if rng_states is not None else [rng_state()]):
         tensors.update({f"rng.{rank}.{name}": value.cpu() for name, value in state.items()})
     document = {"meta": meta, "optimizer": optim_meta}
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(document)})
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-    except Exception as e:  # OSError, or safetensors' own error type wrapping one (a full disk)
-        raise write_failure(tmp, path, e) from None
-    replace_as_new_file(tmp, path)
-    _fsync_dir(path.parent)
+        write_safetensors(path, tensors, {META_KEY: json.dumps(document)})
+    except Exception as e:
+        raise write_failure(path, e) from None
 
 
-def write_failure(tmp: Path, path: Path, error: Exception) -> TextVAEError:
+def write_failure(path: Path, error: Exception) -> TextVAEError:
     """The one-line error for a checkpoint that could not be written (a full disk, say): the
-    half-written ``tmp`` is removed, ``path`` -- the previous checkpoint -- is left as it was, and
+    half-written partial file is gone, ``path`` -- the previous checkpoint -- is left as it was, and
     the message gives the command that resumes from it once the problem is fixed (a run keeps its
     ``config.yaml`` beside its checkpoint)."""
-    tmp.unlink(missing_ok=True)
     reason = str(error).splitlines()[0] if str(error) else type(error).__name__
     previous = (f"the previous checkpoint {path} is intact" if path.is_file()
                 else f"there is no earlier checkpoint ({path})")
-    return TextVAEError(f"cannot write checkpoint {tmp}: {reason}; {previous}; free space (or fix the cause) and "
-                        f"resume: textvae train {path.parent / 'config.yaml'} --resume")
+    return TextVAEError(f"cannot write checkpoint {partial_file(path)}: {reason}; {previous}; free space (or fix the "
+                        f"cause) and resume: textvae train {path.parent / 'config.yaml'} --resume")
 
 
 @dataclass

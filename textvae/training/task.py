@@ -74,9 +74,9 @@ class Task:
         """The test report's IW progress in ``path`` (None: none), for the weights in ``best_dir`` and
         the settings that decide its figures: K, precision, device type, the data section (corpus,
         evaluation batch size, ...), and the task's own ``settings``."""
-        if path is None:
-            return None
         train = self.cfg.train
+        if path is None or train.iw_samples_final == 0:  # 0: the report has no IW pass, so no key to hash
+            return None
         return IWProgress(path, IWProgress.key_of(best_dir / WEIGHTS_FILE, samples=train.iw_samples_final,
                                                   precision=train.precision, device=device.type,
                                                   data=dataclasses.asdict(self.cfg.data), **settings))

@@ -1,0 +1,45 @@
+"""textvae.files.write_safetensors: the one atomic, durable safetensors writer (checkpoints, model
+weights, the IW pass's progress)."""
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from textvae.files import partial_file, write_safetensors
+
+
+def test_writes_and_replaces_with_a_new_files_mode(tmp_path):
+    path = tmp_path / "x.safetensors"
+    old = os.umask(0o027)
+    try:
+        write_safetensors(path, {"a": torch.arange(3.0)}, {"k": "1"})
+        write_safetensors(path, {"a": torch.arange(4.0)}, {"k": "2"})
+    finally:
+        os.umask(old)
+    assert torch.equal(load_file(str(path))["a"], torch.arange(4.0))
+    assert path.stat().st_mode & 0o777 == 0o640  # safetensors alone would leave 0600
+    assert not partial_file(path).exists()
+
+
+@pytest.mark.parametrize("where", ["serialising", "renaming"])
+def test_a_failed_write_keeps_the_previous_file_and_leaves_no_partial_one(tmp_path, monkeypatch, where):
+    import safetensors.torch
+
+    path = tmp_path / "x.safetensors"
+    write_safetensors(path, {"a": torch.ones(2)}, {})
+    before = path.read_bytes()
+
+    def half_written(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"\0" * 10)
+        raise OSError(28, "No space left on device")
+
+    if where == "serialising":
+        monkeypatch.setattr(safetensors.torch, "save_file", half_written)
+    else:
+        monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError(18, "Invalid cross-device link")))
+    with pytest.raises(OSError):
+        write_safetensors(path, {"a": torch.zeros(2)}, {})
+    assert path.read_bytes() == before
+    assert not partial_file(path).exists()
