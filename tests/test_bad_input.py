@@ -120,6 +120,22 @@ def test_probe_on_an_unlabelled_corpus_fails_before_the_evaluation_pass(trained,
     assert "--probe needs a labelled corpus such as yelp_short; " in line and "has no labels" in line
 
 
+def test_an_unwritable_results_file_fails_before_the_evaluation_pass(trained, tmp_path, monkeypatch, capsys):
+    """``--json`` under a file: a one-line error before the pass (an hour at K = 500), not a traceback after
+    it; a folder that does not exist yet is made."""
+    def evaluation(*args, **kwargs):
+        raise AssertionError("the evaluation pass ran before the results file was checked")
+
+    (tmp_path / "file").write_text("")
+    monkeypatch.setattr("textvae.training.train.evaluation", evaluation)
+    line = fails(["evaluate", str(trained), "--no-generation", "--json", str(tmp_path / "file/e.json")], capsys)
+    assert line == f"textvae: error: cannot write the results file {tmp_path / 'file/e.json'}: a file is in the way; " \
+                   f"choose another --json"
+    monkeypatch.undo()
+    main(["evaluate", str(trained), "--iw-samples", "2", "--no-generation", "--json", str(tmp_path / "new/e.json")])
+    assert json.loads((tmp_path / "new/e.json").read_text())["train_steps"] == 2
+
+
 def test_non_utf8_bytes(tmp_path, capsys):
     line = fails(train_on(tmp_path, folder(tmp_path, b"w1 w2\nw3 \xff w4\n")), capsys)
     assert re.search(r"train.txt: line 2: invalid UTF-8 byte 0xff at byte offset 9 \(column 4\)", line)

@@ -1,5 +1,8 @@
 """A stopped IW pass resumes from the batches it finished, with the figures of a pass never stopped:
 in ``evaluate_model`` (a file of finished batches) and in a training run killed during its test report."""
+import os
+import signal
+
 import pytest
 import torch
 
@@ -22,15 +25,18 @@ class Stop(Exception):
     pass
 
 
-def counting_iw_batch(monkeypatch, stop_after=None):
+def counting_iw_batch(monkeypatch, stop_after=None, stop=None):
     """Count the batches the IW pass computes (their first draw; the redraw goes through
-    ``iw_log_marginal``); raise Stop when ``stop_after`` of them are done."""
+    ``iw_log_marginal``); when ``stop_after`` of them are done, call ``stop`` (default: raise Stop)."""
     calls, real = [], REAL_IW_BATCH
     monkeypatch.setattr(likelihood, "iw_log_marginal", lambda *args, **kwargs: real(*args, **kwargs).log_p)
 
+    def raise_stop():
+        raise Stop
+
     def iw_batch(*args, **kwargs):
         if stop_after is not None and len(calls) == stop_after:
-            raise Stop
+            (stop or raise_stop)()
         calls.append(1)
         return real(*args, **kwargs)
 
@@ -91,15 +97,25 @@ def test_a_progress_file_that_cannot_be_written_costs_only_the_resume(tmp_path, 
     assert caplog.text.count("cannot keep the IW pass's progress") == 1 and progress.unwritable
 
 
-def test_a_run_killed_in_its_test_report_resumes_its_iw_pass(tmp_path, monkeypatch):
-    """The run's test report, stopped after 2 IW batches, resumes (``--resume``) with the others only, and
-    reports what an uninterrupted run does; the progress file is gone once the report is logged."""
+@pytest.mark.parametrize("how", ["killed", "sigterm"])
+def test_a_run_stopped_in_its_test_report_resumes_its_iw_pass(tmp_path, monkeypatch, capsys, how):
+    """The run's test report, stopped after 2 IW batches (killed; or by SIGTERM, which stops it there
+    at once rather than after the pass), resumes (``--resume``) with the others only, and reports what an
+    uninterrupted run does; the progress file is gone once the report is logged."""
     extra = ("--data.max_sentences", "200", "--data.eval_batch_size", "8", "--train.max_steps", "6",
              "--train.metrics_every", "0", "--train.iw_samples_final", "5")
     main(["train", *tiny_args(tmp_path, "whole", "synthetic", *extra)])
-    calls = counting_iw_batch(monkeypatch, stop_after=2)
-    with pytest.raises(Stop):
-        main(["train", *tiny_args(tmp_path, "cut", "synthetic", *extra)])
+    if how == "killed":
+        calls = counting_iw_batch(monkeypatch, stop_after=2)
+        with pytest.raises(Stop):
+            main(["train", *tiny_args(tmp_path, "cut", "synthetic", *extra)])
+    else:
+        calls = counting_iw_batch(monkeypatch, stop_after=2, stop=lambda: os.kill(os.getpid(), signal.SIGTERM))
+        with pytest.raises(SystemExit) as stop:
+            main(["train", *tiny_args(tmp_path, "cut", "synthetic", *extra)])
+        assert stop.value.code == 130 and len(calls) == 2  # the third batch was never finished
+        assert "textvae: interrupted; continue with --resume" in capsys.readouterr().err
+        assert IWProgress.batches_in(tmp_path / "cut" / IW_PROGRESS_FILE) == 2
     assert (tmp_path / "cut" / IW_PROGRESS_FILE).is_file()
     calls = counting_iw_batch(monkeypatch)
     main(["train", *tiny_args(tmp_path, "cut", "synthetic", *extra), "--resume"])

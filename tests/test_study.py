@@ -477,6 +477,19 @@ def test_only_names_variants_or_runs_and_sets_the_order(tmp_path, capsys, monkey
     assert [r.label for r in training_order(runs, select(runs, only))] == ["vae/seed1", "other/seed1", "ae/seed2"]
 
 
+def test_archived_runs_a_run_starts_from_are_retrained_down_the_chain(tmp_path):
+    """An archive holds no weights: a run to train whose encoder run is archived gets that run retrained
+    first, and that run's own archived encoder run before it (c, then b, then a)."""
+    spec = dict(TINY, variants={"c": {}, "b": {"model.encoder_from": "{run:c}/model"},
+                                "a": {"model.encoder_from": "{run:b}/model"}})
+    runs = st.plan(st.load_study(write_study(tmp_path, spec), str(tmp_path / "out")))
+    for run in runs:
+        if run.variant in ("b", "c"):
+            run.archived = {"report": {}}
+    assert [r.label for r in training_order(runs, select(runs, ["a/seed1"]))] == ["c/seed1", "b/seed1", "a/seed1"]
+    assert training_order(runs, select(runs, ["b", "c"])) == [], "archived runs alone are not trained again"
+
+
 def test_status_says_where_each_run_is_and_writes_nothing(tmp_path, capsys):
     spec = dict(TINY, seeds=[1], variants={"ae": {}, "vae": {"model.encoder_from": "{run:ae}/model"},
                                            "other": {"optim.lr": 0.003}, "busy": {"optim.lr": 0.002},

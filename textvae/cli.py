@@ -154,7 +154,7 @@ def cmd_evaluate(argv: list[str]) -> None:
     model.to(device)
     n_eval = min(args.max_sentences or len(split), len(split))
     n_tokens, unknown = announce_evaluation(args, split, n_eval, model.is_lm)
-    out = Path(args.json) if args.json else Path(args.model) / f"eval_{args.split}.json"
+    out = results_file(args)
     progress = evaluation_progress(args, data_cfg, out)
 
     def batches(limit: int) -> Any:
@@ -195,6 +195,20 @@ def cmd_evaluate(argv: list[str]) -> None:
     print(f"results written to {out}")
     if progress is not None:
         progress.path.unlink(missing_ok=True)
+
+
+def results_file(args: argparse.Namespace) -> Path:
+    """Where ``evaluate`` writes its results (``--json``, default ``<folder>/eval_<split>.json``), its folder
+    made and checked before the pass, which can take an hour, rather than after it."""
+    out = Path(args.json) if args.json else Path(args.model) / f"eval_{args.split}.json"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # FileExistsError where a file stands in the way, whose strerror would mislead
+        reason = "a file is in the way" if isinstance(e, FileExistsError) else e.strerror
+        raise TextVAEError(f"cannot write the results file {out}: {reason}; choose another --json") from None
+    if not os.access(out if out.exists() else out.parent, os.W_OK):  # a read-only file system included
+        raise TextVAEError(f"cannot write the results file {out}: permission denied; choose another --json")
+    return out
 
 
 def evaluation_progress(args: argparse.Namespace, data_cfg: Any, out: Path) -> Any:
@@ -509,6 +523,12 @@ def _all_registries() -> dict[str, Any]:
     return {r.key: r for r in list_registries()}
 
 
+# what a command stopped part-way (Ctrl-C, SIGTERM) keeps, and how to go on from it
+_RESUME_HINTS = {"train": "continue with --resume",
+                 "evaluate": "the same command resumes its IW pass from the batches it finished",
+                 "study": "the same command resumes it (finished runs are kept, stopped ones resume)"}
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -525,7 +545,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         print(f"textvae: error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("textvae: interrupted; continue with --resume", file=sys.stderr)
+        hint = _RESUME_HINTS.get(argv[0])
+        print(f"textvae: interrupted{'; ' + hint if hint else ''}", file=sys.stderr)
         sys.exit(130)
 
 

@@ -64,13 +64,16 @@ def write_safetensors(path: Path, tensors: dict[str, Any], metadata: dict[str, s
 
 
 def _fsync_dir(directory: Path) -> None:
-    """Make a rename in ``directory`` durable (POSIX; a no-op where directories cannot be opened)."""
+    """Make a rename in ``directory`` durable (POSIX). Best effort: the new file is in place by now, so
+    a directory that cannot be opened or flushed must not make the write read as failed."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:
         return
     try:
         os.fsync(fd)
+    except OSError:
+        pass
     finally:
         os.close(fd)
 

@@ -151,9 +151,5 @@ def main(argv: list[str]) -> None:
                     help="a JSON file of the study's finished runs (figures, no weights), to commit: its runs are "
                          "not trained again when their folders are gone; written with the outputs")
     args = ap.parse_args(argv)
-    try:
-        run_study(args.study, jobs=args.jobs, out=args.out, only=args.only, seeds=args.seeds, sets=args.sets,
-                  status=args.status, archive=args.archive, report=args.report)
-    except KeyboardInterrupt:
-        log.warning("study interrupted: run the same command again to resume it")
-        raise
+    run_study(args.study, jobs=args.jobs, out=args.out, only=args.only, seeds=args.seeds, sets=args.sets,
+              status=args.status, archive=args.archive, report=args.report)

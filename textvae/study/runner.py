@@ -99,9 +99,17 @@ def training_order(runs: list[Run], selected: list[Run]) -> list[Run]:
     todo = [r for r in selected if run_state(r) != "done" and r.archived is None]
     to_train = {r.label for r in todo}
     order: dict[str, Run] = {}
+
+    def add(run: Run) -> None:  # its needs first, and theirs (an archived run retrained may need another)
+        if run.label in order:
+            return
+        for label in run.needs:
+            if label in to_train or by_label[label].archived is not None:
+                add(by_label[label])
+        order[run.label] = run
+
     for run in todo:
-        needed = [by_label[label] for label in run.needs if label in to_train or by_label[label].archived is not None]
-        order.update((r.label, r) for r in [*needed, run] if r.label not in order)
+        add(run)
     return list(order.values())
 
 
@@ -226,7 +234,9 @@ def run_status(run: Run, by_label: dict[str, Run]) -> tuple[str, str]:
         return "training", f"pid {holder}: {where}"
     if state == "resume":
         kept = f", in its test report ({iw_done} IW batches kept)" if testing else ""
-        return "stopped", f"{where}{kept}; the study resumes it"
+        # an archived run's folder holds a retrain for a run that starts from it (training_order)
+        when = " only for a run that starts from it (it is archived)" if run.archived is not None else ""
+        return "stopped", f"{where}{kept}; the study resumes it{when}"
     waiting = _waiting_on(run, by_label)
     return ("waiting", f"starts after {', '.join(waiting)}") if waiting else ("new", "")
 

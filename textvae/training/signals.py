@@ -3,8 +3,9 @@
 SIGINT (Ctrl-C) and SIGTERM (a scheduler's or a session's stop) do not end training mid-update:
 they set a flag that the loop reads after each optimiser step, where it writes a checkpoint and
 raises :class:`StopRequested`, so ``--resume`` continues from that very step (with a mid-epoch
-checkpoint otherwise only ``train.checkpoint_every`` gives). A second SIGINT stops at once, for a
-run in a long evaluation; the last checkpoint is then the one to resume from. The handlers are
+checkpoint otherwise only ``train.checkpoint_every`` gives). A second SIGINT stops at once; the last
+checkpoint is then the one to resume from. In the test report, which has no step to finish and keeps
+its IW pass's finished batches, the first signal stops at once (:func:`stop_at_once`). The handlers are
 installed by :func:`stop_on_signals` in the main thread only, and the previous ones come back when
 training ends. A process that only waits on others (a study's parent) takes SIGTERM as Ctrl-C
 instead (:func:`sigterm_interrupts`), so that it can pass the stop on to them; its runs also get
@@ -33,6 +34,7 @@ class StopRequested(KeyboardInterrupt):
 
 
 _requested = threading.Event()
+_at_once: list[str] = []  # while not empty (stop_at_once), a signal raises StopRequested with its last reason
 
 
 def stop_requested() -> bool:
@@ -44,6 +46,9 @@ def _handle(signum: int, frame: object) -> None:
     if signum == signal.SIGINT and _requested.is_set():
         raise KeyboardInterrupt
     _requested.set()
+    if _at_once:
+        log.warning("%s: stopping now", signal.Signals(signum).name)
+        raise StopRequested(_at_once[-1])
     log.warning("%s: training stops after the current step, with a checkpoint%s", signal.Signals(signum).name,
                 " (Ctrl-C again: stop at once)" if signum == signal.SIGINT else "")
 
@@ -72,6 +77,22 @@ def stop_on_signals() -> Iterator[None]:
             yield
     finally:
         _requested.clear()
+
+
+@contextlib.contextmanager
+def stop_at_once(reason: str) -> Iterator[None]:
+    """Within :func:`stop_on_signals`, for work that keeps its own progress and has no step to finish
+    (the test report: its IW pass keeps each finished batch), SIGINT and SIGTERM stop at once:
+    :class:`StopRequested` with ``reason`` is raised wherever the main thread is. A stop asked for
+    before the block raises on entry. Without this the report would run on for up to an hour, and a
+    study stopping its runs would wait for it in vain."""
+    if _requested.is_set():
+        raise StopRequested(reason)
+    _at_once.append(reason)
+    try:
+        yield
+    finally:
+        _at_once.pop()
 
 
 def stop_with_parent() -> None:

@@ -68,7 +68,7 @@ from textvae.training.denormals import denormal_mode, denormals_flushed
 from textvae.training.distributed import World, parameters_may_go_unused, rank_seed
 from textvae.training.logger import RunLogger
 from textvae.training.progress import SmoothedLoss
-from textvae.training.signals import StopRequested, stop_on_signals, stop_requested
+from textvae.training.signals import StopRequested, stop_at_once, stop_on_signals, stop_requested
 from textvae.training.task import Task
 from textvae.training.working_copies import WorkingCopies, clip_scale, working_copies_for
 
@@ -823,7 +823,9 @@ def finish_run(run: Run) -> dict[str, Any]:
         # its IW pass from the batches it had finished (kept in `progress` until the report is logged)
         run.logger.log("test_start", state.step, state.epoch)
         progress = run.run_dir / IW_PROGRESS_FILE
-        with evaluation_rng(run.device):
+        stopped = (f"stopped on request in the test report; its finished IW batches are kept in {progress}, "
+                   f"where --resume continues")
+        with evaluation_rng(run.device), stop_at_once(stopped):
             report = run.task.test_report(run.data, run.run_dir / "model", run.device, progress)
         report["train_seconds"] = state.train_seconds
         report["train_steps"] = state.step
