@@ -136,6 +136,15 @@ def test_an_unwritable_results_file_fails_before_the_evaluation_pass(trained, tm
     assert json.loads((tmp_path / "new/e.json").read_text())["train_steps"] == 2
 
 
+def test_a_cache_that_cannot_be_written(tmp_path, monkeypatch, capsys):
+    """The synthetic corpus is made in the cache: a cache under a file is a one-line error naming TEXTVAE_CACHE."""
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("TEXTVAE_CACHE", str(tmp_path / "file/cache"))
+    line = fails(["train", "--out_dir", str(tmp_path / "runs"), "--train.max_steps", "1"], capsys)
+    assert line == (f"textvae: error: cannot write the cache folder {tmp_path / 'file/cache/synthetic'}: Not a "
+                    f"directory; set TEXTVAE_CACHE to a writable folder")
+
+
 def test_non_utf8_bytes(tmp_path, capsys):
     line = fails(train_on(tmp_path, folder(tmp_path, b"w1 w2\nw3 \xff w4\n")), capsys)
     assert re.search(r"train.txt: line 2: invalid UTF-8 byte 0xff at byte offset 9 \(column 4\)", line)
@@ -303,6 +312,8 @@ def test_input_remedy_on_a_language_model(tmp_path, corpus):
     (["sample", "{model}", "--temperature", "0"], "--temperature must be > 0, got 0.0"),
     (["interpolate", "{model}", "w1", "w2", "--steps", "1"], "--steps must be at least 2, got 1"),
     (["evaluate", "{model}", "--iw-samples", "-1"], "--iw-samples must be at least 0, got -1"),
+    (["sample", "{model}", "--seed", "99999999999999999999"], "--seed must be < 9.22337e+18, got 99999999999999999999"),
+    (["train", "--train.seed", "-1"], "train.seed must be at least 0, got -1"),
 ])
 def test_bad_command_flags(trained, capsys, argv, expected):
     assert expected in fails([a.format(model=trained / "model") for a in argv], capsys)
@@ -348,6 +359,17 @@ def test_disk_full_while_writing_a_checkpoint(tmp_path, trained, corpus, capsys,
     monkeypatch.undo()
     main(["train", str(tmp_path / "runs/x/config.yaml"), "--resume", "--train.max_steps", "3"])  # the command works
     assert ckpt.read_bytes() != before
+    # the first checkpoint of a new run: nothing to resume, so the command given starts the run again
+    def no_space(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("textvae.training.checkpoint.write_safetensors", no_space)
+    new = tmp_path / "new"
+    line = fails([*train_on(new, corpus), "--train.max_steps", "3", "--train.checkpoint_every", "1"], capsys)
+    assert line.endswith(f"there is no earlier checkpoint ({new / 'runs/x/checkpoint.safetensors'}); free space (or "
+                         f"fix the cause) and start it again: textvae train {new / 'runs/x/config.yaml'}")
+    monkeypatch.undo()
+    main(["train", str(new / "runs/x/config.yaml"), "--train.max_steps", "3"])  # the command works
 
 
 def test_resumed_run_says_from_which_step(tmp_path, trained, corpus, caplog):

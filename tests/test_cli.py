@@ -86,6 +86,17 @@ def test_sample_is_clean_and_seeded(run, capsys):
     assert not any(tok in line for line in first for tok in ("<s>", "<pad>", "</s>"))
 
 
+@pytest.mark.parametrize("flags,method", [([], "sample"), (["--method", "greedy"], "greedy"),
+                                          (["--method=greedy"], "greedy"), (["--meth", "beam"], "beam")])
+def test_sample_decodes_by_sampling_unless_told(run, monkeypatch, capsys, flags, method):
+    import textvae.models.decoding as decoding
+
+    used, real = [], decoding.decode_sentences
+    monkeypatch.setattr(decoding, "decode_sentences", lambda *a, **kw: used.append(kw["method"]) or real(*a, **kw))
+    main(["sample", str(run / "model"), "--n", "2", *flags])
+    assert used == [method]
+
+
 def test_reconstruct_and_interpolate(run, capsys):
     main(["reconstruct", str(run / "model"), "w1 w2 w3", "w4 w5"])
     lines = capsys.readouterr().out.splitlines()
@@ -93,6 +104,20 @@ def test_reconstruct_and_interpolate(run, capsys):
     main(["interpolate", str(run / "model"), "w1 w2 w3", "w4 w5", "--steps", "3"])
     lines = capsys.readouterr().out.splitlines()
     assert [line.split("\t")[0] for line in lines] == ["0.00", "0.50", "1.00"]
+
+
+def test_inputs_are_read_as_the_run_read_its_corpus(tmp_path, caplog):
+    """A run trained with ``data.lowercase`` reads "W1 W2" as "w1 w2", from its run folder or its model
+    folder; a model folder on its own takes the text as given."""
+    corpus = write_corpus(tmp_path / "corpus", n_train=60, n_eval=20)
+    main(["train", *tiny_args(tmp_path, "low", corpus, "--data.lowercase", "true", "--train.max_steps", "1")])
+    for folder in (tmp_path / "low", tmp_path / "low/model"):
+        caplog.clear()
+        main(["reconstruct", str(folder), "W1 W2"])
+        assert "read as <unk>" not in caplog.text, folder
+    shutil.copytree(tmp_path / "low/model", tmp_path / "alone")
+    main(["reconstruct", str(tmp_path / "alone"), "W1 W2"])
+    assert "2 word(s) are not in the model's vocabulary and are read as <unk>: W1, W2" in caplog.text
 
 
 def test_language_model_has_no_latent_space(tmp_path, capsys):

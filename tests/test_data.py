@@ -568,6 +568,10 @@ def test_yelp_short_derived_splits():
     dev0 = [" ".join(x.split()) for x in raw]
     assert texts["train"].lines[: len(dev0) - 2000] == dev0[:-2000]  # a fixed cut, no shuffling
     assert texts["valid"].lines[:2000] == dev0[-2000:]
+    # data.max_sentences keeps both classes of a corpus whose files come one label after another
+    capped = datasets.load_dataset(DataConfig(name="yelp_short", data_dir=DATA_DIR, max_sentences=100))
+    for split in capped.splits.values():
+        assert len(split) == 100 and 0.3 < split.labels.mean() < 0.7
 
 
 @needs_data

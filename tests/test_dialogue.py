@@ -314,6 +314,19 @@ def test_recipes_parse(recipe):
     assert recipe_task(str(recipe.parent.parent / "ptb" / "vae.yaml")) == "sentences"
     with pytest.raises(TextVAEError, match="chosen by the recipe"):
         parse_run_config([str(recipe), "--task", "sentences"])
+    assert isinstance(parse_run_config([f"--config={recipe}"])[0], CVAERunConfig)  # not the synthetic default
+
+
+def test_a_sentence_recipe_may_name_its_task(tmp_path):
+    """``task: sentences`` in a recipe is the default said out loud; ``--config=FILE`` is ``--config FILE``
+    (the embedded synthetic recipe is not loaded under it)."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("task: sentences\ndata: {name: ptb}\nmodel: {latent_dim: 5}\n")
+    for argv in ([str(recipe)], [f"--config={recipe}"], ["--config", str(recipe)]):
+        cfg, _ = parse_run_config(argv)
+        assert cfg.data.name == "ptb" and cfg.model.latent_dim == 5 and cfg.optim.name == "sgd", argv
+    with pytest.raises(TextVAEError, match="task"):
+        parse_run_config([str(recipe), "--task", "dialogue"])
 
 
 def write_dialogues(folder: Path) -> None:

@@ -1,4 +1,6 @@
 """TextVAE invariants: causality, no mixing of examples, token counts, persistence."""
+import json
+
 import pytest
 import torch
 
@@ -163,6 +165,11 @@ def test_from_pretrained_errors(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"garbage" * 10)
     with pytest.raises(TextVAEError, match="cannot load weights"):
         TextVAE.from_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    for written in ({**config, "model": {**config["model"], "future_key": 1}}, [], {"vocab_size": 5}):
+        (tmp_path / "config.json").write_text(json.dumps(written))
+        with pytest.raises(TextVAEError, match="is not a model configuration this textvae reads"):
+            TextVAE.from_pretrained(tmp_path)
 
 
 def test_he2019_init_ranges():

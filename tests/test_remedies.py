@@ -128,6 +128,8 @@ def test_unknown_remedy_and_parameter_are_user_errors():
         create_remedy({"name": "free_bits_kingma2016", "lamda": 1.0}, **CONTEXT)
     with pytest.raises(TextVAEError, match="replace the KL"):
         tiny([{"name": "free_bits_li2019"}, {"name": "kl_constraint"}])
+    with pytest.raises(TextVAEError, match=r"remedies \['bow'\] are listed more than once"):
+        tiny([{"name": "bow", "weight": 1.0}, {"name": "word_dropout"}, {"name": "bow", "weight": 2.0}])
 
 
 def test_free_bits_bn_vae_cyclical_compose_from_objective_config():
@@ -383,7 +385,7 @@ def test_bow_loss_equals_per_token_loop():
     bow = create_remedy({"name": "bow", "mlp_dim": 9, "weight": 0.7}, **CONTEXT)
     batch = random_batch(5)
     z = torch.randn(5, D)
-    fast = bow.extra_loss(None, batch, z, None)
+    fast = bow.extra_loss(None, batch, z, None, 0)
     slow = torch.zeros(5)
     for b in range(5):
         log_p = torch.log_softmax(bow.mlp(z[b]), -1)
@@ -408,14 +410,14 @@ def test_zforcing_per_sentence_and_aux_cost_stops_at_backward_states():
     zf = create_remedy({"name": "zforcing", "backward_lm": False}, **CONTEXT)
     batch = random_batch(5)
     z = torch.randn(5, D, requires_grad=True)
-    loss = zf.extra_loss(None, batch, z, None)
+    loss = zf.extra_loss(None, batch, z, None, 0)
     sub = torch.tensor([3, 1])
-    torch.testing.assert_close(zf.extra_loss(None, batch.select(sub), z[sub], None), loss[sub], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(zf.extra_loss(None, batch.select(sub), z[sub], None, 0), loss[sub], rtol=1e-5, atol=1e-5)
     loss.sum().backward()
     assert z.grad.abs().sum() > 0 and zf.predictor[0].weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in zf.rnn.parameters()), "the target b_t is detached"
     with_lm = create_remedy({"name": "zforcing"}, **CONTEXT)
-    with_lm.extra_loss(None, batch, z.detach(), None).sum().backward()
+    with_lm.extra_loss(None, batch, z.detach(), None, 0).sum().backward()
     assert all(p.grad is not None for p in with_lm.rnn.parameters()), "the backward LM trains the LSTM"
 
 
@@ -427,16 +429,22 @@ def test_aux_autoencoder_terms_and_mixing():
     z = torch.randn(6, D, requires_grad=True)
     e = torch.tanh(aux.code(h))
     expected = model.token_nll(batch, e) + 2.0 * 0.5 * ((z - e) ** 2).sum(-1)
-    torch.testing.assert_close(aux.extra_loss(model, batch, z, h), expected)
-    aux.before_update(SimpleNamespace(step=25), batch)
+    torch.testing.assert_close(aux.extra_loss(model, batch, z, h, 0), expected)
     expected = 0.75 * model.token_nll(batch, e) + 2.0 * 0.5 * ((z - e) ** 2).sum(-1)
-    torch.testing.assert_close(aux.extra_loss(model, batch, z, h), expected)
-    aux.before_update(SimpleNamespace(step=400), batch)
-    aux.extra_loss(model, batch, z, h).sum().backward()
+    torch.testing.assert_close(aux.extra_loss(model, batch, z, h, 25), expected)
+
+    def term_at(step):  # the model's forward hands its step to the remedy: r(0) = 0, r(100) = 1
+        torch.manual_seed(0)  # the same z both times
+        with torch.no_grad():
+            return float(model.eval()(batch, step=step).terms["AuxAutoencoder"])
+
+    assert term_at(0) - term_at(100) > 1.0  # the autoencoder's reconstruction, only at r < 1
+    model.train()
+    aux.extra_loss(model, batch, z, h, 400).sum().backward()
     assert aux.code.weight.grad is None, "the AE code is a fixed target of the VAE term"
     torch.testing.assert_close(z.grad, 2.0 * (z - e).detach())
     with pytest.raises(TextVAEError, match="encoder_dim"):
-        aux.extra_loss(model, batch, z, torch.randn(6, 20))
+        aux.extra_loss(model, batch, z, torch.randn(6, 20), 0)
 
 
 # ---- training-procedure hooks ------------------------------------------------------------------

@@ -239,3 +239,18 @@ def test_nonfinite_loss_stops_with_a_diagnostic(corpus, tmp_path, monkeypatch, c
     assert [r["step"] for r in records if r["split"] == "train"] == list(range(1, 13))  # no duplicates
     assert [r["split"] for r in records].count("nonfinite") == 0  # cut with the rest after the checkpoint
     assert read_checkpoint(run / "checkpoint.safetensors").meta["config"]["optim"]["lr"] == new_lr
+
+
+def test_optimiser_settings_changed_on_resume_take_effect(corpus, tmp_path):
+    """The checkpoint's param_groups come back with the optimiser's state, but a setting changed with
+    --resume (momentum here) is the one the resumed run uses, as it is for every other setting."""
+    args = tiny_args(tmp_path, "x", corpus, "--optim.name", "sgd", "--optim.momentum", "0.9", "--train.max_steps", "2",
+                     "--train.iw_samples_final", "0")
+    main(["train", *args])
+    main(["train", *args, "--resume", "--optim.momentum", "0", "--optim.weight_decay", "0.01",
+          "--train.max_steps", "4"])
+    (group,) = read_checkpoint(tmp_path / "x" / "checkpoint.safetensors").document["optimizer"]["param_groups"]
+    assert group["momentum"] == 0 and group["weight_decay"] == 0.01
+    (resumed,) = [r for r in read_jsonl(tmp_path / "x" / "metrics.jsonl") if r["split"] == "resume"]
+    assert resumed["changed"] == {"optim.momentum": [0.9, 0], "optim.weight_decay": [0.0, 0.01],
+                                  "train.max_steps": [2, 4]}

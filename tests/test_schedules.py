@@ -11,6 +11,8 @@ def test_constant_and_linear():
     assert create_schedule({"name": "constant", "value": 0.3})(12345) == 0.3
     lin = create_schedule({"name": "linear", "start": 0.1, "end": 1.0, "warmup_steps": 10})
     assert [lin(t) for t in (0, 5, 10, 50)] == pytest.approx([0.1, 0.55, 1.0, 1.0])
+    down = create_schedule({"name": "linear", "start": 4.0, "end": 1.0, "warmup_steps": 10})  # annealing down
+    assert [down(t) for t in (0, 5, 10, 50)] == [4.0, 2.5, 1.0, 1.0]
 
 
 def test_sigmoid_closed_form():
@@ -42,6 +44,7 @@ def test_cyclical_shapes_start_end(shape, mid):
     # period 40, rising over 20 steps: step 10 is the middle of the rise
     assert beta(10) == pytest.approx(0.2 + 0.6 * mid)
     assert beta(20) == pytest.approx(0.8, abs=0.6 * 0.0025)  # sigmoid reaches 1 - 0.0025 of the rise
+    assert beta(21) == beta(39) == 0.8  # the plateau is ``end`` exactly, for the sigmoid too (Fu et al.'s code)
     assert beta(40) == pytest.approx(0.2, abs=0.6 * 0.0025)
     assert beta(5) < beta(10) < beta(15)
     if shape == "cosine":

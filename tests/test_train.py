@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from textvae.cli import main
+from textvae.data.synthetic import load_truth
 from textvae.tasks.runconfig import parse_run_config
 from textvae.models.textvae import TextVAE
 from textvae.training.checkpoint import read_checkpoint
@@ -90,6 +91,10 @@ def test_synthetic_default_writes_a_complete_run(synthetic_run, capsys):
     assert {"mi_dataset"} <= set(by_split["valid_metrics"][0])
     (test,) = by_split["test"]
     assert test["n_sentences"] == 200 and {"iw_nll", "au", "true_nll", "true_mi"} <= set(test)
+    # the true NLL of the 200 sentences evaluated (data.max_sentences keeps the first), not of the whole split
+    truth = load_truth(run.parent.parent / "cache" / "synthetic" / "synthetic-seed0")
+    assert truth["splits"]["test"]["n_sentences"] > 200
+    assert test["true_nll"] == pytest.approx(-np.mean(truth["splits"]["test"]["log_px"][:200]))
 
     model = TextVAE.from_pretrained(run / "model")
     assert sorted(p.name for p in (run / "model").iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
@@ -148,6 +153,26 @@ def test_wall_time_budget_stops_the_run(tmp_path, monkeypatch):
         [("valid", 1), ("test_start", 1), ("test", 1)]
 
 
+def test_a_checkpoint_within_an_epoch_counts_the_time_before_it(tmp_path, monkeypatch):
+    """A ``train.checkpoint_every`` checkpoint holds the training time of its epoch so far: a run resumed
+    from it does not redo those steps, so without it their time would be lost from ``train_seconds``
+    (and ``train.max_seconds`` would start afresh)."""
+    import textvae.training.train as train_module
+
+    clock = iter(range(0, 10**6, 10))  # every reading of the clock 10 s after the last
+    monkeypatch.setattr(train_module.time, "perf_counter", lambda: float(next(clock)))
+    saved, real = [], train_module.save_checkpoint
+    monkeypatch.setattr(train_module, "save_checkpoint",
+                        lambda path, model, optim, meta, **kw: saved.append(meta["loop"]) or real(path, model, optim,
+                                                                                              meta, **kw))
+    main(["train", *tiny_args(tmp_path, "x", "synthetic", "--data.max_sentences", "200", "--data.batch_size", "8",
+                              "--train.checkpoint_every", "2", "--train.max_steps", "4", "--train.metrics_every", "0",
+                              "--train.iw_samples_final", "0")])
+    within = [loop for loop in saved if 0 < loop["batch_in_epoch"]]
+    assert [loop["step"] for loop in within][:2] == [2, 4] and all(loop["train_seconds"] > 0 for loop in within)
+    assert within[0]["train_seconds"] < within[1]["train_seconds"]
+
+
 def test_plateau_update_follows_he2019_schedule():
     """A hand-traced run: patience 2 from epoch 3, factor 0.5, at most 2 decays; partial epochs
     (epoch_complete False) never count as bad."""
@@ -179,6 +204,11 @@ def test_plateau_update_follows_he2019_schedule():
     ]
     assert calls == ["save", "reload", "save", "reload"]
     assert state.best_val == 9 and state.decays == 2
+    # max_decays 0: the first plateau ends the run, lr and weights as they were
+    oc.max_decays, state, calls = 0, LoopState(lr=1.0, epoch=3), []
+    assert [plateau_update(state, val, True, oc, lambda: calls.append("save"), lambda: calls.append("reload"))
+            for val in (5, 6, 7)] == [(True, False), (False, False), (False, False)]
+    assert state.done and state.lr == 1.0 and state.decays == 0 and calls == ["save"]
 
 
 def test_progress_loss_is_per_token_and_smoothed():

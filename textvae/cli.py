@@ -26,7 +26,7 @@ from typing import Any, Optional
 
 import torch
 
-from textvae.config import COUNT, NON_NEGATIVE, POSITIVE, Range
+from textvae.config import COUNT, NON_NEGATIVE, POSITIVE, SEED, Range
 from textvae.errors import TextVAEError
 
 COMMANDS = ("train", "evaluate", "sample", "reconstruct", "interpolate", "respond", "study", "list", "plot", "compare")
@@ -132,10 +132,11 @@ def cmd_evaluate(argv: list[str]) -> None:
     from textvae.models.native import native_kernels
     from textvae.training.denormals import denormals_flushed
     from textvae.training.train import check_precision, evaluation, freed_memory_kept, precision_autocast
+    from textvae.tasks.sentences import truth_figures
 
     args = evaluate_parser().parse_args(argv)
     check_flags(args, {"iw_samples": NON_NEGATIVE, "probe": NON_NEGATIVE, "max_tokens": COUNT, "batch_size": COUNT,
-                       "probe_draws": COUNT, "max_sentences": COUNT, "max_len": COUNT})
+                       "probe_draws": COUNT, "max_sentences": COUNT, "max_len": COUNT, "seed": SEED})
     if not args.no_generation and args.gen_sentences < 2:
         raise TextVAEError("--gen-sentences must be >= 2 (self-BLEU compares samples with each other)")
     device = torch.device(args.device)
@@ -177,7 +178,7 @@ def cmd_evaluate(argv: list[str]) -> None:
     if steps is not None:  # the table's verdict: an untrained model's posterior says nothing about collapse
         results["train_steps"] = float(steps)
     if data.truth is not None:
-        results.update(_truth_figures(data.truth, args.split, split, split.subset(n_eval)))
+        results.update(truth_figures(data.truth, split, split.subset(n_eval)))
     examples: dict[str, Any] = {}
     if not args.no_generation:
         max_len = args.max_len or int(split.lengths.max()) - 1
@@ -274,24 +275,6 @@ def with_progress(batches: Any, n_tokens: int, what: str) -> Any:
     return run
 
 
-def _truth_figures(truth: dict[str, Any], name: str, split: Any, positions: Any) -> dict[str, float]:
-    """The synthetic corpus' true NLL and PPL on the evaluated sentences (``positions`` in the
-    split, whose order is truth.json's) and its true I(x; latent)."""
-    import numpy as np
-
-    from textvae.reduction import perplexity
-
-    figures = truth["splits"][name]
-    if figures["n_sentences"] != len(split):  # lines dropped on reading: the order no longer matches
-        logging.getLogger("textvae").warning("%s split has %d sentences but the ground truth %d: true "
-                                             "figures left out", name, len(split), figures["n_sentences"])
-        return {}
-    nll = -np.asarray(figures["log_px"])[positions]
-    tokens = split.lengths[positions] - 1  # words + </s>
-    return {"true_nll": float(nll.mean()), "true_ppl": perplexity(float(nll.sum()), float(tokens.sum())),
-            "true_mi": float(truth["mi"])}
-
-
 def run_steps(run_dir: Path) -> Optional[int]:
     """The training steps of a run as its log records them (the last record's step); ``None``
     when the run has no log."""
@@ -329,16 +312,35 @@ def _probe_figures(model: Any, data: Any, args: argparse.Namespace, test_batches
             "probe_draws": float(args.probe_draws), "probe_accuracies": result.accuracies}
 
 
-def _latents_for(model: Any, tokenizer: Any, sentences: list[str]) -> torch.Tensor:
+def _latents_for(model: Any, tokenizer: Any, sentences: list[str], folder: str) -> torch.Tensor:
     from textvae.data.batch import collate
 
     if model.is_lm:
         raise TextVAEError("this model is a language model: it has no latent space")
+    sentences = as_the_run_read(sentences, folder)
     warn_unknown_words(tokenizer, sentences)
     batch = collate([tokenizer.encode(s) for s in sentences])
     model.eval()
     with torch.no_grad():
         return model.encode(batch).mean
+
+
+def as_the_run_read(sentences: list[str], folder: str) -> list[str]:
+    """``sentences`` rewritten as the run read its corpus (``data.unk_token``, ``data.pretokenize``,
+    ``data.lowercase``), from the configuration of the run folder ``folder`` or of the run folder the
+    model folder ``folder`` sits in; a model folder on its own has none, and its input is taken as given."""
+    import yaml
+
+    from textvae.data.words import word_rewriter
+
+    p = Path(folder)
+    run_config = next((d / "config.yaml" for d in (p, p.parent) if (d / "config.yaml").is_file()), None)
+    data = {}
+    if run_config is not None:
+        data = (yaml.safe_load(run_config.read_text()) or {}).get("data") or {}
+    rewrite = word_rewriter(data.get("unk_token"), data.get("pretokenize"))
+    lines = [rewrite(s) for s in sentences] if rewrite else list(sentences)
+    return [s.lower() for s in lines] if data.get("lowercase") else lines
 
 
 def warn_unknown_words(tokenizer: Any, sentences: list[str]) -> None:
@@ -355,8 +357,8 @@ def warn_unknown_words(tokenizer: Any, sentences: list[str]) -> None:
 _UNKNOWN_SHOWN = 10
 
 
-def decoding_args(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--method", default="greedy", choices=["greedy", "sample", "beam"])
+def decoding_args(ap: argparse.ArgumentParser, method: str = "greedy") -> None:
+    ap.add_argument("--method", default=method, choices=["greedy", "sample", "beam"], help=f"(default: {method})")
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--top-k", type=int, default=0)
     ap.add_argument("--top-p", type=float, default=1.0)
@@ -365,7 +367,7 @@ def decoding_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--seed", type=int, default=0)
 
 
-DECODING_RANGES = {"temperature": POSITIVE, "top_k": NON_NEGATIVE, "top_p": Range(above=0, most=1),
+DECODING_RANGES = {"seed": SEED, "temperature": POSITIVE, "top_k": NON_NEGATIVE, "top_p": Range(above=0, most=1),
                    "beam_size": COUNT, "max_len": COUNT}
 
 
@@ -387,11 +389,9 @@ def cmd_sample(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(prog="textvae sample", description="Sentences from z ~ p(z) (or from the LM).")
     ap.add_argument("model")
     ap.add_argument("--n", type=int, default=10)
-    decoding_args(ap)
+    decoding_args(ap, method="sample")  # prior samples decoded greedily would repeat the same few sentences
     args = ap.parse_args(argv)
     check_flags(args, {"n": COUNT, **DECODING_RANGES})
-    if args.method == "greedy" and "--method" not in argv:
-        args.method = "sample"
     model, tokenizer, _ = load_model_dir(args.model)
     model.eval()
     z = None if model.is_lm else model.sample_prior(args.n, generator=torch.Generator().manual_seed(args.seed))
@@ -420,7 +420,8 @@ def cmd_reconstruct(argv: list[str]) -> None:
     check_flags(args, DECODING_RANGES)
     model, tokenizer, _ = load_model_dir(args.model)
     sentences = read_sentences(args)
-    outputs = decode(model, tokenizer, _latents_for(model, tokenizer, sentences), args, len(sentences))
+    latents = _latents_for(model, tokenizer, sentences, args.model)
+    outputs = decode(model, tokenizer, latents, args, len(sentences))
     for src, out in zip(sentences, outputs):
         print(f"{src}\t->\t{out}")
 
@@ -438,7 +439,7 @@ def cmd_interpolate(argv: list[str]) -> None:
     args = ap.parse_args(argv)
     check_flags(args, {"steps": Range(least=2), **DECODING_RANGES})
     model, tokenizer, _ = load_model_dir(args.model)
-    mu = _latents_for(model, tokenizer, [args.first, args.second])
+    mu = _latents_for(model, tokenizer, [args.first, args.second], args.model)
     path = interpolate(mu[0], mu[1], args.steps)
     for t, line in zip(torch.linspace(0, 1, args.steps).tolist(), decode(model, tokenizer, path, args, args.steps)):
         print(f"{t:.2f}\t{line}")

@@ -42,6 +42,7 @@ class Range:
 
 COUNT = Range(least=1)  # sizes, steps, counts of things
 NON_NEGATIVE = Range(least=0)  # where 0 means "off" or "none"
+SEED = Range(least=0, below=2**63)  # what torch's manual_seed takes
 POSITIVE = Range(above=0)
 PROBABILITY = Range(least=0, most=1)
 
@@ -58,7 +59,8 @@ class DataConfig:
     max_length: sentences with more words than this are counted, reported and skipped
         (``long_lines: truncate`` cuts them instead).
     bucket_pool: batches per shuffled pool that is sorted by length (1 = plain shuffling).
-    max_sentences: cap on sentences per split (for quick runs); ``None`` = all.
+    max_sentences: cap on sentences per split (for quick runs): its first ones, or a labelled split's spread
+        evenly over its labels' files; ``None`` = all.
     unk_token: the corpus's own unknown-word token (Yahoo's ``_UNK``), read as ``<unk>`` so the
         unk rate counts it; ``None``: an ordinary word.
     pretokenize: split words at punctuation first with a Hugging Face ``tokenizers`` pre-tokenizer
@@ -85,7 +87,7 @@ class DataConfig:
 
     RANGES: ClassVar[dict[str, Range]] = {
         "bpe_vocab_size": COUNT, "min_freq": COUNT, "max_vocab": COUNT, "max_length": COUNT, "batch_size": COUNT,
-        "eval_batch_size": COUNT, "bucket_pool": COUNT, "max_sentences": COUNT, "synthetic_seed": NON_NEGATIVE}
+        "eval_batch_size": COUNT, "bucket_pool": COUNT, "max_sentences": COUNT, "synthetic_seed": SEED}
 
 
 @dataclass
@@ -213,7 +215,7 @@ class OptimConfig:
 class TrainConfig:
     """Loop control. ``max_steps`` (optimiser steps) and ``max_seconds`` (training-loop time,
     summed over resumed sessions, checked after every step) stop early when set; ``metrics_every``
-    logs KL / MI / AU on the first ``metrics_sentences`` validation sentences every N steps
+    logs KL / MI / AU on ``metrics_sentences`` validation sentences (spread evenly over the split) every N steps
     (0 = only at epoch ends); a checkpoint is written every epoch and, with ``checkpoint_every``,
     every N steps as well. The final test report uses ``iw_samples_final`` importance samples
     (0 skips IW-NLL). ``precision: bf16`` runs forward passes under bfloat16 autocast (CPU or
@@ -271,7 +273,7 @@ class TrainConfig:
     tensorboard: bool = True
 
     RANGES: ClassVar[dict[str, Range]] = {
-        "epochs": NON_NEGATIVE, "max_steps": COUNT, "max_seconds": POSITIVE, "seed": NON_NEGATIVE, "threads": COUNT,
+        "epochs": NON_NEGATIVE, "max_steps": COUNT, "max_seconds": POSITIVE, "seed": SEED, "threads": COUNT,
         "log_every": COUNT, "metrics_every": NON_NEGATIVE, "metrics_sentences": Range(least=2),
         "checkpoint_every": NON_NEGATIVE, "sampled_softmax": NON_NEGATIVE, "iw_samples_final": NON_NEGATIVE}
 

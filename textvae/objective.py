@@ -29,6 +29,10 @@ class Objective(nn.Module):
         super().__init__()
         self.schedule = create_schedule(cfg.kl_schedule)
         self.remedies: nn.ModuleList = nn.ModuleList(create_remedy(spec, **context) for spec in cfg.remedies)
+        names = [spec["name"] for spec in cfg.remedies]  # each built, so each has a name
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:  # their losses and logged terms are keyed by class: one would silently replace the other
+            raise TextVAEError(f"remedies {twice} are listed more than once in objective.remedies; list each once")
         kl_owners = [type(r).__name__ for r in self.remedies if r.replaces_kl]
         if len(kl_owners) > 1:
             raise TextVAEError(f"remedies {kl_owners} each replace the KL term; choose one")
@@ -54,11 +58,13 @@ class Objective(nn.Module):
         parameters, BN-VAE's shift, train with it)."""
         return [r for r in self.remedies if type(r).transform_posterior is not Remedy.transform_posterior]
 
-    def extra_losses(self, model: Any, batch: Any, z: torch.Tensor, h: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Each remedy's added per-sentence loss [B] (bag-of-words, Z-forcing, ...), by remedy class."""
+    def extra_losses(self, model: Any, batch: Any, z: torch.Tensor, h: torch.Tensor,
+                     step: int) -> dict[str, torch.Tensor]:
+        """Each remedy's added per-sentence loss [B] (bag-of-words, Z-forcing, ...) at training step
+        ``step``, by remedy class."""
         extras = {}
         for remedy in self.remedies:
-            extra = remedy.extra_loss(model, batch, z, h)
+            extra = remedy.extra_loss(model, batch, z, h, step)
             if extra is not None:
                 extras[type(remedy).__name__] = extra
         return extras

@@ -2,8 +2,8 @@
 
 * ``curves.png``: KL, MI, active units and -ELBO on validation data during training, one line per
   variant (mean over seeds at common steps, band = min..max over seeds). The points are the
-  run's periodic ``valid_metrics`` records (the first ``train.metrics_sentences`` validation
-  sentences, MI by the whole-set estimator), or its epoch-end ``valid`` records (the whole
+  run's periodic ``valid_metrics`` records (``train.metrics_sentences`` validation sentences spread
+  evenly over the split, MI by the whole-set estimator), or its epoch-end ``valid`` records (the whole
   validation set, MI per batch) when it has no periodic ones.
 * ``rate_distortion.png``: reconstruction against KL on the test set (mean ± std over seeds),
   with dashed lines of equal -ELBO = rec + KL.

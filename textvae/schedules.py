@@ -29,13 +29,13 @@ def constant(value: float = 1.0) -> Schedule:
 
 @SCHEDULES.register("linear")
 def linear(start: float = 0.0, end: float = 1.0, warmup_steps: int = 10000) -> Schedule:
-    """beta(t) = min(end, start + (end - start) * t / warmup_steps) (Bowman et al. 2016; He et al. 2019
-    anneal from kl_start = 0.1 to 1 over 10 epochs of iterations)."""
+    """beta(t) = start + (end - start) * min(1, t / warmup_steps) (Bowman et al. 2016; He et al. 2019
+    anneal from kl_start = 0.1 to 1 over 10 epochs of iterations); ``end < start`` anneals down."""
     if warmup_steps <= 0:
         raise TextVAEError("linear KL schedule: warmup_steps must be > 0")
 
     def beta(step: int) -> float:
-        return min(end, start + (end - start) * step / warmup_steps)
+        return float(end) if step >= warmup_steps else start + (end - start) * step / warmup_steps
 
     return beta
 
@@ -72,12 +72,14 @@ class Cyclical:
     P = total_steps / n_cycles; cycle c covers steps s_c = floor(c P) .. s_{c+1} - 1 (as the array
     of Fu et al.'s code). With u = (t - s_c) / P the position of step t inside its cycle:
 
-        beta(t) = start + (end - start) * f(min(1, u / ratio))
+        beta(t) = start + (end - start) * f(u / ratio)   for u <= ratio,   end after it
 
     f is the ``shape`` (linear x, sigmoid 1/(1+exp(6-12x)), cosine (1-cos πx)/2): beta rises during
-    the first ``ratio`` of each cycle and then stays at ``end``. beta returns to ``start`` exactly
-    at the first step of each cycle and never within a cycle (one published fork reset it on every
-    batch of a cycle's first epoch). After ``total_steps`` beta stays at ``end``.
+    the first ``ratio`` of each cycle and then stays at ``end`` exactly. beta returns to ``start`` at
+    the first step of each cycle and never within a cycle (one published fork reset it on every
+    batch of a cycle's first epoch). The sigmoid, as in Fu et al.'s code, is the logistic on [-6, 6]
+    unscaled: its rise runs from start + 0.0025 (end - start) to end - 0.0025 (end - start), and the
+    plateau after it is ``end``. After ``total_steps`` beta stays at ``end``.
 
     Integer arithmetic places cycle boundaries exactly even when P is not an integer.
     """
@@ -107,9 +109,9 @@ class Cyclical:
 
     def __call__(self, step: int) -> float:
         pos = self.position(step)
-        if pos is None:
+        if pos is None or pos[1] > self.ratio:
             return float(self.end)
-        return self.start + (self.end - self.start) * self.shape(min(1.0, pos[1] / self.ratio))
+        return self.start + (self.end - self.start) * self.shape(pos[1] / self.ratio)
 
 
 SCHEDULES.register("cyclical")(Cyclical)

@@ -190,6 +190,17 @@ def cache_dir() -> Path:
     return Path(os.environ.get("TEXTVAE_CACHE") or Path.home() / ".cache" / "textvae").expanduser()
 
 
+def cache_folder(*parts: str) -> Path:
+    """The folder ``parts`` under :func:`cache_dir`, made; a one-line error where it cannot be."""
+    folder = cache_dir().joinpath(*parts)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TextVAEError(f"cannot write the cache folder {folder}: {e.strerror}; set TEXTVAE_CACHE to a "
+                           f"writable folder") from None
+    return folder
+
+
 def resolve_corpus(name: str | CorpusSpec, data_dir: Optional[str | Path] = None) -> Path:
     """Folder holding the corpus files (paths as in ``spec.splits``), md5-checked.
 
@@ -212,7 +223,7 @@ def resolve_corpus(name: str | CorpusSpec, data_dir: Optional[str | Path] = None
 
 
 def _from_cache(spec: CorpusSpec, looked: list[str]) -> Path:
-    folder = cache_dir() / "corpora" / spec.name
+    folder = cache_folder("corpora") / spec.name
     if not folder.is_dir():
         _download(spec, folder, looked)
     root = _find_root(folder, spec)
@@ -274,6 +285,10 @@ def _unpack_all(folder: Path) -> None:
                 if archive.name.endswith(".zip"):
                     with zipfile.ZipFile(archive) as z:
                         z.extractall(archive.parent)  # zipfile drops absolute paths and ".." parts
+                elif not hasattr(tarfile, "data_filter"):  # Python before 3.10.12 / 3.11.4
+                    raise TextVAEError(f"unpacking {archive.name} safely needs tarfile's extraction filters, which "
+                                       f"this Python lacks (3.10.12 or 3.11.4 onwards have them); upgrade Python, or "
+                                       f"put the corpus files under TEXTVAE_DATA_DIR yourself")
                 else:
                     with tarfile.open(archive) as t:
                         t.extractall(archive.parent, filter="data")  # refuses paths outside it

@@ -30,7 +30,7 @@ import torch
 from textvae.config import DataConfig
 from textvae.data.batch import Batch, collate
 from textvae.data.batching import BucketBatchSampler
-from textvae.data.corpora import CORPORA, CorpusSpec, cache_dir, list_corpora, resolve_corpus
+from textvae.data.corpora import CORPORA, CorpusSpec, cache_folder, list_corpora, resolve_corpus
 from textvae.data.reading import ReadStats, filter_lines, read_lines
 from textvae.data.tokenization import Tokenizer, create_tokenizer, unk_rate
 from textvae.data.words import warn_about_words, word_rewriter
@@ -163,10 +163,7 @@ def load_dataset(cfg: DataConfig, tokenizer: Optional[Tokenizer] = None) -> Data
             "%s: %s", split, text.stats.summary()
         )
         if cfg.max_sentences is not None and len(text.lines) > cfg.max_sentences:
-            log.info("%s: capped to the first %d of %d sentences (data.max_sentences)",
-                     split, cfg.max_sentences, len(text.lines))
-            text.lines = text.lines[: cfg.max_sentences]
-            text.labels = None if text.labels is None else text.labels[: cfg.max_sentences]
+            _cap(split, text, cfg.max_sentences)
     if tokenizer is None:
         tokenizer = create_tokenizer(cfg.tokenizer, texts["train"].lines, min_freq=cfg.min_freq,
                                      max_vocab=cfg.max_vocab, bpe_vocab_size=cfg.bpe_vocab_size)
@@ -176,6 +173,20 @@ def load_dataset(cfg: DataConfig, tokenizer: Optional[Tokenizer] = None) -> Data
         ", ".join(f"{s} {unk_rate([sp.ids.flat]):.2%}" for s, sp in splits.items()),
     )
     return DataBundle(cfg.name, tokenizer, splits, truth)
+
+
+def _cap(split: str, text: _Text, n: int) -> None:
+    """``data.max_sentences``: a split's first ``n`` sentences; a labelled split's ``n`` spread evenly
+    over it instead, as its files come one label after another (the first would hold one class)."""
+    if text.labels is None:
+        log.info("%s: capped to the first %d of %d sentences (data.max_sentences)", split, n, len(text.lines))
+        text.lines = text.lines[:n]
+        return
+    log.info("%s: capped to %d of %d sentences, spread evenly over the labels' files (data.max_sentences)",
+             split, n, len(text.lines))
+    kept = np.arange(n) * len(text.lines) // n
+    text.lines = [text.lines[i] for i in kept]
+    text.labels = [text.labels[i] for i in kept]
 
 
 def _encode(name: str, text: _Text, tokenizer: Tokenizer, chunk: int = 16384) -> Split:
@@ -202,7 +213,7 @@ def _read_splits(cfg: DataConfig) -> tuple[dict[str, _Text], Optional[dict]]:
     if name in ("synthetic", "synthetic_z"):
         # Imported here: the generator is only needed for synthetic runs.
         synthetic = importlib.import_module("textvae.data.synthetic")
-        out = cache_dir() / "synthetic" / f"{name}-seed{cfg.synthetic_seed}"
+        out = cache_folder("synthetic") / f"{name}-seed{cfg.synthetic_seed}"
         folder = Path(synthetic.generate_corpus(name, out, cfg.synthetic_seed))
         return _read_folder(folder, cfg), synthetic.load_truth(folder)
     path = Path(name).expanduser()

@@ -623,6 +623,8 @@ def generate_corpus(
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    # the pid: two processes making the same corpus at once (a study's first runs, torchrun's ranks on
+    # several nodes) each write their own file; the contents are the same, so either rename is right
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)

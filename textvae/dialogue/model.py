@@ -255,7 +255,7 @@ class KgCVAE(OutputHead, PretrainedMixin, nn.Module):
         extras: dict[str, torch.Tensor] = {}
         if self.use_acts:
             extras["act"] = F.cross_entropy(self.act_logits(c, z), self._true_acts(batch), reduction="none")
-        extras.update(self.objective.extra_losses(self, response, z, h))
+        extras.update(self.objective.extra_losses(self, response, z, h, step))
         rec = self.token_nll(response, z, inputs)
         loss, terms = self.objective(rec, kl, step, extras)
         return VAEOutput(rec=rec, kl=kl, n_tokens=response.n_tokens, loss=loss, terms=terms, z=z)

@@ -78,7 +78,8 @@ class PretrainedMixin:
         except Exception as e:
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise TextVAEError(f"cannot write {partial_file(path)}: {reason}; any earlier {WEIGHTS_FILE} there is "
-                               f"intact; free space (or fix the cause) and save again (a training run: --resume)") from None
+                               f"intact; free space (or fix the cause) and save again (a training run: --resume, "
+                               f"or, before its first checkpoint, start it again)") from None
 
     def save_pretrained(self, directory: str | Path, tokenizer: Any = None) -> Path:
         """Write ``model.safetensors``, ``config.json`` and, if given, ``tokenizer.json``;
@@ -110,6 +111,9 @@ class PretrainedMixin:
             model = cls.from_config_dict(cfg)
         except TextVAEError as e:
             raise TextVAEError(f"{directory}: {e}") from None
+        except (TypeError, KeyError, AttributeError, ValueError) as e:  # a key this version lacks, a wrong shape
+            raise TextVAEError(f"{config_path} is not a model configuration this textvae reads ({type(e).__name__}: "
+                               f"{e}); was it written by another version?") from None
         try:
             load_model(model, str(weights_path), device=str(device))
         except Exception as e:  # safetensors raises several types for truncated/garbled files
@@ -292,7 +296,7 @@ class TextVAE(OutputHead, PretrainedMixin, nn.Module):
             with torch.autocast(h.device.type, enabled=False):  # fp32, as in encode_hidden
                 z = q.rsample(1)[0]
                 kl = kl_per_dim(q, self.prior, z)
-            extras = self.objective.extra_losses(self, batch, z, h)
+            extras = self.objective.extra_losses(self, batch, z, h, step)
         rec = self.token_nll(batch, z, inputs)
         loss, terms = self.objective(rec, kl, step, extras)
         return VAEOutput(rec=rec, kl=kl, n_tokens=batch.n_tokens, loss=loss, terms=terms, z=z)

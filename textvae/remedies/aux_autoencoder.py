@@ -22,7 +22,8 @@ VAE as r grows. Deviation: the published code alternates the two phases epoch by
 terms are optimised at every step, with the stop-gradient sg keeping the embedding a fixed target
 of the VAE term as in their phase split.
 
-The step t is read from the training loop's ``before_update`` hook (0 until it is called).
+The step t is the one the model's forward is given (``extra_loss``'s ``step``), so aggressive
+training's inner steps, and a resumed run, see the same r(t) as the step itself.
 ``encoder_dim`` is the size of h; the model provides it as a context fact when it knows it,
 else it defaults to ``hidden_dim`` (right for He et al.'s equal-sized unidirectional LSTMs).
 """
@@ -34,7 +35,7 @@ import torch
 from torch import nn
 
 from textvae.errors import TextVAEError
-from textvae.remedies.base import Remedy, Trainer, register_remedy
+from textvae.remedies.base import Remedy, register_remedy
 
 
 @register_remedy("aux_autoencoder")
@@ -50,22 +51,18 @@ class AuxAutoencoder(Remedy):
         self.encoder_dim = encoder_dim or hidden_dim
         self.weight, self.mix_steps = weight, mix_steps
         self.code = nn.Linear(self.encoder_dim, latent_dim, bias=False)
-        self.step = 0
 
-    def before_update(self, trainer: Trainer, batch: Any) -> None:
-        self.step = trainer.step
-
-    def mix(self) -> float:
+    def mix(self, step: int) -> float:
         """r(t): the share of decoding done from the VAE latent rather than the AE code."""
-        return 1.0 if self.mix_steps == 0 else min(1.0, self.step / self.mix_steps)
+        return 1.0 if self.mix_steps == 0 else min(1.0, step / self.mix_steps)
 
-    def extra_loss(self, model: Any, batch: Any, z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    def extra_loss(self, model: Any, batch: Any, z: torch.Tensor, h: torch.Tensor, step: int) -> torch.Tensor:
         if h.shape[-1] != self.encoder_dim:
             raise TextVAEError(f"remedy 'aux_autoencoder': encoder context has {h.shape[-1]} units, "
                                f"expected {self.encoder_dim}; set encoder_dim: {h.shape[-1]}")
         e = torch.tanh(self.code(h))  # [B, D]
         match = 0.5 * ((z - e.detach()) ** 2).sum(-1)
-        r = self.mix()
+        r = self.mix(step)
         if r == 1.0:
             return self.weight * match
         return (1.0 - r) * model.token_nll(batch, e) + self.weight * match

@@ -75,8 +75,9 @@ class Remedy(nn.Module):
       (free bits, KL constraint); at most one remedy may set ``replaces_kl``. The batch mean of
       the returned per-sentence values is the loss, so batch-level rules (free bits over the
       minibatch) return values whose mean has the right value and gradient.
-    * ``extra_loss(model, batch, z [B, D], h [B, H]) -> [B] | None``: an added per-sentence loss
-      (bag-of-words, Z-forcing, auxiliary autoencoder).
+    * ``extra_loss(model, batch, z [B, D], h [B, H], step) -> [B] | None``: an added per-sentence loss
+      (bag-of-words, Z-forcing, auxiliary autoencoder); ``step``: the training step the model's forward
+      was given (aggressive training's inner steps included).
 
     Training-procedure hooks, called by the training loop with a :class:`Trainer`:
 
@@ -85,7 +86,8 @@ class Remedy(nn.Module):
     * ``before_update(trainer, batch)``: before the forward pass of each optimiser step
       (aggressive inference-network training runs its inner encoder steps here).
     * ``before_step(trainer)``: after backward and clipping, just before ``optimizer.step()``;
-      may set gradients to ``None`` to keep parameters out of this update.
+      ``trainer.drop_gradients(params)`` keeps parameters out of this update (setting their ``.grad``
+      to None would not reach the bf16 working copies' update).
     * ``after_epoch(trainer, epoch, valid_metrics) -> dict``: after each epoch's validation
       (``epoch`` = epochs completed); returns figures to log (empty when there is nothing to say).
     """
@@ -112,7 +114,8 @@ class Remedy(nn.Module):
     def kl_term(self, kl: torch.Tensor, beta: float, step: int) -> Optional[torch.Tensor]:
         return None
 
-    def extra_loss(self, model: Any, batch: Any, z: torch.Tensor, h: torch.Tensor) -> Optional[torch.Tensor]:
+    def extra_loss(self, model: Any, batch: Any, z: torch.Tensor, h: torch.Tensor,
+                   step: int) -> Optional[torch.Tensor]:
         return None
 
     def set_corpus_statistics(self, unigram: torch.Tensor) -> None:

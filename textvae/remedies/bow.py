@@ -39,7 +39,7 @@ class BagOfWords(Remedy):
         self.vocab_size, self.weight = vocab_size, weight
         self.mlp = nn.Sequential(nn.Linear(latent_dim, mlp_dim), nn.Tanh(), nn.Linear(mlp_dim, vocab_size))
 
-    def extra_loss(self, model: Any, batch: Any, z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    def extra_loss(self, model: Any, batch: Any, z: torch.Tensor, h: torch.Tensor, step: int) -> torch.Tensor:
         log_p = torch.log_softmax(self.mlp(z).float(), dim=-1)  # [B, V]
         counts = word_counts(batch.targets, self.vocab_size)  # [B, V]
         return -self.weight * (counts * log_p).sum(-1)

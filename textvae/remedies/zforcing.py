@@ -67,7 +67,7 @@ class ZForcing(Remedy):
         out, _ = pad_packed_sequence(self.rnn(packed)[0], batch_first=True, total_length=t)
         return out.gather(1, index.unsqueeze(-1).expand_as(out))
 
-    def extra_loss(self, model: Any, batch: Any, z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    def extra_loss(self, model: Any, batch: Any, z: torch.Tensor, h: torch.Tensor, step: int) -> torch.Tensor:
         targets, n = batch.targets, batch.n_tokens
         b = self.backward_states(targets, n)  # [B, T, H]
         valid = targets != PAD_ID  # [B, T]

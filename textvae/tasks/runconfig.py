@@ -46,15 +46,23 @@ def train_parser(config_class: type):
                                         "configuration's built-in defaults for the keys the recipe leaves out.")
     parser.add_argument("--config", action="config", help="recipe YAML (also accepted as the first argument)")
     parser.add_argument("--resume", action="store_true", help="continue the run in out_dir/name")
+    if not _has_task_key(config_class):  # the default task's recipes may still say `task: sentences`
+        parser.add_argument("--task", choices=[DEFAULT_TASK], default=DEFAULT_TASK,
+                            help="the task (chosen by the recipe's task key)")
     parser.add_class_arguments(config_class, None)
     return parser
+
+
+def _has_task_key(config_class: type) -> bool:
+    return "task" in getattr(config_class, "__dataclass_fields__", {})
 
 
 def parse_run_config(argv: list[str]) -> tuple[Any, bool]:
     """(run configuration, resume) from ``[RECIPE] [--overrides] [--resume]``."""
     from jsonargparse import ArgumentError
 
-    argv = list(argv)
+    # --config=FILE as --config FILE, which the checks below look for
+    argv = [part for a in argv for part in (a.split("=", 1) if a.startswith("--config=") else [a])]
     if argv and not argv[0].startswith("-"):
         argv = ["--config", argv[0]] + argv[1:]
     elif "--config" not in argv:
@@ -76,6 +84,8 @@ def parse_run_config(argv: list[str]) -> tuple[Any, bool]:
     resume = values.pop("resume")
     values.pop("config", None)
     values.pop("__path__", None)
+    if not _has_task_key(config_class):
+        values.pop("task", None)
     cfg = from_dict(config_class, values)
     if getattr(cfg, "task", task) != task:  # the sentence task's configuration has no task key
         raise TextVAEError(f"task {cfg.task!r}: the task is chosen by the recipe, which says {task!r}")

@@ -1,18 +1,23 @@
 """The ``sentences`` task: a sentence VAE (or the LSTM language model) on a corpus of sentences."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import numpy as np
 import torch
 
 from textvae.config import RunConfig
-from textvae.data.datasets import DataBundle, load_dataset
+from textvae.data.datasets import DataBundle, Split, load_dataset
 from textvae.metrics import list_metrics
 from textvae.models.textvae import TextVAE
+from textvae.reduction import perplexity
 from textvae.tasks.base import register_task
 from textvae.training.task import Task
 from textvae.training.train import evaluation, precision_autocast
+
+log = logging.getLogger("textvae")
 
 LM_METRICS = ("elbo",)  # the language model's -ELBO is its exact NLL
 
@@ -53,7 +58,7 @@ class SentenceTask(Task):
                                 iw_progress=self.iw_progress(progress, best_dir, device))
         report["eval_precision"] = precision
         if data.truth is not None:
-            report.update(truth_figures(data.truth, "test"))
+            report.update(truth_figures(data.truth, data.splits["test"]))
         return report
 
     def _batches(self, split: Any, limit: Optional[int] = None):
@@ -65,7 +70,20 @@ def metrics_of(stage: str, model: TextVAE) -> Sequence[str]:
     return LM_METRICS if model.is_lm else list_metrics(stage)
 
 
-def truth_figures(truth: dict[str, Any], split: str) -> dict[str, float]:
-    """The synthetic corpus' true NLL, PPL and mutual information, to set beside the model's."""
-    figures = truth["splits"][split]
-    return {"true_nll": figures["nll"], "true_ppl": figures["ppl"], "true_mi": truth["mi"]}
+def truth_figures(truth: dict[str, Any], split: Split, positions: Optional[np.ndarray] = None) -> dict[str, float]:
+    """The synthetic corpus' true I(x; latent), and its true NLL and PPL on the evaluated sentences
+    (``positions`` in ``split``, all when None), to set beside the model's.
+
+    The split's sentences are truth.json's first ones (``data.max_sentences`` keeps a split's first
+    sentences). Where reading dropped or cut lines (``data.max_length``) they are not, and the true NLL
+    and PPL are left out, with a warning."""
+    figures, stats = truth["splits"][split.name], split.stats
+    mi = {"true_mi": float(truth["mi"])}
+    if stats.blank or stats.long or stats.malformed or len(split) > figures["n_sentences"]:
+        log.warning("%s: reading dropped or cut lines (%s): the true NLL and PPL are left out, as the "
+                    "sentences no longer pair with the ground truth's", split.name, stats.summary())
+        return mi
+    positions = np.arange(len(split)) if positions is None else positions
+    nll = -np.asarray(figures["log_px"])[positions]
+    tokens = split.lengths[positions] - 1  # words + </s>
+    return {"true_nll": float(nll.mean()), "true_ppl": perplexity(float(nll.sum()), float(tokens.sum())), **mi}

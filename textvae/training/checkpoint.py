@@ -77,10 +77,13 @@ def write_failure(path: Path, error: Exception) -> TextVAEError:
     the message gives the command that resumes from it once the problem is fixed (a run keeps its
     ``config.yaml`` beside its checkpoint)."""
     reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-    previous = (f"the previous checkpoint {path} is intact" if path.is_file()
-                else f"there is no earlier checkpoint ({path})")
+    config = path.parent / "config.yaml"
+    if path.is_file():
+        previous, again = f"the previous checkpoint {path} is intact", f"resume: textvae train {config} --resume"
+    else:  # the first checkpoint: nothing to resume, so the run starts again
+        previous, again = f"there is no earlier checkpoint ({path})", f"start it again: textvae train {config}"
     return TextVAEError(f"cannot write checkpoint {partial_file(path)}: {reason}; {previous}; free space (or fix the "
-                        f"cause) and resume: textvae train {path.parent / 'config.yaml'} --resume")
+                        f"cause) and {again}")
 
 
 @dataclass

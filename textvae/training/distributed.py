@@ -42,6 +42,7 @@ import torch.distributed as dist
 from torch import nn
 
 from textvae.errors import TextVAEError
+from textvae.training.signals import StopRequested
 
 T = TypeVar("T")
 
@@ -183,23 +184,26 @@ class World:
 
     def on_main(self, fn: Callable[[], T]) -> T:
         """``fn()`` run by rank 0 alone, its result given to every rank. When it fails, every rank
-        raises (a :class:`TextVAEError` keeps its message), so no rank is left waiting."""
+        raises (a :class:`TextVAEError` keeps its message; a stop on a signal, such as the test report's,
+        is a :class:`StopRequested` on every rank), so no rank is left waiting."""
         if self.size == 1:
             return fn()
         result: Optional[T] = None
         error: Optional[str] = None
+        stopped = False
         caught: Optional[BaseException] = None
         if self.is_main:
             try:
                 result = fn()
-            except Exception as e:  # re-raised below, after the others learnt of it
-                caught = e
-                error = str(e) if isinstance(e, TextVAEError) else f"rank 0 failed: {type(e).__name__}: {e}"
-        result, error = self.broadcast((result, error))
+            except BaseException as e:  # re-raised below, after the others learnt of it
+                caught, stopped = e, isinstance(e, KeyboardInterrupt)
+                error = (str(e) if isinstance(e, (TextVAEError, KeyboardInterrupt))
+                         else f"rank 0 failed: {type(e).__name__}: {e}")
+        result, error, stopped = self.broadcast((result, error, stopped))
         if caught is not None:
             raise caught
         if error is not None:
-            raise TextVAEError(error)
+            raise StopRequested(error) if stopped else TextVAEError(error)
         return result  # type: ignore[return-value]
 
     def node_first(self, fn: Callable[[], T]) -> T:

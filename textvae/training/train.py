@@ -61,7 +61,7 @@ from textvae.models.textvae import VAEOutput
 from textvae.reduction import token_counts
 from textvae.registry import Registry
 from textvae.remedies import REMEDIES, Remedy, keep_procedure_state
-from textvae.schedules import create_lr_schedule
+from textvae.schedules import LR_SCHEDULES, create_lr_schedule
 from textvae.rng import rng_state
 from textvae.training.checkpoint import Checkpoint, read_checkpoint, restore_checkpoint, save_checkpoint
 from textvae.training.denormals import denormal_mode, denormals_flushed
@@ -136,6 +136,9 @@ def plateau_update(state: LoopState, val_loss: float, epoch_complete: bool, oc: 
         return improved, False
     state.bad_epochs += 1
     if state.epoch < oc.decay_start_epoch or state.bad_epochs < oc.decay_patience:
+        return improved, False
+    if state.decays >= oc.max_decays:  # max_decays 0: the first plateau ends the run, without a decay
+        state.done = True
         return improved, False
     state.lr *= oc.decay_factor
     state.decays += 1
@@ -400,8 +403,7 @@ def check_config(cfg: RunConfig) -> None:
     check_ranges(cfg)
     if tc.precision not in ("fp32", "bf16"):
         raise TextVAEError(f"unknown train.precision {tc.precision!r}; valid: fp32, bf16")
-    if oc.cycle_lr not in ("none", "restart", "cosine"):
-        raise TextVAEError(f"unknown optim.cycle_lr {oc.cycle_lr!r}; valid: none, restart, cosine")
+    LR_SCHEDULES.get(oc.cycle_lr)  # an unknown name: the registry's one-line error, listing the valid ones
     if oc.cycle_lr_stairs and oc.cycle_lr != "cosine":
         raise TextVAEError(f"optim.cycle_lr_stairs shapes the cosine lr only; set optim.cycle_lr: cosine "
                            f"(got {oc.cycle_lr!r}) or cycle_lr_stairs: 0")
@@ -508,8 +510,9 @@ def run_training(task: Task, resume: bool = False, data: Any = None) -> dict[str
             run = start_run(task, resume, world, device, data)
             while not run.finished():
                 train_epoch(run)
-                if run.epoch_complete or not run.stopping:
-                    end_epoch(run)  # validation and a checkpoint
+                # validation and a checkpoint; a stop asked at the last step too, as a run not stopped ends
+                if run.epoch_complete or not run.stopping or run.finished():
+                    end_epoch(run)
                 else:
                     run.checkpoint()  # mid-epoch: resumed at the next batch
                 if run.stopping:
@@ -580,9 +583,13 @@ class Run:
         return (state.done or self.out_of_time or state.epoch >= tc.epochs
                 or (tc.max_steps is not None and state.step >= tc.max_steps))
 
-    def checkpoint(self) -> None:
+    def checkpoint(self, pass_seconds: float = 0.0) -> None:
+        """Write the checkpoint; ``pass_seconds``: the training time of the pass under way (a checkpoint
+        within it), which ``state.train_seconds`` gets only at the pass's end but a resume never redoes."""
         rng = self.world.gather(rng_state(self.device))
-        meta = {"loop": dataclasses.asdict(self.state), "config": self.cfg.to_dict(), "log_bytes": self.logger.offset()}
+        loop = dataclasses.asdict(self.state)
+        loop["train_seconds"] += pass_seconds
+        meta = {"loop": loop, "config": self.cfg.to_dict(), "log_bytes": self.logger.offset()}
         self.world.on_main(lambda: save_checkpoint(self.run_dir / CHECKPOINT, self.model, self.optimizer, meta,
                                                    rng_states=rng))
         self.last_checkpoint = self.state.step
@@ -720,7 +727,7 @@ def train_epoch(run: Run) -> None:
                 run.logger.log("valid_metrics", state.step, state.epoch, **figures)
             run.model.train()
         if tc.checkpoint_every and state.step % tc.checkpoint_every == 0:
-            run.checkpoint()
+            run.checkpoint(time.perf_counter() - t0)
         run.check_stops(time.perf_counter() - t0)
         if run.out_of_time or run.stopping or (tc.max_steps is not None and state.step >= tc.max_steps):
             break
@@ -850,12 +857,16 @@ def finish_run(run: Run) -> dict[str, Any]:
 def restore_run(ckpt: Checkpoint, cfg: RunConfig, model: nn.Module, optimizer: torch.optim.Optimizer, world: World,
                 device: torch.device) -> tuple[LoopState, dict[str, tuple[Any, Any]]]:
     """Load a checkpoint into this rank; returns the loop state and the configuration changes
-    since the checkpoint (a changed ``optim.lr`` takes effect; others are only reported)."""
+    since the checkpoint, which take effect: ``optimizer`` (built from ``cfg``) keeps its hyper-parameters
+    (momentum, betas, weight decay) over the checkpoint's, and a changed ``optim.lr`` replaces the plateau
+    schedule's lr."""
     def settings(config: dict[str, Any]) -> dict[str, Any]:  # a moved or renamed run folder is the same run
         return {k: v for k, v in config.items() if k not in ("name", "out_dir")}
 
     changes = config_changes(settings(ckpt.meta["config"]), settings(json.loads(json.dumps(cfg.to_dict()))))
     same_world = len(ckpt.rng_states) == world.size
+    # the optimiser's state comes back with the checkpoint's param_groups: its settings are put back after
+    settings_now = [{k: v for k, v in group.items() if k not in ("params", "lr")} for group in optimizer.param_groups]
     try:
         restore_checkpoint(ckpt, model, optimizer, rank=world.rank if same_world else None, device=device)
     except TextVAEError as e:
@@ -863,6 +874,8 @@ def restore_run(ckpt: Checkpoint, cfg: RunConfig, model: nn.Module, optimizer: t
             changed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items())
             raise TextVAEError(f"{e}; changed since the checkpoint: {changed}") from None
         raise
+    for group, now in zip(optimizer.param_groups, settings_now):
+        group.update(now)
     state = LoopState(**ckpt.meta["loop"])
     log.info("resuming %s after step %d (epoch %d, batch %d next)", ckpt.path, state.step, state.epoch + 1,
              state.batch_in_epoch + 1)
