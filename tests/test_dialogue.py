@@ -1,5 +1,6 @@
 """Dialogue CVAE: pairing without leaks, the Gaussian KL, a prior that conditions on the context,
 remedies inside the CVAE, likelihood and BLEU metrics against brute force, training end to end."""
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -430,3 +431,17 @@ def test_cvae_trains_with_sparse_gradients_like_dense_and_with_the_sampled_softm
     for key, value in states["dense"].items():
         torch.testing.assert_close(states["sparse"][key], value, rtol=1e-4, atol=1e-6, msg=key)
     assert not torch.equal(states["sampled"]["model.projection.weight"], states["dense"]["model.projection.weight"])
+
+def test_bag_of_words_reads_z_and_the_context():
+    """Zhao et al.'s bag-of-words loss predicts the response's words from MLP([z; c]): at the same z, two
+    contexts give two losses, and the MLP takes the context's units (10) besides z's (3)."""
+    model = tiny([{"name": "bow"}]).eval()
+    bow = model.objective.remedies[0]
+    assert bow.mlp[0].in_features == 3 + 10
+    assert tiny([{"name": "bow", "use_context": False}]).objective.remedies[0].mlp[0].in_features == 3  # z alone
+    batch = random_batch()
+    response = model.with_context(batch.response, model.encode_context(batch))
+    z = torch.randn(len(response), 3, generator=torch.Generator().manual_seed(0))
+    other = dataclasses.replace(response, extras={"context_vector": torch.randn_like(response.extras["context_vector"])})
+    with torch.no_grad():
+        assert not torch.allclose(bow.extra_loss(model, response, z, None, 0), bow.extra_loss(model, other, z, None, 0))

@@ -533,3 +533,18 @@ def test_evaluate_model_one_pass_and_table():
     assert set(only_au) == {"n_sentences", "n_tokens", "au", "au_threshold", "latent_dim"}
     with pytest.raises(TextVAEError):
         evaluate_model(approx, split(x, 40), metrics=("bleu",))
+
+
+def test_gaussian_log_prob_is_finite_for_a_nearly_deterministic_posterior():
+    """A posterior whose variance underflows (logvar -90, as a KL-weight-0 stage can drift to) has a
+    finite log-density at its own sample, so MI stays a number; and log_prob is torch's elsewhere."""
+    from textvae.models.distributions import DiagGaussian
+
+    mu, logvar = torch.tensor([[1.0, -2.0]]), torch.tensor([[-90.0, 0.5]])
+    q = DiagGaussian(mu, logvar)
+    z = q.rsample(3, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(q.log_prob(z)).all()
+    logvar = torch.tensor([[-1.0, 0.5]])
+    z = torch.randn(4, 1, 2, generator=torch.Generator().manual_seed(1))
+    expected = torch.distributions.Normal(mu, torch.exp(0.5 * logvar)).log_prob(z).sum(-1)
+    torch.testing.assert_close(DiagGaussian(mu, logvar).log_prob(z), expected)

@@ -624,3 +624,27 @@ def test_bn_vae_floor_holds_for_means_of_tiny_spread():
         mu2, _ = bn.transform_posterior(mu, logvar)
         kl = 0.5 * (mu2**2).sum(-1).mean()  # sigma = 1: only the mean term of the KL remains
         assert (float(kl.detach()) >= 0.9 * bn.kl_lower_bound()) == floor_kept  # 0.97 vs 0.001 of it
+
+
+@pytest.mark.parametrize("remedy", [{"name": "free_bits_li2019"}, {"name": "encoder_pretraining"},
+                                    {"name": "free_bits_kingma2016", "group_size": 2}])
+def test_per_dimension_free_bits_refuse_a_one_column_kl(remedy):
+    """With an IAF posterior the KL is one sampled column [B, 1]: a per-dimension floor on it would floor
+    the whole KL at one dimension's share, so the first step says so; the totals' variants take it."""
+    def model(spec):
+        cfg = ModelConfig(emb_dim=12, latent_dim=D, encoder=EncoderConfig(hidden_dim=12), posterior="iaf",
+                          decoder=DecoderConfig(hidden_dim=12, input_dropout=0.0, output_dropout=0.0))
+        return TextVAE(cfg, V, ObjectiveConfig(remedies=[spec])).train()
+
+    with pytest.raises(TextVAEError, match="floors the KL of each latent dimension"):
+        model(remedy)(random_batch())
+    assert torch.isfinite(model({"name": "free_bits_li2019_total"})(random_batch()).loss)
+
+
+@pytest.mark.parametrize("posterior,remedy", [("vmf", "delta_vae"), ("iaf", "bn_vae")])
+def test_posterior_transforms_need_a_gaussian_posterior(posterior, remedy):
+    cfg = ModelConfig(emb_dim=12, latent_dim=D, encoder=EncoderConfig(hidden_dim=12), posterior=posterior,
+                      prior="vmf_uniform" if posterior == "vmf" else "standard_normal",
+                      decoder=DecoderConfig(hidden_dim=12))
+    with pytest.raises(TextVAEError, match=rf"remedies \['{remedy}'\] transform a Gaussian posterior"):
+        TextVAE(cfg, V, ObjectiveConfig(remedies=[{"name": remedy}]))

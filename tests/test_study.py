@@ -25,6 +25,7 @@ import textvae.study.runner as runner_module
 from textvae.study.runner import select, training_order
 from textvae.training.logger import read_jsonl
 from textvae.training.train import IW_PROGRESS_FILE
+from tests.test_train import REPO
 
 # A tiny model on 100 synthetic sentences: 5 batches per epoch, 2 epochs.
 TINY = {
@@ -475,6 +476,22 @@ def test_only_names_variants_or_runs_and_sets_the_order(tmp_path, capsys, monkey
     st.run_study(path, out=str(out), only=["ae/seed1", "other/seed2"])
     assert done == ["ae/seed1", "other/seed2"]
     assert [r.label for r in training_order(runs, select(runs, only))] == ["vae/seed1", "other/seed1", "ae/seed2"]
+
+
+def test_a_dialogue_study_takes_the_dialogue_settings(tmp_path):
+    """Variants and --set of a study on a dialogue recipe are checked against the dialogue CVAE's
+    configuration (model.use_acts, data.context_turns, eval.*), not the sentence VAE's."""
+    from textvae.dialogue.config import CVAERunConfig
+
+    spec = {"base": str(REPO / "recipes/dailydialog/cvae.yaml"), "seeds": [1],
+            "variants": {"plain": {}, "acts": {"model.use_acts": True, "data.context_turns": 2, "eval.max_pairs": 9}}}
+    runs = st.plan(st.load_study(write_study(tmp_path, spec), str(tmp_path / "out"), sets=["eval.n_responses=3"]))
+    assert all(isinstance(r.config, CVAERunConfig) and r.config.eval.n_responses == 3 for r in runs)
+    acts = next(r for r in runs if r.variant == "acts").config
+    assert acts.model.use_acts and acts.data.context_turns == 2 and acts.eval.max_pairs == 9
+    with pytest.raises(TextVAEError, match="unknown key 'model.latent_dimm'"):
+        st.plan(st.load_study(write_study(tmp_path, {**spec, "variants": {"x": {"model.latent_dimm": 3}}}),
+                              str(tmp_path / "out")))
 
 
 def test_archived_runs_a_run_starts_from_are_retrained_down_the_chain(tmp_path):

@@ -115,7 +115,7 @@ class KgCVAE(OutputHead, PretrainedMixin, nn.Module):
         # the same loss rounded differently, so switching would change every recorded result.
         self.fused_loss = False
         facts = dict(latent_dim=d, vocab_size=vocab_size, hidden_dim=self.decoder.out_dim, emb_dim=cfg.emb_dim,
-                     encoder_dim=u + c + y)
+                     encoder_dim=u + c + y, condition_dim=c)
         self.objective = Objective(self.objective_cfg, **facts)
         # BN-VAE's CVAE extension: a second instance of the same remedy for the prior's parameters,
         # so the prior's batch statistics are kept apart from the posterior's.

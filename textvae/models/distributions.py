@@ -44,7 +44,8 @@ class DiagGaussian:
         return self.mu + eps * self.std
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        sq = (z - self.mu) ** 2 * torch.exp(-self.logvar)
+        # scaled before squaring: (z - mu)² e^{-logvar} is 0 * inf = NaN where logvar < -88 (fp32) and z = mu
+        sq = ((z - self.mu) * torch.exp(-0.5 * self.logvar)) ** 2
         return -0.5 * (LOG_2PI + self.logvar + sq).sum(-1)
 
     def entropy(self) -> torch.Tensor:

@@ -153,6 +153,11 @@ class TextVAE(OutputHead, PretrainedMixin, nn.Module):
         self.objective = Objective(self.objective_cfg, latent_dim=d, vocab_size=vocab_size,
                                    hidden_dim=self.decoder.out_dim, emb_dim=cfg.emb_dim,
                                    encoder_dim=self.encoder.out_dim if d > 0 else 0)
+        transforms = [spec["name"] for spec, r in zip(self.objective_cfg.remedies, self.objective.remedies)
+                      if r in self.objective.posterior_remedies()]
+        if transforms and cfg.posterior != "gaussian":  # vMF ignores the variance; IAF's base mean is not z's
+            raise TextVAEError(f"remedies {transforms} transform a Gaussian posterior's mean and variance, which "
+                               f"model.posterior {cfg.posterior!r} does not have as such; use posterior: gaussian")
 
     @property
     def latent_dim(self) -> int:

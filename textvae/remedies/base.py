@@ -16,7 +16,8 @@ from textvae.errors import TextVAEError
 from textvae.registry import Registry
 
 REMEDIES: Registry = Registry("remedy", recipe="objective.remedies: [{name: NAME, PARAMETER: VALUE}, ...]",
-                              supplied=("latent_dim", "vocab_size", "hidden_dim", "emb_dim", "encoder_dim"))
+                              supplied=("latent_dim", "vocab_size", "hidden_dim", "emb_dim", "encoder_dim",
+                                        "condition_dim"))
 
 
 def register_remedy(name: str):

@@ -30,16 +30,23 @@ def word_counts(targets: torch.Tensor, vocab_size: int) -> torch.Tensor:
 
 @register_remedy("bow")
 class BagOfWords(Remedy):
-    """Bag-of-words loss (Zhao et al. 2017): extra_b = -weight Σ_t log softmax(f(z_b))[y_t].
+    """Bag-of-words loss (Zhao et al. 2017): extra_b = -weight Σ_t log softmax(f(z_b, c_b))[y_t].
 
-    f = Linear(D, mlp_dim) -> tanh -> Linear(mlp_dim, V) (kgCVAE uses 400 hidden units)."""
+    f = Linear(D + C, mlp_dim) -> tanh -> Linear(mlp_dim, V) (kgCVAE uses 400 hidden units), on [z; c]
+    with c the dialogue CVAE's context vector (``batch.extras["context_vector"]``, C = ``condition_dim``
+    units), as in their code; a sentence VAE has no condition (C = 0) and f reads z alone, as does the
+    CVAE's with ``use_context: false`` (an ablation; textvae's CVAE before 2026-12-06)."""
 
-    def __init__(self, latent_dim: int, vocab_size: int, mlp_dim: int = 400, weight: float = 1.0):
+    def __init__(self, latent_dim: int, vocab_size: int, condition_dim: int = 0, mlp_dim: int = 400,
+                 weight: float = 1.0, use_context: bool = True):
         super().__init__()
-        self.vocab_size, self.weight = vocab_size, weight
-        self.mlp = nn.Sequential(nn.Linear(latent_dim, mlp_dim), nn.Tanh(), nn.Linear(mlp_dim, vocab_size))
+        condition_dim = condition_dim if use_context else 0
+        self.vocab_size, self.weight, self.condition_dim = vocab_size, weight, condition_dim
+        self.mlp = nn.Sequential(nn.Linear(latent_dim + condition_dim, mlp_dim), nn.Tanh(),
+                                 nn.Linear(mlp_dim, vocab_size))
 
     def extra_loss(self, model: Any, batch: Any, z: torch.Tensor, h: torch.Tensor, step: int) -> torch.Tensor:
-        log_p = torch.log_softmax(self.mlp(z).float(), dim=-1)  # [B, V]
+        inputs = torch.cat([z, batch.extras["context_vector"]], -1) if self.condition_dim else z  # [B, D + C]
+        log_p = torch.log_softmax(self.mlp(inputs).float(), dim=-1)  # [B, V]
         counts = word_counts(batch.targets, self.vocab_size)  # [B, V]
         return -self.weight * (counts * log_p).sum(-1)

@@ -53,6 +53,17 @@ def example_free_bits(kl: torch.Tensor, threshold: float) -> torch.Tensor:
     return torch.where(kl.detach() > threshold, kl, torch.full_like(kl, threshold)).sum(-1)
 
 
+def per_dimension(name: str, kl: torch.Tensor, latent_dim: int) -> torch.Tensor:
+    """``kl`` [B, D] itself; a one-line error where the model gives one sampled column [B, 1] instead (a
+    posterior or prior without a closed-form KL: iaf, flow, mog), whose floor would then be one
+    dimension's on the whole KL (0.25 nats instead of 8 at D = 32, target 8)."""
+    if kl.shape[-1] != latent_dim:
+        raise TextVAEError(f"remedy {name!r} floors the KL of each latent dimension (or group), but this model's "
+                           f"KL is one sampled column: its posterior or prior (iaf, flow, mog) has no closed-form "
+                           f"KL per dimension; use free_bits_li2019_total or target_kl, which floor the total")
+    return kl
+
+
 def _non_negative(name: str, value: float) -> float:
     if value < 0:
         raise TextVAEError(f"remedy {name!r}: the threshold must be >= 0, got {value}")
@@ -66,14 +77,16 @@ class FreeBitsKingma(Remedy):
 
     replaces_kl = True
 
-    def __init__(self, lambda_: float = 0.25, group_size: int = 1):
+    def __init__(self, latent_dim: int, lambda_: float = 0.25, group_size: int = 1):
         super().__init__()
         if group_size < 1:
             raise TextVAEError(f"remedy 'free_bits_kingma2016': group_size must be >= 1, got {group_size}")
         self.threshold = _non_negative("free_bits_kingma2016", lambda_)
-        self.group_size = group_size
+        self.group_size, self.latent_dim = group_size, latent_dim
 
     def kl_term(self, kl: torch.Tensor, beta: float, step: int) -> torch.Tensor:
+        if self.group_size < self.latent_dim:  # one group of every dimension takes a total too
+            per_dimension("free_bits_kingma2016", kl, self.latent_dim)
         groups = torch.stack([g.sum(-1) for g in kl.split(self.group_size, dim=-1)], dim=-1)  # [B, G]
         return beta * batch_free_bits(groups, self.threshold)
 
@@ -87,9 +100,10 @@ class FreeBitsLi(Remedy):
     def __init__(self, latent_dim: int, target_kl: float = 8.0):
         super().__init__()
         self.threshold = _non_negative("free_bits_li2019", target_kl) / max(latent_dim, 1)
+        self.latent_dim = latent_dim
 
     def kl_term(self, kl: torch.Tensor, beta: float, step: int) -> torch.Tensor:
-        return beta * example_free_bits(kl, self.threshold)
+        return beta * example_free_bits(per_dimension("free_bits_li2019", kl, self.latent_dim), self.threshold)
 
 
 @register_remedy("free_bits_li2019_total")

@@ -23,7 +23,7 @@ import torch
 
 from textvae.errors import TextVAEError
 from textvae.remedies.base import Remedy, Trainer, register_remedy
-from textvae.remedies.free_bits import example_free_bits
+from textvae.remedies.free_bits import example_free_bits, per_dimension
 
 
 @register_remedy("encoder_pretraining")
@@ -42,7 +42,7 @@ class EncoderPretraining(Remedy):
             raise TextVAEError(f"remedy 'encoder_pretraining': need pretrain_epochs >= 1, warmup_steps >= 1, "
                                f"target_kl >= 0 (got {pretrain_epochs}, {warmup_steps}, {target_kl})")
         self.pretrain_epochs, self.warmup_steps, self.kl_start = pretrain_epochs, warmup_steps, kl_start
-        self.threshold = target_kl / max(latent_dim, 1)
+        self.threshold, self.latent_dim = target_kl / max(latent_dim, 1), latent_dim
         self.register_buffer("switch_step", torch.tensor(-1, dtype=torch.long))
 
     @property
@@ -57,6 +57,7 @@ class EncoderPretraining(Remedy):
         return min(1.0, self.kl_start + (1.0 - self.kl_start) * elapsed / self.warmup_steps)
 
     def kl_term(self, kl: torch.Tensor, beta: float, step: int) -> torch.Tensor:
+        per_dimension("encoder_pretraining", kl, self.latent_dim)  # at the first step, not after the pretraining
         if self.pretraining:
             return kl.new_zeros(kl.shape[0])
         return beta * self.kl_weight(step) * example_free_bits(kl, self.threshold)

@@ -201,10 +201,11 @@ def report_markdown(study: Study, results: dict[str, Any], plot_files: dict[str,
     budget = ", ".join(f"{k} {v}" for k, v in study.budget.items() if v is not None) or "the recipe's"
     k = results.get("iw_samples")
     thr = results.get("au_threshold")
+    figures = (f"Test-set figures of each run's best model (by validation -ELBO, or rec + w KL where a variant sets "
+               f"optim.plateau_kl_weight w), mean ± sample std over seeds ({', '.join(map(str, study.seeds))}). NLL, "
+               f"KL, Rec. (reconstruction) and -ELBO in nats per sentence")
     notes = [
-        f"Test-set figures of each run's best model (by validation -ELBO), mean ± sample std over seeds "
-        f"({', '.join(map(str, study.seeds))}). NLL, KL, Rec. (reconstruction) and -ELBO in nats per sentence; "
-        f"IW-NLL / IW-PPL with K = {k:.0f} importance samples" if k else "Test-set figures of each run's best model",
+        figures + (f"; IW-NLL / IW-PPL with K = {k:.0f} importance samples" if k else ""),
         "MI: the whole-set estimator (Li et al. 2019; log q(z) over all N test sentences) with log q(z_i|x_i) of "
         "the same sample as its first term, so that the sampling noise cancels: 0 for an x-independent posterior, "
         "never above log N; results.csv also has the per-batch estimator (mi_batch_*) and He et al.'s as "

@@ -121,7 +121,7 @@ def apply_overrides(values: dict[str, Any], overrides: dict[str, Any], cls: type
 
 
 def section_type(f: dataclasses.Field) -> Optional[type]:
-    """The dataclass type of a RunConfig field that is itself a section, else None."""
+    """The dataclass type of a run configuration's field that is itself a section, else None."""
     factory = f.default_factory  # type: ignore[misc]
     return factory if factory is not dataclasses.MISSING and dataclasses.is_dataclass(factory) else None
 
@@ -212,11 +212,13 @@ def _cores() -> int:
 
 def plan(study: Study, jobs: int = 1) -> list[Run]:
     """Every run of the study, seed-major, each with its checked configuration."""
-    from textvae.tasks.runconfig import parse_run_config
+    from textvae.tasks import TASKS
+    from textvae.tasks.runconfig import parse_run_config, recipe_task
 
     base = yaml.safe_load(study.base.read_text()) or {}
     if not isinstance(base, dict):
         raise TextVAEError(f"{study.base}: a recipe is a mapping")
+    config_class = TASKS.get(recipe_task(str(study.base))).config_class  # a dialogue recipe's keys are its own
     threads = max(1, _cores() // jobs)
     runs = []
     for seed in study.seeds:
@@ -224,10 +226,10 @@ def plan(study: Study, jobs: int = 1) -> list[Run]:
             where = f"{study.path.name}: variant {vname!r}"
             values = base
             for layer in (*study.common, overrides):
-                values = apply_overrides(values, layer, where=where)
+                values = apply_overrides(values, layer, config_class, where=where)
             run_dir = study.out / vname / f"seed{seed}"
             values = apply_overrides(values, {"name": run_dir.name, "out_dir": str(run_dir.parent),
-                                              "train": {"seed": seed, "progress": False}}, where=where)
+                                              "train": {"seed": seed, "progress": False}}, config_class, where=where)
             needs: set[str] = set()
             values = resolve_run_references(values, study, seed, needs, where)
             if values["train"].get("threads") is None:

@@ -52,7 +52,7 @@ class DialogueTask(Task):
         report = self._figures(model, test, device, "test", ec.max_pairs, self.cfg.train.iw_samples_final,
                                self.iw_progress(progress, best_dir, device, max_pairs=ec.max_pairs))
         generated, _ = evaluate_generation(model, data.tokenizer, test, ec.n_responses, ec.max_contexts, ec.method,
-                                           ec.max_len, torch.Generator().manual_seed(EVAL_SEED),
+                                           ec.max_len, torch.Generator(device=device).manual_seed(EVAL_SEED),
                                            temperature=ec.temperature, top_p=ec.top_p)
         report.update(generated)
         return report

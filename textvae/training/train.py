@@ -257,9 +257,13 @@ class LoopTrainer:
             return model_output(self.run.model, self.run.working, batch, self.step)
 
     def clip_gradients(self) -> None:
+        """Clip as the loop does (``optim.clip``); a non-finite gradient in a remedy's own update (aggressive
+        training's encoder steps) stops the run before that update, as the loop does before its own."""
         clip = self.run.cfg.optim.clip
-        if clip > 0:
-            self.scale = clip_scale(float(clip_gradients(self.model, clip, self.run.working)), clip)
+        norm = clip_gradients(self.model, clip if clip > 0 else math.inf, self.run.working)
+        if not torch.isfinite(norm):
+            stop_nonfinite(self.run, ["update"], inner=True)
+        self.scale = clip_scale(float(norm), clip) if clip > 0 else 1.0
 
     def optimizer_step(self) -> None:
         optimizer_step(self.run, self.scale)
@@ -323,7 +327,7 @@ def describe_nonfinite(name: str, remedies: list[Remedy]) -> str:
     known = {"rec": "reconstruction term (rec)", "kl": "KL term (kl)",
              "kl_term": "weighted KL term (kl_term: beta * KL, or the remedy's replacement)",
              "loss": "total loss (every term finite: the sum overflowed)",
-             "gradient": "gradient norm (the loss was finite)"}
+             "gradient": "gradient norm (the loss was finite)", "update": "loss or gradient"}
     if name in known:
         return known[name]
     owner = next((r for r in remedies if type(r).__name__ == name), None)
@@ -691,10 +695,15 @@ def native_kernels_used(tc: TrainConfig, device: torch.device) -> str:
     return native_status() if tc.precision == "bf16" and device.type == "cpu" else "unused"
 
 
+def owns_updates(remedy: Remedy) -> bool:
+    """Whether ``remedy`` takes optimiser steps of its own inside each training step (``before_update``)."""
+    return type(remedy).before_update is not Remedy.before_update
+
+
 def check_remedies_run_in(world: World, remedies: list[Remedy]) -> None:
     """Remedies that take optimiser steps of their own run in one process only."""
     for remedy in remedies:
-        if world.size > 1 and type(remedy).before_update is not Remedy.before_update:
+        if world.size > 1 and owns_updates(remedy):
             raise TextVAEError(f"remedy {remedy_name(remedy)!r} takes optimiser steps of its own inside each "
                                f"training step, which data-parallel training does not support; run it in "
                                f"one process (without torchrun)")
@@ -760,12 +769,16 @@ def train_step(run: Run, index: np.ndarray) -> tuple[VAEOutput, torch.Tensor, in
     return out, grad_norm, len(mine) if weight else 0
 
 
-def stop_nonfinite(run: Run, bad: list[str]) -> None:
+def stop_nonfinite(run: Run, bad: list[str], inner: bool = False) -> None:
+    """Stop on a non-finite figure before the update; ``inner``: in a remedy's own update inside the step
+    (aggressive training's encoder steps), whose earlier updates were applied."""
     state = run.state
     what = describe_nonfinite(bad[0], run.remedies)
+    owners = ", ".join(repr(remedy_name(r)) for r in run.remedies if owns_updates(r))
+    where = f"in an inner update of remedy {owners} at step" if inner else "at step"
     run.logger.log("nonfinite", state.step + 1, state.epoch, terms=bad)
     raise TextVAEError(
-        f"non-finite {what} at step {state.step + 1} (epoch {state.epoch + 1}, batch "
+        f"non-finite {what} {where} {state.step + 1} (epoch {state.epoch + 1}, batch "
         f"{state.batch_in_epoch + 1}); the update was not applied. The last good checkpoint, "
         f"{run.run_dir / CHECKPOINT} (step {run.last_checkpoint}), is kept; resume it with a lower learning rate: "
         f"textvae train {run.run_dir / 'config.yaml'} --resume --optim.lr {state.lr / 2:g}")
