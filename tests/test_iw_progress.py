@@ -9,6 +9,7 @@ import torch
 import textvae.metrics.likelihood as likelihood
 from textvae.cli import main
 from textvae.metrics import IWProgress, evaluate_model
+from textvae.study.archive import test_seconds
 from textvae.training.logger import read_jsonl
 from textvae.training.train import IW_PROGRESS_FILE
 from tests.test_remedies import random_batch, tiny
@@ -116,6 +117,10 @@ def test_a_run_stopped_in_its_test_report_resumes_its_iw_pass(tmp_path, monkeypa
         assert stop.value.code == 130 and len(calls) == 2  # the third batch was never finished
         assert "textvae: interrupted; continue with --resume" in capsys.readouterr().err
         assert IWProgress.batches_in(tmp_path / "cut" / IW_PROGRESS_FILE) == 2
+    # the stopped attempt's time on the batches the resumed one takes over counts in the report's time:
+    # here, as if its second batch had ended 100 s after its test_start
+    (start,) = [r for r in read_jsonl(tmp_path / "cut" / "metrics.jsonl") if r["split"] == "test_start"]
+    os.utime(tmp_path / "cut" / IW_PROGRESS_FILE, (start["time"] + 100, start["time"] + 100))
     assert (tmp_path / "cut" / IW_PROGRESS_FILE).is_file()
     calls = counting_iw_batch(monkeypatch)
     main(["train", *tiny_args(tmp_path, "cut", "synthetic", *extra), "--resume"])
@@ -128,6 +133,10 @@ def test_a_run_stopped_in_its_test_report_resumes_its_iw_pass(tmp_path, monkeypa
     assert ({k: v for k, v in tests["cut"][0].items() if k not in timing}
             == {k: v for k, v in tests["whole"][0].items() if k not in timing})
     assert not (tmp_path / "cut" / IW_PROGRESS_FILE).exists()
+    records = read_jsonl(tmp_path / "cut" / "metrics.jsonl")
+    (resumed_start,) = [r for r in records if r["split"] == "test_start"]
+    assert resumed_start["earlier_seconds"] == pytest.approx(100, abs=0.01)
+    assert test_seconds(records) == pytest.approx(tests["cut"][0]["time"] - resumed_start["time"] + 100, abs=0.01)
 
 
 def test_a_report_without_an_iw_pass_keeps_no_progress(tmp_path):

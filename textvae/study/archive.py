@@ -57,12 +57,13 @@ def _portable(values: dict[str, Any], out: Path) -> dict[str, Any]:
 
 def test_seconds(records: list[dict[str, Any]]) -> float:
     """The test report's wall time: from its ``test_start`` record (or, in runs made before it was
-    logged, the last record before it) to the test record."""
+    logged, the last record before it) to the test record, plus the time earlier, stopped attempts
+    spent on the IW batches it took over (``earlier_seconds``, :func:`textvae.training.train.finish_run`)."""
     idx = next((i for i, r in enumerate(records) if r.get("split") == "test"), None)
     if not idx:
         return math.nan
     start = next((r for r in reversed(records[:idx]) if r.get("split") == "test_start"), records[idx - 1])
-    return records[idx].get("time", math.nan) - start.get("time", math.nan)
+    return records[idx].get("time", math.nan) - start.get("time", math.nan) + start.get("earlier_seconds", 0.0)
 
 
 def folder_entry(run: Run, out: Path) -> Optional[dict[str, Any]]:

@@ -19,8 +19,8 @@ class RunLogger:
     """Appends records to ``run_dir/metrics.jsonl``.
 
     truncate_to: cut the file to this many bytes first (the checkpoint's :meth:`offset` when
-    resuming, 0 for a fresh run); purge_step: TensorBoard hides events from this step on, which
-    the resumed run logs again.
+    resuming, 0 for a fresh run), keeping the complete records cut in ``cut``; purge_step: TensorBoard
+    hides events from this step on, which the resumed run logs again.
     """
 
     def __init__(self, run_dir: Path, tensorboard: bool = True, enabled: bool = True,
@@ -28,12 +28,15 @@ class RunLogger:
         self.enabled = enabled
         self.path = run_dir / "metrics.jsonl"
         self.tb = None
+        self.cut: list[dict[str, Any]] = []  # what a resume cut from the log (a stopped test report's start)
         if not enabled:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
         if truncate_to is not None:
-            with open(self.path, "a") as f:  # creates the file when it is missing
+            with open(self.path, "a+") as f:  # creates the file when it is missing
                 if f.tell() > truncate_to:
+                    f.seek(truncate_to)
+                    self.cut = complete_records(f.read())
                     f.truncate(truncate_to)
         if tensorboard:
             try:
@@ -68,7 +71,10 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     record cut short by a killed process, which ``--resume`` would truncate away -- is ignored."""
     if not Path(path).is_file():
         return []
-    text = Path(path).read_text()
-    lines = text.split("\n")
-    complete = lines[:-1]  # the part after the last newline is empty or an incomplete record
+    return complete_records(Path(path).read_text())
+
+
+def complete_records(text: str) -> list[dict[str, Any]]:
+    """The records of a log's text, without a last line cut short."""
+    complete = text.split("\n")[:-1]  # the part after the last newline is empty or an incomplete record
     return [json.loads(line) for line in complete if line.strip()]

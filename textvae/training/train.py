@@ -54,7 +54,7 @@ from textvae.data.batch import Batch
 from textvae.data.batching import padding_fraction
 from textvae.errors import TextVAEError
 from textvae.files import check_writable, run_folder_lock
-from textvae.metrics import evaluate_model
+from textvae.metrics import IWProgress, evaluate_model
 from textvae.models.native import native_kernels, native_status
 from textvae.models.sampled_softmax import SampledSoftmax
 from textvae.models.textvae import VAEOutput
@@ -841,8 +841,9 @@ def finish_run(run: Run) -> dict[str, Any]:
         # marks the (long: an IW pass at K = 500) evaluation, for `textvae study --status`; a run
         # killed during it resumes from its last checkpoint, whose log offset drops this record, and
         # its IW pass from the batches it had finished (kept in `progress` until the report is logged)
-        run.logger.log("test_start", state.step, state.epoch)
         progress = run.run_dir / IW_PROGRESS_FILE
+        earlier = earlier_report_seconds(run.logger.cut, progress)
+        run.logger.log("test_start", state.step, state.epoch, **({"earlier_seconds": earlier} if earlier else {}))
         stopped = (f"stopped on request in the test report; its finished IW batches are kept in {progress}, "
                    f"where --resume continues")
         with evaluation_rng(run.device), stop_at_once(stopped):
@@ -865,6 +866,17 @@ def finish_run(run: Run) -> dict[str, Any]:
         report = run.world.on_main(test_report)
     run.logger.close()
     return report
+
+
+def earlier_report_seconds(cut: list[dict[str, Any]], progress: Path) -> float:
+    """The time an earlier, stopped attempt at the test report spent on the IW batches this one takes
+    over: from its ``test_start`` record (in ``cut``, the records a resume cut from the log) to its last
+    kept batch (the progress file's time), plus what that attempt had taken over itself. 0 when no
+    batch was kept (the work is done again, and counted then)."""
+    start = next((r for r in reversed(cut) if r.get("split") == "test_start"), None)
+    if start is None or not IWProgress.batches_in(progress):
+        return 0.0
+    return round(max(0.0, progress.stat().st_mtime - start["time"]) + start.get("earlier_seconds", 0.0), 3)
 
 
 def restore_run(ckpt: Checkpoint, cfg: RunConfig, model: nn.Module, optimizer: torch.optim.Optimizer, world: World,
