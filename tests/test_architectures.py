@@ -440,3 +440,17 @@ def test_metrics_run_on_every_latent_family(posterior, prior, decoder, encoder):
     assert all(math.isfinite(v) for v in res.values())
     assert res["mi_batch"] <= math.log(6) + 1e-6 and res["mi_dataset"] <= math.log(12) + 1e-6
     assert res["iw_nll"] <= res["neg_elbo"] + 0.5
+
+
+def test_flow_prior_stays_fp32_under_autocast():
+    """A bf16 run's test report (and evaluate --precision bf16) runs under bf16 autocast; the flow prior's
+    log p(z), which enters IW-NLL and the sampled KL, is computed in fp32 there as everywhere."""
+    torch.manual_seed(0)
+    prior = PRIORS.build("flow", {}, latent_dim=8)
+    randomize(prior, 0.7)
+    z = torch.randn(5, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside, drawn = prior.log_prob(z), prior.sample(3, generator=torch.Generator().manual_seed(1))
+    assert inside.dtype == drawn.dtype == torch.float32
+    assert torch.equal(inside, prior.log_prob(z))
+    assert torch.equal(drawn, prior.sample(3, generator=torch.Generator().manual_seed(1)))

@@ -172,6 +172,14 @@ def test_context_encoding_ignores_padding_and_batch_mates():
             torch.testing.assert_close(alone[0], together[b], rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("decoder", ["skip_lstm", "cnn", "transformer"])
+def test_the_cvae_takes_recurrent_decoders_only(decoder):
+    """Its decoder starts from [c; z] as a recurrent state, layer by layer: another decoder is a one-line
+    error, not an AttributeError."""
+    with pytest.raises(TextVAEError, match=f"decoder_type '{decoder}'.*valid: gru, lstm"):
+        tiny(decoder=decoder)
+
+
 # ---- decoding and likelihood ---------------------------------------------------------------------
 @pytest.mark.parametrize("decoder,use_acts", [("gru", False), ("lstm", True)])
 def test_decode_steps_match_teacher_forced_likelihood(decoder, use_acts):

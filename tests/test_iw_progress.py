@@ -9,7 +9,7 @@ import torch
 import textvae.metrics.likelihood as likelihood
 from textvae.cli import main
 from textvae.metrics import IWProgress, evaluate_model
-from textvae.study.archive import test_seconds
+from textvae.study.archive import test_seconds as report_seconds
 from textvae.training.logger import read_jsonl
 from textvae.training.train import IW_PROGRESS_FILE
 from tests.test_remedies import random_batch, tiny
@@ -136,7 +136,7 @@ def test_a_run_stopped_in_its_test_report_resumes_its_iw_pass(tmp_path, monkeypa
     records = read_jsonl(tmp_path / "cut" / "metrics.jsonl")
     (resumed_start,) = [r for r in records if r["split"] == "test_start"]
     assert resumed_start["earlier_seconds"] == pytest.approx(100, abs=0.01)
-    assert test_seconds(records) == pytest.approx(tests["cut"][0]["time"] - resumed_start["time"] + 100, abs=0.01)
+    assert report_seconds(records) == pytest.approx(tests["cut"][0]["time"] - resumed_start["time"] + 100, abs=0.01)
 
 
 def test_a_report_without_an_iw_pass_keeps_no_progress(tmp_path):

@@ -50,8 +50,8 @@ class CVAEConfig:
 
     Utterances (context turns and, in the recognition network, the response) are read by one
     bidirectional ``utterance_encoder`` (a registered sentence encoder); a GRU of
-    ``context_hidden`` units reads the utterance vectors. ``decoder_type`` is a registered
-    decoder; it gets its initial state from [c, z, y] and [z, y] at every input.
+    ``context_hidden`` units reads the utterance vectors. ``decoder_type`` is a recurrent registered
+    decoder (gru, lstm); it gets its initial state from [c, z, y] and [z, y] at every input.
 
     use_acts: kgCVAE: the response's dialogue act y enters the recognition network and the
         decoder, and an MLP on [c, z] predicts it (an added cross-entropy); needs labelled data.

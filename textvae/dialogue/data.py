@@ -374,8 +374,10 @@ def encode_split(name: str, text: DialogueText, tokenizer: Tokenizer) -> Dialogu
 def load_dialogue_data(cfg: DialogueDataConfig, tokenizer: Optional[Tokenizer] = None) -> DialogueData:
     """Read, pair, tokenise and encode the train/valid/test splits named by ``cfg``.
 
-    The vocabulary is built on the training turns (each utterance counted once, however many
-    contexts it appears in) unless a tokenizer is given (a saved model's).
+    The vocabulary is built on the training turns unless a tokenizer is given (a saved model's). In
+    the dialogue format (DailyDialog's) each utterance is one turn, counted once however many contexts
+    it appears in; in the pairs format (JSONL) each pair's context turns are its own, so an utterance
+    is counted once per pair that repeats it (and so is a truncated turn).
     """
     texts, act_names = read_dialogue_splits(cfg)
     for split, text in texts.items():

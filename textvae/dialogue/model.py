@@ -43,6 +43,8 @@ from textvae.models.textvae import PretrainedMixin, VAEOutput
 from textvae.objective import Objective
 from textvae.remedies import create_remedy
 
+RECURRENT_DECODERS = ("gru", "lstm")  # the decoders with the `rnn`, `num_layers`, `hidden_dim` the CVAE's state needs
+
 
 class HierarchicalContextEncoder(nn.Module):
     """c [B, H_c] = final state of a GRU over the turn vectors [Enc(turn_k); f_k] (Serban et al. 2016;
@@ -103,6 +105,9 @@ class KgCVAE(OutputHead, PretrainedMixin, nn.Module):
         self.recognition = nn.Linear(u + c + y, 2 * d)
         self.prior_net = nn.Sequential(nn.Linear(c, cfg.prior_hidden), nn.Tanh(), nn.Linear(cfg.prior_hidden, 2 * d))
         # The decoder's "z" is [z; e_y]: concatenated to every input; the initial state comes from init_state.
+        if cfg.decoder_type not in RECURRENT_DECODERS:  # the initial state below is an RNN's, layer by layer
+            raise TextVAEError(f"model.decoder_type {cfg.decoder_type!r}: the dialogue CVAE starts its decoder "
+                               f"from [c; z] as a recurrent state; valid: {', '.join(RECURRENT_DECODERS)}")
         self.decoder = DECODERS.build(cfg.decoder_type, {}, vocab_size=vocab_size, emb_dim=cfg.emb_dim,
                                       hidden_dim=cfg.decoder_hidden, latent_dim=d + y, num_layers=cfg.decoder_layers,
                                       input_dropout=cfg.input_dropout, output_dropout=cfg.output_dropout,

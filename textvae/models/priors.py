@@ -47,23 +47,26 @@ class AutoregressiveFlowPrior(Prior):
         return m, self.max_log_scale * torch.tanh(s / self.max_log_scale)
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        """z [..., D] -> log p(z) [...]."""
-        log_det = z.new_zeros(z.shape[:-1])
-        for made in reversed(self.steps):
-            m, s = self._shift_log_scale(made, z)
-            z = (z - m) * torch.exp(-s)
-            log_det = log_det - s.sum(-1)
-        return -0.5 * (LOG_2PI + z**2).sum(-1) + log_det
+        """z [..., D] -> log p(z) [...], in fp32 under any autocast (as the posterior's side of the KL)."""
+        with torch.autocast(z.device.type, enabled=False):
+            z = z.to(self.steps[0].out.weight.dtype)  # fp32 (a bf16 z from autocast), or the tests' float64
+            log_det = z.new_zeros(z.shape[:-1])
+            for made in reversed(self.steps):
+                m, s = self._shift_log_scale(made, z)
+                z = (z - m) * torch.exp(-s)
+                log_det = log_det - s.sum(-1)
+            return -0.5 * (LOG_2PI + z**2).sum(-1) + log_det
 
     def sample(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """n samples [n, D]; pass k of a step makes the variable of degree k exact."""
         weight = self.steps[0].out.weight
         x = torch.randn(n, self.latent_dim, generator=generator, dtype=weight.dtype, device=weight.device)
-        for made in self.steps:
-            u, x = x, torch.zeros_like(x)
-            for _ in range(self.latent_dim):
-                m, s = self._shift_log_scale(made, x)
-                x = u * torch.exp(s) + m
+        with torch.autocast(weight.device.type, enabled=False):
+            for made in self.steps:
+                u, x = x, torch.zeros_like(x)
+                for _ in range(self.latent_dim):
+                    m, s = self._shift_log_scale(made, x)
+                    x = u * torch.exp(s) + m
         return x
 
 

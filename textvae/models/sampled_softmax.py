@@ -10,8 +10,10 @@ candidates, with logits corrected by the log inclusion probability:
 
     l'_w = l_w - log P(w in S),   nll ~= -l'_y + log(exp(l'_y) + Σ_{w in S, w != y} exp(l'_w)),
 
-which costs H·|S| instead of H·V multiply-adds per token. It is a biased, consistent estimate
-(exact as n -> ∞), so it is a training lever only: the model scores the full softmax whenever it is
+which costs H·|S| instead of H·V multiply-adds per token. It is a biased, consistent estimate of
+the softmax over the words the proposal can draw (as n -> ∞; ``<pad>`` and ``<s>``, never targets, have
+proposal 0, so their logits get no gradient here, and their small share of the full softmax that
+evaluation uses stays as initialised), so it is a training lever only: the model scores the full softmax whenever it is
 in ``eval()`` mode, and the training loop validates with that.
 """
 from __future__ import annotations
