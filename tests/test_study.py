@@ -675,3 +675,12 @@ def test_bf16_where_the_cpu_has_none_is_refused_before_any_run_starts(tmp_path, 
                                            r"use train.precision fp32 \(--set train.precision=fp32\)$"):
         st.run_study(path, out=str(out), jobs=2, sets=["train.precision=bf16"])
     assert not out.exists()
+
+
+def test_the_cpu_smoke_study_has_every_remedy():
+    """README: studies/cpu_smoke.yaml runs every remedy, briefly; a newly registered remedy needs its row."""
+    from textvae.remedies import list_remedies
+
+    spec = yaml.safe_load((REPO / "studies" / "cpu_smoke.yaml").read_text())
+    used = {r["name"] for v in spec["variants"].values() for r in (v or {}).get("objective.remedies", [])}
+    assert used == set(list_remedies())
