@@ -3,7 +3,8 @@
     python benchmarks/mi_estimators.py [--seeds 20]
 
 Three families of diagonal-Gaussian posteriors, each over ``--seeds`` draws of z (and of the
-family where it is random), evaluated in batches of 100 as ``textvae evaluate`` does:
+family where it is random), the per-batch estimators over groups of 100 (``textvae evaluate`` uses groups
+of 32, He et al.'s batch, ``HE2019_BATCH``; the whole-set estimator does not depend on the grouping):
 
 * x-independent: q(z|x) = N(m, diag s²) with the same m, s for every sentence; N = 500, D = 32
   (PTB's latent). I = 0.

@@ -359,7 +359,9 @@ def main() -> None:
     text = ("## textvae and the published PTB rows\n\n" + comparison_table(rows, fp32_seeds) + "\n\n"
             "IW-NLL: the mean over seeds ± their sample sd (two seeds or more) [MC: the Monte Carlo standard "
             "error of that mean, over the draw of the K = 500 samples]; the other figures are means over seeds. "
-            "Published figures in parentheses.\n")
+            "Published figures in parentheses. train + eval (min): the mean over seeds, whose runs may have run "
+            "on different machines and thread counts (see Where each run ran), so it compares rows only "
+            "roughly.\n")
     if args.fp32:
         text += "\n## bf16 against fp32 at convergence\n\n" + precision_table(runs, fp32_runs) + "\n"
     if args.decoder_age:

@@ -27,7 +27,8 @@ Sections (each prints a table with the load average it ran under):
   and each estimate's difference from fused fp32 (same sentences and samples); then the peak RSS
   against K at a fixed budget. ``--iw-batches N`` evaluates N batches evenly spaced in the test
   split's length-sorted evaluation plan (0: all of it), as a test report does; without it, the
-  first ``--iw-sentences`` sentences of the file as one batch of mixed lengths, whose padding and
+  ``--iw-sentences`` sentences spread evenly over the test split (``Split.subset``: where the notes
+  below say "the first N sentences", read these) as one batch of mixed lengths, whose padding and
   (a pass of one batch) Monte Carlo redraw double the work counted (figures before 2026-12-06).
 * ``epoch``: one PTB epoch of ``recipes/ptb/vae.yaml`` through ``run_training`` in a fresh
   process per variant and seed (``--epoch-seeds``; ``reference-*`` patches the code back to
@@ -245,7 +246,8 @@ that checkpoint's weights and moments, each in a fresh process, taken in turn):
     kept       11,298 / 12,601 / 11,882    11,882       43.0       15.3
     flushed    13,485 / 13,947 / 13,841    13,841       40.0        9.1
 
-The kept figure is the study's (11.8k tok/s over the row's 40 epochs). The flushed update (9.1 ms)
+The kept figure is the study's (11.8k tok/s over the row's 40 epochs), though the two are not quite the
+same measure: this one leaves out the batches' collation and the periodic metrics, which the loop's includes. The flushed update (9.1 ms)
 is what a fresh Adam state costs, so the lever only removes what the trained state added. SGD rows do
 not change: from ``pretrain_ae``'s epoch-12 checkpoint (SGD, sparse gradients), 9.8-9.9k tok/s kept
 against 9.9-10.4k flushed (one thread, CPU clock).
@@ -480,8 +482,9 @@ its copy to time-major order. Kept:
   passes).
 Measured and not kept as the default: an IW budget of 65536 tokens per decoder call in bf16 (each
 call's fixed costs, such as the output weight's bf16 transposed copy, ~6 ms, spread over 4x the tokens):
-the pass ~15 % faster (below), but a training run's test report peaked at 1,828-2,348 MB RSS (one-epoch
-runs of ``--sections epoch``, seeds 1-5) against 1,309 at 16384 (seed 1, the same code otherwise).
+the pass ~15 % faster (below), with 566 against 260 MB of IW working memory (the ``iw`` table). (The
+training runs' RSS once quoted here, 1,828-2,348 MB against 1,309, does not bear on it: those runs of
+``--sections epoch`` set ``train.iw_samples_final 0``, so their test reports had no IW pass.)
 
 Before (cc4c482) and after, alternating fresh processes (``--sections peak iw --iw-model <kl_constraint's
 model> --iw-batches 4 --iw-budgets 16384 --iw-repeats 1 --iw-variants fused bf16-c++ --iw-k-sweep 500``,
@@ -862,7 +865,9 @@ def denormal_worker(job: dict[str, Any]) -> dict[str, Any]:
 
     mode = flush_denormals(job["flush"])
     batches, _, _, counts = train_batches("ptb 256/256/32", job["warmup"] + job["steps"], seed=job["seed"])
-    stepper = Stepper(Variant("bf16", precision="bf16", sparse=False), "ptb 256/256/32", counts)
+    # no working copies: with them (train.bf16_weight_copies, since 842d47f) the LSTM and output weights
+    # would take plain SGD steps of their own, and the fused Adam timed here would update the embeddings only
+    stepper = Stepper(Variant("bf16", precision="bf16", sparse=False, copies=False), "ptb 256/256/32", counts)
     stepper.optimizer = torch.optim.Adam(stepper.model.parameters(), lr=1e-3, fused=True)
     load_checkpoint(job["checkpoint"], stepper.model, stepper.optimizer, restore_rng=False)
     moments = [v for state in stepper.optimizer.state.values() for k, v in state.items() if k.startswith("exp_avg")]
