@@ -15,6 +15,20 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _cache(tmp_path_factory):
+    """Synthetic corpora and md5 records go to a cache of the test session's own (``TEXTVAE_CACHE``), not
+    the user's ~/.cache/textvae: nothing carried over between test runs, nothing written outside the
+    session's temporary folder. Subprocesses inherit it; a test that sets its own overrides it."""
+    previous = os.environ.get("TEXTVAE_CACHE")
+    os.environ["TEXTVAE_CACHE"] = str(tmp_path_factory.mktemp("textvae_cache"))
+    yield
+    if previous is None:
+        os.environ.pop("TEXTVAE_CACHE", None)
+    else:
+        os.environ["TEXTVAE_CACHE"] = previous
+
+
 @pytest.fixture
 def data_dir():
     """The real corpora (``TEXTVAE_DATA_DIR``, else ../shared/data); skip when absent."""

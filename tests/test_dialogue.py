@@ -420,7 +420,7 @@ def test_train_cvae_and_respond(tmp_path, capsys):
 def test_cvae_trains_with_sparse_gradients_like_dense_and_with_the_sampled_softmax(tmp_path):
     """The loop's levers reach the CVAE: three SGD steps at lr 1 with clipping active give the same
     weights with sparse embedding gradients as with dense ones (and the loop really switched them
-    on), and the sampled softmax trains it (the validation and test figures use the full softmax)."""
+    on), and the sampled softmax trains it (to other weights than the full softmax's)."""
     write_dialogues(tmp_path)
     states = {}
     for name, sparse, sampled in (("dense", False, 0), ("sparse", True, 0), ("sampled", False, 8)):

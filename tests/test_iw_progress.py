@@ -1,5 +1,7 @@
 """A stopped IW pass resumes from the batches it finished, with the figures of a pass never stopped:
 in ``evaluate_model`` (a file of finished batches) and in a training run killed during its test report."""
+import hashlib
+import json
 import os
 import signal
 
@@ -148,18 +150,25 @@ def test_a_report_without_an_iw_pass_keeps_no_progress(tmp_path):
     def task(k):
         return create_task(RunConfig(train=TrainConfig(iw_samples_final=k)))
 
-    path = tmp_path / IW_PROGRESS_FILE
-    assert task(0).iw_progress(path, tmp_path / "no model", torch.device("cpu")) is None
+    path, cpu = tmp_path / IW_PROGRESS_FILE, torch.device("cpu")
+    assert task(0).iw_progress(path, tmp_path / "no model", cpu) is None
     with pytest.raises(FileNotFoundError):
-        task(5).iw_progress(path, tmp_path / "no model", torch.device("cpu"))
+        task(5).iw_progress(path, tmp_path / "no model", cpu)
+    model = tmp_path / "model"
+    model.mkdir()
+    tiny().save_weights(model)
+    first = task(5).iw_progress(path, model, cpu).key
+    assert json.loads(first)["weights_sha256"] == hashlib.sha256((model / "model.safetensors").read_bytes()).hexdigest()
+    assert first != task(6).iw_progress(path, model, cpu).key  # K is part of it
+    torch.manual_seed(1)
+    tiny().save_weights(model)  # other weights, another key
+    assert task(5).iw_progress(path, model, cpu).key != first
 
 
 def test_a_stopped_evaluate_resumes_its_iw_pass(tmp_path, monkeypatch, capsys):
     """``textvae evaluate`` stopped after 2 IW batches: the same command computes only the others and
     writes the figures of an evaluation never stopped; the progress file (beside the results) is then
     gone. Another K does not take the file's batches."""
-    import json
-
     main(["train", *tiny_args(tmp_path, "run", "synthetic", "--data.max_sentences", "200",
                               "--train.max_steps", "4", "--train.iw_samples_final", "0")])
     run = tmp_path / "run"

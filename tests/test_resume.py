@@ -25,7 +25,7 @@ from textvae.training.checkpoint import read_checkpoint
 from textvae.training.logger import read_jsonl
 from tests.test_train import REPO, state_of, tiny_args, write_corpus
 
-# 13 batches per epoch, 4 epochs; dropout and word dropout draw from the RNG; lr 0.03 makes
+# 13 batches per epoch, 4 epochs; dropout and word dropout draw from the RNG; lr 0.1 makes
 # epoch 3 fail to improve, so the run also decays the lr and reloads the best model.
 SETTINGS = ("--data.batch_size", "16", "--train.epochs", "4", "--train.checkpoint_every", "4",
             "--train.metrics_every", "5", "--train.log_every", "3", "--model.decoder.input_dropout", "0.3",

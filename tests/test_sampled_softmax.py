@@ -121,13 +121,19 @@ def test_model_uses_it_in_training_only_and_touches_only_sampled_rows():
 
 
 def test_training_loop_with_sampled_softmax(tmp_path):
+    """train.sampled_softmax reaches the loop's steps: the same run with the full softmax ends with other
+    weights."""
+    from tests.test_train import state_of
+
     corpus = write_corpus(tmp_path / "corpus", n_train=60, n_eval=20)
-    main(["train", *tiny_args(tmp_path / "runs", "sampled", corpus, "--train.sampled_softmax", "8",
-                              "--train.max_steps", "4", "--train.log_every", "1")])
+    for name, sampled in (("sampled", "8"), ("full", "0")):
+        main(["train", *tiny_args(tmp_path / "runs", name, corpus, "--train.sampled_softmax", sampled,
+                                  "--train.max_steps", "4", "--train.log_every", "1")])
     records = read_jsonl(tmp_path / "runs" / "sampled" / "metrics.jsonl")
     assert len([r for r in records if r["split"] == "train"]) == 4
-    (test,) = [r for r in records if r["split"] == "test"]
-    assert test["rec"] > 0
+    sampled, full = (state_of(tmp_path / "runs" / n / "checkpoint.safetensors") for n in ("sampled", "full"))
+    assert not torch.equal(sampled["model.projection.weight"], full["model.projection.weight"])
+    assert [r["split"] for r in records].count("test") == 1
 
 
 def test_negative_sample_count_is_an_error(tmp_path):

@@ -241,9 +241,17 @@ def test_dropped_masters_are_not_updated(kernel_on):
     assert torch.equal(working.copies["encoder.rnn.weight_hh_l0"], before["encoder.rnn.weight_hh_l0"].bfloat16())
 
 
-def test_run_config_key_round_trips():
-    cfg = RunConfig()
-    assert dataclasses.asdict(cfg)["train"]["bf16_weight_copies"] is True
+def test_run_config_key_round_trips(tmp_path):
+    """train.bf16_weight_copies defaults to on, and a run's saved config.yaml gives back the value set."""
+    import yaml
+
+    from textvae.tasks.runconfig import parse_run_config
+
+    assert dataclasses.asdict(RunConfig())["train"]["bf16_weight_copies"] is True
+    cfg, _ = parse_run_config(["--train.bf16_weight_copies", "false"])
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    again, _ = parse_run_config([str(tmp_path / "config.yaml")])
+    assert again.train.bf16_weight_copies is False and again == cfg
 
 
 @needs_cpu_bf16
@@ -272,7 +280,8 @@ def test_a_remedy_that_drops_gradients_keeps_its_masters_in_the_loop(tmp_path, m
 @needs_cpu_bf16
 def test_aggressive_inner_steps_update_copied_encoder_weights_in_the_loop(tmp_path):
     """Aggressive training in the loop with copies on: its inner steps (the trainer's ``forward`` and
-    ``optimizer_step``) move the encoder's copied LSTM weights, which its outer steps leave alone."""
+    ``optimizer_step``) move the encoder's copied LSTM weights (the outer steps' leaving them alone is
+    the test above's)."""
     from textvae.cli import main
     from tests.test_train import state_of, tiny_args, write_corpus
 
