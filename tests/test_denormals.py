@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from textvae.training.denormals import DENORMAL, calling_thread_flushes, flush_denormals
+from textvae.training.denormals import calling_thread_flushes, denormals, flush_denormals
 
 
 @pytest.fixture
@@ -18,10 +18,10 @@ def restore_mode():
 
 def test_the_mode_reads_and_writes_denormals_as_zero_and_clears_again(restore_mode):
     tiny = torch.finfo(torch.float32).tiny
-    assert 0 < DENORMAL < tiny
+    assert 0 < denormals(1).item() < tiny
     assert flush_denormals(True) == "flushed"
     assert calling_thread_flushes()
-    x = torch.tensor([DENORMAL, tiny, 1.0])
+    x = torch.cat([denormals(1), torch.tensor([tiny, 1.0])])  # a denormal input, not one the conversion flushed
     assert (x * 1).tolist() == [0.0, tiny, 1.0]  # read as 0 (DAZ); a normal float is untouched
     assert (torch.tensor([tiny]) / 4).item() == 0.0  # written as 0 (FTZ)
     assert flush_denormals(False) == "kept"

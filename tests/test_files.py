@@ -43,3 +43,21 @@ def test_a_failed_write_keeps_the_previous_file_and_leaves_no_partial_one(tmp_pa
         write_safetensors(path, {"a": torch.zeros(2)}, {})
     assert path.read_bytes() == before
     assert not partial_file(path).exists()
+
+
+def test_one_lock_for_a_run_folder_whatever_its_path(tmp_path):
+    """A run folder reached through a symlink is the same folder: a second process is refused it."""
+    import subprocess
+    import sys
+
+    from textvae.files import run_folder_lock
+
+    (tmp_path / "real").mkdir()
+    (tmp_path / "alias").symlink_to(tmp_path / "real")
+    other = ("import sys; from pathlib import Path; from textvae.files import run_folder_lock\n"
+             "try:\n    with run_folder_lock(Path(sys.argv[1])): print('got it')\n"
+             "except Exception as e: print(e)")
+    with run_folder_lock(tmp_path / "real" / "x"):
+        out = subprocess.run([sys.executable, "-c", other, str(tmp_path / "alias" / "x")],
+                             capture_output=True, text=True, timeout=120).stdout
+    assert "is being written by another process" in out

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -112,16 +113,14 @@ def run_folder_lock(run_dir: Path) -> Iterator[None]:
         yield
         return
     try:  # the folder itself is not made here: a refused --resume leaves nothing behind
-        run_dir.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(_lock_path(run_dir), os.O_RDWR | os.O_CREAT, umask_mode())
+        key.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(_lock_path(key), os.O_RDWR | os.O_CREAT, umask_mode())  # one lock whatever the path's spelling
     except OSError as e:
         raise cannot_write(run_dir, e) from None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _take(fd):
             raise TextVAEError(f"{run_dir} is being written by another process (pid {_holder(fd)}); "
-                               f"two trainings must not share a run folder") from None
+                               f"two trainings must not share a run folder")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         _held.add(key)
@@ -131,6 +130,19 @@ def run_folder_lock(run_dir: Path) -> Iterator[None]:
             _held.discard(key)
     finally:
         os.close(fd)  # closing the last descriptor releases the flock
+
+
+def _take(fd: int, tries: int = 20) -> bool:
+    """The exclusive lock, tried for ~0.2 s: a ``--status`` elsewhere probes it with a moment's shared
+    lock (:func:`lock_holder`), which must not make a run's start fail."""
+    for attempt in range(tries):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if attempt + 1 < tries:
+                time.sleep(0.01)
+    return False
 
 
 def _lock_path(run_dir: Path) -> Path:
@@ -156,7 +168,7 @@ def _alive(pid: int) -> bool:
 def lock_holder(run_dir: Path) -> Optional[str]:
     """The pid of the process holding ``run_dir`` (:func:`run_folder_lock`), or None when none does
     (this process's own hold included). Creates nothing: for reports of a study's state."""
-    path = _lock_path(run_dir)
+    path = _lock_path(run_dir.resolve())
     if fcntl is None or run_dir.resolve() in _held or not path.is_file():
         return None
     fd = os.open(path, os.O_RDONLY)

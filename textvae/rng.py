@@ -19,8 +19,8 @@ def rng_state(device: Optional[torch.device] = None) -> dict[str, torch.Tensor]:
 
 
 def set_rng_state(state: dict[str, torch.Tensor], device: Optional[torch.device] = None) -> None:
-    """Restore what :func:`rng_state` returned; a CUDA state is skipped on a machine without CUDA
-    (a checkpoint trained on GPU resumes on CPU)."""
+    """Restore what :func:`rng_state` returned; a CUDA state only where ``device`` is a CUDA device (a
+    checkpoint trained on a GPU resumes on a CPU without opening a CUDA context there)."""
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"], device if device is not None and device.type == "cuda" else "cuda")
+    if "cuda" in state and device is not None and device.type == "cuda" and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"], device)

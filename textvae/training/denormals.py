@@ -25,16 +25,22 @@ from typing import Iterator
 
 import torch
 
-DENORMAL = 1e-39  # below fp32's smallest normal, 1.18e-38
+DENORMAL_BITS = 0x000AE398  # 713624 * 2^-149 = 1.0e-39, below fp32's smallest normal (1.18e-38)
 # torch's elementwise kernels give each intra-op thread at least 32768 elements (at::internal::GRAIN_SIZE)
 GRAIN = 32768
+
+
+def denormals(n: int) -> torch.Tensor:
+    """n fp32 copies of 1.0e-39, made from their bits: converting the number 1e-39 in a flushing thread
+    would already give 0, and a DAZ check on it would measure nothing."""
+    return torch.full((n,), DENORMAL_BITS, dtype=torch.int32).view(torch.float32)
 
 
 def _flushed_shares(n: int) -> tuple[float, float]:
     """The shares of n results that show DAZ (a denormal input read as 0: 1e-39 * 2^30 would be
     1e-30) and FTZ (a denormal result written as 0: the smallest normal / 4). Each thread that
     computes a slice of the n elements contributes its own mode."""
-    daz = (torch.full((n,), DENORMAL) * 2.0**30).eq(0).float().mean()
+    daz = (denormals(n) * 2.0**30).eq(0).float().mean()
     ftz = (torch.full((n,), torch.finfo(torch.float32).tiny) / 4).eq(0).float().mean()
     return float(daz), float(ftz)
 

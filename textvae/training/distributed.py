@@ -197,7 +197,7 @@ class World:
                 result = fn()
             except BaseException as e:  # re-raised below, after the others learnt of it
                 caught, stopped = e, isinstance(e, KeyboardInterrupt)
-                error = (str(e) if isinstance(e, (TextVAEError, KeyboardInterrupt))
+                error = (str(e) or "rank 0 was interrupted" if isinstance(e, (TextVAEError, KeyboardInterrupt))
                          else f"rank 0 failed: {type(e).__name__}: {e}")
         result, error, stopped = self.broadcast((result, error, stopped))
         if caught is not None:
@@ -208,8 +208,9 @@ class World:
 
     def node_first(self, fn: Callable[[], T]) -> T:
         """``fn()`` on every rank, by rank 0 of each node first: it fills a per-node cache (a
-        generated or downloaded corpus) that the node's other ranks then only read. A
-        :class:`TextVAEError` on any rank is raised on all of them."""
+        generated or downloaded corpus) that the node's other ranks then only read. An error on any rank
+        (a :class:`TextVAEError` with its message, another as ``rank N failed: ...``) is raised on all of
+        them, so none waits on the others."""
         first = self._agree(lambda: fn() if self.local_rank == 0 else None)
         return self._agree(lambda: first if self.local_rank == 0 else fn())
 
@@ -218,6 +219,8 @@ class World:
             result, error = fn(), None
         except TextVAEError as e:
             result, error = None, str(e)
+        except Exception as e:  # a download's OSError, a decoding error, ...: the others must not wait on it
+            result, error = None, f"rank {self.rank} failed: {type(e).__name__}: {e}"
         errors = [e for e in self.gather(error) if e is not None]
         if errors:
             raise TextVAEError(errors[0])
