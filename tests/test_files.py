@@ -61,3 +61,24 @@ def test_one_lock_for_a_run_folder_whatever_its_path(tmp_path):
         out = subprocess.run([sys.executable, "-c", other, str(tmp_path / "alias" / "x")],
                              capture_output=True, text=True, timeout=120).stdout
     assert "is being written by another process" in out
+
+
+def test_a_lock_names_its_holder_and_machine(tmp_path):
+    """The lock file says who holds it: a pid of this machine as it is, another machine's with its host
+    (a run folder on a shared file system), whose pid is not looked up here."""
+    import os
+    import socket
+
+    from textvae.files import _holder, _lock_path, lock_holder, run_folder_lock
+
+    run = tmp_path / "x"
+    with run_folder_lock(run):
+        assert _lock_path(run).read_text() == f"{os.getpid()} {socket.gethostname()}\n"
+    fd = os.open(_lock_path(run), os.O_RDWR)
+    try:
+        assert _holder(fd) == str(os.getpid())
+        os.pwrite(fd, b"999999999 elsewhere\n", 0)
+        assert _holder(fd) == "999999999 on elsewhere"
+    finally:
+        os.close(fd)
+    assert lock_holder(run) is None  # no process holds it: the probe, not the pid, says so

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -122,7 +123,7 @@ def run_folder_lock(run_dir: Path) -> Iterator[None]:
             raise TextVAEError(f"{run_dir} is being written by another process (pid {_holder(fd)}); "
                                f"two trainings must not share a run folder")
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
         _held.add(key)
         try:
             yield
@@ -151,8 +152,12 @@ def _lock_path(run_dir: Path) -> Path:
 
 
 def _holder(fd: int) -> str:
-    """The pid the holder of a run folder's lock wrote into it."""
-    return os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+    """Who holds a run folder's lock, as it wrote itself there: its pid, and ``on HOST`` where that is
+    another machine (a run folder on a shared file system), whose pids mean nothing here."""
+    pid, _, host = os.pread(fd, 256, 0).decode(errors="replace").strip().partition(" ")
+    if not pid:
+        return "unknown"
+    return pid if host in ("", socket.gethostname()) else f"{pid} on {host}"
 
 
 def _alive(pid: int) -> bool:
@@ -174,7 +179,7 @@ def lock_holder(run_dir: Path) -> Optional[str]:
     fd = os.open(path, os.O_RDONLY)
     try:
         pid = _holder(fd)
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not _alive(int(pid)):  # a pid of this machine only
             return None  # its last holder is gone (and probing would hold the lock a moment)
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # granted only while no process holds it exclusively
         return None
