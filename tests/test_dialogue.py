@@ -453,3 +453,17 @@ def test_bag_of_words_reads_z_and_the_context():
     other = dataclasses.replace(response, extras={"context_vector": torch.randn_like(response.extras["context_vector"])})
     with torch.no_grad():
         assert not torch.allclose(bow.extra_loss(model, response, z, None, 0), bow.extra_loss(model, other, z, None, 0))
+
+
+def test_a_capped_evaluation_spreads_its_pairs_over_the_split(tmp_path):
+    """eval.max_pairs and the periodic metrics' limit take pairs spread evenly over the split, as the
+    sentence task does, not the first dialogues' alone."""
+    from textvae.dialogue.config import DialogueDataConfig
+    from textvae.dialogue.data import load_dialogue_data
+
+    write_dialogues(tmp_path)
+    split = load_dialogue_data(DialogueDataConfig(name=str(tmp_path), context_turns=2)).splits["train"]
+    n = len(split.lengths)
+    assert split.subset(4).tolist() == [0, n // 4, n // 2, 3 * n // 4] and split.subset(None).tolist() == list(range(n))
+    seen = sorted(i for b in split.batches(3, limit=4) for i in b.response.index.tolist())
+    assert seen == split.subset(4).tolist()

@@ -91,7 +91,8 @@ class DialogueEvalConfig:
     Generation (Zhao et al. 2017): ``n_responses`` responses per test context, each decoded
     (``method``: greedy or sample) from its own z ~ p(z|c); BLEU precision / recall, distinct-n.
     ``max_contexts`` caps the contexts scored. Likelihood: ELBO terms and IW-NLL with
-    ``train.iw_samples_final`` samples on at most ``max_pairs`` test pairs. ``None`` = all.
+    ``train.iw_samples_final`` samples on at most ``max_pairs`` test pairs, spread evenly over the split.
+    ``None`` = all.
     """
 
     n_responses: int = 10

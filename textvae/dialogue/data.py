@@ -346,17 +346,24 @@ class DialogueSplit:
         responses = np.concatenate([self.ids[r] for r in self.responses])
         return torch.bincount(torch.from_numpy(responses).long(), minlength=vocab_size)
 
+    def subset(self, limit: Optional[int] = None) -> np.ndarray:
+        """Positions of ``limit`` pairs spread evenly over the split (i * N // limit; all when None), as
+        the sentence task's ``Split.subset``: the first pairs would be the first dialogues' alone."""
+        n = len(self.lengths)
+        return np.arange(n) if limit is None or limit >= n else np.arange(limit) * n // limit
+
     def sampler(self, batch_size: int, shuffle: bool = False, seed: int = 0, pool_batches: int = 100,
                 limit: Optional[int] = None) -> BucketBatchSampler:
-        """The batch plan over the first ``limit`` pairs (all when None), bucketed by response
-        length (``textvae.data.batching``); ``shuffle=False`` is evaluation order."""
-        lengths = self.lengths if limit is None else self.lengths[:limit]
-        return BucketBatchSampler(lengths, batch_size, pool_batches, shuffle, seed)
+        """The batch plan over :meth:`subset` (``limit`` pairs; all when None), bucketed by response
+        length (``textvae.data.batching``); its indices are positions in that subset; ``shuffle=False``
+        is evaluation order."""
+        return BucketBatchSampler(self.lengths[self.subset(limit)], batch_size, pool_batches, shuffle, seed)
 
     def batches(self, batch_size: int, shuffle: bool = False, limit: Optional[int] = None) -> Iterator[DialogueBatch]:
         """The batches of :meth:`sampler`'s plan (epoch 0; the training loop draws its own epochs)."""
+        chosen = self.subset(limit)
         for index in self.sampler(batch_size, shuffle, limit=limit):
-            yield self.batch(index)
+            yield self.batch(chosen[index])
 
 
 @dataclass

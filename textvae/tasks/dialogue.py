@@ -60,7 +60,7 @@ class DialogueTask(Task):
     def _figures(self, model: KgCVAE, split: DialogueSplit, device: torch.device, stage: str,
                  limit: Optional[int] = None, iw_samples: int = 0,
                  iw_progress: Optional[IWProgress] = None) -> dict[str, float]:
-        """The metrics registered for ``stage`` on the first ``limit`` pairs of ``split``, counted as
+        """The metrics registered for ``stage`` on ``limit`` pairs spread evenly over ``split``, counted as
         ``n_pairs``, from a generator of their own (the stream the CVAE's recorded figures came from)."""
         batches = (b.to(device) for b in split.batches(self.cfg.data.eval_batch_size, shuffle=False, limit=limit))
         figures = evaluate_model(model, batches, list_metrics(stage), n_samples=iw_samples,
