@@ -173,8 +173,9 @@ def _alive(pid: int) -> bool:
 def lock_holder(run_dir: Path) -> Optional[str]:
     """The pid of the process holding ``run_dir`` (:func:`run_folder_lock`), or None when none does
     (this process's own hold included). Creates nothing: for reports of a study's state."""
-    path = _lock_path(run_dir.resolve())
-    if fcntl is None or run_dir.resolve() in _held or not path.is_file():
+    key = run_dir.resolve()
+    path = _lock_path(key)
+    if fcntl is None or key in _held or not path.is_file():
         return None
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -21,7 +21,7 @@ runs the same number of steps and the ranks' sentences are disjoint.
 from __future__ import annotations
 
 import math
-from typing import Iterator, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -112,6 +112,15 @@ class BucketBatchSampler:
         mine = self.epoch_batches(self.epoch)[self.rank :: self.num_replicas]
         for batch in mine[self.start_batch :]:
             yield batch.tolist()
+
+
+def even_subset(n: int, limit: Optional[int] = None) -> np.ndarray:
+    """Positions of ``limit`` of ``n`` items spread evenly over them (i * n // limit); all when ``limit``
+    is None or at least ``n``. The first items instead would favour one topic, one label's file or
+    the first dialogues, and the shortest sentences in evaluation order."""
+    if limit is None or limit >= n:
+        return np.arange(n)
+    return np.arange(limit) * n // limit
 
 
 def padding_fraction(batches: Sequence[Sequence[int]], lengths: Sequence[int] | np.ndarray) -> float:

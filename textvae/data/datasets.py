@@ -29,7 +29,7 @@ import torch
 
 from textvae.config import DataConfig
 from textvae.data.batch import Batch, collate
-from textvae.data.batching import BucketBatchSampler
+from textvae.data.batching import BucketBatchSampler, even_subset
 from textvae.data.corpora import CORPORA, CorpusSpec, cache_folder, list_corpora, resolve_corpus
 from textvae.data.reading import ReadStats, filter_lines, read_lines
 from textvae.data.tokenization import Tokenizer, create_tokenizer, unk_rate
@@ -93,13 +93,9 @@ class Split:
         return torch.bincount(torch.from_numpy(self.ids.flat).long(), minlength=vocab_size)
 
     def subset(self, limit: Optional[int] = None) -> np.ndarray:
-        """Positions of ``limit`` sentences spread evenly over the split (i * N // limit); all
-        when ``limit`` is None. Taking the first sentences instead would favour one topic, and
-        the shortest ones in evaluation order."""
-        n = len(self)
-        if limit is None or limit >= n:
-            return np.arange(n)
-        return np.arange(limit) * n // limit
+        """Positions of ``limit`` sentences spread evenly over the split (:func:`even_subset`); all
+        when ``limit`` is None."""
+        return even_subset(len(self), limit)
 
     def sampler(
         self,
@@ -184,7 +180,7 @@ def _cap(split: str, text: _Text, n: int) -> None:
         return
     log.info("%s: capped to %d of %d sentences, spread evenly over the labels' files (data.max_sentences)",
              split, n, len(text.lines))
-    kept = np.arange(n) * len(text.lines) // n
+    kept = even_subset(len(text.lines), n)
     text.lines = [text.lines[i] for i in kept]
     text.labels = [text.labels[i] for i in kept]
 

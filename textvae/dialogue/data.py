@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from textvae.data.batch import Batch, collate
-from textvae.data.batching import BucketBatchSampler
+from textvae.data.batching import BucketBatchSampler, even_subset
 from textvae.data.corpora import CORPORA, resolve_corpus
 from textvae.data.reading import read_lines
 from textvae.data.special import PAD_ID
@@ -347,10 +347,9 @@ class DialogueSplit:
         return torch.bincount(torch.from_numpy(responses).long(), minlength=vocab_size)
 
     def subset(self, limit: Optional[int] = None) -> np.ndarray:
-        """Positions of ``limit`` pairs spread evenly over the split (i * N // limit; all when None), as
-        the sentence task's ``Split.subset``: the first pairs would be the first dialogues' alone."""
-        n = len(self.lengths)
-        return np.arange(n) if limit is None or limit >= n else np.arange(limit) * n // limit
+        """Positions of ``limit`` pairs spread evenly over the split (:func:`even_subset`; all when None),
+        as the sentence task's ``Split.subset``."""
+        return even_subset(len(self.lengths), limit)
 
     def sampler(self, batch_size: int, shuffle: bool = False, seed: int = 0, pool_batches: int = 100,
                 limit: Optional[int] = None) -> BucketBatchSampler:
