@@ -114,7 +114,7 @@ def main() -> None:
     for name, r in reports.items():
         print(f"| {name} | {r['kl']:.2f} | {r['neg_elbo']:.2f} | {r['iw_nll']:.2f} "
               + " ".join(f"| {r[f'bleu{k}_precision']:.3f} / {r[f'bleu{k}_recall']:.3f}" for k in (1, 2, 4))
-              + f" | {r['inter_dist2']:.3f} / {r['intra_dist2']:.3f} | {minutes[name]:.1f} |")
+              + f" | {r['distinct_2']:.3f} / {r['intra_dist2']:.3f} | {minutes[name]:.1f} |")
     print(f"\n{len(test)} test pairs; {args.responses} greedy responses per context, z ~ p(z|c); "
           f"IW-NLL with {args.iw_samples} samples; total {(time.perf_counter() - t_start) / 60:.1f} min")
 

@@ -16,10 +16,10 @@ from textvae.data.special import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from textvae.data.tokenization import create_tokenizer
 from textvae.dialogue.config import (CVAEConfig, CVAERunConfig, DialogueDataConfig, DialogueEvalConfig,
                                      DialogueOptimConfig)
-from textvae.dialogue.data import (collate_dialogues, encode_split, normalize_utterance, read_dialogue_lines,
-                                   read_jsonl_pairs)
+from textvae.dialogue.data import (collate_dialogues, encode_split, load_dialogue_data, normalize_utterance,
+                                   read_dialogue_lines, read_jsonl_pairs)
 from textvae.dialogue.generation import ContextDecoder, generate_responses
-from textvae.dialogue.metrics import bleu_precision_recall, generation_metrics
+from textvae.dialogue.metrics import respond_to_split
 from textvae.dialogue.model import KgCVAE
 from textvae.dialogue.respond import respond
 from textvae.tasks import run_training as train_cvae
@@ -27,6 +27,7 @@ from textvae.tasks.runconfig import parse_run_config, recipe_task
 from textvae.errors import TextVAEError
 from textvae.metrics._common import eval_mode, seeded
 from textvae.metrics.likelihood import ElboAccumulator, elbo_batch, iw_log_marginal
+from textvae.metrics import GeneratedTexts, bleu_precision_recall, score_texts
 from textvae.models.distributions import DiagGaussian, StandardNormal
 from textvae.reduction import CorpusAccumulator
 from textvae.tasks import create_task
@@ -305,12 +306,14 @@ def test_bleu_precision_recall_against_brute_force():
     assert bleu_precision_recall([""], [refs[0]]) == (0.0, 0.0)
 
 
-def test_generation_metrics_distinct():
+def test_the_text_metrics_of_responses():
     hyps = [["a b a", "a b"], ["c d", "c d"]]
-    res = generation_metrics(hyps, [["a b"], ["c d"]])
-    assert res["inter_dist1"] == pytest.approx(4 / 9) and res["inter_dist2"] == pytest.approx(3 / 5)
+    texts = GeneratedTexts(responses=[(["a b"], hyps[0]), (["c d"], hyps[1])], samples=[h for hs in hyps for h in hs])
+    res = score_texts(texts)
+    assert res["distinct_1"] == pytest.approx(4 / 9) and res["distinct_2"] == pytest.approx(3 / 5)  # inter-context
     assert res["intra_dist1"] == pytest.approx((2 / 5 + 2 / 4) / 2)
-    assert res["bleu1_recall"] == pytest.approx(1.0)
+    assert res["bleu1_recall"] == pytest.approx(1.0) and res["n_contexts"] == 2 and res["gen_sentences"] == 4
+    assert res["sample_words"] == pytest.approx(9 / 4) and "recon_bleu" not in res  # no reconstructions
 
 
 # ---- training and responding ---------------------------------------------------------------------
@@ -405,10 +408,16 @@ def test_train_cvae_and_respond(tmp_path, capsys):
         train_cvae(cfg)
     cfg.train.epochs = 2
     report = train_cvae(cfg, resume=True)  # continues from the end of epoch 1
-    for key in ("neg_elbo", "kl", "iw_nll", "bleu2_precision", "bleu2_recall", "inter_dist2"):
+    for key in ("neg_elbo", "kl", "iw_nll", "bleu2_precision", "bleu2_recall", "distinct_2", "self_bleu"):
         assert math.isfinite(report[key]), key
     assert report["n_pairs"] == 6 and report["n_contexts"] == 3
     run = tmp_path / "runs" / "run"
+    data = load_dialogue_data(cfg.data)
+    test = data.splits["test"]  # the 3 contexts scored are spread over its 6 pairs
+    texts = respond_to_split(KgCVAE.from_pretrained(run / "model", torch.device("cpu")),
+                             data.tokenizer, test, 2, max_contexts=3, max_len=5)
+    assert [refs for refs, _ in texts.responses] == [[test.response_text(p)] for p in (0, 2, 4)]
+    assert texts.samples == [h for _, hyps in texts.responses for h in hyps] and len(texts.samples) == 6
     assert parse_run_config([str(run / "config.yaml"), "--resume"]) == (cfg, True)  # textvae train <run>/config.yaml
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records if r["split"] == "valid"] == [1, 2]

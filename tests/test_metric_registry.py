@@ -1,6 +1,7 @@
 """A new metric is one registered function: it appears in ``evaluate_model``, in the training log
 (the stages it is registered for) of every task, the dialogue CVAE's included, and in a study's
-table (the columns it declares)."""
+table (the columns it declares). A new text metric likewise appears in ``textvae evaluate`` and in the
+dialogue CVAE's test report."""
 import json
 import math
 from types import SimpleNamespace
@@ -13,7 +14,8 @@ from textvae.config import TrainConfig
 from textvae.dialogue.config import CVAERunConfig, DialogueDataConfig, DialogueEvalConfig
 from textvae.dialogue.data import load_dialogue_data
 from textvae.errors import TextVAEError
-from textvae.metrics import METRICS, evaluate_model, list_metrics, register_metric
+from textvae.metrics import (METRICS, TEXT_METRICS, GeneratedTexts, evaluate_model, list_metrics, list_text_metrics,
+                             register_metric, register_text_metric, score_texts)
 from textvae.tasks import run_training
 from textvae.tasks.runconfig import parse_run_config
 from textvae.training.logger import read_jsonl
@@ -34,6 +36,31 @@ def toy_metric(monkeypatch):
     return "toy"
 
 
+@pytest.fixture
+def toy_text_metric(monkeypatch):
+    """Registers the text metric ``toy_text`` (how many samples) for this test only."""
+    monkeypatch.setattr(TEXT_METRICS, "_entries", dict(TEXT_METRICS._entries))
+
+    @register_text_metric("toy_text", reads="samples")
+    def toy_text(texts):
+        return {"toy_text": float(len(texts.samples))}
+
+    return "toy_text"
+
+
+def test_registering_a_text_metric(toy_text_metric):
+    assert toy_text_metric in list_text_metrics()
+    texts = GeneratedTexts(reconstructions=[("a b c d e", "a b c d e")], samples=["a", "b c"])
+    assert score_texts(texts, [toy_text_metric]) == {"toy_text": 2.0, "gen_sentences": 2.0}
+    assert score_texts(texts)["recon_bleu"] == pytest.approx(100.0)
+    assert toy_text_metric not in score_texts(GeneratedTexts(reconstructions=texts.reconstructions))  # no samples
+    assert "self_bleu" not in score_texts(GeneratedTexts(samples=["a"]))  # it needs two
+    with pytest.raises(TextVAEError, match="unknown texts 'words'; valid: reconstructions, samples, responses"):
+        register_text_metric("other", reads="words")
+    with pytest.raises(TextVAEError, match="unknown text metric 'nope'; valid: .*toy_text"):
+        score_texts(texts, ["nope"])
+
+
 def test_registering_a_metric(toy_metric):
     assert toy_metric in list_metrics() and toy_metric in list_metrics("test") and toy_metric not in list_metrics("epoch")
     batch = random_batch()
@@ -46,7 +73,8 @@ def test_registering_a_metric(toy_metric):
         evaluate_model(tiny(), [batch], metrics=["nope"])
 
 
-def test_a_registered_metric_reaches_the_training_log_and_the_study_table(toy_metric, tmp_path, monkeypatch):
+def test_a_registered_metric_reaches_the_training_log_and_the_study_table(toy_metric, toy_text_metric, tmp_path,
+                                                                          monkeypatch):
     monkeypatch.setenv("TEXTVAE_CACHE", str(tmp_path / "cache"))
     args = tiny_args(tmp_path / "runs", "toy", "synthetic", "--data.max_sentences", "200", "--train.max_steps", "4",
                      "--train.metrics_every", "2", "--train.iw_samples_final", "0")
@@ -55,6 +83,9 @@ def test_a_registered_metric_reaches_the_training_log_and_the_study_table(toy_me
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["split"] for r in records if "toy" in r] == ["valid_metrics", "valid_metrics", "test"]
     assert all(math.isfinite(r["toy"]) for r in records if "toy" in r)
+    main(["evaluate", str(run_dir), "--iw-samples", "0", "--max-sentences", "10", "--gen-sentences", "4",
+          "--json", str(tmp_path / "eval.json")])
+    assert json.loads((tmp_path / "eval.json").read_text())["toy_text"] == 4
 
     study = SimpleNamespace(name="s", path=tmp_path, base=tmp_path, seeds=[1], budget={}, variants={"plain": {}})
     results = st.aggregate(study, [st.Run("plain", 1, run_dir, parse_run_config(args)[0])])
@@ -63,9 +94,10 @@ def test_a_registered_metric_reaches_the_training_log_and_the_study_table(toy_me
     assert row.split(" | ")[-1] == f"{records[-1]['toy']:.3f} |"
 
 
-def test_a_registered_metric_reaches_the_dialogue_cvae_log_and_report(toy_metric, tmp_path, monkeypatch):
+def test_a_registered_metric_reaches_the_dialogue_cvae_log_and_report(toy_metric, toy_text_metric, tmp_path,
+                                                                     monkeypatch):
     """The CVAE is evaluated through the same registry, given each pair's context: the toy metric
-    counts the responses' tokens per pair."""
+    counts the responses' tokens per pair; the toy text metric, the responses generated."""
     monkeypatch.setenv("TEXTVAE_CACHE", str(tmp_path / "cache"))
     write_dialogues(tmp_path)
     cfg = CVAERunConfig(name="cvae", out_dir=str(tmp_path / "runs"),
@@ -73,10 +105,10 @@ def test_a_registered_metric_reaches_the_dialogue_cvae_log_and_report(toy_metric
                         model=tiny_cvae().cfg,
                         train=TrainConfig(epochs=1, progress=False, tensorboard=False, metrics_every=2,
                                           iw_samples_final=2, threads=1, device="cpu"),
-                        eval=DialogueEvalConfig(n_responses=1, max_contexts=1, max_len=3))
+                        eval=DialogueEvalConfig(n_responses=2, max_contexts=1, max_len=3))
     report = run_training(cfg)
     records = read_jsonl(tmp_path / "runs" / "cvae" / "metrics.jsonl")
     assert [r["split"] for r in records if "toy" in r] == ["valid_metrics"] * 2 + ["test"]
-    assert report["toy"] == records[-1]["toy"]
+    assert report["toy"] == records[-1]["toy"] and report["toy_text"] == 2
     test = load_dialogue_data(cfg.data).splits["test"]
     assert report["toy"] == pytest.approx(float(sum(int(n) - 1 for n in test.lengths)) / len(test))

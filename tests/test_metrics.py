@@ -15,10 +15,10 @@ import torch
 from torch import nn
 
 from textvae.errors import TextVAEError
-from textvae.metrics import (active_units, collapse_diagnostics, distinct_n, elbo_terms,
-                             evaluate_model, format_table, iw_estimate, iw_nll, latent_probe, mi_batch,
-                             he2019_noise_sd, mi_batch_he2019, mi_dataset, reconstruction_bleu,
-                             self_bleu)
+from textvae.metrics import (TEXT_METRICS, GeneratedTexts, active_units, collapse_diagnostics, distinct_n,
+                             elbo_terms, evaluate_model, format_table, iw_estimate, iw_nll, latent_probe,
+                             list_text_metrics, mi_batch, he2019_noise_sd, mi_batch_he2019, mi_dataset,
+                             reconstruction_bleu, score_texts, self_bleu)
 
 torch.set_num_threads(1)
 LOG_2PI = math.log(2 * math.pi)
@@ -478,6 +478,28 @@ def test_self_bleu_matches_sacrebleu_sentence_scores():
         slow = [bleu.sentence_score(s, sentences[:i] + sentences[i + 1:]).score
                 for i, s in enumerate(sentences)]
         assert self_bleu(sentences, max_n=max_n) == pytest.approx(sum(slow) / len(slow), abs=1e-9)
+
+
+_TEXTS = GeneratedTexts(
+    reconstructions=[("the cat sat on the mat", "the cat sat on a mat"), ("we eat fish", "we eat")],
+    samples=["the dog ran", "a cat sat on the mat", "we eat fish today"],
+    responses=[(["i am fine thanks"], ["i am fine", "fine thanks"]), (["see you"], ["see you", "bye"])])
+# the figures of the registered text metrics whose values are shares, on 0-100 or 0-1
+_SHARES = {"recon_bleu": 100, "self_bleu": 100, "distinct_1": 1, "distinct_2": 1, "intra_dist1": 1, "intra_dist2": 1,
+           **{f"bleu{k}_{side}": 1 for k in range(1, 5) for side in ("precision", "recall")}}
+
+
+@pytest.mark.parametrize("name", list_text_metrics())
+def test_every_text_metric_reads_only_its_texts(name):
+    """Each registered text metric gives finite figures from its own field of the texts, the same
+    whatever the other fields hold, and any share among them lies in its range."""
+    metric = TEXT_METRICS.get(name)
+    figures = score_texts(_TEXTS, [name])
+    alone = GeneratedTexts(**{metric.reads: getattr(_TEXTS, metric.reads)})
+    assert score_texts(alone, [name]) == figures
+    for key, value in figures.items():
+        assert math.isfinite(value) and 0 <= value <= _SHARES.get(key, math.inf), (key, value)
+    assert set(figures) - {"gen_sentences", "n_contexts"}
 
 
 # ---- latent probe --------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from textvae.data.datasets import load_dataset
 from textvae.data.synthetic import model_from_truth
 from textvae.data.tokenization import Tokenizer
 from textvae.metrics import evaluate_model, format_table, iw_nll, latent_probe, reconstruction_bleu
-from textvae.metrics.generation import generation_metrics
+from textvae.metrics.generation import generate_texts, score_texts
 from textvae.metrics.likelihood import draw_samples, iw_log_marginal
 from textvae.metrics.probe import probe_model
 from textvae.models.flows import IAF
@@ -140,18 +140,21 @@ def test_evaluate_cli_prints_one_table_and_writes_json(run_dir, tmp_path, capsys
     assert stop.value.code == 2 and "labelled corpus" in capsys.readouterr().err
 
 
-def test_generation_metrics_are_seeded_and_clean(run_dir):
+def test_generated_texts_are_seeded_and_clean(run_dir):
     model, tokenizer, data = load_run(run_dir, max_sentences=60)
     batches = list(data.splits["test"].batches(25))
-    first = generation_metrics(model, tokenizer, batches, n_samples=30, max_len=21, seed=0, batch_size=8)
-    again = generation_metrics(model, tokenizer, batches, n_samples=30, max_len=21, seed=0, batch_size=8)
-    other = generation_metrics(model, tokenizer, batches, n_samples=30, max_len=21, seed=1, batch_size=8)
+    first = generate_texts(model, tokenizer, batches, n_samples=30, max_len=21, seed=0, batch_size=8)
+    again = generate_texts(model, tokenizer, batches, n_samples=30, max_len=21, seed=0, batch_size=8)
+    other = generate_texts(model, tokenizer, batches, n_samples=30, max_len=21, seed=1, batch_size=8)
     assert first.samples == again.samples and first.samples != other.samples
     lines = data.splits["test"].lines  # every synthetic word is in the vocabulary
-    assert first.references == [lines[i] for b in batches for i in b.index.tolist()]
-    assert len(first.reconstructions) == 60 and len(first.samples) == 30
-    assert first.recon_bleu == pytest.approx(reconstruction_bleu(first.references, first.reconstructions))
-    words = {w for s in first.samples + first.reconstructions for w in s.split()}
+    inputs, outputs = zip(*first.reconstructions)
+    assert list(inputs) == [lines[i] for b in batches for i in b.index.tolist()]
+    assert len(first.reconstructions) == 60 and len(first.samples) == 30 and not first.responses
+    figures = score_texts(first)
+    assert figures["recon_bleu"] == pytest.approx(reconstruction_bleu(inputs, outputs))
+    assert figures["gen_sentences"] == 30 and not {"bleu1_precision", "intra_dist1", "n_contexts"} & set(figures)
+    words = {w for s in first.samples + list(outputs) for w in s.split()}
     assert not words & {"<s>", "<pad>", "</s>"}
 
 

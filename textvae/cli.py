@@ -123,12 +123,13 @@ def evaluate_parser() -> argparse.ArgumentParser:
 def cmd_evaluate(argv: list[str]) -> None:
     """One table and one JSON file of every figure of a model on a split: ELBO terms with the KL
     per dimension, IW-NLL / IW-PPL, both MI estimators, active units and the collapse diagnosis,
-    generation (reconstruction BLEU, distinct-1/2 and self-BLEU of prior samples) and, with
+    the registered text metrics of generated texts (reconstruction BLEU; distinct-1/2, self-BLEU and
+    length of prior samples) and, with
     ``--probe N``, the latent probe (BN-VAE). ``--max-sentences`` evaluates an evenly spread
     subset of the split (the first sentences would be the shortest in evaluation order)."""
     from textvae.config import DataConfig, TrainConfig, from_dict
     from textvae.data.datasets import load_dataset
-    from textvae.metrics.generation import generation_metrics
+    from textvae.metrics import generate_texts, score_texts
     from textvae.models.native import native_kernels
     from textvae.training.denormals import denormals_flushed
     from textvae.training.train import check_precision, evaluation, freed_memory_kept, precision_autocast
@@ -182,11 +183,11 @@ def cmd_evaluate(argv: list[str]) -> None:
     examples: dict[str, Any] = {}
     if not args.no_generation:
         max_len = args.max_len or int(split.lengths.max()) - 1
-        gen = generation_metrics(model, tokenizer, batches(min(args.gen_sentences, n_eval)), args.gen_sentences,
-                                 max_len, seed=args.seed, batch_size=args.batch_size)
-        results.update(gen.summary())
-        examples = {"reconstructions": [list(p) for p in zip(gen.references, gen.reconstructions)][:_EXAMPLES],
-                    "samples": gen.samples[:_EXAMPLES]}
+        texts = generate_texts(model, tokenizer, batches(min(args.gen_sentences, n_eval)), args.gen_sentences,
+                               max_len, seed=args.seed, batch_size=args.batch_size)
+        results.update(score_texts(texts))
+        examples = {"reconstructions": [list(p) for p in texts.reconstructions[:_EXAMPLES]],
+                    "samples": texts.samples[:_EXAMPLES]}
     if args.probe:
         results.update(_probe_figures(model, data, args, batches(n_eval), device))
     print(format_report(results))

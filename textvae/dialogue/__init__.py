@@ -2,8 +2,8 @@
 
 ``data``: (context, response) pairs from DailyDialog or JSONL, :class:`DialogueBatch`;
 ``model``: :class:`KgCVAE` (hierarchical context encoder, recognition and prior networks, decoder);
-``metrics``: BLEU precision / recall and distinct-n of generated responses (the likelihood figures
-are the registered metrics, through :meth:`KgCVAE.given`);
+``metrics``: the responses to a split's contexts, which the registered text metrics score (the
+likelihood figures are the registered metrics, through :meth:`KgCVAE.given`);
 ``respond``: :func:`respond` (diverse responses to a context). Training is the ``dialogue`` task
 (:mod:`textvae.tasks.dialogue`) of the one training loop.
 """

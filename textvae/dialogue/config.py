@@ -89,8 +89,9 @@ class DialogueEvalConfig:
     """The final test figures.
 
     Generation (Zhao et al. 2017): ``n_responses`` responses per test context, each decoded
-    (``method``: greedy or sample) from its own z ~ p(z|c); BLEU precision / recall, distinct-n.
-    ``max_contexts`` caps the contexts scored. Likelihood: ELBO terms and IW-NLL with
+    (``method``: greedy or sample) from its own z ~ p(z|c), scored by the registered text metrics
+    (BLEU precision / recall, distinct-n, self-BLEU). ``max_contexts`` caps the contexts scored, spread
+    evenly over the split. Likelihood: ELBO terms and IW-NLL with
     ``train.iw_samples_final`` samples on at most ``max_pairs`` test pairs, spread evenly over the split.
     ``None`` = all.
     """

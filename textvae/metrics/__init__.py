@@ -6,18 +6,21 @@ standard error from a second draw, :class:`IWAccumulator`), :func:`elbo_terms`
 :func:`mi_batch` (He et al. 2019's per-batch aggregate), :func:`mi_batch_he2019` (their estimator
 as published, with its noise floor :func:`he2019_noise_sd`). Latent usage (``latent``): :func:`active_units`,
 :func:`collapse_diagnostics`. Text (``generation``): :func:`reconstruction_bleu`, :func:`distinct_n`,
-:func:`self_bleu`, and :func:`generation_metrics` (generates from a model, then scores). Probing
+:func:`self_bleu`, :func:`bleu_precision_recall`, registered as text metrics (:func:`register_text_metric`)
+that :func:`score_texts` computes on a model's :class:`GeneratedTexts` (:func:`generate_texts`). Probing
 (``probe``): :func:`latent_probe`, :func:`probe_model`. All at once: :func:`evaluate_model` and
 :func:`format_table` (``textvae evaluate`` adds generation, probe and ground truth); a new metric
-is one function registered with :func:`register_metric`.
+is one function registered with :func:`register_metric` (on an evaluation pass) or
+:func:`register_text_metric` (on generated texts).
 
 Models are used only through the protocol of ``docs/design.md``: ``encode``, ``prior.log_prob``,
 ``log_likelihood``.
 """
 from textvae.metrics.evaluate import (METRICS, EvalPass, Metric, evaluate_model, format_table, get_metric,
                                       list_metrics, register_metric)
-from textvae.metrics.generation import (GenerationResult, distinct_n, generation_metrics,
-                                        reconstruction_bleu, self_bleu)
+from textvae.metrics.generation import (TEXT_METRICS, GeneratedTexts, TextMetric, bleu_precision_recall, distinct_n,
+                                        generate_texts, list_text_metrics, reconstruction_bleu,
+                                        register_text_metric, score_texts, self_bleu)
 from textvae.metrics.information import he2019_noise_sd, mi_batch, mi_batch_he2019, mi_dataset
 from textvae.metrics.latent import (ActiveUnits, CollapseDiagnostics, active_units,
                                     collapse_diagnostics, collapse_verdict)
@@ -29,7 +32,8 @@ from textvae.metrics.probe import ProbeResult, draw_labelled, latent_probe, prob
 __all__ = [
     "METRICS", "EvalPass", "Metric", "evaluate_model", "format_table", "get_metric", "list_metrics",
     "register_metric",
-    "GenerationResult", "distinct_n", "generation_metrics", "reconstruction_bleu", "self_bleu",
+    "TEXT_METRICS", "GeneratedTexts", "TextMetric", "bleu_precision_recall", "distinct_n", "generate_texts",
+    "list_text_metrics", "reconstruction_bleu", "register_text_metric", "score_texts", "self_bleu",
     "mi_batch", "mi_batch_he2019", "mi_dataset", "he2019_noise_sd",
     "ActiveUnits", "CollapseDiagnostics", "active_units", "collapse_diagnostics", "collapse_verdict",
     "ElboResult", "IWAccumulator", "IWEstimate", "IWProgress", "IWResult", "draw_samples", "elbo_batch", "elbo_terms",

@@ -277,6 +277,7 @@ _ROWS = [
     ("distinct_1", "distinct-1 ({G} prior samples)", "{:.4f}"),
     ("distinct_2", "distinct-2 ({G} prior samples)", "{:.4f}"),
     ("self_bleu", "self-BLEU ({G} prior samples)", "{:.2f}"),
+    ("sample_words", "words per prior sample", "{:.1f}"),
     ("probe_acc", "probe accuracy ({P}/class, mean ± std)", "{:.4f}"),
 ]
 # shown inside other rows' labels or values

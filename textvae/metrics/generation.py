@@ -1,5 +1,11 @@
-"""Metrics on generated text: reconstruction BLEU, distinct-n and self-BLEU, and
-:func:`generation_metrics`, which generates the texts from a model and scores them.
+"""Metrics on generated text, registered like the evaluation pass's (``textvae list text_metric``).
+
+A model's generated texts are gathered in :class:`GeneratedTexts` (:func:`generate_texts` for a
+sentence VAE, ``textvae.dialogue.metrics.respond_to_split`` for the dialogue CVAE), and
+:func:`score_texts` computes every registered text metric whose texts are there: reconstruction
+BLEU, distinct-n and self-BLEU of samples, length, and Zhao et al. (2017)'s BLEU precision / recall
+and intra-context distinct of responses. A new one is one function registered with
+:func:`register_text_metric`.
 
 Sentences are strings of space-separated tokens as the tokenizer produced them (already
 tokenized), so BLEU runs with sacrebleu's ``tokenize="none"``: it splits on whitespace only, and
@@ -7,15 +13,19 @@ a second tokenization would change the n-grams the model was scored on.
 """
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import random
 from collections import Counter
-from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
 from textvae.errors import TextVAEError
 from textvae.metrics._common import Batches, eval_mode, iterate
+from textvae.registry import Registry
 
 
 def _bleu_class() -> Any:
@@ -42,7 +52,7 @@ def reconstruction_bleu(references: Sequence[str], hypotheses: Sequence[str]) ->
 def distinct_n(sentences: Sequence[str], n: int) -> float:
     """Distinct-n: unique n-grams / total n-grams, pooled over the whole set (not averaged per
     sentence); 0.0 when no sentence has n tokens. The denominator is the n-gram count, as in
-    DialogWAE's evaluation (which ``textvae.dialogue.metrics`` follows); Li et al. (2016) divide by the
+    DialogWAE's evaluation (which the dialogue task's figures follow); Li et al. (2016) divide by the
     generated tokens instead, which gives distinct-2 about a tenth lower for ~10-word sentences."""
     if n < 1:
         raise TextVAEError(f"distinct_n: n must be >= 1, got {n}")
@@ -107,36 +117,152 @@ def self_bleu(sentences: Sequence[str], max_n: int = 4, sample: Optional[int] = 
     return sum(scores) / len(scores)
 
 
+@lru_cache(maxsize=None)
+def _sentence_bleu(order: int) -> Callable[[str, str], float]:
+    """hypothesis, reference -> sentence BLEU-``order`` on 0-1: whitespace tokens, exponential smoothing
+    of zero n-gram counts (Chen & Cherry 2014, method 3) and effective order. Zhao et al. used NLTK's
+    smoothing method 7, so absolute values differ from theirs."""
+    scorer = _bleu_class()(tokenize="none", max_ngram_order=order, smooth_method="exp", effective_order=True)
+    return lambda hyp, ref: scorer.sentence_score(hyp, [ref]).score / 100.0
+
+
+def bleu_precision_recall(hypotheses: Sequence[str], references: Sequence[str], order: int = 4
+                          ) -> tuple[float, float]:
+    """Zhao et al. (2017, section 5.2)'s BLEU precision and recall of the n responses h_1..h_n to one
+    context against its m references r_1..r_m, with sentence BLEU-``order`` (:func:`_sentence_bleu`):
+
+        precision = 1/n sum_i max_j BLEU(r_j, h_i),   recall = 1/m sum_j max_i BLEU(r_j, h_i)
+    """
+    if not hypotheses or not references:
+        raise TextVAEError("bleu_precision_recall: need at least one hypothesis and one reference")
+    bleu = _sentence_bleu(order)
+    scores = [[bleu(h, r) for r in references] for h in hypotheses]  # [n, m]
+    precision = sum(max(row) for row in scores) / len(hypotheses)
+    recall = sum(max(col) for col in zip(*scores)) / len(references)
+    return precision, recall
+
+
 @dataclass
-class GenerationResult:
-    """The texts :func:`generation_metrics` generated and the figures computed on them."""
+class GeneratedTexts:
+    """The texts a model generated for one evaluation, which the text metrics score. A field the
+    model cannot fill stays empty, and the metrics that read it are skipped.
 
-    references: list[str]  # the encoded sentences, as the tokenizer gives them back
-    reconstructions: list[str]  # greedy decoding from each posterior mean ([] for the LM)
-    samples: list[str]  # ancestral sampling from z ~ p(z) (from nothing for the LM)
-    recon_bleu: Optional[float]  # None for the LM
-    distinct_1: float
-    distinct_2: float
-    self_bleu: float
+    ``reconstructions``: (input, its reconstruction) pairs; a sentence VAE's greedy decoding of each
+    posterior mean (none for the language model). ``samples``: texts generated from the prior, pooled;
+    a sentence VAE's decodings of z ~ p(z), the CVAE's responses to every context. ``responses``: per
+    context, (its references, the n responses generated for it, each from its own z ~ p(z|c)).
+    """
 
-    def summary(self) -> dict[str, float]:
-        figures = {"recon_bleu": self.recon_bleu, "distinct_1": self.distinct_1,
-                   "distinct_2": self.distinct_2, "self_bleu": self.self_bleu,
-                   "gen_sentences": float(len(self.samples))}
-        return {k: v for k, v in figures.items() if v is not None}
+    reconstructions: list[tuple[str, str]] = field(default_factory=list)
+    samples: list[str] = field(default_factory=list)
+    responses: list[tuple[list[str], list[str]]] = field(default_factory=list)
 
 
-def generation_metrics(model: Any, tokenizer: Any, batches: Batches, n_samples: int,
-                       max_len: int, seed: int = 0, batch_size: int = 100) -> GenerationResult:
-    """Generate with ``model`` and score the text.
+@dataclass(frozen=True)
+class TextMetric:
+    """One registered text metric: ``result(texts) -> {figure: value}``, computed by :func:`score_texts`
+    when the field of :class:`GeneratedTexts` it ``reads`` holds at least ``least`` texts."""
 
-    * Reconstruction BLEU (:func:`reconstruction_bleu`): every sentence of ``batches`` is encoded
-      and its posterior mean decoded greedily; the reference is the input as the tokenizer decodes
-      its ids, so a word outside the vocabulary is ``<unk>`` on both sides.
-    * ``n_samples`` sentences sampled from z ~ p(z) with plain ancestral sampling (temperature 1, no
-      truncation: the model's own distribution), in chunks of ``batch_size``; both z and the words
-      come from one generator seeded with ``seed``: distinct-1/2 (:func:`distinct_n`) and self-BLEU
-      (:func:`self_bleu`) of these samples.
+    result: Callable[[GeneratedTexts], dict[str, float]]
+    reads: str
+    least: int = 1
+
+    @property
+    def doc(self) -> str:
+        """What ``textvae list text_metric`` says of it: its ``result``'s docstring and what it reads."""
+        return f"{inspect.getdoc(self.result) or ''}\n\nReads: {self.reads} (at least {self.least})."
+
+
+TEXT_METRICS: Registry = Registry(
+    "text metric", recipe="computed on generated texts by textvae evaluate (sentences) and by the dialogue "
+                          "task's test report (responses)")
+_FIELDS = tuple(f.name for f in dataclasses.fields(GeneratedTexts))
+
+
+def register_text_metric(name: str, reads: str, least: int = 1
+                         ) -> Callable[[Callable[[GeneratedTexts], dict[str, float]]], TextMetric]:
+    """Decorator: ``@register_text_metric("self_bleu", reads="samples", least=2)`` on
+    ``result(texts) -> dict`` registers a :class:`TextMetric` under ``name``."""
+    if reads not in _FIELDS:
+        raise TextVAEError(f"text metric {name!r}: unknown texts {reads!r}; valid: {', '.join(_FIELDS)}")
+    return lambda result: TEXT_METRICS.register(name)(TextMetric(result, reads, least))
+
+
+def list_text_metrics() -> list[str]:
+    return TEXT_METRICS.names()
+
+
+def score_texts(texts: GeneratedTexts, metrics: Optional[Sequence[str]] = None) -> dict[str, float]:
+    """The registered text ``metrics`` (all by default) of ``texts``, each where its texts are there,
+    and how many texts they scored: ``gen_sentences`` (samples), ``n_contexts`` (responses)."""
+    chosen = [TEXT_METRICS.get(name) for name in (list_text_metrics() if metrics is None else metrics)]
+    figures: dict[str, float] = {}
+    for metric in chosen:
+        if len(getattr(texts, metric.reads)) >= metric.least:
+            figures.update(metric.result(texts))
+            count = {"samples": "gen_sentences", "responses": "n_contexts"}.get(metric.reads)
+            if count:
+                figures[count] = float(len(getattr(texts, metric.reads)))
+    return figures
+
+
+@register_text_metric("recon_bleu", reads="reconstructions")
+def _recon_bleu(texts: GeneratedTexts) -> dict[str, float]:
+    """recon_bleu: corpus BLEU of the reconstructions against their inputs (:func:`reconstruction_bleu`)."""
+    references, hypotheses = zip(*texts.reconstructions)
+    return {"recon_bleu": reconstruction_bleu(references, hypotheses)}
+
+
+@register_text_metric("distinct", reads="samples")
+def _distinct(texts: GeneratedTexts) -> dict[str, float]:
+    """distinct_1, distinct_2: distinct-n of the samples pooled (:func:`distinct_n`; for responses,
+    Zhao et al.'s and DialogWAE's inter-context distinct)."""
+    return {f"distinct_{n}": distinct_n(texts.samples, n) for n in (1, 2)}
+
+
+@register_text_metric("self_bleu", reads="samples", least=2)
+def _self_bleu(texts: GeneratedTexts) -> dict[str, float]:
+    """self_bleu: each sample's BLEU against the others, averaged (:func:`self_bleu`)."""
+    return {"self_bleu": self_bleu(texts.samples)}
+
+
+@register_text_metric("length", reads="samples")
+def _length(texts: GeneratedTexts) -> dict[str, float]:
+    """sample_words: the samples' mean length in tokens (``</s>`` not counted), beside distinct-n and
+    self-BLEU, which depend on it."""
+    return {"sample_words": sum(len(s.split()) for s in texts.samples) / len(texts.samples)}
+
+
+@register_text_metric("bleu_precision_recall", reads="responses")
+def _bleu_precision_recall(texts: GeneratedTexts) -> dict[str, float]:
+    """bleuK_precision, bleuK_recall (K = 1..4): Zhao et al. (2017)'s BLEU-K precision and recall of each
+    context's responses (:func:`bleu_precision_recall`), averaged over contexts; on 0-1 as in their tables."""
+    figures = {}
+    for k in (1, 2, 3, 4):
+        pr = [bleu_precision_recall(hyps, refs, k) for refs, hyps in texts.responses]
+        figures[f"bleu{k}_precision"] = sum(p for p, _ in pr) / len(pr)
+        figures[f"bleu{k}_recall"] = sum(r for _, r in pr) / len(pr)
+    return figures
+
+
+@register_text_metric("distinct_intra", reads="responses")
+def _distinct_intra(texts: GeneratedTexts) -> dict[str, float]:
+    """intra_dist1, intra_dist2: distinct-n of each context's responses, averaged over contexts (Zhao et
+    al. 2017; the pooled, inter-context figure is ``distinct``)."""
+    return {f"intra_dist{n}": sum(distinct_n(hyps, n) for _, hyps in texts.responses) / len(texts.responses)
+            for n in (1, 2)}
+
+
+def generate_texts(model: Any, tokenizer: Any, batches: Batches, n_samples: int,
+                   max_len: int, seed: int = 0, batch_size: int = 100) -> GeneratedTexts:
+    """The texts a sentence VAE (or the language model) generates for :func:`score_texts`.
+
+    * Reconstructions: every sentence of ``batches`` is encoded and its posterior mean decoded
+      greedily; the input is kept as the tokenizer decodes its ids, so a word outside the vocabulary
+      is ``<unk>`` on both sides. None for the language model.
+    * ``n_samples`` samples from z ~ p(z) (from nothing for the LM) with plain ancestral sampling
+      (temperature 1, no truncation: the model's own distribution), in chunks of ``batch_size``; both
+      z and the words come from one generator seeded with ``seed``.
 
     ``max_len`` caps decoding steps (``</s>`` included). Eval mode, no gradients.
     """
@@ -145,20 +271,16 @@ def generation_metrics(model: Any, tokenizer: Any, batches: Batches, n_samples: 
     lm = getattr(model, "latent_dim", None) == 0
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
-    references, reconstructions, samples = [], [], []
+    texts = GeneratedTexts()
     with eval_mode(model):
         if not lm:
             for batch in iterate(batches):
-                references += [tokenizer.decode(ids) for ids in batch.tokens.tolist()]
+                inputs = [tokenizer.decode(ids) for ids in batch.tokens.tolist()]
                 z = model.encode(batch).mean
-                reconstructions += [tokenizer.decode(ids) for ids in greedy(model, z, max_len)]
+                outputs = [tokenizer.decode(ids) for ids in greedy(model, z, max_len)]
+                texts.reconstructions += zip(inputs, outputs)
         for start in range(0, n_samples, batch_size):
             n = min(batch_size, n_samples - start)
             z = None if lm else model.sample_prior(n, generator=generator)
-            ids = sample(model, z, max_len, generator=generator, batch_size=n)
-            samples += [tokenizer.decode(x) for x in ids]
-    return GenerationResult(
-        references=references, reconstructions=reconstructions, samples=samples,
-        recon_bleu=None if lm else reconstruction_bleu(references, reconstructions),
-        distinct_1=distinct_n(samples, 1), distinct_2=distinct_n(samples, 2),
-        self_bleu=self_bleu(samples))
+            texts.samples += [tokenizer.decode(x) for x in sample(model, z, max_len, generator=generator, batch_size=n)]
+    return texts

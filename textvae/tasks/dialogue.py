@@ -2,9 +2,10 @@
 
 Its figures are the registered metrics of each stage (:mod:`textvae.metrics`: -ELBO at beta = 1 of
 the responses given their contexts, its terms, MI, AU, and IW-NLL in the final report), computed
-given each pair's context (:meth:`KgCVAE.given`); the final report adds Zhao et al.'s BLEU / distinct
-figures of generated responses on the test split (:mod:`textvae.dialogue.metrics`), which decode and
-score text rather than read one evaluation pass.
+given each pair's context (:meth:`KgCVAE.given`); the final report adds the registered text metrics
+(Zhao et al.'s BLEU precision / recall, distinct-n, self-BLEU) of responses generated to the test
+contexts (:mod:`textvae.dialogue.metrics`), which decode and score text rather than read one
+evaluation pass.
 """
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ import torch
 
 from textvae.dialogue.config import CVAERunConfig
 from textvae.dialogue.data import DialogueData, DialogueSplit, load_dialogue_data
-from textvae.dialogue.metrics import evaluate_generation
+from textvae.dialogue.metrics import respond_to_split
 from textvae.dialogue.model import KgCVAE
-from textvae.metrics import IWProgress, evaluate_model, list_metrics
+from textvae.metrics import IWProgress, evaluate_model, list_metrics, score_texts
 from textvae.tasks.base import register_task
 from textvae.training.task import Task
 from textvae.training.train import EVAL_SEED, eval_seed
@@ -45,16 +46,16 @@ class DialogueTask(Task):
 
     def test_report(self, data: DialogueData, best_dir: Path, device: torch.device,
                     progress: Optional[Path] = None) -> dict[str, Any]:
-        """Test figures of the best model: the registered metrics (with IW-NLL), and generation's
-        (BLEU, distinct)."""
+        """Test figures of the best model: the registered metrics (with IW-NLL), and the registered
+        text metrics of its responses."""
         model = KgCVAE.from_pretrained(best_dir, device)
         test, ec = data.splits["test"], self.cfg.eval
         report = self._figures(model, test, device, "test", ec.max_pairs, self.cfg.train.iw_samples_final,
                                self.iw_progress(progress, best_dir, device, max_pairs=ec.max_pairs))
-        generated, _ = evaluate_generation(model, data.tokenizer, test, ec.n_responses, ec.max_contexts, ec.method,
-                                           ec.max_len, torch.Generator(device=device).manual_seed(EVAL_SEED),
-                                           temperature=ec.temperature, top_p=ec.top_p)
-        report.update(generated)
+        texts = respond_to_split(model, data.tokenizer, test, ec.n_responses, ec.max_contexts, method=ec.method,
+                                 max_len=ec.max_len, generator=torch.Generator(device=device).manual_seed(EVAL_SEED),
+                                 temperature=ec.temperature, top_p=ec.top_p)
+        report.update(score_texts(texts))
         return report
 
     def _figures(self, model: KgCVAE, split: DialogueSplit, device: torch.device, stage: str,
