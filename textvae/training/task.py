@@ -58,8 +58,8 @@ class Task:
 
     def periodic_metrics(self, model: nn.Module, split: Any, device: torch.device,
                          limit: int) -> Optional[dict[str, float]]:
-        """Figures of the first ``limit`` validation items every ``train.metrics_every`` steps
-        (``None``: the task has none for this model)."""
+        """Figures of ``limit`` validation items spread evenly over the split, every
+        ``train.metrics_every`` steps (``None``: the task has none for this model)."""
         raise NotImplementedError
 
     def test_report(self, data: Any, best_dir: Path, device: torch.device,
