@@ -3,6 +3,7 @@ status 2, no traceback -- or, where the policy is to go on (over-long lines, unk
 in the log. The README's "Bad input" table lists these cases.
 """
 import dataclasses
+import importlib.util
 import json
 import logging
 import re
@@ -10,12 +11,15 @@ import shlex
 import shutil
 import typing
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from textvae.cli import main
+from textvae.cli import check_probe, main
 from textvae.config import RunConfig
 from textvae.dialogue.config import CVAERunConfig
+from textvae.errors import TextVAEError
+from textvae.tasks.runconfig import parse_run_config
 from textvae.training.logger import read_jsonl
 from tests.test_train import tiny_args, write_corpus
 
@@ -57,12 +61,45 @@ def folder(tmp_path: Path, train: bytes, name: str = "data") -> Path:
 
 def test_missing_files(tmp_path, corpus, capsys):
     assert "'/no/such/corpus.txt' is not a corpus" in fails(train_on(tmp_path, "/no/such/corpus.txt"), capsys)
+    assert not (tmp_path / "runs" / "x").exists()  # a start that failed leaves no run folder behind
     assert "no such recipe: missing.yaml" in fails(["train", "missing.yaml"], capsys)
     partial = tmp_path / "partial"
     shutil.copytree(corpus, partial)
     (partial / "valid.txt").unlink()
     assert re.search(r"partial: no valid.txt or \*.valid.txt files", fails(train_on(tmp_path, partial), capsys))
     assert "no such run or model folder: /no/run" in fails(["evaluate", "/no/run"], capsys)
+
+
+def test_overrides_win_wherever_the_recipe_stands(tmp_path, capsys):
+    """``--config FILE`` after the overrides does not undo them (jsonargparse applies arguments in order);
+    a recipe given as the first positional argument after options is an error that says where it goes."""
+    recipe = tmp_path / "min.yaml"
+    recipe.write_text("train:\n  max_steps: 10\n  epochs: 3\n")
+    for argv in (["--train.max_steps", "5", "--config", str(recipe)], [f"--config={recipe}", "--train.max_steps", "5"],
+                 [str(recipe), "--train.max_steps", "5"]):
+        cfg, _ = parse_run_config(argv)
+        assert (cfg.train.max_steps, cfg.train.epochs) == (5, 3), argv
+    line = fails(["train", "--train.max_steps", "5", str(recipe)], capsys)
+    assert line.endswith(f"unrecognized arguments: {recipe} (the recipe {recipe} goes first, before the overrides)")
+
+
+def without(monkeypatch, *packages: str) -> None:
+    """As if ``packages`` were not installed, to textvae's checks of optional packages."""
+    found = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in packages else found(name, *a))
+
+
+def test_evaluate_checks_its_optional_packages_before_the_pass(tmp_path, trained, capsys, monkeypatch):
+    without(monkeypatch, "sacrebleu", "sklearn")
+    out = tmp_path / "eval.json"
+    line = fails(["evaluate", str(trained), "--iw-samples", "2", "--json", str(out)], capsys)
+    assert line.endswith("the text metrics need sacrebleu: pip install 'textvae[eval]' (or --no-generation)")
+    assert not out.exists() and not list(tmp_path.glob("*.iw_progress.safetensors"))  # no IW batch was done
+    main(["evaluate", str(trained), "--iw-samples", "0", "--no-generation", "--json", str(out)])
+    assert "recon_bleu" not in json.loads(out.read_text())
+    labelled = SimpleNamespace(name="labelled", splits={"train": SimpleNamespace(labels=[0, 1])})
+    with pytest.raises(TextVAEError, match=r"^--probe needs scikit-learn: pip install 'textvae\[eval\]'$"):
+        check_probe(SimpleNamespace(is_lm=False), labelled)  # before the pass, as the text metrics' check
 
 
 def test_missing_sentence_file(trained, capsys):
@@ -195,7 +232,8 @@ def test_evaluate_states_its_cost_first(trained, corpus, caplog, capsys):
 
 @pytest.mark.parametrize("change,detail", [
     (["--model.latent_dim", "8"], r"has shape \(8, 4\), model expects \(8, 8\); changed since the checkpoint: "
-                                  r"model.latent_dim 4 -> 8$"),
+                                  r"model.latent_dim 4 -> 8 \(to resume with the run's own settings: "
+                                  r"textvae train \S+/runs/x/config.yaml --resume\)$"),
     (["--model.decoder.hidden_dim", "9"], r"model.decoder.hidden_dim 8 -> 9"),
     ("other vocabulary", r"decoder.embedding.weight has shape \(34, 8\), model expects \(44, 8\); "
                          r"changed since the checkpoint: data.name"),
@@ -219,7 +257,7 @@ def test_corrupted_checkpoint(tmp_path, trained, corpus, capsys, damage):
         ckpt.write_bytes(data[: len(data) // 2])
     else:  # a model's weights where the checkpoint should be
         shutil.copy(tmp_path / "runs/x/model/model.safetensors", ckpt)
-    line = fails([*train_on(tmp_path, corpus), "--resume"], capsys)
+    line = fails([*train_on(tmp_path, corpus), "--resume", "--train.max_steps", "3"], capsys)  # to train on
     expected = "is not a textvae checkpoint" if damage == "model_file" else "corrupted checkpoint"
     assert f"{ckpt}" in line and expected in line
 
@@ -446,7 +484,6 @@ def test_disk_full_while_writing_the_best_model(tmp_path, trained, monkeypatch):
     import safetensors.torch
     from safetensors import SafetensorError
 
-    from textvae.errors import TextVAEError
     from textvae.models.textvae import TextVAE
 
     shutil.copytree(trained / "model", tmp_path / "model")

@@ -393,6 +393,21 @@ def test_the_cvae_figures_through_the_metric_registry_are_those_computed_before(
         assert {key: figures[key] for key in former} == former
 
 
+def test_a_dialogue_run_checks_its_report_s_packages_first(tmp_path, monkeypatch):
+    """The test report scores responses with BLEU: without sacrebleu the run fails before it starts."""
+    from tests.test_bad_input import without
+
+    write_dialogues(tmp_path)
+    without(monkeypatch, "sacrebleu")
+    cfg = CVAERunConfig(name="run", out_dir=str(tmp_path / "runs"),
+                        data=DialogueDataConfig(name=str(tmp_path), context_turns=2, batch_size=8, eval_batch_size=4),
+                        model=tiny().cfg, train=TrainConfig(epochs=1, progress=False, tensorboard=False))
+    with pytest.raises(TextVAEError, match=r"^the text metrics need sacrebleu: pip install 'textvae\[eval\]' \(the "
+                                           r"test report scores the responses with them\)$"):
+        train_cvae(cfg)
+    assert not (tmp_path / "runs").exists()
+
+
 def test_train_cvae_and_respond(tmp_path, capsys):
     write_dialogues(tmp_path)
     cfg = CVAERunConfig(

@@ -3,6 +3,7 @@ checkpoint write resume to the parameters, best model and log of an uninterrupte
 non-finite loss stops with a diagnostic, keeps the last checkpoint and its resume command works.
 """
 import json
+import logging
 import math
 import os
 import re
@@ -246,14 +247,36 @@ def test_nonfinite_loss_stops_with_a_diagnostic(corpus, tmp_path, monkeypatch, c
     assert read_checkpoint(run / "checkpoint.safetensors").meta["config"]["optim"]["lr"] == new_lr
 
 
-def test_optimiser_settings_changed_on_resume_take_effect(corpus, tmp_path):
+def test_a_finished_run_resumed_unchanged_is_not_evaluated_again(corpus, tmp_path, caplog, capsys):
+    """Its test report stands: the log is untouched and the command prints it; with a larger budget the
+    same --resume trains on."""
+    args = tiny_args(tmp_path, "x", corpus, "--train.max_steps", "2", "--train.iw_samples_final", "2")
+    main(["train", *args])
+    log = (tmp_path / "x" / "metrics.jsonl").read_bytes()
+    first = capsys.readouterr().out
+    with caplog.at_level(logging.INFO, logger="textvae"):
+        main(["train", *args, "--resume"])
+    assert (tmp_path / "x" / "metrics.jsonl").read_bytes() == log
+    assert "is finished and its settings are unchanged: its test report stands" in caplog.text
+    assert capsys.readouterr().out == first
+    main(["train", *args, "--resume", "--train.max_steps", "3"])
+    records = read_jsonl(tmp_path / "x" / "metrics.jsonl")
+    assert [r["split"] for r in records].count("test") == 1 and records[-1]["split"] == "test"
+    assert records[-1]["step"] == 3
+
+
+def test_optimiser_settings_changed_on_resume_take_effect(corpus, tmp_path, caplog):
     """The checkpoint's param_groups come back with the optimiser's state, but a setting changed with
-    --resume (momentum here) is the one the resumed run uses, as it is for every other setting."""
+    --resume (momentum here) is the one the resumed run uses, as it is for every other setting; the
+    console says which changed."""
     args = tiny_args(tmp_path, "x", corpus, "--optim.name", "sgd", "--optim.momentum", "0.9", "--train.max_steps", "2",
                      "--train.iw_samples_final", "0")
     main(["train", *args])
-    main(["train", *args, "--resume", "--optim.momentum", "0", "--optim.weight_decay", "0.01",
-          "--train.max_steps", "4"])
+    with caplog.at_level(logging.WARNING, logger="textvae"):
+        main(["train", *args, "--resume", "--optim.momentum", "0", "--optim.weight_decay", "0.01",
+              "--train.max_steps", "4"])
+    assert ("resuming with settings changed since the checkpoint, which take effect (and go into its config.yaml): "
+            "optim.momentum 0.9 -> 0.0, optim.weight_decay 0.0 -> 0.01, train.max_steps 2 -> 4") in caplog.text
     (group,) = read_checkpoint(tmp_path / "x" / "checkpoint.safetensors").document["optimizer"]["param_groups"]
     assert group["momentum"] == 0 and group["weight_decay"] == 0.01
     (resumed,) = [r for r in read_jsonl(tmp_path / "x" / "metrics.jsonl") if r["split"] == "resume"]

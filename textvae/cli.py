@@ -16,6 +16,7 @@ Errors in the input are printed as one line (``textvae: error: ...``) with exit 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import inspect
 import json
 import logging
@@ -129,7 +130,7 @@ def cmd_evaluate(argv: list[str]) -> None:
     subset of the split (the first sentences would be the shortest in evaluation order)."""
     from textvae.config import DataConfig, TrainConfig, from_dict
     from textvae.data.datasets import load_dataset
-    from textvae.metrics import generate_texts, score_texts
+    from textvae.metrics import check_text_metrics, generate_texts, score_texts
     from textvae.models.native import native_kernels
     from textvae.training.denormals import denormals_flushed
     from textvae.training.train import check_precision, evaluation, freed_memory_kept, precision_autocast
@@ -152,6 +153,8 @@ def cmd_evaluate(argv: list[str]) -> None:
     data = load_dataset(data_cfg, tokenizer=tokenizer)
     if args.probe:  # before the evaluation pass, which can take long, not after it
         check_probe(model, data)
+    if not args.no_generation:
+        check_text_metrics(instead="or --no-generation")
     split = data.splits[args.split]
     model.to(device)
     n_eval = min(args.max_sentences or len(split), len(split))
@@ -291,6 +294,8 @@ def check_probe(model: Any, data: Any) -> None:
         raise TextVAEError("--probe: this model is a language model: it has no latent space")
     if data.splits["train"].labels is None:
         raise TextVAEError(f"--probe needs a labelled corpus such as yelp_short; {data.name} has no labels")
+    if importlib.util.find_spec("sklearn") is None:
+        raise TextVAEError("--probe needs scikit-learn: pip install 'textvae[eval]'")
 
 
 def _probe_figures(model: Any, data: Any, args: argparse.Namespace, test_batches: Any,

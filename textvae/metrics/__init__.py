@@ -18,8 +18,8 @@ Models are used only through the protocol of ``docs/design.md``: ``encode``, ``p
 """
 from textvae.metrics.evaluate import (METRICS, EvalPass, Metric, evaluate_model, format_table, get_metric,
                                       list_metrics, register_metric)
-from textvae.metrics.generation import (TEXT_METRICS, GeneratedTexts, TextMetric, bleu_precision_recall, distinct_n,
-                                        generate_texts, list_text_metrics, reconstruction_bleu,
+from textvae.metrics.generation import (TEXT_METRICS, GeneratedTexts, TextMetric, bleu_precision_recall,
+                                        check_text_metrics, distinct_n, generate_texts, list_text_metrics, reconstruction_bleu,
                                         register_text_metric, score_texts, self_bleu)
 from textvae.metrics.information import he2019_noise_sd, mi_batch, mi_batch_he2019, mi_dataset
 from textvae.metrics.latent import (ActiveUnits, CollapseDiagnostics, active_units,
@@ -32,7 +32,7 @@ from textvae.metrics.probe import ProbeResult, draw_labelled, latent_probe, prob
 __all__ = [
     "METRICS", "EvalPass", "Metric", "evaluate_model", "format_table", "get_metric", "list_metrics",
     "register_metric",
-    "TEXT_METRICS", "GeneratedTexts", "TextMetric", "bleu_precision_recall", "distinct_n", "generate_texts",
+    "TEXT_METRICS", "GeneratedTexts", "TextMetric", "bleu_precision_recall", "check_text_metrics", "distinct_n", "generate_texts",
     "list_text_metrics", "reconstruction_bleu", "register_text_metric", "score_texts", "self_bleu",
     "mi_batch", "mi_batch_he2019", "mi_dataset", "he2019_noise_sd",
     "ActiveUnits", "CollapseDiagnostics", "active_units", "collapse_diagnostics", "collapse_verdict",

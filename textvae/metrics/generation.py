@@ -14,6 +14,7 @@ a second tokenization would change the n-grams the model was scored on.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import inspect
 import random
 from collections import Counter
@@ -161,16 +162,19 @@ class GeneratedTexts:
 @dataclass(frozen=True)
 class TextMetric:
     """One registered text metric: ``result(texts) -> {figure: value}``, computed by :func:`score_texts`
-    when the field of :class:`GeneratedTexts` it ``reads`` holds at least ``least`` texts."""
+    when the field of :class:`GeneratedTexts` it ``reads`` holds at least ``least`` texts; ``needs``: the
+    optional packages it imports (:func:`check_text_metrics`)."""
 
     result: Callable[[GeneratedTexts], dict[str, float]]
     reads: str
     least: int = 1
+    needs: tuple[str, ...] = ()
 
     @property
     def doc(self) -> str:
         """What ``textvae list text_metric`` says of it: its ``result``'s docstring and what it reads."""
-        return f"{inspect.getdoc(self.result) or ''}\n\nReads: {self.reads} (at least {self.least})."
+        needs = f" Needs: {', '.join(self.needs)}." if self.needs else ""
+        return f"{inspect.getdoc(self.result) or ''}\n\nReads: {self.reads} (at least {self.least}).{needs}"
 
 
 TEXT_METRICS: Registry = Registry(
@@ -179,17 +183,29 @@ TEXT_METRICS: Registry = Registry(
 _FIELDS = tuple(f.name for f in dataclasses.fields(GeneratedTexts))
 
 
-def register_text_metric(name: str, reads: str, least: int = 1
+def register_text_metric(name: str, reads: str, least: int = 1, needs: tuple[str, ...] = ()
                          ) -> Callable[[Callable[[GeneratedTexts], dict[str, float]]], TextMetric]:
-    """Decorator: ``@register_text_metric("self_bleu", reads="samples", least=2)`` on
-    ``result(texts) -> dict`` registers a :class:`TextMetric` under ``name``."""
+    """Decorator: ``@register_text_metric("self_bleu", reads="samples", least=2, needs=("sacrebleu",))``
+    on ``result(texts) -> dict`` registers a :class:`TextMetric` under ``name``."""
     if reads not in _FIELDS:
         raise TextVAEError(f"text metric {name!r}: unknown texts {reads!r}; valid: {', '.join(_FIELDS)}")
-    return lambda result: TEXT_METRICS.register(name)(TextMetric(result, reads, least))
+    return lambda result: TEXT_METRICS.register(name)(TextMetric(result, reads, least, tuple(needs)))
 
 
 def list_text_metrics() -> list[str]:
     return TEXT_METRICS.names()
+
+
+def check_text_metrics(metrics: Optional[Sequence[str]] = None, instead: str = "") -> None:
+    """Before the work that ends in :func:`score_texts` (an IW pass, a training run), not after it: the
+    packages the text ``metrics`` (all by default) need are installed, else a one-line error naming
+    them, the extra that installs them and ``instead``, the way to do without."""
+    names = list_text_metrics() if metrics is None else metrics
+    missing = sorted({package for name in names for package in TEXT_METRICS.get(name).needs
+                      if importlib.util.find_spec(package) is None})
+    if missing:
+        raise TextVAEError(f"the text metrics need {', '.join(missing)}: pip install 'textvae[eval]'"
+                           + (f" ({instead})" if instead else ""))
 
 
 def score_texts(texts: GeneratedTexts, metrics: Optional[Sequence[str]] = None) -> dict[str, float]:
@@ -206,7 +222,7 @@ def score_texts(texts: GeneratedTexts, metrics: Optional[Sequence[str]] = None) 
     return figures
 
 
-@register_text_metric("recon_bleu", reads="reconstructions")
+@register_text_metric("recon_bleu", reads="reconstructions", needs=("sacrebleu",))
 def _recon_bleu(texts: GeneratedTexts) -> dict[str, float]:
     """recon_bleu: corpus BLEU of the reconstructions against their inputs (:func:`reconstruction_bleu`)."""
     references, hypotheses = zip(*texts.reconstructions)
@@ -220,7 +236,7 @@ def _distinct(texts: GeneratedTexts) -> dict[str, float]:
     return {f"distinct_{n}": distinct_n(texts.samples, n) for n in (1, 2)}
 
 
-@register_text_metric("self_bleu", reads="samples", least=2)
+@register_text_metric("self_bleu", reads="samples", least=2, needs=("sacrebleu",))
 def _self_bleu(texts: GeneratedTexts) -> dict[str, float]:
     """self_bleu: each sample's BLEU against the others, averaged (:func:`self_bleu`)."""
     return {"self_bleu": self_bleu(texts.samples)}
@@ -233,7 +249,7 @@ def _length(texts: GeneratedTexts) -> dict[str, float]:
     return {"sample_words": sum(len(s.split()) for s in texts.samples) / len(texts.samples)}
 
 
-@register_text_metric("bleu_precision_recall", reads="responses")
+@register_text_metric("bleu_precision_recall", reads="responses", needs=("sacrebleu",))
 def _bleu_precision_recall(texts: GeneratedTexts) -> dict[str, float]:
     """bleuK_precision, bleuK_recall (K = 1..4): Zhao et al. (2017)'s BLEU-K precision and recall of each
     context's responses (:func:`bleu_precision_recall`), averaged over contexts; on 0-1 as in their tables."""

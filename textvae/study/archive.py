@@ -27,7 +27,8 @@ from typing import Any, Optional
 from textvae.errors import TextVAEError
 from textvae.files import replace_as_new_file
 from textvae.plots import run_curves
-from textvae.study.folders import finished_report, settings_now, test_report
+from textvae.study.folders import finished_report, settings_now
+from textvae.training.logger import final_report
 from textvae.study.spec import INCIDENTAL_KEYS, Run, Study, map_strings
 from textvae.training.logger import read_jsonl
 
@@ -69,7 +70,7 @@ def test_seconds(records: list[dict[str, Any]]) -> float:
 def folder_entry(run: Run, out: Path) -> Optional[dict[str, Any]]:
     """The archive entry of a run finished in its folder (None if it is not)."""
     records = read_jsonl(run.dir / "metrics.jsonl")
-    report = test_report(records)
+    report = final_report(records)
     if report is None:
         return None
     valid = [{k: r[k] for k in VALID_KEYS if k in r} for r in records if r.get("split") == "valid"]

@@ -13,21 +13,12 @@ import yaml
 from textvae.config import from_dict
 from textvae.errors import TextVAEError
 from textvae.study.spec import INCIDENTAL_KEYS, Run, map_strings
-from textvae.training.logger import read_jsonl
+from textvae.training.logger import final_report, read_jsonl
 
 
 def finished_report(run_dir: Path) -> Optional[dict[str, Any]]:
     """The run's final test record (its presence marks a finished run), else None."""
-    return test_report(read_jsonl(run_dir / "metrics.jsonl"))
-
-
-def test_report(records: list[dict[str, Any]]) -> Optional[dict[str, Any]]:
-    """The last test record of a run's log records, without the log's bookkeeping (as run_training
-    returns it); None if there is none."""
-    tests = [r for r in records if r.get("split") == "test"]
-    if not tests:
-        return None
-    return {k: v for k, v in tests[-1].items() if k not in ("split", "step", "epoch", "time")}
+    return final_report(read_jsonl(run_dir / "metrics.jsonl"))
 
 
 def run_state(run: Run) -> str:
@@ -79,7 +70,8 @@ def check_run_folder(run: Run) -> None:
     if changes:
         shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(changes.items())[:3])
         raise TextVAEError(f"{run.dir} was trained with another configuration ({shown}"
-                           f"{'; ...' if len(changes) > 3 else ''}); delete it or choose another --out")
+                           f"{'; ...' if len(changes) > 3 else ''}); pass the --set it was trained with, "
+                           f"delete it or choose another --out")
 
 
 def clear_unstarted(run: Run) -> None:

@@ -18,7 +18,7 @@ from textvae.dialogue.config import CVAERunConfig
 from textvae.dialogue.data import DialogueData, DialogueSplit, load_dialogue_data
 from textvae.dialogue.metrics import respond_to_split
 from textvae.dialogue.model import KgCVAE
-from textvae.metrics import IWProgress, evaluate_model, list_metrics, score_texts
+from textvae.metrics import IWProgress, check_text_metrics, evaluate_model, list_metrics, score_texts
 from textvae.tasks.base import register_task
 from textvae.training.task import Task
 from textvae.training.train import EVAL_SEED, eval_seed
@@ -28,6 +28,9 @@ from textvae.training.train import EVAL_SEED, eval_seed
 class DialogueTask(Task):
     config_class = CVAERunConfig
     reseed_after_init = False  # one process keeps the initialisation stream, as the recorded runs did
+
+    def check(self) -> None:
+        check_text_metrics(instead="the test report scores the responses with them")
 
     def load_data(self) -> DialogueData:
         return load_dialogue_data(self.cfg.data)

@@ -63,12 +63,16 @@ def parse_run_config(argv: list[str]) -> tuple[Any, bool]:
 
     # --config=FILE as --config FILE, which the checks below look for
     argv = [part for a in argv for part in (a.split("=", 1) if a.startswith("--config=") else [a])]
+    if "--config" in argv[1:-1]:  # first, as a recipe given first is: overrides win wherever they stand
+        at = argv.index("--config")
+        argv = argv[at:at + 2] + argv[:at] + argv[at + 2:]
     if argv and not argv[0].startswith("-"):
         argv = ["--config", argv[0]] + argv[1:]
     elif "--config" not in argv:
         argv = ["--config", default_recipe()] + argv
     if argv[:1] == ["--config"] and len(argv) > 1 and not Path(argv[1]).is_file():
-        raise TextVAEError(f"no such recipe: {argv[1]}")
+        raise TextVAEError(f"no such recipe: {argv[1]} (a YAML file such as recipes/ptb/vae.yaml of the textvae "
+                           f"checkout; without one, textvae train trains the synthetic default)")
     task = recipe_task(argv[argv.index("--config") + 1]) if "--config" in argv[:-1] else DEFAULT_TASK
     config_class = TASKS.get(task).config_class
     parser = train_parser(config_class)
@@ -80,7 +84,11 @@ def parse_run_config(argv: list[str]) -> tuple[Any, bool]:
                                  if key not in ("config", "__path__", "resume")})
         values = parser.parse_args(argv).as_dict()
     except ArgumentError as e:
-        raise TextVAEError(" ".join(str(e).split())) from None
+        message = " ".join(str(e).split())
+        stray = [a for a in argv[2:] if a.endswith((".yaml", ".yml")) and Path(a).is_file()]
+        if "unrecognized arguments" in message.lower() and stray:
+            message += f" (the recipe {stray[0]} goes first, before the overrides)"
+        raise TextVAEError(message) from None
     resume = values.pop("resume")
     values.pop("config", None)
     values.pop("__path__", None)

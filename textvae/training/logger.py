@@ -74,6 +74,15 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return complete_records(Path(path).read_text())
 
 
+def final_report(records: list[dict[str, Any]]) -> Optional[dict[str, Any]]:
+    """The last test record of a run's log records, without the log's bookkeeping (as the training
+    loop returns it); None if there is none."""
+    tests = [r for r in records if r.get("split") == "test"]
+    if not tests:
+        return None
+    return {k: v for k, v in tests[-1].items() if k not in ("split", "step", "epoch", "time")}
+
+
 def complete_records(text: str) -> list[dict[str, Any]]:
     """The records of a log's text, without a last line cut short."""
     complete = text.split("\n")[:-1]  # the part after the last newline is empty or an incomplete record

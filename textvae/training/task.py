@@ -39,6 +39,10 @@ class Task:
     def __init__(self, cfg: Any):
         self.cfg = cfg
 
+    def check(self) -> None:
+        """What the run needs that only its end would find missing (an optional package of its test
+        report), as a one-line error before any work; nothing by default."""
+
     def load_data(self) -> Any:
         """The tokenizer and the train / valid / test splits that ``cfg.data`` names."""
         raise NotImplementedError

@@ -38,6 +38,7 @@ import logging
 import math
 import os
 import platform
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -66,7 +67,7 @@ from textvae.rng import rng_state
 from textvae.training.checkpoint import Checkpoint, read_checkpoint, restore_checkpoint, save_checkpoint
 from textvae.training.denormals import denormal_mode, denormals_flushed
 from textvae.training.distributed import World, parameters_may_go_unused, rank_seed
-from textvae.training.logger import RunLogger
+from textvae.training.logger import RunLogger, final_report, read_jsonl
 from textvae.training.progress import SmoothedLoss
 from textvae.training.signals import StopRequested, stop_at_once, stop_on_signals, stop_requested
 from textvae.training.task import Task
@@ -491,6 +492,7 @@ def run_training(task: Task, resume: bool = False, data: Any = None) -> dict[str
     """
     cfg = task.cfg
     check_config(cfg)
+    task.check()
     tc = cfg.train
     if tc.threads:
         torch.set_num_threads(tc.threads)
@@ -499,7 +501,13 @@ def run_training(task: Task, resume: bool = False, data: Any = None) -> dict[str
     world = World.from_environment()
     device = world.start(resolve_device(tc.device))
     check_precision(device, tc.precision)
-    finished = False
+    run_dir = Path(cfg.out_dir) / cfg.name
+    done = world.on_main(lambda: finished_unchanged(run_dir, cfg)) if resume else None
+    if done is not None:
+        log.info("%s is finished and its settings are unchanged: its test report stands (metrics.jsonl); --resume "
+                 "trains on with a larger train.epochs or train.max_steps", run_dir)
+        return done
+    fresh, held_folder, finished = not resume and not run_dir.exists(), False, False
     with contextlib.ExitStack() as held:
         # the whole run, its test report included, in one mode in every thread
         mode = held.enter_context(denormals_flushed(tc.flush_denormals))
@@ -509,7 +517,8 @@ def run_training(task: Task, resume: bool = False, data: Any = None) -> dict[str
         held.enter_context(native_kernels(tc.native_kernels))
         try:
             # rank 0 holds the run folder for every rank, from before its first file to the test report
-            world.on_main(lambda: held.enter_context(run_folder_lock(Path(cfg.out_dir) / cfg.name)))
+            world.on_main(lambda: held.enter_context(run_folder_lock(run_dir)))
+            held_folder = True
             held.enter_context(stop_on_signals())
             run = start_run(task, resume, world, device, data)
             while not run.finished():
@@ -524,6 +533,12 @@ def run_training(task: Task, resume: bool = False, data: Any = None) -> dict[str
                                         f"{run.run_dir}")
             report = finish_run(run)
             finished = True
+        except BaseException:
+            if fresh and held_folder and world.is_main and not (run_dir / "config.yaml").exists():
+                # a start that failed before it wrote the run's settings (its data, its model) leaves no
+                # folder to trip over; one with them keeps them for the command its error gives
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
         finally:
             world.close(clean=finished)
     return report
@@ -879,16 +894,37 @@ def earlier_report_seconds(cut: list[dict[str, Any]], progress: Path) -> float:
     return round(max(0.0, progress.stat().st_mtime - start["time"]) + start.get("earlier_seconds", 0.0), 3)
 
 
+def _settings(config: dict[str, Any]) -> dict[str, Any]:
+    """A run's settings as JSON values, without its place (a moved or renamed run folder is the same run)."""
+    return {k: v for k, v in json.loads(json.dumps(config)).items() if k not in ("name", "out_dir")}
+
+
+def finished_unchanged(run_dir: Path, cfg: Any) -> Optional[dict[str, Any]]:
+    """The test report of the finished run in ``run_dir`` when its saved settings are ``cfg``'s, else None:
+    resumed, such a run would train no step and only evaluate itself again (at K = 500, an hour or more)."""
+    records = read_jsonl(run_dir / "metrics.jsonl")
+    last = max((i for i, r in enumerate(records) if r.get("split") == "test"), default=None)
+    saved = run_dir / "config.yaml"
+    if last is None or any(r.get("split") == "train" for r in records[last:]) or not saved.is_file():
+        return None  # not finished, or resumed and trained further since
+    if config_changes(_settings(yaml.safe_load(saved.read_text()) or {}), _settings(cfg.to_dict())):
+        return None
+    return final_report(records)
+
+
+def _changed(changes: dict[str, tuple[Any, Any]], shown: int = 8) -> str:
+    """``a.b 1 -> 2, c.d 'x' -> 'y', ... and 3 more``."""
+    listed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in list(changes.items())[:shown])
+    return listed + (f", and {len(changes) - shown} more" if len(changes) > shown else "")
+
+
 def restore_run(ckpt: Checkpoint, cfg: RunConfig, model: nn.Module, optimizer: torch.optim.Optimizer, world: World,
                 device: torch.device) -> tuple[LoopState, dict[str, tuple[Any, Any]]]:
     """Load a checkpoint into this rank; returns the loop state and the configuration changes
     since the checkpoint, which take effect: ``optimizer`` (built from ``cfg``) keeps its hyper-parameters
     (momentum, betas, weight decay) over the checkpoint's, and a changed ``optim.lr`` replaces the plateau
     schedule's lr."""
-    def settings(config: dict[str, Any]) -> dict[str, Any]:  # a moved or renamed run folder is the same run
-        return {k: v for k, v in config.items() if k not in ("name", "out_dir")}
-
-    changes = config_changes(settings(ckpt.meta["config"]), settings(json.loads(json.dumps(cfg.to_dict()))))
+    changes = config_changes(_settings(ckpt.meta["config"]), _settings(cfg.to_dict()))
     same_world = len(ckpt.rng_states) == world.size
     # the optimiser's state comes back with the checkpoint's param_groups: its settings are put back after
     settings_now = [{k: v for k, v in group.items() if k not in ("params", "lr")} for group in optimizer.param_groups]
@@ -896,14 +932,17 @@ def restore_run(ckpt: Checkpoint, cfg: RunConfig, model: nn.Module, optimizer: t
         restore_checkpoint(ckpt, model, optimizer, rank=world.rank if same_world else None, device=device)
     except TextVAEError as e:
         if changes:
-            changed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items())
-            raise TextVAEError(f"{e}; changed since the checkpoint: {changed}") from None
+            raise TextVAEError(f"{e}; changed since the checkpoint: {_changed(changes)} (to resume with the run's own "
+                               f"settings: textvae train {ckpt.path.parent / 'config.yaml'} --resume)") from None
         raise
     for group, now in zip(optimizer.param_groups, settings_now):
         group.update(now)
     state = LoopState(**ckpt.meta["loop"])
     log.info("resuming %s after step %d (epoch %d, batch %d next)", ckpt.path, state.step, state.epoch + 1,
              state.batch_in_epoch + 1)
+    if changes:  # a resume that repeats the command but not the recipe or its overrides would change them unseen
+        log.warning("resuming with settings changed since the checkpoint, which take effect (and go into its "
+                    "config.yaml): %s", _changed(changes))
     if not same_world:  # data order does not depend on the world size; only the noise streams do
         log.warning("resuming a %d-process run with %d processes: random streams restart from the seed",
                     len(ckpt.rng_states), world.size)
