@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from textvae.cli import check_probe, main
+from textvae.cli import check_probe, default_results_name, main
 from textvae.config import RunConfig
 from textvae.dialogue.config import CVAERunConfig
 from textvae.errors import TextVAEError
@@ -68,6 +68,18 @@ def test_missing_files(tmp_path, corpus, capsys):
     (partial / "valid.txt").unlink()
     assert re.search(r"partial: no valid.txt or \*.valid.txt files", fails(train_on(tmp_path, partial), capsys))
     assert "no such run or model folder: /no/run" in fails(["evaluate", "/no/run"], capsys)
+    (tmp_path / "empty").mkdir()
+    assert fails(["evaluate", str(tmp_path / "empty")], capsys).endswith(
+        "empty is neither a run folder (config.yaml and model/) nor a model folder (config.json and model.safetensors)")
+
+
+def test_evaluate_names_its_results_by_what_it_evaluated():
+    """Another corpus or a subset never overwrite the figures of the model's own split, whole."""
+    def name(**given):
+        return default_results_name(SimpleNamespace(**{"data": None, "split": "test", "max_sentences": None, **given}))
+
+    assert name() == "eval_test.json" and name(split="valid", max_sentences=50) == "eval_valid_n50.json"
+    assert name(data="/corpora/my data/") == "eval_my_data_test.json" and name(data="ptb") == "eval_ptb_test.json"
 
 
 def test_overrides_win_wherever_the_recipe_stands(tmp_path, capsys):

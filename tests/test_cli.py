@@ -4,6 +4,8 @@ clean line per output."""
 import json
 import re
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -26,12 +28,35 @@ def run(tmp_path_factory):
 def test_usage_errors(capsys):
     main(["--help"])
     assert "textvae train [RECIPE.yaml]" in capsys.readouterr().out
-    for argv in ([], ["fly"]):
+    for argv, given in (([], ""), (["fly"], "unknown command 'fly'; ")):
         with pytest.raises(SystemExit) as stop:
             main(argv)
         assert stop.value.code == 2
-        assert capsys.readouterr().err.strip() == "textvae: error: choose a command: train, evaluate, sample, " \
-                                                  "reconstruct, interpolate, respond, study, list, plot, compare"
+        assert capsys.readouterr().err.strip() == f"textvae: error: {given}choose a command: train, evaluate, " \
+                                                  "sample, reconstruct, interpolate, respond, study, list, plot, " \
+                                                  "compare (see textvae --help)"
+    main(["--version"])
+    assert re.fullmatch(r"textvae \d+\.\d+\.\d+\n", capsys.readouterr().out)
+    # a command's bad option: one line naming the command, not argparse's usage block
+    for argv, message in ((["evaluate", "run", "--split", "dev"], "textvae evaluate: argument --split: invalid choice: "
+                                                                   "'dev' (choose from 'train', 'valid', 'test')"),
+                          (["respond", "run"], "textvae respond: the following arguments are required: --context")):
+        with pytest.raises(SystemExit) as stop:
+            main(argv)
+        command = " ".join(argv[:1])
+        assert stop.value.code == 2
+        assert capsys.readouterr().err == f"textvae: error: {message} (see textvae {command} --help)\n"
+
+
+def test_a_reader_that_stops_early_is_no_error():
+    """``textvae ... | head``: the closed pipe ends the command quietly, as a SIGPIPE would."""
+    code = ("from textvae import cli; cli.cmd_list = lambda argv: [print('x' * 1000) for _ in range(10000)]; "
+            "cli.main(['list'])")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.readline()
+    proc.stdout.close()
+    assert proc.wait(timeout=60) == 141
+    assert "Traceback" not in proc.stderr.read().decode()
 
 
 def test_saved_config_recreates_the_run(run, tmp_path):

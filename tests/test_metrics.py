@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 
 import pytest
 import torch
@@ -500,6 +501,13 @@ def test_every_text_metric_reads_only_its_texts(name):
     for key, value in figures.items():
         assert math.isfinite(value) and 0 <= value <= _SHARES.get(key, math.inf), (key, value)
     assert set(figures) - {"gen_sentences", "n_contexts"}
+
+
+def test_the_table_of_a_dialogue_report_names_pairs_and_responses():
+    table = format_table({"n_pairs": 6.0, "n_tokens": 40.0, "mi_dataset": 0.5, "distinct_2": 0.75, "gen_sentences": 20.0,
+                          "n_contexts": 10.0})
+    assert re.search(r"pairs \(context, response\)\s+6\n", table) and re.search(r"MI \(whole set, N=6\)\s+0.500", table)
+    assert re.search(r"distinct-2 \(20 responses to 10 contexts\)\s+0.7500", table) and "n_contexts" not in table
 
 
 # ---- latent probe --------------------------------------------------------------------------------

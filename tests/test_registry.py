@@ -3,6 +3,7 @@ an argument the caller supplies cannot be set from a recipe, and each remedy's s
 paper."""
 import inspect
 import re
+from typing import Any, Optional
 
 import pytest
 
@@ -80,6 +81,26 @@ def test_a_recipe_cannot_set_what_the_model_supplies():
         create_remedy({"name": "bn_vae", "latent_dim": 8}, latent_dim=4)
     with pytest.raises(TextVAEError, match=r"unknown parameter\(s\) \['gama'\]; valid: \['eps', 'gamma', 'momentum'\]"):
         create_remedy({"name": "bn_vae", "gama": 0.5}, latent_dim=4)
+
+
+def test_a_recipe_value_of_the_wrong_type_names_its_parameter(monkeypatch):
+    with pytest.raises(TextVAEError, match=r"^remedy 'bn_vae': gamma must be a number, got 'high'$"):
+        create_remedy({"name": "bn_vae", "gamma": "high"}, latent_dim=4)
+    create_remedy({"name": "bn_vae", "gamma": 1}, latent_dim=4)  # YAML gives 1 for 1.0: a number all the same
+    monkeypatch.setattr(registry, "_REGISTRIES", [])
+    parts = Registry("part")
+
+    @parts.register("box")
+    def box(width: int = 1, depth: Optional[float] = None, tall: bool = False, label: str = "", shape: Any = None):
+        return width
+
+    for params, message in (({"width": 1.5}, "width must be an integer, got 1.5"),
+                            ({"width": True}, "width must be an integer, got True"),
+                            ({"depth": "deep"}, "depth must be a number or null, got 'deep'"),
+                            ({"tall": 1}, "tall must be true or false, got 1"), ({"label": 3}, "label must be a string")):
+        with pytest.raises(TextVAEError, match=f"^part 'box': {re.escape(message)}"):
+            parts.build("box", params)
+    assert parts.build("box", {"width": 2, "depth": None, "tall": True, "label": "a", "shape": [1, "x"]}) == 2
 
 
 def test_a_caller_passes_only_declared_arguments(monkeypatch):

@@ -11,7 +11,10 @@
     textvae plot RUN [RUN ...] [--out curves.png]   validation KL, MI, AU and -ELBO during training
     textvae compare RUN [RUN ...]   test figures side by side, with the settings that differ
 
-Errors in the input are printed as one line (``textvae: error: ...``) with exit status 2.
+    textvae --version
+
+Errors in the input are printed as one line (``textvae: error: ...``) with exit status 2;
+``textvae COMMAND --help`` lists a command's options.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import inspect
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -28,7 +32,7 @@ from typing import Any, Optional
 import torch
 
 from textvae.config import COUNT, NON_NEGATIVE, POSITIVE, SEED, Range
-from textvae.errors import TextVAEError
+from textvae.errors import CommandParser, TextVAEError
 
 COMMANDS = ("train", "evaluate", "sample", "reconstruct", "interpolate", "respond", "study", "list", "plot", "compare")
 
@@ -73,6 +77,9 @@ def model_folder(path: str) -> tuple[Path, Optional[dict]]:
         raise TextVAEError(f"no such run or model folder: {p}")
     if (p / "config.yaml").is_file() and (p / "model").is_dir():
         return p / "model", yaml.safe_load((p / "config.yaml").read_text())
+    if p.is_dir() and not (p / "config.json").is_file():
+        raise TextVAEError(f"{p} is neither a run folder (config.yaml and model/) nor a model folder (config.json "
+                           f"and model.safetensors)")
     return p, None
 
 
@@ -91,7 +98,7 @@ def load_model_dir(path: str) -> tuple[Any, Any, Optional[dict]]:
 def evaluate_parser() -> argparse.ArgumentParser:
     from textvae.metrics.likelihood import DEFAULT_MAX_TOKENS
 
-    ap = argparse.ArgumentParser(prog="textvae evaluate", description="Evaluate a trained model on a split.")
+    ap = CommandParser(prog="textvae evaluate", description="Evaluate a trained model on a split.")
     ap.add_argument("model", help="run folder or saved model folder")
     ap.add_argument("--data", help="dataset name or path (default: the run's dataset)")
     ap.add_argument("--split", default="test", choices=["train", "valid", "test"])
@@ -110,7 +117,8 @@ def evaluate_parser() -> argparse.ArgumentParser:
                     help="latent probe with N labelled train sentences per class (labelled data only)")
     ap.add_argument("--probe-draws", type=int, default=5, help="random labelled subsets the probe averages")
     ap.add_argument("--seed", type=int, default=0, help="seed of the prior samples and the probe's draws")
-    ap.add_argument("--json", help="write the results here (default: <run or model folder>/eval_<split>.json); "
+    ap.add_argument("--json", help="write the results here (default: <run or model folder>/eval_<split>.json, with "
+                                   "--data and --max-sentences eval_<data>_<split>_n<N>.json); "
                                    "until then the IW pass keeps its finished batches beside it "
                                    "(<name>.iw_progress.safetensors), so the same command resumes a stopped one")
     ap.add_argument("--device", default="cpu")
@@ -203,9 +211,9 @@ def cmd_evaluate(argv: list[str]) -> None:
 
 
 def results_file(args: argparse.Namespace) -> Path:
-    """Where ``evaluate`` writes its results (``--json``, default ``<folder>/eval_<split>.json``), its folder
+    """Where ``evaluate`` writes its results (``--json``, default :func:`default_results_name`), its folder
     made and checked before the pass, which can take an hour, rather than after it."""
-    out = Path(args.json) if args.json else Path(args.model) / f"eval_{args.split}.json"
+    out = Path(args.json) if args.json else Path(args.model) / default_results_name(args)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # FileExistsError where a file stands in the way, whose strerror would mislead
@@ -214,6 +222,15 @@ def results_file(args: argparse.Namespace) -> Path:
     if not os.access(out if out.exists() else out.parent, os.W_OK):  # a read-only file system included
         raise TextVAEError(f"cannot write the results file {out}: permission denied; choose another --json")
     return out
+
+
+def default_results_name(args: argparse.Namespace) -> str:
+    """``eval_<split>.json`` for the model's own corpus whole; another corpus (``--data``) or a subset
+    (``--max-sentences``) are named in it, ``eval_<data>_<split>_n<N>.json``, so that evaluating them
+    does not overwrite the figures of the whole split."""
+    data = [re.sub(r"[^\w.-]+", "_", Path(args.data).name or args.data)] if args.data else []
+    subset = [f"n{args.max_sentences}"] if args.max_sentences else []
+    return "_".join(["eval", *data, args.split, *subset]) + ".json"
 
 
 def evaluation_progress(args: argparse.Namespace, data_cfg: Any, out: Path) -> Any:
@@ -392,7 +409,7 @@ def decode(model: Any, tokenizer: Any, z: Optional[torch.Tensor], args: argparse
 
 
 def cmd_sample(argv: list[str]) -> None:
-    ap = argparse.ArgumentParser(prog="textvae sample", description="Sentences from z ~ p(z) (or from the LM).")
+    ap = CommandParser(prog="textvae sample", description="Sentences from z ~ p(z) (or from the LM).")
     ap.add_argument("model")
     ap.add_argument("--n", type=int, default=10)
     decoding_args(ap, method="sample")  # prior samples decoded greedily would repeat the same few sentences
@@ -417,7 +434,7 @@ def read_sentences(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_reconstruct(argv: list[str]) -> None:
-    ap = argparse.ArgumentParser(prog="textvae reconstruct", description="Decode the posterior mean of each input.")
+    ap = CommandParser(prog="textvae reconstruct", description="Decode the posterior mean of each input.")
     ap.add_argument("model")
     ap.add_argument("sentences", nargs="*")
     ap.add_argument("--file")
@@ -435,7 +452,7 @@ def cmd_reconstruct(argv: list[str]) -> None:
 def cmd_interpolate(argv: list[str]) -> None:
     from textvae.models.decoding import interpolate
 
-    ap = argparse.ArgumentParser(prog="textvae interpolate",
+    ap = CommandParser(prog="textvae interpolate",
                                  description="Decode points on the line between two posterior means.")
     ap.add_argument("model")
     ap.add_argument("first")
@@ -466,7 +483,7 @@ def cmd_study(argv: list[str]) -> None:
 def cmd_list(argv: list[str]) -> None:
     """``textvae list``: every kind with its names; ``list KIND``: each entry's summary and the
     parameters a recipe may set; ``list KIND NAME``: one entry's parameters and whole docstring."""
-    ap = argparse.ArgumentParser(prog="textvae list", description=cmd_list.__doc__)
+    ap = CommandParser(prog="textvae list", description=cmd_list.__doc__)
     ap.add_argument("kind", nargs="?", help="a registry, e.g. remedy, decoder, metric (textvae list shows them)")
     ap.add_argument("name", nargs="?", help="one entry of that registry")
     args = ap.parse_args(argv)
@@ -498,7 +515,7 @@ def cmd_plot(argv: list[str]) -> None:
     training, one line per run, in one PNG (RUN/curves.png for one run, ./curves.png for several)."""
     from textvae.plots import runs_plot
 
-    ap = argparse.ArgumentParser(prog="textvae plot", description=cmd_plot.__doc__)
+    ap = CommandParser(prog="textvae plot", description=cmd_plot.__doc__)
     ap.add_argument("runs", nargs="+", type=Path, help="run folders (each with its metrics.jsonl)")
     ap.add_argument("--out", type=Path, help="the PNG to write")
     args = ap.parse_args(argv)
@@ -515,7 +532,7 @@ def cmd_compare(argv: list[str]) -> None:
     KL, MI, AU, ...), one row per run, with the settings in which each differs from the first."""
     from textvae.study import compare_runs
 
-    ap = argparse.ArgumentParser(prog="textvae compare", description=cmd_compare.__doc__)
+    ap = CommandParser(prog="textvae compare", description=cmd_compare.__doc__)
     ap.add_argument("runs", nargs="+", type=Path, help="run folders (runs/NAME)")
     print(compare_runs(ap.parse_args(argv).runs))
 
@@ -543,11 +560,20 @@ def main(argv: Optional[list[str]] = None) -> None:
         if argv and argv[0] in ("-h", "--help"):
             print(__doc__)
             return
-        print(f"textvae: error: choose a command: {', '.join(COMMANDS)}", file=sys.stderr)
+        if argv and argv[0] == "--version":
+            from textvae import __version__
+
+            print(f"textvae {__version__}")
+            return
+        given = f"unknown command {argv[0]!r}; " if argv else ""
+        print(f"textvae: error: {given}choose a command: {', '.join(COMMANDS)} (see textvae --help)", file=sys.stderr)
         sys.exit(2)
     handler = globals()[f"cmd_{argv[0]}"]
     try:
         handler(argv[1:])
+    except BrokenPipeError:  # the reader stopped early (`| head`): no traceback, the status of a SIGPIPE
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush must not fail again
+        sys.exit(141)
     except TextVAEError as e:
         print(f"textvae: error: {e}", file=sys.stderr)
         sys.exit(2)

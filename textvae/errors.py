@@ -1,10 +1,19 @@
 """User-facing errors.
 
-Anything the user can fix (a missing file, a bad config key, an unknown name) raises
-:class:`TextVAEError`. The CLI prints its message as one line and exits with status 2;
+Anything the user can fix (a missing file, a bad config key, an unknown name, a bad command-line
+option) raises :class:`TextVAEError`. The CLI prints its message as one line and exits with status 2;
 a traceback means a bug in textvae, not in the input.
 """
+import argparse
 
 
 class TextVAEError(Exception):
     """An error in the user's input, reported as one line without a traceback."""
+
+
+class CommandParser(argparse.ArgumentParser):
+    """The parser of a ``textvae`` command: a bad option is a :class:`TextVAEError` (one line, naming
+    the command and where its options are listed), not argparse's usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise TextVAEError(f"{self.prog}: {message} (see {self.prog} --help)")

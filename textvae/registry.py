@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import inspect
 import sys
+import types
+import typing
 from typing import Any, Callable, Generic, TypeVar
 
 from textvae.errors import TextVAEError
@@ -72,6 +74,8 @@ class Registry(Generic[T]):
         if taken:
             raise TextVAEError(f"{self.kind} {name!r}: {taken} come(s) from the model or the configuration, "
                                f"not from the recipe; valid: {sorted(self.parameters(name))}")
+        for key, value in params.items():
+            _check_type(self.kind, name, key, value, _hints(factory).get(key))
         kwargs = {k: v for k, v in context.items() if k in signature or takes_any}
         kwargs.update(params)
         try:
@@ -124,6 +128,32 @@ class Registry(Generic[T]):
 def list_registries() -> list[Registry[Any]]:
     """Every registry created so far (importing a package creates and fills its registries)."""
     return list(_REGISTRIES)
+
+
+# what a recipe value of an annotated parameter may be: YAML gives 1 for 1.0, never 1.0 for an int
+_ACCEPTS = {float: ((int, float), "a number"), int: ((int,), "an integer"), bool: ((bool,), "true or false"),
+            str: ((str,), "a string")}
+
+
+def _hints(factory: Any) -> dict[str, Any]:
+    """The constructor's type annotations, resolved (``{}`` where they cannot be)."""
+    try:
+        return typing.get_type_hints(factory.__init__ if inspect.isclass(factory) else factory)
+    except Exception:  # a name only a type checker resolves: no check rather than a failure
+        return {}
+
+
+def _check_type(kind: str, name: str, key: str, value: Any, hint: Any) -> None:
+    """A recipe value of the wrong type for a plainly annotated parameter (``float``, ``Optional[int]``, ...)
+    is a one-line error naming the parameter, not the message of whatever the constructor does with it."""
+    args = typing.get_args(hint)
+    optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args
+    plain = [a for a in args if a is not type(None)] if optional else [hint]
+    if len(plain) != 1 or plain[0] not in _ACCEPTS or (optional and value is None):
+        return
+    accepted, what = _ACCEPTS[plain[0]]
+    if not isinstance(value, accepted) or (isinstance(value, bool) and plain[0] is not bool):
+        raise TextVAEError(f"{kind} {name!r}: {key} must be {what}{' or null' if optional else ''}, got {value!r}")
 
 
 def _signature(factory: Any) -> dict[str, inspect.Parameter]:

@@ -9,7 +9,6 @@ prepared as in training (normalised, cut to the saved ``max_turn_words``, the la
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 import torch
 
@@ -17,7 +16,7 @@ from textvae.data.tokenization import Tokenizer
 from textvae.dialogue.data import EOU, collate_dialogues, normalize_utterance
 from textvae.dialogue.generation import METHODS, generate_responses
 from textvae.dialogue.model import KgCVAE
-from textvae.errors import TextVAEError
+from textvae.errors import CommandParser, TextVAEError
 from textvae.models.textvae import TOKENIZER_FILE
 
 
@@ -62,7 +61,7 @@ def respond(model_dir: str | Path, context: list[str], n: int = 5, method: str =
 
 def cmd_respond(argv: list[str]) -> None:
     """The ``textvae respond`` command."""
-    ap = argparse.ArgumentParser(prog="textvae respond", description="Diverse responses to a dialogue context.")
+    ap = CommandParser(prog="textvae respond", description="Diverse responses to a dialogue context.")
     ap.add_argument("model", help="run folder or saved model folder of a dialogue CVAE")
     ap.add_argument("--context", action="append", required=True,
                     help="one turn (repeat, oldest first; or one string with __eou__ between turns)")

@@ -255,6 +255,7 @@ def evaluate_model(model: Any, batches: Batches, metrics: Optional[Sequence[str]
 # the results.
 _ROWS = [
     ("n_sentences", "sentences", "{:.0f}"),
+    ("n_pairs", "pairs (context, response)", "{:.0f}"),
     ("n_tokens", "tokens (words + </s>)", "{:.0f}"),
     ("unk_rate", "unknown words (<unk>)", "{:.2%}"),
     ("iw_nll", "NLL (IW, K={K})", "{:.2f}"),
@@ -274,14 +275,15 @@ _ROWS = [
     ("dims_too_noisy", "inactive dims: too noisy", "{:.0f}"),
     ("dims_signal_too_weak", "inactive dims: signal too weak", "{:.0f}"),
     ("recon_bleu", "BLEU (greedy from posterior mean)", "{:.2f}"),
-    ("distinct_1", "distinct-1 ({G} prior samples)", "{:.4f}"),
-    ("distinct_2", "distinct-2 ({G} prior samples)", "{:.4f}"),
-    ("self_bleu", "self-BLEU ({G} prior samples)", "{:.2f}"),
-    ("sample_words", "words per prior sample", "{:.1f}"),
+    ("distinct_1", "distinct-1 ({G})", "{:.4f}"),
+    ("distinct_2", "distinct-2 ({G})", "{:.4f}"),
+    ("self_bleu", "self-BLEU ({G})", "{:.2f}"),
+    ("sample_words", "words per sample ({G})", "{:.1f}"),
     ("probe_acc", "probe accuracy ({P}/class, mean ± std)", "{:.4f}"),
 ]
 # shown inside other rows' labels or values
 _HIDDEN = {"iw_samples", "iw_nll_mc_se", "iw_se_sentences", "iw_ess", "au_threshold", "latent_dim", "gen_sentences",
+           "n_contexts",
            "probe_acc_std", "mi_batch_he2019_noise_sd", "mi_batch_size", "probe_n_per_class", "probe_draws"}
 _TOP_DIMS = 5  # dimensions listed in the KL-per-dim row
 
@@ -293,15 +295,23 @@ def _kl_dims(kl: Sequence[float]) -> str:
     return ", ".join(f"d{d} {kl[d]:.2f}" for d in top) + f" ({used} of {len(kl)} dims >= 0.01)"
 
 
+def _samples(results: dict[str, Any]) -> str:
+    """What the text metrics of samples read: a sentence model's prior samples, or a CVAE's responses."""
+    n = f"{results.get('gen_sentences', float('nan')):.0f}"
+    if "n_contexts" in results:
+        return f"{n} responses to {results['n_contexts']:.0f} contexts"
+    return f"{n} prior samples"
+
+
 def format_table(results: dict[str, Any]) -> str:
     """Two-column text table of :func:`evaluate_model` results (and generation, probe and
     ground-truth figures when present), with the collapse verdict. Lists appear only as the
     KL-per-dim summary; they are for the JSON."""
     fill = {"K": f"{results.get('iw_samples', float('nan')):.0f}",
-            "N": f"{results.get('n_sentences', float('nan')):.0f}",
+            "N": f"{results.get('n_sentences', results.get('n_pairs', float('nan'))):.0f}",
             "B": f"{results.get('mi_batch_size', float('nan')):.0f}",
             "thr": f"{results.get('au_threshold', AU_THRESHOLD):g}",
-            "G": f"{results.get('gen_sentences', float('nan')):.0f}",
+            "G": _samples(results),
             "P": f"{results.get('probe_n_per_class', float('nan')):.0f}"}
     rows = []
     for key, label, fmt in _ROWS:

@@ -64,12 +64,11 @@ of :mod:`textvae.plots`).
 """
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 from typing import Any, Optional
 
-from textvae.errors import TextVAEError
+from textvae.errors import CommandParser, TextVAEError
 from textvae.study.archive import attach, load_archive
 from textvae.study.folders import check_run_folder, finished_report, run_state
 from textvae.study.report import (aggregate, columns, compare_runs, markdown_table, mean_std, report_markdown,
@@ -84,11 +83,6 @@ __all__ = ["INCIDENTAL_KEYS", "Run", "Study", "aggregate", "apply_overrides", "c
            "columns", "compare_runs", "execute", "finished_report", "load_study", "main", "markdown_table",
            "mean_std", "plan", "report_markdown", "run_figures", "run_state", "run_study", "status_lines",
            "variants_markdown", "write_outputs"]
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse would exit; the CLI prints TextVAEError itself
-        raise TextVAEError(f"textvae study: {message}")
 
 
 def run_study(path: str | Path, jobs: int = 1, out: Optional[str] = None, only: Optional[list[str]] = None,
@@ -131,7 +125,7 @@ def run_study(path: str | Path, jobs: int = 1, out: Optional[str] = None, only: 
 def main(argv: list[str]) -> None:
     """``textvae study STUDY.yaml [--jobs N] [--out DIR] [--only VARIANT[/seedK] ...] [--seeds K ...]
     [--set K=V ...] [--status | --report] [--archive FILE]``."""
-    ap = _Parser(prog="textvae study", description="Train variants x seeds of a recipe and aggregate them.")
+    ap = CommandParser(prog="textvae study", description="Train variants x seeds of a recipe and aggregate them.")
     ap.add_argument("study", help="study YAML file")
     ap.add_argument("--jobs", type=int, default=1, help="runs at a time (subprocesses when > 1)")
     ap.add_argument("--out", help="output folder (default: the study's `out`, else out/<name>)")

@@ -88,6 +88,8 @@ def parse_run_config(argv: list[str]) -> tuple[Any, bool]:
         stray = [a for a in argv[2:] if a.endswith((".yaml", ".yml")) and Path(a).is_file()]
         if "unrecognized arguments" in message.lower() and stray:
             message += f" (the recipe {stray[0]} goes first, before the overrides)"
+        elif "unrecognized arguments" in message.lower() and "--set" in argv:
+            message += " (--set is textvae study's; textvae train takes --SECTION.KEY VALUE)"
         raise TextVAEError(message) from None
     resume = values.pop("resume")
     values.pop("config", None)
