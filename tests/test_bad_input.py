@@ -290,7 +290,8 @@ def test_resume_and_restart_mistakes(tmp_path, trained, corpus, capsys):
 
 @pytest.mark.parametrize("args,expected", [
     (["--model.latnt_dim", "4"], "unrecognized arguments: --model.latnt_dim 4"),
-    (["--model.latent_dim", "four"], 'key "model.latent_dim": Expected a <class \'int\'>. Got value: four'),
+    (["--model.latent_dim", "four"], "model.latent_dim must be an integer, got 'four'"),
+    (["--train.max_steps", "x"], "train.max_steps must be an integer or null, got 'x'"),
     (["--objective.remedies", '[{"name": "bow", "foo": 1}]'], "remedy 'bow': unknown parameter(s) ['foo']"),
     (["--objective.remedies", '[{"name": "bowl"}]'], "unknown remedy 'bowl'; valid: aggressive,"),
     (["--data.batch_size", "0"], "data.batch_size must be at least 1, got 0"),
@@ -312,7 +313,7 @@ def test_bad_config_values(tmp_path, corpus, capsys, args, expected):
 
 @pytest.mark.parametrize("text,expected", [
     ("model:\n  latnt_dim: 4\n", "Group 'model' does not accept option 'latnt_dim'"),
-    ("model:\n  latent_dim: four\n", 'key "model.latent_dim": Expected a <class \'int\'>. Got value: four'),
+    ("model:\n  latent_dim: four\n", "model.latent_dim must be an integer, got 'four'"),
     ("model: [1, 2\n", "Problems parsing config"),
 ])
 def test_bad_recipe_files(tmp_path, capsys, text, expected):

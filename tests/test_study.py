@@ -190,9 +190,12 @@ def test_threads_are_split_between_jobs(tmp_path, monkeypatch):
     import textvae.study.spec as spec_module
 
     monkeypatch.setattr(spec_module, "_cores", lambda: 8)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     path = write_study(tmp_path, spec)
     assert {r.config.train.threads for r in st.plan(st.load_study(path), jobs=4)} == {2}
     assert {r.config.train.threads for r in st.plan(st.load_study(path), jobs=16)} == {1}
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's choice, as torch would take it
+    assert {r.config.train.threads for r in st.plan(st.load_study(path), jobs=4)} == {3}
 
 
 @pytest.mark.parametrize("change, message", [
@@ -241,7 +244,9 @@ def test_command_line_seeds_and_sets(tmp_path):
     (["{study}", "--only", "fb/seed3"], r"\['fb/seed3'\].* VARIANT/seedK with K of the seeds \(1, 2\)"),
     (["{study}", "--frobnicate"], "unrecognized arguments"),
     (["{study}", "--set", "train.iw_samples_final"], "expected KEY=VALUE"),
-    (["{study}", "--set", "train.colour=red"], "colour"),
+    (["{study}", "--set", "train.colour=red"], r"^--set: unknown key 'train.colour'; valid: \["),
+    (["{study}", "--set", "train.max_steps=x"], r"variant 'plain' \(with --set train.max_steps=x\): train.max_steps "
+                                                r"must be an integer or null, got 'x'$"),
     ([], "required"),
 ])
 def test_command_line_errors(tmp_path, argv, message):

@@ -42,8 +42,8 @@ ones from their checkpoint, restarts those that died before their first checkpoi
 run folder trained with another configuration. ``--only`` names variants or single runs (``lm/seed3``) and
 sets the order: ``--only lm/seed3 composite`` trains ``lm/seed3`` first, then ``composite``'s runs seed by
 seed, each after the runs it starts from. With ``--jobs N`` runs are subprocesses
-(``python -m textvae.cli train``), N at a time, each with cores / N torch threads unless the
-configuration sets ``train.threads``; their output goes to ``<out>/v/seed<k>.log``.
+(``python -m textvae.cli train``), N at a time, each with ``OMP_NUM_THREADS`` torch threads where it
+is set, else cores / N, unless the configuration sets ``train.threads``; their output goes to ``<out>/v/seed<k>.log``.
 
 ``--status`` trains nothing and writes nothing: one line per run (``--only`` and ``--seeds`` apply)
 saying whether it is done (its test figures), being trained (by which process), stopped (where, and

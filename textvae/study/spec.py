@@ -183,9 +183,15 @@ def load_study(path: str | Path, out: Optional[str] = None, seeds: Optional[list
         raise TextVAEError(f"{path}: budget takes {', '.join(BUDGET_KEYS)}; got {budget!r}")
     budget_train = {BUDGET_KEYS[k]: v for k, v in budget.items() if v is not None}
 
+    given = parse_sets(sets or [])
+    if given:  # an unknown key is --set's mistake, not that of the first variant it is applied to
+        from textvae.tasks import TASKS
+        from textvae.tasks.runconfig import recipe_task
+
+        apply_overrides({}, given, TASKS.get(recipe_task(str(base))).config_class, where="--set")
     common = [{"data": expand_dotted(spec.get("data") or {}, f"{path}: data")},
               {"train": budget_train},
-              expand_dotted(spec.get("overrides") or {}, f"{path}: overrides"), parse_sets(sets or [])]
+              expand_dotted(spec.get("overrides") or {}, f"{path}: overrides"), given]
     variants = spec.get("variants")
     if not isinstance(variants, dict) or not variants:
         raise TextVAEError(f"{path}: variants must be a non-empty mapping of name -> overrides")
@@ -206,6 +212,15 @@ def load_study(path: str | Path, out: Optional[str] = None, seeds: Optional[list
                  cli_overrides=list(sets or []), notes={str(k): " ".join(v.split()) for k, v in notes.items()})
 
 
+def threads_per_run(jobs: int) -> int:
+    """The torch threads of each run that sets no ``train.threads``: ``OMP_NUM_THREADS`` where the user
+    set it (as torch itself would take it), else this process's cores shared among the ``jobs``."""
+    given = os.environ.get("OMP_NUM_THREADS", "")
+    if given.isdigit() and int(given) > 0:
+        return int(given)
+    return max(1, _cores() // jobs)
+
+
 def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
@@ -219,7 +234,7 @@ def plan(study: Study, jobs: int = 1) -> list[Run]:
     if not isinstance(base, dict):
         raise TextVAEError(f"{study.base}: a recipe is a mapping")
     config_class = TASKS.get(recipe_task(str(study.base))).config_class  # a dialogue recipe's keys are its own
-    threads = max(1, _cores() // jobs)
+    threads = threads_per_run(jobs)
     runs = []
     for seed in study.seeds:
         for vname, overrides in study.variants.items():
@@ -241,7 +256,8 @@ def plan(study: Study, jobs: int = 1) -> list[Run]:
                 try:
                     cfg, _ = parse_run_config([str(recipe)])
                 except TextVAEError as e:
-                    raise TextVAEError(f"{where}: {e}") from None
+                    sets = f" (with --set {' '.join(study.cli_overrides)})" if study.cli_overrides else ""
+                    raise TextVAEError(f"{where}{sets}: {e}") from None
             runs.append(Run(vname, seed, run_dir, cfg, tuple(f"{v}/seed{seed}" for v in sorted(needs))))
     check_no_cycle(runs, study.path.name)
     return runs

@@ -8,6 +8,7 @@ wrongly typed values are one-line errors). No recipe means the embedded syntheti
 """
 from __future__ import annotations
 
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,26 @@ def _has_task_key(config_class: type) -> bool:
     return "task" in getattr(config_class, "__dataclass_fields__", {})
 
 
+_TYPE_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string", "NoneType": "null"}
+
+
+def plain_type_error(message: str) -> str:
+    """jsonargparse's message for a value of the wrong type, as ``train.max_steps must be an integer or null,
+    got 'x'``; any other message as it is."""
+    union = re.fullmatch(r'Parser key "([^"]+)": Does not validate against any of the Union subtypes Subtypes: '
+                         r'\[(.*?)\].* Given value: (.*)', message)
+    single = re.fullmatch(r"Parser key \"([^\"]+)\": Expected a <class '(\w+)'>\. Got value: (.*)", message)
+    if union:
+        key, types, value = union.group(1), re.findall(r"<class '(\w+)'>", union.group(2)), union.group(3)
+    elif single:
+        key, types, value = single.group(1), [single.group(2)], single.group(3)
+    else:
+        return message
+    if not types or any(t not in _TYPE_NAMES for t in types):
+        return message
+    return f"{key} must be {' or '.join(_TYPE_NAMES[t] for t in types)}, got {value!r}"
+
+
 def parse_run_config(argv: list[str]) -> tuple[Any, bool]:
     """(run configuration, resume) from ``[RECIPE] [--overrides] [--resume]``."""
     from jsonargparse import ArgumentError
@@ -84,7 +105,7 @@ def parse_run_config(argv: list[str]) -> tuple[Any, bool]:
                                  if key not in ("config", "__path__", "resume")})
         values = parser.parse_args(argv).as_dict()
     except ArgumentError as e:
-        message = " ".join(str(e).split())
+        message = plain_type_error(" ".join(str(e).split()))
         stray = [a for a in argv[2:] if a.endswith((".yaml", ".yml")) and Path(a).is_file()]
         if "unrecognized arguments" in message.lower() and stray:
             message += f" (the recipe {stray[0]} goes first, before the overrides)"
