@@ -73,6 +73,17 @@ def test_missing_files(tmp_path, corpus, capsys):
         "empty is neither a run folder (config.yaml and model/) nor a model folder (config.json and model.safetensors)")
 
 
+@pytest.mark.parametrize("setting,message", [
+    (["--objective.remedies", '[{"name": "bowl"}]'], "unknown remedy 'bowl'; valid: aggressive,"),
+    (["--objective.remedies", '[{"name": "bn_vae", "gamma": "high"}]'], "remedy 'bn_vae': gamma must be a number"),
+    (["--objective.remedies", '[{"gamma": 0.5}]'], "a remedy is {name: NAME, PARAMETER: VALUE, ...}, got {'gamma': 0.5}"),
+    (["--objective.kl_schedule", '{"name": "linear", "warmup": 5}'], "KL schedule 'linear': unknown parameter(s)"),
+])
+def test_the_recipe_s_parts_are_checked_before_the_data_is_read(tmp_path, capsys, setting, message):
+    """A typo in a remedy or schedule fails at once, not after a corpus has been read (here: none exists)."""
+    assert message in fails(train_on(tmp_path, "/no/such/corpus.txt", *setting), capsys)
+
+
 def test_evaluate_names_its_results_by_what_it_evaluated():
     """Another corpus or a subset never overwrite the figures of the model's own split, whole."""
     def name(**given):

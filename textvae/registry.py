@@ -63,6 +63,21 @@ class Registry(Generic[T]):
         undeclared = sorted(set(context) - set(self.supplied))
         if undeclared:  # a programming error: the registry's list of supplied arguments is out of date
             raise ValueError(f"{self.kind}: the caller passes {undeclared}, which `supplied` does not declare")
+        self.check(name, params)
+        factory = self.get(name)
+        signature = _signature(factory)
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.values())
+        kwargs = {k: v for k, v in context.items() if k in signature or takes_any}
+        kwargs.update(params)
+        try:
+            return factory(*args, **kwargs)  # type: ignore[operator]
+        except TypeError as e:
+            raise TextVAEError(f"{self.kind} {name!r}: {e}") from None
+
+    def check(self, name: str, params: dict[str, Any]) -> None:
+        """What :meth:`build` checks of a recipe's ``name`` and ``params`` before it creates anything (the
+        name, unknown or supplied parameters, values of the wrong type), so a run can check its recipe
+        before it loads its data."""
         factory = self.get(name)
         signature = _signature(factory)
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.values())
@@ -76,12 +91,6 @@ class Registry(Generic[T]):
                                f"not from the recipe; valid: {sorted(self.parameters(name))}")
         for key, value in params.items():
             _check_type(self.kind, name, key, value, _hints(factory).get(key))
-        kwargs = {k: v for k, v in context.items() if k in signature or takes_any}
-        kwargs.update(params)
-        try:
-            return factory(*args, **kwargs)  # type: ignore[operator]
-        except TypeError as e:
-            raise TextVAEError(f"{self.kind} {name!r}: {e}") from None
 
     @property
     def key(self) -> str:

@@ -144,6 +144,15 @@ def keep_procedure_state(remedies: Iterable[Remedy]) -> Iterator[None]:
             getattr(remedy, name).copy_(value)
 
 
+def check_remedy(spec: Any) -> None:
+    """A recipe's remedy entry ``{"name": ..., **params}`` checked as :func:`create_remedy` would, without
+    the model facts it needs: before a run loads its data."""
+    if not isinstance(spec, dict) or spec.get("name") is None:
+        raise TextVAEError(f"a remedy is {{name: NAME, PARAMETER: VALUE, ...}}, got {spec!r}; valid names: "
+                           f"{', '.join(list_remedies())}")
+    REMEDIES.check(spec["name"], {k: v for k, v in spec.items() if k != "name"})
+
+
 def create_remedy(spec: dict[str, Any], **context: Any) -> Remedy:
     """Build a remedy from ``{"name": ..., **params}``.
 

@@ -61,8 +61,8 @@ from textvae.models.sampled_softmax import SampledSoftmax
 from textvae.models.textvae import VAEOutput
 from textvae.reduction import token_counts
 from textvae.registry import Registry
-from textvae.remedies import REMEDIES, Remedy, keep_procedure_state
-from textvae.schedules import LR_SCHEDULES, create_lr_schedule
+from textvae.remedies import REMEDIES, Remedy, check_remedy, keep_procedure_state
+from textvae.schedules import LR_SCHEDULES, create_lr_schedule, create_schedule
 from textvae.rng import rng_state
 from textvae.training.checkpoint import Checkpoint, read_checkpoint, restore_checkpoint, save_checkpoint
 from textvae.training.denormals import denormal_mode, denormals_flushed
@@ -409,6 +409,9 @@ def check_config(cfg: RunConfig) -> None:
     if tc.precision not in ("fp32", "bf16"):
         raise TextVAEError(f"unknown train.precision {tc.precision!r}; valid: fp32, bf16")
     LR_SCHEDULES.get(oc.cycle_lr)  # an unknown name: the registry's one-line error, listing the valid ones
+    for spec in cfg.objective.remedies:  # names, parameters and their types, before the data is loaded
+        check_remedy(spec)
+    create_schedule(cfg.objective.kl_schedule)
     if oc.cycle_lr_stairs and oc.cycle_lr != "cosine":
         raise TextVAEError(f"optim.cycle_lr_stairs shapes the cosine lr only; set optim.cycle_lr: cosine "
                            f"(got {oc.cycle_lr!r}) or cycle_lr_stairs: 0")
