@@ -62,6 +62,9 @@ def folder(tmp_path: Path, train: bytes, name: str = "data") -> Path:
 def test_missing_files(tmp_path, corpus, capsys):
     assert "'/no/such/corpus.txt' is not a corpus" in fails(train_on(tmp_path, "/no/such/corpus.txt"), capsys)
     assert not (tmp_path / "runs" / "x").exists()  # a start that failed leaves no run folder behind
+    (tmp_path / "runs" / "keep").mkdir(parents=True)  # ... and removes nothing it did not make
+    fails([*train_on(tmp_path, "/no/such/corpus.txt"), "--name", "a/.."], capsys)
+    assert (tmp_path / "runs" / "keep").is_dir()
     assert "no such recipe: missing.yaml" in fails(["train", "missing.yaml"], capsys)
     partial = tmp_path / "partial"
     shutil.copytree(corpus, partial)
@@ -102,6 +105,10 @@ def test_overrides_win_wherever_the_recipe_stands(tmp_path, capsys):
                  [str(recipe), "--train.max_steps", "5"]):
         cfg, _ = parse_run_config(argv)
         assert (cfg.train.max_steps, cfg.train.epochs) == (5, 3), argv
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text("train:\n  epochs: 4\n")
+    cfg, _ = parse_run_config([str(recipe), "--config", str(overlay)])  # a second recipe overlays the first
+    assert (cfg.train.max_steps, cfg.train.epochs) == (10, 4)
     line = fails(["train", "--train.max_steps", "5", str(recipe)], capsys)
     assert line.endswith(f"unrecognized arguments: {recipe} (the recipe {recipe} goes first, before the overrides)")
 

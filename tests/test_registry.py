@@ -101,6 +101,7 @@ def test_a_recipe_value_of_the_wrong_type_names_its_parameter(monkeypatch):
         with pytest.raises(TextVAEError, match=f"^part 'box': {re.escape(message)}"):
             parts.build("box", params)
     assert parts.build("box", {"width": 2, "depth": None, "tall": True, "label": "a", "shape": [1, "x"]}) == 2
+    assert parts.build("box", {"width": 1e4}) == 10000  # a recipe's 1e4 is read as 10000.0
 
 
 def test_a_caller_passes_only_declared_arguments(monkeypatch):

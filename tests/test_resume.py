@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -254,8 +255,12 @@ def test_a_finished_run_resumed_unchanged_is_not_evaluated_again(corpus, tmp_pat
     main(["train", *args])
     log = (tmp_path / "x" / "metrics.jsonl").read_bytes()
     first = capsys.readouterr().out
+    # made by a textvae without train.retain_memory (read as its default), resumed with another thread count
+    saved = yaml.safe_load((tmp_path / "x" / "config.yaml").read_text())
+    del saved["train"]["retain_memory"]
+    (tmp_path / "x" / "config.yaml").write_text(yaml.safe_dump(saved))
     with caplog.at_level(logging.INFO, logger="textvae"):
-        main(["train", *args, "--resume"])
+        main(["train", *args, "--resume", "--train.threads", "2"])
     assert (tmp_path / "x" / "metrics.jsonl").read_bytes() == log
     assert "is finished and its settings are unchanged: its test report stands" in caplog.text
     assert capsys.readouterr().out == first

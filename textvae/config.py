@@ -11,6 +11,7 @@ key instead of a failure deep inside torch.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Optional
 
@@ -325,3 +326,17 @@ def from_dict(cls: type, values: dict[str, Any]) -> Any:
         else:
             kwargs[name] = value
     return cls(**kwargs)
+
+
+# settings without effect on a run's figures: a run resumed or compared with other values is the same run
+INCIDENTAL_KEYS = {"name", "out_dir", "train.threads", "train.progress", "train.retain_memory"}
+
+
+def settings_now(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """Saved settings as JSON values with every setting textvae has now: one added since the run was
+    made reads as its default (the same run); with one textvae no longer has they stay as saved, so
+    that it shows as a change."""
+    try:
+        return json.loads(json.dumps(dataclasses.asdict(from_dict(cls, values))))
+    except TextVAEError:
+        return values

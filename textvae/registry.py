@@ -139,8 +139,8 @@ def list_registries() -> list[Registry[Any]]:
     return list(_REGISTRIES)
 
 
-# what a recipe value of an annotated parameter may be: YAML gives 1 for 1.0, never 1.0 for an int
-_ACCEPTS = {float: ((int, float), "a number"), int: ((int,), "an integer"), bool: ((bool,), "true or false"),
+# what a recipe value of an annotated parameter may be: YAML gives 1 for 1.0, and 1e4 is 10000.0
+_ACCEPTS = {float: ((int, float), "a number"), int: ((int, float), "an integer"), bool: ((bool,), "true or false"),
             str: ((str,), "a string")}
 
 
@@ -161,7 +161,8 @@ def _check_type(kind: str, name: str, key: str, value: Any, hint: Any) -> None:
     if len(plain) != 1 or plain[0] not in _ACCEPTS or (optional and value is None):
         return
     accepted, what = _ACCEPTS[plain[0]]
-    if not isinstance(value, accepted) or (isinstance(value, bool) and plain[0] is not bool):
+    fractional = plain[0] is int and isinstance(value, float) and not value.is_integer()
+    if not isinstance(value, accepted) or (isinstance(value, bool) and plain[0] is not bool) or fractional:
         raise TextVAEError(f"{kind} {name!r}: {key} must be {what}{' or null' if optional else ''}, got {value!r}")
 
 

@@ -74,7 +74,8 @@ from textvae.study.folders import check_run_folder, finished_report, run_state
 from textvae.study.report import (aggregate, columns, compare_runs, markdown_table, mean_std, report_markdown,
                                   run_figures, variants_markdown, write_outputs)
 from textvae.study.runner import execute, status_lines
-from textvae.study.spec import INCIDENTAL_KEYS, Run, Study, apply_overrides, load_study, plan
+from textvae.config import INCIDENTAL_KEYS
+from textvae.study.spec import Run, Study, apply_overrides, load_study, plan
 from textvae.training.signals import sigterm_interrupts
 
 log = logging.getLogger("textvae.study")

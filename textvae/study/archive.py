@@ -27,9 +27,10 @@ from typing import Any, Optional
 from textvae.errors import TextVAEError
 from textvae.files import replace_as_new_file
 from textvae.plots import run_curves
-from textvae.study.folders import finished_report, settings_now
+from textvae.config import INCIDENTAL_KEYS, settings_now
+from textvae.study.folders import finished_report
 from textvae.training.logger import final_report
-from textvae.study.spec import INCIDENTAL_KEYS, Run, Study, map_strings
+from textvae.study.spec import Run, Study, map_strings
 from textvae.training.logger import read_jsonl
 
 log = logging.getLogger("textvae.study")

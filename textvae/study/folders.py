@@ -1,7 +1,6 @@
 """A study's run folders: finished, resumable or new, and never one made with another configuration."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -10,9 +9,9 @@ from typing import Any, Optional
 
 import yaml
 
-from textvae.config import from_dict
+from textvae.config import INCIDENTAL_KEYS, settings_now
 from textvae.errors import TextVAEError
-from textvae.study.spec import INCIDENTAL_KEYS, Run, map_strings
+from textvae.study.spec import Run, map_strings
 from textvae.training.logger import final_report, read_jsonl
 
 
@@ -42,16 +41,6 @@ def saved_config(run_dir: Path, cls: Optional[type] = None) -> Optional[tuple[ty
     values = json.loads(json.dumps(yaml.safe_load(saved.read_text()) or {}))
     cls = cls or TASKS.get(values.get("task", DEFAULT_TASK)).config_class
     return cls, settings_now(cls, values)
-
-
-def settings_now(cls: type, values: dict[str, Any]) -> dict[str, Any]:
-    """Saved settings as JSON values with every setting textvae has now: one added since the run was
-    made reads as its default (the same run); with one textvae no longer has they stay as saved, so
-    that it shows as a change."""
-    try:
-        return json.loads(json.dumps(dataclasses.asdict(from_dict(cls, values))))
-    except TextVAEError:
-        return values
 
 
 def check_run_folder(run: Run) -> None:

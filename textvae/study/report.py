@@ -11,12 +11,12 @@ import math
 from pathlib import Path
 from typing import Any
 
-from textvae.config import RunConfig
+from textvae.config import INCIDENTAL_KEYS, RunConfig
 from textvae.errors import TextVAEError
 from textvae.metrics import get_metric, he2019_noise_sd, list_metrics
 from textvae.study.archive import finite_or_null, load_archive, write_archive
 from textvae.study.folders import finished_report, run_state, saved_config
-from textvae.study.spec import INCIDENTAL_KEYS, Run, Study, section_type
+from textvae.study.spec import Run, Study, section_type
 
 log = logging.getLogger("textvae.study")
 

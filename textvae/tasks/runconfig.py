@@ -84,7 +84,9 @@ def parse_run_config(argv: list[str]) -> tuple[Any, bool]:
 
     # --config=FILE as --config FILE, which the checks below look for
     argv = [part for a in argv for part in (a.split("=", 1) if a.startswith("--config=") else [a])]
-    if "--config" in argv[1:-1]:  # first, as a recipe given first is: overrides win wherever they stand
+    if argv and argv[0].startswith("-") and "--config" in argv[1:-1]:
+        # first, as a recipe given first is: overrides win wherever they stand (a second recipe after a
+        # first one stays where it is, an overlay applied in order)
         at = argv.index("--config")
         argv = argv[at:at + 2] + argv[:at] + argv[at + 2:]
     if argv and not argv[0].startswith("-"):

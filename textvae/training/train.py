@@ -50,7 +50,7 @@ import yaml
 from torch import nn
 from tqdm import tqdm
 
-from textvae.config import OptimConfig, RunConfig, TrainConfig, check_ranges
+from textvae.config import INCIDENTAL_KEYS, OptimConfig, RunConfig, TrainConfig, check_ranges, settings_now
 from textvae.data.batch import Batch
 from textvae.data.batching import padding_fraction
 from textvae.errors import TextVAEError
@@ -509,8 +509,10 @@ def run_training(task: Task, resume: bool = False, data: Any = None) -> dict[str
     if done is not None:
         log.info("%s is finished and its settings are unchanged: its test report stands (metrics.jsonl); --resume "
                  "trains on with a larger train.epochs or train.max_steps", run_dir)
+        world.close(clean=True)
         return done
-    fresh, held_folder, finished = not resume and not run_dir.exists(), False, False
+    # the folder as the file system names it ("runs/a/.." is "runs"): only one this start made is removed
+    fresh, held_folder, finished = not resume and not run_dir.resolve().exists(), False, False
     with contextlib.ExitStack() as held:
         # the whole run, its test report included, in one mode in every thread
         mode = held.enter_context(denormals_flushed(tc.flush_denormals))
@@ -540,7 +542,7 @@ def run_training(task: Task, resume: bool = False, data: Any = None) -> dict[str
             if fresh and held_folder and world.is_main and not (run_dir / "config.yaml").exists():
                 # a start that failed before it wrote the run's settings (its data, its model) leaves no
                 # folder to trip over; one with them keeps them for the command its error gives
-                shutil.rmtree(run_dir, ignore_errors=True)
+                shutil.rmtree(run_dir.resolve(), ignore_errors=True)
             raise
         finally:
             world.close(clean=finished)
@@ -910,7 +912,9 @@ def finished_unchanged(run_dir: Path, cfg: Any) -> Optional[dict[str, Any]]:
     saved = run_dir / "config.yaml"
     if last is None or any(r.get("split") == "train" for r in records[last:]) or not saved.is_file():
         return None  # not finished, or resumed and trained further since
-    if config_changes(_settings(yaml.safe_load(saved.read_text()) or {}), _settings(cfg.to_dict())):
+    # a setting added since the run was made reads as its default; threads and the like change nothing
+    before = settings_now(type(cfg), yaml.safe_load(saved.read_text()) or {})
+    if set(config_changes(_settings(before), _settings(cfg.to_dict()))) - INCIDENTAL_KEYS:
         return None
     return final_report(records)
 
