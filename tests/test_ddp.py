@@ -112,6 +112,15 @@ def test_parameters_may_go_unused(prior, remedy, expected):
     assert parameters_may_go_unused(model) is expected
 
 
+def test_the_cvae_s_prior_network_may_go_unused():
+    """Its prior p(z|c) is a network (a method of the model, not a module): encoder pretraining leaves it out."""
+    from textvae.training.distributed import parameters_may_go_unused
+    from tests.test_dialogue import tiny
+
+    assert parameters_may_go_unused(tiny([{"name": "encoder_pretraining"}])) is True
+    assert parameters_may_go_unused(tiny([{"name": "bow"}])) is False
+
+
 def test_procedure_remedies_are_refused(tmp_path):
     corpus = write_corpus(tmp_path / "corpus", n_train=40, n_eval=20)
     done = torchrun(["train", *tiny_args(tmp_path, "agg", corpus, "--objective.remedies", '[{"name": "aggressive"}]')],

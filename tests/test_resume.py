@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -268,6 +269,17 @@ def test_a_finished_run_resumed_unchanged_is_not_evaluated_again(corpus, tmp_pat
     records = read_jsonl(tmp_path / "x" / "metrics.jsonl")
     assert [r["split"] for r in records].count("test") == 1 and records[-1]["split"] == "test"
     assert records[-1]["step"] == 3
+
+
+def test_a_copied_run_folder_resumes_itself_not_the_original(corpus, tmp_path):
+    """``textvae train COPY/config.yaml --resume``: the run is the folder its config.yaml is in, not the
+    out_dir and name saved in it (where the run was made)."""
+    main(["train", *tiny_args(tmp_path, "x", corpus, "--train.max_steps", "2", "--train.iw_samples_final", "0")])
+    original = (tmp_path / "x" / "metrics.jsonl").read_bytes()
+    shutil.copytree(tmp_path / "x", tmp_path / "elsewhere" / "copy")
+    main(["train", str(tmp_path / "elsewhere" / "copy" / "config.yaml"), "--resume", "--train.max_steps", "3"])
+    assert (tmp_path / "x" / "metrics.jsonl").read_bytes() == original
+    assert read_jsonl(tmp_path / "elsewhere" / "copy" / "metrics.jsonl")[-1]["step"] == 3
 
 
 def test_optimiser_settings_changed_on_resume_take_effect(corpus, tmp_path, caplog):

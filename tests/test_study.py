@@ -2,6 +2,7 @@
 import contextlib
 import csv
 import json
+import logging
 import math
 import os
 import shutil
@@ -415,16 +416,20 @@ def test_run_folder_lock_keeps_a_second_process_out_until_the_first_ends(tmp_pat
 
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_study_leaves_a_run_folder_held_by_another_process_alone(tmp_path, caplog, jobs):
-    """A study started twice must not clear or resume a run the other one is training."""
-    path = write_study(tmp_path, dict(TINY, seeds=[1], variants={"plain": {}}))
-    (run,) = st.plan(st.load_study(path, str(tmp_path / "out")), jobs)
+    """A study started twice must not clear or resume a run the other one is training, nor count it failed;
+    a run that starts from it cannot start here."""
+    variants = {"plain": {}, "after": {"model.encoder_from": "{run:plain}/model"}}
+    path = write_study(tmp_path, dict(TINY, seeds=[1], variants=variants))
+    run = st.plan(st.load_study(path, str(tmp_path / "out")), jobs)[0]
     run.dir.mkdir(parents=True)
     record = json.dumps({"split": "train", "step": 0, "loss": 1.0}) + "\n"  # the other process's; no checkpoint yet
     (run.dir / "metrics.jsonl").write_text(record)
-    with held_elsewhere(run.dir), pytest.raises(TextVAEError, match="1 runs failed: plain/seed1"):
+    with caplog.at_level(logging.INFO), held_elsewhere(run.dir), \
+            pytest.raises(TextVAEError, match="^1 runs failed: after/seed1 "):
         st.run_study(path, out=str(tmp_path / "out"), jobs=jobs)
     assert (run.dir / "metrics.jsonl").read_text() == record
-    assert f"plain/seed1 not trained: {run.dir} is being written by another process" in caplog.text
+    assert f"plain/seed1 left to the process training it ({run.dir} is being written by another process" in caplog.text
+    assert "after/seed1 not trained: it needs plain/seed1, which is not finished" in caplog.text
 
 
 @pytest.mark.parametrize("sig, code", [

@@ -96,6 +96,10 @@ def cannot_write(run_dir: Path, e: OSError) -> TextVAEError:
     return TextVAEError(f"cannot write the run folder {run_dir}: {e.strerror} ({e.filename}); choose another --out_dir")
 
 
+class FolderBusy(TextVAEError):
+    """The run folder is held by another process (:func:`run_folder_lock`)."""
+
+
 _held: set[Path] = set()  # the run folders this process holds
 
 
@@ -120,8 +124,8 @@ def run_folder_lock(run_dir: Path) -> Iterator[None]:
         raise cannot_write(run_dir, e) from None
     try:
         if not _take(fd):
-            raise TextVAEError(f"{run_dir} is being written by another process (pid {_holder(fd)}); "
-                               f"two trainings must not share a run folder")
+            raise FolderBusy(f"{run_dir} is being written by another process (pid {_holder(fd)}); "
+                             f"two trainings must not share a run folder")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
         _held.add(key)

@@ -158,6 +158,11 @@ class KgCVAE(OutputHead, PretrainedMixin, nn.Module):
         mu, logvar = self.objective.transform_posterior(*self.recognition(h).chunk(2, dim=-1))
         return DiagGaussian(mu, logvar), h
 
+    def prior_parameters(self) -> list[nn.Parameter]:
+        """The trainable parameters of p(z|c): the prior network and its transforms (BN-CVAE's), which
+        only the KL term reaches."""
+        return [p for m in (self.prior_net, self.prior_transforms) for p in m.parameters() if p.requires_grad]
+
     def inference_parameters(self) -> list[nn.Parameter]:
         """The parameters of q(z|x,c): encoders, recognition network (and act features), and
         remedies that transform the posterior (what aggressive training updates in its inner loop)."""

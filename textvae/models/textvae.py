@@ -200,6 +200,10 @@ class TextVAE(OutputHead, PretrainedMixin, nn.Module):
         modules: list[nn.Module] = [self.encoder, self.posterior, *self.objective.posterior_remedies()]
         return [p for m in modules for p in m.parameters() if p.requires_grad]
 
+    def prior_parameters(self) -> list[nn.Parameter]:
+        """The trainable parameters of p(z) (a flow prior's; none for N(0, I)), which only the KL term reaches."""
+        return [p for p in self.prior.parameters() if p.requires_grad]
+
     def reinit_decoder(self, optimizer: Optional[torch.optim.Optimizer] = None) -> None:
         """Re-draw the decoder and output projection with the init scheme (Li et al. 2019
         re-initialise the decoder after pretraining) and drop their optimiser state (momentum,

@@ -15,7 +15,7 @@ from typing import Optional
 import yaml
 
 from textvae.errors import TextVAEError
-from textvae.files import lock_holder, run_folder_lock
+from textvae.files import FolderBusy, lock_holder, run_folder_lock
 from textvae.metrics.likelihood import IWProgress
 from textvae.study.folders import clear_unstarted, check_run_folder, finished_report, run_state
 from textvae.study.report import format_figure, run_figures, write_outputs
@@ -27,7 +27,8 @@ from textvae.training.train import IW_PROGRESS_FILE, check_precision, resolve_de
 log = logging.getLogger("textvae.study")
 
 
-def _train_in_process(run: Run, n: int, total: int) -> bool:
+def _train_in_process(run: Run, n: int, total: int) -> Optional[bool]:
+    """Whether the run trained to its end here; None when another process holds its folder (left to it)."""
     from textvae.tasks import run_training
 
     try:
@@ -36,12 +37,20 @@ def _train_in_process(run: Run, n: int, total: int) -> bool:
             log.info("[%d/%d] %s: %s", n, total, run.label, "resuming" if resume else "training")
             run_training(run.config, resume=resume)
         return True
+    except FolderBusy as e:
+        _left(run, e, n, total)
+        return None
     except TextVAEError as e:  # the user's to fix (another process on the folder, a bad setting): one line
         log.error("%s not trained: %s", run.label, e)
         return False
     except Exception:  # a failed run must not stop the study; its traceback goes to the log
         log.error("%s failed:\n%s", run.label, traceback.format_exc())
         return False
+
+
+def _left(run: Run, busy: FolderBusy, n: int, total: int) -> None:
+    """Another study (or ``textvae train``) is training the run: it is theirs to finish, not a failure here."""
+    log.info("[%d/%d] %s left to the process training it (%s)", n, total, run.label, busy)
 
 
 def _command(run: Run, resume: bool) -> list[str]:
@@ -146,11 +155,15 @@ def execute(study: Study, runs: list[Run], jobs: int = 1, only: Optional[list[st
                 if jobs == 1:
                     t0 = time.perf_counter()
                     ok = _train_in_process(run, n, len(todo))
-                    _done(study, runs, run, ok, time.perf_counter() - t0, n, len(todo), failed)
+                    if ok is not None:
+                        _done(study, runs, run, ok, time.perf_counter() - t0, n, len(todo), failed)
                     continue
                 try:  # the child takes the folder's lock itself once started; a busy folder is left alone
                     with run_folder_lock(run.dir):
                         resume = _prepare(run)
+                except FolderBusy as e:
+                    _left(run, e, n, len(todo))
+                    continue
                 except TextVAEError as e:
                     log.error("%s not trained: %s", run.label, e)
                     _done(study, runs, run, False, 0.0, n, len(todo), failed)
@@ -160,8 +173,9 @@ def execute(study: Study, runs: list[Run], jobs: int = 1, only: Optional[list[st
                 running[run.label] = (run, _start_subprocess(run, resume), time.perf_counter(), n)
             if not running:  # nothing can start: what is left waits on runs that will not finish here
                 for run in pending:
-                    log.error("%s not trained: it needs %s, which is not finished (failed, or not selected: "
-                              "add it or its variant to --only)", run.label, ", ".join(_waiting_on(run, by_label)))
+                    log.error("%s not trained: it needs %s, which is not finished (failed, trained by another "
+                              "process, or not selected: add it or its variant to --only)", run.label,
+                              ", ".join(_waiting_on(run, by_label)))
                 failed += pending
                 break
             time.sleep(0.2)

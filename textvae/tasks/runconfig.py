@@ -26,6 +26,11 @@ def default_recipe() -> str:
     return str(resources.files("textvae") / "recipes" / "synthetic.yaml")
 
 
+def is_run_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a training run (its checkpoint or its best model), not just a recipe."""
+    return (folder / "checkpoint.safetensors").is_file() or (folder / "model").is_dir()
+
+
 def recipe_task(path: str) -> str:
     """The task a recipe names (``DEFAULT_TASK`` when it names none or cannot be read: the
     parser then reports what is wrong with it)."""
@@ -96,6 +101,11 @@ def parse_run_config(argv: list[str]) -> tuple[Any, bool]:
     if argv[:1] == ["--config"] and len(argv) > 1 and not Path(argv[1]).is_file():
         raise TextVAEError(f"no such recipe: {argv[1]} (a YAML file such as recipes/ptb/vae.yaml of the textvae "
                            f"checkout; without one, textvae train trains the synthetic default)")
+    if argv[:1] == ["--config"] and is_run_folder(Path(argv[1]).parent) and Path(argv[1]).name == "config.yaml":
+        # a run folder's own settings: the run is that folder, wherever it was moved or copied to since
+        # (its saved out_dir and name are where it was made); --out_dir or --name after it still win
+        folder = Path(argv[1]).parent
+        argv = argv[:2] + ["--out_dir", str(folder.parent), "--name", folder.name] + argv[2:]
     task = recipe_task(argv[argv.index("--config") + 1]) if "--config" in argv[:-1] else DEFAULT_TASK
     config_class = TASKS.get(task).config_class
     parser = train_parser(config_class)

@@ -55,7 +55,7 @@ def parameters_may_go_unused(model: nn.Module) -> bool:
     drops the KL term for a phase (encoder pretraining) takes a learned prior's parameters out of
     the graph. Every other term keeps its parameters in the graph, with a zero gradient at worst."""
     drops_kl = any(remedy.drops_kl_term for remedy in model.objective.remedies)
-    return drops_kl and any(p.requires_grad for p in model.prior.parameters())
+    return drops_kl and bool(model.prior_parameters())
 
 
 def rank_seed(seed: int, rank: int) -> int:

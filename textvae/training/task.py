@@ -12,7 +12,7 @@ reconstructs), ``batch(index)``, ``sampler(batch_size, shuffle, seed, pool_batch
 ``unigram(vocab_size)``. The model's ``forward(batch, step)`` returns a
 :class:`~textvae.models.textvae.VAEOutput`; it mixes in :class:`~textvae.models.output_head.OutputHead`
 and :class:`~textvae.models.textvae.PretrainedMixin` and has ``objective``,
-``inference_parameters()`` and ``reinit_decoder(optimizer)``.
+``inference_parameters()``, ``prior_parameters()`` and ``reinit_decoder(optimizer)``.
 """
 from __future__ import annotations
 
