@@ -81,6 +81,8 @@ def test_missing_files(tmp_path, corpus, capsys):
     (["--objective.remedies", '[{"name": "bn_vae", "gamma": "high"}]'], "remedy 'bn_vae': gamma must be a number"),
     (["--objective.remedies", '[{"gamma": 0.5}]'], "a remedy is {name: NAME, PARAMETER: VALUE, ...}, got {'gamma': 0.5}"),
     (["--objective.kl_schedule", '{"name": "linear", "warmup": 5}'], "KL schedule 'linear': unknown parameter(s)"),
+    (["--objective.kl_schedule", '{"name": "constant", "value": -1}'], "constant KL schedule: value must be >= 0"),
+    (["--objective.kl_schedule", '{"name": "linear", "start": -0.5}'], "start and end must be >= 0, got -0.5 and 1.0"),
 ])
 def test_the_recipe_s_parts_are_checked_before_the_data_is_read(tmp_path, capsys, setting, message):
     """A typo in a remedy or schedule fails at once, not after a corpus has been read (here: none exists)."""
@@ -310,6 +312,7 @@ def test_resume_and_restart_mistakes(tmp_path, trained, corpus, capsys):
     (["--model.latnt_dim", "4"], "unrecognized arguments: --model.latnt_dim 4"),
     (["--model.latent_dim", "four"], "model.latent_dim must be an integer, got 'four'"),
     (["--train.max_steps", "x"], "train.max_steps must be an integer or null, got 'x'"),
+    (["--objective.remedies", '[{"name": "bn_vae", "momentum": 2}]'], "momentum must be in (0, 1], got 2"),
     (["--objective.remedies", '[{"name": "bow", "foo": 1}]'], "remedy 'bow': unknown parameter(s) ['foo']"),
     (["--objective.remedies", '[{"name": "bowl"}]'], "unknown remedy 'bowl'; valid: aggressive,"),
     (["--data.batch_size", "0"], "data.batch_size must be at least 1, got 0"),
@@ -466,8 +469,21 @@ def test_end_of_training_says_where_and_suggests_a_remedy_on_collapse(tmp_path, 
     assert f"run saved in {run}: best model {run / 'model'}" in out
     command = re.search(r"the latent space collapsed \(0 active units\); to try a remedy: (.*)", out).group(1)
     assert command.startswith(f"textvae train {run / 'config.yaml'} --name x-bn_vae --objective.remedies ")
+    assert command.endswith(" --model.encoder_init torch")  # the default he2019 init leaves BN-VAE no variance
     main(shlex.split(command)[1:])  # the command runs
     assert (tmp_path / "runs/x-bn_vae/model/model.safetensors").is_file()
+
+
+def test_the_suggested_remedy_is_added_to_those_the_run_has():
+    from textvae.training.epilogue import run_epilogue
+
+    cfg = RunConfig()
+    cfg.objective.remedies, cfg.model.encoder_init = [{"name": "bn_vae", "gamma": 0.5}], "torch"
+    lines = run_epilogue(Path("runs/x"), {"au": 0, "latent_dim": 4, "train_steps": 9}, cfg).splitlines()
+    assert shlex.split(lines[1].split("to try a remedy: ")[1]) == [
+        "textvae", "train", "runs/x/config.yaml", "--name", "x-delta_vae", "--objective.remedies",
+        '[{"name": "bn_vae", "gamma": 0.5}, {"name": "delta_vae"}]']
+    assert len(run_epilogue(Path("runs/x"), {"au": 1, "latent_dim": 4, "train_steps": 9}, cfg).splitlines()) == 1
 
 
 def test_corpus_unknown_token_is_read_as_unk(tmp_path, caplog):

@@ -59,7 +59,7 @@ def cmd_train(argv: list[str]) -> None:
     report = run_training(cfg, resume=resume)
     if os.environ.get("RANK", "0") == "0":  # under torchrun every rank returns the report; one prints it
         print(format_report(report))
-        print(run_epilogue(Path(cfg.out_dir) / cfg.name, report, cfg.objective.remedies))
+        print(run_epilogue(Path(cfg.out_dir) / cfg.name, report, cfg))
 
 
 def format_report(report: dict[str, Any]) -> str:

@@ -24,6 +24,8 @@ SCHEDULES: Registry = Registry("KL schedule", recipe="objective.kl_schedule: {na
 @SCHEDULES.register("constant")
 def constant(value: float = 1.0) -> Schedule:
     """beta(t) = value. ``value: 1`` is the plain VAE; other values are beta-VAE (Higgins et al. 2017)."""
+    if value < 0:  # a negative weight rewards KL: the objective is then no bound on anything
+        raise TextVAEError(f"constant KL schedule: value must be >= 0, got {value}")
     return lambda step: float(value)
 
 
@@ -33,6 +35,8 @@ def linear(start: float = 0.0, end: float = 1.0, warmup_steps: int = 10000) -> S
     anneal from kl_start = 0.1 to 1 over 10 epochs of iterations); ``end < start`` anneals down."""
     if warmup_steps <= 0:
         raise TextVAEError("linear KL schedule: warmup_steps must be > 0")
+    if min(start, end) < 0:
+        raise TextVAEError(f"linear KL schedule: start and end must be >= 0, got {start} and {end}")
 
     def beta(step: int) -> float:
         return float(end) if step >= warmup_steps else start + (end - start) * step / warmup_steps

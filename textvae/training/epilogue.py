@@ -12,14 +12,21 @@ from typing import Any
 SUGGESTED_REMEDIES = ({"name": "bn_vae"}, {"name": "delta_vae"}, {"name": "free_bits_li2019"})
 
 
-def run_epilogue(run_dir: Path, report: dict[str, Any], remedies: list[dict[str, Any]]) -> str:
-    """``run saved in ...`` and, for a trained VAE with no active unit, the remedy command."""
+def run_epilogue(run_dir: Path, report: dict[str, Any], cfg: Any) -> str:
+    """``run saved in ...`` and, for a trained VAE with no active unit, the command that trains the run
+    ``cfg`` again with a remedy it does not use yet, added to those it does."""
     lines = [f"run saved in {run_dir}: best model {run_dir / 'model'}, checkpoint, metrics.jsonl, config.yaml"]
     collapsed = report.get("au") == 0 and report.get("latent_dim", 0) > 0 and report.get("train_steps") != 0
+    remedies = list(cfg.objective.remedies)
     used = {spec.get("name") for spec in remedies}
     remedy = next((r for r in SUGGESTED_REMEDIES if r["name"] not in used), None)
     if collapsed and remedy is not None:
         command = ["textvae", "train", str(run_dir / "config.yaml"), "--name", f"{run_dir.name}-{remedy['name']}",
-                   "--objective.remedies", json.dumps([remedy])]
+                   "--objective.remedies", json.dumps([*remedies, remedy])]
+        # He et al.'s U(-0.01, 0.01) encoder starts with posterior means too alike for a remedy to act on
+        # for thousands of steps (BN-VAE's floor needs their batch variance above its eps)
+        model = getattr(cfg, "model", None)
+        if (getattr(model, "encoder_init", None) or getattr(model, "init", None)) == "he2019":
+            command += ["--model.encoder_init", "torch"]
         lines.append(f"the latent space collapsed (0 active units); to try a remedy: {shlex.join(command)}")
     return "\n".join(lines)
