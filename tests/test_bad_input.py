@@ -132,6 +132,10 @@ def test_evaluate_checks_its_optional_packages_before_the_pass(tmp_path, trained
     labelled = SimpleNamespace(name="labelled", splits={"train": SimpleNamespace(labels=[0, 1])})
     with pytest.raises(TextVAEError, match=r"^--probe needs scikit-learn: pip install 'textvae\[eval\]'$"):
         check_probe(SimpleNamespace(is_lm=False), labelled)  # before the pass, as the text metrics' check
+    monkeypatch.undo()
+    with pytest.raises(TextVAEError, match=r"^--probe 2: class 0 has only 1 labelled training sentences; use --probe 1"):
+        check_probe(SimpleNamespace(is_lm=False), labelled, 2)
+    check_probe(SimpleNamespace(is_lm=False), labelled, 1)
 
 
 def test_missing_sentence_file(trained, capsys):

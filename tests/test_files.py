@@ -82,3 +82,17 @@ def test_a_lock_names_its_holder_and_machine(tmp_path):
     finally:
         os.close(fd)
     assert lock_holder(run) is None  # no process holds it: the probe, not the pid, says so
+
+
+def test_a_run_without_tensorboard_says_so(tmp_path, monkeypatch, caplog):
+    """train.tensorboard on (the default) without the tb extra: the log says where the figures go instead."""
+    import logging
+    import sys
+
+    from textvae.training.logger import RunLogger
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if not installed
+    with caplog.at_level(logging.INFO, logger="textvae"):
+        assert RunLogger(tmp_path, tensorboard=True).tb is None
+        RunLogger(tmp_path, tensorboard=False)
+    assert caplog.text.count("tensorboard is not installed (pip install 'textvae[tb]')") == 1

@@ -139,7 +139,7 @@ def test_interrupted_study_resumes_to_the_same_table(tmp_path, monkeypatch):
     changed = json.loads(json.dumps(TINY))
     changed["variants"]["plain"]["optim.lr"] = 0.01
     with pytest.raises(TextVAEError, match="plain/seed1 was trained with another configuration.*optim.lr.*"
-                                           "pass the --set it was trained with"):
+                                           "give the study file and --set the settings it was trained with"):
         st.run_study(write_study(tmp_path, changed, "changed.yaml"), out=str(tmp_path / "b"))
 
     # A setting added to textvae after a run was made (absent from its config.yaml) is its default:

@@ -26,6 +26,7 @@ import logging
 import os
 import re
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any, Optional
 
@@ -160,7 +161,7 @@ def cmd_evaluate(argv: list[str]) -> None:
     data_cfg.max_sentences = None  # the whole split, whatever cap the run trained with
     data = load_dataset(data_cfg, tokenizer=tokenizer)
     if args.probe:  # before the evaluation pass, which can take long, not after it
-        check_probe(model, data)
+        check_probe(model, data, args.probe)
     if not args.no_generation:
         check_text_metrics(instead="or --no-generation")
     split = data.splits[args.split]
@@ -305,14 +306,20 @@ def run_steps(run_dir: Path) -> Optional[int]:
     return max(int(r["step"]) for r in records) if records else None
 
 
-def check_probe(model: Any, data: Any) -> None:
-    """The latent probe needs a latent space and labelled training sentences."""
+def check_probe(model: Any, data: Any, n_per_class: int = 1) -> None:
+    """The latent probe needs a latent space, scikit-learn and ``n_per_class`` labelled training sentences
+    of every class: checked before the evaluation pass, which can take hours, not after it."""
     if model.is_lm:
         raise TextVAEError("--probe: this model is a language model: it has no latent space")
     if data.splits["train"].labels is None:
         raise TextVAEError(f"--probe needs a labelled corpus such as yelp_short; {data.name} has no labels")
     if importlib.util.find_spec("sklearn") is None:
         raise TextVAEError("--probe needs scikit-learn: pip install 'textvae[eval]'")
+    counts = Counter(data.splits["train"].labels)
+    label, fewest = min(counts.items(), key=lambda item: item[1])
+    if n_per_class > fewest:
+        raise TextVAEError(f"--probe {n_per_class}: class {label!r} has only {fewest} labelled training sentences; "
+                           f"use --probe {fewest} or fewer")
 
 
 def _probe_figures(model: Any, data: Any, args: argparse.Namespace, test_batches: Any,

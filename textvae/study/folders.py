@@ -59,8 +59,8 @@ def check_run_folder(run: Run) -> None:
     if changes:
         shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(changes.items())[:3])
         raise TextVAEError(f"{run.dir} was trained with another configuration ({shown}"
-                           f"{'; ...' if len(changes) > 3 else ''}); pass the --set it was trained with, "
-                           f"delete it or choose another --out")
+                           f"{'; ...' if len(changes) > 3 else ''}); give the study file and --set the settings "
+                           f"it was trained with, delete it or choose another --out")
 
 
 def clear_unstarted(run: Run) -> None:

@@ -10,6 +10,7 @@ written after the checkpoint (which the resumed run writes again) appear once.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -41,8 +42,10 @@ class RunLogger:
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # the [tb] extra is optional
+            except ImportError:  # the [tb] extra is optional; said, so that no one looks for the folder
                 SummaryWriter = None
+                logging.getLogger("textvae").info("train.tensorboard: tensorboard is not installed (pip install "
+                                                  "'textvae[tb]'); the run logs to metrics.jsonl only")
             if SummaryWriter is not None:
                 self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
 
