@@ -235,7 +235,11 @@ def test_command_line_seeds_and_sets(tmp_path):
     assert {c.train.iw_samples_final for c in runs.values()} == {50}
     assert runs["fb/seed7"].optim.lr == 0.5 and runs["plain/seed7"].optim.lr == 0.003
     assert runs["fb/seed7"].objective.kl_schedule == {"name": "linear", "warmup_steps": 10}
-    assert "train.iw_samples_final=50" in st.report_markdown(study, {"variants": [], "runs": []}, {}, "")
+    report = st.report_markdown(study, {"variants": [], "runs": []}, {}, "")
+    assert "train.iw_samples_final=50" in report
+    # the study file's own settings of every run are in the report too
+    assert ("(the study file's `data` and `overrides`): `data.batch_size: 20`; `data.eval_batch_size: 50`; "
+            "`data.max_sentences: 100`; `model.emb_dim: 8`;") in report and "`train.threads: 1`" in report
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -183,6 +183,15 @@ def _mi_noise(results: dict[str, Any]) -> str:
             f"{he2019_noise_sd(int(d), int(n)):.3f} nats here, D = {d:.0f}, N = {n:.0f})")
 
 
+def common_settings(study: Study, config_class: type) -> dict[str, Any]:
+    """The study file's ``data`` and ``overrides`` sections (``Study.common``'s first and third layers; the
+    budget and --set are said apart), as dotted settings."""
+    settings: dict[str, Any] = {}
+    for layer in study.common[:1] + study.common[2:3]:
+        settings.update(_setting_changes(config_class, {}, layer))
+    return settings
+
+
 def variants_markdown(study: Study, config_class: type) -> list[str]:
     """report.md's table of what each variant sets on top of the base recipe and the study's common
     settings, with the study file's note on it: a row that differs from the others says how."""
@@ -227,8 +236,12 @@ def report_markdown(study: Study, results: dict[str, Any], plot_files: dict[str,
     sets = (f"; command-line overrides for every run: `{' '.join(study.cli_overrides)}`"
             if study.cli_overrides else "")
     lines += [f"Study file `{study.path}`; base recipe `{study.base}`; budget per run: {budget}{sets}. "
-              f"Written {datetime.datetime.now().isoformat(timespec='seconds')}.", "",
-              markdown_table(results), ""]
+              f"Written {datetime.datetime.now().isoformat(timespec='seconds')}.", ""]
+    common = common_settings(study, config_class)
+    if common:
+        lines += [f"Settings of every run on top of the base recipe (the study file's `data` and `overrides`): "
+                  + "; ".join(f"`{k}: {json.dumps(v)}`" for k, v in common.items()) + ".", ""]
+    lines += [markdown_table(results), ""]
     lines += [f"- {n}." for n in notes] + [""] + variants_markdown(study, config_class)
     titles = {"curves": "Validation figures during training", "rate_distortion": "Rate-distortion (test set)",
               "nll_mi": "NLL against mutual information (test set)"}

@@ -30,7 +30,7 @@ class Study:
     out: Path
     seeds: list[int]
     variants: dict[str, dict[str, Any]]  # name -> nested overrides
-    common: list[dict[str, Any]]  # nested overrides for every run: data, budget, overrides
+    common: list[dict[str, Any]]  # nested overrides for every run: data, budget, overrides, --set
     description: str = ""
     budget: dict[str, Any] = dataclasses.field(default_factory=dict)
     cli_overrides: list[str] = dataclasses.field(default_factory=list)  # --set, as typed
