@@ -497,6 +497,25 @@ def test_only_names_variants_or_runs_and_sets_the_order(tmp_path, capsys, monkey
     assert [r.label for r in training_order(runs, select(runs, only))] == ["vae/seed1", "other/seed1", "ae/seed2"]
 
 
+def test_the_text_metrics_columns_show_where_a_run_has_them(tmp_path):
+    """A dialogue study's table and results.csv have its BLEU and distinct columns; a sentence study's,
+    whose reports have none, do not."""
+    from textvae.study.report import figure_keys, write_csv
+
+    def results(dialogue: bool) -> dict:
+        text = {"bleu2_precision", "bleu2_recall", "distinct_2", "intra_dist2"}
+        figures = {k: {"mean": 0.25, "std": math.nan, "n": int(dialogue or k not in text)} for k in figure_keys()}
+        return {"variants": [{"variant": "v", "runs": 1, "planned": 1, "figures": figures}]}
+
+    for dialogue in (True, False):
+        header = st.markdown_table(results(dialogue)).splitlines()[0]
+        write_csv(results(dialogue), tmp_path / "results.csv")
+        csv_header = (tmp_path / "results.csv").read_text().splitlines()[0].split(",")
+        assert ("| BLEU-2 P | BLEU-2 R | dist-2 | intra dist-2 |" in header) is dialogue
+        assert ("bleu2_precision_mean" in csv_header and "intra_dist2_std" in csv_header) is dialogue
+        assert "| IW-NLL | KL |" in header and "nll_mean" in csv_header
+
+
 def test_a_dialogue_study_takes_the_dialogue_settings(tmp_path):
     """Variants and --set of a study on a dialogue recipe are checked against the dialogue CVAE's
     configuration (model.use_acts, data.context_turns, eval.*), not the sentence VAE's."""

@@ -163,12 +163,14 @@ class GeneratedTexts:
 class TextMetric:
     """One registered text metric: ``result(texts) -> {figure: value}``, computed by :func:`score_texts`
     when the field of :class:`GeneratedTexts` it ``reads`` holds at least ``least`` texts; ``needs``: the
-    optional packages it imports (:func:`check_text_metrics`)."""
+    optional packages it imports (:func:`check_text_metrics`); ``study_columns``: (figure, label, format)
+    columns it adds to a study's table and ``textvae compare``'s, where a run has the figure."""
 
     result: Callable[[GeneratedTexts], dict[str, float]]
     reads: str
     least: int = 1
     needs: tuple[str, ...] = ()
+    study_columns: tuple[tuple[str, str, str], ...] = ()
 
     @property
     def doc(self) -> str:
@@ -183,13 +185,14 @@ TEXT_METRICS: Registry = Registry(
 _FIELDS = tuple(f.name for f in dataclasses.fields(GeneratedTexts))
 
 
-def register_text_metric(name: str, reads: str, least: int = 1, needs: tuple[str, ...] = ()
+def register_text_metric(name: str, reads: str, least: int = 1, needs: tuple[str, ...] = (),
+                         study_columns: tuple[tuple[str, str, str], ...] = ()
                          ) -> Callable[[Callable[[GeneratedTexts], dict[str, float]]], TextMetric]:
     """Decorator: ``@register_text_metric("self_bleu", reads="samples", least=2, needs=("sacrebleu",))``
     on ``result(texts) -> dict`` registers a :class:`TextMetric` under ``name``."""
     if reads not in _FIELDS:
         raise TextVAEError(f"text metric {name!r}: unknown texts {reads!r}; valid: {', '.join(_FIELDS)}")
-    return lambda result: TEXT_METRICS.register(name)(TextMetric(result, reads, least, tuple(needs)))
+    return lambda result: TEXT_METRICS.register(name)(TextMetric(result, reads, least, tuple(needs), study_columns))
 
 
 def list_text_metrics() -> list[str]:
@@ -229,7 +232,7 @@ def _recon_bleu(texts: GeneratedTexts) -> dict[str, float]:
     return {"recon_bleu": reconstruction_bleu(references, hypotheses)}
 
 
-@register_text_metric("distinct", reads="samples")
+@register_text_metric("distinct", reads="samples", study_columns=(("distinct_2", "dist-2", "{:.3f}"),))
 def _distinct(texts: GeneratedTexts) -> dict[str, float]:
     """distinct_1, distinct_2: distinct-n of the samples pooled (:func:`distinct_n`; for responses,
     Zhao et al.'s and DialogWAE's inter-context distinct)."""
@@ -249,7 +252,8 @@ def _length(texts: GeneratedTexts) -> dict[str, float]:
     return {"sample_words": sum(len(s.split()) for s in texts.samples) / len(texts.samples)}
 
 
-@register_text_metric("bleu_precision_recall", reads="responses", needs=("sacrebleu",))
+@register_text_metric("bleu_precision_recall", reads="responses", needs=("sacrebleu",),
+                      study_columns=(("bleu2_precision", "BLEU-2 P", "{:.3f}"), ("bleu2_recall", "BLEU-2 R", "{:.3f}")))
 def _bleu_precision_recall(texts: GeneratedTexts) -> dict[str, float]:
     """bleuK_precision, bleuK_recall (K = 1..4): Zhao et al. (2017)'s BLEU-K precision and recall of each
     context's responses (:func:`bleu_precision_recall`), averaged over contexts; on 0-1 as in their tables."""
@@ -261,7 +265,8 @@ def _bleu_precision_recall(texts: GeneratedTexts) -> dict[str, float]:
     return figures
 
 
-@register_text_metric("distinct_intra", reads="responses")
+@register_text_metric("distinct_intra", reads="responses",
+                      study_columns=(("intra_dist2", "intra dist-2", "{:.3f}"),))
 def _distinct_intra(texts: GeneratedTexts) -> dict[str, float]:
     """intra_dist1, intra_dist2: distinct-n of each context's responses, averaged over contexts (Zhao et
     al. 2017; the pooled, inter-context figure is ``distinct``)."""

@@ -9,11 +9,11 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from textvae.config import INCIDENTAL_KEYS, RunConfig
 from textvae.errors import TextVAEError
-from textvae.metrics import get_metric, he2019_noise_sd, list_metrics
+from textvae.metrics import TEXT_METRICS, get_metric, he2019_noise_sd, list_metrics, list_text_metrics
 from textvae.study.archive import finite_or_null, load_archive, write_archive
 from textvae.study.folders import finished_report, run_state, saved_config
 from textvae.study.spec import Run, Study, section_type
@@ -31,8 +31,16 @@ EXTRA = ("iw_nll", "iw_nll_mc_se", "iw_se_sentences", "iw_ess", "iw_ppl", "elbo_
 
 
 def columns() -> list[tuple[str, str, str]]:
-    """The table's columns: the figures above, then those of the registered metrics (their ``study_columns``)."""
-    return COLUMNS + [column for name in list_metrics() for column in get_metric(name).study_columns]
+    """The table's columns: the figures above, then those of the registered metrics and text metrics (their
+    ``study_columns``)."""
+    return (COLUMNS + [column for name in list_metrics() for column in get_metric(name).study_columns]
+            + [column for name in list_text_metrics() for column in TEXT_METRICS.get(name).study_columns])
+
+
+def shown_columns(has: Callable[[str], bool]) -> list[tuple[str, str, str]]:
+    """The columns a table shows: the figures above always, a metric's only where some row ``has`` it
+    (a sentence study has no BLEU of responses)."""
+    return [c for c in columns() if c in COLUMNS or has(c[0])]
 
 
 def figure_keys() -> list[str]:
@@ -116,10 +124,11 @@ def cell(stats: dict[str, Any], fmt: str) -> str:
 
 
 def markdown_table(results: dict[str, Any]) -> str:
-    header = ["variant", "runs"] + [label for _, label, _ in columns()]
+    shown = shown_columns(lambda key: any(v["figures"][key]["n"] for v in results["variants"]))
+    header = ["variant", "runs"] + [label for _, label, _ in shown]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for v in results["variants"]:
-        cells = [v["variant"], f"{v['runs']}/{v['planned']}"] + [cell(v["figures"][k], fmt) for k, _, fmt in columns()]
+        cells = [v["variant"], f"{v['runs']}/{v['planned']}"] + [cell(v["figures"][k], fmt) for k, _, fmt in shown]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -129,13 +138,14 @@ def compare_runs(run_dirs: list[Path]) -> str:
     one row per run, with the settings in which each differs from the first (``INCIDENTAL_KEYS``
     left out), so that a comparison says what it compares."""
     configs = [_saved_config(Path(d)) for d in run_dirs]
-    header = ["run"] + [label for _, label, _ in columns()] + ["settings that differ from the first run"]
+    reports = [finished_report(Path(d)) for d in run_dirs]
+    figures = [run_figures(report) if report is not None else None for report in reports]
+    shown = shown_columns(lambda key: any(f is not None and math.isfinite(f[key]) for f in figures))
+    header = ["run"] + [label for _, label, _ in shown] + ["settings that differ from the first run"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for i, (run_dir, (cls, config)) in enumerate(zip(run_dirs, configs)):
-        report = finished_report(Path(run_dir))
-        figs = run_figures(report) if report is not None else None
-        cells = ([format_figure(figs[k], fmt) for k, _, fmt in columns()] if figs is not None
-                 else ["not finished"] + ["–"] * (len(columns()) - 1))
+    for i, (run_dir, (cls, config), figs) in enumerate(zip(run_dirs, configs, figures)):
+        cells = ([format_figure(figs[k], fmt) for k, _, fmt in shown] if figs is not None
+                 else ["not finished"] + ["–"] * (len(shown) - 1))
         changes = {k: v for k, v in _setting_changes(cls, configs[0][1], config).items() if k not in INCIDENTAL_KEYS}
         settings = "; ".join(f"{k} {json.dumps(v)}" for k, v in changes.items()) or ("–" if i == 0 else "none")
         lines.append("| " + " | ".join([str(run_dir), *cells, settings]) + " |")
@@ -166,10 +176,13 @@ def _setting_changes(cls: type, a: dict[str, Any], b: dict[str, Any], prefix: st
 def write_csv(results: dict[str, Any], path: Path) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["variant", "runs"] + [f"{k}_{s}" for k in figure_keys() for s in ("mean", "std")])
+        optional = {k for k, _, _ in columns()} - {k for k, _, _ in shown_columns(
+            lambda key: any(v["figures"][key]["n"] for v in results["variants"]))}
+        keys = [k for k in figure_keys() if k not in optional]  # as the table: no column no run has
+        writer.writerow(["variant", "runs"] + [f"{k}_{s}" for k in keys for s in ("mean", "std")])
         for v in results["variants"]:
             row = [v["variant"], v["runs"]]
-            for k in figure_keys():
+            for k in keys:
                 row += [repr(v["figures"][k]["mean"]), repr(v["figures"][k]["std"])]
             writer.writerow(row)
 
@@ -239,7 +252,7 @@ def report_markdown(study: Study, results: dict[str, Any], plot_files: dict[str,
               f"Written {datetime.datetime.now().isoformat(timespec='seconds')}.", ""]
     common = common_settings(study, config_class)
     if common:
-        lines += [f"Settings of every run on top of the base recipe (the study file's `data` and `overrides`): "
+        lines += ["Settings of every run on top of the base recipe (the study file's `data` and `overrides`): "
                   + "; ".join(f"`{k}: {json.dumps(v)}`" for k, v in common.items()) + ".", ""]
     lines += [markdown_table(results), ""]
     lines += [f"- {n}." for n in notes] + [""] + variants_markdown(study, config_class)
