@@ -81,9 +81,14 @@ def test_synthetic_default_writes_a_complete_run(synthetic_run, capsys):
         by_split.setdefault(r["split"], []).append(r)
     assert [r["step"] for r in by_split["train"]] == [2, 4, 6, 8]
     assert [r["step"] for r in by_split["valid_metrics"]] == [4, 8]
+    tokens = weighted = 0.0
     for r in by_split["train"]:  # loss = mean(rec + beta * KL) for the plain objective
         assert r["loss"] == pytest.approx(r["rec"] + r["kl_term"], rel=1e-5)
         assert r["kl_term"] == pytest.approx(r["beta"] * r["kl"], rel=1e-4, abs=1e-7)
+        assert r["loss_per_token"] == pytest.approx(r["loss"] * r["sentences"] / r["tokens"], rel=1e-6)
+        # the bar's exponential average: loss and tokens decayed by 0.9 at each logged step
+        tokens, weighted = 0.9 * tokens + r["tokens"], 0.9 * weighted + r["loss"] * r["sentences"]
+        assert r["loss_per_token_smoothed"] == pytest.approx(weighted / tokens, rel=1e-6)
     for r in by_split["valid_metrics"] + by_split["valid"]:
         assert {"kl", "mi_batch", "au"} <= set(r)
         assert r["neg_elbo"] == pytest.approx(r["rec"] + r["kl"], rel=1e-6)

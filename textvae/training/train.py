@@ -746,10 +746,13 @@ def train_epoch(run: Run) -> None:
         if state.step % tc.log_every == 0:
             figures = world.weighted_mean({"loss": out.loss, "rec": out.rec.mean(), "kl": out.kl.sum(-1).mean(),
                                            **out.terms}, n_mine)
-            bar.set_postfix({"loss/token": f"{run.smoothed.add(figures['loss'], len(index), batch_tokens):.3f}",
-                             "kl": f"{figures['kl']:.2f}"})
+            smoothed = run.smoothed.add(figures["loss"], len(index), batch_tokens)
+            bar.set_postfix({"loss/token": f"{smoothed:.3f}", "kl": f"{figures['kl']:.2f}"})
+            # per sentence, one batch's loss jumps with its length bucket; per token, and smoothed, it reads as a curve
             run.logger.log("train", state.step, state.epoch, lr=run.optimizer.param_groups[0]["lr"],
-                           grad_norm=float(grad_norm), **figures)
+                           grad_norm=float(grad_norm), **figures, sentences=len(index), tokens=batch_tokens,
+                           loss_per_token=figures["loss"] * len(index) / max(batch_tokens, 1),
+                           loss_per_token_smoothed=smoothed)
         if tc.metrics_every and state.step % tc.metrics_every == 0:
             figures = world.on_main(lambda: evaluate_task(run, run.task.periodic_metrics, limit=tc.metrics_sentences))
             if figures is not None:
