@@ -3,6 +3,7 @@ complete run folder whose records agree with the objective's definitions.
 
 Also the helpers the other loop tests share: a tiny folder corpus and tiny-model overrides.
 """
+import logging
 import math
 import os
 import re
@@ -370,3 +371,13 @@ def test_bf16_where_the_cpu_has_none_is_refused_before_the_run_folder(tmp_path, 
     main(["train", *tiny_args(tmp_path / "runs", "r", corpus), "--train.max_steps", "1",
           "--train.iw_samples_final", "0"])  # fp32 is not refused
     assert (tmp_path / "runs" / "r" / "metrics.jsonl").is_file()
+
+
+def test_evaluate_says_when_the_run_read_fewer_sentences(synthetic_run, tmp_path, caplog):
+    """The run (data.max_sentences 200) was tested on its first 200 sentences; evaluate reads the whole split."""
+    run, _ = synthetic_run
+    with caplog.at_level(logging.INFO, logger="textvae"):
+        main(["evaluate", str(run), "--iw-samples", "0", "--no-generation", "--max-sentences", "10",
+              "--json", str(tmp_path / "e.json")])
+    assert ("the run read at most 200 sentences of each split (data.max_sentences); this evaluates the whole test "
+            "split, so its figures are not the run's test report's") in caplog.text

@@ -158,6 +158,10 @@ def cmd_evaluate(argv: list[str]) -> None:
         data_cfg.name = args.data
     elif run_cfg is None:
         raise TextVAEError("--data is needed when evaluating a model folder rather than a run folder")
+    if data_cfg.max_sentences and not args.data:  # the same file name as a report on the run's own sentences
+        logging.getLogger("textvae").info(
+            "the run read at most %d sentences of each split (data.max_sentences); this evaluates the whole %s "
+            "split, so its figures are not the run's test report's", data_cfg.max_sentences, args.split)
     data_cfg.max_sentences = None  # the whole split, whatever cap the run trained with
     data = load_dataset(data_cfg, tokenizer=tokenizer)
     if args.probe:  # before the evaluation pass, which can take long, not after it
