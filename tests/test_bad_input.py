@@ -488,6 +488,9 @@ def test_the_suggested_remedy_is_added_to_those_the_run_has():
         "textvae", "train", "runs/x/config.yaml", "--name", "x-delta_vae", "--objective.remedies",
         '[{"name": "bn_vae", "gamma": 0.5}, {"name": "delta_vae"}]']
     assert len(run_epilogue(Path("runs/x"), {"au": 1, "latent_dim": 4, "train_steps": 9}, cfg).splitlines()) == 1
+    # free bits would be a second owner of the KL term beside encoder pretraining: no suggestion then
+    cfg.objective.remedies = [{"name": "bn_vae"}, {"name": "delta_vae"}, {"name": "encoder_pretraining"}]
+    assert len(run_epilogue(Path("runs/x"), {"au": 0, "latent_dim": 4, "train_steps": 9}, cfg).splitlines()) == 1
 
 
 def test_corpus_unknown_token_is_read_as_unk(tmp_path, caplog):

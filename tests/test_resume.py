@@ -24,6 +24,7 @@ from textvae.cli import main
 from textvae.errors import TextVAEError
 from textvae.models.textvae import TextVAE
 from textvae.remedies import REMEDIES
+from textvae.tasks.runconfig import parse_run_config
 from textvae.training.checkpoint import read_checkpoint
 from textvae.training.logger import read_jsonl
 from tests.test_train import REPO, state_of, tiny_args, write_corpus
@@ -271,7 +272,7 @@ def test_a_finished_run_resumed_unchanged_is_not_evaluated_again(corpus, tmp_pat
     assert records[-1]["step"] == 3
 
 
-def test_a_copied_run_folder_resumes_itself_not_the_original(corpus, tmp_path):
+def test_a_copied_run_folder_resumes_itself_not_the_original(corpus, tmp_path, monkeypatch):
     """``textvae train COPY/config.yaml --resume``: the run is the folder its config.yaml is in, not the
     out_dir and name saved in it (where the run was made)."""
     main(["train", *tiny_args(tmp_path, "x", corpus, "--train.max_steps", "2", "--train.iw_samples_final", "0")])
@@ -280,6 +281,9 @@ def test_a_copied_run_folder_resumes_itself_not_the_original(corpus, tmp_path):
     main(["train", str(tmp_path / "elsewhere" / "copy" / "config.yaml"), "--resume", "--train.max_steps", "3"])
     assert (tmp_path / "x" / "metrics.jsonl").read_bytes() == original
     assert read_jsonl(tmp_path / "elsewhere" / "copy" / "metrics.jsonl")[-1]["step"] == 3
+    monkeypatch.chdir(tmp_path / "elsewhere" / "copy")  # given from inside the folder: the folder's own name
+    cfg, _ = parse_run_config(["config.yaml", "--resume"])
+    assert (cfg.out_dir, cfg.name) == (str(tmp_path / "elsewhere"), "copy")
 
 
 def test_optimiser_settings_changed_on_resume_take_effect(corpus, tmp_path, caplog):

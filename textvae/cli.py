@@ -137,8 +137,7 @@ def cmd_evaluate(argv: list[str]) -> None:
     length of prior samples) and, with
     ``--probe N``, the latent probe (BN-VAE). ``--max-sentences`` evaluates an evenly spread
     subset of the split (the first sentences would be the shortest in evaluation order)."""
-    from textvae.config import DataConfig, TrainConfig, from_dict
-    from textvae.data.datasets import load_dataset
+    from textvae.config import TrainConfig
     from textvae.metrics import check_text_metrics, generate_texts, score_texts
     from textvae.models.native import native_kernels
     from textvae.training.denormals import denormals_flushed
@@ -153,17 +152,7 @@ def cmd_evaluate(argv: list[str]) -> None:
     device = torch.device(args.device)
     check_precision(device, args.precision, "--precision")
     model, tokenizer, run_cfg = load_model_dir(args.model)
-    data_cfg = from_dict(DataConfig, run_cfg["data"]) if run_cfg else DataConfig()
-    if args.data:
-        data_cfg.name = args.data
-    elif run_cfg is None:
-        raise TextVAEError("--data is needed when evaluating a model folder rather than a run folder")
-    if data_cfg.max_sentences and not args.data:  # the same file name as a report on the run's own sentences
-        logging.getLogger("textvae").info(
-            "the run read at most %d sentences of each split (data.max_sentences); this evaluates the whole %s "
-            "split, so its figures are not the run's test report's", data_cfg.max_sentences, args.split)
-    data_cfg.max_sentences = None  # the whole split, whatever cap the run trained with
-    data = load_dataset(data_cfg, tokenizer=tokenizer)
+    data_cfg, data = evaluation_data(args, run_cfg, tokenizer)
     if args.probe:  # before the evaluation pass, which can take long, not after it
         check_probe(model, data, args.probe)
     if not args.no_generation:
@@ -213,6 +202,27 @@ def cmd_evaluate(argv: list[str]) -> None:
     print(f"results written to {out}")
     if progress is not None:
         progress.path.unlink(missing_ok=True)
+
+
+def evaluation_data(args: argparse.Namespace, run_cfg: Optional[dict], tokenizer: Any) -> tuple[Any, Any]:
+    """(data settings, data) of ``evaluate``: the run's corpus (``--data``: another) read as the run read it,
+    with the model's tokenizer, each split whole whatever cap the run trained with (said when it had one)."""
+    from textvae.config import DataConfig, from_dict
+    from textvae.data.datasets import load_dataset
+
+    data_cfg = from_dict(DataConfig, run_cfg["data"]) if run_cfg else DataConfig()
+    if args.data:
+        data_cfg.name = args.data
+    elif run_cfg is None:
+        raise TextVAEError("--data is needed when evaluating a model folder rather than a run folder")
+    cap, data_cfg.max_sentences = data_cfg.max_sentences, None
+    data = load_dataset(data_cfg, tokenizer=tokenizer)
+    n = len(data.splits[args.split])
+    if cap and not args.data and not args.max_sentences and n > cap:
+        logging.getLogger("textvae").info(
+            "the run read at most %d sentences of each split (data.max_sentences); this evaluates all %d of the %s "
+            "split, so its figures are not the run's test report's", cap, n, args.split)
+    return data_cfg, data
 
 
 def results_file(args: argparse.Namespace) -> Path:

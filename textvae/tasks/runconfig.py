@@ -104,7 +104,7 @@ def parse_run_config(argv: list[str]) -> tuple[Any, bool]:
     if argv[:1] == ["--config"] and is_run_folder(Path(argv[1]).parent) and Path(argv[1]).name == "config.yaml":
         # a run folder's own settings: the run is that folder, wherever it was moved or copied to since
         # (its saved out_dir and name are where it was made); --out_dir or --name after it still win
-        folder = Path(argv[1]).parent
+        folder = Path(argv[1]).parent.absolute()  # "config.yaml" given in the folder itself: the folder's own name
         argv = argv[:2] + ["--out_dir", str(folder.parent), "--name", folder.name] + argv[2:]
     task = recipe_task(argv[argv.index("--config") + 1]) if "--config" in argv[:-1] else DEFAULT_TASK
     config_class = TASKS.get(task).config_class

@@ -7,6 +7,8 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from textvae.remedies import REMEDIES
+
 # Tried in order; the first one the run does not use already is suggested. BN-VAE (Zhu et al. 2020)
 # first: one parameter, no schedule to tune, and a KL floor by construction.
 SUGGESTED_REMEDIES = ({"name": "bn_vae"}, {"name": "delta_vae"}, {"name": "free_bits_li2019"})
@@ -19,7 +21,10 @@ def run_epilogue(run_dir: Path, report: dict[str, Any], cfg: Any) -> str:
     collapsed = report.get("au") == 0 and report.get("latent_dim", 0) > 0 and report.get("train_steps") != 0
     remedies = list(cfg.objective.remedies)
     used = {spec.get("name") for spec in remedies}
-    remedy = next((r for r in SUGGESTED_REMEDIES if r["name"] not in used), None)
+    owns_kl = any(REMEDIES.get(name).replaces_kl for name in used if name in REMEDIES)
+    # one not used yet, and not a second owner of the KL term, which the objective would refuse
+    remedy = next((r for r in SUGGESTED_REMEDIES
+                   if r["name"] not in used and not (owns_kl and REMEDIES.get(r["name"]).replaces_kl)), None)
     if collapsed and remedy is not None:
         command = ["textvae", "train", str(run_dir / "config.yaml"), "--name", f"{run_dir.name}-{remedy['name']}",
                    "--objective.remedies", json.dumps([*remedies, remedy])]

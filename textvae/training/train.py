@@ -748,11 +748,11 @@ def train_epoch(run: Run) -> None:
                                            **out.terms}, n_mine)
             smoothed = run.smoothed.add(figures["loss"], len(index), batch_tokens)
             bar.set_postfix({"loss/token": f"{smoothed:.3f}", "kl": f"{figures['kl']:.2f}"})
-            # per sentence, one batch's loss jumps with its length bucket; per token, and smoothed, it reads as a curve
+            # per sentence, one batch's loss jumps with its length bucket; per token it reads as a curve (the
+            # bar's smoothing is not logged: it is not in the checkpoint, and a resumed log must equal an unbroken one)
             run.logger.log("train", state.step, state.epoch, lr=run.optimizer.param_groups[0]["lr"],
                            grad_norm=float(grad_norm), **figures, sentences=len(index), tokens=batch_tokens,
-                           loss_per_token=figures["loss"] * len(index) / max(batch_tokens, 1),
-                           loss_per_token_smoothed=smoothed)
+                           loss_per_token=figures["loss"] * len(index) / max(batch_tokens, 1))
         if tc.metrics_every and state.step % tc.metrics_every == 0:
             figures = world.on_main(lambda: evaluate_task(run, run.task.periodic_metrics, limit=tc.metrics_sentences))
             if figures is not None:
