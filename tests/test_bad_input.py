@@ -318,7 +318,6 @@ def test_resume_and_restart_mistakes(tmp_path, trained, corpus, capsys):
     (["--train.max_steps", "x"], "train.max_steps must be an integer or null, got 'x'"),
     (["--objective.remedies", '[{"name": "bn_vae", "momentum": 2}]'], "momentum must be in (0, 1], got 2"),
     (["--objective.remedies", '[{"name": "bow", "foo": 1}]'], "remedy 'bow': unknown parameter(s) ['foo']"),
-    (["--objective.remedies", '[{"name": "bowl"}]'], "unknown remedy 'bowl'; valid: aggressive,"),
     (["--data.batch_size", "0"], "data.batch_size must be at least 1, got 0"),
     (["--train.log_every", "0"], "train.log_every must be at least 1, got 0"),
     (["--optim.lr", "-1"], "optim.lr must be > 0, got -1.0"),

@@ -136,18 +136,23 @@ def markdown_table(results: dict[str, Any]) -> str:
 def compare_runs(run_dirs: list[Path]) -> str:
     """``textvae compare``: the test figures of run folders made outside a study, as a study's table,
     one row per run, with the settings in which each differs from the first (``INCIDENTAL_KEYS``
-    left out), so that a comparison says what it compares."""
+    left out) and, in the first row, the first run's own values of them, so that a comparison says what
+    it compares."""
     configs = [_saved_config(Path(d)) for d in run_dirs]
     reports = [finished_report(Path(d)) for d in run_dirs]
     figures = [run_figures(report) if report is not None else None for report in reports]
     shown = shown_columns(lambda key: any(f is not None and math.isfinite(f[key]) for f in figures))
     header = ["run"] + [label for _, label, _ in shown] + ["settings that differ from the first run"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for i, (run_dir, (cls, config), figs) in enumerate(zip(run_dirs, configs, figures)):
+    changes = [{k: v for k, v in _setting_changes(cls, configs[0][1], config).items() if k not in INCIDENTAL_KEYS}
+               for cls, config in configs]
+    # the first run's own values of the settings the others change: what each row differs from
+    first = _setting_changes(configs[0][0], {}, configs[0][1])
+    changes[0] = {k: first.get(k) for k in dict.fromkeys(k for c in changes[1:] for k in c)}
+    for i, (run_dir, figs) in enumerate(zip(run_dirs, figures)):
         cells = ([format_figure(figs[k], fmt) for k, _, fmt in shown] if figs is not None
                  else ["not finished"] + ["–"] * (len(shown) - 1))
-        changes = {k: v for k, v in _setting_changes(cls, configs[0][1], config).items() if k not in INCIDENTAL_KEYS}
-        settings = "; ".join(f"{k} {json.dumps(v)}" for k, v in changes.items()) or ("–" if i == 0 else "none")
+        settings = "; ".join(f"{k} {json.dumps(v)}" for k, v in changes[i].items()) or ("–" if i == 0 else "none")
         lines.append("| " + " | ".join([str(run_dir), *cells, settings]) + " |")
     return "\n".join(lines)
 
