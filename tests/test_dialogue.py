@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import textvae.remedies  # noqa: F401  (registration)
+from textvae.cli import main
 from textvae.config import ObjectiveConfig, TrainConfig
 from textvae.data.special import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from textvae.data.tokenization import create_tokenizer
@@ -434,6 +435,15 @@ def test_train_cvae_and_respond(tmp_path, capsys):
     assert [refs for refs, _ in texts.responses] == [[test.response_text(p)] for p in (0, 2, 4)]
     assert texts.samples == [h for _, hyps in texts.responses for h in hyps] and len(texts.samples) == 6
     assert parse_run_config([str(run / "config.yaml"), "--resume"]) == (cfg, True)  # textvae train <run>/config.yaml
+    # textvae evaluate of the run: its task's own report, the same figures as the run's test record
+    main(["evaluate", str(run), "--iw-samples", "3", "--json", str(tmp_path / "eval.json")])
+    evaluated = json.loads((tmp_path / "eval.json").read_text())
+    for key in ("neg_elbo", "kl", "iw_nll", "mi_dataset", "bleu2_precision", "distinct_2", "intra_dist2", "n_pairs"):
+        assert evaluated[key] == pytest.approx(report[key], rel=1e-6), key
+    assert evaluated["task"] == "dialogue" and not list(tmp_path.glob("*.iw_progress.safetensors"))
+    with pytest.raises(SystemExit):
+        main(["evaluate", str(run), "--max-sentences", "3"])
+    assert "--max-sentences: an option of a sentence model's evaluation" in capsys.readouterr().err
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records if r["split"] == "valid"] == [1, 2]
     assert max(r["step"] for r in records if r["split"] == "train") == 10  # 5 batches per epoch

@@ -151,6 +151,9 @@ def cmd_evaluate(argv: list[str]) -> None:
         raise TextVAEError("--gen-sentences must be >= 2 (self-BLEU compares samples with each other)")
     device = torch.device(args.device)
     check_precision(device, args.precision, "--precision")
+    task = (model_folder(args.model)[1] or {}).get("task", "sentences")
+    if task != "sentences":
+        return evaluate_task_run(args, task, device)
     model, tokenizer, run_cfg = load_model_dir(args.model)
     data_cfg, data = evaluation_data(args, run_cfg, tokenizer)
     if args.probe:  # before the evaluation pass, which can take long, not after it
@@ -202,6 +205,34 @@ def cmd_evaluate(argv: list[str]) -> None:
     print(f"results written to {out}")
     if progress is not None:
         progress.path.unlink(missing_ok=True)
+
+
+def evaluate_task_run(args: argparse.Namespace, task_name: str, device: torch.device) -> None:
+    """``evaluate`` of a run of another task (the dialogue CVAE): its task's own report (its registered
+    metrics and text metrics, with its recipe's evaluation settings) on ``--split``, with K = ``--iw-samples``;
+    the options of a sentence model's evaluation are refused rather than ignored."""
+    from textvae.tasks import create_task
+    from textvae.tasks.runconfig import parse_run_config
+    from textvae.training.train import evaluation_rng
+
+    given = [flag for flag, value in (("--data", args.data), ("--max-sentences", args.max_sentences),
+                                      ("--probe", args.probe), ("--no-generation", args.no_generation),
+                                      ("--precision bf16", args.precision == "bf16")) if value]
+    if given:
+        raise TextVAEError(f"{given[0]}: an option of a sentence model's evaluation; a {task_name} run is evaluated "
+                           f"with its recipe's settings (its eval section)")
+    cfg, _ = parse_run_config([str(Path(args.model) / "config.yaml")])
+    cfg.train.iw_samples_final = args.iw_samples
+    task = create_task(cfg)
+    task.check()  # the packages its text metrics need, before any work
+    out = results_file(args)
+    progress = out.with_name(f"{out.stem}.iw_progress.safetensors")  # a stopped pass resumes there
+    with evaluation_rng(device):  # as the run's own report drew its numbers
+        results = task.test_report(task.load_data(), Path(args.model) / "model", device, progress, split=args.split)
+    print(format_report(results))
+    out.write_text(json.dumps({"model": str(args.model), "task": task_name, "split": args.split, **results}, indent=2))
+    print(f"results written to {out}")
+    progress.unlink(missing_ok=True)
 
 
 def evaluation_data(args: argparse.Namespace, run_cfg: Optional[dict], tokenizer: Any) -> tuple[Any, Any]:

@@ -20,7 +20,7 @@ from textvae.dialogue.metrics import respond_to_split
 from textvae.dialogue.model import KgCVAE
 from textvae.metrics import IWProgress, check_text_metrics, evaluate_model, list_metrics, score_texts
 from textvae.tasks.base import register_task
-from textvae.training.task import Task
+from textvae.training.task import Task, split_key
 from textvae.training.train import EVAL_SEED, eval_seed
 
 
@@ -48,13 +48,13 @@ class DialogueTask(Task):
         return self._figures(model, split, device, "periodic", limit)
 
     def test_report(self, data: DialogueData, best_dir: Path, device: torch.device,
-                    progress: Optional[Path] = None) -> dict[str, Any]:
-        """Test figures of the best model: the registered metrics (with IW-NLL), and the registered
+                    progress: Optional[Path] = None, split: str = "test") -> dict[str, Any]:
+        """Figures of the best model on ``split``: the registered metrics (with IW-NLL), and the registered
         text metrics of its responses."""
         model = KgCVAE.from_pretrained(best_dir, device)
-        test, ec = data.splits["test"], self.cfg.eval
+        test, ec = data.splits[split], self.cfg.eval
         report = self._figures(model, test, device, "test", ec.max_pairs, self.cfg.train.iw_samples_final,
-                               self.iw_progress(progress, best_dir, device, max_pairs=ec.max_pairs))
+                               self.iw_progress(progress, best_dir, device, max_pairs=ec.max_pairs, **split_key(split)))
         texts = respond_to_split(model, data.tokenizer, test, ec.n_responses, ec.max_contexts, method=ec.method,
                                  max_len=ec.max_len, generator=torch.Generator(device=device).manual_seed(EVAL_SEED),
                                  temperature=ec.temperature, top_p=ec.top_p)

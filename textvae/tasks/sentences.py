@@ -14,7 +14,7 @@ from textvae.metrics import list_metrics
 from textvae.models.textvae import TextVAE
 from textvae.reduction import perplexity
 from textvae.tasks.base import register_task
-from textvae.training.task import Task
+from textvae.training.task import Task, split_key
 from textvae.training.train import evaluation, precision_autocast
 
 log = logging.getLogger("textvae")
@@ -46,19 +46,19 @@ class SentenceTask(Task):
         return evaluation(model, self._batches(split, limit), device, metrics=metrics_of("periodic", model))
 
     def test_report(self, data: DataBundle, best_dir: Path, device: torch.device,
-                    progress: Optional[Path] = None) -> dict[str, Any]:
-        """Test-set figures of the best model, and the ground truth when the corpus is synthetic; in the
+                    progress: Optional[Path] = None, split: str = "test") -> dict[str, Any]:
+        """Figures of the best model on ``split``, and the ground truth when the corpus is synthetic; in the
         run's precision (``eval_precision``)."""
         model = TextVAE.from_pretrained(best_dir, device)
         precision = self.cfg.train.precision
         # A bf16 run is evaluated under the same autocast (its speed: benchmarks/throughput.py, iw), labelled so.
         with precision_autocast(device, precision):
-            report = evaluation(model, self._batches(data.splits["test"]), device,
+            report = evaluation(model, self._batches(data.splits[split]), device,
                                 metrics=metrics_of("test", model), n_samples=self.cfg.train.iw_samples_final,
-                                iw_progress=self.iw_progress(progress, best_dir, device))
+                                iw_progress=self.iw_progress(progress, best_dir, device, **split_key(split)))
         report["eval_precision"] = precision
         if data.truth is not None:
-            report.update(truth_figures(data.truth, data.splits["test"]))
+            report.update(truth_figures(data.truth, data.splits[split]))
         return report
 
     def _batches(self, split: Any, limit: Optional[int] = None):

@@ -67,8 +67,9 @@ class Task:
         raise NotImplementedError
 
     def test_report(self, data: Any, best_dir: Path, device: torch.device,
-                    progress: Optional[Path] = None) -> dict[str, Any]:
-        """The final figures of the best model (saved in ``best_dir``) on the test split. ``progress``:
+                    progress: Optional[Path] = None, split: str = "test") -> dict[str, Any]:
+        """The final figures of the best model (saved in ``best_dir``) on ``split`` (the test split, or
+        another that ``textvae evaluate --split`` names). ``progress``:
         the file where its IW pass keeps the batches it has finished (:meth:`iw_progress`), so that a
         report stopped part-way resumes there."""
         raise NotImplementedError
@@ -84,3 +85,9 @@ class Task:
         return IWProgress(path, IWProgress.key_of(best_dir / WEIGHTS_FILE, samples=train.iw_samples_final,
                                                   precision=train.precision, device=device.type,
                                                   data=dataclasses.asdict(self.cfg.data), **settings))
+
+
+def split_key(split: str) -> dict[str, str]:
+    """The part of a test report's IW progress key that names its split: none for the test split, so that a
+    report stopped by code that did not name it resumes under code that does."""
+    return {} if split == "test" else {"split": split}
