@@ -237,7 +237,8 @@ def evaluate_task_run(args: argparse.Namespace, task_name: str, device: torch.de
 
 def evaluation_data(args: argparse.Namespace, run_cfg: Optional[dict], tokenizer: Any) -> tuple[Any, Any]:
     """(data settings, data) of ``evaluate``: the run's corpus (``--data``: another) read as the run read it,
-    with the model's tokenizer, each split whole whatever cap the run trained with (said when it had one)."""
+    with the model's tokenizer, each split whole whatever cap the run trained with (said when that cap cut the
+    split evaluated whole)."""
     from textvae.config import DataConfig, from_dict
     from textvae.data.datasets import load_dataset
 

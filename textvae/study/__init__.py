@@ -32,7 +32,8 @@ whole.
 A string setting may name another variant's run of the same seed: ``"{run:ae}/model"`` is
 ``<out>/ae/seed<k>/model`` (``model.encoder_from: "{run:ae}/model"`` starts a VAE from the ``ae``
 variant's trained encoder). Such a run waits for that run to finish; it fails without training if
-that run is neither finished nor selected (``--only``).
+that run is neither finished nor selected (``--only``), or another process holds it (a run another
+study or ``textvae train`` is training is left to it, not counted as failed).
 
 Run ``seed k`` of variant ``v`` is an ordinary run folder ``<out>/v/seed<k>/`` next to its recipe
 ``<out>/v/seed<k>.yaml`` (``textvae train`` that file to redo the run by hand). Runs go seed by seed,

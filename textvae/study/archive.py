@@ -108,7 +108,7 @@ def load_archive(path: Path) -> list[dict[str, Any]]:
 def attach(study: Study, runs: list[Run], entries: list[dict[str, Any]]) -> None:
     """Set ``run.archived`` to its entry for each run not finished in its folder whose variant, seed
     and configuration an entry matches (a setting added to textvae since reads as its default, as for
-    a run folder: :func:`~textvae.study.folders.settings_now`); an entry of the same run with other
+    a run folder: :func:`~textvae.config.settings_now`); an entry of the same run with other
     settings is reported."""
     by_label = {f"{e['variant']}/seed{e['seed']}": e for e in entries}
     for run in runs:

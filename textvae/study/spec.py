@@ -16,8 +16,6 @@ from textvae.errors import TextVAEError
 
 STUDY_KEYS = ("name", "description", "base", "out", "seeds", "budget", "data", "overrides", "variants", "notes")
 BUDGET_KEYS = {"epochs": "epochs", "max_steps": "max_steps", "seconds": "max_seconds"}  # -> train.*
-# Keys that may differ between a run folder's config.yaml and the study without making it another
-# run: where the study lives, its run names, and how many threads / progress bars this machine uses.
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
