@@ -226,7 +226,7 @@ def evaluate_task_run(args: argparse.Namespace, task_name: str, device: torch.de
     task = create_task(cfg)
     task.check()  # the packages its text metrics need, before any work
     out = results_file(args)
-    progress = out.with_name(f"{out.stem}.iw_progress.safetensors")  # a stopped pass resumes there
+    progress = progress_file(out)  # a stopped pass resumes there
     with evaluation_rng(device):  # as the run's own report drew its numbers
         results = task.test_report(task.load_data(), Path(args.model) / "model", device, progress, split=args.split)
     print(format_report(results))
@@ -271,6 +271,11 @@ def results_file(args: argparse.Namespace) -> Path:
     return out
 
 
+def progress_file(out: Path) -> Path:
+    """Where an evaluation whose results go to ``out`` keeps its IW pass's finished batches until they do."""
+    return out.with_name(f"{out.stem}.iw_progress.safetensors")
+
+
 def default_results_name(args: argparse.Namespace) -> str:
     """``eval_<split>.json`` for the model's own corpus whole; another corpus (``--data``) or a subset
     (``--max-sentences``) are named in it, ``eval_<data>_<split>_n<N>.json``, so that evaluating them
@@ -298,7 +303,7 @@ def evaluation_progress(args: argparse.Namespace, data_cfg: Any, out: Path) -> A
                             precision=args.precision, device=torch.device(args.device).type,
                             data=dataclasses.asdict(data_cfg), split=args.split, batch_size=args.batch_size,
                             max_sentences=args.max_sentences, max_tokens=args.max_tokens)
-    progress = IWProgress(out.with_name(f"{out.stem}.iw_progress.safetensors"), key)
+    progress = IWProgress(progress_file(out), key)
     if progress.batches:
         print(f"resuming the IW pass from {progress.path}: {len(progress.batches)} batches done")
     return progress

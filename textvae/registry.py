@@ -89,8 +89,9 @@ class Registry(Generic[T]):
         if taken:
             raise TextVAEError(f"{self.kind} {name!r}: {taken} come(s) from the model or the configuration, "
                                f"not from the recipe; valid: {sorted(self.parameters(name))}")
+        hints = _hints(factory)
         for key, value in params.items():
-            _check_type(self.kind, name, key, value, _hints(factory).get(key))
+            _check_type(self.kind, name, key, value, hints.get(key))
 
     @property
     def key(self) -> str:

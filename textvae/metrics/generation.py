@@ -183,6 +183,7 @@ TEXT_METRICS: Registry = Registry(
     "text metric", recipe="computed on generated texts by textvae evaluate (sentences) and by the dialogue "
                           "task's test report (responses)")
 _FIELDS = tuple(f.name for f in dataclasses.fields(GeneratedTexts))
+_COUNTS = {"samples": "gen_sentences", "responses": "n_contexts"}  # how many texts a metric of them scored
 
 
 def register_text_metric(name: str, reads: str, least: int = 1, needs: tuple[str, ...] = (),
@@ -219,9 +220,8 @@ def score_texts(texts: GeneratedTexts, metrics: Optional[Sequence[str]] = None) 
     for metric in chosen:
         if len(getattr(texts, metric.reads)) >= metric.least:
             figures.update(metric.result(texts))
-            count = {"samples": "gen_sentences", "responses": "n_contexts"}.get(metric.reads)
-            if count:
-                figures[count] = float(len(getattr(texts, metric.reads)))
+            if metric.reads in _COUNTS:
+                figures[_COUNTS[metric.reads]] = float(len(getattr(texts, metric.reads)))
     return figures
 
 

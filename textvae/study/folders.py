@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 import yaml
 
-from textvae.config import INCIDENTAL_KEYS, settings_now
+from textvae.config import settings_now
 from textvae.errors import TextVAEError
 from textvae.study.spec import Run, map_strings
 from textvae.training.logger import final_report, read_jsonl
@@ -45,7 +45,7 @@ def saved_config(run_dir: Path, cls: Optional[type] = None) -> Optional[tuple[ty
 
 def check_run_folder(run: Run) -> None:
     """A run folder holding a run of another configuration is an error (never overwritten)."""
-    from textvae.training.train import config_changes
+    from textvae.training.train import effective_changes
 
     saved = saved_config(run.dir, type(run.config))
     if saved is None:
@@ -54,8 +54,7 @@ def check_run_folder(run: Run) -> None:
     # a study folder moved since: its runs' paths into it ("{run:v}") moved with it
     made_in, now_in = str(Path(old.get("out_dir") or run.dir.parent).parent), str(run.dir.parent.parent)
     old = map_strings(old, lambda text: now_in + text[len(made_in):] if text.startswith(made_in + os.sep) else text)
-    changes = {k: v for k, v in config_changes(old, json.loads(json.dumps(run.config.to_dict()))).items()
-               if k not in INCIDENTAL_KEYS}
+    changes = effective_changes(old, run.config)
     if changes:
         shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(changes.items())[:3])
         raise TextVAEError(f"{run.dir} was trained with another configuration ({shown}"

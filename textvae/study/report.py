@@ -43,6 +43,11 @@ def shown_columns(has: Callable[[str], bool]) -> list[tuple[str, str, str]]:
     return [c for c in columns() if c in COLUMNS or has(c[0])]
 
 
+def results_columns(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """:func:`shown_columns` of results.json's content: a metric's where some variant has a run with it."""
+    return shown_columns(lambda key: any(v["figures"][key]["n"] for v in results["variants"]))
+
+
 def figure_keys() -> list[str]:
     """Every figure of results.csv / results.json."""
     return [key for key, _, _ in columns()] + list(EXTRA)
@@ -124,7 +129,7 @@ def cell(stats: dict[str, Any], fmt: str) -> str:
 
 
 def markdown_table(results: dict[str, Any]) -> str:
-    shown = shown_columns(lambda key: any(v["figures"][key]["n"] for v in results["variants"]))
+    shown = results_columns(results)
     header = ["variant", "runs"] + [label for _, label, _ in shown]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for v in results["variants"]:
@@ -181,9 +186,8 @@ def _setting_changes(cls: type, a: dict[str, Any], b: dict[str, Any], prefix: st
 def write_csv(results: dict[str, Any], path: Path) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        optional = {k for k, _, _ in columns()} - {k for k, _, _ in shown_columns(
-            lambda key: any(v["figures"][key]["n"] for v in results["variants"]))}
-        keys = [k for k in figure_keys() if k not in optional]  # as the table: no column no run has
+        hidden = {k for k, _, _ in columns()} - {k for k, _, _ in results_columns(results)}
+        keys = [k for k in figure_keys() if k not in hidden]  # as the table: no column no run has
         writer.writerow(["variant", "runs"] + [f"{k}_{s}" for k in keys for s in ("mean", "std")])
         for v in results["variants"]:
             row = [v["variant"], v["runs"]]

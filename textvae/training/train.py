@@ -393,6 +393,13 @@ def config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -
     return changes
 
 
+def effective_changes(saved: dict[str, Any], cfg: Any) -> dict[str, tuple[Any, Any]]:
+    """:func:`config_changes` from a run's saved settings (JSON values, as ``settings_now`` reads them) to
+    ``cfg``'s, less the settings that change no figure (``INCIDENTAL_KEYS``: place, threads, ...)."""
+    changes = config_changes(saved, json.loads(json.dumps(cfg.to_dict())))
+    return {k: v for k, v in changes.items() if k not in INCIDENTAL_KEYS}
+
+
 def check_run_dir(run_dir: Path, resume: bool) -> None:
     ckpt = run_dir / CHECKPOINT
     if resume and not ckpt.is_file():
@@ -916,8 +923,7 @@ def finished_unchanged(run_dir: Path, cfg: Any) -> Optional[dict[str, Any]]:
     if last is None or any(r.get("split") == "train" for r in records[last:]) or not saved.is_file():
         return None  # not finished, or resumed and trained further since
     # a setting added since the run was made reads as its default; threads and the like change nothing
-    before = settings_now(type(cfg), yaml.safe_load(saved.read_text()) or {})
-    if set(config_changes(_settings(before), _settings(cfg.to_dict()))) - INCIDENTAL_KEYS:
+    if effective_changes(settings_now(type(cfg), yaml.safe_load(saved.read_text()) or {}), cfg):
         return None
     return final_report(records)
 
