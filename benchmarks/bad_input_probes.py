@@ -87,7 +87,7 @@ def setup(work: Path) -> dict[str, Path]:
     (work / "blank.txt").write_text("\n" * 5)
     paths["blank"] = work / "blank.txt"
     for argv in (train(work, "vae", paths["corpus"]),
-                 ["train", str(REPO / "recipes/dailydialog/cvae.yaml"), "--name", "cvae",
+                 ["train", str(REPO / "textvae/recipes/dailydialog/cvae.yaml"), "--name", "cvae",
                   "--out_dir", str(work / "runs"), "--data.name", str(paths["dialogues"]), "--model.emb_dim", "8", "--model.utterance_hidden", "6",
                   "--model.context_hidden", "8", "--model.latent_dim", "3", "--model.prior_hidden", "8",
                   "--model.decoder_hidden", "8", "--train.max_steps", "2", "--train.progress", "false",

@@ -99,7 +99,7 @@ def one_epoch(out: Path, precision: str, data: Any, device: str, max_steps: int,
     from textvae.tasks import run_training
     from textvae.tasks.runconfig import parse_run_config
 
-    cfg, _ = parse_run_config([str(REPO / "recipes/ptb/vae.yaml"), "--name", f"{precision}{label}",
+    cfg, _ = parse_run_config([str(REPO / "textvae/recipes/ptb/vae.yaml"), "--name", f"{precision}{label}",
                                "--out_dir", str(out / "runs"),
                                "--train.device", device, "--train.precision", precision, "--train.epochs", "1",
                                "--train.iw_samples_final", "0", "--train.progress", "false",

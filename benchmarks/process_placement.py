@@ -47,7 +47,7 @@ def train(mode: str, args: argparse.Namespace, folder: Path, name: str) -> float
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--recipe", default=str(HERE.parent / "recipes" / "ptb" / "vae.yaml"))
+    ap.add_argument("--recipe", default=str(HERE.parent / "textvae" / "recipes" / "ptb" / "vae.yaml"))
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=2)

@@ -27,7 +27,7 @@ def run(tmp_path_factory):
 
 def test_usage_errors(capsys):
     main(["--help"])
-    assert "textvae train [RECIPE.yaml]" in capsys.readouterr().out
+    assert "textvae train [RECIPE]" in capsys.readouterr().out
     for argv, given in (([], ""), (["fly"], "unknown command 'fly'; ")):
         with pytest.raises(SystemExit) as stop:
             main(argv)

@@ -8,7 +8,7 @@ import pytest
 from textvae import study as st
 from textvae.schedules import create_lr_schedule, create_schedule
 
-STUDY = Path(__file__).resolve().parent.parent / "studies" / "ptb_reproduce.yaml"
+STUDY = Path(__file__).resolve().parent.parent / "textvae" / "studies" / "ptb_reproduce.yaml"
 BATCHES_PER_EPOCH = 1315  # PTB train, batch 32
 
 

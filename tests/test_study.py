@@ -243,7 +243,7 @@ def test_command_line_seeds_and_sets(tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["missing.yaml"], "no such study file"),
+    (["missing.yaml"], r"no such study: missing.yaml \(neither a file nor a packaged study; packaged: architectures_ptb_short"),
     (["{study}", "--jobs", "0"], "--jobs must be >= 1"),
     (["{study}", "--only", "nope"], r"unknown variant\(s\) or run\(s\) \['nope'\]; valid: plain, fb, or one run"),
     (["{study}", "--only", "fb/seed3"], r"\['fb/seed3'\].* VARIANT/seedK with K of the seeds \(1, 2\)"),
@@ -521,7 +521,7 @@ def test_a_dialogue_study_takes_the_dialogue_settings(tmp_path):
     configuration (model.use_acts, data.context_turns, eval.*), not the sentence VAE's."""
     from textvae.dialogue.config import CVAERunConfig
 
-    spec = {"base": str(REPO / "recipes/dailydialog/cvae.yaml"), "seeds": [1],
+    spec = {"base": str(REPO / "textvae/recipes/dailydialog/cvae.yaml"), "seeds": [1],
             "variants": {"plain": {}, "acts": {"model.use_acts": True, "data.context_turns": 2, "eval.max_pairs": 9}}}
     runs = st.plan(st.load_study(write_study(tmp_path, spec), str(tmp_path / "out"), sets=["eval.n_responses=3"]))
     assert all(isinstance(r.config, CVAERunConfig) and r.config.eval.n_responses == 3 for r in runs)
@@ -610,7 +610,7 @@ def test_report_says_what_each_variant_sets_with_its_note(tmp_path):
     assert "\n".join(lines) in st.report_markdown(study, {"variants": [], "runs": []}, {}, "")
 
 
-STUDIES = Path(__file__).resolve().parents[1] / "studies"
+STUDIES = Path(__file__).resolve().parents[1] / "textvae" / "studies"
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in STUDIES.glob("*.yaml")))
@@ -721,6 +721,6 @@ def test_the_cpu_smoke_study_has_every_remedy():
     """README: studies/cpu_smoke.yaml runs every remedy, briefly; a newly registered remedy needs its row."""
     from textvae.remedies import list_remedies
 
-    spec = yaml.safe_load((REPO / "studies" / "cpu_smoke.yaml").read_text())
+    spec = yaml.safe_load((REPO / "textvae" / "studies" / "cpu_smoke.yaml").read_text())
     used = {r["name"] for v in spec["variants"].values() for r in (v or {}).get("objective.remedies", [])}
     assert used == set(list_remedies())

@@ -128,7 +128,7 @@ def lm_check(run: Path) -> None:
 
 def test_lm_recipe_trains(tmp_path):
     corpus = write_corpus(tmp_path / "corpus", n_train=60, n_eval=20)
-    main(["train", str(REPO / "recipes/ptb/lm.yaml"), "--name", "lm", "--out_dir", str(tmp_path / "runs"),
+    main(["train", str(REPO / "textvae/recipes/ptb/lm.yaml"), "--name", "lm", "--out_dir", str(tmp_path / "runs"),
           "--data.name", str(corpus), "--model.emb_dim", "8", "--model.decoder.hidden_dim", "8",
           "--train.max_steps", "3", "--train.log_every", "1", "--train.progress", "false",
           "--train.tensorboard", "false", "--train.threads", "1", "--train.device", "cpu"])
@@ -137,7 +137,7 @@ def test_lm_recipe_trains(tmp_path):
 
 def test_lm_recipe_on_ptb(tmp_path, data_dir, monkeypatch):
     monkeypatch.setenv("TEXTVAE_DATA_DIR", data_dir)
-    main(["train", str(REPO / "recipes/ptb/lm.yaml"), "--name", "lm", "--out_dir", str(tmp_path / "runs"),
+    main(["train", str(REPO / "textvae/recipes/ptb/lm.yaml"), "--name", "lm", "--out_dir", str(tmp_path / "runs"),
           "--data.max_sentences", "300", "--train.max_steps", "2", "--train.log_every", "1",
           "--train.progress", "false", "--train.tensorboard", "false", "--train.threads", "1",
           "--train.device", "cpu"])

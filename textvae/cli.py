@@ -1,13 +1,13 @@
 """The ``textvae`` command line.
 
-    textvae train [RECIPE.yaml] [--section.key value ...] [--resume]
+    textvae train [RECIPE] [--section.key value ...] [--resume]    RECIPE: a YAML file or a packaged name (ptb/vae)
     textvae evaluate RUN_OR_MODEL [--data NAME] [--split test] [--iw-samples 500]
     textvae sample MODEL [--n 10] [--method sample] [--temperature 1.0]
     textvae reconstruct MODEL "a sentence" ... | --file FILE
     textvae interpolate MODEL "first sentence" "second sentence" [--steps 5]
     textvae respond RUN --context "hi , how are you ?" [--context ...] [--n 5]   (dialogue CVAE)
-    textvae study studies/cpu_smoke.yaml [--jobs N]
-    textvae list [KIND [NAME]]      every registered part (remedies, decoders, metrics, ...)
+    textvae study STUDY [--jobs N]  STUDY: a YAML file or a packaged name (cpu_smoke)
+    textvae list [KIND [NAME]]      every registered part (remedies, decoders, metrics, ...), recipes, studies
     textvae plot RUN [RUN ...] [--out curves.png]   validation KL, MI, AU and -ELBO during training
     textvae compare RUN [RUN ...]   test figures side by side, with the settings that differ
 
@@ -34,6 +34,7 @@ import torch
 
 from textvae.config import COUNT, NON_NEGATIVE, POSITIVE, SEED, Range
 from textvae.errors import CommandParser, TextVAEError
+from textvae.packaged import FOLDERS, find_yaml, packaged_file, packaged_folder, packaged_names, summary
 
 COMMANDS = ("train", "evaluate", "sample", "reconstruct", "interpolate", "respond", "study", "list", "plot", "compare")
 
@@ -317,9 +318,10 @@ def announce_evaluation(args: argparse.Namespace, split: Any, n_eval: int, is_lm
     """Say before the work starts what it will cost (sentences, tokens, importance samples K) and
     how much of the text the model cannot read; returns (tokens evaluated, <unk> rate)."""
     from textvae.data.tokenization import unk_rate
+    from textvae.reduction import token_counts
 
     positions = split.subset(n_eval)
-    n_tokens = int((split.lengths[positions] - 1).sum())  # words + </s>
+    n_tokens = int(token_counts(split.lengths[positions]).sum())
     k = 1 if is_lm else args.iw_samples  # the language model's likelihood is exact with one sample
     cost = (f"IW-NLL with K = {k} samples decodes {k * n_tokens:,} tokens" if k
             else "no IW-NLL (--iw-samples 0)")
@@ -549,10 +551,15 @@ def cmd_list(argv: list[str]) -> None:
     if args.kind is None:
         for key, registry in registries.items():
             print(f"{key}: {', '.join(registry.names())}\n    in a recipe: {registry.recipe}")
+        for kind in FOLDERS:
+            print(f"{kind}: {', '.join(packaged_names(kind))}\n    packaged: textvae list {kind} NAME shows one")
         return
-    registry = registries.get(args.kind.lower().replace(" ", "_"))
+    kind = args.kind.lower().replace(" ", "_")
+    if kind in FOLDERS or kind in FOLDERS.values():
+        return _list_packaged(next(k for k, v in FOLDERS.items() if kind in (k, v)), args.name)
+    registry = registries.get(kind)
     if registry is None:
-        raise TextVAEError(f"unknown kind {args.kind!r}; valid: {', '.join(registries)}")
+        raise TextVAEError(f"unknown kind {args.kind!r}; valid: {', '.join([*registries, *FOLDERS])}")
     names = registry.names() if args.name is None else [args.name]
     print(f"{registry.kind} (in a recipe: {registry.recipe})")
     for name in names:
@@ -566,6 +573,18 @@ def cmd_list(argv: list[str]) -> None:
             for text in registry.doc(name):
                 if text:
                     print("\n" + text)
+
+
+def _list_packaged(kind: str, name: Optional[str]) -> None:
+    """The packaged recipes or studies, each with its first comment line; one of them whole."""
+    if name is None:
+        print(f"packaged {FOLDERS[kind]} ({packaged_folder(kind)}): give the name, as textvae "
+              f"{'train' if kind == 'recipe' else 'study'} NAME")
+        for entry in packaged_names(kind):
+            print(f"\n{entry}: {summary(packaged_file(kind, entry))}")
+        return
+    path = find_yaml(kind, name)
+    print(f"# {path}\n{path.read_text()}", end="")
 
 
 def cmd_plot(argv: list[str]) -> None:

@@ -1,14 +1,17 @@
 """One-command studies: variants x seeds of a recipe, trained, resumed, aggregated and plotted.
 
-    textvae study studies/ptb_main.yaml [--jobs N] [--out DIR] [--only VARIANT[/seedK] ...] [--seeds K ...]
-                                        [--set KEY=VALUE ...] [--status | --report] [--archive FILE]
+    textvae study ptb_main [--jobs N] [--out DIR] [--only VARIANT[/seedK] ...] [--seeds K ...]
+                           [--set KEY=VALUE ...] [--status | --report] [--archive FILE]
+
+The study is a YAML file, or the name of one packaged in ``textvae/studies`` (``ptb_main``, also
+``studies/ptb_main.yaml``; ``textvae list study``).
 
 A study file (YAML):
 
     name: ptb_main                           # default: the file's stem
     description: one paragraph for report.md # optional
-    base: ../recipes/ptb/vae.yaml            # relative to the study file, the current directory or
-                                             # the repository; default: the embedded synthetic recipe
+    base: ../recipes/ptb/vae.yaml            # relative to the study file or the current directory, else
+                                             # a packaged recipe's name (ptb/vae); default: synthetic
     out: out/ptb_main                        # default: out/<name>, relative to the current directory
     seeds: [1, 2, 3]                         # train.seed of each run (default: [1])
     budget: {epochs: 40, max_steps: 20000, seconds: 3600}   # per run (any subset)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import traceback
+from pathlib import Path
 from typing import Optional
 
 import yaml
@@ -19,10 +20,12 @@ from textvae.files import FolderBusy, lock_holder, run_folder_lock
 from textvae.metrics.likelihood import IWProgress
 from textvae.study.folders import clear_unstarted, check_run_folder, finished_report, run_state
 from textvae.study.report import format_figure, run_figures, write_outputs
-from textvae.study.spec import REPO_ROOT, Run, Study
+from textvae.study.spec import Run, Study
 from textvae.training.logger import read_jsonl
 from textvae.training.signals import PARENT_ENV
 from textvae.training.train import IW_PROGRESS_FILE, check_precision, resolve_device
+
+PACKAGE_PARENT = Path(__file__).resolve().parents[2]
 
 log = logging.getLogger("textvae.study")
 
@@ -61,7 +64,8 @@ def _start_subprocess(run: Run, resume: bool) -> subprocess.Popen:
     env = dict(os.environ)
     threads = str(run.config.train.threads)
     env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, **{PARENT_ENV: str(os.getpid())})
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    # the subprocess imports this very textvae, wherever it was imported from (a checkout not installed)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_PARENT), env.get("PYTHONPATH")]))
     with open(run.log_file, "a") as f:
         return subprocess.Popen(_command(run, resume), stdout=f, stderr=subprocess.STDOUT, env=env)
 

@@ -13,11 +13,11 @@ import yaml
 
 from textvae.config import RunConfig
 from textvae.errors import TextVAEError
+from textvae.packaged import find_yaml, packaged_file, packaged_names
 
 STUDY_KEYS = ("name", "description", "base", "out", "seeds", "budget", "data", "overrides", "variants", "notes")
 BUDGET_KEYS = {"epochs": "epochs", "max_steps": "max_steps", "seconds": "max_seconds"}  # -> train.*
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$")
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclasses.dataclass
@@ -123,12 +123,16 @@ def section_type(f: dataclasses.Field) -> Optional[type]:
     return factory if factory is not dataclasses.MISSING and dataclasses.is_dataclass(factory) else None
 
 
-def _find_file(name: str, study_dir: Path) -> Path:
-    for root in (study_dir, Path.cwd(), REPO_ROOT):
+def _find_base(name: str, study_dir: Path) -> Path:
+    """A study's base recipe: next to the study file, in the current directory, or packaged."""
+    for root in (study_dir, Path.cwd()):
         if (root / name).is_file():
             return (root / name).resolve()
-    raise TextVAEError(f"base recipe {name!r} not found next to the study file, in the current directory "
-                       f"or in {REPO_ROOT}")
+    found = packaged_file("recipe", name)
+    if found is None:
+        raise TextVAEError(f"base recipe {name!r} not found next to the study file, in the current directory "
+                           f"or among the packaged recipes ({', '.join(packaged_names('recipe'))})")
+    return found.resolve()
 
 
 def parse_sets(sets: list[str], where: str = "--set") -> dict[str, Any]:
@@ -150,9 +154,7 @@ def load_study(path: str | Path, out: Optional[str] = None, seeds: Optional[list
                sets: Optional[list[str]] = None) -> Study:
     """Read and check a study file; ``out`` overrides its output folder, ``seeds`` its seeds,
     ``sets`` (``KEY=VALUE`` strings) add overrides for every run after the file's."""
-    path = Path(path)
-    if not path.is_file():
-        raise TextVAEError(f"no such study file: {path}")
+    path = find_yaml("study", str(path))
     try:
         spec = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
@@ -168,7 +170,7 @@ def load_study(path: str | Path, out: Optional[str] = None, seeds: Optional[list
         from textvae.tasks.runconfig import default_recipe
         base = Path(default_recipe())
     else:
-        base = _find_file(str(spec["base"]), path.parent)
+        base = _find_base(str(spec["base"]), path.parent)
 
     seeds = spec.get("seeds", [1]) if seeds is None else seeds
     if (not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)

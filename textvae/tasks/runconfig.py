@@ -1,6 +1,8 @@
 """From ``textvae train`` arguments to a run configuration, for every task.
 
-    [RECIPE.yaml | --config RECIPE.yaml] [--section.key value ...] [--resume]
+    [RECIPE | --config RECIPE] [--section.key value ...] [--resume]
+
+A recipe is a YAML file or the name of a packaged one (``ptb/vae``; :mod:`textvae.packaged`).
 
 The recipe's ``task`` key chooses the task (``sentences``, whose recipes do not name it, when
 absent) and so the configuration class the arguments are read into (jsonargparse over the nested dataclasses: unknown keys and
@@ -9,7 +11,6 @@ wrongly typed values are one-line errors). No recipe means the embedded syntheti
 from __future__ import annotations
 
 import re
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +18,14 @@ import yaml
 
 from textvae.config import from_dict
 from textvae.errors import TextVAEError
+from textvae.packaged import find_yaml, packaged_folder
 from textvae.tasks.base import TASKS
 
 DEFAULT_TASK = "sentences"
 
 
 def default_recipe() -> str:
-    return str(resources.files("textvae") / "recipes" / "synthetic.yaml")
+    return str(packaged_folder("recipe") / "synthetic.yaml")
 
 
 def is_run_folder(folder: Path) -> bool:
@@ -98,9 +100,8 @@ def parse_run_config(argv: list[str]) -> tuple[Any, bool]:
         argv = ["--config", argv[0]] + argv[1:]
     elif "--config" not in argv:
         argv = ["--config", default_recipe()] + argv
-    if argv[:1] == ["--config"] and len(argv) > 1 and not Path(argv[1]).is_file():
-        raise TextVAEError(f"no such recipe: {argv[1]} (a YAML file such as recipes/ptb/vae.yaml of the textvae "
-                           f"checkout; without one, textvae train trains the synthetic default)")
+    # every recipe a file: a path, or the name of a packaged one (ptb/vae); an unknown one is an error
+    argv = [str(find_yaml("recipe", a)) if i and argv[i - 1] == "--config" else a for i, a in enumerate(argv)]
     if argv[:1] == ["--config"] and is_run_folder(Path(argv[1]).parent) and Path(argv[1]).name == "config.yaml":
         # a run folder's own settings: the run is that folder, wherever it was moved or copied to since
         # (its saved out_dir and name are where it was made); --out_dir or --name after it still win
