@@ -367,7 +367,7 @@ def test_every_numeric_setting_declares_its_range(config):
 
 def test_dataset_that_does_not_exist(tmp_path, capsys):
     line = fails(train_on(tmp_path, "ptbb"), capsys)
-    assert "data.name 'ptbb' is not a corpus (dailydialog, ptb, snli, yahoo, yelp, yelp_short), synthetic" in line
+    assert "data.name 'ptbb' is not a corpus (dailydialog, ptb, snli, yahoo, yelp, yelp_short), a synthetic one (synthetic, synthetic_z)" in line
 
 
 @pytest.mark.parametrize("remedy", ["aggressive", "bn_vae", "delta_vae", "bow", "zforcing", "free_bits_li2019"])
@@ -490,6 +490,10 @@ def test_the_suggested_remedy_is_added_to_those_the_run_has():
     # free bits would be a second owner of the KL term beside encoder pretraining: no suggestion then
     cfg.objective.remedies = [{"name": "bn_vae"}, {"name": "delta_vae"}, {"name": "encoder_pretraining"}]
     assert len(run_epilogue(Path("runs/x"), {"au": 0, "latent_dim": 4, "train_steps": 9}, cfg).splitlines()) == 1
+    # a vMF posterior: neither posterior transform applies, free bits does
+    cfg.objective.remedies, cfg.model.posterior, cfg.model.prior = [], "vmf", "vmf_uniform"
+    lines = run_epilogue(Path("runs/x"), {"au": 0, "latent_dim": 4, "train_steps": 9}, cfg).splitlines()
+    assert '--name x-free_bits_li2019 --objective.remedies \'[{"name": "free_bits_li2019"}]\'' in lines[1]
 
 
 def test_corpus_unknown_token_is_read_as_unk(tmp_path, caplog):

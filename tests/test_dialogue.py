@@ -37,7 +37,7 @@ from textvae.training.train import EVAL_SEED
 from tests.test_train import state_of
 
 V = 40
-RECIPES = sorted((Path(__file__).parent.parent / "recipes" / "dailydialog").glob("*.yaml"))
+RECIPES = sorted((Path(__file__).parent.parent / "textvae" / "recipes" / "dailydialog").glob("*.yaml"))
 
 
 def tiny(remedies=(), use_acts=False, latent=3, decoder="gru", **kw) -> KgCVAE:
@@ -182,6 +182,42 @@ def test_the_cvae_takes_recurrent_decoders_only(decoder):
         tiny(decoder=decoder)
 
 
+@pytest.mark.parametrize("decoder,use_acts", [("gru", False), ("lstm", True)])
+def test_z_reaches_the_decoder_through_its_initial_state_only_unless_asked(decoder, use_acts, monkeypatch):
+    """Zhao et al.'s code: [c; z; e_y] sets the decoder's state linearly, e_y alone joins every input;
+    ``z_every_input`` adds z to every input. With the initial state (and the predicted act) held fixed,
+    z changes nothing in the first case and changes the likelihood in the second."""
+    batch = random_batch(4, seed=5, acts=use_acts)
+    for every, inputs in ((False, 8 + 4 * use_acts), (True, 8 + 3 + 4 * use_acts)):
+        torch.manual_seed(0)
+        model = tiny(use_acts=use_acts, decoder=decoder, z_every_input=every).eval()
+        assert model.decoder.rnn.input_size == inputs
+        with torch.no_grad():
+            c = model.encode_context(batch)
+            code = model.latent_code(c, torch.randn(4, 3))
+            pre = model.init_state(torch.cat([c, code], -1)).view(4, 1, 9).transpose(0, 1)
+            state = model.initial_state(c, code)
+            for part in state if decoder == "lstm" else (state,):  # linear, LSTMs c0 = h0
+                torch.testing.assert_close(part, pre)
+            fixed = model.initial_state(c, code)
+            monkeypatch.setattr(model, "initial_state", lambda *_: fixed)
+            logits = torch.randn(4, 3)  # the predicted act reads z too: held fixed as well
+            monkeypatch.setattr(model, "act_logits", lambda *_: logits)
+            a, b = (model.log_likelihood(batch, torch.randn(1, 4, 3), c) for _ in range(2))
+        assert torch.equal(a, b) != every
+        monkeypatch.undo()
+
+
+def test_the_cvae_refuses_a_remedy_bounded_against_a_fixed_prior_and_a_misspelt_prior_remedy():
+    """p(z|c) is learned: delta-VAE's committed rate does not hold against it. A prior remedy that is
+    not a posterior transform would leave p(z|c) as it is without a word."""
+    with pytest.raises(TextVAEError, match="remedy 'delta_vae' bounds the KL .* prior 'conditional'"):
+        tiny([{"name": "delta_vae"}])
+    cfg = CVAERunConfig(model=CVAEConfig(prior_remedies=["bnvae"]))
+    with pytest.raises(TextVAEError, match=r"model.prior_remedies \['bnvae'\]: .* valid: bn_vae, delta_vae"):
+        create_task(cfg).check()
+
+
 # ---- decoding and likelihood ---------------------------------------------------------------------
 @pytest.mark.parametrize("decoder,use_acts", [("gru", False), ("lstm", True)])
 def test_decode_steps_match_teacher_forced_likelihood(decoder, use_acts):
@@ -243,9 +279,9 @@ def test_remedies_run_inside_cvae():
     model = tiny(remedies, use_acts=True).train()
     batch = random_batch(16, seed=7, acts=True)
     out = model(batch, step=3)
-    assert torch.isfinite(out.loss) and set(out.terms) >= {"BagOfWords", "act", "kl_term"}
+    assert torch.isfinite(out.loss) and set(out.terms) >= {"bow", "act", "kl_term"}
     # loss = mean_b [rec + K_b + bow_b + act_b]; terms hold the batch means of the last three
-    expected = out.rec.mean() + out.terms["kl_term"] + out.terms["BagOfWords"] + out.terms["act"]
+    expected = out.rec.mean() + out.terms["kl_term"] + out.terms["bow"] + out.terms["act"]
     torch.testing.assert_close(out.loss.detach(), expected)
     out.loss.backward()
     bn_post, bn_prior = model.objective.remedies[1], model.prior_transforms[0]
@@ -267,7 +303,7 @@ def test_collaborative_training_decodes_through_the_cvae():
     with the CVAE's own decoder, given the context: its term trains the decoder and the code."""
     model = tiny([{"name": "aux_autoencoder", "mix_steps": 100}], use_acts=True).train()
     out = model(random_batch(8, seed=10, acts=True))
-    assert torch.isfinite(out.terms["AuxAutoencoder"])
+    assert torch.isfinite(out.terms["aux_autoencoder"])
     out.loss.backward()
     remedy = model.objective.remedies[0]
     assert remedy.code.weight.grad.abs().sum() > 0 and model.init_state.weight.grad.abs().sum() > 0

@@ -24,10 +24,19 @@ REFERENCE = {
     "sentence_vae": {"5e5c9a17532e877c4fd17ad9357bad3a149e91f1e5846470caada686a5f8ede2",
                      "01f773fcd0ee85461164b6f96aa3d2dd935c534ee0d1031666b27e5a8591c8d5",
                      "ab4928917de7845bfddd9f6176ccf1d2ee22c8c28e6de032bb46cef105aa4ec4"},
-    "cvae": {"1c039f90b10fd8898a3c960353678f025d13a6a80c4e40ad1cb2a176e17a0abe",
-             "f5f6585d393e7e64f3850a658cdf1ab8654ccb7898538e580413af73acd58699",
-             "dd44817443c24fc4e9ce8df5b1ae932682a57c87efdb7251817cd678b9cb3589"},
+    "cvae": {"7fb5ab0c121873de6ed7b95dbee48aa4401125626e0c4560ffce3ec98f2e8e46"},
 }
+# The CVAE's decoder took Zhao et al.'s wiring on 2026-12-06 (z through a linear initial state only):
+# its hash was recorded again then, on the AVX2-only EPYC, where the former wiring (z at every input,
+# tanh on the initial state, put back for the check) still gave the former hash, so nothing else of a
+# CVAE training step moved. CPUs with AVX-512 pick other GEMM kernels: the CVAE's check is skipped there
+# until a hash is recorded on one.
+RECORDED_ONLY_WITHOUT_AVX512 = {"cvae"}
+
+
+def has_avx512() -> bool:
+    cpuinfo = Path("/proc/cpuinfo")
+    return cpuinfo.is_file() and " avx512f" in cpuinfo.read_text()
 
 
 def parameter_hash(state: dict[str, torch.Tensor]) -> str:
@@ -75,6 +84,8 @@ def cvae_run(tmp: Path) -> Path:
 
 @pytest.mark.parametrize("kind, run", [("sentence_vae", sentence_vae_run), ("cvae", cvae_run)])
 def test_parameters_after_training_are_bitwise_those_recorded(kind, run, tmp_path, monkeypatch):
+    if kind in RECORDED_ONLY_WITHOUT_AVX512 and has_avx512():
+        pytest.skip(f"the {kind}'s hash is recorded on an AVX2-only CPU so far; record it on this one")
     monkeypatch.setenv("TEXTVAE_CACHE", str(tmp_path / "cache"))
     # the CVAE's hashes were recorded with torch's per-tensor Adam; optim.name adam is its fused kernel
     # since, which rounds differently (the same steps to rounding: tests/test_perf_levers.py), so these

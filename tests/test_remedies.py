@@ -82,11 +82,17 @@ def cvae(remedies):
 
 
 MODELS = {"sentence_vae": sentence_vae, "cvae": cvae}
+# combinations check_remedies refuses by design: delta-VAE's floor needs the fixed N(0, I) prior
+REFUSED = {("delta_vae", "cvae"): "bounds the KL against the fixed N"}
 
 
 @pytest.mark.parametrize("kind", MODELS)
 @pytest.mark.parametrize("name", list_remedies())
 def test_every_remedy_trains_and_round_trips(name, kind, tmp_path):
+    if (name, kind) in REFUSED:
+        with pytest.raises(TextVAEError, match=REFUSED[name, kind]):
+            MODELS[kind]([{"name": name}])
+        return
     model, (batch, *others) = MODELS[kind]([{"name": name}])
     model.train()
     trainer = FakeTrainer(model, others)
@@ -130,6 +136,42 @@ def test_unknown_remedy_and_parameter_are_user_errors():
         tiny([{"name": "free_bits_li2019"}, {"name": "kl_constraint"}])
     with pytest.raises(TextVAEError, match=r"remedies \['bow'\] are listed more than once"):
         tiny([{"name": "bow", "weight": 1.0}, {"name": "word_dropout"}, {"name": "bow", "weight": 2.0}])
+
+
+@pytest.mark.parametrize("prior", ["flow", "mog"])
+def test_delta_vae_needs_the_fixed_standard_normal_prior(prior):
+    """Razavi et al.'s committed rate is a bound against N(0, I): a learned prior can move to the
+    constrained posterior, so the combination is refused; BN-VAE, a transform alike, is not."""
+    cfg = ModelConfig(emb_dim=12, latent_dim=D, encoder=EncoderConfig(hidden_dim=12), prior=prior,
+                      decoder=DecoderConfig(hidden_dim=12))
+    message = rf"remedy 'delta_vae' bounds the KL against the fixed N\(0, I\) prior, which prior '{prior}' is not"
+    with pytest.raises(TextVAEError, match=message):
+        TextVAE(cfg, V, ObjectiveConfig(remedies=[{"name": "delta_vae"}]))
+    TextVAE(cfg, V, ObjectiveConfig(remedies=[{"name": "bn_vae"}]))
+
+
+@pytest.mark.parametrize("remedies,model,message", [
+    ([{"name": "bow"}, {"name": "bow"}], {}, r"remedies \['bow'\] are listed more than once"),
+    ([{"name": "free_bits_li2019"}, {"name": "kl_constraint"}], {},
+     r"remedies \['free_bits_li2019', 'kl_constraint'\] each replace the KL term"),
+    ([{"name": "word_dropout"}, {"name": "bn_vae"}], {"latent_dim": 0}, "remedy 'bn_vae' acts on the latent z"),
+    ([{"name": "bn_vae"}], {"posterior": "iaf"}, r"remedies \['bn_vae'\] transform a Gaussian posterior"),
+    ([{"name": "delta_vae"}], {"prior": "flow"}, "remedy 'delta_vae' bounds the KL against the fixed"),
+])
+def test_a_run_checks_how_its_remedies_combine_before_it_loads_data(remedies, model, message):
+    """check_remedies is the one place of the combination rules; a run applies them in check_config,
+    before its data (the corpus here does not exist)."""
+    from textvae.training.train import check_config
+
+    cfg = RunConfig()
+    cfg.data.name = "/no/such/corpus"
+    cfg.objective.remedies = remedies
+    for key, value in model.items():
+        setattr(cfg.model, key, value)
+    with pytest.raises(TextVAEError, match=message):
+        check_config(cfg)
+    cfg.objective.remedies = []  # the same run without them passes
+    check_config(cfg)
 
 
 def test_free_bits_bn_vae_cyclical_compose_from_objective_config():
@@ -315,7 +357,7 @@ def test_rate_sweep_trains_one_run_per_capacity():
     def fake_train(cfg):
         seen.append(cfg)
         c = cfg.objective.remedies[-1]["capacity"]
-        report = {"kl": c, "rec": 100 - c, "neg_elbo": 100.5, "au": 2.0, "mi_batch": 1.0}
+        report = {"kl": c, "rec": 100 - c, "neg_elbo": 100.5, "au": 2.0, "mi_batch": 1.0, "latent_dim": 8}
         if c > 3:
             report.update(iw_nll=99.0, mi_dataset=1.5)
         return report
@@ -324,8 +366,11 @@ def test_rate_sweep_trains_one_run_per_capacity():
     assert [cfg.name for cfg in seen] == ["ptb-C2", "ptb-C5.5"]
     assert seen[1].objective.remedies == [{"name": "bow"}, {"name": "kl_constraint", "ramp_steps": 7, "capacity": 5.5}]
     assert base.objective.remedies[1] == {"name": "kl_constraint", "ramp_steps": 7}, "base config untouched"
-    assert [(p.capacity, p.kl, p.rec, p.nll, p.au, p.mi) for p in points] == [
-        (2.0, 2.0, 98.0, 100.5, 2.0, 1.0), (5.5, 5.5, 94.5, 99.0, 2.0, 1.5)]
+    # a figure not evaluated is NaN, never another estimator under its name (-ELBO is not the NLL,
+    # the per-batch MI not the whole-set one)
+    assert [(p.capacity, p.kl, p.rec, p.nll, p.neg_elbo, p.au, p.mi) for p in points[1:]] == [
+        (5.5, 5.5, 94.5, 99.0, 100.5, 2.0, 1.5)]
+    assert (points[0].kl, points[0].neg_elbo) == (2.0, 100.5) and math.isnan(points[0].nll) and math.isnan(points[0].mi)
 
 
 # ---- posterior transforms ----------------------------------------------------------------------
@@ -421,30 +466,66 @@ def test_zforcing_per_sentence_and_aux_cost_stops_at_backward_states():
     assert all(p.grad is not None for p in with_lm.rnn.parameters()), "the backward LM trains the LSTM"
 
 
+def test_zforcing_aux_cost_is_the_gaussian_nll_of_the_backward_states():
+    """-Σ_t log N(b_t; tanh(m), exp(l)) with [m, l] = clamp(MLP(z), -8, 8), as the authors' code; the
+    log-variances are pushed past the clamp here, so it is exercised."""
+    zf = create_remedy({"name": "zforcing", "backward_lm": False}, **CONTEXT)
+    with torch.no_grad():
+        zf.predictor[2].bias[12:] = 20.0
+    batch, z = random_batch(4), torch.randn(4, D)
+    with torch.no_grad():
+        b = zf.backward_states(batch.targets, batch.n_tokens)  # [B, T, H]
+        m, l = zf.predictor(z).clamp(-8.0, 8.0).chunk(2, -1)
+        assert (l == 8.0).all()
+        gauss = torch.distributions.Normal(torch.tanh(m).unsqueeze(1), (0.5 * l).exp().unsqueeze(1))
+        expected = -(gauss.log_prob(b).sum(-1) * (batch.targets != PAD_ID)).sum(-1)
+        torch.testing.assert_close(zf.extra_loss(None, batch, z, None, 0), expected)
+
+
 def test_aux_autoencoder_terms_and_mixing():
+    """Shen et al. 2018: the decoder reads the AE code e(x) with probability 1 - r(t), else sg(z);
+    the posterior learns from the KL and the match term 1/2 ||z - sg(e)||² only."""
     model = tiny([{"name": "aux_autoencoder", "weight": 2.0, "mix_steps": 100}]).train()
     aux = model.objective.remedies[0]
     batch = random_batch()
     h = torch.randn(6, 12)
     z = torch.randn(6, D, requires_grad=True)
     e = torch.tanh(aux.code(h))
-    expected = model.token_nll(batch, e) + 2.0 * 0.5 * ((z - e) ** 2).sum(-1)
-    torch.testing.assert_close(aux.extra_loss(model, batch, z, h, 0), expected)
-    expected = 0.75 * model.token_nll(batch, e) + 2.0 * 0.5 * ((z - e) ** 2).sum(-1)
-    torch.testing.assert_close(aux.extra_loss(model, batch, z, h, 25), expected)
-
-    def term_at(step):  # the model's forward hands its step to the remedy: r(0) = 0, r(100) = 1
-        torch.manual_seed(0)  # the same z both times
-        with torch.no_grad():
-            return float(model.eval()(batch, step=step).terms["AuxAutoencoder"])
-
-    assert term_at(0) - term_at(100) > 1.0  # the autoencoder's reconstruction, only at r < 1
-    model.train()
-    aux.extra_loss(model, batch, z, h, 400).sum().backward()
+    torch.testing.assert_close(aux.extra_loss(model, batch, z, h, 0), 2.0 * 0.5 * ((z - e) ** 2).sum(-1))
+    aux.extra_loss(model, batch, z, h, 0).sum().backward()
     assert aux.code.weight.grad is None, "the AE code is a fixed target of the VAE term"
     torch.testing.assert_close(z.grad, 2.0 * (z - e).detach())
+    z.grad = None
+
+    torch.testing.assert_close(aux.decoder_latent(z, h, 0), e)  # r(0) = 0: the code, every row
+    late = aux.decoder_latent(z, h, 100)  # r = 1: z, every row, without its gradient
+    assert torch.equal(late, z.detach())
+    late.sum().backward()
+    assert z.grad is None
+    torch.manual_seed(1)
+    many_z, many_h = torch.randn(4000, D), torch.randn(4000, 12)
+    reads_z = (aux.decoder_latent(many_z, many_h, 25) == many_z).all(-1).float().mean()
+    assert abs(float(reads_z) - 0.25) < 0.03  # r(25) = 0.25 of the rows read z
     with pytest.raises(TextVAEError, match="encoder_dim"):
         aux.extra_loss(model, batch, z, torch.randn(6, 20), 0)
+
+
+def test_aux_autoencoder_keeps_the_reconstruction_out_of_the_posterior_head():
+    """At r(t) = 1 the decoder reads sg(z): the reconstruction trains the decoder, not the posterior
+    head; at r = 0 it decodes the AE code, whose gradient reaches the code and the encoder."""
+    model = tiny([{"name": "aux_autoencoder", "mix_steps": 100}]).train()
+    batch = random_batch()
+    head = list(model.posterior.parameters())
+    for step, code_learns in ((100, False), (0, True)):
+        model.zero_grad(set_to_none=True)
+        model(batch, step=step).rec.sum().backward()
+        assert all(p.grad is None or not p.grad.any() for p in head)
+        grad = model.objective.remedies[0].code.weight.grad
+        assert (grad is not None and bool(grad.any())) == code_learns
+        assert model.decoder.rnn.weight_hh_l0.grad.abs().sum() > 0
+    plain = tiny().train()  # without the remedy the reconstruction trains the posterior head
+    plain(batch).rec.sum().backward()
+    assert all(p.grad is not None and p.grad.any() for p in plain.posterior.parameters())
 
 
 # ---- training-procedure hooks ------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 It owns the remedies and the order of their model hooks; a model calls, in this order,
 :meth:`Objective.corrupt_inputs` (decoder inputs, training only), :meth:`Objective.transform_posterior`
-(posterior parameters), :meth:`Objective.extra_losses` (added per-sentence losses) and finally the
+(posterior parameters), :meth:`Objective.extra_losses` (added per-sentence losses),
+:meth:`Objective.decoder_latent` (the latent the decoder reads, training only) and finally the
 objective itself on its per-sentence terms, and so never iterates over remedies:
 
     loss = mean_b [ rec_b + K_b + Σ_r extra_{r,b} ]
@@ -19,23 +20,20 @@ import torch
 from torch import nn
 
 from textvae.config import ObjectiveConfig
-from textvae.errors import TextVAEError
-from textvae.remedies import Remedy, create_remedy
+from textvae.remedies import STANDARD_PRIOR, check_remedies, create_remedy, transforms_posterior
 from textvae.schedules import create_schedule
 
 
 class Objective(nn.Module):
-    def __init__(self, cfg: ObjectiveConfig, **context: Any):
+    def __init__(self, cfg: ObjectiveConfig, posterior: str = "gaussian", prior: str = STANDARD_PRIOR,
+                 **context: Any):
+        """``posterior`` and ``prior`` name the model's latent family for the remedies' combination
+        rules (:func:`~textvae.remedies.base.check_remedies`); ``context`` holds the model facts the
+        remedies are built with."""
         super().__init__()
         self.schedule = create_schedule(cfg.kl_schedule)
+        check_remedies(cfg.remedies, context.get("latent_dim"), posterior, prior)
         self.remedies: nn.ModuleList = nn.ModuleList(create_remedy(spec, **context) for spec in cfg.remedies)
-        names = [spec["name"] for spec in cfg.remedies]  # each built, so each has a name
-        twice = sorted({n for n in names if names.count(n) > 1})
-        if twice:  # their losses and logged terms are keyed by class: one would silently replace the other
-            raise TextVAEError(f"remedies {twice} are listed more than once in objective.remedies; list each once")
-        kl_owners = [type(r).__name__ for r in self.remedies if r.replaces_kl]
-        if len(kl_owners) > 1:
-            raise TextVAEError(f"remedies {kl_owners} each replace the KL term; choose one")
 
     def beta(self, step: int) -> float:
         return self.schedule(step)
@@ -56,17 +54,24 @@ class Objective(nn.Module):
     def posterior_remedies(self) -> list[nn.Module]:
         """The remedies that transform the posterior: part of the inference network (their
         parameters, BN-VAE's shift, train with it)."""
-        return [r for r in self.remedies if type(r).transform_posterior is not Remedy.transform_posterior]
+        return [r for r in self.remedies if transforms_posterior(type(r))]
+
+    def decoder_latent(self, z: torch.Tensor, h: torch.Tensor, step: int) -> torch.Tensor:
+        """The latent [B, D] the decoder reads at training step ``step``, after every remedy's choice
+        (the auxiliary autoencoder's); the model calls it in training only."""
+        for remedy in self.remedies:
+            z = remedy.decoder_latent(z, h, step)
+        return z
 
     def extra_losses(self, model: Any, batch: Any, z: torch.Tensor, h: torch.Tensor,
                      step: int) -> dict[str, torch.Tensor]:
         """Each remedy's added per-sentence loss [B] (bag-of-words, Z-forcing, ...) at training step
-        ``step``, by remedy class."""
+        ``step``, by the remedy's registered name."""
         extras = {}
         for remedy in self.remedies:
             extra = remedy.extra_loss(model, batch, z, h, step)
             if extra is not None:
-                extras[type(remedy).__name__] = extra
+                extras[remedy.name] = extra
         return extras
 
     def forward(self, rec: torch.Tensor, kl: torch.Tensor, step: int,

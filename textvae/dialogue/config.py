@@ -51,10 +51,13 @@ class CVAEConfig:
     Utterances (context turns and, in the recognition network, the response) are read by one
     bidirectional ``utterance_encoder`` (a registered sentence encoder); a GRU of
     ``context_hidden`` units reads the utterance vectors. ``decoder_type`` is a recurrent registered
-    decoder (gru, lstm); it gets its initial state from [c, z, y] and [z, y] at every input.
+    decoder (gru, lstm); it gets its initial state from [c, z, y] (linear) and y at every input, as in
+    Zhao et al.'s code.
 
     use_acts: kgCVAE: the response's dialogue act y enters the recognition network and the
         decoder, and an MLP on [c, z] predicts it (an added cross-entropy); needs labelled data.
+    z_every_input: z also joins every decoder input ([z, y]), as textvae's sentence decoders feed it:
+        a stronger coupling than Zhao et al.'s (their z reaches only the initial state).
     prior_remedies: remedies of the objective whose ``transform_posterior`` is also applied, by a
         second instance with the same parameters, to the prior network's (mu, logvar): BN-VAE's
         CVAE extension (Zhu et al. 2020) normalises the means of both q(z|x,c) and p(z|c).
@@ -76,12 +79,18 @@ class CVAEConfig:
     use_acts: bool = False
     act_emb_dim: int = 30
     act_hidden: int = 400
+    z_every_input: bool = False
     prior_remedies: list[str] = field(default_factory=lambda: ["bn_vae"])
 
     RANGES: ClassVar[dict[str, Range]] = {
         "emb_dim": COUNT, "utterance_hidden": COUNT, "context_hidden": COUNT, "context_dropout": PROBABILITY,
         "latent_dim": COUNT, "prior_hidden": COUNT, "decoder_hidden": COUNT, "decoder_layers": COUNT,
         "input_dropout": PROBABILITY, "output_dropout": PROBABILITY, "act_emb_dim": COUNT, "act_hidden": COUNT}
+
+    def latent_family(self) -> dict[str, Any]:
+        """What the remedies' combination rules read of the model (``check_remedies``): a Gaussian
+        posterior against the learned prior p(z|c)."""
+        return {"latent_dim": self.latent_dim, "posterior": "gaussian", "prior": "conditional"}
 
 
 @dataclass

@@ -5,11 +5,15 @@
     recognition network         q(z | x, c, y) = N(mu, sigma²),  [mu, log sigma²] = W [x; c; tanh(A e_y)]
     prior network               p(z | c)       = N(mu', sigma'²), [mu', log sigma'²] = MLP(c)
     act network (kgCVAE)        p(y | z, c)    = softmax(MLP([c; z]))
-    decoder                     p(x | z, c, y): initial state from [c; z; e_y], [z; e_y] at every input
+    decoder                     p(x | z, c, y): initial state W [c; z; e_y] + b, e_y at every input
 
-with y the response's dialogue act (kgCVAE only; e_y its embedding). Training uses the true y in the
-decoder; generation and every likelihood figure use the predicted soft label e_ŷ = softmax(.) @ E,
-so p(x | z, c) needs nothing but the context (as in Zhao et al.'s code).
+with y the response's dialogue act (kgCVAE only; e_y its embedding). As in Zhao et al.'s code z reaches
+the decoder through its initial state only (``model.z_every_input`` also concatenates it to every
+input, a stronger coupling than theirs). Training uses the true y in the decoder; generation and every
+likelihood figure here use the predicted soft label e_ŷ = softmax(.) @ E, so p(x | z, c) needs nothing
+but the context. Zhao et al.'s code reports its validation and test ELBO with the true act (only
+generation uses the predicted one), so their kgCVAE likelihoods condition on more than the context and
+are not comparable with these.
 
 The KL between the two diagonal Gaussians is in closed form (:meth:`DiagGaussian.kl`). The loss comes
 from the same :class:`~textvae.objective.Objective` as every sentence VAE, so KL schedules and the
@@ -36,7 +40,7 @@ from textvae.dialogue.config import CVAEConfig
 from textvae.dialogue.data import DialogueBatch
 from textvae.errors import TextVAEError
 from textvae.models.decoders import DECODERS
-from textvae.models.distributions import DiagGaussian
+from textvae.models.distributions import DiagGaussian, kl_terms
 from textvae.models.encoders import ENCODERS, last_layer_final_state
 from textvae.models.output_head import OutputHead
 from textvae.models.textvae import PretrainedMixin, VAEOutput
@@ -104,12 +108,13 @@ class KgCVAE(OutputHead, PretrainedMixin, nn.Module):
                                                 nn.Linear(cfg.act_hidden, n_acts))
         self.recognition = nn.Linear(u + c + y, 2 * d)
         self.prior_net = nn.Sequential(nn.Linear(c, cfg.prior_hidden), nn.Tanh(), nn.Linear(cfg.prior_hidden, 2 * d))
-        # The decoder's "z" is [z; e_y]: concatenated to every input; the initial state comes from init_state.
+        # The decoder's per-input conditioning is e_y ([z; e_y] with z_every_input); [c; z; e_y] sets its state.
         if cfg.decoder_type not in RECURRENT_DECODERS:  # the initial state below is an RNN's, layer by layer
             raise TextVAEError(f"model.decoder_type {cfg.decoder_type!r}: the dialogue CVAE starts its decoder "
                                f"from [c; z] as a recurrent state; valid: {', '.join(RECURRENT_DECODERS)}")
         self.decoder = DECODERS.build(cfg.decoder_type, {}, vocab_size=vocab_size, emb_dim=cfg.emb_dim,
-                                      hidden_dim=cfg.decoder_hidden, latent_dim=d + y, num_layers=cfg.decoder_layers,
+                                      hidden_dim=cfg.decoder_hidden, latent_dim=(d if cfg.z_every_input else 0) + y,
+                                      num_layers=cfg.decoder_layers,
                                       input_dropout=cfg.input_dropout, output_dropout=cfg.output_dropout,
                                       z_init=False, z_concat=True)
         if cfg.share_embeddings:
@@ -121,7 +126,8 @@ class KgCVAE(OutputHead, PretrainedMixin, nn.Module):
         self.fused_loss = False
         facts = dict(latent_dim=d, vocab_size=vocab_size, hidden_dim=self.decoder.out_dim, emb_dim=cfg.emb_dim,
                      encoder_dim=u + c + y, condition_dim=c)
-        self.objective = Objective(self.objective_cfg, **facts)
+        family = cfg.latent_family()
+        self.objective = Objective(self.objective_cfg, posterior=family["posterior"], prior=family["prior"], **facts)
         # BN-VAE's CVAE extension: a second instance of the same remedy for the prior's parameters,
         # so the prior's batch statistics are kept apart from the posterior's.
         self.prior_transforms = nn.ModuleList(
@@ -187,7 +193,8 @@ class KgCVAE(OutputHead, PretrainedMixin, nn.Module):
 
     def latent_code(self, c: torch.Tensor, z: torch.Tensor, acts: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The decoder's conditioning [z; e_y] [B, D (+ A)]: the true act's embedding when ``acts`` is
-        given, else the predicted soft one softmax(logits) @ E; just z without acts."""
+        given, else the predicted soft one softmax(logits) @ E; just z without acts. The initial state
+        reads all of it, every input :meth:`step_code`'s part."""
         if not self.use_acts:
             return z
         if acts is not None:
@@ -196,14 +203,19 @@ class KgCVAE(OutputHead, PretrainedMixin, nn.Module):
             e_y = self.act_logits(c, z).softmax(-1) @ self.act_embedding.weight
         return torch.cat([z, e_y], -1)
 
+    def step_code(self, code: torch.Tensor) -> torch.Tensor:
+        """What joins every decoder input: e_y [B, A] (nothing, [B, 0], without acts), or the whole
+        [z; e_y] with ``z_every_input``."""
+        return code if self.cfg.z_every_input else code[:, self.latent_dim:]
+
     # ---- decoder side ------------------------------------------------------------------------
     def initial_state(self, c: torch.Tensor, code: torch.Tensor) -> Any:
-        """Decoder state from [c; z; e_y]: h0 = tanh(W [c; code] + b) per layer (LSTMs: c0 = W [..] + b,
-        h0 = tanh(c0), as textvae's decoders do with z)."""
+        """Decoder state from [c; z; e_y], linear as in Zhao et al.'s code: h0 = W [c; code] + b per
+        layer (LSTMs: c0 = h0)."""
         dec = self.decoder
         pre = self.init_state(torch.cat([c, code], -1))
         pre = pre.view(c.shape[0], dec.num_layers, dec.hidden_dim).transpose(0, 1).contiguous()
-        return (torch.tanh(pre), pre) if isinstance(dec.rnn, nn.LSTM) else torch.tanh(pre)
+        return (pre, pre) if isinstance(dec.rnn, nn.LSTM) else pre
 
     @staticmethod
     def with_context(response: Batch, c: torch.Tensor) -> Batch:
@@ -219,7 +231,8 @@ class KgCVAE(OutputHead, PretrainedMixin, nn.Module):
         if c is None:
             raise TextVAEError("KgCVAE.token_nll: the response batch carries no context vector (see with_context)")
         code = self.latent_code(c, z, response.extras.get("labels") if self.training and self.use_acts else None)
-        hidden, _ = self.decoder(response.inputs if inputs is None else inputs, code, self.initial_state(c, code))
+        hidden, _ = self.decoder(response.inputs if inputs is None else inputs, self.step_code(code),
+                                 self.initial_state(c, code))
         return self.sentence_nll(hidden, response.targets)
 
     def log_likelihood(self, batch: DialogueBatch, z: torch.Tensor, c: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -246,7 +259,7 @@ class KgCVAE(OutputHead, PretrainedMixin, nn.Module):
             rnn_state = self.initial_state(c, code)
         else:
             rnn_state, code = state
-        hidden, rnn_state = self.decoder(tokens, code, rnn_state)
+        hidden, rnn_state = self.decoder(tokens, self.step_code(code), rnn_state)
         return self.projection(hidden[:, -1]), (rnn_state, code)
 
     def reorder_state(self, state: Any, index: torch.Tensor) -> Any:
@@ -261,12 +274,12 @@ class KgCVAE(OutputHead, PretrainedMixin, nn.Module):
         inputs = self.objective.corrupt_inputs(response.inputs) if self.training else response.inputs
         q, h = self.posterior(batch, c)
         z = q.rsample(1)[0]
-        kl = q.kl(self.prior(c))
+        kl, _ = kl_terms(q, self.prior(c), z)
         extras: dict[str, torch.Tensor] = {}
         if self.use_acts:
             extras["act"] = F.cross_entropy(self.act_logits(c, z), self._true_acts(batch), reduction="none")
         extras.update(self.objective.extra_losses(self, response, z, h, step))
-        rec = self.token_nll(response, z, inputs)
+        rec = self.token_nll(response, self.objective.decoder_latent(z, h, step) if self.training else z, inputs)
         loss, terms = self.objective(rec, kl, step, extras)
         return VAEOutput(rec=rec, kl=kl, n_tokens=response.n_tokens, loss=loss, terms=terms, z=z)
 

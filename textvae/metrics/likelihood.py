@@ -20,6 +20,7 @@ import torch
 from textvae.errors import TextVAEError
 from textvae.files import write_safetensors
 from textvae.metrics._common import Batches, eval_mode, iterate, seeded
+from textvae.models.distributions import kl_terms
 from textvae.reduction import CorpusAccumulator
 from textvae.rng import rng_state, set_rng_state
 
@@ -332,12 +333,8 @@ def elbo_batch(model: Any, batch: Any, posterior: Any, z: torch.Tensor
     one-sample estimate log q(z|x) − log p(z) with the same z, and the per-dimension KL is ``None``.
     """
     rec = -model.log_likelihood(batch, z)[0]
-    kl_dims = posterior.kl(model.prior)
-    if kl_dims is None:
-        kl = (posterior.log_prob(z) - model.prior.log_prob(z))[0]
-    else:
-        kl = kl_dims.sum(-1)
-    return rec, kl, kl_dims
+    kl, analytic = kl_terms(posterior, model.prior, z[0])
+    return rec, kl.sum(-1), kl if analytic else None
 
 
 def iw_nll(model: Any, batches: Batches, n_samples: int = 500,

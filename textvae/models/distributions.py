@@ -94,10 +94,12 @@ class StandardNormal(Prior):
         return torch.randn(n, self.latent_dim, generator=generator, device=self._anchor.device)
 
 
-def kl_per_dim(posterior, prior: Prior, z: torch.Tensor) -> torch.Tensor:
-    """KL per dimension [B, D] when analytic; otherwise the one-sample Monte-Carlo estimate
-    log q(z|x) - log p(z) with the given sample z [B, D], placed in a single column [B, 1]."""
+def kl_terms(posterior: Any, prior: Any, z: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """The KL term of every model and metric: (KL per dimension [B, D], True) when analytic
+    (:meth:`DiagGaussian.kl`), else (the one-sample Monte-Carlo estimate log q(z|x) - log p(z) with the
+    given sample z [B, D], in a single column [B, 1], False). ``prior`` is a :class:`Prior` or a
+    conditional prior's :class:`DiagGaussian`."""
     kl = posterior.kl(prior)
     if kl is not None:
-        return kl
-    return (posterior.log_prob(z) - prior.log_prob(z)).unsqueeze(-1)
+        return kl, True
+    return (posterior.log_prob(z) - prior.log_prob(z)).unsqueeze(-1), False

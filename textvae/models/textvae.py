@@ -23,7 +23,7 @@ from textvae.data.batch import Batch
 from textvae.errors import TextVAEError
 from textvae.files import partial_file, write_safetensors
 from textvae.models.decoders import DECODERS
-from textvae.models.distributions import PRIORS, DiagGaussian, StandardNormal, kl_per_dim
+from textvae.models.distributions import PRIORS, DiagGaussian, StandardNormal, kl_terms
 from textvae.models.encoders import ENCODERS
 from textvae.models.posteriors import POSTERIORS
 from textvae.models.output_head import OutputHead
@@ -150,14 +150,9 @@ class TextVAE(OutputHead, PretrainedMixin, nn.Module):
                 raise TextVAEError(f"tie_weights needs decoder hidden_dim == emb_dim "
                                    f"({self.decoder.out_dim} != {cfg.emb_dim})")
             self.projection.weight = self.decoder.embedding.weight
-        self.objective = Objective(self.objective_cfg, latent_dim=d, vocab_size=vocab_size,
-                                   hidden_dim=self.decoder.out_dim, emb_dim=cfg.emb_dim,
+        self.objective = Objective(self.objective_cfg, posterior=cfg.posterior, prior=cfg.prior, latent_dim=d,
+                                   vocab_size=vocab_size, hidden_dim=self.decoder.out_dim, emb_dim=cfg.emb_dim,
                                    encoder_dim=self.encoder.out_dim if d > 0 else 0)
-        transforms = [spec["name"] for spec, r in zip(self.objective_cfg.remedies, self.objective.remedies)
-                      if r in self.objective.posterior_remedies()]
-        if transforms and cfg.posterior != "gaussian":  # vMF ignores the variance; IAF's base mean is not z's
-            raise TextVAEError(f"remedies {transforms} transform a Gaussian posterior's mean and variance, which "
-                               f"model.posterior {cfg.posterior!r} does not have as such; use posterior: gaussian")
 
     @property
     def latent_dim(self) -> int:
@@ -241,7 +236,7 @@ class TextVAE(OutputHead, PretrainedMixin, nn.Module):
         parts = [("encoder", self.encoder, source.encoder), ("posterior head", self.posterior, source.posterior)]
         mine, theirs = self.objective.posterior_remedies(), source.objective.posterior_remedies()
         if [type(r) for r in mine] == [type(r) for r in theirs]:
-            parts += [(f"remedy {type(r).__name__}", r, t) for r, t in zip(mine, theirs)]
+            parts += [(f"remedy {r.name}", r, t) for r, t in zip(mine, theirs)]
         for part, target, saved in parts:
             state = saved.state_dict()
             if {k: tuple(v.shape) for k, v in target.state_dict().items()} != {k: tuple(v.shape)
@@ -304,9 +299,10 @@ class TextVAE(OutputHead, PretrainedMixin, nn.Module):
             h, q = self.encode_hidden(batch)
             with torch.autocast(h.device.type, enabled=False):  # fp32, as in encode_hidden
                 z = q.rsample(1)[0]
-                kl = kl_per_dim(q, self.prior, z)
+                kl, _ = kl_terms(q, self.prior, z)
             extras = self.objective.extra_losses(self, batch, z, h, step)
-        rec = self.token_nll(batch, z, inputs)
+        decoded = self.objective.decoder_latent(z, h, step) if self.training and z is not None else z
+        rec = self.token_nll(batch, decoded, inputs)
         loss, terms = self.objective(rec, kl, step, extras)
         return VAEOutput(rec=rec, kl=kl, n_tokens=batch.n_tokens, loss=loss, terms=terms, z=z)
 

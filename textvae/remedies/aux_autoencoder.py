@@ -4,28 +4,33 @@ in Dialogue Generation", AAAI).
 The paper trains two models together. An autoencoder maps the text to a deterministic embedding
 e(x) and decodes the text from it; a variational model learns to *reconstruct that embedding*
 from its latent, -log N(e(x); g(z), I) = 1/2 ||e(x) - g(z)||² + const, with the embedding held
-fixed (their code updates only the latent networks with this term). The text decoder is fed the
-AE embedding or the VAE's reconstruction of it, the latter with a probability r that grows from 0
-to 1 over training, so the decoder learns to rely on its conditioning vector before it has to
-read it from a noisy z.
+fixed. The text decoder reads, per example, the AE embedding with probability 1 - r and the VAE's
+reconstruction g(z) with probability r, r growing from 0 to 1 over training, so the decoder learns
+to rely on its conditioning vector before it has to read it from a noisy z. In the authors' code
+(``ws_vhred.py``) the posterior network (and g) never get the text reconstruction's gradient: they
+learn from the KL and the match term only.
 
 In this TextVAE the encoder, its context h and the decoder are shared by both models:
 
-    e(x) = tanh(A h(x))                               AE code in the decoder's z-space [B, D]
-    extra_b = (1 - r(t)) * rec(x_b | e(x_b))          the autoencoder's reconstruction
-            + weight * 1/2 ||z_b - sg(e(x_b))||²      the VAE latent matches the AE code
+    e(x)   = tanh(A h(x))                                     AE code in the decoder's z-space [B, D]
+    z_dec  = e(x) with probability 1 - r(t), else sg(z)       what the decoder reads (hook decoder_latent)
+    extra  = weight * 1/2 ||z - sg(e(x))||²                   the VAE latent matches the AE code
 
-with r(t) = min(1, t / mix_steps) (the authors' code: 2500 steps). The decoder reads z directly,
-so g is the identity here: whatever g does is done by the decoder's own first layers. Together
-with the model's rec(x | z) + beta KL, the expected decoder loss moves from the autoencoder to the
-VAE as r grows. Deviation: the published code alternates the two phases epoch by epoch; here both
-terms are optimised at every step, with the stop-gradient sg keeping the embedding a fixed target
-of the VAE term as in their phase split.
+so the model's reconstruction term is, in expectation, (1 - r) rec(x | e) + r rec(x | z), and its
+gradient reaches the encoder through e(x) but never the posterior head (sg: stop-gradient), which
+learns from beta KL and the match term, as in their code. r(t) = min(1, t / mix_steps) (their code:
+2500 steps). The decoder reads z directly, so g is the identity: whatever g does is done by the
+decoder's own first layers. Deviations: the published code alternates the two phases epoch by
+epoch, here both act at every step; and its reconstruction phase, which freezes the posterior
+network's weights only, still passes the gradient through them into the shared utterance encoder,
+which here learns reconstruction through e(x) alone. The training log's ``rec`` is the mixture's;
+validation and test figures decode from z.
 
-The step t is the one the model's forward is given (``extra_loss``'s ``step``), so aggressive
-training's inner steps, and a resumed run, see the same r(t) as the step itself.
-``encoder_dim`` is the size of h; the model provides it as a context fact when it knows it,
-else it defaults to ``hidden_dim`` (right for He et al.'s equal-sized unidirectional LSTMs).
+The step t is the one the model's forward is given (the hooks' ``step``), so aggressive training's
+inner steps, and a resumed run, see the same r(t) as the step itself. The draw of e or z per example
+comes from torch's global generator (the training stream). ``encoder_dim`` is the size of h; the
+model provides it as a context fact when it knows it, else it defaults to ``hidden_dim`` (right for
+He et al.'s equal-sized unidirectional LSTMs).
 """
 from __future__ import annotations
 
@@ -40,8 +45,8 @@ from textvae.remedies.base import Remedy, register_remedy
 
 @register_remedy("aux_autoencoder")
 class AuxAutoencoder(Remedy):
-    """Collaborative auxiliary autoencoder (Shen et al. 2018): extra_b = (1 - r(t)) rec(x_b | e(x_b))
-    + weight * 1/2 ||z_b - sg(e(x_b))||², r(t) = min(1, t / mix_steps)."""
+    """Collaborative auxiliary autoencoder (Shen et al. 2018): the decoder reads e(x_b) = tanh(A h_b) with
+    probability 1 - r(t), else sg(z_b); extra_b = weight * 1/2 ||z_b - sg(e(x_b))||², r(t) = min(1, t / mix_steps)."""
 
     def __init__(self, latent_dim: int, hidden_dim: int, encoder_dim: Optional[int] = None,
                  weight: float = 1.0, mix_steps: int = 2500):
@@ -56,13 +61,16 @@ class AuxAutoencoder(Remedy):
         """r(t): the share of decoding done from the VAE latent rather than the AE code."""
         return 1.0 if self.mix_steps == 0 else min(1.0, step / self.mix_steps)
 
-    def extra_loss(self, model: Any, batch: Any, z: torch.Tensor, h: torch.Tensor, step: int) -> torch.Tensor:
+    def embedding(self, h: torch.Tensor) -> torch.Tensor:
+        """e(x) = tanh(A h) [B, D] from the encoder context h [B, encoder_dim]."""
         if h.shape[-1] != self.encoder_dim:
             raise TextVAEError(f"remedy 'aux_autoencoder': encoder context has {h.shape[-1]} units, "
                                f"expected {self.encoder_dim}; set encoder_dim: {h.shape[-1]}")
-        e = torch.tanh(self.code(h))  # [B, D]
-        match = 0.5 * ((z - e.detach()) ** 2).sum(-1)
-        r = self.mix(step)
-        if r == 1.0:
-            return self.weight * match
-        return (1.0 - r) * model.token_nll(batch, e) + self.weight * match
+        return torch.tanh(self.code(h))
+
+    def decoder_latent(self, z: torch.Tensor, h: torch.Tensor, step: int) -> torch.Tensor:
+        reads_z = torch.rand(z.shape[0], 1, device=z.device) < self.mix(step)  # [B, 1]; r = 1: every row
+        return torch.where(reads_z, z.detach(), self.embedding(h).to(z.dtype))
+
+    def extra_loss(self, model: Any, batch: Any, z: torch.Tensor, h: torch.Tensor, step: int) -> torch.Tensor:
+        return self.weight * 0.5 * ((z - self.embedding(h).detach()) ** 2).sum(-1)

@@ -72,6 +72,8 @@ class Remedy(nn.Module):
 
     * ``corrupt_inputs(inputs [B, T]) -> [B, T]``: decoder inputs, training only (word dropout).
     * ``transform_posterior(mu, logvar) -> (mu, logvar)``: posterior parameters (BN-VAE, delta-VAE).
+    * ``decoder_latent(z [B, D], h [B, H], step) -> [B, D]``: the latent the decoder reads in training
+      (the auxiliary autoencoder's mix of its code and a stop-gradient z); z itself by default.
     * ``kl_term(kl [B, D], beta, step) -> [B] | None``: replaces the default ``beta * Σ_d KL``
       (free bits, KL constraint); at most one remedy may set ``replaces_kl``. The batch mean of
       the returned per-sentence values is the loss, so batch-level rules (free bits over the
@@ -105,12 +107,20 @@ class Remedy(nn.Module):
     # schedule's best-model reload must not roll them back to the best epoch's values
     # (:func:`keep_procedure_state`).
     procedure_buffers: tuple[str, ...] = ()
+    # True for a remedy whose guarantee is a bound against the fixed N(0, I) prior (delta-VAE's
+    # committed rate): a learned prior can follow the constrained posterior and void it
+    needs_standard_prior = False
+    # The name a recipe calls it by (set by :func:`create_remedy`): the key of its logged terms and errors
+    name = ""
 
     def corrupt_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
         return inputs
 
     def transform_posterior(self, mu: torch.Tensor, logvar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return mu, logvar
+
+    def decoder_latent(self, z: torch.Tensor, h: torch.Tensor, step: int) -> torch.Tensor:
+        return z
 
     def kl_term(self, kl: torch.Tensor, beta: float, step: int) -> Optional[torch.Tensor]:
         return None
@@ -153,17 +163,60 @@ def check_remedy(spec: Any) -> None:
     REMEDIES.check(spec["name"], {k: v for k, v in spec.items() if k != "name"})
 
 
+def transforms_posterior(remedy_class: type) -> bool:
+    """Whether a remedy changes the posterior's parameters (BN-VAE, delta-VAE)."""
+    return remedy_class.transform_posterior is not Remedy.transform_posterior
+
+
+STANDARD_PRIOR = "standard_normal"
+
+
+def check_remedies(specs: list[Any], latent_dim: Optional[int] = None, posterior: str = "gaussian",
+                   prior: str = STANDARD_PRIOR) -> None:
+    """The rules for combining remedies, in one place (before a run loads its data, when the
+    objective is built, and for the remedy a collapsed run's epilogue suggests):
+
+    * each entry a registered name with valid parameters (:func:`check_remedy`), listed once;
+    * at most one remedy replaces the KL term;
+    * none that acts on z in a language model (``latent_dim`` 0);
+    * posterior transforms only on a Gaussian posterior (vMF has no variance, IAF's base is not z);
+    * a remedy bounded against N(0, I) only with that prior (``prior``: a ``PRIORS`` name, or
+      ``conditional`` for the CVAE's learned p(z|c)).
+    """
+    for spec in specs:
+        check_remedy(spec)
+    names = [spec["name"] for spec in specs]
+    classes = [REMEDIES.get(name) for name in names]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:  # their losses and logged terms are keyed by class: one would silently replace the other
+        raise TextVAEError(f"remedies {twice} are listed more than once in objective.remedies; list each once")
+    kl_owners = [n for n, c in zip(names, classes) if c.replaces_kl]
+    if len(kl_owners) > 1:
+        raise TextVAEError(f"remedies {kl_owners} each replace the KL term; choose one")
+    latent = [n for n, c in zip(names, classes) if c.needs_latent]
+    if latent_dim == 0 and latent:
+        raise TextVAEError(f"remedy {latent[0]!r} acts on the latent z, but model.latent_dim 0 is the language "
+                           f"model, which has none; set model.latent_dim >= 1 or drop the remedy")
+    transforms = [n for n, c in zip(names, classes) if transforms_posterior(c)]
+    if transforms and posterior != "gaussian":
+        raise TextVAEError(f"remedies {transforms} transform a Gaussian posterior's mean and variance, which "
+                           f"model.posterior {posterior!r} does not have as such; use posterior: gaussian")
+    bounded = [n for n, c in zip(names, classes) if c.needs_standard_prior]
+    if bounded and prior != STANDARD_PRIOR:
+        raise TextVAEError(f"remedy {bounded[0]!r} bounds the KL against the fixed N(0, I) prior, which prior "
+                           f"{prior!r} is not (a learned prior can follow the constrained posterior); use "
+                           f"model.prior: {STANDARD_PRIOR}")
+
+
 def create_remedy(spec: dict[str, Any], **context: Any) -> Remedy:
     """Build a remedy from ``{"name": ..., **params}``.
 
     ``context`` holds model facts some remedies need (``latent_dim``, ``vocab_size``,
     ``hidden_dim``, ``emb_dim``); a remedy receives only the context arguments its constructor names.
     """
+    check_remedies([spec], context.get("latent_dim"))
     params = dict(spec)
-    name = params.pop("name", None)
-    if name is None:
-        raise TextVAEError(f"a remedy needs a 'name'; valid: {', '.join(list_remedies())}")
-    if context.get("latent_dim") == 0 and name in REMEDIES and REMEDIES.get(name).needs_latent:
-        raise TextVAEError(f"remedy {name!r} acts on the latent z, but model.latent_dim 0 is the language model, "
-                           f"which has none; set model.latent_dim >= 1 or drop the remedy")
-    return REMEDIES.build(name, params, **context)
+    name = params.pop("name")
+    remedy = REMEDIES.build(name, params, **context)
+    remedy.name = name
+    return remedy

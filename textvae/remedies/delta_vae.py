@@ -12,6 +12,12 @@ per dimension. sigma_u is the root below 1 of f(sigma_u²) = 2 delta; sigma_l (>
 bounds the rate from above. The posterior head's log-variance output is squashed into the range:
 
     sigma = sigma_l + (sigma_u - sigma_l) * sigmoid(logvar_raw),   logvar = 2 log sigma
+
+Scope and naming: this is the paper's simple case (their Sec. 2.1: independent dimensions, fixed
+N(0, I) prior; refused with any other prior, ``needs_standard_prior``). Their text experiments use the
+sequential case, an AR(1) prior with correlation alpha, a factorised sequential posterior, an
+anti-causal encoder and an auxiliary prior, none of which is here. Their delta is the total committed
+rate; ``delta`` here is per dimension, so the committed total is latent_dim * delta.
 """
 from __future__ import annotations
 
@@ -40,6 +46,8 @@ def sigma_upper(delta: float) -> float:
 class DeltaVAE(Remedy):
     """delta-VAE committed rate (Razavi et al. 2019): sigma kept in [sigma_l, sigma_u], so that every
     KL_d >= 1/2 f(sigma_u²) = delta, f(v) = v - log v - 1."""
+
+    needs_standard_prior = True  # the floor is a bound against N(0, I); a learned prior could follow sigma
 
     def __init__(self, delta: float = 0.1, sigma_lower: float = 0.01):
         super().__init__()

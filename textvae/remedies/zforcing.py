@@ -5,7 +5,12 @@ A backward LSTM reads the decoder targets y = w1 .. wn </s> from right to left; 
 summarises the rest of the sentence y_t .. y_n. z must predict those states under a diagonal
 Gaussian whose mean and log-variance an MLP computes from z:
 
-    extra_b = weight * Σ_{t=1}^{n+1} -log N(sg(b_t); m(z_b), diag exp(l(z_b)))   [+ backward LM]
+    [m, l] = clamp(MLP(z_b), -8, 8)
+    extra_b = weight * Σ_{t=1}^{n+1} -log N(sg(b_t); tanh(m), diag exp(l))   [+ backward LM]
+
+The clamp and the tanh on the mean are the authors' code's (``sordonia/zforcing``, ``model.py``: an
+LSTM state lies in (-1, 1), and the clamp bounds the log-variance); their MLP's hidden unit is a
+clamped leaky ReLU, here tanh.
 
 The paper's latents z_t are per step and predict b_t each; with a single z, the same prediction
 serves every step, so z has to encode what the future looks like throughout the sentence. The
@@ -44,8 +49,8 @@ def reverse_index(lengths: torch.Tensor, t: int) -> torch.Tensor:
 
 @register_remedy("zforcing")
 class ZForcing(Remedy):
-    """Z-forcing (Goyal et al. 2017): extra_b = weight Σ_t -log N(sg(b_t); m(z_b), diag exp(l(z_b))),
-    b_t the states of a backward LSTM over the targets."""
+    """Z-forcing (Goyal et al. 2017): extra_b = weight Σ_t -log N(sg(b_t); tanh(m), diag exp(l)),
+    [m, l] = clamp(MLP(z_b), -8, 8), b_t the states of a backward LSTM over the targets."""
 
     def __init__(self, vocab_size: int, emb_dim: int, hidden_dim: int, latent_dim: int,
                  weight: float = 1.0, backward_lm: bool = True):
@@ -71,7 +76,8 @@ class ZForcing(Remedy):
         targets, n = batch.targets, batch.n_tokens
         b = self.backward_states(targets, n)  # [B, T, H]
         valid = targets != PAD_ID  # [B, T]
-        mean, logvar = self.predictor(z).unsqueeze(1).chunk(2, dim=-1)  # each [B, 1, H]
+        mean, logvar = self.predictor(z).clamp(-8.0, 8.0).unsqueeze(1).chunk(2, dim=-1)  # each [B, 1, H]
+        mean = torch.tanh(mean)
         nll = 0.5 * (LOG_2PI + logvar + (b.detach() - mean) ** 2 * torch.exp(-logvar)).sum(-1)  # [B, T]
         loss = self.weight * (nll * valid).sum(-1)
         if self.lm is not None:

@@ -18,7 +18,9 @@ from textvae.dialogue.config import CVAERunConfig
 from textvae.dialogue.data import DialogueData, DialogueSplit, load_dialogue_data
 from textvae.dialogue.metrics import respond_to_split
 from textvae.dialogue.model import KgCVAE
+from textvae.errors import TextVAEError
 from textvae.metrics import IWProgress, check_text_metrics, evaluate_model, list_metrics, score_texts
+from textvae.remedies import REMEDIES, transforms_posterior
 from textvae.tasks.base import register_task
 from textvae.training.task import Task, split_key
 from textvae.training.train import EVAL_SEED, eval_seed
@@ -31,6 +33,11 @@ class DialogueTask(Task):
 
     def check(self) -> None:
         check_text_metrics(instead="the test report scores the responses with them")
+        transforms = [n for n in REMEDIES.names() if transforms_posterior(REMEDIES.get(n))]
+        wrong = [n for n in self.cfg.model.prior_remedies if n not in transforms]
+        if wrong:  # a misspelt name would otherwise leave p(z|c) untransformed without a word
+            raise TextVAEError(f"model.prior_remedies {wrong}: not a remedy that transforms the posterior's "
+                               f"parameters; valid: {', '.join(transforms)}")
 
     def load_data(self) -> DialogueData:
         return load_dialogue_data(self.cfg.data)

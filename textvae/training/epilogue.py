@@ -7,11 +7,20 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from textvae.remedies import REMEDIES
+from textvae.errors import TextVAEError
+from textvae.remedies import check_remedies
 
 # Tried in order; the first one the run does not use already is suggested. BN-VAE (Zhu et al. 2020)
 # first: one parameter, no schedule to tune, and a KL floor by construction.
 SUGGESTED_REMEDIES = ({"name": "bn_vae"}, {"name": "delta_vae"}, {"name": "free_bits_li2019"})
+
+
+def combines(specs: list[Any], family: dict[str, Any]) -> bool:
+    try:
+        check_remedies(specs, **family)
+    except TextVAEError:
+        return False
+    return True
 
 
 def run_epilogue(run_dir: Path, report: dict[str, Any], cfg: Any) -> str:
@@ -20,11 +29,8 @@ def run_epilogue(run_dir: Path, report: dict[str, Any], cfg: Any) -> str:
     lines = [f"run saved in {run_dir}: best model {run_dir / 'model'}, checkpoint, metrics.jsonl, config.yaml"]
     collapsed = report.get("au") == 0 and report.get("latent_dim", 0) > 0 and report.get("train_steps") != 0
     remedies = list(cfg.objective.remedies)
-    used = {spec.get("name") for spec in remedies}
-    owns_kl = any(REMEDIES.get(name).replaces_kl for name in used if name in REMEDIES)
-    # one not used yet, and not a second owner of the KL term, which the objective would refuse
-    remedy = next((r for r in SUGGESTED_REMEDIES
-                   if r["name"] not in used and not (owns_kl and REMEDIES.get(r["name"]).replaces_kl)), None)
+    # the first one that combines with the run's remedies and model (the objective would refuse the rest)
+    remedy = next((r for r in SUGGESTED_REMEDIES if combines([*remedies, r], cfg.model.latent_family())), None)
     if collapsed and remedy is not None:
         command = ["textvae", "train", str(run_dir / "config.yaml"), "--name", f"{run_dir.name}-{remedy['name']}",
                    "--objective.remedies", json.dumps([*remedies, remedy])]

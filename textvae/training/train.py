@@ -61,7 +61,7 @@ from textvae.models.sampled_softmax import SampledSoftmax
 from textvae.models.textvae import VAEOutput
 from textvae.reduction import token_counts
 from textvae.registry import Registry
-from textvae.remedies import REMEDIES, Remedy, check_remedy, keep_procedure_state
+from textvae.remedies import Remedy, check_remedies, keep_procedure_state
 from textvae.schedules import LR_SCHEDULES, create_lr_schedule, create_schedule
 from textvae.rng import rng_state
 from textvae.training.checkpoint import Checkpoint, read_checkpoint, restore_checkpoint, save_checkpoint
@@ -318,11 +318,6 @@ def optimizer_step(run: "Run", scale: float) -> None:
         run.working.step(run.optimizer, scale)
 
 
-def remedy_name(remedy: Remedy) -> str:
-    """The registered name of a remedy (what a recipe calls it)."""
-    return next((n for n in REMEDIES.names() if REMEDIES.get(n) is type(remedy)), type(remedy).__name__)
-
-
 def describe_nonfinite(name: str, remedies: list[Remedy]) -> str:
     """What a figure of :func:`nonfinite_figures` is, for the user."""
     known = {"rec": "reconstruction term (rec)", "kl": "KL term (kl)",
@@ -331,8 +326,7 @@ def describe_nonfinite(name: str, remedies: list[Remedy]) -> str:
              "gradient": "gradient norm (the loss was finite)", "update": "loss or gradient"}
     if name in known:
         return known[name]
-    owner = next((r for r in remedies if type(r).__name__ == name), None)
-    return f"extra loss of remedy {remedy_name(owner)!r}" if owner is not None else f"term {name!r}"
+    return f"extra loss of remedy {name!r}" if any(r.name == name for r in remedies) else f"term {name!r}"
 
 
 def clip_gradients(model: nn.Module, max_norm: float, working: Optional[WorkingCopies] = None) -> torch.Tensor:
@@ -416,8 +410,8 @@ def check_config(cfg: RunConfig) -> None:
     if tc.precision not in ("fp32", "bf16"):
         raise TextVAEError(f"unknown train.precision {tc.precision!r}; valid: fp32, bf16")
     LR_SCHEDULES.get(oc.cycle_lr)  # an unknown name: the registry's one-line error, listing the valid ones
-    for spec in cfg.objective.remedies:  # names, parameters and their types, before the data is loaded
-        check_remedy(spec)
+    # names, parameters and their types, and how they combine with each other and the model, before the data
+    check_remedies(cfg.objective.remedies, **cfg.model.latent_family())
     create_schedule(cfg.objective.kl_schedule)
     if oc.cycle_lr_stairs and oc.cycle_lr != "cosine":
         raise TextVAEError(f"optim.cycle_lr_stairs shapes the cosine lr only; set optim.cycle_lr: cosine "
@@ -731,7 +725,7 @@ def check_remedies_run_in(world: World, remedies: list[Remedy]) -> None:
     """Remedies that take optimiser steps of their own run in one process only."""
     for remedy in remedies:
         if world.size > 1 and owns_updates(remedy):
-            raise TextVAEError(f"remedy {remedy_name(remedy)!r} takes optimiser steps of its own inside each "
+            raise TextVAEError(f"remedy {remedy.name!r} takes optimiser steps of its own inside each "
                                f"training step, which data-parallel training does not support; run it in "
                                f"one process (without torchrun)")
 
@@ -804,7 +798,7 @@ def stop_nonfinite(run: Run, bad: list[str], inner: bool = False) -> None:
     (aggressive training's encoder steps), whose earlier updates were applied."""
     state = run.state
     what = describe_nonfinite(bad[0], run.remedies)
-    owners = ", ".join(repr(remedy_name(r)) for r in run.remedies if owns_updates(r))
+    owners = ", ".join(repr(r.name) for r in run.remedies if owns_updates(r))
     where = f"in an inner update of remedy {owners} at step" if inner else "at step"
     run.logger.log("nonfinite", state.step + 1, state.epoch, terms=bad)
     raise TextVAEError(
