@@ -1172,7 +1172,7 @@ def paired_precision(rows: list[dict[str, Any]]) -> None:
           + f"; mean {statistics.mean(rel):+.3f} %, largest |difference| {max(map(abs, rel)):.3f} %")
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sections", nargs="+", default=["peak", "train", "iw", "epoch"],
                     choices=["peak", "train", "retain", "bucketing", "optim", "denormals", "iw", "epoch"])
@@ -1210,7 +1210,11 @@ def main() -> None:
     ap.add_argument("--epoch-worker", help=argparse.SUPPRESS)
     ap.add_argument("--iw-worker", help=argparse.SUPPRESS)
     ap.add_argument("--denormal-worker", help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     os.environ.setdefault("TEXTVAE_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     torch.set_num_threads(args.threads)
     if args.epoch_worker:  # run_training applies train.retain_memory itself

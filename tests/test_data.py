@@ -503,7 +503,10 @@ def test_synthetic_goes_through_the_generator(monkeypatch, isolated_cache):
         write_split_folder(Path(out_dir))
         return Path(out_dir)
 
-    stub = types.SimpleNamespace(generate_corpus=generate_corpus, load_truth=lambda d: {"dir": str(d)})
+    from textvae.data.synthetic import SYNTHETIC_KINDS
+
+    stub = types.SimpleNamespace(generate_corpus=generate_corpus, load_truth=lambda d: {"dir": str(d)},
+                                 SYNTHETIC_KINDS=SYNTHETIC_KINDS)
     monkeypatch.setitem(sys.modules, "textvae.data.synthetic", stub)
     bundle = load_dataset(DataConfig(name="synthetic_z", synthetic_seed=4))
     out = isolated_cache / "synthetic" / "synthetic_z-seed4"

@@ -6,11 +6,11 @@
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional
 
 from textvae.errors import TextVAEError
+from textvae.study.report import run_figures
 from textvae.tasks import run_training
 
 
@@ -21,9 +21,10 @@ class RatePoint:
     capacity: float
     kl: float  # rate
     rec: float  # distortion
-    nll: float  # IW-NLL when evaluated, else -ELBO
+    nll: float  # IW-NLL; NaN when not evaluated (train.iw_samples_final 0): the bound is neg_elbo
+    neg_elbo: float
     au: float
-    mi: float  # whole-set MI when evaluated, else per-batch
+    mi: float  # the whole-set estimator; NaN when not evaluated
 
 
 def rate_sweep(base_config: Any, capacities: Iterable[float],
@@ -45,7 +46,7 @@ def rate_sweep(base_config: Any, capacities: Iterable[float],
         missing = sorted({"kl", "rec", "au"} - set(report))
         if missing:
             raise TextVAEError(f"rate_sweep: the report of run {cfg.name!r} lacks {missing}")
-        points.append(RatePoint(capacity=float(c), kl=report["kl"], rec=report["rec"],
-                                nll=report.get("iw_nll", report.get("neg_elbo", math.nan)), au=report["au"],
-                                mi=report.get("mi_dataset", report.get("mi_batch", math.nan))))
+        figures = run_figures(report)  # what each name means, as in a study's table
+        points.append(RatePoint(capacity=float(c), kl=figures["kl"], rec=figures["rec"], nll=figures["nll"],
+                                neg_elbo=figures["neg_elbo"], au=figures["au"], mi=figures["mi"]))
     return points

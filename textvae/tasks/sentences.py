@@ -12,7 +12,7 @@ from textvae.config import RunConfig
 from textvae.data.datasets import DataBundle, Split, load_dataset
 from textvae.metrics import list_metrics
 from textvae.models.textvae import TextVAE
-from textvae.reduction import perplexity
+from textvae.reduction import perplexity, token_counts
 from textvae.tasks.base import register_task
 from textvae.training.task import Task, split_key
 from textvae.training.train import evaluation, precision_autocast
@@ -85,5 +85,5 @@ def truth_figures(truth: dict[str, Any], split: Split, positions: Optional[np.nd
         return mi
     positions = np.arange(len(split)) if positions is None else positions
     nll = -np.asarray(figures["log_px"])[positions]
-    tokens = split.lengths[positions] - 1  # words + </s>
+    tokens = token_counts(split.lengths[positions])
     return {"true_nll": float(nll.mean()), "true_ppl": perplexity(float(nll.sum()), float(tokens.sum())), **mi}
