@@ -262,7 +262,7 @@ def textvae_worker(job: dict[str, Any]) -> dict[str, Any]:
     from textvae.data.datasets import load_dataset
 
     overrides = [] if job["size"] == "ptb" else ["--data.name", job["corpus"]]
-    cfg, _ = parse_run_config([str(HERE.parent / tp.RECIPE), *overrides])
+    cfg, _ = parse_run_config([tp.RECIPE, *overrides])
     bundle = load_dataset(cfg.data)
     split = bundle.splits["train"]
     plan = split.sampler(32, shuffle=True, seed=job["seed"], pool_batches=cfg.data.bucket_pool).epoch_batches(0)

@@ -549,7 +549,7 @@ from textvae.training.distributed import World
 from textvae.training.train import TrainStep, bf16_supported, clip_gradients, nonfinite_figures, retain_freed_memory
 from textvae.training.working_copies import WorkingCopies, clip_scale, working_copy_names
 
-RECIPE = "recipes/ptb/vae.yaml"
+RECIPE = "ptb/vae"  # the packaged recipe
 SIZES = {"ptb 256/256/32": (256, 256, 10002), "yahoo 512/1024/32": (512, 1024, 20001)}  # emb, hidden, V
 CPU_BF16 = bf16_supported(torch.device("cpu"))  # False (AVX2 only): the bf16 rows are left out
 

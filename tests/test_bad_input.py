@@ -113,6 +113,9 @@ def test_overrides_win_wherever_the_recipe_stands(tmp_path, capsys):
     assert (cfg.train.max_steps, cfg.train.epochs) == (10, 4)
     line = fails(["train", "--train.max_steps", "5", str(recipe)], capsys)
     assert line.endswith(f"unrecognized arguments: {recipe} (the recipe {recipe} goes first, before the overrides)")
+    for packaged in ("ptb/vae", "recipes/ptb/vae.yaml"):  # a packaged recipe's name after options likewise
+        line = fails(["train", "--train.max_steps", "5", packaged], capsys)
+        assert line.endswith(f"(the recipe {packaged} goes first, before the overrides)")
 
 
 def without(monkeypatch, *packages: str) -> None:

@@ -185,20 +185,20 @@ def test_the_cvae_takes_recurrent_decoders_only(decoder):
 @pytest.mark.parametrize("decoder,use_acts", [("gru", False), ("lstm", True)])
 def test_z_reaches_the_decoder_through_its_initial_state_only_unless_asked(decoder, use_acts, monkeypatch):
     """Zhao et al.'s code: [c; z; e_y] sets the decoder's state linearly, e_y alone joins every input;
-    ``z_every_input`` adds z to every input. With the initial state (and the predicted act) held fixed,
+    ``decoder_z: every_input`` adds z to every input. With the initial state (and the predicted act) held fixed,
     z changes nothing in the first case and changes the likelihood in the second."""
     batch = random_batch(4, seed=5, acts=use_acts)
     for every, inputs in ((False, 8 + 4 * use_acts), (True, 8 + 3 + 4 * use_acts)):
         torch.manual_seed(0)
-        model = tiny(use_acts=use_acts, decoder=decoder, z_every_input=every).eval()
+        model = tiny(use_acts=use_acts, decoder=decoder, decoder_z="every_input" if every else "initial_state").eval()
         assert model.decoder.rnn.input_size == inputs
         with torch.no_grad():
             c = model.encode_context(batch)
             code = model.latent_code(c, torch.randn(4, 3))
             pre = model.init_state(torch.cat([c, code], -1)).view(4, 1, 9).transpose(0, 1)
             state = model.initial_state(c, code)
-            for part in state if decoder == "lstm" else (state,):  # linear, LSTMs c0 = h0
-                torch.testing.assert_close(part, pre)
+            h0 = torch.tanh(pre) if every else pre  # linear (LSTMs c0 = h0); the former wiring: tanh
+            torch.testing.assert_close(state, (h0, pre) if decoder == "lstm" else h0)
             fixed = model.initial_state(c, code)
             monkeypatch.setattr(model, "initial_state", lambda *_: fixed)
             logits = torch.randn(4, 3)  # the predicted act reads z too: held fixed as well
@@ -211,10 +211,13 @@ def test_z_reaches_the_decoder_through_its_initial_state_only_unless_asked(decod
 def test_the_cvae_refuses_a_remedy_bounded_against_a_fixed_prior_and_a_misspelt_prior_remedy():
     """p(z|c) is learned: delta-VAE's committed rate does not hold against it. A prior remedy that is
     not a posterior transform would leave p(z|c) as it is without a word."""
+    from textvae.training.train import check_config
+
+    cfg = CVAERunConfig(objective=ObjectiveConfig(remedies=[{"name": "delta_vae"}]))
     with pytest.raises(TextVAEError, match="remedy 'delta_vae' bounds the KL .* prior 'conditional'"):
-        tiny([{"name": "delta_vae"}])
+        check_config(cfg)
     cfg = CVAERunConfig(model=CVAEConfig(prior_remedies=["bnvae"]))
-    with pytest.raises(TextVAEError, match=r"model.prior_remedies \['bnvae'\]: .* valid: bn_vae, delta_vae"):
+    with pytest.raises(TextVAEError, match=r"model.prior_remedies \['bnvae'\]: .* valid: bn_vae"):
         create_task(cfg).check()
 
 
@@ -300,7 +303,8 @@ def test_remedies_run_inside_cvae():
 
 def test_collaborative_training_decodes_through_the_cvae():
     """The auxiliary autoencoder (Shen et al. 2018) reconstructs the response from its code e(h)
-    with the CVAE's own decoder, given the context: its term trains the decoder and the code."""
+    with the CVAE's own decoder, given the context: at r = 0 the reconstruction decodes the code, so
+    it trains the decoder and the code."""
     model = tiny([{"name": "aux_autoencoder", "mix_steps": 100}], use_acts=True).train()
     out = model(random_batch(8, seed=10, acts=True))
     assert torch.isfinite(out.terms["aux_autoencoder"])
@@ -323,6 +327,23 @@ def test_save_and_load_roundtrip(tmp_path):
         torch.testing.assert_close(loaded.log_likelihood(batch, z), model.log_likelihood(batch, z))
         torch.testing.assert_close(loaded.prior(loaded.encode_context(batch)).mu,
                                    model.prior(model.encode_context(batch)).mu)
+
+
+def test_a_model_saved_before_decoder_z_loads_with_the_wiring_it_was_trained_with(tmp_path):
+    """Models saved before model.decoder_z existed fed z to every decoder input: their config.json,
+    without the key, is read as decoder_z: every_input (the weights' shapes say so too)."""
+    model = tiny(use_acts=True, decoder_z="every_input").eval()
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["model"]["decoder_z"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded = KgCVAE.from_pretrained(tmp_path).eval()
+    assert loaded.cfg.decoder_z == "every_input"
+    batch, z = random_batch(4, seed=9, acts=True), torch.randn(2, 4, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.log_likelihood(batch, z), model.log_likelihood(batch, z))
+    with pytest.raises(TextVAEError, match="model.decoder_z 'both'; valid: initial_state, every_input"):
+        tiny(decoder_z="both")
 
 
 # ---- generation metrics ---------------------------------------------------------------------------

@@ -34,6 +34,24 @@ def test_an_unknown_name_is_an_error_listing_the_packaged_ones(kind, name, tmp_p
         find_yaml(kind, name)
 
 
+def test_only_a_leading_parent_folder_is_dropped(tmp_path, monkeypatch):
+    """``../recipes/ptb/vae.yaml`` (a study's base, copied out) names the packaged recipe; a ``..``
+    further in is a path of its own, not a packaged name."""
+    monkeypatch.chdir(tmp_path)
+    assert find_yaml("recipe", "../../recipes/ptb/vae.yaml") == PACKAGE / "recipes" / "ptb" / "vae.yaml"
+    with pytest.raises(TextVAEError, match="no such recipe"):
+        find_yaml("recipe", "recipes/yelp/../ptb/lm.yaml")
+
+
+def test_a_local_file_shadowing_a_packaged_name_is_said(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ptb").mkdir()
+    (tmp_path / "ptb" / "vae.yaml").write_text("name: mine\n")
+    with caplog.at_level("INFO", logger="textvae"):
+        assert find_yaml("recipe", "ptb/vae.yaml") == Path("ptb/vae.yaml")
+    assert "not the packaged one" in caplog.text
+
+
 def test_the_wheel_ships_every_recipe_and_study():
     """pyproject's package-data patterns match every YAML under textvae/ (a non-editable install has
     nothing else)."""

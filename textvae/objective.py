@@ -20,19 +20,19 @@ import torch
 from torch import nn
 
 from textvae.config import ObjectiveConfig
-from textvae.remedies import STANDARD_PRIOR, check_remedies, create_remedy, transforms_posterior
+from textvae.remedies import check_remedies, create_remedy, transforms_posterior
 from textvae.schedules import create_schedule
 
 
 class Objective(nn.Module):
-    def __init__(self, cfg: ObjectiveConfig, posterior: str = "gaussian", prior: str = STANDARD_PRIOR,
-                 **context: Any):
-        """``posterior`` and ``prior`` name the model's latent family for the remedies' combination
-        rules (:func:`~textvae.remedies.base.check_remedies`); ``context`` holds the model facts the
-        remedies are built with."""
+    def __init__(self, cfg: ObjectiveConfig, posterior: str = "gaussian", **context: Any):
+        """``posterior`` names the model's posterior for the remedies' combination rules
+        (:func:`~textvae.remedies.base.check_remedies`, without the prior's rule: that one is a run's
+        check before it starts, so a model saved before the rule still loads); ``context`` holds the
+        model facts the remedies are built with."""
         super().__init__()
         self.schedule = create_schedule(cfg.kl_schedule)
-        check_remedies(cfg.remedies, context.get("latent_dim"), posterior, prior)
+        check_remedies(cfg.remedies, context.get("latent_dim"), posterior)
         self.remedies: nn.ModuleList = nn.ModuleList(create_remedy(spec, **context) for spec in cfg.remedies)
 
     def beta(self, step: int) -> float:

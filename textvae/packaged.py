@@ -9,6 +9,7 @@ into the package, so commands written then still run). Studies alike: ``studies/
 """
 from __future__ import annotations
 
+import logging
 import re
 from importlib import resources
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Optional
 from textvae.errors import TextVAEError
 
 FOLDERS = {"recipe": "recipes", "study": "studies"}
+log = logging.getLogger("textvae")
 
 
 def packaged_folder(kind: str) -> Path:
@@ -35,10 +37,12 @@ def packaged_file(kind: str, name: str) -> Optional[Path]:
     package folder's own name, and ``.yaml`` may be left out."""
     if Path(name).is_absolute():
         return None
-    parts = [p for p in Path(name).parts if p not in (".", "..")]
+    parts = list(Path(name).parts)
+    while parts[:1] in (["."], [".."]):  # a study file's ../recipes/..., copied out of the package
+        parts = parts[1:]
     if parts[:1] == [FOLDERS[kind]]:
         parts = parts[1:]
-    if not parts:
+    if not parts or ".." in parts:  # a packaged name never leaves its folder
         return None
     path = packaged_folder(kind).joinpath(*parts)
     for candidate in (path, path.with_name(path.name + ".yaml")):
@@ -50,9 +54,11 @@ def packaged_file(kind: str, name: str) -> Optional[Path]:
 def find_yaml(kind: str, name: str) -> Path:
     """``name`` as a file where there is one, else the packaged ``kind`` it names; an error listing
     the packaged names when neither exists."""
-    if Path(name).is_file():
-        return Path(name)
     found = packaged_file(kind, name)
+    if Path(name).is_file():
+        if found is not None and found.resolve() != Path(name).resolve():
+            log.info("%s %s: the file %s, not the packaged one of that name", kind, name, Path(name).resolve())
+        return Path(name)
     if found is None:
         raise TextVAEError(f"no such {kind}: {name} (neither a file nor a packaged {kind}; packaged: "
                            f"{', '.join(packaged_names(kind))}; textvae list {kind} says what each is)")

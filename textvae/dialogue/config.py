@@ -56,8 +56,10 @@ class CVAEConfig:
 
     use_acts: kgCVAE: the response's dialogue act y enters the recognition network and the
         decoder, and an MLP on [c, z] predicts it (an added cross-entropy); needs labelled data.
-    z_every_input: z also joins every decoder input ([z, y]), as textvae's sentence decoders feed it:
-        a stronger coupling than Zhao et al.'s (their z reaches only the initial state).
+    decoder_z: ``initial_state`` (Zhao et al.'s code: z reaches the decoder through its linear
+        initial state only) or ``every_input`` (z also joins every decoder input, [z, y], and the
+        initial state goes through a tanh: textvae's wiring before 2026-12-06 and a stronger coupling;
+        a model saved without this key is read so).
     prior_remedies: remedies of the objective whose ``transform_posterior`` is also applied, by a
         second instance with the same parameters, to the prior network's (mu, logvar): BN-VAE's
         CVAE extension (Zhu et al. 2020) normalises the means of both q(z|x,c) and p(z|c).
@@ -79,7 +81,7 @@ class CVAEConfig:
     use_acts: bool = False
     act_emb_dim: int = 30
     act_hidden: int = 400
-    z_every_input: bool = False
+    decoder_z: str = "initial_state"
     prior_remedies: list[str] = field(default_factory=lambda: ["bn_vae"])
 
     RANGES: ClassVar[dict[str, Range]] = {

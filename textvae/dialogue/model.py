@@ -8,8 +8,9 @@
     decoder                     p(x | z, c, y): initial state W [c; z; e_y] + b, e_y at every input
 
 with y the response's dialogue act (kgCVAE only; e_y its embedding). As in Zhao et al.'s code z reaches
-the decoder through its initial state only (``model.z_every_input`` also concatenates it to every
-input, a stronger coupling than theirs). Training uses the true y in the decoder; generation and every
+the decoder through its initial state only (``model.decoder_z: every_input``, the wiring textvae had
+before, also concatenates it to every input and puts a tanh on the initial state: a stronger coupling
+than theirs). Training uses the true y in the decoder; generation and every
 likelihood figure here use the predicted soft label e_ŷ = softmax(.) @ E, so p(x | z, c) needs nothing
 but the context. Zhao et al.'s code reports its validation and test ELBO with the true act (only
 generation uses the predicted one), so their kgCVAE likelihoods condition on more than the context and
@@ -47,7 +48,8 @@ from textvae.models.textvae import PretrainedMixin, VAEOutput
 from textvae.objective import Objective
 from textvae.remedies import create_remedy
 
-RECURRENT_DECODERS = ("gru", "lstm")  # the decoders with the `rnn`, `num_layers`, `hidden_dim` the CVAE's state needs
+RECURRENT_DECODERS = ("gru", "lstm")
+DECODER_Z = ("initial_state", "every_input")  # where z enters the decoder: CVAEConfig.decoder_z  # the decoders with the `rnn`, `num_layers`, `hidden_dim` the CVAE's state needs
 
 
 class HierarchicalContextEncoder(nn.Module):
@@ -108,12 +110,15 @@ class KgCVAE(OutputHead, PretrainedMixin, nn.Module):
                                                 nn.Linear(cfg.act_hidden, n_acts))
         self.recognition = nn.Linear(u + c + y, 2 * d)
         self.prior_net = nn.Sequential(nn.Linear(c, cfg.prior_hidden), nn.Tanh(), nn.Linear(cfg.prior_hidden, 2 * d))
-        # The decoder's per-input conditioning is e_y ([z; e_y] with z_every_input); [c; z; e_y] sets its state.
+        # The decoder's per-input conditioning is e_y ([z; e_y] with every_input); [c; z; e_y] sets its state.
+        if cfg.decoder_z not in DECODER_Z:
+            raise TextVAEError(f"model.decoder_z {cfg.decoder_z!r}; valid: {', '.join(DECODER_Z)}")
+        every_input = cfg.decoder_z == "every_input"
         if cfg.decoder_type not in RECURRENT_DECODERS:  # the initial state below is an RNN's, layer by layer
             raise TextVAEError(f"model.decoder_type {cfg.decoder_type!r}: the dialogue CVAE starts its decoder "
                                f"from [c; z] as a recurrent state; valid: {', '.join(RECURRENT_DECODERS)}")
         self.decoder = DECODERS.build(cfg.decoder_type, {}, vocab_size=vocab_size, emb_dim=cfg.emb_dim,
-                                      hidden_dim=cfg.decoder_hidden, latent_dim=(d if cfg.z_every_input else 0) + y,
+                                      hidden_dim=cfg.decoder_hidden, latent_dim=(d if every_input else 0) + y,
                                       num_layers=cfg.decoder_layers,
                                       input_dropout=cfg.input_dropout, output_dropout=cfg.output_dropout,
                                       z_init=False, z_concat=True)
@@ -126,8 +131,7 @@ class KgCVAE(OutputHead, PretrainedMixin, nn.Module):
         self.fused_loss = False
         facts = dict(latent_dim=d, vocab_size=vocab_size, hidden_dim=self.decoder.out_dim, emb_dim=cfg.emb_dim,
                      encoder_dim=u + c + y, condition_dim=c)
-        family = cfg.latent_family()
-        self.objective = Objective(self.objective_cfg, posterior=family["posterior"], prior=family["prior"], **facts)
+        self.objective = Objective(self.objective_cfg, posterior=cfg.latent_family()["posterior"], **facts)
         # BN-VAE's CVAE extension: a second instance of the same remedy for the prior's parameters,
         # so the prior's batch statistics are kept apart from the posterior's.
         self.prior_transforms = nn.ModuleList(
@@ -205,17 +209,19 @@ class KgCVAE(OutputHead, PretrainedMixin, nn.Module):
 
     def step_code(self, code: torch.Tensor) -> torch.Tensor:
         """What joins every decoder input: e_y [B, A] (nothing, [B, 0], without acts), or the whole
-        [z; e_y] with ``z_every_input``."""
-        return code if self.cfg.z_every_input else code[:, self.latent_dim:]
+        [z; e_y] with ``decoder_z: every_input``."""
+        return code if self.cfg.decoder_z == "every_input" else code[:, self.latent_dim:]
 
     # ---- decoder side ------------------------------------------------------------------------
     def initial_state(self, c: torch.Tensor, code: torch.Tensor) -> Any:
         """Decoder state from [c; z; e_y], linear as in Zhao et al.'s code: h0 = W [c; code] + b per
-        layer (LSTMs: c0 = h0)."""
+        layer (LSTMs: c0 = h0); with ``decoder_z: every_input`` h0 = tanh(W [c; code] + b) (LSTMs:
+        c0 = W [..] + b), as textvae's decoders do with z."""
         dec = self.decoder
         pre = self.init_state(torch.cat([c, code], -1))
         pre = pre.view(c.shape[0], dec.num_layers, dec.hidden_dim).transpose(0, 1).contiguous()
-        return (pre, pre) if isinstance(dec.rnn, nn.LSTM) else pre
+        h0 = torch.tanh(pre) if self.cfg.decoder_z == "every_input" else pre
+        return (h0, pre) if isinstance(dec.rnn, nn.LSTM) else h0
 
     @staticmethod
     def with_context(response: Batch, c: torch.Tensor) -> Batch:
@@ -293,7 +299,8 @@ class KgCVAE(OutputHead, PretrainedMixin, nn.Module):
     def from_config_dict(cls, cfg: dict[str, Any]) -> "KgCVAE":
         if cfg.get("model_type") != "kgcvae":
             raise TextVAEError("not a saved dialogue CVAE (config.json has no model_type: kgcvae)")
-        return cls(CVAEConfig(**cfg["model"]), int(cfg["vocab_size"]), ObjectiveConfig(**cfg.get("objective", {})),
+        # models saved before decoder_z existed were wired the former way
+        return cls(CVAEConfig(**{"decoder_z": "every_input", **cfg["model"]}), int(cfg["vocab_size"]), ObjectiveConfig(**cfg.get("objective", {})),
                    cfg.get("act_names"), cfg.get("text"))
 
 

@@ -150,7 +150,7 @@ class TextVAE(OutputHead, PretrainedMixin, nn.Module):
                 raise TextVAEError(f"tie_weights needs decoder hidden_dim == emb_dim "
                                    f"({self.decoder.out_dim} != {cfg.emb_dim})")
             self.projection.weight = self.decoder.embedding.weight
-        self.objective = Objective(self.objective_cfg, posterior=cfg.posterior, prior=cfg.prior, latent_dim=d,
+        self.objective = Objective(self.objective_cfg, posterior=cfg.posterior, latent_dim=d,
                                    vocab_size=vocab_size, hidden_dim=self.decoder.out_dim, emb_dim=cfg.emb_dim,
                                    encoder_dim=self.encoder.out_dim if d > 0 else 0)
 

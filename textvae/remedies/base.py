@@ -21,7 +21,14 @@ REMEDIES: Registry = Registry("remedy", recipe="objective.remedies: [{name: NAME
 
 
 def register_remedy(name: str):
-    return REMEDIES.register(name)
+    """Register a remedy class under ``name``, which becomes its ``name`` (the first one, for a class
+    registered under several)."""
+    register = REMEDIES.register(name)
+
+    def named(cls: type) -> type:
+        cls.name = cls.__dict__.get("name") or name
+        return register(cls)
+    return named
 
 
 def list_remedies() -> list[str]:
@@ -73,7 +80,7 @@ class Remedy(nn.Module):
     * ``corrupt_inputs(inputs [B, T]) -> [B, T]``: decoder inputs, training only (word dropout).
     * ``transform_posterior(mu, logvar) -> (mu, logvar)``: posterior parameters (BN-VAE, delta-VAE).
     * ``decoder_latent(z [B, D], h [B, H], step) -> [B, D]``: the latent the decoder reads in training
-      (the auxiliary autoencoder's mix of its code and a stop-gradient z); z itself by default.
+      (the auxiliary autoencoder's mix of its code and z); z itself by default.
     * ``kl_term(kl [B, D], beta, step) -> [B] | None``: replaces the default ``beta * Σ_d KL``
       (free bits, KL constraint); at most one remedy may set ``replaces_kl``. The batch mean of
       the returned per-sentence values is the loss, so batch-level rules (free bits over the
@@ -110,7 +117,7 @@ class Remedy(nn.Module):
     # True for a remedy whose guarantee is a bound against the fixed N(0, I) prior (delta-VAE's
     # committed rate): a learned prior can follow the constrained posterior and void it
     needs_standard_prior = False
-    # The name a recipe calls it by (set by :func:`create_remedy`): the key of its logged terms and errors
+    # The name a recipe calls it by (set by :func:`register_remedy`): the key of its logged terms and errors
     name = ""
 
     def corrupt_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -188,7 +195,7 @@ def check_remedies(specs: list[Any], latent_dim: Optional[int] = None, posterior
     names = [spec["name"] for spec in specs]
     classes = [REMEDIES.get(name) for name in names]
     twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:  # their losses and logged terms are keyed by class: one would silently replace the other
+    if twice:  # their losses and logged terms are keyed by name: one would silently replace the other
         raise TextVAEError(f"remedies {twice} are listed more than once in objective.remedies; list each once")
     kl_owners = [n for n, c in zip(names, classes) if c.replaces_kl]
     if len(kl_owners) > 1:
@@ -216,7 +223,4 @@ def create_remedy(spec: dict[str, Any], **context: Any) -> Remedy:
     """
     check_remedies([spec], context.get("latent_dim"))
     params = dict(spec)
-    name = params.pop("name")
-    remedy = REMEDIES.build(name, params, **context)
-    remedy.name = name
-    return remedy
+    return REMEDIES.build(params.pop("name"), params, **context)

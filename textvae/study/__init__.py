@@ -128,10 +128,10 @@ def run_study(path: str | Path, jobs: int = 1, out: Optional[str] = None, only: 
 
 
 def main(argv: list[str]) -> None:
-    """``textvae study STUDY.yaml [--jobs N] [--out DIR] [--only VARIANT[/seedK] ...] [--seeds K ...]
+    """``textvae study STUDY [--jobs N] [--out DIR] [--only VARIANT[/seedK] ...] [--seeds K ...]
     [--set K=V ...] [--status | --report] [--archive FILE]``."""
     ap = CommandParser(prog="textvae study", description="Train variants x seeds of a recipe and aggregate them.")
-    ap.add_argument("study", help="study YAML file")
+    ap.add_argument("study", help="study YAML file, or a packaged study's name (textvae list study)")
     ap.add_argument("--jobs", type=int, default=1, help="runs at a time (subprocesses when > 1)")
     ap.add_argument("--out", help="output folder (default: the study's `out`, else out/<name>)")
     ap.add_argument("--only", nargs="+", metavar="VARIANT",

@@ -33,7 +33,8 @@ class DialogueTask(Task):
 
     def check(self) -> None:
         check_text_metrics(instead="the test report scores the responses with them")
-        transforms = [n for n in REMEDIES.names() if transforms_posterior(REMEDIES.get(n))]
+        transforms = [n for n in REMEDIES.names()
+                      if transforms_posterior(REMEDIES.get(n)) and not REMEDIES.get(n).needs_standard_prior]
         wrong = [n for n in self.cfg.model.prior_remedies if n not in transforms]
         if wrong:  # a misspelt name would otherwise leave p(z|c) untransformed without a word
             raise TextVAEError(f"model.prior_remedies {wrong}: not a remedy that transforms the posterior's "

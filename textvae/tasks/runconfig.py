@@ -18,7 +18,7 @@ import yaml
 
 from textvae.config import from_dict
 from textvae.errors import TextVAEError
-from textvae.packaged import find_yaml, packaged_folder
+from textvae.packaged import find_yaml, packaged_file, packaged_folder
 from textvae.tasks.base import TASKS
 
 DEFAULT_TASK = "sentences"
@@ -119,7 +119,8 @@ def parse_run_config(argv: list[str]) -> tuple[Any, bool]:
         values = parser.parse_args(argv).as_dict()
     except ArgumentError as e:
         message = plain_type_error(" ".join(str(e).split()))
-        stray = [a for a in argv[2:] if a.endswith((".yaml", ".yml")) and Path(a).is_file()]
+        stray = [a for a in argv[2:] if not a.startswith("-") and ((a.endswith((".yaml", ".yml")) and Path(a).is_file())
+                                                                     or packaged_file("recipe", a) is not None)]
         if "unrecognized arguments" in message.lower() and stray:
             message += f" (the recipe {stray[0]} goes first, before the overrides)"
         elif "unrecognized arguments" in message.lower() and "--set" in argv:

@@ -33,6 +33,7 @@ import contextvars
 import ctypes
 import ctypes.util
 import dataclasses
+import inspect
 import json
 import logging
 import math
@@ -413,9 +414,10 @@ def check_config(cfg: RunConfig) -> None:
     # names, parameters and their types, and how they combine with each other and the model, before the data
     check_remedies(cfg.objective.remedies, **cfg.model.latent_family())
     create_schedule(cfg.objective.kl_schedule)
-    if oc.cycle_lr_stairs and oc.cycle_lr != "cosine":
-        raise TextVAEError(f"optim.cycle_lr_stairs shapes the cosine lr only; set optim.cycle_lr: cosine "
-                           f"(got {oc.cycle_lr!r}) or cycle_lr_stairs: 0")
+    stepped = [n for n in LR_SCHEDULES.names() if "stairs" in inspect.signature(LR_SCHEDULES.get(n)).parameters]
+    if oc.cycle_lr_stairs and oc.cycle_lr not in stepped:  # the schedules whose factory takes stairs
+        raise TextVAEError(f"optim.cycle_lr_stairs shapes the {' or '.join(stepped)} lr only; set optim.cycle_lr: "
+                           f"{stepped[0]} (got {oc.cycle_lr!r}) or cycle_lr_stairs: 0")
 
 
 def warn_about_settings(cfg: Any, n_train: int) -> None:
