@@ -31,7 +31,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -143,6 +143,15 @@ class MarkovSource:
     def log_prob_ids(self, ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """True log p(x) [N] of encoded sentences (ids [N, L], lengths [N])."""
         raise NotImplementedError
+
+    def true_log_prob(self, ids: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, Optional[float]]:
+        """(log p(x) [N], the largest error bound of its computation, or None where it is exact)."""
+        return self.log_prob_ids(ids, lengths), None
+
+    def accuracy_record(self, errors: dict[str, float]) -> dict[str, Any]:
+        """What truth.json says of how accurate its log p(x) is, from each split's error bound (none
+        for exact computations)."""
+        return {}
 
     def mutual_information(self, n_samples: int, rng: np.random.Generator) -> tuple[float, float]:
         """Monte Carlo estimate of I(x; latent) in nats and its standard error."""
@@ -525,6 +534,16 @@ class ContinuousZMarkov(MarkovSource):
     def log_prob_ids(self, ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         return self.quadrature_log_prob(ids, lengths, [self.params.quadrature_nodes])[0]
 
+    def true_log_prob(self, ids: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, Optional[float]]:
+        """log p(x) by quadrature, and its largest change from the coarser grid to ``check_nodes``."""
+        log_px, check = self.quadrature_log_prob(ids, lengths, [self.params.quadrature_nodes,
+                                                                self.params.check_nodes])
+        return log_px, float(np.abs(check - log_px).max())
+
+    def accuracy_record(self, errors: dict[str, float]) -> dict[str, Any]:
+        return {"quadrature": {"nodes": self.params.quadrature_nodes, "check_nodes": self.params.check_nodes,
+                               "max_abs_diff": max(errors.values()), "max_abs_diff_per_split": errors}}
+
     def mutual_information(self, n_samples: int, rng: np.random.Generator) -> tuple[float, float]:
         """I(x;z) = E_{z,x} [log p(x|z) - log p(x)] over joint samples; log p(x) by quadrature."""
         ids, lengths, z = self.sample(n_samples, rng)
@@ -589,16 +608,13 @@ def generate_corpus(
             return out_dir
 
     truth: dict[str, Any] = dict(key, prior_entropy=model.prior_entropy(), splits={})
-    quad_diff: dict[str, float] = {}  # synthetic_z: max |log p(x) at n - at check_nodes| per split
+    errors: dict[str, float] = {}  # each split's error bound of log p(x), where it is computed approximately
     out_dir.mkdir(parents=True, exist_ok=True)
     for split in SPLITS:
         ids, lengths, latent = model.sample(sizes[split], model.rng(split))
-        if isinstance(model, ContinuousZMarkov):
-            nodes = [model.params.quadrature_nodes, model.params.check_nodes]
-            log_px, check = model.quadrature_log_prob(ids, lengths, nodes)
-            quad_diff[split] = float(np.abs(check - log_px).max())
-        else:
-            log_px = model.log_prob_ids(ids, lengths)
+        log_px, error = model.true_log_prob(ids, lengths)
+        if error is not None:
+            errors[split] = error
         n_tokens = int(lengths.sum()) + len(lengths)
         truth["splits"][split] = {
             "n_sentences": len(lengths),
@@ -610,13 +626,7 @@ def generate_corpus(
         }
         _write_atomic(out_dir / f"{split}.txt", "".join(line + "\n" for line in model.lines(ids, lengths)))
     truth["mi"], truth["mi_stderr"] = model.mutual_information(mi_samples, model.rng("mi"))
-    if isinstance(model, ContinuousZMarkov):
-        truth["quadrature"] = {
-            "nodes": model.params.quadrature_nodes,
-            "check_nodes": model.params.check_nodes,
-            "max_abs_diff": max(quad_diff.values()),
-            "max_abs_diff_per_split": quad_diff,
-        }
+    truth.update(model.accuracy_record(errors))
     # truth.json last: its presence marks a complete corpus.
     _write_atomic(out_dir / TRUTH_FILE, json.dumps(truth))
     return out_dir
