@@ -52,7 +52,9 @@ def train_parser(config_class: type):
                                         "The defaults shown are those the run uses: the recipe's values (with no "
                                         "recipe, those of the embedded textvae/recipes/synthetic.yaml), and the "
                                         "configuration's built-in defaults for the keys the recipe leaves out.")
-    parser.add_argument("--config", action="config", help="recipe YAML (also accepted as the first argument)")
+    parser.add_argument("--config", action="config", help="recipe: a YAML file or a packaged recipe's name, e.g. "
+                                                          "ptb/vae (textvae list recipe); also accepted as the "
+                                                          "first argument")
     parser.add_argument("--resume", action="store_true", help="continue the run in out_dir/name")
     if not _has_task_key(config_class):  # the default task's recipes may still say `task: sentences`
         parser.add_argument("--task", choices=[DEFAULT_TASK], default=DEFAULT_TASK,
