@@ -143,6 +143,7 @@ def cmd_evaluate(argv: list[str]) -> None:
     from textvae.models.native import native_kernels
     from textvae.training.denormals import denormals_flushed
     from textvae.training.train import check_precision, evaluation, freed_memory_kept, precision_autocast
+    from textvae.tasks.runconfig import DEFAULT_TASK
     from textvae.tasks.sentences import truth_figures
 
     args = evaluate_parser().parse_args(argv)
@@ -152,8 +153,8 @@ def cmd_evaluate(argv: list[str]) -> None:
         raise TextVAEError("--gen-sentences must be >= 2 (self-BLEU compares samples with each other)")
     device = torch.device(args.device)
     check_precision(device, args.precision, "--precision")
-    task = (model_folder(args.model)[1] or {}).get("task", "sentences")
-    if task != "sentences":
+    task = (model_folder(args.model)[1] or {}).get("task", DEFAULT_TASK)
+    if task != DEFAULT_TASK:  # the other tasks' own test report; the sentence VAE's options below
         return evaluate_task_run(args, task, device)
     model, tokenizer, run_cfg = load_model_dir(args.model)
     data_cfg, data = evaluation_data(args, run_cfg, tokenizer)
