@@ -451,6 +451,42 @@ def test_the_cvae_figures_through_the_metric_registry_are_those_computed_before(
         assert {key: figures[key] for key in former} == former
 
 
+def test_likelihoods_condition_on_the_true_act_when_asked(tmp_path):
+    """eval.likelihood_act: true gives Zhao et al.'s reported ELBO, log p(x | z, c, y) with the labelled
+    act; the default conditions on the act predicted from (c, z). The test report says which."""
+    model = tiny(use_acts=True).eval()
+    batch, z = random_batch(4, seed=11, acts=True), torch.randn(2, 4, 3)
+    with torch.no_grad():
+        c = model.encode_context(batch)
+        predicted = model.log_likelihood(batch, z, c)
+        with model.likelihood_acts("true"):
+            true = model.log_likelihood(batch, z, c)
+        assert model.likelihood_act == "predicted"  # restored after the block
+        for s in range(2):  # by hand: the decoder conditioned on [z; e_y] of the labelled act
+            code = torch.cat([z[s], model.act_embedding(batch.acts)], -1)
+            hidden, _ = model.decoder(batch.response.inputs, model.step_code(code), model.initial_state(c, code))
+            torch.testing.assert_close(true[s], -model.sentence_nll(hidden, batch.response.targets))
+    assert not torch.allclose(true, predicted)
+    with pytest.raises(TextVAEError, match="eval.likelihood_act 'both'; valid: predicted, true"):
+        with model.likelihood_acts("both"):
+            pass
+
+    write_dialogues(tmp_path)
+    reports = {}
+    for act in ("predicted", "true"):
+        cfg = CVAERunConfig(data=DialogueDataConfig(name=str(tmp_path), context_turns=2, eval_batch_size=4),
+                            model=tiny(use_acts=True).cfg, train=TrainConfig(iw_samples_final=2),
+                            eval=DialogueEvalConfig(n_responses=1, max_contexts=2, max_len=3, likelihood_act=act))
+        task = create_task(cfg)
+        data = task.load_data()
+        torch.manual_seed(3)
+        task.build_model(data).save_pretrained(tmp_path / "best")
+        reports[act] = task.test_report(data, tmp_path / "best", torch.device("cpu"))
+    assert reports["true"]["likelihood_act"] == "true" and reports["predicted"]["likelihood_act"] == "predicted"
+    assert reports["true"]["neg_elbo"] != reports["predicted"]["neg_elbo"]
+    assert reports["true"]["kl"] == reports["predicted"]["kl"]  # q(z|x,c,y) and p(z|c) are the same
+
+
 def test_a_dialogue_run_checks_its_report_s_packages_first(tmp_path, monkeypatch):
     """The test report scores responses with BLEU: without sacrebleu the run fails before it starts."""
     from tests.test_bad_input import without

@@ -105,6 +105,11 @@ class DialogueEvalConfig:
     evenly over the split. Likelihood: ELBO terms and IW-NLL with
     ``train.iw_samples_final`` samples on at most ``max_pairs`` test pairs, spread evenly over the split.
     ``None`` = all.
+
+    likelihood_act (kgCVAE): the act the validation and test likelihood figures condition on:
+        ``predicted`` (softmax(p(y|z,c)) @ E, so p(x|z,c) needs nothing but the context) or ``true``
+        (the response's labelled act, as Zhao et al.'s code reports its validation and test ELBO:
+        the figures to set beside theirs). Generation always predicts the act.
     """
 
     n_responses: int = 10
@@ -114,6 +119,7 @@ class DialogueEvalConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     max_pairs: Optional[int] = None
+    likelihood_act: str = "predicted"
 
     RANGES: ClassVar[dict[str, Range]] = {"n_responses": COUNT, "max_contexts": COUNT, "max_len": COUNT,
                                           "temperature": POSITIVE, "top_p": Range(above=0, most=1), "max_pairs": COUNT}

@@ -10,11 +10,11 @@
 with y the response's dialogue act (kgCVAE only; e_y its embedding). As in Zhao et al.'s code z reaches
 the decoder through its initial state only (``model.decoder_z: every_input``, the wiring textvae had
 before, also concatenates it to every input and puts a tanh on the initial state: a stronger coupling
-than theirs). Training uses the true y in the decoder; generation and every
-likelihood figure here use the predicted soft label e_ŷ = softmax(.) @ E, so p(x | z, c) needs nothing
-but the context. Zhao et al.'s code reports its validation and test ELBO with the true act (only
-generation uses the predicted one), so their kgCVAE likelihoods condition on more than the context and
-are not comparable with these.
+than theirs). Training uses the true y in the decoder; generation, and by default every likelihood
+figure, use the predicted soft label e_ŷ = softmax(.) @ E, so p(x | z, c) needs nothing but the context.
+Zhao et al.'s code reports its validation and test ELBO with the true act (only generation uses the
+predicted one): those figures condition on more than the context, and ``eval.likelihood_act: true``
+gives them (:meth:`KgCVAE.likelihood_acts`).
 
 The KL between the two diagonal Gaussians is in closed form (:meth:`DiagGaussian.kl`). The loss comes
 from the same :class:`~textvae.objective.Objective` as every sentence VAE, so KL schedules and the
@@ -26,9 +26,10 @@ input [x; c (; act features)], of ``encoder_dim`` units.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import replace
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +50,8 @@ from textvae.objective import Objective
 from textvae.remedies import create_remedy
 
 RECURRENT_DECODERS = ("gru", "lstm")
-DECODER_Z = ("initial_state", "every_input")  # where z enters the decoder: CVAEConfig.decoder_z  # the decoders with the `rnn`, `num_layers`, `hidden_dim` the CVAE's state needs
+DECODER_Z = ("initial_state", "every_input")  # where z enters the decoder: CVAEConfig.decoder_z
+LIKELIHOOD_ACTS = ("predicted", "true")  # what evaluation conditions on: DialogueEvalConfig.likelihood_act  # the decoders with the `rnn`, `num_layers`, `hidden_dim` the CVAE's state needs
 
 
 class HierarchicalContextEncoder(nn.Module):
@@ -92,6 +94,7 @@ class KgCVAE(OutputHead, PretrainedMixin, nn.Module):
         self.objective_cfg = objective or ObjectiveConfig()
         self.act_names = list(act_names or [])
         self.text = dict(text or {})
+        self.likelihood_act = "predicted"  # what evaluation's likelihoods condition on (likelihood_acts)
         if cfg.use_acts and not self.act_names:
             raise TextVAEError("model.use_acts (kgCVAE) needs dialogue-act labels, and the data has none")
         d = cfg.latent_dim
@@ -140,6 +143,18 @@ class KgCVAE(OutputHead, PretrainedMixin, nn.Module):
     @property
     def latent_dim(self) -> int:
         return self.cfg.latent_dim
+
+    @contextlib.contextmanager
+    def likelihood_acts(self, which: str) -> Iterator[None]:
+        """Inside the block, likelihoods in evaluation condition on the ``which`` act: ``predicted``
+        (the default) or ``true`` (the labelled one, as Zhao et al.'s reported ELBO)."""
+        if which not in LIKELIHOOD_ACTS:
+            raise TextVAEError(f"eval.likelihood_act {which!r}; valid: {', '.join(LIKELIHOOD_ACTS)}")
+        before, self.likelihood_act = self.likelihood_act, which
+        try:
+            yield
+        finally:
+            self.likelihood_act = before
 
     @property
     def use_acts(self) -> bool:
@@ -230,13 +245,14 @@ class KgCVAE(OutputHead, PretrainedMixin, nn.Module):
 
     def token_nll(self, response: Batch, z: torch.Tensor, inputs: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Per-response Σ_t −log p(x_t | x_<t, z, c) [B], c from ``response.extras["context_vector"]``
-        (:meth:`with_context`). In training a kgCVAE decodes with the true act of the response
-        (``extras["labels"]``), otherwise with the predicted one. ``inputs`` overrides the decoder
-        inputs (word dropout) while the targets stay the true tokens."""
+        (:meth:`with_context`). In training, or inside :meth:`likelihood_acts` ``"true"``, a kgCVAE
+        decodes with the true act of the response (``extras["labels"]``), otherwise with the predicted
+        one. ``inputs`` overrides the decoder inputs (word dropout) while the targets stay the true tokens."""
         c = response.extras.get("context_vector")
         if c is None:
             raise TextVAEError("KgCVAE.token_nll: the response batch carries no context vector (see with_context)")
-        code = self.latent_code(c, z, response.extras.get("labels") if self.training and self.use_acts else None)
+        true_act = self.use_acts and (self.training or self.likelihood_act == "true")
+        code = self.latent_code(c, z, response.extras.get("labels") if true_act else None)
         hidden, _ = self.decoder(response.inputs if inputs is None else inputs, self.step_code(code),
                                  self.initial_state(c, code))
         return self.sentence_nll(hidden, response.targets)
@@ -247,8 +263,10 @@ class KgCVAE(OutputHead, PretrainedMixin, nn.Module):
         s, b, d = z.shape
         c = self.encode_context(batch) if c is None else c
         r = batch.response
-        repeated = Batch(tokens=r.tokens.repeat(s, 1), lengths=r.lengths.repeat(s),
-                         extras={"context_vector": c.repeat(s, 1)})
+        extras = {"context_vector": c.repeat(s, 1)}
+        if self.use_acts and self.likelihood_act == "true":
+            extras["labels"] = self._true_acts(batch).repeat(s)
+        repeated = Batch(tokens=r.tokens.repeat(s, 1), lengths=r.lengths.repeat(s), extras=extras)
         return -self.token_nll(repeated, z.reshape(s * b, d)).view(s, b)
 
     def given(self, batch: DialogueBatch) -> tuple["GivenContext", Batch]:

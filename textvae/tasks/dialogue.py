@@ -17,7 +17,7 @@ import torch
 from textvae.dialogue.config import CVAERunConfig
 from textvae.dialogue.data import DialogueData, DialogueSplit, load_dialogue_data
 from textvae.dialogue.metrics import respond_to_split
-from textvae.dialogue.model import KgCVAE
+from textvae.dialogue.model import LIKELIHOOD_ACTS, KgCVAE
 from textvae.errors import TextVAEError
 from textvae.metrics import IWProgress, check_text_metrics, evaluate_model, list_metrics, score_texts
 from textvae.remedies import REMEDIES, transforms_posterior
@@ -33,6 +33,8 @@ class DialogueTask(Task):
 
     def check(self) -> None:
         check_text_metrics(instead="the test report scores the responses with them")
+        if self.cfg.eval.likelihood_act not in LIKELIHOOD_ACTS:
+            raise TextVAEError(f"eval.likelihood_act {self.cfg.eval.likelihood_act!r}; valid: {', '.join(LIKELIHOOD_ACTS)}")
         transforms = [n for n in REMEDIES.names()
                       if transforms_posterior(REMEDIES.get(n)) and not REMEDIES.get(n).needs_standard_prior]
         wrong = [n for n in self.cfg.model.prior_remedies if n not in transforms]
@@ -61,12 +63,17 @@ class DialogueTask(Task):
         text metrics of its responses."""
         model = KgCVAE.from_pretrained(best_dir, device)
         test, ec = data.splits[split], self.cfg.eval
+        # the act likelihoods condition on: in the key only when not the default, so earlier reports resume
+        act = {} if ec.likelihood_act == "predicted" else {"likelihood_act": ec.likelihood_act}
         report = self._figures(model, test, device, "test", ec.max_pairs, self.cfg.train.iw_samples_final,
-                               self.iw_progress(progress, best_dir, device, max_pairs=ec.max_pairs, **split_key(split)))
+                               self.iw_progress(progress, best_dir, device, max_pairs=ec.max_pairs, **act,
+                                                **split_key(split)))
         texts = respond_to_split(model, data.tokenizer, test, ec.n_responses, ec.max_contexts, method=ec.method,
                                  max_len=ec.max_len, generator=torch.Generator(device=device).manual_seed(EVAL_SEED),
                                  temperature=ec.temperature, top_p=ec.top_p)
         report.update(score_texts(texts))
+        if model.use_acts:  # which act its likelihood figures condition on, said beside them
+            report["likelihood_act"] = ec.likelihood_act
         return report
 
     def _figures(self, model: KgCVAE, split: DialogueSplit, device: torch.device, stage: str,
@@ -75,7 +82,8 @@ class DialogueTask(Task):
         """The metrics registered for ``stage`` on ``limit`` pairs spread evenly over ``split``, counted as
         ``n_pairs``, from a generator of their own (the stream the CVAE's recorded figures came from)."""
         batches = (b.to(device) for b in split.batches(self.cfg.data.eval_batch_size, shuffle=False, limit=limit))
-        figures = evaluate_model(model, batches, list_metrics(stage), n_samples=iw_samples,
-                                 generator=torch.Generator().manual_seed(eval_seed()), iw_progress=iw_progress)
+        with model.likelihood_acts(self.cfg.eval.likelihood_act if model.use_acts else "predicted"):
+            figures = evaluate_model(model, batches, list_metrics(stage), n_samples=iw_samples,
+                                     generator=torch.Generator().manual_seed(eval_seed()), iw_progress=iw_progress)
         figures["n_pairs"] = figures.pop("n_sentences")
         return figures
