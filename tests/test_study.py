@@ -724,3 +724,13 @@ def test_the_cpu_smoke_study_has_every_remedy():
     spec = yaml.safe_load((REPO / "textvae" / "studies" / "cpu_smoke.yaml").read_text())
     used = {r["name"] for v in spec["variants"].values() for r in (v or {}).get("objective.remedies", [])}
     assert used == set(list_remedies())
+
+
+def test_the_mi_noise_note_counts_a_dialogue_study_s_pairs():
+    """He et al.'s per-batch MI noise floor sqrt(D / 2N) is said for dialogue studies too, whose
+    reports count pairs, not sentences."""
+    from textvae.study.report import _mi_noise
+
+    assert "D = 32, N = 500" in _mi_noise({"latent_dim": 32, "n_sentences": 500})
+    assert "D = 32, N = 400" in _mi_noise({"latent_dim": 32, "n_pairs": 400})
+    assert _mi_noise({"latent_dim": 32}) == ""

@@ -99,6 +99,8 @@ def aggregate(study: Study, runs: list[Run]) -> dict[str, Any]:
     reports = [r["report"] for r in per_run if r["report"]]
     setting = {k: next((rep[k] for rep in reports if k in rep), None)
                for k in ("iw_samples", "au_threshold", "latent_dim", "n_sentences")}
+    if setting["n_sentences"] is None:  # a dialogue study counts pairs
+        setting["n_pairs"] = next((rep["n_pairs"] for rep in reports if "n_pairs" in rep), None)
     return {"study": study.name, "study_file": str(study.path), "base": str(study.base), "seeds": study.seeds,
             "budget": study.budget, "mi_estimator": "mi_dataset", **setting,
             "variants": variants, "runs": per_run}
@@ -198,7 +200,7 @@ def write_csv(results: dict[str, Any], path: Path) -> None:
 
 def _mi_noise(results: dict[str, Any]) -> str:
     """The published per-batch estimator's noise floor, √(D / 2N), when the reports have it."""
-    d, n = results.get("latent_dim"), results.get("n_sentences")
+    d, n = results.get("latent_dim"), results.get("n_sentences") or results.get("n_pairs")  # a dialogue's: pairs
     if not d or not n:
         return ""
     return (f" (its closed-form entropy beside one sampled log q(z) leaves noise of sd sqrt(D / 2N) = "
