@@ -146,8 +146,18 @@ def test_inputs_are_read_as_the_run_read_its_corpus(tmp_path, caplog):
 
 
 def test_language_model_has_no_latent_space(tmp_path, capsys):
+    """Its figures are the registry's that need no latent: the test report's IW-NLL is its exact NLL
+    (one sample; equal to its -ELBO, KL 0), the same figure textvae evaluate gives."""
+    from textvae.training.logger import final_report
+
     corpus = write_corpus(tmp_path / "corpus", n_train=60, n_eval=20)
-    main(["train", *tiny_args(tmp_path, "lm", corpus, "--model.latent_dim", "0", "--train.max_steps", "1")])
+    main(["train", *tiny_args(tmp_path, "lm", corpus, "--model.latent_dim", "0", "--train.max_steps", "1",
+                              "--train.iw_samples_final", "50")])
+    report = final_report(read_jsonl(tmp_path / "lm" / "metrics.jsonl"))
+    assert report["iw_samples"] == 1 and report["iw_nll"] == pytest.approx(report["neg_elbo"], abs=1e-9)
+    assert not {"au", "mi_dataset", "mi_batch", "kl_per_dim"} & set(report)
+    main(["evaluate", str(tmp_path / "lm"), "--no-generation", "--json", str(tmp_path / "eval.json")])
+    assert json.loads((tmp_path / "eval.json").read_text())["iw_nll"] == pytest.approx(report["iw_nll"], abs=1e-9)
     capsys.readouterr()
     with pytest.raises(SystemExit) as stop:
         main(["reconstruct", str(tmp_path / "lm/model"), "w1 w2"])

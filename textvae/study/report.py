@@ -54,8 +54,9 @@ def figure_keys() -> list[str]:
 
 
 def run_figures(report: dict[str, Any]) -> dict[str, float]:
-    """The figures of one test report. A language model has no IW-NLL: its -ELBO is its exact NLL
-    (KL = 0), so NLL / PPL fall back to -ELBO / ELBO-PPL; a VAE evaluated without importance
+    """The figures of one test report. A language model's IW-NLL is its exact NLL with one sample; one
+    reported before it had it (before 2026-12-07) falls back to its -ELBO / ELBO-PPL, the same exact
+    figure (KL = 0); a VAE evaluated without importance
     samples (``train.iw_samples_final 0``) has no NLL, only its bound (-ELBO). MI is the whole-set
     estimator."""
     nan = math.nan

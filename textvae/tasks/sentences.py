@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -18,9 +18,6 @@ from textvae.training.task import Task, split_key
 from textvae.training.train import evaluation, precision_autocast
 
 log = logging.getLogger("textvae")
-
-LM_METRICS = ("elbo",)  # the language model's -ELBO is its exact NLL
-
 
 @register_task("sentences")
 class SentenceTask(Task):
@@ -37,13 +34,13 @@ class SentenceTask(Task):
             model.load_inference_network(self.cfg.model.encoder_from, data.tokenizer)
 
     def validate(self, model: TextVAE, split: Any, device: torch.device) -> dict[str, float]:
-        return evaluation(model, self._batches(split), device, metrics=metrics_of("epoch", model))
+        return evaluation(model, self._batches(split), device, metrics=list_metrics("epoch"))
 
     def periodic_metrics(self, model: TextVAE, split: Any, device: torch.device,
                          limit: int) -> Optional[dict[str, float]]:
         if model.is_lm:  # the language model has no latent figures; its NLL comes at each epoch end
             return None
-        return evaluation(model, self._batches(split, limit), device, metrics=metrics_of("periodic", model))
+        return evaluation(model, self._batches(split, limit), device, metrics=list_metrics("periodic"))
 
     def test_report(self, data: DataBundle, best_dir: Path, device: torch.device,
                     progress: Optional[Path] = None, split: str = "test") -> dict[str, Any]:
@@ -54,7 +51,7 @@ class SentenceTask(Task):
         # A bf16 run is evaluated under the same autocast (its speed: benchmarks/throughput.py, iw), labelled so.
         with precision_autocast(device, precision):
             report = evaluation(model, self._batches(data.splits[split]), device,
-                                metrics=metrics_of("test", model), n_samples=self.cfg.train.iw_samples_final,
+                                metrics=list_metrics("test"), n_samples=self.cfg.train.iw_samples_final,
                                 iw_progress=self.iw_progress(progress, best_dir, device, **split_key(split)))
         report["eval_precision"] = precision
         if data.truth is not None:
@@ -63,11 +60,6 @@ class SentenceTask(Task):
 
     def _batches(self, split: Any, limit: Optional[int] = None):
         return lambda: split.batches(self.cfg.data.eval_batch_size, shuffle=False, limit=limit)
-
-
-def metrics_of(stage: str, model: TextVAE) -> Sequence[str]:
-    """The registered metrics of a training stage (``textvae.metrics.list_metrics``)."""
-    return LM_METRICS if model.is_lm else list_metrics(stage)
 
 
 def truth_figures(truth: dict[str, Any], split: Split, positions: Optional[np.ndarray] = None) -> dict[str, float]:
