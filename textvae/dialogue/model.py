@@ -49,9 +49,14 @@ from textvae.models.textvae import PretrainedMixin, VAEOutput
 from textvae.objective import Objective
 from textvae.remedies import create_remedy
 
-RECURRENT_DECODERS = ("gru", "lstm")
+RECURRENT_DECODERS = ("gru", "lstm")  # the decoders with the `rnn`, `num_layers`, `hidden_dim` the CVAE's state needs
 DECODER_Z = ("initial_state", "every_input")  # where z enters the decoder: CVAEConfig.decoder_z
-LIKELIHOOD_ACTS = ("predicted", "true")  # what evaluation conditions on: DialogueEvalConfig.likelihood_act  # the decoders with the `rnn`, `num_layers`, `hidden_dim` the CVAE's state needs
+LIKELIHOOD_ACTS = ("predicted", "true")  # what evaluation conditions on: DialogueEvalConfig.likelihood_act
+
+
+def check_likelihood_act(which: str) -> None:
+    if which not in LIKELIHOOD_ACTS:
+        raise TextVAEError(f"eval.likelihood_act {which!r}; valid: {', '.join(LIKELIHOOD_ACTS)}")
 
 
 class HierarchicalContextEncoder(nn.Module):
@@ -148,8 +153,7 @@ class KgCVAE(OutputHead, PretrainedMixin, nn.Module):
     def likelihood_acts(self, which: str) -> Iterator[None]:
         """Inside the block, likelihoods in evaluation condition on the ``which`` act: ``predicted``
         (the default) or ``true`` (the labelled one, as Zhao et al.'s reported ELBO)."""
-        if which not in LIKELIHOOD_ACTS:
-            raise TextVAEError(f"eval.likelihood_act {which!r}; valid: {', '.join(LIKELIHOOD_ACTS)}")
+        check_likelihood_act(which)
         before, self.likelihood_act = self.likelihood_act, which
         try:
             yield
@@ -317,8 +321,8 @@ class KgCVAE(OutputHead, PretrainedMixin, nn.Module):
     def from_config_dict(cls, cfg: dict[str, Any]) -> "KgCVAE":
         if cfg.get("model_type") != "kgcvae":
             raise TextVAEError("not a saved dialogue CVAE (config.json has no model_type: kgcvae)")
-        # models saved before decoder_z existed were wired the former way
-        return cls(CVAEConfig(**{"decoder_z": "every_input", **cfg["model"]}), int(cfg["vocab_size"]), ObjectiveConfig(**cfg.get("objective", {})),
+        model = {"decoder_z": "every_input", **cfg["model"]}  # saved before decoder_z existed: the former wiring
+        return cls(CVAEConfig(**model), int(cfg["vocab_size"]), ObjectiveConfig(**cfg.get("objective", {})),
                    cfg.get("act_names"), cfg.get("text"))
 
 

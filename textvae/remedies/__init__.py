@@ -5,11 +5,10 @@ beta-VAE is not a remedy: it is the ``constant`` KL schedule with ``value: beta`
 """
 from textvae.remedies import (aggressive, aux_autoencoder, bn_vae, bow, data_noising, delta_vae, free_bits,
                               kl_constraint, pretraining, word_dropout, zforcing)
-from textvae.remedies.base import (REMEDIES, STANDARD_PRIOR, Remedy, Trainer, check_remedies, check_remedy,
-                                   create_remedy, keep_procedure_state, list_remedies, register_remedy,
-                                   transforms_posterior)
+from textvae.remedies.base import (REMEDIES, Remedy, Trainer, check_remedies, check_remedy, combines, create_remedy,
+                                   keep_procedure_state, list_remedies, register_remedy, transforms_posterior)
 
-__all__ = ["REMEDIES", "STANDARD_PRIOR", "Remedy", "Trainer", "check_remedies", "check_remedy", "create_remedy",
+__all__ = ["REMEDIES", "Remedy", "Trainer", "check_remedies", "check_remedy", "combines", "create_remedy",
            "keep_procedure_state", "list_remedies", "register_remedy", "transforms_posterior",
            "aggressive", "aux_autoencoder", "bn_vae", "bow", "data_noising", "delta_vae", "free_bits",
            "kl_constraint", "pretraining", "word_dropout", "zforcing"]

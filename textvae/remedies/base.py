@@ -215,6 +215,16 @@ def check_remedies(specs: list[Any], latent_dim: Optional[int] = None, posterior
                            f"model.prior: {STANDARD_PRIOR}")
 
 
+def combines(specs: list[Any], **family: Any) -> bool:
+    """Whether :func:`check_remedies` accepts ``specs`` with the model's ``family`` (latent_dim,
+    posterior, prior)."""
+    try:
+        check_remedies(specs, **family)
+    except TextVAEError:
+        return False
+    return True
+
+
 def create_remedy(spec: dict[str, Any], **context: Any) -> Remedy:
     """Build a remedy from ``{"name": ..., **params}``.
 

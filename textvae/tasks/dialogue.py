@@ -17,10 +17,10 @@ import torch
 from textvae.dialogue.config import CVAERunConfig
 from textvae.dialogue.data import DialogueData, DialogueSplit, load_dialogue_data
 from textvae.dialogue.metrics import respond_to_split
-from textvae.dialogue.model import LIKELIHOOD_ACTS, KgCVAE
+from textvae.dialogue.model import KgCVAE, check_likelihood_act
 from textvae.errors import TextVAEError
 from textvae.metrics import IWProgress, check_text_metrics, evaluate_model, list_metrics, score_texts
-from textvae.remedies import REMEDIES, transforms_posterior
+from textvae.remedies import REMEDIES, combines, transforms_posterior
 from textvae.tasks.base import register_task
 from textvae.training.task import Task, split_key
 from textvae.training.train import EVAL_SEED, eval_seed
@@ -33,10 +33,10 @@ class DialogueTask(Task):
 
     def check(self) -> None:
         check_text_metrics(instead="the test report scores the responses with them")
-        if self.cfg.eval.likelihood_act not in LIKELIHOOD_ACTS:
-            raise TextVAEError(f"eval.likelihood_act {self.cfg.eval.likelihood_act!r}; valid: {', '.join(LIKELIHOOD_ACTS)}")
+        check_likelihood_act(self.cfg.eval.likelihood_act)
+        family = self.cfg.model.latent_family()  # the transforms that combine with the CVAE's prior
         transforms = [n for n in REMEDIES.names()
-                      if transforms_posterior(REMEDIES.get(n)) and not REMEDIES.get(n).needs_standard_prior]
+                      if transforms_posterior(REMEDIES.get(n)) and combines([{"name": n}], **family)]
         wrong = [n for n in self.cfg.model.prior_remedies if n not in transforms]
         if wrong:  # a misspelt name would otherwise leave p(z|c) untransformed without a word
             raise TextVAEError(f"model.prior_remedies {wrong}: not a remedy that transforms the posterior's "

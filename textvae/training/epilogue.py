@@ -7,20 +7,11 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from textvae.errors import TextVAEError
-from textvae.remedies import check_remedies
+from textvae.remedies import combines
 
 # Tried in order; the first one the run does not use already is suggested. BN-VAE (Zhu et al. 2020)
 # first: one parameter, no schedule to tune, and a KL floor by construction.
 SUGGESTED_REMEDIES = ({"name": "bn_vae"}, {"name": "delta_vae"}, {"name": "free_bits_li2019"})
-
-
-def combines(specs: list[Any], family: dict[str, Any]) -> bool:
-    try:
-        check_remedies(specs, **family)
-    except TextVAEError:
-        return False
-    return True
 
 
 def run_epilogue(run_dir: Path, report: dict[str, Any], cfg: Any) -> str:
@@ -30,7 +21,7 @@ def run_epilogue(run_dir: Path, report: dict[str, Any], cfg: Any) -> str:
     collapsed = report.get("au") == 0 and report.get("latent_dim", 0) > 0 and report.get("train_steps") != 0
     remedies = list(cfg.objective.remedies)
     # the first one that combines with the run's remedies and model (the objective would refuse the rest)
-    remedy = next((r for r in SUGGESTED_REMEDIES if combines([*remedies, r], cfg.model.latent_family())), None)
+    remedy = next((r for r in SUGGESTED_REMEDIES if combines([*remedies, r], **cfg.model.latent_family())), None)
     if collapsed and remedy is not None:
         command = ["textvae", "train", str(run_dir / "config.yaml"), "--name", f"{run_dir.name}-{remedy['name']}",
                    "--objective.remedies", json.dumps([*remedies, remedy])]
