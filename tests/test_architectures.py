@@ -28,6 +28,7 @@ DECODER_VARIANTS = [(name, {}) for name in DECODERS.names()] + [
     ("transformer", {"z_inject": "memory", "positions": "sinusoidal"}),
     ("transformer", {"z_inject": "embedding"}),
     ("cnn", {"dilations": [1, 3], "kernel_size": 2}),
+    ("cnn", {"z_into": "first_block"}),
 ]
 
 
@@ -336,6 +337,19 @@ def test_dilated_cnn_receptive_field(dilations, kernel, layers, expected):
     seen = [p for p, changed in enumerate(changes) if changed]
     # the furthest input that reaches the last output is R - 1 steps back (dilations may leave gaps)
     assert seen[0] == length - expected and seen[-1] == length - 1
+
+
+@pytest.mark.parametrize("z_into,reading", [("every_block", [True] * 6), ("first_block", [True] + [False] * 5)])
+def test_dilated_cnn_z_into_says_which_blocks_read_z(z_into, reading):
+    dec = DilatedCNNDecoder(V, 8, 16, 3, num_layers=2, z_into=z_into).eval()
+    assert [block.conv.in_channels == 16 + 3 for block in dec.blocks] == reading
+    assert [block.reads_z for block in dec.blocks] == reading
+    tokens = torch.randint(4, V, (2, 9))
+    z = torch.randn(2, 3, requires_grad=True)
+    dec(tokens, z)[0].sum().backward()
+    assert z.grad.abs().sum() > 0  # z reaches the output either way
+    with pytest.raises(TextVAEError, match="z_into 'last'; valid: every_block, first_block"):
+        DilatedCNNDecoder(V, 8, 16, 3, z_into="last")
 
 
 def test_skip_decoder_passes_z_to_output_and_every_layer():

@@ -15,18 +15,25 @@ from textvae.models.encoders import ENCODERS
 
 class CausalConvBlock(nn.Module):
     """Residual block x <- x + relu(conv_d([x; z])): a causal convolution with kernel k and dilation
-    d over the block input with z concatenated at every position, left-padded by (k-1)·d so that
-    output t sees inputs t - (k-1)d .. t only."""
+    d over the block input, with z concatenated at every position when the block reads it
+    (``latent_dim > 0``), left-padded by (k-1)·d so that output t sees inputs t - (k-1)d .. t only."""
 
     def __init__(self, hidden_dim: int, latent_dim: int, kernel_size: int, dilation: int):
         super().__init__()
         self.left_pad = (kernel_size - 1) * dilation
+        self.reads_z = latent_dim > 0
         self.conv = nn.Conv1d(hidden_dim + latent_dim, hidden_dim, kernel_size, dilation=dilation)
 
     def forward(self, x: torch.Tensor, z: Optional[torch.Tensor]) -> torch.Tensor:
         """x [B, H, T], z [B, D] or None -> [B, H, T]."""
-        inp = x if z is None else torch.cat([x, z.unsqueeze(-1).expand(-1, -1, x.shape[-1])], dim=1)
-        return x + F.relu(self.conv(F.pad(inp, (self.left_pad, 0))))
+        if self.reads_z and z is not None:
+            x_in = torch.cat([x, z.unsqueeze(-1).expand(-1, -1, x.shape[-1])], dim=1)
+        else:
+            x_in = x
+        return x + F.relu(self.conv(F.pad(x_in, (self.left_pad, 0))))
+
+
+Z_INTO = ("every_block", "first_block")
 
 
 @DECODERS.register("cnn")
@@ -35,9 +42,12 @@ class DilatedCNNDecoder(Decoder):
     modeling using dilated convolutions").
 
     embedding -> linear to ``hidden_dim`` -> ``num_layers`` repetitions of one residual block per
-    entry of ``dilations`` (kernel ``kernel_size``), with z concatenated to the input of every block.
-    A small receptive field weakens the decoder, which is what keeps z in use. Output t depends on
-    inputs t - R + 1 .. t with
+    entry of ``dilations`` (kernel ``kernel_size``). ``z_into`` says which blocks read z, concatenated
+    to their input at every position: ``every_block`` (the default: z reaches each layer directly) or
+    ``first_block`` (z enters once, with the embedded words, as TextBox's CNNVAE feeds it, after
+    kefirski/contiguous-succotash; no code of the authors' was found, and the paper's text on where z
+    enters could not be read here). A small receptive field weakens the decoder, which is what keeps
+    z in use. Output t depends on inputs t - R + 1 .. t with
 
         R = receptive_field = 1 + (kernel_size - 1) · num_layers · Σ dilations.
 
@@ -46,15 +56,19 @@ class DilatedCNNDecoder(Decoder):
 
     def __init__(self, vocab_size: int, emb_dim: int, hidden_dim: int, latent_dim: int, num_layers: int = 1,
                  input_dropout: float = 0.0, output_dropout: float = 0.0,
-                 dilations: Sequence[int] = (1, 2, 4), kernel_size: int = 3):
+                 dilations: Sequence[int] = (1, 2, 4), kernel_size: int = 3, z_into: str = "every_block"):
         super().__init__()
         if kernel_size < 1 or not dilations or min(dilations) < 1 or num_layers < 1:
             raise TextVAEError(f"decoder cnn: need kernel_size >= 1, num_layers >= 1 and positive dilations, "
                                f"got kernel_size={kernel_size}, num_layers={num_layers}, dilations={list(dilations)}")
+        if z_into not in Z_INTO:
+            raise TextVAEError(f"decoder cnn: z_into {z_into!r}; valid: {', '.join(Z_INTO)}")
         self.embedding = nn.Embedding(vocab_size, emb_dim, padding_idx=PAD_ID)
         self.input = nn.Linear(emb_dim, hidden_dim)
-        self.blocks = nn.ModuleList(CausalConvBlock(hidden_dim, latent_dim, kernel_size, d)
-                                    for _ in range(num_layers) for d in dilations)
+        depth = [d for _ in range(num_layers) for d in dilations]
+        self.blocks = nn.ModuleList(
+            CausalConvBlock(hidden_dim, latent_dim if i == 0 or z_into == "every_block" else 0, kernel_size, d)
+            for i, d in enumerate(depth))
         self.input_dropout = nn.Dropout(input_dropout)
         self.output_dropout = nn.Dropout(output_dropout)
         self.receptive_field = 1 + (kernel_size - 1) * num_layers * sum(dilations)
