@@ -1,6 +1,7 @@
 """Architecture remedies: flows (MADE, IAF, flow prior), vMF, mixture prior, CNN / Transformer /
 Skip decoders and encoders. Checked against closed forms, autograd Jacobians, grid integrals and
 the causality / padding invariants every part must keep."""
+import dataclasses
 import math
 
 import pytest
@@ -18,7 +19,7 @@ from textvae.models.encoders import ENCODERS
 from textvae.models.flows import IAF, MADE, IAFHead
 from textvae.models.posteriors import POSTERIORS
 from textvae.models.priors import AutoregressiveFlowPrior, MixturePrior
-from textvae.models.textvae import TextVAE
+from textvae.models.textvae import TextVAE, check_model_config
 from textvae.models.vmf import SphereUniform, VMFHead, log_bessel_iv, vmf_constants
 
 V = 30
@@ -374,6 +375,29 @@ def test_encoder_ignores_padding(encoder):
         perm = torch.randperm(5)
         torch.testing.assert_close(model.encode(batch.select(perm)).mean, together[perm], rtol=0, atol=1e-6)
     torch.testing.assert_close(together, alone, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("part,registry,section", [("decoder", DECODERS, DecoderConfig),
+                                                   ("encoder", ENCODERS, EncoderConfig)])
+def test_a_setting_its_type_does_not_take_is_refused_not_ignored(part, registry, section):
+    """z_init / z_concat of the cnn and transformer decoders, bidirectional of the cnn and transformer encoders."""
+    settings = [f.name for f in dataclasses.fields(section) if f.name in registry.supplied]
+    cases = [(name, s) for name in registry.names() for s in settings if not registry.takes(name, s)]
+    assert {name for name, _ in cases} >= {"cnn", "transformer"}
+    for name, setting in cases:
+        default = getattr(section(), setting)
+        assert isinstance(default, bool)  # the settings some types do without are switches
+        check_model_config(ModelConfig(**{part: section(type=name)}))  # at its default: nothing to refuse
+        with pytest.raises(TextVAEError, match=rf"model\.{part}\.{setting}: {not default} would be ignored, "
+                                               rf"the {name} {part} does not take it"):
+            check_model_config(ModelConfig(**{part: section(type=name, **{setting: not default})}))
+        takers = [n for n in registry.names() if registry.takes(n, setting)]
+        assert takers and name not in takers
+        check_model_config(ModelConfig(**{part: section(type=takers[0], **{setting: not default})}))
+    # the language model reads no encoder section
+    check_model_config(ModelConfig(latent_dim=0, encoder=EncoderConfig(type="cnn", bidirectional=True)))
+    with pytest.raises(TextVAEError, match="unknown parameter"):
+        check_model_config(ModelConfig(**{part: section(type="cnn", options={"nonsense": 1})}))
 
 
 def test_bad_options_are_one_line_errors():

@@ -111,6 +111,11 @@ class Registry(Generic[T]):
         return {p.name: p.default for p in _signature(factory).values()
                 if p.name != "self" and p.name not in self.supplied and p.kind not in skip}
 
+    def takes(self, name: str, argument: str) -> bool:
+        """Whether :meth:`build` hands the supplied ``argument`` to ``name`` (its constructor names it)."""
+        signature = _signature(self.get(name))
+        return argument in signature or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.values())
+
     def doc(self, name: str) -> tuple[str, str]:
         """(the entry's own docstring, the docstring of the module that defines it); either may be "".
         A class without one takes its nearest base's from the same module (``lstm``: ``RNNDecoder``'s);

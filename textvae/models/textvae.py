@@ -326,3 +326,23 @@ def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
     d["encoder"] = EncoderConfig(**d.get("encoder", {}))
     d["decoder"] = DecoderConfig(**d.get("decoder", {}))
     return ModelConfig(**d)
+
+
+def check_model_config(cfg: ModelConfig) -> None:
+    """One-line errors, before the data is read, for what building the model would refuse (an encoder's or
+    decoder's type or options) or quietly not do: a setting of ``model.encoder`` / ``model.decoder``
+    that its type does not take (``z_concat`` of the ``cnn`` decoder, ``bidirectional`` of the ``cnn``
+    encoder), set away from its default. The language model (``latent_dim: 0``) builds no encoder, so
+    its encoder section is not read."""
+    parts = [("decoder", DECODERS, cfg.decoder)] + ([("encoder", ENCODERS, cfg.encoder)] if cfg.latent_dim else [])
+    for part, registry, section in parts:
+        registry.check(section.type, section.options)
+        default = type(section)()
+        for f in dataclasses.fields(section):
+            value = getattr(section, f.name)
+            if f.name in registry.supplied and not registry.takes(section.type, f.name) \
+                    and value != getattr(default, f.name):
+                takers = [n for n in registry.names() if registry.takes(n, f.name)]
+                raise TextVAEError(f"model.{part}.{f.name}: {value!r} would be ignored, the {section.type} {part} does "
+                                   f"not take it; leave it at {getattr(default, f.name)!r}, or choose one of the {part}s that "
+                                   f"do: {', '.join(takers)}")

@@ -11,7 +11,7 @@ import torch
 from textvae.config import RunConfig
 from textvae.data.datasets import DataBundle, Split, load_dataset
 from textvae.metrics import list_metrics
-from textvae.models.textvae import TextVAE
+from textvae.models.textvae import TextVAE, check_model_config
 from textvae.reduction import perplexity, token_counts
 from textvae.tasks.base import register_task
 from textvae.training.task import Task, split_key
@@ -22,6 +22,9 @@ log = logging.getLogger("textvae")
 @register_task("sentences")
 class SentenceTask(Task):
     config_class = RunConfig
+
+    def check(self) -> None:
+        check_model_config(self.cfg.model)
 
     def load_data(self) -> DataBundle:
         return load_dataset(self.cfg.data)
