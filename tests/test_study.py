@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from textvae import study as st
-from textvae.config import RunConfig
+from textvae.config import RunConfig, setting_changes
 from textvae.errors import TextVAEError
 from textvae.metrics import IWProgress
 import textvae.study.runner as runner_module
@@ -183,6 +183,25 @@ def test_dotted_and_nested_overrides_agree_and_sections_merge(tmp_path):
     assert (cfg.train.seed, cfg.train.epochs, cfg.train.threads, cfg.train.progress) == (2, 2, 1, False)
     assert (cfg.name, cfg.out_dir) == ("seed2", str(tmp_path / "o" / "dotted"))
     assert cfg.data.name == "synthetic" and cfg.data.max_sentences == 100
+
+
+def test_setting_changes_walk_sections_and_count_free_form_values_whole():
+    old = {"optim": {"lr": 1.0, "momentum": 0.0}, "model": {"decoder": {"options": {"dilations": [1, 2]}}},
+           "objective": {"remedies": [{"name": "bn_vae", "gamma": 0.7}]}, "gone": 3, "train": {"seed": 1}}
+    new = {"train": {"seed": 2}, "model": {"latent_dim": 16, "decoder": {"options": {"dilations": [1, 2, 4]}}},
+           "optim": {"lr": 0.5, "momentum": 0.0}, "objective": {"remedies": [{"name": "bn_vae", "gamma": 0.5}]}}
+    changes = setting_changes(RunConfig, old, new)
+    # in the order of RunConfig's fields, then a key it lacks; options and remedies as whole values
+    assert changes == {
+        "model.latent_dim": (None, 16),
+        "model.decoder.options": ({"dilations": [1, 2]}, {"dilations": [1, 2, 4]}),
+        "objective.remedies": ([{"name": "bn_vae", "gamma": 0.7}], [{"name": "bn_vae", "gamma": 0.5}]),
+        "optim.lr": (1.0, 0.5),
+        "train.seed": (1, 2),
+        "gone": (3, None)}
+    assert list(changes) == ["model.latent_dim", "model.decoder.options", "objective.remedies", "optim.lr",
+                             "train.seed", "gone"]
+    assert setting_changes(RunConfig, new, new) == {}
 
 
 def test_threads_are_split_between_jobs(tmp_path, monkeypatch):

@@ -324,12 +324,33 @@ def from_dict(cls: type, values: dict[str, Any]) -> Any:
         raise TextVAEError(f"{cls.__name__}: unknown key(s) {unknown}; valid: {sorted(fields)}")
     kwargs = {}
     for name, value in values.items():
-        default = fields[name].default_factory  # type: ignore[misc]
-        if default is not dataclasses.MISSING and dataclasses.is_dataclass(default) and isinstance(value, dict):
-            kwargs[name] = from_dict(default, value)
-        else:
-            kwargs[name] = value
+        sub = section_type(fields[name])
+        kwargs[name] = from_dict(sub, value) if sub is not None and isinstance(value, dict) else value
     return cls(**kwargs)
+
+
+def section_type(f: dataclasses.Field) -> Optional[type]:
+    """The dataclass type of a configuration's field that is itself a section, else None."""
+    factory = f.default_factory  # type: ignore[misc]
+    return factory if factory is not dataclasses.MISSING and dataclasses.is_dataclass(factory) else None
+
+
+def setting_changes(cls: type, old: dict[str, Any], new: dict[str, Any],
+                    prefix: str = "") -> dict[str, tuple[Any, Any]]:
+    """``{"optim.lr": (1.0, 0.5), ...}``: the settings in which ``new`` differs from ``old`` (two dicts of
+    the dataclass ``cls``'s settings, e.g. saved ``config.yaml`` files), dotted by section, in the order
+    of ``cls``'s fields. A free-form value (a KL schedule, a remedy list, a part's options) counts
+    whole, and so does a key ``cls`` lacks (a setting textvae no longer has): it shows as a change."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    changes: dict[str, tuple[Any, Any]] = {}
+    for key in [k for k in fields if k in old or k in new] + sorted((set(old) | set(new)) - set(fields)):
+        a, b = old.get(key), new.get(key)
+        sub = section_type(fields[key]) if key in fields else None
+        if sub is not None and isinstance(a, (dict, type(None))) and isinstance(b, (dict, type(None))):
+            changes.update(setting_changes(sub, a or {}, b or {}, f"{prefix}{key}."))
+        elif a != b:
+            changes[f"{prefix}{key}"] = (a, b)
+    return changes
 
 
 # settings without effect on a run's figures: a run resumed or compared with other values is the same run

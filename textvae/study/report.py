@@ -3,7 +3,6 @@ and report.md (with the plots of :mod:`textvae.plots`); and ``textvae compare`` 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import datetime
 import json
 import logging
@@ -11,12 +10,12 @@ import math
 from pathlib import Path
 from typing import Any, Callable
 
-from textvae.config import INCIDENTAL_KEYS, RunConfig
+from textvae.config import INCIDENTAL_KEYS, RunConfig, setting_changes
 from textvae.errors import TextVAEError
 from textvae.metrics import TEXT_METRICS, get_metric, he2019_noise_sd, list_metrics, list_text_metrics
 from textvae.study.archive import finite_or_null, load_archive, write_archive
 from textvae.study.folders import finished_report, run_state, saved_config
-from textvae.study.spec import Run, Study, section_type
+from textvae.study.spec import Run, Study
 
 log = logging.getLogger("textvae.study")
 
@@ -173,17 +172,9 @@ def _saved_config(run_dir: Path) -> tuple[type, dict[str, Any]]:
     return saved
 
 
-def _setting_changes(cls: type, a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"optim.lr": b's value, ...}`` where b differs from a, by section; a free-form value (a KL
-    schedule, a remedy list, options) counts whole."""
-    changes: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        x, y, sub = a.get(f.name), b.get(f.name), section_type(f)
-        if sub is not None and isinstance(y, dict) and isinstance(x, (dict, type(None))):
-            changes.update(_setting_changes(sub, x or {}, y, f"{prefix}{f.name}."))
-        elif x != y:
-            changes[f"{prefix}{f.name}"] = y
-    return changes
+def _setting_changes(cls: type, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """``{"optim.lr": b's value, ...}`` where b differs from a (:func:`~textvae.config.setting_changes`)."""
+    return {k: new for k, (_, new) in setting_changes(cls, a, b).items()}
 
 
 def write_csv(results: dict[str, Any], path: Path) -> None:

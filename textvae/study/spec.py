@@ -11,7 +11,7 @@ from typing import Any, Callable, Optional
 
 import yaml
 
-from textvae.config import RunConfig
+from textvae.config import RunConfig, section_type
 from textvae.errors import TextVAEError
 from textvae.packaged import find_yaml, packaged_file, packaged_names
 
@@ -115,12 +115,6 @@ def apply_overrides(values: dict[str, Any], overrides: dict[str, Any], cls: type
         else:
             out[key] = value
     return out
-
-
-def section_type(f: dataclasses.Field) -> Optional[type]:
-    """The dataclass type of a run configuration's field that is itself a section, else None."""
-    factory = f.default_factory  # type: ignore[misc]
-    return factory if factory is not dataclasses.MISSING and dataclasses.is_dataclass(factory) else None
 
 
 def _find_base(name: str, study_dir: Path) -> Path:

@@ -51,7 +51,8 @@ import yaml
 from torch import nn
 from tqdm import tqdm
 
-from textvae.config import INCIDENTAL_KEYS, OptimConfig, RunConfig, TrainConfig, check_ranges, settings_now
+from textvae.config import (INCIDENTAL_KEYS, OptimConfig, RunConfig, TrainConfig, check_ranges, setting_changes,
+                            settings_now)
 from textvae.data.batch import Batch
 from textvae.data.batching import padding_fraction
 from textvae.errors import TextVAEError
@@ -376,22 +377,10 @@ def nonfinite_figures(out: VAEOutput, grad_norm: torch.Tensor, world: World) -> 
     return [name for name, bad in zip(figures, world.any(flags).tolist()) if bad]
 
 
-def config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> dict[str, tuple[Any, Any]]:
-    """``{"optim.lr": (1.0, 0.5), ...}``: the leaves that differ between two configuration dicts."""
-    changes: dict[str, tuple[Any, Any]] = {}
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            changes.update(config_changes(a, b, f"{prefix}{key}."))
-        elif a != b:
-            changes[f"{prefix}{key}"] = (a, b)
-    return changes
-
-
 def effective_changes(saved: dict[str, Any], cfg: Any) -> dict[str, tuple[Any, Any]]:
-    """:func:`config_changes` from a run's saved settings (JSON values, as ``settings_now`` reads them) to
-    ``cfg``'s, less the settings that change no figure (``INCIDENTAL_KEYS``: place, threads, ...)."""
-    changes = config_changes(saved, json.loads(json.dumps(cfg.to_dict())))
+    """:func:`~textvae.config.setting_changes` from a run's saved settings (JSON values, as ``settings_now``
+    reads them) to ``cfg``'s, less the settings that change no figure (``INCIDENTAL_KEYS``: place, threads, ...)."""
+    changes = setting_changes(type(cfg), saved, json.loads(json.dumps(cfg.to_dict())))
     return {k: v for k, v in changes.items() if k not in INCIDENTAL_KEYS}
 
 
@@ -936,7 +925,7 @@ def restore_run(ckpt: Checkpoint, cfg: RunConfig, model: nn.Module, optimizer: t
     since the checkpoint, which take effect: ``optimizer`` (built from ``cfg``) keeps its hyper-parameters
     (momentum, betas, weight decay) over the checkpoint's, and a changed ``optim.lr`` replaces the plateau
     schedule's lr."""
-    changes = config_changes(_settings(ckpt.meta["config"]), _settings(cfg.to_dict()))
+    changes = setting_changes(type(cfg), _settings(ckpt.meta["config"]), _settings(cfg.to_dict()))
     same_world = len(ckpt.rng_states) == world.size
     # the optimiser's state comes back with the checkpoint's param_groups: its settings are put back after
     settings_now = [{k: v for k, v in group.items() if k not in ("params", "lr")} for group in optimizer.param_groups]
