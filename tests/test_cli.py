@@ -2,6 +2,7 @@
 bit, ``evaluate`` reproduces the run's own test report, and the decoding commands print one
 clean line per output."""
 import json
+import logging
 import re
 import shutil
 import subprocess
@@ -145,7 +146,7 @@ def test_inputs_are_read_as_the_run_read_its_corpus(tmp_path, caplog):
     assert "2 word(s) are not in the model's vocabulary and are read as <unk>: W1, W2" in caplog.text
 
 
-def test_language_model_has_no_latent_space(tmp_path, capsys):
+def test_language_model_has_no_latent_space(tmp_path, capsys, caplog):
     """Its figures are the registry's that need no latent: the test report's IW-NLL is its exact NLL
     (one sample; equal to its -ELBO, KL 0), the same figure textvae evaluate gives."""
     from textvae.training.logger import final_report
@@ -156,7 +157,9 @@ def test_language_model_has_no_latent_space(tmp_path, capsys):
     report = final_report(read_jsonl(tmp_path / "lm" / "metrics.jsonl"))
     assert report["iw_samples"] == 1 and report["iw_nll"] == pytest.approx(report["neg_elbo"], abs=1e-9)
     assert not {"au", "mi_dataset", "mi_batch", "kl_per_dim"} & set(report)
-    main(["evaluate", str(tmp_path / "lm"), "--no-generation", "--json", str(tmp_path / "eval.json")])
+    with caplog.at_level(logging.INFO, logger="textvae"):
+        main(["evaluate", str(tmp_path / "lm"), "--no-generation", "--json", str(tmp_path / "eval.json")])
+    assert "IW-NLL with K = 1 samples decodes" in caplog.text  # what the pass costs: one sample, not 500
     assert json.loads((tmp_path / "eval.json").read_text())["iw_nll"] == pytest.approx(report["iw_nll"], abs=1e-9)
     capsys.readouterr()
     with pytest.raises(SystemExit) as stop:

@@ -20,7 +20,7 @@ from textvae.data.batch import collate
 from textvae.data.datasets import load_dataset
 from textvae.data.synthetic import model_from_truth
 from textvae.data.tokenization import Tokenizer
-from textvae.metrics import evaluate_model, format_table, iw_nll, latent_probe, reconstruction_bleu
+from textvae.metrics import evaluate_model, format_table, iw_nll, iw_samples_for, latent_probe, reconstruction_bleu
 from textvae.metrics.generation import generate_texts, score_texts
 from textvae.metrics.likelihood import draw_samples, iw_log_marginal
 from textvae.metrics.probe import probe_model
@@ -234,6 +234,8 @@ def test_iaf_iw_is_chunk_independent_and_never_inverts_the_flow(monkeypatch):
 
 def test_language_model_iw_is_its_exact_nll_and_zero_samples_skip_iw():
     lm, batch = tiny_model(latent=0), random_batch()
+    assert [iw_samples_for(lm, k) for k in (0, 1, 500)] == [0, 1, 1]
+    assert [iw_samples_for(tiny_model(), k) for k in (0, 1, 500)] == [0, 1, 500]
     figures = evaluate_model(lm, [batch], n_samples=50)
     assert figures["iw_samples"] == 1 and figures["iw_nll"] == pytest.approx(figures["neg_elbo"], abs=1e-5)
     assert figures["iw_nll_mc_se"] == 0.0 and figures["iw_se_sentences"] == 0  # exact: nothing to redraw

@@ -165,7 +165,7 @@ def cmd_evaluate(argv: list[str]) -> None:
     split = data.splits[args.split]
     model.to(device)
     n_eval = min(args.max_sentences or len(split), len(split))
-    n_tokens, unknown = announce_evaluation(args, split, n_eval, model.is_lm)
+    n_tokens, unknown = announce_evaluation(args, split, n_eval, model)
     out = results_file(args)
     progress = evaluation_progress(args, data_cfg, out)
 
@@ -315,15 +315,16 @@ _EXAMPLES = 20  # reconstructions and samples kept in the JSON
 _UNK_WARNING = 0.05  # an <unk> rate above which PPL and BLEU describe another text than the one given
 
 
-def announce_evaluation(args: argparse.Namespace, split: Any, n_eval: int, is_lm: bool) -> tuple[int, float]:
+def announce_evaluation(args: argparse.Namespace, split: Any, n_eval: int, model: Any) -> tuple[int, float]:
     """Say before the work starts what it will cost (sentences, tokens, importance samples K) and
     how much of the text the model cannot read; returns (tokens evaluated, <unk> rate)."""
     from textvae.data.tokenization import unk_rate
+    from textvae.metrics import iw_samples_for
     from textvae.reduction import token_counts
 
     positions = split.subset(n_eval)
     n_tokens = int(token_counts(split.lengths[positions]).sum())
-    k = 1 if is_lm else args.iw_samples  # the language model's likelihood is exact with one sample
+    k = iw_samples_for(model, args.iw_samples)
     cost = (f"IW-NLL with K = {k} samples decodes {k * n_tokens:,} tokens" if k
             else "no IW-NLL (--iw-samples 0)")
     log = logging.getLogger("textvae")

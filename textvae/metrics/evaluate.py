@@ -18,7 +18,8 @@ from textvae.errors import TextVAEError
 from textvae.metrics._common import Batches, eval_mode, iterate, seeded
 from textvae.metrics.information import HE2019_BATCH, he2019_noise_sd, mi_batch, mi_batch_he2019, mi_dataset
 from textvae.metrics.latent import AU_THRESHOLD, active_units, collapse_diagnostics, collapse_verdict
-from textvae.metrics.likelihood import ElboAccumulator, IWAccumulator, IWProgress, elbo_batch
+from textvae.metrics.likelihood import (ElboAccumulator, IWAccumulator, IWProgress, elbo_batch,
+                                        iw_samples_for)
 from textvae.reduction import CorpusAccumulator
 from textvae.registry import Registry
 
@@ -229,7 +230,7 @@ def evaluate_model(model: Any, batches: Batches, metrics: Optional[Sequence[str]
         metrics = [m for m in metrics if m != "iw"]
     if getattr(model, "latent_dim", None) == 0:  # the language model: only likelihood figures exist
         metrics = [m for m in metrics if not get_metric(m).latent]
-        n_samples = 1  # every importance weight is the same (see iw_log_marginal)
+    n_samples = iw_samples_for(model, n_samples)
     chosen = [get_metric(name) for name in sorted(set(metrics))]
     p = EvalPass(n_samples, max_tokens, au_threshold, per_dim, any(m.keeps_posteriors for m in chosen),
                  iw=IWAccumulator(progress=iw_progress))

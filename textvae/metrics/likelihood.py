@@ -99,6 +99,13 @@ def draw_samples(posterior: Any, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(zs), torch.cat(log_qs)
 
 
+def iw_samples_for(model: Any, n_samples: int) -> int:
+    """The importance samples the IW estimate of ``model`` takes when asked for ``n_samples``: all of
+    them, but one for a model without latent space (``latent_dim == 0``, the language model), whose K
+    weights log p(x) are all equal, so that one gives its exact log-likelihood."""
+    return 1 if n_samples > 0 and getattr(model, "latent_dim", None) == 0 else n_samples
+
+
 def iw_log_weights(model: Any, batch: Any, posterior: Any, n_samples: int,
                    max_tokens: Optional[int] = None) -> torch.Tensor:
     """Log importance weights [K, B] of one batch whose posterior is given:
@@ -115,8 +122,7 @@ def iw_log_weights(model: Any, batch: Any, posterior: Any, n_samples: int,
     """
     if n_samples < 1:
         raise TextVAEError(f"iw_nll: n_samples must be >= 1, got {n_samples}")
-    if getattr(model, "latent_dim", None) == 0:
-        n_samples = 1
+    n_samples = iw_samples_for(model, n_samples)
     max_tokens = default_max_tokens(batch.tokens.device) if max_tokens is None else max_tokens
     chunk = max(1, max_tokens // (len(batch) * batch.tokens.shape[1]))
     # [K, B], allocated once: a list of small per-chunk results kept to the end would sit between
@@ -288,7 +294,7 @@ class IWAccumulator:
         self.n_samples = 0
 
     def add(self, model: Any, batch: Any, posterior: Any, n_samples: int, max_tokens: Optional[int] = None) -> None:
-        exact = getattr(model, "latent_dim", None) == 0
+        exact = getattr(model, "latent_dim", None) == 0  # its one sample (iw_samples_for) is exact
         index, device = len(self.nll), batch.tokens.device
         done = None if self.progress is None else self.progress.take(index, batch.n_tokens)
         if done is not None:
