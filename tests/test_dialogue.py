@@ -287,7 +287,7 @@ def test_remedies_run_inside_cvae():
     expected = out.rec.mean() + out.terms["kl_term"] + out.terms["bow"] + out.terms["act"]
     torch.testing.assert_close(out.loss.detach(), expected)
     out.loss.backward()
-    bn_post, bn_prior = model.objective.remedies[1], model.prior_transforms[0]
+    bn_post, bn_prior = model.objective.remedies[1], model.objective.prior_transforms[0]
     assert bn_post is not bn_prior
     for module in (model.objective.remedies[0], bn_post, bn_prior):
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
@@ -327,6 +327,28 @@ def test_save_and_load_roundtrip(tmp_path):
         torch.testing.assert_close(loaded.log_likelihood(batch, z), model.log_likelihood(batch, z))
         torch.testing.assert_close(loaded.prior(loaded.encode_context(batch)).mu,
                                    model.prior(model.encode_context(batch)).mu)
+
+
+def test_a_model_saved_with_the_prior_transforms_outside_the_objective_loads(tmp_path):
+    """BN-CVAE's prior instance of bn_vae was the model's (``prior_transforms.*``) until the objective
+    owned it (``objective.prior_transforms.*``): such a saved model, or checkpoint, still loads."""
+    from safetensors.torch import load_file, save_file
+
+    model = tiny([{"name": "bn_vae"}], use_acts=True)
+    model(random_batch(8, seed=8, acts=True))  # moves the BN running statistics
+    model.eval().save_pretrained(tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    moved = {k: k.replace("objective.prior_transforms.", "prior_transforms.") for k in state}
+    assert sum(k != v for k, v in moved.items()) >= 3  # BN's shift and its running statistics
+    save_file({moved[k]: v for k, v in state.items()}, tmp_path / "model.safetensors")
+    loaded = KgCVAE.from_pretrained(tmp_path).eval()
+    assert loaded.state_now({v: None for v in moved.values()}).keys() == state.keys()  # as a checkpoint restores them
+    batch = random_batch(4, seed=9, acts=True)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.prior(loaded.encode_context(batch)).mu,
+                                   model.prior(model.encode_context(batch)).mu, rtol=0, atol=0)
+    for name, tensor in model.objective.prior_transforms.state_dict().items():
+        assert torch.equal(loaded.objective.prior_transforms.state_dict()[name], tensor)
 
 
 def test_a_model_saved_before_decoder_z_loads_with_the_wiring_it_was_trained_with(tmp_path):

@@ -2,7 +2,7 @@
 
 It owns the remedies and the order of their model hooks; a model calls, in this order,
 :meth:`Objective.corrupt_inputs` (decoder inputs, training only), :meth:`Objective.transform_posterior`
-(posterior parameters), :meth:`Objective.extra_losses` (added per-sentence losses),
+(posterior parameters; :meth:`Objective.transform_prior` for a learned conditional prior's), :meth:`Objective.extra_losses` (added per-sentence losses),
 :meth:`Objective.decoder_latent` (the latent the decoder reads, training only) and finally the
 objective itself on its per-sentence terms, and so never iterates over remedies:
 
@@ -14,7 +14,7 @@ and extra_{r,b} each remedy's added loss (bag-of-words, Z-forcing, ...). Figures
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -25,15 +25,21 @@ from textvae.schedules import create_schedule
 
 
 class Objective(nn.Module):
-    def __init__(self, cfg: ObjectiveConfig, posterior: str = "gaussian", **context: Any):
+    def __init__(self, cfg: ObjectiveConfig, posterior: str = "gaussian", prior_remedies: Sequence[str] = (),
+                 **context: Any):
         """``posterior`` names the model's posterior for the remedies' combination rules
         (:func:`~textvae.remedies.base.check_remedies`, without the prior's rule: that one is a run's
         check before it starts, so a model saved before the rule still loads); ``context`` holds the
-        model facts the remedies are built with."""
+        model facts the remedies are built with. ``prior_remedies`` names remedies of ``cfg`` that
+        transform the posterior and that a learned conditional prior p(z|c) (the dialogue CVAE's)
+        takes too: each gets a second instance of its own for :meth:`transform_prior` (BN-VAE's CVAE
+        extension, whose batch statistics of the prior's means stay apart from the posterior's)."""
         super().__init__()
         self.schedule = create_schedule(cfg.kl_schedule)
         check_remedies(cfg.remedies, context.get("latent_dim"), posterior)
         self.remedies: nn.ModuleList = nn.ModuleList(create_remedy(spec, **context) for spec in cfg.remedies)
+        self.prior_transforms: nn.ModuleList = nn.ModuleList(
+            create_remedy(spec, **context) for spec in cfg.remedies if spec.get("name") in prior_remedies)
 
     def beta(self, step: int) -> float:
         return self.schedule(step)
@@ -48,6 +54,12 @@ class Objective(nn.Module):
     def transform_posterior(self, mu: torch.Tensor, logvar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior parameters after every remedy's transform (BN-VAE, delta-VAE), in order."""
         for remedy in self.remedies:
+            mu, logvar = remedy.transform_posterior(mu, logvar)
+        return mu, logvar
+
+    def transform_prior(self, mu: torch.Tensor, logvar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A conditional prior's parameters after its own instance of each of ``prior_remedies``, in order."""
+        for remedy in self.prior_transforms:
             mu, logvar = remedy.transform_posterior(mu, logvar)
         return mu, logvar
 

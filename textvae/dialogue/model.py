@@ -47,7 +47,6 @@ from textvae.models.encoders import ENCODERS, last_layer_final_state
 from textvae.models.output_head import OutputHead
 from textvae.models.textvae import PretrainedMixin, VAEOutput
 from textvae.objective import Objective
-from textvae.remedies import create_remedy
 
 RECURRENT_DECODERS = ("gru", "lstm")  # the decoders with the `rnn`, `num_layers`, `hidden_dim` the CVAE's state needs
 DECODER_Z = ("initial_state", "every_input")  # where z enters the decoder: CVAEConfig.decoder_z
@@ -91,6 +90,9 @@ class KgCVAE(OutputHead, PretrainedMixin, nn.Module):
     ``text`` records how contexts were prepared (``context_turns``, ``max_turn_words``) so a saved
     model prepares new contexts the same way.
     """
+
+    # the prior's own remedy instances (BN-CVAE's) were the model's until the objective owned them
+    MOVED_STATE = {"prior_transforms.": "objective.prior_transforms."}
 
     def __init__(self, cfg: CVAEConfig, vocab_size: int, objective: Optional[ObjectiveConfig] = None,
                  act_names: Optional[list[str]] = None, text: Optional[dict[str, int]] = None):
@@ -139,11 +141,9 @@ class KgCVAE(OutputHead, PretrainedMixin, nn.Module):
         self.fused_loss = False
         facts = dict(latent_dim=d, vocab_size=vocab_size, hidden_dim=self.decoder.out_dim, emb_dim=cfg.emb_dim,
                      encoder_dim=u + c + y, condition_dim=c)
-        self.objective = Objective(self.objective_cfg, posterior=cfg.latent_family()["posterior"], **facts)
-        # BN-VAE's CVAE extension: a second instance of the same remedy for the prior's parameters,
-        # so the prior's batch statistics are kept apart from the posterior's.
-        self.prior_transforms = nn.ModuleList(
-            create_remedy(spec, **facts) for spec in self.objective_cfg.remedies if spec.get("name") in cfg.prior_remedies)
+        self.objective = Objective(self.objective_cfg, posterior=cfg.latent_family()["posterior"],
+                                   prior_remedies=cfg.prior_remedies, **facts)
+        self._register_load_state_dict_pre_hook(self._load_moved_state)
 
     @property
     def latent_dim(self) -> int:
@@ -171,10 +171,7 @@ class KgCVAE(OutputHead, PretrainedMixin, nn.Module):
 
     def prior(self, c: torch.Tensor) -> DiagGaussian:
         """p(z|c) after the prior transforms (BN on its mean for BN-CVAE)."""
-        mu, logvar = self.prior_net(c).chunk(2, dim=-1)
-        for transform in self.prior_transforms:
-            mu, logvar = transform.transform_posterior(mu, logvar)
-        return DiagGaussian(mu, logvar)
+        return DiagGaussian(*self.objective.transform_prior(*self.prior_net(c).chunk(2, dim=-1)))
 
     def posterior(self, batch: DialogueBatch, c: torch.Tensor) -> tuple[DiagGaussian, torch.Tensor]:
         """q(z|x,c[,y]) after the remedies' posterior transforms, and its input h = [x; c (; act
@@ -190,7 +187,7 @@ class KgCVAE(OutputHead, PretrainedMixin, nn.Module):
     def prior_parameters(self) -> list[nn.Parameter]:
         """The trainable parameters of p(z|c): the prior network and its transforms (BN-CVAE's), which
         only the KL term reaches."""
-        return [p for m in (self.prior_net, self.prior_transforms) for p in m.parameters() if p.requires_grad]
+        return [p for m in (self.prior_net, self.objective.prior_transforms) for p in m.parameters() if p.requires_grad]
 
     def inference_parameters(self) -> list[nn.Parameter]:
         """The parameters of q(z|x,c): encoders, recognition network (and act features), and

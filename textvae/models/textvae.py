@@ -67,7 +67,28 @@ class PretrainedMixin:
 
     A model class provides ``config_dict()`` and the classmethod ``from_config_dict(cfg)``; the
     files, atomic writes and load errors are shared here (TextVAE, the dialogue CVAE).
+
+    ``MOVED_STATE`` maps where earlier versions of a class kept some of its weights to where it keeps
+    them now (key prefixes): :meth:`state_now` renames a saved state dict, and a class with moves
+    registers :meth:`_load_moved_state` as a ``load_state_dict`` pre-hook, so its saved models and
+    checkpoints still load.
     """
+
+    MOVED_STATE: dict[str, str] = {}
+
+    def state_now(self, state: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        """``state`` (keys under ``prefix``) with its keys as this version of the class names them."""
+        def now(key: str) -> str:
+            for old, new in self.MOVED_STATE.items():
+                if key.startswith(prefix + old):
+                    return prefix + new + key[len(prefix + old):]
+            return key
+        return {now(k): v for k, v in state.items()}
+
+    def _load_moved_state(self, state: dict[str, Any], prefix: str, *_: Any) -> None:
+        moved = self.state_now(state, prefix)
+        state.clear()
+        state.update(moved)
 
     def save_weights(self, directory: str | Path) -> None:
         """Write ``model.safetensors`` (weights and buffers) atomically: a crash mid-write keeps

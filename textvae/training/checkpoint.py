@@ -141,6 +141,8 @@ def restore_checkpoint(ckpt: Checkpoint, model: torch.nn.Module, optimizer: Opti
     :class:`TextVAEError` naming the file and the first difference.
     """
     model_sd = {k[len("model."):]: v for k, v in ckpt.tensors.items() if k.startswith("model.")}
+    if hasattr(model, "state_now"):  # weights an earlier version kept elsewhere
+        model_sd = model.state_now(model_sd)
     expected = model.state_dict()
     mismatched = [k for k, v in model_sd.items() if k in expected and expected[k].shape != v.shape]
     missing = sorted(set(expected) - set(model_sd))
