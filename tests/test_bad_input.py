@@ -207,6 +207,9 @@ def test_an_unwritable_results_file_fails_before_the_evaluation_pass(trained, tm
     line = fails(["evaluate", str(trained), "--no-generation", "--json", str(tmp_path / "file/e.json")], capsys)
     assert line == f"textvae: error: cannot write the results file {tmp_path / 'file/e.json'}: a file is in the way; " \
                    f"choose another --json"
+    if Path("/proc").is_dir():  # a pseudo file system: writable for root by its modes, yet no file can be made
+        line = fails(["evaluate", str(trained), "--no-generation", "--json", "/proc/e.json"], capsys)
+        assert line.startswith("textvae: error: cannot write the results file /proc/e.json: ")
     monkeypatch.undo()
     main(["evaluate", str(trained), "--iw-samples", "2", "--no-generation", "--json", str(tmp_path / "new/e.json")])
     assert json.loads((tmp_path / "new/e.json").read_text())["train_steps"] == 2
@@ -390,6 +393,7 @@ def test_input_remedy_on_a_language_model(tmp_path, corpus):
     (["sample", "{model}", "--temperature", "0"], "--temperature must be > 0, got 0.0"),
     (["interpolate", "{model}", "w1", "w2", "--steps", "1"], "--steps must be at least 2, got 1"),
     (["evaluate", "{model}", "--iw-samples", "-1"], "--iw-samples must be at least 0, got -1"),
+    (["evaluate", "{model}", "--device", "gpu"], "unknown --device 'gpu'; valid: auto, cpu, cuda, cuda:N"),
     (["sample", "{model}", "--seed", "99999999999999999999"], "--seed must be < 9.22337e+18, got 99999999999999999999"),
     (["train", "--train.seed", "-1"], "train.seed must be at least 0, got -1"),
 ])

@@ -123,7 +123,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
                                    "--data and --max-sentences eval_<data>_<split>_n<N>.json); "
                                    "until then the IW pass keeps its finished batches beside it "
                                    "(<name>.iw_progress.safetensors), so the same command resumes a stopped one")
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (a GPU where there is one)")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                     help="bf16: figures under bfloat16 autocast (recurrent and output GEMMs in bf16; posterior "
                          "head, KL and softmax statistics in fp32; faster IW-NLL on a CPU with bf16 units); "
@@ -142,7 +142,8 @@ def cmd_evaluate(argv: list[str]) -> None:
     from textvae.metrics import check_text_metrics, generate_texts, score_texts
     from textvae.models.native import native_kernels
     from textvae.training.denormals import denormals_flushed
-    from textvae.training.train import check_precision, evaluation, freed_memory_kept, precision_autocast
+    from textvae.training.train import (check_precision, evaluation, freed_memory_kept, precision_autocast,
+                                        resolve_device)
     from textvae.tasks.runconfig import DEFAULT_TASK
     from textvae.tasks.sentences import truth_figures
 
@@ -151,7 +152,7 @@ def cmd_evaluate(argv: list[str]) -> None:
                        "probe_draws": COUNT, "max_sentences": COUNT, "max_len": COUNT, "seed": SEED})
     if not args.no_generation and args.gen_sentences < 2:
         raise TextVAEError("--gen-sentences must be >= 2 (self-BLEU compares samples with each other)")
-    device = torch.device(args.device)
+    device = resolve_device(args.device, "--device")
     check_precision(device, args.precision, "--precision")
     task = (model_folder(args.model)[1] or {}).get("task", DEFAULT_TASK)
     if task != DEFAULT_TASK:  # the other tasks' own test report; the sentence VAE's options below
@@ -167,7 +168,7 @@ def cmd_evaluate(argv: list[str]) -> None:
     n_eval = min(args.max_sentences or len(split), len(split))
     n_tokens, unknown = announce_evaluation(args, split, n_eval, model)
     out = results_file(args)
-    progress = evaluation_progress(args, data_cfg, out)
+    progress = evaluation_progress(args, data_cfg, out, device)
 
     def batches(limit: int) -> Any:
         """A fresh iterator over ``limit`` sentences of the split, in evaluation order, on the device."""
@@ -268,8 +269,13 @@ def results_file(args: argparse.Namespace) -> Path:
     except OSError as e:  # FileExistsError where a file stands in the way, whose strerror would mislead
         reason = "a file is in the way" if isinstance(e, FileExistsError) else e.strerror
         raise TextVAEError(f"cannot write the results file {out}: {reason}; choose another --json") from None
-    if not os.access(out if out.exists() else out.parent, os.W_OK):  # a read-only file system included
-        raise TextVAEError(f"cannot write the results file {out}: permission denied; choose another --json")
+    existed = out.exists()
+    try:  # opened for writing once now: a read-only or pseudo file system refuses it here, not after the pass
+        os.close(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_APPEND))
+    except OSError as e:
+        raise TextVAEError(f"cannot write the results file {out}: {e.strerror.lower()}; choose another --json") from None
+    if not existed:
+        out.unlink()
     return out
 
 
@@ -287,7 +293,7 @@ def default_results_name(args: argparse.Namespace) -> str:
     return "_".join(["eval", *data, args.split, *subset]) + ".json"
 
 
-def evaluation_progress(args: argparse.Namespace, data_cfg: Any, out: Path) -> Any:
+def evaluation_progress(args: argparse.Namespace, data_cfg: Any, out: Path, device: torch.device) -> Any:
     """Where the IW pass keeps the batches it has finished: beside the results file ``out``
     (``eval_test.iw_progress.safetensors``), removed once the results are written. An evaluation
     stopped part-way (at K = 500 an hour or more on a CPU) resumes there when the same command runs
@@ -302,7 +308,7 @@ def evaluation_progress(args: argparse.Namespace, data_cfg: Any, out: Path) -> A
     if args.iw_samples == 0:
         return None
     key = IWProgress.key_of(model_folder(args.model)[0] / WEIGHTS_FILE, samples=args.iw_samples,
-                            precision=args.precision, device=torch.device(args.device).type,
+                            precision=args.precision, device=device.type,
                             data=dataclasses.asdict(data_cfg), split=args.split, batch_size=args.batch_size,
                             max_sentences=args.max_sentences, max_tokens=args.max_tokens)
     progress = IWProgress(progress_file(out), key)

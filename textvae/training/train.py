@@ -182,15 +182,16 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, setting: str = "train.device") -> torch.device:
+    """The device ``name`` (``auto``: a GPU where there is one) names, or a one-line error before any work."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise TextVAEError(f"unknown train.device {name!r}; valid: auto, cpu, cuda, cuda:N") from None
+        raise TextVAEError(f"unknown {setting} {name!r}; valid: auto, cpu, cuda, cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise TextVAEError(f"train.device {name!r}: CUDA is not available on this machine")
+        raise TextVAEError(f"{setting} {name!r}: CUDA is not available on this machine")
     return device
 
 
