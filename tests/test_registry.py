@@ -14,6 +14,7 @@ from textvae.cli import main
 from textvae.errors import TextVAEError
 from textvae.registry import Registry, list_registries
 from textvae.remedies import create_remedy, list_remedies
+from textvae.schedules import create_schedule
 from tests.test_metric_registry import toy_metric  # noqa: F401 (fixture)
 
 REGISTRIES = list_registries()
@@ -113,3 +114,14 @@ def test_a_caller_passes_only_declared_arguments(monkeypatch):
         parts.build("box", {}, size=3, width=4)
     with pytest.raises(ValueError, match="a registry of 'part' exists already"):
         Registry("part")
+
+
+def test_a_missing_parameter_is_named_not_a_python_signature(monkeypatch):
+    monkeypatch.setattr(registry, "_REGISTRIES", [])
+    parts = Registry("part", supplied=("size",))
+    parts.register("box")(lambda lr, size, depth, width=1: (lr, size, depth, width))
+    with pytest.raises(TextVAEError, match=r"^part 'box': missing parameter\(s\) \['depth'\]; valid: \['depth', 'width'\]$"):
+        parts.build("box", {"width": 2}, 0.1, size=3)  # lr by position, size supplied: only depth is the recipe's
+    assert parts.build("box", {"depth": 4}, 0.1, size=3) == (0.1, 3, 4, 1)
+    with pytest.raises(TextVAEError, match=r"KL schedule 'cyclical': missing parameter\(s\) \['total_steps'\]"):
+        create_schedule({"name": "cyclical"})

@@ -12,7 +12,7 @@ import inspect
 import sys
 import types
 import typing
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Callable, Generic, Sequence, TypeVar
 
 from textvae.errors import TextVAEError
 
@@ -63,9 +63,9 @@ class Registry(Generic[T]):
         undeclared = sorted(set(context) - set(self.supplied))
         if undeclared:  # a programming error: the registry's list of supplied arguments is out of date
             raise ValueError(f"{self.kind}: the caller passes {undeclared}, which `supplied` does not declare")
-        self.check(name, params)
         factory = self.get(name)
         signature = _signature(factory)
+        self.check(name, params, given=[p for p in signature if p != "self"][:len(args)])
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.values())
         kwargs = {k: v for k, v in context.items() if k in signature or takes_any}
         kwargs.update(params)
@@ -74,10 +74,10 @@ class Registry(Generic[T]):
         except TypeError as e:
             raise TextVAEError(f"{self.kind} {name!r}: {e}") from None
 
-    def check(self, name: str, params: dict[str, Any]) -> None:
+    def check(self, name: str, params: dict[str, Any], given: Sequence[str] = ()) -> None:
         """What :meth:`build` checks of a recipe's ``name`` and ``params`` before it creates anything (the
-        name, unknown or supplied parameters, values of the wrong type), so a run can check its recipe
-        before it loads its data."""
+        name, unknown, missing or supplied parameters, values of the wrong type), so a run can check its recipe
+        before it loads its data. ``given``: parameters the caller passes by position."""
         factory = self.get(name)
         signature = _signature(factory)
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.values())
@@ -89,6 +89,11 @@ class Registry(Generic[T]):
         if taken:
             raise TextVAEError(f"{self.kind} {name!r}: {taken} come(s) from the model or the configuration, "
                                f"not from the recipe; valid: {sorted(self.parameters(name))}")
+        required = [p for p, default in self.parameters(name).items() if default is inspect.Parameter.empty]
+        missing = [p for p in required if p not in params and p not in given]
+        if missing:
+            raise TextVAEError(f"{self.kind} {name!r}: missing parameter(s) {missing}; valid: "
+                               f"{sorted(set(self.parameters(name)) - set(given))}")
         hints = _hints(factory)
         for key, value in params.items():
             _check_type(self.kind, name, key, value, hints.get(key))
