@@ -3,6 +3,7 @@ Skip decoders and encoders. Checked against closed forms, autograd Jacobians, gr
 the causality / padding invariants every part must keep."""
 import dataclasses
 import math
+import re
 
 import pytest
 import torch
@@ -398,6 +399,21 @@ def test_a_setting_its_type_does_not_take_is_refused_not_ignored(part, registry,
     check_model_config(ModelConfig(latent_dim=0, encoder=EncoderConfig(type="cnn", bidirectional=True)))
     with pytest.raises(TextVAEError, match="unknown parameter"):
         check_model_config(ModelConfig(**{part: section(type="cnn", options={"nonsense": 1})}))
+
+
+@pytest.mark.parametrize("settings,message", [
+    ({"decoder": DecoderConfig(z_init=False, z_concat=False)}, "z_init and z_concat both false leave the lstm decoder"),
+    ({"posterior": "vmff"}, "unknown posterior 'vmff'; valid: gaussian, iaf, vmf"),
+    ({"prior": "mog", "prior_options": {"num_components": 0.5}}, "prior 'mog': num_components must be an integer"),
+    ({"init": "he"}, "unknown model.init 'he'; valid: he2019, torch"),
+    ({"encoder_init": "xavier"}, "unknown model.encoder_init 'xavier'"),
+])
+def test_model_settings_a_run_would_fail_on_or_ignore_are_refused_before_the_data(settings, message):
+    with pytest.raises(TextVAEError, match=re.escape(message)):
+        check_model_config(ModelConfig(**settings))
+    if "decoder" in settings:  # either path alone reads z; the language model reads none
+        check_model_config(ModelConfig(decoder=DecoderConfig(z_init=False)))
+        check_model_config(ModelConfig(latent_dim=0, decoder=DecoderConfig(z_init=False, z_concat=False)))
 
 
 def test_bad_options_are_one_line_errors():

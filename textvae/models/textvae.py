@@ -62,6 +62,9 @@ def unshared_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
+INITS = ("he2019", "torch")  # the schemes of TextVAE.init_weights
+
+
 class PretrainedMixin:
     """Saving and loading a model folder: ``model.safetensors`` + ``config.json`` (+ ``tokenizer.json``).
 
@@ -195,8 +198,8 @@ class TextVAE(OutputHead, PretrainedMixin, nn.Module):
                 self.init_weights([self.encoder, self.posterior], self.cfg.encoder_init or self.cfg.init)
             return
         scheme = scheme or self.cfg.init
-        if scheme not in ("he2019", "torch"):
-            raise TextVAEError(f"unknown init {scheme!r}; valid: he2019, torch")
+        if scheme not in INITS:
+            raise TextVAEError(f"unknown init {scheme!r}; valid: {', '.join(INITS)}")
         for part in parts:
             if scheme == "torch":
                 for sub in part.modules():
@@ -350,11 +353,15 @@ def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
 
 
 def check_model_config(cfg: ModelConfig) -> None:
-    """One-line errors, before the data is read, for what building the model would refuse (an encoder's or
-    decoder's type or options) or quietly not do: a setting of ``model.encoder`` / ``model.decoder``
+    """One-line errors, before the data is read, for what building the model would refuse (a part's type
+    or options, an init scheme) or quietly not do: a setting of ``model.encoder`` / ``model.decoder``
     that its type does not take (``z_concat`` of the ``cnn`` decoder, ``bidirectional`` of the ``cnn``
-    encoder), set away from its default. The language model (``latent_dim: 0``) builds no encoder, so
-    its encoder section is not read."""
+    encoder), set away from its default, and a VAE whose decoder reads z neither in its initial state
+    nor at its inputs. The language model (``latent_dim: 0``) builds no encoder, posterior or prior, so
+    those sections are not read."""
+    for name, scheme in (("model.init", cfg.init), ("model.encoder_init", cfg.encoder_init or cfg.init)):
+        if scheme not in INITS:
+            raise TextVAEError(f"unknown {name} {scheme!r}; valid: {', '.join(INITS)}")
     parts = [("decoder", DECODERS, cfg.decoder)] + ([("encoder", ENCODERS, cfg.encoder)] if cfg.latent_dim else [])
     for part, registry, section in parts:
         registry.check(section.type, section.options)
@@ -367,3 +374,12 @@ def check_model_config(cfg: ModelConfig) -> None:
                 raise TextVAEError(f"model.{part}.{f.name}: {value!r} would be ignored, the {section.type} {part} does "
                                    f"not take it; leave it at {getattr(default, f.name)!r}, or choose one of the {part}s that "
                                    f"do: {', '.join(takers)}")
+    if not cfg.latent_dim:
+        return
+    POSTERIORS.check(cfg.posterior, cfg.posterior_options)
+    PRIORS.check(cfg.prior, cfg.prior_options)
+    dec = cfg.decoder
+    if all(DECODERS.takes(dec.type, s) for s in ("z_init", "z_concat")) and not (dec.z_init or dec.z_concat):
+        raise TextVAEError(f"model.decoder: z_init and z_concat both false leave the {dec.type} decoder no path from "
+                           f"z, so the latent would be ignored by construction; set one of them (or latent_dim: 0 "
+                           f"for the language model)")
