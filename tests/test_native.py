@@ -183,10 +183,13 @@ def test_a_failed_build_warns_once_and_torch_computes(monkeypatch, tmp_path, cap
     monkeypatch.setattr(native, "SOURCES", tmp_path)
     monkeypatch.setattr(native, "_built", {})
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "build"))
-    with caplog.at_level(logging.WARNING, logger="textvae.models.native"):
+    with caplog.at_level(logging.INFO, logger="textvae.models.native"):
         assert native.native_kernel("softmax_rows") is None
         assert native.native_kernel("softmax_rows") is None
-    assert [r.message.count("softmax_rows could not be built") for r in caplog.records] == [1]
+    # said before the (minutes-long, when it compiles) build, then why it failed; once
+    assert [r.message.split(" in ")[0] for r in caplog.records] == ["compiling textvae's C++ kernel softmax_rows",
+                                                                    caplog.records[1].message.split(" in ")[0]]
+    assert [r.message.count("softmax_rows could not be built") for r in caplog.records] == [0, 1]
     assert native.native_status().startswith("unavailable: ")
     hidden, weight, targets = torch.randn(9, 8), torch.randn(20, 8), torch.randint(0, 20, (9,))
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -230,7 +233,7 @@ def test_without_flock_a_killed_build_s_lock_is_cleared_by_its_age(tmp_path, mon
 
 
 @pytest.mark.skipif(native.fcntl is None, reason="no flock here")
-def test_a_build_waits_for_a_live_build_and_clears_a_dead_one_s_lock(tmp_path):
+def test_a_build_waits_for_a_live_build_and_clears_a_dead_one_s_lock(tmp_path, caplog):
     """A build's turn waits while another process's build holds the folder's flock; once it is released
     (its holder ended, however), torch's ``lock`` file, which would make torch wait forever, is gone."""
     import fcntl
@@ -247,9 +250,11 @@ def test_a_build_waits_for_a_live_build_and_clears_a_dead_one_s_lock(tmp_path):
             entered.set()
 
     thread = threading.Thread(target=build)
-    thread.start()
-    assert not entered.wait(0.3)  # waits for the live build, and leaves its lock alone
+    with caplog.at_level(logging.INFO, logger="textvae.models.native"):
+        thread.start()
+        assert not entered.wait(0.3)  # waits for the live build, and leaves its lock alone, saying so
     assert (tmp_path / "lock").exists()
+    assert f"waiting for another process that builds textvae's C++ kernel in {tmp_path}" in caplog.text
     os.close(other)
     assert entered.wait(10)
     thread.join()

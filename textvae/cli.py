@@ -142,6 +142,7 @@ def cmd_evaluate(argv: list[str]) -> None:
     from textvae.metrics import check_text_metrics, generate_texts, score_texts
     from textvae.models.native import native_kernels
     from textvae.training.denormals import denormals_flushed
+    from textvae.training.progress import counted_progress, token_count
     from textvae.training.train import (check_precision, evaluation, freed_memory_kept, precision_autocast,
                                         resolve_device)
     from textvae.tasks.runconfig import DEFAULT_TASK
@@ -182,7 +183,8 @@ def cmd_evaluate(argv: list[str]) -> None:
     native = run_train.get("native_kernels", TrainConfig.native_kernels)
     with freed_memory_kept(), precision_autocast(device, args.precision), denormals_flushed(flush), \
             native_kernels(native):
-        results = evaluation(model, with_progress(batches(n_eval), n_tokens, f"evaluate {args.split}"), device,
+        bar = counted_progress(batches(n_eval), n_tokens, f"evaluate {args.split}", token_count, unit="tok")
+        results = evaluation(model, bar, device,
                              n_samples=args.iw_samples, max_tokens=args.max_tokens, per_dim=True,
                              iw_progress=progress)
     results["unk_rate"] = unknown
@@ -342,20 +344,6 @@ def announce_evaluation(args: argparse.Namespace, split: Any, n_eval: int, model
         log.warning("%.2f%% of the %s words are <unk> (outside the model's vocabulary): NLL, PPL and BLEU score "
                     "predicting <unk>, not those words", 100 * unknown, args.split)
     return n_tokens, unknown
-
-
-def with_progress(batches: Any, n_tokens: int, what: str) -> Any:
-    """``batches`` (a callable returning an iterator) showing a progress bar with the time left,
-    counted in tokens: evaluation order puts the shortest sentences first, so a count of batches
-    would promise the end too early."""
-    from tqdm import tqdm
-
-    def run() -> Any:
-        with tqdm(total=n_tokens, desc=what, unit="tok", unit_scale=True, leave=False, dynamic_ncols=True) as bar:
-            for batch in batches():
-                yield batch
-                bar.update(int(batch.n_tokens.sum()))
-    return run
 
 
 def run_steps(run_dir: Path) -> Optional[int]:

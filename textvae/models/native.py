@@ -122,7 +122,11 @@ def _build_turn(folder: Path) -> Iterator[None]:
         return
     fd = os.open(folder / "textvae.build", os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info(f"waiting for another process that builds textvae's C++ kernel in {folder}")
+            fcntl.flock(fd, fcntl.LOCK_EX)
         _remove_dead_lock(folder / "lock")
         yield
     finally:
@@ -140,6 +144,9 @@ def _build(kernel: str) -> Any:
         folder = _build_folder(name)
         folder.mkdir(parents=True, exist_ok=True)
         with _build_turn(folder):
+            if not (folder / f"{name}.so").is_file():  # torch compiles it, or loads the one it built before
+                log.info(f"compiling textvae's C++ kernel {kernel} in {folder} (once per machine and torch "
+                         f"version; a minute or more, longer beside other work)")
             return load(name, [str(SOURCES / f"{kernel}.cpp")], extra_cflags=_flags(), extra_ldflags=["-fopenmp"],
                         build_directory=str(folder), verbose=False)
     except Exception as error:  # noqa: BLE001 (a compiler's failure has no one type; the reason is kept)

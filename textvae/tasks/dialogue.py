@@ -9,6 +9,7 @@ evaluation pass.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Optional
 
@@ -22,8 +23,11 @@ from textvae.errors import TextVAEError
 from textvae.metrics import IWProgress, check_text_metrics, evaluate_model, list_metrics, score_texts
 from textvae.remedies import REMEDIES, combines, transforms_posterior
 from textvae.tasks.base import register_task
+from textvae.training.progress import counted_progress
 from textvae.training.task import Task, split_key
 from textvae.training.train import EVAL_SEED, eval_seed
+
+log = logging.getLogger("textvae")
 
 
 @register_task("dialogue")
@@ -81,7 +85,14 @@ class DialogueTask(Task):
                  iw_progress: Optional[IWProgress] = None) -> dict[str, float]:
         """The metrics registered for ``stage`` on ``limit`` pairs spread evenly over ``split``, counted as
         ``n_pairs``, from a generator of their own (the stream the CVAE's recorded figures came from)."""
-        batches = (b.to(device) for b in split.batches(self.cfg.data.eval_batch_size, shuffle=False, limit=limit))
+        n_pairs = min(limit or len(split), len(split))
+        if stage == "test":
+            contexts = self.cfg.eval.max_contexts or len(split)
+            log.info("test report: %d pairs%s, then responses to %d contexts", n_pairs,
+                     f", IW-NLL with K = {iw_samples} samples" if iw_samples else "", min(contexts, len(split)))
+        batches = counted_progress(
+            lambda: (b.to(device) for b in split.batches(self.cfg.data.eval_batch_size, shuffle=False, limit=limit)),
+            n_pairs, f"{stage} figures", len, unit="pair", enabled=stage == "test" and self.cfg.train.progress)()
         with model.likelihood_acts(self.cfg.eval.likelihood_act if model.use_acts else "predicted"):
             figures = evaluate_model(model, batches, list_metrics(stage), n_samples=iw_samples,
                                      generator=torch.Generator().manual_seed(eval_seed()), iw_progress=iw_progress)

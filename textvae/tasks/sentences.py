@@ -10,10 +10,11 @@ import torch
 
 from textvae.config import RunConfig
 from textvae.data.datasets import DataBundle, Split, load_dataset
-from textvae.metrics import list_metrics
+from textvae.metrics import iw_samples_for, list_metrics
 from textvae.models.textvae import TextVAE, check_model_config
 from textvae.reduction import perplexity, token_counts
 from textvae.tasks.base import register_task
+from textvae.training.progress import counted_progress, token_count
 from textvae.training.task import Task, split_key
 from textvae.training.train import evaluation, precision_autocast
 
@@ -50,10 +51,16 @@ class SentenceTask(Task):
         """Figures of the best model on ``split``, and the ground truth when the corpus is synthetic; in the
         run's precision (``eval_precision``)."""
         model = TextVAE.from_pretrained(best_dir, device)
-        precision = self.cfg.train.precision
+        precision, test = self.cfg.train.precision, data.splits[split]
+        n_tokens = int(token_counts(test.lengths).sum())
+        k = iw_samples_for(model, self.cfg.train.iw_samples_final)
+        log.info("%s report: %d sentences (%d tokens)%s", split, len(test), n_tokens,
+                 f", IW-NLL with K = {k} samples" if k else "")
+        batches = counted_progress(self._batches(test), n_tokens, f"{split} report", token_count, unit="tok",
+                                   enabled=self.cfg.train.progress)
         # A bf16 run is evaluated under the same autocast (its speed: benchmarks/throughput.py, iw), labelled so.
         with precision_autocast(device, precision):
-            report = evaluation(model, self._batches(data.splits[split]), device,
+            report = evaluation(model, batches, device,
                                 metrics=list_metrics("test"), n_samples=self.cfg.train.iw_samples_final,
                                 iw_progress=self.iw_progress(progress, best_dir, device, **split_key(split)))
         report["eval_precision"] = precision
