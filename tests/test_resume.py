@@ -266,6 +266,17 @@ def test_a_finished_run_resumed_unchanged_is_not_evaluated_again(corpus, tmp_pat
     assert (tmp_path / "x" / "metrics.jsonl").read_bytes() == log
     assert "is finished and its settings are unchanged: its test report stands" in caplog.text
     assert capsys.readouterr().out == first
+    # a change that trains no further step is refused, not written into config.yaml unused
+    config = (tmp_path / "x" / "config.yaml").read_bytes()
+    with pytest.raises(SystemExit):
+        main(["train", *args, "--resume", "--optim.lr", "0.5"])
+    assert capsys.readouterr().err.strip() == (
+        f"textvae: error: {tmp_path / 'x'} is finished (step 2): resumed, it trains no further step, so optim.lr "
+        f"0.001 -> 0.5 would be written into its config.yaml unused; evaluate it again with `textvae "
+        f"evaluate {tmp_path / 'x'}`, train a new run (another --name), or raise train.epochs / train.max_steps "
+        f"to train on")
+    assert (tmp_path / "x" / "metrics.jsonl").read_bytes() == log
+    assert (tmp_path / "x" / "config.yaml").read_bytes() == config
     main(["train", *args, "--resume", "--train.max_steps", "3"])
     records = read_jsonl(tmp_path / "x" / "metrics.jsonl")
     assert [r["split"] for r in records].count("test") == 1 and records[-1]["split"] == "test"

@@ -640,6 +640,7 @@ def start_run(task: Task, resume: bool, world: World, device: torch.device, data
     if resume:
         ckpt: Checkpoint = world.on_main(lambda: read_checkpoint(run_dir / CHECKPOINT))
         state, changes = restore_run(ckpt, cfg, model, optimizer, world, device)
+        world.on_main(lambda: check_changes_train(run_dir, cfg, state, changes))
         log_bytes = ckpt.meta["log_bytes"]
     unigram = data.splits["train"].unigram(data.tokenizer.vocab_size).to(device)
     if tc.sampled_softmax:
@@ -900,18 +901,39 @@ def _settings(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in json.loads(json.dumps(config)).items() if k not in ("name", "out_dir")}
 
 
+def reported(records: list[dict[str, Any]]) -> bool:
+    """Whether a run's log ends with its test report (not resumed and trained further since)."""
+    last = max((i for i, r in enumerate(records) if r.get("split") == "test"), default=None)
+    return last is not None and not any(r.get("split") == "train" for r in records[last:])
+
+
 def finished_unchanged(run_dir: Path, cfg: Any) -> Optional[dict[str, Any]]:
     """The test report of the finished run in ``run_dir`` when its saved settings are ``cfg``'s, else None:
     resumed, such a run would train no step and only evaluate itself again (at K = 500, an hour or more)."""
     records = read_jsonl(run_dir / "metrics.jsonl")
-    last = max((i for i, r in enumerate(records) if r.get("split") == "test"), default=None)
     saved = run_dir / "config.yaml"
-    if last is None or any(r.get("split") == "train" for r in records[last:]) or not saved.is_file():
+    if not reported(records) or not saved.is_file():
         return None  # not finished, or resumed and trained further since
     # a setting added since the run was made reads as its default; threads and the like change nothing
     if effective_changes(settings_now(type(cfg), yaml.safe_load(saved.read_text()) or {}), cfg):
         return None
     return final_report(records)
+
+
+def check_changes_train(run_dir: Path, cfg: Any, state: LoopState, changes: dict[str, tuple[Any, Any]]) -> None:
+    """A one-line error for resuming a finished run (its test report logged) with settings changed that
+    train it no further (no larger budget; the plateau schedule's stop stands): they would go into its
+    config.yaml, which then names settings no step of it used, and only its test report would run again."""
+    tc = cfg.train
+    trains_on = not state.done and state.epoch < tc.epochs and (tc.max_steps is None or state.step < tc.max_steps) \
+        and (tc.max_seconds is None or state.train_seconds < tc.max_seconds)
+    effective = {k: v for k, v in changes.items() if k not in INCIDENTAL_KEYS}
+    if trains_on or not effective or not reported(read_jsonl(run_dir / "metrics.jsonl")):
+        return
+    raise TextVAEError(f"{run_dir} is finished (step {state.step}{', its lr schedule ended' if state.done else ''}): "
+                       f"resumed, it trains no further step, so {_changed(effective)} would be written into its "
+                       f"config.yaml unused; evaluate it again with `textvae evaluate {run_dir}`, train a new run "
+                       f"(another --name), or raise train.epochs / train.max_steps to train on")
 
 
 def _changed(changes: dict[str, tuple[Any, Any]], shown: int = 8) -> str:
