@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -202,6 +203,28 @@ def test_setting_changes_walk_sections_and_count_free_form_values_whole():
     assert list(changes) == ["model.latent_dim", "model.decoder.options", "objective.remedies", "optim.lr",
                              "train.seed", "gone"]
     assert setting_changes(RunConfig, new, new) == {}
+
+
+def test_compare_refuses_runs_of_two_tasks(tmp_path):
+    from textvae.dialogue.config import CVAERunConfig
+    from textvae.study.report import compare_runs
+
+    for name, cfg in (("vae", RunConfig()), ("cvae", CVAERunConfig())):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    with pytest.raises(TextVAEError, match=f"^compare takes runs of one task: {tmp_path / 'vae'} is a sentences run, "
+                                           f"{tmp_path / 'cvae'} a dialogue run$"):
+        compare_runs([tmp_path / "vae", tmp_path / "cvae"])
+
+
+def test_a_finished_run_s_line_shows_a_figure_it_lacks_as_a_dash(monkeypatch, caplog):
+    run = SimpleNamespace(dir=Path("runs/v/seed1"), label="v/seed1")
+    monkeypatch.setattr(runner_module, "finished_report", lambda folder: {})
+    monkeypatch.setattr(runner_module, "run_figures",
+                        lambda report: {"nll": math.nan, "kl": 1.234, "mi": math.nan, "au": 3.0})
+    with caplog.at_level(logging.INFO, logger="textvae"):
+        runner_module._finished(run, True, 16.2, 1, 2)
+    assert "[1/2] v/seed1 done in 16 s: NLL –  KL 1.23  MI –  AU 3" in caplog.text
 
 
 def test_threads_are_split_between_jobs(tmp_path, monkeypatch):

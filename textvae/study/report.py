@@ -16,6 +16,7 @@ from textvae.metrics import TEXT_METRICS, get_metric, he2019_noise_sd, list_metr
 from textvae.study.archive import finite_or_null, load_archive, write_archive
 from textvae.study.folders import finished_report, run_state, saved_config
 from textvae.study.spec import Run, Study
+from textvae.tasks.base import TASKS
 
 log = logging.getLogger("textvae.study")
 
@@ -146,6 +147,10 @@ def compare_runs(run_dirs: list[Path]) -> str:
     left out) and, in the first row, the first run's own values of them, so that a comparison says what
     it compares."""
     configs = [_saved_config(Path(d)) for d in run_dirs]
+    other = next((i for i, (cls, _) in enumerate(configs) if cls is not configs[0][0]), None)
+    if other is not None:  # their settings have nothing in common to set side by side
+        raise TextVAEError(f"compare takes runs of one task: {run_dirs[0]} is a {_task_of(configs[0][0])} run, "
+                           f"{run_dirs[other]} a {_task_of(configs[other][0])} run")
     reports = [finished_report(Path(d)) for d in run_dirs]
     figures = [run_figures(report) if report is not None else None for report in reports]
     shown = shown_columns(lambda key: any(f is not None and math.isfinite(f[key]) for f in figures))
@@ -162,6 +167,10 @@ def compare_runs(run_dirs: list[Path]) -> str:
         settings = "; ".join(f"{k} {json.dumps(v)}" for k, v in changes[i].items()) or ("–" if i == 0 else "none")
         lines.append("| " + " | ".join([str(run_dir), *cells, settings]) + " |")
     return "\n".join(lines)
+
+
+def _task_of(config_class: type) -> str:
+    return next(name for name in TASKS.names() if TASKS.get(name).config_class is config_class)
 
 
 def _saved_config(run_dir: Path) -> tuple[type, dict[str, Any]]:

@@ -87,8 +87,9 @@ def _finished(run: Run, ok: bool, seconds: float, n: int, total: int) -> None:
                  run.log_file if run.log_file.is_file() else "the log above")
         return
     figs = run_figures(report)
-    log.info("[%d/%d] %s done in %.0f s: NLL %.2f  KL %.2f  MI %.2f  AU %s", n, total, run.label, seconds,
-             figs["nll"], figs["kl"], figs["mi"], format_figure(figs["au"], "{:.0f}"))
+    shown = "  ".join(f"{label} {format_figure(figs[key], fmt)}" for key, label, fmt in
+                      (("nll", "NLL", "{:.2f}"), ("kl", "KL", "{:.2f}"), ("mi", "MI", "{:.2f}"), ("au", "AU", "{:.0f}")))
+    log.info("[%d/%d] %s done in %.0f s: %s", n, total, run.label, seconds, shown)
 
 
 def select(runs: list[Run], only: Optional[list[str]] = None) -> list[Run]:
