@@ -319,7 +319,10 @@ def test_resume_and_restart_mistakes(tmp_path, trained, corpus, capsys):
 
 
 @pytest.mark.parametrize("args,expected", [
-    (["--model.latnt_dim", "4"], "unrecognized arguments: --model.latnt_dim 4"),
+    (["--model.latnt_dim", "4"], "unrecognized arguments: --model.latnt_dim 4 (did you mean --model.latent_dim?)"),
+    (["--train.max-steps", "4"], "unrecognized arguments: --train.max-steps 4 (did you mean --train.max_steps?)"),
+    (["--model.frobnicate", "4"], "unrecognized arguments: --model.frobnicate 4 (textvae train --help lists the settings)"),
+    (["--task", "dialogue"], "--task dialogue: the task is the recipe's (its task key), and this recipe's is sentences"),
     (["--model.latent_dim", "four"], "model.latent_dim must be an integer, got 'four'"),
     (["--train.max_steps", "x"], "train.max_steps must be an integer or null, got 'x'"),
     (["--objective.remedies", '[{"name": "bn_vae", "momentum": 2}]'], "momentum must be in (0, 1], got 2"),
@@ -342,14 +345,20 @@ def test_bad_config_values(tmp_path, corpus, capsys, args, expected):
 
 
 @pytest.mark.parametrize("text,expected", [
-    ("model:\n  latnt_dim: 4\n", "Group 'model' does not accept option 'latnt_dim'"),
+    ("model:\n  latnt_dim: 4\n", "recipe {recipe}: unknown key model.latnt_dim (did you mean model.latent_dim?); "
+                                   "valid in model: emb_dim, latent_dim, encoder,"),
+    ("model:\n  encoder: {hidden: 4}\n", "recipe {recipe}: unknown key model.encoder.hidden; valid in model.encoder: "
+                                          "type, hidden_dim,"),
+    ("modle:\n  latent_dim: 4\n", "recipe {recipe}: unknown key modle (did you mean model?); valid: name, out_dir,"),
     ("model:\n  latent_dim: four\n", "model.latent_dim must be an integer, got 'four'"),
-    ("model: [1, 2\n", "Problems parsing config"),
+    ("model: [1, 2\n", "recipe {recipe}: not valid YAML at line 2, column 1: expected ',' or ']'"),
+    ("", "recipe {recipe} is empty; a recipe sets some of the sections data, model, objective, optim, train"),
+    ("- a\n- b\n", "recipe {recipe}: a recipe is a mapping of sections to settings (model: {{latent_dim: 32}}), not a list"),
 ])
 def test_bad_recipe_files(tmp_path, capsys, text, expected):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(text)
-    assert expected in fails(["train", str(recipe), "--out_dir", str(tmp_path)], capsys)
+    assert expected.format(recipe=recipe) in fails(["train", str(recipe), "--out_dir", str(tmp_path)], capsys)
 
 
 def numeric_fields(cls: type, prefix: str = "") -> list[tuple[type, str]]:

@@ -10,13 +10,15 @@ wrongly typed values are one-line errors). No recipe means the embedded syntheti
 """
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from textvae.config import from_dict
+from textvae.config import from_dict, section_type
 from textvae.errors import TextVAEError
 from textvae.packaged import find_yaml, packaged_file, packaged_folder
 from textvae.tasks.base import TASKS
@@ -61,6 +63,54 @@ def train_parser(config_class: type):
                             help="the task (chosen by the recipe's task key)")
     parser.add_class_arguments(config_class, None)
     return parser
+
+
+def check_recipe(path: str, config_class: type) -> None:
+    """One-line errors, naming the file, for a recipe that jsonargparse would describe in its own terms:
+    not YAML, empty, not a mapping, or with a key that the task's configuration lacks (by its dotted
+    name, with a close valid one where there is one)."""
+    try:
+        values = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise TextVAEError(f"recipe {path}: not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
+    sections = [f.name for f in dataclasses.fields(config_class) if section_type(f) is not None]
+    if values is None:
+        raise TextVAEError(f"recipe {path} is empty; a recipe sets some of the sections {', '.join(sections)}")
+    if not isinstance(values, dict):
+        raise TextVAEError(f"recipe {path}: a recipe is a mapping of sections to settings (model: {{latent_dim: 32}}), "
+                           f"not a {type(values).__name__}")
+    _check_keys(config_class, values, f"recipe {path}")
+
+
+def _check_keys(cls: type, values: dict[str, Any], where: str, prefix: str = "") -> None:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in values.items():
+        if key not in fields and not (key == "task" and not prefix):  # the default task's recipes may name it
+            raise TextVAEError(f"{where}: unknown key {prefix}{key}{_close(str(key), fields, prefix)}; valid"
+                               f"{' in ' + prefix[:-1] if prefix else ''}: {', '.join(fields)}")
+        sub = section_type(fields[key]) if key in fields else None
+        if sub is not None and isinstance(value, dict):
+            _check_keys(sub, value, where, f"{prefix}{key}.")
+
+
+def _close(key: str, valid: Any, prefix: str = "") -> str:
+    """``" (did you mean PREFIX+NAME?)"`` for the valid name closest to ``key`` (a misspelling, ``-`` for
+    ``_``), or "" where none is close. A dotted ``key`` is matched within its section."""
+    section, _, leaf = key.replace("-", "_").rpartition(".")
+    names = [n for n in valid if n.rpartition(".")[0] == section]
+    match = difflib.get_close_matches(leaf, [n.rpartition(".")[2] for n in names], n=1, cutoff=0.8)
+    return f" (did you mean {prefix}{section + '.' if section else ''}{match[0]}?)" if match else ""
+
+
+def setting_names(cls: type, prefix: str = "") -> list[str]:
+    """Every setting of the configuration dataclass ``cls`` by its dotted name (``model.encoder.hidden_dim``)."""
+    names = []
+    for f in dataclasses.fields(cls):
+        sub = section_type(f)
+        names += setting_names(sub, f"{prefix}{f.name}.") if sub is not None else [prefix + f.name]
+    return names
 
 
 def _has_task_key(config_class: type) -> bool:
@@ -111,6 +161,12 @@ def parse_run_config(argv: list[str]) -> tuple[Any, bool]:
         argv = argv[:2] + ["--out_dir", str(folder.parent), "--name", folder.name] + argv[2:]
     task = recipe_task(argv[argv.index("--config") + 1]) if "--config" in argv[:-1] else DEFAULT_TASK
     config_class = TASKS.get(task).config_class
+    for i, a in enumerate(argv[:-1]):
+        if a == "--config":
+            check_recipe(argv[i + 1], config_class)
+        elif a == "--task" and argv[i + 1] != task:
+            raise TextVAEError(f"--task {argv[i + 1]}: the task is the recipe's (its task key), and this recipe's is "
+                               f"{task}; give a {argv[i + 1]} recipe instead (textvae list recipe)")
     parser = train_parser(config_class)
     try:
         recipe = argv.index("--config") + 1
@@ -127,6 +183,11 @@ def parse_run_config(argv: list[str]) -> tuple[Any, bool]:
             message += f" (the recipe {stray[0]} goes first, before the overrides)"
         elif "unrecognized arguments" in message.lower() and "--set" in argv:
             message += " (--set is textvae study's; textvae train takes --SECTION.KEY VALUE)"
+        elif "unrecognized arguments" in message.lower():
+            given = next((a[2:] for a in argv if a.startswith("--") and f" {a}" in f" {message}"), None)
+            if given is not None:
+                message += _close(given, setting_names(config_class), "--") or \
+                    f" (textvae train {'RECIPE ' if task != DEFAULT_TASK else ''}--help lists the settings)"
         raise TextVAEError(message) from None
     resume = values.pop("resume")
     values.pop("config", None)
