@@ -400,6 +400,11 @@ def test_input_remedy_on_a_language_model(tmp_path, corpus):
 @pytest.mark.parametrize("argv,expected", [
     (["sample", "{model}", "--n", "-3"], "--n must be at least 1, got -3"),
     (["sample", "{model}", "--temperature", "0"], "--temperature must be > 0, got 0.0"),
+    (["reconstruct", "{model}", "w1", "--top-p", "0.5"],
+     "--top-p is an option of --method sample, and --method greedy would ignore it"),
+    (["sample", "{model}", "--beam-size", "3"], "--beam-size is an option of --method beam, and --method sample would"),
+    (["interpolate", "{model}", "w1", "w2", "--method", "beam", "--temperature", "2"],
+     "--temperature is an option of --method sample, and --method beam would ignore it"),
     (["interpolate", "{model}", "w1", "w2", "--steps", "1"], "--steps must be at least 2, got 1"),
     (["evaluate", "{model}", "--iw-samples", "-1"], "--iw-samples must be at least 0, got -1"),
     (["evaluate", "{model}", "--device", "gpu"], "unknown --device 'gpu'; valid: auto, cpu, cuda, cuda:N"),

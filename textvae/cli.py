@@ -436,31 +436,48 @@ def warn_unknown_words(tokenizer: Any, sentences: list[str]) -> None:
 _UNKNOWN_SHOWN = 10
 
 
-def decoding_args(ap: argparse.ArgumentParser, method: str = "greedy") -> None:
-    ap.add_argument("--method", default=method, choices=["greedy", "sample", "beam"], help=f"(default: {method})")
-    ap.add_argument("--temperature", type=float, default=1.0)
-    ap.add_argument("--top-k", type=int, default=0)
-    ap.add_argument("--top-p", type=float, default=1.0)
-    ap.add_argument("--beam-size", type=int, default=5)
-    ap.add_argument("--max-len", type=int, default=50)
-    ap.add_argument("--seed", type=int, default=0)
-
-
 DECODING_RANGES = {"seed": SEED, "temperature": POSITIVE, "top_k": NON_NEGATIVE, "top_p": Range(above=0, most=1),
                    "beam_size": COUNT, "max_len": COUNT}
+# each method's own options and their defaults; given to another method they are an error, not ignored
+METHOD_OPTIONS = {"sample": {"temperature": 1.0, "top_k": 0, "top_p": 1.0}, "beam": {"beam_size": 5}}
+
+
+def decoding_args(ap: argparse.ArgumentParser, method: str = "greedy") -> None:
+    ap.add_argument("--method", default=method, choices=["greedy", "sample", "beam"], help=f"(default: {method})")
+    ap.add_argument("--temperature", type=float, help="softmax temperature, --method sample (default: 1)")
+    ap.add_argument("--top-k", type=int, help="sample among the k likeliest words, --method sample (default: 0, all)")
+    ap.add_argument("--top-p", type=float, help="nucleus sampling mass, --method sample (default: 1, all)")
+    ap.add_argument("--beam-size", type=int, help="--method beam (default: 5)")
+    ap.add_argument("--max-len", type=int, default=50, help="decoding steps, </s> included (default: 50)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the random draws (default: 0)")
+
+
+def check_decoding(args: argparse.Namespace, ranges: Optional[dict[str, Range]] = None) -> None:
+    """The decoding flags' one-line errors (out of range, or another method's), before a model is loaded."""
+    check_flags(args, {**(ranges or {}), **DECODING_RANGES})
+    method_options(args)
+
+
+def method_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options of ``args.method`` (their defaults where not given); an option of another method given
+    is a one-line error, since that method would ignore it."""
+    for method, options in METHOD_OPTIONS.items():
+        given = [name for name in options if getattr(args, name) is not None]
+        if given and method != args.method:
+            flag = "--" + given[0].replace("_", "-")
+            raise TextVAEError(f"{flag} is an option of --method {method}, and --method {args.method} would ignore it")
+    own = METHOD_OPTIONS.get(args.method, {})
+    return {name: default if getattr(args, name) is None else getattr(args, name) for name, default in own.items()}
 
 
 def decode(model: Any, tokenizer: Any, z: Optional[torch.Tensor], args: argparse.Namespace, n: int) -> list[str]:
     from textvae.models.decoding import decode_sentences
 
-    kw: dict[str, Any] = {"max_len": args.max_len}
+    kw: dict[str, Any] = {"max_len": args.max_len, **method_options(args)}
     if z is None:  # the language model: n sentences from nothing
         kw["batch_size"] = n
     if args.method == "sample":
-        kw.update(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                  generator=torch.Generator().manual_seed(args.seed))
-    elif args.method == "beam":
-        kw.update(beam_size=args.beam_size)
+        kw["generator"] = torch.Generator().manual_seed(args.seed)
     return decode_sentences(model, tokenizer, z, method=args.method, **kw)
 
 
@@ -470,7 +487,7 @@ def cmd_sample(argv: list[str]) -> None:
     ap.add_argument("--n", type=int, default=10)
     decoding_args(ap, method="sample")  # prior samples decoded greedily would repeat the same few sentences
     args = ap.parse_args(argv)
-    check_flags(args, {"n": COUNT, **DECODING_RANGES})
+    check_decoding(args, {"n": COUNT})
     model, tokenizer, _ = load_model_dir(args.model)
     model.eval()
     z = None if model.is_lm else model.sample_prior(args.n, generator=torch.Generator().manual_seed(args.seed))
@@ -496,7 +513,7 @@ def cmd_reconstruct(argv: list[str]) -> None:
     ap.add_argument("--file")
     decoding_args(ap)
     args = ap.parse_args(argv)
-    check_flags(args, DECODING_RANGES)
+    check_decoding(args)
     model, tokenizer, _ = load_model_dir(args.model)
     sentences = read_sentences(args)
     latents = _latents_for(model, tokenizer, sentences, args.model)
@@ -516,7 +533,7 @@ def cmd_interpolate(argv: list[str]) -> None:
     ap.add_argument("--steps", type=int, default=5)
     decoding_args(ap)
     args = ap.parse_args(argv)
-    check_flags(args, {"steps": Range(least=2), **DECODING_RANGES})
+    check_decoding(args, {"steps": Range(least=2)})
     model, tokenizer, _ = load_model_dir(args.model)
     mu = _latents_for(model, tokenizer, [args.first, args.second], args.model)
     path = interpolate(mu[0], mu[1], args.steps)
