@@ -559,6 +559,9 @@ def test_train_cvae_and_respond(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["evaluate", str(run), "--max-sentences", "3"])
     assert "--max-sentences: an option of a sentence model's evaluation" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # one the run's eval section sets (data.eval_batch_size): refused, not ignored
+        main(["evaluate", str(run), "--batch-size", "8"])
+    assert "--batch-size: an option of a sentence model's evaluation" in capsys.readouterr().err
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records if r["split"] == "valid"] == [1, 2]
     assert max(r["step"] for r in records if r["split"] == "train") == 10  # 5 batches per epoch

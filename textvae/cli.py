@@ -220,12 +220,13 @@ def evaluate_task_run(args: argparse.Namespace, task_name: str, device: torch.de
     from textvae.tasks.runconfig import parse_run_config
     from textvae.training.train import evaluation_rng
 
-    given = [flag for flag, value in (("--data", args.data), ("--max-sentences", args.max_sentences),
-                                      ("--probe", args.probe), ("--no-generation", args.no_generation),
-                                      ("--precision bf16", args.precision == "bf16")) if value]
+    # what the task's report takes from the command line: the run, the split, K, the device, the results file
+    own = {"model", "split", "iw_samples", "device", "json"}
+    defaults = evaluate_parser().parse_args([args.model])
+    given = [name for name, value in vars(args).items() if name not in own and value != getattr(defaults, name)]
     if given:
-        raise TextVAEError(f"{given[0]}: an option of a sentence model's evaluation; a {task_name} run is evaluated "
-                           f"with its recipe's settings (its eval section)")
+        raise TextVAEError(f"--{given[0].replace('_', '-')}: an option of a sentence model's evaluation; a {task_name} "
+                           f"run is evaluated with its recipe's settings (its eval section)")
     cfg, _ = parse_run_config([str(Path(args.model) / "config.yaml")])
     cfg.train.iw_samples_final = args.iw_samples
     task = create_task(cfg)
