@@ -301,7 +301,7 @@ def _samples(results: dict[str, Any]) -> str:
     n = f"{results.get('gen_sentences', float('nan')):.0f}"
     if "n_contexts" in results:
         return f"{n} responses to {results['n_contexts']:.0f} contexts"
-    return f"{n} prior samples"
+    return f"{n} prior samples" if "latent_dim" in results else f"{n} samples"  # the language model has no prior
 
 
 def format_table(results: dict[str, Any]) -> str:
@@ -315,11 +315,14 @@ def format_table(results: dict[str, Any]) -> str:
             "G": _samples(results),
             "P": f"{results.get('probe_n_per_class', float('nan')):.0f}"}
     rows = []
+    exact = "latent_dim" not in results and results.get("iw_samples") == 1  # the language model's NLL
     for key, label, fmt in _ROWS:
-        if key not in results:
+        if key not in results or (fmt is None and not results[key]):  # no per-dimension KL without dimensions
             continue
         value = _kl_dims(results[key]) if fmt is None else fmt.format(results[key])
-        if key == "iw_nll" and "iw_nll_mc_se" in results:
+        if key == "iw_nll" and exact:
+            label, value = "NLL (exact)", f"{value} (a language model's likelihood needs no sampling)"
+        elif key == "iw_nll" and "iw_nll_mc_se" in results:
             value += (f" (Monte Carlo se {results['iw_nll_mc_se']:.3f}, from a second draw of "
                       f"{results.get('iw_se_sentences', math.nan):.0f} sentences; "
                       f"ESS {results.get('iw_ess', math.nan):.1f} of {fill['K']})")
