@@ -93,8 +93,10 @@ class DataConfig:
 
 @dataclass
 class EncoderConfig:
-    """Sentence encoder reading ``<s> w1 .. wn </s>`` (registered ``type``); its context vector feeds
-    the posterior. ``options`` holds parameters only some types take (checked by the type)."""
+    """The sentence encoder.
+
+    It reads ``<s> w1 .. wn </s>`` (registered ``type``); its context vector feeds the posterior.
+    ``options`` holds parameters only some types take (checked by the type)."""
 
     type: str = "lstm"
     hidden_dim: int = 256
@@ -108,8 +110,9 @@ class EncoderConfig:
 
 @dataclass
 class DecoderConfig:
-    """Decoder (registered ``type``: lstm, gru, skip_lstm, cnn, transformer). For the recurrent
-    ones, z sets the initial state (c0 = W z, h0 = tanh c0) and is concatenated to
+    """The decoder (registered ``type``: lstm, gru, skip_lstm, cnn, transformer).
+
+    For the recurrent ones, z sets the initial state (c0 = W z, h0 = tanh c0) and is concatenated to
     every input embedding (He et al. 2019). ``input_dropout`` / ``output_dropout`` are ordinary
     dropout on embeddings and LSTM outputs (not word dropout, which is a remedy). ``options`` holds
     parameters only some decoder types take (e.g. dilations of the CNN decoder)."""
@@ -129,7 +132,9 @@ class DecoderConfig:
 
 @dataclass
 class ModelConfig:
-    """``latent_dim: 0`` gives the LSTM language model baseline (same decoder, no z).
+    """The model: its sizes, encoder, decoder, posterior, prior and initialisation.
+
+    ``latent_dim: 0`` gives the LSTM language model baseline (same decoder, no z).
 
     init: ``he2019`` (weights U(-0.01, 0.01), embeddings U(-0.1, 0.1)) or ``torch`` (PyTorch
     defaults). encoder_init: the scheme of the encoder and posterior head (``None``: as ``init``).
@@ -218,7 +223,9 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    """Loop control. ``max_steps`` (optimiser steps) and ``max_seconds`` (training-loop time,
+    """The training loop: its budget, logging, checkpoints, precision and final test report.
+
+    ``max_steps`` (optimiser steps) and ``max_seconds`` (training-loop time,
     summed over resumed sessions, checked after every step) stop early when set; ``metrics_every``
     logs KL / MI / AU on ``metrics_sentences`` validation sentences (spread evenly over the split) every N steps
     (0 = only at epoch ends); a checkpoint is written every epoch and, with ``checkpoint_every``,
@@ -285,6 +292,8 @@ class TrainConfig:
 
 @dataclass
 class RunConfig:
+    """A run of the sentence task: where it goes (``out_dir/name``) and its sections."""
+
     name: str = "run"
     out_dir: str = "runs"
     data: DataConfig = field(default_factory=DataConfig)

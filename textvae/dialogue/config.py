@@ -127,8 +127,10 @@ class DialogueEvalConfig:
 
 @dataclass
 class DialogueOptimConfig(OptimConfig):
-    """textvae's optimiser section with Zhao et al. (2017)'s defaults: Adam 1e-3, clip 5, and the
-    plateau decay off (``decay_start_epoch`` out of reach)."""
+    """Optimiser, with Zhao et al. (2017)'s defaults.
+
+    textvae's optimiser section with their Adam 1e-3, clip 5, and the plateau decay off
+    (``decay_start_epoch`` out of reach)."""
 
     name: str = "adam"
     lr: float = 1e-3
@@ -137,6 +139,8 @@ class DialogueOptimConfig(OptimConfig):
 
 @dataclass
 class CVAERunConfig:
+    """A run of the dialogue task: where it goes (``out_dir/name``) and its sections."""
+
     task: str = "dialogue"
     name: str = "cvae"
     out_dir: str = "runs"
