@@ -185,6 +185,11 @@ def test_evaluate_of_a_trained_run_gives_a_verdict_and_its_steps(trained, tmp_pa
     main(["evaluate", str(trained), "--iw-samples", "2", "--no-generation", "--json", str(tmp_path / "eval.json")])
     assert re.search(r"latent space\s+(?!not trained)", capsys.readouterr().out)
     assert json.loads((tmp_path / "eval.json").read_text())["train_steps"] == 2
+    # the run's config.yaml names the run
+    main(["evaluate", str(trained / "config.yaml"), "--iw-samples", "2", "--no-generation", "--json",
+          str(tmp_path / "again.json")])
+    assert json.loads((tmp_path / "again.json").read_text())["neg_elbo"] == \
+        json.loads((tmp_path / "eval.json").read_text())["neg_elbo"]
 
 
 def test_probe_on_an_unlabelled_corpus_fails_before_the_evaluation_pass(trained, monkeypatch, capsys):

@@ -77,6 +77,8 @@ def model_folder(path: str) -> tuple[Path, Optional[dict]]:
     p = Path(path)
     if not p.exists():
         raise TextVAEError(f"no such run or model folder: {p}")
+    if p.is_file() and p.name in ("config.yaml", "config.json"):  # a folder's settings named for the folder
+        p = p.parent
     if (p / "config.yaml").is_file() and (p / "model").is_dir():
         return p / "model", yaml.safe_load((p / "config.yaml").read_text())
     if p.is_dir() and not (p / "config.json").is_file():

@@ -317,7 +317,8 @@ class KgCVAE(OutputHead, PretrainedMixin, nn.Module):
     @classmethod
     def from_config_dict(cls, cfg: dict[str, Any]) -> "KgCVAE":
         if cfg.get("model_type") != "kgcvae":
-            raise TextVAEError("not a saved dialogue CVAE (config.json has no model_type: kgcvae)")
+            raise TextVAEError("not a saved dialogue CVAE (its config.json has no model_type: kgcvae): a sentence "
+                               "VAE or language model, which `textvae sample`, `reconstruct` and `evaluate` read")
         model = {"decoder_z": "every_input", **cfg["model"]}  # saved before decoder_z existed: the former wiring
         return cls(CVAEConfig(**model), int(cfg["vocab_size"]), ObjectiveConfig(**cfg.get("objective", {})),
                    cfg.get("act_names"), cfg.get("text"))
