@@ -577,6 +577,8 @@ def cmd_list(argv: list[str]) -> None:
     if registry is None:
         raise TextVAEError(f"unknown kind {args.kind!r}; valid: {', '.join([*registries, *FOLDERS])}")
     names = registry.names() if args.name is None else [args.name]
+    if args.name is not None:
+        registry.get(args.name)  # an unknown name: the registry's error listing the valid ones, before any output
     print(f"{registry.kind} (in a recipe: {registry.recipe})")
     for name in names:
         summary = registry.summary(name)  # an unknown name is an error listing the valid ones
