@@ -414,6 +414,9 @@ def test_model_settings_a_run_would_fail_on_or_ignore_are_refused_before_the_dat
     if "decoder" in settings:  # either path alone reads z; the language model reads none
         check_model_config(ModelConfig(decoder=DecoderConfig(z_init=False)))
         check_model_config(ModelConfig(latent_dim=0, decoder=DecoderConfig(z_init=False, z_concat=False)))
+    if "posterior" in settings:  # a misspelt name even where nothing reads it
+        with pytest.raises(TextVAEError, match=re.escape(message)):
+            check_model_config(ModelConfig(latent_dim=0, **settings))
 
 
 def test_bad_options_are_one_line_errors():

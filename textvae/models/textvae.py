@@ -357,8 +357,8 @@ def check_model_config(cfg: ModelConfig) -> None:
     or options, an init scheme) or quietly not do: a setting of ``model.encoder`` / ``model.decoder``
     that its type does not take (``z_concat`` of the ``cnn`` decoder, ``bidirectional`` of the ``cnn``
     encoder), set away from its default, and a VAE whose decoder reads z neither in its initial state
-    nor at its inputs. The language model (``latent_dim: 0``) builds no encoder, posterior or prior, so
-    those sections are not read."""
+    nor at its inputs. The language model (``latent_dim: 0``) builds no encoder, posterior or prior: of
+    those only the posterior's and prior's names are checked (a recipe shared with VAEs sets the rest)."""
     for name, scheme in (("model.init", cfg.init), ("model.encoder_init", cfg.encoder_init or cfg.init)):
         if scheme not in INITS:
             raise TextVAEError(f"unknown {name} {scheme!r}; valid: {', '.join(INITS)}")
@@ -374,6 +374,7 @@ def check_model_config(cfg: ModelConfig) -> None:
                 raise TextVAEError(f"model.{part}.{f.name}: {value!r} would be ignored, the {section.type} {part} does "
                                    f"not take it; leave it at {getattr(default, f.name)!r}, or choose one of the {part}s that "
                                    f"do: {', '.join(takers)}")
+    POSTERIORS.get(cfg.posterior), PRIORS.get(cfg.prior)  # a misspelt name, even where no latent reads it
     if not cfg.latent_dim:
         return
     POSTERIORS.check(cfg.posterior, cfg.posterior_options)
