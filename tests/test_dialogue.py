@@ -329,6 +329,22 @@ def test_save_and_load_roundtrip(tmp_path):
                                    model.prior(model.encode_context(batch)).mu)
 
 
+def test_the_latent_side_stays_fp32_under_bf16_autocast():
+    """As the sentence VAE's: q(z|x,c) and p(z|c) are computed in fp32 under autocast (in bf16, mu and
+    log sigma² keep 3 significant digits); p(z|c), whose input c is given, to the same numbers as without
+    it (q's input passes the response encoder, which autocast runs in bf16)."""
+    model = tiny([{"name": "bn_vae"}], use_acts=True).eval()
+    batch = random_batch(8, seed=1, acts=True)
+    with torch.no_grad():
+        c = model.encode_context(batch)
+        plain = model.posterior(batch, c)[0], model.prior(c)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            cast = model.posterior(batch, c)[0], model.prior(c)
+    for a, b in zip(plain, cast):
+        assert b.mu.dtype == b.logvar.dtype == torch.float32
+    assert torch.equal(plain[1].mu, cast[1].mu) and torch.equal(plain[1].logvar, cast[1].logvar)
+
+
 def test_a_model_saved_with_the_prior_transforms_outside_the_objective_loads(tmp_path):
     """BN-CVAE's prior instance of bn_vae was the model's (``prior_transforms.*``) until the objective
     owned it (``objective.prior_transforms.*``): such a saved model, or checkpoint, still loads."""

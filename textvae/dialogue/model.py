@@ -170,8 +170,10 @@ class KgCVAE(OutputHead, PretrainedMixin, nn.Module):
         return self.context_encoder(batch.context, batch.turn_lengths, batch.n_turns)
 
     def prior(self, c: torch.Tensor) -> DiagGaussian:
-        """p(z|c) after the prior transforms (BN on its mean for BN-CVAE)."""
-        return DiagGaussian(*self.objective.transform_prior(*self.prior_net(c).chunk(2, dim=-1)))
+        """p(z|c) after the prior transforms (BN on its mean for BN-CVAE); fp32 under autocast, as the
+        posterior (:meth:`posterior`)."""
+        with torch.autocast(c.device.type, enabled=False):
+            return DiagGaussian(*self.objective.transform_prior(*self.prior_net(c.float()).chunk(2, dim=-1)))
 
     def posterior(self, batch: DialogueBatch, c: torch.Tensor) -> tuple[DiagGaussian, torch.Tensor]:
         """q(z|x,c[,y]) after the remedies' posterior transforms, and its input h = [x; c (; act
@@ -180,8 +182,11 @@ class KgCVAE(OutputHead, PretrainedMixin, nn.Module):
         parts = [x, c]
         if self.use_acts:
             parts.append(self.act_features(self.act_embedding(self._true_acts(batch))))
-        h = torch.cat(parts, -1)
-        mu, logvar = self.objective.transform_posterior(*self.recognition(h).chunk(2, dim=-1))
+        h = torch.cat(parts, -1).float()
+        # The latent side stays fp32 under autocast, as the sentence VAE's (TextVAE.encode_hidden): in bf16,
+        # mu, log sigma² and the KL term would keep only 3 significant digits.
+        with torch.autocast(h.device.type, enabled=False):
+            mu, logvar = self.objective.transform_posterior(*self.recognition(h).chunk(2, dim=-1))
         return DiagGaussian(mu, logvar), h
 
     def prior_parameters(self) -> list[nn.Parameter]:
@@ -298,8 +303,9 @@ class KgCVAE(OutputHead, PretrainedMixin, nn.Module):
         response = self.with_context(batch.response, c)
         inputs = self.objective.corrupt_inputs(response.inputs) if self.training else response.inputs
         q, h = self.posterior(batch, c)
-        z = q.rsample(1)[0]
-        kl, _ = kl_terms(q, self.prior(c), z)
+        with torch.autocast(h.device.type, enabled=False):  # fp32, as in posterior
+            z = q.rsample(1)[0]
+            kl, _ = kl_terms(q, self.prior(c), z)
         extras: dict[str, torch.Tensor] = {}
         if self.use_acts:
             extras["act"] = F.cross_entropy(self.act_logits(c, z), self._true_acts(batch), reduction="none")
