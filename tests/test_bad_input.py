@@ -83,6 +83,11 @@ def test_missing_files(tmp_path, corpus, capsys):
     (["--objective.kl_schedule", '{"name": "linear", "warmup": 5}'], "KL schedule 'linear': unknown parameter(s)"),
     (["--objective.kl_schedule", '{"name": "constant", "value": -1}'], "constant KL schedule: value must be >= 0"),
     (["--objective.kl_schedule", '{"name": "linear", "start": -0.5}'], "start and end must be >= 0, got -0.5 and 1.0"),
+    (["--objective.kl_schedule", '{"name": "cyclical"}'], "KL schedule 'cyclical': missing parameter(s) ['total_steps']"),
+    (["--optim.name", "rmsprop"], "unknown optimizer 'rmsprop'; valid: adam, sgd"),
+    (["--model.posterior", "vmff"], "unknown posterior 'vmff'; valid: gaussian, iaf, vmf"),
+    (["--model.init", "xavier"], "unknown model.init 'xavier'; valid: he2019, torch"),
+    (["--model.decoder.type", "cnn", "--model.decoder.z_concat", "false"], "model.decoder.z_concat: False would be"),
 ])
 def test_the_recipe_s_parts_are_checked_before_the_data_is_read(tmp_path, capsys, setting, message):
     """A typo in a remedy or schedule fails at once, not after a corpus has been read (here: none exists)."""

@@ -401,6 +401,7 @@ def check_config(cfg: RunConfig) -> None:
     if tc.precision not in ("fp32", "bf16"):
         raise TextVAEError(f"unknown train.precision {tc.precision!r}; valid: fp32, bf16")
     LR_SCHEDULES.get(oc.cycle_lr)  # an unknown name: the registry's one-line error, listing the valid ones
+    OPTIMIZERS.get(oc.name)
     # names, parameters and their types, and how they combine with each other and the model, before the data
     check_remedies(cfg.objective.remedies, **cfg.model.latent_family())
     create_schedule(cfg.objective.kl_schedule)
