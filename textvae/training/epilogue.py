@@ -30,5 +30,16 @@ def run_epilogue(run_dir: Path, report: dict[str, Any], cfg: Any) -> str:
         model = getattr(cfg, "model", None)
         if (getattr(model, "encoder_init", None) or getattr(model, "init", None)) == "he2019":
             command += ["--model.encoder_init", "torch"]
-        lines.append(f"the latent space collapsed (0 active units); to try a remedy: {shlex.join(command)}")
+        lines.append(f"the latent space collapsed (0 active units{_capped(report, cfg)}); to try a remedy: "
+                     f"{shlex.join(command)}")
     return "\n".join(lines)
+
+
+def _capped(report: dict[str, Any], cfg: Any) -> str:
+    """", after only N steps: train.max_steps (or max_seconds) stopped it, ..." where a budget cut the run
+    short (a smoke test, a study's time cap): an encoder may not have started encoding yet."""
+    steps, tc = report.get("train_steps"), cfg.train
+    by = ("train.max_steps" if tc.max_steps is not None and steps is not None and steps >= tc.max_steps else
+          "train.max_seconds" if tc.max_seconds is not None and report.get("train_seconds", 0) >= tc.max_seconds
+          else None)
+    return f" after only {steps} steps, where {by} stopped it: it may not have started encoding yet" if by else ""
