@@ -420,7 +420,8 @@ def test_recipes_parse(recipe):
     assert isinstance(parse_run_config(["--resume", "--config", str(recipe)])[0], CVAERunConfig)
     assert recipe_task(str(recipe)) == "dialogue"
     assert recipe_task(str(recipe.parent.parent / "ptb" / "vae.yaml")) == "sentences"
-    with pytest.raises(TextVAEError, match="chosen by the recipe"):
+    with pytest.raises(TextVAEError, match=r"--task sentences: the task is the recipe.s \(its task key\), and this "
+                                           r"recipe.s is dialogue"):
         parse_run_config([str(recipe), "--task", "sentences"])
     assert isinstance(parse_run_config([f"--config={recipe}"])[0], CVAERunConfig)  # not the synthetic default
 
