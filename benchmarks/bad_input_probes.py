@@ -1,5 +1,6 @@
-"""Issue 17: run every probe of a new user through the real command line and print, for each, its
-exit status and the one line that answers it (the error, or the warning / report line).
+"""Issue 17 (and the twenty-seventh session's walkthrough of a new user): run every probe of a new user
+through the real command line and print, for each, its exit status and the one line that answers it
+(the error, or the warning / report line).
 
     python benchmarks/bad_input_probes.py [--work /tmp/textvae-probes]
 
@@ -28,7 +29,7 @@ TINY = ["--model.emb_dim", "8", "--model.latent_dim", "4", "--model.encoder.hidd
 # the line that answers a probe: an error, else a warning or report line of interest
 ANSWER = re.compile(r"^textvae: error: .*|.*(?:warning|is larger than|epochs 0|not trained|glued|looks like|"
                     r"unknown words|not in the model's vocabulary|run saved in|collapsed \(0 active|resuming|evaluating|"
-                    r"LATENT_DIM\s+\(type).*$",
+                    r"test report:|LATENT_DIM\s+\(type).*$",
                     re.MULTILINE)
 
 
@@ -154,8 +155,43 @@ def probes(work: Path, p: dict[str, Path]) -> list[tuple[str, list[str], str]]:
         ("untokenised text", train(work, "raw", p["raw"]), "glued"),
         ("end of a collapsed run: where saved", train(work, "end", p["corpus"]), "run saved in"),
         ("end of a collapsed run: the remedy command", train(work, "end2", p["corpus"]), "collapsed"),
+        *session27_probes(work, p),
         ("a resumed run", ["train", str(work / "runs/vae/config.yaml"), "--resume", "--train.max_steps", "3"],
          "resuming"),
+    ]
+
+
+def session27_probes(work: Path, p: dict[str, Path]) -> list[tuple[str, list[str], str]]:
+    """What a new user's walkthrough found answered by a traceback, in Python's terms, or not at all."""
+    model, run, cvae = str(work / "runs/vae/model"), str(work / "runs/vae"), str(work / "runs/cvae")
+    recipes = {"misspelt": "model:\n  latnt_dim: 4\n", "broken": "model: {latent_dim: 4\n", "empty": ""}
+    for name, text in recipes.items():
+        (work / f"{name}.yaml").write_text(text)
+    return [
+        ("evaluate --device gpu", ["evaluate", run, "--device", "gpu"], ""),
+        ("evaluate --json on a pseudo file system", ["evaluate", run, "--json", "/proc/e.json"], ""),
+        ("a recipe with a misspelt key", ["train", str(work / "misspelt.yaml")], ""),
+        ("a recipe that is not YAML", ["train", str(work / "broken.yaml")], ""),
+        ("an empty recipe", ["train", str(work / "empty.yaml")], ""),
+        ("--model.latnt_dim 4", train(work, "x", p["corpus"], "--model.latnt_dim", "4"), ""),
+        ("--train.max-steps 3", train(work, "x", p["corpus"], "--train.max-steps", "3"), ""),
+        ("--task dialogue on a sentence recipe", train(work, "x", p["corpus"], "--task", "dialogue"), ""),
+        ("a cnn decoder with z_concat false", train(work, "x", p["corpus"], "--model.decoder.type", "cnn",
+                                                    "--model.decoder.z_concat", "false"), ""),
+        ("a decoder with no path from z", train(work, "x", p["corpus"], "--model.decoder.z_init", "false",
+                                                "--model.decoder.z_concat", "false"), ""),
+        ("a misspelt posterior on the language model", train(work, "x", p["corpus"], "--model.latent_dim", "0",
+                                                             "--model.posterior", "vmff"), ""),
+        ("a KL schedule without its required parameter",
+         train(work, "x", p["corpus"], "--objective.kl_schedule", "{name: cyclical}"), ""),
+        ("a finished run resumed with a setting that trains nothing",
+         ["train", str(work / "runs/vae/config.yaml"), "--resume", "--optim.lr", "0.5"], ""),
+        ("sample --method greedy --top-p 0.5", ["sample", model, "--method", "greedy", "--top-p", "0.5"], ""),
+        ("evaluate a dialogue run with --batch-size", ["evaluate", cvae, "--batch-size", "8"], ""),
+        ("compare runs of two tasks", ["compare", run, cvae], ""),
+        ("list an unknown remedy", ["list", "remedy", "bnvae"], ""),
+        ("respond with a sentence model", ["respond", run, "--context", "hi"], ""),
+        ("the test report says what it evaluates", train(work, "announced", p["corpus"]), "test report:"),
     ]
 
 

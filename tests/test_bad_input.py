@@ -2,6 +2,7 @@
 status 2, no traceback -- or, where the policy is to go on (over-long lines, unknown words), a count
 in the log. The README's "Bad input" table lists these cases.
 """
+import argparse
 import dataclasses
 import importlib.util
 import json
@@ -190,11 +191,24 @@ def test_evaluate_of_a_trained_run_gives_a_verdict_and_its_steps(trained, tmp_pa
     main(["evaluate", str(trained), "--iw-samples", "2", "--no-generation", "--json", str(tmp_path / "eval.json")])
     assert re.search(r"latent space\s+(?!not trained)", capsys.readouterr().out)
     assert json.loads((tmp_path / "eval.json").read_text())["train_steps"] == 2
-    # the run's config.yaml names the run
-    main(["evaluate", str(trained / "config.yaml"), "--iw-samples", "2", "--no-generation", "--json",
-          str(tmp_path / "again.json")])
-    assert json.loads((tmp_path / "again.json").read_text())["neg_elbo"] == \
-        json.loads((tmp_path / "eval.json").read_text())["neg_elbo"]
+    # the run's config.yaml names the run: its results file, its steps and figures are the folder's
+    copy = tmp_path / "copy"
+    shutil.copytree(trained, copy)
+    main(["evaluate", str(copy / "config.yaml"), "--iw-samples", "2", "--no-generation"])
+    again = json.loads((copy / "eval_test.json").read_text())
+    assert again["train_steps"] == 2
+    assert again["neg_elbo"] == json.loads((tmp_path / "eval.json").read_text())["neg_elbo"]
+
+
+def test_the_results_file_check_makes_and_removes_nothing_of_the_user_s(tmp_path):
+    from textvae.cli import results_file
+
+    link = tmp_path / "link.json"
+    link.symlink_to(tmp_path / "target.json")  # dangling: evaluate writes through it at the end
+    args = argparse.Namespace(json=str(link), model=str(tmp_path), data=None, split="test", max_sentences=None)
+    assert results_file(args) == link
+    assert link.is_symlink() and not (tmp_path / "target.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.json"]  # no probe file left beside it
 
 
 def test_probe_on_an_unlabelled_corpus_fails_before_the_evaluation_pass(trained, monkeypatch, capsys):

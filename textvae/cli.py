@@ -26,6 +26,7 @@ import logging
 import os
 import re
 import sys
+import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any, Optional
@@ -70,6 +71,13 @@ def format_report(report: dict[str, Any]) -> str:
     return format_table(report)
 
 
+def folder_argument(path: str) -> str:
+    """A run or model folder as a command takes it; its settings file (``config.yaml``, ``config.json``)
+    names the folder it is in."""
+    p = Path(path)
+    return str(p.parent) if p.is_file() and p.name in ("config.yaml", "config.json") else path
+
+
 def model_folder(path: str) -> tuple[Path, Optional[dict]]:
     """A saved model folder, or a run folder -> (the model folder: its best model's, the run config or None)."""
     import yaml
@@ -77,8 +85,6 @@ def model_folder(path: str) -> tuple[Path, Optional[dict]]:
     p = Path(path)
     if not p.exists():
         raise TextVAEError(f"no such run or model folder: {p}")
-    if p.is_file() and p.name in ("config.yaml", "config.json"):  # a folder's settings named for the folder
-        p = p.parent
     if (p / "config.yaml").is_file() and (p / "model").is_dir():
         return p / "model", yaml.safe_load((p / "config.yaml").read_text())
     if p.is_dir() and not (p / "config.json").is_file():
@@ -103,7 +109,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
     from textvae.metrics.likelihood import DEFAULT_MAX_TOKENS
 
     ap = CommandParser(prog="textvae evaluate", description="Evaluate a trained model on a split.")
-    ap.add_argument("model", help="run folder or saved model folder")
+    ap.add_argument("model", type=folder_argument, help="run folder or saved model folder (or its config file)")
     ap.add_argument("--data", help="dataset name or path (default: the run's dataset)")
     ap.add_argument("--split", default="test", choices=["train", "valid", "test"])
     ap.add_argument("--iw-samples", type=int, default=500, help="importance samples for IW-NLL (0 = skip)")
@@ -125,7 +131,8 @@ def evaluate_parser() -> argparse.ArgumentParser:
                                    "--data and --max-sentences eval_<data>_<split>_n<N>.json); "
                                    "until then the IW pass keeps its finished batches beside it "
                                    "(<name>.iw_progress.safetensors), so the same command resumes a stopped one")
-    ap.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (a GPU where there is one)")
+    ap.add_argument("--device", help="cpu, cuda, cuda:N or auto (a GPU where there is one); default: the run's "
+                                     "train.device, so that its test report is reproduced (cpu for a model folder)")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                     help="bf16: figures under bfloat16 autocast (recurrent and output GEMMs in bf16; posterior "
                          "head, KL and softmax statistics in fp32; faster IW-NLL on a CPU with bf16 units); "
@@ -145,8 +152,7 @@ def cmd_evaluate(argv: list[str]) -> None:
     from textvae.models.native import native_kernels
     from textvae.training.denormals import denormals_flushed
     from textvae.training.progress import counted_progress, token_count
-    from textvae.training.train import (check_precision, evaluation, freed_memory_kept, precision_autocast,
-                                        resolve_device)
+    from textvae.training.train import check_precision, evaluation, freed_memory_kept, precision_autocast
     from textvae.tasks.runconfig import DEFAULT_TASK
     from textvae.tasks.sentences import truth_figures
 
@@ -155,9 +161,10 @@ def cmd_evaluate(argv: list[str]) -> None:
                        "probe_draws": COUNT, "max_sentences": COUNT, "max_len": COUNT, "seed": SEED})
     if not args.no_generation and args.gen_sentences < 2:
         raise TextVAEError("--gen-sentences must be >= 2 (self-BLEU compares samples with each other)")
-    device = resolve_device(args.device, "--device")
+    run_cfg = model_folder(args.model)[1] or {}
+    device = evaluation_device(args.device, run_cfg)
     check_precision(device, args.precision, "--precision")
-    task = (model_folder(args.model)[1] or {}).get("task", DEFAULT_TASK)
+    task = run_cfg.get("task", DEFAULT_TASK)
     if task != DEFAULT_TASK:  # the other tasks' own test report; the sentence VAE's options below
         return evaluate_task_run(args, task, device)
     model, tokenizer, run_cfg = load_model_dir(args.model)
@@ -212,6 +219,18 @@ def cmd_evaluate(argv: list[str]) -> None:
     print(f"results written to {out}")
     if progress is not None:
         progress.path.unlink(missing_ok=True)
+
+
+def evaluation_device(given: Optional[str], run_cfg: dict[str, Any]) -> torch.device:
+    """``--device``, else the run's ``train.device`` (its test report's device, which evaluate reproduces), else
+    the CPU; a one-line error for one this machine lacks."""
+    from textvae.training.train import resolve_device
+
+    try:
+        return resolve_device(given or (run_cfg.get("train") or {}).get("device", "cpu"),
+                              "--device" if given else "the run's train.device")
+    except TextVAEError as e:
+        raise TextVAEError(f"{e}{'' if given else '; choose another with --device'}") from None
 
 
 def evaluate_task_run(args: argparse.Namespace, task_name: str, device: torch.device) -> None:
@@ -274,13 +293,14 @@ def results_file(args: argparse.Namespace) -> Path:
     except OSError as e:  # FileExistsError where a file stands in the way, whose strerror would mislead
         reason = "a file is in the way" if isinstance(e, FileExistsError) else e.strerror
         raise TextVAEError(f"cannot write the results file {out}: {reason}; choose another --json") from None
-    existed = out.exists()
-    try:  # opened for writing once now: a read-only or pseudo file system refuses it here, not after the pass
-        os.close(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_APPEND))
+    try:  # written to once now: a read-only or pseudo file system refuses it here, not after the pass
+        if out.exists():  # as it is, without creating anything (a FIFO does not block)
+            os.close(os.open(out, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK))
+        else:  # a file of its own beside it, so that nothing of the user's is made or removed
+            tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.").close()
     except OSError as e:
-        raise TextVAEError(f"cannot write the results file {out}: {e.strerror.lower()}; choose another --json") from None
-    if not existed:
-        out.unlink()
+        reason = (e.strerror or str(e)).lower()
+        raise TextVAEError(f"cannot write the results file {out}: {reason}; choose another --json") from None
     return out
 
 
@@ -486,7 +506,7 @@ def decode(model: Any, tokenizer: Any, z: Optional[torch.Tensor], args: argparse
 
 def cmd_sample(argv: list[str]) -> None:
     ap = CommandParser(prog="textvae sample", description="Sentences from z ~ p(z) (or from the LM).")
-    ap.add_argument("model")
+    ap.add_argument("model", type=folder_argument, help="run folder or saved model folder (or its config file)")
     ap.add_argument("--n", type=int, default=10)
     decoding_args(ap, method="sample")  # prior samples decoded greedily would repeat the same few sentences
     args = ap.parse_args(argv)
@@ -511,7 +531,7 @@ def read_sentences(args: argparse.Namespace) -> list[str]:
 
 def cmd_reconstruct(argv: list[str]) -> None:
     ap = CommandParser(prog="textvae reconstruct", description="Decode the posterior mean of each input.")
-    ap.add_argument("model")
+    ap.add_argument("model", type=folder_argument, help="run folder or saved model folder (or its config file)")
     ap.add_argument("sentences", nargs="*")
     ap.add_argument("--file")
     decoding_args(ap)
@@ -530,7 +550,7 @@ def cmd_interpolate(argv: list[str]) -> None:
 
     ap = CommandParser(prog="textvae interpolate",
                                  description="Decode points on the line between two posterior means.")
-    ap.add_argument("model")
+    ap.add_argument("model", type=folder_argument, help="run folder or saved model folder (or its config file)")
     ap.add_argument("first")
     ap.add_argument("second")
     ap.add_argument("--steps", type=int, default=5)
