@@ -368,6 +368,16 @@ def test_bad_config_values(tmp_path, corpus, capsys, args, expected):
     assert expected in fails([*train_on(tmp_path, corpus), *args], capsys)
 
 
+def test_a_recipe_may_spell_its_keys_dotted(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("model.latent_dim: 3\nmodel.encoder.hidden_dim: 5\n")
+    cfg, _ = parse_run_config([str(recipe)])
+    assert (cfg.model.latent_dim, cfg.model.encoder.hidden_dim) == (3, 5)
+    recipe.write_text("model.latnt_dim: 3\n")
+    with pytest.raises(TextVAEError, match=r"unknown key model.latnt_dim \(did you mean model.latent_dim\?\)"):
+        parse_run_config([str(recipe)])
+
+
 @pytest.mark.parametrize("text,expected", [
     ("model:\n  latnt_dim: 4\n", "recipe {recipe}: unknown key model.latnt_dim (did you mean model.latent_dim?); "
                                    "valid in model: emb_dim, latent_dim, encoder,"),

@@ -338,6 +338,44 @@ def from_dict(cls: type, values: dict[str, Any]) -> Any:
     return cls(**kwargs)
 
 
+def expand_dotted(overrides: dict[str, Any], where: str) -> dict[str, Any]:
+    """{"optim.lr": 0.5, "model": {"encoder.hidden_dim": 8}} -> {"optim": {"lr": 0.5}, "model": {"encoder": {...}}}.
+
+    Nested dicts are expanded too; two spellings of the same key are an error."""
+    if not isinstance(overrides, dict):
+        raise TextVAEError(f"{where}: overrides must be a mapping, got {type(overrides).__name__}")
+    nested: dict[str, Any] = {}
+    for key, value in overrides.items():
+        parts = str(key).split(".")
+        if not all(parts):
+            raise TextVAEError(f"{where}: malformed key {key!r}")
+        node = nested
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise TextVAEError(f"{where}: key {key!r} conflicts with another override")
+        value = expand_dotted(value, where) if isinstance(value, dict) else value
+        leaf = parts[-1]
+        if leaf in node:
+            if not (isinstance(node[leaf], dict) and isinstance(value, dict)):
+                raise TextVAEError(f"{where}: key {key!r} is given twice")
+            value = _merge_plain(node[leaf], value, f"{where}: key {key!r}")
+        node[leaf] = value
+    return nested
+
+
+def _merge_plain(a: dict[str, Any], b: dict[str, Any], where: str) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        if k in out and isinstance(out[k], dict) and isinstance(v, dict):
+            out[k] = _merge_plain(out[k], v, where)
+        elif k in out:
+            raise TextVAEError(f"{where}: {k!r} is given twice")
+        else:
+            out[k] = v
+    return out
+
+
 def section_type(f: dataclasses.Field) -> Optional[type]:
     """The dataclass type of a configuration's field that is itself a section, else None."""
     factory = f.default_factory  # type: ignore[misc]

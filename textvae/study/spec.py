@@ -11,7 +11,7 @@ from typing import Any, Callable, Optional
 
 import yaml
 
-from textvae.config import RunConfig, section_type
+from textvae.config import RunConfig, expand_dotted, section_type
 from textvae.errors import TextVAEError
 from textvae.packaged import find_yaml, packaged_file, packaged_names
 
@@ -56,44 +56,6 @@ class Run:
     @property
     def label(self) -> str:
         return f"{self.variant}/seed{self.seed}"
-
-
-def expand_dotted(overrides: dict[str, Any], where: str) -> dict[str, Any]:
-    """{"optim.lr": 0.5, "model": {"encoder.hidden_dim": 8}} -> {"optim": {"lr": 0.5}, "model": {"encoder": {...}}}.
-
-    Nested dicts are expanded too; two spellings of the same key are an error."""
-    if not isinstance(overrides, dict):
-        raise TextVAEError(f"{where}: overrides must be a mapping, got {type(overrides).__name__}")
-    nested: dict[str, Any] = {}
-    for key, value in overrides.items():
-        parts = str(key).split(".")
-        if not all(parts):
-            raise TextVAEError(f"{where}: malformed key {key!r}")
-        node = nested
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise TextVAEError(f"{where}: key {key!r} conflicts with another override")
-        value = expand_dotted(value, where) if isinstance(value, dict) else value
-        leaf = parts[-1]
-        if leaf in node:
-            if not (isinstance(node[leaf], dict) and isinstance(value, dict)):
-                raise TextVAEError(f"{where}: key {key!r} is given twice")
-            value = _merge_plain(node[leaf], value, f"{where}: key {key!r}")
-        node[leaf] = value
-    return nested
-
-
-def _merge_plain(a: dict[str, Any], b: dict[str, Any], where: str) -> dict[str, Any]:
-    out = dict(a)
-    for k, v in b.items():
-        if k in out and isinstance(out[k], dict) and isinstance(v, dict):
-            out[k] = _merge_plain(out[k], v, where)
-        elif k in out:
-            raise TextVAEError(f"{where}: {k!r} is given twice")
-        else:
-            out[k] = v
-    return out
 
 
 def apply_overrides(values: dict[str, Any], overrides: dict[str, Any], cls: type = RunConfig,

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from textvae.config import from_dict, section_type
+from textvae.config import expand_dotted, from_dict, section_type
 from textvae.errors import TextVAEError
 from textvae.packaged import find_yaml, packaged_file, packaged_folder
 from textvae.tasks.base import TASKS
@@ -81,7 +81,7 @@ def check_recipe(path: str, config_class: type) -> None:
     if not isinstance(values, dict):
         raise TextVAEError(f"recipe {path}: a recipe is a mapping of sections to settings (model: {{latent_dim: 32}}), "
                            f"not a {type(values).__name__}")
-    _check_keys(config_class, values, f"recipe {path}")
+    _check_keys(config_class, expand_dotted(values, f"recipe {path}"), f"recipe {path}")  # model.latent_dim: 4 too
 
 
 def _check_keys(cls: type, values: dict[str, Any], where: str, prefix: str = "") -> None:
