@@ -21,6 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from textvae.cli import main
+from textvae.config import RunConfig
 from textvae.errors import TextVAEError
 from textvae.models.textvae import TextVAE
 from textvae.remedies import REMEDIES
@@ -273,14 +274,34 @@ def test_a_finished_run_resumed_unchanged_is_not_evaluated_again(corpus, tmp_pat
     assert capsys.readouterr().err.strip() == (
         f"textvae: error: {tmp_path / 'x'} is finished (step 2): resumed, it trains no further step, so optim.lr "
         f"0.001 -> 0.5 would be written into its config.yaml unused; evaluate it again with `textvae "
-        f"evaluate {tmp_path / 'x'}`, train a new run (another --name), or raise train.epochs / train.max_steps "
-        f"to train on")
+        f"evaluate {tmp_path / 'x'}`, train a new run (another --name), or raise train.max_steps to train on")
     assert (tmp_path / "x" / "metrics.jsonl").read_bytes() == log
     assert (tmp_path / "x" / "config.yaml").read_bytes() == config
     main(["train", *args, "--resume", "--train.max_steps", "3"])
     records = read_jsonl(tmp_path / "x" / "metrics.jsonl")
     assert [r["split"] for r in records].count("test") == 1 and records[-1]["split"] == "test"
     assert records[-1]["step"] == 3
+
+
+@pytest.mark.parametrize("state,train,advice", [
+    ({"done": True, "epoch": 30}, {"epochs": 100}, r"\(step 9, its lr schedule ended\): resumed, .* or no budget trains it on$"),
+    ({"train_seconds": 60.0}, {"max_seconds": 60.0}, r"\(step 9\): resumed, .* or raise train.max_seconds to train on$"),
+    ({"epoch": 3}, {"epochs": 3, "max_steps": 9}, "or raise train.epochs and train.max_steps to train on$"),
+])
+def test_a_finished_run_is_told_what_would_train_it_on(tmp_path, state, train, advice):
+    from textvae.training.train import LoopState, check_changes_train
+
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"split": "train", "step": 9}) + "\n"
+                                            + json.dumps({"split": "test", "step": 9}) + "\n")
+    cfg = RunConfig()
+    for key, value in train.items():
+        setattr(cfg.train, key, value)
+    changes = {"optim.lr": (1.0, 0.5)}
+    with pytest.raises(TextVAEError, match=advice):
+        check_changes_train(tmp_path, cfg, LoopState(step=9, **state), changes)
+    check_changes_train(tmp_path, cfg, LoopState(step=9, **state), {"train.threads": (1, 2)})  # changes nothing
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"split": "train", "step": 9}) + "\n")  # killed in its report
+    check_changes_train(tmp_path, cfg, LoopState(step=9, **state), changes)
 
 
 def test_a_copied_run_folder_resumes_itself_not_the_original(corpus, tmp_path, monkeypatch):

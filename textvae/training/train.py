@@ -641,7 +641,6 @@ def start_run(task: Task, resume: bool, world: World, device: torch.device, data
     if resume:
         ckpt: Checkpoint = world.on_main(lambda: read_checkpoint(run_dir / CHECKPOINT))
         state, changes = restore_run(ckpt, cfg, model, optimizer, world, device)
-        world.on_main(lambda: check_changes_train(run_dir, cfg, state, changes))
         log_bytes = ckpt.meta["log_bytes"]
     unigram = data.splits["train"].unigram(data.tokenizer.vocab_size).to(device)
     if tc.sampled_softmax:
@@ -923,18 +922,22 @@ def finished_unchanged(run_dir: Path, cfg: Any) -> Optional[dict[str, Any]]:
 
 def check_changes_train(run_dir: Path, cfg: Any, state: LoopState, changes: dict[str, tuple[Any, Any]]) -> None:
     """A one-line error for resuming a finished run (its test report logged) with settings changed that
-    train it no further (no larger budget; the plateau schedule's stop stands): they would go into its
-    config.yaml, which then names settings no step of it used, and only its test report would run again."""
+    train it no further: they would go into its config.yaml, which then names settings no step of it
+    used, and only its test report would run again. It says what would train it on: the budget that
+    stopped it, or nothing where its plateau schedule ended (``state.done``, restored as it was)."""
     tc = cfg.train
-    trains_on = not state.done and state.epoch < tc.epochs and (tc.max_steps is None or state.step < tc.max_steps) \
-        and (tc.max_seconds is None or state.train_seconds < tc.max_seconds)
+    limits = [("train.epochs", state.epoch >= tc.epochs),
+              ("train.max_steps", tc.max_steps is not None and state.step >= tc.max_steps),
+              ("train.max_seconds", tc.max_seconds is not None and state.train_seconds >= tc.max_seconds)]
+    hit = [name for name, reached in limits if reached]
     effective = {k: v for k, v in changes.items() if k not in INCIDENTAL_KEYS}
-    if trains_on or not effective or not reported(read_jsonl(run_dir / "metrics.jsonl")):
+    if not (state.done or hit) or not effective or not reported(read_jsonl(run_dir / "metrics.jsonl")):
         return
-    raise TextVAEError(f"{run_dir} is finished (step {state.step}{', its lr schedule ended' if state.done else ''}): "
-                       f"resumed, it trains no further step, so {_changed(effective)} would be written into its "
-                       f"config.yaml unused; evaluate it again with `textvae evaluate {run_dir}`, train a new run "
-                       f"(another --name), or raise train.epochs / train.max_steps to train on")
+    why, on = ((", its lr schedule ended", "no budget trains it on") if state.done else
+               ("", f"raise {' and '.join(hit)} to train on"))
+    raise TextVAEError(f"{run_dir} is finished (step {state.step}{why}): resumed, it trains no further step, so "
+                       f"{_changed(effective)} would be written into its config.yaml unused; evaluate it again with "
+                       f"`textvae evaluate {run_dir}`, train a new run (another --name), or {on}")
 
 
 def _changed(changes: dict[str, tuple[Any, Any]], shown: int = 8) -> str:
@@ -950,6 +953,8 @@ def restore_run(ckpt: Checkpoint, cfg: RunConfig, model: nn.Module, optimizer: t
     (momentum, betas, weight decay) over the checkpoint's, and a changed ``optim.lr`` replaces the plateau
     schedule's lr."""
     changes = setting_changes(type(cfg), _settings(ckpt.meta["config"]), _settings(cfg.to_dict()))
+    # before any of it is loaded or said to take effect
+    world.on_main(lambda: check_changes_train(ckpt.path.parent, cfg, LoopState(**ckpt.meta["loop"]), changes))
     same_world = len(ckpt.rng_states) == world.size
     # the optimiser's state comes back with the checkpoint's param_groups: its settings are put back after
     settings_now = [{k: v for k, v in group.items() if k not in ("params", "lr")} for group in optimizer.param_groups]
