@@ -345,6 +345,8 @@ def test_resume_and_restart_mistakes(tmp_path, trained, corpus, capsys):
 @pytest.mark.parametrize("args,expected", [
     (["--model.latnt_dim", "4"], "unrecognized arguments: --model.latnt_dim 4 (did you mean --model.latent_dim?)"),
     (["--train.max-steps", "4"], "unrecognized arguments: --train.max-steps 4 (did you mean --train.max_steps?)"),
+    (["--train.max_steps", "3", "--train.max_steps_per_epoch", "4"],  # the one named, not one it contains
+     "unrecognized arguments: --train.max_steps_per_epoch 4 (textvae train --help lists the settings)"),
     (["--model.frobnicate", "4"], "unrecognized arguments: --model.frobnicate 4 (textvae train --help lists the settings)"),
     (["--task", "dialogue"], "--task dialogue: the task is the recipe's (its task key), and this recipe's is sentences"),
     (["--model.latent_dim", "four"], "model.latent_dim must be an integer, got 'four'"),

@@ -184,9 +184,9 @@ def parse_run_config(argv: list[str]) -> tuple[Any, bool]:
         elif "unrecognized arguments" in message.lower() and "--set" in argv:
             message += " (--set is textvae study's; textvae train takes --SECTION.KEY VALUE)"
         elif "unrecognized arguments" in message.lower():
-            given = next((a[2:] for a in argv if a.startswith("--") and f" {a}" in f" {message}"), None)
+            given = re.search(r"unrecognized arguments: --(\S+)", message, re.IGNORECASE)  # the first one named
             if given is not None:
-                message += _close(given, setting_names(config_class), "--") or \
+                message += _close(given.group(1), setting_names(config_class), "--") or \
                     f" (textvae train {'RECIPE ' if task != DEFAULT_TASK else ''}--help lists the settings)"
         raise TextVAEError(message) from None
     resume = values.pop("resume")
