@@ -527,8 +527,7 @@ def test_end_of_training_says_where_and_suggests_a_remedy_on_collapse(tmp_path, 
     out = capsys.readouterr().out
     run = tmp_path / "runs/x"
     assert f"run saved in {run}: best model {run / 'model'}" in out
-    command = re.search(r"the latent space collapsed \(0 active units after only 2 steps, where train.max_steps stopped "
-                        r"it: it may not have started encoding yet\); to try a remedy: (.*)", out).group(1)
+    command = re.search(r"the latent space collapsed \(0 active units\); to try a remedy: (.*)", out).group(1)
     assert command.startswith(f"textvae train {run / 'config.yaml'} --name x-bn_vae --objective.remedies ")
     assert command.endswith(" --model.encoder_init torch")  # the default he2019 init leaves BN-VAE no variance
     main(shlex.split(command)[1:])  # the command runs
@@ -541,7 +540,15 @@ def test_the_suggested_remedy_is_added_to_those_the_run_has():
     cfg = RunConfig()
     cfg.objective.remedies, cfg.model.encoder_init = [{"name": "bn_vae", "gamma": 0.5}], "torch"
     lines = run_epilogue(Path("runs/x"), {"au": 0, "latent_dim": 4, "train_steps": 9}, cfg).splitlines()
-    assert lines[1].startswith("the latent space collapsed (0 active units); ")  # the run ended on its schedule
+    assert lines[1].startswith("the latent space collapsed (0 active units); ")  # no budget cut it short
+    cfg.train.max_steps = 9  # a budget stopped it after whole epochs: no caveat either; before the first, one
+    assert run_epilogue(Path("runs/x"), {"au": 0, "latent_dim": 4, "train_steps": 9, "train_epochs": 2},
+                        cfg).splitlines()[1].startswith("the latent space collapsed (0 active units); ")
+    assert run_epilogue(Path("runs/x"), {"au": 0, "latent_dim": 4, "train_steps": 9, "train_epochs": 0},
+                        cfg).splitlines()[1].startswith(
+        "the latent space collapsed (0 active units after 9 steps, before its first epoch ended, where train.max_steps "
+        "stopped it: it may not have started encoding yet); to try a remedy: ")
+    cfg.train.max_steps = None
     assert shlex.split(lines[1].split("to try a remedy: ")[1]) == [
         "textvae", "train", "runs/x/config.yaml", "--name", "x-delta_vae", "--objective.remedies",
         '[{"name": "bn_vae", "gamma": 0.5}, {"name": "delta_vae"}]']

@@ -36,10 +36,14 @@ def run_epilogue(run_dir: Path, report: dict[str, Any], cfg: Any) -> str:
 
 
 def _capped(report: dict[str, Any], cfg: Any) -> str:
-    """", after only N steps: train.max_steps (or max_seconds) stopped it, ..." where a budget cut the run
-    short (a smoke test, a study's time cap): an encoder may not have started encoding yet."""
+    """The caveat ``after N steps, before its first epoch ended, where train.max_steps stopped it: ...`` where a
+    budget cut the run short that early (a smoke test, a study's time cap): an encoder may not have started
+    encoding yet; "" otherwise."""
     steps, tc = report.get("train_steps"), cfg.train
+    if report.get("train_epochs", 1) > 0:
+        return ""
     by = ("train.max_steps" if tc.max_steps is not None and steps is not None and steps >= tc.max_steps else
           "train.max_seconds" if tc.max_seconds is not None and report.get("train_seconds", 0) >= tc.max_seconds
           else None)
-    return f" after only {steps} steps, where {by} stopped it: it may not have started encoding yet" if by else ""
+    return (f" after {steps} steps, before its first epoch ended, where {by} stopped it: it may not have started "
+            f"encoding yet" if by else "")
