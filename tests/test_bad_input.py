@@ -439,6 +439,8 @@ def test_input_remedy_on_a_language_model(tmp_path, corpus):
     (["reconstruct", "{model}", "w1", "--top-p", "0.5"],
      "--top-p is an option of --method sample, and --method greedy would ignore it"),
     (["sample", "{model}", "--beam-size", "3"], "--beam-size is an option of --method beam, and --method sample would"),
+    (["respond", "{model}", "--context", "hi", "--temperature", "0.5"],
+     "--temperature is an option of --method sample, and --method greedy would ignore it"),
     (["interpolate", "{model}", "w1", "w2", "--method", "beam", "--temperature", "2"],
      "--temperature is an option of --method sample, and --method beam would ignore it"),
     (["interpolate", "{model}", "w1", "w2", "--steps", "1"], "--steps must be at least 2, got 1"),

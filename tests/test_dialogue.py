@@ -343,6 +343,9 @@ def test_the_latent_side_stays_fp32_under_bf16_autocast():
     for a, b in zip(plain, cast):
         assert b.mu.dtype == b.logvar.dtype == torch.float32
     assert torch.equal(plain[1].mu, cast[1].mu) and torch.equal(plain[1].logvar, cast[1].logvar)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(batch)
+    assert out.z.dtype == out.kl.dtype == torch.float32
 
 
 def test_a_model_saved_with_the_prior_transforms_outside_the_objective_loads(tmp_path):

@@ -187,8 +187,8 @@ def test_a_failed_build_warns_once_and_torch_computes(monkeypatch, tmp_path, cap
         assert native.native_kernel("softmax_rows") is None
         assert native.native_kernel("softmax_rows") is None
     # said before the (minutes-long, when it compiles) build, then why it failed; once
-    assert [r.message.split(" in ")[0] for r in caplog.records] == ["compiling textvae's C++ kernel softmax_rows",
-                                                                    caplog.records[1].message.split(" in ")[0]]
+    assert len(caplog.records) == 2
+    assert caplog.records[0].message.startswith("compiling textvae's C++ kernel softmax_rows")
     assert [r.message.count("softmax_rows could not be built") for r in caplog.records] == [0, 1]
     assert native.native_status().startswith("unavailable: ")
     hidden, weight, targets = torch.randn(9, 8), torch.randn(20, 8), torch.randint(0, 20, (9,))

@@ -2,7 +2,8 @@
 
 It owns the remedies and the order of their model hooks; a model calls, in this order,
 :meth:`Objective.corrupt_inputs` (decoder inputs, training only), :meth:`Objective.transform_posterior`
-(posterior parameters; :meth:`Objective.transform_prior` for a learned conditional prior's), :meth:`Objective.extra_losses` (added per-sentence losses),
+(posterior parameters; :meth:`Objective.transform_prior` for a learned conditional prior's),
+:meth:`Objective.extra_losses` (added per-sentence losses),
 :meth:`Objective.decoder_latent` (the latent the decoder reads, training only) and finally the
 objective itself on its per-sentence terms, and so never iterates over remedies:
 

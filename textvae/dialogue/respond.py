@@ -66,10 +66,14 @@ def cmd_respond(argv: list[str]) -> None:
     ap.add_argument("--context", action="append", required=True,
                     help="one turn (repeat, oldest first; or one string with __eou__ between turns)")
     ap.add_argument("--n", type=int, default=5, help="number of responses")
-    ap.add_argument("--method", default="greedy", choices=METHODS)
-    ap.add_argument("--temperature", type=float, default=1.0)
-    ap.add_argument("--top-p", type=float, default=1.0)
-    ap.add_argument("--max-len", type=int, default=40)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--method", default="greedy", choices=METHODS, help="(default: greedy)")
+    ap.add_argument("--temperature", type=float, help="softmax temperature, --method sample (default: 1)")
+    ap.add_argument("--top-p", type=float, help="nucleus sampling mass, --method sample (default: 1, all)")
+    ap.add_argument("--max-len", type=int, default=40, help="decoding steps (default: 40)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the latent draws and the sampling (default: 0)")
     args = ap.parse_args(argv)
-    respond(args.model, args.context, args.n, args.method, args.max_len, args.seed, args.temperature, args.top_p)
+    given = [flag for flag, value in (("--temperature", args.temperature), ("--top-p", args.top_p)) if value is not None]
+    if given and args.method != "sample":  # greedy would ignore them
+        raise TextVAEError(f"{given[0]} is an option of --method sample, and --method {args.method} would ignore it")
+    respond(args.model, args.context, args.n, args.method, args.max_len, args.seed,
+            1.0 if args.temperature is None else args.temperature, 1.0 if args.top_p is None else args.top_p)

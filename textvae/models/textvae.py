@@ -366,14 +366,15 @@ def check_model_config(cfg: ModelConfig) -> None:
     for part, registry, section in parts:
         registry.check(section.type, section.options)
         default = type(section)()
-        for f in dataclasses.fields(section):
+        read = [f for f in dataclasses.fields(section) if cfg.latent_dim or f.name not in ("z_init", "z_concat")]
+        for f in read:  # the language model's decoder reads no z: its z settings are nobody's
             value = getattr(section, f.name)
             if f.name in registry.supplied and not registry.takes(section.type, f.name) \
                     and value != getattr(default, f.name):
                 takers = [n for n in registry.names() if registry.takes(n, f.name)]
-                raise TextVAEError(f"model.{part}.{f.name}: {value!r} would be ignored, the {section.type} {part} does "
-                                   f"not take it; leave it at {getattr(default, f.name)!r}, or choose one of the {part}s that "
-                                   f"do: {', '.join(takers)}")
+                raise TextVAEError(f"model.{part}.{f.name}: {value!r} would be ignored, the {section.type} {part} "
+                                   f"does not take it; leave it at {getattr(default, f.name)!r}, or choose one of the "
+                                   f"{part}s that do: {', '.join(takers)}")
     POSTERIORS.get(cfg.posterior), PRIORS.get(cfg.prior)  # a misspelt name, even where no latent reads it
     if not cfg.latent_dim:
         return

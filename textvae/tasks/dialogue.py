@@ -69,9 +69,12 @@ class DialogueTask(Task):
         test, ec = data.splits[split], self.cfg.eval
         # the act likelihoods condition on: in the key only when not the default, so earlier reports resume
         act = {} if ec.likelihood_act == "predicted" else {"likelihood_act": ec.likelihood_act}
-        report = self._figures(model, test, device, "test", ec.max_pairs, self.cfg.train.iw_samples_final,
+        k, n = self.cfg.train.iw_samples_final, len(test)
+        log.info("%s report: %d pairs%s, then responses to %d contexts", split, min(ec.max_pairs or n, n),
+                 f", IW-NLL with K = {k} samples" if k else "", min(ec.max_contexts or n, n))
+        report = self._figures(model, test, device, "test", ec.max_pairs, k,
                                self.iw_progress(progress, best_dir, device, max_pairs=ec.max_pairs, **act,
-                                                **split_key(split)))
+                                                **split_key(split)), bar=f"{split} report")
         texts = respond_to_split(model, data.tokenizer, test, ec.n_responses, ec.max_contexts, method=ec.method,
                                  max_len=ec.max_len, generator=torch.Generator(device=device).manual_seed(EVAL_SEED),
                                  temperature=ec.temperature, top_p=ec.top_p)
@@ -81,18 +84,15 @@ class DialogueTask(Task):
         return report
 
     def _figures(self, model: KgCVAE, split: DialogueSplit, device: torch.device, stage: str,
-                 limit: Optional[int] = None, iw_samples: int = 0,
-                 iw_progress: Optional[IWProgress] = None) -> dict[str, float]:
+                 limit: Optional[int] = None, iw_samples: int = 0, iw_progress: Optional[IWProgress] = None,
+                 bar: Optional[str] = None) -> dict[str, float]:
         """The metrics registered for ``stage`` on ``limit`` pairs spread evenly over ``split``, counted as
-        ``n_pairs``, from a generator of their own (the stream the CVAE's recorded figures came from)."""
-        n_pairs = min(limit or len(split), len(split))
-        if stage == "test":
-            contexts = self.cfg.eval.max_contexts or len(split)
-            log.info("test report: %d pairs%s, then responses to %d contexts", n_pairs,
-                     f", IW-NLL with K = {iw_samples} samples" if iw_samples else "", min(contexts, len(split)))
+        ``n_pairs``, from a generator of their own (the stream the CVAE's recorded figures came from); with a
+        progress bar named ``bar`` where one is given (and ``train.progress``)."""
         batches = counted_progress(
             lambda: (b.to(device) for b in split.batches(self.cfg.data.eval_batch_size, shuffle=False, limit=limit)),
-            n_pairs, f"{stage} figures", len, unit="pair", enabled=stage == "test" and self.cfg.train.progress)()
+            min(limit or len(split), len(split)), bar or stage, len, unit="pair",
+            enabled=bar is not None and self.cfg.train.progress)()
         with model.likelihood_acts(self.cfg.eval.likelihood_act if model.use_acts else "predicted"):
             figures = evaluate_model(model, batches, list_metrics(stage), n_samples=iw_samples,
                                      generator=torch.Generator().manual_seed(eval_seed()), iw_progress=iw_progress)
