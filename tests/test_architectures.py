@@ -407,11 +407,15 @@ def test_a_setting_its_type_does_not_take_is_refused_not_ignored(part, registry,
     ({"prior": "mog", "prior_options": {"num_components": 0.5}}, "prior 'mog': num_components must be an integer"),
     ({"init": "he"}, "unknown model.init 'he'; valid: he2019, torch"),
     ({"encoder_init": "xavier"}, "unknown model.encoder_init 'xavier'"),
+    ({"decoder": DecoderConfig(type="cnn", options={"z_into": "last"})},
+     "z_into 'last'; valid: every_block, first_block"),
+    ({"latent_dim": 0, "decoder": DecoderConfig(type="transformer", hidden_dim=12, options={"num_heads": 5})},
+     "hidden_dim=12 must be a multiple of num_heads=5"),
 ])
 def test_model_settings_a_run_would_fail_on_or_ignore_are_refused_before_the_data(settings, message):
     with pytest.raises(TextVAEError, match=re.escape(message)):
         check_model_config(ModelConfig(**settings))
-    if "decoder" in settings:  # either path alone reads z; the language model reads none
+    if "z_init and z_concat" in message:  # either path alone reads z; the language model reads none
         check_model_config(ModelConfig(decoder=DecoderConfig(z_init=False)))
         check_model_config(ModelConfig(latent_dim=0, decoder=DecoderConfig(z_init=False, z_concat=False)))
     if "posterior" in settings:  # a misspelt name even where nothing reads it

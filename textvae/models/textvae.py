@@ -376,12 +376,15 @@ def check_model_config(cfg: ModelConfig) -> None:
                                    f"does not take it; leave it at {getattr(default, f.name)!r}, or choose one of the "
                                    f"{part}s that do: {', '.join(takers)}")
     POSTERIORS.get(cfg.posterior), PRIORS.get(cfg.prior)  # a misspelt name, even where no latent reads it
-    if not cfg.latent_dim:
-        return
-    POSTERIORS.check(cfg.posterior, cfg.posterior_options)
-    PRIORS.check(cfg.prior, cfg.prior_options)
     dec = cfg.decoder
-    if all(DECODERS.takes(dec.type, s) for s in ("z_init", "z_concat")) and not (dec.z_init or dec.z_concat):
-        raise TextVAEError(f"model.decoder: z_init and z_concat both false leave the {dec.type} decoder no path from "
-                           f"z, so the latent would be ignored by construction; set one of them (or latent_dim: 0 "
-                           f"for the language model)")
+    if cfg.latent_dim:
+        POSTERIORS.check(cfg.posterior, cfg.posterior_options)
+        PRIORS.check(cfg.prior, cfg.prior_options)
+        if all(DECODERS.takes(dec.type, s) for s in ("z_init", "z_concat")) and not (dec.z_init or dec.z_concat):
+            raise TextVAEError(f"model.decoder: z_init and z_concat both false leave the {dec.type} decoder no path "
+                               f"from z, so the latent would be ignored by construction; set one of them (or "
+                               f"latent_dim: 0 for the language model)")
+    # the values a part checks itself (a cnn decoder's z_into, a transformer's num_heads): a throwaway model of a
+    # few words, its draws from a stream of its own
+    with torch.random.fork_rng(devices=[]):
+        TextVAE(cfg, vocab_size=8)
