@@ -954,8 +954,6 @@ def restore_run(ckpt: Checkpoint, cfg: RunConfig, model: nn.Module, optimizer: t
     (momentum, betas, weight decay) over the checkpoint's, and a changed ``optim.lr`` replaces the plateau
     schedule's lr."""
     changes = setting_changes(type(cfg), _settings(ckpt.meta["config"]), _settings(cfg.to_dict()))
-    # before any of it is loaded or said to take effect
-    world.on_main(lambda: check_changes_train(ckpt.path.parent, cfg, LoopState(**ckpt.meta["loop"]), changes))
     same_world = len(ckpt.rng_states) == world.size
     # the optimiser's state comes back with the checkpoint's param_groups: its settings are put back after
     settings_now = [{k: v for k, v in group.items() if k not in ("params", "lr")} for group in optimizer.param_groups]
@@ -969,6 +967,8 @@ def restore_run(ckpt: Checkpoint, cfg: RunConfig, model: nn.Module, optimizer: t
     for group, now in zip(optimizer.param_groups, settings_now):
         group.update(now)
     state = LoopState(**ckpt.meta["loop"])
+    # after a checkpoint that does not fit (the first thing to know), before the changes are said to take effect
+    world.on_main(lambda: check_changes_train(ckpt.path.parent, cfg, state, changes))
     log.info("resuming %s after step %d (epoch %d, batch %d next)", ckpt.path, state.step, state.epoch + 1,
              state.batch_in_epoch + 1)
     if changes:  # a resume that repeats the command but not the recipe or its overrides would change them unseen
