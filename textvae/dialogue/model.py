@@ -53,6 +53,11 @@ DECODER_Z = ("initial_state", "every_input")  # where z enters the decoder: CVAE
 LIKELIHOOD_ACTS = ("predicted", "true")  # what evaluation conditions on: DialogueEvalConfig.likelihood_act
 
 
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in fp32 where autocast left it in a lower precision (a float64 model stays float64)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def check_likelihood_act(which: str) -> None:
     if which not in LIKELIHOOD_ACTS:
         raise TextVAEError(f"eval.likelihood_act {which!r}; valid: {', '.join(LIKELIHOOD_ACTS)}")
@@ -173,7 +178,7 @@ class KgCVAE(OutputHead, PretrainedMixin, nn.Module):
         """p(z|c) after the prior transforms (BN on its mean for BN-CVAE); fp32 under autocast, as the
         posterior (:meth:`posterior`)."""
         with torch.autocast(c.device.type, enabled=False):
-            return DiagGaussian(*self.objective.transform_prior(*self.prior_net(c.float()).chunk(2, dim=-1)))
+            return DiagGaussian(*self.objective.transform_prior(*self.prior_net(at_least_fp32(c)).chunk(2, dim=-1)))
 
     def posterior(self, batch: DialogueBatch, c: torch.Tensor) -> tuple[DiagGaussian, torch.Tensor]:
         """q(z|x,c[,y]) after the remedies' posterior transforms, and its input h = [x; c (; act
@@ -182,7 +187,7 @@ class KgCVAE(OutputHead, PretrainedMixin, nn.Module):
         parts = [x, c]
         if self.use_acts:
             parts.append(self.act_features(self.act_embedding(self._true_acts(batch))))
-        h = torch.cat(parts, -1).float()
+        h = at_least_fp32(torch.cat(parts, -1))
         # The latent side stays fp32 under autocast, as the sentence VAE's (TextVAE.encode_hidden): in bf16,
         # mu, log sigma² and the KL term would keep only 3 significant digits.
         with torch.autocast(h.device.type, enabled=False):
