@@ -601,7 +601,7 @@ def cmd_list(argv: list[str]) -> None:
         registry.get(args.name)  # an unknown name: the registry's error listing the valid ones, before any output
     print(f"{registry.kind} (in a recipe: {registry.recipe})")
     for name in names:
-        summary = registry.summary(name)  # an unknown name is an error listing the valid ones
+        summary = registry.summary(name)
         print(f"\n{name}: {summary}" if args.name is None else f"\n{name}")
         if callable(registry.get(name)):  # corpora and metrics are settings-free objects
             params = ", ".join(k if v is inspect.Parameter.empty else f"{k}={v!r}"

@@ -364,7 +364,6 @@ def check_model_config(cfg: ModelConfig) -> None:
             raise TextVAEError(f"unknown {name} {scheme!r}; valid: {', '.join(INITS)}")
     parts = [("decoder", DECODERS, cfg.decoder)] + ([("encoder", ENCODERS, cfg.encoder)] if cfg.latent_dim else [])
     for part, registry, section in parts:
-        registry.check(section.type, section.options)
         default = type(section)()
         read = [f for f in dataclasses.fields(section) if cfg.latent_dim or f.name not in ("z_init", "z_concat")]
         for f in read:  # the language model's decoder reads no z: its z settings are nobody's
@@ -377,14 +376,13 @@ def check_model_config(cfg: ModelConfig) -> None:
                                    f"{part}s that do: {', '.join(takers)}")
     POSTERIORS.get(cfg.posterior), PRIORS.get(cfg.prior)  # a misspelt name, even where no latent reads it
     dec = cfg.decoder
-    if cfg.latent_dim:
-        POSTERIORS.check(cfg.posterior, cfg.posterior_options)
-        PRIORS.check(cfg.prior, cfg.prior_options)
-        if all(DECODERS.takes(dec.type, s) for s in ("z_init", "z_concat")) and not (dec.z_init or dec.z_concat):
-            raise TextVAEError(f"model.decoder: z_init and z_concat both false leave the {dec.type} decoder no path "
-                               f"from z, so the latent would be ignored by construction; set one of them (or "
-                               f"latent_dim: 0 for the language model)")
-    # the values a part checks itself (a cnn decoder's z_into, a transformer's num_heads): a throwaway model of a
-    # few words, its draws from a stream of its own
+    if cfg.latent_dim and all(DECODERS.takes(dec.type, s) for s in ("z_init", "z_concat")) \
+            and not (dec.z_init or dec.z_concat):
+        raise TextVAEError(f"model.decoder: z_init and z_concat both false leave the {dec.type} decoder no path "
+                           f"from z, so the latent would be ignored by construction; set one of them (or "
+                           f"latent_dim: 0 for the language model)")
+    # every part's options, names and types as its registry checks them, and the values a part checks itself
+    # (a cnn decoder's z_into, a transformer's num_heads): a throwaway model of a few words, drawing from a
+    # random stream of its own
     with torch.random.fork_rng(devices=[]):
         TextVAE(cfg, vocab_size=8)

@@ -115,6 +115,14 @@ class LoopState:
         return tok_s, complete
 
 
+def budgets_used_up(state: LoopState, tc: TrainConfig) -> list[str]:
+    """The step and epoch budgets ``state`` has used up, by their settings' names. ``train.max_seconds`` is
+    not among them: its clock is each rank's own, so the loop's ``out_of_time`` says it for all ranks at once."""
+    return [name for name, reached in (("train.epochs", state.epoch >= tc.epochs),
+                                       ("train.max_steps", tc.max_steps is not None and state.step >= tc.max_steps))
+            if reached]
+
+
 def selection_loss(figures: dict[str, float], kl_weight: float) -> float:
     """The validation loss that selects the best model and drives the lr decays: rec + w KL
     = -ELBO - (1 - w) KL, w = ``optim.plateau_kl_weight`` (a language model's figures have no KL)."""
@@ -597,9 +605,7 @@ class Run:
         self.out_of_time, self.stopping = bool(flags[0]), bool(flags[1])
 
     def finished(self) -> bool:
-        state, tc = self.state, self.cfg.train
-        return (state.done or self.out_of_time or state.epoch >= tc.epochs
-                or (tc.max_steps is not None and state.step >= tc.max_steps))
+        return self.state.done or self.out_of_time or bool(budgets_used_up(self.state, self.cfg.train))
 
     def checkpoint(self, pass_seconds: float = 0.0) -> None:
         """Write the checkpoint; ``pass_seconds``: the training time of the pass under way (a checkpoint
@@ -927,10 +933,8 @@ def check_changes_train(run_dir: Path, cfg: Any, state: LoopState, changes: dict
     used, and only its test report would run again. It says what would train it on: the budget that
     stopped it, or nothing where its plateau schedule ended (``state.done``, restored as it was)."""
     tc = cfg.train
-    limits = [("train.epochs", state.epoch >= tc.epochs),
-              ("train.max_steps", tc.max_steps is not None and state.step >= tc.max_steps),
-              ("train.max_seconds", tc.max_seconds is not None and state.train_seconds >= tc.max_seconds)]
-    hit = [name for name, reached in limits if reached]
+    hit = budgets_used_up(state, tc) + (["train.max_seconds"] if tc.max_seconds is not None
+                                        and state.train_seconds >= tc.max_seconds else [])
     effective = {k: v for k, v in changes.items() if k not in INCIDENTAL_KEYS}
     if not (state.done or hit) or not effective or not reported(read_jsonl(run_dir / "metrics.jsonl")):
         return
