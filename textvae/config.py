@@ -11,6 +11,7 @@ key instead of a failure deep inside torch.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Optional
@@ -380,6 +381,32 @@ def section_type(f: dataclasses.Field) -> Optional[type]:
     """The dataclass type of a configuration's field that is itself a section, else None."""
     factory = f.default_factory  # type: ignore[misc]
     return factory if factory is not dataclasses.MISSING and dataclasses.is_dataclass(factory) else None
+
+
+def unknown_key(key: str, cls: type, where: str, prefix: str = "") -> TextVAEError:
+    """The error for a key ``key`` that the section ``prefix`` (the dataclass ``cls``) lacks: its dotted
+    name, a close valid one where there is one (a misspelling) and the section's valid keys."""
+    fields = [f.name for f in dataclasses.fields(cls)]
+    return TextVAEError(f"{where}: unknown key {prefix}{key}{close_name(str(key), fields, prefix)}; valid"
+                        f"{' in ' + prefix[:-1] if prefix else ''}: {', '.join(fields)}")
+
+
+def close_name(key: str, valid: Any, prefix: str = "") -> str:
+    """``" (did you mean PREFIX+NAME?)"`` for the valid name closest to ``key`` (a misspelling, ``-`` for
+    ``_``), or "" where none is close. A dotted ``key`` is matched within its section."""
+    section, _, leaf = key.replace("-", "_").rpartition(".")
+    names = [n for n in valid if n.rpartition(".")[0] == section]
+    match = difflib.get_close_matches(leaf, [n.rpartition(".")[2] for n in names], n=1, cutoff=0.8)
+    return f" (did you mean {prefix}{section + '.' if section else ''}{match[0]}?)" if match else ""
+
+
+def setting_names(cls: type, prefix: str = "") -> list[str]:
+    """Every setting of the configuration dataclass ``cls`` by its dotted name (``model.encoder.hidden_dim``)."""
+    names = []
+    for f in dataclasses.fields(cls):
+        sub = section_type(f)
+        names += setting_names(sub, f"{prefix}{f.name}.") if sub is not None else [prefix + f.name]
+    return names
 
 
 def setting_changes(cls: type, old: dict[str, Any], new: dict[str, Any],

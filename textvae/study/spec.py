@@ -11,7 +11,7 @@ from typing import Any, Callable, Optional
 
 import yaml
 
-from textvae.config import RunConfig, expand_dotted, section_type
+from textvae.config import RunConfig, expand_dotted, section_type, unknown_key
 from textvae.errors import TextVAEError
 from textvae.packaged import find_yaml, packaged_file, packaged_names
 
@@ -68,7 +68,7 @@ def apply_overrides(values: dict[str, Any], overrides: dict[str, Any], cls: type
     out = dict(values)
     for key, value in overrides.items():
         if key not in fields:
-            raise TextVAEError(f"{where}: unknown key {prefix + key!r}; valid: {sorted(fields)}")
+            raise unknown_key(key, cls, where, prefix)
         sub = section_type(fields[key])
         if sub is not None:
             if not isinstance(value, dict):

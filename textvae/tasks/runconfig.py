@@ -11,14 +11,13 @@ wrongly typed values are one-line errors). No recipe means the embedded syntheti
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from textvae.config import expand_dotted, from_dict, section_type
+from textvae.config import close_name, expand_dotted, from_dict, section_type, setting_names, unknown_key
 from textvae.errors import TextVAEError
 from textvae.packaged import find_yaml, packaged_file, packaged_folder
 from textvae.tasks.base import TASKS
@@ -88,29 +87,10 @@ def _check_keys(cls: type, values: dict[str, Any], where: str, prefix: str = "")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key, value in values.items():
         if key not in fields and not (key == "task" and not prefix):  # the default task's recipes may name it
-            raise TextVAEError(f"{where}: unknown key {prefix}{key}{_close(str(key), fields, prefix)}; valid"
-                               f"{' in ' + prefix[:-1] if prefix else ''}: {', '.join(fields)}")
+            raise unknown_key(key, cls, where, prefix)
         sub = section_type(fields[key]) if key in fields else None
         if sub is not None and isinstance(value, dict):
             _check_keys(sub, value, where, f"{prefix}{key}.")
-
-
-def _close(key: str, valid: Any, prefix: str = "") -> str:
-    """``" (did you mean PREFIX+NAME?)"`` for the valid name closest to ``key`` (a misspelling, ``-`` for
-    ``_``), or "" where none is close. A dotted ``key`` is matched within its section."""
-    section, _, leaf = key.replace("-", "_").rpartition(".")
-    names = [n for n in valid if n.rpartition(".")[0] == section]
-    match = difflib.get_close_matches(leaf, [n.rpartition(".")[2] for n in names], n=1, cutoff=0.8)
-    return f" (did you mean {prefix}{section + '.' if section else ''}{match[0]}?)" if match else ""
-
-
-def setting_names(cls: type, prefix: str = "") -> list[str]:
-    """Every setting of the configuration dataclass ``cls`` by its dotted name (``model.encoder.hidden_dim``)."""
-    names = []
-    for f in dataclasses.fields(cls):
-        sub = section_type(f)
-        names += setting_names(sub, f"{prefix}{f.name}.") if sub is not None else [prefix + f.name]
-    return names
 
 
 def _has_task_key(config_class: type) -> bool:
@@ -162,6 +142,9 @@ def parse_run_config(argv: list[str]) -> tuple[Any, bool]:
     task = recipe_task(argv[argv.index("--config") + 1]) if "--config" in argv[:-1] else DEFAULT_TASK
     config_class = TASKS.get(task).config_class
     for i, a in enumerate(argv[:-1]):
+        if a == "--config" and recipe_task(argv[i + 1]) != task:  # its keys would read as unknown ones
+            raise TextVAEError(f"recipe {argv[i + 1]} is a {recipe_task(argv[i + 1])} recipe, and the first one "
+                               f"({argv[argv.index('--config') + 1]}) a {task} one; a run has one task")
         if a == "--config":
             check_recipe(argv[i + 1], config_class)
         elif a == "--task" and argv[i + 1] != task:
@@ -186,7 +169,7 @@ def parse_run_config(argv: list[str]) -> tuple[Any, bool]:
         elif "unrecognized arguments" in message.lower():
             given = re.search(r"unrecognized arguments: --(\S+)", message, re.IGNORECASE)  # the first one named
             if given is not None:
-                message += _close(given.group(1), setting_names(config_class), "--") or \
+                message += close_name(given.group(1), setting_names(config_class), "--") or \
                     f" (textvae train {'RECIPE ' if task != DEFAULT_TASK else ''}--help lists the settings)"
         raise TextVAEError(message) from None
     resume = values.pop("resume")
