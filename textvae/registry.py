@@ -66,8 +66,7 @@ class Registry(Generic[T]):
         factory = self.get(name)
         signature = _signature(factory)
         self.check(name, params, given=[p for p in signature if p != "self"][:len(args)])
-        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.values())
-        kwargs = {k: v for k, v in context.items() if k in signature or takes_any}
+        kwargs = {k: v for k, v in context.items() if k in signature or _takes_any(signature)}
         kwargs.update(params)
         try:
             return factory(*args, **kwargs)  # type: ignore[operator]
@@ -80,8 +79,7 @@ class Registry(Generic[T]):
         before it loads its data. ``given``: parameters the caller passes by position."""
         factory = self.get(name)
         signature = _signature(factory)
-        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.values())
-        unknown = sorted(set(params) - set(signature)) if not takes_any else []
+        unknown = sorted(set(params) - set(signature)) if not _takes_any(signature) else []
         if unknown:
             raise TextVAEError(f"{self.kind} {name!r}: unknown parameter(s) {unknown}; "
                                f"valid: {sorted(self.parameters(name))}")
@@ -106,6 +104,10 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self._entries)
 
+    def in_order(self) -> list[str]:
+        """The names in the order they were registered (a table's row order: a new entry comes last)."""
+        return list(self._entries)
+
     def parameters(self, name: str) -> dict[str, Any]:
         """The parameters a recipe may set for ``name``, each with its default (``inspect.Parameter.empty``
         where it has none): the constructor's, less those the caller supplies."""
@@ -119,7 +121,7 @@ class Registry(Generic[T]):
     def takes(self, name: str, argument: str) -> bool:
         """Whether :meth:`build` hands the supplied ``argument`` to ``name`` (its constructor names it)."""
         signature = _signature(self.get(name))
-        return argument in signature or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.values())
+        return argument in signature or _takes_any(signature)
 
     def doc(self, name: str) -> tuple[str, str]:
         """(the entry's own docstring, the docstring of the module that defines it); either may be "".
@@ -180,3 +182,8 @@ def _check_type(kind: str, name: str, key: str, value: Any, hint: Any) -> None:
 def _signature(factory: Any) -> dict[str, inspect.Parameter]:
     target = factory.__init__ if inspect.isclass(factory) else factory
     return dict(inspect.signature(target).parameters)
+
+
+def _takes_any(signature: dict[str, inspect.Parameter]) -> bool:
+    """Whether a constructor with this signature takes any keyword (``**kwargs``)."""
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.values())

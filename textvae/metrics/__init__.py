@@ -9,15 +9,15 @@ as published, with its noise floor :func:`he2019_noise_sd`). Latent usage (``lat
 :func:`self_bleu`, :func:`bleu_precision_recall`, registered as text metrics (:func:`register_text_metric`)
 that :func:`score_texts` computes on a model's :class:`GeneratedTexts` (:func:`generate_texts`). Probing
 (``probe``): :func:`latent_probe`, :func:`probe_model`. All at once: :func:`evaluate_model` and
-:func:`format_table` (``textvae evaluate`` adds generation, probe and ground truth); a new metric
+:func:`format_table` (``table``; ``textvae evaluate`` adds generation, probe and ground truth); a new metric
 is one function registered with :func:`register_metric` (on an evaluation pass) or
-:func:`register_text_metric` (on generated texts).
+:func:`register_text_metric` (on generated texts), with the rows it adds to the table (:class:`Row`).
 
 Models are used only through the protocol of ``docs/design.md``: ``encode``, ``prior.log_prob``,
 ``log_likelihood``.
 """
-from textvae.metrics.evaluate import (METRICS, EvalPass, Metric, evaluate_model, format_table, get_metric,
-                                      list_metrics, register_metric)
+from textvae.metrics._common import Row
+from textvae.metrics.evaluate import METRICS, EvalPass, Metric, evaluate_model, get_metric, list_metrics, register_metric
 from textvae.metrics.generation import (TEXT_METRICS, GeneratedTexts, TextMetric, bleu_precision_recall,
                                         check_text_metrics, distinct_n, generate_texts, list_text_metrics, reconstruction_bleu,
                                         register_text_metric, score_texts, self_bleu)
@@ -28,9 +28,10 @@ from textvae.metrics.likelihood import (ElboResult, IWAccumulator, IWEstimate, I
                                         elbo_batch, elbo_terms, iw_batch, iw_estimate, iw_log_marginal, iw_log_weights,
                                         iw_nll, iw_redraw_variance, iw_samples_for)
 from textvae.metrics.probe import ProbeResult, draw_labelled, latent_probe, probe_model
+from textvae.metrics.table import format_table
 
 __all__ = [
-    "METRICS", "EvalPass", "Metric", "evaluate_model", "format_table", "get_metric", "list_metrics",
+    "METRICS", "EvalPass", "Metric", "Row", "evaluate_model", "format_table", "get_metric", "list_metrics",
     "register_metric",
     "TEXT_METRICS", "GeneratedTexts", "TextMetric", "bleu_precision_recall", "check_text_metrics", "distinct_n", "generate_texts",
     "list_text_metrics", "reconstruction_bleu", "register_text_metric", "score_texts", "self_bleu",

@@ -1,7 +1,8 @@
-"""Plumbing shared by the metrics: evaluation mode, seeded sampling, re-iterable batches."""
+"""Plumbing shared by the metrics: evaluation mode, seeded sampling, re-iterable batches, table rows."""
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 import torch
@@ -45,3 +46,22 @@ def seeded(generator: Optional[torch.Generator]) -> Iterator[None]:
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
+
+
+@dataclass(frozen=True)
+class Row:
+    """One figure's row in ``textvae evaluate``'s table (:func:`textvae.metrics.table.format_table`).
+
+    ``label``: text whose ``{K}`` (IW samples), ``{N}`` (sentences or pairs), ``{B}`` (MI batch),
+    ``{thr}`` (AU threshold) and ``{G}`` (the generated texts scored) are filled from the results, or a
+    function of the results giving such text; None: the figure is shown within another row, not as one
+    of its own. ``fmt``: a format string, or ``fmt(value, results) -> text`` (None: no row)."""
+
+    figure: str
+    label: Optional[str | Callable[[dict[str, Any]], str]]
+    fmt: str | Callable[[Any, dict[str, Any]], Optional[str]] = "{:.2f}"
+
+    @classmethod
+    def within(cls, *figures: str) -> tuple[Row, ...]:
+        """Rows for figures shown within other rows (K beside the IW-NLL)."""
+        return tuple(cls(f, None) for f in figures)

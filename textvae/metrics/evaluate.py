@@ -2,7 +2,8 @@
 
 A metric is one registered function (:func:`register_metric`); :func:`evaluate_model` computes any
 of them, the training loop computes those registered for its stages (``epoch``, ``periodic``,
-``test``) for every task, and a study's table shows the columns a metric declares. A conditional
+``test``) for every task, ``textvae evaluate``'s table shows the rows it declares and a study's table
+the columns. A conditional
 model (the dialogue CVAE) is evaluated given each batch's conditions (:func:`batch_protocol`).
 """
 from __future__ import annotations
@@ -15,9 +16,9 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from textvae.errors import TextVAEError
-from textvae.metrics._common import Batches, eval_mode, iterate, seeded
+from textvae.metrics._common import Batches, Row, eval_mode, iterate, seeded
 from textvae.metrics.information import HE2019_BATCH, he2019_noise_sd, mi_batch, mi_batch_he2019, mi_dataset
-from textvae.metrics.latent import AU_THRESHOLD, active_units, collapse_diagnostics, collapse_verdict
+from textvae.metrics.latent import AU_THRESHOLD, active_units, collapse_diagnostics
 from textvae.metrics.likelihood import (ElboAccumulator, IWAccumulator, IWProgress, elbo_batch,
                                         iw_samples_for)
 from textvae.reduction import CorpusAccumulator
@@ -76,6 +77,7 @@ class Metric:
     ``stages``: where the training loop computes it besides ``textvae evaluate`` (``epoch``: each
     epoch's validation; ``periodic``: every ``train.metrics_every`` steps; ``test``: the final
     report). ``study_columns``: (figure, label, format) columns it adds to a study's table.
+    ``rows``: its figures' rows in ``textvae evaluate``'s table, in order (:class:`Row`).
     """
 
     result: Callable[[EvalPass], dict[str, Any]]
@@ -84,6 +86,7 @@ class Metric:
     keeps_posteriors: bool = False
     stages: tuple[str, ...] = ()
     study_columns: tuple[tuple[str, str, str], ...] = ()
+    rows: tuple[Row, ...] = ()
 
     @property
     def doc(self) -> str:
@@ -112,11 +115,55 @@ def get_metric(name: str) -> Metric:
     return METRICS.get(name)
 
 
+def _iw_update(p: EvalPass, model: Any, batch: Any, posterior: Any, z: torch.Tensor) -> None:
+    p.iw.add(model, batch, posterior, p.n_samples, p.max_tokens)
+
+
+def _iw_nll_label(results: dict[str, Any]) -> str:
+    exact = "latent_dim" not in results and results.get("iw_samples") == 1  # the language model's NLL
+    return "NLL (exact)" if exact else "NLL (IW, K={K})"
+
+
+def _iw_nll_text(value: float, results: dict[str, Any]) -> str:
+    if _iw_nll_label(results) == "NLL (exact)":
+        return f"{value:.2f} (a language model's likelihood needs no sampling)"
+    if "iw_nll_mc_se" not in results:
+        return f"{value:.2f}"
+    return (f"{value:.2f} (Monte Carlo se {results['iw_nll_mc_se']:.3f}, from a second draw of "
+            f"{results.get('iw_se_sentences', math.nan):.0f} sentences; "
+            f"ESS {results.get('iw_ess', math.nan):.1f} of {results.get('iw_samples', math.nan):.0f})")
+
+
+@register_metric("iw", update=_iw_update, latent=False, stages=("test",),
+                 rows=(Row("iw_nll", _iw_nll_label, _iw_nll_text), Row("iw_ppl", "PPL (IW)"),
+                       *Row.within("iw_samples", "iw_nll_mc_se", "iw_se_sentences", "iw_ess")))
+def _iw(p: EvalPass) -> dict[str, Any]:
+    """iw_nll, iw_ppl, iw_samples (K = ``n_samples``; see ``iw_nll``); beside the NLL its Monte
+    Carlo standard error iw_nll_mc_se, from a second draw of iw_se_sentences sentences, and the
+    weights' mean effective sample size iw_ess (see ``IWAccumulator``)."""
+    return p.iw.result().summary()
+
+
 def _elbo_update(p: EvalPass, model: Any, batch: Any, posterior: Any, z: torch.Tensor) -> None:
     p.elbo.add(batch.n_tokens, *elbo_batch(model, batch, posterior, z))
 
 
-@register_metric("elbo", update=_elbo_update, latent=False, stages=STAGES)
+_TOP_DIMS = 5  # dimensions listed in the KL-per-dim row
+
+
+def _kl_dims(kl: Sequence[float], results: dict[str, Any]) -> Optional[str]:
+    """The largest per-dimension KLs, e.g. ``d7 2.31, d3 1.02, ... (5 of 32 dims >= 0.01)``; no row
+    without dimensions."""
+    if not kl:
+        return None
+    top = sorted(range(len(kl)), key=lambda d: -kl[d])[:_TOP_DIMS]
+    used = sum(k >= 0.01 for k in kl)
+    return ", ".join(f"d{d} {kl[d]:.2f}" for d in top) + f" ({used} of {len(kl)} dims >= 0.01)"
+
+
+@register_metric("elbo", update=_elbo_update, latent=False, stages=STAGES,
+                 rows=(Row("neg_elbo", "-ELBO (bound on NLL)"), Row("rec", "  reconstruction"), Row("kl", "  KL"),
+                       Row("kl_per_dim", "  KL per dim, largest", _kl_dims), Row("elbo_ppl", "PPL (ELBO bound)")))
 def _elbo(p: EvalPass) -> dict[str, Any]:
     """rec, kl, neg_elbo, elbo_ppl (one sample, beta = 1; see ``elbo_terms``)."""
     summary = p.elbo.result()
@@ -126,19 +173,15 @@ def _elbo(p: EvalPass) -> dict[str, Any]:
     return figures
 
 
-def _iw_update(p: EvalPass, model: Any, batch: Any, posterior: Any, z: torch.Tensor) -> None:
-    p.iw.add(model, batch, posterior, p.n_samples, p.max_tokens)
+@register_metric("mi_dataset", keeps_posteriors=True, stages=("periodic", "test"),
+                 rows=(Row("mi_dataset", "MI (whole set, N={N})", "{:.3f}"),))
+def _mi_dataset(p: EvalPass) -> dict[str, Any]:
+    """The whole-set MI estimator (same z as the ELBO): textvae's reported MI."""
+    return {"mi_dataset": mi_dataset(p.posteriors, p.samples)}
 
 
-@register_metric("iw", update=_iw_update, latent=False, stages=("test",))
-def _iw(p: EvalPass) -> dict[str, Any]:
-    """iw_nll, iw_ppl, iw_samples (K = ``n_samples``; see ``iw_nll``); beside the NLL its Monte
-    Carlo standard error iw_nll_mc_se, from a second draw of iw_se_sentences sentences, and the
-    weights' mean effective sample size iw_ess (see ``IWAccumulator``)."""
-    return p.iw.result().summary()
-
-
-@register_metric("mi_batch", keeps_posteriors=True, stages=STAGES)
+@register_metric("mi_batch", keeps_posteriors=True, stages=STAGES,
+                 rows=(Row("mi_batch", "MI (per-batch, B={B})", "{:.3f}"), *Row.within("mi_batch_size")))
 def _mi_batch(p: EvalPass) -> dict[str, Any]:
     """The per-batch MI estimator (He et al. 2019's aggregate posterior over groups of at most their
     batch size HE2019_BATCH within each evaluation batch; same z as the ELBO), and that B as
@@ -147,13 +190,14 @@ def _mi_batch(p: EvalPass) -> dict[str, Any]:
             "mi_batch_size": float(HE2019_BATCH)}
 
 
-@register_metric("mi_dataset", keeps_posteriors=True, stages=("periodic", "test"))
-def _mi_dataset(p: EvalPass) -> dict[str, Any]:
-    """The whole-set MI estimator (same z as the ELBO): textvae's reported MI."""
-    return {"mi_dataset": mi_dataset(p.posteriors, p.samples)}
+def _he2019_text(value: float, results: dict[str, Any]) -> str:
+    noise = results.get("mi_batch_he2019_noise_sd")
+    return f"{value:.3f}" + (f" (noise floor sd {noise:.3f})" if noise is not None else "")
 
 
-@register_metric("mi_batch_he2019", keeps_posteriors=True, stages=("epoch", "test"))
+@register_metric("mi_batch_he2019", keeps_posteriors=True, stages=("epoch", "test"),
+                 rows=(Row("mi_batch_he2019", "MI (per-batch, B={B}, He et al. 2019 as published)", _he2019_text),
+                       *Row.within("mi_batch_he2019_noise_sd", "mi_batch_size")))
 def _mi_batch_he2019(p: EvalPass) -> dict[str, Any]:
     """He et al.'s per-batch estimator as published, and its noise floor sd sqrt(D / 2N); at each
     epoch too, where aggressive training may take it as its switch-off signal, as He et al.'s code does.
@@ -163,7 +207,12 @@ def _mi_batch_he2019(p: EvalPass) -> dict[str, Any]:
             "mi_batch_he2019_noise_sd": he2019_noise_sd(d, n), "mi_batch_size": float(HE2019_BATCH)}
 
 
-@register_metric("au", stages=STAGES)
+def _au_text(value: float, results: dict[str, Any]) -> str:
+    return f"{value:.0f}" + (f" / {results['latent_dim']:.0f}" if "latent_dim" in results else "")
+
+
+@register_metric("au", stages=STAGES,
+                 rows=(Row("au", "AU (Var >= {thr})", _au_text), *Row.within("au_threshold", "latent_dim")))
 def _au(p: EvalPass) -> dict[str, Any]:
     """au, au_threshold, latent_dim (active units: Var_x E[z|x] >= the threshold)."""
     au = active_units(p.mean, p.au_threshold)
@@ -173,7 +222,9 @@ def _au(p: EvalPass) -> dict[str, Any]:
     return figures
 
 
-@register_metric("diagnostics", stages=("test",))
+@register_metric("diagnostics", stages=("test",),
+                 rows=(Row("dims_too_noisy", "inactive dims: too noisy", "{:.0f}"),
+                       Row("dims_signal_too_weak", "inactive dims: signal too weak", "{:.0f}")))
 def _diagnostics(p: EvalPass) -> dict[str, Any]:
     """au, latent_dim, dims_too_noisy, dims_signal_too_weak (why inactive dimensions are inactive)."""
     gaussian = len(p.mus) == len(p.means)
@@ -212,7 +263,8 @@ def evaluate_model(model: Any, batches: Batches, metrics: Optional[Sequence[str]
 
     A model with ``latent_dim == 0`` (the language model) gets the likelihood metrics only, and
     IW-NLL with one sample, which is exact for it.
-    Returns a flat dict of floats (plus n_sentences, n_tokens); :func:`format_table` prints it.
+    Returns a flat dict of floats (plus n_sentences, n_tokens); :func:`~textvae.metrics.table.format_table`
+    prints it.
     ``per_dim`` adds per-dimension lists [D]: ``kl_per_dim`` (mean analytic KL; with ``elbo``,
     when the posterior has a closed form), ``var_mu_per_dim`` (Var_x of the posterior mean; with
     ``au`` / ``diagnostics``), and with ``diagnostics`` ``sigma_per_dim`` (E_x[sigma_d], Gaussian
@@ -250,95 +302,3 @@ def evaluate_model(model: Any, batches: Batches, metrics: Optional[Sequence[str]
         for metric in chosen:
             results.update(metric.result(p))
     return results
-
-
-# (key, label, format) in display order; "{K}" / "{N}" / "{thr}" / "{G}" / "{P}" are filled from
-# the results.
-_ROWS = [
-    ("n_sentences", "sentences", "{:.0f}"),
-    ("n_pairs", "pairs (context, response)", "{:.0f}"),
-    ("n_tokens", "tokens (words + </s>)", "{:.0f}"),
-    ("unk_rate", "unknown words (<unk>)", "{:.2%}"),
-    ("iw_nll", "NLL (IW, K={K})", "{:.2f}"),
-    ("true_nll", "NLL (true, synthetic corpus)", "{:.2f}"),
-    ("iw_ppl", "PPL (IW)", "{:.2f}"),
-    ("true_ppl", "PPL (true)", "{:.2f}"),
-    ("neg_elbo", "-ELBO (bound on NLL)", "{:.2f}"),
-    ("rec", "  reconstruction", "{:.2f}"),
-    ("kl", "  KL", "{:.2f}"),
-    ("kl_per_dim", "  KL per dim, largest", None),
-    ("elbo_ppl", "PPL (ELBO bound)", "{:.2f}"),
-    ("mi_dataset", "MI (whole set, N={N})", "{:.3f}"),
-    ("mi_batch", "MI (per-batch, B={B})", "{:.3f}"),
-    ("mi_batch_he2019", "MI (per-batch, B={B}, He et al. 2019 as published)", "{:.3f}"),
-    ("true_mi", "MI (true I(x; latent))", "{:.3f}"),
-    ("au", "AU (Var >= {thr})", "{:.0f}"),
-    ("dims_too_noisy", "inactive dims: too noisy", "{:.0f}"),
-    ("dims_signal_too_weak", "inactive dims: signal too weak", "{:.0f}"),
-    ("recon_bleu", "BLEU (greedy from posterior mean)", "{:.2f}"),
-    ("distinct_1", "distinct-1 ({G})", "{:.4f}"),
-    ("distinct_2", "distinct-2 ({G})", "{:.4f}"),
-    ("self_bleu", "self-BLEU ({G})", "{:.2f}"),
-    ("sample_words", "words per sample ({G})", "{:.1f}"),
-    ("probe_acc", "probe accuracy ({P}/class, mean ± std)", "{:.4f}"),
-]
-# shown inside other rows' labels or values
-_HIDDEN = {"iw_samples", "iw_nll_mc_se", "iw_se_sentences", "iw_ess", "au_threshold", "latent_dim", "gen_sentences",
-           "n_contexts",
-           "probe_acc_std", "mi_batch_he2019_noise_sd", "mi_batch_size", "probe_n_per_class", "probe_draws"}
-_TOP_DIMS = 5  # dimensions listed in the KL-per-dim row
-
-
-def _kl_dims(kl: Sequence[float]) -> str:
-    """The largest per-dimension KLs, e.g. ``d7 2.31, d3 1.02, ... (5 of 32 dims >= 0.01)``."""
-    top = sorted(range(len(kl)), key=lambda d: -kl[d])[:_TOP_DIMS]
-    used = sum(k >= 0.01 for k in kl)
-    return ", ".join(f"d{d} {kl[d]:.2f}" for d in top) + f" ({used} of {len(kl)} dims >= 0.01)"
-
-
-def _samples(results: dict[str, Any]) -> str:
-    """What the text metrics of samples read: a sentence model's prior samples, or a CVAE's responses."""
-    n = f"{results.get('gen_sentences', float('nan')):.0f}"
-    if "n_contexts" in results:
-        return f"{n} responses to {results['n_contexts']:.0f} contexts"
-    return f"{n} prior samples" if "latent_dim" in results else f"{n} samples"  # the language model has no prior
-
-
-def format_table(results: dict[str, Any]) -> str:
-    """Two-column text table of :func:`evaluate_model` results (and generation, probe and
-    ground-truth figures when present), with the collapse verdict. Lists appear only as the
-    KL-per-dim summary; they are for the JSON."""
-    fill = {"K": f"{results.get('iw_samples', float('nan')):.0f}",
-            "N": f"{results.get('n_sentences', results.get('n_pairs', float('nan'))):.0f}",
-            "B": f"{results.get('mi_batch_size', float('nan')):.0f}",
-            "thr": f"{results.get('au_threshold', AU_THRESHOLD):g}",
-            "G": _samples(results),
-            "P": f"{results.get('probe_n_per_class', float('nan')):.0f}"}
-    rows = []
-    exact = "latent_dim" not in results and results.get("iw_samples") == 1  # the language model's NLL
-    for key, label, fmt in _ROWS:
-        if key not in results or (fmt is None and not results[key]):  # no per-dimension KL without dimensions
-            continue
-        value = _kl_dims(results[key]) if fmt is None else fmt.format(results[key])
-        if key == "iw_nll" and exact:
-            label, value = "NLL (exact)", f"{value} (a language model's likelihood needs no sampling)"
-        elif key == "iw_nll" and "iw_nll_mc_se" in results:
-            value += (f" (Monte Carlo se {results['iw_nll_mc_se']:.3f}, from a second draw of "
-                      f"{results.get('iw_se_sentences', math.nan):.0f} sentences; "
-                      f"ESS {results.get('iw_ess', math.nan):.1f} of {fill['K']})")
-        if key == "mi_batch_he2019" and "mi_batch_he2019_noise_sd" in results:
-            value += f" (noise floor sd {results['mi_batch_he2019_noise_sd']:.3f})"
-        if key == "au" and "latent_dim" in results:
-            value += f" / {results['latent_dim']:.0f}"
-        if key == "probe_acc":
-            value += f" ± {results.get('probe_acc_std', 0.0):.4f} ({results.get('probe_draws', 1):.0f} draws)"
-        rows.append((label.format(**fill), value))
-    known = {key for key, _, _ in _ROWS} | _HIDDEN
-    rows += [(key, f"{value:.4g}") for key, value in results.items()
-             if key not in known and isinstance(value, (int, float))]
-    if results.get("train_steps") == 0:  # an initialised model's posterior says nothing about collapse
-        rows.append(("latent space", "not trained (0 steps): no verdict"))
-    elif "au" in results and "latent_dim" in results:
-        rows.append(("latent space", collapse_verdict(int(results["au"]), int(results["latent_dim"]))))
-    width = max(len(label) for label, _ in rows)
-    return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)

@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from textvae.errors import TextVAEError
-from textvae.metrics._common import Batches, eval_mode, iterate
+from textvae.metrics._common import Batches, Row, eval_mode, iterate
 from textvae.registry import Registry
 
 
@@ -164,13 +164,15 @@ class TextMetric:
     """One registered text metric: ``result(texts) -> {figure: value}``, computed by :func:`score_texts`
     when the field of :class:`GeneratedTexts` it ``reads`` holds at least ``least`` texts; ``needs``: the
     optional packages it imports (:func:`check_text_metrics`); ``study_columns``: (figure, label, format)
-    columns it adds to a study's table and ``textvae compare``'s, where a run has the figure."""
+    columns it adds to a study's table and ``textvae compare``'s, where a run has the figure; ``rows``: its
+    figures' rows in ``textvae evaluate``'s table (:class:`~textvae.metrics._common.Row`)."""
 
     result: Callable[[GeneratedTexts], dict[str, float]]
     reads: str
     least: int = 1
     needs: tuple[str, ...] = ()
     study_columns: tuple[tuple[str, str, str], ...] = ()
+    rows: tuple[Row, ...] = ()
 
     @property
     def doc(self) -> str:
@@ -187,13 +189,14 @@ _COUNTS = {"samples": "gen_sentences", "responses": "n_contexts"}  # how many te
 
 
 def register_text_metric(name: str, reads: str, least: int = 1, needs: tuple[str, ...] = (),
-                         study_columns: tuple[tuple[str, str, str], ...] = ()
+                         study_columns: tuple[tuple[str, str, str], ...] = (), rows: tuple[Row, ...] = ()
                          ) -> Callable[[Callable[[GeneratedTexts], dict[str, float]]], TextMetric]:
     """Decorator: ``@register_text_metric("self_bleu", reads="samples", least=2, needs=("sacrebleu",))``
     on ``result(texts) -> dict`` registers a :class:`TextMetric` under ``name``."""
     if reads not in _FIELDS:
         raise TextVAEError(f"text metric {name!r}: unknown texts {reads!r}; valid: {', '.join(_FIELDS)}")
-    return lambda result: TEXT_METRICS.register(name)(TextMetric(result, reads, least, tuple(needs), study_columns))
+    return lambda result: TEXT_METRICS.register(name)(
+        TextMetric(result, reads, least, tuple(needs), study_columns, rows))
 
 
 def list_text_metrics() -> list[str]:
@@ -225,27 +228,30 @@ def score_texts(texts: GeneratedTexts, metrics: Optional[Sequence[str]] = None) 
     return figures
 
 
-@register_text_metric("recon_bleu", reads="reconstructions", needs=("sacrebleu",))
+@register_text_metric("recon_bleu", reads="reconstructions", needs=("sacrebleu",),
+                      rows=(Row("recon_bleu", "BLEU (greedy from posterior mean)"),))
 def _recon_bleu(texts: GeneratedTexts) -> dict[str, float]:
     """recon_bleu: corpus BLEU of the reconstructions against their inputs (:func:`reconstruction_bleu`)."""
     references, hypotheses = zip(*texts.reconstructions)
     return {"recon_bleu": reconstruction_bleu(references, hypotheses)}
 
 
-@register_text_metric("distinct", reads="samples", study_columns=(("distinct_2", "dist-2", "{:.3f}"),))
+@register_text_metric("distinct", reads="samples", study_columns=(("distinct_2", "dist-2", "{:.3f}"),),
+                      rows=tuple(Row(f"distinct_{n}", f"distinct-{n} ({{G}})", "{:.4f}") for n in (1, 2)))
 def _distinct(texts: GeneratedTexts) -> dict[str, float]:
     """distinct_1, distinct_2: distinct-n of the samples pooled (:func:`distinct_n`; for responses,
     Zhao et al.'s and DialogWAE's inter-context distinct)."""
     return {f"distinct_{n}": distinct_n(texts.samples, n) for n in (1, 2)}
 
 
-@register_text_metric("self_bleu", reads="samples", least=2, needs=("sacrebleu",))
+@register_text_metric("self_bleu", reads="samples", least=2, needs=("sacrebleu",),
+                      rows=(Row("self_bleu", "self-BLEU ({G})"),))
 def _self_bleu(texts: GeneratedTexts) -> dict[str, float]:
     """self_bleu: each sample's BLEU against the others, averaged (:func:`self_bleu`)."""
     return {"self_bleu": self_bleu(texts.samples)}
 
 
-@register_text_metric("length", reads="samples")
+@register_text_metric("length", reads="samples", rows=(Row("sample_words", "words per sample ({G})", "{:.1f}"),))
 def _length(texts: GeneratedTexts) -> dict[str, float]:
     """sample_words: the samples' mean length in tokens (``</s>`` not counted), beside distinct-n and
     self-BLEU, which depend on it."""
@@ -253,7 +259,9 @@ def _length(texts: GeneratedTexts) -> dict[str, float]:
 
 
 @register_text_metric("bleu_precision_recall", reads="responses", needs=("sacrebleu",),
-                      study_columns=(("bleu2_precision", "BLEU-2 P", "{:.3f}"), ("bleu2_recall", "BLEU-2 R", "{:.3f}")))
+                      study_columns=(("bleu2_precision", "BLEU-2 P", "{:.3f}"), ("bleu2_recall", "BLEU-2 R", "{:.3f}")),
+                      rows=tuple(Row(f"bleu{k}_{side}", f"BLEU-{k} {side} ({{G}})", "{:.4f}")
+                                 for k in (1, 2, 3, 4) for side in ("precision", "recall")))
 def _bleu_precision_recall(texts: GeneratedTexts) -> dict[str, float]:
     """bleuK_precision, bleuK_recall (K = 1..4): Zhao et al. (2017)'s BLEU-K precision and recall of each
     context's responses (:func:`bleu_precision_recall`), averaged over contexts; on 0-1 as in their tables."""
@@ -266,7 +274,8 @@ def _bleu_precision_recall(texts: GeneratedTexts) -> dict[str, float]:
 
 
 @register_text_metric("distinct_intra", reads="responses",
-                      study_columns=(("intra_dist2", "intra dist-2", "{:.3f}"),))
+                      study_columns=(("intra_dist2", "intra dist-2", "{:.3f}"),),
+                      rows=tuple(Row(f"intra_dist{n}", f"distinct-{n} within a context ({{G}})", "{:.4f}") for n in (1, 2)))
 def _distinct_intra(texts: GeneratedTexts) -> dict[str, float]:
     """intra_dist1, intra_dist2: distinct-n of each context's responses, averaged over contexts (Zhao et
     al. 2017; the pooled, inter-context figure is ``distinct``)."""
