@@ -95,14 +95,19 @@ def model_folder(path: str) -> tuple[Path, Optional[dict]]:
 
 def load_model_dir(path: str) -> tuple[Any, Any, Optional[dict]]:
     """A saved model folder, or a run folder (its best model and its config) -> (model, tokenizer, run config)."""
+    folder, run_cfg = model_folder(path)
+    return (*load_model(folder), run_cfg)
+
+
+def load_model(folder: Path) -> tuple[Any, Any]:
+    """The model saved in ``folder`` and its tokenizer."""
     from textvae.data.tokenization import Tokenizer
     from textvae.models.textvae import TOKENIZER_FILE, TextVAE
 
-    p, run_cfg = model_folder(path)
-    model = TextVAE.from_pretrained(p)
-    if not (p / TOKENIZER_FILE).is_file():
-        raise TextVAEError(f"{p} has no {TOKENIZER_FILE}")
-    return model, Tokenizer.load(p / TOKENIZER_FILE), run_cfg
+    model = TextVAE.from_pretrained(folder)
+    if not (folder / TOKENIZER_FILE).is_file():
+        raise TextVAEError(f"{folder} has no {TOKENIZER_FILE}")
+    return model, Tokenizer.load(folder / TOKENIZER_FILE)
 
 
 def evaluate_parser() -> argparse.ArgumentParser:
@@ -161,13 +166,13 @@ def cmd_evaluate(argv: list[str]) -> None:
                        "probe_draws": COUNT, "max_sentences": COUNT, "max_len": COUNT, "seed": SEED})
     if not args.no_generation and args.gen_sentences < 2:
         raise TextVAEError("--gen-sentences must be >= 2 (self-BLEU compares samples with each other)")
-    run_cfg = model_folder(args.model)[1] or {}
-    device = evaluation_device(args.device, run_cfg)
+    folder, run_cfg = model_folder(args.model)
+    device = evaluation_device(args.device, run_cfg or {})
     check_precision(device, args.precision, "--precision")
-    task = run_cfg.get("task", DEFAULT_TASK)
+    task = (run_cfg or {}).get("task", DEFAULT_TASK)
     if task != DEFAULT_TASK:  # the other tasks' own test report; the sentence VAE's options below
         return evaluate_task_run(args, task, device)
-    model, tokenizer, run_cfg = load_model_dir(args.model)
+    model, tokenizer = load_model(folder)
     data_cfg, data = evaluation_data(args, run_cfg, tokenizer)
     if args.probe:  # before the evaluation pass, which can take long, not after it
         check_probe(model, data, args.probe)
@@ -178,7 +183,7 @@ def cmd_evaluate(argv: list[str]) -> None:
     n_eval = min(args.max_sentences or len(split), len(split))
     n_tokens, unknown = announce_evaluation(args, split, n_eval, model)
     out = results_file(args)
-    progress = evaluation_progress(args, data_cfg, out, device)
+    progress = evaluation_progress(args, folder, data_cfg, out, device)
 
     def batches(limit: int) -> Any:
         """A fresh iterator over ``limit`` sentences of the split, in evaluation order, on the device."""
@@ -318,9 +323,10 @@ def default_results_name(args: argparse.Namespace) -> str:
     return "_".join(["eval", *data, args.split, *subset]) + ".json"
 
 
-def evaluation_progress(args: argparse.Namespace, data_cfg: Any, out: Path, device: torch.device) -> Any:
-    """Where the IW pass keeps the batches it has finished: beside the results file ``out``
-    (``eval_test.iw_progress.safetensors``), removed once the results are written. An evaluation
+def evaluation_progress(args: argparse.Namespace, folder: Path, data_cfg: Any, out: Path,
+                        device: torch.device) -> Any:
+    """Where the IW pass of the model saved in ``folder`` keeps the batches it has finished: beside the
+    results file ``out`` (``eval_test.iw_progress.safetensors``), removed once the results are written. An evaluation
     stopped part-way (at K = 500 an hour or more on a CPU) resumes there when the same command runs
     again, with the figures of a pass never stopped (:class:`textvae.metrics.IWProgress`); the key
     (weights, K, precision, device type, data, split, batch size, subset, decoder budget) keeps a file
@@ -332,7 +338,7 @@ def evaluation_progress(args: argparse.Namespace, data_cfg: Any, out: Path, devi
 
     if args.iw_samples == 0:
         return None
-    key = IWProgress.key_of(model_folder(args.model)[0] / WEIGHTS_FILE, samples=args.iw_samples,
+    key = IWProgress.key_of(folder / WEIGHTS_FILE, samples=args.iw_samples,
                             precision=args.precision, device=device.type,
                             data=dataclasses.asdict(data_cfg), split=args.split, batch_size=args.batch_size,
                             max_sentences=args.max_sentences, max_tokens=args.max_tokens)
