@@ -20,6 +20,7 @@ from textvae.cli import check_probe, default_results_name, main
 from textvae.config import RunConfig
 from textvae.dialogue.config import CVAERunConfig
 from textvae.errors import TextVAEError
+from textvae.packaged import packaged_file
 from textvae.tasks.runconfig import parse_run_config
 from textvae.training.logger import read_jsonl
 from tests.test_train import tiny_args, write_corpus
@@ -368,6 +369,12 @@ def test_resume_and_restart_mistakes(tmp_path, trained, corpus, capsys):
 ])
 def test_bad_config_values(tmp_path, corpus, capsys, args, expected):
     assert expected in fails([*train_on(tmp_path, corpus), *args], capsys)
+
+
+def test_recipes_of_two_tasks_are_refused(capsys):
+    line = fails(["train", "ptb/vae", "--config", "dailydialog/cvae"], capsys)
+    assert line.endswith("dailydialog/cvae.yaml is a dialogue recipe, and the first one "
+                         f"({packaged_file('recipe', 'ptb/vae')}) a sentences one; a run has one task")
 
 
 def test_a_recipe_may_spell_its_keys_dotted(tmp_path):
