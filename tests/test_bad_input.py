@@ -65,7 +65,8 @@ def test_missing_files(tmp_path, corpus, capsys):
     assert "'/no/such/corpus.txt' is not a corpus" in fails(train_on(tmp_path, "/no/such/corpus.txt"), capsys)
     assert not (tmp_path / "runs" / "x").exists()  # a start that failed leaves no run folder behind
     (tmp_path / "runs" / "keep").mkdir(parents=True)  # ... and removes nothing it did not make
-    fails([*train_on(tmp_path, "/no/such/corpus.txt"), "--name", "a/.."], capsys)
+    assert "name 'a/..': a run's name is its folder" in fails([*train_on(tmp_path, "/no/such/corpus.txt"), "--name",
+                                                                 "a/.."], capsys)
     assert (tmp_path / "runs" / "keep").is_dir()
     assert "no such recipe: missing.yaml" in fails(["train", "missing.yaml"], capsys)
     partial = tmp_path / "partial"
@@ -123,6 +124,9 @@ def test_overrides_win_wherever_the_recipe_stands(tmp_path, capsys):
     for packaged in ("ptb/vae", "recipes/ptb/vae.yaml"):  # a packaged recipe's name after options likewise
         line = fails(["train", "--train.max_steps", "5", packaged], capsys)
         assert line.endswith(f"(the recipe {packaged} goes first, before the overrides)")
+    line = fails(["train", str(recipe), str(overlay)], capsys)  # two recipes, the second one without --config
+    assert line.endswith(f"unrecognized arguments: {overlay} (a second recipe: a run starts from one, and --config "
+                         f"{overlay} overlays another on it)")
 
 
 def without(monkeypatch, *packages: str) -> None:
@@ -354,6 +358,7 @@ def test_resume_and_restart_mistakes(tmp_path, trained, corpus, capsys):
     (["--train.max_steps", "x"], "train.max_steps must be an integer or null, got 'x'"),
     (["--objective.remedies", '[{"name": "bn_vae", "momentum": 2}]'], "momentum must be in (0, 1], got 2"),
     (["--objective.remedies", '[{"name": "bow", "foo": 1}]'], "remedy 'bow': unknown parameter(s) ['foo']"),
+    (["--name", ""], "name '': a run's name is its folder under out_dir; give a folder name"),
     (["--data.batch_size", "0"], "data.batch_size must be at least 1, got 0"),
     (["--train.log_every", "0"], "train.log_every must be at least 1, got 0"),
     (["--optim.lr", "-1"], "optim.lr must be > 0, got -1.0"),

@@ -132,6 +132,48 @@ def test_reconstruct_and_interpolate(run, capsys):
     assert [line.split("\t")[0] for line in lines] == ["0.00", "0.50", "1.00"]
 
 
+def test_evaluate_reproduces_the_runs_test_report(tmp_path, capsys):
+    """Of a run capped by data.max_sentences, with its own K and evaluation batch: the same sentences and
+    the same random numbers, so the same figures; ``--data`` another corpus (here the same one) reads each
+    split whole, and one text file is evaluated whole."""
+    from textvae.training.logger import final_report
+
+    corpus = write_corpus(tmp_path / "corpus", n_train=80, n_eval=30)
+    main(["train", *tiny_args(tmp_path, "r", corpus, "--train.max_steps", "2", "--data.max_sentences", "20",
+                              "--train.iw_samples_final", "3", "--data.eval_batch_size", "7")])
+    report = final_report(read_jsonl(tmp_path / "r" / "metrics.jsonl"))
+    main(["evaluate", str(tmp_path / "r"), "--no-generation", "--json", str(tmp_path / "e.json")])
+    figures = json.loads((tmp_path / "e.json").read_text())
+    assert figures["n_sentences"] == report["n_sentences"] == 20 and figures["iw_samples"] == 3
+    for key in ("iw_nll", "neg_elbo", "kl", "mi_dataset", "au"):
+        assert figures[key] == pytest.approx(report[key], rel=1e-12, abs=1e-12), key
+    main(["evaluate", str(tmp_path / "r"), "--no-generation", "--data", str(corpus), "--json", str(tmp_path / "w.json")])
+    assert json.loads((tmp_path / "w.json").read_text())["n_sentences"] == 30
+    text = tmp_path / "mine.txt"
+    text.write_text("w1 w2 w3\nw4 w5\nw6 w7 w8 w9\n")
+    main(["evaluate", str(tmp_path / "r"), "--no-generation", "--data", str(text), "--json", str(tmp_path / "f.json")])
+    assert json.loads((tmp_path / "f.json").read_text())["n_sentences"] == 3
+    text.write_text("w1 w2 w3\n")
+    with pytest.raises(SystemExit):  # before the IW pass, not after it
+        main(["evaluate", str(tmp_path / "r"), "--data", str(text)])
+    assert capsys.readouterr().err.strip().endswith(
+        f"1 sentence(s) to evaluate (test of {text}): the latent figures (AU, MI) need at least 2")
+
+
+def test_a_runs_model_folder_is_evaluated_as_its_run(tmp_path):
+    """``evaluate RUN/model`` finds the run around it: its corpus without ``--data``, and the figures of
+    ``evaluate RUN``."""
+    corpus = write_corpus(tmp_path / "corpus", n_train=60, n_eval=20)
+    main(["train", *tiny_args(tmp_path, "r", corpus, "--train.max_steps", "1")])
+    figures = []
+    for folder in (tmp_path / "r", tmp_path / "r/model"):
+        out = tmp_path / f"{folder.name}.json"
+        main(["evaluate", str(folder), "--iw-samples", "2", "--no-generation", "--json", str(out)])
+        figures.append(json.loads(out.read_text()))
+    assert figures[0].pop("model") != figures[1].pop("model") and figures[0] == figures[1]
+    assert figures[0]["data"] == str(corpus) and figures[0]["train_steps"] == 1
+
+
 def test_inputs_are_read_as_the_run_read_its_corpus(tmp_path, caplog):
     """A run trained with ``data.lowercase`` reads "W1 W2" as "w1 w2", from its run folder or its model
     folder; a model folder on its own takes the text as given."""

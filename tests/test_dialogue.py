@@ -544,7 +544,7 @@ def test_a_dialogue_run_checks_its_report_s_packages_first(tmp_path, monkeypatch
     assert not (tmp_path / "runs").exists()
 
 
-def test_train_cvae_and_respond(tmp_path, capsys):
+def test_train_cvae_and_respond(tmp_path, capsys, caplog):
     write_dialogues(tmp_path)
     cfg = CVAERunConfig(
         name="run", out_dir=str(tmp_path / "runs"),
@@ -587,6 +587,9 @@ def test_train_cvae_and_respond(tmp_path, capsys):
     assert max(r["step"] for r in records if r["split"] == "train") == 10  # 5 batches per epoch
     lines = respond(run, ["hello how are you __eou__ fine thanks"], n=3)
     assert len(lines) == 3 and capsys.readouterr().out.count("\n") == 3
+    assert "not in the model's vocabulary" not in caplog.text
+    respond(run, ["xyzzy how are you"], n=1)  # a word the model never saw is named, as reconstruct names it
+    assert "1 word(s) are not in the model's vocabulary and are read as <unk>: xyzzy" in caplog.text
 
 
 def test_cvae_trains_with_sparse_gradients_like_dense_and_with_the_sampled_softmax(tmp_path):

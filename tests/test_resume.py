@@ -274,10 +274,16 @@ def test_a_finished_run_resumed_unchanged_is_not_evaluated_again(corpus, tmp_pat
     assert capsys.readouterr().err.strip() == (
         f"textvae: error: {tmp_path / 'x'} is finished (step 2): resumed, it trains no further step, so optim.lr "
         f"0.001 -> 0.5 would be written into its config.yaml unused; evaluate it again with `textvae "
-        f"evaluate {tmp_path / 'x'}`, train a new run (another --name), or raise train.max_steps to train on")
+        f"evaluate {tmp_path / 'x'}` (or resume it with settings of its test report alone), train a new run "
+        f"(another --name), or raise train.max_steps to train on")
     assert (tmp_path / "x" / "metrics.jsonl").read_bytes() == log
     assert (tmp_path / "x" / "config.yaml").read_bytes() == config
-    main(["train", *args, "--resume", "--train.max_steps", "3"])
+    # a setting of its test report alone is taken: it reports again (in place of the last report), training nothing
+    main(["train", *args, "--resume", "--train.iw_samples_final", "3"])
+    records = read_jsonl(tmp_path / "x" / "metrics.jsonl")
+    assert [(r["step"], r["iw_samples"]) for r in records if r["split"] == "test"] == [(2, 3)]
+    assert yaml.safe_load((tmp_path / "x" / "config.yaml").read_text())["train"]["iw_samples_final"] == 3
+    main(["train", *args, "--resume", "--train.max_steps", "3", "--train.iw_samples_final", "3"])
     records = read_jsonl(tmp_path / "x" / "metrics.jsonl")
     assert [r["split"] for r in records].count("test") == 1 and records[-1]["split"] == "test"
     assert records[-1]["step"] == 3

@@ -142,6 +142,12 @@ def test_interrupted_study_resumes_to_the_same_table(tmp_path, monkeypatch):
     with pytest.raises(TextVAEError, match="plain/seed1 was trained with another configuration.*optim.lr.*"
                                            "give the study file and --set the settings it was trained with"):
         st.run_study(write_study(tmp_path, changed, "changed.yaml"), out=str(tmp_path / "b"))
+    # ... nor trained on with a larger budget, which train --resume does (the error says how)
+    longer = dict(TINY, budget={"epochs": 3})
+    with pytest.raises(TextVAEError, match=r"seed1 was trained with another budget \(train.epochs: 2 -> 3\); a study "
+                                           r"does not train its runs on: `textvae train .*config.yaml --resume "
+                                           r"--train.epochs 3` does"):
+        st.run_study(write_study(tmp_path, longer, "longer.yaml"), out=str(tmp_path / "b"))
 
     # A setting added to textvae after a run was made (absent from its config.yaml) is its default:
     # the finished run is still this study's, not "another configuration".
@@ -291,6 +297,7 @@ def test_command_line_seeds_and_sets(tmp_path):
     (["{study}", "--only", "fb/seed3"], r"\['fb/seed3'\].* VARIANT/seedK with K of the seeds \(1, 2\)"),
     (["{study}", "--frobnicate"], "unrecognized arguments"),
     (["{study}", "--set", "train.iw_samples_final"], "expected KEY=VALUE"),
+    (["{study}", "--seeds", "1", "1"], r"^--seeds must be a non-empty list of distinct integers, got \[1, 1\]$"),
     (["{study}", "--set", "train.colour=red"], r"^--set: unknown key train.colour; valid in train: "),
     (["{study}", "--set", "train.max_steps=x"], r"variant 'plain' \(with --set train.max_steps=x\): train.max_steps "
                                                 r"must be an integer or null, got 'x'$"),
@@ -626,7 +633,7 @@ def test_status_says_where_each_run_is_and_writes_nothing(tmp_path, capsys):
     assert states["vae/seed1"] == ["new"]
     assert states["other/seed1"] == ["stopped", f"epoch 2 (step {last['step']}), lr {last['lr']:g}, "
                                                 f"valid -ELBO {last['neg_elbo']:.2f}; the study resumes it"]
-    assert states["busy/seed1"] == ["training", f"pid {child.pid}: no validation yet"]
+    assert states["busy/seed1"] == ["training", f"pid {child.pid}: no validation yet (step 0)"]
     assert states["testing/seed1"] == ["testing", f"pid {tester.pid}: the test report since {since} (2 IW batches "
                                                   f"done), after epoch 2 "
                                                   f"(step {last['step']}), lr {last['lr']:g}, "

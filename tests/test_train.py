@@ -273,7 +273,8 @@ def test_each_start_of_a_run_records_the_code_and_the_machine_it_ran_on(tmp_path
         assert isinstance(r["cpu"], str) and r["cpu"] and r["cores"] == os.cpu_count() >= 1
         assert r["threads"] == torch.get_num_threads() and "gpu" not in r
         assert r["denormals"] == "flushed"  # train.flush_denormals' default, in every intra-op thread
-        assert r["native_kernels"] == "unused"  # fp32: no kernel applies
+        # fp32 on the CPU: the dropout mask's kernel alone applies, built before the run's timer starts
+        assert r["native_kernels"] == native_status(["dropout"]) != "unused"
         assert r["bf16_weight_copies"] == []  # fp32
     assert not calling_thread_flushes()  # the run left the caller's mode as it found it
 
@@ -371,10 +372,14 @@ def test_bf16_where_the_cpu_has_none_is_refused_before_the_run_folder(tmp_path, 
 
 
 def test_evaluate_says_when_the_run_read_fewer_sentences(synthetic_run, tmp_path, caplog):
-    """The run (data.max_sentences 200) was tested on its first 200 sentences; evaluate reads the whole split."""
+    """The run (data.max_sentences 200) was tested on its first 200 sentences; evaluate reads them, as the run
+    did, and says so; --data the same corpus reads the whole split."""
     run, _ = synthetic_run
     with caplog.at_level(logging.INFO, logger="textvae"):
         main(["evaluate", str(run), "--iw-samples", "0", "--no-generation", "--json", str(tmp_path / "e.json")])
-    n = int(json.loads((tmp_path / "e.json").read_text())["n_sentences"])
-    assert n > 200 and (f"the run read at most 200 sentences of each split (data.max_sentences); this evaluates all "
-                        f"{n} of the test split, so its figures are not the run's test report's") in caplog.text
+    assert int(json.loads((tmp_path / "e.json").read_text())["n_sentences"]) == 200
+    assert ("the run read at most 200 sentences of each split (data.max_sentences), and so does this evaluation, as "
+            "its test report did (--data synthetic reads each split whole)") in caplog.text
+    main(["evaluate", str(run), "--iw-samples", "0", "--no-generation", "--data", "synthetic", "--json",
+          str(tmp_path / "w.json")])
+    assert int(json.loads((tmp_path / "w.json").read_text())["n_sentences"]) > 200

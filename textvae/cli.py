@@ -78,24 +78,20 @@ def folder_argument(path: str) -> str:
     return str(p.parent) if p.is_file() and p.name in ("config.yaml", "config.json") else path
 
 
-def model_folder(path: str) -> tuple[Path, Optional[dict]]:
-    """A saved model folder, or a run folder -> (the model folder: its best model's, the run config or None)."""
-    import yaml
+def model_folder(path: str) -> tuple[Path, Optional[Path], Optional[dict]]:
+    """A run folder, a run's ``model/`` or a saved model folder -> (the model folder, the run folder or None,
+    the run's configuration or None)."""
+    from textvae.config import read_run_config
+    from textvae.models.textvae import locate_model
 
-    p = Path(path)
-    if not p.exists():
-        raise TextVAEError(f"no such run or model folder: {p}")
-    if (p / "config.yaml").is_file() and (p / "model").is_dir():
-        return p / "model", yaml.safe_load((p / "config.yaml").read_text())
-    if p.is_dir() and not (p / "config.json").is_file():
-        raise TextVAEError(f"{p} is neither a run folder (config.yaml and model/) nor a model folder (config.json "
-                           f"and model.safetensors)")
-    return p, None
+    folder, run_dir = locate_model(path)
+    return folder, run_dir, read_run_config(run_dir) if run_dir else None
 
 
 def load_model_dir(path: str) -> tuple[Any, Any, Optional[dict]]:
-    """A saved model folder, or a run folder (its best model and its config) -> (model, tokenizer, run config)."""
-    folder, run_cfg = model_folder(path)
+    """A run folder, a run's ``model/`` or a saved model folder -> (model, tokenizer, the run's configuration
+    or None)."""
+    folder, _, run_cfg = model_folder(path)
     return (*load_model(folder), run_cfg)
 
 
@@ -115,13 +111,18 @@ def evaluate_parser() -> argparse.ArgumentParser:
 
     ap = CommandParser(prog="textvae evaluate", description="Evaluate a trained model on a split.")
     ap.add_argument("model", type=folder_argument, help="run folder or saved model folder (or its config file)")
-    ap.add_argument("--data", help="dataset name or path (default: the run's dataset)")
+    ap.add_argument("--data", help="corpus name or folder, read whole (default: the run's corpus, as the run read "
+                                   "it), or one text file, evaluated whole")
     ap.add_argument("--split", default="test", choices=["train", "valid", "test"])
-    ap.add_argument("--iw-samples", type=int, default=500, help="importance samples for IW-NLL (0 = skip)")
+    ap.add_argument("--iw-samples", type=int, default=None,
+                    help="importance samples K for IW-NLL (0 = skip); default: the run's train.iw_samples_final, as "
+                         "its test report (500 for a model folder)")
     ap.add_argument("--max-tokens", type=int, default=None,
                     help="IW decoder budget: samples x sentences x length per decoder call "
                          f"(default: {DEFAULT_MAX_TOKENS['cpu']} on the CPU, {DEFAULT_MAX_TOKENS['cuda']} on a GPU)")
-    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help=f"sentences per batch; default: the run's data.eval_batch_size, as its test report "
+                         f"({_MODEL_FOLDER_BATCH} for a model folder)")
     ap.add_argument("--max-sentences", type=int, default=None, help="evaluate this many, spread over the split")
     ap.add_argument("--gen-sentences", type=int, default=500,
                     help="sentences reconstructed, and prior samples drawn, for the generation metrics")
@@ -153,7 +154,7 @@ def cmd_evaluate(argv: list[str]) -> None:
     ``--probe N``, the latent probe (BN-VAE). ``--max-sentences`` evaluates an evenly spread
     subset of the split (the first sentences would be the shortest in evaluation order)."""
     from textvae.config import TrainConfig
-    from textvae.metrics import check_text_metrics, generate_texts, score_texts
+    from textvae.metrics import check_text_metrics
     from textvae.models.native import native_kernels
     from textvae.training.denormals import denormals_flushed
     from textvae.training.progress import counted_progress, token_count
@@ -166,12 +167,14 @@ def cmd_evaluate(argv: list[str]) -> None:
                        "probe_draws": COUNT, "max_sentences": COUNT, "max_len": COUNT, "seed": SEED})
     if not args.no_generation and args.gen_sentences < 2:
         raise TextVAEError("--gen-sentences must be >= 2 (self-BLEU compares samples with each other)")
-    folder, run_cfg = model_folder(args.model)
+    folder, run_dir, run_cfg = model_folder(args.model)
     device = evaluation_device(args.device, run_cfg or {})
     check_precision(device, args.precision, "--precision")
     task = (run_cfg or {}).get("task", DEFAULT_TASK)
-    if task != DEFAULT_TASK:  # the other tasks' own test report; the sentence VAE's options below
-        return evaluate_task_run(args, task, device)
+    if run_dir is not None and task != DEFAULT_TASK:  # the other tasks' own test report; the sentence VAE's below
+        return evaluate_task_run(args, task, device, run_dir)
+    as_the_report(args, run_cfg)
+    warn_if_training(run_dir)
     model, tokenizer = load_model(folder)
     data_cfg, data = evaluation_data(args, run_cfg, tokenizer)
     if args.probe:  # before the evaluation pass, which can take long, not after it
@@ -181,6 +184,9 @@ def cmd_evaluate(argv: list[str]) -> None:
     split = data.splits[args.split]
     model.to(device)
     n_eval = min(args.max_sentences or len(split), len(split))
+    if n_eval < 2 and not model.is_lm:  # before the IW pass, not after it
+        raise TextVAEError(f"{n_eval} sentence(s) to evaluate ({args.split} of {data_cfg.name}): the latent figures "
+                           f"(AU, MI) need at least 2")
     n_tokens, unknown = announce_evaluation(args, split, n_eval, model)
     out = results_file(args)
     progress = evaluation_progress(args, folder, data_cfg, out, device)
@@ -202,19 +208,15 @@ def cmd_evaluate(argv: list[str]) -> None:
                              n_samples=args.iw_samples, max_tokens=args.max_tokens, per_dim=True,
                              iw_progress=progress)
     results["unk_rate"] = unknown
-    steps = run_steps(Path(args.model)) if run_cfg else None
+    steps = run_steps(run_dir) if run_dir is not None else None
     if steps is not None:  # the table's verdict: an untrained model's posterior says nothing about collapse
         results["train_steps"] = float(steps)
     if data.truth is not None:
         results.update(truth_figures(data.truth, split, split.subset(n_eval)))
     examples: dict[str, Any] = {}
     if not args.no_generation:
-        max_len = args.max_len or int(split.lengths.max()) - 1
-        texts = generate_texts(model, tokenizer, batches(min(args.gen_sentences, n_eval)), args.gen_sentences,
-                               max_len, seed=args.seed, batch_size=args.batch_size)
-        results.update(score_texts(texts))
-        examples = {"reconstructions": [list(p) for p in texts.reconstructions[:_EXAMPLES]],
-                    "samples": texts.samples[:_EXAMPLES]}
+        examples = generation_figures(args, model, tokenizer, batches(min(args.gen_sentences, n_eval)),
+                                      int(split.lengths.max()) - 1, results)
     if args.probe:
         results.update(_probe_figures(model, data, args, batches(n_eval), device))
     print(format_report(results))
@@ -224,6 +226,47 @@ def cmd_evaluate(argv: list[str]) -> None:
     print(f"results written to {out}")
     if progress is not None:
         progress.path.unlink(missing_ok=True)
+
+
+def warn_if_training(run_dir: Optional[Path]) -> None:
+    """A warning where another process trains the run: evaluate then reads its best model so far."""
+    from textvae.files import lock_holder
+
+    training = lock_holder(run_dir) if run_dir is not None else None
+    if training is not None:
+        logging.getLogger("textvae").warning(
+            "%s is training (pid %s): this evaluates its best model so far, saved at an epoch's end, not the model "
+            "its test report will evaluate", run_dir, training)
+
+
+def generation_figures(args: argparse.Namespace, model: Any, tokenizer: Any, batches: Any, longest: int,
+                       results: dict[str, Any]) -> dict[str, Any]:
+    """The registered text metrics of the model's reconstructions of ``batches`` and of its prior samples, added to
+    ``results``; returns the first texts of each, for the JSON. Decoding runs to ``--max-len`` steps, else
+    ``longest`` (the split's longest sentence, ``</s>`` included)."""
+    from textvae.metrics import generate_texts, score_texts
+
+    texts = generate_texts(model, tokenizer, batches, args.gen_sentences, args.max_len or longest, seed=args.seed,
+                           batch_size=args.batch_size)
+    results.update(score_texts(texts))
+    return {"reconstructions": [list(p) for p in texts.reconstructions[:_EXAMPLES]],
+            "samples": texts.samples[:_EXAMPLES]}
+
+
+_MODEL_FOLDER_BATCH = 64  # evaluate's batch for a model folder, which has no run settings
+
+
+def as_the_report(args: argparse.Namespace, run_cfg: Optional[dict]) -> None:
+    """``--iw-samples`` and ``--batch-size`` not given: the run's (``train.iw_samples_final``,
+    ``data.eval_batch_size``), with which its test report drew the same numbers; a model folder's defaults
+    without a run."""
+    from textvae.config import TrainConfig
+
+    run_cfg = run_cfg or {}
+    if args.iw_samples is None:
+        args.iw_samples = (run_cfg.get("train") or {}).get("iw_samples_final", TrainConfig.iw_samples_final)
+    if args.batch_size is None:
+        args.batch_size = (run_cfg.get("data") or {}).get("eval_batch_size", _MODEL_FOLDER_BATCH)
 
 
 def evaluation_device(given: Optional[str], run_cfg: dict[str, Any]) -> torch.device:
@@ -238,7 +281,7 @@ def evaluation_device(given: Optional[str], run_cfg: dict[str, Any]) -> torch.de
         raise TextVAEError(f"{e}{'' if given else '; choose another with --device'}") from None
 
 
-def evaluate_task_run(args: argparse.Namespace, task_name: str, device: torch.device) -> None:
+def evaluate_task_run(args: argparse.Namespace, task_name: str, device: torch.device, run_dir: Path) -> None:
     """``evaluate`` of a run of another task (the dialogue CVAE): its task's own report (its registered
     metrics and text metrics, with its recipe's evaluation settings) on ``--split``, with K = ``--iw-samples``;
     the options of a sentence model's evaluation are refused rather than ignored."""
@@ -253,14 +296,15 @@ def evaluate_task_run(args: argparse.Namespace, task_name: str, device: torch.de
     if given:
         raise TextVAEError(f"--{given[0].replace('_', '-')}: an option of a sentence model's evaluation; a {task_name} "
                            f"run is evaluated with its recipe's settings (its eval section)")
-    cfg, _ = parse_run_config([str(Path(args.model) / "config.yaml")])
-    cfg.train.iw_samples_final = args.iw_samples
+    cfg, _ = parse_run_config([str(run_dir / "config.yaml")])
+    if args.iw_samples is not None:  # else the run's, as its test report
+        cfg.train.iw_samples_final = args.iw_samples
     task = create_task(cfg)
     task.check()  # the packages its text metrics need, before any work
     out = results_file(args)
     progress = progress_file(out)  # a stopped pass resumes there
     with evaluation_rng(device):  # as the run's own report drew its numbers
-        results = task.test_report(task.load_data(), Path(args.model) / "model", device, progress, split=args.split)
+        results = task.test_report(task.load_data(), run_dir / "model", device, progress, split=args.split)
     print(format_report(results))
     out.write_text(json.dumps({"model": str(args.model), "task": task_name, "split": args.split, **results}, indent=2))
     print(f"results written to {out}")
@@ -268,24 +312,24 @@ def evaluate_task_run(args: argparse.Namespace, task_name: str, device: torch.de
 
 
 def evaluation_data(args: argparse.Namespace, run_cfg: Optional[dict], tokenizer: Any) -> tuple[Any, Any]:
-    """(data settings, data) of ``evaluate``: the run's corpus (``--data``: another) read as the run read it,
-    with the model's tokenizer, each split whole whatever cap the run trained with (said when that cap cut the
-    split evaluated whole)."""
+    """(data settings, data) of ``evaluate``, read with the model's tokenizer: the run's corpus as the run read
+    it (its ``data.max_sentences`` cap included, so that its test report is reproduced), or ``--data``, another
+    corpus (or the same one, each split whole), or one text file, evaluated whole whatever ``--split``."""
     from textvae.config import DataConfig, from_dict
-    from textvae.data.datasets import load_dataset
+    from textvae.data.datasets import is_text_file, load_dataset, load_text_file
 
     data_cfg = from_dict(DataConfig, run_cfg["data"]) if run_cfg else DataConfig()
-    if args.data:
-        data_cfg.name = args.data
-    elif run_cfg is None:
+    if args.data is None and run_cfg is None:
         raise TextVAEError("--data is needed when evaluating a model folder rather than a run folder")
-    cap, data_cfg.max_sentences = data_cfg.max_sentences, None
+    if args.data is not None:
+        data_cfg.name, data_cfg.max_sentences = args.data, None
+    if args.data is not None and is_text_file(args.data):
+        return data_cfg, load_text_file(data_cfg, tokenizer, args.split)
     data = load_dataset(data_cfg, tokenizer=tokenizer)
-    n = len(data.splits[args.split])
-    if cap and not args.data and not args.max_sentences and n > cap:
+    if data_cfg.max_sentences is not None:
         logging.getLogger("textvae").info(
-            "the run read at most %d sentences of each split (data.max_sentences); this evaluates all %d of the %s "
-            "split, so its figures are not the run's test report's", cap, n, args.split)
+            "the run read at most %d sentences of each split (data.max_sentences), and so does this evaluation, as "
+            "its test report did (--data %s reads each split whole)", data_cfg.max_sentences, data_cfg.name)
     return data_cfg, data
 
 
@@ -315,7 +359,7 @@ def progress_file(out: Path) -> Path:
 
 
 def default_results_name(args: argparse.Namespace) -> str:
-    """``eval_<split>.json`` for the model's own corpus whole; another corpus (``--data``) or a subset
+    """``eval_<split>.json`` for the run's own corpus as it read it; another corpus (``--data``) or a subset
     (``--max-sentences``) are named in it, ``eval_<data>_<split>_n<N>.json``, so that evaluating them
     does not overwrite the figures of the whole split."""
     data = [re.sub(r"[^\w.-]+", "_", Path(args.data).name or args.data)] if args.data else []
@@ -327,7 +371,7 @@ def evaluation_progress(args: argparse.Namespace, folder: Path, data_cfg: Any, o
                         device: torch.device) -> Any:
     """Where the IW pass of the model saved in ``folder`` keeps the batches it has finished: beside the
     results file ``out`` (``eval_test.iw_progress.safetensors``), removed once the results are written. An evaluation
-    stopped part-way (at K = 500 an hour or more on a CPU) resumes there when the same command runs
+    stopped part-way (at K = 500 a long pass on a CPU) resumes there when the same command runs
     again, with the figures of a pass never stopped (:class:`textvae.metrics.IWProgress`); the key
     (weights, K, precision, device type, data, split, batch size, subset, decoder budget) keeps a file
     left by other settings from being used. None when there is no IW pass."""
@@ -389,7 +433,7 @@ def check_probe(model: Any, data: Any, n_per_class: int = 1) -> None:
     of every class: checked before the evaluation pass, which can take hours, not after it."""
     if model.is_lm:
         raise TextVAEError("--probe: this model is a language model: it has no latent space")
-    if data.splits["train"].labels is None:
+    if "train" not in data.splits or data.splits["train"].labels is None:
         raise TextVAEError(f"--probe needs a labelled corpus such as yelp_short; {data.name} has no labels")
     if importlib.util.find_spec("sklearn") is None:
         raise TextVAEError("--probe needs scikit-learn: pip install 'textvae[eval]'")
@@ -420,12 +464,13 @@ def _probe_figures(model: Any, data: Any, args: argparse.Namespace, test_batches
             "probe_draws": float(args.probe_draws), "probe_accuracies": result.accuracies}
 
 
-def _latents_for(model: Any, tokenizer: Any, sentences: list[str], folder: str) -> torch.Tensor:
+def _latents_for(model: Any, tokenizer: Any, sentences: list[str], run_cfg: Optional[dict]) -> torch.Tensor:
     from textvae.data.batch import collate
+    from textvae.data.tokenization import warn_unknown_words
 
     if model.is_lm:
         raise TextVAEError("this model is a language model: it has no latent space")
-    sentences = as_the_run_read(sentences, folder)
+    sentences = as_the_run_read(sentences, run_cfg)
     warn_unknown_words(tokenizer, sentences)
     batch = collate([tokenizer.encode(s) for s in sentences])
     model.eval()
@@ -433,36 +478,16 @@ def _latents_for(model: Any, tokenizer: Any, sentences: list[str], folder: str) 
         return model.encode(batch).mean
 
 
-def as_the_run_read(sentences: list[str], folder: str) -> list[str]:
+def as_the_run_read(sentences: list[str], run_cfg: Optional[dict]) -> list[str]:
     """``sentences`` rewritten as the run read its corpus (``data.unk_token``, ``data.pretokenize``,
-    ``data.lowercase``), from the configuration of the run folder ``folder`` or of the run folder the
-    model folder ``folder`` sits in; a model folder on its own has none, and its input is taken as given."""
-    import yaml
-
+    ``data.lowercase`` of its configuration ``run_cfg``); a model folder on its own has none, and its input is
+    taken as given."""
     from textvae.data.words import word_rewriter
 
-    p = Path(folder)
-    run_config = next((d / "config.yaml" for d in (p, p.parent) if (d / "config.yaml").is_file()), None)
-    data = {}
-    if run_config is not None:
-        data = (yaml.safe_load(run_config.read_text()) or {}).get("data") or {}
+    data = (run_cfg or {}).get("data") or {}
     rewrite = word_rewriter(data.get("unk_token"), data.get("pretokenize"))
     lines = [rewrite(s) for s in sentences] if rewrite else list(sentences)
     return [s.lower() for s in lines] if data.get("lowercase") else lines
-
-
-def warn_unknown_words(tokenizer: Any, sentences: list[str]) -> None:
-    """Name the words the model reads as ``<unk>``: its output then reconstructs another sentence."""
-    from textvae.data.special import UNK_ID
-
-    unknown = sorted({w for s in sentences for w in s.split() if UNK_ID in tokenizer.encode(w)})
-    if unknown:
-        shown = ", ".join(unknown[:_UNKNOWN_SHOWN]) + (", ..." if len(unknown) > _UNKNOWN_SHOWN else "")
-        logging.getLogger("textvae").warning("%d word(s) are not in the model's vocabulary and are read as <unk>: %s",
-                                             len(unknown), shown)
-
-
-_UNKNOWN_SHOWN = 10
 
 
 DECODING_RANGES = {"seed": SEED, "temperature": POSITIVE, "top_k": NON_NEGATIVE, "top_p": Range(above=0, most=1),
@@ -543,9 +568,9 @@ def cmd_reconstruct(argv: list[str]) -> None:
     decoding_args(ap)
     args = ap.parse_args(argv)
     check_decoding(args)
-    model, tokenizer, _ = load_model_dir(args.model)
+    model, tokenizer, run_cfg = load_model_dir(args.model)
     sentences = read_sentences(args)
-    latents = _latents_for(model, tokenizer, sentences, args.model)
+    latents = _latents_for(model, tokenizer, sentences, run_cfg)
     outputs = decode(model, tokenizer, latents, args, len(sentences))
     for src, out in zip(sentences, outputs):
         print(f"{src}\t->\t{out}")
@@ -563,8 +588,8 @@ def cmd_interpolate(argv: list[str]) -> None:
     decoding_args(ap)
     args = ap.parse_args(argv)
     check_decoding(args, {"steps": Range(least=2)})
-    model, tokenizer, _ = load_model_dir(args.model)
-    mu = _latents_for(model, tokenizer, [args.first, args.second], args.model)
+    model, tokenizer, run_cfg = load_model_dir(args.model)
+    mu = _latents_for(model, tokenizer, [args.first, args.second], run_cfg)
     path = interpolate(mu[0], mu[1], args.steps)
     for t, line in zip(torch.linspace(0, 1, args.steps).tolist(), decode(model, tokenizer, path, args, args.steps)):
         print(f"{t:.2f}\t{line}")
@@ -599,7 +624,7 @@ def cmd_list(argv: list[str]) -> None:
     kind = args.kind.lower().replace(" ", "_")
     if kind in FOLDERS or kind in FOLDERS.values():
         return _list_packaged(next(k for k, v in FOLDERS.items() if kind in (k, v)), args.name)
-    registry = registries.get(kind)
+    registry = registries.get(kind, registries.get(kind[:-1]) if kind.endswith("s") else None)  # remedies too
     if registry is None:
         raise TextVAEError(f"unknown kind {args.kind!r}; valid: {', '.join([*registries, *FOLDERS])}")
     names = registry.names() if args.name is None else [args.name]
@@ -641,6 +666,7 @@ def cmd_plot(argv: list[str]) -> None:
     ap.add_argument("--out", type=Path, help="the PNG to write")
     args = ap.parse_args(argv)
     out = args.out or (args.runs[0] / "curves.png" if len(args.runs) == 1 else Path("curves.png"))
+    out = out if out.suffix else out.with_suffix(".png")  # what matplotlib writes for a name without one
     try:
         runs_plot(args.runs, out)
     except OSError as e:

@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Optional
 
 from textvae.errors import TextVAEError
@@ -191,9 +192,8 @@ class OptimConfig:
     The published recipe: SGD lr 1.0, gradient-norm clip 5; after ``decay_start_epoch``, when the
     validation loss (-ELBO at beta = 1) has not improved for ``decay_patience`` epochs, multiply the
     lr by ``decay_factor`` and reload the best model; stop after ``max_decays`` decays.
-    ``cycle_lr`` (with the cyclical KL schedule, Fu et al. 2019): ``restart`` resets the lr to its
-    initial value at each cycle start, ``cosine`` sets lr = lr0 (1 + cos(pi u)) / 2 at cycle
-    fraction u; ``none`` leaves the lr to the plateau schedule. ``cycle_lr_stairs`` S > 0 holds the
+    ``cycle_lr`` (with the cyclical KL schedule, Fu et al. 2019): ``cosine`` sets lr = lr0 (1 + cos(pi u)) / 2
+    at cycle fraction u; ``none`` leaves the lr to the plateau schedule. ``cycle_lr_stairs`` S > 0 holds the
     cosine's lr on S equal parts of each cycle (Fu et al.'s PTB script: once per epoch, S = 10).
     ``plateau_kl_weight`` w: the validation loss that selects the best model and drives the decays
     is rec + w KL = -ELBO - (1 - w) KL. w = 1 (-ELBO) everywhere but in an autoencoder trained with
@@ -322,20 +322,20 @@ def check_ranges(cfg: Any, prefix: str = "") -> None:
                     raise TextVAEError(f"{key} {problem}, got {value}")
 
 
-def from_dict(cls: type, values: dict[str, Any]) -> Any:
+def from_dict(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     """Build the dataclass ``cls`` from a (nested) dict, recursing into dataclass-typed fields.
 
-    Unknown keys raise :class:`~textvae.errors.TextVAEError`; used to read back a run's saved
-    ``config.yaml``.
+    An unknown key raises :func:`unknown_key`'s error; used to read back a run's saved ``config.yaml``.
     """
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
+    unknown = [key for key in values if key not in fields]
     if unknown:
-        raise TextVAEError(f"{cls.__name__}: unknown key(s) {unknown}; valid: {sorted(fields)}")
+        raise unknown_key(unknown[0], cls, cls.__name__, prefix)
     kwargs = {}
     for name, value in values.items():
         sub = section_type(fields[name])
-        kwargs[name] = from_dict(sub, value) if sub is not None and isinstance(value, dict) else value
+        section = sub is not None and isinstance(value, dict)
+        kwargs[name] = from_dict(sub, value, f"{prefix}{name}.") if section else value
     return cls(**kwargs)
 
 
@@ -429,6 +429,23 @@ def setting_changes(cls: type, old: dict[str, Any], new: dict[str, Any],
 
 # settings without effect on a run's figures: a run resumed or compared with other values is the same run
 INCIDENTAL_KEYS = {"name", "out_dir", "train.threads", "train.progress", "train.retain_memory"}
+# settings (or sections) of a run's test report alone: a finished run resumed with others reports again with them
+REPORT_KEYS = ("train.iw_samples_final", "eval")
+
+
+def is_report_setting(key: str) -> bool:
+    """Whether the dotted setting ``key`` is one of :data:`REPORT_KEYS` or in one of their sections."""
+    return any(key == k or key.startswith(k + ".") for k in REPORT_KEYS)
+
+
+def read_run_config(run_dir: Path) -> Optional[dict[str, Any]]:
+    """A run folder's saved settings (its ``config.yaml``) as plain JSON values; None when it has none."""
+    import yaml
+
+    saved = Path(run_dir) / "config.yaml"
+    if not saved.is_file():
+        return None
+    return json.loads(json.dumps(yaml.safe_load(saved.read_text()) or {}))
 
 
 def settings_now(cls: type, values: dict[str, Any]) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """The one place where per-sentence sums become corpus figures.
 
 Models return per-sentence summed negative log-likelihoods and per-sentence token counts; every
-NLL / PPL figure in textvae (training logs, ``evaluate``, studies) is reduced here, so there is a
-single definition:
+NLL / PPL figure textvae reports (``evaluate``, validation, test reports, studies) is reduced here, so
+there is a single definition. (The training step's loss, the mean over the batch's sentences, is the
+objective's: :class:`textvae.objective.Objective`.)
 
 * token count of a sentence = number of words + 1 (``</s>`` is predicted and counted, ``<s>`` is not);
 * NLL = mean over sentences of the per-sentence sum, in nats;
@@ -11,16 +12,22 @@ single definition:
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
 
-def token_counts(lengths: torch.Tensor) -> torch.Tensor:
-    """Predicted tokens per sentence from the padded lengths of ``<s> w1 .. wn </s>`` (= n + 2).
+def sentence_tokens(n_words: Any) -> Any:
+    """Predicted tokens of sentences of ``n_words`` words (a number, tensor or array): n + 1.
 
-    The decoder predicts ``w1 .. wn </s>`` (n + 1 tokens); ``<s>`` is only ever an input.
+    The decoder predicts ``w1 .. wn </s>``; ``<s>`` is only ever an input.
     """
-    return lengths - 1
+    return n_words + 1
+
+
+def token_counts(lengths: torch.Tensor) -> torch.Tensor:
+    """Predicted tokens per sentence from the lengths of ``<s> w1 .. wn </s>`` (= n + 2): n + 1."""
+    return sentence_tokens(lengths - 2)
 
 
 def perplexity(total_nll: float, total_tokens: float) -> float:

@@ -108,8 +108,11 @@ class Cyclical:
             return None
         # the last c with floor(c P) <= step, i.e. c P < step + 1
         cycle = ((step + 1) * self.n_cycles - 1) // self.total_steps
-        first = cycle * self.total_steps // self.n_cycles
-        return cycle, (step - first) * self.n_cycles / self.total_steps
+        return cycle, (step - self.first_step(cycle)) * self.n_cycles / self.total_steps
+
+    def first_step(self, cycle: int) -> int:
+        """floor(c P): the step at which cycle c starts (P = total_steps / n_cycles)."""
+        return cycle * self.total_steps // self.n_cycles
 
     def __call__(self, step: int) -> float:
         pos = self.position(step)
@@ -127,14 +130,10 @@ LR_SCHEDULES: Registry = Registry("optim.cycle_lr", recipe="optim.cycle_lr: NAME
 
 @LR_SCHEDULES.register("none")
 def constant_lr(lr: float, kl_schedule: Schedule) -> Schedule:
-    """lr(t) = lr."""
+    """lr(t) = lr: the plateau schedule's lr, untouched. (No schedule restarts the lr at each cycle start as
+    Fu et al. do: between cycle starts the lr already is the plateau schedule's, whose decay starts a new
+    optimiser at the decayed lr, which a restart would keep.)"""
     return lambda step: lr
-
-
-# Fu et al. restart the lr with each cycle. Here the lr between cycle starts already is the plateau
-# schedule's (a decay starts a new optimiser at the decayed lr, which a restart keeps), so a
-# restart leaves it as it is: the same schedule as ``none``, kept as a name recipes use.
-LR_SCHEDULES.register("restart")(constant_lr)
 
 
 @LR_SCHEDULES.register("cosine")
@@ -164,7 +163,7 @@ def cosine_per_cycle(lr: float, kl_schedule: Schedule, stairs: int = 0) -> Sched
         if not stairs:
             return u
         # floor(S u) in integers: S * u in floats can land just below a stair's first step
-        into = step - cycle * total // n_cycles
+        into = step - kl_schedule.first_step(cycle)  # type: ignore[attr-defined]
         return (into * n_cycles * stairs // total) / stairs
 
     def cosine(step: int) -> float:

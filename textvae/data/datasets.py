@@ -10,7 +10,7 @@
 * a folder with ``train.txt`` / ``valid.txt`` / ``test.txt`` (or ``*.train.txt`` etc.);
 * a single text file, split by line number: line i (0-based) goes to valid if i % 20 == 18,
   to test if i % 20 == 19, else to train (90/5/5, interleaved so a file sorted by topic or date
-  still gives comparable splits).
+  still gives comparable splits); read whole by :func:`load_text_file` for ``textvae evaluate``.
 
 The tokenizer is trained on the train split unless one is passed (a saved model's tokenizer when
 evaluating), so valid/test words unseen in training are ``<unk>``.
@@ -171,6 +171,22 @@ def load_dataset(cfg: DataConfig, tokenizer: Optional[Tokenizer] = None) -> Data
     return DataBundle(cfg.name, tokenizer, splits, truth)
 
 
+def is_text_file(name: str) -> bool:
+    """Whether ``name`` (a ``data.name``) is one text file rather than a registered corpus or a folder."""
+    return name not in CORPORA and Path(name).is_file()
+
+
+def load_text_file(cfg: DataConfig, tokenizer: Tokenizer, split: str) -> DataBundle:
+    """The text file ``cfg.name`` read whole as the one split ``split``, with a saved model's
+    ``tokenizer``: the text ``textvae evaluate --data FILE`` evaluates (a run reading the same file
+    as its corpus splits it 90/5/5 instead)."""
+    text = _filter(read_lines(Path(cfg.name)), None, cfg, cfg.name)
+    (log.warning if text.stats.long or text.stats.malformed else log.info)("%s: %s", cfg.name, text.stats.summary())
+    if not text.lines:
+        raise TextVAEError(f"{cfg.name}: no sentence to evaluate ({text.stats.summary()})")
+    return DataBundle(cfg.name, tokenizer, {split: _encode(split, text, tokenizer)}, None)
+
+
 def _cap(split: str, text: _Text, n: int) -> None:
     """``data.max_sentences``: a split's first ``n`` sentences; a labelled split's ``n`` spread evenly
     over it instead, as its files come one label after another (the first would hold one class)."""
@@ -206,7 +222,7 @@ def _read_splits(cfg: DataConfig) -> tuple[dict[str, _Text], Optional[dict]]:
     if name in CORPORA:
         spec = CORPORA.get(name)
         return _read_corpus(spec, resolve_corpus(spec, cfg.data_dir), cfg), None
-    # imported here, as the generator serves synthetic runs only (30 ms)
+    # imported here, as the generator serves synthetic runs only
     synthetic = importlib.import_module("textvae.data.synthetic")
     if name in synthetic.SYNTHETIC_KINDS:
         out = cache_folder("synthetic") / f"{name}-seed{cfg.synthetic_seed}"

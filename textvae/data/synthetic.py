@@ -37,7 +37,7 @@ import numpy as np
 
 from textvae.data.special import SPECIAL_TOKENS
 from textvae.errors import TextVAEError
-from textvae.reduction import perplexity
+from textvae.reduction import perplexity, sentence_tokens
 from textvae.registry import Registry
 
 SPLITS = ("train", "valid", "test")
@@ -615,7 +615,7 @@ def generate_corpus(
         log_px, error = model.true_log_prob(ids, lengths)
         if error is not None:
             errors[split] = error
-        n_tokens = int(lengths.sum()) + len(lengths)
+        n_tokens = int(sentence_tokens(lengths).sum())
         truth["splits"][split] = {
             "n_sentences": len(lengths),
             "n_tokens": n_tokens,

@@ -21,6 +21,7 @@ the library's, so the library alone reproduces the same ids.
 from __future__ import annotations
 
 import itertools
+import logging
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
@@ -131,6 +132,19 @@ def unk_rate(id_lists: Iterable[Sequence[int]]) -> float:
     words = ~np.isin(ids, (PAD_ID, BOS_ID, EOS_ID))
     n = int(words.sum())
     return float((ids == UNK_ID).sum()) / n if n else 0.0
+
+
+_UNKNOWN_SHOWN = 10
+
+
+def warn_unknown_words(tokenizer: Tokenizer, sentences: Sequence[str]) -> None:
+    """Name the words of ``sentences`` (a user's input) that a model with ``tokenizer`` reads as ``<unk>``:
+    what it then reconstructs, or responds to, is another text."""
+    unknown = sorted({w for s in sentences for w in s.split() if UNK_ID in tokenizer.encode(w)})
+    if unknown:
+        shown = ", ".join(unknown[:_UNKNOWN_SHOWN]) + (", ..." if len(unknown) > _UNKNOWN_SHOWN else "")
+        logging.getLogger("textvae").warning("%d word(s) are not in the model's vocabulary and are read as <unk>: %s",
+                                             len(unknown), shown)
 
 
 def create_tokenizer(kind: str, lines: Sequence[str], **settings: Any) -> Tokenizer:

@@ -377,10 +377,10 @@ def encode_split(name: str, text: DialogueText, tokenizer: Tokenizer) -> Dialogu
     return DialogueSplit(name, ids, text.turns, text.spans, text.responses, text.acts, text.stats)
 
 
-def load_dialogue_data(cfg: DialogueDataConfig, tokenizer: Optional[Tokenizer] = None) -> DialogueData:
+def load_dialogue_data(cfg: DialogueDataConfig) -> DialogueData:
     """Read, pair, tokenise and encode the train/valid/test splits named by ``cfg``.
 
-    The vocabulary is built on the training turns unless a tokenizer is given (a saved model's). In
+    The vocabulary is built on the training turns. In
     the dialogue format (DailyDialog's) each utterance is one turn, counted once however many contexts
     it appears in; in the pairs format (JSONL) each pair's context turns are its own, so an utterance
     is counted once per pair that repeats it (and so is a truncated turn).
@@ -392,8 +392,7 @@ def load_dialogue_data(cfg: DialogueDataConfig, tokenizer: Optional[Tokenizer] =
             log.info("%s: capped to the first %d of %d pairs (data.max_pairs)", split, cfg.max_pairs,
                      len(text.responses))
             texts[split] = text.head(cfg.max_pairs)
-    if tokenizer is None:
-        tokenizer = create_tokenizer("word", texts["train"].turns, min_freq=cfg.min_freq, max_vocab=cfg.max_vocab)
+    tokenizer = create_tokenizer("word", texts["train"].turns, min_freq=cfg.min_freq, max_vocab=cfg.max_vocab)
     splits = {split: encode_split(split, text, tokenizer) for split, text in texts.items()}
     log.info("%s: vocabulary %d; unk rate %s", cfg.name, tokenizer.vocab_size,
              ", ".join(f"{s} {unk_rate(sp.ids):.2%}" for s, sp in splits.items()))

@@ -10,26 +10,23 @@ prepared as in training (normalised, cut to the saved ``max_turn_words``, the la
 from __future__ import annotations
 
 from pathlib import Path
+
 import torch
 
-from textvae.data.tokenization import Tokenizer
+from textvae.data.tokenization import Tokenizer, warn_unknown_words
 from textvae.dialogue.data import EOU, collate_dialogues, normalize_utterance
 from textvae.dialogue.generation import METHODS, generate_responses
 from textvae.dialogue.model import KgCVAE
 from textvae.errors import CommandParser, TextVAEError
-from textvae.models.textvae import TOKENIZER_FILE
+from textvae.models.textvae import TOKENIZER_FILE, locate_model
 
 
-def load_cvae(path: str | Path, device: str | torch.device = "cpu") -> tuple[KgCVAE, Tokenizer]:
-    """A saved CVAE and its tokenizer from a model folder or a run folder (``<run>/model``)."""
-    p = Path(path)
-    if not p.exists():
-        raise TextVAEError(f"no such run or model folder: {p}")
-    if (p / "model").is_dir() and not (p / TOKENIZER_FILE).is_file():
-        p = p / "model"
+def load_cvae(path: str | Path) -> tuple[KgCVAE, Tokenizer]:
+    """A saved CVAE (on the CPU) and its tokenizer from a model folder or a run folder (``<run>/model``)."""
+    p, _ = locate_model(path)
     if not (p / TOKENIZER_FILE).is_file():
         raise TextVAEError(f"{p} has no {TOKENIZER_FILE}")
-    return KgCVAE.from_pretrained(p, device), Tokenizer.load(p / TOKENIZER_FILE)
+    return KgCVAE.from_pretrained(p, "cpu"), Tokenizer.load(p / TOKENIZER_FILE)
 
 
 def prepare_context(turns: list[str], context_turns: int, max_turn_words: int) -> list[str]:
@@ -47,6 +44,7 @@ def respond(model_dir: str | Path, context: list[str], n: int = 5, method: str =
     one per line when ``show``."""
     model, tokenizer = load_cvae(model_dir)
     turns = prepare_context(context, model.text.get("context_turns", 10), model.text.get("max_turn_words", 40))
+    warn_unknown_words(tokenizer, turns)
     # The response slot of the batch is an empty placeholder: generation reads only the context.
     batch = collate_dialogues([[tokenizer.encode(t) for t in turns]], [tokenizer.encode("")])
     device = next(model.parameters()).device

@@ -54,7 +54,7 @@ class EvalPass:
         self.means.append(posterior.mean)
         if hasattr(posterior, "logvar"):
             self.mus.append(posterior.mu)
-            self.sigmas.append(torch.exp(0.5 * posterior.logvar))
+            self.sigmas.append(torch.exp(0.5 * posterior.logvar))  # the protocol has mu and logvar, no std
         if self.keep_posteriors:
             self.posteriors.append(posterior)
             self.samples.append(z[0])
@@ -129,8 +129,9 @@ def _iw_nll_text(value: float, results: dict[str, Any]) -> str:
         return f"{value:.2f} (a language model's likelihood needs no sampling)"
     if "iw_nll_mc_se" not in results:
         return f"{value:.2f}"
+    what = "pairs" if "n_pairs" in results else "sentences"  # the dialogue CVAE's are (context, response) pairs
     return (f"{value:.2f} (Monte Carlo se {results['iw_nll_mc_se']:.3f}, from a second draw of "
-            f"{results.get('iw_se_sentences', math.nan):.0f} sentences; "
+            f"{results.get('iw_se_sentences', math.nan):.0f} {what}; "
             f"ESS {results.get('iw_ess', math.nan):.1f} of {results.get('iw_samples', math.nan):.0f})")
 
 

@@ -203,12 +203,11 @@ def list_text_metrics() -> list[str]:
     return TEXT_METRICS.names()
 
 
-def check_text_metrics(metrics: Optional[Sequence[str]] = None, instead: str = "") -> None:
+def check_text_metrics(instead: str = "") -> None:
     """Before the work that ends in :func:`score_texts` (an IW pass, a training run), not after it: the
-    packages the text ``metrics`` (all by default) need are installed, else a one-line error naming
-    them, the extra that installs them and ``instead``, the way to do without."""
-    names = list_text_metrics() if metrics is None else metrics
-    missing = sorted({package for name in names for package in TEXT_METRICS.get(name).needs
+    packages the registered text metrics need are installed, else a one-line error naming them, the
+    extra that installs them and ``instead``, the way to do without."""
+    missing = sorted({package for name in list_text_metrics() for package in TEXT_METRICS.get(name).needs
                       if importlib.util.find_spec(package) is None})
     if missing:
         raise TextVAEError(f"the text metrics need {', '.join(missing)}: pip install 'textvae[eval]'"

@@ -28,14 +28,11 @@ log = logging.getLogger("textvae.metrics")
 
 # Default bound on S·B·T, the (sample, sentence) pairs times the padded length the decoder scores
 # at once, per device type. A decoder that writes whole [tokens, V] logits (and their log-softmax)
-# needs ~80 kB per token at V = 10k: ~0.3 GB at 4096, against ~1.3 GB at 16384. TextVAE's fused
-# loss scores the vocabulary in chunks of its own, leaving ~8 kB per token of LSTM activations. On
-# a CPU with AMX the bf16 pass takes ~10 % less time at 16384 than at 4096 for ~50 MB more; at
-# 65536 ~15 % less again, but a training run's test report then peaked at 1.8-2.3 GB instead of
-# ~1.3 (a heap that keeps freed memory, fragmented by 4x larger blocks), so 16384 stays the CPU's
-# default and 65536 is ``textvae evaluate --max-tokens 65536`` (benchmarks/throughput.py, iw
-# section). On a GPU the pass is launch-bound and 65536 takes half the time of 4096 for ~0.8 GB
-# (benchmarks/gpu_ptb.py).
+# needs ~80 kB per token at V = 10k (4 bytes x V x 2); TextVAE's fused loss scores the vocabulary in
+# chunks of its own, leaving the LSTM activations. Larger budgets are faster but hold more memory:
+# the CPU's default is the largest whose test report's memory peak stayed near the training run's,
+# the GPU's larger one pays off because its pass is launch-bound (the measured trade-off:
+# benchmarks/NOTES.md, "IW decoder budget").
 DEFAULT_MAX_TOKENS = {"cpu": 16384, "cuda": 65536}
 # An IW pass draws one batch in IW_CHECK_EVERY twice, for its NLL's Monte Carlo error (IWAccumulator).
 IW_CHECK_EVERY = 10
@@ -189,7 +186,7 @@ def iw_redraw_variance(model: Any, batch: Any, posterior: Any, first: torch.Tens
 
 class IWProgress:
     """The finished batches of an IW pass, kept in a file, so that a pass stopped part-way resumes at the
-    batch where it stopped (a killed run's test report: at K = 500 an hour or more on a CPU).
+    batch where it stopped (a killed run's test report, long at K = 500).
 
     Per batch: its sentences' NLL and ESS, the redraw's variance when the batch was redrawn, its token
     counts (a resumed pass takes a batch from the file only if its counts are the same, and from the

@@ -3,7 +3,8 @@
 The registered metrics and text metrics declare their own rows (their ``rows``), in the order they
 were registered, so a new metric's figures are labelled here without a line of this module. The rows
 of what no metric computes are this module's: the counts of an evaluation pass, the ``<unk>`` rate, a
-synthetic corpus's ground truth (each beside the figure it is the truth of) and the latent probe.
+synthetic corpus's ground truth (each beside the figure it is the truth of), the latent probe and the
+training run's own figures.
 """
 from __future__ import annotations
 
@@ -26,13 +27,17 @@ def _probe_text(value: float, results: dict[str, Any]) -> str:
     return f"{value:.4f} ± {results.get('probe_acc_std', 0.0):.4f} ({results.get('probe_draws', 1):.0f} draws)"
 
 
+# the training run's figures, in its test report (and evaluate's steps, for the collapse verdict)
+_TRAINING = (Row("train_steps", "training steps", "{:.0f}"), Row("train_epochs", "  whole epochs", "{:.0f}"),
+             Row("train_seconds", "  training time (s)", "{:.0f}"), Row("train_tokens_per_s", "  tokens/s", "{:.0f}"),
+             Row("padding_fraction", "  padding (share of batch positions)", "{:.1%}"))
 _TAIL = (Row("probe_acc", "probe accuracy ({P}/class, mean ± std)", _probe_text),
-         *Row.within("probe_acc_std", "probe_n_per_class", "probe_draws", "gen_sentences", "n_contexts"))
+         *Row.within("probe_acc_std", "probe_n_per_class", "probe_draws", "gen_sentences", "n_contexts"), *_TRAINING)
 
 
 def table_rows() -> list[Row]:
     """Every row, in the table's order: the counts, then each registered metric's and text metric's
-    rows, the ground truth beside its figures, the probe."""
+    rows, the ground truth beside its figures, the probe, the training run's figures."""
     rows = list(_HEAD)
     declared = [row for name in METRICS.in_order() for row in METRICS.get(name).rows]
     declared += [row for name in TEXT_METRICS.in_order() for row in TEXT_METRICS.get(name).rows]

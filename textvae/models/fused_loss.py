@@ -108,7 +108,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 # fp32 logits [n, V + pad]; the bias rides in this pass, not in the GEMM (addmm
                 # first writes the broadcast bias into its output, one more pass over [n, V]). The
                 # cast comes first: on CPU the mixed-dtype add (bf16 logits + fp32 bias, the same
-                # fp32 sums) takes a slow element-by-element path, ~20x the cast plus an fp32 add_
+                # fp32 sums) takes a slow element-by-element path, far slower than the cast plus an fp32 add_
                 logits = logits.float()
                 logits = logits if b is None else logits.add_(b)
                 if not need_grad:  # evaluation: one pass, in place, nothing kept

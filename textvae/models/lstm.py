@@ -1,7 +1,8 @@
 """The recurrent layers' bf16 passes on CPUs with AMX, in textvae's ``lstm_bf16`` kernel.
 
 Under bf16 autocast a one-layer LSTM's forward and backward are oneDNN's fused kernels; at PTB's sizes
-(batch 32, hidden 256) the backward takes ~4x the forward, most of it around each step's small GEMM.
+(batch 32, hidden 256) the backward dominates, most of it around each step's small GEMM
+(benchmarks/NOTES.md, "bf16 LSTM").
 The kernel (:mod:`textvae.models.native`, ``csrc/lstm_bf16.cpp``) runs both recurrences in one parallel
 region per pass, each thread owning a block of hidden units with their four gates, each step's GEMM on
 oneDNN's AMX micro-kernel with the weights packed once per call; the forward saves the gates, so the

@@ -27,7 +27,7 @@ import platform
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 
@@ -187,9 +187,10 @@ def native_kernels(on: bool) -> Iterator[None]:
         set_native_kernels(was)
 
 
-def native_status() -> str:
-    """``on`` (every kernel built), ``off`` (not used) or ``unavailable: <reason>``: for run records."""
+def native_status(kernels: Sequence[str] = KERNELS) -> str:
+    """``on`` (each of ``kernels`` built, where not yet), ``off`` (not used) or ``unavailable: <reason>``:
+    for run records."""
     if not _enabled:
         return "off"
-    missing = [k for k in KERNELS if native_kernel(k) is None]
+    missing = [k for k in kernels if native_kernel(k) is None]
     return "on" if not missing else f"unavailable: {_built[missing[0]]}"

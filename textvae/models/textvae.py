@@ -32,6 +32,22 @@ from textvae.objective import Objective
 WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE = "model.safetensors", "config.json", "tokenizer.json"
 
 
+def locate_model(path: str | Path) -> tuple[Path, Optional[Path]]:
+    """(the saved model folder, the run folder it belongs to or None) of ``path``: a run folder (its
+    ``config.yaml`` and its best model in ``model/``), a run's ``model/`` itself, or a model folder on its
+    own (``config.json``, weights, tokenizer); a one-line error for anything else."""
+    p = Path(path)
+    if not p.exists():
+        raise TextVAEError(f"no such run or model folder: {p}")
+    if (p / "config.yaml").is_file() and (p / "model").is_dir():
+        return p / "model", p
+    if not (p / CONFIG_FILE).is_file():
+        raise TextVAEError(f"{p} is neither a run folder (config.yaml and model/) nor a model folder ({CONFIG_FILE} "
+                           f"and {WEIGHTS_FILE})")
+    inside_run = p.name == "model" and (p.parent / "config.yaml").is_file()
+    return p, p.parent if inside_run else None
+
+
 @dataclass
 class VAEOutput:
     """Per-sentence figures of one batch (B sentences, D latent dimensions).

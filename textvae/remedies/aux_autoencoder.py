@@ -28,13 +28,12 @@ reconstruction signal at all once r reaches 1.)
 
 The step t is the one the model's forward is given (the hooks' ``step``), so aggressive training's
 inner steps, and a resumed run, see the same r(t) as the step itself. The draw of e or z per example
-comes from torch's global generator (the training stream). ``encoder_dim`` is the size of h; the
-model provides it as a context fact when it knows it, else it defaults to ``hidden_dim`` (right for
-He et al.'s equal-sized unidirectional LSTMs).
+comes from torch's global generator (the training stream). ``encoder_dim``, the size of h, is the
+model's (a context fact every model supplies).
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -48,12 +47,11 @@ class AuxAutoencoder(Remedy):
     """Collaborative auxiliary autoencoder (Shen et al. 2018): the decoder reads e(x_b) = tanh(A h_b) with
     probability 1 - r(t), else z_b; extra_b = weight * 1/2 ||z_b - sg(e(x_b))||², r(t) = min(1, t / mix_steps)."""
 
-    def __init__(self, latent_dim: int, hidden_dim: int, encoder_dim: Optional[int] = None,
-                 weight: float = 1.0, mix_steps: int = 2500):
+    def __init__(self, latent_dim: int, encoder_dim: int, weight: float = 1.0, mix_steps: int = 2500):
         super().__init__()
         if mix_steps < 0:
             raise TextVAEError(f"remedy 'aux_autoencoder': mix_steps must be >= 0, got {mix_steps}")
-        self.encoder_dim = encoder_dim or hidden_dim
+        self.encoder_dim = encoder_dim
         self.weight, self.mix_steps = weight, mix_steps
         self.code = nn.Linear(self.encoder_dim, latent_dim, bias=False)
 
@@ -65,7 +63,7 @@ class AuxAutoencoder(Remedy):
         """e(x) = tanh(A h) [B, D] from the encoder context h [B, encoder_dim]."""
         if h.shape[-1] != self.encoder_dim:
             raise TextVAEError(f"remedy 'aux_autoencoder': encoder context has {h.shape[-1]} units, "
-                               f"expected {self.encoder_dim}; set encoder_dim: {h.shape[-1]}")
+                               f"expected the model's encoder_dim {self.encoder_dim}")
         return torch.tanh(self.code(h))
 
     def decoder_latent(self, z: torch.Tensor, h: torch.Tensor, step: int) -> torch.Tensor:

@@ -228,8 +228,9 @@ def combines(specs: list[Any], **family: Any) -> bool:
 def create_remedy(spec: dict[str, Any], **context: Any) -> Remedy:
     """Build a remedy from ``{"name": ..., **params}``.
 
-    ``context`` holds model facts some remedies need (``latent_dim``, ``vocab_size``,
-    ``hidden_dim``, ``emb_dim``); a remedy receives only the context arguments its constructor names.
+    ``context`` holds model facts some remedies need (``REMEDIES.supplied``: ``latent_dim``, ``vocab_size``,
+    ``hidden_dim``, ``emb_dim``, ``encoder_dim``, ``condition_dim``); a remedy receives only the context
+    arguments its constructor names.
     """
     check_remedies([spec], context.get("latent_dim"))
     params = dict(spec)

@@ -26,7 +26,6 @@ masked to each sentence's n + 1 target positions.
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -35,9 +34,8 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from textvae.data.special import PAD_ID
+from textvae.models.distributions import DiagGaussian
 from textvae.remedies.base import Remedy, register_remedy
-
-LOG_2PI = math.log(2 * math.pi)
 
 
 def reverse_index(lengths: torch.Tensor, t: int) -> torch.Tensor:
@@ -78,7 +76,7 @@ class ZForcing(Remedy):
         valid = targets != PAD_ID  # [B, T]
         mean, logvar = self.predictor(z).clamp(-8.0, 8.0).unsqueeze(1).chunk(2, dim=-1)  # each [B, 1, H]
         mean = torch.tanh(mean)
-        nll = 0.5 * (LOG_2PI + logvar + (b.detach() - mean) ** 2 * torch.exp(-logvar)).sum(-1)  # [B, T]
+        nll = -DiagGaussian(mean, logvar).log_prob(b.detach())  # [B, T]
         loss = self.weight * (nll * valid).sum(-1)
         if self.lm is not None:
             # b_{t+1} (which has read y_n .. y_{t+1}) predicts y_t, for t = 1 .. n.

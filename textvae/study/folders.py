@@ -1,15 +1,12 @@
 """A study's run folders: finished, resumable or new, and never one made with another configuration."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
-
-from textvae.config import settings_now
+from textvae.config import read_run_config, settings_now
 from textvae.errors import TextVAEError
 from textvae.study.spec import Run, map_strings
 from textvae.training.logger import final_report, read_jsonl
@@ -35,10 +32,9 @@ def saved_config(run_dir: Path, cls: Optional[type] = None) -> Optional[tuple[ty
     from textvae.tasks.base import TASKS
     from textvae.tasks.runconfig import DEFAULT_TASK
 
-    saved = run_dir / "config.yaml"
-    if not saved.is_file():
+    values = read_run_config(run_dir)
+    if values is None:
         return None
-    values = json.loads(json.dumps(yaml.safe_load(saved.read_text()) or {}))
     cls = cls or TASKS.get(values.get("task", DEFAULT_TASK)).config_class
     return cls, settings_now(cls, values)
 
@@ -55,11 +51,22 @@ def check_run_folder(run: Run) -> None:
     made_in, now_in = str(Path(old.get("out_dir") or run.dir.parent).parent), str(run.dir.parent.parent)
     old = map_strings(old, lambda text: now_in + text[len(made_in):] if text.startswith(made_in + os.sep) else text)
     changes = effective_changes(old, run.config)
+    budgets = {"train.max_steps", "train.epochs", "train.max_seconds"}
+    if changes and set(changes) <= budgets:  # a larger budget is a resume of train's, which a study does not do
+        given = " ".join(f"--{k} {b if b is not None else 'null'}" for k, (_, b) in changes.items())
+        raise TextVAEError(f"{run.dir} was trained with another budget ({_shown(changes)}); a study does not train "
+                           f"its runs on: `textvae train {run.dir / 'config.yaml'} --resume {given}` does (where the "
+                           f"larger budget trains it on), or choose another --out")
     if changes:
-        shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(changes.items())[:3])
-        raise TextVAEError(f"{run.dir} was trained with another configuration ({shown}"
-                           f"{'; ...' if len(changes) > 3 else ''}); give the study file and --set the settings "
-                           f"it was trained with, delete it or choose another --out")
+        shown = _shown(changes)
+        raise TextVAEError(f"{run.dir} was trained with another configuration ({shown}); give the study file and "
+                           f"--set the settings it was trained with, delete it or choose another --out")
+
+
+def _shown(changes: dict[str, tuple[Any, Any]]) -> str:
+    """The first three changes, ``train.max_steps: 3 -> 6; ...``."""
+    return "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(changes.items())[:3]) + ("; ..." if len(changes) > 3
+                                                                                         else "")
 
 
 def clear_unstarted(run: Run) -> None:

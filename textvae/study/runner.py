@@ -243,7 +243,8 @@ def run_status(run: Run, by_label: dict[str, Run]) -> tuple[str, str]:
     records = read_jsonl(run.dir / "metrics.jsonl")
     valid = [r for r in records if r.get("split") == "valid"]
     where = (f"epoch {valid[-1]['epoch']} (step {valid[-1]['step']}), lr {valid[-1].get('lr', math.nan):g}, "
-             f"valid -ELBO {valid[-1].get('neg_elbo', math.nan):.2f}") if valid else "no validation yet"
+             f"valid -ELBO {valid[-1].get('neg_elbo', math.nan):.2f}") if valid else \
+        f"no validation yet (step {max((r.get('step', 0) for r in records), default=0)})"
     testing = bool(records) and records[-1].get("split") == "test_start"
     iw_done = IWProgress.batches_in(run.dir / IW_PROGRESS_FILE) if testing else 0
     if holder is not None and testing:

@@ -91,9 +91,10 @@ def _find_base(name: str, study_dir: Path) -> Path:
     return found.resolve()
 
 
-def parse_sets(sets: list[str], where: str = "--set") -> dict[str, Any]:
-    """["train.max_seconds=600", "objective.kl_schedule={name: constant}"] -> nested overrides
+def parse_sets(sets: list[str]) -> dict[str, Any]:
+    """``--set`` ["train.max_seconds=600", "objective.kl_schedule={name: constant}"] -> nested overrides
     (values read as YAML)."""
+    where = "--set"
     flat: dict[str, Any] = {}
     for item in sets:
         key, sep, text = item.partition("=")
@@ -128,10 +129,11 @@ def load_study(path: str | Path, out: Optional[str] = None, seeds: Optional[list
     else:
         base = _find_base(str(spec["base"]), path.parent)
 
+    where = f"{path}: seeds" if seeds is None else "--seeds"
     seeds = spec.get("seeds", [1]) if seeds is None else seeds
     if (not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
                                                              for s in seeds) or len(set(seeds)) != len(seeds)):
-        raise TextVAEError(f"{path}: seeds must be a non-empty list of distinct integers, got {seeds!r}")
+        raise TextVAEError(f"{where} must be a non-empty list of distinct integers, got {seeds!r}")
 
     budget = spec.get("budget") or {}
     if not isinstance(budget, dict) or set(budget) - set(BUDGET_KEYS):

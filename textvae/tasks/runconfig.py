@@ -128,7 +128,8 @@ def parse_run_config(argv: list[str]) -> tuple[Any, bool]:
         # first one stays where it is, an overlay applied in order)
         at = argv.index("--config")
         argv = argv[at:at + 2] + argv[:at] + argv[at + 2:]
-    if argv and not argv[0].startswith("-"):
+    recipe_first = bool(argv) and not argv[0].startswith("-")
+    if recipe_first:
         argv = ["--config", argv[0]] + argv[1:]
     elif "--config" not in argv:
         argv = ["--config", default_recipe()] + argv
@@ -162,7 +163,9 @@ def parse_run_config(argv: list[str]) -> tuple[Any, bool]:
         message = plain_type_error(" ".join(str(e).split()))
         stray = [a for a in argv[2:] if not a.startswith("-") and ((a.endswith((".yaml", ".yml")) and Path(a).is_file())
                                                                      or packaged_file("recipe", a) is not None)]
-        if "unrecognized arguments" in message.lower() and stray:
+        if "unrecognized arguments" in message.lower() and stray and recipe_first:
+            message += f" (a second recipe: a run starts from one, and --config {stray[0]} overlays another on it)"
+        elif "unrecognized arguments" in message.lower() and stray:
             message += f" (the recipe {stray[0]} goes first, before the overrides)"
         elif "unrecognized arguments" in message.lower() and "--set" in argv:
             message += " (--set is textvae study's; textvae train takes --SECTION.KEY VALUE)"

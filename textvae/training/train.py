@@ -33,7 +33,6 @@ import contextvars
 import ctypes
 import ctypes.util
 import dataclasses
-import inspect
 import json
 import logging
 import math
@@ -51,8 +50,8 @@ import yaml
 from torch import nn
 from tqdm import tqdm
 
-from textvae.config import (INCIDENTAL_KEYS, OptimConfig, RunConfig, TrainConfig, check_ranges, setting_changes,
-                            settings_now)
+from textvae.config import (INCIDENTAL_KEYS, OptimConfig, RunConfig, TrainConfig, check_ranges, is_report_setting,
+                            read_run_config, setting_changes, settings_now)
 from textvae.data.batch import Batch
 from textvae.data.batching import padding_fraction
 from textvae.errors import TextVAEError
@@ -406,6 +405,8 @@ def check_config(cfg: RunConfig) -> None:
     """One-line errors for settings out of range or unknown (before any work is done)."""
     tc, oc = cfg.train, cfg.optim
     check_ranges(cfg)
+    if Path(cfg.name).name in ("", ".", ".."):  # the run's folder would be out_dir itself, or above it
+        raise TextVAEError(f"name {cfg.name!r}: a run's name is its folder under out_dir; give a folder name")
     if tc.precision not in ("fp32", "bf16"):
         raise TextVAEError(f"unknown train.precision {tc.precision!r}; valid: fp32, bf16")
     LR_SCHEDULES.get(oc.cycle_lr)  # an unknown name: the registry's one-line error, listing the valid ones
@@ -413,7 +414,7 @@ def check_config(cfg: RunConfig) -> None:
     # names, parameters and their types, and how they combine with each other and the model, before the data
     check_remedies(cfg.objective.remedies, **cfg.model.latent_family())
     create_schedule(cfg.objective.kl_schedule)
-    stepped = [n for n in LR_SCHEDULES.names() if "stairs" in inspect.signature(LR_SCHEDULES.get(n)).parameters]
+    stepped = [n for n in LR_SCHEDULES.names() if LR_SCHEDULES.takes(n, "stairs")]
     if oc.cycle_lr_stairs and oc.cycle_lr not in stepped:  # the schedules whose factory takes stairs
         raise TextVAEError(f"optim.cycle_lr_stairs shapes the {' or '.join(stepped)} lr only; set optim.cycle_lr: "
                            f"{stepped[0]} (got {oc.cycle_lr!r}) or cycle_lr_stairs: 0")
@@ -710,9 +711,12 @@ def machine_facts(device: torch.device) -> dict[str, Any]:
 
 
 def native_kernels_used(tc: TrainConfig, device: torch.device) -> str:
-    """For the ``source`` record: :func:`native_status` where a kernel applies (bf16 on the CPU, which
-    builds it on a first use), ``unused`` elsewhere."""
-    return native_status() if tc.precision == "bf16" and device.type == "cpu" else "unused"
+    """For the ``source`` record: :func:`native_status` of the kernels that apply (on the CPU every one in
+    bf16, the dropout mask's in fp32), ``unused`` on a GPU. It builds them where not yet built, so that a
+    first build is not counted as training time."""
+    if device.type != "cpu":
+        return "unused"
+    return native_status() if tc.precision == "bf16" else native_status(["dropout"])
 
 
 def owns_updates(remedy: Remedy) -> bool:
@@ -916,13 +920,13 @@ def reported(records: list[dict[str, Any]]) -> bool:
 
 def finished_unchanged(run_dir: Path, cfg: Any) -> Optional[dict[str, Any]]:
     """The test report of the finished run in ``run_dir`` when its saved settings are ``cfg``'s, else None:
-    resumed, such a run would train no step and only evaluate itself again (at K = 500, an hour or more)."""
+    resumed, such a run would train no step and only evaluate itself again (at K = 500, a long pass)."""
     records = read_jsonl(run_dir / "metrics.jsonl")
-    saved = run_dir / "config.yaml"
-    if not reported(records) or not saved.is_file():
+    saved = read_run_config(run_dir)
+    if not reported(records) or saved is None:
         return None  # not finished, or resumed and trained further since
     # a setting added since the run was made reads as its default; threads and the like change nothing
-    if effective_changes(settings_now(type(cfg), yaml.safe_load(saved.read_text()) or {}), cfg):
+    if effective_changes(settings_now(type(cfg), saved), cfg):
         return None
     return final_report(records)
 
@@ -935,14 +939,16 @@ def check_changes_train(run_dir: Path, cfg: Any, state: LoopState, changes: dict
     tc = cfg.train
     hit = budgets_used_up(state, tc) + (["train.max_seconds"] if tc.max_seconds is not None
                                         and state.train_seconds >= tc.max_seconds else [])
-    effective = {k: v for k, v in changes.items() if k not in INCIDENTAL_KEYS}
+    # its test report's own settings are used: resumed with those alone, it reports again
+    effective = {k: v for k, v in changes.items() if k not in INCIDENTAL_KEYS and not is_report_setting(k)}
     if not (state.done or hit) or not effective or not reported(read_jsonl(run_dir / "metrics.jsonl")):
         return
     why, on = ((", its lr schedule ended", "no budget trains it on") if state.done else
                ("", f"raise {' and '.join(hit)} to train on"))
     raise TextVAEError(f"{run_dir} is finished (step {state.step}{why}): resumed, it trains no further step, so "
                        f"{_changed(effective)} would be written into its config.yaml unused; evaluate it again with "
-                       f"`textvae evaluate {run_dir}`, train a new run (another --name), or {on}")
+                       f"`textvae evaluate {run_dir}` (or resume it with settings of its test report alone), train "
+                       f"a new run (another --name), or {on}")
 
 
 def _changed(changes: dict[str, tuple[Any, Any]], shown: int = 8) -> str:
