@@ -453,6 +453,8 @@ def test_input_remedy_on_a_language_model(tmp_path, corpus):
     (["sample", "{model}", "--beam-size", "3"], "--beam-size is an option of --method beam, and --method sample would"),
     (["respond", "{model}", "--context", "hi", "--temperature", "0.5"],
      "--temperature is an option of --method sample, and --method greedy would ignore it"),
+    (["respond", "{model}", "--context", "hi", "--max-len", "0"], "--max-len must be at least 1, got 0"),
+    (["respond", "{model}", "--context", "hi", "--n", "0"], "--n must be at least 1, got 0"),
     (["interpolate", "{model}", "w1", "w2", "--method", "beam", "--temperature", "2"],
      "--temperature is an option of --method sample, and --method beam would ignore it"),
     (["interpolate", "{model}", "w1", "w2", "--steps", "1"], "--steps must be at least 2, got 1"),

@@ -147,6 +147,8 @@ def test_evaluate_reproduces_the_runs_test_report(tmp_path, capsys):
     assert figures["n_sentences"] == report["n_sentences"] == 20 and figures["iw_samples"] == 3
     for key in ("iw_nll", "neg_elbo", "kl", "mi_dataset", "au"):
         assert figures[key] == pytest.approx(report[key], rel=1e-12, abs=1e-12), key
+    main(["evaluate", str(tmp_path / "r"), "--no-generation", "--max-sentences", "500"])  # more than there are
+    assert json.loads((tmp_path / "r" / "eval_test.json").read_text())["iw_nll"] == figures["iw_nll"]
     main(["evaluate", str(tmp_path / "r"), "--no-generation", "--data", str(corpus), "--json", str(tmp_path / "w.json")])
     assert json.loads((tmp_path / "w.json").read_text())["n_sentences"] == 30
     text = tmp_path / "mine.txt"

@@ -33,21 +33,11 @@ from typing import Any, Optional
 
 import torch
 
-from textvae.config import COUNT, NON_NEGATIVE, POSITIVE, SEED, Range
+from textvae.config import COUNT, NON_NEGATIVE, POSITIVE, SEED, Range, check_flags
 from textvae.errors import CommandParser, TextVAEError
 from textvae.packaged import FOLDERS, find_yaml, packaged_file, packaged_folder, packaged_names, summary
 
 COMMANDS = ("train", "evaluate", "sample", "reconstruct", "interpolate", "respond", "study", "list", "plot", "compare")
-
-
-def check_flags(args: argparse.Namespace, ranges: dict[str, Range]) -> None:
-    """One-line error for the first numeric flag outside its bounds (what ``RANGES`` does for the
-    run configuration), before a model is loaded."""
-    for name, bounds in ranges.items():
-        value = getattr(args, name)
-        problem = None if value is None else bounds.violation(value)
-        if problem:
-            raise TextVAEError(f"--{name.replace('_', '-')} {problem}, got {value}")
 
 
 def cmd_train(argv: list[str]) -> None:
@@ -183,10 +173,7 @@ def cmd_evaluate(argv: list[str]) -> None:
         check_text_metrics(instead="or --no-generation")
     split = data.splits[args.split]
     model.to(device)
-    n_eval = min(args.max_sentences or len(split), len(split))
-    if n_eval < 2 and not model.is_lm:  # before the IW pass, not after it
-        raise TextVAEError(f"{n_eval} sentence(s) to evaluate ({args.split} of {data_cfg.name}): the latent figures "
-                           f"(AU, MI) need at least 2")
+    n_eval = evaluated_count(args, len(split), model.is_lm, data_cfg.name)
     n_tokens, unknown = announce_evaluation(args, split, n_eval, model)
     out = results_file(args)
     progress = evaluation_progress(args, folder, data_cfg, out, device)
@@ -226,6 +213,19 @@ def cmd_evaluate(argv: list[str]) -> None:
     print(f"results written to {out}")
     if progress is not None:
         progress.path.unlink(missing_ok=True)
+
+
+def evaluated_count(args: argparse.Namespace, n_split: int, is_lm: bool, data_name: str) -> int:
+    """The sentences ``evaluate`` reads of a split of ``n_split``: ``--max-sentences`` (dropped where it asks for
+    the whole split, so that the results file is named as the whole split's), at least 2 for a latent model,
+    whose AU and MI need them (said before the IW pass, not after it)."""
+    n_eval = min(args.max_sentences or n_split, n_split)
+    if args.max_sentences is not None and args.max_sentences >= n_split:
+        args.max_sentences = None
+    if n_eval < 2 and not is_lm:
+        raise TextVAEError(f"{n_eval} sentence(s) to evaluate ({args.split} of {data_name}): the latent figures "
+                           f"(AU, MI) need at least 2")
+    return n_eval
 
 
 def warn_if_training(run_dir: Optional[Path]) -> None:

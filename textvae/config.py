@@ -50,6 +50,16 @@ POSITIVE = Range(above=0)
 PROBABILITY = Range(least=0, most=1)
 
 
+def check_flags(args: Any, ranges: dict[str, Range]) -> None:
+    """One-line error for the first numeric command-line flag of ``args`` (an argparse namespace) outside its
+    bounds (what ``RANGES`` does for the run configuration), before a model is loaded."""
+    for name, bounds in ranges.items():
+        value = getattr(args, name)
+        problem = None if value is None else bounds.violation(value)
+        if problem:
+            raise TextVAEError(f"--{name.replace('_', '-')} {problem}, got {value}")
+
+
 @dataclass
 class DataConfig:
     """Where sentences come from and how they are batched.

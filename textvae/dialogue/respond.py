@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from textvae.config import COUNT, POSITIVE, SEED, Range, check_flags
 from textvae.data.tokenization import Tokenizer, warn_unknown_words
 from textvae.dialogue.data import EOU, collate_dialogues, normalize_utterance
 from textvae.dialogue.generation import METHODS, generate_responses
@@ -70,6 +71,8 @@ def cmd_respond(argv: list[str]) -> None:
     ap.add_argument("--max-len", type=int, default=40, help="decoding steps (default: 40)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the latent draws and the sampling (default: 0)")
     args = ap.parse_args(argv)
+    check_flags(args, {"n": COUNT, "max_len": COUNT, "seed": SEED, "temperature": POSITIVE,
+                       "top_p": Range(above=0, most=1)})
     given = [flag for flag, value in (("--temperature", args.temperature), ("--top-p", args.top_p)) if value is not None]
     if given and args.method != "sample":  # greedy would ignore them
         raise TextVAEError(f"{given[0]} is an option of --method sample, and --method {args.method} would ignore it")
