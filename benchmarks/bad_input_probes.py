@@ -1,8 +1,8 @@
-"""Issue 17 (and the twenty-seventh session's walkthrough of a new user): run every probe of a new user
-through the real command line and print, for each, its exit status and the one line that answers it
-(the error, or the warning / report line).
+"""Issue 17 (and the new-user walkthroughs of the twenty-seventh and twenty-eighth sessions): run every
+probe of a new user through the real command line and print, for each, its exit status and the one line
+that answers it (the error, or the warning / report line).
 
-    python benchmarks/bad_input_probes.py [--work /tmp/textvae-probes]
+    python benchmarks/bad_input_probes.py [--work /tmp/textvae-probes] [--group session28]
 
 Each probe is ``python -m textvae.cli ...`` in a subprocess, on a small generated corpus, so what
 is shown is exactly what a user sees. The read-only output folder and the full disk are real
@@ -156,6 +156,7 @@ def probes(work: Path, p: dict[str, Path]) -> list[tuple[str, list[str], str]]:
         ("end of a collapsed run: where saved", train(work, "end", p["corpus"]), "run saved in"),
         ("end of a collapsed run: the remedy command", train(work, "end2", p["corpus"]), "collapsed"),
         *session27_probes(work, p),
+        *session28_probes(work, p),
         ("a resumed run", ["train", str(work / "runs/vae/config.yaml"), "--resume", "--train.max_steps", "3"],
          "resuming"),
     ]
@@ -195,16 +196,42 @@ def session27_probes(work: Path, p: dict[str, Path]) -> list[tuple[str, list[str
     ]
 
 
+def session28_probes(work: Path, p: dict[str, Path]) -> list[tuple[str, list[str], str]]:
+    """What the twenty-eighth session's walkthrough of dialogue runs and studies found."""
+    run, cvae = str(work / "runs/vae"), str(work / "runs/cvae")
+    (work / "short.yaml").write_text("train:\n  max_steps: 2\n")
+    (work / "one.txt").write_text("w1 w2 w3\n")
+    (work / "three.txt").write_text("w1 w2 w3\nw4 w5\nw6 w7 w8 w9\n")
+    return [
+        ("--name ''", train(work, "", p["corpus"]), ""),
+        ("two recipes, the second without --config", ["train", str(work / "short.yaml"), str(work / "short.yaml")], ""),
+        ("a dialogue recipe overlaid on a sentence recipe", ["train", "ptb/vae", "--config", "dailydialog/cvae"], ""),
+        ("evaluate --data a file of one sentence", ["evaluate", run, "--data", str(work / "one.txt")], ""),
+        ("evaluate --data a file: evaluated whole", ["evaluate", run, "--data", str(work / "three.txt"),
+                                                     "--no-generation"], "evaluating"),
+        ("respond --max-len 0", ["respond", cvae, "--context", "hi", "--max-len", "0"], ""),
+        ("respond to words the model never saw", ["respond", cvae, "--context", "xyzzy qwerty"], "vocabulary"),
+        ("a finished run resumed with a setting of its test report alone",
+         ["train", str(work / "runs/vae/config.yaml"), "--resume", "--train.iw_samples_final", "3"], "test report:"),
+    ]
+
+
+GROUPS = {"session27": session27_probes, "session28": session28_probes}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", default="/tmp/textvae-probes")
-    work = Path(ap.parse_args().work)
+    ap.add_argument("--group", choices=sorted(GROUPS), help="only the probes one session added (default: all)")
+    args = ap.parse_args()
+    work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     paths = setup(work)
-    cases = probes(work, paths)
-    full = disk_full_probe(work)
-    cases.append((*full, "") if full else ("the disk fills while a checkpoint is written", [], "skipped"))
+    cases = GROUPS[args.group](work, paths) if args.group else probes(work, paths)
+    full = disk_full_probe(work) if not args.group else None
+    if not args.group:
+        cases.append((*full, "") if full else ("the disk fills while a checkpoint is written", [], "skipped"))
     try:
         for what, argv, want in cases:
             status, line = cli(*argv, work=work, want=want) if argv else ("-", "skipped: cannot mount a tmpfs here")

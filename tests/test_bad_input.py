@@ -211,7 +211,7 @@ def test_the_results_file_check_makes_and_removes_nothing_of_the_user_s(tmp_path
     link = tmp_path / "link.json"
     link.symlink_to(tmp_path / "target.json")  # dangling: evaluate writes through it at the end
     args = argparse.Namespace(json=str(link), model=str(tmp_path), data=None, split="test", max_sentences=None)
-    assert results_file(args) == link
+    assert results_file(args, tmp_path) == link
     assert link.is_symlink() and not (tmp_path / "target.json").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link.json"]  # no probe file left beside it
 
@@ -376,10 +376,16 @@ def test_bad_config_values(tmp_path, corpus, capsys, args, expected):
     assert expected in fails([*train_on(tmp_path, corpus), *args], capsys)
 
 
-def test_recipes_of_two_tasks_are_refused(capsys):
+def test_recipes_of_two_tasks_are_refused(tmp_path, capsys):
     line = fails(["train", "ptb/vae", "--config", "dailydialog/cvae"], capsys)
     assert line.endswith("dailydialog/cvae.yaml is a dialogue recipe, and the first one "
                          f"({packaged_file('recipe', 'ptb/vae')}) a sentences one; a run has one task")
+    overlay = tmp_path / "overlay.yaml"  # an overlay that names no task takes the first recipe's
+    overlay.write_text("train: {max_steps: 5}\n")
+    cfg, _ = parse_run_config(["dailydialog/cvae", "--config", str(overlay)])
+    assert isinstance(cfg, CVAERunConfig) and cfg.train.max_steps == 5
+    overlay.write_text("train: {max_steps: 5\n")  # and a broken one is named as such
+    assert "not valid YAML" in fails(["train", "dailydialog/cvae", "--config", str(overlay)], capsys)
 
 
 def test_a_recipe_may_spell_its_keys_dotted(tmp_path):

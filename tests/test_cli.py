@@ -168,12 +168,17 @@ def test_a_runs_model_folder_is_evaluated_as_its_run(tmp_path):
     corpus = write_corpus(tmp_path / "corpus", n_train=60, n_eval=20)
     main(["train", *tiny_args(tmp_path, "r", corpus, "--train.max_steps", "1")])
     figures = []
-    for folder in (tmp_path / "r", tmp_path / "r/model"):
-        out = tmp_path / f"{folder.name}.json"
-        main(["evaluate", str(folder), "--iw-samples", "2", "--no-generation", "--json", str(out)])
-        figures.append(json.loads(out.read_text()))
+    for folder in (tmp_path / "r", tmp_path / "r/model"):  # the results of both where the run's are
+        main(["evaluate", str(folder), "--iw-samples", "2", "--no-generation"])
+        figures.append(json.loads((tmp_path / "r" / "eval_test.json").read_text()))
+    assert not (tmp_path / "r/model/eval_test.json").exists()
     assert figures[0].pop("model") != figures[1].pop("model") and figures[0] == figures[1]
     assert figures[0]["data"] == str(corpus) and figures[0]["train_steps"] == 1
+    # a model folder copied beside another config.yaml (no run's log or checkpoint there) is a model folder
+    shutil.copytree(tmp_path / "r/model", tmp_path / "copy/model")
+    (tmp_path / "copy/config.yaml").write_text("- not a run's settings\n")
+    main(["evaluate", str(tmp_path / "copy/model"), "--iw-samples", "2", "--no-generation", "--data", str(corpus)])
+    assert (tmp_path / "copy/model" / f"eval_{corpus.name}_test.json").is_file()
 
 
 def test_inputs_are_read_as_the_run_read_its_corpus(tmp_path, caplog):

@@ -137,7 +137,9 @@ def test_every_figure_of_the_registered_metrics_has_its_row():
     assert re.search(r"^BLEU-2 recall \(3 responses to 1 contexts\) +[0-9.]+$", table, re.M)
 
 
-def test_a_figure_two_metrics_compute_has_one_row_and_the_truth_follows_its_figure():
+def test_a_figure_two_metrics_compute_has_one_row_and_the_truth_follows_its_figure(monkeypatch):
+    monkeypatch.setattr(METRICS, "_entries", dict(METRICS._entries))
+    register_metric("au_again", rows=(Row("au", "AU, the later metric's row"),))(lambda p: {})
     table = format_table({"n_sentences": 4.0, "iw_nll": 10.0, "iw_samples": 5.0, "true_nll": 9.5, "au": 2.0,
                           "latent_dim": 4.0, "au_threshold": 0.01, "dims_too_noisy": 1.0, "true_mi": 0.7})
     labels = [line.split("  ")[0] for line in table.splitlines()]

@@ -48,6 +48,11 @@ def test_list_kind_shows_each_entry_its_summary_and_parameters(r, capsys):
             assert list(r.parameters(name)) == expected
 
 
+@pytest.mark.parametrize("plural, kind", [("remedies", "remedy"), ("decoders", "decoder"), ("metrics", "metric")])
+def test_list_takes_a_kind_in_the_plural(capsys, plural, kind):
+    assert list_output(capsys, plural) == list_output(capsys, kind)
+
+
 def test_list_one_entry_prints_its_parameters_and_docstrings(capsys):
     out = list_output(capsys, "remedy", "bn_vae")
     assert "parameters: gamma=0.7, momentum=0.1, eps=1e-10" in out and "latent_dim" not in out.split("\n\n")[1]

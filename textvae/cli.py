@@ -97,6 +97,7 @@ def load_model(folder: Path) -> tuple[Any, Any]:
 
 
 def evaluate_parser() -> argparse.ArgumentParser:
+    from textvae.config import TrainConfig
     from textvae.metrics.likelihood import DEFAULT_MAX_TOKENS
 
     ap = CommandParser(prog="textvae evaluate", description="Evaluate a trained model on a split.")
@@ -106,7 +107,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
     ap.add_argument("--split", default="test", choices=["train", "valid", "test"])
     ap.add_argument("--iw-samples", type=int, default=None,
                     help="importance samples K for IW-NLL (0 = skip); default: the run's train.iw_samples_final, as "
-                         "its test report (500 for a model folder)")
+                         f"its test report ({TrainConfig.iw_samples_final} for a model folder)")
     ap.add_argument("--max-tokens", type=int, default=None,
                     help="IW decoder budget: samples x sentences x length per decoder call "
                          f"(default: {DEFAULT_MAX_TOKENS['cpu']} on the CPU, {DEFAULT_MAX_TOKENS['cuda']} on a GPU)")
@@ -175,7 +176,7 @@ def cmd_evaluate(argv: list[str]) -> None:
     model.to(device)
     n_eval = evaluated_count(args, len(split), model.is_lm, data_cfg.name)
     n_tokens, unknown = announce_evaluation(args, split, n_eval, model)
-    out = results_file(args)
+    out = results_file(args, run_dir or Path(args.model))
     progress = evaluation_progress(args, folder, data_cfg, out, device)
 
     def batches(limit: int) -> Any:
@@ -260,13 +261,14 @@ def as_the_report(args: argparse.Namespace, run_cfg: Optional[dict]) -> None:
     """``--iw-samples`` and ``--batch-size`` not given: the run's (``train.iw_samples_final``,
     ``data.eval_batch_size``), with which its test report drew the same numbers; a model folder's defaults
     without a run."""
-    from textvae.config import TrainConfig
+    from textvae.config import DataConfig, TrainConfig
 
     run_cfg = run_cfg or {}
     if args.iw_samples is None:
         args.iw_samples = (run_cfg.get("train") or {}).get("iw_samples_final", TrainConfig.iw_samples_final)
     if args.batch_size is None:
-        args.batch_size = (run_cfg.get("data") or {}).get("eval_batch_size", _MODEL_FOLDER_BATCH)
+        args.batch_size = ((run_cfg.get("data") or {}).get("eval_batch_size", DataConfig.eval_batch_size) if run_cfg
+                           else _MODEL_FOLDER_BATCH)
 
 
 def evaluation_device(given: Optional[str], run_cfg: dict[str, Any]) -> torch.device:
@@ -301,7 +303,7 @@ def evaluate_task_run(args: argparse.Namespace, task_name: str, device: torch.de
         cfg.train.iw_samples_final = args.iw_samples
     task = create_task(cfg)
     task.check()  # the packages its text metrics need, before any work
-    out = results_file(args)
+    out = results_file(args, run_dir)
     progress = progress_file(out)  # a stopped pass resumes there
     with evaluation_rng(device):  # as the run's own report drew its numbers
         results = task.test_report(task.load_data(), run_dir / "model", device, progress, split=args.split)
@@ -333,10 +335,11 @@ def evaluation_data(args: argparse.Namespace, run_cfg: Optional[dict], tokenizer
     return data_cfg, data
 
 
-def results_file(args: argparse.Namespace) -> Path:
-    """Where ``evaluate`` writes its results (``--json``, default :func:`default_results_name`), its folder
-    made and checked before the pass, which can take an hour, rather than after it."""
-    out = Path(args.json) if args.json else Path(args.model) / default_results_name(args)
+def results_file(args: argparse.Namespace, folder: Path) -> Path:
+    """Where ``evaluate`` writes its results (``--json``, default :func:`default_results_name` in ``folder``: the
+    run's, or the model folder given), its folder made and checked before the pass, a long one, rather than
+    after it."""
+    out = Path(args.json) if args.json else folder / default_results_name(args)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # FileExistsError where a file stands in the way, whose strerror would mislead
@@ -430,7 +433,7 @@ def run_steps(run_dir: Path) -> Optional[int]:
 
 def check_probe(model: Any, data: Any, n_per_class: int = 1) -> None:
     """The latent probe needs a latent space, scikit-learn and ``n_per_class`` labelled training sentences
-    of every class: checked before the evaluation pass, which can take hours, not after it."""
+    of every class: checked before the evaluation pass, a long one, not after it."""
     if model.is_lm:
         raise TextVAEError("--probe: this model is a language model: it has no latent space")
     if "train" not in data.splits or data.splits["train"].labels is None:
@@ -624,7 +627,8 @@ def cmd_list(argv: list[str]) -> None:
     kind = args.kind.lower().replace(" ", "_")
     if kind in FOLDERS or kind in FOLDERS.values():
         return _list_packaged(next(k for k, v in FOLDERS.items() if kind in (k, v)), args.name)
-    registry = registries.get(kind, registries.get(kind[:-1]) if kind.endswith("s") else None)  # remedies too
+    singular = kind[:-3] + "y" if kind.endswith("ies") else kind[:-1] if kind.endswith("s") else kind
+    registry = registries.get(kind, registries.get(singular))  # "remedies", "decoders" too
     if registry is None:
         raise TextVAEError(f"unknown kind {args.kind!r}; valid: {', '.join([*registries, *FOLDERS])}")
     names = registry.names() if args.name is None else [args.name]

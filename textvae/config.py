@@ -455,7 +455,10 @@ def read_run_config(run_dir: Path) -> Optional[dict[str, Any]]:
     saved = Path(run_dir) / "config.yaml"
     if not saved.is_file():
         return None
-    return json.loads(json.dumps(yaml.safe_load(saved.read_text()) or {}))
+    values = yaml.safe_load(saved.read_text()) or {}
+    if not isinstance(values, dict):
+        raise TextVAEError(f"{saved}: not a run's settings (a mapping of sections), but a {type(values).__name__}")
+    return json.loads(json.dumps(values))
 
 
 def settings_now(cls: type, values: dict[str, Any]) -> dict[str, Any]:

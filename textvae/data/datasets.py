@@ -173,14 +173,14 @@ def load_dataset(cfg: DataConfig, tokenizer: Optional[Tokenizer] = None) -> Data
 
 def is_text_file(name: str) -> bool:
     """Whether ``name`` (a ``data.name``) is one text file rather than a registered corpus or a folder."""
-    return name not in CORPORA and Path(name).is_file()
+    return name not in CORPORA and Path(name).expanduser().is_file()
 
 
 def load_text_file(cfg: DataConfig, tokenizer: Tokenizer, split: str) -> DataBundle:
     """The text file ``cfg.name`` read whole as the one split ``split``, with a saved model's
     ``tokenizer``: the text ``textvae evaluate --data FILE`` evaluates (a run reading the same file
     as its corpus splits it 90/5/5 instead)."""
-    text = _filter(read_lines(Path(cfg.name)), None, cfg, cfg.name)
+    text = _filter(read_lines(Path(cfg.name).expanduser()), None, cfg, cfg.name)
     (log.warning if text.stats.long or text.stats.malformed else log.info)("%s: %s", cfg.name, text.stats.summary())
     if not text.lines:
         raise TextVAEError(f"{cfg.name}: no sentence to evaluate ({text.stats.summary()})")

@@ -44,8 +44,10 @@ def locate_model(path: str | Path) -> tuple[Path, Optional[Path]]:
     if not (p / CONFIG_FILE).is_file():
         raise TextVAEError(f"{p} is neither a run folder (config.yaml and model/) nor a model folder ({CONFIG_FILE} "
                            f"and {WEIGHTS_FILE})")
-    inside_run = p.name == "model" and (p.parent / "config.yaml").is_file()
-    return p, p.parent if inside_run else None
+    run = p.resolve().parent  # ("." inside the run's model/ too)
+    trained = (run / "metrics.jsonl").is_file() or (run / "checkpoint.safetensors").is_file()
+    inside_run = p.resolve().name == "model" and (run / "config.yaml").is_file() and trained
+    return p, run if inside_run else None
 
 
 @dataclass

@@ -37,12 +37,18 @@ def is_run_folder(folder: Path) -> bool:
 def recipe_task(path: str) -> str:
     """The task a recipe names (``DEFAULT_TASK`` when it names none or cannot be read: the
     parser then reports what is wrong with it)."""
+    return named_task(path) or DEFAULT_TASK
+
+
+def named_task(path: str) -> str | None:
+    """The task a recipe's ``task`` key names; None where it has none (an overlay of a few settings) or cannot
+    be read."""
     try:
         values = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError):
-        return DEFAULT_TASK
-    task = values.get("task", DEFAULT_TASK) if isinstance(values, dict) else DEFAULT_TASK
-    return task if isinstance(task, str) else DEFAULT_TASK
+        return None
+    task = values.get("task") if isinstance(values, dict) else None
+    return task if isinstance(task, str) else None
 
 
 def train_parser(config_class: type):
@@ -143,8 +149,9 @@ def parse_run_config(argv: list[str]) -> tuple[Any, bool]:
     task = recipe_task(argv[argv.index("--config") + 1]) if "--config" in argv[:-1] else DEFAULT_TASK
     config_class = TASKS.get(task).config_class
     for i, a in enumerate(argv[:-1]):
-        if a == "--config" and recipe_task(argv[i + 1]) != task:  # its keys would read as unknown ones
-            raise TextVAEError(f"recipe {argv[i + 1]} is a {recipe_task(argv[i + 1])} recipe, and the first one "
+        named = named_task(argv[i + 1]) if a == "--config" else None
+        if named is not None and named != task:  # its keys would read as unknown ones
+            raise TextVAEError(f"recipe {argv[i + 1]} is a {named} recipe, and the first one "
                                f"({argv[argv.index('--config') + 1]}) a {task} one; a run has one task")
         if a == "--config":
             check_recipe(argv[i + 1], config_class)

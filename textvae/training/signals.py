@@ -84,7 +84,7 @@ def stop_at_once(reason: str) -> Iterator[None]:
     """Within :func:`stop_on_signals`, for work that keeps its own progress and has no step to finish
     (the test report: its IW pass keeps each finished batch), SIGINT and SIGTERM stop at once:
     :class:`StopRequested` with ``reason`` is raised wherever the main thread is. A stop asked for
-    before the block raises on entry. Without this the report would run on for up to an hour, and a
+    before the block raises on entry. Without this the report would run on to its end, long at K = 500, and a
     study stopping its runs would wait for it in vain."""
     if _requested.is_set():
         raise StopRequested(reason)
