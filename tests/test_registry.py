@@ -67,7 +67,7 @@ def test_a_new_metric_is_listed(toy_metric, capsys):  # noqa: F811
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["remedies"], "unknown kind 'remedies'; valid: "),
+    (["remedi"], "unknown kind 'remedi'; valid: "),
     (["remedy", "bn-vae"], "unknown remedy 'bn-vae'; valid: aggressive, "),
 ])
 def test_list_errors_name_the_valid_choices(argv, message, capsys):

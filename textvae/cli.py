@@ -148,10 +148,9 @@ def cmd_evaluate(argv: list[str]) -> None:
     from textvae.metrics import check_text_metrics
     from textvae.models.native import native_kernels
     from textvae.training.denormals import denormals_flushed
-    from textvae.training.progress import counted_progress, token_count
-    from textvae.training.train import check_precision, evaluation, freed_memory_kept, precision_autocast
+    from textvae.training.train import check_precision, freed_memory_kept
     from textvae.tasks.runconfig import DEFAULT_TASK
-    from textvae.tasks.sentences import truth_figures
+    from textvae.tasks.sentences import split_figures, truth_figures
 
     args = evaluate_parser().parse_args(argv)
     check_flags(args, {"iw_samples": NON_NEGATIVE, "probe": NON_NEGATIVE, "max_tokens": COUNT, "batch_size": COUNT,
@@ -175,7 +174,7 @@ def cmd_evaluate(argv: list[str]) -> None:
     split = data.splits[args.split]
     model.to(device)
     n_eval = evaluated_count(args, len(split), model.is_lm, data_cfg.name)
-    n_tokens, unknown = announce_evaluation(args, split, n_eval, model)
+    unknown = announce_evaluation(args, split, n_eval, model)
     out = results_file(args, run_dir or Path(args.model))
     progress = evaluation_progress(args, folder, data_cfg, out, device)
 
@@ -189,12 +188,10 @@ def cmd_evaluate(argv: list[str]) -> None:
     run_train = (run_cfg or {}).get("train") or {}
     flush = run_train.get("flush_denormals", TrainConfig.flush_denormals)
     native = run_train.get("native_kernels", TrainConfig.native_kernels)
-    with freed_memory_kept(), precision_autocast(device, args.precision), denormals_flushed(flush), \
-            native_kernels(native):
-        bar = counted_progress(batches(n_eval), n_tokens, f"evaluate {args.split}", token_count, unit="tok")
-        results = evaluation(model, bar, device,
-                             n_samples=args.iw_samples, max_tokens=args.max_tokens, per_dim=True,
-                             iw_progress=progress)
+    with freed_memory_kept(), denormals_flushed(flush), native_kernels(native):
+        results = split_figures(model, split, device, args.batch_size, args.iw_samples, args.precision,
+                                f"evaluate {args.split}", limit=n_eval, max_tokens=args.max_tokens, per_dim=True,
+                                iw_progress=progress)
     results["unk_rate"] = unknown
     steps = run_steps(run_dir) if run_dir is not None else None
     if steps is not None:  # the table's verdict: an untrained model's posterior says nothing about collapse
@@ -399,9 +396,9 @@ _EXAMPLES = 20  # reconstructions and samples kept in the JSON
 _UNK_WARNING = 0.05  # an <unk> rate above which PPL and BLEU describe another text than the one given
 
 
-def announce_evaluation(args: argparse.Namespace, split: Any, n_eval: int, model: Any) -> tuple[int, float]:
+def announce_evaluation(args: argparse.Namespace, split: Any, n_eval: int, model: Any) -> float:
     """Say before the work starts what it will cost (sentences, tokens, importance samples K) and
-    how much of the text the model cannot read; returns (tokens evaluated, <unk> rate)."""
+    how much of the text the model cannot read; returns that <unk> rate."""
     from textvae.data.tokenization import unk_rate
     from textvae.metrics import iw_samples_for
     from textvae.reduction import token_counts
@@ -419,7 +416,7 @@ def announce_evaluation(args: argparse.Namespace, split: Any, n_eval: int, model
     if unknown > _UNK_WARNING:
         log.warning("%.2f%% of the %s words are <unk> (outside the model's vocabulary): NLL, PPL and BLEU score "
                     "predicting <unk>, not those words", 100 * unknown, args.split)
-    return n_tokens, unknown
+    return unknown
 
 
 def run_steps(run_dir: Path) -> Optional[int]:

@@ -52,17 +52,14 @@ class SentenceTask(Task):
         run's precision (``eval_precision``)."""
         model = TextVAE.from_pretrained(best_dir, device)
         precision, test = self.cfg.train.precision, data.splits[split]
-        n_tokens = int(token_counts(test.lengths).sum())
         k = iw_samples_for(model, self.cfg.train.iw_samples_final)
-        log.info("%s report: %d sentences (%d tokens)%s", split, len(test), n_tokens,
+        log.info("%s report: %d sentences (%d tokens)%s", split, len(test), int(token_counts(test.lengths).sum()),
                  f", IW-NLL with K = {k} samples" if k else "")
-        batches = counted_progress(self._batches(test), n_tokens, f"{split} report", token_count, unit="tok",
-                                   enabled=self.cfg.train.progress)
         # A bf16 run is evaluated under the same autocast (its speed: benchmarks/throughput.py, iw), labelled so.
-        with precision_autocast(device, precision):
-            report = evaluation(model, batches, device,
-                                metrics=list_metrics("test"), n_samples=self.cfg.train.iw_samples_final,
-                                iw_progress=self.iw_progress(progress, best_dir, device, **split_key(split)))
+        report = split_figures(model, test, device, self.cfg.data.eval_batch_size, self.cfg.train.iw_samples_final,
+                               precision, f"{split} report", metrics=list_metrics("test"),
+                               iw_progress=self.iw_progress(progress, best_dir, device, **split_key(split)),
+                               bar=self.cfg.train.progress)
         report["eval_precision"] = precision
         if data.truth is not None:
             report.update(truth_figures(data.truth, data.splits[split]))
@@ -70,6 +67,20 @@ class SentenceTask(Task):
 
     def _batches(self, split: Any, limit: Optional[int] = None):
         return lambda: split.batches(self.cfg.data.eval_batch_size, shuffle=False, limit=limit)
+
+
+def split_figures(model: TextVAE, split: Split, device: torch.device, batch_size: int, n_samples: int,
+                  precision: str, label: str, limit: Optional[int] = None, bar: bool = True,
+                  **options: Any) -> dict[str, Any]:
+    """The registered metrics (``options``: :func:`~textvae.metrics.evaluate_model`'s) of ``model`` on ``limit``
+    sentences spread over ``split`` (all when None), in evaluation order and batches of ``batch_size``, under
+    ``precision``'s autocast and evaluation's own random stream, with a progress bar ``label`` counted in tokens:
+    the run's test report and ``textvae evaluate`` alike, so that the second gives the first's figures."""
+    n_tokens = int(token_counts(split.lengths[split.subset(limit)]).sum())
+    batches = counted_progress(lambda: split.batches(batch_size, shuffle=False, limit=limit), n_tokens, label,
+                               token_count, unit="tok", enabled=bar)
+    with precision_autocast(device, precision):
+        return evaluation(model, batches, device, n_samples=n_samples, **options)
 
 
 def truth_figures(truth: dict[str, Any], split: Split, positions: Optional[np.ndarray] = None) -> dict[str, float]:
