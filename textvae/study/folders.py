@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 from textvae.config import read_run_config, settings_now
 from textvae.errors import TextVAEError
-from textvae.study.spec import Run, map_strings
+from textvae.study.spec import BUDGET_KEYS, Run, map_strings
 from textvae.training.logger import final_report, read_jsonl
 
 
@@ -51,7 +51,7 @@ def check_run_folder(run: Run) -> None:
     made_in, now_in = str(Path(old.get("out_dir") or run.dir.parent).parent), str(run.dir.parent.parent)
     old = map_strings(old, lambda text: now_in + text[len(made_in):] if text.startswith(made_in + os.sep) else text)
     changes = effective_changes(old, run.config)
-    budgets = {"train.max_steps", "train.epochs", "train.max_seconds"}
+    budgets = {f"train.{key}" for key in BUDGET_KEYS.values()}  # the settings a study's budget sets
     if changes and set(changes) <= budgets:  # a larger budget is a resume of train's, which a study does not do
         given = " ".join(f"--{k} {b if b is not None else 'null'}" for k, (_, b) in changes.items())
         raise TextVAEError(f"{run.dir} was trained with another budget ({_shown(changes)}); a study does not train "
