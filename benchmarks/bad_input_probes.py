@@ -1,4 +1,4 @@
-"""Issue 17 (and the new-user walkthroughs of the twenty-seventh and twenty-eighth sessions): run every
+"""Issue 17 (and the new-user walkthroughs of the twenty-seventh to twenty-ninth sessions): run every
 probe of a new user through the real command line and print, for each, its exit status and the one line
 that answers it (the error, or the warning / report line).
 
@@ -29,7 +29,7 @@ TINY = ["--model.emb_dim", "8", "--model.latent_dim", "4", "--model.encoder.hidd
 # the line that answers a probe: an error, else a warning or report line of interest
 ANSWER = re.compile(r"^textvae: error: .*|.*(?:warning|is larger than|epochs 0|not trained|glued|looks like|"
                     r"unknown words|not in the model's vocabulary|run saved in|collapsed \(0 active|resuming|evaluating|"
-                    r"test report:|LATENT_DIM\s+\(type).*$",
+                    r"test report:|training on|\t->\t|LATENT_DIM\s+\(type).*$",
                     re.MULTILINE)
 
 
@@ -157,6 +157,7 @@ def probes(work: Path, p: dict[str, Path]) -> list[tuple[str, list[str], str]]:
         ("end of a collapsed run: the remedy command", train(work, "end2", p["corpus"]), "collapsed"),
         *session27_probes(work, p),
         *session28_probes(work, p),
+        *session29_probes(work, p),
         ("a resumed run", ["train", str(work / "runs/vae/config.yaml"), "--resume", "--train.max_steps", "3"],
          "resuming"),
     ]
@@ -216,7 +217,30 @@ def session28_probes(work: Path, p: dict[str, Path]) -> list[tuple[str, list[str
     ]
 
 
-GROUPS = {"session27": session27_probes, "session28": session28_probes}
+def session29_probes(work: Path, p: dict[str, Path]) -> list[tuple[str, list[str], str]]:
+    """A study whose budget changed since its runs finished, and the last walkthrough's papercuts."""
+    model = str(work / "runs/vae/model")
+    study = {"name": "budget", "seeds": [1], "data": {"name": str(p["corpus"])},
+             "overrides": {"model": {"emb_dim": 8, "latent_dim": 4, "encoder.hidden_dim": 8, "decoder.hidden_dim": 8},
+                           "train": {"progress": False, "tensorboard": False, "iw_samples_final": 4, "threads": 1}},
+             "variants": {"vae": {}}}
+    for name, steps in (("budget3", 3), ("budget6", 6), ("budget2", 2)):
+        (work / f"{name}.yaml").write_text(json.dumps({**study, "budget": {"max_steps": steps}}))
+    (work / "two.txt").write_text("w3 w4\n")
+    out = str(work / "study")
+    setup = cli("study", str(work / "budget3.yaml"), "--out", out, work=work)
+    if setup[0] != 0:
+        sys.exit(f"setup of the budget probes failed ({setup[0]}): {setup[1]}")
+    return [
+        ("a study given a larger budget", ["study", str(work / "budget6.yaml"), "--out", out], "training on"),
+        ("a study given a budget its runs trained past", ["study", str(work / "budget2.yaml"), "--out", out], ""),
+        ("reconstruct: sentences after --file F", ["reconstruct", model, "w1 w2", "--file", str(work / "two.txt"),
+                                                   "w5 w6"], "w5 w6"),
+        ("plot of a study's folder", ["plot", out], ""),
+    ]
+
+
+GROUPS = {"session27": session27_probes, "session28": session28_probes, "session29": session29_probes}
 
 
 def main() -> None:

@@ -123,10 +123,15 @@ def test_sample_decodes_by_sampling_unless_told(run, monkeypatch, capsys, flags,
     assert used == [method]
 
 
-def test_reconstruct_and_interpolate(run, capsys):
+def test_reconstruct_and_interpolate(run, capsys, tmp_path):
     main(["reconstruct", str(run / "model"), "w1 w2 w3", "w4 w5"])
     lines = capsys.readouterr().out.splitlines()
     assert [line.split("\t")[:2] for line in lines] == [["w1 w2 w3", "->"], ["w4 w5", "->"]]
+    (tmp_path / "more.txt").write_text("w6 w7\n")
+    # sentences after --file F too: the arguments' first, then the file's
+    main(["reconstruct", str(run / "model"), "w1 w2 w3", "--file", str(tmp_path / "more.txt"), "w4 w5"])
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[0] for line in lines] == ["w1 w2 w3", "w4 w5", "w6 w7"]
     main(["interpolate", str(run / "model"), "w1 w2 w3", "w4 w5", "--steps", "3"])
     lines = capsys.readouterr().out.splitlines()
     assert [line.split("\t")[0] for line in lines] == ["0.00", "0.50", "1.00"]
@@ -250,13 +255,22 @@ def test_plot_draws_each_runs_logged_curves(run, tmp_path, capsys, monkeypatch):
     line = fig.axes[3].get_lines()[0]
     assert expected and list(line.get_xdata()) == sorted(expected)
     assert list(line.get_ydata()) == [expected[s] for s in sorted(expected)]
+    # a folder of runs (a study's variant: its seeds) is its runs
+    main(["plot", str(twin.parent), str(run), "--out", str(tmp_path / "d.png")])
+    assert [t.get_text() for t in figures[-1].legends[0].get_texts()] == [str(twin), str(run)]
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["{tmp}"], "{tmp}: no metrics.jsonl here; plot takes run folders (runs/NAME)"),
+    (["{tmp}"], "{tmp}: no metrics.jsonl here or in its folders; plot takes run folders (runs/NAME)"),
+    (["{tmp}/study"], "{tmp}/study is a study's folder: its figures are in {tmp}/study/plots (curves.png; "
+                      "`textvae study ... --report` draws them again); plot takes run folders, such as "
+                      "{tmp}/study/VARIANT or {tmp}/study/VARIANT/seed1"),
     (["{run}", "--out", "{tmp}/no/such/c.png"], "cannot write {tmp}/no/such/c.png: No such file or directory"),
 ])
 def test_plot_errors(run, tmp_path, capsys, argv, message):
+    (tmp_path / "study" / "plots").mkdir(parents=True)
+    (tmp_path / "study" / "results.json").write_text("{}")
+    (tmp_path / "study" / "plots" / "curves.png").write_bytes(b"")
     with pytest.raises(SystemExit) as stop:
         main(["plot", *(a.format(tmp=tmp_path, run=run) for a in argv)])
     assert stop.value.code == 2 and message.format(tmp=tmp_path) in capsys.readouterr().err

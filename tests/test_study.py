@@ -5,6 +5,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -142,12 +143,11 @@ def test_interrupted_study_resumes_to_the_same_table(tmp_path, monkeypatch):
     with pytest.raises(TextVAEError, match="plain/seed1 was trained with another configuration.*optim.lr.*"
                                            "give the study file and --set the settings it was trained with"):
         st.run_study(write_study(tmp_path, changed, "changed.yaml"), out=str(tmp_path / "b"))
-    # ... nor trained on with a larger budget, which train --resume does (the error says how)
-    longer = dict(TINY, budget={"epochs": 3})
-    with pytest.raises(TextVAEError, match=r"seed1 was trained with another budget \(train.epochs: 2 -> 3\); a study "
-                                           r"does not train its runs on: `textvae train .*config.yaml --resume "
-                                           r"--train.epochs 3` does"):
-        st.run_study(write_study(tmp_path, longer, "longer.yaml"), out=str(tmp_path / "b"))
+    # ... nor one that trained past the study's budget (under it, it would have stopped earlier)
+    shorter = dict(TINY, budget={"epochs": 1})
+    with pytest.raises(TextVAEError, match=r"seed1 trained past the study's budget \(train.epochs: 2 -> 1\): under it, "
+                                           r"it would have stopped earlier"):
+        st.run_study(write_study(tmp_path, shorter, "shorter.yaml"), out=str(tmp_path / "b"))
 
     # A setting added to textvae after a run was made (absent from its config.yaml) is its default:
     # the finished run is still this study's, not "another configuration".
@@ -221,6 +221,54 @@ def test_compare_refuses_runs_of_two_tasks(tmp_path):
     with pytest.raises(TextVAEError, match=f"^compare takes runs of one task: {tmp_path / 'vae'} is a sentences run, "
                                            f"{tmp_path / 'cvae'} a dialogue run$"):
         compare_runs([tmp_path / "vae", tmp_path / "cvae"])
+
+
+def test_a_larger_budget_trains_the_study_s_finished_runs_on_to_the_figures_of_a_fresh_run(tmp_path, monkeypatch):
+    import textvae.tasks as tasks_module
+
+    one = dict(TINY, seeds=[1], variants={"plain": {"optim.lr": 0.003}})
+    st.run_study(write_study(tmp_path, one), out=str(tmp_path / "a"))
+    longer = write_study(tmp_path, dict(one, budget={"epochs": 3}), "longer.yaml")
+    fresh = st.run_study(longer, out=str(tmp_path / "fresh"))
+    (run,) = st.plan(st.load_study(longer, str(tmp_path / "a")))
+    assert st.run_state(run) == "resume"
+    (line, _) = st.status_lines([run])
+    assert re.search(r"plain/seed1 +stopped +finished at its budget, epoch 2 .*; the study's larger one trains it on "
+                     r"\(train.epochs: 2 -> 3\)", line), line
+
+    calls, real_train = [], tasks_module.run_training
+
+    def spy(cfg, resume=False):
+        calls.append(resume)
+        return real_train(cfg, resume)
+
+    monkeypatch.setattr(tasks_module, "run_training", spy)
+    trained_on = st.run_study(longer, out=str(tmp_path / "a"))
+    assert calls == [True]
+    assert_same(trained_on, fresh)  # resumed exactly: the run a 3-epoch budget makes from its start
+    assert st.run_state(run) == "done"
+
+
+@pytest.mark.parametrize("state, saved, budget, verdict", [
+    ({"epoch": 2}, {"epochs": 2}, {"epochs": 3}, "trains"),  # stopped by its epochs: more train it on
+    ({"epoch": 2, "done": True}, {"epochs": 2}, {"epochs": 3}, "stops"),  # its plateau schedule ended
+    ({"epoch": 5, "done": True}, {"epochs": 100}, {"epochs": 5}, "stops"),  # ended at the lower budget's end
+    ({"epoch": 5, "done": True}, {"epochs": 100}, {"epochs": 4}, "past"),  # would have stopped an epoch earlier
+    ({"epoch": 4, "batch_in_epoch": 1}, {"epochs": 100}, {"epochs": 4}, "past"),  # a step into the 5th epoch
+    ({"epoch": 1, "step": 50}, {"max_steps": 50}, {"max_steps": None}, "trains"),  # unbounded now
+    ({"epoch": 1, "step": 50}, {"max_steps": 50, "epochs": 2}, {"max_steps": 50, "epochs": 3}, "stops"),
+    ({"epoch": 1, "step": 50}, {"max_steps": None}, {"max_steps": 40}, "past"),
+    ({"train_seconds": 61.0}, {"max_seconds": 60.0}, {"max_seconds": 120.0}, "trains"),
+    # a time budget is overrun by the step that crosses it: not past a budget that did not change
+    ({"train_seconds": 61.0}, {"max_seconds": 60.0, "epochs": 2}, {"max_seconds": 60.0, "epochs": 3}, "stops"),
+    ({"train_seconds": 61.0}, {"max_seconds": 120.0}, {"max_seconds": 60.0}, "past"),
+])
+def test_budget_verdict(state, saved, budget, verdict):
+    from textvae.config import TrainConfig
+    from textvae.training.train import LoopState, budget_verdict
+
+    tc = TrainConfig(**{"epochs": 100, **budget})
+    assert budget_verdict(LoopState(**state), {"epochs": 100, **saved}, tc) == verdict
 
 
 def test_a_finished_run_s_line_shows_a_figure_it_lacks_as_a_dash(monkeypatch, caplog):

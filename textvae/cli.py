@@ -566,7 +566,7 @@ def cmd_reconstruct(argv: list[str]) -> None:
     ap.add_argument("sentences", nargs="*")
     ap.add_argument("--file")
     decoding_args(ap)
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)  # sentences before and after --file F
     check_decoding(args)
     model, tokenizer, run_cfg = load_model_dir(args.model)
     sentences = read_sentences(args)

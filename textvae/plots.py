@@ -197,15 +197,29 @@ def runs_plot(runs: list[Path], path: Path) -> None:
     run, labelled by its folder's name (by the path as given where two names are the same)."""
     from textvae.training.logger import read_jsonl
 
-    names = [Path(r).resolve().name for r in runs]
+    runs = [run for given in runs for run in _run_folders(Path(given))]
+    names = [run.resolve().name for run in runs]
     curves = {}
     for run, name in zip(runs, names):
-        log = Path(run) / "metrics.jsonl"
-        if not log.is_file():
-            raise TextVAEError(f"{run}: no metrics.jsonl here; plot takes run folders (runs/NAME)")
-        curves[name if names.count(name) == 1 else str(run)] = [run_curves(read_jsonl(log))]
+        curves[name if names.count(name) == 1 else str(run)] = [run_curves(read_jsonl(run / "metrics.jsonl"))]
     if not plot_curves(curves, path, heading="validation figures during training"):
         raise TextVAEError(f"nothing to plot: {', '.join(map(str, runs))} logged no validation figures yet")
+
+
+def _run_folders(folder: Path) -> list[Path]:
+    """``folder`` when it is a run folder (its metrics.jsonl), else the run folders it holds (a study's
+    variant folder: its seeds); a study's own folder is an error that names its plots."""
+    if (folder / "metrics.jsonl").is_file():
+        return [folder]
+    if (folder / "results.json").is_file():
+        drawn = ", ".join(sorted(p.name for p in (folder / "plots").glob("*.png"))) or "none yet"
+        raise TextVAEError(f"{folder} is a study's folder: its figures are in {folder / 'plots'} ({drawn}; "
+                           f"`textvae study ... --report` draws them again); plot takes run folders, such as "
+                           f"{folder}/VARIANT or {folder}/VARIANT/seed1")
+    held = sorted(p.parent for p in folder.glob("*/metrics.jsonl")) if folder.is_dir() else []
+    if not held:
+        raise TextVAEError(f"{folder}: no metrics.jsonl here or in its folders; plot takes run folders (runs/NAME)")
+    return held
 
 
 def study_plots(results: dict[str, Any], folder: Path) -> dict[str, Path]:

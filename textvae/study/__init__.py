@@ -38,6 +38,12 @@ variant's trained encoder). Such a run waits for that run to finish; it fails wi
 that run is neither finished nor selected (``--only``), or another process holds it (a run another
 study or ``textvae train`` is training is left to it, not counted as failed).
 
+A run folder made with other settings is never reused, with one exception, the budget, where it makes
+the same run: a study given a larger budget trains its finished runs that their budget stopped on from
+their checkpoints (the figures of runs trained with that budget from their start), and leaves those
+whose plateau schedule ended first as they are; a run that trained past a budget lowered since is an
+error.
+
 Run ``seed k`` of variant ``v`` is an ordinary run folder ``<out>/v/seed<k>/`` next to its recipe
 ``<out>/v/seed<k>.yaml`` (``textvae train`` that file to redo the run by hand). Runs go seed by seed,
 all variants of a seed before the next, so a partial study already has a full table. Re-running

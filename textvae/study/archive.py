@@ -28,8 +28,7 @@ from textvae.errors import TextVAEError
 from textvae.files import replace_as_new_file
 from textvae.plots import run_curves
 from textvae.config import INCIDENTAL_KEYS, settings_now
-from textvae.study.folders import finished_report
-from textvae.training.logger import final_report
+from textvae.study.folders import finished_report, study_report
 from textvae.study.spec import Run, Study, map_strings
 from textvae.training.logger import read_jsonl
 
@@ -69,11 +68,12 @@ def test_seconds(records: list[dict[str, Any]]) -> float:
 
 
 def folder_entry(run: Run, out: Path) -> Optional[dict[str, Any]]:
-    """The archive entry of a run finished in its folder (None if it is not)."""
-    records = read_jsonl(run.dir / "metrics.jsonl")
-    report = final_report(records)
+    """The archive entry of the study's run finished in its folder (None if it is not: not finished, or
+    finished under a smaller budget that the study's trains on)."""
+    report = study_report(run)
     if report is None:
         return None
+    records = read_jsonl(run.dir / "metrics.jsonl")
     valid = [{k: r[k] for k in VALID_KEYS if k in r} for r in records if r.get("split") == "valid"]
     commits, machines = provenance(records)
     return {"variant": run.variant, "seed": run.seed, "config": portable_config(run, out), "report": report,

@@ -18,12 +18,20 @@ def finished_report(run_dir: Path) -> Optional[dict[str, Any]]:
 
 
 def run_state(run: Run) -> str:
-    """``done`` (test record written), ``resume`` (a checkpoint), or ``new``."""
+    """``done`` (test record written, and the study's budget trains it no further), ``resume`` (a
+    checkpoint: stopped, or finished under a budget that the study's larger one trains on), or ``new``."""
     from textvae.training.train import CHECKPOINT
 
     if finished_report(run.dir) is not None:
-        return "done"
+        return "resume" if folder_changes(run)[1] == "trains" else "done"
     return "resume" if (run.dir / CHECKPOINT).is_file() else "new"
+
+
+def study_report(run: Run) -> Optional[dict[str, Any]]:
+    """The final test record of the run in the folder when it is the study's finished run (:func:`run_state`
+    ``done``), else None: one finished under a smaller budget that the study's trains on is not yet."""
+    report = finished_report(run.dir)
+    return report if report is not None and run_state(run) == "done" else None
 
 
 def saved_config(run_dir: Path, cls: Optional[type] = None) -> Optional[tuple[type, dict[str, Any]]]:
@@ -39,31 +47,52 @@ def saved_config(run_dir: Path, cls: Optional[type] = None) -> Optional[tuple[ty
     return cls, settings_now(cls, values)
 
 
-def check_run_folder(run: Run) -> None:
-    """A run folder holding a run of another configuration is an error (never overwritten)."""
-    from textvae.training.train import effective_changes
+def folder_changes(run: Run) -> tuple[dict[str, tuple[Any, Any]], Optional[str]]:
+    """The settings of the run in the folder that differ from the study's (``{key: (saved, study's)}``;
+    none when the folder holds no settings) and, when they are only the study's budget, what that budget
+    makes of the run: ``past``, ``stops`` or ``trains``
+    (:func:`~textvae.training.train.budget_verdict`), ``unknown`` when it holds a finished run without
+    its checkpoint; else None."""
+    from textvae.training.checkpoint import read_checkpoint_meta
+    from textvae.training.train import CHECKPOINT, LoopState, budget_verdict, effective_changes
 
     saved = saved_config(run.dir, type(run.config))
     if saved is None:
-        return
+        return {}, None
     _, old = saved
     # a study folder moved since: its runs' paths into it ("{run:v}") moved with it
     made_in, now_in = str(Path(old.get("out_dir") or run.dir.parent).parent), str(run.dir.parent.parent)
     old = map_strings(old, lambda text: now_in + text[len(made_in):] if text.startswith(made_in + os.sep) else text)
     changes = effective_changes(old, run.config)
-    budgets = {f"train.{key}" for key in BUDGET_KEYS.values()}  # the settings a study's budget sets
-    if changes and set(changes) <= budgets:  # a larger budget is a resume of train's, which a study does not do
-        given = " ".join(f"--{k} {b if b is not None else 'null'}" for k, (_, b) in changes.items())
-        raise TextVAEError(f"{run.dir} was trained with another budget ({_shown(changes)}); a study does not train "
-                           f"its runs on: `textvae train {run.dir / 'config.yaml'} --resume {given}` does (where the "
-                           f"larger budget trains it on), or choose another --out")
-    if changes:
-        shown = _shown(changes)
-        raise TextVAEError(f"{run.dir} was trained with another configuration ({shown}); give the study file and "
-                           f"--set the settings it was trained with, delete it or choose another --out")
+    if not changes or not set(changes) <= {f"train.{key}" for key in BUDGET_KEYS.values()}:
+        return changes, None
+    checkpoint = run.dir / CHECKPOINT
+    if not checkpoint.is_file():  # never checkpointed: trained from its start ("new"), unless it finished
+        return changes, "unknown" if finished_report(run.dir) is not None else "trains"
+    state = LoopState(**read_checkpoint_meta(checkpoint)["loop"])
+    return changes, budget_verdict(state, old.get("train", {}), run.config.train)
 
 
-def _shown(changes: dict[str, tuple[Any, Any]]) -> str:
+def check_run_folder(run: Run) -> None:
+    """A run folder holding a run of another configuration is an error (never overwritten). Another budget
+    is the study's where it makes the same run: a larger one trains a run stopped by its budget on, and
+    one that a run stopped before (its plateau schedule ended) leaves it as it is."""
+    changes, verdict = folder_changes(run)
+    if not changes or verdict in ("stops", "trains"):
+        return
+    shown = shown_changes(changes)
+    if verdict == "past":
+        raise TextVAEError(f"{run.dir} trained past the study's budget ({shown}): under it, it would have stopped "
+                           f"earlier; --set the budget it was trained with, delete it or choose another --out")
+    if verdict == "unknown":
+        raise TextVAEError(f"{run.dir} was trained with another budget ({shown}) and its checkpoint is gone, so "
+                           f"whether the study's budget trains it on is unknown; --set the budget it was trained "
+                           f"with, delete it or choose another --out")
+    raise TextVAEError(f"{run.dir} was trained with another configuration ({shown}); give the study file and "
+                       f"--set the settings it was trained with, delete it or choose another --out")
+
+
+def shown_changes(changes: dict[str, tuple[Any, Any]]) -> str:
     """The first three changes, ``train.max_steps: 3 -> 6; ...``."""
     return "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(changes.items())[:3]) + ("; ..." if len(changes) > 3
                                                                                          else "")

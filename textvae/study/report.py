@@ -14,7 +14,7 @@ from textvae.config import INCIDENTAL_KEYS, RunConfig, setting_changes
 from textvae.errors import TextVAEError
 from textvae.metrics import TEXT_METRICS, get_metric, he2019_noise_sd, list_metrics, list_text_metrics
 from textvae.study.archive import finite_or_null, load_archive, write_archive
-from textvae.study.folders import finished_report, run_state, saved_config
+from textvae.study.folders import finished_report, run_state, saved_config, study_report
 from textvae.study.spec import Run, Study
 from textvae.tasks.base import TASKS
 
@@ -87,7 +87,7 @@ def aggregate(study: Study, runs: list[Run]) -> dict[str, Any]:
     for vname in study.variants:
         mine = [r for r in runs if r.variant == vname]
         # (run, its report, whether only the archive has it)
-        reports = [(r, rep, False) if (rep := finished_report(r.dir)) is not None
+        reports = [(r, rep, False) if (rep := study_report(r)) is not None
                    else (r, (r.archived or {}).get("report"), r.archived is not None) for r in mine]
         done = [(r, rep) for r, rep, _ in reports if rep is not None]
         figs = [run_figures(rep) for _, rep in done]

@@ -18,7 +18,8 @@ import yaml
 from textvae.errors import TextVAEError
 from textvae.files import FolderBusy, lock_holder, run_folder_lock
 from textvae.metrics.likelihood import IWProgress
-from textvae.study.folders import clear_unstarted, check_run_folder, finished_report, run_state
+from textvae.study.folders import (clear_unstarted, check_run_folder, finished_report, folder_changes, run_state,
+                                   shown_changes)
 from textvae.study.report import format_figure, run_figures, write_outputs
 from textvae.study.spec import Run, Study
 from textvae.training.logger import read_jsonl
@@ -36,8 +37,8 @@ def _train_in_process(run: Run, n: int, total: int) -> Optional[bool]:
 
     try:
         with run_folder_lock(run.dir):  # held from the folder's tidying to the test report
-            resume = _prepare(run)
-            log.info("[%d/%d] %s: %s", n, total, run.label, "resuming" if resume else "training")
+            resume, how = _prepare(run)
+            log.info("[%d/%d] %s: %s", n, total, run.label, how)
             run_training(run.config, resume=resume)
         return True
     except FolderBusy as e:
@@ -70,14 +71,21 @@ def _start_subprocess(run: Run, resume: bool) -> subprocess.Popen:
         return subprocess.Popen(_command(run, resume), stdout=f, stderr=subprocess.STDOUT, env=env)
 
 
-def _prepare(run: Run) -> bool:
-    """Write the run's recipe and tidy its folder; returns whether to resume."""
+def _prepare(run: Run) -> tuple[bool, str]:
+    """Write the run's recipe and tidy its folder; returns whether to resume, and how the log says it."""
     state = run_state(run)
     if state == "new":
         clear_unstarted(run)
     run.recipe.parent.mkdir(parents=True, exist_ok=True)
     run.recipe.write_text(yaml.safe_dump(run.config.to_dict(), sort_keys=False))
-    return state == "resume"
+    if state == "resume" and finished_report(run.dir) is not None:
+        return True, f"training on with the study's larger budget ({_budget_change(run)})"
+    return state == "resume", "resuming" if state == "resume" else "training"
+
+
+def _budget_change(run: Run) -> str:
+    """``train.epochs: 2 -> 3``: how the study's budget differs from that of the run in its folder."""
+    return shown_changes(folder_changes(run)[0])
 
 
 def _finished(run: Run, ok: bool, seconds: float, n: int, total: int) -> None:
@@ -165,7 +173,7 @@ def execute(study: Study, runs: list[Run], jobs: int = 1, only: Optional[list[st
                     continue
                 try:  # the child takes the folder's lock itself once started; a busy folder is left alone
                     with run_folder_lock(run.dir):
-                        resume = _prepare(run)
+                        resume, how = _prepare(run)
                 except FolderBusy as e:
                     _left(run, e, n, len(todo))
                     continue
@@ -173,8 +181,7 @@ def execute(study: Study, runs: list[Run], jobs: int = 1, only: Optional[list[st
                     log.error("%s not trained: %s", run.label, e)
                     _done(study, runs, run, False, 0.0, n, len(todo), failed)
                     continue
-                log.info("[%d/%d] %s: %s (log: %s)", n, len(todo), run.label, "resuming" if resume else "training",
-                         run.log_file)
+                log.info("[%d/%d] %s: %s (log: %s)", n, len(todo), run.label, how, run.log_file)
                 running[run.label] = (run, _start_subprocess(run, resume), time.perf_counter(), n)
             if not running:  # nothing can start: what is left waits on runs that will not finish here
                 for run in pending:
@@ -252,6 +259,8 @@ def run_status(run: Run, by_label: dict[str, Run]) -> tuple[str, str]:
         return "testing", f"pid {holder}: the test report since {since} ({iw_done} IW batches done), after {where}"
     if holder is not None:
         return "training", f"pid {holder}: {where}"
+    if state == "resume" and finished_report(run.dir) is not None:
+        return "stopped", f"finished at its budget, {where}; the study's larger one trains it on ({_budget_change(run)})"
     if state == "resume":
         kept = f", in its test report ({iw_done} IW batches kept)" if testing else ""
         # an archived run's folder holds a retrain for a run that starts from it (training_order)

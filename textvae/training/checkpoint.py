@@ -112,24 +112,40 @@ class Checkpoint:
 def read_checkpoint(path: str | Path) -> Checkpoint:
     """Read a checkpoint; a missing, truncated, garbled or foreign file raises
     :class:`TextVAEError` naming it."""
+    path = Path(path)
+    metadata, tensors = _read(path, with_tensors=True)
+    return Checkpoint(path, tensors, _document(path, metadata))
+
+
+def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's ``meta`` alone (its loop state, ...), without reading its tensors; errors as
+    :func:`read_checkpoint`'s."""
+    path = Path(path)
+    metadata, _ = _read(path, with_tensors=False)
+    return _document(path, metadata)["meta"]
+
+
+def _read(path: Path, with_tensors: bool) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     from safetensors import safe_open
 
-    path = Path(path)
     if not path.is_file():
         raise TextVAEError(f"no checkpoint at {path}")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()} if with_tensors else {}
     except Exception as e:  # safetensors raises several types for truncated or garbled files
         raise TextVAEError(f"corrupted checkpoint {path}: {str(e).splitlines()[0]}") from None
+    return metadata, tensors
+
+
+def _document(path: Path, metadata: dict[str, str]) -> dict[str, Any]:
     if META_KEY not in metadata:
         raise TextVAEError(f"{path} is not a textvae checkpoint (no {META_KEY!r} metadata)")
     try:
-        document = json.loads(metadata[META_KEY])
+        return json.loads(metadata[META_KEY])
     except json.JSONDecodeError as e:
         raise TextVAEError(f"corrupted checkpoint {path}: metadata is not JSON ({e})") from None
-    return Checkpoint(path, tensors, document)
 
 
 def restore_checkpoint(ckpt: Checkpoint, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer],

@@ -122,6 +122,28 @@ def budgets_used_up(state: LoopState, tc: TrainConfig) -> list[str]:
             if reached]
 
 
+def budget_verdict(state: LoopState, saved: dict[str, Any], tc: TrainConfig) -> str:
+    """What the budget of ``tc`` makes of a run at ``state`` (its checkpoint's), trained under the budget of
+    ``saved`` (its train settings as JSON values; a step or time budget of None is unbounded):
+
+    * ``past``: it trained beyond a budget that ``tc`` lowers, so under ``tc`` it would have stopped
+      earlier and be another run;
+    * ``stops``: it stops where it is (its plateau schedule ended, or a budget of ``tc`` is used up);
+    * ``trains``: ``tc`` trains it on, as ``train --resume`` with ``tc``'s budget does.
+    """
+    def lowered(key: str) -> bool:
+        new, old = getattr(tc, key), saved.get(key)
+        return new is not None and (old is None or new < old)
+
+    # an epoch budget is used up at an epoch's end: part of the next one is past it
+    if (lowered("epochs") and (state.epoch, state.batch_in_epoch) > (tc.epochs, 0)
+            or lowered("max_steps") and state.step > tc.max_steps
+            or lowered("max_seconds") and state.train_seconds > tc.max_seconds):
+        return "past"
+    out_of_time = tc.max_seconds is not None and state.train_seconds >= tc.max_seconds
+    return "stops" if state.done or out_of_time or budgets_used_up(state, tc) else "trains"
+
+
 def selection_loss(figures: dict[str, float], kl_weight: float) -> float:
     """The validation loss that selects the best model and drives the lr decays: rec + w KL
     = -ELBO - (1 - w) KL, w = ``optim.plateau_kl_weight`` (a language model's figures have no KL)."""
