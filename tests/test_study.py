@@ -771,6 +771,11 @@ def test_archive_keeps_finished_runs_when_their_folders_are_gone(tmp_path, capsy
     st.main([str(path), "--out", str(out), "--status", "--archive", str(archive), "--set", "optim.clip=1.0"])
     assert capsys.readouterr().out.splitlines()[-1] == "2 new, 1 waiting"
     assert "the archive's run was made with other settings" in caplog.text
+    # another budget: said so, since the run is trained again from its start, not on
+    caplog.clear()
+    st.main([str(path), "--out", str(out), "--status", "--archive", str(archive), "--set", "train.max_steps=7"])
+    assert capsys.readouterr().out.splitlines()[-1] == "2 new, 1 waiting"
+    assert "other/seed1: the archive's run was made with another budget, and an archive keeps no weights" in caplog.text
 
     # vae starts from ae's weights, which no archive holds: ae is trained again, to the same figures
     caplog.clear()

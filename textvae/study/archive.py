@@ -29,7 +29,7 @@ from textvae.files import replace_as_new_file
 from textvae.plots import run_curves
 from textvae.config import INCIDENTAL_KEYS, settings_now
 from textvae.study.folders import finished_report, study_report
-from textvae.study.spec import Run, Study, map_strings
+from textvae.study.spec import BUDGET_KEYS, Run, Study, map_strings
 from textvae.training.logger import read_jsonl
 
 log = logging.getLogger("textvae.study")
@@ -115,11 +115,20 @@ def attach(study: Study, runs: list[Run], entries: list[dict[str, Any]]) -> None
         entry = by_label.get(run.label)
         if entry is None or finished_report(run.dir) is not None:
             continue
-        archived = _portable(settings_now(type(run.config), entry["config"]), study.out)
-        if archived == portable_config(run, study.out):
+        archived, planned = _portable(settings_now(type(run.config), entry["config"]), study.out), \
+            portable_config(run, study.out)
+        if archived == planned:
             run.archived = entry
+        elif _without_budget(archived) == _without_budget(planned):
+            log.warning("%s: the archive's run was made with another budget, and an archive keeps no weights to "
+                        "train it on from; it is trained again from its start", run.label)
         else:
             log.warning("%s: the archive's run was made with other settings; it is trained again", run.label)
+
+
+def _without_budget(values: dict[str, Any]) -> dict[str, Any]:
+    """Portable settings less the train settings a study's budget sets."""
+    return {**values, "train": {k: v for k, v in values.get("train", {}).items() if k not in BUDGET_KEYS.values()}}
 
 
 def write_archive(path: Path, study: Study, runs: list[Run], entries: list[dict[str, Any]]) -> None:
