@@ -318,6 +318,21 @@ def test_download_unpacks_nested_archives(tmp_path, monkeypatch, isolated_cache)
     assert resolve_corpus(toy_spec(outer.as_uri())) == root
 
 
+def test_a_data_dir_that_does_not_exist_is_an_error_not_a_download(tmp_path, monkeypatch, isolated_cache, caplog):
+    archive = tmp_path / "toy.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for rel, data in FILES.items():
+            z.writestr(rel, data)
+    with pytest.raises(TextVAEError, match=f"^data.data_dir {tmp_path}/nope: no such folder; give the folder"):
+        resolve_corpus(toy_spec(archive.as_uri()), tmp_path / "nope")
+    assert not (isolated_cache / "corpora" / "toy").exists()
+    # the environment's folder is a general place, which may lack a corpus: said, then the cache's
+    monkeypatch.setenv("TEXTVAE_DATA_DIR", str(tmp_path / "nope"))
+    with caplog.at_level("WARNING", logger="textvae"):
+        assert resolve_corpus(toy_spec(archive.as_uri())) == isolated_cache / "corpora" / "toy"
+    assert f"TEXTVAE_DATA_DIR={tmp_path}/nope: no such folder" in caplog.text
+
+
 def test_failed_download_says_set_textvae_data_dir(tmp_path, monkeypatch, isolated_cache):
     monkeypatch.delenv("TEXTVAE_DATA_DIR", raising=False)
     with pytest.raises(TextVAEError, match="download of .* failed .*set TEXTVAE_DATA_DIR") as e:

@@ -315,6 +315,19 @@ def test_bad_study_files_are_clear_errors(tmp_path, change, message):
         st.plan(st.load_study(write_study(tmp_path, spec)))
 
 
+@pytest.mark.parametrize("variant, message", [
+    ({"objective.remedies": [{"name": "bn_vae", "gama": 0.7}]}, r"bad/seed1: remedy 'bn_vae': unknown parameter"),
+    ({"optim.lr": -1}, r"bad/seed1: optim.lr must be"),
+])
+def test_a_bad_variant_is_an_error_before_any_run_trains(tmp_path, monkeypatch, variant, message):
+    import textvae.tasks as tasks_module
+
+    monkeypatch.setattr(tasks_module, "run_training", lambda *a, **kw: pytest.fail("a run trained"))
+    spec = dict(TINY, seeds=[1], variants={"plain": {}, "bad": variant})
+    with pytest.raises(TextVAEError, match=message):
+        st.run_study(write_study(tmp_path, spec), out=str(tmp_path / "out"))
+
+
 def test_a_seconds_budget_sets_every_runs_max_seconds(tmp_path):
     path = write_study(tmp_path, dict(TINY, budget={"seconds": 60}))
     assert {r.config.train.max_seconds for r in st.plan(st.load_study(path))} == {60}
@@ -679,7 +692,8 @@ def test_status_says_where_each_run_is_and_writes_nothing(tmp_path, capsys):
     assert states["ae/seed1"][0] == "done" and states["ae/seed1"][1].startswith(
         f"NLL {report['iw_nll']:.2f}  KL {report['kl']:.2f}  MI {report['mi_dataset']:.2f}  AU {report['au']:.0f}")
     assert states["vae/seed1"] == ["new"]
-    assert states["other/seed1"] == ["stopped", f"epoch 2 (step {last['step']}), lr {last['lr']:g}, "
+    assert states["other/seed1"] == ["stopped", f"after step {last['step']} (epoch 3, batch 1 next); last validation "
+                                                f"epoch 2 (step {last['step']}), lr {last['lr']:g}, "
                                                 f"valid -ELBO {last['neg_elbo']:.2f}; the study resumes it"]
     assert states["busy/seed1"] == ["training", f"pid {child.pid}: no validation yet (step 0)"]
     assert states["testing/seed1"] == ["testing", f"pid {tester.pid}: the test report since {since} (2 IW batches "

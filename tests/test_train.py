@@ -235,6 +235,8 @@ def test_progress_bar_shows_loss_per_token(tmp_path, capsys):
                                      "--train.log_every", "1")])
     out = capsys.readouterr()
     assert re.search(r"loss/token=\d+\.\d{3}, kl=", out.err)
+    # the step budget ends the second epoch after its first batch, and its bar there
+    assert re.search(r"epoch 2/\d+, to step 3: +\d+%\|[^|]*\| [01]/1 ", out.err), out.err
     assert re.findall(r"^(epoch [^:]*): valid -ELBO", out.out, re.M) == ["epoch 1", "epoch 2, stopped after batch 1"]
 
 

@@ -208,6 +208,13 @@ def resolve_corpus(name: str | CorpusSpec, data_dir: Optional[str | Path] = None
     """
     spec = name if isinstance(name, CorpusSpec) else CORPORA.get(name)
     base = data_dir or os.environ.get("TEXTVAE_DATA_DIR")
+    if base and not Path(base).expanduser().is_dir():
+        # a misspelt folder would otherwise be passed over for the cache, or a download
+        given = f"data.data_dir {data_dir}" if data_dir else f"TEXTVAE_DATA_DIR={base}"
+        if data_dir:
+            raise TextVAEError(f"{given}: no such folder; give the folder that holds a folder per corpus "
+                               f"({spec.name}/, ...)")
+        log.warning("%s: no such folder; looking for corpus %s in the cache", given, spec.name)
     looked = []
     if base:
         for folder in (spec.name, *spec.aliases):

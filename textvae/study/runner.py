@@ -24,7 +24,8 @@ from textvae.study.report import format_figure, run_figures, write_outputs
 from textvae.study.spec import Run, Study
 from textvae.training.logger import read_jsonl
 from textvae.training.signals import PARENT_ENV
-from textvae.training.train import IW_PROGRESS_FILE, check_precision, resolve_device
+from textvae.training.checkpoint import read_checkpoint_meta
+from textvae.training.train import CHECKPOINT, IW_PROGRESS_FILE, check_config, check_precision, resolve_device
 
 PACKAGE_PARENT = Path(__file__).resolve().parents[2]
 
@@ -154,11 +155,8 @@ def execute(study: Study, runs: list[Run], jobs: int = 1, only: Optional[list[st
     selected = select(runs, only)
     todo = training_order(runs, selected)
     by_label = {r.label: r for r in runs}
-    for run in todo:  # one error before anything starts rather than one failed run after another
-        try:
-            check_precision(resolve_device(run.config.train.device), run.config.train.precision)
-        except TextVAEError as e:
-            raise TextVAEError(f"{run.label}: {e} (--set train.precision=fp32)") from None
+    for run in todo:  # one error before anything starts rather than one failed run after another, hours later
+        check_before_training(run)
     log.info("study %s: %s", study.name, _plan_line(selected, todo, jobs))
     pending, running, failed, n = list(todo), {}, [], 0
     try:
@@ -209,6 +207,22 @@ def execute(study: Study, runs: list[Run], jobs: int = 1, only: Optional[list[st
                 proc.kill()
         raise
     return failed
+
+
+def check_before_training(run: Run) -> None:
+    """The checks a run makes before it reads its data (settings in range, its remedies' parameters, its
+    model's parts, its task's packages; its precision on this machine), as a one-line error naming it."""
+    from textvae.tasks import create_task
+
+    try:
+        check_config(run.config)
+        create_task(run.config).check()
+    except TextVAEError as e:
+        raise TextVAEError(f"{run.label}: {e}") from None
+    try:
+        check_precision(resolve_device(run.config.train.device), run.config.train.precision)
+    except TextVAEError as e:
+        raise TextVAEError(f"{run.label}: {e} (--set train.precision=fp32)") from None
 
 
 def _waiting_on(run: Run, by_label: dict[str, Run]) -> list[str]:
@@ -265,9 +279,19 @@ def run_status(run: Run, by_label: dict[str, Run]) -> tuple[str, str]:
         kept = f", in its test report ({iw_done} IW batches kept)" if testing else ""
         # an archived run's folder holds a retrain for a run that starts from it (training_order)
         when = " only for a run that starts from it (it is archived)" if run.archived is not None else ""
-        return "stopped", f"{where}{kept}; the study resumes it{when}"
+        return "stopped", f"{_checkpoint_position(run)}; last validation {where}{kept}; the study resumes it{when}"
     waiting = _waiting_on(run, by_label)
     return ("waiting", f"starts after {', '.join(waiting)}") if waiting else ("new", "")
+
+
+def _checkpoint_position(run: Run) -> str:
+    """``after step 314 (epoch 2, batch 2 next)``: where its checkpoint resumes it (a run stopped mid-epoch
+    is past its last validation), as ``train --resume`` says it."""
+    try:
+        loop = read_checkpoint_meta(run.dir / CHECKPOINT)["loop"]
+    except TextVAEError as e:
+        return f"its checkpoint unreadable ({e})"
+    return f"after step {loop['step']} (epoch {loop['epoch'] + 1}, batch {loop['batch_in_epoch'] + 1} next)"
 
 
 def status_lines(runs: list[Run], only: Optional[list[str]] = None) -> list[str]:

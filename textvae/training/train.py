@@ -761,8 +761,11 @@ def train_epoch(run: Run) -> None:
     run.model.train()
     run.sampler.set_epoch(state.epoch, state.batch_in_epoch)
     n_batches = len(run.sampler)
-    bar = tqdm(run.sampler, total=n_batches, initial=state.batch_in_epoch, disable=not (tc.progress and world.is_main),
-               desc=f"epoch {state.epoch + 1}/{tc.epochs}", dynamic_ncols=True, leave=False)
+    # a step budget that ends the run within this epoch ends its bar there too (a batch is a step)
+    end = n_batches if tc.max_steps is None else min(n_batches, state.batch_in_epoch + max(tc.max_steps - state.step, 0))
+    desc = f"epoch {state.epoch + 1}/{tc.epochs}" + (f", to step {tc.max_steps}" if end < n_batches else "")
+    bar = tqdm(run.sampler, total=end, initial=state.batch_in_epoch, disable=not (tc.progress and world.is_main),
+               desc=desc, dynamic_ncols=True, leave=False)
     t0, tokens0 = time.perf_counter(), state.train_tokens
     for index in bar:
         index = np.asarray(index)
