@@ -107,7 +107,8 @@ def test_evaluate_names_its_results_by_what_it_evaluated():
 
 
 def test_overrides_win_wherever_the_recipe_stands(tmp_path, capsys):
-    """``--config FILE`` after the overrides does not undo them (jsonargparse applies arguments in order);
+    """``--config FILE`` after the overrides does not undo them (jsonargparse applies arguments in order), a
+    second one neither;
     a recipe given as the first positional argument after options is an error that says where it goes."""
     recipe = tmp_path / "min.yaml"
     recipe.write_text("train:\n  max_steps: 10\n  epochs: 3\n")
@@ -119,6 +120,10 @@ def test_overrides_win_wherever_the_recipe_stands(tmp_path, capsys):
     overlay.write_text("train:\n  epochs: 4\n")
     cfg, _ = parse_run_config([str(recipe), "--config", str(overlay)])  # a second recipe overlays the first
     assert (cfg.train.max_steps, cfg.train.epochs) == (10, 4)
+    for argv in ([str(recipe), "--train.epochs", "7", "--config", str(overlay)],  # and a typed value wins over both
+                 ["--train.epochs", "7", "--config", str(recipe), "--config", str(overlay)]):
+        cfg, _ = parse_run_config(argv)
+        assert (cfg.train.max_steps, cfg.train.epochs) == (10, 7), argv
     line = fails(["train", "--train.max_steps", "5", str(recipe)], capsys)
     assert line.endswith(f"unrecognized arguments: {recipe} (the recipe {recipe} goes first, before the overrides)")
     for packaged in ("ptb/vae", "recipes/ptb/vae.yaml"):  # a packaged recipe's name after options likewise

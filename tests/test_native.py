@@ -200,7 +200,8 @@ def test_a_failed_build_warns_once_and_torch_computes(monkeypatch, tmp_path, cap
 
 
 def test_build_name_follows_source_and_machine(monkeypatch, tmp_path):
-    """Another source, another shared header or another CPU gives another cached library, never a stale one."""
+    """Another source, another shared header, another CPU or another environment gives another cached library,
+    never a stale one."""
     name = native._build_name("softmax_rows")
     for source in native.SOURCES.iterdir():
         (tmp_path / source.name).write_bytes(source.read_bytes())
@@ -210,7 +211,11 @@ def test_build_name_follows_source_and_machine(monkeypatch, tmp_path):
     assert native._build_name("softmax_rows") != name
     monkeypatch.setattr(native, "SOURCES", native.SOURCES.__class__(native.__file__).parent / "csrc")
     monkeypatch.setattr(native, "_cpu_identity", lambda: "flags : something else")
-    assert native._build_name("softmax_rows") != name
+    other_cpu = native._build_name("softmax_rows")
+    assert other_cpu != name
+    # another environment (its own torch install, its own Python) builds apart, not over this one's build
+    monkeypatch.setattr(native.sys, "executable", "/elsewhere/venv/bin/python")
+    assert native._build_name("softmax_rows") != other_cpu
 
 
 def test_without_flock_a_killed_build_s_lock_is_cleared_by_its_age(tmp_path, monkeypatch):

@@ -261,7 +261,8 @@ def test_each_start_of_a_run_records_the_code_and_the_machine_it_ran_on(tmp_path
     import textvae
 
     corpus = write_corpus(tmp_path / "corpus", n_train=60, n_eval=20)
-    args = tiny_args(tmp_path / "runs", "src", corpus, "--train.iw_samples_final", "0")
+    args = tiny_args(tmp_path / "runs", "src", corpus, "--train.iw_samples_final", "0",
+                     "--model.decoder.output_dropout", "0.3")
     main(["train", *args, "--train.max_steps", "2"])
     main(["train", *args, "--train.max_steps", "4", "--resume"])
     sources = [r for r in read_jsonl(tmp_path / "runs" / "src" / "metrics.jsonl") if r["split"] == "source"]
@@ -279,6 +280,11 @@ def test_each_start_of_a_run_records_the_code_and_the_machine_it_ran_on(tmp_path
         assert r["native_kernels"] == native_status(["dropout"]) != "unused"
         assert r["bf16_weight_copies"] == []  # fp32
     assert not calling_thread_flushes()  # the run left the caller's mode as it found it
+    # a model that drops nothing uses no kernel in fp32, and builds none for the record
+    main(["train", *tiny_args(tmp_path / "runs", "nodrop", corpus, "--train.iw_samples_final", "0",
+                              "--train.max_steps", "1")])
+    (source,) = [r for r in read_jsonl(tmp_path / "runs" / "nodrop" / "metrics.jsonl") if r["split"] == "source"]
+    assert source["native_kernels"] == "unused"
 
 
 @needs_cpu_bf16

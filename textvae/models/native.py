@@ -25,6 +25,7 @@ import logging
 import os
 import platform
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
@@ -70,7 +71,11 @@ def _cpu_identity() -> str:
 def _build_name(kernel: str) -> str:
     # the shared headers count too: a kernel includes them
     sources = [(SOURCES / f"{kernel}.cpp").read_bytes()] + [h.read_bytes() for h in sorted(SOURCES.glob("*.h"))]
-    key = b"\0".join(sources + [" ".join(_flags()).encode(), torch.__version__.encode(), _cpu_identity().encode()])
+    # torch's install (its headers and libraries) and Python's too: two environments sharing the extension
+    # folder would otherwise rebuild one folder back and forth, each build a minute unannounced
+    where = f"{Path(torch.__file__).resolve().parent}\0{sys.executable}\0{sys.version}"
+    key = b"\0".join(sources + [" ".join(_flags()).encode(), torch.__version__.encode(), _cpu_identity().encode(),
+                                where.encode()])
     return f"textvae_{kernel}_{hashlib.sha256(key).hexdigest()[:16]}"
 
 

@@ -123,22 +123,32 @@ def plain_type_error(message: str) -> str:
     return f"{key} must be {' or '.join(_TYPE_NAMES[t] for t in types)}, got {value!r}"
 
 
+def recipes_first(argv: list[str]) -> list[str]:
+    """Every ``--config FILE`` first, in its order, then the other arguments in theirs: jsonargparse applies
+    arguments in order, and a value typed on the command line wins over every file, wherever it stands."""
+    files, rest, i = [], [], 0
+    while i < len(argv):
+        if argv[i] == "--config" and i + 1 < len(argv):
+            files += argv[i:i + 2]
+            i += 2
+        else:
+            rest.append(argv[i])
+            i += 1
+    return files + rest
+
+
 def parse_run_config(argv: list[str]) -> tuple[Any, bool]:
     """(run configuration, resume) from ``[RECIPE] [--overrides] [--resume]``."""
     from jsonargparse import ArgumentError
 
     # --config=FILE as --config FILE, which the checks below look for
     argv = [part for a in argv for part in (a.split("=", 1) if a.startswith("--config=") else [a])]
-    if argv and argv[0].startswith("-") and "--config" in argv[1:-1]:
-        # first, as a recipe given first is: overrides win wherever they stand (a second recipe after a
-        # first one stays where it is, an overlay applied in order)
-        at = argv.index("--config")
-        argv = argv[at:at + 2] + argv[:at] + argv[at + 2:]
     recipe_first = bool(argv) and not argv[0].startswith("-")
     if recipe_first:
         argv = ["--config", argv[0]] + argv[1:]
-    elif "--config" not in argv:
+    elif "--config" not in argv[:-1]:
         argv = ["--config", default_recipe()] + argv
+    argv = recipes_first(argv)
     # every recipe a file: a path, or the name of a packaged one (ptb/vae); an unknown one is an error
     argv = [str(find_yaml("recipe", a)) if i and argv[i - 1] == "--config" else a for i, a in enumerate(argv)]
     if argv[:1] == ["--config"] and is_run_folder(Path(argv[1]).parent) and Path(argv[1]).name == "config.yaml":

@@ -57,7 +57,8 @@ from textvae.data.batching import padding_fraction
 from textvae.errors import TextVAEError
 from textvae.files import check_writable, run_folder_lock
 from textvae.metrics import IWProgress, evaluate_model
-from textvae.models.native import native_kernels, native_status
+from textvae.models.decoders import Dropout
+from textvae.models.native import KERNELS, native_kernels, native_status
 from textvae.models.sampled_softmax import SampledSoftmax
 from textvae.models.textvae import VAEOutput
 from textvae.reduction import token_counts
@@ -688,7 +689,7 @@ def start_run(task: Task, resume: bool, world: World, device: torch.device, data
     run = Run(task, cfg, world, device, data, model, optimizer, state, logger, lr_at, working)
     if world.is_main:  # the code each start of the run used (a resumed run may use newer code)
         logger.log("source", state.step, state.epoch, **source_revision(), **machine_facts(device),
-                   denormals=denormal_mode(), native_kernels=native_kernels_used(cfg.train, device),
+                   denormals=denormal_mode(), native_kernels=native_kernels_used(cfg.train, device, model),
                    bf16_weight_copies=[] if working is None else working.names)
     if changes:
         logger.log("resume", state.step, state.epoch, changed={k: list(v) for k, v in changes.items()})
@@ -732,13 +733,15 @@ def machine_facts(device: torch.device) -> dict[str, Any]:
     return facts
 
 
-def native_kernels_used(tc: TrainConfig, device: torch.device) -> str:
+def native_kernels_used(tc: TrainConfig, device: torch.device, model: nn.Module) -> str:
     """For the ``source`` record: :func:`native_status` of the kernels that apply (on the CPU every one in
-    bf16, the dropout mask's in fp32), ``unused`` on a GPU. It builds them where not yet built, so that a
-    first build is not counted as training time."""
-    if device.type != "cpu":
-        return "unused"
-    return native_status() if tc.precision == "bf16" else native_status(["dropout"])
+    bf16, the dropout mask's in fp32; the dropout mask's only where ``model`` drops anything), ``unused``
+    where none does (a GPU). It builds them where not yet built, so that a first build is not counted as
+    training time."""
+    drops = any(isinstance(m, Dropout) and 0 < m.p < 1 for m in model.modules())
+    applying = KERNELS if tc.precision == "bf16" else ("dropout",)
+    kernels = [k for k in applying if k != "dropout" or drops] if device.type == "cpu" else []
+    return native_status(kernels) if kernels else "unused"
 
 
 def owns_updates(remedy: Remedy) -> bool:
