@@ -97,13 +97,15 @@ def test_the_recipe_s_parts_are_checked_before_the_data_is_read(tmp_path, capsys
     assert message in fails(train_on(tmp_path, "/no/such/corpus.txt", *setting), capsys)
 
 
-def test_evaluate_names_its_results_by_what_it_evaluated():
+def test_evaluate_names_its_results_by_what_it_evaluated(tmp_path):
     """Another corpus or a subset never overwrite the figures of the model's own split, whole."""
     def name(**given):
         return default_results_name(SimpleNamespace(**{"data": None, "split": "test", "max_sentences": None, **given}))
 
     assert name() == "eval_test.json" and name(split="valid", max_sentences=50) == "eval_valid_n50.json"
     assert name(data="/corpora/my data/") == "eval_my_data_test.json" and name(data="ptb") == "eval_ptb_test.json"
+    (tmp_path / "mine.txt").write_text("a b\n")  # a text file, evaluated whole: no split of it to name
+    assert name(data=str(tmp_path / "mine.txt")) == "eval_mine.json"
 
 
 def test_overrides_win_wherever_the_recipe_stands(tmp_path, capsys):
@@ -442,6 +444,11 @@ def test_every_numeric_setting_declares_its_range(config):
 def test_dataset_that_does_not_exist(tmp_path, capsys):
     line = fails(train_on(tmp_path, "ptbb"), capsys)
     assert "data.name 'ptbb' is not a corpus (dailydialog, ptb, snli, yahoo, yelp, yelp_short), a synthetic one (synthetic, synthetic_z)" in line
+
+
+def test_evaluate_names_the_data_the_user_gave(trained, capsys):
+    line = fails(["evaluate", str(trained), "--data", "/no/such.txt", "--no-generation"], capsys)
+    assert line.startswith("textvae: error: --data /no/such.txt is not a corpus (dailydialog, ptb,")
 
 
 @pytest.mark.parametrize("remedy", ["aggressive", "bn_vae", "delta_vae", "bow", "zforcing", "free_bits_li2019"])

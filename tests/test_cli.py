@@ -211,9 +211,13 @@ def test_language_model_has_no_latent_space(tmp_path, capsys, caplog):
     report = final_report(read_jsonl(tmp_path / "lm" / "metrics.jsonl"))
     assert report["iw_samples"] == 1 and report["iw_nll"] == pytest.approx(report["neg_elbo"], abs=1e-9)
     assert not {"au", "mi_dataset", "mi_batch", "kl_per_dim"} & set(report)
+    capsys.readouterr()
     with caplog.at_level(logging.INFO, logger="textvae"):
         main(["evaluate", str(tmp_path / "lm"), "--no-generation", "--json", str(tmp_path / "eval.json")])
-    assert "IW-NLL with K = 1 samples decodes" in caplog.text  # what the pass costs: one sample, not 500
+    # what the pass costs: one sample, not 50; and the figures named as exact
+    assert "the exact NLL (a language model: no sampling) decodes" in caplog.text
+    table = capsys.readouterr().out
+    assert "NLL (exact)" in table and "PPL (exact)" in table and "(IW" not in table
     assert json.loads((tmp_path / "eval.json").read_text())["iw_nll"] == pytest.approx(report["iw_nll"], abs=1e-9)
     capsys.readouterr()
     with pytest.raises(SystemExit) as stop:

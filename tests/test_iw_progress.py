@@ -116,7 +116,7 @@ def test_a_run_stopped_in_its_test_report_resumes_its_iw_pass(tmp_path, monkeypa
         calls = counting_iw_batch(monkeypatch, stop_after=2, stop=lambda: os.kill(os.getpid(), signal.SIGTERM))
         with pytest.raises(SystemExit) as stop:
             main(["train", *tiny_args(tmp_path, "cut", "synthetic", *extra)])
-        assert stop.value.code == 130 and len(calls) == 2  # the third batch was never finished
+        assert stop.value.code == 143 and len(calls) == 2  # the third batch was never finished
         assert "textvae: interrupted; continue with --resume" in capsys.readouterr().err
         assert IWProgress.batches_in(tmp_path / "cut" / IW_PROGRESS_FILE) == 2
     # the stopped attempt's time on the batches the resumed one takes over counts in the report's time:

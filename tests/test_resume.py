@@ -147,7 +147,7 @@ main(sys.argv[1:])
 
 @pytest.mark.parametrize("stop_step", [6, 13])  # mid-epoch (no periodic checkpoint there), an epoch's last step
 def test_sigterm_stops_after_the_step_with_its_checkpoint_and_resumes_exactly(corpus, reference, tmp_path, stop_step):
-    """The run signals itself right after step ``stop_step``: it stops there (exit 130, like Ctrl-C)
+    """The run signals itself right after step ``stop_step``: it stops there (exit 143, 128 + SIGTERM)
     with a checkpoint of that very step, and resuming gives the uninterrupted run."""
     code = f"""
 import os, signal, textvae.training.train as loop
@@ -163,7 +163,7 @@ main(sys.argv[1:])
 """
     args = tiny_args(tmp_path, "run", corpus, *SETTINGS)
     proc = start(["train", *args], tmp_path / "log.txt", code)
-    assert proc.wait(timeout=300) == 130
+    assert proc.wait(timeout=300) == 143
     log = (tmp_path / "log.txt").read_text()
     assert "SIGTERM: training stops after the current step, with a checkpoint" in log
     assert "textvae: interrupted; continue with --resume" in log and "Traceback" not in log

@@ -547,7 +547,7 @@ def test_study_leaves_a_run_folder_held_by_another_process_alone(tmp_path, caplo
 
 
 @pytest.mark.parametrize("sig, code", [
-    (signal.SIGTERM, 130),
+    (signal.SIGTERM, 143),
     pytest.param(signal.SIGKILL, -signal.SIGKILL, marks=pytest.mark.skipif(
         not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")),
 ])

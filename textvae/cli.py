@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 import tempfile
 from collections import Counter
@@ -36,6 +37,7 @@ import torch
 from textvae.config import COUNT, NON_NEGATIVE, POSITIVE, SEED, Range, check_flags
 from textvae.errors import CommandParser, TextVAEError
 from textvae.packaged import FOLDERS, find_yaml, packaged_file, packaged_folder, packaged_names, summary
+from textvae.training.signals import take_last_signal
 
 COMMANDS = ("train", "evaluate", "sample", "reconstruct", "interpolate", "respond", "study", "list", "plot", "compare")
 
@@ -324,7 +326,13 @@ def evaluation_data(args: argparse.Namespace, run_cfg: Optional[dict], tokenizer
         data_cfg.name, data_cfg.max_sentences = args.data, None
     if args.data is not None and is_text_file(args.data):
         return data_cfg, load_text_file(data_cfg, tokenizer, args.split)
-    data = load_dataset(data_cfg, tokenizer=tokenizer)
+    try:
+        data = load_dataset(data_cfg, tokenizer=tokenizer)
+    except TextVAEError as e:
+        if args.data is None:
+            raise
+        # the reader names the setting, data.name; the user gave --data
+        raise TextVAEError(str(e).replace(f"data.name {args.data!r}", f"--data {args.data}", 1)) from None
     if data_cfg.max_sentences is not None:
         logging.getLogger("textvae").info(
             "the run read at most %d sentences of each split (data.max_sentences), and so does this evaluation, as "
@@ -361,10 +369,15 @@ def progress_file(out: Path) -> Path:
 def default_results_name(args: argparse.Namespace) -> str:
     """``eval_<split>.json`` for the run's own corpus as it read it; another corpus (``--data``) or a subset
     (``--max-sentences``) are named in it, ``eval_<data>_<split>_n<N>.json``, so that evaluating them
-    does not overwrite the figures of the whole split."""
-    data = [re.sub(r"[^\w.-]+", "_", Path(args.data).name or args.data)] if args.data else []
+    does not overwrite the figures of the whole split; a text file, evaluated whole, by its name alone
+    (``eval_<stem>.json``)."""
+    from textvae.data.datasets import is_text_file
+
+    text_file = bool(args.data) and is_text_file(args.data)
+    given = Path(args.data).stem if text_file else (Path(args.data).name or args.data) if args.data else None
+    data = [re.sub(r"[^\w.-]+", "_", given)] if given else []
     subset = [f"n{args.max_sentences}"] if args.max_sentences else []
-    return "_".join(["eval", *data, args.split, *subset]) + ".json"
+    return "_".join(["eval", *data, *([] if text_file else [args.split]), *subset]) + ".json"
 
 
 def evaluation_progress(args: argparse.Namespace, folder: Path, data_cfg: Any, out: Path,
@@ -400,13 +413,13 @@ def announce_evaluation(args: argparse.Namespace, split: Any, n_eval: int, model
     """Say before the work starts what it will cost (sentences, tokens, importance samples K) and
     how much of the text the model cannot read; returns that <unk> rate."""
     from textvae.data.tokenization import unk_rate
-    from textvae.metrics import iw_samples_for
+    from textvae.metrics import iw_description, iw_samples_for
     from textvae.reduction import token_counts
 
     positions = split.subset(n_eval)
     n_tokens = int(token_counts(split.lengths[positions]).sum())
     k = iw_samples_for(model, args.iw_samples)
-    cost = (f"IW-NLL with K = {k} samples decodes {k * n_tokens:,} tokens" if k
+    cost = (f"{iw_description(model, args.iw_samples)} decodes {k * n_tokens:,} tokens" if k
             else "no IW-NLL (--iw-samples 0)")
     log = logging.getLogger("textvae")
     log.info("evaluating %d of %d %s sentences (%d tokens): %s%s", n_eval, len(split), args.split, n_tokens, cost,
@@ -717,6 +730,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         print(f"textvae: error: {given}choose a command: {', '.join(COMMANDS)} (see textvae --help)", file=sys.stderr)
         sys.exit(2)
     handler = globals()[f"cmd_{argv[0]}"]
+    take_last_signal()  # one of an earlier command in this process is not this one's
     try:
         handler(argv[1:])
     except BrokenPipeError:  # the reader stopped early (`| head`): no traceback, the status of a SIGPIPE
@@ -728,7 +742,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     except KeyboardInterrupt:
         hint = _RESUME_HINTS.get(argv[0])
         print(f"textvae: interrupted{'; ' + hint if hint else ''}", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(128 + (take_last_signal() or signal.SIGINT))  # 130 for Ctrl-C, 143 for SIGTERM
 
 
 if __name__ == "__main__":

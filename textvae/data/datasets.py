@@ -181,7 +181,7 @@ def load_text_file(cfg: DataConfig, tokenizer: Tokenizer, split: str) -> DataBun
     ``tokenizer``: the text ``textvae evaluate --data FILE`` evaluates (a run reading the same file
     as its corpus splits it 90/5/5 instead)."""
     text = _filter(read_lines(Path(cfg.name).expanduser()), None, cfg, cfg.name)
-    (log.warning if text.stats.long or text.stats.malformed else log.info)("%s: %s", cfg.name, text.stats.summary())
+    (log.warning if text.stats.long or text.stats.malformed else log.info)(text.stats.summary())  # names the file
     if not text.lines:
         raise TextVAEError(f"{cfg.name}: no sentence to evaluate ({text.stats.summary()})")
     return DataBundle(cfg.name, tokenizer, {split: _encode(split, text, tokenizer)}, None)

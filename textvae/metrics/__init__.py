@@ -26,7 +26,7 @@ from textvae.metrics.latent import (ActiveUnits, CollapseDiagnostics, active_uni
                                     collapse_diagnostics, collapse_verdict)
 from textvae.metrics.likelihood import (ElboResult, IWAccumulator, IWEstimate, IWProgress, IWResult, draw_samples,
                                         elbo_batch, elbo_terms, iw_batch, iw_estimate, iw_log_marginal, iw_log_weights,
-                                        iw_nll, iw_redraw_variance, iw_samples_for)
+                                        iw_description, iw_nll, iw_redraw_variance, iw_samples_for)
 from textvae.metrics.probe import ProbeResult, draw_labelled, latent_probe, probe_model
 from textvae.metrics.table import format_table
 
@@ -39,6 +39,6 @@ __all__ = [
     "ActiveUnits", "CollapseDiagnostics", "active_units", "collapse_diagnostics", "collapse_verdict",
     "ElboResult", "IWAccumulator", "IWEstimate", "IWProgress", "IWResult", "draw_samples", "elbo_batch", "elbo_terms",
     "iw_batch", "iw_estimate", "iw_log_marginal", "iw_log_weights", "iw_nll", "iw_redraw_variance",
-    "iw_samples_for",
+    "iw_description", "iw_samples_for",
     "ProbeResult", "draw_labelled", "latent_probe", "probe_model",
 ]

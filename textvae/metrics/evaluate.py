@@ -124,6 +124,10 @@ def _iw_nll_label(results: dict[str, Any]) -> str:
     return "NLL (exact)" if exact else "NLL (IW, K={K})"
 
 
+def _iw_ppl_label(results: dict[str, Any]) -> str:
+    return "PPL (exact)" if _iw_nll_label(results) == "NLL (exact)" else "PPL (IW)"
+
+
 def _iw_nll_text(value: float, results: dict[str, Any]) -> str:
     if _iw_nll_label(results) == "NLL (exact)":
         return f"{value:.2f} (a language model's likelihood needs no sampling)"
@@ -136,7 +140,7 @@ def _iw_nll_text(value: float, results: dict[str, Any]) -> str:
 
 
 @register_metric("iw", update=_iw_update, latent=False, stages=("test",),
-                 rows=(Row("iw_nll", _iw_nll_label, _iw_nll_text), Row("iw_ppl", "PPL (IW)"),
+                 rows=(Row("iw_nll", _iw_nll_label, _iw_nll_text), Row("iw_ppl", _iw_ppl_label),
                        *Row.within("iw_samples", "iw_nll_mc_se", "iw_se_sentences", "iw_ess")))
 def _iw(p: EvalPass) -> dict[str, Any]:
     """iw_nll, iw_ppl, iw_samples (K = ``n_samples``; see ``iw_nll``); beside the NLL its Monte

@@ -103,6 +103,16 @@ def iw_samples_for(model: Any, n_samples: int) -> int:
     return 1 if n_samples > 0 and getattr(model, "latent_dim", None) == 0 else n_samples
 
 
+def iw_description(model: Any, n_samples: int) -> str:
+    """What the likelihood figure of ``model`` asked for with ``n_samples`` is, for the lines that announce
+    it: ``IW-NLL with K = 500 samples``, or the language model's exact NLL ("" for none)."""
+    k = iw_samples_for(model, n_samples)
+    if not k:
+        return ""
+    return "the exact NLL (a language model: no sampling)" if getattr(model, "latent_dim", None) == 0 \
+        else f"IW-NLL with K = {k} samples"
+
+
 def iw_log_weights(model: Any, batch: Any, posterior: Any, n_samples: int,
                    max_tokens: Optional[int] = None) -> torch.Tensor:
     """Log importance weights [K, B] of one batch whose posterior is given:

@@ -10,7 +10,7 @@ import torch
 
 from textvae.config import RunConfig
 from textvae.data.datasets import DataBundle, Split, load_dataset
-from textvae.metrics import iw_samples_for, list_metrics
+from textvae.metrics import iw_description, list_metrics
 from textvae.models.textvae import TextVAE, check_model_config
 from textvae.reduction import perplexity, token_counts
 from textvae.tasks.base import register_task
@@ -52,9 +52,9 @@ class SentenceTask(Task):
         run's precision (``eval_precision``)."""
         model = TextVAE.from_pretrained(best_dir, device)
         precision, test = self.cfg.train.precision, data.splits[split]
-        k = iw_samples_for(model, self.cfg.train.iw_samples_final)
+        said = iw_description(model, self.cfg.train.iw_samples_final)
         log.info("%s report: %d sentences (%d tokens)%s", split, len(test), int(token_counts(test.lengths).sum()),
-                 f", IW-NLL with K = {k} samples" if k else "")
+                 f", {said}" if said else "")
         # A bf16 run is evaluated under the same autocast (its speed: benchmarks/throughput.py, iw), labelled so.
         report = split_figures(model, test, device, self.cfg.data.eval_batch_size, self.cfg.train.iw_samples_final,
                                precision, f"{split} report", metrics=list_metrics("test"),

@@ -35,6 +35,7 @@ class StopRequested(KeyboardInterrupt):
 
 _requested = threading.Event()
 _at_once: list[str] = []  # while not empty (stop_at_once), a signal raises StopRequested with its last reason
+_received: list[int] = []  # the signals handled since the last take_last_signal(), for the exit status
 
 
 def stop_requested() -> bool:
@@ -42,7 +43,16 @@ def stop_requested() -> bool:
     return _requested.is_set()
 
 
+def take_last_signal() -> int | None:
+    """The last signal a handler here took since the previous call (None: none), forgotten: a command stopped
+    by it exits with 128 + its number, as the shell reports a process that a signal ended."""
+    last = _received[-1] if _received else None
+    _received.clear()
+    return last
+
+
 def _handle(signum: int, frame: object) -> None:
+    _received.append(signum)
     if signum == signal.SIGINT and _requested.is_set():
         raise KeyboardInterrupt
     _requested.set()
@@ -110,6 +120,7 @@ def stop_with_parent() -> None:
 
 
 def _interrupt(signum: int, frame: object) -> None:
+    _received.append(signum)
     raise KeyboardInterrupt
 
 
