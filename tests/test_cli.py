@@ -313,3 +313,19 @@ def test_compare_tables_runs_with_the_settings_that_differ(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         main(["compare", str(tmp_path / "corpus")])
     assert stop.value.code == 2 and "no config.yaml here; compare takes run folders" in capsys.readouterr().err
+
+
+def test_plot_labels_ticks_with_the_figures_themselves(run, tmp_path, monkeypatch):
+    """No offset (+3.4572e1) on a nearly flat curve; active units counted from 0 on whole ticks, with an
+    axis to see when every count is 0."""
+    import textvae.plots as plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_figure", lambda *size, new=plots._figure: figures.append(new(*size)) or figures[-1])
+    main(["plot", str(run), "--out", str(tmp_path / "c.png")])
+    axes = figures[-1].axes[:4]
+    for ax in axes:
+        assert ax.yaxis.get_major_formatter().get_useOffset() is False
+    low, high = axes[2].get_ylim()  # active units
+    assert low == 0 and high >= 1
+    assert all(float(t).is_integer() for t in axes[2].get_yticks())

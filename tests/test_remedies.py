@@ -738,3 +738,19 @@ def test_posterior_transforms_need_a_gaussian_posterior(posterior, remedy):
                       decoder=DecoderConfig(hidden_dim=12))
     with pytest.raises(TextVAEError, match=rf"remedies \['{remedy}'\] transform a Gaussian posterior"):
         TextVAE(cfg, V, ObjectiveConfig(remedies=[{"name": remedy}]))
+
+
+@pytest.mark.parametrize("model, warned", [({}, True), ({"encoder_init": "torch"}, False),
+                                           ({"init": "torch"}, False), ({"encoder_from": "runs/ae/model"}, False)])
+def test_bn_vae_under_he_et_al_s_encoder_init_is_warned_of(caplog, model, warned):
+    """Its floor needs means that vary over the batch, which U(-0.01, 0.01) does not give; an encoder
+    loaded from another run's is no such init."""
+    import logging
+
+    from textvae.config import RunConfig, from_dict
+    from textvae.tasks import create_task
+
+    cfg = from_dict(RunConfig, {"model": model, "objective": {"remedies": [{"name": "bn_vae", "gamma": 0.7}]}})
+    with caplog.at_level(logging.WARNING, logger="textvae"):
+        create_task(cfg).check()
+    assert ("remedy bn_vae under He et al.'s U(-0.01, 0.01) encoder init" in caplog.text) == warned

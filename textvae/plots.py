@@ -39,6 +39,12 @@ def _figure(width: float, height: float) -> Any:
     return Figure(figsize=(width, height), layout="constrained")
 
 
+def _plain_numbers(ax: Any) -> None:
+    """Tick labels as the figures themselves (34.57), not as an offset or a power of ten beside the axis
+    (+3.4572e1), which a nearly flat curve otherwise gets."""
+    ax.ticklabel_format(style="plain", useOffset=False)
+
+
 def _colours(n: int) -> list[Any]:
     from matplotlib import colormaps
 
@@ -88,6 +94,12 @@ def plot_curves(curves: dict[str, list[dict[str, dict[int, float]]]], path: Path
     for ax, (title, _) in zip(axes, CURVES):
         ax.set_title(title)
         ax.grid(alpha=0.3)
+        _plain_numbers(ax)
+        if title == "active units":  # counts: whole ticks from 0, and a visible axis when every count is 0
+            from matplotlib.ticker import MaxNLocator
+
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_ylim(bottom=0, top=max(1.0, ax.get_ylim()[1]))
     for ax in axes[2:]:
         ax.set_xlabel("optimiser step")
     handles, labels = [], []
@@ -130,6 +142,7 @@ def plot_rate_distortion(variants: list[dict[str, Any]], path: Path) -> bool:
         return False
     fig = _figure(9, 6)
     ax = fig.subplots()
+    _plain_numbers(ax)
     _scatter(ax, points, _colours(len(variants)))
     xlim, ylim = ax.get_xlim(), ax.get_ylim()
     elbos = [xm + ym for _, _, xm, _, ym, _ in points]
@@ -166,6 +179,7 @@ def draw_nll_mi(variants: list[dict[str, Any]]) -> Any:
         return None
     fig = _figure(9, 6)
     ax = fig.subplots()
+    _plain_numbers(ax)
     colours = _colours(len(variants))
     _scatter(ax, points, colours, annotate=False)
     with_mi = {p[0] for p in points}

@@ -26,6 +26,13 @@ class SentenceTask(Task):
 
     def check(self) -> None:
         check_model_config(self.cfg.model)
+        mc = self.cfg.model
+        bn_vae = any(spec.get("name") == "bn_vae" for spec in self.cfg.objective.remedies)
+        if bn_vae and (mc.encoder_init or mc.init) == "he2019" and not mc.encoder_from:
+            # its KL floor holds once the posterior means vary over a batch by more than BatchNorm's eps
+            log.warning("remedy bn_vae under He et al.'s U(-0.01, 0.01) encoder init starts the posterior means "
+                        "nearly equal over the batch, where its KL floor does not hold: the run may well collapse "
+                        "(BN-VAE's code keeps PyTorch's init there: --model.encoder_init torch)")
 
     def load_data(self) -> DataBundle:
         return load_dataset(self.cfg.data)
