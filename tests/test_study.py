@@ -249,6 +249,18 @@ def test_a_larger_budget_trains_the_study_s_finished_runs_on_to_the_figures_of_a
     assert st.run_state(run) == "done"
 
 
+def test_a_run_started_from_a_run_the_larger_budget_trains_on_is_a_conflict(tmp_path):
+    """Its start, the other run's weights, would be other weights now."""
+    spec = dict(TINY, seeds=[1], variants={"ae": {}, "vae": {"model.encoder_from": "{run:ae}/model"}})
+    st.run_study(write_study(tmp_path, spec), out=str(tmp_path / "out"))
+    longer = write_study(tmp_path, dict(spec, budget={"epochs": 3}), "longer.yaml")
+    with pytest.raises(TextVAEError, match=r"vae/seed1 started from ae/seed1, which the study's larger budget "
+                                           r"trains on, so that it would start from other weights now"):
+        st.run_study(longer, out=str(tmp_path / "out"))
+    lines = st.status_lines(st.plan(st.load_study(longer, str(tmp_path / "out"))))
+    assert [line.split()[:2] for line in lines[:-1]] == [["ae/seed1", "stopped"], ["vae/seed1", "conflict"]]
+
+
 @pytest.mark.parametrize("state, saved, budget, verdict", [
     ({"epoch": 2}, {"epochs": 2}, {"epochs": 3}, "trains"),  # stopped by its epochs: more train it on
     ({"epoch": 2, "done": True}, {"epochs": 2}, {"epochs": 3}, "stops"),  # its plateau schedule ended

@@ -118,8 +118,9 @@ def run_study(path: str | Path, jobs: int = 1, out: Optional[str] = None, only: 
     if status:
         print("\n".join([f"study {study.name} in {study.out}:", *status_lines(runs, only)]))
         return {}
+    by_label = {r.label: r for r in runs}
     for run in runs:
-        check_run_folder(run)
+        check_run_folder(run, by_label)
     failed = []
     if not report:
         with sigterm_interrupts():  # stopped by SIGTERM, the study stops its runs too rather than orphan them

@@ -73,10 +73,24 @@ def folder_changes(run: Run) -> tuple[dict[str, tuple[Any, Any]], Optional[str]]
     return changes, budget_verdict(state, old.get("train", {}), run.config.train)
 
 
-def check_run_folder(run: Run) -> None:
+def trains_on(run: Run) -> bool:
+    """Whether the run in the folder finished under a smaller budget that the study's trains on."""
+    return finished_report(run.dir) is not None and folder_changes(run)[1] == "trains"
+
+
+def check_run_folder(run: Run, by_label: dict[str, Run]) -> None:
     """A run folder holding a run of another configuration is an error (never overwritten). Another budget
     is the study's where it makes the same run: a larger one trains a run stopped by its budget on, and
-    one that a run stopped before (its plateau schedule ended) leaves it as it is."""
+    one that a run stopped before (its plateau schedule ended) leaves it as it is. A run started from a
+    run (``by_label``: the study's runs) that the larger budget trains on is an error too: it started from
+    weights that the study's run no longer has."""
+    from textvae.training.train import CHECKPOINT
+
+    moved = [label for label in run.needs if trains_on(by_label[label])]
+    if moved and (run.dir / CHECKPOINT).is_file():
+        raise TextVAEError(f"{run.dir} started from {moved[0]}, which the study's larger budget trains on, so that "
+                           f"it would start from other weights now; delete it to train it again from {moved[0]}'s, "
+                           f"or --set the budget it was trained with")
     changes, verdict = folder_changes(run)
     if not changes or verdict in ("stops", "trains"):
         return

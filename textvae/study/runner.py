@@ -250,7 +250,7 @@ def run_status(run: Run, by_label: dict[str, Run]) -> tuple[str, str]:
     """(state, detail) of one run for ``--status``, from its folder alone (or the study's archive,
     for a run whose folder was never made here)."""
     try:
-        check_run_folder(run)
+        check_run_folder(run, by_label)
     except TextVAEError as e:
         return "conflict", str(e)
     state, holder = run_state(run), lock_holder(run.dir)
