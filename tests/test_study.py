@@ -274,6 +274,10 @@ def test_a_run_started_from_a_run_the_larger_budget_trains_on_is_a_conflict(tmp_
     # a time budget is overrun by the step that crosses it: not past a budget that did not change
     ({"train_seconds": 61.0}, {"max_seconds": 60.0, "epochs": 2}, {"max_seconds": 60.0, "epochs": 3}, "stops"),
     ({"train_seconds": 61.0}, {"max_seconds": 120.0}, {"max_seconds": 60.0}, "past"),
+    # stopped by its step or time budget within an epoch, and validated there as a longer run is not
+    ({"step": 3, "batch_in_epoch": 3}, {"max_steps": 3}, {"max_steps": 8}, "mid_epoch"),
+    ({"train_seconds": 61.0, "batch_in_epoch": 2}, {"max_seconds": 60.0}, {"max_seconds": 120.0}, "mid_epoch"),
+    ({"step": 3, "batch_in_epoch": 3}, {"max_steps": 5}, {"max_steps": 8}, "trains"),  # stopped by a signal
 ])
 def test_budget_verdict(state, saved, budget, verdict):
     from textvae.config import TrainConfig

@@ -13,6 +13,7 @@ their checkpoints and logs, or a study clear a folder whose run has just started
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import socket
 import time
@@ -25,6 +26,15 @@ try:
     import fcntl
 except ImportError:  # Windows: no flock; run folders are then not guarded
     fcntl = None  # type: ignore[assignment]
+
+
+def file_md5(path: Path) -> str:
+    """The md5 of a file's bytes, read in blocks (a corpus file, a model's weights)."""
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def umask_mode() -> int:

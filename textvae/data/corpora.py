@@ -17,7 +17,6 @@ reported as checked.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Optional
 
 from textvae.errors import TextVAEError
+from textvae.files import file_md5
 from textvae.registry import Registry
 
 log = logging.getLogger("textvae.data")
@@ -341,14 +341,6 @@ def _verify(root: Path, spec: CorpusSpec) -> None:
             )
     if changed:
         _save_md5_cache(known)
-
-
-def file_md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _md5_cache_path() -> Path:

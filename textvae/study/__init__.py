@@ -39,10 +39,12 @@ that run is neither finished nor selected (``--only``), or another process holds
 study or ``textvae train`` is training is left to it, not counted as failed).
 
 A run folder made with other settings is never reused, with one exception, the budget, where it makes
-the same run: a study given a larger budget trains its finished runs that their budget stopped on from
-their checkpoints (the figures of runs trained with that budget from their start), and leaves those
-whose plateau schedule ended first as they are; a run that trained past a budget lowered since is an
-error.
+the same run: a study given a larger budget trains its finished runs that their budget stopped at an
+epoch's end on from their checkpoints (the figures of runs trained with that budget from their start),
+and leaves those whose plateau schedule ended first as they are. A run that trained past a budget
+lowered since is an error, and so is one that a step or time budget stopped within an epoch (it was
+validated there, as a longer run is not), and one started from another run's weights
+(``"{run:ae}/model"``) that have changed since.
 
 Run ``seed k`` of variant ``v`` is an ordinary run folder ``<out>/v/seed<k>/`` next to its recipe
 ``<out>/v/seed<k>.yaml`` (``textvae train`` that file to redo the run by hand). Runs go seed by seed,

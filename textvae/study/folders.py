@@ -50,7 +50,7 @@ def saved_config(run_dir: Path, cls: Optional[type] = None) -> Optional[tuple[ty
 def folder_changes(run: Run) -> tuple[dict[str, tuple[Any, Any]], Optional[str]]:
     """The settings of the run in the folder that differ from the study's (``{key: (saved, study's)}``;
     none when the folder holds no settings) and, when they are only the study's budget, what that budget
-    makes of the run: ``past``, ``stops`` or ``trains``
+    makes of the run: ``past``, ``stops``, ``trains`` or ``mid_epoch``
     (:func:`~textvae.training.train.budget_verdict`), ``unknown`` when it holds a finished run without
     its checkpoint; else None."""
     from textvae.training.checkpoint import read_checkpoint_meta
@@ -78,6 +78,24 @@ def trains_on(run: Run) -> bool:
     return finished_report(run.dir) is not None and folder_changes(run)[1] == "trains"
 
 
+def check_start(run: Run) -> None:
+    """A run started from another run's weights (``model.encoder_from``) goes on only from the weights it
+    started from (the md5 its start logged): trained on, or trained again not bit for bit, they would make
+    it another run. Weights not there (a run to be trained again first) are checked when it resumes."""
+    from textvae.files import file_md5
+    from textvae.models.textvae import WEIGHTS_FILE
+
+    source = getattr(getattr(run.config, "model", None), "encoder_from", None)
+    start = next((r for r in read_jsonl(run.dir / "metrics.jsonl") if r.get("split") == "data"), {})
+    if source is None or "encoder_from_md5" not in start or not (Path(source) / WEIGHTS_FILE).is_file():
+        return
+    then, now = start["encoder_from_md5"], file_md5(Path(source) / WEIGHTS_FILE)
+    if now != then:
+        raise TextVAEError(f"{run.dir} started from the weights in {source}, which have changed since (md5 {then[:8]} "
+                           f"then, {now[:8]} now: trained on, or trained again not bit for bit); delete it to train "
+                           f"it again from them")
+
+
 def check_run_folder(run: Run, by_label: dict[str, Run]) -> None:
     """A run folder holding a run of another configuration is an error (never overwritten). Another budget
     is the study's where it makes the same run: a larger one trains a run stopped by its budget on, and
@@ -91,6 +109,7 @@ def check_run_folder(run: Run, by_label: dict[str, Run]) -> None:
         raise TextVAEError(f"{run.dir} started from {moved[0]}, which the study's larger budget trains on, so that "
                            f"it would start from other weights now; delete it to train it again from {moved[0]}'s, "
                            f"or --set the budget it was trained with")
+    check_start(run)
     changes, verdict = folder_changes(run)
     if not changes or verdict in ("stops", "trains"):
         return
@@ -98,6 +117,10 @@ def check_run_folder(run: Run, by_label: dict[str, Run]) -> None:
     if verdict == "past":
         raise TextVAEError(f"{run.dir} trained past the study's budget ({shown}): under it, it would have stopped "
                            f"earlier; --set the budget it was trained with, delete it or choose another --out")
+    if verdict == "mid_epoch":
+        raise TextVAEError(f"{run.dir} stopped at its budget within an epoch ({shown}), where it was validated as a "
+                           f"run of the study's budget is not: trained on, it would not be that run; delete it to "
+                           f"train it again, or --set the budget it was trained with")
     if verdict == "unknown":
         raise TextVAEError(f"{run.dir} was trained with another budget ({shown}) and its checkpoint is gone, so "
                            f"whether the study's budget trains it on is unknown; --set the budget it was trained "

@@ -18,7 +18,7 @@ import yaml
 from textvae.errors import TextVAEError
 from textvae.files import FolderBusy, lock_holder, run_folder_lock
 from textvae.metrics.likelihood import IWProgress
-from textvae.study.folders import (clear_unstarted, check_run_folder, finished_report, folder_changes, run_state,
+from textvae.study.folders import (check_start, clear_unstarted, check_run_folder, finished_report, folder_changes, run_state,
                                    shown_changes)
 from textvae.study.report import format_figure, run_figures, write_outputs
 from textvae.study.spec import Run, Study
@@ -77,6 +77,8 @@ def _prepare(run: Run) -> tuple[bool, str]:
     state = run_state(run)
     if state == "new":
         clear_unstarted(run)
+    else:  # the run it starts from may have been trained again since the study started
+        check_start(run)
     run.recipe.parent.mkdir(parents=True, exist_ok=True)
     run.recipe.write_text(yaml.safe_dump(run.config.to_dict(), sort_keys=False))
     if state == "resume" and finished_report(run.dir) is not None:

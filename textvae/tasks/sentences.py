@@ -11,7 +11,8 @@ import torch
 from textvae.config import RunConfig
 from textvae.data.datasets import DataBundle, Split, load_dataset
 from textvae.metrics import iw_description, list_metrics
-from textvae.models.textvae import TextVAE, check_model_config
+from textvae.files import file_md5
+from textvae.models.textvae import WEIGHTS_FILE, TextVAE, check_model_config
 from textvae.reduction import perplexity, token_counts
 from textvae.tasks.base import register_task
 from textvae.training.progress import counted_progress, token_count
@@ -40,9 +41,13 @@ class SentenceTask(Task):
     def build_model(self, data: DataBundle) -> TextVAE:
         return TextVAE(self.cfg.model, data.tokenizer.vocab_size, self.cfg.objective)
 
-    def warm_start(self, model: TextVAE, data: DataBundle) -> None:
-        if self.cfg.model.encoder_from:  # after the draw, so the decoder is the one a fresh run gets
-            model.load_inference_network(self.cfg.model.encoder_from, data.tokenizer)
+    def warm_start(self, model: TextVAE, data: DataBundle) -> dict[str, Any]:
+        if not self.cfg.model.encoder_from:
+            return {}
+        # after the draw, so the decoder is the one a fresh run gets
+        model.load_inference_network(self.cfg.model.encoder_from, data.tokenizer)
+        # what it started from: a study checks it before resuming the run (textvae.study.folders.check_start)
+        return {"encoder_from_md5": file_md5(Path(self.cfg.model.encoder_from) / WEIGHTS_FILE)}
 
     def validate(self, model: TextVAE, split: Any, device: torch.device) -> dict[str, float]:
         return evaluation(model, self._batches(split), device, metrics=list_metrics("epoch"))

@@ -51,9 +51,11 @@ class Task:
         """A freshly initialised model for ``data`` (from torch's global random stream)."""
         raise NotImplementedError
 
-    def warm_start(self, model: nn.Module, data: Any) -> None:
+    def warm_start(self, model: nn.Module, data: Any) -> dict[str, Any]:
         """Weights a new run starts from besides its draw (``model.encoder_from``: another run's
-        encoder); nothing by default. Called once, when a run starts, never when it resumes."""
+        encoder); nothing by default. Called once, when a run starts, never when it resumes. Returns what
+        it started from, for the run's log (the start's ``data`` record), e.g. the md5 of those weights."""
+        return {}
 
     def validate(self, model: nn.Module, split: Any, device: torch.device) -> dict[str, float]:
         """Figures of the whole validation split at the end of an epoch; ``neg_elbo`` (the model

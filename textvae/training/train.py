@@ -130,7 +130,10 @@ def budget_verdict(state: LoopState, saved: dict[str, Any], tc: TrainConfig) -> 
     * ``past``: it trained beyond a budget that ``tc`` lowers, so under ``tc`` it would have stopped
       earlier and be another run;
     * ``stops``: it stops where it is (its plateau schedule ended, or a budget of ``tc`` is used up);
-    * ``trains``: ``tc`` trains it on, as ``train --resume`` with ``tc``'s budget does.
+    * ``trains``: ``tc`` trains it on, as ``train --resume`` with ``tc``'s budget does, to the run that
+      ``tc`` makes from its start;
+    * ``mid_epoch``: ``tc`` would train on a run that its step or time budget stopped within an epoch,
+      where it was validated (its lr schedule and best model updated) as a run of ``tc`` is not.
     """
     def lowered(key: str) -> bool:
         new, old = getattr(tc, key), saved.get(key)
@@ -142,7 +145,12 @@ def budget_verdict(state: LoopState, saved: dict[str, Any], tc: TrainConfig) -> 
             or lowered("max_seconds") and state.train_seconds > tc.max_seconds):
         return "past"
     out_of_time = tc.max_seconds is not None and state.train_seconds >= tc.max_seconds
-    return "stops" if state.done or out_of_time or budgets_used_up(state, tc) else "trains"
+    if state.done or out_of_time or budgets_used_up(state, tc):
+        return "stops"
+    steps, seconds = saved.get("max_steps"), saved.get("max_seconds")
+    stopped_by_budget = (steps is not None and state.step >= steps
+                         or seconds is not None and state.train_seconds >= seconds)
+    return "mid_epoch" if stopped_by_budget and state.batch_in_epoch > 0 else "trains"
 
 
 def selection_loss(figures: dict[str, float], kl_weight: float) -> float:
@@ -660,8 +668,8 @@ def start_run(task: Task, resume: bool, world: World, device: torch.device, data
     data = world.node_first(task.load_data) if data is None else data
     warn_about_settings(cfg, len(data.splits["train"]))
     model = task.build_model(data).to(device)
-    if not resume:  # before the reseed below: loading saved weights may draw (a throwaway model's init)
-        task.warm_start(model, data)
+    # before the reseed below: loading saved weights may draw (a throwaway model's init)
+    started_from = {} if resume else task.warm_start(model, data)
     check_remedies_run_in(world, list(model.objective.remedies))
     if task.reseed_after_init or world.size > 1:
         torch.manual_seed(rank_seed(tc.seed, world.rank))  # this rank's z noise, dropout masks, ...
@@ -697,7 +705,7 @@ def start_run(task: Task, resume: bool, world: World, device: torch.device, data
         split = run.train_split
         logger.log("data", state.step, state.epoch, train_sentences=len(split), vocab_size=data.tokenizer.vocab_size,
                    padding_fraction=padding_fraction(run.sampler.epoch_batches(0), split.lengths),
-                   world_size=world.size, sparse_gradients=model.sparse_gradients)
+                   world_size=world.size, sparse_gradients=model.sparse_gradients, **started_from)
         run.checkpoint()  # from here on, a killed run can be resumed
     return run
 
