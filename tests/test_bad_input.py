@@ -105,7 +105,31 @@ def test_evaluate_names_its_results_by_what_it_evaluated(tmp_path):
     assert name() == "eval_test.json" and name(split="valid", max_sentences=50) == "eval_valid_n50.json"
     assert name(data="/corpora/my data/") == "eval_my_data_test.json" and name(data="ptb") == "eval_ptb_test.json"
     (tmp_path / "mine.txt").write_text("a b\n")  # a text file, evaluated whole: no split of it to name
-    assert name(data=str(tmp_path / "mine.txt")) == "eval_mine.json"
+    assert name(data=str(tmp_path / "mine.txt")) == "eval_mine.txt.json"
+    (tmp_path / "test.txt").write_text("a b\n")  # not the run's own test split's eval_test.json
+    assert name(data=str(tmp_path / "test.txt")) == "eval_test.txt.json"
+
+
+def test_an_overlay_s_file_is_no_stray_recipe_and_help_shows_every_recipe(tmp_path, capsys):
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text("name: other\ntrain:\n  epochs: 4\n")
+    line = fails(["train", "synthetic", "--config", str(overlay), "--train.epohcs", "2"], capsys)
+    assert line.endswith("(did you mean --train.epochs?)"), line
+    with pytest.raises(SystemExit):
+        main(["train", "synthetic", "--config", str(overlay), "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "--train.epochs EPOCHS (type: int, default: 4)" in shown and "default: other)" in shown
+
+
+def test_a_run_folder_s_settings_name_that_folder_whatever_an_overlay_names(tmp_path):
+    run = tmp_path / "moved" / "r1"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("name: r1\nout_dir: /elsewhere\n")
+    (run / "model").mkdir()  # a run's folder: its best model
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text("name: other\n")
+    cfg, _ = parse_run_config([str(run / "config.yaml"), "--config", str(overlay)])
+    assert (cfg.out_dir, cfg.name) == (str(tmp_path / "moved"), "r1")
 
 
 def test_overrides_win_wherever_the_recipe_stands(tmp_path, capsys):

@@ -329,3 +329,21 @@ def test_plot_labels_ticks_with_the_figures_themselves(run, tmp_path, monkeypatc
     low, high = axes[2].get_ylim()  # active units
     assert low == 0 and high >= 1
     assert all(float(t).is_integer() for t in axes[2].get_yticks())
+
+
+def test_evaluate_of_a_run_whose_data_dir_is_not_here(run, tmp_path, caplog):
+    """A run made on another machine: its data.data_dir is left out, with a warning, not an error (a data_dir
+    given for a new run is one: tests/test_data.py)."""
+    import shutil
+
+    import yaml
+
+    moved = tmp_path / "moved"
+    shutil.copytree(run, moved)
+    config = yaml.safe_load((moved / "config.yaml").read_text())
+    config["data"]["data_dir"] = "/home/someone/corpora"
+    (moved / "config.yaml").write_text(yaml.safe_dump(config))
+    with caplog.at_level(logging.WARNING, logger="textvae"):
+        main(["evaluate", str(moved), "--no-generation", "--iw-samples", "2"])
+    assert "the run's data.data_dir /home/someone/corpora is not here" in caplog.text
+    assert (moved / "eval_test.json").is_file()

@@ -100,9 +100,9 @@ def test_a_progress_file_that_cannot_be_written_costs_only_the_resume(tmp_path, 
     assert caplog.text.count("cannot keep the IW pass's progress") == 1 and progress.unwritable
 
 
-@pytest.mark.parametrize("how", ["killed", "sigterm"])
+@pytest.mark.parametrize("how", ["killed", "sigterm", "sigint"])
 def test_a_run_stopped_in_its_test_report_resumes_its_iw_pass(tmp_path, monkeypatch, capsys, how):
-    """The run's test report, stopped after 2 IW batches (killed; or by SIGTERM, which stops it there
+    """The run's test report, stopped after 2 IW batches (killed; or by SIGTERM or Ctrl-C, which stop it there
     at once rather than after the pass), resumes (``--resume``) with the others only, and reports what an
     uninterrupted run does; the progress file is gone once the report is logged."""
     extra = ("--data.max_sentences", "200", "--data.eval_batch_size", "8", "--train.max_steps", "6",
@@ -113,10 +113,12 @@ def test_a_run_stopped_in_its_test_report_resumes_its_iw_pass(tmp_path, monkeypa
         with pytest.raises(Stop):
             main(["train", *tiny_args(tmp_path, "cut", "synthetic", *extra)])
     else:
-        calls = counting_iw_batch(monkeypatch, stop_after=2, stop=lambda: os.kill(os.getpid(), signal.SIGTERM))
+        sig = signal.SIGTERM if how == "sigterm" else signal.SIGINT
+        calls = counting_iw_batch(monkeypatch, stop_after=2, stop=lambda: os.kill(os.getpid(), sig))
         with pytest.raises(SystemExit) as stop:
             main(["train", *tiny_args(tmp_path, "cut", "synthetic", *extra)])
-        assert stop.value.code == 143 and len(calls) == 2  # the third batch was never finished
+        # the third batch was never finished; the exit status is the shell's for the signal (128 + its number)
+        assert stop.value.code == 128 + sig and len(calls) == 2
         assert "textvae: interrupted; continue with --resume" in capsys.readouterr().err
         assert IWProgress.batches_in(tmp_path / "cut" / IW_PROGRESS_FILE) == 2
     # the stopped attempt's time on the batches the resumed one takes over counts in the report's time:

@@ -213,8 +213,11 @@ def test_build_name_follows_source_and_machine(monkeypatch, tmp_path):
     monkeypatch.setattr(native, "_cpu_identity", lambda: "flags : something else")
     other_cpu = native._build_name("softmax_rows")
     assert other_cpu != name
-    # another environment (its own torch install, its own Python) builds apart, not over this one's build
-    monkeypatch.setattr(native.sys, "executable", "/elsewhere/venv/bin/python")
+    # another environment (its own torch install, its own Python) builds apart, not over this one's build;
+    # the same one under another name of its interpreter (python, python3) builds once
+    monkeypatch.setattr(native.sys, "executable", native.sys.executable + "3")
+    assert native._build_name("softmax_rows") == other_cpu
+    monkeypatch.setattr(native.sys, "prefix", "/elsewhere/venv")
     assert native._build_name("softmax_rows") != other_cpu
 
 

@@ -742,7 +742,7 @@ def test_posterior_transforms_need_a_gaussian_posterior(posterior, remedy):
 
 @pytest.mark.parametrize("model, warned", [({}, True), ({"encoder_init": "torch"}, False),
                                            ({"init": "torch"}, False), ({"encoder_from": "runs/ae/model"}, False)])
-def test_bn_vae_under_he_et_al_s_encoder_init_is_warned_of(caplog, model, warned):
+def test_bn_vae_under_he_et_al_s_encoder_init_is_warned_of(caplog, monkeypatch, model, warned):
     """Its floor needs means that vary over the batch, which U(-0.01, 0.01) does not give; an encoder
     loaded from another run's is no such init."""
     import logging
@@ -750,7 +750,15 @@ def test_bn_vae_under_he_et_al_s_encoder_init_is_warned_of(caplog, model, warned
     from textvae.config import RunConfig, from_dict
     from textvae.tasks import create_task
 
-    cfg = from_dict(RunConfig, {"model": model, "objective": {"remedies": [{"name": "bn_vae", "gamma": 0.7}]}})
+    cfg = from_dict(RunConfig, {"model": {"latent_dim": 4, **model},
+                                "objective": {"remedies": [{"name": "bn_vae", "gamma": 0.7}]}})
+    import textvae.tasks.sentences as sentences
+
+    task = create_task(cfg)
+    monkeypatch.setattr(sentences, "file_md5", lambda path: "0" * 32)  # no saved encoder here to read
+    loaded = SimpleNamespace(load_inference_network=lambda *args: None)
     with caplog.at_level(logging.WARNING, logger="textvae"):
-        create_task(cfg).check()
+        task.check()  # which evaluate and a resume call too: no warning there
+        assert not caplog.text
+        task.warm_start(loaded, SimpleNamespace(tokenizer=None))  # a new run's start
     assert ("remedy bn_vae under He et al.'s U(-0.01, 0.01) encoder init" in caplog.text) == warned

@@ -1,6 +1,7 @@
 """Studies: overrides, planning, skip / resume after an interruption, aggregation, outputs."""
 import contextlib
 import csv
+import hashlib
 import json
 import logging
 import math
@@ -259,6 +260,15 @@ def test_a_run_started_from_a_run_the_larger_budget_trains_on_is_a_conflict(tmp_
         st.run_study(longer, out=str(tmp_path / "out"))
     lines = st.status_lines(st.plan(st.load_study(longer, str(tmp_path / "out"))))
     assert [line.split()[:2] for line in lines[:-1]] == [["ae/seed1", "stopped"], ["vae/seed1", "conflict"]]
+    # weights changed since the run started from them (trained on by hand, trained again): the md5 its start logged
+    weights = tmp_path / "out" / "ae" / "seed1" / "model" / "model.safetensors"
+    (start,) = [r for r in read_jsonl(tmp_path / "out" / "vae" / "seed1" / "metrics.jsonl") if r["split"] == "data"]
+    assert start["encoder_from_md5"] == hashlib.md5(weights.read_bytes()).hexdigest()
+    st.run_study(write_study(tmp_path, spec), out=str(tmp_path / "out"))  # unchanged: nothing to do
+    weights.write_bytes(weights.read_bytes() + b" ")
+    with pytest.raises(TextVAEError, match=r"vae/seed1 started from the weights in .*ae/seed1/model, which have changed "
+                                           r"since \(md5 \w{8} then, \w{8} now"):
+        st.run_study(write_study(tmp_path, spec), out=str(tmp_path / "out"))
 
 
 @pytest.mark.parametrize("state, saved, budget, verdict", [

@@ -324,6 +324,10 @@ def evaluation_data(args: argparse.Namespace, run_cfg: Optional[dict], tokenizer
         raise TextVAEError("--data is needed when evaluating a model folder rather than a run folder")
     if args.data is not None:
         data_cfg.name, data_cfg.max_sentences = args.data, None
+    if data_cfg.data_dir and not Path(data_cfg.data_dir).expanduser().is_dir():  # a run made on another machine
+        logging.getLogger("textvae").warning("the run's data.data_dir %s is not here; the corpus is looked for as "
+                                             "without it (TEXTVAE_DATA_DIR, the cache)", data_cfg.data_dir)
+        data_cfg.data_dir = None
     if args.data is not None and is_text_file(args.data):
         return data_cfg, load_text_file(data_cfg, tokenizer, args.split)
     try:
@@ -369,12 +373,12 @@ def progress_file(out: Path) -> Path:
 def default_results_name(args: argparse.Namespace) -> str:
     """``eval_<split>.json`` for the run's own corpus as it read it; another corpus (``--data``) or a subset
     (``--max-sentences``) are named in it, ``eval_<data>_<split>_n<N>.json``, so that evaluating them
-    does not overwrite the figures of the whole split; a text file, evaluated whole, by its name alone
-    (``eval_<stem>.json``)."""
+    does not overwrite the figures of the whole split; a text file, evaluated whole, by its file name alone
+    (``eval_<name>.txt.json``: a file named test.txt is not the test split)."""
     from textvae.data.datasets import is_text_file
 
     text_file = bool(args.data) and is_text_file(args.data)
-    given = Path(args.data).stem if text_file else (Path(args.data).name or args.data) if args.data else None
+    given = (Path(args.data).name or args.data) if args.data else None
     data = [re.sub(r"[^\w.-]+", "_", given)] if given else []
     subset = [f"n{args.max_sentences}"] if args.max_sentences else []
     return "_".join(["eval", *data, *([] if text_file else [args.split]), *subset]) + ".json"

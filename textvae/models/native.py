@@ -73,7 +73,7 @@ def _build_name(kernel: str) -> str:
     sources = [(SOURCES / f"{kernel}.cpp").read_bytes()] + [h.read_bytes() for h in sorted(SOURCES.glob("*.h"))]
     # torch's install (its headers and libraries) and Python's too: two environments sharing the extension
     # folder would otherwise rebuild one folder back and forth, each build a minute unannounced
-    where = f"{Path(torch.__file__).resolve().parent}\0{sys.executable}\0{sys.version}"
+    where = f"{Path(torch.__file__).resolve().parent}\0{Path(sys.prefix).resolve()}\0{sys.version}"
     key = b"\0".join(sources + [" ".join(_flags()).encode(), torch.__version__.encode(), _cpu_identity().encode(),
                                 where.encode()])
     return f"textvae_{kernel}_{hashlib.sha256(key).hexdigest()[:16]}"

@@ -28,7 +28,7 @@ from textvae.errors import TextVAEError
 from textvae.files import replace_as_new_file
 from textvae.plots import run_curves
 from textvae.config import INCIDENTAL_KEYS, settings_now
-from textvae.study.folders import finished_report, study_report
+from textvae.study.folders import study_report
 from textvae.study.spec import BUDGET_KEYS, Run, Study, map_strings
 from textvae.training.logger import read_jsonl
 
@@ -113,7 +113,7 @@ def attach(study: Study, runs: list[Run], entries: list[dict[str, Any]]) -> None
     by_label = {f"{e['variant']}/seed{e['seed']}": e for e in entries}
     for run in runs:
         entry = by_label.get(run.label)
-        if entry is None or finished_report(run.dir) is not None:
+        if entry is None or study_report(run) is not None:  # the folder's finished run is the study's
             continue
         archived, planned = _portable(settings_now(type(run.config), entry["config"]), study.out), \
             portable_config(run, study.out)
@@ -121,7 +121,7 @@ def attach(study: Study, runs: list[Run], entries: list[dict[str, Any]]) -> None
             run.archived = entry
         elif _without_budget(archived) == _without_budget(planned):
             log.warning("%s: the archive's run was made with another budget, and an archive keeps no weights to "
-                        "train it on from; it is trained again from its start", run.label)
+                        "train it on from; it is trained (from its folder's checkpoint where it has one)", run.label)
         else:
             log.warning("%s: the archive's run was made with other settings; it is trained again", run.label)
 

@@ -137,6 +137,27 @@ def recipes_first(argv: list[str]) -> list[str]:
     return files + rest
 
 
+def _argument_error(message: str, argv: list[str], recipe_first: bool, task: str, config_class: type) -> str:
+    """jsonargparse's error in plain words, with what the user likely meant for an unrecognised argument: a
+    recipe out of place, study's ``--set``, a misspelt setting."""
+    message = plain_type_error(message)
+    if "unrecognized arguments" not in message.lower():
+        return message
+    stray = [a for i, a in enumerate(argv) if i and argv[i - 1] != "--config" and not a.startswith("-")
+             and ((a.endswith((".yaml", ".yml")) and Path(a).is_file()) or packaged_file("recipe", a) is not None)]
+    if stray and recipe_first:
+        return message + f" (a second recipe: a run starts from one, and --config {stray[0]} overlays another on it)"
+    if stray:
+        return message + f" (the recipe {stray[0]} goes first, before the overrides)"
+    if "--set" in argv:
+        return message + " (--set is textvae study's; textvae train takes --SECTION.KEY VALUE)"
+    given = re.search(r"unrecognized arguments: --(\S+)", message, re.IGNORECASE)  # the first one named
+    if given is None:
+        return message
+    return message + (close_name(given.group(1), setting_names(config_class), "--") or
+                      f" (textvae train {'RECIPE ' if task != DEFAULT_TASK else ''}--help lists the settings)")
+
+
 def parse_run_config(argv: list[str]) -> tuple[Any, bool]:
     """(run configuration, resume) from ``[RECIPE] [--overrides] [--resume]``."""
     from jsonargparse import ArgumentError
@@ -149,13 +170,17 @@ def parse_run_config(argv: list[str]) -> tuple[Any, bool]:
     elif "--config" not in argv[:-1]:
         argv = ["--config", default_recipe()] + argv
     argv = recipes_first(argv)
+    recipes = 0  # the length of the recipes' block, --config FILE pairs
+    while argv[recipes:recipes + 1] == ["--config"] and recipes + 1 < len(argv):
+        recipes += 2
     # every recipe a file: a path, or the name of a packaged one (ptb/vae); an unknown one is an error
     argv = [str(find_yaml("recipe", a)) if i and argv[i - 1] == "--config" else a for i, a in enumerate(argv)]
     if argv[:1] == ["--config"] and is_run_folder(Path(argv[1]).parent) and Path(argv[1]).name == "config.yaml":
         # a run folder's own settings: the run is that folder, wherever it was moved or copied to since
-        # (its saved out_dir and name are where it was made); --out_dir or --name after it still win
+        # (its saved out_dir and name are where it was made), whatever name an overlay sets; --out_dir or
+        # --name given still win
         folder = Path(argv[1]).parent.absolute()  # "config.yaml" given in the folder itself: the folder's own name
-        argv = argv[:2] + ["--out_dir", str(folder.parent), "--name", folder.name] + argv[2:]
+        argv = argv[:recipes] + ["--out_dir", str(folder.parent), "--name", folder.name] + argv[recipes:]
     task = recipe_task(argv[argv.index("--config") + 1]) if "--config" in argv[:-1] else DEFAULT_TASK
     config_class = TASKS.get(task).config_class
     for i, a in enumerate(argv[:-1]):
@@ -170,28 +195,13 @@ def parse_run_config(argv: list[str]) -> tuple[Any, bool]:
                                f"{task}; give a {argv[i + 1]} recipe instead (textvae list recipe)")
     parser = train_parser(config_class)
     try:
-        recipe = argv.index("--config") + 1
-        if any(a in ("-h", "--help") for a in argv) and recipe < len(argv):
-            # jsonargparse's help shows the class defaults even after --config; show the recipe's
-            parser.set_defaults({key: value for key, value in parser.parse_path(argv[recipe]).items()
+        if any(a in ("-h", "--help") for a in argv) and recipes:
+            # jsonargparse's help shows the class defaults even after --config; show the recipes' together
+            parser.set_defaults({key: value for key, value in parser.parse_args(argv[:recipes]).as_dict().items()
                                  if key not in ("config", "__path__", "resume")})
         values = parser.parse_args(argv).as_dict()
     except ArgumentError as e:
-        message = plain_type_error(" ".join(str(e).split()))
-        stray = [a for a in argv[2:] if not a.startswith("-") and ((a.endswith((".yaml", ".yml")) and Path(a).is_file())
-                                                                     or packaged_file("recipe", a) is not None)]
-        if "unrecognized arguments" in message.lower() and stray and recipe_first:
-            message += f" (a second recipe: a run starts from one, and --config {stray[0]} overlays another on it)"
-        elif "unrecognized arguments" in message.lower() and stray:
-            message += f" (the recipe {stray[0]} goes first, before the overrides)"
-        elif "unrecognized arguments" in message.lower() and "--set" in argv:
-            message += " (--set is textvae study's; textvae train takes --SECTION.KEY VALUE)"
-        elif "unrecognized arguments" in message.lower():
-            given = re.search(r"unrecognized arguments: --(\S+)", message, re.IGNORECASE)  # the first one named
-            if given is not None:
-                message += close_name(given.group(1), setting_names(config_class), "--") or \
-                    f" (textvae train {'RECIPE ' if task != DEFAULT_TASK else ''}--help lists the settings)"
-        raise TextVAEError(message) from None
+        raise TextVAEError(_argument_error(" ".join(str(e).split()), argv, recipe_first, task, config_class)) from None
     resume = values.pop("resume")
     values.pop("config", None)
     values.pop("__path__", None)

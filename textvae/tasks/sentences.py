@@ -27,13 +27,6 @@ class SentenceTask(Task):
 
     def check(self) -> None:
         check_model_config(self.cfg.model)
-        mc = self.cfg.model
-        bn_vae = any(spec.get("name") == "bn_vae" for spec in self.cfg.objective.remedies)
-        if bn_vae and (mc.encoder_init or mc.init) == "he2019" and not mc.encoder_from:
-            # its KL floor holds once the posterior means vary over a batch by more than BatchNorm's eps
-            log.warning("remedy bn_vae under He et al.'s U(-0.01, 0.01) encoder init starts the posterior means "
-                        "nearly equal over the batch, where its KL floor does not hold: the run may well collapse "
-                        "(BN-VAE's code keeps PyTorch's init there: --model.encoder_init torch)")
 
     def load_data(self) -> DataBundle:
         return load_dataset(self.cfg.data)
@@ -42,7 +35,14 @@ class SentenceTask(Task):
         return TextVAE(self.cfg.model, data.tokenizer.vocab_size, self.cfg.objective)
 
     def warm_start(self, model: TextVAE, data: DataBundle) -> dict[str, Any]:
-        if not self.cfg.model.encoder_from:
+        mc = self.cfg.model
+        bn_vae = any(spec.get("name") == "bn_vae" for spec in self.cfg.objective.remedies)
+        if bn_vae and (mc.encoder_init or mc.init) == "he2019" and not mc.encoder_from:
+            # its KL floor holds once the posterior means vary over a batch by more than BatchNorm's eps
+            log.warning("remedy bn_vae under He et al.'s U(-0.01, 0.01) encoder init starts the posterior means "
+                        "nearly equal over the batch, where its KL floor does not hold: the run may well collapse "
+                        "(BN-VAE's code keeps PyTorch's init there: --model.encoder_init torch)")
+        if not mc.encoder_from:
             return {}
         # after the draw, so the decoder is the one a fresh run gets
         model.load_inference_network(self.cfg.model.encoder_from, data.tokenizer)
