@@ -5,6 +5,7 @@ skipped without it. Every test runs with ``TEXTVAE_CACHE`` in a temporary folder
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
@@ -612,3 +613,11 @@ def test_readme_names_every_unverified_corpus():
     listed = set(re.findall(r"`(\w+)`", sentence))
     assert listed == {spec.name for spec in (CORPORA.get(n) for n in list_corpora()) if spec.unverified}
     assert CORPORA.get("yahoo").unverified == ["yahoo_data/yahoo.train.txt"]
+
+
+def test_a_corpus_without_a_download_that_is_not_found_says_where_to_put_it(monkeypatch, isolated_cache):
+    monkeypatch.delenv("TEXTVAE_DATA_DIR", raising=False)
+    spec = dataclasses.replace(toy_spec(), downloads={})
+    with pytest.raises(TextVAEError, match=r"^corpus toy: not found \(no data.data_dir or TEXTVAE_DATA_DIR given\) and "
+                                           r"it has no download; set TEXTVAE_DATA_DIR .* toy/a/train.txt$"):
+        resolve_corpus(spec)

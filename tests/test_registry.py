@@ -131,3 +131,53 @@ def test_a_missing_parameter_is_named_not_a_python_signature(monkeypatch):
     assert parts.build("box", {"depth": 4}, 0.1, size=3) == (0.1, 3, 4, 1)
     with pytest.raises(TextVAEError, match=r"KL schedule 'cyclical': missing parameter\(s\) \['total_steps'\]"):
         create_schedule({"name": "cyclical"})
+
+
+PLUGIN = '''
+import torch
+
+from textvae.remedies import Remedy, register_remedy
+
+
+@register_remedy("half_kl")
+class HalfKL(Remedy):
+    """A remedy of the user's own: half the KL term (a test's)."""
+
+    replaces_kl = True
+
+    def kl_term(self, kl: torch.Tensor, beta: float, step: int) -> torch.Tensor:
+        return 0.5 * beta * kl.sum(-1)
+'''
+
+
+def test_a_plugin_registers_parts_for_every_command(tmp_path):
+    """TEXTVAE_PLUGINS names a module of the user's (here in the current directory, as the console script
+    finds it too), which the command imports first: its remedy is listed, and a run trains with it."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.test_train import REPO
+
+    (tmp_path / "my_parts.py").write_text(PLUGIN)
+    env = dict(os.environ, TEXTVAE_PLUGINS="my_parts", PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    listed = subprocess.run([sys.executable, "-m", "textvae.cli", "list", "remedy", "half_kl"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True)
+    assert listed.returncode == 0 and "A remedy of the user's own: half the KL term" in listed.stdout, listed.stderr
+    tiny = ["--model.emb_dim", "8", "--model.latent_dim", "2", "--model.encoder.hidden_dim", "8",
+            "--model.decoder.hidden_dim", "8", "--data.max_sentences", "60", "--train.max_steps", "2",
+            "--train.iw_samples_final", "2", "--train.progress", "false", "--train.tensorboard", "false",
+            "--objective.remedies", "[{name: half_kl}]", "--out_dir", str(tmp_path / "runs"), "--name", "half"]
+    trained = subprocess.run([sys.executable, "-m", "textvae.cli", "train", *tiny], cwd=tmp_path, env=env,
+                             capture_output=True, text=True)
+    assert trained.returncode == 0 and (tmp_path / "runs" / "half" / "model").is_dir(), trained.stderr[-2000:]
+    missing = subprocess.run([sys.executable, "-m", "textvae.cli", "list"], cwd=tmp_path, capture_output=True,
+                             text=True, env=dict(env, TEXTVAE_PLUGINS="my_parts, no_such_parts"))
+    assert missing.returncode == 2 and missing.stderr.strip() == (
+        "textvae: error: TEXTVAE_PLUGINS: module 'no_such_parts' cannot be imported: No module named 'no_such_parts'")
+
+
+def test_an_unknown_part_s_error_says_where_one_s_own_come_from(capsys):
+    with pytest.raises(TextVAEError, match=r"unknown remedy 'half_kl'; valid: .* \(a part of your own: name the module "
+                                           r"that registers it in TEXTVAE_PLUGINS\)$"):
+        create_remedy({"name": "half_kl"}, latent_dim=4)

@@ -37,6 +37,7 @@ import torch
 from textvae.config import COUNT, NON_NEGATIVE, POSITIVE, SEED, Range, check_flags
 from textvae.errors import CommandParser, TextVAEError
 from textvae.packaged import FOLDERS, find_yaml, packaged_file, packaged_folder, packaged_names, summary
+from textvae.plugins import load_plugins
 from textvae.training.signals import take_last_signal
 
 COMMANDS = ("train", "evaluate", "sample", "reconstruct", "interpolate", "respond", "study", "list", "plot", "compare")
@@ -736,6 +737,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     handler = globals()[f"cmd_{argv[0]}"]
     take_last_signal()  # one of an earlier command in this process is not this one's
     try:
+        load_plugins()  # parts of the user's own, registered before any name is looked up
         handler(argv[1:])
     except BrokenPipeError:  # the reader stopped early (`| head`): no traceback, the status of a SIGPIPE
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush must not fail again

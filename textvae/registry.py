@@ -14,7 +14,10 @@ import types
 import typing
 from typing import Any, Callable, Generic, Sequence, TypeVar
 
+from torch import nn
+
 from textvae.errors import TextVAEError
+from textvae.plugins import ENV as PLUGINS_ENV
 
 T = TypeVar("T")
 _REGISTRIES: list[Registry[Any]] = []  # every registry, in the order of creation
@@ -50,7 +53,8 @@ class Registry(Generic[T]):
             return self._entries[name]
         except KeyError:
             valid = ", ".join(sorted(self._entries)) or "(none)"
-            raise TextVAEError(f"unknown {self.kind} {name!r}; valid: {valid}") from None
+            raise TextVAEError(f"unknown {self.kind} {name!r}; valid: {valid} (a part of your own: name the module "
+                               f"that registers it in {PLUGINS_ENV})") from None
 
     def create(self, name: str, *args: Any, **kwargs: Any) -> Any:
         return self.get(name)(*args, **kwargs)  # type: ignore[operator]
@@ -180,8 +184,12 @@ def _check_type(kind: str, name: str, key: str, value: Any, hint: Any) -> None:
 
 
 def _signature(factory: Any) -> dict[str, inspect.Parameter]:
-    target = factory.__init__ if inspect.isclass(factory) else factory
-    return dict(inspect.signature(target).parameters)
+    if inspect.isclass(factory):
+        owner = next(c for c in factory.__mro__ if "__init__" in vars(c))
+        if owner in (object, nn.Module):  # a part without a constructor of its own takes nothing
+            return {}  # (nn.Module's takes *args, **kwargs only to refuse them)
+        return dict(inspect.signature(factory.__init__).parameters)
+    return dict(inspect.signature(factory).parameters)
 
 
 def _takes_any(signature: dict[str, inspect.Parameter]) -> bool:

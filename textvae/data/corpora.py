@@ -244,6 +244,10 @@ def _from_cache(spec: CorpusSpec, looked: list[str]) -> Path:
 
 
 def _download(spec: CorpusSpec, folder: Path, looked: list[str]) -> None:
+    if not spec.downloads:  # a corpus of one's own, kept only in a folder
+        where = f"looked in {', '.join(looked)}" if looked else "no data.data_dir or TEXTVAE_DATA_DIR given"
+        raise TextVAEError(f"corpus {spec.name}: not found ({where}) and it has no download; set TEXTVAE_DATA_DIR "
+                           f"(or data.data_dir) to the folder holding {spec.name}/{spec.files[0]}")
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{spec.name}-", dir=folder.parent))
     try:
