@@ -33,9 +33,10 @@ ANSWER = re.compile(r"^textvae: error: .*|.*(?:warning|is larger than|epochs 0|n
                     re.MULTILINE)
 
 
-def cli(*argv: str, work: Path, want: str = "") -> tuple[int, str]:
-    """Exit status and the answering line (the first one containing ``want``, when given)."""
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+def cli(*argv: str, work: Path, want: str = "", env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Exit status and the answering line (the first one containing ``want``, when given); ``env``: the
+    environment to run in (default: this one's)."""
+    env = dict(env or os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     done = subprocess.run([sys.executable, "-m", "textvae.cli", *argv], cwd=work, env=env, capture_output=True,
                           text=True, timeout=600)
     text = done.stderr + done.stdout
@@ -120,8 +121,8 @@ def disk_full_probe(work: Path) -> tuple[str, list[str]] | None:
              "--train.max_steps", "4", "--train.checkpoint_every", "1"])
 
 
-def probes(work: Path, p: dict[str, Path]) -> list[tuple[str, list[str], str]]:
-    """(what, argv, text the answering line contains or '')."""
+def probes(work: Path, p: dict[str, Path]) -> list[tuple]:
+    """(what, argv, text the answering line contains or '' [, the environment to run in])."""
     model, cvae = str(work / "runs/vae/model"), str(work / "runs/cvae")
     latent = [(f"--model.latent_dim 0 with {r}", train(work, "x", p["corpus"], "--model.latent_dim", "0",
                                                         "--objective.remedies", f'[{{"name": "{r}"}}]'), "")
@@ -217,26 +218,40 @@ def session28_probes(work: Path, p: dict[str, Path]) -> list[tuple[str, list[str
     ]
 
 
-def session29_probes(work: Path, p: dict[str, Path]) -> list[tuple[str, list[str], str]]:
-    """A study whose budget changed since its runs finished, and the last walkthrough's papercuts."""
+def session29_probes(work: Path, p: dict[str, Path]) -> list[tuple]:
+    """A study whose budget changed since its runs finished, parts of one's own, and the twenty-ninth
+    session's walkthrough papercuts."""
     model = str(work / "runs/vae/model")
     study = {"name": "budget", "seeds": [1], "data": {"name": str(p["corpus"])},
              "overrides": {"model": {"emb_dim": 8, "latent_dim": 4, "encoder.hidden_dim": 8, "decoder.hidden_dim": 8},
                            "train": {"progress": False, "tensorboard": False, "iw_samples_final": 4, "threads": 1}},
              "variants": {"vae": {}}}
-    for name, steps in (("budget3", 3), ("budget6", 6), ("budget2", 2)):
-        (work / f"{name}.yaml").write_text(json.dumps({**study, "budget": {"max_steps": steps}}))
+    budgets = {"epochs1": {"epochs": 1}, "epochs2": {"epochs": 2}, "steps3": {"max_steps": 3}, "steps6": {"max_steps": 6}}
+    for name, budget in budgets.items():
+        (work / f"{name}.yaml").write_text(json.dumps({**study, "budget": budget}))
     (work / "two.txt").write_text("w3 w4\n")
-    out = str(work / "study")
-    setup = cli("study", str(work / "budget3.yaml"), "--out", out, work=work)
-    if setup[0] != 0:
-        sys.exit(f"setup of the budget probes failed ({setup[0]}): {setup[1]}")
+    (work / "my_parts.py").write_text("import numpyy  # a module of the user's that does not import\n")
+    for out, first in (("study", "epochs1"), ("steps", "steps3")):
+        status, line = cli("study", str(work / f"{first}.yaml"), "--out", str(work / out), work=work)
+        if status != 0:
+            sys.exit(f"setup of the budget probes failed ({status}): {line}")
+    plugins = dict(os.environ, TEXTVAE_PLUGINS="my_parts")
     return [
-        ("a study given a larger budget", ["study", str(work / "budget6.yaml"), "--out", out], "training on"),
-        ("a study given a budget its runs trained past", ["study", str(work / "budget2.yaml"), "--out", out], ""),
+        ("a study given a larger budget", ["study", str(work / "epochs2.yaml"), "--out", str(work / "study")],
+         "training on"),
+        ("a study given a budget its runs trained past", ["study", str(work / "epochs1.yaml"), "--out",
+                                                          str(work / "study")], ""),
+        ("a study given more steps than stopped its runs within an epoch", ["study", str(work / "steps6.yaml"),
+                                                                            "--out", str(work / "steps")], ""),
         ("reconstruct: sentences after --file F", ["reconstruct", model, "w1 w2", "--file", str(work / "two.txt"),
                                                    "w5 w6"], "w5 w6"),
-        ("plot of a study's folder", ["plot", out], ""),
+        ("plot of a study's folder", ["plot", str(work / "study")], ""),
+        ("a data.data_dir that does not exist", train(work, "x", "ptb", "--data.data_dir", str(work / "nowhere")), ""),
+        ("evaluate --data a file that does not exist", ["evaluate", str(work / "runs/vae"), "--data",
+                                                        str(work / "no.txt")], ""),
+        ("a remedy of one's own not loaded", train(work, "x", p["corpus"], "--objective.remedies",
+                                                   "[{name: my_remedy}]"), ""),
+        ("TEXTVAE_PLUGINS naming a module that fails", ["list"], "", plugins),
     ]
 
 
@@ -257,8 +272,9 @@ def main() -> None:
     if not args.group:
         cases.append((*full, "") if full else ("the disk fills while a checkpoint is written", [], "skipped"))
     try:
-        for what, argv, want in cases:
-            status, line = cli(*argv, work=work, want=want) if argv else ("-", "skipped: cannot mount a tmpfs here")
+        for what, argv, want, *env in cases:
+            status, line = cli(*argv, work=work, want=want, env=env[0] if env else None) if argv else \
+                ("-", "skipped: cannot mount a tmpfs here")
             print(f"{what}\n    exit {status}: {line}")
     finally:
         for mount in ("readonly", "small"):
