@@ -153,6 +153,7 @@ class HalfKL(Remedy):
 def test_a_plugin_registers_parts_for_every_command(tmp_path):
     """TEXTVAE_PLUGINS names a module of the user's (here in the current directory, as the console script
     finds it too), which the command imports first: its remedy is listed, and a run trains with it."""
+    import json
     import os
     import subprocess
     import sys
@@ -161,8 +162,10 @@ def test_a_plugin_registers_parts_for_every_command(tmp_path):
 
     (tmp_path / "my_parts.py").write_text(PLUGIN)
     env = dict(os.environ, TEXTVAE_PLUGINS="my_parts", PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    listed = subprocess.run([sys.executable, "-m", "textvae.cli", "list", "remedy", "half_kl"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True)
+    # -P (Python 3.11): the current directory not on sys.path, as under the console script
+    safe_path = ["-P"] if sys.version_info >= (3, 11) else []
+    listed = subprocess.run([sys.executable, *safe_path, "-m", "textvae.cli", "list", "remedy", "half_kl"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True)
     assert listed.returncode == 0 and "A remedy of the user's own: half the KL term" in listed.stdout, listed.stderr
     tiny = ["--model.emb_dim", "8", "--model.latent_dim", "2", "--model.encoder.hidden_dim", "8",
             "--model.decoder.hidden_dim", "8", "--data.max_sentences", "60", "--train.max_steps", "2",
@@ -171,6 +174,9 @@ def test_a_plugin_registers_parts_for_every_command(tmp_path):
     trained = subprocess.run([sys.executable, "-m", "textvae.cli", "train", *tiny], cwd=tmp_path, env=env,
                              capture_output=True, text=True)
     assert trained.returncode == 0 and (tmp_path / "runs" / "half" / "model").is_dir(), trained.stderr[-2000:]
+    (source,) = [json.loads(line) for line in (tmp_path / "runs" / "half" / "metrics.jsonl").read_text().splitlines()
+                 if json.loads(line)["split"] == "source"]
+    assert source["plugins"] == ["my_parts"]  # what the run's code was, beside textvae's commit
     missing = subprocess.run([sys.executable, "-m", "textvae.cli", "list"], cwd=tmp_path, capture_output=True,
                              text=True, env=dict(env, TEXTVAE_PLUGINS="my_parts, no_such_parts"))
     assert missing.returncode == 2 and missing.stderr.strip() == (

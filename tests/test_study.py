@@ -230,9 +230,17 @@ def test_a_larger_budget_trains_the_study_s_finished_runs_on_to_the_figures_of_a
     one = dict(TINY, seeds=[1], variants={"plain": {"optim.lr": 0.003}})
     st.run_study(write_study(tmp_path, one), out=str(tmp_path / "a"))
     longer = write_study(tmp_path, dict(one, budget={"epochs": 3}), "longer.yaml")
-    fresh = st.run_study(longer, out=str(tmp_path / "fresh"))
+    fresh = st.run_study(longer, out=str(tmp_path / "fresh"), archive=tmp_path / "archive.json")
     (run,) = st.plan(st.load_study(longer, str(tmp_path / "a")))
     assert st.run_state(run) == "resume"
+    # an archive that holds the run of the larger budget stands for it: nothing to train, said so
+    from textvae.study.archive import attach, load_archive
+
+    study = st.load_study(longer, str(tmp_path / "a"))
+    (archived,) = st.plan(study)
+    attach(study, [archived], load_archive(tmp_path / "archive.json"))
+    assert archived.archived is not None and training_order([archived], [archived]) == []
+    assert st.status_lines([archived])[0].split()[:2] == ["plain/seed1", "archived"]
     (line, _) = st.status_lines([run])
     assert re.search(r"plain/seed1 +stopped +finished at its budget, epoch 2 .*; the study's larger one trains it on "
                      r"\(train.epochs: 2 -> 3\)", line), line
@@ -271,30 +279,32 @@ def test_a_run_started_from_a_run_the_larger_budget_trains_on_is_a_conflict(tmp_
         st.run_study(write_study(tmp_path, spec), out=str(tmp_path / "out"))
 
 
-@pytest.mark.parametrize("state, saved, budget, verdict", [
-    ({"epoch": 2}, {"epochs": 2}, {"epochs": 3}, "trains"),  # stopped by its epochs: more train it on
-    ({"epoch": 2, "done": True}, {"epochs": 2}, {"epochs": 3}, "stops"),  # its plateau schedule ended
-    ({"epoch": 5, "done": True}, {"epochs": 100}, {"epochs": 5}, "stops"),  # ended at the lower budget's end
-    ({"epoch": 5, "done": True}, {"epochs": 100}, {"epochs": 4}, "past"),  # would have stopped an epoch earlier
-    ({"epoch": 4, "batch_in_epoch": 1}, {"epochs": 100}, {"epochs": 4}, "past"),  # a step into the 5th epoch
-    ({"epoch": 1, "step": 50}, {"max_steps": 50}, {"max_steps": None}, "trains"),  # unbounded now
-    ({"epoch": 1, "step": 50}, {"max_steps": 50, "epochs": 2}, {"max_steps": 50, "epochs": 3}, "stops"),
-    ({"epoch": 1, "step": 50}, {"max_steps": None}, {"max_steps": 40}, "past"),
-    ({"train_seconds": 61.0}, {"max_seconds": 60.0}, {"max_seconds": 120.0}, "trains"),
+@pytest.mark.parametrize("state, saved, budget, finished, verdict", [
+    ({"epoch": 2}, {"epochs": 2}, {"epochs": 3}, True, "trains"),  # stopped by its epochs: more train it on
+    ({"epoch": 2, "done": True}, {"epochs": 2}, {"epochs": 3}, True, "stops"),  # its plateau schedule ended
+    ({"epoch": 5, "done": True}, {"epochs": 100}, {"epochs": 5}, True, "stops"),  # ended at the lower budget's end
+    ({"epoch": 5, "done": True}, {"epochs": 100}, {"epochs": 4}, True, "past"),  # would have stopped an epoch earlier
+    ({"epoch": 4, "batch_in_epoch": 1}, {"epochs": 100}, {"epochs": 4}, True, "past"),  # a step into the 5th epoch
+    ({"epoch": 1, "step": 50}, {"max_steps": 50}, {"max_steps": None}, True, "trains"),  # unbounded now
+    ({"epoch": 1, "step": 50}, {"max_steps": 50, "epochs": 2}, {"max_steps": 50, "epochs": 3}, True, "stops"),
+    ({"epoch": 1, "step": 50}, {"max_steps": None}, {"max_steps": 40}, True, "past"),
+    ({"train_seconds": 61.0}, {"max_seconds": 60.0}, {"max_seconds": 120.0}, True, "trains"),
     # a time budget is overrun by the step that crosses it: not past a budget that did not change
-    ({"train_seconds": 61.0}, {"max_seconds": 60.0, "epochs": 2}, {"max_seconds": 60.0, "epochs": 3}, "stops"),
-    ({"train_seconds": 61.0}, {"max_seconds": 120.0}, {"max_seconds": 60.0}, "past"),
+    ({"train_seconds": 61.0}, {"max_seconds": 60.0, "epochs": 2}, {"max_seconds": 60.0, "epochs": 3}, True,
+     "stops"),
+    ({"train_seconds": 61.0}, {"max_seconds": 120.0}, {"max_seconds": 60.0}, True, "past"),
     # stopped by its step or time budget within an epoch, and validated there as a longer run is not
-    ({"step": 3, "batch_in_epoch": 3}, {"max_steps": 3}, {"max_steps": 8}, "mid_epoch"),
-    ({"train_seconds": 61.0, "batch_in_epoch": 2}, {"max_seconds": 60.0}, {"max_seconds": 120.0}, "mid_epoch"),
-    ({"step": 3, "batch_in_epoch": 3}, {"max_steps": 5}, {"max_steps": 8}, "trains"),  # stopped by a signal
+    ({"step": 3, "batch_in_epoch": 3}, {"max_steps": 3}, {"max_steps": 8}, True, "mid_epoch"),
+    ({"train_seconds": 61.0, "batch_in_epoch": 2}, {"max_seconds": 60.0}, {"max_seconds": 120.0}, True,
+     "mid_epoch"),
+    ({"step": 3, "batch_in_epoch": 3}, {"max_steps": 3}, {"max_steps": 8}, False, "trains"),  # stopped by a signal
 ])
-def test_budget_verdict(state, saved, budget, verdict):
+def test_budget_verdict(state, saved, budget, finished, verdict):
     from textvae.config import TrainConfig
     from textvae.training.train import LoopState, budget_verdict
 
     tc = TrainConfig(**{"epochs": 100, **budget})
-    assert budget_verdict(LoopState(**state), {"epochs": 100, **saved}, tc) == verdict
+    assert budget_verdict(LoopState(**state), {"epochs": 100, **saved}, tc, finished) == verdict
 
 
 def test_a_finished_run_s_line_shows_a_figure_it_lacks_as_a_dash(monkeypatch, caplog):

@@ -325,12 +325,12 @@ def evaluation_data(args: argparse.Namespace, run_cfg: Optional[dict], tokenizer
         raise TextVAEError("--data is needed when evaluating a model folder rather than a run folder")
     if args.data is not None:
         data_cfg.name, data_cfg.max_sentences = args.data, None
+    if args.data is not None and is_text_file(args.data):
+        return data_cfg, load_text_file(data_cfg, tokenizer, args.split)
     if data_cfg.data_dir and not Path(data_cfg.data_dir).expanduser().is_dir():  # a run made on another machine
         logging.getLogger("textvae").warning("the run's data.data_dir %s is not here; the corpus is looked for as "
                                              "without it (TEXTVAE_DATA_DIR, the cache)", data_cfg.data_dir)
         data_cfg.data_dir = None
-    if args.data is not None and is_text_file(args.data):
-        return data_cfg, load_text_file(data_cfg, tokenizer, args.split)
     try:
         data = load_dataset(data_cfg, tokenizer=tokenizer)
     except TextVAEError as e:

@@ -30,12 +30,22 @@ def load_plugins() -> list[str]:
     """Import the modules ``TEXTVAE_PLUGINS`` names and the ``textvae.plugins`` entry points (each once);
     returns what was loaded, by name. A module that cannot be imported is a one-line error naming it."""
     names = [name.strip() for name in os.environ.get(ENV, "").split(",") if name.strip()]
-    if names and os.getcwd() not in sys.path:  # the console script's sys.path lacks it, python -m has it
-        sys.path.append(os.getcwd())
+    try:
+        here = os.getcwd()
+    except OSError:  # the current directory was removed: nothing there to import
+        here = None
+    if names and here is not None and here not in sys.path:  # the console script's sys.path lacks it (python -m
+        sys.path.append(here)  # has it first); last, so that a file there shadows no installed module
     for name in names:
         _load(name, lambda name=name: importlib.import_module(name), f"{ENV}: module {name!r}")
     for point in entry_points(group=GROUP):
         _load(f"{point.name}={point.value}", point.load, f"entry point {point.name!r} ({point.value}) of {GROUP}")
+    return loaded_plugins()
+
+
+def loaded_plugins() -> list[str]:
+    """What :func:`load_plugins` has loaded in this process (module names, ``name=module`` entry points),
+    for a run's record of the code it ran."""
     return sorted(_loaded)
 
 

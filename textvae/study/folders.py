@@ -70,7 +70,7 @@ def folder_changes(run: Run) -> tuple[dict[str, tuple[Any, Any]], Optional[str]]
     if not checkpoint.is_file():  # never checkpointed: trained from its start ("new"), unless it finished
         return changes, "unknown" if finished_report(run.dir) is not None else "trains"
     state = LoopState(**read_checkpoint_meta(checkpoint)["loop"])
-    return changes, budget_verdict(state, old.get("train", {}), run.config.train)
+    return changes, budget_verdict(state, old.get("train", {}), run.config.train, finished_report(run.dir) is not None)
 
 
 def trains_on(run: Run) -> bool:
@@ -78,18 +78,32 @@ def trains_on(run: Run) -> bool:
     return finished_report(run.dir) is not None and folder_changes(run)[1] == "trains"
 
 
+_md5s: dict[tuple[str, int, int], str] = {}  # the md5 of a weights file by path, size and mtime: read once
+
+
+def _weights_md5(path: Path) -> str:
+    """The md5 of a weights file, read once per process while it is unchanged (the runs that start from one
+    run's weights all check them)."""
+    from textvae.files import file_md5
+
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _md5s:
+        _md5s[key] = file_md5(path)
+    return _md5s[key]
+
+
 def check_start(run: Run) -> None:
     """A run started from another run's weights (``model.encoder_from``) goes on only from the weights it
     started from (the md5 its start logged): trained on, or trained again not bit for bit, they would make
     it another run. Weights not there (a run to be trained again first) are checked when it resumes."""
-    from textvae.files import file_md5
     from textvae.models.textvae import WEIGHTS_FILE
 
     source = getattr(getattr(run.config, "model", None), "encoder_from", None)
     start = next((r for r in read_jsonl(run.dir / "metrics.jsonl") if r.get("split") == "data"), {})
     if source is None or "encoder_from_md5" not in start or not (Path(source) / WEIGHTS_FILE).is_file():
         return
-    then, now = start["encoder_from_md5"], file_md5(Path(source) / WEIGHTS_FILE)
+    then, now = start["encoder_from_md5"], _weights_md5(Path(source) / WEIGHTS_FILE)
     if now != then:
         raise TextVAEError(f"{run.dir} started from the weights in {source}, which have changed since (md5 {then[:8]} "
                            f"then, {now[:8]} now: trained on, or trained again not bit for bit); delete it to train "
@@ -98,19 +112,23 @@ def check_start(run: Run) -> None:
 
 def check_run_folder(run: Run, by_label: dict[str, Run]) -> None:
     """A run folder holding a run of another configuration is an error (never overwritten). Another budget
-    is the study's where it makes the same run: a larger one trains a run stopped by its budget on, and
-    one that a run stopped before (its plateau schedule ended) leaves it as it is. A run started from a
-    run (``by_label``: the study's runs) that the larger budget trains on is an error too: it started from
-    weights that the study's run no longer has."""
+    is the study's where it makes the same run: a larger one trains a run stopped by its budget at an
+    epoch's end on, and one that a run stopped before (its plateau schedule ended) leaves it as it is; a
+    run past a lowered budget, or stopped by a step or time budget within an epoch (``mid_epoch``), is an
+    error. So is a run started from weights that have changed since (:func:`check_start`) or that will
+    (a run, of ``by_label``'s, that the larger budget trains on)."""
     from textvae.training.train import CHECKPOINT
 
+    changes, verdict = folder_changes(run)
+    if changes and verdict is None:  # another configuration: the first thing to say of it
+        raise TextVAEError(f"{run.dir} was trained with another configuration ({shown_changes(changes)}); give the "
+                           f"study file and --set the settings it was trained with, delete it or choose another --out")
     moved = [label for label in run.needs if trains_on(by_label[label])]
     if moved and (run.dir / CHECKPOINT).is_file():
         raise TextVAEError(f"{run.dir} started from {moved[0]}, which the study's larger budget trains on, so that "
                            f"it would start from other weights now; delete it to train it again from {moved[0]}'s, "
                            f"or --set the budget it was trained with")
     check_start(run)
-    changes, verdict = folder_changes(run)
     if not changes or verdict in ("stops", "trains"):
         return
     shown = shown_changes(changes)
@@ -121,12 +139,9 @@ def check_run_folder(run: Run, by_label: dict[str, Run]) -> None:
         raise TextVAEError(f"{run.dir} stopped at its budget within an epoch ({shown}), where it was validated as a "
                            f"run of the study's budget is not: trained on, it would not be that run; delete it to "
                            f"train it again, or --set the budget it was trained with")
-    if verdict == "unknown":
-        raise TextVAEError(f"{run.dir} was trained with another budget ({shown}) and its checkpoint is gone, so "
-                           f"whether the study's budget trains it on is unknown; --set the budget it was trained "
-                           f"with, delete it or choose another --out")
-    raise TextVAEError(f"{run.dir} was trained with another configuration ({shown}); give the study file and "
-                       f"--set the settings it was trained with, delete it or choose another --out")
+    raise TextVAEError(f"{run.dir} was trained with another budget ({shown}) and its checkpoint is gone, so "
+                       f"whether the study's budget trains it on is unknown; --set the budget it was trained "
+                       f"with, delete it or choose another --out")
 
 
 def shown_changes(changes: dict[str, tuple[Any, Any]]) -> str:

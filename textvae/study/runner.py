@@ -18,8 +18,8 @@ import yaml
 from textvae.errors import TextVAEError
 from textvae.files import FolderBusy, lock_holder, run_folder_lock
 from textvae.metrics.likelihood import IWProgress
-from textvae.study.folders import (check_start, clear_unstarted, check_run_folder, finished_report, folder_changes, run_state,
-                                   shown_changes)
+from textvae.study.folders import (check_run_folder, check_start, clear_unstarted, finished_report, folder_changes,
+                                   run_state, shown_changes)
 from textvae.study.report import format_figure, run_figures, write_outputs
 from textvae.study.spec import Run, Study
 from textvae.training.logger import read_jsonl
@@ -256,7 +256,9 @@ def run_status(run: Run, by_label: dict[str, Run]) -> tuple[str, str]:
     except TextVAEError as e:
         return "conflict", str(e)
     state, holder = run_state(run), lock_holder(run.dir)
-    archived = state == "new" and holder is None and run.archived is not None
+    # the archive's figures stand for a run whose folder holds none of the study's (attach): not started,
+    # or finished under a smaller budget (the archive's run then has the study's)
+    archived = holder is None and run.archived is not None and (state == "new" or finished_report(run.dir) is not None)
     if state == "done" or archived:
         figs = run_figures(run.archived["report"] if archived else finished_report(run.dir) or {})
         return ("archived" if archived else "done"), (

@@ -61,6 +61,7 @@ from textvae.models.decoders import Dropout
 from textvae.models.native import KERNELS, native_kernels, native_status
 from textvae.models.sampled_softmax import SampledSoftmax
 from textvae.models.textvae import VAEOutput
+from textvae.plugins import loaded_plugins
 from textvae.reduction import token_counts
 from textvae.registry import Registry
 from textvae.remedies import Remedy, check_remedies, keep_procedure_state
@@ -123,17 +124,20 @@ def budgets_used_up(state: LoopState, tc: TrainConfig) -> list[str]:
             if reached]
 
 
-def budget_verdict(state: LoopState, saved: dict[str, Any], tc: TrainConfig) -> str:
+def budget_verdict(state: LoopState, saved: dict[str, Any], tc: TrainConfig, finished: bool) -> str:
     """What the budget of ``tc`` makes of a run at ``state`` (its checkpoint's), trained under the budget of
-    ``saved`` (its train settings as JSON values; a step or time budget of None is unbounded):
+    ``saved`` (its train settings as JSON values; a step or time budget of None is unbounded), ``finished``
+    (its test report written) or not:
 
     * ``past``: it trained beyond a budget that ``tc`` lowers, so under ``tc`` it would have stopped
       earlier and be another run;
     * ``stops``: it stops where it is (its plateau schedule ended, or a budget of ``tc`` is used up);
     * ``trains``: ``tc`` trains it on, as ``train --resume`` with ``tc``'s budget does, to the run that
       ``tc`` makes from its start;
-    * ``mid_epoch``: ``tc`` would train on a run that its step or time budget stopped within an epoch,
-      where it was validated (its lr schedule and best model updated) as a run of ``tc`` is not.
+    * ``mid_epoch``: ``tc`` would train on a finished run that its step or time budget stopped within an
+      epoch, where it was validated (its lr schedule and best model updated) as a run of ``tc`` is not. (A
+      run a signal stopped there was not validated; one that a budget stopped at an epoch's end was, as
+      every run is.)
     """
     def lowered(key: str) -> bool:
         new, old = getattr(tc, key), saved.get(key)
@@ -147,10 +151,7 @@ def budget_verdict(state: LoopState, saved: dict[str, Any], tc: TrainConfig) -> 
     out_of_time = tc.max_seconds is not None and state.train_seconds >= tc.max_seconds
     if state.done or out_of_time or budgets_used_up(state, tc):
         return "stops"
-    steps, seconds = saved.get("max_steps"), saved.get("max_seconds")
-    stopped_by_budget = (steps is not None and state.step >= steps
-                         or seconds is not None and state.train_seconds >= seconds)
-    return "mid_epoch" if stopped_by_budget and state.batch_in_epoch > 0 else "trains"
+    return "mid_epoch" if finished and state.batch_in_epoch > 0 else "trains"
 
 
 def selection_loss(figures: dict[str, float], kl_weight: float) -> float:
@@ -669,7 +670,7 @@ def start_run(task: Task, resume: bool, world: World, device: torch.device, data
     warn_about_settings(cfg, len(data.splits["train"]))
     model = task.build_model(data).to(device)
     # before the reseed below: loading saved weights may draw (a throwaway model's init)
-    started_from = {} if resume else task.warm_start(model, data)
+    started_from = {} if resume else task.warm_start(model, data) or {}  # a task's own may return nothing
     check_remedies_run_in(world, list(model.objective.remedies))
     if task.reseed_after_init or world.size > 1:
         torch.manual_seed(rank_seed(tc.seed, world.rank))  # this rank's z noise, dropout masks, ...
@@ -717,6 +718,8 @@ def source_revision() -> dict[str, Any]:
     import textvae
 
     revision: dict[str, Any] = {"textvae": textvae.__version__, "torch": torch.__version__, "commit": None}
+    if loaded_plugins():  # parts of the user's own that the run may use (TEXTVAE_PLUGINS)
+        revision["plugins"] = loaded_plugins()
     where = Path(textvae.__file__).resolve().parent
     try:
         commit = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True,
