@@ -107,6 +107,35 @@ def test_cycle_lr_stairs_without_the_cosine_is_a_config_error():
     check_config(cfg)
 
 
+def test_an_lr_schedule_s_own_parameters_come_from_cycle_lr_options(monkeypatch):
+    """A registered lr schedule with parameters of its own (a plugin's) takes them from the recipe; they are
+    checked with the settings, before any data."""
+    from textvae.config import RunConfig
+    from textvae.schedules import LR_SCHEDULES
+    from textvae.training.train import check_config
+
+    def halve_at(lr, kl_schedule, at: int):
+        """lr(t) = lr before step ``at``, lr / 2 from it."""
+        return lambda step: lr if step < at else lr / 2
+
+    monkeypatch.setitem(LR_SCHEDULES._entries, "halve_at", halve_at)
+    constant = create_schedule({"name": "constant", "value": 1.0})
+    assert [create_lr_schedule("halve_at", 0.4, constant, options={"at": 2})(t) for t in range(4)] == [
+        0.4, 0.4, 0.2, 0.2]
+    cfg = RunConfig()
+    cfg.optim.cycle_lr, cfg.optim.cycle_lr_options = "halve_at", {"at": 5}
+    check_config(cfg)
+    for options, message in (({}, r"'halve_at': missing parameter\(s\) \['at'\]"),
+                             ({"at": "soon"}, r"'halve_at': at must be an integer, got 'soon'"),
+                             ({"at": 5, "lr": 1.0}, r"'halve_at': \['lr'\] come\(s\) from the model")):
+        cfg.optim.cycle_lr_options = options
+        with pytest.raises(TextVAEError, match=message):
+            check_config(cfg)
+    cfg.optim.cycle_lr, cfg.optim.cycle_lr_options = "cosine", {"at": 5}
+    with pytest.raises(TextVAEError, match=r"optim.cycle_lr 'cosine': unknown parameter\(s\) \['at'\]"):
+        check_config(cfg)
+
+
 def fu_linear_reference(n_iter, start, stop, n_cycle, ratio):
     """Step-level cyclical schedule as Fu et al. define it: an array filled cycle by cycle, rising
     by a constant increment from ``start`` until ``stop`` and staying at ``stop``."""

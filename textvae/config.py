@@ -205,6 +205,8 @@ class OptimConfig:
     ``cycle_lr`` (with the cyclical KL schedule, Fu et al. 2019): ``cosine`` sets lr = lr0 (1 + cos(pi u)) / 2
     at cycle fraction u; ``none`` leaves the lr to the plateau schedule. ``cycle_lr_stairs`` S > 0 holds the
     cosine's lr on S equal parts of each cycle (Fu et al.'s PTB script: once per epoch, S = 10).
+    ``cycle_lr_options``: the parameters of the ``cycle_lr`` schedule beyond those (a registered schedule
+    of one's own: ``textvae list optim.cycle_lr`` shows each one's).
     ``plateau_kl_weight`` w: the validation loss that selects the best model and drives the decays
     is rec + w KL = -ELBO - (1 - w) KL. w = 1 (-ELBO) everywhere but in an autoencoder trained with
     the KL weight 0, which Li et al. (2019, ``text_beta.py --beta 0``) select by rec + 0 KL.
@@ -223,6 +225,7 @@ class OptimConfig:
     reload_best_on_decay: bool = True
     cycle_lr: str = "none"
     cycle_lr_stairs: int = 0
+    cycle_lr_options: dict[str, Any] = field(default_factory=dict)
     plateau_kl_weight: float = 1.0
 
     RANGES: ClassVar[dict[str, Range]] = {

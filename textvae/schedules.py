@@ -124,7 +124,8 @@ class Cyclical:
 SCHEDULES.register("cyclical")(Cyclical)
 
 
-LR_SCHEDULES: Registry = Registry("optim.cycle_lr", recipe="optim.cycle_lr: NAME (optim.cycle_lr_stairs for stairs)",
+LR_SCHEDULES: Registry = Registry("optim.cycle_lr", recipe="optim.cycle_lr: NAME, optim.cycle_lr_options: {PARAM: "
+                                                           "VALUE} (optim.cycle_lr_stairs for stairs)",
                                   supplied=("lr", "kl_schedule", "stairs"))
 
 
@@ -172,10 +173,12 @@ def cosine_per_cycle(lr: float, kl_schedule: Schedule, stairs: int = 0) -> Sched
     return cosine
 
 
-def create_lr_schedule(name: str, lr: float, kl_schedule: Schedule, stairs: int = 0) -> Schedule:
+def create_lr_schedule(name: str, lr: float, kl_schedule: Schedule, stairs: int = 0,
+                       options: Optional[dict[str, Any]] = None) -> Schedule:
     """``step -> lr`` of the registered ``name`` around the base ``lr``, cycles taken from
-    ``kl_schedule``; ``stairs`` goes to the schedules that take it (``cosine``)."""
-    return LR_SCHEDULES.build(name, {}, lr, kl_schedule, stairs=stairs)
+    ``kl_schedule``; ``stairs`` goes to the schedules that take it (``cosine``), ``options`` (a recipe's
+    ``optim.cycle_lr_options``) are the schedule's own parameters."""
+    return LR_SCHEDULES.build(name, dict(options or {}), lr, kl_schedule, stairs=stairs)
 
 
 def create_schedule(spec: dict[str, Any]) -> Schedule:

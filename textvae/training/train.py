@@ -441,7 +441,8 @@ def check_config(cfg: RunConfig) -> None:
         raise TextVAEError(f"name {cfg.name!r}: a run's name is its folder under out_dir; give a folder name")
     if tc.precision not in ("fp32", "bf16"):
         raise TextVAEError(f"unknown train.precision {tc.precision!r}; valid: fp32, bf16")
-    LR_SCHEDULES.get(oc.cycle_lr)  # an unknown name: the registry's one-line error, listing the valid ones
+    # an unknown name, or a parameter it does not take: the registry's one-line error, listing the valid ones
+    LR_SCHEDULES.check(oc.cycle_lr, oc.cycle_lr_options, given=("lr", "kl_schedule"))
     OPTIMIZERS.get(oc.name)
     # names, parameters and their types, and how they combine with each other and the model, before the data
     check_remedies(cfg.objective.remedies, **cfg.model.latent_family())
@@ -655,7 +656,7 @@ class Run:
         """A new optimiser and lr schedule at the plateau schedule's ``state.lr``."""
         self.optimizer = build_optimizer(self.cfg.optim, self.model, self.state.lr)
         self.lr_at = create_lr_schedule(self.cfg.optim.cycle_lr, self.state.lr, self.model.objective.schedule,
-                                        self.cfg.optim.cycle_lr_stairs)
+                                        self.cfg.optim.cycle_lr_stairs, self.cfg.optim.cycle_lr_options)
 
 
 def start_run(task: Task, resume: bool, world: World, device: torch.device, data: Any) -> Run:
@@ -693,7 +694,8 @@ def start_run(task: Task, resume: bool, world: World, device: torch.device, data
         world.on_main(lambda: (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
     logger = RunLogger(run_dir, tensorboard=tc.tensorboard, enabled=world.is_main, truncate_to=log_bytes,
                        purge_step=state.step + 1 if resume else None)
-    lr_at = create_lr_schedule(cfg.optim.cycle_lr, state.lr, model.objective.schedule, cfg.optim.cycle_lr_stairs)
+    lr_at = create_lr_schedule(cfg.optim.cycle_lr, state.lr, model.objective.schedule, cfg.optim.cycle_lr_stairs,
+                               cfg.optim.cycle_lr_options)
     working = working_copies_for(cfg, model, world.size, device)
     run = Run(task, cfg, world, device, data, model, optimizer, state, logger, lr_at, working)
     if world.is_main:  # the code each start of the run used (a resumed run may use newer code)
