@@ -188,3 +188,20 @@ def test_bad_schedules_are_user_errors(spec):
 
 def test_registry_lists_schedules():
     assert {"constant", "linear", "sigmoid", "cyclical"} <= set(SCHEDULES.names())
+
+
+def test_a_cosine_lr_without_cycles_to_follow_is_warned_of(caplog):
+    import logging
+
+    from textvae.config import RunConfig
+    from textvae.training.train import warn_about_settings
+
+    cfg = RunConfig()
+    cfg.optim.cycle_lr = "cosine"
+    with caplog.at_level(logging.WARNING, logger="textvae"):
+        warn_about_settings(cfg, 1000)
+        assert "objective.kl_schedule constant has none: the lr stays the plateau schedule's" in caplog.text
+        caplog.clear()
+        cfg.objective.kl_schedule = {"name": "cyclical", "total_steps": 100, "n_cycles": 4}
+        warn_about_settings(cfg, 1000)
+    assert "cycle_lr" not in caplog.text

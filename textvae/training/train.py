@@ -460,6 +460,10 @@ def warn_about_settings(cfg: Any, n_train: int) -> None:
                     "%d; lower data.batch_size for more updates", cfg.data.batch_size, n_train, n_train)
     if cfg.train.epochs == 0:
         log.warning("train.epochs 0: no training step; the report describes the model as initialised")
+    kl_schedule = cfg.objective.kl_schedule
+    if cfg.optim.cycle_lr == "cosine" and getattr(create_schedule(kl_schedule), "position", None) is None:
+        log.warning("optim.cycle_lr cosine follows the cycles of a cyclical KL schedule, and objective.kl_schedule "
+                    "%s has none: the lr stays the plateau schedule's", kl_schedule.get("name"))
 
 
 def retain_freed_memory(retain: bool = True) -> bool:
