@@ -131,6 +131,10 @@ def test_an_lr_schedule_s_own_parameters_come_from_cycle_lr_options(monkeypatch)
         cfg.optim.cycle_lr_options = options
         with pytest.raises(TextVAEError, match=message):
             check_config(cfg)
+    # the caller's two arguments by position, whatever the schedule calls them
+    monkeypatch.setitem(LR_SCHEDULES._entries, "halve_at", lambda base, sched, at: halve_at(base, sched, at))
+    cfg.optim.cycle_lr, cfg.optim.cycle_lr_options = "halve_at", {"at": 5}
+    check_config(cfg)
     cfg.optim.cycle_lr, cfg.optim.cycle_lr_options = "cosine", {"at": 5}
     with pytest.raises(TextVAEError, match=r"optim.cycle_lr 'cosine': unknown parameter\(s\) \['at'\]"):
         check_config(cfg)

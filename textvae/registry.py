@@ -69,13 +69,18 @@ class Registry(Generic[T]):
             raise ValueError(f"{self.kind}: the caller passes {undeclared}, which `supplied` does not declare")
         factory = self.get(name)
         signature = _signature(factory)
-        self.check(name, params, given=[p for p in signature if p != "self"][:len(args)])
+        self.check(name, params, given=self.positional(name, len(args)))
         kwargs = {k: v for k, v in context.items() if k in signature or _takes_any(signature)}
         kwargs.update(params)
         try:
             return factory(*args, **kwargs)  # type: ignore[operator]
         except TypeError as e:
             raise TextVAEError(f"{self.kind} {name!r}: {e}") from None
+
+    def positional(self, name: str, n: int) -> list[str]:
+        """The names of the first ``n`` parameters of ``name``'s constructor: those a caller passing ``n``
+        arguments by position gives (whatever the entry calls them)."""
+        return [p for p in _signature(self.get(name)) if p != "self"][:n]
 
     def check(self, name: str, params: dict[str, Any], given: Sequence[str] = ()) -> None:
         """What :meth:`build` checks of a recipe's ``name`` and ``params`` before it creates anything (the

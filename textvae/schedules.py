@@ -139,8 +139,9 @@ def constant_lr(lr: float, kl_schedule: Schedule) -> Schedule:
 
 @LR_SCHEDULES.register("cosine")
 def cosine_per_cycle(lr: float, kl_schedule: Schedule, stairs: int = 0) -> Schedule:
-    """lr(t) = lr (1 + cos(pi v_t)) / 2, with u_t the fraction of its cycle of the cyclical KL
-    schedule elapsed at step t (0 at each cycle start) and
+    """A cosine over each cycle of the cyclical KL schedule: lr(t) = lr (1 + cos(pi v_t)) / 2.
+
+    With u_t the fraction of its cycle elapsed at step t (0 at each cycle start),
 
         v_t = u_t                  (stairs = 0: a continuous cosine)
         v_t = floor(S u_t) / S     (stairs = S > 0: the lr held on each of S equal parts of a cycle)

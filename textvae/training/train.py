@@ -442,7 +442,7 @@ def check_config(cfg: RunConfig) -> None:
     if tc.precision not in ("fp32", "bf16"):
         raise TextVAEError(f"unknown train.precision {tc.precision!r}; valid: fp32, bf16")
     # an unknown name, or a parameter it does not take: the registry's one-line error, listing the valid ones
-    LR_SCHEDULES.check(oc.cycle_lr, oc.cycle_lr_options, given=("lr", "kl_schedule"))
+    LR_SCHEDULES.check(oc.cycle_lr, oc.cycle_lr_options, given=LR_SCHEDULES.positional(oc.cycle_lr, 2))
     OPTIMIZERS.get(oc.name)
     # names, parameters and their types, and how they combine with each other and the model, before the data
     check_remedies(cfg.objective.remedies, **cfg.model.latent_family())
@@ -461,6 +461,7 @@ def warn_about_settings(cfg: Any, n_train: int) -> None:
     if cfg.train.epochs == 0:
         log.warning("train.epochs 0: no training step; the report describes the model as initialised")
     kl_schedule = cfg.objective.kl_schedule
+    # (an lr schedule of one's own that follows cycles says so itself)
     if cfg.optim.cycle_lr == "cosine" and getattr(create_schedule(kl_schedule), "position", None) is None:
         log.warning("optim.cycle_lr cosine follows the cycles of a cyclical KL schedule, and objective.kl_schedule "
                     "%s has none: the lr stays the plateau schedule's", kl_schedule.get("name"))
