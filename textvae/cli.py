@@ -3,7 +3,7 @@
     textvae train [RECIPE] [--section.key value ...] [--resume]    RECIPE: a YAML file or a packaged name (ptb/vae)
     textvae evaluate RUN_OR_MODEL [--data NAME] [--split test] [--iw-samples 500]
     textvae sample MODEL [--n 10] [--method sample] [--temperature 1.0]
-    textvae reconstruct MODEL "a sentence" ... | --file FILE
+    textvae reconstruct MODEL "a sentence" ... [--file FILE]
     textvae interpolate MODEL "first sentence" "second sentence" [--steps 5]
     textvae respond RUN --context "hi , how are you ?" [--context ...] [--n 5]   (dialogue CVAE)
     textvae study STUDY [--jobs N]  STUDY: a YAML file or a packaged name (cpu_smoke)
@@ -128,7 +128,8 @@ def evaluate_parser() -> argparse.ArgumentParser:
     ap.add_argument("--probe-draws", type=int, default=5, help="random labelled subsets the probe averages")
     ap.add_argument("--seed", type=int, default=0, help="seed of the prior samples and the probe's draws")
     ap.add_argument("--json", help="write the results here (default: <run or model folder>/eval_<split>.json, with "
-                                   "--data and --max-sentences eval_<data>_<split>_n<N>.json); "
+                                   "--data CORPUS and --max-sentences eval_<data>_<split>_n<N>.json, with --data FILE "
+                                   "eval_<file name>.json); "
                                    "until then the IW pass keeps its finished batches beside it "
                                    "(<name>.iw_progress.safetensors), so the same command resumes a stopped one")
     ap.add_argument("--device", help="cpu, cuda, cuda:N or auto (a GPU where there is one); default: the run's "
@@ -681,7 +682,8 @@ def cmd_plot(argv: list[str]) -> None:
     from textvae.plots import runs_plot
 
     ap = CommandParser(prog="textvae plot", description=cmd_plot.__doc__)
-    ap.add_argument("runs", nargs="+", type=Path, help="run folders (each with its metrics.jsonl)")
+    ap.add_argument("runs", nargs="+", type=Path,
+                    help="run folders (each with its metrics.jsonl), or a study's variant folder (its seeds)")
     ap.add_argument("--out", type=Path, help="the PNG to write")
     args = ap.parse_args(argv)
     out = args.out or (args.runs[0] / "curves.png" if len(args.runs) == 1 else Path("curves.png"))

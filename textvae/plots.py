@@ -13,7 +13,7 @@
   are reference lines, which never stretch the view: one outside it is named in the legend with
   its value.
 
-``textvae plot RUN ...`` draws ``curves.png`` for run folders outside a study (:func:`runs_plot`).
+``textvae plot RUN ...`` draws ``curves.png`` for run folders, or a study's variant folder (:func:`runs_plot`).
 
 matplotlib is optional (``pip install 'textvae[plot]'``); it is imported only here, without pyplot,
 so drawing never touches a GUI backend.

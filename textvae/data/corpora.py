@@ -4,8 +4,10 @@
 knows the md5 (``unverified`` lists the files it does not):
 
 1. ``<data_dir or $TEXTVAE_DATA_DIR>/<name>/`` (or one of the corpus's alias folder names), if
-   it exists; a folder that lacks a file is an error, not a reason to download;
-2. else ``<$TEXTVAE_CACHE or ~/.cache/textvae>/corpora/<name>/``, downloading it first if needed:
+   it exists; a folder that lacks a file is an error, not a reason to download, and so is a ``data_dir``
+   that does not exist (a ``$TEXTVAE_DATA_DIR`` that does not exist is a warning);
+2. else ``<$TEXTVAE_CACHE or ~/.cache/textvae>/corpora/<name>/``, downloading it first if needed (a
+   corpus without a download is an error saying where to put it):
    files are fetched with urllib into a staging folder (each through a temporary file), archives
    are unpacked (inner archives too), and the staging folder is renamed into place only when
    complete, so an interrupted download never looks like a corpus.

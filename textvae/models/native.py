@@ -4,9 +4,10 @@ Each kernel is one source under ``csrc/`` (with the headers there), built by
 ``torch.utils.cpp_extension`` with the host's C++ compiler (``-O3 -march=native``: vectorised for this
 CPU) and cached in torch's extension folder (``TORCH_EXTENSIONS_DIR``, by default
 ~/.cache/torch_extensions). The cached library's name carries a hash of the source and headers, the
-flags, torch's version and the CPU's feature flags, so an edited source or a checkout moved to another
-CPU builds anew instead of loading a library made for something else; the compile happens once per
-machine and source. Where it fails (no compiler, no headers) a warning says
+flags, torch's version and install folder, the Python environment and the CPU's feature flags, so an
+edited source, another environment or a checkout moved to another CPU builds anew instead of loading
+(or rebuilding over) a library made for something else; the compile happens once per machine,
+environment and source. Where it fails (no compiler, no headers) a warning says
 why, once per process, and the caller computes the same thing with torch operations;
 ``TEXTVAE_NATIVE=0`` in the environment never tries.
 

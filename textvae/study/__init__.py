@@ -44,7 +44,7 @@ epoch's end on from their checkpoints (the figures of runs trained with that bud
 and leaves those whose plateau schedule ended first as they are. A run that trained past a budget
 lowered since is an error, and so is one that a step or time budget stopped within an epoch (it was
 validated there, as a longer run is not), and one started from another run's weights
-(``"{run:ae}/model"``) that have changed since.
+(``"{run:ae}/model"``) that differ from the md5 its start logged, or that the larger budget trains on.
 
 Run ``seed k`` of variant ``v`` is an ordinary run folder ``<out>/v/seed<k>/`` next to its recipe
 ``<out>/v/seed<k>.yaml`` (``textvae train`` that file to redo the run by hand). Runs go seed by seed,

@@ -54,7 +54,8 @@ class Task:
     def warm_start(self, model: nn.Module, data: Any) -> dict[str, Any]:
         """Weights a new run starts from besides its draw (``model.encoder_from``: another run's
         encoder); nothing by default. Called once, when a run starts, never when it resumes. Returns what
-        it started from, for the run's log (the start's ``data`` record), e.g. the md5 of those weights."""
+        it started from, for the run's log (the start's ``data`` record), e.g. the md5 of those weights (None:
+        nothing)."""
         return {}
 
     def validate(self, model: nn.Module, split: Any, device: torch.device) -> dict[str, float]:
