@@ -110,6 +110,12 @@ def test_sample_is_clean_and_seeded(run, capsys):
     main(["sample", str(run / "model"), "--n", "3", "--seed", "1"])
     assert capsys.readouterr().out.splitlines() == first and len(first) == 3
     assert not any(tok in line for line in first for tok in ("<s>", "<pad>", "</s>"))
+    # each sentence its own stream: fewer at the same seed are the first ones, another seed others
+    for n in (1, 2):
+        main(["sample", str(run / "model"), "--n", str(n), "--seed", "1"])
+        assert capsys.readouterr().out.splitlines() == first[:n]
+    main(["sample", str(run / "model"), "--n", "3", "--seed", "2"])
+    assert capsys.readouterr().out.splitlines() != first
 
 
 @pytest.mark.parametrize("flags,method", [([], "sample"), (["--method", "greedy"], "greedy"),

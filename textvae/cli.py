@@ -32,6 +32,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import torch
 
 from textvae.config import COUNT, NON_NEGATIVE, POSITIVE, SEED, Range, check_flags
@@ -543,14 +544,17 @@ def method_options(args: argparse.Namespace) -> dict[str, Any]:
     return {name: default if getattr(args, name) is None else getattr(args, name) for name, default in own.items()}
 
 
-def decode(model: Any, tokenizer: Any, z: Optional[torch.Tensor], args: argparse.Namespace, n: int) -> list[str]:
+def decode(model: Any, tokenizer: Any, z: Optional[torch.Tensor], args: argparse.Namespace, n: int,
+           streams: Optional[list[torch.Generator]] = None) -> list[str]:
+    """The sentences of ``z``'s rows (``n`` from nothing for the language model); a sampled one's words drawn
+    from ``streams`` (one per sentence), else from one stream seeded with ``--seed``."""
     from textvae.models.decoding import decode_sentences
 
     kw: dict[str, Any] = {"max_len": args.max_len, **method_options(args)}
     if z is None:  # the language model: n sentences from nothing
         kw["batch_size"] = n
     if args.method == "sample":
-        kw["generator"] = torch.Generator().manual_seed(args.seed)
+        kw["generator"] = streams if streams is not None else torch.Generator().manual_seed(args.seed)
     return decode_sentences(model, tokenizer, z, method=args.method, **kw)
 
 
@@ -563,8 +567,11 @@ def cmd_sample(argv: list[str]) -> None:
     check_decoding(args, {"n": COUNT})
     model, tokenizer, _ = load_model_dir(args.model)
     model.eval()
-    z = None if model.is_lm else model.sample_prior(args.n, generator=torch.Generator().manual_seed(args.seed))
-    for line in decode(model, tokenizer, z, args, args.n):
+    # a random stream per sentence, from (seed, its number): --n 5 prints --n 3's sentences, then two more
+    streams = [torch.Generator().manual_seed(int(np.random.SeedSequence([args.seed, i]).generate_state(1)[0]))
+               for i in range(args.n)]
+    z = None if model.is_lm else torch.cat([model.sample_prior(1, generator=stream) for stream in streams])
+    for line in decode(model, tokenizer, z, args, args.n, streams):
         print(line)
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Sequence
 from typing import Callable, Iterator, Protocol
 
 import torch
@@ -160,7 +161,7 @@ def sample(
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
     bos: int = BOS_ID,
     eos: int = EOS_ID,
     ban_unk: bool = False,
@@ -168,7 +169,8 @@ def sample(
 ) -> list[list[int]]:
     """Ancestral sampling x_t ~ softmax(logits / temperature), restricted by :func:`filter_logits`.
 
-    Pass a seeded ``torch.Generator`` (on z's device) to make the draw reproducible; ``top_k=1`` is greedy.
+    Pass a seeded ``torch.Generator`` (on z's device) to make the draw reproducible, or one per row, so that
+    each sentence's words come from its own stream whatever the other rows are; ``top_k=1`` is greedy.
     """
     if not (temperature > 0 and math.isfinite(temperature)):
         raise TextVAEError(f"sample: temperature must be a positive number, got {temperature}")
@@ -179,6 +181,8 @@ def sample(
 
     def pick(logits: torch.Tensor) -> torch.Tensor:
         probs = filter_logits(logits / temperature, top_k, top_p).softmax(-1)
+        if isinstance(generator, Sequence):  # a stream per row [B]: one draw of each at every step
+            return torch.cat([torch.multinomial(row, 1, generator=g) for row, g in zip(probs, generator)])
         return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
     return _generate(model, z, max_len, pick, bos, eos, ban_unk, batch_size, "sample")
