@@ -175,6 +175,10 @@ class ModelConfig:
 
     RANGES: ClassVar[dict[str, Range]] = {"emb_dim": COUNT, "latent_dim": NON_NEGATIVE}
 
+    def encoder_scheme(self) -> str:
+        """The init scheme of the encoder side: ``encoder_init``, else ``init``."""
+        return self.encoder_init or self.init
+
     def latent_family(self) -> dict[str, Any]:
         """What the remedies' combination rules read of the model (``check_remedies``)."""
         return {"latent_dim": self.latent_dim, "posterior": self.posterior, "prior": self.prior}

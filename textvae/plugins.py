@@ -9,7 +9,8 @@ filled the registries by then, for every command and every process a command sta
   ``[project.entry-points."textvae.plugins"]`` with ``mine = "my_package.textvae_parts"``).
 
 A run's config.yaml names the parts it was made with, not their modules (its ``source`` record lists the
-plugins loaded): evaluating or resuming it needs them loaded again. Code that imports textvae as a library imports its own modules instead.
+plugins loaded): evaluating or resuming it needs them loaded again. Code that imports textvae as a library
+imports its own modules instead.
 """
 from __future__ import annotations
 

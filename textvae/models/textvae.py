@@ -213,7 +213,7 @@ class TextVAE(OutputHead, PretrainedMixin, nn.Module):
         if parts is None:
             self.init_weights([self.projection, self.decoder], self.cfg.init)  # a tied weight: as the embedding
             if not self.is_lm:
-                self.init_weights([self.encoder, self.posterior], self.cfg.encoder_init or self.cfg.init)
+                self.init_weights([self.encoder, self.posterior], self.cfg.encoder_scheme())
             return
         scheme = scheme or self.cfg.init
         if scheme not in INITS:
@@ -377,7 +377,7 @@ def check_model_config(cfg: ModelConfig) -> None:
     encoder), set away from its default, and a VAE whose decoder reads z neither in its initial state
     nor at its inputs. The language model (``latent_dim: 0``) builds no encoder, posterior or prior: of
     those only the posterior's and prior's names are checked (a recipe shared with VAEs sets the rest)."""
-    for name, scheme in (("model.init", cfg.init), ("model.encoder_init", cfg.encoder_init or cfg.init)):
+    for name, scheme in (("model.init", cfg.init), ("model.encoder_init", cfg.encoder_scheme())):
         if scheme not in INITS:
             raise TextVAEError(f"unknown {name} {scheme!r}; valid: {', '.join(INITS)}")
     parts = [("decoder", DECODERS, cfg.decoder)] + ([("encoder", ENCODERS, cfg.encoder)] if cfg.latent_dim else [])

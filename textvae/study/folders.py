@@ -31,7 +31,7 @@ def study_report(run: Run) -> Optional[dict[str, Any]]:
     """The final test record of the run in the folder when it is the study's finished run (:func:`run_state`
     ``done``), else None: one finished under a smaller budget that the study's trains on is not yet."""
     report = finished_report(run.dir)
-    return report if report is not None and run_state(run) == "done" else None
+    return None if report is None or folder_changes(run)[1] == "trains" else report
 
 
 def saved_config(run_dir: Path, cls: Optional[type] = None) -> Optional[tuple[type, dict[str, Any]]]:

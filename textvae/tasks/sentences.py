@@ -37,7 +37,7 @@ class SentenceTask(Task):
     def warm_start(self, model: TextVAE, data: DataBundle) -> dict[str, Any]:
         mc = self.cfg.model
         bn_vae = any(spec.get("name") == "bn_vae" for spec in self.cfg.objective.remedies)
-        if bn_vae and (mc.encoder_init or mc.init) == "he2019" and not mc.encoder_from:
+        if bn_vae and mc.encoder_scheme() == "he2019" and not mc.encoder_from:
             # its KL floor holds once the posterior means vary over a batch by more than BatchNorm's eps
             log.warning("remedy bn_vae under He et al.'s U(-0.01, 0.01) encoder init starts the posterior means "
                         "nearly equal over the batch, where its KL floor does not hold: the run may well collapse "

@@ -725,8 +725,9 @@ def source_revision() -> dict[str, Any]:
     import textvae
 
     revision: dict[str, Any] = {"textvae": textvae.__version__, "torch": torch.__version__, "commit": None}
-    if loaded_plugins():  # parts of the user's own that the run may use (TEXTVAE_PLUGINS)
-        revision["plugins"] = loaded_plugins()
+    plugins = loaded_plugins()
+    if plugins:  # parts of the user's own that the run may use (TEXTVAE_PLUGINS)
+        revision["plugins"] = plugins
     where = Path(textvae.__file__).resolve().parent
     try:
         commit = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True,
