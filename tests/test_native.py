@@ -5,6 +5,7 @@ compute the same thing, which tests/test_perf_levers.py covers.
 """
 import logging
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -219,6 +220,39 @@ def test_build_name_follows_source_and_machine(monkeypatch, tmp_path):
     assert native._build_name("softmax_rows") == other_cpu
     monkeypatch.setattr(native.sys, "prefix", "/elsewhere/venv")
     assert native._build_name("softmax_rows") != other_cpu
+
+
+def test_checkouts_of_the_same_source_share_one_build(monkeypatch, tmp_path):
+    """torch rebuilds a folder whose build file names another source path: two checkouts of one source
+    compiling from their own paths rebuilt each other's library, unannounced. The build compiles a copy
+    of the source kept in its folder, the same path from every checkout, and never rewrites it."""
+    import os
+
+    import torch.utils.cpp_extension as cpp_extension
+
+    compiled = []
+    monkeypatch.setattr(cpp_extension, "load", lambda name, sources, **kw: compiled.append(sources) or object())
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "build"))
+    checkouts = []
+    for folder in ("one", "two"):
+        (tmp_path / folder).mkdir()
+        for source in native.SOURCES.iterdir():
+            if source.suffix in (".cpp", ".h"):
+                (tmp_path / folder / source.name).write_bytes(source.read_bytes())
+        checkouts.append(tmp_path / folder)
+    for checkout in checkouts:
+        monkeypatch.setattr(native, "SOURCES", checkout)
+        monkeypatch.setattr(native, "_built", {})
+        assert native.native_kernel("softmax_rows") is not None
+        if len(compiled) == 1:
+            copy = Path(compiled[0][0])
+            os.utime(copy, ns=(1, 1))  # a rewrite would move it
+    assert compiled[0] == compiled[1]
+    assert copy.parent == native._build_folder(native._build_name("softmax_rows")) / "src"
+    assert copy.read_bytes() == (checkouts[0] / "softmax_rows.cpp").read_bytes()
+    assert copy.stat().st_mtime_ns == 1
+    headers = {h.name for h in checkouts[0].glob("*.h")}
+    assert {p.name for p in copy.parent.iterdir()} == {"softmax_rows.cpp", *headers} and headers
 
 
 def test_without_flock_a_killed_build_s_lock_is_cleared_by_its_age(tmp_path, monkeypatch):

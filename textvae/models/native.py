@@ -7,7 +7,8 @@ CPU) and cached in torch's extension folder (``TORCH_EXTENSIONS_DIR``, by defaul
 flags, torch's version and install folder, the Python environment and the CPU's feature flags, so an
 edited source, another environment or a checkout moved to another CPU builds anew instead of loading
 (or rebuilding over) a library made for something else; the compile happens once per machine,
-environment and source. Where it fails (no compiler, no headers) a warning says
+environment and source, from a copy of the source kept in that folder, so that checkouts of one source
+share it. Where it fails (no compiler, no headers) a warning says
 why, once per process, and the caller computes the same thing with torch operations;
 ``TEXTVAE_NATIVE=0`` in the environment never tries.
 
@@ -78,6 +79,25 @@ def _build_name(kernel: str) -> str:
     key = b"\0".join(sources + [" ".join(_flags()).encode(), torch.__version__.encode(), _cpu_identity().encode(),
                                 where.encode()])
     return f"textvae_{kernel}_{hashlib.sha256(key).hexdigest()[:16]}"
+
+
+def _sources_in(folder: Path, kernel: str) -> Path:
+    """The kernel's source and the shared headers, copied into ``folder/src`` where absent; the copy's path.
+
+    torch's build compares its build file, which names the source's path, so two checkouts of the same
+    source (a study's frozen tree and a working one) compiling from their own paths would rebuild one build
+    folder back and forth, a minute or more each and unannounced (the library exists). Compiled from a copy
+    in the folder that its content names (:func:`_build_name`), every checkout shares one build. A file is
+    written only where absent (then atomically): a rewrite would be newer than the library, and rebuild it."""
+    src = folder / "src"
+    src.mkdir(exist_ok=True)
+    for path in [SOURCES / f"{kernel}.cpp", *sorted(SOURCES.glob("*.h"))]:
+        target = src / path.name
+        if not target.is_file():
+            partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
+            partial.write_bytes(path.read_bytes())
+            partial.replace(target)
+    return src / f"{kernel}.cpp"
 
 
 def _ninja_on_path() -> None:
@@ -153,7 +173,7 @@ def _build(kernel: str) -> Any:
             if not (folder / f"{name}.so").is_file():  # torch compiles it, or loads the one it built before
                 log.info(f"compiling textvae's C++ kernel {kernel} in {folder} (once per machine and torch "
                          f"version; a minute or more, longer beside other work)")
-            return load(name, [str(SOURCES / f"{kernel}.cpp")], extra_cflags=_flags(), extra_ldflags=["-fopenmp"],
+            return load(name, [str(_sources_in(folder, kernel))], extra_cflags=_flags(), extra_ldflags=["-fopenmp"],
                         build_directory=str(folder), verbose=False)
     except Exception as error:  # noqa: BLE001 (a compiler's failure has no one type; the reason is kept)
         reason = f"{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}"
