@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from textvae.training.checkpoint import read_checkpoint
 from textvae.models.native import native_status
 from textvae.training.denormals import calling_thread_flushes
 from textvae.training.logger import read_jsonl
-from textvae.training.train import bf16_supported
+from textvae.training.train import bf16_supported, source_digest
 from tests.conftest import needs_cpu_bf16
 
 REPO = Path(__file__).resolve().parents[1]
@@ -272,6 +273,7 @@ def test_each_start_of_a_run_records_the_code_and_the_machine_it_ran_on(tmp_path
     for r in sources:
         assert r["textvae"] == textvae.__version__ and r["torch"] == torch.__version__
         assert r["commit"] == (git.stdout.strip() if git.returncode == 0 else None)
+        assert r["source_sha256"] == source_digest(where) and len(r["source_sha256"]) == 16
         # and the machine: its wall times mean little without it
         assert isinstance(r["cpu"], str) and r["cpu"] and r["cores"] == os.cpu_count() >= 1
         assert r["threads"] == torch.get_num_threads() and "gpu" not in r
@@ -285,6 +287,34 @@ def test_each_start_of_a_run_records_the_code_and_the_machine_it_ran_on(tmp_path
                               "--train.max_steps", "1")])
     (source,) = [r for r in read_jsonl(tmp_path / "runs" / "nodrop" / "metrics.jsonl") if r["split"] == "source"]
     assert source["native_kernels"] == "unused"
+
+
+def test_the_source_digest_names_the_code_wherever_it_lies(tmp_path):
+    """An installed copy has no commit: the digest of its files names its code. A copy elsewhere has the
+    same digest; an edited file, an added module or a renamed one another; caches and other files none."""
+    from textvae.study.archive import provenance
+
+    one, two = tmp_path / "one" / "textvae", tmp_path / "two" / "textvae"
+    for root in (one, two):
+        (root / "models").mkdir(parents=True)
+        (root / "__init__.py").write_text("x = 1\n")
+        (root / "models" / "k.cpp").write_text("int f();\n")
+    (two / "__pycache__").mkdir()
+    (two / "__pycache__" / "a.pyc").write_bytes(b"\0")
+    (two / "notes.txt").write_text("not code")
+    digest = source_digest(one)
+    assert source_digest(two) == digest and len(digest) == 16
+    edited = tmp_path / "edited" / "textvae"
+    shutil.copytree(one, edited)
+    (edited / "models" / "k.cpp").write_text("int g();\n")
+    moved = tmp_path / "moved" / "textvae"
+    shutil.copytree(one, moved)
+    (moved / "models" / "k.cpp").rename(moved / "k.cpp")
+    assert len({digest, source_digest(edited), source_digest(moved)}) == 3
+    # the archive names such a start's code by it
+    starts = [{"split": "source", "commit": None, "source_sha256": digest}, {"split": "source", "commit": "abc"},
+              {"split": "source", "commit": None}]
+    assert provenance(starts)[0] == [f"source {digest}", "abc", None]
 
 
 @needs_cpu_bf16

@@ -82,11 +82,13 @@ def folder_entry(run: Run, out: Path) -> Optional[dict[str, Any]]:
 
 
 def provenance(records: list[dict[str, Any]]) -> tuple[list[Optional[str]], list[str]]:
-    """From a run's ``source`` records (one per start), each once: the commits it ran at, and where
+    """From a run's ``source`` records (one per start), each once: the commits it ran at (a start from an
+    installed copy outside git: 'source <digest>', :func:`textvae.training.train.source_digest`), and where
     it ran, as 'CPU model, n threads' (and its GPU; runs logged before textvae recorded the machine
     give none)."""
     sources = [r for r in records if r.get("split") == "source"]
-    commits = list(dict.fromkeys(r.get("commit") for r in sources))
+    commits = list(dict.fromkeys(r.get("commit") or (f"source {r['source_sha256']}" if r.get("source_sha256") else None)
+                                 for r in sources))
     machines = list(dict.fromkeys(f"{r['cpu']}, {r['threads']} threads" + (f", {r['gpu']}" if r.get("gpu") else "")
                                   for r in sources if "cpu" in r))
     return commits, machines

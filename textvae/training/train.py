@@ -33,6 +33,8 @@ import contextvars
 import ctypes
 import ctypes.util
 import dataclasses
+import functools
+import hashlib
 import json
 import logging
 import math
@@ -718,17 +720,37 @@ def start_run(task: Task, resume: bool, world: World, device: torch.device, data
     return run
 
 
+# the package's files that make its behaviour: code, kernel sources, packaged recipes and studies
+SOURCE_SUFFIXES = (".py", ".cpp", ".h", ".yaml")
+
+
+@functools.lru_cache(maxsize=None)
+def source_digest(root: Path) -> str:
+    """sha256 (its first 16 hex digits) of the files under ``root`` that make textvae's behaviour
+    (:data:`SOURCE_SUFFIXES`; each file's path relative to ``root`` and its bytes, in path order).
+
+    A commit names the code only in a clean git checkout; this names it in an installed copy (no git),
+    in a checkout with uncommitted changes, and it is the same for one source wherever it lies."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.suffix in SOURCE_SUFFIXES and "__pycache__" not in p.parts):
+        digest.update(f"{path.relative_to(root).as_posix()}\0".encode())
+        digest.update(path.read_bytes())
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
 def source_revision() -> dict[str, Any]:
     """Which code a run (or each resumed part of it) ran: the git commit of the textvae checkout
-    it was imported from, whether that checkout had uncommitted changes, and the versions;
-    ``commit`` is None for an installed copy outside git."""
+    it was imported from, whether that checkout had uncommitted changes, the digest of the package's
+    source (:func:`source_digest`) and the versions; ``commit`` is None for an installed copy outside git."""
     import textvae
 
-    revision: dict[str, Any] = {"textvae": textvae.__version__, "torch": torch.__version__, "commit": None}
+    where = Path(textvae.__file__).resolve().parent
+    revision: dict[str, Any] = {"textvae": textvae.__version__, "torch": torch.__version__, "commit": None,
+                                "source_sha256": source_digest(where)}
     plugins = loaded_plugins()
     if plugins:  # parts of the user's own that the run may use (TEXTVAE_PLUGINS)
         revision["plugins"] = plugins
-    where = Path(textvae.__file__).resolve().parent
     try:
         commit = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True,
                                 timeout=10, check=True).stdout.strip()
