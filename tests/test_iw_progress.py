@@ -190,3 +190,18 @@ def test_a_stopped_evaluate_resumes_its_iw_pass(tmp_path, monkeypatch, capsys):
     assert len(calls) == n_batches - 2 and "batches done" in capsys.readouterr().out
     whole, cut = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("whole", "cut"))
     assert whole == cut and not progress.exists() and not (tmp_path / "whole.iw_progress.safetensors").exists()
+
+
+def test_an_earlier_attempt_s_time_counts_only_for_the_report_at_its_step(tmp_path, monkeypatch):
+    """A stopped attempt's time on its kept IW batches is the report's when the run resumes into that report; not
+    when it trained on since (a larger budget): its best model is another, whose pass takes none of them."""
+    from textvae.training.train import earlier_report_seconds
+
+    progress = tmp_path / IW_PROGRESS_FILE
+    progress.write_bytes(b"")
+    os.utime(progress, (1100.0, 1100.0))
+    monkeypatch.setattr(IWProgress, "batches_in", staticmethod(lambda path: 2))
+    cut = [{"split": "valid", "step": 10, "time": 990.0},
+           {"split": "test_start", "step": 10, "time": 1000.0, "earlier_seconds": 7.0}]
+    assert earlier_report_seconds(cut, progress, 10) == pytest.approx(107.0)
+    assert earlier_report_seconds(cut, progress, 15) == 0.0

@@ -251,6 +251,36 @@ def test_nonfinite_loss_stops_with_a_diagnostic(corpus, tmp_path, monkeypatch, c
     assert read_checkpoint(run / "checkpoint.safetensors").meta["config"]["optim"]["lr"] == new_lr
 
 
+def test_a_run_stopped_within_an_epoch_resumed_with_a_budget_that_ends_there_is_validated_there(
+        corpus, tmp_path, monkeypatch):
+    """A signal stops it after step 6 of 13 (no validation there); resumed with train.max_steps 6, it trains no
+    step, but a run of that budget is validated at its last step: so is this one, to the same test report."""
+    import textvae.training.train as loop
+
+    original, stop = loop.train_step, []
+
+    def train_step(run, index):
+        result = original(run, index)
+        stop.append(run.state.step == 6)
+        return result
+
+    monkeypatch.setattr(loop, "train_step", train_step)
+    monkeypatch.setattr(loop, "stop_requested", lambda: bool(stop) and stop[-1])
+    args = tiny_args(tmp_path, "run", corpus, *SETTINGS)
+    with pytest.raises((SystemExit, KeyboardInterrupt)):
+        main(["train", *args])
+    assert checkpoint_step(tmp_path / "run" / "checkpoint.safetensors") == 6
+    monkeypatch.setattr(loop, "stop_requested", lambda: False)
+    main(["train", *args, "--train.max_steps", "6", "--resume"])
+    main(["train", *tiny_args(tmp_path, "fresh", corpus, *SETTINGS, "--train.max_steps", "6")])
+    records = {name: read_jsonl(tmp_path / name / "metrics.jsonl") for name in ("run", "fresh")}
+    for name in records:
+        assert [r["step"] for r in records[name] if r["split"] == "valid"] == [6]
+    (resumed, fresh) = ({k: v for k, v in r.items() if k not in VOLATILE}
+                        for r in (records[name][-1] for name in ("run", "fresh")))
+    assert resumed["split"] == "test" and resumed == fresh
+
+
 def test_a_finished_run_resumed_unchanged_is_not_evaluated_again(corpus, tmp_path, caplog, capsys):
     """Its test report stands: the log is untouched and the command prints it; with a larger budget the
     same --resume trains on."""

@@ -258,6 +258,55 @@ def test_a_larger_budget_trains_the_study_s_finished_runs_on_to_the_figures_of_a
     assert st.run_state(run) == "done"
 
 
+def test_a_run_its_step_budget_stopped_within_an_epoch_is_a_conflict_when_killed_in_its_test_report_too(tmp_path):
+    """Validated where its step budget stopped it, as a run of a larger budget is not: finished or not (killed
+    in its test report, whose records the log then lacks), training it on would not make that run."""
+    spec = dict(TINY, seeds=[1], budget={"epochs": 2, "max_steps": 3}, variants={"plain": {}})
+    st.run_study(write_study(tmp_path, spec), out=str(tmp_path / "out"))
+    longer = write_study(tmp_path, dict(spec, budget={"epochs": 2, "max_steps": 8}), "longer.yaml")
+    (run,) = st.plan(st.load_study(longer, str(tmp_path / "out")))
+    log = run.dir / "metrics.jsonl"
+    lines = log.read_text().splitlines(keepends=True)
+    cut = next(i for i, line in enumerate(lines) if json.loads(line)["split"] == "test_start")
+    for kept in (lines, lines[:cut]):
+        log.write_text("".join(kept))
+        assert st.run_state(run) == ("done" if kept is lines else "resume")
+        with pytest.raises(TextVAEError, match=r"plain/seed1 stopped at its budget within an epoch \(train.max_steps: "
+                                               r"3 -> 8\), where it was validated"):
+            st.run_study(longer, out=str(tmp_path / "out"))
+
+
+def test_a_started_run_whose_source_the_study_trains_again_is_a_conflict_checkpoint_or_not(tmp_path):
+    """Finished with its checkpoint deleted (to save disk), a run started from another's weights still started
+    from them; and a source whose folder is gone is trained again, to other weights: both are said before
+    anything trains, not after (or never, mixing a run with a source it did not start from)."""
+    spec = dict(TINY, seeds=[1], variants={"ae": {}, "vae": {"model.encoder_from": "{run:ae}/model"}})
+    st.run_study(write_study(tmp_path, spec), out=str(tmp_path / "out"))
+    (tmp_path / "out" / "vae" / "seed1" / "checkpoint.safetensors").unlink()
+    longer = write_study(tmp_path, dict(spec, budget={"epochs": 3}), "longer.yaml")
+    with pytest.raises(TextVAEError, match=r"vae/seed1 started from ae/seed1, which the study's larger budget trains on"):
+        st.run_study(longer, out=str(tmp_path / "out"))
+    shutil.rmtree(tmp_path / "out" / "ae" / "seed1")
+    with pytest.raises(TextVAEError, match=r"vae/seed1 started from ae/seed1, which the study trains again \(its folder "
+                                           r"holds no finished run of the study's\), so that it would start from other "
+                                           r"weights now; delete it to train it again from ae/seed1's$"):
+        st.run_study(write_study(tmp_path, spec), out=str(tmp_path / "out"))
+    lines = st.status_lines(st.plan(st.load_study(write_study(tmp_path, spec), str(tmp_path / "out"))))
+    assert [line.split()[:2] for line in lines[:-1]] == [["ae/seed1", "new"], ["vae/seed1", "conflict"]]
+    shutil.rmtree(tmp_path / "out" / "vae" / "seed1")  # as the error says: both are trained, in order
+    st.run_study(write_study(tmp_path, spec), out=str(tmp_path / "out"))
+
+
+def test_validated_here_reads_the_checkpoint_else_the_log():
+    from textvae.training.train import LoopState, validated_here
+
+    assert validated_here(LoopState(step=3, validated_step=3), [])
+    assert not validated_here(LoopState(step=3, validated_step=2), [{"split": "valid", "step": 3}])
+    # a checkpoint written before textvae recorded it: the log's validation at its step
+    assert validated_here(LoopState(step=3), [{"split": "train", "step": 3}, {"split": "valid", "step": 3}])
+    assert not validated_here(LoopState(step=3), [{"split": "valid", "step": 2}, {"split": "valid_metrics", "step": 3}])
+
+
 def test_a_run_started_from_a_run_the_larger_budget_trains_on_is_a_conflict(tmp_path):
     """Its start, the other run's weights, would be other weights now."""
     spec = dict(TINY, seeds=[1], variants={"ae": {}, "vae": {"model.encoder_from": "{run:ae}/model"}})
@@ -279,7 +328,7 @@ def test_a_run_started_from_a_run_the_larger_budget_trains_on_is_a_conflict(tmp_
         st.run_study(write_study(tmp_path, spec), out=str(tmp_path / "out"))
 
 
-@pytest.mark.parametrize("state, saved, budget, finished, verdict", [
+@pytest.mark.parametrize("state, saved, budget, validated, verdict", [
     ({"epoch": 2}, {"epochs": 2}, {"epochs": 3}, True, "trains"),  # stopped by its epochs: more train it on
     ({"epoch": 2, "done": True}, {"epochs": 2}, {"epochs": 3}, True, "stops"),  # its plateau schedule ended
     ({"epoch": 5, "done": True}, {"epochs": 100}, {"epochs": 5}, True, "stops"),  # ended at the lower budget's end
@@ -299,12 +348,12 @@ def test_a_run_started_from_a_run_the_larger_budget_trains_on_is_a_conflict(tmp_
      "mid_epoch"),
     ({"step": 3, "batch_in_epoch": 3}, {"max_steps": 3}, {"max_steps": 8}, False, "trains"),  # stopped by a signal
 ])
-def test_budget_verdict(state, saved, budget, finished, verdict):
+def test_budget_verdict(state, saved, budget, validated, verdict):
     from textvae.config import TrainConfig
     from textvae.training.train import LoopState, budget_verdict
 
     tc = TrainConfig(**{"epochs": 100, **budget})
-    assert budget_verdict(LoopState(**state), {"epochs": 100, **saved}, tc, finished) == verdict
+    assert budget_verdict(LoopState(**state), {"epochs": 100, **saved}, tc, validated) == verdict
 
 
 def test_a_finished_run_s_line_shows_a_figure_it_lacks_as_a_dash(monkeypatch, caplog):

@@ -54,7 +54,7 @@ def folder_changes(run: Run) -> tuple[dict[str, tuple[Any, Any]], Optional[str]]
     (:func:`~textvae.training.train.budget_verdict`), ``unknown`` when it holds a finished run without
     its checkpoint; else None."""
     from textvae.training.checkpoint import read_checkpoint_meta
-    from textvae.training.train import CHECKPOINT, LoopState, budget_verdict, effective_changes
+    from textvae.training.train import CHECKPOINT, LoopState, budget_verdict, effective_changes, validated_here
 
     saved = saved_config(run.dir, type(run.config))
     if saved is None:
@@ -70,7 +70,8 @@ def folder_changes(run: Run) -> tuple[dict[str, tuple[Any, Any]], Optional[str]]
     if not checkpoint.is_file():  # never checkpointed: trained from its start ("new"), unless it finished
         return changes, "unknown" if finished_report(run.dir) is not None else "trains"
     state = LoopState(**read_checkpoint_meta(checkpoint)["loop"])
-    return changes, budget_verdict(state, old.get("train", {}), run.config.train, finished_report(run.dir) is not None)
+    validated = validated_here(state, read_jsonl(run.dir / "metrics.jsonl"))
+    return changes, budget_verdict(state, old.get("train", {}), run.config.train, validated)
 
 
 def trains_on(run: Run) -> bool:
@@ -93,6 +94,19 @@ def _weights_md5(path: Path) -> str:
     return _md5s[key]
 
 
+def start_record(run: Run) -> Optional[dict[str, Any]]:
+    """The record a run's start logs (``data``: its data, and the md5 of the weights it started from), or None
+    for a run never started (a finished run whose checkpoint was deleted still has it)."""
+    return next((r for r in read_jsonl(run.dir / "metrics.jsonl") if r.get("split") == "data"), None)
+
+
+def trained_again(source: Run) -> bool:
+    """Whether the study trains the run ``source`` in its folder (again): on, with its larger budget, or from
+    its start or its checkpoint, its folder holding no finished run of the study's (and no archive entry
+    standing for one)."""
+    return trains_on(source) or (run_state(source) != "done" and source.archived is None)
+
+
 def check_start(run: Run) -> None:
     """A run started from another run's weights (``model.encoder_from``) goes on only from the weights it
     started from (the md5 its start logged): trained on, or trained again not bit for bit, they would make
@@ -100,7 +114,7 @@ def check_start(run: Run) -> None:
     from textvae.models.textvae import WEIGHTS_FILE
 
     source = getattr(getattr(run.config, "model", None), "encoder_from", None)
-    start = next((r for r in read_jsonl(run.dir / "metrics.jsonl") if r.get("split") == "data"), {})
+    start = start_record(run) or {}
     if source is None or "encoder_from_md5" not in start or not (Path(source) / WEIGHTS_FILE).is_file():
         return
     then, now = start["encoder_from_md5"], _weights_md5(Path(source) / WEIGHTS_FILE)
@@ -116,18 +130,18 @@ def check_run_folder(run: Run, by_label: dict[str, Run]) -> None:
     epoch's end on, and one that a run stopped before (its plateau schedule ended) leaves it as it is; a
     run past a lowered budget, or stopped by a step or time budget within an epoch (``mid_epoch``), is an
     error. So is a run started from weights that have changed since (:func:`check_start`) or that will
-    (a run, of ``by_label``'s, that the larger budget trains on)."""
-    from textvae.training.train import CHECKPOINT
-
+    (a run, of ``by_label``'s, that the study trains again: :func:`trained_again`), finished or not."""
     changes, verdict = folder_changes(run)
     if changes and verdict is None:  # another configuration: the first thing to say of it
         raise TextVAEError(f"{run.dir} was trained with another configuration ({shown_changes(changes)}); give the "
                            f"study file and --set the settings it was trained with, delete it or choose another --out")
-    moved = [label for label in run.needs if trains_on(by_label[label])]
-    if moved and (run.dir / CHECKPOINT).is_file():
-        raise TextVAEError(f"{run.dir} started from {moved[0]}, which the study's larger budget trains on, so that "
-                           f"it would start from other weights now; delete it to train it again from {moved[0]}'s, "
-                           f"or --set the budget it was trained with")
+    moved = [by_label[label] for label in run.needs if trained_again(by_label[label])] if run.needs else []
+    if moved and start_record(run) is not None:
+        how, undo = (("the study's larger budget trains on", ", or --set the budget it was trained with")
+                     if trains_on(moved[0]) else
+                     ("the study trains again (its folder holds no finished run of the study's)", ""))
+        raise TextVAEError(f"{run.dir} started from {moved[0].label}, which {how}, so that it would start from other "
+                           f"weights now; delete it to train it again from {moved[0].label}'s{undo}")
     check_start(run)
     if not changes or verdict in ("stops", "trains"):
         return

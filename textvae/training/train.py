@@ -90,7 +90,8 @@ class LoopState:
     """Everything besides tensors that a resumed run needs to continue exactly.
 
     ``done``: the plateau schedule has used up its decays (``max_steps`` and ``epochs`` are read
-    from the configuration, so a resumed run may be given more of either).
+    from the configuration, so a resumed run may be given more of either). ``validated_step``: the step of
+    the last validation (-1: none, or a checkpoint written before textvae recorded it).
     """
 
     step: int = 0
@@ -103,6 +104,7 @@ class LoopState:
     done: bool = False
     train_seconds: float = 0.0
     train_tokens: int = 0
+    validated_step: int = -1
 
     def end_pass(self, started: float, tokens_before: int, n_batches: int) -> tuple[float, bool]:
         """Close a pass over (the rest of) an epoch begun at ``time.perf_counter()`` = ``started``
@@ -126,20 +128,28 @@ def budgets_used_up(state: LoopState, tc: TrainConfig) -> list[str]:
             if reached]
 
 
-def budget_verdict(state: LoopState, saved: dict[str, Any], tc: TrainConfig, finished: bool) -> str:
+def validated_here(state: LoopState, records: list[dict[str, Any]]) -> bool:
+    """Whether the run was validated at its checkpoint's position (``state``): by ``state.validated_step``,
+    or, in a checkpoint that does not record it, by a validation record of its log (``records``) at its step."""
+    if state.validated_step >= 0:
+        return state.validated_step == state.step
+    return any(r.get("split") == "valid" and r.get("step") == state.step for r in records)
+
+
+def budget_verdict(state: LoopState, saved: dict[str, Any], tc: TrainConfig, validated: bool) -> str:
     """What the budget of ``tc`` makes of a run at ``state`` (its checkpoint's), trained under the budget of
-    ``saved`` (its train settings as JSON values; a step or time budget of None is unbounded), ``finished``
-    (its test report written) or not:
+    ``saved`` (its train settings as JSON values; a step or time budget of None is unbounded), ``validated``
+    at that position (:func:`validated_here`) or not:
 
     * ``past``: it trained beyond a budget that ``tc`` lowers, so under ``tc`` it would have stopped
       earlier and be another run;
     * ``stops``: it stops where it is (its plateau schedule ended, or a budget of ``tc`` is used up);
     * ``trains``: ``tc`` trains it on, as ``train --resume`` with ``tc``'s budget does, to the run that
       ``tc`` makes from its start;
-    * ``mid_epoch``: ``tc`` would train on a finished run that its step or time budget stopped within an
-      epoch, where it was validated (its lr schedule and best model updated) as a run of ``tc`` is not. (A
-      run a signal stopped there was not validated; one that a budget stopped at an epoch's end was, as
-      every run is.)
+    * ``mid_epoch``: ``tc`` would train on a run that its step or time budget stopped within an epoch,
+      where it was validated (its lr schedule and best model updated) as a run of ``tc`` is not: finished,
+      or stopped in its test report. (A run a signal stopped there was not validated, and trains on as the
+      run of ``tc``; one that a budget stopped at an epoch's end was validated, as every run is.)
     """
     def lowered(key: str) -> bool:
         new, old = getattr(tc, key), saved.get(key)
@@ -153,7 +163,7 @@ def budget_verdict(state: LoopState, saved: dict[str, Any], tc: TrainConfig, fin
     out_of_time = tc.max_seconds is not None and state.train_seconds >= tc.max_seconds
     if state.done or out_of_time or budgets_used_up(state, tc):
         return "stops"
-    return "mid_epoch" if finished and state.batch_in_epoch > 0 else "trains"
+    return "mid_epoch" if validated and state.batch_in_epoch > 0 else "trains"
 
 
 def selection_loss(figures: dict[str, float], kl_weight: float) -> float:
@@ -569,6 +579,10 @@ def run_training(task: Task, resume: bool = False, data: Any = None) -> dict[str
             held_folder = True
             held.enter_context(stop_on_signals())
             run = start_run(task, resume, world, device, data)
+            if run.finished() and run.state.batch_in_epoch > 0 and run.state.validated_step != run.state.step:
+                # resumed where a signal stopped it within an epoch, with a budget that ends there: a run of
+                # that budget is validated at its last step, as the loop below does
+                end_epoch(run)
             while not run.finished():
                 train_epoch(run)
                 # validation and a checkpoint; a stop asked at the last step too, as a run not stopped ends
@@ -909,6 +923,7 @@ def end_epoch(run: Run) -> None:
         for remedy in run.remedies:
             val.update(remedy.after_epoch(run.trainer, state.epoch, val))
         world.sync_module(model)  # a reloaded best model, a decoder re-drawn from per-rank streams
+    state.validated_step = state.step
     run.logger.log("valid", state.step, state.epoch, lr=state.lr, improved=improved, tokens_per_s=run.tokens_per_s,
                    **val)
     if run.cfg.train.progress and world.is_main:
@@ -938,7 +953,7 @@ def finish_run(run: Run) -> dict[str, Any]:
         # killed during it resumes from its last checkpoint, whose log offset drops this record, and
         # its IW pass from the batches it had finished (kept in `progress` until the report is logged)
         progress = run.run_dir / IW_PROGRESS_FILE
-        earlier = earlier_report_seconds(run.logger.cut, progress)
+        earlier = earlier_report_seconds(run.logger.cut, progress, state.step)
         run.logger.log("test_start", state.step, state.epoch, **({"earlier_seconds": earlier} if earlier else {}))
         stopped = (f"stopped on request in the test report; its finished IW batches are kept in {progress}, "
                    f"where --resume continues")
@@ -965,13 +980,14 @@ def finish_run(run: Run) -> dict[str, Any]:
     return report
 
 
-def earlier_report_seconds(cut: list[dict[str, Any]], progress: Path) -> float:
-    """The time an earlier, stopped attempt at the test report spent on the IW batches this one takes
-    over: from its ``test_start`` record (in ``cut``, the records a resume cut from the log) to its last
-    kept batch (the progress file's time), plus what that attempt had taken over itself. 0 when no
-    batch was kept (the work is done again, and counted then)."""
+def earlier_report_seconds(cut: list[dict[str, Any]], progress: Path, step: int) -> float:
+    """The time an earlier, stopped attempt at the test report of the run at ``step`` spent on the IW batches
+    this one takes over: from its ``test_start`` record (in ``cut``, the records a resume cut from the log)
+    to its last kept batch (the progress file's time), plus what that attempt had taken over itself. 0 when
+    no batch was kept (the work is done again, and counted then), or when that attempt reported at another
+    step (a run trained on since: another best model, whose pass takes none of its batches)."""
     start = next((r for r in reversed(cut) if r.get("split") == "test_start"), None)
-    if start is None or not IWProgress.batches_in(progress):
+    if start is None or start.get("step") != step or not IWProgress.batches_in(progress):
         return 0.0
     return round(max(0.0, progress.stat().st_mtime - start["time"]) + start.get("earlier_seconds", 0.0), 3)
 
