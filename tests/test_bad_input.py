@@ -324,7 +324,7 @@ def test_unknown_words_are_unk_and_reported(tmp_path, trained, caplog, capsys):
 def test_evaluate_states_its_cost_first(trained, corpus, caplog, capsys):
     with caplog.at_level(logging.INFO, logger="textvae"):
         main(["evaluate", str(trained), "--iw-samples", "3", "--no-generation", "--max-sentences", "10"])
-    tokens = int(re.search(r"evaluating 10 of 20 test sentences \((\d+) tokens\): IW-NLL with K = 3 samples "
+    tokens = int(re.search(r"evaluating 10 of 20 test sentences \((\d+) tokens\) in fp32: IW-NLL with K = 3 samples "
                            r"decodes ([\d,]+) tokens", caplog.text).group(1))
     assert f"decodes {3 * tokens:,} tokens" in caplog.text
     out, err = capsys.readouterr()

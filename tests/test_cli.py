@@ -104,6 +104,37 @@ def test_evaluate_bf16_is_labelled_and_close_to_fp32(run, tmp_path, capsys):
     assert results["bf16"]["kl"] == pytest.approx(results["fp32"]["kl"], rel=5e-3, abs=1e-6)
 
 
+@needs_cpu_bf16
+def test_evaluate_of_a_bf16_run_computes_in_bf16_as_its_test_report_did(tmp_path, capsys):
+    """Without --precision, the run's train.precision: its test report's figures to the last digit."""
+    from textvae.training.logger import final_report
+
+    corpus = write_corpus(tmp_path / "corpus", n_train=60, n_eval=20)
+    main(["train", *tiny_args(tmp_path, "b", corpus, "--train.max_steps", "2", "--train.iw_samples_final", "3",
+                              "--train.precision", "bf16")])
+    report = final_report(read_jsonl(tmp_path / "b" / "metrics.jsonl"))
+    main(["evaluate", str(tmp_path / "b"), "--no-generation", "--json", str(tmp_path / "e.json")])
+    figures = json.loads((tmp_path / "e.json").read_text())
+    assert figures["precision"] == "bf16"
+    for key in ("iw_nll", "neg_elbo", "kl", "mi_dataset", "au"):
+        assert figures[key] == pytest.approx(report[key], rel=1e-12, abs=1e-12), key
+
+
+def test_evaluate_of_a_bf16_run_where_the_cpu_has_none_says_how(run, tmp_path, capsys, cpu_without_bf16):
+    copy = tmp_path / "bf16run"
+    shutil.copytree(run, copy)
+    config = copy / "config.yaml"
+    config.write_text(config.read_text().replace("precision: fp32", "precision: bf16"))
+    with pytest.raises(SystemExit) as stop:
+        main(["evaluate", str(copy), "--no-generation"])
+    assert stop.value.code == 2
+    assert re.fullmatch(r"textvae: error: .*bf16run trained in bf16 \(train.precision\), which cpu here cannot "
+                        r"compute \(no bfloat16 arithmetic\); evaluate it with --precision fp32 \(figures that "
+                        r"differ from its test report by rounding\)", capsys.readouterr().err.strip())
+    main(["evaluate", str(copy), "--no-generation", "--precision", "fp32", "--iw-samples", "2"])
+    assert json.loads((copy / "eval_test.json").read_text())["precision"] == "fp32"
+
+
 def test_sample_is_clean_and_seeded(run, capsys):
     main(["sample", str(run / "model"), "--n", "3", "--seed", "1"])
     first = capsys.readouterr().out.splitlines()

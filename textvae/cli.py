@@ -135,10 +135,11 @@ def evaluate_parser() -> argparse.ArgumentParser:
                                    "(<name>.iw_progress.safetensors), so the same command resumes a stopped one")
     ap.add_argument("--device", help="cpu, cuda, cuda:N or auto (a GPU where there is one); default: the run's "
                                      "train.device, so that its test report is reproduced (cpu for a model folder)")
-    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+    ap.add_argument("--precision", choices=["fp32", "bf16"],
                     help="bf16: figures under bfloat16 autocast (recurrent and output GEMMs in bf16; posterior "
                          "head, KL and softmax statistics in fp32; faster IW-NLL on a CPU with bf16 units); "
-                         "recorded in the results")
+                         "default: the run's train.precision, so that its test report is reproduced (fp32 for a "
+                         "model folder); recorded in the results")
     return ap
 
 
@@ -153,7 +154,7 @@ def cmd_evaluate(argv: list[str]) -> None:
     from textvae.metrics import check_text_metrics
     from textvae.models.native import native_kernels
     from textvae.training.denormals import denormals_flushed
-    from textvae.training.train import check_precision, freed_memory_kept
+    from textvae.training.train import bf16_supported, check_precision, freed_memory_kept
     from textvae.tasks.runconfig import DEFAULT_TASK
     from textvae.tasks.sentences import split_figures, truth_figures
 
@@ -164,11 +165,16 @@ def cmd_evaluate(argv: list[str]) -> None:
         raise TextVAEError("--gen-sentences must be >= 2 (self-BLEU compares samples with each other)")
     folder, run_dir, run_cfg = model_folder(args.model)
     device = evaluation_device(args.device, run_cfg or {})
-    check_precision(device, args.precision, "--precision")
     task = (run_cfg or {}).get("task", DEFAULT_TASK)
     if run_dir is not None and task != DEFAULT_TASK:  # the other tasks' own test report; the sentence VAE's below
         return evaluate_task_run(args, task, device, run_dir)
+    given_precision = args.precision is not None
     as_the_report(args, run_cfg)
+    if not given_precision and args.precision == "bf16" and not bf16_supported(device):
+        raise TextVAEError(f"{args.model} trained in bf16 (train.precision), which {device} here cannot compute (no "
+                           f"bfloat16 arithmetic); evaluate it with --precision fp32 (figures that differ from its "
+                           f"test report by rounding)")
+    check_precision(device, args.precision, "--precision")
     warn_if_training(run_dir)
     model, tokenizer = load_model(folder)
     data_cfg, data = evaluation_data(args, run_cfg, tokenizer)
@@ -260,14 +266,16 @@ _MODEL_FOLDER_BATCH = 64  # evaluate's batch for a model folder, which has no ru
 
 
 def as_the_report(args: argparse.Namespace, run_cfg: Optional[dict]) -> None:
-    """``--iw-samples`` and ``--batch-size`` not given: the run's (``train.iw_samples_final``,
-    ``data.eval_batch_size``), with which its test report drew the same numbers; a model folder's defaults
-    without a run."""
+    """``--iw-samples``, ``--batch-size`` and ``--precision`` not given: the run's (``train.iw_samples_final``,
+    ``data.eval_batch_size``, ``train.precision``), with which its test report drew and rounded the same
+    numbers; a model folder's defaults without a run."""
     from textvae.config import DataConfig, TrainConfig
 
     run_cfg = run_cfg or {}
     if args.iw_samples is None:
         args.iw_samples = (run_cfg.get("train") or {}).get("iw_samples_final", TrainConfig.iw_samples_final)
+    if args.precision is None:
+        args.precision = (run_cfg.get("train") or {}).get("precision", TrainConfig.precision)
     if args.batch_size is None:
         args.batch_size = ((run_cfg.get("data") or {}).get("eval_batch_size", DataConfig.eval_batch_size) if run_cfg
                            else _MODEL_FOLDER_BATCH)
@@ -429,7 +437,8 @@ def announce_evaluation(args: argparse.Namespace, split: Any, n_eval: int, model
     cost = (f"{iw_description(model, args.iw_samples)} decodes {k * n_tokens:,} tokens" if k
             else "no IW-NLL (--iw-samples 0)")
     log = logging.getLogger("textvae")
-    log.info("evaluating %d of %d %s sentences (%d tokens): %s%s", n_eval, len(split), args.split, n_tokens, cost,
+    log.info("evaluating %d of %d %s sentences (%d tokens) in %s: %s%s", n_eval, len(split), args.split, n_tokens,
+             args.precision, cost,
              "" if args.no_generation else f", then {min(args.gen_sentences, n_eval)} reconstructions and "
                                            f"{args.gen_sentences} prior samples")
     unknown = unk_rate(split.ids[i] for i in positions)
