@@ -281,6 +281,26 @@ def test_a_run_stopped_within_an_epoch_resumed_with_a_budget_that_ends_there_is_
     assert resumed["split"] == "test" and resumed == fresh
 
 
+def test_a_run_stopped_before_its_first_checkpoint_is_told_to_start_again(corpus, tmp_path, monkeypatch, capsys):
+    """Ctrl-C while a run starts (its data, a first build of the C++ kernels): there is nothing to resume."""
+    import textvae.training.train as loop
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    original = loop.native_kernels_used
+    monkeypatch.setattr(loop, "native_kernels_used", interrupted)
+    args = tiny_args(tmp_path, "run", corpus, "--train.max_steps", "2")
+    with pytest.raises(SystemExit) as stop:
+        main(["train", *args])
+    assert stop.value.code == 130
+    assert capsys.readouterr().err.strip().endswith(
+        "textvae: interrupted; no checkpoint was written yet: start it again, without --resume")
+    monkeypatch.setattr(loop, "native_kernels_used", original)
+    main(["train", *args])  # as it says
+    assert checkpoint_step(tmp_path / "run" / "checkpoint.safetensors") == 2
+
+
 def test_a_finished_run_resumed_unchanged_is_not_evaluated_again(corpus, tmp_path, caplog, capsys):
     """Its test report stands: the log is untouched and the command prints it; with a larger budget the
     same --resume trains on."""

@@ -763,8 +763,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     except TextVAEError as e:
         print(f"textvae: error: {e}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        hint = _RESUME_HINTS.get(argv[0])
+    except KeyboardInterrupt as stop:
+        hint = getattr(stop, "hint", None) or _RESUME_HINTS.get(argv[0])
         print(f"textvae: interrupted{'; ' + hint if hint else ''}", file=sys.stderr)
         sys.exit(128 + (take_last_signal() or signal.SIGINT))  # 130 for Ctrl-C, 143 for SIGTERM
 
