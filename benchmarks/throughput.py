@@ -514,6 +514,14 @@ default 21,386 / 20,839 / 21,009 / 21,123 / 21,066 (median **3.16x**, each round
 bit for bit (fp32 evaluation takes the unchanged path); valid -ELBO fp32 -> bf16 120.682 -> 120.906,
 122.357 -> 122.019, 121.428 -> 121.021, 122.146 -> 122.157, 121.220 -> 121.485 (+0.186, -0.276, -0.335,
 +0.009, +0.219 %: **mean -0.039 %**), a bf16 epoch at 23.2-24.7k tok/s (22.3k last session).
+
+The IW pass again on 2026-12-07, back on an Intel Xeon with AMX-BF16 after eight sessions on an AVX2-only
+EPYC (a new machine; commit 9beec83; the study's runs paused, 10:43-10:46 UTC): ``--sections peak iw
+--threads 2 --iw-batches 4 --iw-budgets 16384 --iw-repeats 2 --iw-variants fused bf16-c++ --iw-k-sweep 500``
+(an untrained model: no run folder survived the move). fused fp32 35,785 tok*K/s; fused + C++ bf16 162,992
+(**42.2 %** of the bf16 roof, 47.1 % counting the redraw; 136,637-139,425 and 40.5-40.8 % on the machine
+of 2026-12-06); the same estimate to the printed digits; eval peak 206 / 128 MB. No regression from the
+changes made where none of this could run; target 2 (70 %) stays where the paragraph above leaves it.
 """
 from __future__ import annotations
 
