@@ -29,7 +29,7 @@ def _probe_text(value: float, results: dict[str, Any]) -> str:
 
 # the training run's figures, in its test report (and evaluate's steps, for the collapse verdict)
 _TRAINING = (Row("train_steps", "training steps", "{:.0f}"), Row("train_epochs", "  whole epochs", "{:.0f}"),
-             Row("train_seconds", "  training time (s)", "{:.0f}"), Row("train_tokens_per_s", "  tokens/s", "{:.0f}"),
+             Row("train_seconds", "  training time (s)", "{:.1f}"), Row("train_tokens_per_s", "  tokens/s", "{:.0f}"),
              Row("padding_fraction", "  padding (share of batch positions)", "{:.1%}"))
 _TAIL = (Row("probe_acc", "probe accuracy ({P}/class, mean ± std)", _probe_text),
          *Row.within("probe_acc_std", "probe_n_per_class", "probe_draws", "gen_sentences", "n_contexts"), *_TRAINING)
