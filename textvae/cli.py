@@ -154,7 +154,7 @@ def cmd_evaluate(argv: list[str]) -> None:
     from textvae.metrics import check_text_metrics
     from textvae.models.native import native_kernels
     from textvae.training.denormals import denormals_flushed
-    from textvae.training.train import bf16_supported, check_precision, freed_memory_kept
+    from textvae.training.train import freed_memory_kept
     from textvae.tasks.runconfig import DEFAULT_TASK
     from textvae.tasks.sentences import split_figures, truth_figures
 
@@ -168,13 +168,7 @@ def cmd_evaluate(argv: list[str]) -> None:
     task = (run_cfg or {}).get("task", DEFAULT_TASK)
     if run_dir is not None and task != DEFAULT_TASK:  # the other tasks' own test report; the sentence VAE's below
         return evaluate_task_run(args, task, device, run_dir)
-    given_precision = args.precision is not None
-    as_the_report(args, run_cfg)
-    if not given_precision and args.precision == "bf16" and not bf16_supported(device):
-        raise TextVAEError(f"{args.model} trained in bf16 (train.precision), which {device} here cannot compute (no "
-                           f"bfloat16 arithmetic); evaluate it with --precision fp32 (figures that differ from its "
-                           f"test report by rounding)")
-    check_precision(device, args.precision, "--precision")
+    as_the_report(args, run_cfg, device)
     warn_if_training(run_dir)
     model, tokenizer = load_model(folder)
     data_cfg, data = evaluation_data(args, run_cfg, tokenizer)
@@ -265,17 +259,23 @@ def generation_figures(args: argparse.Namespace, model: Any, tokenizer: Any, bat
 _MODEL_FOLDER_BATCH = 64  # evaluate's batch for a model folder, which has no run settings
 
 
-def as_the_report(args: argparse.Namespace, run_cfg: Optional[dict]) -> None:
+def as_the_report(args: argparse.Namespace, run_cfg: Optional[dict], device: torch.device) -> None:
     """``--iw-samples``, ``--batch-size`` and ``--precision`` not given: the run's (``train.iw_samples_final``,
     ``data.eval_batch_size``, ``train.precision``), with which its test report drew and rounded the same
-    numbers; a model folder's defaults without a run."""
+    numbers; a model folder's defaults without a run. A one-line error for a precision ``device`` lacks."""
     from textvae.config import DataConfig, TrainConfig
+    from textvae.training.train import bf16_supported, check_precision
 
     run_cfg = run_cfg or {}
     if args.iw_samples is None:
         args.iw_samples = (run_cfg.get("train") or {}).get("iw_samples_final", TrainConfig.iw_samples_final)
     if args.precision is None:
         args.precision = (run_cfg.get("train") or {}).get("precision", TrainConfig.precision)
+        if args.precision == "bf16" and not bf16_supported(device):
+            raise TextVAEError(f"{args.model} trained in bf16 (train.precision), which {device} here cannot compute "
+                               f"(no bfloat16 arithmetic); evaluate it with --precision fp32 (figures that differ "
+                               f"from its test report by rounding)")
+    check_precision(device, args.precision, "--precision")
     if args.batch_size is None:
         args.batch_size = ((run_cfg.get("data") or {}).get("eval_batch_size", DataConfig.eval_batch_size) if run_cfg
                            else _MODEL_FOLDER_BATCH)

@@ -135,7 +135,7 @@ def check_run_folder(run: Run, by_label: dict[str, Run]) -> None:
     if changes and verdict is None:  # another configuration: the first thing to say of it
         raise TextVAEError(f"{run.dir} was trained with another configuration ({shown_changes(changes)}); give the "
                            f"study file and --set the settings it was trained with, delete it or choose another --out")
-    moved = [by_label[label] for label in run.needs if trained_again(by_label[label])] if run.needs else []
+    moved = [by_label[label] for label in run.needs if trained_again(by_label[label])]
     if moved and start_record(run) is not None:
         how, undo = (("the study's larger budget trains on", ", or --set the budget it was trained with")
                      if trains_on(moved[0]) else
