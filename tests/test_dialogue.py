@@ -582,6 +582,13 @@ def test_train_cvae_and_respond(tmp_path, capsys, caplog):
     with pytest.raises(SystemExit):  # one the run's eval section sets (data.eval_batch_size): refused, not ignored
         main(["evaluate", str(run), "--batch-size", "8"])
     assert "--batch-size: an option of a sentence model's evaluation" in capsys.readouterr().err
+    # its own precision may be named (the report computes in it); another is refused
+    main(["evaluate", str(run), "--iw-samples", "3", "--precision", "fp32", "--json", str(tmp_path / "fp32.json")])
+    assert json.loads((tmp_path / "fp32.json").read_text())["iw_nll"] == evaluated["iw_nll"]
+    with pytest.raises(SystemExit):
+        main(["evaluate", str(run), "--precision", "bf16"])
+    assert ("--precision bf16: a dialogue run is evaluated in its own train.precision (fp32), as its test report "
+            "was") in capsys.readouterr().err
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records if r["split"] == "valid"] == [1, 2]
     assert max(r["step"] for r in records if r["split"] == "train") == 10  # 5 batches per epoch

@@ -253,6 +253,13 @@ def test_checkouts_of_the_same_source_share_one_build(monkeypatch, tmp_path):
     assert copy.stat().st_mtime_ns == 1
     headers = {h.name for h in checkouts[0].glob("*.h")}
     assert {p.name for p in copy.parent.iterdir()} == {"softmax_rows.cpp", *headers} and headers
+    # a folder built before the copy existed compiles once more, and says so (its library exists)
+    folder, name = copy.parent.parent, native._build_name("softmax_rows")
+    (folder / f"{name}.so").write_bytes(b"")
+    (folder / "build.ninja").write_text(f"build x.o: compile {checkouts[0] / 'softmax_rows.cpp'}\n")
+    assert native._compiles(folder, name, copy)
+    (folder / "build.ninja").write_text(f"build x.o: compile {copy}\n")
+    assert not native._compiles(folder, name, copy)
 
 
 def test_without_flock_a_killed_build_s_lock_is_cleared_by_its_age(tmp_path, monkeypatch):

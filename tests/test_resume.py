@@ -299,6 +299,13 @@ def test_a_run_stopped_before_its_first_checkpoint_is_told_to_start_again(corpus
     monkeypatch.setattr(loop, "native_kernels_used", original)
     main(["train", *args])  # as it says
     assert checkpoint_step(tmp_path / "run" / "checkpoint.safetensors") == 2
+    # a checkpoint of a newer textvae (a loop state this one does not know) is a one-line error, not a traceback
+    ckpt = read_checkpoint(tmp_path / "run" / "checkpoint.safetensors")
+    from textvae.training.train import LoopState
+
+    with pytest.raises(TextVAEError, match=r"a checkpoint written by a newer textvae \(its loop state has "
+                                           r"future_key\); resume or read it with that version"):
+        LoopState.from_meta({**ckpt.meta["loop"], "future_key": 1})
 
 
 def test_a_finished_run_resumed_unchanged_is_not_evaluated_again(corpus, tmp_path, caplog, capsys):

@@ -276,25 +276,39 @@ def test_a_run_its_step_budget_stopped_within_an_epoch_is_a_conflict_when_killed
             st.run_study(longer, out=str(tmp_path / "out"))
 
 
-def test_a_started_run_whose_source_the_study_trains_again_is_a_conflict_checkpoint_or_not(tmp_path):
+def test_a_finished_run_whose_source_the_larger_budget_trains_on_is_a_conflict_without_its_checkpoint_too(tmp_path):
     """Finished with its checkpoint deleted (to save disk), a run started from another's weights still started
-    from them; and a source whose folder is gone is trained again, to other weights: both are said before
-    anything trains, not after (or never, mixing a run with a source it did not start from)."""
+    from them: said before anything trains, not never (a source trained on beside a run it did not start).
+    A source whose folder is gone is trained again first, from its start: on one machine to the same weights,
+    which the run's start checks (its md5) when it next resumes or is checked."""
     spec = dict(TINY, seeds=[1], variants={"ae": {}, "vae": {"model.encoder_from": "{run:ae}/model"}})
     st.run_study(write_study(tmp_path, spec), out=str(tmp_path / "out"))
     (tmp_path / "out" / "vae" / "seed1" / "checkpoint.safetensors").unlink()
     longer = write_study(tmp_path, dict(spec, budget={"epochs": 3}), "longer.yaml")
     with pytest.raises(TextVAEError, match=r"vae/seed1 started from ae/seed1, which the study's larger budget trains on"):
         st.run_study(longer, out=str(tmp_path / "out"))
+    lines = st.status_lines(st.plan(st.load_study(longer, str(tmp_path / "out"))))
+    assert [line.split()[:2] for line in lines[:-1]] == [["ae/seed1", "stopped"], ["vae/seed1", "conflict"]]
     shutil.rmtree(tmp_path / "out" / "ae" / "seed1")
-    with pytest.raises(TextVAEError, match=r"vae/seed1 started from ae/seed1, which the study trains again \(its folder "
-                                           r"holds no finished run of the study's\), so that it would start from other "
-                                           r"weights now; delete it to train it again from ae/seed1's$"):
-        st.run_study(write_study(tmp_path, spec), out=str(tmp_path / "out"))
+    st.run_study(write_study(tmp_path, spec), out=str(tmp_path / "out"))  # ae trained again, vae kept
     lines = st.status_lines(st.plan(st.load_study(write_study(tmp_path, spec), str(tmp_path / "out"))))
-    assert [line.split()[:2] for line in lines[:-1]] == [["ae/seed1", "new"], ["vae/seed1", "conflict"]]
-    shutil.rmtree(tmp_path / "out" / "vae" / "seed1")  # as the error says: both are trained, in order
-    st.run_study(write_study(tmp_path, spec), out=str(tmp_path / "out"))
+    assert [line.split()[:2] for line in lines[:-1]] == [["ae/seed1", "done"], ["vae/seed1", "done"]]
+
+
+def test_a_study_stopped_while_a_run_starts_says_the_study_resumes_it(tmp_path, monkeypatch, capsys):
+    """Not the stopped run's own hint (train's: start it again, without --resume): a study has no --resume."""
+    import textvae.training.train as loop
+    from textvae.cli import main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "native_kernels_used", interrupted)
+    with pytest.raises(SystemExit):
+        main(["study", str(write_study(tmp_path, dict(TINY, seeds=[1], variants={"v": {}}))), "--out",
+              str(tmp_path / "out")])
+    assert capsys.readouterr().err.strip().endswith(
+        "textvae: interrupted; the same command resumes it (finished runs are kept, stopped ones resume)")
 
 
 def test_validated_here_reads_the_checkpoint_else_the_log():

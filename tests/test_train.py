@@ -311,10 +311,16 @@ def test_the_source_digest_names_the_code_wherever_it_lies(tmp_path):
     shutil.copytree(one, moved)
     (moved / "models" / "k.cpp").rename(moved / "k.cpp")
     assert len({digest, source_digest(edited), source_digest(moved)}) == 3
-    # the archive names such a start's code by it
-    starts = [{"split": "source", "commit": None, "source_sha256": digest}, {"split": "source", "commit": "abc"},
+    added = tmp_path / "added" / "textvae"
+    shutil.copytree(one, added)
+    (added / "models" / "extra.py").write_text("")
+    assert source_digest(added) not in {digest, source_digest(edited), source_digest(moved)}
+    # the archive names such a start's code by it where the commit does not name it
+    starts = [{"split": "source", "commit": None, "source_sha256": digest},
+              {"split": "source", "commit": "abc", "dirty": False, "source_sha256": digest},
+              {"split": "source", "commit": "abc", "dirty": True, "source_sha256": digest},
               {"split": "source", "commit": None}]
-    assert provenance(starts)[0] == [f"source {digest}", "abc", None]
+    assert provenance(starts)[0] == [f"source {digest}", "abc", f"abc + changes, source {digest}", None]
 
 
 @needs_cpu_bf16

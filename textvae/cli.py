@@ -167,7 +167,7 @@ def cmd_evaluate(argv: list[str]) -> None:
     device = evaluation_device(args.device, run_cfg or {})
     task = (run_cfg or {}).get("task", DEFAULT_TASK)
     if run_dir is not None and task != DEFAULT_TASK:  # the other tasks' own test report; the sentence VAE's below
-        return evaluate_task_run(args, task, device, run_dir)
+        return evaluate_task_run(args, task, device, run_dir, run_cfg)
     as_the_report(args, run_cfg, device)
     warn_if_training(run_dir)
     model, tokenizer = load_model(folder)
@@ -293,18 +293,25 @@ def evaluation_device(given: Optional[str], run_cfg: dict[str, Any]) -> torch.de
         raise TextVAEError(f"{e}{'' if given else '; choose another with --device'}") from None
 
 
-def evaluate_task_run(args: argparse.Namespace, task_name: str, device: torch.device, run_dir: Path) -> None:
+def evaluate_task_run(args: argparse.Namespace, task_name: str, device: torch.device, run_dir: Path,
+                      run_cfg: dict[str, Any]) -> None:
     """``evaluate`` of a run of another task (the dialogue CVAE): its task's own report (its registered
-    metrics and text metrics, with its recipe's evaluation settings) on ``--split``, with K = ``--iw-samples``;
-    the options of a sentence model's evaluation are refused rather than ignored."""
+    metrics and text metrics, with its recipe's evaluation settings, in its train.precision) on ``--split``,
+    with K = ``--iw-samples``; the options of a sentence model's evaluation are refused rather than ignored."""
+    from textvae.config import TrainConfig
     from textvae.tasks import create_task
     from textvae.tasks.runconfig import parse_run_config
     from textvae.training.train import evaluation_rng
 
     # what the task's report takes from the command line: the run, the split, K, the device, the results file
     own = {"model", "split", "iw_samples", "device", "json"}
+    precision = (run_cfg.get("train") or {}).get("precision", TrainConfig.precision)
+    if args.precision not in (None, precision):
+        raise TextVAEError(f"--precision {args.precision}: a {task_name} run is evaluated in its own train.precision "
+                           f"({precision}), as its test report was")
     defaults = evaluate_parser().parse_args([args.model])
-    given = [name for name, value in vars(args).items() if name not in own and value != getattr(defaults, name)]
+    given = [name for name, value in vars(args).items()
+             if name not in own | {"precision"} and value != getattr(defaults, name)]
     if given:
         raise TextVAEError(f"--{given[0].replace('_', '-')}: an option of a sentence model's evaluation; a {task_name} "
                            f"run is evaluated with its recipe's settings (its eval section)")
@@ -764,7 +771,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         print(f"textvae: error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as stop:
-        hint = getattr(stop, "hint", None) or _RESUME_HINTS.get(argv[0])
+        # a run's own hint (stopped before its first checkpoint) is train's: a study resumes its runs itself
+        hint = (getattr(stop, "hint", None) if argv[0] == "train" else None) or _RESUME_HINTS.get(argv[0])
         print(f"textvae: interrupted{'; ' + hint if hint else ''}", file=sys.stderr)
         sys.exit(128 + (take_last_signal() or signal.SIGINT))  # 130 for Ctrl-C, 143 for SIGTERM
 

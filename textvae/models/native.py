@@ -70,19 +70,25 @@ def _cpu_identity() -> str:
     return platform.processor() or platform.machine()
 
 
-def _build_name(kernel: str) -> str:
+def _sources(kernel: str) -> dict[str, bytes]:
+    """The kernel's source and the shared headers it may include, by file name, read once: the build's name
+    and its copy of them (:func:`_sources_in`) are made from the same bytes."""
+    return {path.name: path.read_bytes() for path in [SOURCES / f"{kernel}.cpp", *sorted(SOURCES.glob("*.h"))]}
+
+
+def _build_name(kernel: str, sources: Optional[dict[str, bytes]] = None) -> str:
     # the shared headers count too: a kernel includes them
-    sources = [(SOURCES / f"{kernel}.cpp").read_bytes()] + [h.read_bytes() for h in sorted(SOURCES.glob("*.h"))]
+    contents = list((sources or _sources(kernel)).values())
     # torch's install (its headers and libraries) and Python's too: two environments sharing the extension
     # folder would otherwise rebuild one folder back and forth, each build a minute unannounced
     where = f"{Path(torch.__file__).resolve().parent}\0{Path(sys.prefix).resolve()}\0{sys.version}"
-    key = b"\0".join(sources + [" ".join(_flags()).encode(), torch.__version__.encode(), _cpu_identity().encode(),
-                                where.encode()])
+    key = b"\0".join(contents + [" ".join(_flags()).encode(), torch.__version__.encode(), _cpu_identity().encode(),
+                                 where.encode()])
     return f"textvae_{kernel}_{hashlib.sha256(key).hexdigest()[:16]}"
 
 
-def _sources_in(folder: Path, kernel: str) -> Path:
-    """The kernel's source and the shared headers, copied into ``folder/src`` where absent; the copy's path.
+def _sources_in(folder: Path, kernel: str, sources: dict[str, bytes]) -> Path:
+    """``sources`` (:func:`_sources`) written into ``folder/src`` where absent; the kernel's copy's path.
 
     torch's build compares its build file, which names the source's path, so two checkouts of the same
     source (a study's frozen tree and a working one) compiling from their own paths would rebuild one build
@@ -91,13 +97,20 @@ def _sources_in(folder: Path, kernel: str) -> Path:
     written only where absent (then atomically): a rewrite would be newer than the library, and rebuild it."""
     src = folder / "src"
     src.mkdir(exist_ok=True)
-    for path in [SOURCES / f"{kernel}.cpp", *sorted(SOURCES.glob("*.h"))]:
-        target = src / path.name
+    for name, content in sources.items():
+        target = src / name
         if not target.is_file():
-            partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
-            partial.write_bytes(path.read_bytes())
+            partial = target.with_name(f"{name}.{os.getpid()}.partial")
+            partial.write_bytes(content)
             partial.replace(target)
     return src / f"{kernel}.cpp"
+
+
+def _compiles(folder: Path, name: str, source: Path) -> bool:
+    """Whether torch's build in ``folder`` will compile: no library yet, or a build file that names another
+    source (a folder built before its source was copied there)."""
+    ninja = folder / "build.ninja"
+    return not (folder / f"{name}.so").is_file() or (ninja.is_file() and str(source) not in ninja.read_text())
 
 
 def _ninja_on_path() -> None:
@@ -166,14 +179,16 @@ def _build(kernel: str) -> Any:
         from torch.utils.cpp_extension import load
 
         _ninja_on_path()
-        name = _build_name(kernel)
+        sources = _sources(kernel)
+        name = _build_name(kernel, sources)
         folder = _build_folder(name)
         folder.mkdir(parents=True, exist_ok=True)
         with _build_turn(folder):
-            if not (folder / f"{name}.so").is_file():  # torch compiles it, or loads the one it built before
+            source = _sources_in(folder, kernel, sources)
+            if _compiles(folder, name, source):  # else torch loads the library it built before
                 log.info(f"compiling textvae's C++ kernel {kernel} in {folder} (once per machine and torch "
                          f"version; a minute or more, longer beside other work)")
-            return load(name, [str(_sources_in(folder, kernel))], extra_cflags=_flags(), extra_ldflags=["-fopenmp"],
+            return load(name, [str(source)], extra_cflags=_flags(), extra_ldflags=["-fopenmp"],
                         build_directory=str(folder), verbose=False)
     except Exception as error:  # noqa: BLE001 (a compiler's failure has no one type; the reason is kept)
         reason = f"{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}"

@@ -82,16 +82,26 @@ def folder_entry(run: Run, out: Path) -> Optional[dict[str, Any]]:
 
 
 def provenance(records: list[dict[str, Any]]) -> tuple[list[Optional[str]], list[str]]:
-    """From a run's ``source`` records (one per start), each once: the commits it ran at (a start from an
-    installed copy outside git: 'source <digest>', :func:`textvae.training.train.source_digest`), and where
-    it ran, as 'CPU model, n threads' (and its GPU; runs logged before textvae recorded the machine
-    give none)."""
+    """From a run's ``source`` records (one per start), each once: the code it ran, by its commit (from a
+    checkout with uncommitted changes 'COMMIT + changes, source DIGEST'; from an installed copy outside git
+    'source DIGEST': :func:`textvae.training.train.source_digest`), and where it ran, as 'CPU model, n
+    threads' (and its GPU; runs logged before textvae recorded the machine give none)."""
     sources = [r for r in records if r.get("split") == "source"]
-    commits = list(dict.fromkeys(r.get("commit") or (f"source {r['source_sha256']}" if r.get("source_sha256") else None)
-                                 for r in sources))
+    commits = list(dict.fromkeys(code_name(r) for r in sources))
     machines = list(dict.fromkeys(f"{r['cpu']}, {r['threads']} threads" + (f", {r['gpu']}" if r.get("gpu") else "")
                                   for r in sources if "cpu" in r))
     return commits, machines
+
+
+def code_name(source: dict[str, Any]) -> Optional[str]:
+    """The code of one start (a ``source`` record), as :func:`provenance` names it; None where it was not
+    recorded."""
+    commit, digest = source.get("commit"), source.get("source_sha256")
+    if digest is None:
+        return commit
+    if commit is None:
+        return f"source {digest}"
+    return f"{commit} + changes, source {digest}" if source.get("dirty") else commit
 
 
 def load_archive(path: Path) -> list[dict[str, Any]]:

@@ -69,9 +69,10 @@ def folder_changes(run: Run) -> tuple[dict[str, tuple[Any, Any]], Optional[str]]
     checkpoint = run.dir / CHECKPOINT
     if not checkpoint.is_file():  # never checkpointed: trained from its start ("new"), unless it finished
         return changes, "unknown" if finished_report(run.dir) is not None else "trains"
-    state = LoopState(**read_checkpoint_meta(checkpoint)["loop"])
-    validated = validated_here(state, read_jsonl(run.dir / "metrics.jsonl"))
-    return changes, budget_verdict(state, old.get("train", {}), run.config.train, validated)
+    state = LoopState.from_meta(read_checkpoint_meta(checkpoint)["loop"])
+    # the log only where the checkpoint does not say it, and it decides (a position within an epoch)
+    records = read_jsonl(run.dir / "metrics.jsonl") if state.validated_step < 0 and state.batch_in_epoch else []
+    return changes, budget_verdict(state, old.get("train", {}), run.config.train, validated_here(state, records))
 
 
 def trains_on(run: Run) -> bool:
@@ -100,13 +101,6 @@ def start_record(run: Run) -> Optional[dict[str, Any]]:
     return next((r for r in read_jsonl(run.dir / "metrics.jsonl") if r.get("split") == "data"), None)
 
 
-def trained_again(source: Run) -> bool:
-    """Whether the study trains the run ``source`` in its folder (again): on, with its larger budget, or from
-    its start or its checkpoint, its folder holding no finished run of the study's (and no archive entry
-    standing for one)."""
-    return trains_on(source) or (run_state(source) != "done" and source.archived is None)
-
-
 def check_start(run: Run) -> None:
     """A run started from another run's weights (``model.encoder_from``) goes on only from the weights it
     started from (the md5 its start logged): trained on, or trained again not bit for bit, they would make
@@ -130,18 +124,18 @@ def check_run_folder(run: Run, by_label: dict[str, Run]) -> None:
     epoch's end on, and one that a run stopped before (its plateau schedule ended) leaves it as it is; a
     run past a lowered budget, or stopped by a step or time budget within an epoch (``mid_epoch``), is an
     error. So is a run started from weights that have changed since (:func:`check_start`) or that will
-    (a run, of ``by_label``'s, that the study trains again: :func:`trained_again`), finished or not."""
+    (a run, of ``by_label``'s, that the larger budget trains on), finished or not, its checkpoint kept or
+    not. (A run started from weights no longer there, to be trained again first, is checked when it resumes:
+    trained again on the same machine, they are the same to the bit.)"""
     changes, verdict = folder_changes(run)
     if changes and verdict is None:  # another configuration: the first thing to say of it
         raise TextVAEError(f"{run.dir} was trained with another configuration ({shown_changes(changes)}); give the "
                            f"study file and --set the settings it was trained with, delete it or choose another --out")
-    moved = [by_label[label] for label in run.needs if trained_again(by_label[label])]
+    moved = [label for label in run.needs if trains_on(by_label[label])]
     if moved and start_record(run) is not None:
-        how, undo = (("the study's larger budget trains on", ", or --set the budget it was trained with")
-                     if trains_on(moved[0]) else
-                     ("the study trains again (its folder holds no finished run of the study's)", ""))
-        raise TextVAEError(f"{run.dir} started from {moved[0].label}, which {how}, so that it would start from other "
-                           f"weights now; delete it to train it again from {moved[0].label}'s{undo}")
+        raise TextVAEError(f"{run.dir} started from {moved[0]}, which the study's larger budget trains on, so that "
+                           f"it would start from other weights now; delete it to train it again from {moved[0]}'s, "
+                           f"or --set the budget it was trained with")
     check_start(run)
     if not changes or verdict in ("stops", "trains"):
         return

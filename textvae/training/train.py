@@ -106,6 +106,15 @@ class LoopState:
     train_tokens: int = 0
     validated_step: int = -1
 
+    @classmethod
+    def from_meta(cls, loop: dict[str, Any]) -> "LoopState":
+        """The state a checkpoint's ``loop`` holds; a one-line error for one written by a newer textvae."""
+        unknown = sorted(set(loop) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise TextVAEError(f"a checkpoint written by a newer textvae (its loop state has {', '.join(unknown)}); "
+                               f"resume or read it with that version")
+        return cls(**loop)
+
     def end_pass(self, started: float, tokens_before: int, n_batches: int) -> tuple[float, bool]:
         """Close a pass over (the rest of) an epoch begun at ``time.perf_counter()`` = ``started``
         with ``tokens_before`` training tokens: add its time, and move to the next epoch when all
@@ -134,6 +143,16 @@ def validated_here(state: LoopState, records: list[dict[str, Any]]) -> bool:
     if state.validated_step >= 0:
         return state.validated_step == state.step
     return any(r.get("split") == "valid" and r.get("step") == state.step for r in records)
+
+
+def validated_at_start(run: "Run") -> bool:
+    """:func:`validated_here` for the run as it (re)starts, the same on every rank: a checkpoint that does not
+    record its validation step is judged by rank 0's log."""
+    state = run.state
+    if state.validated_step >= 0:
+        return state.validated_step == state.step
+    mine = run.world.is_main and validated_here(state, read_jsonl(run.run_dir / "metrics.jsonl"))
+    return bool(run.world.any(torch.tensor([mine], device=run.device))[0])
 
 
 def budget_verdict(state: LoopState, saved: dict[str, Any], tc: TrainConfig, validated: bool) -> str:
@@ -579,7 +598,7 @@ def run_training(task: Task, resume: bool = False, data: Any = None) -> dict[str
             held_folder = True
             held.enter_context(stop_on_signals())
             run = start_run(task, resume, world, device, data)
-            if run.finished() and run.state.batch_in_epoch > 0 and run.state.validated_step != run.state.step:
+            if run.finished() and run.state.batch_in_epoch > 0 and not validated_at_start(run):
                 # resumed where a signal stopped it within an epoch, with a budget that ends there: a run of
                 # that budget is validated at its last step, as the loop below does
                 end_epoch(run)
@@ -988,7 +1007,8 @@ def earlier_report_seconds(cut: list[dict[str, Any]], progress: Path, step: int)
     this one takes over: from its ``test_start`` record (in ``cut``, the records a resume cut from the log)
     to its last kept batch (the progress file's time), plus what that attempt had taken over itself. 0 when
     no batch was kept (the work is done again, and counted then), or when that attempt reported at another
-    step (a run trained on since: another best model, whose pass takes none of its batches)."""
+    step: a run trained on since, whose best model is another one unless no validation improved on it (then
+    its pass does take the kept batches, and their earlier time goes uncounted)."""
     start = next((r for r in reversed(cut) if r.get("split") == "test_start"), None)
     if start is None or start.get("step") != step or not IWProgress.batches_in(progress):
         return 0.0
@@ -1064,7 +1084,7 @@ def restore_run(ckpt: Checkpoint, cfg: RunConfig, model: nn.Module, optimizer: t
         raise
     for group, now in zip(optimizer.param_groups, settings_now):
         group.update(now)
-    state = LoopState(**ckpt.meta["loop"])
+    state = LoopState.from_meta(ckpt.meta["loop"])
     # after a checkpoint that does not fit (the first thing to know), before the changes are said to take effect
     world.on_main(lambda: check_changes_train(ckpt.path.parent, cfg, state, changes))
     log.info("resuming %s after step %d (epoch %d, batch %d next)", ckpt.path, state.step, state.epoch + 1,
