@@ -24,6 +24,7 @@ from textvae import study as st
 from textvae.config import RunConfig, setting_changes
 from textvae.errors import TextVAEError
 from textvae.metrics import IWProgress
+from textvae.study.archive import code_name
 import textvae.study.runner as runner_module
 from textvae.study.runner import select, training_order
 from textvae.training.logger import read_jsonl
@@ -855,8 +856,8 @@ def test_archive_keeps_finished_runs_when_their_folders_are_gone(tmp_path, capsy
     entry = next(e for e in saved["runs"] if e["variant"] == "other")
     assert [r["epoch"] for r in entry["valid"]] == [r["epoch"] for r in valid] == [1, 2]
     sources = [r for r in read_jsonl(plan["other/seed1"].dir / "metrics.jsonl") if r["split"] == "source"]
-    assert entry["test_seconds"] > 0 and entry["commits"] == list(dict.fromkeys(r["commit"] for r in sources))
-    assert len(sources) == 1 and entry["commits"] == [current_commit()]
+    assert entry["test_seconds"] > 0 and entry["commits"] == [code_name(r) for r in sources]
+    assert len(sources) == 1 and sources[0]["commit"] == current_commit()  # named as tests/test_train.py checks
     assert entry["machines"] == [f"{source['cpu']}, {source['threads']} threads"
                                  for source in read_jsonl(plan["other/seed1"].dir / "metrics.jsonl")
                                  if source["split"] == "source"]
