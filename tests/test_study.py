@@ -312,14 +312,20 @@ def test_a_study_stopped_while_a_run_starts_says_the_study_resumes_it(tmp_path, 
         "textvae: interrupted; the same command resumes it (finished runs are kept, stopped ones resume)")
 
 
-def test_validated_here_reads_the_checkpoint_else_the_log():
+def test_validated_here_reads_the_checkpoint_else_the_log(tmp_path):
     from textvae.training.train import LoopState, validated_here
 
-    assert validated_here(LoopState(step=3, validated_step=3), [])
-    assert not validated_here(LoopState(step=3, validated_step=2), [{"split": "valid", "step": 3}])
+    def log(*records):
+        path = tmp_path / "metrics.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+        return path
+
+    assert validated_here(LoopState(step=3, validated_step=3), tmp_path / "absent.jsonl")  # the log is not read
+    assert not validated_here(LoopState(step=3, validated_step=2), log({"split": "valid", "step": 3}))
     # a checkpoint written before textvae recorded it: the log's validation at its step
-    assert validated_here(LoopState(step=3), [{"split": "train", "step": 3}, {"split": "valid", "step": 3}])
-    assert not validated_here(LoopState(step=3), [{"split": "valid", "step": 2}, {"split": "valid_metrics", "step": 3}])
+    assert validated_here(LoopState(step=3), log({"split": "train", "step": 3}, {"split": "valid", "step": 3}))
+    assert not validated_here(LoopState(step=3), log({"split": "valid", "step": 2},
+                                                     {"split": "valid_metrics", "step": 3}))
 
 
 def test_a_run_started_from_a_run_the_larger_budget_trains_on_is_a_conflict(tmp_path):

@@ -70,9 +70,9 @@ def folder_changes(run: Run) -> tuple[dict[str, tuple[Any, Any]], Optional[str]]
     if not checkpoint.is_file():  # never checkpointed: trained from its start ("new"), unless it finished
         return changes, "unknown" if finished_report(run.dir) is not None else "trains"
     state = LoopState.from_meta(read_checkpoint_meta(checkpoint)["loop"])
-    # the log only where the checkpoint does not say it, and it decides (a position within an epoch)
-    records = read_jsonl(run.dir / "metrics.jsonl") if state.validated_step < 0 and state.batch_in_epoch else []
-    return changes, budget_verdict(state, old.get("train", {}), run.config.train, validated_here(state, records))
+    # where it decides (a position within an epoch)
+    validated = state.batch_in_epoch > 0 and validated_here(state, run.dir / "metrics.jsonl")
+    return changes, budget_verdict(state, old.get("train", {}), run.config.train, validated)
 
 
 def trains_on(run: Run) -> bool:

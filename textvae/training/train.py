@@ -137,21 +137,19 @@ def budgets_used_up(state: LoopState, tc: TrainConfig) -> list[str]:
             if reached]
 
 
-def validated_here(state: LoopState, records: list[dict[str, Any]]) -> bool:
+def validated_here(state: LoopState, log: Path) -> bool:
     """Whether the run was validated at its checkpoint's position (``state``): by ``state.validated_step``,
-    or, in a checkpoint that does not record it, by a validation record of its log (``records``) at its step."""
+    or, in a checkpoint that does not record it, by a validation record at its step in its ``log`` (its
+    metrics.jsonl, read only then)."""
     if state.validated_step >= 0:
         return state.validated_step == state.step
-    return any(r.get("split") == "valid" and r.get("step") == state.step for r in records)
+    return any(r.get("split") == "valid" and r.get("step") == state.step for r in read_jsonl(log))
 
 
 def validated_at_start(run: "Run") -> bool:
-    """:func:`validated_here` for the run as it (re)starts, the same on every rank: a checkpoint that does not
-    record its validation step is judged by rank 0's log."""
-    state = run.state
-    if state.validated_step >= 0:
-        return state.validated_step == state.step
-    mine = run.world.is_main and validated_here(state, read_jsonl(run.run_dir / "metrics.jsonl"))
+    """:func:`validated_here` for the run as it (re)starts, rank 0's answer on every rank (its log, where the
+    checkpoint does not say)."""
+    mine = run.world.is_main and validated_here(run.state, run.run_dir / "metrics.jsonl")
     return bool(run.world.any(torch.tensor([mine], device=run.device))[0])
 
 
