@@ -192,16 +192,20 @@ def test_a_stopped_evaluate_resumes_its_iw_pass(tmp_path, monkeypatch, capsys):
     assert whole == cut and not progress.exists() and not (tmp_path / "whole.iw_progress.safetensors").exists()
 
 
-def test_an_earlier_attempt_s_time_counts_only_for_the_report_at_its_step(tmp_path, monkeypatch):
-    """A stopped attempt's time on its kept IW batches is the report's when the run resumes into that report; not
-    when it trained on since (a larger budget): its best model is another, whose pass takes none of them."""
+def test_an_earlier_attempt_s_time_counts_where_the_report_takes_over_its_batches(tmp_path):
+    """A stopped attempt's time on its kept IW batches is the report's when the report's pass takes them over:
+    resumed into that report, or trained on since without a better model (the same weights, the same key). Not
+    when the pass starts afresh (another best model: another key), nor without an IW pass."""
     from textvae.training.train import earlier_report_seconds
 
-    progress = tmp_path / IW_PROGRESS_FILE
-    progress.write_bytes(b"")
-    os.utime(progress, (1100.0, 1100.0))
-    monkeypatch.setattr(IWProgress, "batches_in", staticmethod(lambda path: 2))
+    path = tmp_path / IW_PROGRESS_FILE
+    kept = IWProgress(path, "weights A")
+    kept.put(0, {"n_tokens": torch.tensor([3, 4])})
+    kept.put(1, {"n_tokens": torch.tensor([5, 6])})
+    os.utime(path, (1100.0, 1100.0))
     cut = [{"split": "valid", "step": 10, "time": 990.0},
            {"split": "test_start", "step": 10, "time": 1000.0, "earlier_seconds": 7.0}]
-    assert earlier_report_seconds(cut, progress, 10) == pytest.approx(107.0)
-    assert earlier_report_seconds(cut, progress, 15) == 0.0
+    assert earlier_report_seconds(cut, IWProgress(path, "weights A")) == pytest.approx(107.0)
+    assert earlier_report_seconds(cut, IWProgress(path, "weights B")) == 0.0
+    assert earlier_report_seconds(cut, None) == 0.0
+    assert earlier_report_seconds(cut[:1], IWProgress(path, "weights A")) == 0.0  # no attempt was cut

@@ -24,7 +24,7 @@ from textvae.metrics import IWProgress, check_text_metrics, evaluate_model, list
 from textvae.remedies import REMEDIES, combines, transforms_posterior
 from textvae.tasks.base import register_task
 from textvae.training.progress import counted_progress
-from textvae.training.task import Task, split_key
+from textvae.training.task import Task
 from textvae.training.train import EVAL_SEED, eval_seed
 
 log = logging.getLogger("textvae")
@@ -67,14 +67,11 @@ class DialogueTask(Task):
         text metrics of its responses."""
         model = KgCVAE.from_pretrained(best_dir, device)
         test, ec = data.splits[split], self.cfg.eval
-        # the act likelihoods condition on: in the key only when not the default, so earlier reports resume
-        act = {} if ec.likelihood_act == "predicted" else {"likelihood_act": ec.likelihood_act}
         k, n = self.cfg.train.iw_samples_final, len(test)
         log.info("%s report: %d pairs%s, then responses to %d contexts", split, min(ec.max_pairs or n, n),
                  f", IW-NLL with K = {k} samples" if k else "", min(ec.max_contexts or n, n))
         report = self._figures(model, test, device, "test", ec.max_pairs, k,
-                               self.iw_progress(progress, best_dir, device, max_pairs=ec.max_pairs, **act,
-                                                **split_key(split)), bar=f"{split} report")
+                               self.iw_progress(progress, best_dir, device, split), bar=f"{split} report")
         texts = respond_to_split(model, data.tokenizer, test, ec.n_responses, ec.max_contexts, method=ec.method,
                                  max_len=ec.max_len, generator=torch.Generator(device=device).manual_seed(EVAL_SEED),
                                  temperature=ec.temperature, top_p=ec.top_p)
@@ -82,6 +79,13 @@ class DialogueTask(Task):
         if model.use_acts:  # which act its likelihood figures condition on, said beside them
             report["likelihood_act"] = ec.likelihood_act
         return report
+
+    def report_settings(self, split: str) -> dict[str, Any]:
+        """The pairs the report reads, and the act its likelihoods condition on (only when not the default, so
+        that earlier reports resume)."""
+        ec = self.cfg.eval
+        act = {} if ec.likelihood_act == "predicted" else {"likelihood_act": ec.likelihood_act}
+        return {"max_pairs": ec.max_pairs, **act, **super().report_settings(split)}
 
     def _figures(self, model: KgCVAE, split: DialogueSplit, device: torch.device, stage: str,
                  limit: Optional[int] = None, iw_samples: int = 0, iw_progress: Optional[IWProgress] = None,

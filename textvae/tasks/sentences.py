@@ -16,7 +16,7 @@ from textvae.models.textvae import WEIGHTS_FILE, TextVAE, check_model_config
 from textvae.reduction import perplexity, token_counts
 from textvae.tasks.base import register_task
 from textvae.training.progress import counted_progress, token_count
-from textvae.training.task import Task, split_key
+from textvae.training.task import Task
 from textvae.training.train import evaluation, precision_autocast
 
 log = logging.getLogger("textvae")
@@ -70,7 +70,7 @@ class SentenceTask(Task):
         # A bf16 run is evaluated under the same autocast (its speed: benchmarks/throughput.py, iw), labelled so.
         report = split_figures(model, test, device, self.cfg.data.eval_batch_size, self.cfg.train.iw_samples_final,
                                precision, f"{split} report", metrics=list_metrics("test"),
-                               iw_progress=self.iw_progress(progress, best_dir, device, **split_key(split)),
+                               iw_progress=self.iw_progress(progress, best_dir, device, split),
                                bar=self.cfg.train.progress)
         report["eval_precision"] = precision
         if data.truth is not None:

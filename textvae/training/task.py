@@ -78,19 +78,20 @@ class Task:
         raise NotImplementedError
 
     def iw_progress(self, path: Optional[Path], best_dir: Path, device: torch.device,
-                    **settings: Any) -> Optional[IWProgress]:
-        """The test report's IW progress in ``path`` (None: none), for the weights in ``best_dir`` and
-        the settings that decide its figures: K, precision, device type, the data section (corpus,
-        evaluation batch size, ...), and the task's own ``settings``."""
+                    split: str = "test") -> Optional[IWProgress]:
+        """The IW progress in ``path`` (None: none) of the report on ``split``, for the weights in ``best_dir``
+        and the settings that decide its figures: K, precision, device type, the data section (corpus,
+        evaluation batch size, ...), and the task's own (:meth:`report_settings`)."""
         train = self.cfg.train
         if path is None or train.iw_samples_final == 0:  # 0: the report has no IW pass, so no key to hash
             return None
         return IWProgress(path, IWProgress.key_of(best_dir / WEIGHTS_FILE, samples=train.iw_samples_final,
                                                   precision=train.precision, device=device.type,
-                                                  data=dataclasses.asdict(self.cfg.data), **settings))
+                                                  data=dataclasses.asdict(self.cfg.data),
+                                                  **self.report_settings(split)))
 
-
-def split_key(split: str) -> dict[str, str]:
-    """The part of a test report's IW progress key that names its split: none for the test split, so that a
-    report stopped by code that did not name it resumes under code that does."""
-    return {} if split == "test" else {"split": split}
+    def report_settings(self, split: str) -> dict[str, Any]:
+        """What besides the run's K, precision and data section decides the figures of the report on ``split``,
+        for its IW progress key: the split (none for the test split, so that a report stopped by code that did
+        not name it resumes under code that does)."""
+        return {} if split == "test" else {"split": split}

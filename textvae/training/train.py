@@ -973,7 +973,8 @@ def finish_run(run: Run) -> dict[str, Any]:
         # killed during it resumes from its last checkpoint, whose log offset drops this record, and
         # its IW pass from the batches it had finished (kept in `progress` until the report is logged)
         progress = run.run_dir / IW_PROGRESS_FILE
-        earlier = earlier_report_seconds(run.logger.cut, progress, state.step)
+        earlier = earlier_report_seconds(run.logger.cut, run.task.iw_progress(progress, run.run_dir / "model",
+                                                                               run.device))
         run.logger.log("test_start", state.step, state.epoch, **({"earlier_seconds": earlier} if earlier else {}))
         stopped = (f"stopped on request in the test report; its finished IW batches are kept in {progress}, "
                    f"where --resume continues")
@@ -1000,17 +1001,17 @@ def finish_run(run: Run) -> dict[str, Any]:
     return report
 
 
-def earlier_report_seconds(cut: list[dict[str, Any]], progress: Path, step: int) -> float:
-    """The time an earlier, stopped attempt at the test report of the run at ``step`` spent on the IW batches
-    this one takes over: from its ``test_start`` record (in ``cut``, the records a resume cut from the log)
-    to its last kept batch (the progress file's time), plus what that attempt had taken over itself. 0 when
-    no batch was kept (the work is done again, and counted then), or when that attempt reported at another
-    step: a run trained on since, whose best model is another one unless no validation improved on it (then
-    its pass does take the kept batches, and their earlier time goes uncounted)."""
+def earlier_report_seconds(cut: list[dict[str, Any]], progress: Optional[IWProgress]) -> float:
+    """The time an earlier, stopped attempt at the run's test report spent on the IW batches this one takes over
+    (``progress``: the report's own, keyed to its best model and settings): from that attempt's ``test_start``
+    record (in ``cut``, the records a resume cut from the log) to its last kept batch (the progress file's
+    time), plus what that attempt had taken over itself. 0 when the pass takes none: no batch kept, or kept for
+    other weights or settings (a run trained on since to a better model, whose pass starts afresh and is
+    counted then)."""
     start = next((r for r in reversed(cut) if r.get("split") == "test_start"), None)
-    if start is None or start.get("step") != step or not IWProgress.batches_in(progress):
+    if start is None or progress is None or not progress.batches:
         return 0.0
-    return round(max(0.0, progress.stat().st_mtime - start["time"]) + start.get("earlier_seconds", 0.0), 3)
+    return round(max(0.0, progress.path.stat().st_mtime - start["time"]) + start.get("earlier_seconds", 0.0), 3)
 
 
 def _settings(config: dict[str, Any]) -> dict[str, Any]:
