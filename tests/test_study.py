@@ -931,6 +931,31 @@ def test_report_writes_the_finished_runs_over_every_seed_and_trains_nothing(tmp_
         st.main([str(path), "--out", str(out), "--report", "--status"])
 
 
+def test_report_leaves_out_a_folder_of_another_configuration_and_takes_its_archive_entry(tmp_path, caplog):
+    """A study with a folder of another configuration refuses to train; --report writes the others, leaves that
+    run out with a warning (state ``conflict``), and takes its archive entry where one matches."""
+    spec = dict(TINY, seeds=[1])
+    path, out, archive = write_study(tmp_path, spec), tmp_path / "out", tmp_path / "archive.json"
+    st.run_study(path, out=str(out), archive=archive)
+    shutil.rmtree(out / "fb" / "seed1")  # its archive entry stands for it, until the folder below
+    other = dict(spec, variants={**spec["variants"], "fb": {"optim.lr": 0.5}})
+    st.run_study(write_study(tmp_path, other, "other.yaml"), out=str(out), only=["fb"])
+    with pytest.raises(TextVAEError, match="fb/seed1 was trained with another configuration"):
+        st.run_study(path, out=str(out), archive=archive)
+    with caplog.at_level(logging.WARNING, logger="textvae.study"):
+        results = st.run_study(path, out=str(out), report=True)
+    assert "fb/seed1 left out of the report:" in caplog.text
+    states = {r["variant"]: r["state"] for r in results["runs"]}
+    assert states == {"plain": "done", "fb": "conflict"}
+    assert [v["runs"] for v in results["variants"]] == [1, 0]
+    assert "| fb | 1 | conflict |" in (out / "report.md").read_text()
+    archived = st.run_study(path, out=str(out), report=True, archive=archive)
+    assert {r["variant"]: r["state"] for r in archived["runs"]} == {"plain": "done", "fb": "archived"}
+    assert [v["runs"] for v in archived["variants"]] == [1, 1]
+    entries = json.loads(archive.read_text())["runs"]
+    assert [e["config"]["optim"]["lr"] for e in entries if e["variant"] == "fb"] != [0.5]  # not the folder's run
+
+
 def test_bf16_where_the_cpu_has_none_is_refused_before_any_run_starts(tmp_path, cpu_without_bf16):
     path, out = write_study(tmp_path), tmp_path / "out"
     with pytest.raises(TextVAEError, match=r"train.precision bf16: this CPU \(.*\) has no bfloat16 arithmetic.*"

@@ -61,7 +61,9 @@ is set, else cores / N, unless the configuration sets ``train.threads``; their o
 saying whether it is done (its test figures), being trained (by which process), stopped (where, and
 that the study resumes it), waiting for a run it starts from, or not started. ``--report`` trains
 nothing either, but writes the outputs (and the archive) from the runs finished so far: the tables of
-``--seeds 1 2 3`` while some of those runs are still to come, or while another command trains them.
+``--seeds 1 2 3`` while some of those runs are still to come, or while another command trains them. A folder
+that the study would refuse to train (another configuration, ...) is left out of them, said in a warning and
+as its state ``conflict`` in report.md's runs; its archive entry counts instead where one matches.
 
 ``--archive FILE`` keeps the finished runs as figures in one JSON file (configuration, test report,
 validation curves, commits; no weights) that can be committed beside the results: a run whose folder
@@ -120,9 +122,7 @@ def run_study(path: str | Path, jobs: int = 1, out: Optional[str] = None, only: 
     if status:
         print("\n".join([f"study {study.name} in {study.out}:", *status_lines(runs, only)]))
         return {}
-    by_label = {r.label: r for r in runs}
-    for run in runs:
-        check_run_folder(run, by_label)
+    check_folders(study, runs, report)
     failed = []
     if not report:
         with sigterm_interrupts():  # stopped by SIGTERM, the study stops its runs too rather than orphan them
@@ -134,6 +134,24 @@ def run_study(path: str | Path, jobs: int = 1, out: Optional[str] = None, only: 
         raise TextVAEError(f"{len(failed)} runs failed: "
                            f"{', '.join(r.label for r in failed)} (see the logs); re-run the study to retry them")
     return results
+
+
+def check_folders(study: Study, runs: list[Run], report: bool) -> None:
+    """Each run's folder checked (:func:`check_run_folder`): one the study would refuse to train is an error,
+    except in a report (``report``), which leaves it out, with a warning, and takes the run's archive entry
+    where one matches."""
+    by_label, conflicts = {r.label: r for r in runs}, []
+    for run in runs:
+        try:
+            check_run_folder(run, by_label)
+        except TextVAEError as e:
+            if not report:  # never trained over
+                raise
+            run.conflict = str(e)
+            conflicts.append(run)
+            log.warning("%s left out of the report: %s", run.label, e)
+    if conflicts and study.archive is not None:  # now that their folders are not the study's runs
+        attach(study, conflicts, load_archive(study.archive))
 
 
 def main(argv: list[str]) -> None:

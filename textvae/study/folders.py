@@ -29,7 +29,10 @@ def run_state(run: Run) -> str:
 
 def study_report(run: Run) -> Optional[dict[str, Any]]:
     """The final test record of the run in the folder when it is the study's finished run (:func:`run_state`
-    ``done``), else None: one finished under a smaller budget that the study's trains on is not yet."""
+    ``done``), else None: one finished under a smaller budget that the study's trains on is not yet, and one of
+    another configuration is not the study's (``run.conflict``)."""
+    if run.conflict is not None:
+        return None
     report = finished_report(run.dir)
     return None if report is None or folder_changes(run)[1] == "trains" else report
 

@@ -115,6 +115,8 @@ def _run_entry(run: Run, report: Any, archived: bool) -> dict[str, Any]:
     if archived:
         return {**entry, "state": "archived", "machines": run.archived.get("machines", []),
                 **{k: run.archived[k] for k in ("curves", "valid", "test_seconds", "commits", "source")}}
+    if run.conflict is not None:
+        return {**entry, "state": "conflict", "conflict": run.conflict}
     return {**entry, "state": "done" if report is not None else run_state(run)}
 
 

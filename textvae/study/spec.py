@@ -44,6 +44,7 @@ class Run:
     config: RunConfig
     needs: tuple[str, ...] = ()  # labels of the runs whose folders its settings name ("{run:v}")
     archived: Optional[dict[str, Any]] = None  # its entry in the study's archive, when only that holds it
+    conflict: Optional[str] = None  # why its folder is not the study's run (--report leaves it out)
 
     @property
     def recipe(self) -> Path:
