@@ -24,7 +24,9 @@ reconstruction phase freezes the posterior network's weights (the reconstruction
 through them into the shared utterance encoder without changing them), which one shared posterior
 head cannot do without a second pass through it: here the reconstruction through z trains the
 posterior head too, as in any VAE. (Cutting that gradient at z instead would leave the encoder no
-reconstruction signal at all once r reaches 1.)
+reconstruction signal at all once r reaches 1.) Their reconstruction phase also adds the KL term only
+while it exceeds 5 nats per utterance; here the KL is the objective's, as every remedy composes with it
+(a floor of that kind is a free-bits remedy).
 
 The step t is the one the model's forward is given (the hooks' ``step``), so aggressive training's
 inner steps, and a resumed run, see the same r(t) as the step itself. The draw of e or z per example

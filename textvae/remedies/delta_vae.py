@@ -8,8 +8,9 @@ sigma_u < 1 gives, whatever mu,
     KL_d >= 1/2 f(sigma_u²) = delta
 
 so the posterior can never collapse onto the prior: the rate is committed to at least delta nats
-per dimension. sigma_u is the root below 1 of f(sigma_u²) = 2 delta; sigma_l (> 0, < sigma_u)
-bounds the rate from above. The posterior head's log-variance output is squashed into the range:
+per dimension. sigma_u is the root below 1 of f(sigma_u²) = 2 delta; sigma_l (> 0, < sigma_u) keeps
+log sigma² finite and caps the variance part of the rate at 1/2 f(sigma_l²) per dimension (the mean
+part, mu² / 2, stays unbounded). The posterior head's log-variance output is squashed into the range:
 
     sigma = sigma_l + (sigma_u - sigma_l) * sigmoid(logvar_raw),   logvar = 2 log sigma
 

@@ -20,6 +20,10 @@ network, which reads it; our posterior does not, so ``backward_lm: true`` (defau
 backward LSTM as a right-to-left language model, b_{t+1} predicting y_t, which is what keeps its
 states informative about the future.
 
+``weight`` is constant and the backward LM always trains; the authors' training script instead anneals
+the auxiliary weight linearly per update (from ``aux_sta`` to ``aux_end``) and trains the backward LM only
+while that weight is positive.
+
 Batch use: each sentence is reversed within its own length (padding stays at the end), packed so
 padding never enters the LSTM, and the states are put back in left-to-right order; all sums are
 masked to each sentence's n + 1 target positions.
