@@ -29,7 +29,7 @@ from textvae.models.textvae import WEIGHTS_FILE
 
 class Task:
     """Base class of the registered tasks; a subclass overrides every method (``warm_start`` where
-    its runs can start from saved weights)."""
+    its runs can start from saved weights, ``report_settings`` where its report has settings of its own)."""
 
     # Whether the training stream is re-seeded per rank after the model is drawn. One process of a
     # task that says False keeps drawing from the initialisation stream (as its recorded runs did);
