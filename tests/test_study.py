@@ -931,9 +931,10 @@ def test_report_writes_the_finished_runs_over_every_seed_and_trains_nothing(tmp_
         st.main([str(path), "--out", str(out), "--report", "--status"])
 
 
-def test_report_leaves_out_a_folder_of_another_configuration_and_takes_its_archive_entry(tmp_path, caplog):
-    """A study with a folder of another configuration refuses to train; --report writes the others, leaves that
-    run out with a warning (state ``conflict``), and takes its archive entry where one matches."""
+def test_a_folder_of_another_configuration_blocks_only_its_own_training(tmp_path, caplog):
+    """A study with a folder of another configuration refuses to train that run; --only another run trains it,
+    and --report writes the others; both leave that run out with a warning (state ``conflict``), and take its
+    archive entry where one matches."""
     spec = dict(TINY, seeds=[1])
     path, out, archive = write_study(tmp_path, spec), tmp_path / "out", tmp_path / "archive.json"
     st.run_study(path, out=str(out), archive=archive)
@@ -942,9 +943,12 @@ def test_report_leaves_out_a_folder_of_another_configuration_and_takes_its_archi
     st.run_study(write_study(tmp_path, other, "other.yaml"), out=str(out), only=["fb"])
     with pytest.raises(TextVAEError, match="fb/seed1 was trained with another configuration"):
         st.run_study(path, out=str(out), archive=archive)
+    shutil.rmtree(out / "plain" / "seed1")
+    trained = st.run_study(path, out=str(out), only=["plain"])  # a run outside --only does not block it
+    assert {r["variant"]: r["state"] for r in trained["runs"]} == {"plain": "done", "fb": "conflict"}
     with caplog.at_level(logging.WARNING, logger="textvae.study"):
         results = st.run_study(path, out=str(out), report=True)
-    assert "fb/seed1 left out of the report:" in caplog.text
+    assert "fb/seed1 left out of the study's outputs:" in caplog.text
     states = {r["variant"]: r["state"] for r in results["runs"]}
     assert states == {"plain": "done", "fb": "conflict"}
     assert [v["runs"] for v in results["variants"]] == [1, 0]
@@ -954,6 +958,53 @@ def test_report_leaves_out_a_folder_of_another_configuration_and_takes_its_archi
     assert [v["runs"] for v in archived["variants"]] == [1, 1]
     entries = json.loads(archive.read_text())["runs"]
     assert [e["config"]["optim"]["lr"] for e in entries if e["variant"] == "fb"] != [0.5]  # not the folder's run
+
+
+def test_status_ends_with_the_error_that_would_stop_the_study(tmp_path, capsys):
+    """--status checks the runs to train as the study would before it trains (values, not only keys): each run's
+    line, then the error; nothing written."""
+    path, out = write_study(tmp_path), tmp_path / "out"
+    with pytest.raises(TextVAEError, match=r"^plain/seed1: data.batch_size must be at least 1, got 0$"):
+        st.run_study(path, out=str(out), status=True, sets=["data.batch_size=0"])
+    assert re.search(r"^fb/seed2 +new$", capsys.readouterr().out, re.M) and not out.exists()
+    spec = dict(TINY, variants={"fb": {"objective": {"remedies": [{"name": "free_bits_li2019", "target": 1.0}]}}})
+    with pytest.raises(TextVAEError, match=r"^fb/seed1: remedy 'free_bits_li2019': unknown parameter"):
+        st.run_study(write_study(tmp_path, spec), out=str(out), status=True)
+
+
+def test_a_report_of_nothing_finished_says_so(tmp_path, caplog):
+    """--report of a study folder without a finished run (a mistyped --out) writes empty tables and warns."""
+    with caplog.at_level(logging.WARNING, logger="textvae.study"):
+        results = st.run_study(write_study(tmp_path), out=str(tmp_path / "typo"), report=True)
+    assert [v["runs"] for v in results["variants"]] == [0, 0]
+    assert "no run of study tiny is finished in" in caplog.text and "--archive FILE" in caplog.text
+
+
+def test_an_unwritable_study_folder_or_archive_is_a_one_line_error(tmp_path):
+    path, a_file = write_study(tmp_path), tmp_path / "a_file"
+    a_file.write_text("")
+    for out in (a_file, a_file / "sub"):
+        with pytest.raises(TextVAEError, match=f"^cannot write the study folder {out}: .*; choose another --out$"):
+            st.run_study(path, out=str(out), report=True)
+    with pytest.raises(TextVAEError, match="^--archive .*: a folder; name a file"):
+        st.run_study(path, out=str(tmp_path / "out"), report=True, archive=tmp_path)
+    with pytest.raises(TextVAEError, match="^cannot write the archive's folder .*; choose another --archive$"):
+        st.run_study(path, out=str(tmp_path / "out"), report=True, archive=a_file / "archive.json")
+
+
+def test_a_recipe_given_as_a_study_and_a_study_given_as_a_recipe_say_so(tmp_path):
+    from textvae.tasks.runconfig import parse_run_config
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("model: {latent_dim: 4}\ntrain: {max_steps: 3}\n")
+    with pytest.raises(TextVAEError, match=f"^{recipe}: a recipe, not a study .*textvae train {recipe}"):
+        st.run_study(recipe, status=True)
+    study = write_study(tmp_path)
+    with pytest.raises(TextVAEError, match=f"^recipe {study}: a study file .*textvae study {study}$"):
+        parse_run_config([str(study)])
+    with pytest.raises(TextVAEError, match=r"^textvae study: the following arguments are required: study .*; the "
+                                           r"study goes first: textvae study STUDY \[options\]$"):
+        st.main(["--only", "plain", str(study)])
 
 
 def test_bf16_where_the_cpu_has_none_is_refused_before_any_run_starts(tmp_path, cpu_without_bf16):

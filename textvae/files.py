@@ -90,20 +90,21 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def check_writable(run_dir: Path) -> None:
-    """Create ``run_dir`` and write a file in it, so an output folder on a read-only file system
-    (or under a file, or without permission) fails before the data is loaded, not mid-run."""
-    probe = run_dir / ".write-test"
+def check_writable(folder: Path, what: str = "run folder", flag: str = "--out_dir") -> None:
+    """Create ``folder`` and write a file in it, so an output folder on a read-only file system
+    (or under a file, or without permission) fails before the data is loaded, not mid-run; the error
+    names the folder as ``what`` and the option that chooses another (``flag``)."""
+    probe = folder / ".write-test"
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
-        raise cannot_write(run_dir, e) from None
+        raise cannot_write(folder, e, what, flag) from None
 
 
-def cannot_write(run_dir: Path, e: OSError) -> TextVAEError:
-    return TextVAEError(f"cannot write the run folder {run_dir}: {e.strerror} ({e.filename}); choose another --out_dir")
+def cannot_write(folder: Path, e: OSError, what: str = "run folder", flag: str = "--out_dir") -> TextVAEError:
+    return TextVAEError(f"cannot write the {what} {folder}: {e.strerror} ({e.filename}); choose another {flag}")
 
 
 class FolderBusy(TextVAEError):

@@ -59,11 +59,13 @@ is set, else cores / N, unless the configuration sets ``train.threads``; their o
 
 ``--status`` trains nothing and writes nothing: one line per run (``--only`` and ``--seeds`` apply)
 saying whether it is done (its test figures), being trained (by which process), stopped (where, and
-that the study resumes it), waiting for a run it starts from, or not started. ``--report`` trains
+that the study resumes it), waiting for a run it starts from, or not started; then the error that would
+stop the study before it trains, if any (a setting out of range, an unknown remedy parameter, ...). ``--report`` trains
 nothing either, but writes the outputs (and the archive) from the runs finished so far: the tables of
 ``--seeds 1 2 3`` while some of those runs are still to come, or while another command trains them. A folder
-that the study would refuse to train (another configuration, ...) is left out of them, said in a warning and
-as its state ``conflict`` in report.md's runs; its archive entry counts instead where one matches.
+that the study would refuse to train (another configuration, ...) is an error only where the study is to
+train that run; a report, or a run outside ``--only``, leaves it out of the outputs, said in a warning and as
+its state ``conflict`` in report.md's runs (its archive entry counts instead where one matches).
 
 ``--archive FILE`` keeps the finished runs as figures in one JSON file (configuration, test report,
 validation curves, commits; no weights) that can be committed beside the results: a run whose folder
@@ -83,11 +85,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 from textvae.errors import CommandParser, TextVAEError
+from textvae.files import check_writable
 from textvae.study.archive import attach, load_archive
 from textvae.study.folders import check_run_folder, finished_report, run_state
 from textvae.study.report import (aggregate, columns, compare_runs, markdown_table, mean_std, report_markdown,
                                   run_figures, variants_markdown, write_outputs)
-from textvae.study.runner import execute, status_lines
+from textvae.study.runner import check_before_training, execute, select, status_lines, training_order
 from textvae.config import INCIDENTAL_KEYS
 from textvae.study.spec import Run, Study, apply_overrides, load_study, plan
 from textvae.training.signals import sigterm_interrupts
@@ -121,13 +124,19 @@ def run_study(path: str | Path, jobs: int = 1, out: Optional[str] = None, only: 
         attach(study, runs, load_archive(study.archive))
     if status:
         print("\n".join([f"study {study.name} in {study.out}:", *status_lines(runs, only)]))
+        for run in training_order(runs, select(runs, only)):  # what would stop the study before it trains
+            check_before_training(run)
         return {}
-    check_folders(study, runs, report)
+    check_outputs(study)
+    check_folders(study, runs, set() if report else wanted(runs, only))
     failed = []
     if not report:
         with sigterm_interrupts():  # stopped by SIGTERM, the study stops its runs too rather than orphan them
             failed = execute(study, runs, jobs, only)
     results = write_outputs(study, runs)
+    if report and not any(v["runs"] for v in results["variants"]):  # a mistyped --out, most likely
+        log.warning("no run of study %s is finished in %s%s: its tables are empty", study.name, study.out,
+                    " or in its archive" if study.archive is not None else " (runs kept only as figures: --archive FILE)")
     log.info("study %s: results in %s", study.name, study.out)
     print(markdown_table(results))  # the command's result, on stdout where a pipe or a redirect finds it
     if failed:
@@ -136,20 +145,42 @@ def run_study(path: str | Path, jobs: int = 1, out: Optional[str] = None, only: 
     return results
 
 
-def check_folders(study: Study, runs: list[Run], report: bool) -> None:
-    """Each run's folder checked (:func:`check_run_folder`): one the study would refuse to train is an error,
-    except in a report (``report``), which leaves it out, with a warning, and takes the run's archive entry
-    where one matches."""
+def check_outputs(study: Study) -> None:
+    """One-line errors, before any run, for a study folder or an archive that cannot be written."""
+    check_writable(study.out, "study folder", "--out")
+    if study.archive is not None:
+        if study.archive.is_dir():
+            raise TextVAEError(f"--archive {study.archive}: a folder; name a file (e.g. {study.archive}/archive.json)")
+        check_writable(study.archive.parent, "archive's folder", "--archive")
+
+
+def wanted(runs: list[Run], only: Optional[list[str]]) -> set[str]:
+    """The labels of the runs that ``only`` selects (:func:`select`; all by default) and of those they start
+    from, theirs included: the runs a study may train."""
+    by_label, found = {r.label: r for r in runs}, set()
+    stack = [r.label for r in select(runs, only)]
+    while stack:
+        label = stack.pop()
+        if label not in found:
+            found.add(label)
+            stack += by_label[label].needs
+    return found
+
+
+def check_folders(study: Study, runs: list[Run], trains: set[str]) -> None:
+    """Each run's folder checked (:func:`check_run_folder`): one the study would refuse to train is an error
+    where the study may train it (its label in ``trains``); elsewhere (a report, a run outside ``--only``) it is
+    left out of the outputs, with a warning, and the run's archive entry counts where one matches."""
     by_label, conflicts = {r.label: r for r in runs}, []
     for run in runs:
         try:
             check_run_folder(run, by_label)
         except TextVAEError as e:
-            if not report:  # never trained over
+            if run.label in trains:  # never trained over
                 raise
             run.conflict = str(e)
             conflicts.append(run)
-            log.warning("%s left out of the report: %s", run.label, e)
+            log.warning("%s left out of the study's outputs: %s", run.label, e)
     if conflicts and study.archive is not None:  # now that their folders are not the study's runs
         attach(study, conflicts, load_archive(study.archive))
 
@@ -176,6 +207,11 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--archive", metavar="FILE",
                     help="a JSON file of the study's finished runs (figures, no weights), to commit: its runs are "
                          "not trained again when their folders are gone; written with the outputs")
-    args = ap.parse_args(argv)
+    try:
+        args = ap.parse_args(argv)
+    except TextVAEError as e:  # --only, --seeds and --set take several values: a study named after them is one
+        if argv and argv[0].startswith("-"):
+            raise TextVAEError(f"{e}; the study goes first: textvae study STUDY [options]") from None
+        raise
     run_study(args.study, jobs=args.jobs, out=args.out, only=args.only, seeds=args.seeds, sets=args.sets,
               status=args.status, archive=args.archive, report=args.report)

@@ -120,6 +120,9 @@ def load_study(path: str | Path, out: Optional[str] = None, seeds: Optional[list
     if not isinstance(spec, dict):
         raise TextVAEError(f"{path}: a study file is a mapping with keys {', '.join(STUDY_KEYS)}")
     unknown = sorted(set(spec) - set(STUDY_KEYS))
+    if "variants" not in spec and set(unknown) & {"model", "objective", "optim", "train", "out_dir", "task"}:
+        raise TextVAEError(f"{path}: a recipe, not a study (it has no variants); train it with textvae train "
+                           f"{path}, or name it as a study's base")
     if unknown:
         raise TextVAEError(f"{path}: unknown key(s) {unknown}; valid: {', '.join(STUDY_KEYS)}")
     name = str(spec.get("name") or path.stem)

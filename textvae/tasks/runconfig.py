@@ -86,6 +86,8 @@ def check_recipe(path: str, config_class: type) -> None:
     if not isinstance(values, dict):
         raise TextVAEError(f"recipe {path}: a recipe is a mapping of sections to settings (model: {{latent_dim: 32}}), "
                            f"not a {type(values).__name__}")
+    if "variants" in values and "variants" not in sections:  # the likeliest file of another kind
+        raise TextVAEError(f"recipe {path}: a study file (it has variants); run it with textvae study {path}")
     _check_keys(config_class, expand_dotted(values, f"recipe {path}"), f"recipe {path}")  # model.latent_dim: 4 too
 
 
