@@ -160,6 +160,7 @@ def probes(work: Path, p: dict[str, Path]) -> list[tuple]:
         *session28_probes(work, p),
         *session29_probes(work, p),
         *session30_probes(work, p),
+        *session31_probes(work, p),
         ("a resumed run", ["train", str(work / "runs/vae/config.yaml"), "--resume", "--train.max_steps", "3"],
          "resuming"),
     ]
@@ -284,8 +285,30 @@ def session30_probes(work: Path, p: dict[str, Path]) -> list[tuple]:
     ]
 
 
+def session31_probes(work: Path, p: dict[str, Path]) -> list[tuple]:
+    """The thirty-first session's walkthrough of studies: where a study writes, and a file of the other kind."""
+    (work / "a_file").write_text("")
+    recipe = work / "recipe.yaml"
+    recipe.write_text("model: {latent_dim: 4}\ntrain: {max_steps: 3}\n")
+    study = work / "study.yaml"
+    study.write_text("base: synthetic\nvariants: {plain: {}}\n")
+    out = str(work / "study_out")
+    return [
+        ("a study's --out that is a file", ["study", str(study), "--out", str(work / "a_file"), "--report"], ""),
+        ("a study's --archive that is a folder", ["study", str(study), "--out", out, "--report", "--archive",
+                                                 str(work)], ""),
+        ("a study's --archive under a file", ["study", str(study), "--out", out, "--report", "--archive",
+                                             str(work / "a_file" / "archive.json")], ""),
+        ("a recipe given to study", ["study", str(recipe), "--status"], ""),
+        ("a study given to train", ["train", str(study)], ""),
+        ("the study named after --only", ["study", "--only", "plain", str(study), "--status"], ""),
+        ("--status of a study whose runs would be refused", ["study", str(study), "--out", out, "--status",
+                                                             "--set", "data.batch_size=0"], ""),
+    ]
+
+
 GROUPS = {"session27": session27_probes, "session28": session28_probes, "session29": session29_probes,
-          "session30": session30_probes}
+          "session30": session30_probes, "session31": session31_probes}
 
 
 def main() -> None:

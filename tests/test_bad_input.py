@@ -318,7 +318,7 @@ def test_unknown_words_are_unk_and_reported(tmp_path, trained, caplog, capsys):
     out = capsys.readouterr().out
     assert "-ELBO" in out and re.search(rf"unknown words \(<unk>\)\s+{unseen:.2%}", out)  # in the table
     assert json.loads((tmp_path / "eval.json").read_text())["unk_rate"] == pytest.approx(unseen)
-    assert f"{100 * unseen:.2f}% of the test words are <unk>" in caplog.text  # and a warning
+    assert f"{100 * unseen:.2f}% of the words of the test sentences are <unk>" in caplog.text  # and a warning
 
 
 def test_evaluate_states_its_cost_first(trained, corpus, caplog, capsys):

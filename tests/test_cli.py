@@ -347,9 +347,13 @@ def test_compare_tables_runs_with_the_settings_that_differ(tmp_path, capsys):
     assert rows[1][1:4] == [f"{figs['nll']:.2f}", f"{figs['kl']:.2f}", f"{figs['mi']:.2f}"]
     assert rows[1][-1] == 'objective.remedies [{"name": "free_bits_li2019", "target_kl": 1}] |'
     assert rows[2][1] == "not finished" and rows[2][-1] == "train.max_steps 2 |"
+    main(["compare", str(tmp_path)])  # a folder of runs (a study's variant folder: its seeds) is its runs
+    rows = [line.split(" | ")[0] for line in capsys.readouterr().out.splitlines()[2:]]
+    assert rows == [f"| {tmp_path / name}" for name in ("cut", "fb", "old", "run")]
     with pytest.raises(SystemExit) as stop:
         main(["compare", str(tmp_path / "corpus")])
-    assert stop.value.code == 2 and "no config.yaml here; compare takes run folders" in capsys.readouterr().err
+    assert stop.value.code == 2 and "no config.yaml here or in its folders; compare takes run folders" in \
+        capsys.readouterr().err
 
 
 def test_plot_labels_ticks_with_the_figures_themselves(run, tmp_path, monkeypatch):

@@ -2,6 +2,7 @@
 in ``evaluate_model`` (a file of finished batches) and in a training run killed during its test report."""
 import hashlib
 import json
+import logging
 import os
 import signal
 
@@ -101,7 +102,7 @@ def test_a_progress_file_that_cannot_be_written_costs_only_the_resume(tmp_path, 
 
 
 @pytest.mark.parametrize("how", ["killed", "sigterm", "sigint"])
-def test_a_run_stopped_in_its_test_report_resumes_its_iw_pass(tmp_path, monkeypatch, capsys, how):
+def test_a_run_stopped_in_its_test_report_resumes_its_iw_pass(tmp_path, monkeypatch, capsys, caplog, how):
     """The run's test report, stopped after 2 IW batches (killed; or by SIGTERM or Ctrl-C, which stop it there
     at once rather than after the pass), resumes (``--resume``) with the others only, and reports what an
     uninterrupted run does; the progress file is gone once the report is logged."""
@@ -127,7 +128,9 @@ def test_a_run_stopped_in_its_test_report_resumes_its_iw_pass(tmp_path, monkeypa
     os.utime(tmp_path / "cut" / IW_PROGRESS_FILE, (start["time"] + 100, start["time"] + 100))
     assert (tmp_path / "cut" / IW_PROGRESS_FILE).is_file()
     calls = counting_iw_batch(monkeypatch)
-    main(["train", *tiny_args(tmp_path, "cut", "synthetic", *extra), "--resume"])
+    with caplog.at_level(logging.INFO, logger="textvae.train"):
+        main(["train", *tiny_args(tmp_path, "cut", "synthetic", *extra), "--resume"])
+    assert "test report: 2 IW batches kept by an earlier, stopped attempt" in caplog.text
     tests = {name: [r for r in read_jsonl(tmp_path / name / "metrics.jsonl") if r["split"] == "test"]
              for name in ("whole", "cut")}
     assert len(tests["cut"]) == 1

@@ -112,6 +112,8 @@ def test_interrupted_study_resumes_to_the_same_table(tmp_path, monkeypatch):
     runs = {r.label: r for r in st.plan(st.load_study(path, str(tmp_path / "b")))}
     assert {label: st.run_state(r) for label, r in runs.items()} == {
         "plain/seed1": "resume", "fb/seed1": "new", "plain/seed2": "new", "fb/seed2": "new"}
+    reported = st.run_study(path, out=str(tmp_path / "b"), report=True)  # report.md's runs in --status's words
+    assert [r["state"] for r in reported["runs"] if r["variant"] == "plain"] == ["stopped", "new"]
 
     calls = []
 
@@ -273,7 +275,7 @@ def test_a_run_its_step_budget_stopped_within_an_epoch_is_a_conflict_when_killed
         log.write_text("".join(kept))
         assert st.run_state(run) == ("done" if kept is lines else "resume")
         with pytest.raises(TextVAEError, match=r"plain/seed1 stopped at its budget within an epoch \(train.max_steps: "
-                                               r"3 -> 8\), where it was validated"):
+                                               r"3 -> 8\) and was validated there"):
             st.run_study(longer, out=str(tmp_path / "out"))
 
 
@@ -645,7 +647,7 @@ def test_study_leaves_a_run_folder_held_by_another_process_alone(tmp_path, caplo
     record = json.dumps({"split": "train", "step": 0, "loss": 1.0}) + "\n"  # the other process's; no checkpoint yet
     (run.dir / "metrics.jsonl").write_text(record)
     with caplog.at_level(logging.INFO), held_elsewhere(run.dir), \
-            pytest.raises(TextVAEError, match="^1 runs failed: after/seed1 "):
+            pytest.raises(TextVAEError, match="^1 run failed: after/seed1 "):
         st.run_study(path, out=str(tmp_path / "out"), jobs=jobs)
     assert (run.dir / "metrics.jsonl").read_text() == record
     assert f"plain/seed1 left to the process training it ({run.dir} is being written by another process" in caplog.text
@@ -901,7 +903,7 @@ def test_archive_keeps_finished_runs_when_their_folders_are_gone(tmp_path, capsy
     caplog.clear()
     with caplog.at_level("INFO", logger="textvae"):
         third = st.run_study(path, out=str(out), only=["vae"], archive=archive)
-    assert "1 runs, 0 finished, 2 to train (1 of them needed by the selection; in this process)" in caplog.text
+    assert "1 run, 0 finished, 2 to train (1 of them needed by the selection; in this process)" in caplog.text
     assert [r["state"] for r in third["runs"]] == ["done", "done", "archived"]
     assert_same({**third, "runs": third["runs"][:1], "variants": third["variants"][:1]},
                 {**first, "runs": first["runs"][:1], "variants": first["variants"][:1]})

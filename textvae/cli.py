@@ -434,6 +434,7 @@ _UNK_WARNING = 0.05  # an <unk> rate above which PPL and BLEU describe another t
 def announce_evaluation(args: argparse.Namespace, split: Any, n_eval: int, model: Any) -> float:
     """Say before the work starts what it will cost (sentences, tokens, importance samples K) and
     how much of the text the model cannot read; returns that <unk> rate."""
+    from textvae.data.datasets import is_text_file
     from textvae.data.tokenization import unk_rate
     from textvae.metrics import iw_description, iw_samples_for
     from textvae.reduction import token_counts
@@ -444,14 +445,16 @@ def announce_evaluation(args: argparse.Namespace, split: Any, n_eval: int, model
     cost = (f"{iw_description(model, args.iw_samples)} decodes {k * n_tokens:,} tokens" if k
             else "no IW-NLL (--iw-samples 0)")
     log = logging.getLogger("textvae")
-    log.info("evaluating %d of %d %s sentences (%d tokens) in %s: %s%s", n_eval, len(split), args.split, n_tokens,
+    source = f"sentences of {args.data}" if args.data is not None and is_text_file(args.data) else \
+        f"{args.split} sentences"
+    log.info("evaluating %d of %d %s (%d tokens) in %s: %s%s", n_eval, len(split), source, n_tokens,
              args.precision, cost,
              "" if args.no_generation else f", then {min(args.gen_sentences, n_eval)} reconstructions and "
                                            f"{args.gen_sentences} prior samples")
     unknown = unk_rate(split.ids[i] for i in positions)
     if unknown > _UNK_WARNING:
-        log.warning("%.2f%% of the %s words are <unk> (outside the model's vocabulary): NLL, PPL and BLEU score "
-                    "predicting <unk>, not those words", 100 * unknown, args.split)
+        log.warning("%.2f%% of the words of the %s are <unk> (outside the model's vocabulary): NLL, PPL and BLEU "
+                    "score predicting <unk>, not those words", 100 * unknown, source)
     return unknown
 
 
@@ -724,7 +727,8 @@ def cmd_compare(argv: list[str]) -> None:
     from textvae.study import compare_runs
 
     ap = CommandParser(prog="textvae compare", description=cmd_compare.__doc__)
-    ap.add_argument("runs", nargs="+", type=Path, help="run folders (runs/NAME)")
+    ap.add_argument("runs", nargs="+", type=Path,
+                    help="run folders (runs/NAME), or a study's variant folder (its seeds)")
     print(compare_runs(ap.parse_args(argv).runs))
 
 

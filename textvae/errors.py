@@ -13,7 +13,13 @@ class TextVAEError(Exception):
 
 class CommandParser(argparse.ArgumentParser):
     """The parser of a ``textvae`` command: a bad option is a :class:`TextVAEError` (one line, naming
-    the command and where its options are listed), not argparse's usage block."""
+    the command and where its options are listed), not argparse's usage block. A description taken from a
+    docstring is shown without its reStructuredText quotes."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        if kwargs.get("description"):
+            kwargs["description"] = kwargs["description"].replace("``", "")
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise TextVAEError(f"{self.prog}: {message} (see {self.prog} --help)")

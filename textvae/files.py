@@ -9,6 +9,9 @@ run sets the umask (``umask 077``), and every file follows it.
 One writer: :func:`run_folder_lock` keeps a second process (a study started twice, ``textvae train``
 on a folder a study is training) out of a run folder instead of letting two trainings interleave
 their checkpoints and logs, or a study clear a folder whose run has just started.
+
+Where runs are: :func:`run_folders` finds the run folders a command is given (a study's variant folder
+stands for its seeds).
 """
 from __future__ import annotations
 
@@ -90,17 +93,22 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def check_writable(folder: Path, what: str = "run folder", flag: str = "--out_dir") -> None:
+def check_writable(folder: Path, what: str = "run folder", flag: str = "--out_dir", keep: bool = True) -> None:
     """Create ``folder`` and write a file in it, so an output folder on a read-only file system
     (or under a file, or without permission) fails before the data is loaded, not mid-run; the error
-    names the folder as ``what`` and the option that chooses another (``flag``)."""
+    names the folder as ``what`` and the option that chooses another (``flag``). ``keep=False``: the
+    folders made for the test are removed again (a command that may yet refuse to start leaves nothing)."""
     probe = folder / ".write-test"
+    made = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
         raise cannot_write(folder, e, what, flag) from None
+    if not keep:
+        for p in made:
+            p.rmdir()
 
 
 def cannot_write(folder: Path, e: OSError, what: str = "run folder", flag: str = "--out_dir") -> TextVAEError:
@@ -203,3 +211,18 @@ def lock_holder(run_dir: Path) -> Optional[str]:
         return pid
     finally:
         os.close(fd)
+
+
+def run_folders(folder: Path, command: str, study_outputs: str, marker: str = "metrics.jsonl") -> list[Path]:
+    """``folder`` when it is a run folder (it has ``marker``, the file ``command`` reads), else the run folders
+    it holds (a study's variant folder: its seeds); a study's own folder is an error that says where its outputs
+    are, as ``study_outputs`` (``its figures are in ...``)."""
+    if (folder / marker).is_file():
+        return [folder]
+    if (folder / "results.json").is_file():
+        raise TextVAEError(f"{folder} is a study's folder: {study_outputs}; {command} takes run folders, such as "
+                           f"{folder}/VARIANT or {folder}/VARIANT/seed1")
+    held = sorted(p.parent for p in folder.glob(f"*/{marker}")) if folder.is_dir() else []
+    if not held:
+        raise TextVAEError(f"{folder}: no {marker} here or in its folders; {command} takes run folders (runs/NAME)")
+    return held

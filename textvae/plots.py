@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from textvae.errors import TextVAEError
+from textvae.files import run_folders
 
 # (panel title, record keys in order of preference)
 CURVES = [("KL (nats)", ("kl",)), ("MI (nats)", ("mi_dataset", "mi_batch")), ("active units", ("au",)),
@@ -211,7 +212,7 @@ def runs_plot(runs: list[Path], path: Path) -> None:
     run, labelled by its folder's name (by the path as given where two names are the same)."""
     from textvae.training.logger import read_jsonl
 
-    runs = [run for given in runs for run in _run_folders(Path(given))]
+    runs = [run for given in map(Path, runs) for run in run_folders(given, "plot", _study_figures(given))]
     names = [run.resolve().name for run in runs]
     curves = {}
     for run, name in zip(runs, names):
@@ -220,20 +221,10 @@ def runs_plot(runs: list[Path], path: Path) -> None:
         raise TextVAEError(f"nothing to plot: {', '.join(map(str, runs))} logged no validation figures yet")
 
 
-def _run_folders(folder: Path) -> list[Path]:
-    """``folder`` when it is a run folder (its metrics.jsonl), else the run folders it holds (a study's
-    variant folder: its seeds); a study's own folder is an error that names its plots."""
-    if (folder / "metrics.jsonl").is_file():
-        return [folder]
-    if (folder / "results.json").is_file():
-        drawn = ", ".join(sorted(p.name for p in (folder / "plots").glob("*.png"))) or "none yet"
-        raise TextVAEError(f"{folder} is a study's folder: its figures are in {folder / 'plots'} ({drawn}; "
-                           f"`textvae study ... --report` draws them again); plot takes run folders, such as "
-                           f"{folder}/VARIANT or {folder}/VARIANT/seed1")
-    held = sorted(p.parent for p in folder.glob("*/metrics.jsonl")) if folder.is_dir() else []
-    if not held:
-        raise TextVAEError(f"{folder}: no metrics.jsonl here or in its folders; plot takes run folders (runs/NAME)")
-    return held
+def _study_figures(folder: Path) -> str:
+    """Where a study's folder keeps its figures, for ``plot``'s error when given one."""
+    drawn = ", ".join(sorted(p.name for p in (folder / "plots").glob("*.png"))) or "none yet"
+    return f"its figures are in {folder / 'plots'} ({drawn}; `textvae study ... --report` draws them again)"
 
 
 def study_plots(results: dict[str, Any], folder: Path) -> dict[str, Path]:

@@ -140,18 +140,19 @@ def run_study(path: str | Path, jobs: int = 1, out: Optional[str] = None, only: 
     log.info("study %s: results in %s", study.name, study.out)
     print(markdown_table(results))  # the command's result, on stdout where a pipe or a redirect finds it
     if failed:
-        raise TextVAEError(f"{len(failed)} runs failed: "
+        raise TextVAEError(f"{len(failed)} run{'s' * (len(failed) > 1)} failed: "
                            f"{', '.join(r.label for r in failed)} (see the logs); re-run the study to retry them")
     return results
 
 
 def check_outputs(study: Study) -> None:
-    """One-line errors, before any run, for a study folder or an archive that cannot be written."""
-    check_writable(study.out, "study folder", "--out")
+    """One-line errors, before any run, for a study folder or an archive that cannot be written (the folders made
+    to find out are removed: the runs' own checks may yet refuse to start)."""
+    check_writable(study.out, "study folder", "--out", keep=False)
     if study.archive is not None:
         if study.archive.is_dir():
             raise TextVAEError(f"--archive {study.archive}: a folder; name a file (e.g. {study.archive}/archive.json)")
-        check_writable(study.archive.parent, "archive's folder", "--archive")
+        check_writable(study.archive.parent, "archive's folder", "--archive", keep=False)
 
 
 def wanted(runs: list[Run], only: Optional[list[str]]) -> set[str]:
@@ -200,7 +201,8 @@ def main(argv: list[str]) -> None:
     only_look = ap.add_mutually_exclusive_group()
     only_look.add_argument("--status", action="store_true",
                            help="train nothing: say of each run whether it is done, training, testing (its final "
-                                "evaluation), stopped, waiting or new")
+                                "evaluation), stopped, waiting, new, archived (--archive) or conflict (its folder "
+                                "holds another run)")
     only_look.add_argument("--report", action="store_true",
                            help="train nothing: write the outputs (tables, plots, the archive) of the runs finished "
                                 "so far")

@@ -147,9 +147,9 @@ def check_run_folder(run: Run, by_label: dict[str, Run]) -> None:
         raise TextVAEError(f"{run.dir} trained past the study's budget ({shown}): under it, it would have stopped "
                            f"earlier; --set the budget it was trained with, delete it or choose another --out")
     if verdict == "mid_epoch":
-        raise TextVAEError(f"{run.dir} stopped at its budget within an epoch ({shown}), where it was validated as a "
-                           f"run of the study's budget is not: trained on, it would not be that run; delete it to "
-                           f"train it again, or --set the budget it was trained with")
+        raise TextVAEError(f"{run.dir} stopped at its budget within an epoch ({shown}) and was validated there; a "
+                           f"run of the study's budget is validated only at epochs' ends, so training it on would not "
+                           f"make that run; delete it to train it again, or --set the budget it was trained with")
     raise TextVAEError(f"{run.dir} was trained with another budget ({shown}) and its checkpoint is gone, so "
                        f"whether the study's budget trains it on is unknown; --set the budget it was trained "
                        f"with, delete it or choose another --out")

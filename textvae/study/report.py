@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from textvae.config import INCIDENTAL_KEYS, RunConfig, setting_changes
 from textvae.errors import TextVAEError
+from textvae.files import lock_holder, run_folders
 from textvae.metrics import TEXT_METRICS, get_metric, he2019_noise_sd, list_metrics, list_text_metrics
 from textvae.study.archive import finite_or_null, load_archive, write_archive
 from textvae.study.folders import finished_report, run_state, saved_config, study_report
@@ -117,7 +118,10 @@ def _run_entry(run: Run, report: Any, archived: bool) -> dict[str, Any]:
                 **{k: run.archived[k] for k in ("curves", "valid", "test_seconds", "commits", "source")}}
     if run.conflict is not None:
         return {**entry, "state": "conflict", "conflict": run.conflict}
-    return {**entry, "state": "done" if report is not None else run_state(run)}
+    state = "done" if report is not None else run_state(run)
+    if state == "resume":  # --status's words for it
+        state = "stopped" if lock_holder(run.dir) is None else "training"
+    return {**entry, "state": state}
 
 
 def format_figure(value: float, fmt: str) -> str:
@@ -144,16 +148,19 @@ def markdown_table(results: dict[str, Any]) -> str:
 
 
 def compare_runs(run_dirs: list[Path]) -> str:
-    """``textvae compare``: the test figures of run folders made outside a study, as a study's table,
-    one row per run, with the settings in which each differs from the first (``INCIDENTAL_KEYS``
+    """``textvae compare``: the test figures of run folders made outside a study (or a study's variant
+    folders: their seeds), as a study's table, one row per run, with the settings in which each differs from the first (``INCIDENTAL_KEYS``
     left out) and, in the first row, the first run's own values of them, so that a comparison says what
     it compares."""
-    configs = [_saved_config(Path(d)) for d in run_dirs]
+    run_dirs = [run for given in map(Path, run_dirs) for run in
+                run_folders(given, "compare", f"its table is in {given / 'report.md'} and {given / 'results.csv'}",
+                            "config.yaml")]
+    configs = [saved_config(d) for d in run_dirs]  # each has its config.yaml (run_folders)
     other = next((i for i, (cls, _) in enumerate(configs) if cls is not configs[0][0]), None)
     if other is not None:  # their settings have nothing in common to set side by side
         raise TextVAEError(f"compare takes runs of one task: {run_dirs[0]} is a {_task_of(configs[0][0])} run, "
                            f"{run_dirs[other]} a {_task_of(configs[other][0])} run")
-    reports = [finished_report(Path(d)) for d in run_dirs]
+    reports = [finished_report(d) for d in run_dirs]
     figures = [run_figures(report) if report is not None else None for report in reports]
     shown = shown_columns(lambda key: any(f is not None and math.isfinite(f[key]) for f in figures))
     header = ["run"] + [label for _, label, _ in shown] + ["settings that differ from the first run"]
@@ -173,14 +180,6 @@ def compare_runs(run_dirs: list[Path]) -> str:
 
 def _task_of(config_class: type) -> str:
     return next(name for name in TASKS.names() if TASKS.get(name).config_class is config_class)
-
-
-def _saved_config(run_dir: Path) -> tuple[type, dict[str, Any]]:
-    """A run's configuration class and settings (:func:`saved_config`); not a run folder: an error."""
-    saved = saved_config(run_dir)
-    if saved is None:
-        raise TextVAEError(f"{run_dir}: no config.yaml here; compare takes run folders (runs/NAME)")
-    return saved
 
 
 def _setting_changes(cls: type, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

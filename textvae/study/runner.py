@@ -146,7 +146,7 @@ def _plan_line(selected: list[Run], todo: list[Run], jobs: int) -> str:
     finished = len(selected) - (len(todo) - extra)
     how = "in this process" if jobs == 1 else f"{jobs} subprocesses at a time"
     needed = f"{extra} of them needed by the selection; " if extra else ""
-    return f"{len(selected)} runs, {finished} finished, {len(todo)} to train ({needed}{how})"
+    return f"{len(selected)} run{'s' * (len(selected) != 1)}, {finished} finished, {len(todo)} to train ({needed}{how})"
 
 
 def execute(study: Study, runs: list[Run], jobs: int = 1, only: Optional[list[str]] = None) -> list[Run]:

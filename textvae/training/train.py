@@ -973,8 +973,11 @@ def finish_run(run: Run) -> dict[str, Any]:
         # killed during it resumes from its last checkpoint, whose log offset drops this record, and
         # its IW pass from the batches it had finished (kept in `progress` until the report is logged)
         progress = run.run_dir / IW_PROGRESS_FILE
-        earlier = earlier_report_seconds(run.logger.cut, run.task.iw_progress(progress, run.run_dir / "model",
-                                                                               run.device))
+        kept = run.task.iw_progress(progress, run.run_dir / "model", run.device)
+        if kept is not None and kept.batches:
+            log.info("test report: %d IW batches kept by an earlier, stopped attempt; its pass goes on after them",
+                     len(kept.batches))
+        earlier = earlier_report_seconds(run.logger.cut, kept)
         run.logger.log("test_start", state.step, state.epoch, **({"earlier_seconds": earlier} if earlier else {}))
         stopped = (f"stopped on request in the test report; its finished IW batches are kept in {progress}, "
                    f"where --resume continues")
