@@ -14,6 +14,7 @@ import typing
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from textvae.cli import check_probe, default_results_name, main
@@ -180,6 +181,9 @@ def test_evaluate_checks_its_optional_packages_before_the_pass(tmp_path, trained
     monkeypatch.undo()
     with pytest.raises(TextVAEError, match=r"^--probe 2: class 0 has only 1 labelled training sentences; use --probe 1"):
         check_probe(SimpleNamespace(is_lm=False), labelled, 2)
+    as_read = SimpleNamespace(name="labelled", splits={"train": SimpleNamespace(labels=np.array([0, 1, 1]))})
+    with pytest.raises(TextVAEError, match=r"^--probe 2: class 0 has only 1 "):  # not np.int64(0)
+        check_probe(SimpleNamespace(is_lm=False), as_read, 2)
     check_probe(SimpleNamespace(is_lm=False), labelled, 1)
 
 
@@ -387,7 +391,14 @@ def test_resume_and_restart_mistakes(tmp_path, trained, corpus, capsys):
     (["--task", "dialogue"], "--task dialogue: the task is the recipe's (its task key), and this recipe's is sentences"),
     (["--model.latent_dim", "four"], "model.latent_dim must be an integer, got 'four'"),
     (["--train.max_steps", "x"], "train.max_steps must be an integer or null, got 'x'"),
-    (["--objective.remedies", '[{"name": "bn_vae", "momentum": 2}]'], "momentum must be in (0, 1], got 2"),
+    (["--objective.remedies", '[{"name": "bn_vae", "momentum": 2}]'], "remedy 'bn_vae': momentum must be at most 1, got 2"),
+    (["--objective.remedies", '[{"name": "bn_vae", "eps": -1}]'], "remedy 'bn_vae': eps must be > 0, got -1"),
+    (["--objective.remedies", '[{"name": "bn_vae", "gamma": .nan}]'], "remedy 'bn_vae': gamma must be a finite number, got nan"),
+    (["--objective.remedies", '[{"name": "free_bits_li2019", "target_kl": .inf}]'],
+     "remedy 'free_bits_li2019': target_kl must be a finite number, got inf"),
+    (["--objective.remedies", '[{"name": "zforcing", "weight": -1}]'], "remedy 'zforcing': weight must be at least 0, got -1"),
+    (["--optim.momentum", "2"], "optim.momentum must be < 1, got 2.0"),
+    (["--model.lat", "4"], "unrecognized arguments: --model.lat 4"),  # no abbreviation of a setting's name
     (["--objective.remedies", '[{"name": "bow", "foo": 1}]'], "remedy 'bow': unknown parameter(s) ['foo']"),
     (["--name", ""], "name '': a run's name is its folder under out_dir; give a folder name"),
     (["--data.batch_size", "0"], "data.batch_size must be at least 1, got 0"),
@@ -405,6 +416,19 @@ def test_resume_and_restart_mistakes(tmp_path, trained, corpus, capsys):
 ])
 def test_bad_config_values(tmp_path, corpus, capsys, args, expected):
     assert expected in fails([*train_on(tmp_path, corpus), *args], capsys)
+
+
+def test_a_latent_model_on_a_corpus_too_small_to_evaluate_stops_before_its_first_step(tmp_path, capsys):
+    """A file of 20 lines splits into 18 / 1 / 1: a VAE's AU and MI need 2 validation sentences, so the run
+    stops before it trains, leaving no folder; the language model, which has neither, trains."""
+    text = tmp_path / "twenty.txt"
+    text.write_text("".join(f"the cat {i} sat\n" for i in range(20)))
+    line = fails(train_on(tmp_path, text), capsys)
+    assert line == ("textvae: error: the valid split holds 1 example(s): a latent model's figures (AU, MI) need "
+                    "at least 2 in the valid and test splits; give the corpus more lines")
+    assert not (tmp_path / "runs" / "x").exists()
+    main(train_on(tmp_path, text, "--model.latent_dim", "0", "--train.iw_samples_final", "0"))
+    assert (tmp_path / "runs" / "x" / "model").is_dir()
 
 
 def test_recipes_of_two_tasks_are_refused(tmp_path, capsys):

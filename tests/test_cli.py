@@ -197,6 +197,10 @@ def test_evaluate_reproduces_the_runs_test_report(tmp_path, capsys):
     text.write_text("w1 w2 w3\nw4 w5\nw6 w7 w8 w9\n")
     main(["evaluate", str(tmp_path / "r"), "--no-generation", "--data", str(text), "--json", str(tmp_path / "f.json")])
     assert json.loads((tmp_path / "f.json").read_text())["n_sentences"] == 3
+    with pytest.raises(SystemExit):  # a file has no splits to choose from
+        main(["evaluate", str(tmp_path / "r"), "--data", str(text), "--split", "valid"])
+    assert capsys.readouterr().err.strip().endswith(
+        f"--split valid: --data {text} is one text file, evaluated whole; --split chooses a split of a corpus")
     text.write_text("w1 w2 w3\n")
     with pytest.raises(SystemExit):  # before the IW pass, not after it
         main(["evaluate", str(tmp_path / "r"), "--data", str(text)])

@@ -343,6 +343,9 @@ def evaluation_data(args: argparse.Namespace, run_cfg: Optional[dict], tokenizer
     if args.data is not None:
         data_cfg.name, data_cfg.max_sentences = args.data, None
     if args.data is not None and is_text_file(args.data):
+        if args.split != "test":  # the default: a file stands as the test split
+            raise TextVAEError(f"--split {args.split}: --data {args.data} is one text file, evaluated whole; --split "
+                               f"chooses a split of a corpus")
         return data_cfg, load_text_file(data_cfg, tokenizer, args.split)
     if data_cfg.data_dir and not Path(data_cfg.data_dir).expanduser().is_dir():  # a run made on another machine
         logging.getLogger("textvae").warning("the run's data.data_dir %s is not here; the corpus is looked for as "
@@ -476,7 +479,7 @@ def check_probe(model: Any, data: Any, n_per_class: int = 1) -> None:
         raise TextVAEError(f"--probe needs a labelled corpus such as yelp_short; {data.name} has no labels")
     if importlib.util.find_spec("sklearn") is None:
         raise TextVAEError("--probe needs scikit-learn: pip install 'textvae[eval]'")
-    counts = Counter(data.splits["train"].labels)
+    counts = Counter(np.asarray(data.splits["train"].labels).tolist())  # Python values: as a user writes them
     label, fewest = min(counts.items(), key=lambda item: item[1])
     if n_per_class > fewest:
         raise TextVAEError(f"--probe {n_per_class}: class {label!r} has only {fewest} labelled training sentences; "

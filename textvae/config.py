@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Optional
@@ -31,7 +32,10 @@ class Range:
     below: Optional[float] = None
 
     def violation(self, value: float) -> Optional[str]:
-        """What is wrong with ``value`` (``"must be at least 1"``), or None when it is in range."""
+        """What is wrong with ``value`` (``"must be at least 1"``), or None when it is in range; NaN and
+        infinities never are (a setting that means "none" is null)."""
+        if not math.isfinite(value):
+            return "must be a finite number"
         if self.least is not None and value < self.least:
             return f"must be at least {self.least:g}"
         if self.above is not None and not value > self.above:
@@ -233,7 +237,7 @@ class OptimConfig:
     plateau_kl_weight: float = 1.0
 
     RANGES: ClassVar[dict[str, Range]] = {
-        "lr": POSITIVE, "momentum": NON_NEGATIVE, "betas": Range(least=0, below=1), "weight_decay": NON_NEGATIVE,
+        "lr": POSITIVE, "momentum": Range(least=0, below=1), "betas": Range(least=0, below=1), "weight_decay": NON_NEGATIVE,
         "clip": NON_NEGATIVE, "decay_factor": Range(above=0, most=1), "decay_patience": COUNT,
         "decay_start_epoch": NON_NEGATIVE, "max_decays": NON_NEGATIVE, "cycle_lr_stairs": NON_NEGATIVE,
         "plateau_kl_weight": NON_NEGATIVE}

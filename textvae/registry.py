@@ -16,6 +16,7 @@ from typing import Any, Callable, Generic, Sequence, TypeVar
 
 from torch import nn
 
+from textvae.config import Range
 from textvae.errors import TextVAEError
 from textvae.plugins import ENV as PLUGINS_ENV
 
@@ -84,8 +85,10 @@ class Registry(Generic[T]):
 
     def check(self, name: str, params: dict[str, Any], given: Sequence[str] = ()) -> None:
         """What :meth:`build` checks of a recipe's ``name`` and ``params`` before it creates anything (the
-        name, unknown, missing or supplied parameters, values of the wrong type), so a run can check its recipe
-        before it loads its data. ``given``: parameters the caller passes by position."""
+        name, unknown, missing or supplied parameters, values of the wrong type, numbers outside the bounds the
+        part declares in its ``RANGES``, parameter -> :class:`~textvae.config.Range`, and NaN or infinite
+        numbers anywhere), so a run can check its recipe before it loads its data. ``given``: parameters the
+        caller passes by position."""
         factory = self.get(name)
         signature = _signature(factory)
         unknown = sorted(set(params) - set(signature)) if not _takes_any(signature) else []
@@ -101,9 +104,15 @@ class Registry(Generic[T]):
         if missing:
             raise TextVAEError(f"{self.kind} {name!r}: missing parameter(s) {missing}; valid: "
                                f"{sorted(set(self.parameters(name)) - set(given))}")
-        hints = _hints(factory)
+        hints, ranges = _hints(factory), getattr(factory, "RANGES", {})
         for key, value in params.items():
             _check_type(self.kind, name, key, value, hints.get(key))
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            problem = Range().violation(value) if number else None  # NaN, inf: no parameter takes them
+            if number and key in ranges:
+                problem = ranges[key].violation(value)
+            if problem:
+                raise TextVAEError(f"{self.kind} {name!r}: {key} {problem}, got {value!r}")
 
     @property
     def key(self) -> str:

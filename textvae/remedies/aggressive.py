@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from textvae.config import COUNT
 from textvae.errors import TextVAEError
 from textvae.remedies.base import Remedy, Trainer, register_remedy
 
@@ -39,11 +40,10 @@ class Aggressive(Remedy):
 
     procedure_buffers = ("active", "last_mi")
 
+    RANGES = {"max_inner_steps": COUNT, "check_every": COUNT}
+
     def __init__(self, max_inner_steps: int = 100, check_every: int = 15, mi_key: str = "mi_batch"):
         super().__init__()
-        if max_inner_steps < 1 or check_every < 1:
-            raise TextVAEError(f"remedy 'aggressive': max_inner_steps and check_every must be >= 1 "
-                               f"(got {max_inner_steps}, {check_every})")
         self.max_inner_steps, self.check_every, self.mi_key = max_inner_steps, check_every, mi_key
         self.register_buffer("active", torch.tensor(True))
         self.register_buffer("last_mi", torch.tensor(math.nan, dtype=torch.float64))

@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from textvae.config import NON_NEGATIVE
 from textvae.errors import TextVAEError
 from textvae.remedies.base import Remedy, register_remedy
 
@@ -49,10 +50,10 @@ class AuxAutoencoder(Remedy):
     """Collaborative auxiliary autoencoder (Shen et al. 2018): the decoder reads e(x_b) = tanh(A h_b) with
     probability 1 - r(t), else z_b; extra_b = weight * 1/2 ||z_b - sg(e(x_b))||², r(t) = min(1, t / mix_steps)."""
 
+    RANGES = {"weight": NON_NEGATIVE, "mix_steps": NON_NEGATIVE}
+
     def __init__(self, latent_dim: int, encoder_dim: int, weight: float = 1.0, mix_steps: int = 2500):
         super().__init__()
-        if mix_steps < 0:
-            raise TextVAEError(f"remedy 'aux_autoencoder': mix_steps must be >= 0, got {mix_steps}")
         self.encoder_dim = encoder_dim
         self.weight, self.mix_steps = weight, mix_steps
         self.code = nn.Linear(self.encoder_dim, latent_dim, bias=False)

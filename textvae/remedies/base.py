@@ -7,11 +7,12 @@ training loop calls the training-procedure hooks, so remedies compose by configu
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterable, Iterator, Optional, Protocol
+from typing import Any, ClassVar, Iterable, Iterator, Optional, Protocol
 
 import torch
 from torch import nn
 
+from textvae.config import Range
 from textvae.errors import TextVAEError
 from textvae.registry import Registry
 
@@ -103,6 +104,8 @@ class Remedy(nn.Module):
     """
 
     replaces_kl = False
+    # bounds of the recipe's parameters (name -> Range), checked with their types before the remedy is built
+    RANGES: ClassVar[dict[str, Range]] = {}
     # False for remedies that only corrupt the decoder's inputs, which a language model
     # (model.latent_dim 0) has as well; the rest act on z, q(z|x) or the KL and need a latent.
     needs_latent = True

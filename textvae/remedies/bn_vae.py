@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from textvae.config import POSITIVE, Range
 from textvae.errors import TextVAEError
 from textvae.remedies.base import Remedy, register_remedy
 
@@ -41,12 +42,11 @@ class BNVAE(Remedy):
     keeps E_b[KL] >= 1/2 Σ_d (gamma² v_d / (v_d + eps) + s_d²): a floor once the means vary over the
     batch (v_d >> eps; with ``model.encoder_init: torch``, not He et al.'s U(-0.01, 0.01))."""
 
+    # momentum: the running statistics' update weight
+    RANGES = {"gamma": POSITIVE, "momentum": Range(above=0, most=1), "eps": POSITIVE}
+
     def __init__(self, latent_dim: int, gamma: float = 0.7, momentum: float = 0.1, eps: float = 1e-10):
         super().__init__()
-        if gamma <= 0:
-            raise TextVAEError(f"remedy 'bn_vae': gamma must be > 0, got {gamma}")
-        if not 0 < momentum <= 1:  # the running statistics' update weight
-            raise TextVAEError(f"remedy 'bn_vae': momentum must be in (0, 1], got {momentum}")
         self.momentum, self.eps = momentum, eps
         self.register_buffer("gamma", torch.full((latent_dim,), float(gamma)))  # fixed: a buffer
         self.shift = nn.Parameter(torch.zeros(latent_dim))

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from textvae.config import COUNT, NON_NEGATIVE
 from textvae.data.special import PAD_ID
 from textvae.remedies.base import Remedy, register_remedy
 
@@ -36,6 +37,8 @@ class BagOfWords(Remedy):
     with c the dialogue CVAE's context vector (``batch.extras["context_vector"]``, C = ``condition_dim``
     units), as in their code; a sentence VAE has no condition (C = 0) and f reads z alone, as does the
     CVAE's with ``use_context: false`` (an ablation; textvae's CVAE before 2026-12-06)."""
+
+    RANGES = {"mlp_dim": COUNT, "weight": NON_NEGATIVE}
 
     def __init__(self, latent_dim: int, vocab_size: int, condition_dim: int = 0, mlp_dim: int = 400,
                  weight: float = 1.0, use_context: bool = True):

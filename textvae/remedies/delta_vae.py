@@ -26,6 +26,7 @@ import math
 
 import torch
 
+from textvae.config import POSITIVE
 from textvae.errors import TextVAEError
 from textvae.remedies.base import Remedy, register_remedy
 
@@ -50,10 +51,10 @@ class DeltaVAE(Remedy):
 
     needs_standard_prior = True  # the floor is a bound against N(0, I); a learned prior could follow sigma
 
+    RANGES = {"delta": POSITIVE}
+
     def __init__(self, delta: float = 0.1, sigma_lower: float = 0.01):
         super().__init__()
-        if delta <= 0:
-            raise TextVAEError(f"remedy 'delta_vae': delta must be > 0, got {delta}")
         self.delta = float(delta)
         self.sigma_u = sigma_upper(self.delta)
         if not 0 < sigma_lower < self.sigma_u:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import torch
 
+from textvae.config import COUNT
 from textvae.errors import TextVAEError
 from textvae.remedies.base import Remedy, register_remedy
 
@@ -77,10 +78,10 @@ class FreeBitsKingma(Remedy):
 
     replaces_kl = True
 
+    RANGES = {"group_size": COUNT}
+
     def __init__(self, latent_dim: int, lambda_: float = 0.25, group_size: int = 1):
         super().__init__()
-        if group_size < 1:
-            raise TextVAEError(f"remedy 'free_bits_kingma2016': group_size must be >= 1, got {group_size}")
         self.threshold = _non_negative("free_bits_kingma2016", lambda_)
         self.group_size, self.latent_dim = group_size, latent_dim
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from textvae.errors import TextVAEError
+from textvae.config import NON_NEGATIVE
 from textvae.remedies.base import Remedy, register_remedy
 
 
@@ -27,11 +27,10 @@ class KLConstraint(Remedy):
 
     replaces_kl = True
 
+    RANGES = {"capacity": NON_NEGATIVE, "ramp_steps": NON_NEGATIVE}
+
     def __init__(self, capacity: float = 15.0, ramp_steps: int = 10000, per_sentence: bool = False):
         super().__init__()
-        if capacity < 0 or ramp_steps < 0:
-            raise TextVAEError(f"remedy 'kl_constraint': capacity and ramp_steps must be >= 0 "
-                               f"(got {capacity}, {ramp_steps})")
         self.capacity, self.ramp_steps, self.per_sentence = float(capacity), ramp_steps, per_sentence
 
     def target(self, step: int) -> float:

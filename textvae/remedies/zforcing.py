@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from textvae.config import NON_NEGATIVE
 from textvae.data.special import PAD_ID
 from textvae.models.distributions import DiagGaussian
 from textvae.remedies.base import Remedy, register_remedy
@@ -53,6 +54,8 @@ def reverse_index(lengths: torch.Tensor, t: int) -> torch.Tensor:
 class ZForcing(Remedy):
     """Z-forcing (Goyal et al. 2017): extra_b = weight Σ_t -log N(sg(b_t); tanh(m), diag exp(l)),
     [m, l] = clamp(MLP(z_b), -8, 8), b_t the states of a backward LSTM over the targets."""
+
+    RANGES = {"weight": NON_NEGATIVE}
 
     def __init__(self, vocab_size: int, emb_dim: int, hidden_dim: int, latent_dim: int,
                  weight: float = 1.0, backward_lm: bool = True):

@@ -54,7 +54,7 @@ def named_task(path: str) -> str | None:
 def train_parser(config_class: type):
     from jsonargparse import ArgumentParser
 
-    parser = ArgumentParser(prog="textvae train", exit_on_error=False,
+    parser = ArgumentParser(prog="textvae train", exit_on_error=False, allow_abbrev=False,  # --model.lat: an error
                             description="Train a text VAE, LM or dialogue CVAE from a YAML recipe with overrides. "
                                         "The defaults shown are those the run uses: the recipe's values (with no "
                                         "recipe, those of the embedded textvae/recipes/synthetic.yaml), and the "

@@ -482,6 +482,15 @@ def check_config(cfg: RunConfig) -> None:
                            f"{stepped[0]} (got {oc.cycle_lr!r}) or cycle_lr_stairs: 0")
 
 
+def check_evaluated_splits(data: Any, latent: bool) -> None:
+    """A one-line error before any step where a latent model's validation or test split holds fewer than 2
+    examples, whose AU and MI it could not compute at the first epoch's end (a corpus of a few lines, split)."""
+    small = [(name, len(data.splits[name])) for name in ("valid", "test") if len(data.splits[name]) < 2]
+    if latent and small:
+        raise TextVAEError(f"the {small[0][0]} split holds {small[0][1]} example(s): a latent model's figures (AU, MI) "
+                           f"need at least 2 in the valid and test splits; give the corpus more lines")
+
+
 def warn_about_settings(cfg: Any, n_train: int) -> None:
     """Warnings for settings that run but rarely do what was meant (every task)."""
     if cfg.data.batch_size > n_train:
@@ -711,6 +720,7 @@ def start_run(task: Task, resume: bool, world: World, device: torch.device, data
     data = world.node_first(task.load_data) if data is None else data
     warn_about_settings(cfg, len(data.splits["train"]))
     model = task.build_model(data).to(device)
+    check_evaluated_splits(data, latent=not getattr(model, "is_lm", False))
     # before the reseed below: loading saved weights may draw (a throwaway model's init)
     started_from = {} if resume else task.warm_start(model, data) or {}  # a task's own may return nothing
     check_remedies_run_in(world, list(model.objective.remedies))
