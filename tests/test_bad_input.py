@@ -431,6 +431,18 @@ def test_a_latent_model_on_a_corpus_too_small_to_evaluate_stops_before_its_first
     assert (tmp_path / "runs" / "x" / "model").is_dir()
 
 
+def test_a_run_folder_where_another_folder_is_meant_says_which(tmp_path, corpus, trained, capsys):
+    """A run folder given as a recipe or as model.encoder_from, and a run's model folder given to plot or
+    compare: each error names the folder meant."""
+    assert fails(["train", str(trained), "--resume"], capsys) == \
+        f"textvae: error: {trained} is a run folder; give its settings file, {trained / 'config.yaml'}"
+    assert fails(train_on(tmp_path, corpus, "--model.encoder_from", str(trained)), capsys) == \
+        f"textvae: error: model.encoder_from {trained} is a run folder; give the model folder in it, {trained / 'model'}"
+    for command, reads in (("plot", "metrics.jsonl"), ("compare", "config.yaml")):
+        assert fails([command, str(trained / "model")], capsys) == \
+            f"textvae: error: {trained / 'model'}: no {reads} here; {command} takes the run folder it is in, {trained}"
+
+
 def test_recipes_of_two_tasks_are_refused(tmp_path, capsys):
     line = fails(["train", "ptb/vae", "--config", "dailydialog/cvae"], capsys)
     assert line.endswith("dailydialog/cvae.yaml is a dialogue recipe, and the first one "

@@ -312,7 +312,10 @@ def test_a_finished_run_resumed_unchanged_is_not_evaluated_again(corpus, tmp_pat
     """Its test report stands: the log is untouched and the command prints it; with a larger budget the
     same --resume trains on."""
     args = tiny_args(tmp_path, "x", corpus, "--train.max_steps", "2", "--train.iw_samples_final", "2")
-    main(["train", *args])
+    with caplog.at_level(logging.INFO, logger="textvae"):
+        main(["train", *args])
+    assert "training ends at step 2: train.max_steps reached" in caplog.text
+    caplog.clear()
     log = (tmp_path / "x" / "metrics.jsonl").read_bytes()
     first = capsys.readouterr().out
     # made by a textvae without train.retain_memory (read as its default), resumed with another thread count
@@ -322,7 +325,9 @@ def test_a_finished_run_resumed_unchanged_is_not_evaluated_again(corpus, tmp_pat
     with caplog.at_level(logging.INFO, logger="textvae"):
         main(["train", *args, "--resume", "--train.threads", "2"])
     assert (tmp_path / "x" / "metrics.jsonl").read_bytes() == log
-    assert "is finished and its settings are unchanged: its test report stands" in caplog.text
+    assert ("is finished and its settings are unchanged: its test report stands (metrics.jsonl); train.max_steps "
+            "reached: --resume with a larger one trains it on") in caplog.text
+    assert "training ends at step 2: train.max_steps reached" not in caplog.text  # said when it trained
     assert capsys.readouterr().out == first
     # a change that trains no further step is refused, not written into config.yaml unused
     config = (tmp_path / "x" / "config.yaml").read_bytes()
@@ -398,3 +403,19 @@ def test_optimiser_settings_changed_on_resume_take_effect(corpus, tmp_path, capl
     (resumed,) = [r for r in read_jsonl(tmp_path / "x" / "metrics.jsonl") if r["split"] == "resume"]
     assert resumed["changed"] == {"optim.momentum": [0.9, 0], "optim.weight_decay": [0.0, 0.01],
                                   "train.max_steps": [2, 4]}
+
+
+def test_a_budget_lowered_below_where_a_stopped_run_is_is_refused():
+    """Resumed at step 62 (epoch 3) with train.max_steps 60 or train.epochs 2, a run would report 62 steps under a
+    config.yaml naming 60: refused; raised, or unchanged, it resumes."""
+    from textvae.config import TrainConfig
+    from textvae.training.train import LoopState, check_budget_not_passed
+
+    state = LoopState(lr=1.0, step=62, epoch=3)
+    with pytest.raises(TextVAEError, match=r"^train.max_steps 60: the run is past it \(steps 62\), so a run of that "
+                                           r"budget would have stopped earlier; resume it with a budget of at least 62"):
+        check_budget_not_passed(state, TrainConfig(max_steps=60), {"train.max_steps": (400, 60)})
+    with pytest.raises(TextVAEError, match=r"^train.epochs 2: the run is past it \(epochs 3\)"):
+        check_budget_not_passed(state, TrainConfig(epochs=2), {"train.epochs": (40, 2)})
+    check_budget_not_passed(state, TrainConfig(max_steps=62), {"train.max_steps": (400, 62)})
+    check_budget_not_passed(state, TrainConfig(max_steps=60), {})  # not changed on resuming: the loop's own stop

@@ -223,6 +223,8 @@ def run_folders(folder: Path, command: str, study_outputs: str, marker: str = "m
         raise TextVAEError(f"{folder} is a study's folder: {study_outputs}; {command} takes run folders, such as "
                            f"{folder}/VARIANT or {folder}/VARIANT/seed1")
     held = sorted(p.parent for p in folder.glob(f"*/{marker}")) if folder.is_dir() else []
+    if not held and (folder.parent / marker).is_file():  # a run's model/ folder
+        raise TextVAEError(f"{folder}: no {marker} here; {command} takes the run folder it is in, {folder.parent}")
     if not held:
         raise TextVAEError(f"{folder}: no {marker} here or in its folders; {command} takes run folders (runs/NAME)")
     return held

@@ -59,6 +59,8 @@ def find_yaml(kind: str, name: str) -> Path:
         if found is not None and found.resolve() != Path(name).resolve():
             log.info("%s %s: the file %s, not the packaged one of that name", kind, name, Path(name).resolve())
         return Path(name)
+    if found is None and kind == "recipe" and (Path(name) / "config.yaml").is_file():  # its settings file is meant
+        raise TextVAEError(f"{name} is a run folder; give its settings file, {Path(name) / 'config.yaml'}")
     if found is None:
         raise TextVAEError(f"no such {kind}: {name} (neither a file nor a packaged {kind}; packaged: "
                            f"{', '.join(packaged_names(kind))}; textvae list {kind} says what each is)")

@@ -393,6 +393,9 @@ def check_model_config(cfg: ModelConfig) -> None:
                                    f"does not take it; leave it at {getattr(default, f.name)!r}, or choose one of the "
                                    f"{part}s that do: {', '.join(takers)}")
     POSTERIORS.get(cfg.posterior), PRIORS.get(cfg.prior)  # a misspelt name, even where no latent reads it
+    source = Path(cfg.encoder_from) if cfg.encoder_from else None
+    if source is not None and (source / "config.yaml").is_file() and (source / "model").is_dir():
+        raise TextVAEError(f"model.encoder_from {source} is a run folder; give the model folder in it, {source / 'model'}")
     dec = cfg.decoder
     if cfg.latent_dim and all(DECODERS.takes(dec.type, s) for s in ("z_init", "z_concat")) \
             and not (dec.z_init or dec.z_concat):

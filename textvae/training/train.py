@@ -69,7 +69,8 @@ from textvae.registry import Registry
 from textvae.remedies import Remedy, check_remedies, keep_procedure_state
 from textvae.schedules import LR_SCHEDULES, create_lr_schedule, create_schedule
 from textvae.rng import rng_state
-from textvae.training.checkpoint import Checkpoint, read_checkpoint, restore_checkpoint, save_checkpoint
+from textvae.training.checkpoint import (Checkpoint, read_checkpoint, read_checkpoint_meta, restore_checkpoint,
+                                         save_checkpoint)
 from textvae.training.denormals import denormal_mode, denormals_flushed
 from textvae.training.distributed import World, parameters_may_go_unused, rank_seed
 from textvae.training.logger import RunLogger, final_report, read_jsonl
@@ -135,6 +136,20 @@ def budgets_used_up(state: LoopState, tc: TrainConfig) -> list[str]:
     return [name for name, reached in (("train.epochs", state.epoch >= tc.epochs),
                                        ("train.max_steps", tc.max_steps is not None and state.step >= tc.max_steps))
             if reached]
+
+
+def spent_budgets(state: LoopState, tc: TrainConfig) -> list[str]:
+    """Every budget of ``tc`` that ``state`` has used up, ``train.max_seconds`` by its recorded training time."""
+    return budgets_used_up(state, tc) + (["train.max_seconds"] if tc.max_seconds is not None
+                                         and state.train_seconds >= tc.max_seconds else [])
+
+
+def stop_reason(state: LoopState, tc: TrainConfig) -> str:
+    """Why a run stopped training where ``state`` is: its plateau schedule, or the budgets it used up."""
+    if state.done:
+        return f"its plateau schedule ended ({state.decays} lr decays)"
+    spent = spent_budgets(state, tc)
+    return f"{' and '.join(spent)} reached" if spent else "stopped on request"
 
 
 def validated_here(state: LoopState, log: Path) -> bool:
@@ -586,8 +601,12 @@ def run_training(task: Task, resume: bool = False, data: Any = None) -> dict[str
     run_dir = Path(cfg.out_dir) / cfg.name
     done = world.on_main(lambda: finished_unchanged(run_dir, cfg)) if resume else None
     if done is not None:
-        log.info("%s is finished and its settings are unchanged: its test report stands (metrics.jsonl); --resume "
-                 "trains on with a larger train.epochs or train.max_steps", run_dir)
+        kept = run_dir / CHECKPOINT  # what stopped it (a folder may keep no checkpoint)
+        state = LoopState.from_meta(read_checkpoint_meta(kept)["loop"]) if kept.is_file() else None
+        log.info("%s is finished and its settings are unchanged: its test report stands (metrics.jsonl); %s", run_dir,
+                 "a larger train.epochs or train.max_steps trains it on, unless its plateau schedule ended"
+                 if state is None else "its plateau schedule ended, so no budget trains it on" if state.done else
+                 f"{stop_reason(state, tc)}: --resume with a larger one trains it on")
         world.close(clean=True)
         return done
     # the folder as the file system names it ("runs/a/.." is "runs"): only one this start made is removed
@@ -619,6 +638,7 @@ def run_training(task: Task, resume: bool = False, data: Any = None) -> dict[str
                 if run.stopping:
                     raise StopRequested(f"stopped on request at step {run.state.step}; its checkpoint is in "
                                         f"{run.run_dir}")
+            log.info("training ends at step %d: %s", run.state.step, stop_reason(run.state, tc))
             report = finish_run(run)
             finished = True
         except BaseException as stop:
@@ -1056,9 +1076,7 @@ def check_changes_train(run_dir: Path, cfg: Any, state: LoopState, changes: dict
     train it no further: they would go into its config.yaml, which then names settings no step of it
     used, and only its test report would run again. It says what would train it on: the budget that
     stopped it, or nothing where its plateau schedule ended (``state.done``, restored as it was)."""
-    tc = cfg.train
-    hit = budgets_used_up(state, tc) + (["train.max_seconds"] if tc.max_seconds is not None
-                                        and state.train_seconds >= tc.max_seconds else [])
+    hit = spent_budgets(state, cfg.train)
     # its test report's own settings are used: resumed with those alone, it reports again
     effective = {k: v for k, v in changes.items() if k not in INCIDENTAL_KEYS and not is_report_setting(k)}
     if not (state.done or hit) or not effective or not reported(read_jsonl(run_dir / "metrics.jsonl")):
@@ -1069,6 +1087,19 @@ def check_changes_train(run_dir: Path, cfg: Any, state: LoopState, changes: dict
                        f"{_changed(effective)} would be written into its config.yaml unused; evaluate it again with "
                        f"`textvae evaluate {run_dir}` (or resume it with settings of its test report alone), train "
                        f"a new run (another --name), or {on}")
+
+
+def check_budget_not_passed(state: LoopState, tc: TrainConfig, changes: dict[str, tuple[Any, Any]]) -> None:
+    """A one-line error for a budget lowered, on resuming, below where the run is: a run of that budget would
+    have stopped earlier, and its config.yaml would name a budget it did not keep."""
+    passed = [(key, now, at) for key, now, at in (("train.max_steps", tc.max_steps, state.step),
+                                                  ("train.epochs", tc.epochs, state.epoch))
+              if key in changes and now is not None and now < at]
+    if passed:
+        key, now, at = passed[0]
+        raise TextVAEError(f"{key} {now}: the run is past it ({key.split('.')[1].replace('max_', '')} {at}), so a run "
+                           f"of that budget would have stopped earlier; resume it with a budget of at least {at}, or "
+                           f"train a new run (another --name)")
 
 
 def _changed(changes: dict[str, tuple[Any, Any]], shown: int = 8) -> str:
@@ -1099,6 +1130,7 @@ def restore_run(ckpt: Checkpoint, cfg: RunConfig, model: nn.Module, optimizer: t
     state = LoopState.from_meta(ckpt.meta["loop"])
     # after a checkpoint that does not fit (the first thing to know), before the changes are said to take effect
     world.on_main(lambda: check_changes_train(ckpt.path.parent, cfg, state, changes))
+    check_budget_not_passed(state, cfg.train, changes)
     log.info("resuming %s after step %d (epoch %d, batch %d next)", ckpt.path, state.step, state.epoch + 1,
              state.batch_in_epoch + 1)
     if changes:  # a resume that repeats the command but not the recipe or its overrides would change them unseen
