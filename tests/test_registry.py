@@ -177,6 +177,14 @@ def test_a_plugin_registers_parts_for_every_command(tmp_path):
     (source,) = [json.loads(line) for line in (tmp_path / "runs" / "half" / "metrics.jsonl").read_text().splitlines()
                  if json.loads(line)["split"] == "source"]
     assert source["plugins"] == ["my_parts"]  # what the run's code was, beside textvae's commit
+    without = {k: v for k, v in env.items() if k != "TEXTVAE_PLUGINS"}
+    evaluated = subprocess.run([sys.executable, "-m", "textvae.cli", "evaluate", str(tmp_path / "runs" / "half"),
+                                "--no-generation"], cwd=tmp_path, env=without, capture_output=True, text=True)
+    # the run says which plugin it needs before its part is found unknown
+    assert evaluated.returncode == 2 and (f"{tmp_path / 'runs' / 'half'} was made with plugin(s) not loaded here: "
+                                          f"my_parts; the parts they register are unknown without them "
+                                          f"(TEXTVAE_PLUGINS=my_parts)") in evaluated.stderr, evaluated.stderr
+    assert "unknown remedy 'half_kl'" in evaluated.stderr
     missing = subprocess.run([sys.executable, "-m", "textvae.cli", "list"], cwd=tmp_path, capture_output=True,
                              text=True, env=dict(env, TEXTVAE_PLUGINS="my_parts, no_such_parts"))
     assert missing.returncode == 2 and missing.stderr.strip() == (

@@ -79,7 +79,25 @@ def model_folder(path: str) -> tuple[Path, Optional[Path], Optional[dict]]:
     from textvae.models.textvae import locate_model
 
     folder, run_dir = locate_model(path)
+    if run_dir is not None:
+        warn_missing_plugins(run_dir)
     return folder, run_dir, read_run_config(run_dir) if run_dir else None
+
+
+def warn_missing_plugins(run_dir: Path) -> None:
+    """A warning, before the run's parts are looked up, for the plugins its log says it was made with
+    (its ``source`` records) that this process has not loaded: a part they register is unknown here."""
+    from textvae.plugins import ENV, loaded_plugins
+    from textvae.training.logger import read_jsonl
+
+    made_with = {name for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("split") == "source"
+                 for name in r.get("plugins", [])}
+    missing = sorted(made_with - set(loaded_plugins()))
+    if missing:  # modules by name; entry points (name=module) come with their installed package
+        modules = [name for name in missing if "=" not in name]
+        logging.getLogger("textvae").warning(
+            "%s was made with plugin(s) not loaded here: %s; the parts they register are unknown without them%s",
+            run_dir, ", ".join(missing), f" ({ENV}={','.join(modules)})" if modules else "")
 
 
 def load_model_dir(path: str) -> tuple[Any, Any, Optional[dict]]:
