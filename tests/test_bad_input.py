@@ -399,6 +399,8 @@ def test_resume_and_restart_mistakes(tmp_path, trained, corpus, capsys):
     (["--objective.remedies", '[{"name": "zforcing", "weight": -1}]'], "remedy 'zforcing': weight must be at least 0, got -1"),
     (["--optim.momentum", "2"], "optim.momentum must be < 1, got 2.0"),
     (["--model.lat", "4"], "unrecognized arguments: --model.lat 4"),  # no abbreviation of a setting's name
+    (["--objective.remedies", "{name: bn_vae}"], "objective.remedies must be a list ([a, b] on the command line, one "
+                                                 "- item per entry in YAML), got \"{'name': 'bn_vae'}\""),
     (["--objective.remedies", '[{"name": "bow", "foo": 1}]'], "remedy 'bow': unknown parameter(s) ['foo']"),
     (["--name", ""], "name '': a run's name is its folder under out_dir; give a folder name"),
     (["--data.batch_size", "0"], "data.batch_size must be at least 1, got 0"),

@@ -105,7 +105,8 @@ def _has_task_key(config_class: type) -> bool:
     return "task" in getattr(config_class, "__dataclass_fields__", {})
 
 
-_TYPE_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string", "NoneType": "null"}
+_TYPE_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string", "NoneType": "null",
+               "list": "a list ([a, b] on the command line, one - item per entry in YAML)"}
 
 
 def plain_type_error(message: str) -> str:
