@@ -728,3 +728,11 @@ def test_training_into_a_folder_another_process_writes(tmp_path, corpus, capsys)
         line = fails(train_on(tmp_path, corpus), capsys)
     assert f"{tmp_path / 'runs/x'} is being written by another process (pid {child.pid})" in line
     assert not (tmp_path / "runs" / "x").exists()
+
+
+def test_a_range_takes_any_int_and_refuses_nan_and_infinity():
+    from textvae.config import COUNT, SEED
+
+    assert SEED.violation(10 ** 400) == f"must be < {2 ** 63:g}"  # an int too large for a float: no OverflowError
+    assert COUNT.violation(10 ** 400) is None
+    assert COUNT.violation(float("nan")) == COUNT.violation(float("inf")) == "must be a finite number"

@@ -418,4 +418,8 @@ def test_a_budget_lowered_below_where_a_stopped_run_is_is_refused():
     with pytest.raises(TextVAEError, match=r"^train.epochs 2: the run is past it \(epochs 3\)"):
         check_budget_not_passed(state, TrainConfig(epochs=2), {"train.epochs": (40, 2)})
     check_budget_not_passed(state, TrainConfig(max_steps=62), {"train.max_steps": (400, 62)})
+    within = LoopState(lr=1.0, step=62, epoch=2, batch_in_epoch=50)  # 50 batches into its third epoch
+    with pytest.raises(TextVAEError, match=r"^train.epochs 2: the run is past it \(epochs 3\)"):
+        check_budget_not_passed(within, TrainConfig(epochs=2), {"train.epochs": (40, 2)})
+    check_budget_not_passed(within, TrainConfig(epochs=3), {"train.epochs": (40, 3)})
     check_budget_not_passed(state, TrainConfig(max_steps=60), {})  # not changed on resuming: the loop's own stop

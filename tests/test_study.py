@@ -971,7 +971,9 @@ def test_status_ends_with_the_error_that_would_stop_the_study(tmp_path, capsys):
     assert re.search(r"^fb/seed2 +new$", capsys.readouterr().out, re.M) and not out.exists()
     spec = dict(TINY, variants={"fb": {"objective": {"remedies": [{"name": "free_bits_li2019", "target": 1.0}]}}})
     with pytest.raises(TextVAEError, match=r"^fb/seed1: remedy 'free_bits_li2019': unknown parameter"):
-        st.run_study(write_study(tmp_path, spec), out=str(out), status=True)
+        st.run_study(write_study(tmp_path, spec, "fb.yaml"), out=str(out), status=True)
+    # a device this machine lacks is the training machine's business, not a watcher's
+    assert st.run_study(path, out=str(out), status=True, sets=["train.device=cuda:7"]) == {}
 
 
 def test_a_report_of_nothing_finished_says_so(tmp_path, caplog):
@@ -992,6 +994,10 @@ def test_an_unwritable_study_folder_or_archive_is_a_one_line_error(tmp_path):
         st.run_study(path, out=str(tmp_path / "out"), report=True, archive=tmp_path)
     with pytest.raises(TextVAEError, match="^cannot write the archive's folder .*; choose another --archive$"):
         st.run_study(path, out=str(tmp_path / "out"), report=True, archive=a_file / "archive.json")
+    from textvae.files import check_writable
+
+    check_writable(tmp_path / "new" / ".." / "made", keep=False)  # leaves nothing behind, "new" included
+    assert not (tmp_path / "new").exists() and not (tmp_path / "made").exists()
 
 
 def test_a_recipe_given_as_a_study_and_a_study_given_as_a_recipe_say_so(tmp_path):
@@ -1007,6 +1013,10 @@ def test_a_recipe_given_as_a_study_and_a_study_given_as_a_recipe_say_so(tmp_path
     with pytest.raises(TextVAEError, match=r"^textvae study: the following arguments are required: study .*; the "
                                            r"study goes first: textvae study STUDY \[options\]$"):
         st.main(["--only", "plain", str(study)])
+    with pytest.raises(TextVAEError, match=r"invalid int value: .*; the study goes first"):
+        st.main(["--seeds", "1", str(study)])
+    with pytest.raises(TextVAEError, match=r"unrecognized arguments: --bogus \(see textvae study --help\)$"):
+        st.main(["--jobs", "2", str(study), "--bogus"])  # the study is there: no hint
 
 
 def test_bf16_where_the_cpu_has_none_is_refused_before_any_run_starts(tmp_path, cpu_without_bf16):

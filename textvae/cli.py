@@ -351,7 +351,7 @@ def evaluate_task_run(args: argparse.Namespace, task_name: str, device: torch.de
 def evaluation_data(args: argparse.Namespace, run_cfg: Optional[dict], tokenizer: Any) -> tuple[Any, Any]:
     """(data settings, data) of ``evaluate``, read with the model's tokenizer: the run's corpus as the run read
     it (its ``data.max_sentences`` cap included, so that its test report is reproduced), or ``--data``, another
-    corpus (or the same one, each split whole), or one text file, evaluated whole whatever ``--split``."""
+    corpus (or the same one, each split whole), or one text file, evaluated whole (``--split`` other than test refused)."""
     from textvae.config import DataConfig, from_dict
     from textvae.data.datasets import is_text_file, load_dataset, load_text_file
 

@@ -34,7 +34,7 @@ class Range:
     def violation(self, value: float) -> Optional[str]:
         """What is wrong with ``value`` (``"must be at least 1"``), or None when it is in range; NaN and
         infinities never are (a setting that means "none" is null)."""
-        if not math.isfinite(value):
+        if isinstance(value, float) and not math.isfinite(value):  # an int is finite, however large
             return "must be a finite number"
         if self.least is not None and value < self.least:
             return f"must be at least {self.least:g}"

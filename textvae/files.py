@@ -98,6 +98,7 @@ def check_writable(folder: Path, what: str = "run folder", flag: str = "--out_di
     (or under a file, or without permission) fails before the data is loaded, not mid-run; the error
     names the folder as ``what`` and the option that chooses another (``flag``). ``keep=False``: the
     folders made for the test are removed again (a command that may yet refuse to start leaves nothing)."""
+    folder = Path(os.path.normpath(folder.absolute()))  # "new/../out" makes no "new"
     probe = folder / ".write-test"
     made = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
     try:

@@ -60,7 +60,8 @@ is set, else cores / N, unless the configuration sets ``train.threads``; their o
 ``--status`` trains nothing and writes nothing: one line per run (``--only`` and ``--seeds`` apply)
 saying whether it is done (its test figures), being trained (by which process), stopped (where, and
 that the study resumes it), waiting for a run it starts from, or not started; then the error that would
-stop the study before it trains, if any (a setting out of range, an unknown remedy parameter, ...). ``--report`` trains
+stop the study before it trains, if any (a setting out of range, an unknown remedy parameter, ...; not the
+device or precision, which the machine that trains the study has and the one watching it may lack). ``--report`` trains
 nothing either, but writes the outputs (and the archive) from the runs finished so far: the tables of
 ``--seeds 1 2 3`` while some of those runs are still to come, or while another command trains them. A folder
 that the study would refuse to train (another configuration, ...) is an error only where the study is to
@@ -81,11 +82,13 @@ of :mod:`textvae.plots`).
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any, Optional
 
 from textvae.errors import CommandParser, TextVAEError
 from textvae.files import check_writable
+from textvae.packaged import packaged_file
 from textvae.study.archive import attach, load_archive
 from textvae.study.folders import check_run_folder, finished_report, run_state
 from textvae.study.report import (aggregate, columns, compare_runs, markdown_table, mean_std, report_markdown,
@@ -125,7 +128,7 @@ def run_study(path: str | Path, jobs: int = 1, out: Optional[str] = None, only: 
     if status:
         print("\n".join([f"study {study.name} in {study.out}:", *status_lines(runs, only)]))
         for run in training_order(runs, select(runs, only)):  # what would stop the study before it trains
-            check_before_training(run)
+            check_before_training(run, here=False)  # --status may watch from a machine without the runs' device
         return {}
     check_outputs(study)
     check_folders(study, runs, set() if report else wanted(runs, only))
@@ -212,7 +215,8 @@ def main(argv: list[str]) -> None:
     try:
         args = ap.parse_args(argv)
     except TextVAEError as e:  # --only, --seeds and --set take several values: a study named after them is one
-        if argv and argv[0].startswith("-"):
+        taken = re.search(r"invalid int value: '([^']*)'", str(e))
+        if "required: study" in str(e) or (taken and (Path(taken[1]).is_file() or packaged_file("study", taken[1]))):
             raise TextVAEError(f"{e}; the study goes first: textvae study STUDY [options]") from None
         raise
     run_study(args.study, jobs=args.jobs, out=args.out, only=args.only, seeds=args.seeds, sets=args.sets,

@@ -211,9 +211,10 @@ def execute(study: Study, runs: list[Run], jobs: int = 1, only: Optional[list[st
     return failed
 
 
-def check_before_training(run: Run) -> None:
+def check_before_training(run: Run, here: bool = True) -> None:
     """The checks a run makes before it reads its data (settings in range, its remedies' parameters, its
-    model's parts, its task's packages; its precision on this machine), as a one-line error naming it."""
+    model's parts, its task's packages; with ``here``, its device and precision on this machine, which a study
+    watched from another machine need not have), as a one-line error naming it."""
     from textvae.tasks import create_task
 
     try:
@@ -221,8 +222,14 @@ def check_before_training(run: Run) -> None:
         create_task(run.config).check()
     except TextVAEError as e:
         raise TextVAEError(f"{run.label}: {e}") from None
+    if not here:
+        return
     try:
-        check_precision(resolve_device(run.config.train.device), run.config.train.precision)
+        device = resolve_device(run.config.train.device)
+    except TextVAEError as e:
+        raise TextVAEError(f"{run.label}: {e} (--set train.device=cpu)") from None
+    try:
+        check_precision(device, run.config.train.precision)
     except TextVAEError as e:
         raise TextVAEError(f"{run.label}: {e} (--set train.precision=fp32)") from None
 

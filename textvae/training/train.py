@@ -138,17 +138,18 @@ def budgets_used_up(state: LoopState, tc: TrainConfig) -> list[str]:
             if reached]
 
 
-def spent_budgets(state: LoopState, tc: TrainConfig) -> list[str]:
-    """Every budget of ``tc`` that ``state`` has used up, ``train.max_seconds`` by its recorded training time."""
-    return budgets_used_up(state, tc) + (["train.max_seconds"] if tc.max_seconds is not None
-                                         and state.train_seconds >= tc.max_seconds else [])
+def spent_budgets(state: LoopState, tc: TrainConfig, out_of_time: bool = False) -> list[str]:
+    """Every budget of ``tc`` that ``state`` has used up, ``train.max_seconds`` by its recorded training time (or
+    ``out_of_time``: the loop's verdict, any rank's clock)."""
+    timed_out = out_of_time or (tc.max_seconds is not None and state.train_seconds >= tc.max_seconds)
+    return budgets_used_up(state, tc) + (["train.max_seconds"] if timed_out else [])
 
 
-def stop_reason(state: LoopState, tc: TrainConfig) -> str:
+def stop_reason(state: LoopState, tc: TrainConfig, out_of_time: bool = False) -> str:
     """Why a run stopped training where ``state`` is: its plateau schedule, or the budgets it used up."""
     if state.done:
         return f"its plateau schedule ended ({state.decays} lr decays)"
-    spent = spent_budgets(state, tc)
+    spent = spent_budgets(state, tc, out_of_time)
     return f"{' and '.join(spent)} reached" if spent else "stopped on request"
 
 
@@ -638,7 +639,7 @@ def run_training(task: Task, resume: bool = False, data: Any = None) -> dict[str
                 if run.stopping:
                     raise StopRequested(f"stopped on request at step {run.state.step}; its checkpoint is in "
                                         f"{run.run_dir}")
-            log.info("training ends at step %d: %s", run.state.step, stop_reason(run.state, tc))
+            log.info("training ends at step %d: %s", run.state.step, stop_reason(run.state, tc, run.out_of_time))
             report = finish_run(run)
             finished = True
         except BaseException as stop:
@@ -1092,8 +1093,10 @@ def check_changes_train(run_dir: Path, cfg: Any, state: LoopState, changes: dict
 def check_budget_not_passed(state: LoopState, tc: TrainConfig, changes: dict[str, tuple[Any, Any]]) -> None:
     """A one-line error for a budget lowered, on resuming, below where the run is: a run of that budget would
     have stopped earlier, and its config.yaml would name a budget it did not keep."""
+    # epochs: past a budget of E once E epochs are complete and a step of the next was taken
+    epochs_at = state.epoch + (state.batch_in_epoch > 0)
     passed = [(key, now, at) for key, now, at in (("train.max_steps", tc.max_steps, state.step),
-                                                  ("train.epochs", tc.epochs, state.epoch))
+                                                  ("train.epochs", tc.epochs, epochs_at))
               if key in changes and now is not None and now < at]
     if passed:
         key, now, at = passed[0]
