@@ -185,6 +185,10 @@ def test_a_plugin_registers_parts_for_every_command(tmp_path):
                                           f"my_parts; the parts they register are unknown without them "
                                           f"(TEXTVAE_PLUGINS=my_parts)") in evaluated.stderr, evaluated.stderr
     assert "unknown remedy 'half_kl'" in evaluated.stderr
+    resumed = subprocess.run([sys.executable, "-m", "textvae.cli", "train", *tiny, "--resume"], cwd=tmp_path,
+                             env=without, capture_output=True, text=True)
+    assert resumed.returncode == 2 and "was made with plugin(s) not loaded here: my_parts" in resumed.stderr, \
+        resumed.stderr
     missing = subprocess.run([sys.executable, "-m", "textvae.cli", "list"], cwd=tmp_path, capture_output=True,
                              text=True, env=dict(env, TEXTVAE_PLUGINS="my_parts, no_such_parts"))
     assert missing.returncode == 2 and missing.stderr.strip() == (

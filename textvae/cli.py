@@ -53,6 +53,8 @@ def cmd_train(argv: list[str]) -> None:
     stop_with_parent()  # a study's subprocess run: stop (with a checkpoint) when the study dies
 
     cfg, resume = parse_run_config(argv)
+    if resume and (Path(cfg.out_dir) / cfg.name / "metrics.jsonl").is_file():
+        warn_missing_plugins(Path(cfg.out_dir) / cfg.name)
     report = run_training(cfg, resume=resume)
     if os.environ.get("RANK", "0") == "0":  # under torchrun every rank returns the report; one prints it
         print(format_report(report))
