@@ -108,9 +108,8 @@ class Registry(Generic[T]):
         for key, value in params.items():
             _check_type(self.kind, name, key, value, hints.get(key))
             number = isinstance(value, (int, float)) and not isinstance(value, bool)
-            problem = Range().violation(value) if number else None  # NaN, inf: no parameter takes them
-            if number and key in ranges:
-                problem = ranges[key].violation(value)
+            # a parameter without declared bounds still refuses NaN and inf (every Range does)
+            problem = ranges.get(key, Range()).violation(value) if number else None
             if problem:
                 raise TextVAEError(f"{self.kind} {name!r}: {key} {problem}, got {value!r}")
 

@@ -193,8 +193,7 @@ def budget_verdict(state: LoopState, saved: dict[str, Any], tc: TrainConfig, val
             or lowered("max_steps") and state.step > tc.max_steps
             or lowered("max_seconds") and state.train_seconds > tc.max_seconds):
         return "past"
-    out_of_time = tc.max_seconds is not None and state.train_seconds >= tc.max_seconds
-    if state.done or out_of_time or budgets_used_up(state, tc):
+    if state.done or spent_budgets(state, tc):
         return "stops"
     return "mid_epoch" if validated and state.batch_in_epoch > 0 else "trains"
 
