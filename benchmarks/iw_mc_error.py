@@ -38,14 +38,15 @@ import time
 def measure(run: str, args: argparse.Namespace) -> dict:
     import torch
 
-    from textvae.cli import load_model_dir
     from textvae.config import DataConfig, from_dict
     from textvae.data.datasets import load_dataset
     from textvae.metrics import iw_log_weights, iw_nll
     from textvae.metrics._common import eval_mode, seeded
+    from textvae.pretrained import load
     from textvae.training.train import freed_memory_kept, precision_autocast
 
-    model, tokenizer, run_cfg = load_model_dir(run)
+    loaded = load(run)
+    model, tokenizer, run_cfg = loaded.model, loaded.tokenizer, loaded.run_config
     data_cfg = from_dict(DataConfig, run_cfg["data"])
     data_cfg.max_sentences = None
     test = load_dataset(data_cfg, tokenizer=tokenizer).splits["test"]

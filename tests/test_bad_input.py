@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from textvae.cli import check_probe, default_results_name, main
-from textvae.config import RunConfig
+from textvae.config import RunConfig, check_ranges
 from textvae.dialogue.config import CVAERunConfig
 from textvae.errors import TextVAEError
 from textvae.packaged import packaged_file
@@ -80,6 +80,24 @@ def test_missing_files(tmp_path, corpus, capsys):
         "empty is neither a run folder (config.yaml and model/) nor a model folder (config.json and model.safetensors)")
 
 
+@pytest.mark.parametrize("recipe, given, expected", [
+    ("data:\n  batch_size: 0\n", [], "data.batch_size must be at least 1, got 0 (set in {overlay})"),
+    ("data: {batch_size: abc}\n", [], "data.batch_size must be an integer, got 'abc' (set in {overlay})"),
+    ("objective.remedies: [{name: bn_vae, gamma: -1}]\n", [],
+     "remedy 'bn_vae': gamma must be > 0, got -1 (set in {overlay})"),
+    ("objective:\n  kl_schedule: {name: linear, warmup_steps: -3}\n", [],
+     "linear KL schedule: warmup_steps must be > 0 (set in {overlay})"),
+    ("data:\n  batch_size: 4\n", ["--data.batch_size", "0"],  # the command line wins, and is named
+     "data.batch_size must be at least 1, got 0 (--data.batch_size on the command line)"),
+])
+def test_a_bad_value_names_the_recipe_or_argument_that_set_it(tmp_path, corpus, capsys, recipe, given, expected):
+    """A bad value names the overlay recipe or the argument that set it: found without reading every file."""
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(recipe)
+    line = fails([*train_on(tmp_path, corpus), "--config", str(overlay), *given], capsys)
+    assert line == "textvae: error: " + expected.format(overlay=overlay)
+
+
 @pytest.mark.parametrize("setting,message", [
     (["--objective.remedies", '[{"name": "bowl"}]'], "unknown remedy 'bowl'; valid: aggressive,"),
     (["--objective.remedies", '[{"name": "bn_vae", "gamma": "high"}]'], "remedy 'bn_vae': gamma must be a number"),
@@ -119,7 +137,7 @@ def test_an_overlay_s_file_is_no_stray_recipe_and_help_shows_every_recipe(tmp_pa
     with pytest.raises(SystemExit):
         main(["train", "synthetic", "--config", str(overlay), "--help"])
     shown = " ".join(capsys.readouterr().out.split())
-    assert "--train.epochs EPOCHS (type: int, default: 4)" in shown and "default: other)" in shown
+    assert "--train.epochs EPOCHS passes over the training set (type: int, default: 4)" in shown and "default: other)" in shown
 
 
 def test_a_run_folder_s_settings_name_that_folder_whatever_an_overlay_names(tmp_path):
@@ -399,6 +417,9 @@ def test_resume_and_restart_mistakes(tmp_path, trained, corpus, capsys):
     (["--objective.remedies", '[{"name": "zforcing", "weight": -1}]'], "remedy 'zforcing': weight must be at least 0, got -1"),
     (["--optim.momentum", "2"], "optim.momentum must be < 1, got 2.0"),
     (["--model.lat", "4"], "unrecognized arguments: --model.lat 4"),  # no abbreviation of a setting's name
+    (["--model.encodr.hidden_dim", "8"], "--model.encodr.hidden_dim 8 (did you mean --model.encoder.hidden_dim?)"),
+    (["--data.max_pairs", "8"], "(--data.max_pairs is a setting of the dialogue task, and this recipe's is sentences; "
+                                "textvae train --help lists the settings)"),
     (["--objective.remedies", "{name: bn_vae}"], "objective.remedies must be a list ([a, b] on the command line, one "
                                                  "- item per entry in YAML), got \"{'name': 'bn_vae'}\""),
     (["--objective.remedies", '[{"name": "bow", "foo": 1}]'], "remedy 'bow': unknown parameter(s) ['foo']"),
@@ -418,6 +439,20 @@ def test_resume_and_restart_mistakes(tmp_path, trained, corpus, capsys):
 ])
 def test_bad_config_values(tmp_path, corpus, capsys, args, expected):
     assert expected in fails([*train_on(tmp_path, corpus), *args], capsys)
+
+
+def test_a_setting_of_the_wrong_type_in_a_configuration_built_in_python_is_named():
+    cfg = RunConfig()
+    cfg.train.max_steps = "five"  # no parser between the caller and the loop
+    with pytest.raises(TextVAEError, match=r"^train\.max_steps must be a number, got five$"):
+        check_ranges(cfg)
+
+
+def test_a_setting_of_the_other_task_says_so(capsys):
+    """A dialogue run's cap is data.max_pairs; the sentence task's data.max_sentences is named as the other's."""
+    assert fails(["train", "dailydialog/cvae", "--data.max_sentences", "8"], capsys).endswith(
+        "(--data.max_sentences is a setting of the sentences task, and this recipe's is dialogue; "
+        "textvae train RECIPE --help lists the settings)")
 
 
 def test_a_latent_model_on_a_corpus_too_small_to_evaluate_stops_before_its_first_step(tmp_path, capsys):
@@ -538,6 +573,8 @@ def test_input_remedy_on_a_language_model(tmp_path, corpus):
     (["interpolate", "{model}", "w1", "w2", "--method", "beam", "--temperature", "2"],
      "--temperature is an option of --method sample, and --method beam would ignore it"),
     (["interpolate", "{model}", "w1", "w2", "--steps", "1"], "--steps must be at least 2, got 1"),
+    (["reconstruct", "{model}", "w1", " "], "sentence 2 of the arguments is blank; give words (or drop the empty argument)"),
+    (["interpolate", "{model}", "", "w2"], "sentence 1 of the arguments is blank"),
     (["evaluate", "{model}", "--iw-samples", "-1"], "--iw-samples must be at least 0, got -1"),
     (["evaluate", "{model}", "--device", "gpu"], "unknown --device 'gpu'; valid: auto, cpu, cuda, cuda:N"),
     (["sample", "{model}", "--seed", "99999999999999999999"], "--seed must be < 9.22337e+18, got 99999999999999999999"),
@@ -609,7 +646,8 @@ def test_resumed_run_says_from_which_step(tmp_path, trained, corpus, caplog):
 
 def test_reconstruct_names_unknown_words(trained, caplog, capsys):
     with caplog.at_level(logging.WARNING, logger="textvae"):
-        main(["reconstruct", str(trained / "model"), "w1 zebra w2 yak", "w3 w4"])
+        main(["reconstruct", str(trained / "model"), "w1 zebra w2 yak", "w3 <unk> w4"])
+    # <unk> itself (PTB's text has it) is the vocabulary's own token, not a word it lacks
     assert "2 word(s) are not in the model's vocabulary and are read as <unk>: yak, zebra" in caplog.text
     assert capsys.readouterr().out.count("->") == 2
     caplog.clear()

@@ -12,6 +12,9 @@ import pytest
 import torch
 
 from textvae.cli import main
+from textvae.config import setting_names
+from textvae.tasks.base import TASKS
+from textvae.tasks.runconfig import train_parser
 from textvae.training.denormals import calling_thread_flushes
 from textvae.training.logger import read_jsonl
 from tests.conftest import needs_cpu_bf16
@@ -277,7 +280,20 @@ def test_train_help_shows_the_defaults_a_run_uses(capsys, monkeypatch, recipe, l
         main(["train", *recipe, "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert stop.value.code == 0
-    assert f"--model.latent_dim LATENT_DIM (type: int, default: {latent_dim})" in help_text
+    # the setting's own default, after its description and before the next setting's option
+    assert re.search(rf"--model\.latent_dim LATENT_DIM (?:(?!--).)*\(type: int, default: {latent_dim}\)", help_text)
+
+
+@pytest.mark.parametrize("task", TASKS.names())
+def test_every_train_setting_has_a_description(task):
+    """``textvae train --help`` describes every setting of every task: its help is the docstring under
+    its field in the configuration dataclasses (jsonargparse adds the type and the default)."""
+    config_class = TASKS.get(task).config_class
+    helps = {option: action.help for action in train_parser(config_class)._actions for option in action.option_strings}
+    type_and_default = re.compile(r"\s*\(type: .*, default: .*\)\s*$", re.DOTALL)
+    undescribed = [name for name in setting_names(config_class)
+                   if not type_and_default.sub("", helps.get(f"--{name}") or "").strip()]
+    assert setting_names(config_class) and not undescribed, f"{task}: settings without a docstring: {undescribed}"
 
 
 def test_plot_draws_each_runs_logged_curves(run, tmp_path, capsys, monkeypatch):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from textvae.files import partial_file, write_safetensors
+from textvae.files import partial_file, write_safetensors, write_text_whole, write_whole
 
 
 def test_writes_and_replaces_with_a_new_files_mode(tmp_path):
@@ -43,6 +43,22 @@ def test_a_failed_write_keeps_the_previous_file_and_leaves_no_partial_one(tmp_pa
         write_safetensors(path, {"a": torch.zeros(2)}, {})
     assert path.read_bytes() == before
     assert not partial_file(path).exists()
+
+
+def test_a_file_written_whole_survives_a_stop_part_way(tmp_path):
+    """A study's report, tables, plots and archive: Ctrl-C while one is written leaves the previous one whole."""
+    path = tmp_path / "report.md"
+    write_text_whole(path, "first\n")
+
+    def stopped(tmp):
+        tmp.write_text("half of the")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_whole(path, stopped)
+    assert path.read_text() == "first\n" and not partial_file(path).exists()
+    write_text_whole(path, "second\n")
+    assert path.read_text() == "second\n" and sorted(p.name for p in tmp_path.iterdir()) == ["report.md"]
 
 
 def test_one_lock_for_a_run_folder_whatever_its_path(tmp_path):

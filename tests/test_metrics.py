@@ -556,8 +556,11 @@ def test_evaluate_model_one_pass_and_table():
     sharp = LinearGaussian(approx.W, approx.b, approx.sigma, 100 * approx.A, approx.c,
                            torch.full((2,), math.log(1e-4), dtype=F64), opaque=True)
     mi = evaluate_model(sharp, split(x, 40), metrics=("mi_batch", "mi_dataset"), generator=seed(0))
-    # evaluation batches of 40 are taken as two groups of 20 (at most He et al.'s 32 each)
-    assert mi["mi_batch"] == pytest.approx(math.log(20), abs=1e-4) and mi["mi_batch_size"] == 32
+    # evaluation batches of 40 are taken as two groups of 20 (at most He et al.'s 32 each): B = 20, as labelled
+    assert mi["mi_batch"] == pytest.approx(math.log(20), abs=1e-4) and mi["mi_batch_size"] == 20
+    assert "MI (per-batch, B=20)" in format_table(mi)
+    few = evaluate_model(sharp, split(x[:4], 4), metrics=("mi_batch",), generator=seed(0))
+    assert few["mi_batch"] == pytest.approx(math.log(4), abs=1e-4) and few["mi_batch_size"] == 4
     assert mi["mi_dataset"] == pytest.approx(math.log(120), abs=1e-4)
     only_au = evaluate_model(approx, split(x, 40), metrics=("au",))
     assert set(only_au) == {"n_sentences", "n_tokens", "au", "au_threshold", "latent_dim"}

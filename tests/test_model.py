@@ -136,7 +136,9 @@ def test_language_model_has_no_latent():
 def test_save_load_round_trip(tmp_path, latent):
     model = tiny(latent=latent, tie_weights=False)
     model.save_pretrained(tmp_path)
-    loaded = TextVAE.from_pretrained(tmp_path).eval()
+    loaded = TextVAE.from_pretrained(tmp_path)
+    assert not loaded.training  # loaded for use: no dropout, BN-VAE's running statistics left as saved
+    model.eval()
     batch = random_batch()
     z = None if latent == 0 else torch.randn(len(batch), latent)
     with torch.no_grad():
@@ -161,6 +163,9 @@ def test_from_pretrained_errors(tmp_path):
 
     with pytest.raises(TextVAEError, match="missing"):
         TextVAE.from_pretrained(tmp_path)
+    tiny().save_pretrained(tmp_path / "run" / "model")
+    with pytest.raises(TextVAEError, match=f"^{tmp_path / 'run'} is a run folder; its model is {tmp_path / 'run/model'} "):
+        TextVAE.from_pretrained(tmp_path / "run")
     tiny().save_pretrained(tmp_path)
     (tmp_path / "model.safetensors").write_bytes(b"garbage" * 10)
     with pytest.raises(TextVAEError, match="cannot load weights"):

@@ -122,6 +122,75 @@ def test_a_caller_passes_only_declared_arguments(monkeypatch):
         Registry("part")
 
 
+def test_registering_again_replaces_the_same_definition_only(monkeypatch):
+    """A notebook cell run twice (or a module reloaded) registers its definition again: that replaces the
+    entry; another definition under a name in use, a bare decorator or a non-remedy are errors as they register."""
+    from textvae.remedies import REMEDIES, Remedy, register_remedy
+
+    monkeypatch.setattr(registry, "_REGISTRIES", [])
+    parts = Registry("part")
+    for width in (1, 2):  # the same def, run twice
+        def box(depth=width):
+            return depth
+        parts.register("box")(box)
+    assert parts.build("box", {}) == 2
+    with pytest.raises(ValueError, match="part 'box' registered twice"):
+        parts.register("box")(lambda: 0)
+    with pytest.raises(ValueError, match="part 'crate' registered twice"):  # instances carry no definition
+        parts.register("crate")(object())
+        parts.register("crate")(object())
+    with pytest.raises(TypeError, match="register takes the entry's name"):
+        parts.register(box)
+    monkeypatch.setattr(REMEDIES, "_entries", dict(REMEDIES._entries))
+    with pytest.raises(TypeError, match="register_remedy takes a subclass of Remedy"):
+        register_remedy("plain")(type("Plain", (), {}))
+    for _ in range(2):
+        @register_remedy("mine")
+        class Mine(Remedy):
+            """A remedy of one's own, defined twice."""
+    assert REMEDIES.get("mine") is Mine
+
+
+@pytest.mark.parametrize("module, kind, registry_name", [
+    ("textvae.schedules", "schedule", "SCHEDULES"), ("textvae.models.decoders", "decoder", "DECODERS"),
+    ("textvae.models.encoders", "encoder", "ENCODERS"), ("textvae.models.posteriors", "posterior", "POSTERIORS"),
+    ("textvae.models.distributions", "prior", "PRIORS")])
+def test_each_swappable_part_has_its_register_and_list_functions(monkeypatch, module, kind, registry_name):
+    """timm's register_* / list_*: a part of one's own is one decorated definition."""
+    import importlib
+
+    found = importlib.import_module(module)
+    register, listed, target = getattr(found, f"register_{kind}"), getattr(found, f"list_{kind}s"), \
+        getattr(found, registry_name)
+    monkeypatch.setattr(target, "_entries", dict(target._entries))
+
+    def mine(latent_dim=None):
+        """A part of one's own."""
+
+    assert register("mine")(mine) is mine and "mine" in listed() and target.get("mine") is mine
+
+
+def test_a_metric_s_options_are_checked_as_it_registers(monkeypatch):
+    """A single Row or stage is taken as one; rows that are not Rows, an unknown option, and a figure that
+    another metric gives otherwise are one-line errors, at registration or at the pass that meets them."""
+    from textvae.metrics import METRICS, Row, evaluate_model, register_metric
+    from tests.test_metrics import make_models, split
+
+    monkeypatch.setattr(METRICS, "_entries", dict(METRICS._entries))
+    one = register_metric("one", rows=Row("one", "one"), stages="test")(lambda p: {"one": 1.0})
+    assert one.rows == (Row("one", "one"),) and one.stages == ("test",)
+    for options, message in (({"rows": (("x", "x", "{:.2f}"),)}, "rows must be Row(figure, label, format) entries"),
+                             ({"stage": ("test",)}, "unknown option(s) ['stage']"),
+                             ({"stages": ("tests",)}, "unknown stages ['tests']")):
+        with pytest.raises(TextVAEError, match=re.escape(message)):
+            register_metric("bad", **options)
+    register_metric("clash")(lambda p: {"au": -1.0})
+    model, _, x = make_models(n=8)
+    with pytest.raises(TextVAEError, match="metric 'clash' gives the figure 'au', which another metric gives"):
+        evaluate_model(model, split(x, 4), metrics=["au", "clash"])
+    assert evaluate_model(model, split(x, 4), metrics="au")["au"] >= 0  # one name as a string
+
+
 def test_a_missing_parameter_is_named_not_a_python_signature(monkeypatch):
     monkeypatch.setattr(registry, "_REGISTRIES", [])
     parts = Registry("part", supplied=("size",))

@@ -27,7 +27,9 @@ from textvae.models.textvae import TextVAE
 from textvae.remedies import REMEDIES
 from textvae.tasks.runconfig import parse_run_config
 from textvae.training.checkpoint import read_checkpoint
+from textvae.training import signals
 from textvae.training.logger import read_jsonl
+from textvae.training.signals import PARENT_ENV
 from tests.test_train import REPO, state_of, tiny_args, write_corpus
 
 # 13 batches per epoch, 4 epochs; dropout and word dropout draw from the RNG; lr 0.1 makes
@@ -423,3 +425,20 @@ def test_a_budget_lowered_below_where_a_stopped_run_is_is_refused():
         check_budget_not_passed(within, TrainConfig(epochs=2), {"train.epochs": (40, 2)})
     check_budget_not_passed(within, TrainConfig(epochs=3), {"train.epochs": (40, 3)})
     check_budget_not_passed(state, TrainConfig(max_steps=60), {})  # not changed on resuming: the loop's own stop
+
+
+def test_a_study_run_stopped_is_told_the_study_resumes_it(corpus, tmp_path, monkeypatch, capsys):
+    """A study's run, stopped: its log is read beside the study's, which resumes its runs itself (no --resume)."""
+    import textvae.training.train as loop
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "native_kernels_used", interrupted)
+    monkeypatch.setenv(PARENT_ENV, str(os.getpid()))  # as a study sets it for its subprocesses
+    monkeypatch.setattr(signals, "stop_with_parent", lambda: None)  # this process is not the study's child
+    with pytest.raises(SystemExit) as stop:
+        main(["train", *tiny_args(tmp_path, "run", corpus, "--train.max_steps", "2")])
+    assert stop.value.code == 130
+    assert capsys.readouterr().err.strip().endswith(
+        "textvae: interrupted; the study resumes it: run the same textvae study command again")

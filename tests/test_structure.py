@@ -132,7 +132,8 @@ LAYERS = [
     ("metrics", ["textvae.metrics", "textvae.dialogue.metrics", "textvae.dialogue.generation"]),
     ("training", ["textvae.training"]),
     ("tasks", ["textvae.tasks"]),
-    ("front ends", ["textvae.cli", "textvae.study", "textvae.sweeps", "textvae.plots", "textvae.dialogue"]),
+    ("front ends", ["textvae.cli", "textvae.study", "textvae.sweeps", "textvae.plots", "textvae.dialogue",
+                    "textvae.pretrained"]),
 ]
 
 

@@ -39,14 +39,15 @@ from textvae.config import COUNT, NON_NEGATIVE, POSITIVE, SEED, Range, check_fla
 from textvae.errors import CommandParser, TextVAEError
 from textvae.packaged import FOLDERS, find_yaml, packaged_file, packaged_folder, packaged_names, summary
 from textvae.plugins import load_plugins
-from textvae.training.signals import take_last_signal
+from textvae.pretrained import load, warn_missing_plugins
+from textvae.training.signals import PARENT_ENV, take_last_signal
 
 COMMANDS = ("train", "evaluate", "sample", "reconstruct", "interpolate", "respond", "study", "list", "plot", "compare")
 
 
 def cmd_train(argv: list[str]) -> None:
     from textvae.tasks import run_training
-    from textvae.tasks.runconfig import parse_run_config
+    from textvae.tasks.runconfig import parse_run_config, traced
     from textvae.training.epilogue import run_epilogue
     from textvae.training.signals import stop_with_parent
 
@@ -55,7 +56,10 @@ def cmd_train(argv: list[str]) -> None:
     cfg, resume = parse_run_config(argv)
     if resume and (Path(cfg.out_dir) / cfg.name / "metrics.jsonl").is_file():
         warn_missing_plugins(Path(cfg.out_dir) / cfg.name)
-    report = run_training(cfg, resume=resume)
+    try:
+        report = run_training(cfg, resume=resume)
+    except TextVAEError as e:
+        raise traced(e, argv) from None
     if os.environ.get("RANK", "0") == "0":  # under torchrun every rank returns the report; one prints it
         print(format_report(report))
         print(run_epilogue(Path(cfg.out_dir) / cfg.name, report, cfg))
@@ -86,38 +90,11 @@ def model_folder(path: str) -> tuple[Path, Optional[Path], Optional[dict]]:
     return folder, run_dir, read_run_config(run_dir) if run_dir else None
 
 
-def warn_missing_plugins(run_dir: Path) -> None:
-    """A warning, before the run's parts are looked up, for the plugins its log says it was made with
-    (its ``source`` records) that this process has not loaded: a part they register is unknown here."""
-    from textvae.plugins import ENV, loaded_plugins
-    from textvae.training.logger import read_jsonl
-
-    made_with = {name for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("split") == "source"
-                 for name in r.get("plugins", [])}
-    missing = sorted(made_with - set(loaded_plugins()))
-    if missing:  # modules by name; entry points (name=module) come with their installed package
-        modules = [name for name in missing if "=" not in name]
-        logging.getLogger("textvae").warning(
-            "%s was made with plugin(s) not loaded here: %s; the parts they register are unknown without them%s",
-            run_dir, ", ".join(missing), f" ({ENV}={','.join(modules)})" if modules else "")
-
-
-def load_model_dir(path: str) -> tuple[Any, Any, Optional[dict]]:
-    """A run folder, a run's ``model/`` or a saved model folder -> (model, tokenizer, the run's configuration
-    or None)."""
-    folder, _, run_cfg = model_folder(path)
-    return (*load_model(folder), run_cfg)
-
-
 def load_model(folder: Path) -> tuple[Any, Any]:
     """The model saved in ``folder`` and its tokenizer."""
-    from textvae.data.tokenization import Tokenizer
-    from textvae.models.textvae import TOKENIZER_FILE, TextVAE
+    from textvae.pretrained import load_folder
 
-    model = TextVAE.from_pretrained(folder)
-    if not (folder / TOKENIZER_FILE).is_file():
-        raise TextVAEError(f"{folder} has no {TOKENIZER_FILE}")
-    return model, Tokenizer.load(folder / TOKENIZER_FILE)
+    return load_folder(folder)
 
 
 def evaluate_parser() -> argparse.ArgumentParser:
@@ -526,32 +503,6 @@ def _probe_figures(model: Any, data: Any, args: argparse.Namespace, test_batches
             "probe_draws": float(args.probe_draws), "probe_accuracies": result.accuracies}
 
 
-def _latents_for(model: Any, tokenizer: Any, sentences: list[str], run_cfg: Optional[dict]) -> torch.Tensor:
-    from textvae.data.batch import collate
-    from textvae.data.tokenization import warn_unknown_words
-
-    if model.is_lm:
-        raise TextVAEError("this model is a language model: it has no latent space")
-    sentences = as_the_run_read(sentences, run_cfg)
-    warn_unknown_words(tokenizer, sentences)
-    batch = collate([tokenizer.encode(s) for s in sentences])
-    model.eval()
-    with torch.no_grad():
-        return model.encode(batch).mean
-
-
-def as_the_run_read(sentences: list[str], run_cfg: Optional[dict]) -> list[str]:
-    """``sentences`` rewritten as the run read its corpus (``data.unk_token``, ``data.pretokenize``,
-    ``data.lowercase`` of its configuration ``run_cfg``); a model folder on its own has none, and its input is
-    taken as given."""
-    from textvae.data.words import word_rewriter
-
-    data = (run_cfg or {}).get("data") or {}
-    rewrite = word_rewriter(data.get("unk_token"), data.get("pretokenize"))
-    lines = [rewrite(s) for s in sentences] if rewrite else list(sentences)
-    return [s.lower() for s in lines] if data.get("lowercase") else lines
-
-
 DECODING_RANGES = {"seed": SEED, "temperature": POSITIVE, "top_k": NON_NEGATIVE, "top_p": Range(above=0, most=1),
                    "beam_size": COUNT, "max_len": COUNT}
 # each method's own options and their defaults; given to another method they are an error, not ignored
@@ -607,8 +558,8 @@ def cmd_sample(argv: list[str]) -> None:
     decoding_args(ap, method="sample")  # prior samples decoded greedily would repeat the same few sentences
     args = ap.parse_args(argv)
     check_decoding(args, {"n": COUNT})
-    model, tokenizer, _ = load_model_dir(args.model)
-    model.eval()
+    vae = load(args.model)
+    model, tokenizer = vae.model, vae.tokenizer
     # a random stream per sentence, from (seed, its number): --n 5 prints --n 3's sentences, then two more
     streams = [torch.Generator().manual_seed(int(np.random.SeedSequence([args.seed, i]).generate_state(1)[0]))
                for i in range(args.n)]
@@ -620,12 +571,21 @@ def cmd_sample(argv: list[str]) -> None:
 def read_sentences(args: argparse.Namespace) -> list[str]:
     from textvae.data.reading import read_corpus
 
-    sentences = list(args.sentences)
+    sentences = nonblank(args.sentences)
     if args.file:
         sentences += read_corpus(args.file, max_length=10_000)[0]
     if not sentences:
         raise TextVAEError("give sentences as arguments or with --file")
     return sentences
+
+
+def nonblank(sentences: list[str]) -> list[str]:
+    """The sentences given as arguments, refusing a blank one (an unset shell variable, a stray ""): it would
+    encode as ``<s> </s>`` and look like a result."""
+    for i, sentence in enumerate(sentences, 1):
+        if not sentence.strip():
+            raise TextVAEError(f"sentence {i} of the arguments is blank; give words (or drop the empty argument)")
+    return list(sentences)
 
 
 def cmd_reconstruct(argv: list[str]) -> None:
@@ -636,10 +596,9 @@ def cmd_reconstruct(argv: list[str]) -> None:
     decoding_args(ap)
     args = ap.parse_intermixed_args(argv)  # sentences before and after --file F
     check_decoding(args)
-    model, tokenizer, run_cfg = load_model_dir(args.model)
+    vae = load(args.model)
     sentences = read_sentences(args)
-    latents = _latents_for(model, tokenizer, sentences, run_cfg)
-    outputs = decode(model, tokenizer, latents, args, len(sentences))
+    outputs = decode(vae.model, vae.tokenizer, vae.encode(sentences), args, len(sentences))
     for src, out in zip(sentences, outputs):
         print(f"{src}\t->\t{out}")
 
@@ -656,10 +615,12 @@ def cmd_interpolate(argv: list[str]) -> None:
     decoding_args(ap)
     args = ap.parse_args(argv)
     check_decoding(args, {"steps": Range(least=2)})
-    model, tokenizer, run_cfg = load_model_dir(args.model)
-    mu = _latents_for(model, tokenizer, [args.first, args.second], run_cfg)
+    ends = nonblank([args.first, args.second])
+    vae = load(args.model)
+    mu = vae.encode(ends)
     path = interpolate(mu[0], mu[1], args.steps)
-    for t, line in zip(torch.linspace(0, 1, args.steps).tolist(), decode(model, tokenizer, path, args, args.steps)):
+    for t, line in zip(torch.linspace(0, 1, args.steps).tolist(), decode(vae.model, vae.tokenizer, path, args,
+                                                                      args.steps)):
         print(f"{t:.2f}\t{line}")
 
 
@@ -771,6 +732,14 @@ _RESUME_HINTS = {"train": "continue with --resume",
                  "study": "the same command resumes it (finished runs are kept, stopped ones resume)"}
 
 
+def _interrupted_hint(command: str, stop: KeyboardInterrupt) -> Optional[str]:
+    """How to go on after ``command`` was stopped part-way."""
+    if command == "train" and os.environ.get(PARENT_ENV):  # a study's run: its log is read beside the study's
+        return "the study resumes it: run the same textvae study command again"
+    # a run's own hint (stopped before its first checkpoint) is train's
+    return (getattr(stop, "hint", None) if command == "train" else None) or _RESUME_HINTS.get(command)
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -798,8 +767,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         print(f"textvae: error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as stop:
-        # a run's own hint (stopped before its first checkpoint) is train's: a study resumes its runs itself
-        hint = (getattr(stop, "hint", None) if argv[0] == "train" else None) or _RESUME_HINTS.get(argv[0])
+        hint = _interrupted_hint(argv[0], stop)
         print(f"textvae: interrupted{'; ' + hint if hint else ''}", file=sys.stderr)
         sys.exit(128 + (take_last_signal() or signal.SIGINT))  # 130 for Ctrl-C, 143 for SIGTERM
 

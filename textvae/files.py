@@ -21,7 +21,7 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from textvae.errors import TextVAEError
 
@@ -56,6 +56,24 @@ def replace_as_new_file(tmp: Path, path: Path) -> None:
 def partial_file(path: Path) -> Path:
     """``<path>.tmp``: where :func:`write_safetensors` writes before renaming over ``path``."""
     return path.with_name(path.name + ".tmp")
+
+
+def write_whole(path: Path, write: Callable[[Path], Any]) -> None:
+    """``write(tmp)`` to ``<path>.tmp``, then rename it over ``path``: a process stopped part-way (a study's
+    Ctrl-C while it writes its report, tables, plots and archive) leaves the previous file whole, never half
+    of one that report.md links."""
+    tmp = partial_file(path)
+    try:
+        write(tmp)
+    except BaseException:  # Ctrl-C included: nothing half-written is left beside the previous file
+        tmp.unlink(missing_ok=True)
+        raise
+    replace_as_new_file(tmp, path)
+
+
+def write_text_whole(path: Path, text: str) -> None:
+    """``text`` into ``path``, written whole or not at all (:func:`write_whole`)."""
+    write_whole(path, lambda tmp: tmp.write_text(text))
 
 
 def write_safetensors(path: Path, tensors: dict[str, Any], metadata: dict[str, str]) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from textvae.errors import TextVAEError
-from textvae.files import run_folders
+from textvae.files import run_folders, write_whole
 
 # (panel title, record keys in order of preference)
 CURVES = [("KL (nats)", ("kl",)), ("MI (nats)", ("mi_dataset", "mi_batch")), ("active units", ("au",)),
@@ -112,7 +112,7 @@ def plot_curves(curves: dict[str, list[dict[str, dict[int, float]]]], path: Path
     fig.legend(handles, labels, loc="outside right upper", fontsize=8)
     fig.suptitle(heading)
     if drawn:
-        fig.savefig(path, dpi=110)
+        save_figure(fig, path)
     return drawn
 
 
@@ -158,7 +158,7 @@ def plot_rate_distortion(variants: list[dict[str, Any]], path: Path) -> bool:
     ax.set_title("rate-distortion on the test set (mean ± std over seeds)")
     ax.grid(alpha=0.3)
     fig.legend(loc="outside right upper", fontsize=7)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     return True
 
 
@@ -203,7 +203,7 @@ def draw_nll_mi(variants: list[dict[str, Any]]) -> Any:
 def plot_nll_mi(variants: list[dict[str, Any]], path: Path) -> bool:
     fig = draw_nll_mi(variants)
     if fig is not None:
-        fig.savefig(path, dpi=110)
+        save_figure(fig, path)
     return fig is not None
 
 
@@ -225,6 +225,12 @@ def _study_figures(folder: Path) -> str:
     """Where a study's folder keeps its figures, for ``plot``'s error when given one."""
     drawn = ", ".join(sorted(p.name for p in (folder / "plots").glob("*.png"))) or "none yet"
     return f"its figures are in {folder / 'plots'} ({drawn}; `textvae study ... --report` draws them again)"
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    """The figure written whole or not at all (report.md links it), in the format its suffix names (png, pdf, svg)."""
+    path = Path(path)
+    write_whole(path, lambda tmp: fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png"))
 
 
 def study_plots(results: dict[str, Any], folder: Path) -> dict[str, Path]:

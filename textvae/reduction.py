@@ -38,6 +38,13 @@ def perplexity(total_nll: float, total_tokens: float) -> float:
     return math.exp(x) if x < 700 else math.inf
 
 
+def corpus_nll(nll: Any, n_tokens: Any) -> tuple[float, float]:
+    """(NLL, PPL) of a corpus from its sentences' NLLs and predicted-token counts (1-D arrays or tensors):
+    the mean per sentence and exp(Σ NLL / Σ tokens)."""
+    total = float(nll.sum())
+    return total / max(len(nll), 1), perplexity(total, float(n_tokens.sum()))
+
+
 class CorpusAccumulator:
     """Accumulates per-sentence sums (any named quantity) and token counts over batches.
 

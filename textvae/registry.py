@@ -12,7 +12,7 @@ import inspect
 import sys
 import types
 import typing
-from typing import Any, Callable, Generic, Sequence, TypeVar
+from typing import Any, Callable, Generic, Optional, Sequence, TypeVar
 
 from torch import nn
 
@@ -36,15 +36,21 @@ class Registry(Generic[T]):
         self.recipe = recipe
         self.supplied = supplied
         self._entries: dict[str, T] = {}
+        self._origins: dict[str, Optional[str]] = {}  # where each entry was defined (:meth:`register`)
         _REGISTRIES.append(self)
 
-    def register(self, name: str) -> Callable[[T], T]:
-        """Decorator: ``@REG.register("lstm")`` adds the decorated object under ``name``."""
+    def register(self, name: str, origin: Optional[str] = None) -> Callable[[T], T]:
+        """Decorator: ``@REG.register("lstm")`` adds the decorated object under ``name``. The same definition
+        registered again (``origin``, by default a class's or function's ``module.qualname``: a notebook cell
+        run twice, a module reloaded) replaces the entry; anything else under a name in use is an error."""
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"{self.kind}: register takes the entry's name, @register(\"NAME\"), got {name!r}")
 
         def add(obj: T) -> T:
-            if name in self._entries:
+            where = origin or _origin(obj)
+            if name in self._entries and (where is None or self._origins.get(name) != where):
                 raise ValueError(f"{self.kind} {name!r} registered twice")
-            self._entries[name] = obj
+            self._entries[name], self._origins[name] = obj, where
             return obj
 
         return add
@@ -194,6 +200,12 @@ def _check_type(kind: str, name: str, key: str, value: Any, hint: Any) -> None:
     fractional = plain[0] is int and isinstance(value, float) and not value.is_integer()
     if not isinstance(value, accepted) or (isinstance(value, bool) and plain[0] is not bool) or fractional:
         raise TextVAEError(f"{kind} {name!r}: {key} must be {what}{' or null' if optional else ''}, got {value!r}")
+
+
+def _origin(obj: Any) -> Optional[str]:
+    """Where a registered class or function was defined, ``module.qualname``; None for an instance."""
+    qualname = getattr(obj, "__qualname__", None) if isinstance(obj, (type, types.FunctionType)) else None
+    return f"{obj.__module__}.{qualname}" if qualname else None
 
 
 def _signature(factory: Any) -> dict[str, inspect.Parameter]:

@@ -21,6 +21,16 @@ Schedule = Callable[[int], float]
 SCHEDULES: Registry = Registry("KL schedule", recipe="objective.kl_schedule: {name: NAME, PARAMETER: VALUE}")
 
 
+def register_schedule(name: str) -> Callable[[Any], Any]:
+    """Decorator: a KL schedule, ``factory(**parameters) -> (step -> beta)``, under ``name``, which
+    ``objective.kl_schedule: {name: NAME, ...}`` chooses."""
+    return SCHEDULES.register(name)
+
+
+def list_schedules() -> list[str]:
+    return SCHEDULES.names()
+
+
 @SCHEDULES.register("constant")
 def constant(value: float = 1.0) -> Schedule:
     """beta(t) = value. ``value: 1`` is the plain VAE; other values are beta-VAE (Higgins et al. 2017)."""

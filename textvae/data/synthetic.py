@@ -37,7 +37,7 @@ import numpy as np
 
 from textvae.data.special import SPECIAL_TOKENS
 from textvae.errors import TextVAEError
-from textvae.reduction import perplexity, sentence_tokens
+from textvae.reduction import corpus_nll, sentence_tokens
 from textvae.registry import Registry
 
 SPLITS = ("train", "valid", "test")
@@ -615,12 +615,13 @@ def generate_corpus(
         log_px, error = model.true_log_prob(ids, lengths)
         if error is not None:
             errors[split] = error
-        n_tokens = int(sentence_tokens(lengths).sum())
+        tokens = sentence_tokens(lengths)
+        nll, ppl = corpus_nll(-log_px, tokens)
         truth["splits"][split] = {
             "n_sentences": len(lengths),
-            "n_tokens": n_tokens,
-            "nll": float(-log_px.mean()),
-            "ppl": perplexity(float(-log_px.sum()), n_tokens),
+            "n_tokens": int(tokens.sum()),
+            "nll": nll,
+            "ppl": ppl,
             "log_px": log_px.tolist(),
             "latent": latent.tolist(),
         }

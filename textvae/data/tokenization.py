@@ -140,7 +140,8 @@ _UNKNOWN_SHOWN = 10
 def warn_unknown_words(tokenizer: Tokenizer, sentences: Sequence[str]) -> None:
     """Name the words of ``sentences`` (a user's input) that a model with ``tokenizer`` reads as ``<unk>``:
     what it then reconstructs, or responds to, is another text."""
-    unknown = sorted({w for s in sentences for w in s.split() if UNK_ID in tokenizer.encode(w)})
+    # the unknown-word token itself (PTB's text has <unk>) is the vocabulary's own, not a word it lacks
+    unknown = sorted({w for s in sentences for w in s.split() if w != UNK and UNK_ID in tokenizer.encode(w)})
     if unknown:
         shown = ", ".join(unknown[:_UNKNOWN_SHOWN]) + (", ..." if len(unknown) > _UNKNOWN_SHOWN else "")
         logging.getLogger("textvae").warning("%d word(s) are not in the model's vocabulary and are read as <unk>: %s",

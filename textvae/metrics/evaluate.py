@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import inspect
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Optional, Sequence
 
 import torch
 
 from textvae.errors import TextVAEError
 from textvae.metrics._common import Batches, Row, eval_mode, iterate, seeded
-from textvae.metrics.information import HE2019_BATCH, he2019_noise_sd, mi_batch, mi_batch_he2019, mi_dataset
+from textvae.metrics.information import (HE2019_BATCH, he2019_noise_sd, largest_group, mi_batch, mi_batch_he2019,
+                                         mi_dataset)
 from textvae.metrics.latent import AU_THRESHOLD, active_units, collapse_diagnostics
 from textvae.metrics.likelihood import (ElboAccumulator, IWAccumulator, IWProgress, elbo_batch,
                                         iw_samples_for)
@@ -88,6 +89,18 @@ class Metric:
     study_columns: tuple[tuple[str, str, str], ...] = ()
     rows: tuple[Row, ...] = ()
 
+    def __post_init__(self) -> None:
+        # a plugin's slip is named as it registers, not when a table is printed long after (frozen: set directly)
+        if isinstance(self.stages, str):
+            object.__setattr__(self, "stages", (self.stages,))
+        if isinstance(self.rows, Row):
+            object.__setattr__(self, "rows", (self.rows,))
+        unknown = sorted(set(self.stages) - set(STAGES))
+        if unknown:
+            raise TextVAEError(f"unknown stages {unknown}; valid: {', '.join(STAGES)}")
+        if not all(isinstance(row, Row) for row in self.rows):
+            raise TextVAEError(f"rows must be Row(figure, label, format) entries, got {self.rows!r}")
+
     @property
     def doc(self) -> str:
         """What ``textvae list metric`` says of it: its ``result``'s docstring and its stages."""
@@ -100,10 +113,19 @@ METRICS: Registry = Registry("metric", recipe="every metric is computed by textv
 def register_metric(name: str, **options: Any) -> Callable[[Callable[[EvalPass], dict[str, Any]]], Metric]:
     """Decorator: ``@register_metric("au", stages=("epoch",))`` on ``result(pass) -> dict`` registers
     a :class:`Metric` with those options under ``name``."""
-    unknown = sorted(set(options.get("stages", ())) - set(STAGES))
-    if unknown:
-        raise TextVAEError(f"metric {name!r}: unknown stages {unknown}; valid: {', '.join(STAGES)}")
-    return lambda result: METRICS.register(name)(Metric(result, **options))
+    valid = [f.name for f in fields(Metric) if f.name != "result"]
+    if set(options) - set(valid):
+        raise TextVAEError(f"metric {name!r}: unknown option(s) {sorted(set(options) - set(valid))}; valid: "
+                           f"{', '.join(valid)}")
+    try:
+        Metric(lambda p: {}, **options)  # its options' errors now, before the decorated function is reached
+    except TextVAEError as e:
+        raise TextVAEError(f"metric {name!r}: {e}") from None
+    def add(result: Callable[[EvalPass], dict[str, Any]]) -> Metric:
+        # a metric is an instance: its result function says where it was defined (a cell run again replaces it)
+        return METRICS.register(name, f"{result.__module__}.{result.__qualname__}")(Metric(result, **options))
+
+    return add
 
 
 def list_metrics(stage: Optional[str] = None) -> list[str]:
@@ -189,10 +211,16 @@ def _mi_dataset(p: EvalPass) -> dict[str, Any]:
                  rows=(Row("mi_batch", "MI (per-batch, B={B})", "{:.3f}"), *Row.within("mi_batch_size")))
 def _mi_batch(p: EvalPass) -> dict[str, Any]:
     """The per-batch MI estimator (He et al. 2019's aggregate posterior over groups of at most their
-    batch size HE2019_BATCH within each evaluation batch; same z as the ELBO), and that B as
-    ``mi_batch_size``."""
-    return {"mi_batch": mi_batch(p.posteriors, p.samples, batch_size=HE2019_BATCH),
-            "mi_batch_size": float(HE2019_BATCH)}
+    batch size HE2019_BATCH within each evaluation batch; same z as the ELBO), and the largest group's
+    size B as ``mi_batch_size``."""
+    return {"mi_batch": mi_batch(p.posteriors, p.samples, batch_size=HE2019_BATCH), "mi_batch_size": _group_size(p)}
+
+
+def _group_size(p: EvalPass) -> float:
+    """The per-batch estimators' B: HE2019_BATCH, or fewer where the evaluation batches split into smaller
+    groups (100 sentences: four of 25) or hold fewer (a file of four sentences), so the row's label says over
+    which groups it averaged."""
+    return float(largest_group((len(z) for z in p.samples), HE2019_BATCH))
 
 
 def _he2019_text(value: float, results: dict[str, Any]) -> str:
@@ -209,7 +237,7 @@ def _mi_batch_he2019(p: EvalPass) -> dict[str, Any]:
     Over groups of HE2019_BATCH sentences, as ``mi_batch``."""
     n, d = sum(len(z) for z in p.samples), p.samples[0].shape[-1]
     return {"mi_batch_he2019": mi_batch_he2019(p.posteriors, p.samples, batch_size=HE2019_BATCH),
-            "mi_batch_he2019_noise_sd": he2019_noise_sd(d, n), "mi_batch_size": float(HE2019_BATCH)}
+            "mi_batch_he2019_noise_sd": he2019_noise_sd(d, n), "mi_batch_size": _group_size(p)}
 
 
 def _au_text(value: float, results: dict[str, Any]) -> str:
@@ -277,7 +305,7 @@ def evaluate_model(model: Any, batches: Batches, metrics: Optional[Sequence[str]
     pass's finished batches are kept there, and a pass that was stopped resumes from them with the
     same figures (:class:`~textvae.metrics.likelihood.IWProgress`).
     """
-    metrics = list_metrics() if metrics is None else metrics
+    metrics = list_metrics() if metrics is None else [metrics] if isinstance(metrics, str) else metrics
     unknown = sorted(set(metrics) - set(list_metrics()))
     if unknown:
         raise TextVAEError(f"evaluate_model: unknown metrics {unknown}; valid: {', '.join(list_metrics())}")
@@ -304,6 +332,11 @@ def evaluate_model(model: Any, batches: Batches, metrics: Optional[Sequence[str]
         if p.counts.n_sentences == 0:
             raise TextVAEError("evaluate_model: no batches to evaluate")
         results.update(n_sentences=float(p.counts.n_sentences), n_tokens=p.counts.n_tokens)
-        for metric in chosen:
-            results.update(metric.result(p))
+        for name, metric in zip(sorted(set(metrics)), chosen):
+            for key, value in metric.result(p).items():
+                # two metrics may share a figure (mi_batch_size) only where they agree on it
+                if key in results and results[key] != value:
+                    raise TextVAEError(f"metric {name!r} gives the figure {key!r}, which another metric gives as "
+                                       f"{results[key]!r}; name its figures apart")
+                results[key] = value
     return results

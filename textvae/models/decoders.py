@@ -5,7 +5,7 @@ loss can project only the non-padding positions.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -18,6 +18,16 @@ from textvae.registry import Registry
 DECODERS: Registry = Registry("decoder", recipe="model.decoder: {type: NAME, options: {PARAMETER: VALUE}}",
                               supplied=("vocab_size", "emb_dim", "hidden_dim", "latent_dim", "num_layers",
                                         "input_dropout", "output_dropout", "z_init", "z_concat"))
+
+
+def register_decoder(name: str) -> Callable[[Any], Any]:
+    """Decorator: a decoder class under ``name``, which ``model.decoder.type`` chooses; it is built with the
+    supplied arguments it names (``DECODERS.supplied``) and ``model.decoder.options``."""
+    return DECODERS.register(name)
+
+
+def list_decoders() -> list[str]:
+    return DECODERS.names()
 
 
 class _CountedDropout(torch.autograd.Function):

@@ -22,6 +22,7 @@ Conventions shared by all decoders:
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 from collections.abc import Sequence
 from typing import Callable, Iterator, Protocol
@@ -60,14 +61,19 @@ def _rows_and_device(
     """Number of sentences to decode and the device to put token tensors on, after checking the arguments."""
     if max_len < 1:
         raise TextVAEError(f"{where}: max_len must be >= 1, got {max_len}")
+    latent = getattr(model, "latent_dim", None)
+    if z is None and latent:  # a VAE's decoder reads z at every step
+        raise TextVAEError(f"{where}: this model decodes from z [B, {latent}]; give z (model.sample_prior(n) draws "
+                           f"n from the prior)")
     if z is None:
         n = 1 if batch_size is None else batch_size
         if n < 1:
             raise TextVAEError(f"{where}: batch_size must be >= 1, got {n}")
         param = next(model.parameters(), None)
         return n, torch.device("cpu") if param is None else param.device
-    if z.dim() != 2:
-        raise TextVAEError(f"{where}: z must have shape [B, D], got {tuple(z.shape)}")
+    if z.dim() != 2 or (latent is not None and z.shape[1] != latent):
+        raise TextVAEError(f"{where}: z must have shape [B, {latent if latent is not None else 'D'}], got "
+                           f"{tuple(z.shape)}" + (" (a language model takes z=None)" if latent == 0 else ""))
     if batch_size is not None and batch_size != z.shape[0]:
         raise TextVAEError(f"{where}: batch_size={batch_size} disagrees with z of shape {tuple(z.shape)}")
     return z.shape[0], z.device
@@ -278,6 +284,10 @@ def decode_sentences(
     """
     if method not in _DECODERS:
         raise TextVAEError(f"decode_sentences: unknown method {method!r}; choose one of {sorted(_DECODERS)}")
+    options = [name for name in inspect.signature(_DECODERS[method]).parameters if name not in ("model", "z", "max_len")]
+    if set(kw) - set(options):  # another method's option (greedy's temperature) would be silently meaningless
+        raise TextVAEError(f"decode_sentences: method {method!r} takes no {sorted(set(kw) - set(options))}; its "
+                           f"options: {', '.join(options)}")
     return [tokenizer.decode(ids) for ids in _DECODERS[method](model, z, max_len, **kw)]
 
 

@@ -6,7 +6,7 @@ exists, ``entropy`` / ``kl``; so a flow posterior or a learned prior plugs in wi
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -16,6 +16,15 @@ LOG_2PI = math.log(2 * math.pi)
 
 PRIORS: Registry = Registry("prior", recipe="model.prior: NAME, model.prior_options: {PARAMETER: VALUE}",
                             supplied=("latent_dim",))
+
+
+def register_prior(name: str) -> Callable[[Any], Any]:
+    """Decorator: a prior p(z) under ``name``, which ``model.prior`` chooses."""
+    return PRIORS.register(name)
+
+
+def list_priors() -> list[str]:
+    return PRIORS.names()
 
 
 class DiagGaussian:

@@ -5,6 +5,8 @@ h [B, out_dim]; the posterior head turns h into q(z|x).
 """
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
@@ -16,6 +18,16 @@ from textvae.registry import Registry
 ENCODERS: Registry = Registry("encoder", recipe="model.encoder: {type: NAME, options: {PARAMETER: VALUE}}",
                               supplied=("vocab_size", "emb_dim", "hidden_dim", "num_layers", "bidirectional",
                                         "dropout"))
+
+
+def register_encoder(name: str) -> Callable[[Any], Any]:
+    """Decorator: a sentence encoder class under ``name``, which ``model.encoder.type`` chooses; it is built
+    with the supplied arguments it names (``ENCODERS.supplied``) and ``model.encoder.options``."""
+    return ENCODERS.register(name)
+
+
+def list_encoders() -> list[str]:
+    return ENCODERS.names()
 
 
 def last_layer_final_state(h_n: torch.Tensor, num_layers: int, num_directions: int) -> torch.Tensor:

@@ -1,6 +1,8 @@
 """Posterior heads: encoder context h [B, H] -> q(z|x)."""
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import torch
 from torch import nn
 
@@ -10,6 +12,15 @@ from textvae.registry import Registry
 POSTERIORS: Registry = Registry("posterior",
                                 recipe="model.posterior: NAME, model.posterior_options: {PARAMETER: VALUE}",
                                 supplied=("in_dim", "latent_dim"))
+
+
+def register_posterior(name: str) -> Callable[[Any], Any]:
+    """Decorator: a posterior head q(z|x) under ``name``, which ``model.posterior`` chooses."""
+    return POSTERIORS.register(name)
+
+
+def list_posteriors() -> list[str]:
+    return POSTERIORS.names()
 
 
 @POSTERIORS.register("gaussian")

@@ -138,10 +138,16 @@ class PretrainedMixin:
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> Any:
+        """The model saved in ``directory`` (``config.json`` and ``model.safetensors``: a run's ``model/``), on
+        ``device``, in eval mode: encoding and scoring are then deterministic, and BN-VAE's running statistics stay
+        as saved (``.train()`` to train it further)."""
         from safetensors.torch import load_model
 
         directory = Path(directory)
         config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+        if not config_path.is_file() and (directory / "model" / CONFIG_FILE).is_file():
+            raise TextVAEError(f"{directory} is a run folder; its model is {directory / 'model'} "
+                               f"(textvae.pretrained.load takes either, with the run's tokenizer)")
         for path in (config_path, weights_path):
             if not path.is_file():
                 raise TextVAEError(f"not a saved textvae model: {path} is missing")
@@ -160,7 +166,7 @@ class PretrainedMixin:
             load_model(model, str(weights_path), device=str(device))
         except Exception as e:  # safetensors raises several types for truncated/garbled files
             raise TextVAEError(f"cannot load weights {weights_path}: {str(e).splitlines()[0]}") from None
-        return model.to(device)
+        return model.to(device).eval()
 
 
 class TextVAE(OutputHead, PretrainedMixin, nn.Module):

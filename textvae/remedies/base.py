@@ -27,6 +27,8 @@ def register_remedy(name: str):
     register = REMEDIES.register(name)
 
     def named(cls: type) -> type:
+        if not (isinstance(cls, type) and issubclass(cls, Remedy)):  # its hooks would be missing at the first step
+            raise TypeError(f"remedy {name!r}: register_remedy takes a subclass of Remedy, got {cls!r}")
         cls.name = cls.__dict__.get("name") or name
         return register(cls)
     return named

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from textvae.errors import TextVAEError
-from textvae.files import replace_as_new_file
+from textvae.files import write_text_whole
 from textvae.plots import run_curves
 from textvae.config import INCIDENTAL_KEYS, settings_now
 from textvae.study.folders import study_report
@@ -152,9 +152,7 @@ def write_archive(path: Path, study: Study, runs: list[Run], entries: list[dict[
             merged[run.label] = entry
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {"format": FORMAT, "study": study.name, "runs": list(merged.values())}
-    tmp = path.with_name(path.name + ".tmp")  # a study stopped mid-write leaves the last archive whole
-    tmp.write_text(json.dumps(finite_or_null(data), indent=1) + "\n")
-    replace_as_new_file(tmp, path)
+    write_text_whole(path, json.dumps(finite_or_null(data), indent=1) + "\n")
 
 
 def finite_or_null(value: Any) -> Any:

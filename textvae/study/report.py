@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import io
 import json
 import logging
 import math
@@ -12,7 +13,7 @@ from typing import Any, Callable
 
 from textvae.config import INCIDENTAL_KEYS, RunConfig, setting_changes
 from textvae.errors import TextVAEError
-from textvae.files import lock_holder, run_folders
+from textvae.files import lock_holder, run_folders, write_text_whole, write_whole
 from textvae.metrics import TEXT_METRICS, get_metric, he2019_noise_sd, list_metrics, list_text_metrics
 from textvae.study.archive import finite_or_null, load_archive, write_archive
 from textvae.study.folders import finished_report, run_state, saved_config, study_report
@@ -188,16 +189,17 @@ def _setting_changes(cls: type, a: dict[str, Any], b: dict[str, Any]) -> dict[st
 
 
 def write_csv(results: dict[str, Any], path: Path) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        hidden = {k for k, _, _ in columns()} - {k for k, _, _ in results_columns(results)}
-        keys = [k for k in figure_keys() if k not in hidden]  # as the table: no column no run has
-        writer.writerow(["variant", "runs"] + [f"{k}_{s}" for k in keys for s in ("mean", "std")])
-        for v in results["variants"]:
-            row = [v["variant"], v["runs"]]
-            for k in keys:
-                row += [repr(v["figures"][k]["mean"]), repr(v["figures"][k]["std"])]
-            writer.writerow(row)
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    hidden = {k for k, _, _ in columns()} - {k for k, _, _ in results_columns(results)}
+    keys = [k for k in figure_keys() if k not in hidden]  # as the table: no column no run has
+    writer.writerow(["variant", "runs"] + [f"{k}_{s}" for k in keys for s in ("mean", "std")])
+    for v in results["variants"]:
+        row = [v["variant"], v["runs"]]
+        for k in keys:
+            row += [repr(v["figures"][k]["mean"]), repr(v["figures"][k]["std"])]
+        writer.writerow(row)
+    write_whole(path, lambda tmp: tmp.write_text(text.getvalue(), newline=""))  # csv's own \r\n line ends
 
 
 def _mi_noise(results: dict[str, Any]) -> str:
@@ -286,7 +288,7 @@ def write_outputs(study: Study, runs: list[Run], plots: bool = True) -> dict[str
     and matplotlib is installed)."""
     study.out.mkdir(parents=True, exist_ok=True)
     results = aggregate(study, runs)
-    (study.out / "results.json").write_text(json.dumps(finite_or_null(results), indent=2))
+    write_text_whole(study.out / "results.json", json.dumps(finite_or_null(results), indent=2))
     write_csv(results, study.out / "results.csv")
     plot_files, note = {}, ""
     if plots:
@@ -300,7 +302,7 @@ def write_outputs(study: Study, runs: list[Run], plots: bool = True) -> dict[str
     elif (study.out / "report.md").is_file():
         # Keep the figures of the last full report (they are redrawn when the study ends).
         plot_files = {p.stem: f"plots/{p.name}" for p in sorted((study.out / "plots").glob("*.png"))}
-    (study.out / "report.md").write_text(report_markdown(study, results, plot_files, note, type(runs[0].config)))
+    write_text_whole(study.out / "report.md", report_markdown(study, results, plot_files, note, type(runs[0].config)))
     if study.archive is not None:
         write_archive(study.archive, study, runs, load_archive(study.archive))
     return results

@@ -52,8 +52,10 @@ def named_task(path: str) -> str | None:
 
 
 def train_parser(config_class: type):
-    from jsonargparse import ArgumentParser
+    from jsonargparse import ArgumentParser, set_parsing_settings
 
+    # each setting's help is the docstring under its field in the configuration dataclasses
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
     parser = ArgumentParser(prog="textvae train", exit_on_error=False, allow_abbrev=False,  # --model.lat: an error
                             description="Train a text VAE, LM or dialogue CVAE from a YAML recipe with overrides. "
                                         "The defaults shown are those the run uses: the recipe's values (with no "
@@ -157,14 +159,19 @@ def _argument_error(message: str, argv: list[str], recipe_first: bool, task: str
     given = re.search(r"unrecognized arguments: --(\S+)", message, re.IGNORECASE)  # the first one named
     if given is None:
         return message
-    return message + (close_name(given.group(1), setting_names(config_class), "--") or
-                      f" (textvae train {'RECIPE ' if task != DEFAULT_TASK else ''}--help lists the settings)")
+    help_hint = f"textvae train {'RECIPE ' if task != DEFAULT_TASK else ''}--help lists the settings"
+    other = [name for name in TASKS.names()
+             if name != task and given.group(1) in setting_names(TASKS.get(name).config_class)]
+    if other:  # data.max_sentences on a dialogue run (whose cap is data.max_pairs)
+        return message + (f" (--{given.group(1)} is a setting of the {other[0]} task, and this recipe's is {task}; "
+                          f"{help_hint})")
+    return message + (close_name(given.group(1), setting_names(config_class), "--") or f" ({help_hint})")
 
 
-def parse_run_config(argv: list[str]) -> tuple[Any, bool]:
-    """(run configuration, resume) from ``[RECIPE] [--overrides] [--resume]``."""
-    from jsonargparse import ArgumentError
-
+def recipes_block(argv: list[str]) -> tuple[list[str], int, bool]:
+    """``train``'s arguments with every recipe a ``--config FILE`` pair, those pairs first (the default recipe's
+    where none is given; a packaged name as its file), the block's length, and whether the recipe was the first
+    argument."""
     # --config=FILE as --config FILE, which the checks below look for
     argv = [part for a in argv for part in (a.split("=", 1) if a.startswith("--config=") else [a])]
     recipe_first = bool(argv) and not argv[0].startswith("-")
@@ -178,6 +185,45 @@ def parse_run_config(argv: list[str]) -> tuple[Any, bool]:
         recipes += 2
     # every recipe a file: a path, or the name of a packaged one (ptb/vae); an unknown one is an error
     argv = [str(find_yaml("recipe", a)) if i and argv[i - 1] == "--config" else a for i, a in enumerate(argv)]
+    return argv, recipes, recipe_first
+
+
+def setting_source(argv: list[str], key: str) -> str | None:
+    """Where the value of the setting ``key`` (dotted: ``data.batch_size``) that ``train``'s arguments ``argv``
+    give came from: the command line, else the last recipe that sets it (None: neither, a built-in default)."""
+    try:
+        argv, recipes, _ = recipes_block(argv)
+    except TextVAEError:
+        return None
+    if any(a == f"--{key}" or a.startswith(f"--{key}=") for a in argv[recipes:]):
+        return f"--{key} on the command line"
+    for recipe in reversed(argv[1:recipes:2]):
+        try:
+            node: Any = expand_dotted(yaml.safe_load(Path(recipe).read_text()) or {}, recipe)
+        except (OSError, yaml.YAMLError, TextVAEError):
+            continue
+        for part in key.split("."):
+            node = node.get(part, _UNSET) if isinstance(node, dict) else _UNSET
+        if node is not _UNSET:
+            return f"set in {recipe}"
+    return None
+
+
+_UNSET = object()
+
+
+def traced(error: TextVAEError, argv: list[str]) -> TextVAEError:
+    """``error`` about one setting (its ``setting``), with where ``argv`` set it: a bad value in a recipe that an
+    overlay or a packaged name brought in is otherwise hard to find."""
+    source = setting_source(argv, error.setting) if error.setting else None
+    return TextVAEError(f"{error} ({source})") if source else error
+
+
+def parse_run_config(argv: list[str]) -> tuple[Any, bool]:
+    """(run configuration, resume) from ``[RECIPE] [--overrides] [--resume]``."""
+    from jsonargparse import ArgumentError
+
+    argv, recipes, recipe_first = recipes_block(argv)
     if argv[:1] == ["--config"] and is_run_folder(Path(argv[1]).parent) and Path(argv[1]).name == "config.yaml":
         # a run folder's own settings: the run is that folder, wherever it was moved or copied to since
         # (its saved out_dir and name are where it was made), whatever name an overlay sets; --out_dir or
@@ -204,7 +250,10 @@ def parse_run_config(argv: list[str]) -> tuple[Any, bool]:
                                  if key not in ("config", "__path__", "resume")})
         values = parser.parse_args(argv).as_dict()
     except ArgumentError as e:
-        raise TextVAEError(_argument_error(" ".join(str(e).split()), argv, recipe_first, task, config_class)) from None
+        message = " ".join(str(e).split())
+        key = re.match(r'Parser key "([^"]+)"', message)
+        raise traced(TextVAEError(_argument_error(message, argv, recipe_first, task, config_class),
+                                  setting=key and key.group(1)), argv) from None
     resume = values.pop("resume")
     values.pop("config", None)
     values.pop("__path__", None)

@@ -13,7 +13,7 @@ from textvae.data.datasets import DataBundle, Split, load_dataset
 from textvae.metrics import iw_description, list_metrics
 from textvae.files import file_md5
 from textvae.models.textvae import WEIGHTS_FILE, TextVAE, check_model_config
-from textvae.reduction import perplexity, token_counts
+from textvae.reduction import corpus_nll, token_counts
 from textvae.tasks.base import register_task
 from textvae.training.progress import counted_progress, token_count
 from textvae.training.task import Task
@@ -109,6 +109,5 @@ def truth_figures(truth: dict[str, Any], split: Split, positions: Optional[np.nd
                     "sentences no longer pair with the ground truth's", split.name, stats.summary())
         return mi
     positions = np.arange(len(split)) if positions is None else positions
-    nll = -np.asarray(figures["log_px"])[positions]
-    tokens = token_counts(split.lengths[positions])
-    return {"true_nll": float(nll.mean()), "true_ppl": perplexity(float(nll.sum()), float(tokens.sum())), **mi}
+    true_nll, true_ppl = corpus_nll(-np.asarray(figures["log_px"])[positions], token_counts(split.lengths[positions]))
+    return {"true_nll": true_nll, "true_ppl": true_ppl, **mi}

@@ -56,7 +56,7 @@ from textvae.config import (INCIDENTAL_KEYS, OptimConfig, RunConfig, TrainConfig
                             read_run_config, setting_changes, settings_now)
 from textvae.data.batch import Batch
 from textvae.data.batching import padding_fraction
-from textvae.errors import TextVAEError
+from textvae.errors import TextVAEError, about
 from textvae.files import check_writable, run_folder_lock
 from textvae.metrics import IWProgress, evaluate_model
 from textvae.models.decoders import Dropout
@@ -486,11 +486,15 @@ def check_config(cfg: RunConfig) -> None:
     if tc.precision not in ("fp32", "bf16"):
         raise TextVAEError(f"unknown train.precision {tc.precision!r}; valid: fp32, bf16")
     # an unknown name, or a parameter it does not take: the registry's one-line error, listing the valid ones
-    LR_SCHEDULES.check(oc.cycle_lr, oc.cycle_lr_options, given=LR_SCHEDULES.positional(oc.cycle_lr, 2))
-    OPTIMIZERS.get(oc.name)
+    with about("optim.cycle_lr"):
+        LR_SCHEDULES.check(oc.cycle_lr, oc.cycle_lr_options, given=LR_SCHEDULES.positional(oc.cycle_lr, 2))
+    with about("optim.name"):
+        OPTIMIZERS.get(oc.name)
     # names, parameters and their types, and how they combine with each other and the model, before the data
-    check_remedies(cfg.objective.remedies, **cfg.model.latent_family())
-    create_schedule(cfg.objective.kl_schedule)
+    with about("objective.remedies"):
+        check_remedies(cfg.objective.remedies, **cfg.model.latent_family())
+    with about("objective.kl_schedule"):
+        create_schedule(cfg.objective.kl_schedule)
     stepped = [n for n in LR_SCHEDULES.names() if LR_SCHEDULES.takes(n, "stairs")]
     if oc.cycle_lr_stairs and oc.cycle_lr not in stepped:  # the schedules whose factory takes stairs
         raise TextVAEError(f"optim.cycle_lr_stairs shapes the {' or '.join(stepped)} lr only; set optim.cycle_lr: "
@@ -976,12 +980,17 @@ def end_epoch(run: Run) -> None:
     state.validated_step = state.step
     run.logger.log("valid", state.step, state.epoch, lr=state.lr, improved=improved, tokens_per_s=run.tokens_per_s,
                    **val)
-    if run.cfg.train.progress and world.is_main:
+    if world.is_main:
         # state.epoch counts complete epochs: a run stopped mid-epoch (max_steps, a signal) is in the next
         where = f"epoch {state.epoch}" if run.epoch_complete else \
             f"epoch {state.epoch + 1}, stopped after batch {state.batch_in_epoch}"
-        tqdm.write(f"{where}: valid -ELBO {val['neg_elbo']:.3f}  ELBO-PPL {val['elbo_ppl']:.2f}  "
-                   f"KL {val.get('kl', 0.0):.3f}  lr {state.lr:g}  {run.tokens_per_s:,.0f} tok/s")
+        line = (f"{where}: valid -ELBO {val['neg_elbo']:.3f}  ELBO-PPL {val['elbo_ppl']:.2f}  "
+                f"KL {val.get('kl', 0.0):.3f}  lr {state.lr:g}  {run.tokens_per_s:,.0f} tok/s")
+        # without bars (a study's runs, a batch job's log) the line is the log's one sign of progress
+        if run.cfg.train.progress:
+            tqdm.write(line)
+        else:
+            log.info(line)
     run.checkpoint()
 
 

@@ -1,0 +1,141 @@
+"""A trained model for use from Python: :func:`load`.
+
+    from textvae.pretrained import load
+    vae = load("runs/ptb_vae")                     # a run folder, its model/, or a saved model folder
+    mu = vae.encode(["the company said it would", "n't"])   # posterior means [N, D]
+    vae.decode(mu)                                 # greedy; method="sample" / "beam" with their options
+    vae.sample(5, generator=torch.Generator().manual_seed(0))
+    evaluate_model(vae.model, vae.batches(sentences))   # IW-NLL (K = 500), ELBO, KL, MI, AU (textvae.metrics)
+    vae.model, vae.tokenizer, vae.run_config       # the parts
+
+The sentences are read as the run read its corpus (its ``data.lowercase``, ``unk_token`` and ``pretokenize``),
+which a bare ``TextVAE.from_pretrained`` and ``Tokenizer.load`` do not know: a model trained on lowercased text
+would otherwise see capitalised words as ``<unk>``. The ``textvae`` commands load models the same way.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from textvae.errors import TextVAEError
+
+
+@dataclasses.dataclass
+class Pretrained:
+    """A loaded model (in eval mode), its tokenizer, and the configuration of the run that trained it (None for a
+    model folder on its own, whose input is then taken as given)."""
+
+    model: Any
+    tokenizer: Any
+    run_config: Optional[dict]
+    folder: Path
+
+    def prepare(self, sentences: list[str]) -> list[str]:
+        """``sentences`` rewritten as the run read its corpus (``data.unk_token``, ``data.pretokenize``,
+        ``data.lowercase``)."""
+        from textvae.data.words import word_rewriter
+
+        data = (self.run_config or {}).get("data") or {}
+        rewrite = word_rewriter(data.get("unk_token"), data.get("pretokenize"))
+        lines = [rewrite(s) for s in sentences] if rewrite else list(sentences)
+        return [s.lower() for s in lines] if data.get("lowercase") else lines
+
+    def batches(self, sentences: list[str], batch_size: int = 128) -> list[Any]:
+        """The sentences, prepared and tokenised, as batches (``<s> w1 .. wn </s>``) of ``batch_size`` on the
+        model's device, in order: what :func:`textvae.metrics.evaluate_model` takes. A warning names the words
+        the vocabulary lacks (read as ``<unk>``)."""
+        from textvae.data.batch import collate
+        from textvae.data.tokenization import warn_unknown_words
+
+        if isinstance(sentences, str):  # one sentence would read as a list of its characters
+            raise TextVAEError("give a list of sentences, not one string")
+        if not sentences:
+            raise TextVAEError("no sentences given")
+        if batch_size < 1:
+            raise TextVAEError(f"batch_size must be at least 1, got {batch_size}")
+        sentences = self.prepare(sentences)
+        warn_unknown_words(self.tokenizer, sentences)
+        ids = [self.tokenizer.encode(s) for s in sentences]
+        device = next(self.model.parameters()).device
+        return [collate(ids[i:i + batch_size]).to(device) for i in range(0, len(ids), batch_size)]
+
+    def batch(self, sentences: list[str]) -> Any:
+        """All the sentences as one batch (:meth:`batches`)."""
+        return self.batches(sentences, max(len(sentences), 1))[0]
+
+    def encode(self, sentences: list[str]) -> torch.Tensor:
+        """Posterior means E[z|x] [N, D] of the sentences."""
+        if self.model.is_lm:
+            raise TextVAEError("this model is a language model: it has no latent space")
+        batch = self.batch(sentences)
+        self.model.eval()
+        with torch.no_grad():
+            return self.model.encode(batch).mean
+
+    def decode(self, z: Optional[torch.Tensor], method: str = "greedy", max_len: int = 50, **options: Any
+               ) -> list[str]:
+        """One sentence per row of z [N, D] (None: the language model's, one). ``method``: greedy, sample
+        (``temperature``, ``top_k``, ``top_p``, ``generator``) or beam (``beam_size``)."""
+        from textvae.models.decoding import decode_sentences
+
+        return decode_sentences(self.model, self.tokenizer, z, method=method, max_len=max_len, **options)
+
+    def sample(self, n: int, method: str = "sample", max_len: int = 50,
+               generator: Optional[torch.Generator] = None, **options: Any) -> list[str]:
+        """``n`` sentences from z ~ p(z) (the language model's: from nothing), decoded by ``method``; the draws
+        from ``generator``."""
+        if n < 1:
+            raise TextVAEError(f"n must be at least 1, got {n}")
+        if method == "sample":
+            options["generator"] = generator
+        if self.model.is_lm:
+            return self.decode(None, method=method, max_len=max_len, batch_size=n, **options)
+        with torch.no_grad():
+            z = self.model.sample_prior(n, generator=generator)
+        return self.decode(z, method=method, max_len=max_len, **options)
+
+
+def load(path: str | Path) -> Pretrained:
+    """The model in ``path`` (a run folder, its ``model/``, or a saved model folder), its tokenizer and its run's
+    configuration. The plugins named in ``TEXTVAE_PLUGINS`` are loaded first, as the commands do, and a warning
+    names those the run was made with that are not loaded here."""
+    from textvae.config import read_run_config
+    from textvae.models.textvae import locate_model
+    from textvae.plugins import load_plugins
+
+    load_plugins()
+    folder, run_dir = locate_model(path)
+    if run_dir is not None:
+        warn_missing_plugins(run_dir)
+    return Pretrained(*load_folder(folder), read_run_config(run_dir) if run_dir else None, folder)
+
+
+def warn_missing_plugins(run_dir: Path) -> None:
+    """A warning, before the run's parts are looked up, for the plugins its log says it was made with
+    (its ``source`` records) that this process has not loaded: a part they register is unknown here."""
+    from textvae.plugins import ENV, loaded_plugins
+    from textvae.training.logger import read_jsonl
+
+    made_with = {name for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("split") == "source"
+                 for name in r.get("plugins", [])}
+    missing = sorted(made_with - set(loaded_plugins()))
+    if missing:  # modules by name; entry points (name=module) come with their installed package
+        modules = [name for name in missing if "=" not in name]
+        logging.getLogger("textvae").warning(
+            "%s was made with plugin(s) not loaded here: %s; the parts they register are unknown without them%s",
+            run_dir, ", ".join(missing), f" ({ENV}={','.join(modules)})" if modules else "")
+
+
+def load_folder(folder: Path) -> tuple[Any, Any]:
+    """The model saved in the model folder ``folder`` (in eval mode) and its tokenizer."""
+    from textvae.data.tokenization import Tokenizer
+    from textvae.models.textvae import TOKENIZER_FILE, TextVAE
+
+    model = TextVAE.from_pretrained(folder)
+    if not (folder / TOKENIZER_FILE).is_file():
+        raise TextVAEError(f"{folder} has no {TOKENIZER_FILE}")
+    return model, Tokenizer.load(folder / TOKENIZER_FILE)
