@@ -44,7 +44,7 @@ def test_a_loaded_model_s_batches_evaluate_as_its_test_report_does(lowercased):
     batches = vae.batches(sentences, batch_size=8)
     assert [len(b) for b in batches] == [8, 8, 4]
     figures = evaluate_model(vae.model, batches, metrics=("au",))
-    report = final_report(read_jsonl(lowercased / "metrics.jsonl"))
+    report = final_report(read_jsonl(lowercased))  # a run folder stands for its metrics.jsonl
     assert (figures["n_sentences"], figures["n_tokens"]) == (report["n_sentences"], report["n_tokens"]) == (20, 142)
     assert figures["au"] == report["au"]
 

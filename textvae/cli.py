@@ -53,10 +53,10 @@ def cmd_train(argv: list[str]) -> None:
 
     stop_with_parent()  # a study's subprocess run: stop (with a checkpoint) when the study dies
 
-    cfg, resume = parse_run_config(argv)
-    if resume and (Path(cfg.out_dir) / cfg.name / "metrics.jsonl").is_file():
-        warn_missing_plugins(Path(cfg.out_dir) / cfg.name)
-    try:
+    try:  # an error about one setting says which recipe or argument set it
+        cfg, resume = parse_run_config(argv)
+        if resume and (Path(cfg.out_dir) / cfg.name / "metrics.jsonl").is_file():
+            warn_missing_plugins(Path(cfg.out_dir) / cfg.name)
         report = run_training(cfg, resume=resume)
     except TextVAEError as e:
         raise traced(e, argv) from None

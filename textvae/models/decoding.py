@@ -62,7 +62,7 @@ def _rows_and_device(
     if max_len < 1:
         raise TextVAEError(f"{where}: max_len must be >= 1, got {max_len}")
     latent = getattr(model, "latent_dim", None)
-    if z is None and latent:  # a VAE's decoder reads z at every step
+    if z is None and getattr(model, "is_lm", True) is False:  # a VAE's decoder reads z at every step
         raise TextVAEError(f"{where}: this model decodes from z [B, {latent}]; give z (model.sample_prior(n) draws "
                            f"n from the prior)")
     if z is None:

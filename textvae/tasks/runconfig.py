@@ -252,8 +252,8 @@ def parse_run_config(argv: list[str]) -> tuple[Any, bool]:
     except ArgumentError as e:
         message = " ".join(str(e).split())
         key = re.match(r'Parser key "([^"]+)"', message)
-        raise traced(TextVAEError(_argument_error(message, argv, recipe_first, task, config_class),
-                                  setting=key and key.group(1)), argv) from None
+        raise TextVAEError(_argument_error(message, argv, recipe_first, task, config_class),
+                           setting=key and key.group(1)) from None
     resume = values.pop("resume")
     values.pop("config", None)
     values.pop("__path__", None)

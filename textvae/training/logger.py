@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+LOG_FILE = "metrics.jsonl"  # in a run folder
+
 
 class RunLogger:
     """Appends records to ``run_dir/metrics.jsonl``.
@@ -27,7 +29,7 @@ class RunLogger:
     def __init__(self, run_dir: Path, tensorboard: bool = True, enabled: bool = True,
                  truncate_to: Optional[int] = None, purge_step: Optional[int] = None):
         self.enabled = enabled
-        self.path = run_dir / "metrics.jsonl"
+        self.path = run_dir / LOG_FILE
         self.tb = None
         self.cut: list[dict[str, Any]] = []  # what a resume cut from the log (a stopped test report's start)
         if not enabled:
@@ -70,11 +72,13 @@ class RunLogger:
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a log (none when there is no log yet). A last line without its newline -- a
-    record cut short by a killed process, which ``--resume`` would truncate away -- is ignored."""
-    if not Path(path).is_file():
+    """The records of a log, or of a run folder's ``metrics.jsonl`` (none when there is no log yet). A last line
+    without its newline -- a record cut short by a killed process, which ``--resume`` would truncate away -- is
+    ignored."""
+    path = Path(path) / LOG_FILE if Path(path).is_dir() else Path(path)
+    if not path.is_file():
         return []
-    return complete_records(Path(path).read_text())
+    return complete_records(path.read_text())
 
 
 def final_report(records: list[dict[str, Any]]) -> Optional[dict[str, Any]]:

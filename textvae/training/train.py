@@ -188,14 +188,21 @@ def budget_verdict(state: LoopState, saved: dict[str, Any], tc: TrainConfig, val
         new, old = getattr(tc, key), saved.get(key)
         return new is not None and (old is None or new < old)
 
-    # an epoch budget is used up at an epoch's end: part of the next one is past it
-    if (lowered("epochs") and (state.epoch, state.batch_in_epoch) > (tc.epochs, 0)
-            or lowered("max_steps") and state.step > tc.max_steps
-            or lowered("max_seconds") and state.train_seconds > tc.max_seconds):
+    if budgets_passed(state, tc, lowered, ("epochs", "max_steps", "max_seconds")):
         return "past"
     if state.done or spent_budgets(state, tc):
         return "stops"
     return "mid_epoch" if validated and state.batch_in_epoch > 0 else "trains"
+
+
+def budgets_passed(state: LoopState, tc: TrainConfig, lowered: Callable[[str], bool], keys: tuple[str, ...]
+                   ) -> list[tuple[str, Any, Any]]:
+    """``(train.KEY, the budget, where the run is)`` for each budget of ``tc`` among ``keys`` (``epochs``,
+    ``max_steps``, ``max_seconds``) that ``lowered`` says was lowered and that the run at ``state`` is past. An
+    epoch budget is used up at an epoch's end: part of the next one is past it."""
+    at = {"epochs": state.epoch + (state.batch_in_epoch > 0), "max_steps": state.step,
+          "max_seconds": state.train_seconds}
+    return [(f"train.{key}", getattr(tc, key), at[key]) for key in keys if lowered(key) and at[key] > getattr(tc, key)]
 
 
 def selection_loss(figures: dict[str, float], kl_weight: float) -> float:
@@ -1101,11 +1108,9 @@ def check_changes_train(run_dir: Path, cfg: Any, state: LoopState, changes: dict
 def check_budget_not_passed(state: LoopState, tc: TrainConfig, changes: dict[str, tuple[Any, Any]]) -> None:
     """A one-line error for a budget lowered, on resuming, below where the run is: a run of that budget would
     have stopped earlier, and its config.yaml would name a budget it did not keep."""
-    # epochs: past a budget of E once E epochs are complete and a step of the next was taken
-    epochs_at = state.epoch + (state.batch_in_epoch > 0)
-    passed = [(key, now, at) for key, now, at in (("train.max_steps", tc.max_steps, state.step),
-                                                  ("train.epochs", tc.epochs, epochs_at))
-              if key in changes and now is not None and now < at]
+    # a lowered time budget is left to stop the run at once: its time is a measurement, not its position
+    passed = budgets_passed(state, tc, lambda key: f"train.{key}" in changes and getattr(tc, key) is not None,
+                            ("max_steps", "epochs"))
     if passed:
         key, now, at = passed[0]
         raise TextVAEError(f"{key} {now}: the run is past it ({key.split('.')[1].replace('max_', '')} {at}), so a run "
