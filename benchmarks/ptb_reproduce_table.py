@@ -345,7 +345,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--study", type=Path, required=True, help="output folder of studies/ptb_reproduce.yaml")
     ap.add_argument("--fp32", type=Path,
-                    help="output folder of the fp32 check (--only lm cyclical --set train.precision=fp32)")
+                    help="output folder of the fp32 runs (the study with --set train.precision=fp32)")
     ap.add_argument("--write", type=Path, help="copy results and write comparison.md into this folder")
     ap.add_argument("--progress", action="store_true", help="also print where the unfinished runs stand")
     ap.add_argument("--decoder-age", action="store_true",
