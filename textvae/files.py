@@ -232,15 +232,16 @@ def lock_holder(run_dir: Path) -> Optional[str]:
         os.close(fd)
 
 
-def run_folders(folder: Path, command: str, study_outputs: str, marker: str = "metrics.jsonl") -> list[Path]:
+def run_folders(folder: Path, command: str, study_outputs: Callable[[Path], str],
+                marker: str = "metrics.jsonl") -> list[Path]:
     """``folder`` when it is a run folder (it has ``marker``, the file ``command`` reads), else the run folders
     it holds (a study's variant folder: its seeds); a study's own folder is an error that says where its outputs
-    are, as ``study_outputs`` (``its figures are in ...``)."""
+    are, as ``study_outputs(folder)`` says (``its figures are in ...``; worked out only then)."""
     if (folder / marker).is_file():
         return [folder]
     if (folder / "results.json").is_file():
-        raise TextVAEError(f"{folder} is a study's folder: {study_outputs}; {command} takes run folders, such as "
-                           f"{folder}/VARIANT or {folder}/VARIANT/seed1")
+        raise TextVAEError(f"{folder} is a study's folder: {study_outputs(folder)}; {command} takes run folders, "
+                           f"such as {folder}/VARIANT or {folder}/VARIANT/seed1")
     held = sorted(p.parent for p in folder.glob(f"*/{marker}")) if folder.is_dir() else []
     if not held and (folder.parent / marker).is_file():  # a run's model/ folder
         raise TextVAEError(f"{folder}: no {marker} here; {command} takes the run folder it is in, {folder.parent}")

@@ -212,7 +212,7 @@ def runs_plot(runs: list[Path], path: Path) -> None:
     run, labelled by its folder's name (by the path as given where two names are the same)."""
     from textvae.training.logger import read_jsonl
 
-    runs = [run for given in map(Path, runs) for run in run_folders(given, "plot", _study_figures(given))]
+    runs = [run for given in map(Path, runs) for run in run_folders(given, "plot", _study_figures)]
     names = [run.resolve().name for run in runs]
     curves = {}
     for run, name in zip(runs, names):

@@ -154,8 +154,8 @@ def compare_runs(run_dirs: list[Path]) -> str:
     left out) and, in the first row, the first run's own values of them, so that a comparison says what
     it compares."""
     run_dirs = [run for given in map(Path, run_dirs) for run in
-                run_folders(given, "compare", f"its table is in {given / 'report.md'} and {given / 'results.csv'}",
-                            "config.yaml")]
+                run_folders(given, "compare", lambda study: f"its table is in {study / 'report.md'} and "
+                                                            f"{study / 'results.csv'}", "config.yaml")]
     configs = [saved_config(d) for d in run_dirs]  # each has its config.yaml (run_folders)
     other = next((i for i, (cls, _) in enumerate(configs) if cls is not configs[0][0]), None)
     if other is not None:  # their settings have nothing in common to set side by side
