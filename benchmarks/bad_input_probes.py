@@ -29,7 +29,7 @@ TINY = ["--model.emb_dim", "8", "--model.latent_dim", "4", "--model.encoder.hidd
 # the line that answers a probe: an error, else a warning or report line of interest
 ANSWER = re.compile(r"^textvae: error: .*|.*(?:warning|is larger than|epochs 0|not trained|glued|looks like|"
                     r"unknown words|not in the model's vocabulary|run saved in|collapsed \(0 active|resuming|evaluating|"
-                    r"test report:|training on|\t->\t|LATENT_DIM\s+\(type).*$",
+                    r"test report:|training on|\t->\t|LATENT_DIM\s+\(type|valid -ELBO).*$",
                     re.MULTILINE)
 
 
@@ -161,6 +161,7 @@ def probes(work: Path, p: dict[str, Path]) -> list[tuple]:
         *session29_probes(work, p),
         *session30_probes(work, p),
         *session31_probes(work, p),
+        *session32_probes(work, p),
         ("a resumed run", ["train", str(work / "runs/vae/config.yaml"), "--resume", "--train.max_steps", "3"],
          "resuming"),
     ]
@@ -307,8 +308,24 @@ def session31_probes(work: Path, p: dict[str, Path]) -> list[tuple]:
     ]
 
 
+def session32_probes(work: Path, p: dict[str, Path]) -> list[tuple]:
+    """The thirty-second session's rough edges: a bad value in an overlay recipe, a misspelt section, the other
+    task's setting, a blank sentence, and what a run without progress bars logs each epoch."""
+    overlay = work / "overlay.yaml"
+    overlay.write_text("data:\n  batch_size: 0\n")
+    model = str(work / "runs/vae/model")
+    return [
+        ("a bad value in an overlay recipe", train(work, "x", p["corpus"], "--config", str(overlay)), ""),
+        ("--model.encodr.hidden_dim 8", train(work, "x", p["corpus"], "--model.encodr.hidden_dim", "8"), ""),
+        ("--data.max_pairs 8 on a sentence run", train(work, "x", p["corpus"], "--data.max_pairs", "8"), ""),
+        ("reconstruct a blank sentence", ["reconstruct", model, "w1 w2", " "], ""),
+        ("interpolate from a blank sentence", ["interpolate", model, "", "w1 w2"], ""),
+        ("an epoch's line without progress bars", train(work, "quiet", p["corpus"]), "epoch 1: valid"),
+    ]
+
+
 GROUPS = {"session27": session27_probes, "session28": session28_probes, "session29": session29_probes,
-          "session30": session30_probes, "session31": session31_probes}
+          "session30": session30_probes, "session31": session31_probes, "session32": session32_probes}
 
 
 def main() -> None:

@@ -81,14 +81,21 @@ def test_missing_files(tmp_path, corpus, capsys):
 
 
 @pytest.mark.parametrize("recipe, given, expected", [
-    ("data:\n  batch_size: 0\n", [], "data.batch_size must be at least 1, got 0 (set in {overlay})"),
-    ("data: {batch_size: abc}\n", [], "data.batch_size must be an integer, got 'abc' (set in {overlay})"),
+    ("data:\n  batch_size: 0\n", [], "data.batch_size must be at least 1, got 0 (data.batch_size set in {overlay})"),
+    ("data: {batch_size: abc}\n", [],
+     "data.batch_size must be an integer, got 'abc' (data.batch_size set in {overlay})"),
     ("objective.remedies: [{name: bn_vae, gamma: -1}]\n", [],
-     "remedy 'bn_vae': gamma must be > 0, got -1 (set in {overlay})"),
+     "remedy 'bn_vae': gamma must be > 0, got -1 (objective.remedies set in {overlay})"),
     ("objective:\n  kl_schedule: {name: linear, warmup_steps: -3}\n", [],
-     "linear KL schedule: warmup_steps must be > 0 (set in {overlay})"),
+     "linear KL schedule: warmup_steps must be > 0 (objective.kl_schedule set in {overlay})"),
     ("data:\n  batch_size: 4\n", ["--data.batch_size", "0"],  # the command line wins, and is named
      "data.batch_size must be at least 1, got 0 (--data.batch_size on the command line)"),
+    ("data:\n  batch_size: 4\n", ["--data", "{batch_size: 0}"],  # through its section
+     "data.batch_size must be at least 1, got 0 (--data on the command line)"),
+    # a combination: of the settings it is about, the one given on the command line
+    ("objective.remedies: [{name: bn_vae}]\n", ["--model.latent_dim", "0"],
+     "remedy 'bn_vae' acts on the latent z, but model.latent_dim 0 is the language model, which has none; set "
+     "model.latent_dim >= 1 or drop the remedy (--model.latent_dim on the command line)"),
 ])
 def test_a_bad_value_names_the_recipe_or_argument_that_set_it(tmp_path, corpus, capsys, recipe, given, expected):
     """A bad value names the overlay recipe or the argument that set it: found without reading every file."""
@@ -420,6 +427,7 @@ def test_resume_and_restart_mistakes(tmp_path, trained, corpus, capsys):
     (["--model.encodr.hidden_dim", "8"], "--model.encodr.hidden_dim 8 (did you mean --model.encoder.hidden_dim?)"),
     (["--data.max_pairs", "8"], "(--data.max_pairs is a setting of the dialogue task, and this recipe's is sentences; "
                                 "textvae train --help lists the settings)"),
+    (["--data.max_pairs=8"], "(--data.max_pairs is a setting of the dialogue task"),
     (["--objective.remedies", "{name: bn_vae}"], "objective.remedies must be a list ([a, b] on the command line, one "
                                                  "- item per entry in YAML), got \"{'name': 'bn_vae'}\""),
     (["--objective.remedies", '[{"name": "bow", "foo": 1}]'], "remedy 'bow': unknown parameter(s) ['foo']"),

@@ -54,6 +54,9 @@ def test_encode_and_decode_are_deterministic_and_sampling_follows_its_generator(
     mu = vae.encode(["w1 w2 w3", "w4"])
     assert mu.shape == (2, vae.model.latent_dim)
     assert vae.decode(mu) == vae.decode(mu) and len(vae.decode(mu, method="beam", beam_size=2)) == 2
+    vae.model.train()  # a caller's training mode is left as it was
+    assert torch.equal(vae.encode(["w1 w2 w3", "w4"]), mu) and vae.model.training
+    vae.model.eval()
     first = vae.sample(3, generator=torch.Generator().manual_seed(5))
     assert len(first) == 3 and first == vae.sample(3, generator=torch.Generator().manual_seed(5))
 
@@ -66,6 +69,7 @@ def test_encode_and_decode_are_deterministic_and_sampling_follows_its_generator(
     (lambda vae: vae.decode(torch.zeros(2, 7)), "z must have shape [B, 4], got (2, 7)"),
     (lambda vae: vae.decode(torch.zeros(1, 4), temperature=0.5), "method 'greedy' takes no ['temperature']"),
     (lambda vae: vae.sample(0), "n must be at least 1, got 0"),
+    (lambda vae: vae.sample(2, batch_size=3), "sample: n is the number of sentences; it takes no batch_size"),
 ])
 def test_the_caller_s_mistakes_are_one_line_errors(lowercased, call, message):
     with pytest.raises(TextVAEError, match=re.escape(message)):

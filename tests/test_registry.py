@@ -136,6 +136,9 @@ def test_registering_again_replaces_the_same_definition_only(monkeypatch):
     assert parts.build("box", {}) == 2
     with pytest.raises(ValueError, match="part 'box' registered twice"):
         parts.register("box")(lambda: 0)
+    parts.register("lid")(lambda: 1)
+    with pytest.raises(ValueError, match="part 'lid' registered twice"):  # every lambda here is <locals>.<lambda>
+        parts.register("lid")(lambda: 2)
     with pytest.raises(ValueError, match="part 'crate' registered twice"):  # instances carry no definition
         parts.register("crate")(object())
         parts.register("crate")(object())

@@ -596,8 +596,8 @@ def cmd_reconstruct(argv: list[str]) -> None:
     decoding_args(ap)
     args = ap.parse_intermixed_args(argv)  # sentences before and after --file F
     check_decoding(args)
+    sentences = read_sentences(args)  # a blank one, a missing file: refused before the model is loaded
     vae = load(args.model)
-    sentences = read_sentences(args)
     outputs = decode(vae.model, vae.tokenizer, vae.encode(sentences), args, len(sentences))
     for src, out in zip(sentences, outputs):
         print(f"{src}\t->\t{out}")

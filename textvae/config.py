@@ -407,7 +407,7 @@ def check_ranges(cfg: Any, prefix: str = "") -> None:
             for item in value if isinstance(value, (tuple, list)) else (value,):
                 problem = ranges[f.name].violation(item)
                 if problem:
-                    raise TextVAEError(f"{key} {problem}, got {value}", setting=key)
+                    raise TextVAEError(f"{key} {problem}, got {value}", key)
 
 
 def from_dict(cls: type, values: dict[str, Any], prefix: str = "") -> Any:

@@ -6,26 +6,26 @@ a traceback means a bug in textvae, not in the input.
 """
 import argparse
 import contextlib
-from typing import Iterator, Optional
+from typing import Iterator
 
 
 class TextVAEError(Exception):
-    """An error in the user's input, reported as one line without a traceback. ``setting``: the dotted name of
-    the setting it is about, where there is one (``data.batch_size``), so that ``train`` can say which recipe
-    or argument set it."""
+    """An error in the user's input, reported as one line without a traceback. ``settings``: the dotted names of
+    the settings it may be about (``data.batch_size``), so that ``train`` can say which recipe or argument set
+    the value."""
 
-    def __init__(self, message: str, setting: Optional[str] = None) -> None:
+    def __init__(self, message: str, *settings: str) -> None:
         super().__init__(message)
-        self.setting = setting
+        self.settings = settings
 
 
 @contextlib.contextmanager
-def about(setting: str) -> Iterator[None]:
-    """Errors the block raises are about ``setting`` (where they do not name a narrower one)."""
+def about(*settings: str) -> Iterator[None]:
+    """Errors the block raises are about one of ``settings`` (where they do not name their own)."""
     try:
         yield
     except TextVAEError as e:
-        e.setting = e.setting or setting
+        e.settings = e.settings or settings
         raise
 
 

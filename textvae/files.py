@@ -65,10 +65,10 @@ def write_whole(path: Path, write: Callable[[Path], Any]) -> None:
     tmp = partial_file(path)
     try:
         write(tmp)
+        replace_as_new_file(tmp, path)
     except BaseException:  # Ctrl-C included: nothing half-written is left beside the previous file
         tmp.unlink(missing_ok=True)
         raise
-    replace_as_new_file(tmp, path)
 
 
 def write_text_whole(path: Path, text: str) -> None:

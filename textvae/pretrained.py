@@ -69,11 +69,12 @@ class Pretrained:
 
     def encode(self, sentences: list[str]) -> torch.Tensor:
         """Posterior means E[z|x] [N, D] of the sentences."""
+        from textvae.metrics._common import eval_mode
+
         if self.model.is_lm:
             raise TextVAEError("this model is a language model: it has no latent space")
         batch = self.batch(sentences)
-        self.model.eval()
-        with torch.no_grad():
+        with eval_mode(self.model), torch.no_grad():  # a model put in training mode by its caller stays so
             return self.model.encode(batch).mean
 
     def decode(self, z: Optional[torch.Tensor], method: str = "greedy", max_len: int = 50, **options: Any
@@ -90,6 +91,8 @@ class Pretrained:
         from ``generator``."""
         if n < 1:
             raise TextVAEError(f"n must be at least 1, got {n}")
+        if "batch_size" in options:
+            raise TextVAEError("sample: n is the number of sentences; it takes no batch_size")
         if method == "sample":
             options["generator"] = generator
         if self.model.is_lm:

@@ -203,9 +203,10 @@ def _check_type(kind: str, name: str, key: str, value: Any, hint: Any) -> None:
 
 
 def _origin(obj: Any) -> Optional[str]:
-    """Where a registered class or function was defined, ``module.qualname``; None for an instance."""
+    """Where a registered class or function was defined, ``module.qualname``; None for an instance or a lambda
+    (every lambda of a scope has one qualname)."""
     qualname = getattr(obj, "__qualname__", None) if isinstance(obj, (type, types.FunctionType)) else None
-    return f"{obj.__module__}.{qualname}" if qualname else None
+    return f"{obj.__module__}.{qualname}" if qualname and "<lambda>" not in qualname else None
 
 
 def _signature(factory: Any) -> dict[str, inspect.Parameter]:

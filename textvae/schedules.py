@@ -28,6 +28,7 @@ def register_schedule(name: str) -> Callable[[Any], Any]:
 
 
 def list_schedules() -> list[str]:
+    """Every registered KL schedule, by name."""
     return SCHEDULES.names()
 
 

@@ -121,9 +121,11 @@ def register_metric(name: str, **options: Any) -> Callable[[Callable[[EvalPass],
         Metric(lambda p: {}, **options)  # its options' errors now, before the decorated function is reached
     except TextVAEError as e:
         raise TextVAEError(f"metric {name!r}: {e}") from None
+
     def add(result: Callable[[EvalPass], dict[str, Any]]) -> Metric:
         # a metric is an instance: its result function says where it was defined (a cell run again replaces it)
-        return METRICS.register(name, f"{result.__module__}.{result.__qualname__}")(Metric(result, **options))
+        origin = None if "<lambda>" in result.__qualname__ else f"{result.__module__}.{result.__qualname__}"
+        return METRICS.register(name, origin)(Metric(result, **options))
 
     return add
 
@@ -234,7 +236,7 @@ def _he2019_text(value: float, results: dict[str, Any]) -> str:
 def _mi_batch_he2019(p: EvalPass) -> dict[str, Any]:
     """He et al.'s per-batch estimator as published, and its noise floor sd sqrt(D / 2N); at each
     epoch too, where aggressive training may take it as its switch-off signal, as He et al.'s code does.
-    Over groups of HE2019_BATCH sentences, as ``mi_batch``."""
+    Over groups of at most HE2019_BATCH sentences, as ``mi_batch``."""
     n, d = sum(len(z) for z in p.samples), p.samples[0].shape[-1]
     return {"mi_batch_he2019": mi_batch_he2019(p.posteriors, p.samples, batch_size=HE2019_BATCH),
             "mi_batch_he2019_noise_sd": he2019_noise_sd(d, n), "mi_batch_size": _group_size(p)}
@@ -335,7 +337,7 @@ def evaluate_model(model: Any, batches: Batches, metrics: Optional[Sequence[str]
         for name, metric in zip(sorted(set(metrics)), chosen):
             for key, value in metric.result(p).items():
                 # two metrics may share a figure (mi_batch_size) only where they agree on it
-                if key in results and results[key] != value:
+                if key in results and repr(results[key]) != repr(value):  # NaN, lists of floats: equal as written
                     raise TextVAEError(f"metric {name!r} gives the figure {key!r}, which another metric gives as "
                                        f"{results[key]!r}; name its figures apart")
                 results[key] = value

@@ -68,7 +68,7 @@ def _groups(n: int, batch_size: Optional[int]) -> list[int]:
 def largest_group(batch_lengths: Iterable[int], batch_size: Optional[int]) -> int:
     """The largest group :func:`mi_batch` averages within over batches of ``batch_lengths`` sentences: the B
     its figure is bounded by (log B), fewer than ``batch_size`` where the batches are small or split evenly."""
-    return max(max(_groups(n, batch_size)) for n in batch_lengths)
+    return max((size for n in batch_lengths for size in _groups(n, batch_size)), default=0)
 
 
 def _mi_batch(posteriors: Iterable[Any], samples: Optional[Iterable[torch.Tensor]],

@@ -27,6 +27,7 @@ def register_decoder(name: str) -> Callable[[Any], Any]:
 
 
 def list_decoders() -> list[str]:
+    """Every registered decoder, by name."""
     return DECODERS.names()
 
 

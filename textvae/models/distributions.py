@@ -24,6 +24,7 @@ def register_prior(name: str) -> Callable[[Any], Any]:
 
 
 def list_priors() -> list[str]:
+    """Every registered prior, by name."""
     return PRIORS.names()
 
 

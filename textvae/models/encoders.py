@@ -27,6 +27,7 @@ def register_encoder(name: str) -> Callable[[Any], Any]:
 
 
 def list_encoders() -> list[str]:
+    """Every registered encoder, by name."""
     return ENCODERS.names()
 
 

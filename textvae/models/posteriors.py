@@ -20,6 +20,7 @@ def register_posterior(name: str) -> Callable[[Any], Any]:
 
 
 def list_posteriors() -> list[str]:
+    """Every registered posterior, by name."""
     return POSTERIORS.names()
 
 

@@ -208,16 +208,18 @@ def check_remedies(specs: list[Any], latent_dim: Optional[int] = None, posterior
     latent = [n for n, c in zip(names, classes) if c.needs_latent]
     if latent_dim == 0 and latent:
         raise TextVAEError(f"remedy {latent[0]!r} acts on the latent z, but model.latent_dim 0 is the language "
-                           f"model, which has none; set model.latent_dim >= 1 or drop the remedy")
+                           f"model, which has none; set model.latent_dim >= 1 or drop the remedy",
+                           "objective.remedies", "model.latent_dim")
     transforms = [n for n, c in zip(names, classes) if transforms_posterior(c)]
     if transforms and posterior != "gaussian":
         raise TextVAEError(f"remedies {transforms} transform a Gaussian posterior's mean and variance, which "
-                           f"model.posterior {posterior!r} does not have as such; use posterior: gaussian")
+                           f"model.posterior {posterior!r} does not have as such; use posterior: gaussian",
+                           "objective.remedies", "model.posterior")
     bounded = [n for n, c in zip(names, classes) if c.needs_standard_prior]
     if bounded and prior != STANDARD_PRIOR:
         raise TextVAEError(f"remedy {bounded[0]!r} bounds the KL against the fixed N(0, I) prior, which prior "
                            f"{prior!r} is not (a learned prior can follow the constrained posterior); use "
-                           f"model.prior: {STANDARD_PRIOR}")
+                           f"model.prior: {STANDARD_PRIOR}", "objective.remedies", "model.prior")
 
 
 def combines(specs: list[Any], **family: Any) -> bool:

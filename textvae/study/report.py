@@ -246,8 +246,8 @@ def report_markdown(study: Study, results: dict[str, Any], plot_files: dict[str,
         "MI: the whole-set estimator (Li et al. 2019; log q(z) over all N test sentences) with log q(z_i|x_i) of "
         "the same sample as its first term, so that the sampling noise cancels: 0 for an x-independent posterior, "
         "never above log N; results.csv also has the per-batch estimator (mi_batch_*) and He et al.'s as "
-        "published (mi_batch_he2019_*), both over groups of mi_batch_size test sentences (He et al.'s batch size; "
-        "blank in reports made before it was fixed, whose groups were the evaluation batches)" + _mi_noise(results),
+        "published (mi_batch_he2019_*), both over groups of at most mi_batch_size test sentences (He et al.'s batch "
+        "size, or the largest group where the evaluation batches split smaller; blank in reports made before it was fixed, whose groups were the evaluation batches)" + _mi_noise(results),
         f"AU: latent dimensions with Var_x E[z|x] >= {thr:g}" if thr else "AU: active units",
         "train (min): the training loop's time (resumed runs summed), without the final evaluation; "
         "tok/s: training tokens per second",

@@ -160,11 +160,11 @@ def _argument_error(message: str, argv: list[str], recipe_first: bool, task: str
     if given is None:
         return message
     help_hint = f"textvae train {'RECIPE ' if task != DEFAULT_TASK else ''}--help lists the settings"
-    other = [name for name in TASKS.names()
-             if name != task and given.group(1) in setting_names(TASKS.get(name).config_class)]
+    name = given.group(1).split("=", 1)[0]
+    other = [task_name for task_name in TASKS.names()
+             if task_name != task and name in setting_names(TASKS.get(task_name).config_class)]
     if other:  # data.max_sentences on a dialogue run (whose cap is data.max_pairs)
-        return message + (f" (--{given.group(1)} is a setting of the {other[0]} task, and this recipe's is {task}; "
-                          f"{help_hint})")
+        return message + f" (--{name} is a setting of the {other[0]} task, and this recipe's is {task}; {help_hint})"
     return message + (close_name(given.group(1), setting_names(config_class), "--") or f" ({help_hint})")
 
 
@@ -195,8 +195,12 @@ def setting_source(argv: list[str], key: str) -> str | None:
         argv, recipes, _ = recipes_block(argv)
     except TextVAEError:
         return None
-    if any(a == f"--{key}" or a.startswith(f"--{key}=") for a in argv[recipes:]):
-        return f"--{key} on the command line"
+    parts = key.split(".")
+    sections = {".".join(parts[:i]) for i in range(1, len(parts) + 1)}  # data.batch_size: --data '{...}' too
+    given = next((a.split("=")[0] for a in argv[recipes:] if a.startswith("--")
+                  and a[2:].split("=")[0].removesuffix("+") in sections), None)  # --objective.remedies+ appends
+    if given is not None:
+        return f"{given} on the command line"
     for recipe in reversed(argv[1:recipes:2]):
         try:
             node: Any = expand_dotted(yaml.safe_load(Path(recipe).read_text()) or {}, recipe)
@@ -205,7 +209,7 @@ def setting_source(argv: list[str], key: str) -> str | None:
         for part in key.split("."):
             node = node.get(part, _UNSET) if isinstance(node, dict) else _UNSET
         if node is not _UNSET:
-            return f"set in {recipe}"
+            return f"{key} set in {recipe}"
     return None
 
 
@@ -213,10 +217,12 @@ _UNSET = object()
 
 
 def traced(error: TextVAEError, argv: list[str]) -> TextVAEError:
-    """``error`` about one setting (its ``setting``), with where ``argv`` set it: a bad value in a recipe that an
-    overlay or a packaged name brought in is otherwise hard to find."""
-    source = setting_source(argv, error.setting) if error.setting else None
-    return TextVAEError(f"{error} ({source})") if source else error
+    """``error``, with where ``argv`` set the setting it is about (of its ``settings``, one given on the command
+    line first, then one a recipe sets): a bad value in a recipe that an overlay or a packaged name brought in is
+    otherwise hard to find."""
+    sources = [source for source in (setting_source(argv, key) for key in error.settings) if source]
+    sources.sort(key=lambda source: not source.endswith("on the command line"))
+    return TextVAEError(f"{error} ({sources[0]})") if sources else error
 
 
 def parse_run_config(argv: list[str]) -> tuple[Any, bool]:
@@ -253,7 +259,7 @@ def parse_run_config(argv: list[str]) -> tuple[Any, bool]:
         message = " ".join(str(e).split())
         key = re.match(r'Parser key "([^"]+)"', message)
         raise TextVAEError(_argument_error(message, argv, recipe_first, task, config_class),
-                           setting=key and key.group(1)) from None
+                           *([key.group(1)] if key else [])) from None
     resume = values.pop("resume")
     values.pop("config", None)
     values.pop("__path__", None)

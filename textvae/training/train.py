@@ -493,12 +493,12 @@ def check_config(cfg: RunConfig) -> None:
     if tc.precision not in ("fp32", "bf16"):
         raise TextVAEError(f"unknown train.precision {tc.precision!r}; valid: fp32, bf16")
     # an unknown name, or a parameter it does not take: the registry's one-line error, listing the valid ones
-    with about("optim.cycle_lr"):
+    with about("optim.cycle_lr", "optim.cycle_lr_options"):
         LR_SCHEDULES.check(oc.cycle_lr, oc.cycle_lr_options, given=LR_SCHEDULES.positional(oc.cycle_lr, 2))
     with about("optim.name"):
         OPTIMIZERS.get(oc.name)
     # names, parameters and their types, and how they combine with each other and the model, before the data
-    with about("objective.remedies"):
+    with about("objective.remedies"):  # a combination's error names the model setting it is also about
         check_remedies(cfg.objective.remedies, **cfg.model.latent_family())
     with about("objective.kl_schedule"):
         create_schedule(cfg.objective.kl_schedule)
