@@ -39,7 +39,7 @@ from textvae.config import COUNT, NON_NEGATIVE, POSITIVE, SEED, Range, check_fla
 from textvae.errors import CommandParser, TextVAEError
 from textvae.packaged import FOLDERS, find_yaml, packaged_file, packaged_folder, packaged_names, summary
 from textvae.plugins import load_plugins
-from textvae.pretrained import load, warn_missing_plugins
+from textvae.pretrained import load, load_folder, locate, warn_missing_plugins
 from textvae.training.signals import PARENT_ENV, take_last_signal
 
 COMMANDS = ("train", "evaluate", "sample", "reconstruct", "interpolate", "respond", "study", "list", "plot", "compare")
@@ -76,25 +76,6 @@ def folder_argument(path: str) -> str:
     names the folder it is in."""
     p = Path(path)
     return str(p.parent) if p.is_file() and p.name in ("config.yaml", "config.json") else path
-
-
-def model_folder(path: str) -> tuple[Path, Optional[Path], Optional[dict]]:
-    """A run folder, a run's ``model/`` or a saved model folder -> (the model folder, the run folder or None,
-    the run's configuration or None)."""
-    from textvae.config import read_run_config
-    from textvae.models.textvae import locate_model
-
-    folder, run_dir = locate_model(path)
-    if run_dir is not None:
-        warn_missing_plugins(run_dir)
-    return folder, run_dir, read_run_config(run_dir) if run_dir else None
-
-
-def load_model(folder: Path) -> tuple[Any, Any]:
-    """The model saved in ``folder`` and its tokenizer."""
-    from textvae.pretrained import load_folder
-
-    return load_folder(folder)
 
 
 def evaluate_parser() -> argparse.ArgumentParser:
@@ -160,14 +141,14 @@ def cmd_evaluate(argv: list[str]) -> None:
                        "probe_draws": COUNT, "max_sentences": COUNT, "max_len": COUNT, "seed": SEED})
     if not args.no_generation and args.gen_sentences < 2:
         raise TextVAEError("--gen-sentences must be >= 2 (self-BLEU compares samples with each other)")
-    folder, run_dir, run_cfg = model_folder(args.model)
+    folder, run_dir, run_cfg = locate(args.model)
     device = evaluation_device(args.device, run_cfg or {})
     task = (run_cfg or {}).get("task", DEFAULT_TASK)
     if run_dir is not None and task != DEFAULT_TASK:  # the other tasks' own test report; the sentence VAE's below
         return evaluate_task_run(args, task, device, run_dir, run_cfg)
     as_the_report(args, run_cfg, device)
     warn_if_training(run_dir)
-    model, tokenizer = load_model(folder)
+    model, tokenizer = load_folder(folder)
     data_cfg, data = evaluation_data(args, run_cfg, tokenizer)
     if args.probe:  # before the evaluation pass, which can take long, not after it
         check_probe(model, data, args.probe)

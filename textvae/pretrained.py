@@ -106,15 +106,23 @@ def load(path: str | Path) -> Pretrained:
     """The model in ``path`` (a run folder, its ``model/``, or a saved model folder), its tokenizer and its run's
     configuration. The plugins named in ``TEXTVAE_PLUGINS`` are loaded first, as the commands do, and a warning
     names those the run was made with that are not loaded here."""
-    from textvae.config import read_run_config
-    from textvae.models.textvae import locate_model
     from textvae.plugins import load_plugins
 
     load_plugins()
+    folder, _, run_config = locate(path)
+    return Pretrained(*load_folder(folder), run_config, folder)
+
+
+def locate(path: str | Path) -> tuple[Path, Optional[Path], Optional[dict]]:
+    """(the model folder, the run folder or None, the run's configuration or None) of ``path``: a run folder, its
+    ``model/`` or a saved model folder; with the warning of :func:`warn_missing_plugins`."""
+    from textvae.config import read_run_config
+    from textvae.models.textvae import locate_model
+
     folder, run_dir = locate_model(path)
     if run_dir is not None:
         warn_missing_plugins(run_dir)
-    return Pretrained(*load_folder(folder), read_run_config(run_dir) if run_dir else None, folder)
+    return folder, run_dir, read_run_config(run_dir) if run_dir else None
 
 
 def warn_missing_plugins(run_dir: Path) -> None:
