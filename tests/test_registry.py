@@ -267,6 +267,36 @@ def test_a_plugin_registers_parts_for_every_command(tmp_path):
         "textvae: error: TEXTVAE_PLUGINS: module 'no_such_parts' cannot be imported: No module named 'no_such_parts'")
 
 
+def test_a_run_trained_from_python_records_the_modules_of_its_own_parts(tmp_path, monkeypatch):
+    """A script that imports its parts (no TEXTVAE_PLUGINS) trains a run that names their module, so that the
+    commands, which have not imported it, say what to load before the part is found unknown."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from textvae.remedies import REMEDIES
+    from tests.test_train import REPO, tiny_args, write_corpus
+
+    (tmp_path / "script_parts.py").write_text(PLUGIN.replace("half_kl", "script_half_kl"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(REMEDIES, "_entries", dict(REMEDIES._entries))
+    monkeypatch.delitem(sys.modules, "script_parts", raising=False)
+    import script_parts  # noqa: F401 (registers script_half_kl)
+
+    corpus = write_corpus(tmp_path / "corpus", n_train=60, n_eval=20)
+    main(["train", *tiny_args(tmp_path / "runs", "half", corpus, "--train.max_steps", "2", "--objective.remedies",
+                              "[{name: script_half_kl}]")])
+    (source,) = [r for r in map(json.loads, (tmp_path / "runs/half/metrics.jsonl").read_text().splitlines())
+                 if r["split"] == "source"]
+    assert "script_parts" in source["plugins"]
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    evaluated = subprocess.run([sys.executable, "-m", "textvae.cli", "evaluate", str(tmp_path / "runs/half"),
+                                "--no-generation"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert evaluated.returncode == 2 and re.search(r"was made with plugin\(s\) not loaded here: .*script_parts",
+                                                   evaluated.stderr), evaluated.stderr
+
+
 def test_an_unknown_part_s_error_says_where_one_s_own_come_from(capsys):
     with pytest.raises(TextVAEError, match=r"unknown remedy 'half_kl'; valid: .* \(a part of your own: name the module "
                                            r"that registers it in TEXTVAE_PLUGINS\)$"):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -133,7 +134,7 @@ def warn_missing_plugins(run_dir: Path) -> None:
 
     made_with = {name for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("split") == "source"
                  for name in r.get("plugins", [])}
-    missing = sorted(made_with - set(loaded_plugins()))
+    missing = sorted(made_with - set(loaded_plugins()) - set(sys.modules))  # a script may have imported them
     if missing:  # modules by name; entry points (name=module) come with their installed package
         modules = [name for name in missing if "=" not in name]
         logging.getLogger("textvae").warning(

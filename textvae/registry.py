@@ -37,12 +37,14 @@ class Registry(Generic[T]):
         self.supplied = supplied
         self._entries: dict[str, T] = {}
         self._origins: dict[str, Optional[str]] = {}  # where each entry was defined (:meth:`register`)
+        self._modules: dict[str, Optional[str]] = {}  # the module that defined it, lambdas too (:func:`part_modules`)
         _REGISTRIES.append(self)
 
-    def register(self, name: str, origin: Optional[str] = None) -> Callable[[T], T]:
+    def register(self, name: str, origin: Optional[str] = None, module: Optional[str] = None) -> Callable[[T], T]:
         """Decorator: ``@REG.register("lstm")`` adds the decorated object under ``name``. The same definition
         registered again (``origin``, by default a class's or function's ``module.qualname``: a notebook cell
-        run twice, a module reloaded) replaces the entry; anything else under a name in use is an error."""
+        run twice, a module reloaded) replaces the entry; anything else under a name in use is an error.
+        ``module``: the module that defined it (by default a class's or function's own)."""
         if not isinstance(name, str) or not name:
             raise TypeError(f"{self.kind}: register takes the entry's name, @register(\"NAME\"), got {name!r}")
 
@@ -51,6 +53,7 @@ class Registry(Generic[T]):
             if name in self._entries and (where is None or self._origins.get(name) != where):
                 raise ValueError(f"{self.kind} {name!r} registered twice")
             self._entries[name], self._origins[name] = obj, where
+            self._modules[name] = module or (obj.__module__ if isinstance(obj, (type, types.FunctionType)) else None)
             return obj
 
         return add
@@ -200,6 +203,14 @@ def _check_type(kind: str, name: str, key: str, value: Any, hint: Any) -> None:
     fractional = plain[0] is int and isinstance(value, float) and not value.is_integer()
     if not isinstance(value, accepted) or (isinstance(value, bool) and plain[0] is not bool) or fractional:
         raise TextVAEError(f"{kind} {name!r}: {key} must be {what}{' or null' if optional else ''}, got {value!r}")
+
+
+def part_modules() -> list[str]:
+    """The modules outside textvae that registered parts in this process, whether a plugin
+    (``TEXTVAE_PLUGINS``) or a script imported them: a run records them with the code it ran, so that reading
+    it without them is explained. ``__main__`` is left out: it cannot be imported again."""
+    modules = {module for registry in _REGISTRIES for module in registry._modules.values() if module}
+    return sorted(m for m in modules if m.split(".")[0] != "textvae" and m != "__main__")
 
 
 def _origin(obj: Any) -> Optional[str]:

@@ -125,7 +125,7 @@ def register_metric(name: str, **options: Any) -> Callable[[Callable[[EvalPass],
     def add(result: Callable[[EvalPass], dict[str, Any]]) -> Metric:
         # a metric is an instance: its result function says where it was defined (a cell run again replaces it)
         origin = None if "<lambda>" in result.__qualname__ else f"{result.__module__}.{result.__qualname__}"
-        return METRICS.register(name, origin)(Metric(result, **options))
+        return METRICS.register(name, origin, result.__module__)(Metric(result, **options))
 
     return add
 

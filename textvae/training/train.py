@@ -65,7 +65,7 @@ from textvae.models.sampled_softmax import SampledSoftmax
 from textvae.models.textvae import VAEOutput
 from textvae.plugins import loaded_plugins
 from textvae.reduction import token_counts
-from textvae.registry import Registry
+from textvae.registry import Registry, part_modules
 from textvae.remedies import Remedy, check_remedies, keep_procedure_state
 from textvae.schedules import LR_SCHEDULES, create_lr_schedule, create_schedule
 from textvae.rng import rng_state
@@ -823,8 +823,8 @@ def source_revision() -> dict[str, Any]:
     where = Path(textvae.__file__).resolve().parent
     revision: dict[str, Any] = {"textvae": textvae.__version__, "torch": torch.__version__, "commit": None,
                                 "source_sha256": source_digest(where)}
-    plugins = loaded_plugins()
-    if plugins:  # parts of the user's own that the run may use (TEXTVAE_PLUGINS)
+    plugins = own_parts()
+    if plugins:  # parts of the user's own that the run may use (TEXTVAE_PLUGINS, or a script's imports)
         revision["plugins"] = plugins
     try:
         commit = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -834,6 +834,16 @@ def source_revision() -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         return revision
     return {**revision, "commit": commit, "dirty": bool(status.strip())}
+
+
+def own_parts() -> list[str]:
+    """The plugins loaded (``TEXTVAE_PLUGINS`` modules, ``name=module`` entry points) and the other modules
+    outside textvae that registered parts in this process (a script's, a notebook's imports), each once: an
+    entry point's own module is named by the entry point."""
+    loaded = loaded_plugins()
+    points = [name.split("=", 1)[1] for name in loaded if "=" in name]
+    others = [m for m in part_modules() if not any(m == p or m.startswith(p + ".") for p in points)]
+    return sorted(set(loaded) | set(others))
 
 
 def machine_facts(device: torch.device) -> dict[str, Any]:
