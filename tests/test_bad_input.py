@@ -454,6 +454,12 @@ def test_a_setting_of_the_wrong_type_in_a_configuration_built_in_python_is_named
     cfg.train.max_steps = "five"  # no parser between the caller and the loop
     with pytest.raises(TextVAEError, match=r"^train\.max_steps must be a number, got five$"):
         check_ranges(cfg)
+    with pytest.raises(AttributeError, match=r"^ModelConfig has no setting 'latnt_dim' \(did you mean latent_dim\?\)$"):
+        cfg.model.latnt_dim = 8  # a typo is not a new attribute the run would ignore
+    dialogue = CVAERunConfig()
+    dialogue.optim.lr = 0.5  # a subclass's settings include its parent's
+    with pytest.raises(AttributeError, match="DialogueOptimConfig has no setting 'lrr'"):
+        dialogue.optim.lrr = 0.5
 
 
 def test_a_setting_of_the_other_task_says_so(capsys):

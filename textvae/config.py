@@ -66,6 +66,22 @@ def check_flags(args: Any, ranges: dict[str, Range]) -> None:
             raise TextVAEError(f"--{name.replace('_', '-')} {problem}, got {value}")
 
 
+def settings_only(cls: type) -> type:
+    """Class decorator of the configuration's sections (outside ``@dataclass``): setting an attribute that is not
+    one of a section's settings (a typo in a configuration built in Python, ``cfg.model.latnt_dim = 8``) is an
+    error, not a new attribute that the run would silently ignore. (A base class would do the same, but
+    jsonargparse would then read each section as a class to choose among its subclasses.)"""
+    def __setattr__(self: Any, name: str, value: Any) -> None:
+        fields = type(self).__dataclass_fields__
+        if name not in fields:
+            raise AttributeError(f"{type(self).__name__} has no setting {name!r}{close_name(name, list(fields))}")
+        object.__setattr__(self, name, value)
+
+    cls.__setattr__ = __setattr__  # type: ignore[method-assign]
+    return cls
+
+
+@settings_only
 @dataclass
 class DataConfig:
     """Where sentences come from and how they are batched."""
@@ -124,6 +140,7 @@ class DataConfig:
         "eval_batch_size": COUNT, "bucket_pool": COUNT, "max_sentences": COUNT, "synthetic_seed": SEED}
 
 
+@settings_only
 @dataclass
 class EncoderConfig:
     """The sentence encoder.
@@ -149,6 +166,7 @@ class EncoderConfig:
     RANGES: ClassVar[dict[str, Range]] = {"hidden_dim": COUNT, "num_layers": COUNT, "dropout": PROBABILITY}
 
 
+@settings_only
 @dataclass
 class DecoderConfig:
     """The decoder (registered ``type``: lstm, gru, skip_lstm, cnn, transformer).
@@ -180,6 +198,7 @@ class DecoderConfig:
                                           "output_dropout": PROBABILITY}
 
 
+@settings_only
 @dataclass
 class ModelConfig:
     """The model: its sizes, encoder, decoder, posterior, prior and initialisation."""
@@ -229,6 +248,7 @@ class ModelConfig:
         return {"latent_dim": self.latent_dim, "posterior": self.posterior, "prior": self.prior}
 
 
+@settings_only
 @dataclass
 class ObjectiveConfig:
     """The training objective: rec + beta(step) * KL, then whatever the remedies change."""
@@ -241,6 +261,7 @@ class ObjectiveConfig:
     ``[{name: free_bits_li2019, target_kl: 8}, {name: bn_vae, gamma: 0.7}]``"""
 
 
+@settings_only
 @dataclass
 class OptimConfig:
     """Optimiser and the literature's plateau schedule.
@@ -294,6 +315,7 @@ class OptimConfig:
         "plateau_kl_weight": NON_NEGATIVE}
 
 
+@settings_only
 @dataclass
 class TrainConfig:
     """The training loop: its budget, logging, checkpoints, precision and final test report.
@@ -377,6 +399,7 @@ class TrainConfig:
         "checkpoint_every": NON_NEGATIVE, "sampled_softmax": NON_NEGATIVE, "iw_samples_final": NON_NEGATIVE}
 
 
+@settings_only
 @dataclass
 class RunConfig:
     """A run of the sentence task: where it goes (``out_dir/name``) and its sections."""

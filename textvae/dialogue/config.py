@@ -10,9 +10,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Optional
 
-from textvae.config import COUNT, POSITIVE, PROBABILITY, ObjectiveConfig, OptimConfig, Range, TrainConfig
+from textvae.config import (COUNT, POSITIVE, PROBABILITY, ObjectiveConfig, OptimConfig, Range, TrainConfig,
+                            settings_only)
 
 
+@settings_only
 @dataclass
 class DialogueDataConfig:
     """(context, response) pairs and how they are batched."""
@@ -47,6 +49,7 @@ class DialogueDataConfig:
         "eval_batch_size": COUNT, "bucket_pool": COUNT, "max_pairs": COUNT}
 
 
+@settings_only
 @dataclass
 class CVAEConfig:
     """kgCVAE (Zhao et al. 2017) sizes; the defaults are the paper's Switchboard model.
@@ -111,6 +114,7 @@ class CVAEConfig:
         return {"latent_dim": self.latent_dim, "posterior": "gaussian", "prior": "conditional"}
 
 
+@settings_only
 @dataclass
 class DialogueEvalConfig:
     """The final test figures.
@@ -144,6 +148,7 @@ class DialogueEvalConfig:
                                           "temperature": POSITIVE, "top_p": Range(above=0, most=1), "max_pairs": COUNT}
 
 
+@settings_only
 @dataclass
 class DialogueOptimConfig(OptimConfig):
     """Optimiser, with Zhao et al. (2017)'s defaults.
@@ -156,6 +161,7 @@ class DialogueOptimConfig(OptimConfig):
     decay_start_epoch: int = 10**9
 
 
+@settings_only
 @dataclass
 class CVAERunConfig:
     """A run of the dialogue task: where it goes (``out_dir/name``) and its sections."""
