@@ -270,6 +270,7 @@ def test_a_plugin_registers_parts_for_every_command(tmp_path):
 def test_a_run_trained_from_python_records_the_modules_of_its_own_parts(tmp_path, monkeypatch):
     """A script that imports its parts (no TEXTVAE_PLUGINS) trains a run that names their module, so that the
     commands, which have not imported it, say what to load before the part is found unknown."""
+    import importlib
     import json
     import os
     import subprocess
@@ -282,7 +283,7 @@ def test_a_run_trained_from_python_records_the_modules_of_its_own_parts(tmp_path
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(REMEDIES, "_entries", dict(REMEDIES._entries))
     monkeypatch.delitem(sys.modules, "script_parts", raising=False)
-    import script_parts  # noqa: F401 (registers script_half_kl)
+    importlib.import_module("script_parts")  # as a script's own import: registers script_half_kl
 
     corpus = write_corpus(tmp_path / "corpus", n_train=60, n_eval=20)
     main(["train", *tiny_args(tmp_path / "runs", "half", corpus, "--train.max_steps", "2", "--objective.remedies",
