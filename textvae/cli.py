@@ -300,8 +300,9 @@ def evaluate_task_run(args: argparse.Namespace, task_name: str, device: torch.de
     task.check()  # the packages its text metrics need, before any work
     out = results_file(args, run_dir)
     progress = progress_file(out)  # a stopped pass resumes there
+    kept = task.iw_progress(progress, run_dir / "model", device, args.split)
     with evaluation_rng(device):  # as the run's own report drew its numbers
-        results = task.test_report(task.load_data(), run_dir / "model", device, progress, split=args.split)
+        results = task.test_report(task.load_data(), run_dir / "model", device, kept, split=args.split)
     print(format_report(results))
     out.write_text(json.dumps({"model": str(args.model), "task": task_name, "split": args.split, **results}, indent=2))
     print(f"results written to {out}")

@@ -62,7 +62,7 @@ class DialogueTask(Task):
         return self._figures(model, split, device, "periodic", limit)
 
     def test_report(self, data: DialogueData, best_dir: Path, device: torch.device,
-                    progress: Optional[Path] = None, split: str = "test") -> dict[str, Any]:
+                    progress: Optional[IWProgress] = None, split: str = "test") -> dict[str, Any]:
         """Figures of the best model on ``split``: the registered metrics (with IW-NLL), and the registered
         text metrics of its responses."""
         model = KgCVAE.from_pretrained(best_dir, device)
@@ -71,7 +71,7 @@ class DialogueTask(Task):
         log.info("%s report: %d pairs%s, then responses to %d contexts", split, min(ec.max_pairs or n, n),
                  f", IW-NLL with K = {k} samples" if k else "", min(ec.max_contexts or n, n))
         report = self._figures(model, test, device, "test", ec.max_pairs, k,
-                               self.iw_progress(progress, best_dir, device, split), bar=f"{split} report")
+                               progress, bar=f"{split} report")
         texts = respond_to_split(model, data.tokenizer, test, ec.n_responses, ec.max_contexts, method=ec.method,
                                  max_len=ec.max_len, generator=torch.Generator(device=device).manual_seed(EVAL_SEED),
                                  temperature=ec.temperature, top_p=ec.top_p)

@@ -10,7 +10,7 @@ import torch
 
 from textvae.config import RunConfig
 from textvae.data.datasets import DataBundle, Split, load_dataset
-from textvae.metrics import iw_description, list_metrics
+from textvae.metrics import IWProgress, iw_description, list_metrics
 from textvae.files import file_md5
 from textvae.models.textvae import WEIGHTS_FILE, TextVAE, check_model_config
 from textvae.reduction import corpus_nll, token_counts
@@ -59,7 +59,7 @@ class SentenceTask(Task):
         return evaluation(model, self._batches(split, limit), device, metrics=list_metrics("periodic"))
 
     def test_report(self, data: DataBundle, best_dir: Path, device: torch.device,
-                    progress: Optional[Path] = None, split: str = "test") -> dict[str, Any]:
+                    progress: Optional[IWProgress] = None, split: str = "test") -> dict[str, Any]:
         """Figures of the best model on ``split``, and the ground truth when the corpus is synthetic; in the
         run's precision (``eval_precision``)."""
         model = TextVAE.from_pretrained(best_dir, device)
@@ -70,7 +70,7 @@ class SentenceTask(Task):
         # A bf16 run is evaluated under the same autocast (its speed: benchmarks/throughput.py, iw), labelled so.
         report = split_figures(model, test, device, self.cfg.data.eval_batch_size, self.cfg.train.iw_samples_final,
                                precision, f"{split} report", metrics=list_metrics("test"),
-                               iw_progress=self.iw_progress(progress, best_dir, device, split),
+                               iw_progress=progress,
                                bar=self.cfg.train.progress)
         report["eval_precision"] = precision
         if data.truth is not None:

@@ -70,11 +70,11 @@ class Task:
         raise NotImplementedError
 
     def test_report(self, data: Any, best_dir: Path, device: torch.device,
-                    progress: Optional[Path] = None, split: str = "test") -> dict[str, Any]:
+                    progress: Optional[IWProgress] = None, split: str = "test") -> dict[str, Any]:
         """The final figures of the best model (saved in ``best_dir``) on ``split`` (the test split, or
-        another that ``textvae evaluate --split`` names). ``progress``:
-        the file where its IW pass keeps the batches it has finished (:meth:`iw_progress`), so that a
-        report stopped part-way resumes there."""
+        another that ``textvae evaluate --split`` names). ``progress``: where its IW pass keeps the batches
+        it has finished (:meth:`iw_progress`, for the same weights and split), so that a report stopped
+        part-way resumes there."""
         raise NotImplementedError
 
     def iw_progress(self, path: Optional[Path], best_dir: Path, device: torch.device,

@@ -1038,7 +1038,7 @@ def finish_run(run: Run) -> dict[str, Any]:
         stopped = (f"stopped on request in the test report; its finished IW batches are kept in {progress}, "
                    f"where --resume continues")
         with evaluation_rng(run.device), stop_at_once(stopped):
-            report = run.task.test_report(run.data, run.run_dir / "model", run.device, progress)
+            report = run.task.test_report(run.data, run.run_dir / "model", run.device, kept)
         report["train_seconds"] = state.train_seconds
         report["train_steps"] = state.step
         report["train_epochs"] = state.epoch  # whole epochs trained
