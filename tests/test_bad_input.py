@@ -123,6 +123,19 @@ def test_the_recipe_s_parts_are_checked_before_the_data_is_read(tmp_path, capsys
     assert message in fails(train_on(tmp_path, "/no/such/corpus.txt", *setting), capsys)
 
 
+@pytest.mark.parametrize("setting,message", [
+    (["--eval.method", "nucleus"], "eval.method 'nucleus': unknown decoding method; valid: greedy, sample, beam "
+                                   "(--eval.method on the command line)"),
+    (["--eval.temperature", "0.5"], "eval.temperature 0.5 is an option of eval.method sample, and eval.method greedy "
+                                    "would ignore it (--eval.temperature on the command line)"),
+])
+def test_a_dialogue_run_s_report_settings_are_checked_before_the_data_is_read(tmp_path, capsys, setting, message):
+    """The test report decodes responses after the last epoch: its settings fail at once, not hours later."""
+    argv = ["train", "dailydialog/cvae", "--data.name", str(tmp_path / "none"), "--out_dir", str(tmp_path), *setting]
+    assert fails(argv, capsys) == "textvae: error: " + message
+    assert not any(tmp_path.iterdir())  # no run folder was made
+
+
 def test_evaluate_names_its_results_by_what_it_evaluated(tmp_path):
     """Another corpus or a subset never overwrite the figures of the model's own split, whole."""
     def name(**given):
@@ -604,7 +617,25 @@ def test_sentence_commands_on_a_dialogue_model(tmp_path, capsys, command):
 
     tiny().save_pretrained(tmp_path / "model")
     line = fails([command[0], str(tmp_path / "model"), *command[1:]], capsys)
-    assert f"{tmp_path / 'model'}: this is a dialogue CVAE" in line and "use `textvae respond" in line
+    if command[0] == "evaluate":  # its report is the run's: the run folder is needed, and said so
+        assert line == (f"textvae: error: {tmp_path / 'model'}: a dialogue CVAE's model folder on its own; `textvae "
+                        f"evaluate` takes its run folder, whose recipe's eval section decides the report (`textvae "
+                        f"respond` answers a context with the model folder alone)")
+    else:
+        assert f"{tmp_path / 'model'}: this is a dialogue CVAE, which sample, reconstruct and interpolate" in line
+        assert "use `textvae respond" in line
+
+
+def test_a_dialogue_report_setting_on_a_sentence_model(trained, capsys):
+    line = fails(["evaluate", str(trained), "--eval.max_pairs", "3"], capsys)
+    assert line == ("textvae: error: --eval.max_pairs: a setting of a dialogue run's report (its recipe's eval section); "
+                    "a sentence model's evaluation takes the options that textvae evaluate --help lists")
+
+
+def test_respond_on_a_sentence_model(trained, capsys):
+    line = fails(["respond", str(trained / "model"), "--context", "hi"], capsys)
+    assert line == (f"textvae: error: {trained / 'model'}: not a dialogue CVAE but a sentence VAE or language model, "
+                    f"which `textvae sample`, `reconstruct` and `evaluate` read")
 
 
 def test_output_folder_that_cannot_be_written(tmp_path, corpus, capsys):

@@ -3,6 +3,7 @@ remedies inside the CVAE, likelihood and BLEU metrics against brute force, train
 import dataclasses
 import json
 import math
+import re
 from pathlib import Path
 
 from types import SimpleNamespace
@@ -30,6 +31,8 @@ from textvae.metrics._common import eval_mode, seeded
 from textvae.metrics.likelihood import ElboAccumulator, elbo_batch, iw_log_marginal
 from textvae.metrics import GeneratedTexts, bleu_precision_recall, score_texts
 from textvae.models.distributions import DiagGaussian, StandardNormal
+from textvae.models.textvae import TextVAE
+from textvae.pretrained import PretrainedCVAE, load
 from textvae.reduction import CorpusAccumulator
 from textvae.tasks import create_task
 from textvae.training.logger import read_jsonl
@@ -582,6 +585,15 @@ def test_train_cvae_and_respond(tmp_path, capsys, caplog):
     with pytest.raises(SystemExit):  # one the run's eval section sets (data.eval_batch_size): refused, not ignored
         main(["evaluate", str(run), "--batch-size", "8"])
     assert "--batch-size: an option of a sentence model's evaluation" in capsys.readouterr().err
+    # the report's own settings are the run's eval section, changed with --eval.KEY VALUE (before the run too)
+    main(["evaluate", "--eval.max_pairs", "2", str(run), "--split", "valid", "--iw-samples", "0", "--eval.max_contexts=1",
+          "--json", str(tmp_path / "two.json")])
+    two = json.loads((tmp_path / "two.json").read_text())
+    assert (two["n_pairs"], two["n_contexts"], two["split"]) == (2, 1, "valid")
+    assert two["overrides"] == ["--eval.max_pairs", "2", "--eval.max_contexts=1"]
+    with pytest.raises(SystemExit):  # checked as train checks it, before any work
+        main(["evaluate", str(run), "--eval.method", "nucleus"])
+    assert "eval.method 'nucleus': unknown decoding method; valid: greedy, sample, beam" in capsys.readouterr().err
     # its own precision may be named (the report computes in it); another is refused
     main(["evaluate", str(run), "--iw-samples", "3", "--precision", "fp32", "--json", str(tmp_path / "fp32.json")])
     assert json.loads((tmp_path / "fp32.json").read_text())["iw_nll"] == evaluated["iw_nll"]
@@ -597,6 +609,19 @@ def test_train_cvae_and_respond(tmp_path, capsys, caplog):
     assert "not in the model's vocabulary" not in caplog.text
     respond(run, ["xyzzy how are you"], n=1)  # a word the model never saw is named, as reconstruct names it
     assert "1 word(s) are not in the model's vocabulary and are read as <unk>: xyzzy" in caplog.text
+    # from Python: the same responses; response i from its own stream, so n = 5 begins with n = 3's
+    cvae = load(run)
+    assert isinstance(cvae, PretrainedCVAE) and not cvae.model.training and cvae.run_config["task"] == "dialogue"
+    context = ["hello how are you", "fine thanks"]
+    assert cvae.respond(context, n=3) == lines
+    sampled = cvae.respond(context, n=5, method="sample", max_len=5, seed=4)
+    assert sampled[:3] == cvae.respond(context, n=3, method="sample", max_len=5, seed=4)
+    assert len(set(sampled)) > 1  # distinct streams, not one draw repeated
+    with pytest.raises(TextVAEError, match="give the context as a list of turns, not one string"):
+        cvae.respond("hello how are you")
+    with pytest.raises(TextVAEError, match=r"^" + re.escape(f"{run / 'model'}: this is a dialogue CVAE, not a "
+                                                           f"sentence VAE: KgCVAE.from_pretrained reads it")):
+        TextVAE.from_pretrained(run / "model")
 
 
 def test_cvae_trains_with_sparse_gradients_like_dense_and_with_the_sampled_softmax(tmp_path):

@@ -39,7 +39,8 @@ from textvae.config import COUNT, NON_NEGATIVE, POSITIVE, SEED, Range, check_fla
 from textvae.errors import CommandParser, TextVAEError
 from textvae.packaged import FOLDERS, find_yaml, packaged_file, packaged_folder, packaged_names, summary
 from textvae.plugins import load_plugins
-from textvae.pretrained import load, load_folder, locate, warn_missing_plugins
+from textvae.pretrained import is_dialogue, load, load_folder, locate, warn_missing_plugins
+from textvae.rng import numbered_streams
 from textvae.training.signals import PARENT_ENV, take_last_signal
 
 COMMANDS = ("train", "evaluate", "sample", "reconstruct", "interpolate", "respond", "study", "list", "plot", "compare")
@@ -82,7 +83,12 @@ def evaluate_parser() -> argparse.ArgumentParser:
     from textvae.config import TrainConfig
     from textvae.metrics.likelihood import DEFAULT_MAX_TOKENS
 
-    ap = CommandParser(prog="textvae evaluate", description="Evaluate a trained model on a split.")
+    ap = CommandParser(prog="textvae evaluate", description="Evaluate a trained model on a split.",
+                       epilog=f"A dialogue run is evaluated by its task's own report, as its test report was: of "
+                              f"these options it takes --split, --iw-samples, --device, --precision (its own) and "
+                              f"--json; --{REPORT_SECTION}.KEY VALUE changes a setting of its recipe's "
+                              f"{REPORT_SECTION} section (e.g. --{REPORT_SECTION}.max_pairs 300, "
+                              f"--{REPORT_SECTION}.method sample).")
     ap.add_argument("model", type=folder_argument, help="run folder or saved model folder (or its config file)")
     ap.add_argument("--data", help="corpus name or folder, read whole (default: the run's corpus, as the run read "
                                    "it), or one text file, evaluated whole")
@@ -136,6 +142,7 @@ def cmd_evaluate(argv: list[str]) -> None:
     from textvae.tasks.runconfig import DEFAULT_TASK
     from textvae.tasks.sentences import split_figures, truth_figures
 
+    argv, overrides = report_overrides(argv)
     args = evaluate_parser().parse_args(argv)
     check_flags(args, {"iw_samples": NON_NEGATIVE, "probe": NON_NEGATIVE, "max_tokens": COUNT, "batch_size": COUNT,
                        "probe_draws": COUNT, "max_sentences": COUNT, "max_len": COUNT, "seed": SEED})
@@ -145,7 +152,8 @@ def cmd_evaluate(argv: list[str]) -> None:
     device = evaluation_device(args.device, run_cfg or {})
     task = (run_cfg or {}).get("task", DEFAULT_TASK)
     if run_dir is not None and task != DEFAULT_TASK:  # the other tasks' own test report; the sentence VAE's below
-        return evaluate_task_run(args, task, device, run_dir, run_cfg)
+        return evaluate_task_run(args, task, device, run_dir, run_cfg, overrides)
+    check_sentence_model(folder, overrides)
     as_the_report(args, run_cfg, device)
     warn_if_training(run_dir)
     model, tokenizer = load_folder(folder)
@@ -271,11 +279,43 @@ def evaluation_device(given: Optional[str], run_cfg: dict[str, Any]) -> torch.de
         raise TextVAEError(f"{e}{'' if given else '; choose another with --device'}") from None
 
 
+REPORT_SECTION = "eval"  # the section of a task's configuration that its test report reads (the dialogue task's)
+
+
+def report_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(evaluate's own arguments, the ``--eval.KEY VALUE`` / ``--eval.KEY=VALUE`` overrides of a task run's report
+    settings) of ``argv``, taken apart before argparse reads it: a value of one would otherwise be read as the
+    model's folder."""
+    own: list[str] = []
+    overrides: list[str] = []
+    items = iter(argv)
+    for arg in items:
+        if arg.startswith(f"--{REPORT_SECTION}."):
+            overrides += [arg] if "=" in arg else [arg, *[v for v in [next(items, None)] if v is not None]]
+        else:
+            own.append(arg)
+    return own, overrides
+
+
+def check_sentence_model(folder: Path, overrides: list[str]) -> None:
+    """What a sentence model's evaluation refuses: the overrides of a task run's report section, and a dialogue
+    CVAE's model folder without its run (whose recipe decides its report)."""
+    if overrides:
+        raise TextVAEError(f"{overrides[0].split('=')[0]}: a setting of a dialogue run's report (its recipe's "
+                           f"{REPORT_SECTION} section); a sentence model's evaluation takes the options that "
+                           f"textvae evaluate --help lists")
+    if is_dialogue(folder):
+        raise TextVAEError(f"{folder}: a dialogue CVAE's model folder on its own; `textvae evaluate` takes its run "
+                           f"folder, whose recipe's eval section decides the report (`textvae respond` answers a "
+                           f"context with the model folder alone)")
+
+
 def evaluate_task_run(args: argparse.Namespace, task_name: str, device: torch.device, run_dir: Path,
-                      run_cfg: dict[str, Any]) -> None:
+                      run_cfg: dict[str, Any], overrides: list[str]) -> None:
     """``evaluate`` of a run of another task (the dialogue CVAE): its task's own report (its registered
-    metrics and text metrics, with its recipe's evaluation settings, in its train.precision) on ``--split``,
-    with K = ``--iw-samples``; the options of a sentence model's evaluation are refused rather than ignored."""
+    metrics and text metrics, with its recipe's evaluation settings changed by ``overrides``, ``--eval.KEY VALUE``,
+    in its train.precision) on ``--split``, with K = ``--iw-samples``; the options of a sentence model's evaluation
+    are refused rather than ignored."""
     from textvae.config import TrainConfig
     from textvae.tasks import create_task
     from textvae.tasks.runconfig import parse_run_config
@@ -292,8 +332,9 @@ def evaluate_task_run(args: argparse.Namespace, task_name: str, device: torch.de
              if name not in own | {"precision"} and value != getattr(defaults, name)]
     if given:
         raise TextVAEError(f"--{given[0].replace('_', '-')}: an option of a sentence model's evaluation; a {task_name} "
-                           f"run is evaluated with its recipe's settings (its eval section)")
-    cfg, _ = parse_run_config([str(run_dir / "config.yaml")])
+                           f"run is evaluated with its recipe's settings (its {REPORT_SECTION} section), which "
+                           f"--{REPORT_SECTION}.KEY VALUE changes")
+    cfg, _ = parse_run_config([str(run_dir / "config.yaml"), *overrides])
     if args.iw_samples is not None:  # else the run's, as its test report
         cfg.train.iw_samples_final = args.iw_samples
     task = create_task(cfg)
@@ -304,7 +345,9 @@ def evaluate_task_run(args: argparse.Namespace, task_name: str, device: torch.de
     with evaluation_rng(device):  # as the run's own report drew its numbers
         results = task.test_report(task.load_data(), run_dir / "model", device, kept, split=args.split)
     print(format_report(results))
-    out.write_text(json.dumps({"model": str(args.model), "task": task_name, "split": args.split, **results}, indent=2))
+    changed = {"overrides": overrides} if overrides else {}
+    out.write_text(json.dumps({"model": str(args.model), "task": task_name, "split": args.split, **changed, **results},
+                              indent=2))
     print(f"results written to {out}")
     progress.unlink(missing_ok=True)
 
@@ -533,6 +576,19 @@ def decode(model: Any, tokenizer: Any, z: Optional[torch.Tensor], args: argparse
     return decode_sentences(model, tokenizer, z, method=args.method, **kw)
 
 
+def load_sentence_model(path: str) -> Any:
+    """The sentence VAE or language model in ``path`` (:func:`textvae.pretrained.load`) for sample, reconstruct
+    and interpolate; a dialogue CVAE is refused before its weights are read."""
+    from textvae.models.textvae import locate_model
+
+    folder, _ = locate_model(path)
+    if is_dialogue(folder):
+        raise TextVAEError(f"{folder}: this is a dialogue CVAE, which sample, reconstruct and interpolate do not "
+                           f"take (they read sentence VAEs); use `textvae respond RUN --context ...`, and "
+                           f"`textvae evaluate RUN` with its run folder")
+    return load(path)
+
+
 def cmd_sample(argv: list[str]) -> None:
     ap = CommandParser(prog="textvae sample", description="Sentences from z ~ p(z) (or from the LM).")
     ap.add_argument("model", type=folder_argument, help="run folder or saved model folder (or its config file)")
@@ -540,11 +596,9 @@ def cmd_sample(argv: list[str]) -> None:
     decoding_args(ap, method="sample")  # prior samples decoded greedily would repeat the same few sentences
     args = ap.parse_args(argv)
     check_decoding(args, {"n": COUNT})
-    vae = load(args.model)
+    vae = load_sentence_model(args.model)
     model, tokenizer = vae.model, vae.tokenizer
-    # a random stream per sentence, from (seed, its number): --n 5 prints --n 3's sentences, then two more
-    streams = [torch.Generator().manual_seed(int(np.random.SeedSequence([args.seed, i]).generate_state(1)[0]))
-               for i in range(args.n)]
+    streams = numbered_streams(args.seed, args.n)  # --n 5 prints --n 3's sentences, then two more
     z = None if model.is_lm else torch.cat([model.sample_prior(1, generator=stream) for stream in streams])
     for line in decode(model, tokenizer, z, args, args.n, streams):
         print(line)
@@ -579,7 +633,7 @@ def cmd_reconstruct(argv: list[str]) -> None:
     args = ap.parse_intermixed_args(argv)  # sentences before and after --file F
     check_decoding(args)
     sentences = read_sentences(args)  # a blank one, a missing file: refused before the model is loaded
-    vae = load(args.model)
+    vae = load_sentence_model(args.model)
     outputs = decode(vae.model, vae.tokenizer, vae.encode(sentences), args, len(sentences))
     for src, out in zip(sentences, outputs):
         print(f"{src}\t->\t{out}")
@@ -598,7 +652,7 @@ def cmd_interpolate(argv: list[str]) -> None:
     args = ap.parse_args(argv)
     check_decoding(args, {"steps": Range(least=2)})
     ends = nonblank([args.first, args.second])
-    vae = load(args.model)
+    vae = load_sentence_model(args.model)
     mu = vae.encode(ends)
     path = interpolate(mu[0], mu[1], args.steps)
     for t, line in zip(torch.linspace(0, 1, args.steps).tolist(), decode(vae.model, vae.tokenizer, path, args,

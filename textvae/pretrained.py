@@ -8,6 +8,9 @@
     evaluate_model(vae.model, vae.batches(sentences))   # IW-NLL (K = 500), ELBO, KL, MI, AU (textvae.metrics)
     vae.model, vae.tokenizer, vae.run_config       # the parts
 
+    cvae = load("runs/dd_kgcvae")                  # a dialogue CVAE's run: a PretrainedCVAE
+    cvae.respond(["hi , how are you ?"], n=3)      # responses, each from its own z ~ p(z|c)
+
 The sentences are read as the run read its corpus (its ``data.lowercase``, ``unk_token`` and ``pretokenize``),
 which a bare ``TextVAE.from_pretrained`` and ``Tokenizer.load`` do not know: a model trained on lowercased text
 would otherwise see capitalised words as ``<unk>``. The ``textvae`` commands load models the same way.
@@ -103,15 +106,69 @@ class Pretrained:
         return self.decode(z, method=method, max_len=max_len, **options)
 
 
-def load(path: str | Path) -> Pretrained:
+@dataclasses.dataclass
+class PretrainedCVAE:
+    """A loaded dialogue CVAE (in eval mode), its tokenizer, and the configuration of the run that trained it (None
+    for a model folder on its own)."""
+
+    model: Any
+    tokenizer: Any
+    run_config: Optional[dict]
+    folder: Path
+
+    def respond(self, context: list[str], n: int = 5, method: str = "greedy", max_len: int = 40, seed: int = 0,
+                temperature: float = 1.0, top_p: float = 1.0) -> list[str]:
+        """``n`` responses to ``context`` (its turns, oldest first; a string may hold several, joined by
+        ``__eou__``), prepared as in training (normalised, cut to the run's ``max_turn_words``, its last
+        ``context_turns`` kept). Response i is decoded from its own z ~ p(z|c), drawn from a stream of its own
+        seeded with (``seed``, i), so that n = 5 gives n = 3's responses and two more. ``method``: greedy, sample
+        (``temperature``, ``top_p``) or beam."""
+        from textvae.data.tokenization import warn_unknown_words
+        from textvae.dialogue.data import collate_dialogues, prepare_context
+        from textvae.dialogue.generation import generate_responses
+        from textvae.rng import numbered_streams
+
+        if isinstance(context, str):  # one string would read as a list of its characters
+            raise TextVAEError("give the context as a list of turns, not one string")
+        if n < 1:
+            raise TextVAEError(f"n must be at least 1, got {n}")
+        turns = prepare_context(context, self.model.text.get("context_turns", 10),
+                                self.model.text.get("max_turn_words", 40))
+        warn_unknown_words(self.tokenizer, turns)
+        # the response slot of the batch is an empty placeholder: generation reads only the context
+        batch = collate_dialogues([[self.tokenizer.encode(t) for t in turns]], [self.tokenizer.encode("")])
+        batch = batch.to(next(self.model.parameters()).device)
+        ids = [generate_responses(self.model, batch, 1, method, max_len, stream, temperature=temperature,
+                                  top_p=top_p)[0][0] for stream in numbered_streams(seed, n)]
+        return [self.tokenizer.decode(r) for r in ids]
+
+
+def load(path: str | Path) -> Pretrained | PretrainedCVAE:
     """The model in ``path`` (a run folder, its ``model/``, or a saved model folder), its tokenizer and its run's
-    configuration. The plugins named in ``TEXTVAE_PLUGINS`` are loaded first, as the commands do, and a warning
-    names those the run was made with that are not loaded here."""
+    configuration: a :class:`Pretrained` sentence VAE or language model, or a :class:`PretrainedCVAE` dialogue
+    CVAE. The plugins named in ``TEXTVAE_PLUGINS`` are loaded first, as the commands do, and a warning names those
+    the run was made with that are not loaded here."""
     from textvae.plugins import load_plugins
 
     load_plugins()
     folder, _, run_config = locate(path)
+    if is_dialogue(folder):
+        return PretrainedCVAE(*load_folder(folder, dialogue=True), run_config, folder)
     return Pretrained(*load_folder(folder), run_config, folder)
+
+
+def is_dialogue(folder: Path) -> bool:
+    """Whether the model folder ``folder`` holds a dialogue CVAE (its ``config.json`` says ``model_type: kgcvae``);
+    False where that file is missing or unreadable, which loading the folder then reports."""
+    import json
+
+    from textvae.models.textvae import CONFIG_FILE
+
+    try:
+        saved = json.loads((folder / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(saved, dict) and saved.get("model_type") == "kgcvae"
 
 
 def locate(path: str | Path) -> tuple[Path, Optional[Path], Optional[dict]]:
@@ -142,12 +199,14 @@ def warn_missing_plugins(run_dir: Path) -> None:
             run_dir, ", ".join(missing), f" ({ENV}={','.join(modules)})" if modules else "")
 
 
-def load_folder(folder: Path) -> tuple[Any, Any]:
-    """The model saved in the model folder ``folder`` (in eval mode) and its tokenizer."""
+def load_folder(folder: Path, dialogue: bool = False) -> tuple[Any, Any]:
+    """The model saved in the model folder ``folder`` (in eval mode; a dialogue CVAE where ``dialogue``) and its
+    tokenizer."""
     from textvae.data.tokenization import Tokenizer
+    from textvae.dialogue.model import KgCVAE
     from textvae.models.textvae import TOKENIZER_FILE, TextVAE
 
-    model = TextVAE.from_pretrained(folder)
+    model = (KgCVAE if dialogue else TextVAE).from_pretrained(folder)
     if not (folder / TOKENIZER_FILE).is_file():
         raise TextVAEError(f"{folder} has no {TOKENIZER_FILE}")
     return model, Tokenizer.load(folder / TOKENIZER_FILE)

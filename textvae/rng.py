@@ -24,3 +24,12 @@ def set_rng_state(state: dict[str, torch.Tensor], device: Optional[torch.device]
     torch.set_rng_state(state["torch"])
     if "cuda" in state and device is not None and device.type == "cuda" and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def numbered_streams(seed: int, n: int) -> list[torch.Generator]:
+    """``n`` generators, the i-th seeded from (``seed``, i): item i of a batch drawn with them is the same whatever
+    ``n`` is, so that asking for five samples prints the three of ``n = 3``, then two more."""
+    import numpy as np
+
+    return [torch.Generator().manual_seed(int(np.random.SeedSequence([seed, i]).generate_state(1)[0]))
+            for i in range(n)]

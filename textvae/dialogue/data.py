@@ -70,6 +70,16 @@ def normalize_utterance(text: str) -> str:
     return " ".join(_TOKEN.findall(text))
 
 
+def prepare_context(turns: list[str], context_turns: int, max_turn_words: int) -> list[str]:
+    """A context given by hand, prepared as training prepared its contexts: ``__eou__``-joined strings split into
+    turns, each normalised and cut to ``max_turn_words`` words, the last ``context_turns`` kept."""
+    split = [t.strip() for turn in turns for t in turn.split(EOU)]
+    split = [t for t in split if t]
+    if not split:
+        raise TextVAEError("the context needs at least one non-empty turn")
+    return [" ".join(normalize_utterance(t).split()[:max_turn_words]) for t in split[-context_turns:]]
+
+
 # ---- pairs -------------------------------------------------------------------------------------
 @dataclass
 class PairStats:

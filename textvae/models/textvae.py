@@ -362,9 +362,8 @@ class TextVAE(OutputHead, PretrainedMixin, nn.Module):
     @classmethod
     def from_config_dict(cls, cfg: dict[str, Any]) -> "TextVAE":
         if cfg.get("model_type") == "kgcvae":  # the dialogue CVAE's folders look the same
-            raise TextVAEError("this is a dialogue CVAE, which sample, reconstruct and interpolate do not take (they "
-                               "read sentence VAEs); use `textvae respond RUN --context ...`, and `textvae evaluate "
-                               "RUN` with its run folder")
+            raise TextVAEError("this is a dialogue CVAE, not a sentence VAE: KgCVAE.from_pretrained reads it, and "
+                               "textvae.pretrained.load reads either (a CVAE's .respond(context) answers a context)")
         return cls(model_config_from_dict(cfg["model"]), int(cfg["vocab_size"]),
                    ObjectiveConfig(**cfg.get("objective", {})))
 

@@ -17,6 +17,7 @@ import torch
 
 from textvae.dialogue.config import CVAERunConfig
 from textvae.dialogue.data import DialogueData, DialogueSplit, load_dialogue_data
+from textvae.dialogue.generation import METHODS
 from textvae.dialogue.metrics import respond_to_split
 from textvae.dialogue.model import KgCVAE, check_likelihood_act
 from textvae.errors import TextVAEError
@@ -38,6 +39,7 @@ class DialogueTask(Task):
     def check(self) -> None:
         check_text_metrics(instead="the test report scores the responses with them")
         check_likelihood_act(self.cfg.eval.likelihood_act)
+        self.check_decoding()
         family = self.cfg.model.latent_family()  # the transforms that combine with the CVAE's prior
         transforms = [n for n in REMEDIES.names()
                       if transforms_posterior(REMEDIES.get(n)) and combines([{"name": n}], **family)]
@@ -45,6 +47,19 @@ class DialogueTask(Task):
         if wrong:  # a misspelt name would otherwise leave p(z|c) untransformed without a word
             raise TextVAEError(f"model.prior_remedies {wrong}: not a remedy that transforms the posterior's "
                                f"parameters; valid: {', '.join(transforms)}")
+
+    def check_decoding(self) -> None:
+        """The test report's decoding settings, refused before training rather than at its end: an unknown
+        ``eval.method``, and a sampling option that another method would ignore (as ``textvae respond`` refuses it)."""
+        ec = self.cfg.eval
+        if ec.method not in METHODS:
+            raise TextVAEError(f"eval.method {ec.method!r}: unknown decoding method; valid: {', '.join(METHODS)}",
+                               "eval.method")
+        default = type(ec)()
+        for name in ("temperature", "top_p"):
+            if ec.method != "sample" and getattr(ec, name) != getattr(default, name):
+                raise TextVAEError(f"eval.{name} {getattr(ec, name)} is an option of eval.method sample, and "
+                                   f"eval.method {ec.method} would ignore it", f"eval.{name}")
 
     def load_data(self) -> DialogueData:
         return load_dialogue_data(self.cfg.data)
