@@ -128,9 +128,13 @@ def test_the_recipe_s_parts_are_checked_before_the_data_is_read(tmp_path, capsys
                                    "(--eval.method on the command line)"),
     (["--eval.temperature", "0.5"], "eval.temperature 0.5 is an option of eval.method sample, and eval.method greedy "
                                     "would ignore it (--eval.temperature on the command line)"),
+    (["--objective.remedies", '[{"name": "delta_vae", "delta": 0.1}]'],
+     "remedy 'delta_vae' bounds the KL against the fixed N(0, I) prior, and the dialogue CVAE's prior is its learned "
+     "p(z|c); the remedy does not combine with this model (--objective.remedies on the command line)"),
 ])
-def test_a_dialogue_run_s_report_settings_are_checked_before_the_data_is_read(tmp_path, capsys, setting, message):
-    """The test report decodes responses after the last epoch: its settings fail at once, not hours later."""
+def test_a_dialogue_recipe_s_settings_are_checked_before_the_data_is_read(tmp_path, capsys, setting, message):
+    """The test report decodes responses after the last epoch: its settings fail at once, not hours later; a
+    remedy that needs N(0, I) says that the CVAE's prior is learned (it has no model.prior to change)."""
     argv = ["train", "dailydialog/cvae", "--data.name", str(tmp_path / "none"), "--out_dir", str(tmp_path), *setting]
     assert fails(argv, capsys) == "textvae: error: " + message
     assert not any(tmp_path.iterdir())  # no run folder was made

@@ -120,7 +120,8 @@ def test_a_run_stopped_in_its_test_report_resumes_its_iw_pass(tmp_path, monkeypa
             main(["train", *tiny_args(tmp_path, "cut", "synthetic", *extra)])
         # the third batch was never finished; the exit status is the shell's for the signal (128 + its number)
         assert stop.value.code == 128 + sig and len(calls) == 2
-        assert "textvae: interrupted; continue with --resume" in capsys.readouterr().err
+        assert (f"textvae: interrupted; continue with: textvae train {tmp_path / 'cut' / 'config.yaml'} --resume"
+                in capsys.readouterr().err)
         assert IWProgress.batches_in(tmp_path / "cut" / IW_PROGRESS_FILE) == 2
     # the stopped attempt's time on the batches the resumed one takes over counts in the report's time:
     # here, as if its second batch had ended 100 s after its test_start

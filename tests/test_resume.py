@@ -168,7 +168,9 @@ main(sys.argv[1:])
     assert proc.wait(timeout=300) == 143
     log = (tmp_path / "log.txt").read_text()
     assert "SIGTERM: training stops after the current step, with a checkpoint" in log
-    assert "textvae: interrupted; continue with --resume" in log and "Traceback" not in log
+    # the run's own command: its config.yaml holds the overrides it was started with
+    assert f"textvae: interrupted; continue with: textvae train {tmp_path / 'run' / 'config.yaml'} --resume" in log
+    assert "Traceback" not in log
     assert checkpoint_step(tmp_path / "run" / "checkpoint.safetensors") == stop_step
     main(["train", *args, "--resume"])
     assert_same_run(tmp_path / "run", reference)

@@ -763,7 +763,7 @@ def _all_registries() -> dict[str, Any]:
 
 
 # what a command stopped part-way (Ctrl-C, SIGTERM) keeps, and how to go on from it
-_RESUME_HINTS = {"train": "continue with --resume",
+_RESUME_HINTS = {"train": "continue with --resume",  # a run stopped part-way gives its own command
                  "evaluate": "the same command resumes its IW pass from the batches it finished",
                  "study": "the same command resumes it (finished runs are kept, stopped ones resume)"}
 

@@ -181,6 +181,7 @@ def transforms_posterior(remedy_class: type) -> bool:
 
 
 STANDARD_PRIOR = "standard_normal"
+CONDITIONAL_PRIOR = "conditional"  # the dialogue CVAE's learned p(z|c), as its latent_family says
 
 
 def check_remedies(specs: list[Any], latent_dim: Optional[int] = None, posterior: str = "gaussian",
@@ -216,6 +217,10 @@ def check_remedies(specs: list[Any], latent_dim: Optional[int] = None, posterior
                            f"model.posterior {posterior!r} does not have as such; use posterior: gaussian",
                            "objective.remedies", "model.posterior")
     bounded = [n for n, c in zip(names, classes) if c.needs_standard_prior]
+    if bounded and prior == CONDITIONAL_PRIOR:  # the CVAE has no prior setting to change
+        raise TextVAEError(f"remedy {bounded[0]!r} bounds the KL against the fixed N(0, I) prior, and the dialogue "
+                           f"CVAE's prior is its learned p(z|c); the remedy does not combine with this model",
+                           "objective.remedies")
     if bounded and prior != STANDARD_PRIOR:
         raise TextVAEError(f"remedy {bounded[0]!r} bounds the KL against the fixed N(0, I) prior, which prior "
                            f"{prior!r} is not (a learned prior can follow the constrained posterior); use "

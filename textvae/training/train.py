@@ -653,9 +653,12 @@ def run_training(task: Task, resume: bool = False, data: Any = None) -> dict[str
             report = finish_run(run)
             finished = True
         except BaseException as stop:
-            if isinstance(stop, KeyboardInterrupt) and not (run_dir / CHECKPOINT).exists():
-                # stopped before its first checkpoint (its data, a first kernel build): nothing to resume
-                setattr(stop, "hint", "no checkpoint was written yet: start it again, without --resume")
+            if isinstance(stop, KeyboardInterrupt):  # the command's last line: how to go on
+                # the run's config.yaml holds every override, so the command need not be retyped with them;
+                # stopped before its first checkpoint (its data, a first kernel build), nothing is there to resume
+                setattr(stop, "hint", f"continue with: textvae train {run_dir / 'config.yaml'} --resume"
+                        if (run_dir / CHECKPOINT).exists() else
+                        "no checkpoint was written yet: start it again, without --resume")
             if fresh and held_folder and world.is_main and not (run_dir / "config.yaml").exists():
                 # a start that failed before it wrote the run's settings (its data, its model) leaves no
                 # folder to trip over; one with them keeps them for the command its error gives
