@@ -140,6 +140,16 @@ def test_a_dialogue_recipe_s_settings_are_checked_before_the_data_is_read(tmp_pa
     assert not any(tmp_path.iterdir())  # no run folder was made
 
 
+def test_a_dialogue_run_in_bf16_on_the_cpu_is_warned_of(caplog):
+    """The kgCVAE's GRUs step over packed turns, and in bf16 oneDNN builds a kernel per new GEMM shape (README)."""
+    from textvae.config import TrainConfig
+    from textvae.tasks import create_task
+
+    for precision in ("fp32", "bf16"):
+        create_task(CVAERunConfig(train=TrainConfig(precision=precision, device="cpu"))).check()
+        assert ("on a CPU the dialogue CVAE runs slower in bf16 than in fp32" in caplog.text) is (precision == "bf16")
+
+
 def test_evaluate_names_its_results_by_what_it_evaluated(tmp_path):
     """Another corpus or a subset never overwrite the figures of the model's own split, whole."""
     def name(**given):

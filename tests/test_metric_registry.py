@@ -134,7 +134,7 @@ def test_every_figure_of_the_registered_metrics_has_its_row():
     assert numbers and numbers <= declared, sorted(numbers - declared)
     table = format_table(figures)
     assert not any(line.split()[0] in numbers for line in table.splitlines())  # no bare key
-    assert re.search(r"^BLEU-2 recall \(3 responses to 1 contexts\) +[0-9.]+$", table, re.M)
+    assert re.search(r"^BLEU-2 recall, 0-1 \(3 responses to 1 contexts\) +[0-9.]+$", table, re.M)
 
 
 def test_a_figure_two_metrics_compute_has_one_row_and_the_truth_follows_its_figure(monkeypatch):

@@ -109,8 +109,8 @@ def test_evaluate_cli_prints_one_table_and_writes_json(run_dir, tmp_path, capsys
     printed = capsys.readouterr().out
     table = printed.strip().splitlines()
     for label in ("NLL (IW, K=50)", "NLL (true, synthetic corpus)", "KL per dim, largest",
-                  "MI (whole set, N=200)", "MI (true I(x; latent))", "BLEU (greedy from posterior mean)",
-                  "distinct-2 (40 prior samples)", "self-BLEU (40 prior samples)"):
+                  "MI (whole set, N=200)", "MI (true I(x; latent))", "BLEU, 0-100 (greedy from posterior mean)",
+                  "distinct-2 (40 prior samples)", "self-BLEU, 0-100 (40 prior samples)"):
         assert label in printed, label
     assert table[-1] == f"results written to {out}" and table[-2].startswith("latent space")
     record = json.loads(out.read_text())

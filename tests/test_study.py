@@ -745,9 +745,21 @@ def test_a_dialogue_study_takes_the_dialogue_settings(tmp_path):
     assert all(isinstance(r.config, CVAERunConfig) and r.config.eval.n_responses == 3 for r in runs)
     acts = next(r for r in runs if r.variant == "acts").config
     assert acts.model.use_acts and acts.data.context_turns == 2 and acts.eval.max_pairs == 9
+    study = st.load_study(write_study(tmp_path, spec), str(tmp_path / "out"))
+    report = st.report_markdown(study, {"variants": [], "runs": []}, {}, "", CVAERunConfig)
+    assert "-ELBO in nats per pair" in report and "over all N test pairs" in report and "sentence" not in report
+    assert "-ELBO in nats per sentence" in st.report_markdown(study, {"variants": [], "runs": []}, {}, "")
     with pytest.raises(TextVAEError, match=r"unknown key model.latent_dimm \(did you mean model.latent_dim\?\)"):
         st.plan(st.load_study(write_study(tmp_path, {**spec, "variants": {"x": {"model.latent_dimm": 3}}}),
                               str(tmp_path / "out")))
+    # a setting of the sentence task is named as that task's, in a variant and in --set
+    with pytest.raises(TextVAEError, match=r"unknown key data.max_sentences; valid in data: .* \(data.max_sentences "
+                                           r"is a setting of the sentences task, and the base recipe's is dialogue\)$"):
+        st.plan(st.load_study(write_study(tmp_path, {**spec, "variants": {"x": {"data.max_sentences": 3}}}),
+                              str(tmp_path / "out")))
+    with pytest.raises(TextVAEError, match=r"^--set: unknown key model.prior; .* \(model.prior is a setting of the "
+                                           r"sentences task, and the base recipe's is dialogue\)$"):
+        st.load_study(write_study(tmp_path, spec), str(tmp_path / "out"), sets=["model.prior=vamp"])
 
 
 def test_archived_runs_a_run_starts_from_are_retrained_down_the_chain(tmp_path):

@@ -52,7 +52,8 @@ class DialogueDataConfig:
 @settings_only
 @dataclass
 class CVAEConfig:
-    """kgCVAE (Zhao et al. 2017) sizes; the defaults are the paper's Switchboard model.
+    """kgCVAE (Zhao et al. 2017) sizes; this class's defaults are the paper's Switchboard model (a recipe's own
+    values show as the defaults in ``textvae train RECIPE --help``).
 
     Utterances (context turns and, in the recognition network, the response) are read by one
     bidirectional ``utterance_encoder`` (a registered sentence encoder); a GRU of

@@ -228,7 +228,7 @@ def score_texts(texts: GeneratedTexts, metrics: Optional[Sequence[str]] = None) 
 
 
 @register_text_metric("recon_bleu", reads="reconstructions", needs=("sacrebleu",),
-                      rows=(Row("recon_bleu", "BLEU (greedy from posterior mean)"),))
+                      rows=(Row("recon_bleu", "BLEU, 0-100 (greedy from posterior mean)"),))
 def _recon_bleu(texts: GeneratedTexts) -> dict[str, float]:
     """recon_bleu: corpus BLEU of the reconstructions against their inputs (:func:`reconstruction_bleu`)."""
     references, hypotheses = zip(*texts.reconstructions)
@@ -244,7 +244,7 @@ def _distinct(texts: GeneratedTexts) -> dict[str, float]:
 
 
 @register_text_metric("self_bleu", reads="samples", least=2, needs=("sacrebleu",),
-                      rows=(Row("self_bleu", "self-BLEU ({G})"),))
+                      rows=(Row("self_bleu", "self-BLEU, 0-100 ({G})"),))
 def _self_bleu(texts: GeneratedTexts) -> dict[str, float]:
     """self_bleu: each sample's BLEU against the others, averaged (:func:`self_bleu`)."""
     return {"self_bleu": self_bleu(texts.samples)}
@@ -259,7 +259,7 @@ def _length(texts: GeneratedTexts) -> dict[str, float]:
 
 @register_text_metric("bleu_precision_recall", reads="responses", needs=("sacrebleu",),
                       study_columns=(("bleu2_precision", "BLEU-2 P", "{:.3f}"), ("bleu2_recall", "BLEU-2 R", "{:.3f}")),
-                      rows=tuple(Row(f"bleu{k}_{side}", f"BLEU-{k} {side} ({{G}})", "{:.4f}")
+                      rows=tuple(Row(f"bleu{k}_{side}", f"BLEU-{k} {side}, 0-1 ({{G}})", "{:.4f}")
                                  for k in (1, 2, 3, 4) for side in ("precision", "recall")))
 def _bleu_precision_recall(texts: GeneratedTexts) -> dict[str, float]:
     """bleuK_precision, bleuK_recall (K = 1..4): Zhao et al. (2017)'s BLEU-K precision and recall of each

@@ -238,15 +238,16 @@ def report_markdown(study: Study, results: dict[str, Any], plot_files: dict[str,
     budget = ", ".join(f"{k} {v}" for k, v in study.budget.items() if v is not None) or "the recipe's"
     k = results.get("iw_samples")
     thr = results.get("au_threshold")
+    item = TASKS.get(_task_of(config_class)).item
     figures = (f"Test-set figures of each run's best model (by validation -ELBO, or rec + w KL where a variant sets "
                f"optim.plateau_kl_weight w), mean ± sample std over seeds ({', '.join(map(str, study.seeds))}). NLL, "
-               f"KL, Rec. (reconstruction) and -ELBO in nats per sentence")
+               f"KL, Rec. (reconstruction) and -ELBO in nats per {item}")
     notes = [
         figures + (f"; IW-NLL / IW-PPL with K = {k:.0f} importance samples" if k else ""),
-        "MI: the whole-set estimator (Li et al. 2019; log q(z) over all N test sentences) with log q(z_i|x_i) of "
+        f"MI: the whole-set estimator (Li et al. 2019; log q(z) over all N test {item}s) with log q(z_i|x_i) of "
         "the same sample as its first term, so that the sampling noise cancels: 0 for an x-independent posterior, "
         "never above log N; results.csv also has the per-batch estimator (mi_batch_*) and He et al.'s as "
-        "published (mi_batch_he2019_*), both over groups of at most mi_batch_size test sentences (He et al.'s batch "
+        f"published (mi_batch_he2019_*), both over groups of at most mi_batch_size test {item}s (He et al.'s batch "
         "size, or the largest group where the evaluation batches split smaller; blank in reports made before it was fixed, whose groups were the evaluation batches)" + _mi_noise(results),
         f"AU: latent dimensions with Var_x E[z|x] >= {thr:g}" if thr else "AU: active units",
         "train (min): the training loop's time (resumed runs summed), without the final evaluation; "

@@ -108,6 +108,28 @@ def parse_sets(sets: list[str]) -> dict[str, Any]:
     return expand_dotted(flat, where)
 
 
+def task_overrides(values: dict[str, Any], overrides: dict[str, Any], task: str, where: str) -> dict[str, Any]:
+    """:func:`apply_overrides` against the settings of ``task``'s configuration; an unknown key that another task
+    has is said to be that task's (``data.max_sentences`` on a dialogue study)."""
+    from textvae.tasks import TASKS
+    from textvae.tasks.runconfig import other_task
+
+    try:
+        return apply_overrides(values, overrides, TASKS.get(task).config_class, where=where)
+    except TextVAEError as e:
+        foreign = [(key, other) for key in dotted_keys(overrides) if (other := other_task(key, task))]
+        if not foreign:
+            raise
+        key, other = foreign[0]
+        raise TextVAEError(f"{e} ({key} is a setting of the {other} task, and the base recipe's is {task})") from None
+
+
+def dotted_keys(overrides: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted names of the values in nested ``overrides`` (a section's mapping counts by its keys)."""
+    return [name for key, value in overrides.items()
+            for name in (dotted_keys(value, f"{prefix}{key}.") if isinstance(value, dict) else [prefix + str(key)])]
+
+
 def load_study(path: str | Path, out: Optional[str] = None, seeds: Optional[list[int]] = None,
                sets: Optional[list[str]] = None) -> Study:
     """Read and check a study file; ``out`` overrides its output folder, ``seeds`` its seeds,
@@ -146,10 +168,9 @@ def load_study(path: str | Path, out: Optional[str] = None, seeds: Optional[list
 
     given = parse_sets(sets or [])
     if given:  # an unknown key is --set's mistake, not that of the first variant it is applied to
-        from textvae.tasks import TASKS
         from textvae.tasks.runconfig import recipe_task
 
-        apply_overrides({}, given, TASKS.get(recipe_task(str(base))).config_class, where="--set")
+        task_overrides({}, given, recipe_task(str(base)), "--set")
     common = [{"data": expand_dotted(spec.get("data") or {}, f"{path}: data")},
               {"train": budget_train},
               expand_dotted(spec.get("overrides") or {}, f"{path}: overrides"), given]
@@ -194,7 +215,8 @@ def plan(study: Study, jobs: int = 1) -> list[Run]:
     base = yaml.safe_load(study.base.read_text()) or {}
     if not isinstance(base, dict):
         raise TextVAEError(f"{study.base}: a recipe is a mapping")
-    config_class = TASKS.get(recipe_task(str(study.base))).config_class  # a dialogue recipe's keys are its own
+    task = recipe_task(str(study.base))
+    config_class = TASKS.get(task).config_class  # a dialogue recipe's keys are its own
     threads = threads_per_run(jobs)
     runs = []
     for seed in study.seeds:
@@ -202,7 +224,7 @@ def plan(study: Study, jobs: int = 1) -> list[Run]:
             where = f"{study.path.name}: variant {vname!r}"
             values = base
             for layer in (*study.common, overrides):
-                values = apply_overrides(values, layer, config_class, where=where)
+                values = task_overrides(values, layer, task, where)
             run_dir = study.out / vname / f"seed{seed}"
             values = apply_overrides(values, {"name": run_dir.name, "out_dir": str(run_dir.parent),
                                               "train": {"seed": seed, "progress": False}}, config_class, where=where)

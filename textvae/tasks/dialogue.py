@@ -26,7 +26,7 @@ from textvae.remedies import REMEDIES, combines, transforms_posterior
 from textvae.tasks.base import register_task
 from textvae.training.progress import counted_progress
 from textvae.training.task import Task
-from textvae.training.train import EVAL_SEED, eval_seed
+from textvae.training.train import EVAL_SEED, eval_seed, resolve_device
 
 log = logging.getLogger("textvae")
 
@@ -35,11 +35,15 @@ log = logging.getLogger("textvae")
 class DialogueTask(Task):
     config_class = CVAERunConfig
     reseed_after_init = False  # one process keeps the initialisation stream, as the recorded runs did
+    item = "pair"  # a figure is the response's, given its context
 
     def check(self) -> None:
         check_text_metrics(instead="the test report scores the responses with them")
         check_likelihood_act(self.cfg.eval.likelihood_act)
         self.check_decoding()
+        if self.cfg.train.precision == "bf16" and resolve_device(self.cfg.train.device).type == "cpu":
+            log.warning("train.precision bf16: on a CPU the dialogue CVAE runs slower in bf16 than in fp32 (oneDNN "
+                        "builds a kernel for each new shape of its GRUs' per-step GEMMs; README, Dialogue)")
         family = self.cfg.model.latent_family()  # the transforms that combine with the CVAE's prior
         transforms = [n for n in REMEDIES.names()
                       if transforms_posterior(REMEDIES.get(n)) and combines([{"name": n}], **family)]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import yaml
 
@@ -161,11 +161,17 @@ def _argument_error(message: str, argv: list[str], recipe_first: bool, task: str
         return message
     help_hint = f"textvae train {'RECIPE ' if task != DEFAULT_TASK else ''}--help lists the settings"
     name = given.group(1).split("=", 1)[0]
-    other = [task_name for task_name in TASKS.names()
-             if task_name != task and name in setting_names(TASKS.get(task_name).config_class)]
+    other = other_task(name, task)
     if other:  # data.max_sentences on a dialogue run (whose cap is data.max_pairs)
-        return message + f" (--{name} is a setting of the {other[0]} task, and this recipe's is {task}; {help_hint})"
+        return message + f" (--{name} is a setting of the {other} task, and this recipe's is {task}; {help_hint})"
     return message + (close_name(given.group(1), setting_names(config_class), "--") or f" ({help_hint})")
+
+
+def other_task(name: str, task: str) -> Optional[str]:
+    """The first registered task but ``task`` that has the dotted setting ``name``, if any (``data.max_sentences``:
+    the sentences task's, given to a dialogue run)."""
+    return next((other for other in TASKS.names()
+                 if other != task and name in setting_names(TASKS.get(other).config_class)), None)
 
 
 def recipes_block(argv: list[str]) -> tuple[list[str], int, bool]:

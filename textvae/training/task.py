@@ -35,6 +35,8 @@ class Task:
     # task that says False keeps drawing from the initialisation stream (as its recorded runs did);
     # data-parallel runs always re-seed, each rank needing a stream of its own.
     reseed_after_init = True
+    # what the figures are per, and counted in, in a study's report: nats per sentence, N test sentences
+    item = "sentence"
 
     def __init__(self, cfg: Any):
         self.cfg = cfg
