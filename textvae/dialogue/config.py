@@ -102,7 +102,8 @@ class CVAEConfig:
     prior_remedies: list[str] = field(default_factory=lambda: ["bn_vae"])
     """remedies of the objective whose ``transform_posterior`` is also applied, by a second instance with
     the same parameters, to the prior network's (mu, logvar): BN-VAE's CVAE extension (Zhu et al. 2020)
-    normalises the means of both q(z|x,c) and p(z|c)"""
+    normalises the means of both q(z|x,c) and p(z|c). A name that ``objective.remedies`` does not list does
+    nothing: the default only says that ``bn_vae``, once added to the objective, acts on both"""
 
     RANGES: ClassVar[dict[str, Range]] = {
         "emb_dim": COUNT, "utterance_hidden": COUNT, "context_hidden": COUNT, "context_dropout": PROBABILITY,
