@@ -33,6 +33,7 @@ from textvae.metrics import GeneratedTexts, bleu_precision_recall, score_texts
 from textvae.models.distributions import DiagGaussian, StandardNormal
 from textvae.models.textvae import TextVAE
 from textvae.pretrained import PretrainedCVAE, load
+from textvae.rng import numbered_streams
 from textvae.reduction import CorpusAccumulator
 from textvae.tasks import create_task
 from textvae.training.logger import read_jsonl
@@ -217,7 +218,8 @@ def test_the_cvae_refuses_a_remedy_bounded_against_a_fixed_prior_and_a_misspelt_
     from textvae.training.train import check_config
 
     cfg = CVAERunConfig(objective=ObjectiveConfig(remedies=[{"name": "delta_vae"}]))
-    with pytest.raises(TextVAEError, match="remedy 'delta_vae' bounds the KL .* prior 'conditional'"):
+    with pytest.raises(TextVAEError,
+                       match=r"remedy 'delta_vae' bounds the KL .* the dialogue CVAE's prior is its learned p\(z\|c\)"):
         check_config(cfg)
     cfg = CVAERunConfig(model=CVAEConfig(prior_remedies=["bnvae"]))
     with pytest.raises(TextVAEError, match=r"model.prior_remedies \['bnvae'\]: .* valid: bn_vae"):
@@ -586,14 +588,16 @@ def test_train_cvae_and_respond(tmp_path, capsys, caplog):
         main(["evaluate", str(run), "--batch-size", "8"])
     assert "--batch-size: an option of a sentence model's evaluation" in capsys.readouterr().err
     # the report's own settings are the run's eval section, changed with --eval.KEY VALUE (before the run too)
-    main(["evaluate", "--eval.max_pairs", "2", str(run), "--split", "valid", "--iw-samples", "0", "--eval.max_contexts=1",
-          "--json", str(tmp_path / "two.json")])
-    two = json.loads((tmp_path / "two.json").read_text())
+    main(["evaluate", "--eval.max_pairs", "2", str(run), "--split", "valid", "--iw-samples", "0", "--eval.max_contexts=1"])
+    two = json.loads((run / "eval_valid_max_pairs-2_max_contexts-1.json").read_text())  # not the whole split's file
     assert (two["n_pairs"], two["n_contexts"], two["split"]) == (2, 1, "valid")
-    assert two["overrides"] == ["--eval.max_pairs", "2", "--eval.max_contexts=1"]
-    with pytest.raises(SystemExit):  # checked as train checks it, before any work
-        main(["evaluate", str(run), "--eval.method", "nucleus"])
-    assert "eval.method 'nucleus': unknown decoding method; valid: greedy, sample, beam" in capsys.readouterr().err
+    assert two["overrides"] == ["eval.max_pairs=2", "eval.max_contexts=1"]
+    for argv, error in ((["--eval.method", "nucleus"], "eval.method 'nucleus': unknown decoding method; valid: greedy"),
+                        (["--eval.max_pairs", "0"], "eval.max_pairs must be at least 1, got 0"),
+                        (["--eval.max_pairs", "--split", "valid"], "--eval.max_pairs: expected one argument")):
+        with pytest.raises(SystemExit):  # checked as train checks it, before any work
+            main(["evaluate", str(run), *argv])
+        assert error in capsys.readouterr().err
     # its own precision may be named (the report computes in it); another is refused
     main(["evaluate", str(run), "--iw-samples", "3", "--precision", "fp32", "--json", str(tmp_path / "fp32.json")])
     assert json.loads((tmp_path / "fp32.json").read_text())["iw_nll"] == evaluated["iw_nll"]
@@ -614,11 +618,18 @@ def test_train_cvae_and_respond(tmp_path, capsys, caplog):
     assert isinstance(cvae, PretrainedCVAE) and not cvae.model.training and cvae.run_config["task"] == "dialogue"
     context = ["hello how are you", "fine thanks"]
     assert cvae.respond(context, n=3) == lines
+    batch = collate_dialogues([[data.tokenizer.encode(t) for t in context]], [[]])
+    by_hand = [generate_responses(cvae.model, batch, 1, "greedy", 40, stream)[0][0] for stream in numbered_streams(0, 3)]
+    assert lines == [data.tokenizer.decode(ids) for ids in by_hand]  # response i from stream (seed, i)
     sampled = cvae.respond(context, n=5, method="sample", max_len=5, seed=4)
     assert sampled[:3] == cvae.respond(context, n=3, method="sample", max_len=5, seed=4)
     assert len(set(sampled)) > 1  # distinct streams, not one draw repeated
     with pytest.raises(TextVAEError, match="give the context as a list of turns, not one string"):
         cvae.respond("hello how are you")
+    with pytest.raises(TextVAEError, match="^temperature is an option of method sample, and method greedy would ignore"):
+        cvae.respond(context, temperature=0.5)
+    with pytest.raises(TextVAEError, match="^seed must be at least 0, got -1$"):
+        cvae.respond(context, seed=-1)
     with pytest.raises(TextVAEError, match=r"^" + re.escape(f"{run / 'model'}: this is a dialogue CVAE, not a "
                                                            f"sentence VAE: KgCVAE.from_pretrained reads it")):
         TextVAE.from_pretrained(run / "model")

@@ -760,6 +760,10 @@ def test_a_dialogue_study_takes_the_dialogue_settings(tmp_path):
     with pytest.raises(TextVAEError, match=r"^--set: unknown key model.prior; .* \(model.prior is a setting of the "
                                            r"sentences task, and the base recipe's is dialogue\)$"):
         st.load_study(write_study(tmp_path, spec), str(tmp_path / "out"), sets=["model.prior=vamp"])
+    with pytest.raises(TextVAEError, match=r"unknown key model.latent_dimm \(did you mean model.latent_dim\?\); "
+                                           r"valid in model: [a-z_, ]+$"):  # the failing key's error, no other's note
+        st.plan(st.load_study(write_study(tmp_path, {**spec, "variants": {
+            "x": {"model.latent_dimm": 3, "data.max_sentences": 3}}}), str(tmp_path / "out")))
 
 
 def test_archived_runs_a_run_starts_from_are_retrained_down_the_chain(tmp_path):

@@ -30,7 +30,7 @@ import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -284,30 +284,36 @@ REPORT_SECTION = "eval"  # the section of a task's configuration that its test r
 
 def report_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
     """(evaluate's own arguments, the ``--eval.KEY VALUE`` / ``--eval.KEY=VALUE`` overrides of a task run's report
-    settings) of ``argv``, taken apart before argparse reads it: a value of one would otherwise be read as the
-    model's folder."""
+    settings, as ``eval.KEY=VALUE``) of ``argv``, taken apart before argparse reads it: a value of one would
+    otherwise be read as the model's folder. A key without its value (last, or before another option) stays
+    ``eval.KEY``, for the run's parser to refuse."""
     own: list[str] = []
     overrides: list[str] = []
-    items = iter(argv)
-    for arg in items:
-        if arg.startswith(f"--{REPORT_SECTION}."):
-            overrides += [arg] if "=" in arg else [arg, *[v for v in [next(items, None)] if v is not None]]
-        else:
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith(f"--{REPORT_SECTION}."):
             own.append(arg)
+        elif "=" in arg or i + 1 == len(argv) or argv[i + 1].startswith("--"):
+            overrides.append(arg[2:])
+        else:
+            overrides.append(f"{arg[2:]}={argv[i + 1]}")
+            i += 1
+        i += 1
     return own, overrides
 
 
 def check_sentence_model(folder: Path, overrides: list[str]) -> None:
-    """What a sentence model's evaluation refuses: the overrides of a task run's report section, and a dialogue
-    CVAE's model folder without its run (whose recipe decides its report)."""
-    if overrides:
-        raise TextVAEError(f"{overrides[0].split('=')[0]}: a setting of a dialogue run's report (its recipe's "
-                           f"{REPORT_SECTION} section); a sentence model's evaluation takes the options that "
-                           f"textvae evaluate --help lists")
+    """What a sentence model's evaluation refuses: a dialogue CVAE's model folder without its run (whose recipe
+    decides its report), and the overrides of a task run's report section."""
     if is_dialogue(folder):
         raise TextVAEError(f"{folder}: a dialogue CVAE's model folder on its own; `textvae evaluate` takes its run "
                            f"folder, whose recipe's eval section decides the report (`textvae respond` answers a "
                            f"context with the model folder alone)")
+    if overrides:
+        raise TextVAEError(f"--{overrides[0].split('=')[0]}: a setting of a dialogue run's report (its recipe's "
+                           f"{REPORT_SECTION} section); a sentence model's evaluation takes the options that "
+                           f"textvae evaluate --help lists")
 
 
 def evaluate_task_run(args: argparse.Namespace, task_name: str, device: torch.device, run_dir: Path,
@@ -316,7 +322,7 @@ def evaluate_task_run(args: argparse.Namespace, task_name: str, device: torch.de
     metrics and text metrics, with its recipe's evaluation settings changed by ``overrides``, ``--eval.KEY VALUE``,
     in its train.precision) on ``--split``, with K = ``--iw-samples``; the options of a sentence model's evaluation
     are refused rather than ignored."""
-    from textvae.config import TrainConfig
+    from textvae.config import TrainConfig, check_ranges
     from textvae.tasks import create_task
     from textvae.tasks.runconfig import parse_run_config
     from textvae.training.train import evaluation_rng
@@ -334,12 +340,14 @@ def evaluate_task_run(args: argparse.Namespace, task_name: str, device: torch.de
         raise TextVAEError(f"--{given[0].replace('_', '-')}: an option of a sentence model's evaluation; a {task_name} "
                            f"run is evaluated with its recipe's settings (its {REPORT_SECTION} section), which "
                            f"--{REPORT_SECTION}.KEY VALUE changes")
-    cfg, _ = parse_run_config([str(run_dir / "config.yaml"), *overrides])
+    cfg, _ = parse_run_config([str(run_dir / "config.yaml"), *(f"--{o}" for o in overrides)])
+    check_ranges(cfg)  # an override's value, as train checks the recipe's
     if args.iw_samples is not None:  # else the run's, as its test report
         cfg.train.iw_samples_final = args.iw_samples
+    cfg.train.device = str(device)  # where the report runs, whatever device the run trained on
     task = create_task(cfg)
     task.check()  # the packages its text metrics need, before any work
-    out = results_file(args, run_dir)
+    out = results_file(args, run_dir, overrides)
     progress = progress_file(out)  # a stopped pass resumes there
     kept = task.iw_progress(progress, run_dir / "model", device, args.split)
     with evaluation_rng(device):  # as the run's own report drew its numbers
@@ -387,11 +395,11 @@ def evaluation_data(args: argparse.Namespace, run_cfg: Optional[dict], tokenizer
     return data_cfg, data
 
 
-def results_file(args: argparse.Namespace, folder: Path) -> Path:
+def results_file(args: argparse.Namespace, folder: Path, overrides: Sequence[str] = ()) -> Path:
     """Where ``evaluate`` writes its results (``--json``, default :func:`default_results_name` in ``folder``: the
     run's, or the model folder given), its folder made and checked before the pass, a long one, rather than
     after it."""
-    out = Path(args.json) if args.json else folder / default_results_name(args)
+    out = Path(args.json) if args.json else folder / default_results_name(args, overrides)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # FileExistsError where a file stands in the way, whose strerror would mislead
@@ -413,18 +421,20 @@ def progress_file(out: Path) -> Path:
     return out.with_name(f"{out.stem}.iw_progress.safetensors")
 
 
-def default_results_name(args: argparse.Namespace) -> str:
-    """``eval_<split>.json`` for the run's own corpus as it read it; another corpus (``--data``) or a subset
-    (``--max-sentences``) are named in it, ``eval_<data>_<split>_n<N>.json``, so that evaluating them
-    does not overwrite the figures of the whole split; a text file, evaluated whole, by its file name alone
-    (``eval_<name>.txt.json``: a file named test.txt is not the test split)."""
+def default_results_name(args: argparse.Namespace, overrides: Sequence[str] = ()) -> str:
+    """``eval_<split>.json`` for the run's own corpus as it read it; another corpus (``--data``), a subset
+    (``--max-sentences``) or a dialogue run's report settings (``overrides``, ``eval.KEY=VALUE``) are named in it,
+    ``eval_<data>_<split>_n<N>.json``, ``eval_<split>_<KEY>-<VALUE>.json``, so that evaluating them
+    does not overwrite the figures of the whole split as the run reports it; a text file, evaluated whole, by its
+    file name alone (``eval_<name>.txt.json``: a file named test.txt is not the test split)."""
     from textvae.data.datasets import is_text_file
 
     text_file = bool(args.data) and is_text_file(args.data)
     given = (Path(args.data).name or args.data) if args.data else None
     data = [re.sub(r"[^\w.-]+", "_", given)] if given else []
     subset = [f"n{args.max_sentences}"] if args.max_sentences else []
-    return "_".join(["eval", *data, *([] if text_file else [args.split]), *subset]) + ".json"
+    settings = [re.sub(r"[^\w.-]+", "_", o.removeprefix(f"{REPORT_SECTION}.").replace("=", "-")) for o in overrides]
+    return "_".join(["eval", *data, *([] if text_file else [args.split]), *subset, *settings]) + ".json"
 
 
 def evaluation_progress(args: argparse.Namespace, folder: Path, data_cfg: Any, out: Path,
@@ -772,7 +782,8 @@ def _interrupted_hint(command: str, stop: KeyboardInterrupt) -> Optional[str]:
     """How to go on after ``command`` was stopped part-way."""
     if command == "train" and os.environ.get(PARENT_ENV):  # a study's run: its log is read beside the study's
         return "the study resumes it: run the same textvae study command again"
-    # a run's own hint (stopped before its first checkpoint) is train's
+    # a run stopped in its loop carries its own hint (its resume command, or that it has no checkpoint yet);
+    # the table's is for a stop before the loop
     return (getattr(stop, "hint", None) if command == "train" else None) or _RESUME_HINTS.get(command)
 
 

@@ -55,6 +55,10 @@ SEED = Range(least=0, below=2**63)  # what torch's manual_seed takes
 POSITIVE = Range(above=0)
 PROBABILITY = Range(least=0, most=1)
 
+# the prior of a model whose p(z|c) is learned from its condition c (the dialogue CVAE's), as the remedies'
+# combination rules read it beside the registered priors' names
+CONDITIONAL_PRIOR = "conditional"
+
 
 def check_flags(args: Any, ranges: dict[str, Range]) -> None:
     """One-line error for the first numeric command-line flag of ``args`` (an argparse namespace) outside its
@@ -494,12 +498,20 @@ def section_type(f: dataclasses.Field) -> Optional[type]:
     return factory if factory is not dataclasses.MISSING and dataclasses.is_dataclass(factory) else None
 
 
-def unknown_key(key: str, cls: type, where: str, prefix: str = "") -> TextVAEError:
+class UnknownKeyError(TextVAEError):
+    """A configuration key that its section lacks; ``key`` is its dotted name (``data.max_sentences``)."""
+
+    def __init__(self, message: str, key: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def unknown_key(key: str, cls: type, where: str, prefix: str = "") -> UnknownKeyError:
     """The error for a key ``key`` that the section ``prefix`` (the dataclass ``cls``) lacks: its dotted
     name, a close valid one where there is one (a misspelling) and the section's valid keys."""
     fields = [f.name for f in dataclasses.fields(cls)]
-    return TextVAEError(f"{where}: unknown key {prefix}{key}{close_name(str(key), fields, prefix)}; valid"
-                        f"{' in ' + prefix[:-1] if prefix else ''}: {', '.join(fields)}")
+    return UnknownKeyError(f"{where}: unknown key {prefix}{key}{close_name(str(key), fields, prefix)}; valid"
+                           f"{' in ' + prefix[:-1] if prefix else ''}: {', '.join(fields)}", f"{prefix}{key}")
 
 
 def close_name(key: str, valid: Any, prefix: str = "") -> str:

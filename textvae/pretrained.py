@@ -123,6 +123,7 @@ class PretrainedCVAE:
         ``context_turns`` kept). Response i is decoded from its own z ~ p(z|c), drawn from a stream of its own
         seeded with (``seed``, i), so that n = 5 gives n = 3's responses and two more. ``method``: greedy, sample
         (``temperature``, ``top_p``) or beam."""
+        from textvae.config import COUNT, POSITIVE, SEED, Range
         from textvae.data.tokenization import warn_unknown_words
         from textvae.dialogue.data import collate_dialogues, prepare_context
         from textvae.dialogue.generation import generate_responses
@@ -130,16 +131,22 @@ class PretrainedCVAE:
 
         if isinstance(context, str):  # one string would read as a list of its characters
             raise TextVAEError("give the context as a list of turns, not one string")
-        if n < 1:
-            raise TextVAEError(f"n must be at least 1, got {n}")
+        for name, value, bounds in (("n", n, COUNT), ("max_len", max_len, COUNT), ("seed", seed, SEED),
+                                    ("temperature", temperature, POSITIVE), ("top_p", top_p, Range(above=0, most=1))):
+            problem = bounds.violation(value)
+            if problem:
+                raise TextVAEError(f"{name} {problem}, got {value}")
+        ignored = [name for name, value in (("temperature", temperature), ("top_p", top_p)) if value != 1.0]
+        if ignored and method != "sample":  # greedy and beam would not read them
+            raise TextVAEError(f"{ignored[0]} is an option of method sample, and method {method} would ignore it")
         turns = prepare_context(context, self.model.text.get("context_turns", 10),
                                 self.model.text.get("max_turn_words", 40))
         warn_unknown_words(self.tokenizer, turns)
         # the response slot of the batch is an empty placeholder: generation reads only the context
-        batch = collate_dialogues([[self.tokenizer.encode(t) for t in turns]], [self.tokenizer.encode("")])
-        batch = batch.to(next(self.model.parameters()).device)
+        device = next(self.model.parameters()).device
+        batch = collate_dialogues([[self.tokenizer.encode(t) for t in turns]], [self.tokenizer.encode("")]).to(device)
         ids = [generate_responses(self.model, batch, 1, method, max_len, stream, temperature=temperature,
-                                  top_p=top_p)[0][0] for stream in numbered_streams(seed, n)]
+                                  top_p=top_p)[0][0] for stream in numbered_streams(seed, n, device)]
         return [self.tokenizer.decode(r) for r in ids]
 
 

@@ -26,10 +26,11 @@ def set_rng_state(state: dict[str, torch.Tensor], device: Optional[torch.device]
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def numbered_streams(seed: int, n: int) -> list[torch.Generator]:
-    """``n`` generators, the i-th seeded from (``seed``, i): item i of a batch drawn with them is the same whatever
-    ``n`` is, so that asking for five samples prints the three of ``n = 3``, then two more."""
+def numbered_streams(seed: int, n: int, device: torch.device | str = "cpu") -> list[torch.Generator]:
+    """``n`` generators on ``device`` (where the draws they make are made), the i-th seeded from (``seed``, i):
+    item i of a batch drawn with them is the same whatever ``n`` is, so that asking for five samples prints the
+    three of ``n = 3``, then two more."""
     import numpy as np
 
-    return [torch.Generator().manual_seed(int(np.random.SeedSequence([seed, i]).generate_state(1)[0]))
+    return [torch.Generator(device=device).manual_seed(int(np.random.SeedSequence([seed, i]).generate_state(1)[0]))
             for i in range(n)]

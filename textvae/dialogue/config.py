@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Optional
 
-from textvae.config import (COUNT, POSITIVE, PROBABILITY, ObjectiveConfig, OptimConfig, Range, TrainConfig,
-                            settings_only)
+from textvae.config import (CONDITIONAL_PRIOR, COUNT, POSITIVE, PROBABILITY, ObjectiveConfig, OptimConfig, Range,
+                            TrainConfig, settings_only)
 
 
 @settings_only
@@ -113,7 +113,7 @@ class CVAEConfig:
     def latent_family(self) -> dict[str, Any]:
         """What the remedies' combination rules read of the model (``check_remedies``): a Gaussian
         posterior against the learned prior p(z|c)."""
-        return {"latent_dim": self.latent_dim, "posterior": "gaussian", "prior": "conditional"}
+        return {"latent_dim": self.latent_dim, "posterior": "gaussian", "prior": CONDITIONAL_PRIOR}
 
 
 @settings_only

@@ -16,17 +16,19 @@ from pathlib import Path
 from textvae.config import COUNT, POSITIVE, SEED, Range, check_flags
 from textvae.dialogue.generation import METHODS
 from textvae.errors import CommandParser, TextVAEError
-from textvae.pretrained import PretrainedCVAE, load
+from textvae.models.textvae import locate_model
+from textvae.pretrained import is_dialogue, load
 
 
 def respond(model_dir: str | Path, context: list[str], n: int = 5, method: str = "greedy", max_len: int = 40,
             seed: int = 0, temperature: float = 1.0, top_p: float = 1.0, show: bool = True) -> list[str]:
     """n responses to ``context`` (turns, oldest first) from the CVAE in ``model_dir``
     (:meth:`textvae.pretrained.PretrainedCVAE.respond`); printed one per line when ``show``."""
-    cvae = load(model_dir)
-    if not isinstance(cvae, PretrainedCVAE):
-        raise TextVAEError(f"{cvae.folder}: not a dialogue CVAE but a sentence VAE or language model, which "
+    folder, _ = locate_model(model_dir)
+    if not is_dialogue(folder):  # refused before its weights are read
+        raise TextVAEError(f"{folder}: not a dialogue CVAE but a sentence VAE or language model, which "
                            f"`textvae sample`, `reconstruct` and `evaluate` read")
+    cvae = load(model_dir)
     responses = cvae.respond(context, n, method, max_len, seed, temperature, top_p)
     if show:
         for i, line in enumerate(responses, start=1):
@@ -45,7 +47,8 @@ def cmd_respond(argv: list[str]) -> None:
     ap.add_argument("--temperature", type=float, help="softmax temperature, --method sample (default: 1)")
     ap.add_argument("--top-p", type=float, help="nucleus sampling mass, --method sample (default: 1, all)")
     ap.add_argument("--max-len", type=int, default=40, help="decoding steps (default: 40)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the latent draws and the sampling, one stream per response (default: 0)")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="seed of the latent draws and the sampling, one stream per response (default: 0)")
     args = ap.parse_args(argv)
     check_flags(args, {"n": COUNT, "max_len": COUNT, "seed": SEED, "temperature": POSITIVE,
                        "top_p": Range(above=0, most=1)})

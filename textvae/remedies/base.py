@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Iterable, Iterator, Optional, Protocol
 import torch
 from torch import nn
 
-from textvae.config import Range
+from textvae.config import CONDITIONAL_PRIOR, Range
 from textvae.errors import TextVAEError
 from textvae.registry import Registry
 
@@ -181,7 +181,6 @@ def transforms_posterior(remedy_class: type) -> bool:
 
 
 STANDARD_PRIOR = "standard_normal"
-CONDITIONAL_PRIOR = "conditional"  # the dialogue CVAE's learned p(z|c), as its latent_family says
 
 
 def check_remedies(specs: list[Any], latent_dim: Optional[int] = None, posterior: str = "gaussian",

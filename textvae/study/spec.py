@@ -11,7 +11,7 @@ from typing import Any, Callable, Optional
 
 import yaml
 
-from textvae.config import RunConfig, expand_dotted, section_type, unknown_key
+from textvae.config import RunConfig, UnknownKeyError, expand_dotted, section_type, unknown_key
 from textvae.errors import TextVAEError
 from textvae.packaged import find_yaml, packaged_file, packaged_names
 
@@ -116,18 +116,11 @@ def task_overrides(values: dict[str, Any], overrides: dict[str, Any], task: str,
 
     try:
         return apply_overrides(values, overrides, TASKS.get(task).config_class, where=where)
-    except TextVAEError as e:
-        foreign = [(key, other) for key in dotted_keys(overrides) if (other := other_task(key, task))]
-        if not foreign:
+    except UnknownKeyError as e:
+        other = other_task(e.key, task)
+        if other is None:
             raise
-        key, other = foreign[0]
-        raise TextVAEError(f"{e} ({key} is a setting of the {other} task, and the base recipe's is {task})") from None
-
-
-def dotted_keys(overrides: dict[str, Any], prefix: str = "") -> list[str]:
-    """The dotted names of the values in nested ``overrides`` (a section's mapping counts by its keys)."""
-    return [name for key, value in overrides.items()
-            for name in (dotted_keys(value, f"{prefix}{key}.") if isinstance(value, dict) else [prefix + str(key)])]
+        raise TextVAEError(f"{e} ({e.key} is a setting of the {other} task, and the base recipe's is {task})") from None
 
 
 def load_study(path: str | Path, out: Optional[str] = None, seeds: Optional[list[int]] = None,
