@@ -29,7 +29,7 @@ TINY = ["--model.emb_dim", "8", "--model.latent_dim", "4", "--model.encoder.hidd
 # the line that answers a probe: an error, else a warning or report line of interest
 ANSWER = re.compile(r"^textvae: error: .*|.*(?:warning|is larger than|epochs 0|not trained|glued|looks like|"
                     r"unknown words|not in the model's vocabulary|run saved in|collapsed \(0 active|resuming|evaluating|"
-                    r"test report:|training on|\t->\t|LATENT_DIM\s+\(type|valid -ELBO).*$",
+                    r"test report:|training on|\t->\t|LATENT_DIM\s+\(type|valid -ELBO|results written).*$",
                     re.MULTILINE)
 
 
@@ -162,6 +162,7 @@ def probes(work: Path, p: dict[str, Path]) -> list[tuple]:
         *session30_probes(work, p),
         *session31_probes(work, p),
         *session32_probes(work, p),
+        *session33_probes(work, p),
         ("a resumed run", ["train", str(work / "runs/vae/config.yaml"), "--resume", "--train.max_steps", "3"],
          "resuming"),
     ]
@@ -324,8 +325,33 @@ def session32_probes(work: Path, p: dict[str, Path]) -> list[tuple]:
     ]
 
 
+def session33_probes(work: Path, p: dict[str, Path]) -> list[tuple]:
+    """The thirty-third session's walkthrough of the dialogue task: its report's settings checked before training,
+    evaluate's --eval.KEY VALUE, a CVAE's model folder alone, respond on a sentence model, a remedy that needs
+    N(0, I), and a sentence setting in a dialogue study."""
+    cvae = [str(REPO / "textvae/recipes/dailydialog/cvae.yaml"), "--out_dir", str(work / "runs"),
+            "--data.name", str(p["dialogues"])]
+    study = work / "dialogue_study.yaml"
+    study.write_text(f"base: {REPO / 'textvae/recipes/dailydialog/cvae.yaml'}\nvariants: {{plain: {{}}}}\n")
+    alone = work / "cvae_model"  # outside its run folder, which a run's own model/ is not
+    shutil.copytree(work / "runs/cvae/model", alone, dirs_exist_ok=True)
+    return [
+        ("a misspelt eval.method", ["train", *cvae, "--name", "y", "--eval.method", "nucleus"], ""),
+        ("eval.temperature with greedy decoding", ["train", *cvae, "--name", "y", "--eval.temperature", "0.5"], ""),
+        ("delta_vae on the dialogue CVAE", ["train", *cvae, "--name", "y", "--objective.remedies",
+                                           '[{"name": "delta_vae", "delta": 0.1}]'], ""),
+        ("evaluate a dialogue run with its eval section changed", [
+            "evaluate", str(work / "runs/cvae"), "--eval.max_pairs", "2", "--iw-samples", "0"], "results written"),
+        ("evaluate a CVAE's model folder alone (a copy)", ["evaluate", str(alone)], ""),
+        ("respond with a sentence model", ["respond", str(work / "runs/vae"), "--context", "w1 w2"], ""),
+        ("a sentence setting in a dialogue study's --set", ["study", str(study), "--status", "--set",
+                                                            "data.max_sentences=9"], ""),
+    ]
+
+
 GROUPS = {"session27": session27_probes, "session28": session28_probes, "session29": session29_probes,
-          "session30": session30_probes, "session31": session31_probes, "session32": session32_probes}
+          "session30": session30_probes, "session31": session31_probes, "session32": session32_probes,
+          "session33": session33_probes}
 
 
 def main() -> None:
