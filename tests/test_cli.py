@@ -337,7 +337,7 @@ def test_plot_errors(run, tmp_path, capsys, argv, message):
     assert stop.value.code == 2 and message.format(tmp=tmp_path) in capsys.readouterr().err
 
 
-def test_compare_tables_runs_with_the_settings_that_differ(tmp_path, capsys):
+def test_compare_tables_runs_with_the_settings_that_differ(tmp_path, capsys, caplog):
     """Each row is the run's own test record; the last column names exactly what differs from the
     first run (not its name, folder or threads, nor a setting added since a run was made)."""
     import yaml
@@ -370,6 +370,13 @@ def test_compare_tables_runs_with_the_settings_that_differ(tmp_path, capsys):
     main(["compare", str(tmp_path)])  # a folder of runs (a study's variant folder: its seeds) is its runs
     rows = [line.split(" | ")[0] for line in capsys.readouterr().out.splitlines()[2:]]
     assert rows == [f"| {tmp_path / name}" for name in ("cut", "fb", "old", "run")]
+    # a run made with a plugin not loaded here: its parts' figures would be missing without a word
+    with open(tmp_path / "fb" / "metrics.jsonl", "a") as log:
+        log.write(json.dumps({"split": "source", "step": 0, "epoch": 0, "plugins": ["my_metrics"]}) + "\n")
+    with caplog.at_level("WARNING", logger="textvae"):
+        main(["compare", str(old), str(tmp_path / "fb")])
+    assert ("2 runs were made with plugin(s) not loaded here: my_metrics; the figures their parts give (a metric's "
+            "column) are left out (TEXTVAE_PLUGINS=my_metrics)") in caplog.text
     with pytest.raises(SystemExit) as stop:
         main(["compare", str(tmp_path / "corpus")])
     assert stop.value.code == 2 and "no config.yaml here or in its folders; compare takes run folders" in \

@@ -6,6 +6,7 @@ import re
 from typing import Any, Optional
 
 import pytest
+import torch
 
 import textvae.data.synthetic  # noqa: F401 (registers the synthetic corpus kinds)
 import textvae.tasks  # noqa: F401 (imports every registered part)
@@ -13,7 +14,7 @@ import textvae.registry as registry
 from textvae.cli import main
 from textvae.errors import TextVAEError
 from textvae.registry import Registry, list_registries
-from textvae.remedies import create_remedy, list_remedies
+from textvae.remedies import REMEDIES, Remedy, create_remedy, list_remedies, register_remedy
 from textvae.schedules import create_schedule
 from tests.test_metric_registry import toy_metric  # noqa: F401 (fixture)
 
@@ -125,8 +126,6 @@ def test_a_caller_passes_only_declared_arguments(monkeypatch):
 def test_registering_again_replaces_the_same_definition_only(monkeypatch):
     """A notebook cell run twice (or a module reloaded) registers its definition again: that replaces the
     entry; another definition under a name in use, a bare decorator or a non-remedy are errors as they register."""
-    from textvae.remedies import REMEDIES, Remedy, register_remedy
-
     monkeypatch.setattr(registry, "_REGISTRIES", [])
     parts = Registry("part")
     for width in (1, 2):  # the same def, run twice
@@ -134,15 +133,17 @@ def test_registering_again_replaces_the_same_definition_only(monkeypatch):
             return depth
         parts.register("box")(box)
     assert parts.build("box", {}) == 2
-    with pytest.raises(ValueError, match="part 'box' registered twice"):
+    with pytest.raises(ValueError, match=r"^part 'box' is taken by tests\.test_registry\.test_registering_again_"
+                                         r"replaces_the_same_definition_only\.<locals>\.box; register this one under "
+                                         r"another name$"):
         parts.register("box")(lambda: 0)
     parts.register("lid")(lambda: 1)
-    with pytest.raises(ValueError, match="part 'lid' registered twice"):  # every lambda here is <locals>.<lambda>
+    with pytest.raises(ValueError, match="part 'lid' is taken; register this one"):  # every lambda here is <locals>.<lambda>
         parts.register("lid")(lambda: 2)
-    with pytest.raises(ValueError, match="part 'crate' registered twice"):  # instances carry no definition
+    with pytest.raises(ValueError, match="part 'crate' is taken; register this one"):  # instances carry no definition
         parts.register("crate")(object())
         parts.register("crate")(object())
-    with pytest.raises(TypeError, match="register takes the entry's name"):
+    with pytest.raises(TypeError, match="the register decorator takes the entry's name"):
         parts.register(box)
     monkeypatch.setattr(REMEDIES, "_entries", dict(REMEDIES._entries))
     with pytest.raises(TypeError, match="register_remedy takes a subclass of Remedy"):
@@ -151,7 +152,51 @@ def test_registering_again_replaces_the_same_definition_only(monkeypatch):
         @register_remedy("mine")
         class Mine(Remedy):
             """A remedy of one's own, defined twice."""
+
+            def corrupt_inputs(self, inputs):
+                return inputs
     assert REMEDIES.get("mine") is Mine
+
+
+def test_a_remedy_whose_hooks_would_do_nothing_is_refused_as_it_registers(monkeypatch):
+    """A misspelt hook is a method nobody calls, and a kl_term without replaces_kl (or the other way round) is
+    never the KL term: the remedy would train a plain VAE without a word."""
+    monkeypatch.setattr(REMEDIES, "_entries", dict(REMEDIES._entries))
+    with pytest.raises(TypeError, match=r"^remedy 'typo': Typo overrides none of Remedy's hooks: extra_losses \(did "
+                                        r"you mean extra_loss\?\); the hooks are corrupt_inputs, "):
+        register_remedy("typo")(type("Typo", (Remedy,), {"extra_losses": lambda self, *a: None}))
+    with pytest.raises(TypeError, match="sets replaces_kl but overrides no kl_term"):
+        register_remedy("no_term")(type("NoTerm", (Remedy,), {"replaces_kl": True, "extra_loss": lambda self, *a: None}))
+    with pytest.raises(TypeError, match="overrides kl_term without replaces_kl = True"):
+        register_remedy("no_flag")(type("NoFlag", (Remedy,), {"kl_term": lambda self, kl, beta, step: kl.sum(-1)}))
+    assert not {"typo", "no_term", "no_flag"} & set(REMEDIES.names())
+
+
+def test_a_schedule_factory_that_returns_a_value_is_an_error(monkeypatch):
+    from textvae.schedules import SCHEDULES, create_schedule, register_schedule
+
+    monkeypatch.setattr(SCHEDULES, "_entries", dict(SCHEDULES._entries))
+
+    @register_schedule("flat")
+    def flat(value: float = 0.5):
+        """A factory that forgot to return its step -> value function."""
+        return value
+
+    with pytest.raises(TextVAEError, match="^KL schedule 'flat' built float, not a function of the step$"):
+        create_schedule({"name": "flat"})
+
+
+@pytest.mark.parametrize("hook", ["kl_term", "extra_loss"])
+def test_a_remedy_term_that_is_not_per_sentence_is_an_error(hook):
+    """A scalar would broadcast over the batch: the term's weight silently multiplied by B."""
+    from textvae.objective import per_sentence_term
+
+    term = torch.ones(4)
+    assert per_sentence_term(term, 4, "mine", hook) is term and per_sentence_term(None, 4, "mine", hook) is None
+    for wrong, shown in ((torch.tensor(2.0), r"\(\)"), (torch.ones(4, 1), r"\(4, 1\)"), (2.0, "float")):
+        with pytest.raises(TextVAEError, match=rf"^remedy 'mine': {hook} gave {shown}, not the per-sentence "
+                                               rf"\[B\] = \[4\]$"):
+            per_sentence_term(wrong, 4, "mine", hook)
 
 
 @pytest.mark.parametrize("module, kind, registry_name", [
@@ -189,8 +234,15 @@ def test_a_metric_s_options_are_checked_as_it_registers(monkeypatch):
             register_metric("bad", **options)
     register_metric("clash")(lambda p: {"au": -1.0})
     model, _, x = make_models(n=8)
-    with pytest.raises(TextVAEError, match="metric 'clash' gives the figure 'au', which another metric gives"):
+    with pytest.raises(TextVAEError, match="metric 'clash' gives the figure 'au', which 'au' gives as"):
         evaluate_model(model, split(x, 4), metrics=["au", "clash"])
+    # what a report and its JSON log could not read: an error naming the metric, not a traceback later
+    register_metric("number")(lambda p: 1.0)
+    register_metric("tensor")(lambda p: {"t": torch.tensor(1.0)})
+    for name, message in (("number", "metric 'number' returned float, not a dict of figures"),
+                          ("tensor", "metric 'tensor': figure 't' is a tensor; give a float")):
+        with pytest.raises(TextVAEError, match=re.escape(message)):
+            evaluate_model(model, split(x, 4), metrics=[name])
     assert evaluate_model(model, split(x, 4), metrics="au")["au"] >= 0  # one name as a string
 
 

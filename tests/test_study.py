@@ -715,6 +715,13 @@ def test_only_names_variants_or_runs_and_sets_the_order(tmp_path, capsys, monkey
     assert [r.label for r in training_order(runs, select(runs, only))] == ["vae/seed1", "other/seed1", "ae/seed2"]
 
 
+def test_a_bar_in_a_table_cell_does_not_split_it():
+    from textvae.study.report import table_row
+
+    row = table_row(["|mu|", "1.00", "a | b"])
+    assert row == "| \\|mu\\| | 1.00 | a \\| b |" and len(re.findall(r"(?<!\\)\|", row)) == 4
+
+
 def test_the_text_metrics_columns_show_where_a_run_has_them(tmp_path):
     """A dialogue study's table and results.csv have its BLEU and distinct columns; a sentence study's,
     whose reports have none, do not."""

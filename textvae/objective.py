@@ -15,12 +15,13 @@ and extra_{r,b} each remedy's added loss (bag-of-words, Z-forcing, ...). Figures
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
 
 from textvae.config import ObjectiveConfig
+from textvae.errors import TextVAEError
 from textvae.remedies import check_remedies, create_remedy, transforms_posterior
 from textvae.schedules import create_schedule
 
@@ -84,7 +85,7 @@ class Objective(nn.Module):
         for remedy in self.remedies:
             extra = remedy.extra_loss(model, batch, z, h, step)
             if extra is not None:
-                extras[remedy.name] = extra
+                extras[remedy.name] = per_sentence_term(extra, z.shape[0], remedy.name, "extra_loss")
         return extras
 
     def forward(self, rec: torch.Tensor, kl: torch.Tensor, step: int,
@@ -93,7 +94,8 @@ class Objective(nn.Module):
         beta = self.beta(step)
         kl_term = None
         for remedy in self.remedies:
-            kl_term = remedy.kl_term(kl, beta, step) if remedy.replaces_kl else kl_term
+            if remedy.replaces_kl:
+                kl_term = per_sentence_term(remedy.kl_term(kl, beta, step), kl.shape[0], remedy.name, "kl_term")
         if kl_term is None:
             kl_term = beta * kl.sum(-1)
         per_sentence = rec + kl_term
@@ -102,3 +104,12 @@ class Objective(nn.Module):
         terms = {"beta": torch.tensor(beta), "kl_term": kl_term.detach().mean()}
         terms.update({name: value.detach().mean() for name, value in extras.items()})
         return per_sentence.mean(), terms
+
+
+def per_sentence_term(value: Optional[torch.Tensor], batch_size: int, remedy: str, hook: str) -> Optional[torch.Tensor]:
+    """A remedy's per-sentence term [B] as its hook returned it, or an error naming the remedy: a scalar would
+    broadcast over the batch, its weight silently multiplied by B in the sum the loss is the mean of."""
+    if value is not None and (not isinstance(value, torch.Tensor) or tuple(value.shape) != (batch_size,)):
+        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise TextVAEError(f"remedy {remedy!r}: {hook} gave {shape}, not the per-sentence [B] = [{batch_size}]")
+    return value

@@ -190,20 +190,23 @@ def locate(path: str | Path) -> tuple[Path, Optional[Path], Optional[dict]]:
     return folder, run_dir, read_run_config(run_dir) if run_dir else None
 
 
-def warn_missing_plugins(run_dir: Path) -> None:
-    """A warning, before the run's parts are looked up, for the plugins its log says it was made with
-    (its ``source`` records) that this process has not loaded: a part they register is unknown here."""
+def warn_missing_plugins(*run_dirs: Path, consequence: str = "the parts they register are unknown without them"
+                         ) -> None:
+    """A warning, before the runs' parts are looked up, for the plugins their logs say they were made with
+    (their ``source`` records) that this process has not loaded: a part they register is unknown here, and a
+    report made without them lacks their figures (``consequence`` says which)."""
     from textvae.plugins import ENV, loaded_plugins
     from textvae.training.logger import read_jsonl
 
-    made_with = {name for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("split") == "source"
-                 for name in r.get("plugins", [])}
+    made_with = {name for run_dir in run_dirs for r in read_jsonl(run_dir / "metrics.jsonl")
+                 if r.get("split") == "source" for name in r.get("plugins", [])}
     missing = sorted(made_with - set(loaded_plugins()) - set(sys.modules))  # a script may have imported them
     if missing:  # modules by name; entry points (name=module) come with their installed package
         modules = [name for name in missing if "=" not in name]
+        runs = str(run_dirs[0]) if len(run_dirs) == 1 else f"{len(run_dirs)} runs"
         logging.getLogger("textvae").warning(
-            "%s was made with plugin(s) not loaded here: %s; the parts they register are unknown without them%s",
-            run_dir, ", ".join(missing), f" ({ENV}={','.join(modules)})" if modules else "")
+            "%s %s made with plugin(s) not loaded here: %s; %s%s", runs, "was" if len(run_dirs) == 1 else "were",
+            ", ".join(missing), consequence, f" ({ENV}={','.join(modules)})" if modules else "")
 
 
 def load_folder(folder: Path, dialogue: bool = False) -> tuple[Any, Any]:

@@ -46,12 +46,15 @@ class Registry(Generic[T]):
         run twice, a module reloaded) replaces the entry; anything else under a name in use is an error.
         ``module``: the module that defined it (by default a class's or function's own)."""
         if not isinstance(name, str) or not name:
-            raise TypeError(f"{self.kind}: register takes the entry's name, @register(\"NAME\"), got {name!r}")
+            raise TypeError(f"{self.kind}: the register decorator takes the entry's name, @register_...(\"NAME\") "
+                            f"over the definition, got {name!r}")
 
         def add(obj: T) -> T:
             where = origin or _origin(obj)
             if name in self._entries and (where is None or self._origins.get(name) != where):
-                raise ValueError(f"{self.kind} {name!r} registered twice")
+                taken = self._origins.get(name)
+                raise ValueError(f"{self.kind} {name!r} is taken{f' by {taken}' if taken else ''}; register this "
+                                 f"one under another name")
             self._entries[name], self._origins[name] = obj, where
             self._modules[name] = module or (obj.__module__ if isinstance(obj, (type, types.FunctionType)) else None)
             return obj

@@ -199,4 +199,7 @@ def create_schedule(spec: dict[str, Any]) -> Schedule:
     name = params.pop("name", None)
     if name is None:
         raise TextVAEError(f"KL schedule needs a 'name'; valid: {', '.join(SCHEDULES.names())}")
-    return SCHEDULES.build(name, params)
+    schedule = SCHEDULES.build(name, params)
+    if not callable(schedule):  # a factory of one's own that returned a value, not the step -> value function
+        raise TextVAEError(f"KL schedule {name!r} built {type(schedule).__name__}, not a function of the step")
+    return schedule

@@ -334,11 +334,26 @@ def evaluate_model(model: Any, batches: Batches, metrics: Optional[Sequence[str]
         if p.counts.n_sentences == 0:
             raise TextVAEError("evaluate_model: no batches to evaluate")
         results.update(n_sentences=float(p.counts.n_sentences), n_tokens=p.counts.n_tokens)
+        given_by = {key: "evaluate_model" for key in results}
         for name, metric in zip(sorted(set(metrics)), chosen):
-            for key, value in metric.result(p).items():
+            for key, value in figures_of(name, metric.result(p)).items():
                 # two metrics may share a figure (mi_batch_size) only where they agree on it
                 if key in results and repr(results[key]) != repr(value):  # NaN, lists of floats: equal as written
-                    raise TextVAEError(f"metric {name!r} gives the figure {key!r}, which another metric gives as "
+                    raise TextVAEError(f"metric {name!r} gives the figure {key!r}, which {given_by[key]!r} gives as "
                                        f"{results[key]!r}; name its figures apart")
-                results[key] = value
+                results[key], given_by[key] = value, name
     return results
+
+
+def figures_of(name: str, result: Any) -> dict[str, Any]:
+    """A metric's result, checked to be what reports and logs take: a dict of figure name -> a number (or a list
+    of numbers, per dimension); an error naming the metric otherwise, rather than a traceback where a report or
+    its JSON log reads it."""
+    if not isinstance(result, dict):
+        raise TextVAEError(f"metric {name!r} returned {type(result).__name__}, not a dict of figures "
+                           f"(name -> float)")
+    for key, value in result.items():
+        if isinstance(value, torch.Tensor):
+            raise TextVAEError(f"metric {name!r}: figure {key!r} is a tensor; give a float (value.item()) or a "
+                               f"list of floats")
+    return result

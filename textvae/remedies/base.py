@@ -7,6 +7,7 @@ training loop calls the training-procedure hooks, so remedies compose by configu
 from __future__ import annotations
 
 import contextlib
+import difflib
 from typing import Any, ClassVar, Iterable, Iterator, Optional, Protocol
 
 import torch
@@ -29,9 +30,31 @@ def register_remedy(name: str):
     def named(cls: type) -> type:
         if not (isinstance(cls, type) and issubclass(cls, Remedy)):  # its hooks would be missing at the first step
             raise TypeError(f"remedy {name!r}: register_remedy takes a subclass of Remedy, got {cls!r}")
+        check_hooks(name, cls)
         cls.name = cls.__dict__.get("name") or name
         return register(cls)
     return named
+
+
+HOOKS = ("corrupt_inputs", "transform_posterior", "decoder_latent", "kl_term", "extra_loss", "set_corpus_statistics",
+         "before_update", "before_step", "after_epoch")
+
+
+def check_hooks(name: str, cls: type) -> None:
+    """A remedy class whose hooks would silently do nothing, refused as it registers: one that overrides no hook
+    (a misspelt one is a method nobody calls), or a ``kl_term`` and ``replaces_kl`` without each other (the
+    objective calls ``kl_term`` only of a remedy that replaces the KL term)."""
+    overridden = [hook for hook in HOOKS if getattr(cls, hook) is not getattr(Remedy, hook)]
+    if not overridden:
+        own = [m for m in vars(cls) if not m.startswith("_") and callable(vars(cls)[m])]
+        near = [f"{m} (did you mean {close[0]}?)" for m in own if (close := difflib.get_close_matches(m, HOOKS, 1))]
+        raise TypeError(f"remedy {name!r}: {cls.__name__} overrides none of Remedy's hooks"
+                        f"{': ' + ', '.join(near) if near else ''}; the hooks are {', '.join(HOOKS)}")
+    if cls.replaces_kl != ("kl_term" in overridden):
+        raise TypeError(f"remedy {name!r}: {cls.__name__} " + (
+            "sets replaces_kl but overrides no kl_term, so its KL term would be the default beta * sum_d KL"
+            if cls.replaces_kl else "overrides kl_term without replaces_kl = True, and the objective calls "
+                                    "kl_term only of the remedy that replaces the KL term"))
 
 
 def list_remedies() -> list[str]:

@@ -15,6 +15,7 @@ from textvae.config import INCIDENTAL_KEYS, RunConfig, setting_changes
 from textvae.errors import TextVAEError
 from textvae.files import lock_holder, run_folders, write_text_whole, write_whole
 from textvae.metrics import TEXT_METRICS, get_metric, he2019_noise_sd, list_metrics, list_text_metrics
+from textvae.pretrained import warn_missing_plugins
 from textvae.study.archive import finite_or_null, load_archive, write_archive
 from textvae.study.folders import finished_report, run_state, saved_config, study_report
 from textvae.study.spec import Run, Study
@@ -138,13 +139,19 @@ def cell(stats: dict[str, Any], fmt: str) -> str:
     return f"{format_figure(stats['mean'], fmt)} ± {format_figure(stats['std'], fmt)}"
 
 
+def table_row(cells: list[str]) -> str:
+    """One row of a markdown table; a ``|`` in a cell (a label such as ``|mu|``, a note) escaped, so that it
+    does not split the cell."""
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+
 def markdown_table(results: dict[str, Any]) -> str:
     shown = results_columns(results)
     header = ["variant", "runs"] + [label for _, label, _ in shown]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = [table_row(header), "|" + "---|" * len(header)]
     for v in results["variants"]:
         cells = [v["variant"], f"{v['runs']}/{v['planned']}"] + [cell(v["figures"][k], fmt) for k, _, fmt in shown]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(table_row(cells))
     return "\n".join(lines)
 
 
@@ -161,11 +168,12 @@ def compare_runs(run_dirs: list[Path]) -> str:
     if other is not None:  # their settings have nothing in common to set side by side
         raise TextVAEError(f"compare takes runs of one task: {run_dirs[0]} is a {_task_of(configs[0][0])} run, "
                            f"{run_dirs[other]} a {_task_of(configs[other][0])} run")
+    warn_missing_plugins(*run_dirs, consequence="the figures their parts give (a metric's column) are left out")
     reports = [finished_report(d) for d in run_dirs]
     figures = [run_figures(report) if report is not None else None for report in reports]
     shown = shown_columns(lambda key: any(f is not None and math.isfinite(f[key]) for f in figures))
     header = ["run"] + [label for _, label, _ in shown] + ["settings that differ from the first run"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = [table_row(header), "|" + "---|" * len(header)]
     changes = [{k: v for k, v in _setting_changes(cls, configs[0][1], config).items() if k not in INCIDENTAL_KEYS}
                for cls, config in configs]
     # the first run's own values of the settings the others change: what each row differs from
@@ -175,7 +183,7 @@ def compare_runs(run_dirs: list[Path]) -> str:
         cells = ([format_figure(figs[k], fmt) for k, _, fmt in shown] if figs is not None
                  else ["not finished"] + ["–"] * (len(shown) - 1))
         settings = "; ".join(f"{k} {json.dumps(v)}" for k, v in changes[i].items()) or ("–" if i == 0 else "none")
-        lines.append("| " + " | ".join([str(run_dir), *cells, settings]) + " |")
+        lines.append(table_row([str(run_dir), *cells, settings]))
     return "\n".join(lines)
 
 
@@ -229,7 +237,7 @@ def variants_markdown(study: Study, config_class: type) -> list[str]:
         own = _setting_changes(config_class, {}, overrides)
         settings = "; ".join(f"`{k}: {json.dumps(v)}`" for k, v in own.items())
         cells = [name, settings or "–", study.notes.get(name, "")]
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        lines.append(table_row(cells))
     return lines + [""]
 
 
@@ -288,6 +296,8 @@ def write_outputs(study: Study, runs: list[Run], plots: bool = True) -> dict[str
     """results.csv, results.json and report.md in ``study.out`` (plots under ``plots/`` when asked
     and matplotlib is installed)."""
     study.out.mkdir(parents=True, exist_ok=True)
+    warn_missing_plugins(*(run.dir for run in runs if (run.dir / "metrics.jsonl").is_file()),
+                         consequence="the figures their parts give (a metric's column) are left out of the report")
     results = aggregate(study, runs)
     write_text_whole(study.out / "results.json", json.dumps(finite_or_null(results), indent=2))
     write_csv(results, study.out / "results.csv")
