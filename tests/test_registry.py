@@ -301,6 +301,10 @@ def test_a_plugin_registers_parts_for_every_command(tmp_path):
     (source,) = [json.loads(line) for line in (tmp_path / "runs" / "half" / "metrics.jsonl").read_text().splitlines()
                  if json.loads(line)["split"] == "source"]
     assert source["plugins"] == ["my_parts"]  # what the run's code was, beside textvae's commit
+    import hashlib
+
+    digest = hashlib.sha256((tmp_path / "my_parts.py").read_bytes()).hexdigest()[:16]
+    assert source["plugin_files"] == {"my_parts": {"file": str((tmp_path / "my_parts.py").resolve()), "sha256": digest}}
     without = {k: v for k, v in env.items() if k != "TEXTVAE_PLUGINS"}
     evaluated = subprocess.run([sys.executable, "-m", "textvae.cli", "evaluate", str(tmp_path / "runs" / "half"),
                                 "--no-generation"], cwd=tmp_path, env=without, capture_output=True, text=True)
@@ -309,6 +313,11 @@ def test_a_plugin_registers_parts_for_every_command(tmp_path):
                                           f"my_parts; the parts they register are unknown without them "
                                           f"(TEXTVAE_PLUGINS=my_parts)") in evaluated.stderr, evaluated.stderr
     assert "unknown remedy 'half_kl'" in evaluated.stderr
+    elsewhere = subprocess.run([sys.executable, *safe_path, "-m", "textvae.cli", "evaluate",
+                                str(tmp_path / "runs" / "half"), "--no-generation"], cwd=tmp_path / "runs", env=without,
+                               capture_output=True, text=True)
+    # from a folder where the module cannot be imported by name: where its file was, for PYTHONPATH
+    assert f"(TEXTVAE_PLUGINS=my_parts PYTHONPATH={tmp_path.resolve()})" in elsewhere.stderr, elsewhere.stderr
     resumed = subprocess.run([sys.executable, "-m", "textvae.cli", "train", *tiny, "--resume"], cwd=tmp_path,
                              env=without, capture_output=True, text=True)
     assert resumed.returncode == 2 and "was made with plugin(s) not loaded here: my_parts" in resumed.stderr, \

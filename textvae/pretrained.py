@@ -18,7 +18,9 @@ would otherwise see capitalised words as ``<unk>``. The ``textvae`` commands loa
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -198,15 +200,31 @@ def warn_missing_plugins(*run_dirs: Path, consequence: str = "the parts they reg
     from textvae.plugins import ENV, loaded_plugins
     from textvae.training.logger import read_jsonl
 
-    made_with = {name for run_dir in run_dirs for r in read_jsonl(run_dir / "metrics.jsonl")
-                 if r.get("split") == "source" for name in r.get("plugins", [])}
+    sources = [r for run_dir in run_dirs for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("split") == "source"]
+    made_with = {name for r in sources for name in r.get("plugins", [])}
     missing = sorted(made_with - set(loaded_plugins()) - set(sys.modules))  # a script may have imported them
     if missing:  # modules by name; entry points (name=module) come with their installed package
         modules = [name for name in missing if "=" not in name]
+        files = {name: entry["file"] for r in sources for name, entry in r.get("plugin_files", {}).items()}
+        folders = import_roots({m: files[m] for m in modules if m in files})
+        hint = f"{ENV}={','.join(modules)}" + (f" PYTHONPATH={os.pathsep.join(folders)}" if folders else "")
         runs = str(run_dirs[0]) if len(run_dirs) == 1 else f"{len(run_dirs)} runs"
         logging.getLogger("textvae").warning(
             "%s %s made with plugin(s) not loaded here: %s; %s%s", runs, "was" if len(run_dirs) == 1 else "were",
-            ", ".join(missing), consequence, f" ({ENV}={','.join(modules)})" if modules else "")
+            ", ".join(missing), consequence, f" ({hint})" if modules else "")
+
+
+def import_roots(files: dict[str, str]) -> list[str]:
+    """For the modules (name -> the file a run read it from) that this process cannot import by name, the folders
+    to put on ``PYTHONPATH``: where the top of each module's dotted name lay (``a/b.py`` for ``a.b``: ``a``'s
+    parent)."""
+    roots = set()
+    for name, file in files.items():
+        if importlib.util.find_spec(name.split(".")[0]) is not None:
+            continue
+        depth = len(name.split(".")) - (0 if file.endswith("__init__.py") else 1)  # a package's file is in its folder
+        roots.add(str(Path(file).parents[depth]))
+    return sorted(roots)
 
 
 def load_folder(folder: Path, dialogue: bool = False) -> tuple[Any, Any]:

@@ -42,6 +42,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -829,6 +830,7 @@ def source_revision() -> dict[str, Any]:
     plugins = own_parts()
     if plugins:  # parts of the user's own that the run may use (TEXTVAE_PLUGINS, or a script's imports)
         revision["plugins"] = plugins
+        revision["plugin_files"] = plugin_files(plugins)
     try:
         commit = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True,
                                 timeout=10, check=True).stdout.strip()
@@ -847,6 +849,22 @@ def own_parts() -> list[str]:
     points = [name.split("=", 1)[1] for name in loaded if "=" in name]
     others = [m for m in part_modules() if not any(m == p or m.startswith(p + ".") for p in points)]
     return sorted(set(loaded) | set(others))
+
+
+def plugin_files(plugins: list[str]) -> dict[str, dict[str, str]]:
+    """Where each plugin module's code was read from and its digest (a package's: its folder's,
+    :func:`source_digest`), so that a run says which version of the user's own parts it ran, and where another
+    process finds them; a module without a file (built in a notebook) is left out."""
+    files = {}
+    for name in plugins:
+        path = getattr(sys.modules.get(name.split("=", 1)[-1]), "__file__", None)
+        if path is None or not Path(path).is_file():
+            continue
+        path = Path(path).resolve()
+        package = path.name == "__init__.py"
+        files[name] = {"file": str(path), "sha256": source_digest(path.parent) if package
+                       else hashlib.sha256(path.read_bytes()).hexdigest()[:16]}
+    return files
 
 
 def machine_facts(device: torch.device) -> dict[str, Any]:
