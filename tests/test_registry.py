@@ -5,6 +5,7 @@ import inspect
 import re
 from typing import Any, Optional
 
+import numpy as np
 import pytest
 import torch
 
@@ -187,10 +188,23 @@ def test_a_schedule_factory_that_returns_a_value_is_an_error(monkeypatch):
 
 
 @pytest.mark.parametrize("hook", ["kl_term", "extra_loss"])
-def test_a_remedy_term_that_is_not_per_sentence_is_an_error(hook):
+def test_a_remedy_term_that_is_not_per_sentence_is_an_error(hook, monkeypatch):
     """A scalar would broadcast over the batch: the term's weight silently multiplied by B."""
-    from textvae.objective import per_sentence_term
+    from textvae.config import ObjectiveConfig
+    from textvae.objective import Objective, per_sentence_term
 
+    monkeypatch.setattr(REMEDIES, "_entries", dict(REMEDIES._entries))
+
+    # the mistake: a term summed over the batch, by a remedy that replaces the KL term or adds a loss
+    hooks = ({"replaces_kl": True, "kl_term": lambda self, kl, beta, step: kl.sum()} if hook == "kl_term" else
+             {"extra_loss": lambda self, model, batch, z, h, step: z.sum()})
+    register_remedy("summed")(type("Summed", (Remedy,), hooks))
+    objective = Objective(ObjectiveConfig(remedies=[{"name": "summed"}]))
+    kl, z = torch.ones(3, 2), torch.ones(3, 2)
+    with pytest.raises(TextVAEError, match=rf"^remedy 'summed': {hook} gave \(\), not the per-sentence "
+                                           rf"\[B\] = \[3\]$"):  # the objective checks what its remedies give
+        extras = objective.extra_losses(None, None, z, None, 0)
+        objective(torch.ones(3), kl, 0, extras)
     term = torch.ones(4)
     assert per_sentence_term(term, 4, "mine", hook) is term and per_sentence_term(None, 4, "mine", hook) is None
     for wrong, shown in ((torch.tensor(2.0), r"\(\)"), (torch.ones(4, 1), r"\(4, 1\)"), (2.0, "float")):
@@ -239,8 +253,10 @@ def test_a_metric_s_options_are_checked_as_it_registers(monkeypatch):
     # what a report and its JSON log could not read: an error naming the metric, not a traceback later
     register_metric("number")(lambda p: 1.0)
     register_metric("tensor")(lambda p: {"t": torch.tensor(1.0)})
+    register_metric("numpy32")(lambda p: {"f": np.float32(1.0)})
     for name, message in (("number", "metric 'number' returned float, not a dict of figures"),
-                          ("tensor", "metric 'tensor': figure 't' is a tensor; give a float")):
+                          ("tensor", "metric 'tensor': figure 't' is a Tensor, which a report cannot write; give a"),
+                          ("numpy32", "metric 'numpy32': figure 'f' is a float32, which a report cannot write")):
         with pytest.raises(TextVAEError, match=re.escape(message)):
             evaluate_model(model, split(x, 4), metrics=[name])
     assert evaluate_model(model, split(x, 4), metrics="au")["au"] >= 0  # one name as a string

@@ -192,38 +192,63 @@ def locate(path: str | Path) -> tuple[Path, Optional[Path], Optional[dict]]:
     return folder, run_dir, read_run_config(run_dir) if run_dir else None
 
 
+_WARNED: set[str] = set()  # a study re-reads its runs after each one ends: each warning once per process
+
+
 def warn_missing_plugins(*run_dirs: Path, consequence: str = "the parts they register are unknown without them"
                          ) -> None:
     """A warning, before the runs' parts are looked up, for the plugins their logs say they were made with
     (their ``source`` records) that this process has not loaded: a part they register is unknown here, and a
     report made without them lacks their figures (``consequence`` says which)."""
     from textvae.plugins import ENV, loaded_plugins
-    from textvae.training.logger import read_jsonl
 
-    sources = [r for run_dir in run_dirs for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("split") == "source"]
-    made_with = {name for r in sources for name in r.get("plugins", [])}
+    sources = {run_dir: source_records(run_dir) for run_dir in run_dirs}
+    made_with = {name for records in sources.values() for r in records for name in r.get("plugins", [])}
     missing = sorted(made_with - set(loaded_plugins()) - set(sys.modules))  # a script may have imported them
-    if missing:  # modules by name; entry points (name=module) come with their installed package
-        modules = [name for name in missing if "=" not in name]
-        files = {name: entry["file"] for r in sources for name, entry in r.get("plugin_files", {}).items()}
-        folders = import_roots({m: files[m] for m in modules if m in files})
-        hint = f"{ENV}={','.join(modules)}" + (f" PYTHONPATH={os.pathsep.join(folders)}" if folders else "")
-        runs = str(run_dirs[0]) if len(run_dirs) == 1 else f"{len(run_dirs)} runs"
-        logging.getLogger("textvae").warning(
-            "%s %s made with plugin(s) not loaded here: %s; %s%s", runs, "was" if len(run_dirs) == 1 else "were",
-            ", ".join(missing), consequence, f" ({hint})" if modules else "")
+    if not missing:
+        return
+    modules = [name for name in missing if "=" not in name]  # entry points come with their installed package
+    files = {name: entry["file"] for records in sources.values() for r in records
+             for name, entry in r.get("plugin_files", {}).items()}
+    folders = import_roots({m: files[m] for m in modules if m in files})
+    hint = f"{ENV}={','.join(modules)}" + (f" PYTHONPATH={os.pathsep.join(folders)}" if folders else "")
+    runs = [d for d, records in sources.items() if set(missing) & {n for r in records for n in r.get("plugins", [])}]
+    message = (f"{runs[0] if len(runs) == 1 else f'{len(runs)} runs'} {'was' if len(runs) == 1 else 'were'} made with "
+               f"plugin(s) not loaded here: {', '.join(missing)}; {consequence}{f' ({hint})' if modules else ''}")
+    if message not in _WARNED:
+        _WARNED.add(message)
+        logging.getLogger("textvae").warning(message)
+
+
+def source_records(run_dir: Path) -> list[dict[str, Any]]:
+    """The ``source`` records of a run's log (one per start or resume), read without parsing the rest of a log
+    that may hold hundreds of thousands of training records."""
+    import json
+
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    with open(path) as lines:
+        return [json.loads(line) for line in lines if '"split": "source"' in line]
 
 
 def import_roots(files: dict[str, str]) -> list[str]:
     """For the modules (name -> the file a run read it from) that this process cannot import by name, the folders
     to put on ``PYTHONPATH``: where the top of each module's dotted name lay (``a/b.py`` for ``a.b``: ``a``'s
-    parent)."""
+    parent). Only a folder that is here and holds the module under its name (a run copied from another machine
+    may name one that is not), and not the current directory, which the commands search for plugins."""
     roots = set()
     for name, file in files.items():
-        if importlib.util.find_spec(name.split(".")[0]) is not None:
+        parts = name.split(".")
+        if importlib.util.find_spec(parts[0]) is not None:
             continue
-        depth = len(name.split(".")) - (0 if file.endswith("__init__.py") else 1)  # a package's file is in its folder
-        roots.add(str(Path(file).parents[depth]))
+        path = Path(file)
+        tail = [*parts, "__init__.py"] if path.name == "__init__.py" else [*parts[:-1], f"{parts[-1]}.py"]
+        if list(path.parts[-len(tail):]) != tail or len(path.parts) <= len(tail):
+            continue
+        root = path.parents[len(tail) - 1]
+        if root.is_dir() and root != Path.cwd():
+            roots.add(str(root))
     return sorted(roots)
 
 

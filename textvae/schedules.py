@@ -190,7 +190,8 @@ def create_lr_schedule(name: str, lr: float, kl_schedule: Schedule, stairs: int 
     """``step -> lr`` of the registered ``name`` around the base ``lr``, cycles taken from
     ``kl_schedule``; ``stairs`` goes to the schedules that take it (``cosine``), ``options`` (a recipe's
     ``optim.cycle_lr_options``) are the schedule's own parameters."""
-    return LR_SCHEDULES.build(name, dict(options or {}), lr, kl_schedule, stairs=stairs)
+    schedule = LR_SCHEDULES.build(name, dict(options or {}), lr, kl_schedule, stairs=stairs)
+    return built_schedule(schedule, f"lr schedule {name!r}")
 
 
 def create_schedule(spec: dict[str, Any]) -> Schedule:
@@ -199,7 +200,12 @@ def create_schedule(spec: dict[str, Any]) -> Schedule:
     name = params.pop("name", None)
     if name is None:
         raise TextVAEError(f"KL schedule needs a 'name'; valid: {', '.join(SCHEDULES.names())}")
-    schedule = SCHEDULES.build(name, params)
-    if not callable(schedule):  # a factory of one's own that returned a value, not the step -> value function
-        raise TextVAEError(f"KL schedule {name!r} built {type(schedule).__name__}, not a function of the step")
+    return built_schedule(SCHEDULES.build(name, params), f"KL schedule {name!r}")
+
+
+def built_schedule(schedule: Any, what: str) -> Schedule:
+    """What a registered factory built, refused unless it is the ``step -> value`` function (a factory of one's
+    own that returned a value instead)."""
+    if not callable(schedule):
+        raise TextVAEError(f"{what} built {type(schedule).__name__}, not a function of the step")
     return schedule

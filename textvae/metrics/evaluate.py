@@ -9,6 +9,7 @@ model (the dialogue CVAE) is evaluated given each batch's conditions (:func:`bat
 from __future__ import annotations
 
 import inspect
+import json
 import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Optional, Sequence
@@ -351,9 +352,11 @@ def figures_of(name: str, result: Any) -> dict[str, Any]:
     its JSON log reads it."""
     if not isinstance(result, dict):
         raise TextVAEError(f"metric {name!r} returned {type(result).__name__}, not a dict of figures "
-                           f"(name -> float)")
+                           f"(name -> a number, or a list per dimension)")
     for key, value in result.items():
-        if isinstance(value, torch.Tensor):
-            raise TextVAEError(f"metric {name!r}: figure {key!r} is a tensor; give a float (value.item()) or a "
-                               f"list of floats")
+        try:  # what the run's JSON log will write
+            json.dumps(value)
+        except (TypeError, ValueError):
+            raise TextVAEError(f"metric {name!r}: figure {key!r} is a {type(value).__name__}, which a report cannot "
+                               f"write; give a float (a tensor's .item()) or a list of floats") from None
     return result

@@ -24,7 +24,7 @@ REMEDIES: Registry = Registry("remedy", recipe="objective.remedies: [{name: NAME
 
 def register_remedy(name: str):
     """Register a remedy class under ``name``, which becomes its ``name`` (the first one, for a class
-    registered under several)."""
+    registered under several); a class whose hooks would do nothing is refused (:func:`check_hooks`)."""
     register = REMEDIES.register(name)
 
     def named(cls: type) -> type:
@@ -36,14 +36,11 @@ def register_remedy(name: str):
     return named
 
 
-HOOKS = ("corrupt_inputs", "transform_posterior", "decoder_latent", "kl_term", "extra_loss", "set_corpus_statistics",
-         "before_update", "before_step", "after_epoch")
-
-
 def check_hooks(name: str, cls: type) -> None:
     """A remedy class whose hooks would silently do nothing, refused as it registers: one that overrides no hook
     (a misspelt one is a method nobody calls), or a ``kl_term`` and ``replaces_kl`` without each other (the
-    objective calls ``kl_term`` only of a remedy that replaces the KL term)."""
+    objective calls ``kl_term`` only of a remedy that replaces the KL term). A misspelt hook beside a hook spelt
+    right is not caught: a method of its own may have any name."""
     overridden = [hook for hook in HOOKS if getattr(cls, hook) is not getattr(Remedy, hook)]
     if not overridden:
         own = [m for m in vars(cls) if not m.startswith("_") and callable(vars(cls)[m])]
@@ -175,6 +172,10 @@ class Remedy(nn.Module):
 
     def after_epoch(self, trainer: Trainer, epoch: int, valid_metrics: dict[str, float]) -> dict[str, float]:
         return {}
+
+
+# every hook a remedy may override: the methods Remedy defines
+HOOKS = tuple(m for m, v in vars(Remedy).items() if callable(v) and not m.startswith("_"))
 
 
 @contextlib.contextmanager

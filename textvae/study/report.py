@@ -287,8 +287,8 @@ def report_markdown(study: Study, results: dict[str, Any], plot_files: dict[str,
             lines += [f"## {title}", "", f"![{title}]({plot_files[key]})", ""]
     if plot_note:
         lines += [plot_note, ""]
-    lines += ["## Runs", "", "| variant | seed | state | folder |", "|---|---|---|---|"]
-    lines += [f"| {r['variant']} | {r['seed']} | {r['state']} | `{r['dir']}` |" for r in results["runs"]]
+    lines += ["## Runs", "", table_row(["variant", "seed", "state", "folder"]), "|---|---|---|---|"]
+    lines += [table_row([r["variant"], str(r["seed"]), r["state"], f"`{r['dir']}`"]) for r in results["runs"]]
     return "\n".join(lines) + "\n"
 
 

@@ -857,10 +857,11 @@ def plugin_files(plugins: list[str]) -> dict[str, dict[str, str]]:
     process finds them; a module without a file (built in a notebook) is left out."""
     files = {}
     for name in plugins:
-        path = getattr(sys.modules.get(name.split("=", 1)[-1]), "__file__", None)
+        # an entry point is name=module or name=module:attribute
+        path = getattr(sys.modules.get(name.split("=", 1)[-1].split(":")[0]), "__file__", None)
         if path is None or not Path(path).is_file():
             continue
-        path = Path(path).resolve()
+        path = Path(path).absolute()  # as imported: a symlinked folder's name is the one on the import path
         package = path.name == "__init__.py"
         files[name] = {"file": str(path), "sha256": source_digest(path.parent) if package
                        else hashlib.sha256(path.read_bytes()).hexdigest()[:16]}
