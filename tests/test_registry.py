@@ -64,8 +64,9 @@ def test_list_one_entry_prints_its_parameters_and_docstrings(capsys):
 
 
 def test_a_new_metric_is_listed(toy_metric, capsys):  # noqa: F811
-    """Registered for this test only, without a docstring: listed with its stages."""
-    assert "\ntoy: Stages: periodic, test.\n" in list_output(capsys, "metric")
+    """Registered for this test only, without a docstring: listed with its stages, and the module that registered
+    it (not textvae's)."""
+    assert "\ntoy (from tests.test_metric_registry): Stages: periodic, test.\n" in list_output(capsys, "metric")
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -307,6 +308,7 @@ def test_a_plugin_registers_parts_for_every_command(tmp_path):
     listed = subprocess.run([sys.executable, *safe_path, "-m", "textvae.cli", "list", "remedy", "half_kl"],
                             cwd=tmp_path, env=env, capture_output=True, text=True)
     assert listed.returncode == 0 and "A remedy of the user's own: half the KL term" in listed.stdout, listed.stderr
+    assert "\nhalf_kl (from my_parts)\n" in listed.stdout  # a part of one's own, told apart from textvae's
     tiny = ["--model.emb_dim", "8", "--model.latent_dim", "2", "--model.encoder.hidden_dim", "8",
             "--model.decoder.hidden_dim", "8", "--data.max_sentences", "60", "--train.max_steps", "2",
             "--train.iw_samples_final", "2", "--train.progress", "false", "--train.tensorboard", "false",

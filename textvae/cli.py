@@ -709,7 +709,9 @@ def cmd_list(argv: list[str]) -> None:
     print(f"{registry.kind} (in a recipe: {registry.recipe})")
     for name in names:
         summary = registry.summary(name)
-        print(f"\n{name}: {summary}" if args.name is None else f"\n{name}")
+        own = registry.own_module(name)  # a part of one's own, said so beside textvae's
+        label = f"{name} (from {own})" if own else name
+        print(f"\n{label}: {summary}" if args.name is None else f"\n{label}")
         if callable(registry.get(name)):  # corpora and metrics are settings-free objects
             params = ", ".join(k if v is inspect.Parameter.empty else f"{k}={v!r}"
                                for k, v in registry.parameters(name).items())

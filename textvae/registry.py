@@ -61,6 +61,11 @@ class Registry(Generic[T]):
 
         return add
 
+    def own_module(self, name: str) -> Optional[str]:
+        """The module outside textvae that registered ``name`` (a plugin's, a script's), else None."""
+        module = self._modules.get(name)
+        return module if module and module.split(".")[0] != "textvae" else None
+
     def get(self, name: str) -> T:
         try:
             return self._entries[name]
