@@ -11,7 +11,8 @@ objective itself on its per-sentence terms, and so never iterates over remedies:
 
 with K_b = beta(step) · Σ_d KL_{b,d} unless a remedy replaces the KL term (free bits, KL constraint),
 and extra_{r,b} each remedy's added loss (bag-of-words, Z-forcing, ...). Figures that are *reported*
-(ELBO, PPL) never use beta or the remedies: they come from ``textvae.metrics`` at beta = 1.
+(ELBO, PPL) never use beta, a replaced KL term or the added losses: they come from ``textvae.metrics`` at
+beta = 1, with the posterior as the remedies transform it (BN-VAE's, delta-VAE's q(z|x) is the model's).
 """
 from __future__ import annotations
 

@@ -14,7 +14,8 @@ is one function registered with :func:`register_metric` (on an evaluation pass) 
 :func:`register_text_metric` (on generated texts), with the rows it adds to the table (:class:`Row`).
 
 Models are used only through the protocol of ``docs/design.md``: ``encode``, ``prior.log_prob``,
-``log_likelihood``.
+``log_likelihood``, ``latent_dim`` and, for a conditional model, ``given``; the generation metrics also
+``sample_prior`` and the decoding steps of :mod:`textvae.models.decoding` (``decode_step``, ``reorder_state``).
 """
 from textvae.metrics._common import Row
 from textvae.metrics.evaluate import METRICS, EvalPass, Metric, evaluate_model, get_metric, list_metrics, register_metric

@@ -1,8 +1,8 @@
-"""Remedies for posterior collapse as small components with one hook each.
+"""Remedies for posterior collapse as small components, each overriding only the hook(s) its paper changes.
 
-A remedy overrides only the hook(s) its paper changes; :class:`~textvae.objective.Objective` and
-:class:`~textvae.models.textvae.TextVAE` call every configured remedy at each model hook, and the
-training loop calls the training-procedure hooks, so remedies compose by configuration.
+:class:`~textvae.objective.Objective` calls every configured remedy at each model hook (the models call only the
+objective's hooks), and the training loop calls the training-procedure hooks, so remedies compose by
+configuration.
 """
 from __future__ import annotations
 
@@ -102,15 +102,15 @@ class Remedy(nn.Module):
 
     * ``corrupt_inputs(inputs [B, T]) -> [B, T]``: decoder inputs, training only (word dropout).
     * ``transform_posterior(mu, logvar) -> (mu, logvar)``: posterior parameters (BN-VAE, delta-VAE).
+    * ``extra_loss(model, batch, z [B, D], h [B, H], step) -> [B] | None``: an added per-sentence loss
+      (bag-of-words, Z-forcing, auxiliary autoencoder); ``step``: the training step the model's forward
+      was given (aggressive training's inner steps included).
     * ``decoder_latent(z [B, D], h [B, H], step) -> [B, D]``: the latent the decoder reads in training
       (the auxiliary autoencoder's mix of its code and z); z itself by default.
     * ``kl_term(kl [B, D], beta, step) -> [B] | None``: replaces the default ``beta * Σ_d KL``
       (free bits, KL constraint); at most one remedy may set ``replaces_kl``. The batch mean of
       the returned per-sentence values is the loss, so batch-level rules (free bits over the
       minibatch) return values whose mean has the right value and gradient.
-    * ``extra_loss(model, batch, z [B, D], h [B, H], step) -> [B] | None``: an added per-sentence loss
-      (bag-of-words, Z-forcing, auxiliary autoencoder); ``step``: the training step the model's forward
-      was given (aggressive training's inner steps included).
 
     Training-procedure hooks, called by the training loop with a :class:`Trainer`:
 

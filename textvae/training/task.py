@@ -5,8 +5,9 @@ A task is built from its run configuration and registered in :mod:`textvae.tasks
 gradients, data-parallel training, checkpoints and resuming come with the loop, not the task.
 
 The run configuration (a nested dataclass) has ``name``, ``out_dir``, ``objective``, ``optim``,
-``train`` as in :class:`textvae.config.RunConfig`, and a ``data`` section with ``batch_size``,
-``eval_batch_size`` and ``bucket_pool``. The data a task loads has ``tokenizer`` and ``splits``
+``train`` as in :class:`textvae.config.RunConfig`, a ``data`` section with ``batch_size``,
+``eval_batch_size`` and ``bucket_pool``, a ``model`` section with ``latent_family()`` (what the remedies'
+combination rules read of the model), and ``to_dict()`` (its ``config.yaml`` and checkpoint record). The data a task loads has ``tokenizer`` and ``splits``
 (``train``, ``valid``, ``test``); a split has ``lengths`` [N] (padded lengths of what the model
 reconstructs), ``batch(index)``, ``sampler(batch_size, shuffle, seed, pool_batches)`` and
 ``unigram(vocab_size)``. The model's ``forward(batch, step)`` returns a
