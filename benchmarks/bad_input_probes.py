@@ -29,7 +29,7 @@ TINY = ["--model.emb_dim", "8", "--model.latent_dim", "4", "--model.encoder.hidd
 # the line that answers a probe: an error, else a warning or report line of interest
 ANSWER = re.compile(r"^textvae: error: .*|.*(?:warning|is larger than|epochs 0|not trained|glued|looks like|"
                     r"unknown words|not in the model's vocabulary|run saved in|collapsed \(0 active|resuming|evaluating|"
-                    r"test report:|training on|\t->\t|LATENT_DIM\s+\(type|valid -ELBO|results written).*$",
+                    r"test report:|training on|\t->\t|LATENT_DIM\n(?:.*\n)*?\s+\(type: int|valid -ELBO|results written).*$",
                     re.MULTILINE)
 
 
