@@ -217,8 +217,8 @@ def part_modules() -> list[str]:
     """The modules outside textvae that registered parts in this process, whether a plugin
     (``TEXTVAE_PLUGINS``) or a script imported them: a run records them with the code it ran, so that reading
     it without them is explained. ``__main__`` is left out: it cannot be imported again."""
-    modules = {module for registry in _REGISTRIES for module in registry._modules.values() if module}
-    return sorted(m for m in modules if m.split(".")[0] != "textvae" and m != "__main__")
+    modules = {registry.own_module(name) for registry in _REGISTRIES for name in registry._modules}
+    return sorted(m for m in modules if m is not None and m != "__main__")
 
 
 def _origin(obj: Any) -> Optional[str]:
