@@ -392,6 +392,8 @@ def test_a_setting_its_type_does_not_take_is_refused_not_ignored(part, registry,
         with pytest.raises(TextVAEError, match=rf"model\.{part}\.{setting}: {not default} would be ignored, "
                                                rf"the {name} {part} does not take it"):
             check_model_config(ModelConfig(**{part: section(type=name, **{setting: not default})}))
+        with pytest.raises(TextVAEError, match=rf"model\.{part}\.{setting}: {not default} would be ignored"):
+            TextVAE(ModelConfig(**{part: section(type=name, **{setting: not default})}), vocab_size=8)  # from Python
         takers = [n for n in registry.names() if registry.takes(n, setting)]
         assert takers and name not in takers
         check_model_config(ModelConfig(**{part: section(type=takers[0], **{setting: not default})}))

@@ -16,9 +16,10 @@ V = 30
 
 def tiny(rnn: str = "lstm", layers: int = 2, bidirectional: bool = True, latent: int = 4, **kw) -> TextVAE:
     # a part registered only as a decoder (or encoder) is paired with an LSTM on the other side
+    encoder = rnn if rnn in ENCODERS else "lstm"
     cfg = ModelConfig(emb_dim=12, latent_dim=latent,
-                      encoder=EncoderConfig(type=rnn if rnn in ENCODERS else "lstm", hidden_dim=12,
-                                            num_layers=layers, bidirectional=bidirectional),
+                      encoder=EncoderConfig(type=encoder, hidden_dim=12, num_layers=layers,
+                                            bidirectional=bidirectional and ENCODERS.takes(encoder, "bidirectional")),
                       decoder=DecoderConfig(type=rnn if rnn in DECODERS else "lstm", hidden_dim=12,
                                             num_layers=layers, input_dropout=0.0, output_dropout=0.0),
                       init="torch", **kw)

@@ -172,6 +172,7 @@ class PretrainedMixin:
 class TextVAE(OutputHead, PretrainedMixin, nn.Module):
     def __init__(self, cfg: ModelConfig, vocab_size: int, objective: Optional[ObjectiveConfig] = None):
         super().__init__()
+        refuse_ignored_settings(cfg)  # here, so that a model built from Python is held to the recipe's rules
         self.cfg = cfg
         self.vocab_size = vocab_size
         self.objective_cfg = objective or ObjectiveConfig()
@@ -377,14 +378,27 @@ def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
 
 def check_model_config(cfg: ModelConfig) -> None:
     """One-line errors, before the data is read, for what building the model would refuse (a part's type
-    or options, an init scheme) or quietly not do: a setting of ``model.encoder`` / ``model.decoder``
-    that its type does not take (``z_concat`` of the ``cnn`` decoder, ``bidirectional`` of the ``cnn``
-    encoder), set away from its default, and a VAE whose decoder reads z neither in its initial state
-    nor at its inputs. The language model (``latent_dim: 0``) builds no encoder, posterior or prior: of
-    those only the posterior's and prior's names are checked (a recipe shared with VAEs sets the rest)."""
+    or options, an init scheme, a setting its part would ignore: :func:`refuse_ignored_settings`) and for
+    ``model.encoder_from`` naming a run folder rather than the model folder in it."""
     for name, scheme in (("model.init", cfg.init), ("model.encoder_init", cfg.encoder_scheme())):
         if scheme not in INITS:
             raise TextVAEError(f"unknown {name} {scheme!r}; valid: {', '.join(INITS)}")
+    source = Path(cfg.encoder_from) if cfg.encoder_from else None
+    if source is not None and (source / "config.yaml").is_file() and (source / "model").is_dir():
+        raise TextVAEError(f"model.encoder_from {source} is a run folder; give the model folder in it, {source / 'model'}")
+    # every part's options, names and types as its registry checks them, and the values a part checks itself
+    # (a cnn decoder's z_into, a transformer's num_heads): a throwaway model of a few words, drawing from a
+    # random stream of its own
+    with torch.random.fork_rng(devices=[]):
+        TextVAE(cfg, vocab_size=8)
+
+
+def refuse_ignored_settings(cfg: ModelConfig) -> None:
+    """One-line errors for what building the model would quietly not do: a setting of ``model.encoder`` /
+    ``model.decoder`` that its type does not take (``z_concat`` of the ``cnn`` decoder, ``bidirectional`` of the
+    ``cnn`` encoder), set away from its default, and a VAE whose decoder reads z neither in its initial state
+    nor at its inputs. The language model (``latent_dim: 0``) builds no encoder, posterior or prior: of those
+    only the posterior's and prior's names are checked (a recipe shared with VAEs sets the rest)."""
     parts = [("decoder", DECODERS, cfg.decoder)] + ([("encoder", ENCODERS, cfg.encoder)] if cfg.latent_dim else [])
     for part, registry, section in parts:
         default = type(section)()
@@ -398,17 +412,9 @@ def check_model_config(cfg: ModelConfig) -> None:
                                    f"does not take it; leave it at {getattr(default, f.name)!r}, or choose one of the "
                                    f"{part}s that do: {', '.join(takers)}")
     POSTERIORS.get(cfg.posterior), PRIORS.get(cfg.prior)  # a misspelt name, even where no latent reads it
-    source = Path(cfg.encoder_from) if cfg.encoder_from else None
-    if source is not None and (source / "config.yaml").is_file() and (source / "model").is_dir():
-        raise TextVAEError(f"model.encoder_from {source} is a run folder; give the model folder in it, {source / 'model'}")
     dec = cfg.decoder
     if cfg.latent_dim and all(DECODERS.takes(dec.type, s) for s in ("z_init", "z_concat")) \
             and not (dec.z_init or dec.z_concat):
         raise TextVAEError(f"model.decoder: z_init and z_concat both false leave the {dec.type} decoder no path "
                            f"from z, so the latent would be ignored by construction; set one of them (or "
                            f"latent_dim: 0 for the language model)")
-    # every part's options, names and types as its registry checks them, and the values a part checks itself
-    # (a cnn decoder's z_into, a transformer's num_heads): a throwaway model of a few words, drawing from a
-    # random stream of its own
-    with torch.random.fork_rng(devices=[]):
-        TextVAE(cfg, vocab_size=8)
