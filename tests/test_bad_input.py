@@ -126,7 +126,7 @@ def test_the_recipe_s_parts_are_checked_before_the_data_is_read(tmp_path, capsys
 @pytest.mark.parametrize("setting,message", [
     (["--eval.method", "nucleus"], "eval.method 'nucleus': unknown decoding method; valid: greedy, sample, beam "
                                    "(--eval.method on the command line)"),
-    (["--eval.temperature", "0.5"], "eval.temperature 0.5 is an option of eval.method sample, and eval.method greedy "
+    (["--eval.temperature", "0.5"], "eval.temperature is an option of eval.method sample, and eval.method greedy "
                                     "would ignore it (--eval.temperature on the command line)"),
     (["--objective.remedies", '[{"name": "delta_vae", "delta": 0.1}]'],
      "remedy 'delta_vae' bounds the KL against the fixed N(0, I) prior, and the dialogue CVAE's prior is its learned "

@@ -119,36 +119,29 @@ class PretrainedCVAE:
     folder: Path
 
     def respond(self, context: list[str], n: int = 5, method: str = "greedy", max_len: int = 40, seed: int = 0,
-                temperature: float = 1.0, top_p: float = 1.0) -> list[str]:
+                temperature: Optional[float] = None, top_p: Optional[float] = None) -> list[str]:
         """``n`` responses to ``context`` (its turns, oldest first; a string may hold several, joined by
         ``__eou__``), prepared as in training (normalised, cut to the run's ``max_turn_words``, its last
         ``context_turns`` kept). Response i is decoded from its own z ~ p(z|c), drawn from a stream of its own
         seeded with (``seed``, i), so that n = 5 gives n = 3's responses and two more. ``method``: greedy, sample
-        (``temperature``, ``top_p``) or beam."""
-        from textvae.config import COUNT, POSITIVE, SEED, Range
+        (``temperature``, default 1; ``top_p``, default 1, all) or beam."""
         from textvae.data.tokenization import warn_unknown_words
         from textvae.dialogue.data import collate_dialogues, prepare_context
-        from textvae.dialogue.generation import generate_responses
+        from textvae.dialogue.generation import check_response_options, generate_responses
         from textvae.rng import numbered_streams
 
         if isinstance(context, str):  # one string would read as a list of its characters
             raise TextVAEError("give the context as a list of turns, not one string")
-        for name, value, bounds in (("n", n, COUNT), ("max_len", max_len, COUNT), ("seed", seed, SEED),
-                                    ("temperature", temperature, POSITIVE), ("top_p", top_p, Range(above=0, most=1))):
-            problem = bounds.violation(value)
-            if problem:
-                raise TextVAEError(f"{name} {problem}, got {value}")
-        ignored = [name for name, value in (("temperature", temperature), ("top_p", top_p)) if value != 1.0]
-        if ignored and method != "sample":  # greedy and beam would not read them
-            raise TextVAEError(f"{ignored[0]} is an option of method sample, and method {method} would ignore it")
+        check_response_options(method, n=n, max_len=max_len, seed=seed, temperature=temperature, top_p=top_p)
         turns = prepare_context(context, self.model.text.get("context_turns", 10),
                                 self.model.text.get("max_turn_words", 40))
         warn_unknown_words(self.tokenizer, turns)
         # the response slot of the batch is an empty placeholder: generation reads only the context
         device = next(self.model.parameters()).device
         batch = collate_dialogues([[self.tokenizer.encode(t) for t in turns]], [self.tokenizer.encode("")]).to(device)
-        ids = [generate_responses(self.model, batch, 1, method, max_len, stream, temperature=temperature,
-                                  top_p=top_p)[0][0] for stream in numbered_streams(seed, n, device)]
+        sampling = {"temperature": 1.0 if temperature is None else temperature, "top_p": 1.0 if top_p is None else top_p}
+        ids = [generate_responses(self.model, batch, 1, method, max_len, stream, **sampling)[0][0]
+               for stream in numbered_streams(seed, n, device)]
         return [self.tokenizer.decode(r) for r in ids]
 
 

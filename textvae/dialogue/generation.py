@@ -6,11 +6,12 @@ and beam search are textvae's own.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
 
+from textvae.config import COUNT, POSITIVE, SEED, Range
 from textvae.dialogue.data import DialogueBatch
 from textvae.dialogue.model import KgCVAE
 from textvae.errors import TextVAEError
@@ -18,6 +19,27 @@ from textvae.metrics._common import eval_mode
 from textvae.models.decoding import beam_search, greedy, sample
 
 METHODS = ("greedy", "sample", "beam")
+SAMPLING_OPTIONS = ("temperature", "top_p")  # what only method sample reads
+RANGES = {"n": COUNT, "max_len": COUNT, "seed": SEED, "temperature": POSITIVE, "top_p": Range(above=0, most=1)}
+
+
+def check_response_options(method: str, spell: Callable[[str], str] = str, **given: Any) -> None:
+    """One-line errors, before a model is read, for the settings of the responses (``textvae respond``,
+    :meth:`textvae.pretrained.PretrainedCVAE.respond`, a dialogue run's test report): an unknown ``method``, a
+    value of ``given`` (name -> value, None where not given) out of its range, and a sampling option given with a
+    method that would ignore it. ``spell`` names a setting as the caller's user wrote it (``--top-p``,
+    ``eval.top_p``)."""
+    if method not in METHODS:
+        raise TextVAEError(f"{spell('method')} {method!r}: unknown decoding method; valid: {', '.join(METHODS)}",
+                           spell("method"))
+    for name, value in given.items():
+        problem = None if value is None else RANGES[name].violation(value)
+        if problem:
+            raise TextVAEError(f"{spell(name)} {problem}, got {value}", spell(name))
+    ignored = [name for name in SAMPLING_OPTIONS if given.get(name) is not None]
+    if ignored and method != "sample":
+        raise TextVAEError(f"{spell(ignored[0])} is an option of {spell('method')} sample, and {spell('method')} "
+                           f"{method} would ignore it", spell(ignored[0]))
 
 
 class ContextDecoder(nn.Module):

@@ -12,16 +12,17 @@ prepared as in training (normalised, cut to the saved ``max_turn_words``, the la
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
-from textvae.config import COUNT, POSITIVE, SEED, Range, check_flags
-from textvae.dialogue.generation import METHODS
+from textvae.dialogue.generation import METHODS, check_response_options
 from textvae.errors import CommandParser, TextVAEError
 from textvae.models.textvae import locate_model
 from textvae.pretrained import is_dialogue, load
 
 
 def respond(model_dir: str | Path, context: list[str], n: int = 5, method: str = "greedy", max_len: int = 40,
-            seed: int = 0, temperature: float = 1.0, top_p: float = 1.0, show: bool = True) -> list[str]:
+            seed: int = 0, temperature: Optional[float] = None, top_p: Optional[float] = None, show: bool = True
+            ) -> list[str]:
     """n responses to ``context`` (turns, oldest first) from the CVAE in ``model_dir``
     (:meth:`textvae.pretrained.PretrainedCVAE.respond`); printed one per line when ``show``."""
     folder, _ = locate_model(model_dir)
@@ -50,10 +51,6 @@ def cmd_respond(argv: list[str]) -> None:
     ap.add_argument("--seed", type=int, default=0,
                     help="seed of the latent draws and the sampling, one stream per response (default: 0)")
     args = ap.parse_args(argv)
-    check_flags(args, {"n": COUNT, "max_len": COUNT, "seed": SEED, "temperature": POSITIVE,
-                       "top_p": Range(above=0, most=1)})
-    given = [flag for flag, value in (("--temperature", args.temperature), ("--top-p", args.top_p)) if value is not None]
-    if given and args.method != "sample":  # greedy would ignore them
-        raise TextVAEError(f"{given[0]} is an option of --method sample, and --method {args.method} would ignore it")
-    respond(args.model, args.context, args.n, args.method, args.max_len, args.seed,
-            1.0 if args.temperature is None else args.temperature, 1.0 if args.top_p is None else args.top_p)
+    settings = {name: getattr(args, name) for name in ("n", "max_len", "seed", "temperature", "top_p")}
+    check_response_options(args.method, lambda name: "--" + name.replace("_", "-"), **settings)  # before the model
+    respond(args.model, args.context, method=args.method, **settings)

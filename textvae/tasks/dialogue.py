@@ -17,7 +17,7 @@ import torch
 
 from textvae.dialogue.config import CVAERunConfig
 from textvae.dialogue.data import DialogueData, DialogueSplit, load_dialogue_data
-from textvae.dialogue.generation import METHODS
+from textvae.dialogue.generation import SAMPLING_OPTIONS, check_response_options
 from textvae.dialogue.metrics import respond_to_split
 from textvae.dialogue.model import KgCVAE, check_likelihood_act
 from textvae.errors import TextVAEError
@@ -57,15 +57,9 @@ class DialogueTask(Task):
     def check_decoding(self) -> None:
         """The test report's decoding settings, refused before training rather than at its end: an unknown
         ``eval.method``, and a sampling option that another method would ignore (as ``textvae respond`` refuses it)."""
-        ec = self.cfg.eval
-        if ec.method not in METHODS:
-            raise TextVAEError(f"eval.method {ec.method!r}: unknown decoding method; valid: {', '.join(METHODS)}",
-                               "eval.method")
-        default = type(ec)()
-        for name in ("temperature", "top_p"):
-            if ec.method != "sample" and getattr(ec, name) != getattr(default, name):
-                raise TextVAEError(f"eval.{name} {getattr(ec, name)} is an option of eval.method sample, and "
-                                   f"eval.method {ec.method} would ignore it", f"eval.{name}")
+        ec, default = self.cfg.eval, type(self.cfg.eval)()
+        changed = {name: getattr(ec, name) for name in SAMPLING_OPTIONS if getattr(ec, name) != getattr(default, name)}
+        check_response_options(ec.method, lambda name: f"eval.{name}", **changed)
 
     def load_data(self) -> DialogueData:
         return load_dialogue_data(self.cfg.data)
