@@ -188,6 +188,32 @@ def test_a_schedule_factory_that_returns_a_value_is_an_error(monkeypatch):
         create_schedule({"name": "flat"})
 
 
+def test_a_model_made_with_a_plugin_schedule_loads_and_samples_without_the_plugin(monkeypatch, tmp_path):
+    """The KL schedule is read only by training: a model shared without its schedule's plugin still loads and
+    samples, and only reading beta names the missing schedule."""
+    from textvae.config import ModelConfig, ObjectiveConfig
+    from textvae.models.decoding import greedy
+    from textvae.models.textvae import TextVAE
+    from textvae.schedules import SCHEDULES, register_schedule
+
+    monkeypatch.setattr(SCHEDULES, "_entries", dict(SCHEDULES._entries))
+
+    @register_schedule("halfway")
+    def halfway():
+        return lambda step: 0.5
+
+    cfg = ModelConfig(emb_dim=8, latent_dim=2)
+    model = TextVAE(cfg, vocab_size=9, objective=ObjectiveConfig(kl_schedule={"name": "halfway"}))
+    assert model.objective.beta(3) == 0.5
+    model.save_pretrained(tmp_path / "model")
+    SCHEDULES._entries.pop("halfway")  # the plugin is not loaded here
+    loaded = TextVAE.from_pretrained(tmp_path / "model")
+    z = loaded.sample_prior(3, generator=torch.Generator().manual_seed(0))
+    assert greedy(loaded, z, 6) == greedy(model.eval(), z, 6)
+    with pytest.raises(TextVAEError, match="halfway"):
+        loaded.objective.beta(0)
+
+
 @pytest.mark.parametrize("hook", ["kl_term", "extra_loss"])
 def test_a_remedy_term_that_is_not_per_sentence_is_an_error(hook, monkeypatch):
     """A scalar would broadcast over the batch: the term's weight silently multiplied by B."""

@@ -16,6 +16,7 @@ beta = 1, with the posterior as the remedies transform it (BN-VAE's, delta-VAE's
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Optional, Sequence
 
 import torch
@@ -38,11 +39,17 @@ class Objective(nn.Module):
         takes too: each gets a second instance of its own for :meth:`transform_prior` (BN-VAE's CVAE
         extension, whose batch statistics of the prior's means stay apart from the posterior's)."""
         super().__init__()
-        self.schedule = create_schedule(cfg.kl_schedule)
+        self.kl_schedule = cfg.kl_schedule
         check_remedies(cfg.remedies, context.get("latent_dim"), posterior)
         self.remedies: nn.ModuleList = nn.ModuleList(create_remedy(spec, **context) for spec in cfg.remedies)
         self.prior_transforms: nn.ModuleList = nn.ModuleList(
             create_remedy(spec, **context) for spec in cfg.remedies if spec.get("name") in prior_remedies)
+
+    @functools.cached_property
+    def schedule(self) -> Any:
+        """beta(step), built where first read: a model loaded to sample or score never reads it, and so loads
+        without the plugin that registered its run's KL schedule (a run checks the schedule before it starts)."""
+        return create_schedule(self.kl_schedule)
 
     def beta(self, step: int) -> float:
         return self.schedule(step)
