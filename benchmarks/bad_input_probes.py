@@ -163,6 +163,7 @@ def probes(work: Path, p: dict[str, Path]) -> list[tuple]:
         *session31_probes(work, p),
         *session32_probes(work, p),
         *session33_probes(work, p),
+        *session34_probes(work, p),
         ("a resumed run", ["train", str(work / "runs/vae/config.yaml"), "--resume", "--train.max_steps", "3"],
          "resuming"),
     ]
@@ -349,9 +350,27 @@ def session33_probes(work: Path, p: dict[str, Path]) -> list[tuple]:
     ]
 
 
+def session34_probes(work: Path, p: dict[str, Path]) -> list[tuple]:
+    """The thirty-fourth session's: one check of the responses' settings, and a model made with a KL schedule of
+    one's own, sampled where that plugin is not loaded."""
+    (work / "my_schedule.py").write_text(
+        "from textvae.schedules import register_schedule\n\n\n@register_schedule('halfway')\n"
+        "def halfway():\n    return lambda step: 0.5\n")
+    status, line = cli(*train(work, "own_schedule", p["corpus"], "--objective.kl_schedule", "{name: halfway}"),
+                       work=work, env=dict(os.environ, TEXTVAE_PLUGINS="my_schedule"))
+    if status != 0:
+        raise SystemExit(f"the run with its own KL schedule did not train: {line}")
+    return [
+        ("respond --temperature with greedy decoding", ["respond", str(work / "runs/cvae"), "--context", "hi",
+                                                        "--temperature", "0.5"], ""),
+        ("sample a model made with a KL schedule of one's own, the plugin not loaded",
+         ["sample", str(work / "runs/own_schedule"), "--n", "2"], "warning"),
+    ]
+
+
 GROUPS = {"session27": session27_probes, "session28": session28_probes, "session29": session29_probes,
           "session30": session30_probes, "session31": session31_probes, "session32": session32_probes,
-          "session33": session33_probes}
+          "session33": session33_probes, "session34": session34_probes}
 
 
 def main() -> None:

@@ -117,6 +117,8 @@ def test_a_bad_value_names_the_recipe_or_argument_that_set_it(tmp_path, corpus, 
     (["--model.posterior", "vmff"], "unknown posterior 'vmff'; valid: gaussian, iaf, vmf"),
     (["--model.init", "xavier"], "unknown model.init 'xavier'; valid: he2019, torch"),
     (["--model.decoder.type", "cnn", "--model.decoder.z_concat", "false"], "model.decoder.z_concat: False would be"),
+    (["--data.data_dir", "/no/dir"], "data.data_dir /no/dir: not read for data.name '/no/such/corpus.txt', read from "
+                                     "its own path; it is where the named corpora ("),
 ])
 def test_the_recipe_s_parts_are_checked_before_the_data_is_read(tmp_path, capsys, setting, message):
     """A typo in a remedy or schedule fails at once, not after a corpus has been read (here: none exists)."""

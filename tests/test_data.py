@@ -334,6 +334,18 @@ def test_a_data_dir_that_does_not_exist_is_an_error_not_a_download(tmp_path, mon
     assert f"TEXTVAE_DATA_DIR={tmp_path}/nope: no such folder" in caplog.text
 
 
+def test_a_data_dir_the_corpus_would_not_read_is_refused(tmp_path):
+    """data.data_dir is where the named corpora are looked for; a synthetic corpus or a path does not read it."""
+    corpus = tmp_path / "mine.txt"
+    corpus.write_text("a b c\n")
+    datasets.check_data_dir(DataConfig(name="ptb", data_dir=str(tmp_path)))
+    datasets.check_data_dir(DataConfig(name="synthetic"))
+    for name, what in (("synthetic", "a synthetic corpus"), (str(corpus), "read from its own path")):
+        with pytest.raises(TextVAEError, match=re.escape(f"data.data_dir /no/dir: not read for data.name {name!r}, "
+                                                         f"{what}; it is where the named corpora (")):
+            datasets.check_data_dir(DataConfig(name=name, data_dir="/no/dir"))
+
+
 def test_failed_download_says_set_textvae_data_dir(tmp_path, monkeypatch, isolated_cache):
     monkeypatch.delenv("TEXTVAE_DATA_DIR", raising=False)
     with pytest.raises(TextVAEError, match="download of .* failed .*set TEXTVAE_DATA_DIR") as e:

@@ -171,6 +171,18 @@ def load_dataset(cfg: DataConfig, tokenizer: Optional[Tokenizer] = None) -> Data
     return DataBundle(cfg.name, tokenizer, splits, truth)
 
 
+def check_data_dir(cfg: DataConfig) -> None:
+    """A one-line error for a ``data.data_dir`` that the corpus would not read: it is where the named corpora are
+    looked for, and a synthetic corpus or a file or folder given as ``data.name`` is read without it (a run on
+    ``synthetic`` that meant to read PTB from there would otherwise train on the generated corpus)."""
+    if cfg.data_dir is None or cfg.name in CORPORA:
+        return
+    synthetic = importlib.import_module("textvae.data.synthetic")
+    what = "a synthetic corpus" if cfg.name in synthetic.SYNTHETIC_KINDS else "read from its own path"
+    raise TextVAEError(f"data.data_dir {cfg.data_dir}: not read for data.name {cfg.name!r}, {what}; it is where the "
+                       f"named corpora ({', '.join(list_corpora())}) are looked for", "data.data_dir")
+
+
 def is_text_file(name: str) -> bool:
     """Whether ``name`` (a ``data.name``) is one text file rather than a registered corpus or a folder."""
     return name not in CORPORA and Path(name).expanduser().is_file()

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from textvae.config import RunConfig
-from textvae.data.datasets import DataBundle, Split, load_dataset
+from textvae.data.datasets import DataBundle, Split, check_data_dir, load_dataset
 from textvae.metrics import IWProgress, iw_description, list_metrics
 from textvae.files import file_md5
 from textvae.models.textvae import WEIGHTS_FILE, TextVAE, check_model_config
@@ -27,6 +27,7 @@ class SentenceTask(Task):
 
     def check(self) -> None:
         check_model_config(self.cfg.model)
+        check_data_dir(self.cfg.data)
 
     def load_data(self) -> DataBundle:
         return load_dataset(self.cfg.data)
