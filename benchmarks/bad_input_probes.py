@@ -351,8 +351,8 @@ def session33_probes(work: Path, p: dict[str, Path]) -> list[tuple]:
 
 
 def session34_probes(work: Path, p: dict[str, Path]) -> list[tuple]:
-    """The thirty-fourth session's: one check of the responses' settings, and a model made with a KL schedule of
-    one's own, sampled where that plugin is not loaded."""
+    """The thirty-fourth session's: one check of the responses' settings, a model made with a KL schedule of one's
+    own, sampled where that plugin is not loaded, and a data.data_dir that the corpus would not read."""
     (work / "my_schedule.py").write_text(
         "from textvae.schedules import register_schedule\n\n\n@register_schedule('halfway')\n"
         "def halfway():\n    return lambda step: 0.5\n")
@@ -365,6 +365,7 @@ def session34_probes(work: Path, p: dict[str, Path]) -> list[tuple]:
                                                         "--temperature", "0.5"], ""),
         ("sample a model made with a KL schedule of one's own, the plugin not loaded",
          ["sample", str(work / "runs/own_schedule"), "--n", "2"], "warning"),
+        ("a data.data_dir with the synthetic corpus", train(work, "x", "synthetic", "--data.data_dir", str(work)), ""),
     ]
 
 
