@@ -380,7 +380,7 @@ def test_encoder_ignores_padding(encoder):
 
 @pytest.mark.parametrize("part,registry,section", [("decoder", DECODERS, DecoderConfig),
                                                    ("encoder", ENCODERS, EncoderConfig)])
-def test_a_setting_its_type_does_not_take_is_refused_not_ignored(part, registry, section):
+def test_a_setting_its_type_does_not_take_is_refused_not_ignored(part, registry, section, tmp_path):
     """z_init / z_concat of the cnn and transformer decoders, bidirectional of the cnn and transformer encoders."""
     settings = [f.name for f in dataclasses.fields(section) if f.name in registry.supplied]
     cases = [(name, s) for name in registry.names() for s in settings if not registry.takes(name, s)]
@@ -394,6 +394,10 @@ def test_a_setting_its_type_does_not_take_is_refused_not_ignored(part, registry,
             check_model_config(ModelConfig(**{part: section(type=name, **{setting: not default})}))
         with pytest.raises(TextVAEError, match=rf"model\.{part}\.{setting}: {not default} would be ignored"):
             TextVAE(ModelConfig(**{part: section(type=name, **{setting: not default})}), vocab_size=8)  # from Python
+        # a model saved before the rule (or built unchecked) still loads, as it was made
+        unchecked = TextVAE(ModelConfig(**{part: section(type=name, **{setting: not default})}), 8, check=False)
+        unchecked.save_pretrained(tmp_path / name)
+        assert getattr(getattr(TextVAE.from_pretrained(tmp_path / name).cfg, part), setting) == (not default)
         takers = [n for n in registry.names() if registry.takes(n, setting)]
         assert takers and name not in takers
         check_model_config(ModelConfig(**{part: section(type=takers[0], **{setting: not default})}))

@@ -105,6 +105,14 @@ def test_a_bad_value_names_the_recipe_or_argument_that_set_it(tmp_path, corpus, 
     assert line == "textvae: error: " + expected.format(overlay=overlay)
 
 
+def test_a_data_dir_the_synthetic_corpus_would_not_read_is_refused_before_training(tmp_path, capsys):
+    line = fails(train_on(tmp_path, "synthetic", "--data.data_dir", str(tmp_path)), capsys)
+    assert line.startswith(f"textvae: error: data.data_dir {tmp_path}: not read for data.name 'synthetic', a synthetic "
+                           f"corpus; it is where the named corpora (")
+    assert line.endswith("(none: --data.data_dir null) (--data.data_dir on the command line)")
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.parametrize("setting,message", [
     (["--objective.remedies", '[{"name": "bowl"}]'], "unknown remedy 'bowl'; valid: aggressive,"),
     (["--objective.remedies", '[{"name": "bn_vae", "gamma": "high"}]'], "remedy 'bn_vae': gamma must be a number"),
@@ -117,8 +125,6 @@ def test_a_bad_value_names_the_recipe_or_argument_that_set_it(tmp_path, corpus, 
     (["--model.posterior", "vmff"], "unknown posterior 'vmff'; valid: gaussian, iaf, vmf"),
     (["--model.init", "xavier"], "unknown model.init 'xavier'; valid: he2019, torch"),
     (["--model.decoder.type", "cnn", "--model.decoder.z_concat", "false"], "model.decoder.z_concat: False would be"),
-    (["--data.data_dir", "/no/dir"], "data.data_dir /no/dir: not read for data.name '/no/such/corpus.txt', read from "
-                                     "its own path; it is where the named corpora ("),
 ])
 def test_the_recipe_s_parts_are_checked_before_the_data_is_read(tmp_path, capsys, setting, message):
     """A typo in a remedy or schedule fails at once, not after a corpus has been read (here: none exists)."""

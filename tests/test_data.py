@@ -340,6 +340,7 @@ def test_a_data_dir_the_corpus_would_not_read_is_refused(tmp_path):
     corpus.write_text("a b c\n")
     datasets.check_data_dir(DataConfig(name="ptb", data_dir=str(tmp_path)))
     datasets.check_data_dir(DataConfig(name="synthetic"))
+    datasets.check_data_dir(DataConfig(name="ptbb", data_dir="/no/dir"))  # misspelt: the reader's error says more
     for name, what in (("synthetic", "a synthetic corpus"), (str(corpus), "read from its own path")):
         with pytest.raises(TextVAEError, match=re.escape(f"data.data_dir /no/dir: not read for data.name {name!r}, "
                                                          f"{what}; it is where the named corpora (")):

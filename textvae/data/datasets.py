@@ -178,9 +178,15 @@ def check_data_dir(cfg: DataConfig) -> None:
     if cfg.data_dir is None or cfg.name in CORPORA:
         return
     synthetic = importlib.import_module("textvae.data.synthetic")
-    what = "a synthetic corpus" if cfg.name in synthetic.SYNTHETIC_KINDS else "read from its own path"
+    if cfg.name in synthetic.SYNTHETIC_KINDS:
+        what = "a synthetic corpus"
+    elif Path(cfg.name).expanduser().exists():
+        what = "read from its own path"
+    else:  # a misspelt corpus name: the reader's error lists the valid ones
+        return
     raise TextVAEError(f"data.data_dir {cfg.data_dir}: not read for data.name {cfg.name!r}, {what}; it is where the "
-                       f"named corpora ({', '.join(list_corpora())}) are looked for", "data.data_dir")
+                       f"named corpora ({', '.join(list_corpora())}) are looked for (none: --data.data_dir null)",
+                       "data.data_dir")
 
 
 def is_text_file(name: str) -> bool:

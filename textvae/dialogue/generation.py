@@ -11,7 +11,8 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from textvae.config import COUNT, POSITIVE, SEED, Range
+from textvae.config import COUNT, SEED
+from textvae.dialogue.config import DialogueEvalConfig
 from textvae.dialogue.data import DialogueBatch
 from textvae.dialogue.model import KgCVAE
 from textvae.errors import TextVAEError
@@ -20,7 +21,7 @@ from textvae.models.decoding import beam_search, greedy, sample
 
 METHODS = ("greedy", "sample", "beam")
 SAMPLING_OPTIONS = ("temperature", "top_p")  # what only method sample reads
-RANGES = {"n": COUNT, "max_len": COUNT, "seed": SEED, "temperature": POSITIVE, "top_p": Range(above=0, most=1)}
+RANGES = {"n": COUNT, "seed": SEED, **{name: DialogueEvalConfig.RANGES[name] for name in ("max_len", *SAMPLING_OPTIONS)}}
 
 
 def check_response_options(method: str, spell: Callable[[str], str] = str, **given: Any) -> None:
@@ -70,8 +71,7 @@ def generate_responses(model: KgCVAE, batch: DialogueBatch, n: int, method: str 
     """For each context of ``batch``, n responses (id lists without ``<s>`` / ``</s>``), response j
     decoded from its own z_j ~ p(z|c). ``greedy`` (Zhao et al. 2017) or ``beam`` make z the only
     source of diversity; ``sample`` adds the word-level randomness. ``<unk>`` is never generated."""
-    if method not in METHODS:
-        raise TextVAEError(f"unknown decoding method {method!r}; valid: {', '.join(METHODS)}")
+    check_response_options(method)
     if n < 1:
         raise TextVAEError(f"the number of responses must be >= 1, got {n}")
     with eval_mode(model):

@@ -170,9 +170,13 @@ class PretrainedMixin:
 
 
 class TextVAE(OutputHead, PretrainedMixin, nn.Module):
-    def __init__(self, cfg: ModelConfig, vocab_size: int, objective: Optional[ObjectiveConfig] = None):
+    def __init__(self, cfg: ModelConfig, vocab_size: int, objective: Optional[ObjectiveConfig] = None, *,
+                 check: bool = True):
+        """``check``: refuse a setting that a part would ignore (:func:`refuse_ignored_settings`), as a recipe's
+        is refused; off for a saved model, which loads as it was made, whatever rule came after it."""
         super().__init__()
-        refuse_ignored_settings(cfg)  # here, so that a model built from Python is held to the recipe's rules
+        if check:
+            refuse_ignored_settings(cfg)
         self.cfg = cfg
         self.vocab_size = vocab_size
         self.objective_cfg = objective or ObjectiveConfig()
@@ -366,7 +370,7 @@ class TextVAE(OutputHead, PretrainedMixin, nn.Module):
             raise TextVAEError("this is a dialogue CVAE, not a sentence VAE: KgCVAE.from_pretrained reads it, and "
                                "textvae.pretrained.load reads either (a CVAE's .respond(context) answers a context)")
         return cls(model_config_from_dict(cfg["model"]), int(cfg["vocab_size"]),
-                   ObjectiveConfig(**cfg.get("objective", {})))
+                   ObjectiveConfig(**cfg.get("objective", {})), check=False)
 
 
 def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
