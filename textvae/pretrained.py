@@ -139,7 +139,7 @@ class PretrainedCVAE:
         # the response slot of the batch is an empty placeholder: generation reads only the context
         device = next(self.model.parameters()).device
         batch = collate_dialogues([[self.tokenizer.encode(t) for t in turns]], [self.tokenizer.encode("")]).to(device)
-        sampling = {"temperature": 1.0 if temperature is None else temperature, "top_p": 1.0 if top_p is None else top_p}
+        sampling = {name: value for name, value in (("temperature", temperature), ("top_p", top_p)) if value is not None}
         ids = [generate_responses(self.model, batch, 1, method, max_len, stream, **sampling)[0][0]
                for stream in numbered_streams(seed, n, device)]
         return [self.tokenizer.decode(r) for r in ids]

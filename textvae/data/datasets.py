@@ -174,19 +174,27 @@ def load_dataset(cfg: DataConfig, tokenizer: Optional[Tokenizer] = None) -> Data
 def check_data_dir(cfg: DataConfig) -> None:
     """A one-line error for a ``data.data_dir`` that the corpus would not read: it is where the named corpora are
     looked for, and a synthetic corpus or a file or folder given as ``data.name`` is read without it (a run on
-    ``synthetic`` that meant to read PTB from there would otherwise train on the generated corpus)."""
-    if cfg.data_dir is None or cfg.name in CORPORA:
+    ``synthetic`` that meant to read PTB from there would otherwise train on the generated corpus). A name that is
+    none of these (misspelt) is left to the reader, whose error lists the valid ones."""
+    kind = source_kind(cfg.name)
+    if cfg.data_dir is None or kind in ("corpus", None):
         return
-    synthetic = importlib.import_module("textvae.data.synthetic")
-    if cfg.name in synthetic.SYNTHETIC_KINDS:
-        what = "a synthetic corpus"
-    elif Path(cfg.name).expanduser().exists():
-        what = "read from its own path"
-    else:  # a misspelt corpus name: the reader's error lists the valid ones
-        return
+    what = "a synthetic corpus" if kind == "synthetic" else "read from its own path"
     raise TextVAEError(f"data.data_dir {cfg.data_dir}: not read for data.name {cfg.name!r}, {what}; it is where the "
                        f"named corpora ({', '.join(list_corpora())}) are looked for (none: --data.data_dir null)",
                        "data.data_dir")
+
+
+def source_kind(name: str) -> Optional[str]:
+    """How ``data.name`` is read: ``corpus`` (a registered corpus, looked for under ``data.data_dir``),
+    ``synthetic`` (generated), ``path`` (an existing file or folder), or None (none of them)."""
+    if name in CORPORA:
+        return "corpus"
+    # imported here, as the generator serves synthetic runs only
+    if name in importlib.import_module("textvae.data.synthetic").SYNTHETIC_KINDS:
+        return "synthetic"
+    path = Path(name).expanduser()
+    return "path" if path.is_dir() or path.is_file() else None
 
 
 def is_text_file(name: str) -> bool:
@@ -236,21 +244,18 @@ def _encode(name: str, text: _Text, tokenizer: Tokenizer, chunk: int = 16384) ->
 
 
 def _read_splits(cfg: DataConfig) -> tuple[dict[str, _Text], Optional[dict]]:
-    name = cfg.name
-    if name in CORPORA:
+    name, kind = cfg.name, source_kind(cfg.name)
+    if kind == "corpus":
         spec = CORPORA.get(name)
         return _read_corpus(spec, resolve_corpus(spec, cfg.data_dir), cfg), None
-    # imported here, as the generator serves synthetic runs only
     synthetic = importlib.import_module("textvae.data.synthetic")
-    if name in synthetic.SYNTHETIC_KINDS:
+    if kind == "synthetic":
         out = cache_folder("synthetic") / f"{name}-seed{cfg.synthetic_seed}"
         folder = Path(synthetic.generate_corpus(name, out, cfg.synthetic_seed))
         return _read_folder(folder, cfg), synthetic.load_truth(folder)
     path = Path(name).expanduser()
-    if path.is_dir():
-        return _read_folder(path, cfg), None
-    if path.is_file():
-        return _read_single_file(path, cfg), None
+    if kind == "path":
+        return (_read_folder(path, cfg) if path.is_dir() else _read_single_file(path, cfg)), None
     raise TextVAEError(
         f"data.name {name!r} is not a corpus ({', '.join(list_corpora())}), a synthetic one "
         f"({', '.join(synthetic.SYNTHETIC_KINDS.names())}), or an existing file or folder"
