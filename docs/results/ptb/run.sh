@@ -42,6 +42,9 @@ fi
 # Last, seeds 2 and 3 of the lambda = 6.5 diagnostic: its seed 1 matched every figure of the published row and
 # was 0.17 nats below the LM's three-seed mean with MI >= 5 and AU 32, while composite missed the eighth row's
 # goal over three seeds; three seeds say whether that holds beyond one (they start from pretrain_ae's seeds).
+# Then composite/seed2 again: composite's budget is 200 epochs since (no paper sets it), and its seed 2 was still
+# improving at 100, where it had stopped; it trains on from its checkpoint (its seeds 1 and 3 had ended their plateau
+# schedule, so they stay as they are).
 ORDER="pretrain_ae/seed2 composite/seed2 pretrain_fb/seed2"
 ORDER="$ORDER pretrain_ae/seed3 composite/seed3 pretrain_fb/seed3 annealed/seed3 bn_vae/seed3"
 ORDER="$ORDER pretrain_fb_lambda6_5/seed2 pretrain_fb_lambda6_5/seed3"
