@@ -24,7 +24,7 @@ from textvae import study as st
 from textvae.config import RunConfig, setting_changes
 from textvae.errors import TextVAEError
 from textvae.metrics import IWProgress
-from textvae.study.archive import code_name
+from textvae.study.archive import code_name, plateau_end
 import textvae.study.runner as runner_module
 from textvae.study.runner import select, training_order
 from textvae.training.logger import read_jsonl
@@ -931,6 +931,31 @@ def test_archive_keeps_finished_runs_when_their_folders_are_gone(tmp_path, capsy
     assert_same({**third, "runs": third["runs"][:1], "variants": third["variants"][:1]},
                 {**first, "runs": first["runs"][:1], "variants": first["variants"][:1]})
     assert len(json.loads(archive.read_text())["runs"]) == 3
+
+
+def test_an_archived_run_that_its_plateau_schedule_ended_stands_for_the_run_of_a_larger_budget(tmp_path, capsys):
+    """As a run folder does: a budget it did not reach makes the same run. One that its budget stopped is
+    trained again under a larger one (an archive keeps no weights to train it on from), and so is one that a
+    lower budget would have stopped earlier."""
+    # lr 1e-30 leaves every weight as it was, so the second epoch's validation is no better than the first's:
+    # one bad epoch, and max_decays 0 ends the schedule there
+    ends = {"optim": {"lr": 1e-30, "decay_start_epoch": 0, "decay_patience": 1, "max_decays": 0}}
+    spec = dict(TINY, seeds=[1], budget={"epochs": 3}, variants={"ends": ends, "capped": {"optim.lr": 0.003}})
+    path, out, archive = write_study(tmp_path, spec), tmp_path / "out", tmp_path / "archive.json"
+    st.run_study(path, out=str(out), archive=archive)
+    entries = {e["variant"]: e for e in json.loads(archive.read_text())["runs"]}
+    assert [entries[v]["report"]["train_epochs"] for v in ("ends", "capped")] == [2, 3]
+    assert plateau_end(entries["ends"]).epoch == 2 and plateau_end(entries["capped"]) is None
+    # a report from before textvae recorded the whole epochs: the last validation's, at the steps trained
+    older = {**entries["ends"], "report": {k: v for k, v in entries["ends"]["report"].items() if k != "train_epochs"}}
+    assert plateau_end(older).epoch == 2 and plateau_end({**older, "valid": []}) is None
+    shutil.rmtree(out)
+    capsys.readouterr()
+    for epochs, states in [(3, "archived archived"), (50, "archived new"), (2, "archived new"), (1, "new new")]:
+        st.main([str(path), "--out", str(out), "--status", "--archive", str(archive), "--set", f"train.epochs={epochs}"])
+        lines = capsys.readouterr().out.splitlines()[1:-1]
+        assert [line.split()[:2] for line in lines] == [[f"{v}/seed1", s] for v, s in zip(("ends", "capped"),
+                                                                                           states.split())], epochs
 
 
 @pytest.mark.parametrize("text", ["[]", "{not json", '{"format": 99, "runs": []}'])

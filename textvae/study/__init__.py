@@ -71,7 +71,9 @@ its state ``conflict`` in report.md's runs (its archive entry counts instead whe
 ``--archive FILE`` keeps the finished runs as figures in one JSON file (configuration, test report,
 validation curves, commits; no weights) that can be committed beside the results: a run whose folder
 is gone but whose entry matches its configuration counts as finished (``archived`` in ``--status``)
-and is not trained again, unless a run to be trained starts from it (:mod:`textvae.study.archive`).
+and is not trained again, unless a run to be trained starts from it (:mod:`textvae.study.archive`). Its
+budget may differ where it makes the same run: an entry whose plateau schedule ended first stands for the
+run of a larger budget; one that its budget stopped is trained again, as an archive keeps no weights.
 
 ``textvae compare RUN ...`` prints the same table for run folders made by hand (:func:`compare_runs`).
 

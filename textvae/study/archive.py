@@ -11,8 +11,11 @@ again when that other run has to be trained.
 
 A planned run whose folder holds no finished run, and whose variant, seed and configuration match an
 entry, counts as finished from the archive: it is not trained, ``--status`` says ``archived``, and its
-figures enter results.csv / results.json / report.md as a run's would. An entry whose configuration
-differs (the study was changed since) is left out with a warning, and the run is trained. Every time
+figures enter results.csv / results.json / report.md as a run's would. The budget is the one setting
+that may differ, where it makes the same run, as for a run folder: an entry whose plateau schedule ended
+before its epoch budget stands for the run of any budget it did not pass (:func:`plateau_end`). An entry
+that another configuration made, or that its budget stopped and a larger one would train on (from weights
+an archive does not keep), is left out with a warning, and the run is trained. Every time
 the study writes its outputs it writes the archive again: the entries it had, with each run finished
 in a folder added or replaced by its folder's figures.
 """
@@ -22,15 +25,18 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from textvae.errors import TextVAEError
 from textvae.files import write_text_whole
 from textvae.plots import run_curves
-from textvae.config import INCIDENTAL_KEYS, settings_now
+from textvae.config import INCIDENTAL_KEYS, TrainConfig, settings_now
 from textvae.study.folders import study_report
 from textvae.study.spec import BUDGET_KEYS, Run, Study, map_strings
 from textvae.training.logger import read_jsonl
+
+if TYPE_CHECKING:
+    from textvae.training.train import LoopState
 
 log = logging.getLogger("textvae.study")
 
@@ -120,8 +126,8 @@ def load_archive(path: Path) -> list[dict[str, Any]]:
 def attach(study: Study, runs: list[Run], entries: list[dict[str, Any]]) -> None:
     """Set ``run.archived`` to its entry for each run not finished in its folder whose variant, seed
     and configuration an entry matches (a setting added to textvae since reads as its default, as for
-    a run folder: :func:`~textvae.config.settings_now`); an entry of the same run with other
-    settings is reported."""
+    a run folder: :func:`~textvae.config.settings_now`; a budget where it makes the same run,
+    :func:`plateau_end`); an entry of the same run with other settings is reported."""
     by_label = {f"{e['variant']}/seed{e['seed']}": e for e in entries}
     for run in runs:
         entry = by_label.get(run.label)
@@ -129,13 +135,49 @@ def attach(study: Study, runs: list[Run], entries: list[dict[str, Any]]) -> None
             continue
         archived, planned = _portable(settings_now(type(run.config), entry["config"]), study.out), \
             portable_config(run, study.out)
-        if archived == planned:
+        budget_only = _without_budget(archived) == _without_budget(planned)
+        if archived == planned or budget_only and _same_run(entry, archived["train"], run):
             run.archived = entry
-        elif _without_budget(archived) == _without_budget(planned):
+        elif budget_only:
             log.warning("%s: the archive's run was made with another budget, and an archive keeps no weights to "
                         "train it on from; it is trained (from its folder's checkpoint where it has one)", run.label)
         else:
             log.warning("%s: the archive's run was made with other settings; it is trained again", run.label)
+
+
+def plateau_end(entry: dict[str, Any]) -> Optional[LoopState]:
+    """Where the archived run stopped training, as the :class:`~textvae.training.train.LoopState` its last
+    checkpoint held, when its plateau schedule ended it: it finished (a stop on request writes no test
+    report) with its epoch and step budgets unspent. None when a budget stopped it, or where its entry cannot
+    tell: a time budget (each rank's clock may have ended it), or a report from before textvae recorded the
+    steps trained. The whole epochs trained are the report's, or (in older reports) the last validation's,
+    which a run whose schedule ends validates at its end."""
+    from textvae.training.train import LoopState, budgets_used_up
+
+    report, train = entry["report"], entry["config"].get("train", {})
+    steps = report.get("train_steps")
+    if steps is None or train.get("max_seconds") is not None:
+        return None
+    epochs = report.get("train_epochs", next((r.get("epoch") for r in entry.get("valid", []) if r.get("step") == steps),
+                                             None))
+    if epochs is None:
+        return None
+    state = LoopState(step=int(steps), epoch=int(epochs), train_seconds=report.get("train_seconds") or 0.0)
+    budget = TrainConfig(**{k: train[k] for k in BUDGET_KEYS.values() if k in train})
+    if budgets_used_up(state, budget):
+        return None
+    state.done = True
+    return state
+
+
+def _same_run(entry: dict[str, Any], train: dict[str, Any], run: Run) -> bool:
+    """Whether the archived run, made with the train settings ``train``, is the run that the study's budget
+    makes: its plateau schedule ended it where that budget does not pass
+    (:func:`~textvae.training.train.budget_verdict` ``stops``, as for a run folder)."""
+    from textvae.training.train import budget_verdict
+
+    state = plateau_end(entry)
+    return state is not None and budget_verdict(state, train, run.config.train, False) == "stops"
 
 
 def _without_budget(values: dict[str, Any]) -> dict[str, Any]:
