@@ -148,6 +148,19 @@ def test_a_dialogue_recipe_s_settings_are_checked_before_the_data_is_read(tmp_pa
     assert not any(tmp_path.iterdir())  # no run folder was made
 
 
+def test_a_dialogue_run_refuses_a_data_dir_that_its_folder_of_pairs_would_not_read(tmp_path, capsys):
+    """data.data_dir is where the dialogue corpora are looked for; a folder given as data.name is read from there,
+    so a data_dir beside it was ignored without a word."""
+    pairs, out = tmp_path / "pairs", tmp_path / "out"
+    pairs.mkdir()
+    argv = ["train", "dailydialog/cvae", "--data.name", str(pairs), "--data.data_dir", "/no/dir", "--out_dir", str(out)]
+    assert fails(argv, capsys) == (f"textvae: error: data.data_dir /no/dir: not read for data.name {str(pairs)!r}, a "
+                                   f"folder of pairs read from its own path; it is where the dialogue corpora "
+                                   f"(dailydialog) are looked for (none: --data.data_dir null) (--data.data_dir on the "
+                                   f"command line)")
+    assert not out.exists()
+
+
 def test_a_dialogue_run_in_bf16_on_the_cpu_is_warned_of(caplog):
     """The kgCVAE's GRUs step over packed turns, and in bf16 oneDNN builds a kernel per new GEMM shape (README)."""
     from textvae.config import TrainConfig

@@ -227,6 +227,23 @@ def read_jsonl_pairs(path: str | Path, context_turns: int, max_turn_words: int) 
     return builder.result(with_acts=bool(with_acts))
 
 
+def dialogue_corpora() -> list[str]:
+    """The registered corpora in the ``dialogues`` format, which a dialogue run's ``data.name`` may name."""
+    return [c for c in CORPORA.names() if CORPORA.get(c).text_format == "dialogues"]
+
+
+def check_dialogue_data_dir(cfg: DialogueDataConfig) -> None:
+    """A one-line error for a ``data.data_dir`` given with a folder of pairs as ``data.name``: the folder is read
+    from its own path, and ``data_dir`` only where the dialogue corpora are looked for (as
+    :func:`textvae.data.datasets.check_data_dir` refuses it for sentences). A name that is neither is left to
+    the reader, whose error lists the valid ones."""
+    if cfg.data_dir is None or cfg.name in CORPORA or not Path(cfg.name).expanduser().is_dir():
+        return
+    raise TextVAEError(f"data.data_dir {cfg.data_dir}: not read for data.name {cfg.name!r}, a folder of pairs read from "
+                       f"its own path; it is where the dialogue corpora ({', '.join(dialogue_corpora())}) are looked "
+                       f"for (none: --data.data_dir null)", "data.data_dir")
+
+
 def read_dialogue_splits(cfg: DialogueDataConfig) -> tuple[dict[str, DialogueText], list[str]]:
     """The train/valid/test pairs named by ``cfg.name`` and the act names (empty without acts)."""
     n, words = cfg.context_turns, cfg.max_turn_words
@@ -242,8 +259,7 @@ def read_dialogue_splits(cfg: DialogueDataConfig) -> tuple[dict[str, DialogueTex
         return texts, list(DAILYDIALOG_ACTS)
     folder = Path(cfg.name).expanduser()
     if not folder.is_dir():
-        raise TextVAEError(f"dialogue data {cfg.name!r} is neither a dialogue corpus "
-                           f"({', '.join(c for c in CORPORA.names() if CORPORA.get(c).text_format == 'dialogues')}) "
+        raise TextVAEError(f"dialogue data {cfg.name!r} is neither a dialogue corpus ({', '.join(dialogue_corpora())}) "
                            f"nor a folder with train/valid/test.jsonl")
     missing = [s for s in SPLITS if not (folder / f"{s}.jsonl").is_file()]
     if missing:

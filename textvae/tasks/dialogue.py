@@ -16,7 +16,7 @@ from typing import Any, Optional
 import torch
 
 from textvae.dialogue.config import CVAERunConfig
-from textvae.dialogue.data import DialogueData, DialogueSplit, load_dialogue_data
+from textvae.dialogue.data import DialogueData, DialogueSplit, check_dialogue_data_dir, load_dialogue_data
 from textvae.dialogue.generation import SAMPLING_OPTIONS, check_response_options
 from textvae.dialogue.metrics import respond_to_split
 from textvae.dialogue.model import KgCVAE, check_likelihood_act
@@ -40,6 +40,7 @@ class DialogueTask(Task):
     def check(self) -> None:
         check_text_metrics(instead="the test report scores the responses with them")
         check_likelihood_act(self.cfg.eval.likelihood_act)
+        check_dialogue_data_dir(self.cfg.data)
         self.check_decoding()
         device = self.cfg.train.device  # by name: a device this machine lacks is the loop's error, not this check's
         on_cpu = device == "cpu" or device == "auto" and not torch.cuda.is_available()
