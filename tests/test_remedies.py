@@ -1,6 +1,7 @@
 """Remedies against closed forms, slow reference loops and invariants; training-procedure hooks
 against a tiny fake trainer."""
 import math
+import pickle
 from types import SimpleNamespace
 
 import pytest
@@ -108,6 +109,9 @@ def test_every_remedy_trains_and_round_trips(name, kind, tmp_path):
     trainer.optimizer.step()
     assert isinstance(remedy.after_epoch(trainer, 1, {"mi_batch": 0.5}), dict)
     model.save_pretrained(tmp_path)  # remedy buffers and parameters persist without pickle
+    # and with it (torch.save(model)), its KL schedule read: a closure, built again where the copy reads it
+    copy = pickle.loads(pickle.dumps(model))
+    assert copy.objective.beta(trainer.step) == model.objective.beta(trainer.step)
     loaded = type(model).from_pretrained(tmp_path)
     for key, value in model.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0)

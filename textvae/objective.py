@@ -51,6 +51,13 @@ class Objective(nn.Module):
         without the plugin that registered its run's KL schedule (a run checks the schedule before it starts)."""
         return create_schedule(self.kl_schedule)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (``torch.save(model)``, ``copy.deepcopy``) without the built schedule, a closure that pickle
+        cannot take: read again, it is built again from ``kl_schedule``."""
+        state = dict(self.__dict__)
+        state.pop("schedule", None)
+        return state
+
     def beta(self, step: int) -> float:
         return self.schedule(step)
 
