@@ -29,7 +29,7 @@ TINY = ["--model.emb_dim", "8", "--model.latent_dim", "4", "--model.encoder.hidd
 # the line that answers a probe: an error, else a warning or report line of interest
 ANSWER = re.compile(r"^textvae: error: .*|.*(?:warning|is larger than|epochs 0|not trained|glued|looks like|"
                     r"unknown words|not in the model's vocabulary|run saved in|collapsed \(0 active|resuming|evaluating|"
-                    r"test report:|training on|made with plugin|\t->\t|LATENT_DIM\n(?:.*\n)*?\s+\(type: int|valid -ELBO|results written).*$",
+                    r"test report:|training on|made with plugin|seed1 +archived|\t->\t|LATENT_DIM\n(?:.*\n)*?\s+\(type: int|valid -ELBO|results written).*$",
                     re.MULTILINE)
 
 
@@ -164,6 +164,7 @@ def probes(work: Path, p: dict[str, Path]) -> list[tuple]:
         *session32_probes(work, p),
         *session33_probes(work, p),
         *session34_probes(work, p),
+        *session35_probes(work, p),
         ("a resumed run", ["train", str(work / "runs/vae/config.yaml"), "--resume", "--train.max_steps", "3"],
          "resuming"),
     ]
@@ -369,9 +370,34 @@ def session34_probes(work: Path, p: dict[str, Path]) -> list[tuple]:
     ]
 
 
+def session35_probes(work: Path, p: dict[str, Path]) -> list[tuple]:
+    """The thirty-fifth session's: a dialogue run's data.data_dir beside a folder of pairs, and a study given a larger
+    budget whose archive holds a run that its plateau schedule ended (its folder gone)."""
+    cvae = [str(REPO / "textvae/recipes/dailydialog/cvae.yaml"), "--out_dir", str(work / "runs"),
+            "--data.name", str(p["dialogues"])]
+    study, out, archive = work / "plateau_study.yaml", work / "plateau_runs", work / "plateau_archive.json"
+    # lr 1e-30 leaves the weights as they were: the second epoch is a bad one, and max_decays 0 ends the run there
+    study.write_text(f"data: {{name: {p['corpus']}, batch_size: 20}}\nbudget: {{epochs: 3}}\noverrides:\n"
+                     "  model: {emb_dim: 8, latent_dim: 2, encoder: {hidden_dim: 8}, decoder: {hidden_dim: 8}}\n"
+                     "  train: {iw_samples_final: 4, threads: 1, progress: false, tensorboard: false}\n"
+                     "  optim: {lr: 1.0e-30, decay_start_epoch: 0, decay_patience: 1, max_decays: 0}\n"
+                     "variants: {plain: {}}\n")
+    status, line = cli("study", str(study), "--out", str(out), "--archive", str(archive), work=work)
+    if status != 0:
+        raise SystemExit(f"the plateau study did not train: {line}")
+    shutil.rmtree(out)
+    return [
+        ("a dialogue run's data.data_dir beside a folder of pairs", ["train", *cvae, "--name", "y", "--data.data_dir",
+                                                                     str(work)], ""),
+        ("a larger budget, the archived run ended by its plateau schedule", [
+            "study", str(study), "--out", str(out), "--archive", str(archive), "--status", "--set", "train.epochs=10"],
+         "plain/seed1"),
+    ]
+
+
 GROUPS = {"session27": session27_probes, "session28": session28_probes, "session29": session29_probes,
           "session30": session30_probes, "session31": session31_probes, "session32": session32_probes,
-          "session33": session33_probes, "session34": session34_probes}
+          "session33": session33_probes, "session34": session34_probes, "session35": session35_probes}
 
 
 def main() -> None:
