@@ -592,6 +592,17 @@ def test_train_cvae_and_respond(tmp_path, capsys, caplog):
     two = json.loads((run / "eval_valid_max_pairs-2_max_contexts-1.json").read_text())  # not the whole split's file
     assert (two["n_pairs"], two["n_contexts"], two["split"]) == (2, 1, "valid")
     assert two["overrides"] == ["eval.max_pairs=2", "eval.max_contexts=1"]
+    # a run saved with a data.data_dir beside its folder of pairs, which training refuses since, is evaluated as it
+    # was made: the folder is read, as it was, and the data_dir never was
+    saved = (run / "config.yaml").read_text()
+    assert saved.count("data_dir: null") == 1
+    (run / "config.yaml").write_text(saved.replace("data_dir: null", f"data_dir: {tmp_path / 'elsewhere'}"))
+    main(["evaluate", str(run), "--split", "valid", "--iw-samples", "0", "--eval.max_pairs", "2",
+          "--eval.max_contexts=1", "--json", str(tmp_path / "made_before.json")])
+    assert json.loads((tmp_path / "made_before.json").read_text())["n_pairs"] == 2
+    with pytest.raises(TextVAEError, match="data.data_dir .*elsewhere: not read for data.name"):
+        train_cvae(parse_run_config([str(run / "config.yaml")])[0], resume=True)  # training refuses it
+    (run / "config.yaml").write_text(saved)
     for argv, error in ((["--eval.method", "nucleus"], "eval.method 'nucleus': unknown decoding method; valid: greedy"),
                         (["--eval.max_pairs", "0"], "eval.max_pairs must be at least 1, got 0"),
                         (["--eval.max_pairs", "--split", "valid"], "--eval.max_pairs: expected one argument")):

@@ -110,6 +110,7 @@ def test_every_remedy_trains_and_round_trips(name, kind, tmp_path):
     assert isinstance(remedy.after_epoch(trainer, 1, {"mi_batch": 0.5}), dict)
     model.save_pretrained(tmp_path)  # remedy buffers and parameters persist without pickle
     # and with it (torch.save(model)), its KL schedule read: a closure, built again where the copy reads it
+    assert "schedule" in vars(model.objective)
     copy = pickle.loads(pickle.dumps(model))
     assert copy.objective.beta(trainer.step) == model.objective.beta(trainer.step)
     loaded = type(model).from_pretrained(tmp_path)

@@ -24,7 +24,7 @@ from textvae import study as st
 from textvae.config import RunConfig, setting_changes
 from textvae.errors import TextVAEError
 from textvae.metrics import IWProgress
-from textvae.study.archive import code_name, plateau_end
+from textvae.study.archive import code_name, stopped_at
 import textvae.study.runner as runner_module
 from textvae.study.runner import select, training_order
 from textvae.training.logger import read_jsonl
@@ -916,11 +916,14 @@ def test_archive_keeps_finished_runs_when_their_folders_are_gone(tmp_path, capsy
     st.main([str(path), "--out", str(out), "--status", "--archive", str(archive), "--set", "optim.clip=1.0"])
     assert capsys.readouterr().out.splitlines()[-1] == "2 new, 1 waiting"
     assert "the archive's run was made with other settings" in caplog.text
-    # another budget: said so, since the run is trained again from its start, not on
-    caplog.clear()
-    st.main([str(path), "--out", str(out), "--status", "--archive", str(archive), "--set", "train.max_steps=7"])
-    assert capsys.readouterr().out.splitlines()[-1] == "2 new, 1 waiting"
-    assert "other/seed1: the archive's run was made with another budget, and an archive keeps no weights" in caplog.text
+    # a larger budget, which trains runs that their budget stopped on: said so, since the run is trained again from
+    # its start, not on; a lower one, which would have stopped them earlier: said so too
+    for budget, said in (("train.epochs=3", "was made with another budget, and an archive keeps no weights"),
+                         ("train.max_steps=7", "trained past the study's budget: under it, it would have stopped")):
+        caplog.clear()
+        st.main([str(path), "--out", str(out), "--status", "--archive", str(archive), "--set", budget])
+        assert capsys.readouterr().out.splitlines()[-1] == "2 new, 1 waiting"
+        assert f"other/seed1: the archive's run {said}" in caplog.text
 
     # vae starts from ae's weights, which no archive holds: ae is trained again, to the same figures
     caplog.clear()
@@ -933,7 +936,8 @@ def test_archive_keeps_finished_runs_when_their_folders_are_gone(tmp_path, capsy
     assert len(json.loads(archive.read_text())["runs"]) == 3
 
 
-def test_an_archived_run_that_its_plateau_schedule_ended_stands_for_the_run_of_a_larger_budget(tmp_path, capsys):
+def test_an_archived_run_that_its_plateau_schedule_ended_stands_for_the_run_of_a_larger_budget(tmp_path, capsys,
+                                                                                               caplog):
     """As a run folder does: a budget it did not reach makes the same run. One that its budget stopped is
     trained again under a larger one (an archive keeps no weights to train it on from), and so is one that a
     lower budget would have stopped earlier."""
@@ -945,17 +949,23 @@ def test_an_archived_run_that_its_plateau_schedule_ended_stands_for_the_run_of_a
     st.run_study(path, out=str(out), archive=archive)
     entries = {e["variant"]: e for e in json.loads(archive.read_text())["runs"]}
     assert [entries[v]["report"]["train_epochs"] for v in ("ends", "capped")] == [2, 3]
-    assert plateau_end(entries["ends"]).epoch == 2 and plateau_end(entries["capped"]) is None
+    ends, capped = stopped_at(entries["ends"]), stopped_at(entries["capped"])
+    assert (ends.epoch, ends.done, capped.epoch, capped.done) == (2, True, 3, False)
     # a report from before textvae recorded the whole epochs: the last validation's, at the steps trained
     older = {**entries["ends"], "report": {k: v for k, v in entries["ends"]["report"].items() if k != "train_epochs"}}
-    assert plateau_end(older).epoch == 2 and plateau_end({**older, "valid": []}) is None
+    assert stopped_at(older).epoch == 2 and stopped_at({**older, "valid": []}) is None
     shutil.rmtree(out)
     capsys.readouterr()
     for epochs, states in [(3, "archived archived"), (50, "archived new"), (2, "archived new"), (1, "new new")]:
+        caplog.clear()
         st.main([str(path), "--out", str(out), "--status", "--archive", str(archive), "--set", f"train.epochs={epochs}"])
         lines = capsys.readouterr().out.splitlines()[1:-1]
         assert [line.split()[:2] for line in lines] == [[f"{v}/seed1", s] for v, s in zip(("ends", "capped"),
                                                                                            states.split())], epochs
+        assert ("capped/seed1: the archive's run was made with another budget" in caplog.text) == (epochs == 50)
+        past = [v for v in ("ends", "capped") if f"{v}/seed1: the archive's run trained past the study's budget" in
+                caplog.text]
+        assert past == {50: [], 3: [], 2: ["capped"], 1: ["ends", "capped"]}[epochs]
 
 
 @pytest.mark.parametrize("text", ["[]", "{not json", '{"format": 99, "runs": []}'])

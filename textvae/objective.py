@@ -52,9 +52,9 @@ class Objective(nn.Module):
         return create_schedule(self.kl_schedule)
 
     def __getstate__(self) -> dict[str, Any]:
-        """Pickled (``torch.save(model)``, ``copy.deepcopy``) without the built schedule, a closure that pickle
-        cannot take: read again, it is built again from ``kl_schedule``."""
-        state = dict(self.__dict__)
+        """Pickled (``torch.save(model)``) without the built schedule, a closure that pickle cannot take: read
+        again, it is built again from ``kl_schedule``."""
+        state = dict(super().__getstate__())
         state.pop("schedule", None)
         return state
 

@@ -73,7 +73,8 @@ validation curves, commits; no weights) that can be committed beside the results
 is gone but whose entry matches its configuration counts as finished (``archived`` in ``--status``)
 and is not trained again, unless a run to be trained starts from it (:mod:`textvae.study.archive`). Its
 budget may differ where it makes the same run: an entry whose plateau schedule ended first stands for the
-run of a larger budget; one that its budget stopped is trained again, as an archive keeps no weights.
+run of any budget it did not pass; one that its budget stopped (or that cannot say why it stopped:
+:func:`~textvae.study.archive.stopped_at`) is trained again, as an archive keeps no weights.
 
 ``textvae compare RUN ...`` prints the same table for run folders made by hand (:func:`compare_runs`).
 

@@ -13,9 +13,10 @@ A planned run whose folder holds no finished run, and whose variant, seed and co
 entry, counts as finished from the archive: it is not trained, ``--status`` says ``archived``, and its
 figures enter results.csv / results.json / report.md as a run's would. The budget is the one setting
 that may differ, where it makes the same run, as for a run folder: an entry whose plateau schedule ended
-before its epoch budget stands for the run of any budget it did not pass (:func:`plateau_end`). An entry
-that another configuration made, or that its budget stopped and a larger one would train on (from weights
-an archive does not keep), is left out with a warning, and the run is trained. Every time
+before its epoch budget stands for the run of any budget it did not pass (:func:`stopped_at`). An entry
+that another configuration made, that its budget stopped and a larger one would train on (from weights an
+archive does not keep), or that a lower budget would have stopped earlier, is left out with a warning, and
+the run is trained. Every time
 the study writes its outputs it writes the archive again: the entries it had, with each run finished
 in a folder added or replaced by its folder's figures.
 """
@@ -127,7 +128,7 @@ def attach(study: Study, runs: list[Run], entries: list[dict[str, Any]]) -> None
     """Set ``run.archived`` to its entry for each run not finished in its folder whose variant, seed
     and configuration an entry matches (a setting added to textvae since reads as its default, as for
     a run folder: :func:`~textvae.config.settings_now`; a budget where it makes the same run,
-    :func:`plateau_end`); an entry of the same run with other settings is reported."""
+    :func:`stopped_at`); an entry of the same run with other settings is reported."""
     by_label = {f"{e['variant']}/seed{e['seed']}": e for e in entries}
     for run in runs:
         entry = by_label.get(run.label)
@@ -135,49 +136,54 @@ def attach(study: Study, runs: list[Run], entries: list[dict[str, Any]]) -> None
             continue
         archived, planned = _portable(settings_now(type(run.config), entry["config"]), study.out), \
             portable_config(run, study.out)
-        budget_only = _without_budget(archived) == _without_budget(planned)
-        if archived == planned or budget_only and _same_run(entry, archived["train"], run):
+        verdict = _budget_verdict(entry, archived["train"], run) if archived != planned and \
+            _without_budget(archived) == _without_budget(planned) else None
+        if archived == planned or verdict == "stops":
             run.archived = entry
-        elif budget_only:
+        elif verdict == "past":
+            log.warning("%s: the archive's run trained past the study's budget: under it, it would have stopped "
+                        "earlier; it is trained again", run.label)
+        elif verdict is not None:
             log.warning("%s: the archive's run was made with another budget, and an archive keeps no weights to "
                         "train it on from; it is trained (from its folder's checkpoint where it has one)", run.label)
         else:
             log.warning("%s: the archive's run was made with other settings; it is trained again", run.label)
 
 
-def plateau_end(entry: dict[str, Any]) -> Optional[LoopState]:
-    """Where the archived run stopped training, as the :class:`~textvae.training.train.LoopState` its last
-    checkpoint held, when its plateau schedule ended it: it finished (a stop on request writes no test
-    report) with its epoch and step budgets unspent. None when a budget stopped it, or where its entry cannot
-    tell: a time budget (each rank's clock may have ended it), or a report from before textvae recorded the
-    steps trained. The whole epochs trained are the report's, or (in older reports) the last validation's,
-    which a run whose schedule ends validates at its end."""
+def stopped_at(entry: dict[str, Any]) -> Optional[LoopState]:
+    """Where the archived run stopped training: a :class:`~textvae.training.train.LoopState` with its ``step``,
+    ``epoch``, ``train_seconds`` and ``done`` (the fields a budget is judged by; the rest are defaults). ``done``
+    where none of its epoch and step budgets was used up there, so that its plateau schedule ended it (it
+    finished, and a stop on request writes no test report); not where one was (its schedule may have ended
+    there too: an entry cannot tell). None where its entry cannot place it: a time budget (each rank's clock
+    may have ended it), or a report from before textvae recorded the steps and seconds trained. The whole
+    epochs trained are the report's, or (in older reports) the last validation's, which a run validates at
+    the step it stops at, unless a step budget stopped it elsewhere."""
     from textvae.training.train import LoopState, budgets_used_up
 
-    report, train = entry["report"], entry["config"].get("train", {})
-    steps = report.get("train_steps")
-    if steps is None or train.get("max_seconds") is not None:
+    report, train = entry.get("report") or {}, entry["config"].get("train", {})
+    steps, seconds = report.get("train_steps"), report.get("train_seconds")
+    if steps is None or seconds is None or train.get("max_seconds") is not None:
         return None
     epochs = report.get("train_epochs", next((r.get("epoch") for r in entry.get("valid", []) if r.get("step") == steps),
                                              None))
     if epochs is None:
         return None
-    state = LoopState(step=int(steps), epoch=int(epochs), train_seconds=report.get("train_seconds") or 0.0)
-    budget = TrainConfig(**{k: train[k] for k in BUDGET_KEYS.values() if k in train})
-    if budgets_used_up(state, budget):
-        return None
-    state.done = True
+    state = LoopState(step=int(steps), epoch=int(epochs), train_seconds=float(seconds))
+    state.done = not budgets_used_up(state, TrainConfig(**{k: train[k] for k in BUDGET_KEYS.values() if k in train}))
     return state
 
 
-def _same_run(entry: dict[str, Any], train: dict[str, Any], run: Run) -> bool:
-    """Whether the archived run, made with the train settings ``train``, is the run that the study's budget
-    makes: its plateau schedule ended it where that budget does not pass
-    (:func:`~textvae.training.train.budget_verdict` ``stops``, as for a run folder)."""
+def _budget_verdict(entry: dict[str, Any], train: dict[str, Any], run: Run) -> str:
+    """What the study's budget makes of the archived run, made with the train settings ``train``, as
+    :func:`~textvae.training.train.budget_verdict` says it of a run folder: ``stops`` where its plateau
+    schedule ended it and that budget does not pass (the run of that budget), ``past`` where that budget
+    would have stopped it earlier, ``trains`` where it would train it on; ``unknown`` where :func:`stopped_at`
+    cannot place it."""
     from textvae.training.train import budget_verdict
 
-    state = plateau_end(entry)
-    return state is not None and budget_verdict(state, train, run.config.train, False) == "stops"
+    state = stopped_at(entry)
+    return "unknown" if state is None else budget_verdict(state, train, run.config.train, False)
 
 
 def _without_budget(values: dict[str, Any]) -> dict[str, Any]:

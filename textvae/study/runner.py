@@ -219,7 +219,9 @@ def check_before_training(run: Run, here: bool = True) -> None:
 
     try:
         check_config(run.config)
-        create_task(run.config).check()
+        task = create_task(run.config)
+        task.check()
+        task.check_data()
     except TextVAEError as e:
         raise TextVAEError(f"{run.label}: {e}") from None
     if not here:
@@ -264,7 +266,8 @@ def run_status(run: Run, by_label: dict[str, Run]) -> tuple[str, str]:
         return "conflict", str(e)
     state, holder = run_state(run), lock_holder(run.dir)
     # the archive's figures stand for a run whose folder holds none of the study's (attach): not started,
-    # or finished under a smaller budget (the archive's run then has the study's)
+    # or finished under a smaller budget (the archive's run is then the study's run: of its budget, or one its
+    # plateau schedule ended before either budget)
     archived = holder is None and run.archived is not None and (state == "new" or finished_report(run.dir) is not None)
     if state == "done" or archived:
         figs = run_figures(run.archived["report"] if archived else finished_report(run.dir) or {})

@@ -40,7 +40,6 @@ class DialogueTask(Task):
     def check(self) -> None:
         check_text_metrics(instead="the test report scores the responses with them")
         check_likelihood_act(self.cfg.eval.likelihood_act)
-        check_dialogue_data_dir(self.cfg.data)
         self.check_decoding()
         device = self.cfg.train.device  # by name: a device this machine lacks is the loop's error, not this check's
         on_cpu = device == "cpu" or device == "auto" and not torch.cuda.is_available()
@@ -61,6 +60,9 @@ class DialogueTask(Task):
         ec, default = self.cfg.eval, type(self.cfg.eval)()
         changed = {name: getattr(ec, name) for name in SAMPLING_OPTIONS if getattr(ec, name) != getattr(default, name)}
         check_response_options(ec.method, lambda name: f"eval.{name}", **changed)
+
+    def check_data(self) -> None:
+        check_dialogue_data_dir(self.cfg.data)
 
     def load_data(self) -> DialogueData:
         return load_dialogue_data(self.cfg.data)

@@ -27,6 +27,8 @@ class SentenceTask(Task):
 
     def check(self) -> None:
         check_model_config(self.cfg.model)
+
+    def check_data(self) -> None:
         check_data_dir(self.cfg.data)
 
     def load_data(self) -> DataBundle:

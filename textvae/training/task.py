@@ -46,6 +46,11 @@ class Task:
         """What the run needs that only its end would find missing (an optional package of its test
         report), as a one-line error before any work; nothing by default."""
 
+    def check_data(self) -> None:
+        """A data setting that training would ignore (a ``data.data_dir`` its corpus is not read from), as a
+        one-line error before any work; nothing by default. Training calls it, not the evaluation of a finished
+        run, which reads its data as the run did."""
+
     def load_data(self) -> Any:
         """The tokenizer and the train / valid / test splits that ``cfg.data`` names."""
         raise NotImplementedError

@@ -602,6 +602,7 @@ def run_training(task: Task, resume: bool = False, data: Any = None) -> dict[str
     cfg = task.cfg
     check_config(cfg)
     task.check()
+    task.check_data()
     tc = cfg.train
     if tc.threads:
         torch.set_num_threads(tc.threads)
