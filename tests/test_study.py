@@ -949,11 +949,19 @@ def test_an_archived_run_that_its_plateau_schedule_ended_stands_for_the_run_of_a
     st.run_study(path, out=str(out), archive=archive)
     entries = {e["variant"]: e for e in json.loads(archive.read_text())["runs"]}
     assert [entries[v]["report"]["train_epochs"] for v in ("ends", "capped")] == [2, 3]
+    assert [entries[v]["report"]["train_plateau_ended"] for v in ("ends", "capped")] == [True, False]
     ends, capped = stopped_at(entries["ends"]), stopped_at(entries["capped"])
     assert (ends.epoch, ends.done, capped.epoch, capped.done) == (2, True, 3, False)
-    # a report from before textvae recorded the whole epochs: the last validation's, at the steps trained
-    older = {**entries["ends"], "report": {k: v for k, v in entries["ends"]["report"].items() if k != "train_epochs"}}
-    assert stopped_at(older).epoch == 2 and stopped_at({**older, "valid": []}) is None
+    # a report from before textvae recorded why and when the run stopped: inferred from its budgets, and the whole
+    # epochs from the last validation, at the steps trained
+    for entry in entries.values():
+        entry["report"] = {k: v for k, v in entry["report"].items() if k not in ("train_epochs", "train_plateau_ended")}
+    ends, capped = stopped_at(entries["ends"]), stopped_at(entries["capped"])
+    assert (ends.epoch, ends.done, capped.epoch, capped.done) == (2, True, 3, False)
+    assert stopped_at({**entries["ends"], "valid": []}) is None
+    # the flag decides where the budgets cannot: a schedule that ended at the budget's last epoch
+    last = {**entries["capped"], "report": {**entries["capped"]["report"], "train_epochs": 3, "train_plateau_ended": True}}
+    assert stopped_at(last).done
     shutil.rmtree(out)
     capsys.readouterr()
     for epochs, states in [(3, "archived archived"), (50, "archived new"), (2, "archived new"), (1, "new new")]:

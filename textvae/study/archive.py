@@ -153,24 +153,26 @@ def attach(study: Study, runs: list[Run], entries: list[dict[str, Any]]) -> None
 def stopped_at(entry: dict[str, Any]) -> Optional[LoopState]:
     """Where the archived run stopped training: a :class:`~textvae.training.train.LoopState` with its ``step``,
     ``epoch``, ``train_seconds`` and ``done`` (the fields a budget is judged by; the rest are defaults). ``done``
-    where none of its epoch and step budgets was used up there, so that its plateau schedule ended it (it
-    finished, and a stop on request writes no test report); not where one was (its schedule may have ended
-    there too: an entry cannot tell). None where its entry cannot place it: a time budget (each rank's clock
-    may have ended it), or a report from before textvae recorded the steps and seconds trained. The whole
-    epochs trained are the report's, or (in older reports) the last validation's, which a run validates at
-    the step it stops at, unless a step budget stopped it elsewhere."""
+    is the report's ``train_plateau_ended``; in reports from before textvae recorded it, it is inferred: done
+    where none of the run's epoch and step budgets was used up there, so that its plateau schedule ended it (it
+    finished, and a stop on request writes no test report), and not where one was (its schedule may have ended
+    there too). None where the entry cannot place it: a report from before textvae recorded the steps and
+    seconds trained, or one without the flag from a run with a time budget (each rank's clock may have ended
+    it). The whole epochs trained are the report's, or (in older reports) the last validation's, which a run
+    validates at the step it stops at, unless a step budget stopped it elsewhere."""
     from textvae.training.train import LoopState, budgets_used_up
 
     report, train = entry.get("report") or {}, entry["config"].get("train", {})
-    steps, seconds = report.get("train_steps"), report.get("train_seconds")
-    if steps is None or seconds is None or train.get("max_seconds") is not None:
+    steps, seconds, ended = report.get("train_steps"), report.get("train_seconds"), report.get("train_plateau_ended")
+    if steps is None or seconds is None or ended is None and train.get("max_seconds") is not None:
         return None
     epochs = report.get("train_epochs", next((r.get("epoch") for r in entry.get("valid", []) if r.get("step") == steps),
                                              None))
     if epochs is None:
         return None
     state = LoopState(step=int(steps), epoch=int(epochs), train_seconds=float(seconds))
-    state.done = not budgets_used_up(state, TrainConfig(**{k: train[k] for k in BUDGET_KEYS.values() if k in train}))
+    state.done = bool(ended) if ended is not None else \
+        not budgets_used_up(state, TrainConfig(**{k: train[k] for k in BUDGET_KEYS.values() if k in train}))
     return state
 
 

@@ -1065,6 +1065,7 @@ def finish_run(run: Run) -> dict[str, Any]:
         report["train_seconds"] = state.train_seconds
         report["train_steps"] = state.step
         report["train_epochs"] = state.epoch  # whole epochs trained
+        report["train_plateau_ended"] = state.done  # not a budget: a study's archive tells a larger budget's run by it
         report["train_tokens_per_s"] = state.train_tokens / max(state.train_seconds, 1e-9)
         report["padding_fraction"] = padding_fraction(run.sampler.epoch_batches(0), split.lengths)
         run.logger.log("test", state.step, state.epoch, **report)
