@@ -25,7 +25,7 @@ from textvae.study.spec import Run, Study
 from textvae.training.logger import read_jsonl
 from textvae.training.signals import PARENT_ENV
 from textvae.training.checkpoint import read_checkpoint_meta
-from textvae.training.train import CHECKPOINT, IW_PROGRESS_FILE, check_config, check_precision, resolve_device
+from textvae.training.train import CHECKPOINT, IW_PROGRESS_FILE, check_precision, check_task, resolve_device
 
 PACKAGE_PARENT = Path(__file__).resolve().parents[2]
 
@@ -218,10 +218,7 @@ def check_before_training(run: Run, here: bool = True) -> None:
     from textvae.tasks import create_task
 
     try:
-        check_config(run.config)
-        task = create_task(run.config)
-        task.check()
-        task.check_data()
+        check_task(create_task(run.config))
     except TextVAEError as e:
         raise TextVAEError(f"{run.label}: {e}") from None
     if not here:

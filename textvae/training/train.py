@@ -592,6 +592,14 @@ def precision_autocast(device: torch.device, precision: str) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
+def check_task(task: Task) -> None:
+    """Everything a run of ``task`` checks before any work: its settings (:func:`check_config`), what its task
+    needs (:meth:`Task.check`) and the data settings training would ignore (:meth:`Task.check_data`)."""
+    check_config(task.cfg)
+    task.check()
+    task.check_data()
+
+
 def run_training(task: Task, resume: bool = False, data: Any = None) -> dict[str, Any]:
     """Train (or, with ``resume``, continue) the run ``out_dir/name`` of ``task``; returns the test
     report. ``data`` may be passed in when several runs share one loaded corpus (a study); it must
@@ -600,9 +608,7 @@ def run_training(task: Task, resume: bool = False, data: Any = None) -> dict[str
     Every rank of a ``torchrun`` launch calls this; each returns the same report.
     """
     cfg = task.cfg
-    check_config(cfg)
-    task.check()
-    task.check_data()
+    check_task(task)
     tc = cfg.train
     if tc.threads:
         torch.set_num_threads(tc.threads)
