@@ -48,14 +48,13 @@ fi
 ORDER="pretrain_ae/seed2 composite/seed2 pretrain_fb/seed2"
 ORDER="$ORDER pretrain_ae/seed3 composite/seed3 pretrain_fb/seed3 annealed/seed3 bn_vae/seed3"
 ORDER="$ORDER pretrain_fb_lambda6_5/seed2 pretrain_fb_lambda6_5/seed3"
-# Last, composite_flow, a second candidate for the eighth row (composite tied the LM over three seeds, 0.07 nats
-# below its mean, under its seed sd): seeds 2 and 3 first, as their pretrain_ae runs are here; seed 1 needs
-# pretrain_ae/seed1 trained again (its folder is gone).
-ORDER="$ORDER composite_flow/seed2 composite_flow/seed3"
-# Then composite_flow_bn, seeds 2 and 3: composite_flow's flow prior had put its information into 9 of the 32
-# dimensions by epoch 60; BN-VAE keeps all 32 active. The seed-1 runs of both come last: they need
-# pretrain_ae/seed1 trained again (its folder is gone).
-ORDER="$ORDER composite_flow_bn/seed2 composite_flow_bn/seed3 composite_flow_bn/seed1 composite_flow/seed1"
+# Last, the eighth row's candidates. The 2026-12-08 machine is new: every run folder is gone, and with them
+# pretrain_ae's weights and composite_flow's seeds 2 and 3 (stopped in their epoch 100, no test report). First
+# composite_flow_bn (composite_flow with BN-VAE: composite_flow's learned prior had put its information into 9 of
+# the 32 dimensions, and the eighth row asks for all 32 active), each seed after pretrain_ae's run of that seed,
+# trained again. composite_flow (the measurement of what the learned prior alone buys) comes after.
+ORDER="$ORDER pretrain_ae/seed2 pretrain_ae/seed3 composite_flow_bn/seed2 composite_flow_bn/seed3"
+ORDER="$ORDER pretrain_ae/seed1 composite_flow_bn/seed1 composite_flow/seed2 composite_flow/seed3 composite_flow/seed1"
 if python -c "import sys, torch; from textvae.training.train import bf16_supported; \
 sys.exit(not bf16_supported(torch.device('cpu')))"; then
   A=docs/results/ptb/archive.json OUT=$RUNS/ptb_reproduce
