@@ -510,6 +510,17 @@ def test_the_table_of_a_dialogue_report_names_pairs_and_responses():
     assert re.search(r"distinct-2 \(20 responses to 10 contexts\)\s+0.7500", table) and "n_contexts" not in table
 
 
+def test_a_figure_that_rounds_to_zero_reads_without_a_sign():
+    """An MI estimate of -0.001 nats, or a sum of zeros that came out -0.0, is a rounded zero: printed
+    '-0.00' it reads as a negative figure. A figure beyond the rounding keeps its sign, and a NaN is '–'."""
+    from textvae.metrics.table import format_figure
+    assert format_figure(-0.001, "{:.2f}") == format_figure(-0.0, "{:.2f}") == "0.00"
+    assert format_figure(-0.3, "{:.0f}") == "0" and format_figure(-0.00001, "{:.2%}") == "0.00%"
+    assert format_figure(-0.006, "{:.2f}") == "-0.01" and format_figure(float("nan"), "{:.2f}") == "–"
+    table = format_table({"n_sentences": 10.0, "n_tokens": 40.0, "mi_dataset": -0.0004, "kl": -0.0})
+    assert re.search(r"MI \(whole set, N=10\)\s+0.000$", table) and "-0" not in table
+
+
 # ---- latent probe --------------------------------------------------------------------------------
 def test_latent_probe_separable_and_random():
     g = seed(0)

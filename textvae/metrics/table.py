@@ -23,6 +23,15 @@ _TRUTH = {"iw_nll": Row("true_nll", "NLL (true, synthetic corpus)"), "iw_ppl": R
           "mi_batch_he2019": Row("true_mi", "MI (true I(x; latent))", "{:.3f}")}
 
 
+def format_figure(value: float, fmt: str) -> str:
+    """``value`` in ``fmt`` ('{:.2f}'), '–' where it is not finite; a negative figure that rounds to zero
+    reads as zero (an estimate of -0.001 nats, or the -0.0 of a sum of zeros, is '0.00', not '-0.00')."""
+    if not math.isfinite(value):
+        return "–"
+    text = fmt.format(value)
+    return fmt.format(0.0) if text == fmt.format(-0.0) else text
+
+
 def _probe_text(value: float, results: dict[str, Any]) -> str:
     return f"{value:.4f} ± {results.get('probe_acc_std', 0.0):.4f} ({results.get('probe_draws', 1):.0f} draws)"
 
@@ -75,7 +84,7 @@ def format_table(results: dict[str, Any]) -> str:
         if row.label is None:
             continue
         value = results[row.figure]
-        text = row.fmt(value, results) if callable(row.fmt) else row.fmt.format(value)
+        text = row.fmt(value, results) if callable(row.fmt) else format_figure(value, row.fmt)
         if text is not None:
             label = row.label(results) if callable(row.label) else row.label
             lines.append((label.format(**fill), text))

@@ -15,6 +15,7 @@ from textvae.config import INCIDENTAL_KEYS, RunConfig, setting_changes
 from textvae.errors import TextVAEError
 from textvae.files import lock_holder, run_folders, write_text_whole, write_whole
 from textvae.metrics import TEXT_METRICS, get_metric, he2019_noise_sd, list_metrics, list_text_metrics
+from textvae.metrics.table import format_figure
 from textvae.pretrained import warn_missing_plugins
 from textvae.study.archive import finite_or_null, load_archive, write_archive
 from textvae.study.folders import finished_report, run_state, saved_config, study_report
@@ -124,10 +125,6 @@ def _run_entry(run: Run, report: Any, archived: bool) -> dict[str, Any]:
     if state == "resume":  # --status's words for it
         state = "stopped" if lock_holder(run.dir) is None else "training"
     return {**entry, "state": state}
-
-
-def format_figure(value: float, fmt: str) -> str:
-    return fmt.format(value) if math.isfinite(value) else "–"
 
 
 def cell(stats: dict[str, Any], fmt: str) -> str:

@@ -20,7 +20,8 @@ from textvae.files import FolderBusy, lock_holder, run_folder_lock
 from textvae.metrics.likelihood import IWProgress
 from textvae.study.folders import (check_run_folder, check_start, clear_unstarted, finished_report, folder_changes,
                                    run_state, shown_changes)
-from textvae.study.report import format_figure, run_figures, write_outputs
+from textvae.metrics.table import format_figure
+from textvae.study.report import run_figures, write_outputs
 from textvae.study.spec import Run, Study
 from textvae.training.logger import read_jsonl
 from textvae.training.signals import PARENT_ENV
