@@ -430,3 +430,40 @@ def test_evaluate_says_when_the_run_read_fewer_sentences(synthetic_run, tmp_path
     main(["evaluate", str(run), "--iw-samples", "0", "--no-generation", "--data", "synthetic", "--json",
           str(tmp_path / "w.json")])
     assert int(json.loads((tmp_path / "w.json").read_text())["n_sentences"]) > 200
+
+
+def test_an_error_before_the_first_step_leaves_no_run_folder(tmp_path, monkeypatch):
+    """A remedy of the user's own that fails at its first training step trained nothing: the same command,
+    once it is mended, starts the run (no ``--resume`` for a step-0 checkpoint). One that fails later keeps
+    its folder, which ``--resume`` continues, and so does a non-finite loss at the first step (its message
+    gives the command that resumes it)."""
+    from textvae.remedies import REMEDIES, Remedy, register_remedy
+
+    monkeypatch.setattr(REMEDIES, "_entries", dict(REMEDIES._entries))
+    fails_from = {"step": 0}
+
+    def kl_term(self, kl, beta, step):
+        if torch.is_grad_enabled() and step >= fails_from["step"]:  # training, not validation
+            raise RuntimeError(f"a bug of the user's at step {step}")
+        return beta * kl.sum(-1) * (math.nan if fails_from.get("nan") else 1.0)
+
+    register_remedy("fails_from")(type("FailsFrom", (Remedy,), {"replaces_kl": True, "kl_term": kl_term}))
+    args = ["train", *tiny_args(tmp_path / "runs", "x", write_corpus(tmp_path / "corpus"), "--train.max_steps", "4",
+                                "--objective.remedies", "[{name: fails_from}]")]
+    with pytest.raises(RuntimeError, match="at step 0"):
+        main(args)
+    assert not (tmp_path / "runs" / "x").exists()
+    fails_from["step"] = 2
+    with pytest.raises(RuntimeError, match="at step 2"):
+        main(args)
+    assert (tmp_path / "runs" / "x" / "checkpoint.safetensors").is_file()
+    fails_from["step"] = 100  # mended
+    with pytest.raises(SystemExit):  # "already holds a run; pass --resume"
+        main(args)
+    main([*args, "--resume"])
+    assert any(r["split"] == "test" for r in read_jsonl(tmp_path / "runs" / "x" / "metrics.jsonl"))
+    fails_from["nan"] = True
+    nan_args = [*args, "--name", "nan"]
+    with pytest.raises(SystemExit):  # "non-finite ... resume it with a lower learning rate: ..."
+        main(nan_args)
+    assert (tmp_path / "runs" / "nan" / "checkpoint.safetensors").is_file()

@@ -25,6 +25,8 @@ Never losing work:
 * A non-finite loss or gradient stops training before the update, naming the term that went
   non-finite and the step; the last checkpoint is kept and the message gives the command that
   resumes it with a lower learning rate (``--resume`` applies a changed ``--optim.lr``).
+* A new run that any other error ends before its first step has trained nothing: its folder is
+  removed, so the same command starts it again once the cause is mended.
 """
 from __future__ import annotations
 
@@ -630,6 +632,7 @@ def run_training(task: Task, resume: bool = False, data: Any = None) -> dict[str
         return done
     # the folder as the file system names it ("runs/a/.." is "runs"): only one this start made is removed
     fresh, held_folder, finished = not resume and not run_dir.resolve().exists(), False, False
+    run: Optional[Run] = None
     with contextlib.ExitStack() as held:
         # the whole run, its test report included, in one mode in every thread
         mode = held.enter_context(denormals_flushed(tc.flush_denormals))
@@ -667,9 +670,13 @@ def run_training(task: Task, resume: bool = False, data: Any = None) -> dict[str
                 setattr(stop, "hint", f"continue with: textvae train {run_dir / 'config.yaml'} --resume"
                         if (run_dir / CHECKPOINT).exists() else
                         "no checkpoint was written yet: start it again, without --resume")
-            if fresh and held_folder and world.is_main and not (run_dir / "config.yaml").exists():
-                # a start that failed before it wrote the run's settings (its data, its model) leaves no
-                # folder to trip over; one with them keeps them for the command its error gives
+            # a start that failed before it wrote the run's settings (its data, its model), or that an error
+            # (a remedy's of the user's own, say) ended before its first step, trained nothing: it leaves no
+            # folder, so the same command starts it again once mended; a stop on request, or on a non-finite
+            # figure, keeps its settings and step-0 checkpoint for the command it gives
+            untrained = (not isinstance(stop, (KeyboardInterrupt, NonFiniteStop))
+                         and (run is None or run.state.step == 0))
+            if fresh and held_folder and world.is_main and (untrained or not (run_dir / "config.yaml").exists()):
                 shutil.rmtree(run_dir.resolve(), ignore_errors=True)
             raise
         finally:
@@ -979,6 +986,12 @@ def train_step(run: Run, index: np.ndarray) -> tuple[VAEOutput, torch.Tensor, in
     return out, grad_norm, len(mine) if weight else 0
 
 
+class NonFiniteStop(TextVAEError):
+    """A non-finite figure stopped training; the message gives the command that resumes the run from its last
+    checkpoint with a lower lr, so the run's folder stays even where that is the step-0 one (an inner update
+    of a remedy, applied within that step, may be what the lr changes)."""
+
+
 def stop_nonfinite(run: Run, bad: list[str], inner: bool = False) -> None:
     """Stop on a non-finite figure before the update; ``inner``: in a remedy's own update inside the step
     (aggressive training's encoder steps), whose earlier updates were applied."""
@@ -987,7 +1000,7 @@ def stop_nonfinite(run: Run, bad: list[str], inner: bool = False) -> None:
     owners = ", ".join(repr(r.name) for r in run.remedies if owns_updates(r))
     where = f"in an inner update of remedy {owners} at step" if inner else "at step"
     run.logger.log("nonfinite", state.step + 1, state.epoch, terms=bad)
-    raise TextVAEError(
+    raise NonFiniteStop(
         f"non-finite {what} {where} {state.step + 1} (epoch {state.epoch + 1}, batch "
         f"{state.batch_in_epoch + 1}); the update was not applied. The last good checkpoint, "
         f"{run.run_dir / CHECKPOINT} (step {run.last_checkpoint}), is kept; resume it with a lower learning rate: "
