@@ -29,7 +29,7 @@ TINY = ["--model.emb_dim", "8", "--model.latent_dim", "4", "--model.encoder.hidd
 # the line that answers a probe: an error, else a warning or report line of interest
 ANSWER = re.compile(r"^textvae: error: .*|.*(?:warning|is larger than|epochs 0|not trained|glued|looks like|"
                     r"unknown words|not in the model's vocabulary|run saved in|collapsed \(0 active|resuming|evaluating|"
-                    r"test report:|training on|made with plugin|seed1 +archived|\t->\t|LATENT_DIM\n(?:.*\n)*?\s+\(type: int|valid -ELBO|results written).*$",
+                    r"test report:|training on|made with plugin|seed1 +(?:archived|done)|\t->\t|LATENT_DIM\n(?:.*\n)*?\s+\(type: int|valid -ELBO|results written).*$",
                     re.MULTILINE)
 
 
@@ -395,9 +395,38 @@ def session35_probes(work: Path, p: dict[str, Path]) -> list[tuple]:
     ]
 
 
+def session36_probes(work: Path, p: dict[str, Path]) -> list[tuple]:
+    """The thirty-sixth session's: a remedy of the user's own that fails at the run's first step, then the same
+    command once it is mended (it used to answer "already holds a run; pass --resume" for a run that trained
+    nothing); a study's --status of runs whose KL and MI round to a negative zero (it printed "KL -0.00")."""
+    remedy = ("import torch\nfrom textvae.remedies import Remedy, register_remedy\n\n\n"
+              "@register_remedy('my_kl')\nclass MyKL(Remedy):\n    replaces_kl = True\n\n"
+              "    def kl_term(self, kl, beta, step):\n        return {body}\n")
+    (work / "crashing_parts.py").write_text(remedy.format(body="beta * kl.sum(-1, keepdims=True)  # [B, 1]: a bug"))
+    (work / "mended_parts.py").write_text(remedy.format(body="beta * kl.sum(-1)"))
+    mine = train(work, "mine", p["corpus"], "--objective.remedies", "[{name: my_kl}]")
+    study, out = work / "zero_study.yaml", work / "zero_runs"
+    # lr 1e-30 leaves the weights as they were: KL and MI of an untrained encoder, estimates around zero
+    study.write_text(f"data: {{name: {p['corpus']}, batch_size: 20}}\nbudget: {{epochs: 1}}\noverrides:\n"
+                     "  model: {emb_dim: 8, latent_dim: 2, encoder: {hidden_dim: 8}, decoder: {hidden_dim: 8}}\n"
+                     "  train: {iw_samples_final: 4, threads: 1, progress: false, tensorboard: false}\n"
+                     "  optim: {lr: 1.0e-30}\nvariants: {plain: {}}\n")
+    status, line = cli("study", str(study), "--out", str(out), work=work)
+    if status != 0:
+        raise SystemExit(f"the study of an untrained model did not train: {line}")
+    return [
+        ("a remedy of one's own that fails at the first step", mine, "",
+         dict(os.environ, TEXTVAE_PLUGINS="crashing_parts")),
+        ("the same command, the remedy mended", mine, "test report:", dict(os.environ, TEXTVAE_PLUGINS="mended_parts")),
+        ("--status of a run whose KL and MI round to zero", ["study", str(study), "--out", str(out), "--status"],
+         "plain/seed1"),
+    ]
+
+
 GROUPS = {"session27": session27_probes, "session28": session28_probes, "session29": session29_probes,
           "session30": session30_probes, "session31": session31_probes, "session32": session32_probes,
-          "session33": session33_probes, "session34": session34_probes, "session35": session35_probes}
+          "session33": session33_probes, "session34": session34_probes, "session35": session35_probes,
+          "session36": session36_probes}
 
 
 def main() -> None:
