@@ -18,7 +18,7 @@ from torch import nn
 from textvae.errors import TextVAEError
 from textvae.metrics import (TEXT_METRICS, GeneratedTexts, active_units, collapse_diagnostics, distinct_n,
                              elbo_terms, evaluate_model, format_table, iw_estimate, iw_nll, latent_probe,
-                             list_text_metrics, mi_batch, he2019_noise_sd, mi_batch_he2019, mi_dataset,
+                             list_metrics, list_text_metrics, mi_batch, he2019_noise_sd, mi_batch_he2019, mi_dataset,
                              reconstruction_bleu, score_texts, self_bleu)
 
 torch.set_num_threads(1)
@@ -513,7 +513,7 @@ def test_the_table_of_a_dialogue_report_names_pairs_and_responses():
 def test_a_figure_that_rounds_to_zero_reads_without_a_sign():
     """An MI estimate of -0.001 nats, or a sum of zeros that came out -0.0, is a rounded zero: printed
     '-0.00' it reads as a negative figure. A figure beyond the rounding keeps its sign, and a NaN is '–'."""
-    from textvae.metrics.table import format_figure
+    from textvae.metrics import format_figure
     assert format_figure(-0.001, "{:.2f}") == format_figure(-0.0, "{:.2f}") == "0.00"
     assert format_figure(-0.3, "{:.0f}") == "0" and format_figure(-0.00001, "{:.2%}") == "0.00%"
     assert format_figure(-0.006, "{:.2f}") == "-0.01" and format_figure(float("nan"), "{:.2f}") == "–"
@@ -535,6 +535,30 @@ def test_latent_probe_separable_and_random():
     assert 0.35 < chance.mean < 0.65 and chance.std > 0
     with pytest.raises(TextVAEError):
         latent_probe(feats[:200], labels[:200], feats[200:], labels[200:], n_per_class=101)
+
+
+@pytest.mark.parametrize("opaque", [False, True])
+def test_the_elbo_monte_carlo_se_matches_the_spread_of_redrawn_passes(opaque):
+    """The one-sample -ELBO's Monte Carlo se (two more draws per sentence) against a slow reference: the sd of
+    the corpus mean over 400 independent one-draw passes; the KL's se too where the KL is sampled (a posterior
+    seen through its density only), none where it is analytic. The redraws leave every other figure as it was."""
+    approx, _, x = make_models(n=200)
+    approx.opaque = opaque
+    batches = split(x, 40)
+    results = evaluate_model(approx, batches, n_samples=5, generator=seed(0))
+    without = evaluate_model(approx, batches, n_samples=5, generator=seed(0),
+                             metrics=[m for m in list_metrics() if m != "elbo_mc_se"])
+    assert {k: v for k, v in results.items() if not k.endswith("_mc_se") or k == "iw_nll_mc_se"} == without
+    passes = [elbo_terms(approx, batches, generator=seed(s)) for s in range(400)]
+    spread = lambda figure: float(torch.tensor([getattr(e, figure) for e in passes], dtype=F64).std())  # noqa: E731
+    assert results["neg_elbo_mc_se"] == pytest.approx(spread("neg_elbo"), rel=0.2)
+    if opaque:
+        assert results["kl_mc_se"] == pytest.approx(spread("kl_mean"), rel=0.2) and results["kl_mc_se"] > 0
+        assert re.search(r"  KL\s+[-\d.]+ \(one-sample estimate; Monte Carlo se 0\.\d{3}\)", format_table(results))
+    else:
+        assert "kl_mc_se" not in results and spread("kl_mean") < 1e-12
+    assert re.search(r"-ELBO \(bound on NLL\)\s+[\d.]+ \(one draw of z per sentence; Monte Carlo se 0\.\d{3}\)",
+                     format_table(results))
 
 
 # ---- everything at once ----------------------------------------------------------------------------

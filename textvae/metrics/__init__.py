@@ -17,7 +17,7 @@ Models are used only through the protocol of ``docs/design.md``: ``encode``, ``p
 ``log_likelihood``, ``latent_dim`` and, for a conditional model, ``given``; the generation metrics also
 ``sample_prior`` and the decoding steps of :mod:`textvae.models.decoding` (``decode_step``, ``reorder_state``).
 """
-from textvae.metrics._common import Row
+from textvae.metrics._common import Row, format_figure
 from textvae.metrics.evaluate import METRICS, EvalPass, Metric, evaluate_model, get_metric, list_metrics, register_metric
 from textvae.metrics.generation import (TEXT_METRICS, GeneratedTexts, TextMetric, bleu_precision_recall,
                                         check_text_metrics, distinct_n, generate_texts, list_text_metrics, reconstruction_bleu,
@@ -25,14 +25,14 @@ from textvae.metrics.generation import (TEXT_METRICS, GeneratedTexts, TextMetric
 from textvae.metrics.information import he2019_noise_sd, mi_batch, mi_batch_he2019, mi_dataset
 from textvae.metrics.latent import (ActiveUnits, CollapseDiagnostics, active_units,
                                     collapse_diagnostics, collapse_verdict)
-from textvae.metrics.likelihood import (ElboResult, IWAccumulator, IWEstimate, IWProgress, IWResult, draw_samples,
+from textvae.metrics.likelihood import (ElboRedraw, ElboResult, IWAccumulator, IWEstimate, IWProgress, IWResult, draw_samples,
                                         elbo_batch, elbo_terms, iw_batch, iw_estimate, iw_log_marginal, iw_log_weights,
                                         iw_description, iw_nll, iw_redraw_variance, iw_samples_for)
 from textvae.metrics.probe import ProbeResult, draw_labelled, latent_probe, probe_model
 from textvae.metrics.table import format_table
 
 __all__ = [
-    "METRICS", "EvalPass", "Metric", "Row", "evaluate_model", "format_table", "get_metric", "list_metrics",
+    "METRICS", "EvalPass", "Metric", "Row", "evaluate_model", "format_figure", "format_table", "get_metric", "list_metrics",
     "register_metric",
     "TEXT_METRICS", "GeneratedTexts", "TextMetric", "bleu_precision_recall", "check_text_metrics", "distinct_n", "generate_texts",
     "list_text_metrics", "reconstruction_bleu", "register_text_metric", "score_texts", "self_bleu",

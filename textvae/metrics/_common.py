@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
@@ -46,6 +47,15 @@ def seeded(generator: Optional[torch.Generator]) -> Iterator[None]:
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
+
+
+def format_figure(value: float, fmt: str) -> str:
+    """``value`` in ``fmt`` ('{:.2f}'), '–' where it is not finite; a negative figure that rounds to zero
+    reads as zero (an estimate of -0.001 nats, or the -0.0 of a sum of zeros, is '0.00', not '-0.00')."""
+    if not math.isfinite(value):
+        return "–"
+    text = fmt.format(value)
+    return fmt.format(0.0) if text == fmt.format(-0.0) else text
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,11 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from textvae.errors import TextVAEError
-from textvae.metrics._common import Batches, Row, eval_mode, iterate, seeded
+from textvae.metrics._common import Batches, Row, eval_mode, format_figure, iterate, seeded
 from textvae.metrics.information import (HE2019_BATCH, he2019_noise_sd, largest_group, mi_batch, mi_batch_he2019,
                                          mi_dataset)
 from textvae.metrics.latent import AU_THRESHOLD, active_units, collapse_diagnostics
-from textvae.metrics.likelihood import (ElboAccumulator, IWAccumulator, IWProgress, elbo_batch,
+from textvae.metrics.likelihood import (ElboAccumulator, ElboRedraw, IWAccumulator, IWProgress, elbo_batch,
                                         iw_samples_for)
 from textvae.reduction import CorpusAccumulator
 from textvae.registry import Registry
@@ -44,6 +44,7 @@ class EvalPass:
     keep_posteriors: bool
     counts: CorpusAccumulator = field(default_factory=CorpusAccumulator)
     elbo: ElboAccumulator = field(default_factory=ElboAccumulator)
+    elbo_redraw: ElboRedraw = field(default_factory=ElboRedraw)
     iw: IWAccumulator = field(default_factory=IWAccumulator)
     posteriors: list[Any] = field(default_factory=list)
     samples: list[torch.Tensor] = field(default_factory=list)
@@ -191,8 +192,20 @@ def _kl_dims(kl: Sequence[float], results: dict[str, Any]) -> Optional[str]:
     return ", ".join(f"d{d} {kl[d]:.2f}" for d in top) + f" ({used} of {len(kl)} dims >= 0.01)"
 
 
+def _neg_elbo_text(value: float, results: dict[str, Any]) -> str:
+    se = results.get("neg_elbo_mc_se")
+    return f"{value:.2f}" + (f" (one draw of z per sentence; Monte Carlo se {se:.3f})" if se is not None else "")
+
+
+def _kl_text(value: float, results: dict[str, Any]) -> str:
+    se = results.get("kl_mc_se")  # only where the KL is sampled: an analytic one is exact given the posterior
+    return format_figure(value, "{:.2f}") + (f" (one-sample estimate; Monte Carlo se {se:.3f})" if se is not None
+                                            else "")
+
+
 @register_metric("elbo", update=_elbo_update, latent=False, stages=STAGES,
-                 rows=(Row("neg_elbo", "-ELBO (bound on NLL)"), Row("rec", "  reconstruction"), Row("kl", "  KL"),
+                 rows=(Row("neg_elbo", "-ELBO (bound on NLL)", _neg_elbo_text), Row("rec", "  reconstruction"),
+                       Row("kl", "  KL", _kl_text),
                        Row("kl_per_dim", "  KL per dim, largest", _kl_dims), Row("elbo_ppl", "PPL (ELBO bound)")))
 def _elbo(p: EvalPass) -> dict[str, Any]:
     """rec, kl, neg_elbo, elbo_ppl (one sample, beta = 1; see ``elbo_terms``)."""
@@ -201,6 +214,19 @@ def _elbo(p: EvalPass) -> dict[str, Any]:
     if p.per_dim and summary.kl_per_dim is not None:
         figures["kl_per_dim"] = summary.kl_per_dim.tolist()
     return figures
+
+
+def _elbo_redraw_update(p: EvalPass, model: Any, batch: Any, posterior: Any, z: torch.Tensor) -> None:
+    p.elbo_redraw.add(model, batch, posterior)
+
+
+@register_metric("elbo_mc_se", update=_elbo_redraw_update, stages=("test",),
+                 rows=Row.within("neg_elbo_mc_se", "kl_mc_se"))
+def _elbo_mc_se(p: EvalPass) -> dict[str, Any]:
+    """neg_elbo_mc_se: the Monte Carlo standard error of the one-sample -ELBO, from two more draws of every
+    sentence's terms on a stream of their own (see ``ElboRedraw``); kl_mc_se too where the KL is a one-sample
+    estimate (a flow prior or posterior). The language model's -ELBO is its exact NLL: no figure."""
+    return p.elbo_redraw.summary()
 
 
 @register_metric("mi_dataset", keeps_posteriors=True, stages=("periodic", "test"),

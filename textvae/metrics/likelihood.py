@@ -350,6 +350,43 @@ def elbo_batch(model: Any, batch: Any, posterior: Any, z: torch.Tensor
     return rec, kl.sum(-1), kl if analytic else None
 
 
+class ElboRedraw:
+    """The Monte Carlo standard error of the one-sample −ELBO over a pass (and of its KL, where that is the
+    one-sample estimate log q(z|x) − log p(z): a flow prior or posterior).
+
+    Each sentence's terms are drawn twice more, from a stream of the accumulator's own (the pass's own draws,
+    and so every other figure, are as without it). With x', x'' the two draws of sentence b,
+    v_b = (x' − x'')² / 2 is an unbiased estimate of the variance of one draw, and the se of the corpus mean of
+    N independent one-draw terms is √(Σ_b v_b) / N.
+    """
+
+    SEED = 20261208  # the redraws' stream, apart from the evaluation seed's
+
+    def __init__(self) -> None:
+        self.generator = torch.Generator().manual_seed(self.SEED)
+        self.sq_neg_elbo, self.sq_kl, self.n_sentences = 0.0, 0.0, 0
+        self.sampled_kl = False
+
+    def add(self, model: Any, batch: Any, posterior: Any) -> None:
+        draws = []
+        with seeded(self.generator):
+            for _ in range(2):  # one rsample(1) per draw: a flow posterior's log q is that tensor's
+                draws.append(elbo_batch(model, batch, posterior, posterior.rsample(1)))
+        (rec1, kl1, dims1), (rec2, kl2, _) = draws
+        self.sampled_kl = self.sampled_kl or dims1 is None
+        self.sq_neg_elbo += float(((rec1 + kl1) - (rec2 + kl2)).double().square().sum()) / 2
+        self.sq_kl += float((kl1 - kl2).double().square().sum()) / 2
+        self.n_sentences += len(rec1)
+
+    def summary(self) -> dict[str, float]:
+        if not self.n_sentences:
+            raise TextVAEError("elbo redraw: no batches to evaluate")
+        se = {"neg_elbo_mc_se": math.sqrt(self.sq_neg_elbo) / self.n_sentences}
+        if self.sampled_kl:  # an analytic KL has no Monte Carlo error
+            se["kl_mc_se"] = math.sqrt(self.sq_kl) / self.n_sentences
+        return se
+
+
 def iw_nll(model: Any, batches: Batches, n_samples: int = 500,
            max_tokens: Optional[int] = None,
            generator: Optional[torch.Generator] = None, check_every: int = IW_CHECK_EVERY) -> IWResult:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from textvae.metrics._common import Row
+from textvae.metrics._common import Row, format_figure
 from textvae.metrics.evaluate import METRICS
 from textvae.metrics.generation import TEXT_METRICS
 from textvae.metrics.latent import AU_THRESHOLD, collapse_verdict
@@ -21,15 +21,6 @@ _HEAD = (Row("n_sentences", "sentences", "{:.0f}"), Row("n_pairs", "pairs (conte
 # a synthetic corpus's ground truth, each row after the figure it is the truth of (a built-in metric's)
 _TRUTH = {"iw_nll": Row("true_nll", "NLL (true, synthetic corpus)"), "iw_ppl": Row("true_ppl", "PPL (true)"),
           "mi_batch_he2019": Row("true_mi", "MI (true I(x; latent))", "{:.3f}")}
-
-
-def format_figure(value: float, fmt: str) -> str:
-    """``value`` in ``fmt`` ('{:.2f}'), '–' where it is not finite; a negative figure that rounds to zero
-    reads as zero (an estimate of -0.001 nats, or the -0.0 of a sum of zeros, is '0.00', not '-0.00')."""
-    if not math.isfinite(value):
-        return "–"
-    text = fmt.format(value)
-    return fmt.format(0.0) if text == fmt.format(-0.0) else text
 
 
 def _probe_text(value: float, results: dict[str, Any]) -> str:

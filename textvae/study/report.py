@@ -14,8 +14,8 @@ from typing import Any, Callable
 from textvae.config import INCIDENTAL_KEYS, RunConfig, setting_changes
 from textvae.errors import TextVAEError
 from textvae.files import lock_holder, run_folders, write_text_whole, write_whole
-from textvae.metrics import TEXT_METRICS, get_metric, he2019_noise_sd, list_metrics, list_text_metrics
-from textvae.metrics.table import format_figure
+from textvae.metrics import (TEXT_METRICS, format_figure, get_metric, he2019_noise_sd, list_metrics,
+                             list_text_metrics)
 from textvae.pretrained import warn_missing_plugins
 from textvae.study.archive import finite_or_null, load_archive, write_archive
 from textvae.study.folders import finished_report, run_state, saved_config, study_report
@@ -30,8 +30,8 @@ COLUMNS = [("nll", "IW-NLL", "{:.2f}"), ("kl", "KL", "{:.2f}"), ("mi", "MI", "{:
            ("ppl", "IW-PPL", "{:.2f}"), ("rec", "Rec.", "{:.2f}"), ("neg_elbo", "-ELBO", "{:.2f}"),
            ("train_minutes", "train (min)", "{:.1f}"), ("tokens_per_s", "tok/s", "{:.0f}")]
 # Report keys carried into results.csv / results.json besides the table's figures.
-EXTRA = ("iw_nll", "iw_nll_mc_se", "iw_se_sentences", "iw_ess", "iw_ppl", "elbo_ppl", "mi_batch", "mi_dataset",
-         "mi_batch_he2019", "mi_batch_he2019_noise_sd", "mi_batch_size", "true_nll", "true_mi")
+EXTRA = ("iw_nll", "iw_nll_mc_se", "iw_se_sentences", "iw_ess", "iw_ppl", "elbo_ppl", "neg_elbo_mc_se", "kl_mc_se",
+         "mi_batch", "mi_dataset", "mi_batch_he2019", "mi_batch_he2019_noise_sd", "mi_batch_size", "true_nll", "true_mi")
 
 
 def columns() -> list[tuple[str, str, str]]:

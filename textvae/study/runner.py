@@ -17,10 +17,10 @@ import yaml
 
 from textvae.errors import TextVAEError
 from textvae.files import FolderBusy, lock_holder, run_folder_lock
+from textvae.metrics import format_figure
 from textvae.metrics.likelihood import IWProgress
 from textvae.study.folders import (check_run_folder, check_start, clear_unstarted, finished_report, folder_changes,
                                    run_state, shown_changes)
-from textvae.metrics.table import format_figure
 from textvae.study.report import run_figures, write_outputs
 from textvae.study.spec import Run, Study
 from textvae.training.logger import read_jsonl
