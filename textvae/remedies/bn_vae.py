@@ -24,6 +24,13 @@ code) a run with Adam collapsed to KL 0.01 (studies/remedies_synthetic.yaml). So
 1e-10 here; ``eps: 1.0e-5`` reproduces the paper's code. He et al.'s U(-0.01, 0.01) initialisation
 also starts the means below eps, which is why BN-VAE's code keeps PyTorch's defaults in the
 encoder: use ``model.encoder_init: torch`` with this remedy.
+
+The floor is a bound against N(0, I). A learned prior (``model.prior: flow`` or ``mog``, the dialogue
+CVAE's p(z|c)) can follow the normalised means and void it, so with one the remedy only holds each
+dimension's batch variance of the means at about gamma²: every dimension then counts as active (AU's
+Var_x E[z|x] >= 0.01 for gamma > 0.1) by construction, and MI, not AU, says how much the latent holds.
+It is allowed there (unlike delta-VAE's committed rate, ``needs_standard_prior``) because that is still a
+use: a learned prior otherwise lets the information gather in a few dimensions.
 """
 from __future__ import annotations
 
