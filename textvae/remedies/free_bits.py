@@ -29,6 +29,11 @@ term is a bound on what the KL may cost). Below its threshold a KL gets no gradi
 encoder whose KL starts under the floor and whose reconstruction gradient is tiny (He et al.'s
 U(-0.01, 0.01) init under SGD) stays there; Li et al. pair the rule with a pretrained encoder.
 
+Where the KL has no closed form (a flow prior or posterior) it reaches the hook as one column [B, 1],
+the one-sample estimate log q(z|x) - log p(z); only the rules on the total take it. The clamp then
+acts on each example's draw, not its KL: an example is held at the floor by a low draw, so the term
+overstates E[max(lambda, KL)]'s floor share, and a learned prior learns only from the draws above it.
+
 The hook returns per-sentence values whose batch mean is K and has K's gradient: a batch-level
 clamp that is active (E_b > lambda) contributes each sentence's own KL (gradient 1/B each); an
 inactive one contributes the constant lambda to every sentence (gradient 0). Where a value equals
