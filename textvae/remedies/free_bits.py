@@ -31,8 +31,9 @@ U(-0.01, 0.01) init under SGD) stays there; Li et al. pair the rule with a pretr
 
 Where the KL has no closed form (a flow prior or posterior) it reaches the hook as one column [B, 1],
 the one-sample estimate log q(z|x) - log p(z); only the rules on the total take it. The clamp then
-acts on each example's draw, not its KL: an example is held at the floor by a low draw, so the term
-overstates E[max(lambda, KL)]'s floor share, and a learned prior learns only from the draws above it.
+acts on each example's draw, not its KL: a low draw holds an example at the floor, the term's
+expectation E[max(lambda, draw)] is above max(lambda, KL) (Jensen), and a learned prior learns only
+from the draws above the floor.
 
 The hook returns per-sentence values whose batch mean is K and has K's gradient: a batch-level
 clamp that is active (E_b > lambda) contributes each sentence's own KL (gradient 1/B each); an
