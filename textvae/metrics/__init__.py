@@ -38,7 +38,7 @@ __all__ = [
     "list_text_metrics", "reconstruction_bleu", "register_text_metric", "score_texts", "self_bleu",
     "mi_batch", "mi_batch_he2019", "mi_dataset", "he2019_noise_sd",
     "ActiveUnits", "CollapseDiagnostics", "active_units", "collapse_diagnostics", "collapse_verdict",
-    "ElboResult", "IWAccumulator", "IWEstimate", "IWProgress", "IWResult", "draw_samples", "elbo_batch", "elbo_terms",
+    "ElboRedraw", "ElboResult", "IWAccumulator", "IWEstimate", "IWProgress", "IWResult", "draw_samples", "elbo_batch", "elbo_terms",
     "iw_batch", "iw_estimate", "iw_log_marginal", "iw_log_weights", "iw_nll", "iw_redraw_variance",
     "iw_description", "iw_samples_for",
     "ProbeResult", "draw_labelled", "latent_probe", "probe_model",
