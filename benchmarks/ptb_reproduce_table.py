@@ -16,6 +16,8 @@ the sd where there are two seeds or more, the Monte Carlo error (over the draw o
 from a second draw of one test batch in ten: ``textvae.metrics.IWAccumulator``) where the test reports
 have it (runs evaluated from 2026-12-05 on; ``benchmarks/iw_mc_error.py`` measures it on a subset of a
 finished run's test set, in ``docs/results/ptb/iw_mc_error.md``). The language model's is 0 (exact).
+−ELBO, and the KL where it is a one-sample estimate (a flow prior), carry theirs the same way where the
+test reports have them (``textvae.metrics.ElboRedraw``: runs evaluated from 2026-12-08 on).
 
 The rows take each seed's run from the study (bf16) and, for a seed it has not, from the fp32 folder:
 seeds trained on a CPU without bf16 arithmetic (``--set train.precision=fp32``, in the fp32 check's
@@ -75,6 +77,8 @@ PUBLISHED: dict[str, tuple[str, Optional[float], ...]] = {
     "composite_flow_bn": ("textvae: composite_flow + BN-VAE γ = 0.5", None, None, None, None, None),
 }
 FIGURES = ("nll", "neg_elbo", "kl", "mi", "au")
+# figure -> the report's Monte Carlo se of it (the KL's only where it is sampled: a flow prior), shown as [MC se]
+MC_SE = {"nll": "iw_nll_mc_se", "neg_elbo": "neg_elbo_mc_se", "kl": "kl_mc_se"}
 # variant -> the variant whose run (same seed) is its first stage: its time counts in the row's
 STAGES = {"pretrain_fb": "pretrain_ae", "pretrain_fb_lambda6_5": "pretrain_ae", "composite": "pretrain_ae",
           "composite_flow": "pretrain_ae", "composite_flow_bn": "pretrain_ae"}
@@ -154,7 +158,8 @@ def figures(report: dict[str, Any], run_dir: Path) -> dict[str, float]:
     ``mi_he_b`` is the group size of He et al.'s per-batch MI (:func:`mi_group`)."""
     figs = run_figures(report)
     b = mi_group(report, run_dir) if math.isfinite(figs["mi_batch_he2019"]) else math.nan
-    return {**{k: figs[k] for k in FIGURES}, "nll_se": figs["iw_nll_mc_se"], "mi_he": figs["mi_batch_he2019"],
+    return {**{k: figs[k] for k in FIGURES}, **{f"{k}_se": figs[report_key] for k, report_key in MC_SE.items()},
+            "mi_he": figs["mi_batch_he2019"],
             "mi_he_b": b, "mi_he_sd": figs["mi_batch_he2019_noise_sd"], "train_min": figs["train_minutes"]}
 
 
@@ -240,16 +245,18 @@ def comparison_table(runs: dict[str, list[tuple[int, dict[str, float]]]],
             continue
         ours = {k: mean([f[k] for _, f in done])
                 for k in FIGURES + ("mi_he", "mi_he_sd", "mi_he_b", "train_min", "eval_min")}
-        # Monte Carlo se of the seeds' mean IW-NLL, √(Σ se²) / n; NaN where a report predates it
-        nll_se = math.sqrt(sum(f["nll_se"] ** 2 for _, f in done)) / len(done)
+        # Monte Carlo se of the seeds' mean, √(Σ se²) / n; NaN where a report predates it (or, for the KL, where
+        # the KL is analytic)
+        mc_se = {k: math.sqrt(sum(f[f"{k}_se"] ** 2 for _, f in done)) / len(done) for k in MC_SE}
         cells, verdict = [], []
         for key, p in zip(FIGURES, pub):
             spec = "{:.0f}" if key == "au" else "{:.2f}"
             spread = ""
             if key == "nll":
                 sd = sample_sd([f["nll"] for _, f in done])
-                spread = (f" ± {sd:.2f}" if math.isfinite(sd) else "") + (
-                    f" [MC {nll_se:.3f}]" if math.isfinite(nll_se) and nll_se > 0 else "")
+                spread = f" ± {sd:.2f}" if math.isfinite(sd) else ""
+            if key in mc_se and math.isfinite(mc_se[key]) and mc_se[key] > 0:
+                spread += f" [MC {mc_se[key]:.3f}]"
             cells.append(f"{fmt(ours[key], spec)}{spread} ({fmt(p, spec) if p is not None else '–'})")
             if p is not None and math.isfinite(ours[key]):
                 verdict.append(("✓ " if within(key, ours[key], p) else "✗ ") + key)
@@ -366,7 +373,8 @@ def main() -> None:
     rows, fp32_seeds = with_fp32_seeds(runs, fp32_runs)
     text = ("## textvae and the published PTB rows\n\n" + comparison_table(rows, fp32_seeds) + "\n\n"
             "IW-NLL: the mean over seeds ± their sample sd (two seeds or more) [MC: the Monte Carlo standard "
-            "error of that mean, over the draw of the K = 500 samples]; the other figures are means over seeds. "
+            "error of that mean, over the draw of the K = 500 samples]; the other figures are means over seeds, "
+            "−ELBO and a sampled KL with their own [MC] where the reports have it (from 2026-12-08 on). "
             "Published figures in parentheses. train + eval (min): the mean over seeds, whose runs may have run "
             "on different machines and thread counts (see Where each run ran), so it compares rows only "
             "roughly.\n")
