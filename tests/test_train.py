@@ -432,7 +432,7 @@ def test_evaluate_says_when_the_run_read_fewer_sentences(synthetic_run, tmp_path
     assert int(json.loads((tmp_path / "w.json").read_text())["n_sentences"]) > 200
 
 
-def test_an_error_before_the_first_step_leaves_no_run_folder(tmp_path, monkeypatch):
+def test_an_error_before_the_first_step_leaves_no_checkpoint_to_resume(tmp_path, monkeypatch):
     """A remedy of the user's own that fails at its first training step trained nothing: the same command,
     once it is mended, starts the run (no ``--resume`` for a step-0 checkpoint). One that fails later keeps
     its folder, which ``--resume`` continues, and so does a non-finite loss at the first step (its message
@@ -452,7 +452,8 @@ def test_an_error_before_the_first_step_leaves_no_run_folder(tmp_path, monkeypat
                                 "--objective.remedies", "[{name: fails_from}]")]
     with pytest.raises(RuntimeError, match="at step 0"):
         main(args)
-    assert not (tmp_path / "runs" / "x").exists()
+    assert not (tmp_path / "runs" / "x" / "checkpoint.safetensors").exists()
+    assert (tmp_path / "runs" / "x" / "config.yaml").is_file()  # what a start's errors may name
     fails_from["step"] = 2
     with pytest.raises(RuntimeError, match="at step 2"):
         main(args)

@@ -25,8 +25,8 @@ Never losing work:
 * A non-finite loss or gradient stops training before the update, naming the term that went
   non-finite and the step; the last checkpoint is kept and the message gives the command that
   resumes it with a lower learning rate (``--resume`` applies a changed ``--optim.lr``).
-* A new run that any other error ends before its first step has trained nothing: its folder is
-  removed, so the same command starts it again once the cause is mended.
+* A new run that any other error ends before its first step has trained nothing: its step-0
+  checkpoint is removed, so the same command starts it again once the cause is mended.
 """
 from __future__ import annotations
 
@@ -670,14 +670,17 @@ def run_training(task: Task, resume: bool = False, data: Any = None) -> dict[str
                 setattr(stop, "hint", f"continue with: textvae train {run_dir / 'config.yaml'} --resume"
                         if (run_dir / CHECKPOINT).exists() else
                         "no checkpoint was written yet: start it again, without --resume")
-            # a start that failed before it wrote the run's settings (its data, its model), or that an error
-            # (a remedy's of the user's own, say) ended before its first step, trained nothing: it leaves no
-            # folder, so the same command starts it again once mended; a stop on request, or on a non-finite
-            # figure, keeps its settings and step-0 checkpoint for the command it gives
-            untrained = (not isinstance(stop, (KeyboardInterrupt, NonFiniteStop))
-                         and (run is None or run.state.step == 0))
-            if fresh and held_folder and world.is_main and (untrained or not (run_dir / "config.yaml").exists()):
-                shutil.rmtree(run_dir.resolve(), ignore_errors=True)
+            if fresh and held_folder and world.is_main:
+                if not (run_dir / "config.yaml").exists():
+                    # a start that failed before it wrote the run's settings (its data, its model) leaves no
+                    # folder to trip over; one with them keeps them for the command its error gives
+                    shutil.rmtree(run_dir.resolve(), ignore_errors=True)
+                elif run is not None and run.state.step == 0 and not isinstance(stop, (KeyboardInterrupt,
+                                                                                       NonFiniteStop)):
+                    # an error before the first step (a remedy's of the user's own, say) trained nothing: without
+                    # its step-0 checkpoint the same command starts the run again once mended; a stop on
+                    # request, or on a non-finite figure, keeps it for the resume command it gives
+                    (run_dir / CHECKPOINT).unlink(missing_ok=True)
             raise
         finally:
             world.close(clean=finished)
