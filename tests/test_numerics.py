@@ -29,11 +29,13 @@ REFERENCE = {
                          "f5f6585d393e7e64f3850a658cdf1ab8654ccb7898538e580413af73acd58699",
                          "dd44817443c24fc4e9ce8df5b1ae932682a57c87efdb7251817cd678b9cb3589"},
     "cvae": {"7fb5ab0c121873de6ed7b95dbee48aa4401125626e0c4560ffce3ec98f2e8e46",
-             "383187d169f52c4fda96eea66bb209b8a87cf13ec4bdac66ce7460a8fc03f08d"},
+             "383187d169f52c4fda96eea66bb209b8a87cf13ec4bdac66ce7460a8fc03f08d",
+             "6d5e3e825c6056186bca85e17461421d602e7b7696247dd9565a57aef1bb2fbc"},
 }
 # The CVAE's default wiring became Zhao et al.'s on 2026-12-06 (z through a linear initial state only,
-# commit 9a458c9); its hash was recorded then on the AVX2-only EPYC, and on 2026-12-07 on an Intel Xeon
-# with AMX-BF16 (AVX-512), where 9a458c9 and 009d362 gave the same one.
+# commit 9a458c9); its hash was recorded then on the AVX2-only EPYC, on 2026-12-07 on an Intel Xeon
+# with AMX-BF16 (AVX-512), where 9a458c9 and 009d362 gave the same one, and on 2026-12-08 on an AMD EPYC
+# Zen 4 (AVX-512 with BF16, no AMX), where 430974b and the session's last commit gave the same one.
 
 
 def parameter_hash(state: dict[str, torch.Tensor]) -> str:
