@@ -35,7 +35,7 @@ REFERENCE = {
 # The CVAE's default wiring became Zhao et al.'s on 2026-12-06 (z through a linear initial state only,
 # commit 9a458c9); its hash was recorded then on the AVX2-only EPYC, on 2026-12-07 on an Intel Xeon
 # with AMX-BF16 (AVX-512), where 9a458c9 and 009d362 gave the same one, and on 2026-12-08 on an AMD EPYC
-# Zen 4 (AVX-512 with BF16, no AMX), where 430974b and the session's last commit gave the same one.
+# Zen 4 (AVX-512 with BF16, no AMX), where 430974b and the commit that added it gave the same one.
 
 
 def parameter_hash(state: dict[str, torch.Tensor]) -> str:
