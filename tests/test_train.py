@@ -434,9 +434,9 @@ def test_evaluate_says_when_the_run_read_fewer_sentences(synthetic_run, tmp_path
 
 def test_an_error_before_the_first_step_leaves_no_checkpoint_to_resume(tmp_path, monkeypatch):
     """A remedy of the user's own that fails at its first training step trained nothing: the same command,
-    once it is mended, starts the run (no ``--resume`` for a step-0 checkpoint). One that fails later keeps
-    its folder, which ``--resume`` continues, and so does a non-finite loss at the first step (its message
-    gives the command that resumes it)."""
+    once it is mended, starts the run (no ``--resume`` for a step-0 checkpoint), however often it failed
+    there. A run that fails later keeps its checkpoint, which ``--resume`` continues, and so does a
+    non-finite loss at the first step (its message gives the command that resumes it)."""
     from textvae.remedies import REMEDIES, Remedy, register_remedy
 
     monkeypatch.setattr(REMEDIES, "_entries", dict(REMEDIES._entries))
@@ -448,23 +448,29 @@ def test_an_error_before_the_first_step_leaves_no_checkpoint_to_resume(tmp_path,
         return beta * kl.sum(-1) * (math.nan if fails_from.get("nan") else 1.0)
 
     register_remedy("fails_from")(type("FailsFrom", (Remedy,), {"replaces_kl": True, "kl_term": kl_term}))
-    args = ["train", *tiny_args(tmp_path / "runs", "x", write_corpus(tmp_path / "corpus"), "--train.max_steps", "4",
-                                "--objective.remedies", "[{name: fails_from}]")]
-    with pytest.raises(RuntimeError, match="at step 0"):
-        main(args)
-    assert not (tmp_path / "runs" / "x" / "checkpoint.safetensors").exists()
-    assert (tmp_path / "runs" / "x" / "config.yaml").is_file()  # what a start's errors may name
+    corpus = write_corpus(tmp_path / "corpus")
+
+    def train(name, *extra):
+        return main(["train", *tiny_args(tmp_path / "runs", name, corpus, "--train.max_steps", "4",
+                                         "--objective.remedies", "[{name: fails_from}]"), *extra])
+
+    for _ in range(2):  # the second start finds the first one's folder (its config.yaml, no checkpoint)
+        with pytest.raises(RuntimeError, match="at step 0"):
+            train("x")
+        assert not (tmp_path / "runs" / "x" / "checkpoint.safetensors").exists()
+        assert (tmp_path / "runs" / "x" / "config.yaml").is_file()  # what a start's errors may name
     fails_from["step"] = 2
     with pytest.raises(RuntimeError, match="at step 2"):
-        main(args)
-    assert (tmp_path / "runs" / "x" / "checkpoint.safetensors").is_file()
+        train("later")
+    assert (tmp_path / "runs" / "later" / "checkpoint.safetensors").is_file()
     fails_from["step"] = 100  # mended
+    train("x")
     with pytest.raises(SystemExit):  # "already holds a run; pass --resume"
-        main(args)
-    main([*args, "--resume"])
-    assert any(r["split"] == "test" for r in read_jsonl(tmp_path / "runs" / "x" / "metrics.jsonl"))
+        train("later")
+    train("later", "--resume")
+    for name in ("x", "later"):
+        assert any(r["split"] == "test" for r in read_jsonl(tmp_path / "runs" / name / "metrics.jsonl"))
     fails_from["nan"] = True
-    nan_args = [*args, "--name", "nan"]
     with pytest.raises(SystemExit):  # "non-finite ... resume it with a lower learning rate: ..."
-        main(nan_args)
+        train("nan")
     assert (tmp_path / "runs" / "nan" / "checkpoint.safetensors").is_file()

@@ -664,27 +664,39 @@ def run_training(task: Task, resume: bool = False, data: Any = None) -> dict[str
             report = finish_run(run)
             finished = True
         except BaseException as stop:
-            if isinstance(stop, KeyboardInterrupt):  # the command's last line: how to go on
-                # the run's config.yaml holds every override, so the command need not be retyped with them;
-                # stopped before its first checkpoint (its data, a first kernel build), nothing is there to resume
-                setattr(stop, "hint", f"continue with: textvae train {run_dir / 'config.yaml'} --resume"
-                        if (run_dir / CHECKPOINT).exists() else
-                        "no checkpoint was written yet: start it again, without --resume")
-            if fresh and held_folder and world.is_main:
-                if not (run_dir / "config.yaml").exists():
-                    # a start that failed before it wrote the run's settings (its data, its model) leaves no
-                    # folder to trip over; one with them keeps them for the command its error gives
-                    shutil.rmtree(run_dir.resolve(), ignore_errors=True)
-                elif run is not None and run.state.step == 0 and not isinstance(stop, (KeyboardInterrupt,
-                                                                                       NonFiniteStop)):
-                    # an error before the first step (a remedy's of the user's own, say) trained nothing: without
-                    # its step-0 checkpoint the same command starts the run again once mended; a stop on
-                    # request, or on a non-finite figure, keeps it for the resume command it gives
-                    (run_dir / CHECKPOINT).unlink(missing_ok=True)
+            # this start wrote the step-0 checkpoint of a run that took no step (check_run_dir refuses a folder
+            # with one unless resumed); a run of no steps that failed in its test report is not one
+            untrained = not resume and run is not None and run.state.step == 0 and not run.finished()
+            after_failed_start(stop, run_dir, fresh, untrained, owner=held_folder and world.is_main)
             raise
         finally:
             world.close(clean=finished)
     return report
+
+
+def after_failed_start(stop: BaseException, run_dir: Path, fresh: bool, untrained: bool, owner: bool) -> None:
+    """What a run that ``stop`` ended leaves in its folder, and (for a stop on request) the hint of how to go on.
+
+    ``fresh``: this start made the folder; ``untrained``: it wrote the run's step-0 checkpoint and took no step;
+    ``owner``: this process held the folder (rank 0 of a launch), so it is the one to clear it.
+    """
+    if isinstance(stop, KeyboardInterrupt):  # the command's last line: how to go on
+        # the run's config.yaml holds every override, so the command need not be retyped with them;
+        # stopped before its first checkpoint (its data, a first kernel build), nothing is there to resume
+        setattr(stop, "hint", f"continue with: textvae train {run_dir / 'config.yaml'} --resume"
+                if (run_dir / CHECKPOINT).exists() else
+                "no checkpoint was written yet: start it again, without --resume")
+    if not owner:
+        return
+    if fresh and not (run_dir / "config.yaml").exists():
+        # a start that failed before it wrote the run's settings (its data, its model) leaves no folder to
+        # trip over; one with them keeps them for the command its error gives
+        shutil.rmtree(run_dir.resolve(), ignore_errors=True)
+    elif untrained and not isinstance(stop, (KeyboardInterrupt, NonFiniteStop)):
+        # an error before the first step (a remedy's of the user's own, say) trained nothing: without its
+        # step-0 checkpoint the same command starts the run again once mended; a stop on request, or on a
+        # non-finite figure, keeps it for the resume command it gives
+        (run_dir / CHECKPOINT).unlink(missing_ok=True)
 
 
 @dataclasses.dataclass
