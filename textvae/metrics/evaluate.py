@@ -194,7 +194,8 @@ def _kl_dims(kl: Sequence[float], results: dict[str, Any]) -> Optional[str]:
 
 def _neg_elbo_text(value: float, results: dict[str, Any]) -> str:
     se = results.get("neg_elbo_mc_se")
-    return f"{value:.2f}" + (f" (one draw of z per sentence; Monte Carlo se {se:.3f})" if se is not None else "")
+    return format_figure(value, "{:.2f}") + (f" (one draw of z each; Monte Carlo se {se:.3f})" if se is not None
+                                            else "")
 
 
 def _kl_text(value: float, results: dict[str, Any]) -> str:

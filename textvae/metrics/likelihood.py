@@ -7,6 +7,7 @@ bound rec + KL, which is larger).
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -368,7 +369,9 @@ class ElboRedraw:
         self.sampled_kl = False
 
     def add(self, model: Any, batch: Any, posterior: Any) -> None:
-        draws = []
+        # a copy draws: a flow posterior remembers log q of its last sample, which the pass's other figures
+        # (the MI's log q(z|x) of the pass's own z) read instead of inverting the flow
+        posterior, draws = copy.copy(posterior), []
         with seeded(self.generator):
             for _ in range(2):  # one rsample(1) per draw: a flow posterior's log q is that tensor's
                 draws.append(elbo_batch(model, batch, posterior, posterior.rsample(1)))
