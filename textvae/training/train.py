@@ -1003,8 +1003,8 @@ def train_step(run: Run, index: np.ndarray) -> tuple[VAEOutput, torch.Tensor, in
 
 class NonFiniteStop(TextVAEError):
     """A non-finite figure stopped training; the message gives the command that resumes the run from its last
-    checkpoint with a lower lr, so the run's folder stays even where that is the step-0 one (an inner update
-    of a remedy, applied within that step, may be what the lr changes)."""
+    checkpoint with a lower lr, so that checkpoint stays even where it is the step-0 one (an inner update of a
+    remedy, applied within that step, may be what the lr changes)."""
 
 
 def stop_nonfinite(run: Run, bad: list[str], inner: bool = False) -> None:
