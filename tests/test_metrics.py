@@ -561,6 +561,16 @@ def test_the_elbo_monte_carlo_se_matches_the_spread_of_redrawn_passes(opaque):
                      format_table(results))
 
 
+def test_each_dimension_s_signal_to_noise_gives_its_information_for_the_exact_posterior():
+    """For the exact posterior of the linear-Gaussian model (orthogonal W), Var(mu_d) + sigma_d² = 1 (the prior's),
+    so ½·log(1 + SNR_d) = -½·log sigma_d², the true I(x; z_d), whatever the scale AU reads."""
+    _, exact, x = make_models(n=4000)
+    figures = evaluate_model(exact, split(x, 500), n_samples=0, per_dim=True, metrics=["diagnostics"])
+    information = 0.5 * torch.log1p(torch.tensor(figures["snr_per_dim"], dtype=F64))
+    assert torch.allclose(information, -0.5 * exact.logvar, rtol=0.05)
+    assert len(figures["sigma_per_dim"]) == len(figures["snr_per_dim"]) == 2
+
+
 class Remembering(Opaque):
     """As a flow posterior: log q of its last sample is remembered and read back for that tensor (or its row
     [0]); any other z is computed anew, here 1e-3 off, as a flow's inversion rounds differently, so that a

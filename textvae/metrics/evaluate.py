@@ -300,6 +300,7 @@ def _diagnostics(p: EvalPass) -> dict[str, Any]:
         figures.update(var_mu_per_dim=diag.var_mu.tolist(), dim_modes=diag.modes)
         if diag.mean_sigma is not None:
             figures["sigma_per_dim"] = diag.mean_sigma.tolist()
+            figures["snr_per_dim"] = diag.signal_to_noise.tolist()
     return figures
 
 
@@ -330,8 +331,10 @@ def evaluate_model(model: Any, batches: Batches, metrics: Optional[Sequence[str]
     prints it.
     ``per_dim`` adds per-dimension lists [D]: ``kl_per_dim`` (mean analytic KL; with ``elbo``,
     when the posterior has a closed form), ``var_mu_per_dim`` (Var_x of the posterior mean; with
-    ``au`` / ``diagnostics``), and with ``diagnostics`` ``sigma_per_dim`` (E_x[sigma_d], Gaussian
-    posteriors) and ``dim_modes`` (active / too noisy / signal too weak). ``iw_progress``: the IW
+    ``au`` / ``diagnostics``), and with ``diagnostics`` ``sigma_per_dim`` (E_x[sigma_d]) and
+    ``snr_per_dim`` (Var_x(mu_d) / E_x[sigma_d²], whose ½·log(1 + ratio) is a Gaussian channel's information:
+    scale-free where AU is not, as under BN-VAE's fixed variance of the means), Gaussian posteriors, and
+    ``dim_modes`` (active / too noisy / signal too weak). ``iw_progress``: the IW
     pass's finished batches are kept there, and a pass that was stopped resumes from them with the
     same figures (:class:`~textvae.metrics.likelihood.IWProgress`).
     """
