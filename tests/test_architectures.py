@@ -213,6 +213,19 @@ def test_mixture_prior_matches_brute_force_and_normalises():
         torch.testing.assert_close(prior.sample(40000).mean(0), mean, rtol=0, atol=0.04)
 
 
+def test_mixture_prior_of_a_collapsed_component_is_finite_at_its_mean():
+    """A component whose log-variance fell below -88 (fp32: exp(-logvar) is inf) scores its own mean, as a sample
+    of it rounds to, at its density, not 0 * inf = NaN: the mixture shares the Gaussian density of the posterior."""
+    prior = MixturePrior(2, num_components=2)
+    with torch.no_grad():
+        prior.logvars[0] = -100.0
+    z = prior.means[0].detach().clone()
+    expected = torch.logsumexp(torch.log_softmax(prior.logits, -1) + torch.stack(
+        [DiagGaussian(prior.means[k], prior.logvars[k]).log_prob(z) for k in range(2)]), 0)
+    log_p = prior.log_prob(z)
+    assert torch.isfinite(log_p) and torch.equal(log_p, expected)
+
+
 # ---------------------------------------------------------------- vMF
 def test_bessel_series_against_closed_forms():
     """I_{1/2}(x) = sqrt(2 / (π x)) sinh x, and D = 3: C = kappa / (4π sinh kappa), A = coth kappa - 1/kappa."""

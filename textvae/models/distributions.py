@@ -28,6 +28,18 @@ def list_priors() -> list[str]:
     return PRIORS.names()
 
 
+def diagonal_gaussian_log_prob(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log N(z; mu, diag exp(logvar)), summed over the last dimension (shapes broadcast)."""
+    # scaled before squaring: (z - mu)² e^{-logvar} is 0 * inf = NaN where logvar < -88 (fp32) and z = mu
+    sq = ((z - mu) * torch.exp(-0.5 * logvar)) ** 2
+    return -0.5 * (LOG_2PI + logvar + sq).sum(-1)
+
+
+def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
+    """log N(z; 0, I), summed over the last dimension."""
+    return -0.5 * (LOG_2PI + z**2).sum(-1)
+
+
 class DiagGaussian:
     """N(mu, diag(exp(logvar))) over z [B, D].
 
@@ -54,9 +66,7 @@ class DiagGaussian:
         return self.mu + eps * self.std
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        # scaled before squaring: (z - mu)² e^{-logvar} is 0 * inf = NaN where logvar < -88 (fp32) and z = mu
-        sq = ((z - self.mu) * torch.exp(-0.5 * self.logvar)) ** 2
-        return -0.5 * (LOG_2PI + self.logvar + sq).sum(-1)
+        return diagonal_gaussian_log_prob(z, self.mu, self.logvar)
 
     def entropy(self) -> torch.Tensor:
         """H[q] = 1/2 Σ_d (1 + log 2π + logvar_d), [B]."""
@@ -98,7 +108,7 @@ class StandardNormal(Prior):
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        return -0.5 * (LOG_2PI + z**2).sum(-1)
+        return standard_normal_log_prob(z)
 
     def sample(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         return torch.randn(n, self.latent_dim, generator=generator, device=self._anchor.device)

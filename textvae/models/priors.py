@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from textvae.errors import TextVAEError
-from textvae.models.distributions import LOG_2PI, PRIORS, Prior
+from textvae.models.distributions import PRIORS, Prior, diagonal_gaussian_log_prob, standard_normal_log_prob
 from textvae.models.flows import MADE
 
 
@@ -55,7 +55,7 @@ class AutoregressiveFlowPrior(Prior):
                 m, s = self._shift_log_scale(made, z)
                 z = (z - m) * torch.exp(-s)
                 log_det = log_det - s.sum(-1)
-            return -0.5 * (LOG_2PI + z**2).sum(-1) + log_det
+            return standard_normal_log_prob(z) + log_det
 
     def sample(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """n samples [n, D]; pass k of a step makes the variable of degree k exact."""
@@ -91,8 +91,7 @@ class MixturePrior(Prior):
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """z [..., D] -> log p(z) [...] (a [..., K, D] intermediate)."""
-        sq = (z.unsqueeze(-2) - self.means) ** 2 * torch.exp(-self.logvars)
-        log_comp = -0.5 * (LOG_2PI + self.logvars + sq).sum(-1)  # [..., K]
+        log_comp = diagonal_gaussian_log_prob(z.unsqueeze(-2), self.means, self.logvars)  # [..., K]
         return torch.logsumexp(torch.log_softmax(self.logits, -1) + log_comp, dim=-1)
 
     def sample(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
