@@ -318,6 +318,12 @@ class OptimConfig:
         "decay_start_epoch": NON_NEGATIVE, "max_decays": NON_NEGATIVE, "cycle_lr_stairs": NON_NEGATIVE,
         "plateau_kl_weight": NON_NEGATIVE}
 
+    @property
+    def plain_sgd(self) -> bool:
+        """SGD without momentum or weight decay: its update moves only what has a gradient, p - lr * g, which
+        the sparse embedding gradients and the bf16 weight copies rely on."""
+        return self.name == "sgd" and self.momentum == 0 and self.weight_decay == 0
+
 
 @settings_only
 @dataclass

@@ -457,9 +457,7 @@ def sparse_gradients_apply(cfg: RunConfig, world: World, device: torch.device) -
     same update as its dense form -- plain SGD (momentum 0, weight decay 0: an untouched row
     does not move) in one process (DDP all-reduces dense buckets) -- and on the CPU, where it
     pays: on a GPU the dense update of the whole table is the faster (benchmarks/gpu_ptb.py)."""
-    oc = cfg.optim
-    return (cfg.train.sparse_gradients and oc.name == "sgd" and oc.momentum == 0 and oc.weight_decay == 0
-            and world.size == 1 and device.type == "cpu")
+    return cfg.train.sparse_gradients and cfg.optim.plain_sgd and world.size == 1 and device.type == "cpu"
 
 
 def nonfinite_figures(out: VAEOutput, grad_norm: torch.Tensor, world: World) -> list[str]:

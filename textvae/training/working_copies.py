@@ -72,9 +72,8 @@ def working_copies_apply(cfg: RunConfig, world_size: int, device: torch.device) 
     """Whether ``train.bf16_weight_copies`` takes effect: bf16 on the CPU (on a GPU the casts are cheap
     next to the step), one process (DDP all-reduces the masters' gradients), plain SGD (the update
     is :func:`WorkingCopies.step`'s)."""
-    oc = cfg.optim
     return (cfg.train.bf16_weight_copies and cfg.train.precision == "bf16" and device.type == "cpu"
-            and world_size == 1 and oc.name == "sgd" and oc.momentum == 0 and oc.weight_decay == 0)
+            and world_size == 1 and cfg.optim.plain_sgd)
 
 
 class WorkingCopies:
