@@ -142,6 +142,9 @@ class Remedy(nn.Module):
     # True for a remedy whose guarantee is a bound against the fixed N(0, I) prior (delta-VAE's
     # committed rate): a learned prior can follow the constrained posterior and void it
     needs_standard_prior = False
+    # True for a remedy that acts on how the posterior means spread over a batch (BN-VAE's normalisation),
+    # which He et al.'s U(-0.01, 0.01) encoder init starts below its eps: a run warns under that init
+    needs_spread_means = False
     # The name a recipe calls it by (set by :func:`register_remedy`): the key of its logged terms and errors
     name = ""
 

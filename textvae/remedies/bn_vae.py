@@ -49,6 +49,7 @@ class BNVAE(Remedy):
     keeps E_b[KL] >= 1/2 Σ_d (gamma² v_d / (v_d + eps) + s_d²): a floor once the means vary over the
     batch (v_d >> eps; with ``model.encoder_init: torch``, not He et al.'s U(-0.01, 0.01))."""
 
+    needs_spread_means = True
     # momentum: the running statistics' update weight
     RANGES = {"gamma": POSITIVE, "momentum": Range(above=0, most=1), "eps": POSITIVE}
 

@@ -39,12 +39,12 @@ class SentenceTask(Task):
 
     def warm_start(self, model: TextVAE, data: DataBundle) -> dict[str, Any]:
         mc = self.cfg.model
-        bn_vae = any(spec.get("name") == "bn_vae" for spec in self.cfg.objective.remedies)
-        if bn_vae and mc.encoder_scheme() == "he2019" and not mc.encoder_from:
-            # its KL floor holds once the posterior means vary over a batch by more than BatchNorm's eps
-            log.warning("remedy bn_vae under He et al.'s U(-0.01, 0.01) encoder init starts the posterior means "
-                        "nearly equal over the batch, where its KL floor does not hold: the run may well collapse "
-                        "(BN-VAE's code keeps PyTorch's init there: --model.encoder_init torch)")
+        spread = [r.name for r in model.objective.remedies if r.needs_spread_means]
+        if spread and mc.encoder_scheme() == "he2019" and not mc.encoder_from:
+            # BN-VAE's KL floor holds once the posterior means vary over a batch by more than BatchNorm's eps
+            log.warning(f"remedy {spread[0]} under He et al.'s U(-0.01, 0.01) encoder init starts the posterior "
+                        f"means nearly equal over the batch, below what it acts on: the run may well collapse "
+                        f"(BN-VAE's code keeps PyTorch's init there: --model.encoder_init torch)")
         if not mc.encoder_from:
             return {}
         # after the draw, so the decoder is the one a fresh run gets
