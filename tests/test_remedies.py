@@ -14,7 +14,7 @@ from textvae.data.batch import collate
 from textvae.data.special import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from textvae.errors import TextVAEError
 from textvae.models.textvae import TextVAE
-from textvae.remedies import create_remedy, list_remedies
+from textvae.remedies import REMEDIES, Remedy, create_remedy, list_remedies, register_remedy
 from textvae.remedies.delta_vae import sigma_upper
 from textvae.remedies.kl_constraint import KLConstraint
 from textvae.sweeps import rate_sweep
@@ -129,8 +129,6 @@ def test_the_cvae_refuses_to_redraw_its_decoder():
 @pytest.mark.parametrize("name", list_remedies())
 def test_a_remedy_carries_its_registered_name_however_it_is_built(name):
     """Logged terms and errors name a remedy as a recipe does, built through create_remedy or not."""
-    from textvae.remedies import REMEDIES
-
     assert REMEDIES.get(name).name == name
 
 
@@ -745,18 +743,22 @@ def test_posterior_transforms_need_a_gaussian_posterior(posterior, remedy):
         TextVAE(cfg, V, ObjectiveConfig(remedies=[{"name": remedy}]))
 
 
+@pytest.mark.parametrize("remedy", ["bn_vae", "spreads"])
 @pytest.mark.parametrize("model, warned", [({}, True), ({"encoder_init": "torch"}, False),
                                            ({"init": "torch"}, False), ({"encoder_from": "runs/ae/model"}, False)])
-def test_bn_vae_under_he_et_al_s_encoder_init_is_warned_of(caplog, monkeypatch, model, warned):
+def test_bn_vae_under_he_et_al_s_encoder_init_is_warned_of(caplog, monkeypatch, model, warned, remedy):
     """Its floor needs means that vary over the batch, which U(-0.01, 0.01) does not give; an encoder
-    loaded from another run's is no such init."""
+    loaded from another run's is no such init. So is any remedy that declares ``needs_spread_means`` (a
+    remedy of one's own here), by that and not by its name."""
     import logging
 
     from textvae.config import RunConfig, from_dict
     from textvae.tasks import create_task
 
-    cfg = from_dict(RunConfig, {"model": {"latent_dim": 4, **model},
-                                "objective": {"remedies": [{"name": "bn_vae", "gamma": 0.7}]}})
+    monkeypatch.setattr(REMEDIES, "_entries", dict(REMEDIES._entries))
+    register_remedy("spreads")(type("Spreads", (Remedy,), {"needs_spread_means": True,
+                                                             "transform_posterior": lambda self, mu, lv: (mu, lv)}))
+    cfg = from_dict(RunConfig, {"model": {"latent_dim": 4, **model}, "objective": {"remedies": [{"name": remedy}]}})
     import textvae.tasks.sentences as sentences
 
     task = create_task(cfg)
@@ -766,4 +768,4 @@ def test_bn_vae_under_he_et_al_s_encoder_init_is_warned_of(caplog, monkeypatch, 
         task.check()  # which evaluate and a resume call too: no warning there
         assert not caplog.text
         task.warm_start(loaded, SimpleNamespace(tokenizer=None))  # a new run's start
-    assert ("remedy bn_vae under He et al.'s U(-0.01, 0.01) encoder init" in caplog.text) == warned
+    assert (f"remedy {remedy} under He et al.'s U(-0.01, 0.01) encoder init" in caplog.text) == warned

@@ -475,21 +475,3 @@ def test_an_error_before_the_first_step_leaves_no_checkpoint_to_resume(tmp_path,
         train("nan")
     assert (tmp_path / "runs" / "nan" / "checkpoint.safetensors").is_file()
 
-
-def test_a_remedy_on_the_means_spread_warns_under_he_et_al_s_encoder_init(tmp_path, monkeypatch, caplog):
-    """BN-VAE, and any remedy that declares ``needs_spread_means`` (not its name), warns where He et al.'s
-    U(-0.01, 0.01) encoder init starts the posterior means nearly equal; PyTorch's init does not."""
-    from textvae.remedies import REMEDIES, Remedy, register_remedy
-
-    monkeypatch.setattr(REMEDIES, "_entries", dict(REMEDIES._entries))
-    register_remedy("spreads")(type("Spreads", (Remedy,), {"needs_spread_means": True,
-                                                             "transform_posterior": lambda self, mu, logvar: (mu, logvar)}))
-    corpus = write_corpus(tmp_path / "corpus")
-    for name, remedy, init in (("a", "bn_vae", "he2019"), ("b", "spreads", "he2019"), ("c", "bn_vae", "torch")):
-        caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="textvae"):
-            main(["train", *tiny_args(tmp_path / "runs", name, corpus, "--train.max_steps", "1",
-                                      "--train.iw_samples_final", "0", "--model.encoder_init", init,
-                                      "--objective.remedies", f"[{{name: {remedy}}}]")])
-        warned = f"remedy {remedy} under He et al.'s U(-0.01, 0.01) encoder init" in caplog.text
-        assert warned == (init == "he2019"), (name, caplog.text)

@@ -14,6 +14,7 @@ from textvae.metrics import IWProgress, iw_description, list_metrics
 from textvae.files import file_md5
 from textvae.models.textvae import WEIGHTS_FILE, TextVAE, check_model_config
 from textvae.reduction import corpus_nll, token_counts
+from textvae.remedies import REMEDIES
 from textvae.tasks.base import register_task
 from textvae.training.progress import counted_progress, token_count
 from textvae.training.task import Task
@@ -39,7 +40,7 @@ class SentenceTask(Task):
 
     def warm_start(self, model: TextVAE, data: DataBundle) -> dict[str, Any]:
         mc = self.cfg.model
-        spread = [r.name for r in model.objective.remedies if r.needs_spread_means]
+        spread = [spec["name"] for spec in self.cfg.objective.remedies if REMEDIES.get(spec["name"]).needs_spread_means]
         if spread and mc.encoder_scheme() == "he2019" and not mc.encoder_from:
             # BN-VAE's KL floor holds once the posterior means vary over a batch by more than BatchNorm's eps
             log.warning(f"remedy {spread[0]} under He et al.'s U(-0.01, 0.01) encoder init starts the posterior "
