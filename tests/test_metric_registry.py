@@ -79,6 +79,12 @@ def test_registering_a_metric(toy_metric):
 def test_a_registered_metric_reaches_the_training_log_and_the_study_table(toy_metric, toy_text_metric, tmp_path,
                                                                           monkeypatch, capsys):
     monkeypatch.setenv("TEXTVAE_CACHE", str(tmp_path / "cache"))
+
+    # a metric that declares no study column: its figure reaches results.csv all the same
+    @register_metric("toy_quiet", stages=("test",), rows=(Row("toy_quiet", "sentences (toy, no column)", "{:.0f}"),))
+    def toy_quiet(p):
+        return {"toy_quiet": float(p.counts.n_sentences)}
+
     args = tiny_args(tmp_path / "runs", "toy", "synthetic", "--data.max_sentences", "200", "--train.max_steps", "4",
                      "--train.metrics_every", "2", "--train.iw_samples_final", "0")
     main(["train", *args])
@@ -99,6 +105,12 @@ def test_a_registered_metric_reaches_the_training_log_and_the_study_table(toy_me
     header, _, row = st.markdown_table(results).splitlines()
     assert header.split(" | ")[-1] == "Toy |"
     assert row.split(" | ")[-1] == f"{records[-1]['toy']:.3f} |"
+    from textvae.study.report import write_csv
+
+    write_csv(results, tmp_path / "results.csv")
+    csv_header, csv_row = (tmp_path / "results.csv").read_text().splitlines()
+    figures = dict(zip(csv_header.split(","), csv_row.split(",")))
+    assert float(figures["toy_quiet_mean"]) == records[-1]["toy_quiet"] and "toy_mean" in figures
 
 
 def test_a_registered_metric_reaches_the_dialogue_cvae_log_and_report(toy_metric, toy_text_metric, tmp_path,

@@ -78,7 +78,8 @@ run of any budget it did not pass; one that its budget stopped (or that cannot s
 
 ``textvae compare RUN ...`` prints the same table for run folders made by hand (:func:`compare_runs`).
 
-Outputs in ``<out>/``: ``results.csv`` (one row per variant: mean and std of each figure),
+Outputs in ``<out>/``: ``results.csv`` (one row per variant: mean and std of each figure of the table and of
+every registered metric that some run reports),
 ``results.json`` (the same plus every run's test report), ``report.md`` (the table and the plots
 of :mod:`textvae.plots`).
 """

@@ -29,9 +29,9 @@ log = logging.getLogger("textvae.study")
 COLUMNS = [("nll", "IW-NLL", "{:.2f}"), ("kl", "KL", "{:.2f}"), ("mi", "MI", "{:.2f}"), ("au", "AU", "{:.1f}"),
            ("ppl", "IW-PPL", "{:.2f}"), ("rec", "Rec.", "{:.2f}"), ("neg_elbo", "-ELBO", "{:.2f}"),
            ("train_minutes", "train (min)", "{:.1f}"), ("tokens_per_s", "tok/s", "{:.0f}")]
-# Report keys carried into results.csv / results.json besides the table's figures.
-EXTRA = ("iw_nll", "iw_nll_mc_se", "iw_se_sentences", "iw_ess", "iw_ppl", "elbo_ppl", "neg_elbo_mc_se", "kl_mc_se",
-         "mi_batch", "mi_dataset", "mi_batch_he2019", "mi_batch_he2019_noise_sd", "mi_batch_size", "true_nll", "true_mi")
+# Report keys carried into results.csv / results.json besides the table's figures and the registered metrics'
+# (:func:`figure_keys`): a synthetic corpus's ground truth, which the training run adds to its report.
+EXTRA = ("true_nll", "true_mi")
 
 
 def columns() -> list[tuple[str, str, str]]:
@@ -53,8 +53,11 @@ def results_columns(results: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 
 def figure_keys() -> list[str]:
-    """Every figure of results.csv / results.json."""
-    return [key for key, _, _ in columns()] + list(EXTRA)
+    """Every figure of results.csv / results.json: the table's, then every figure a registered metric declares
+    (its rows: a new metric's figures reach results.csv without a line here), then :data:`EXTRA`."""
+    keys = [key for key, _, _ in columns()]
+    declared = [row.figure for name in list_metrics() for row in get_metric(name).rows]
+    return list(dict.fromkeys(keys + declared + list(EXTRA)))
 
 
 def run_figures(report: dict[str, Any]) -> dict[str, float]:
@@ -72,7 +75,8 @@ def run_figures(report: dict[str, Any]) -> dict[str, float]:
             "train_minutes": report.get("train_seconds", nan) / 60.0,
             "tokens_per_s": report.get("train_tokens_per_s", nan)}
     figs.update({k: report.get(k, nan) for k in figure_keys() if k not in figs})
-    return {k: float(v) for k, v in figs.items()}
+    # a per-dimension list (kl_per_dim, where a report has one) is no figure of a table
+    return {k: float(v) if isinstance(v, (int, float)) else nan for k, v in figs.items()}
 
 
 def mean_std(values: list[float]) -> tuple[float, float, int]:
@@ -196,8 +200,10 @@ def _setting_changes(cls: type, a: dict[str, Any], b: dict[str, Any]) -> dict[st
 def write_csv(results: dict[str, Any], path: Path) -> None:
     text = io.StringIO(newline="")
     writer = csv.writer(text)
-    hidden = {k for k, _, _ in columns()} - {k for k, _, _ in results_columns(results)}
-    keys = [k for k in figure_keys() if k not in hidden]  # as the table: no column no run has
+    shown = {k for k, _, _ in results_columns(results)}
+    has = {k for v in results["variants"] for k, stats in v["figures"].items() if stats["n"]}
+    # as the table: no column that no run has (a table column, a metric's figure); EXTRA's always
+    keys = [k for k in figure_keys() if k in shown or k in has or k in EXTRA]
     writer.writerow(["variant", "runs"] + [f"{k}_{s}" for k in keys for s in ("mean", "std")])
     for v in results["variants"]:
         row = [v["variant"], v["runs"]]
