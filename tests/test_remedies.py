@@ -743,6 +743,19 @@ def test_posterior_transforms_need_a_gaussian_posterior(posterior, remedy):
         TextVAE(cfg, V, ObjectiveConfig(remedies=[{"name": remedy}]))
 
 
+def test_a_posterior_of_one_s_own_that_declares_gaussian_parameters_takes_posterior_transforms(monkeypatch):
+    """The rule reads the registered head's declaration, not the name "gaussian"."""
+    from textvae.models.posteriors import POSTERIORS, GaussianHead
+    from textvae.remedies.base import check_remedies
+
+    monkeypatch.setattr(POSTERIORS, "_entries", dict(POSTERIORS._entries))
+    POSTERIORS.register("my_gaussian")(type("MyGaussian", (GaussianHead,), {}))
+    POSTERIORS.register("my_other")(type("MyOther", (GaussianHead,), {"gaussian_parameters": False}))
+    check_remedies([{"name": "bn_vae"}], latent_dim=D, posterior="my_gaussian")
+    with pytest.raises(TextVAEError, match=r"remedies \['bn_vae'\] transform a Gaussian posterior"):
+        check_remedies([{"name": "bn_vae"}], latent_dim=D, posterior="my_other")
+
+
 @pytest.mark.parametrize("remedy", ["bn_vae", "spreads"])
 @pytest.mark.parametrize("model, warned", [({}, True), ({"encoder_init": "torch"}, False),
                                            ({"init": "torch"}, False), ({"encoder_from": "runs/ae/model"}, False)])

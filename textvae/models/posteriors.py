@@ -28,6 +28,10 @@ def list_posteriors() -> list[str]:
 class GaussianHead(nn.Module):
     """q(z|x) = N(mu, diag sigma²) with [mu, log sigma²] = W h (bias-free, as He et al. 2019)."""
 
+    # (mu, logvar) are z's own Gaussian's, which a remedy's transform_posterior may change (BN-VAE,
+    # delta-VAE); a head whose are not (IAF's base, vMF's direction) leaves it False
+    gaussian_parameters = True
+
     def __init__(self, in_dim: int, latent_dim: int):
         super().__init__()
         self.linear = nn.Linear(in_dim, 2 * latent_dim, bias=False)

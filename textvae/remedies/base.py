@@ -15,6 +15,7 @@ from torch import nn
 
 from textvae.config import CONDITIONAL_PRIOR, Range
 from textvae.errors import TextVAEError
+from textvae.models.posteriors import POSTERIORS
 from textvae.registry import Registry
 
 REMEDIES: Registry = Registry("remedy", recipe="objective.remedies: [{name: NAME, PARAMETER: VALUE}, ...]",
@@ -218,7 +219,8 @@ def check_remedies(specs: list[Any], latent_dim: Optional[int] = None, posterior
     * each entry a registered name with valid parameters (:func:`check_remedy`), listed once;
     * at most one remedy replaces the KL term;
     * none that acts on z in a language model (``latent_dim`` 0);
-    * posterior transforms only on a Gaussian posterior (vMF has no variance, IAF's base is not z);
+    * posterior transforms only on a posterior whose head declares ``gaussian_parameters`` (vMF has no
+      variance, IAF's base is not z);
     * a remedy bounded against N(0, I) only with that prior (``prior``: a ``PRIORS`` name, or
       ``conditional`` for the CVAE's learned p(z|c)).
     """
@@ -238,7 +240,8 @@ def check_remedies(specs: list[Any], latent_dim: Optional[int] = None, posterior
                            f"model, which has none; set model.latent_dim >= 1 or drop the remedy",
                            "objective.remedies", "model.latent_dim")
     transforms = [n for n, c in zip(names, classes) if transforms_posterior(c)]
-    if transforms and posterior != "gaussian":
+    # (a misspelt posterior is the model's check's to name)
+    if transforms and posterior in POSTERIORS and not getattr(POSTERIORS.get(posterior), "gaussian_parameters", False):
         raise TextVAEError(f"remedies {transforms} transform a Gaussian posterior's mean and variance, which "
                            f"model.posterior {posterior!r} does not have as such; use posterior: gaussian",
                            "objective.remedies", "model.posterior")
