@@ -598,6 +598,11 @@ def test_nll_falls_back_to_the_bound_only_for_the_language_model():
     assert st.run_figures(lm)["nll"] == 90.0 and st.run_figures(lm)["ppl"] == 110.0
     assert math.isnan(st.run_figures(vae)["nll"]) and math.isnan(st.run_figures(vae)["ppl"])
     assert st.run_figures({**vae, "iw_nll": 91.0, "iw_ppl": 105.0})["nll"] == 91.0
+    # a per-dimension list, or an archive's null, is no figure; anything else that is no number is an error
+    figures = st.run_figures({**vae, "kl_per_dim": [0.5, 1.5], "iw_nll_mc_se": None})
+    assert math.isnan(figures["kl_per_dim"]) and math.isnan(figures["iw_nll_mc_se"])
+    with pytest.raises(ValueError):
+        st.run_figures({**vae, "au": "three"})
 
 
 # ---- one writer per run folder ------------------------------------------------------------------

@@ -474,4 +474,3 @@ def test_an_error_before_the_first_step_leaves_no_checkpoint_to_resume(tmp_path,
     with pytest.raises(SystemExit):  # "non-finite ... resume it with a lower learning rate: ..."
         train("nan")
     assert (tmp_path / "runs" / "nan" / "checkpoint.safetensors").is_file()
-

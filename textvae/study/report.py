@@ -53,10 +53,11 @@ def results_columns(results: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 
 def figure_keys() -> list[str]:
-    """Every figure of results.csv / results.json: the table's, then every figure a registered metric declares
-    (its rows: a new metric's figures reach results.csv without a line here), then :data:`EXTRA`."""
+    """Every figure of results.csv / results.json: the table's, then every figure a registered metric or text
+    metric declares (its rows: a new metric's figures reach results.csv without a line here), then :data:`EXTRA`."""
     keys = [key for key, _, _ in columns()]
-    declared = [row.figure for name in list_metrics() for row in get_metric(name).rows]
+    declared = ([row.figure for name in list_metrics() for row in get_metric(name).rows]
+                + [row.figure for name in list_text_metrics() for row in TEXT_METRICS.get(name).rows])
     return list(dict.fromkeys(keys + declared + list(EXTRA)))
 
 
@@ -75,8 +76,8 @@ def run_figures(report: dict[str, Any]) -> dict[str, float]:
             "train_minutes": report.get("train_seconds", nan) / 60.0,
             "tokens_per_s": report.get("train_tokens_per_s", nan)}
     figs.update({k: report.get(k, nan) for k in figure_keys() if k not in figs})
-    # a per-dimension list (kl_per_dim, where a report has one) is no figure of a table
-    return {k: float(v) if isinstance(v, (int, float)) else nan for k, v in figs.items()}
+    # a per-dimension list (kl_per_dim, where a report has one) is no figure of a table, nor an archive's null
+    return {k: nan if v is None or isinstance(v, (list, tuple)) else float(v) for k, v in figs.items()}
 
 
 def mean_std(values: list[float]) -> tuple[float, float, int]:
