@@ -192,21 +192,18 @@ def _kl_dims(kl: Sequence[float], results: dict[str, Any]) -> Optional[str]:
     return ", ".join(f"d{d} {kl[d]:.2f}" for d in top) + f" ({used} of {len(kl)} dims >= 0.01)"
 
 
-def _neg_elbo_text(value: float, results: dict[str, Any]) -> str:
-    se = results.get("neg_elbo_mc_se")
-    return format_figure(value, "{:.2f}") + (f" (one draw of z each; Monte Carlo se {se:.3f})" if se is not None
-                                            else "")
-
-
-def _kl_text(value: float, results: dict[str, Any]) -> str:
-    se = results.get("kl_mc_se")  # only where the KL is sampled: an analytic one is exact given the posterior
-    return format_figure(value, "{:.2f}") + (f" (one-sample estimate; Monte Carlo se {se:.3f})" if se is not None
-                                            else "")
+def _with_mc_se(se_key: str, what: str) -> Callable[[float, dict[str, Any]], str]:
+    """A row's text: the figure, and beside it ``(what; Monte Carlo se ...)`` where the results have ``se_key``
+    (``elbo_mc_se``'s, in a test report; the KL's only where it is sampled)."""
+    def text(value: float, results: dict[str, Any]) -> str:
+        se = results.get(se_key)
+        return format_figure(value, "{:.2f}") + (f" ({what}; Monte Carlo se {se:.3f})" if se is not None else "")
+    return text
 
 
 @register_metric("elbo", update=_elbo_update, latent=False, stages=STAGES,
-                 rows=(Row("neg_elbo", "-ELBO (bound on NLL)", _neg_elbo_text), Row("rec", "  reconstruction"),
-                       Row("kl", "  KL", _kl_text),
+                 rows=(Row("neg_elbo", "-ELBO (bound on NLL)", _with_mc_se("neg_elbo_mc_se", "one draw of z each")),
+                       Row("rec", "  reconstruction"), Row("kl", "  KL", _with_mc_se("kl_mc_se", "one-sample estimate")),
                        Row("kl_per_dim", "  KL per dim, largest", _kl_dims), Row("elbo_ppl", "PPL (ELBO bound)")))
 def _elbo(p: EvalPass) -> dict[str, Any]:
     """rec, kl, neg_elbo, elbo_ppl (one sample, beta = 1; see ``elbo_terms``)."""

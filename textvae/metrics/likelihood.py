@@ -365,7 +365,7 @@ class ElboRedraw:
 
     def __init__(self) -> None:
         self.generator = torch.Generator().manual_seed(self.SEED)
-        self.sq_neg_elbo, self.sq_kl, self.n_sentences = 0.0, 0.0, 0
+        self.variances = CorpusAccumulator()  # each sentence's v_b, of the -ELBO and of the KL
         self.sampled_kl = False
 
     def add(self, model: Any, batch: Any, posterior: Any) -> None:
@@ -377,16 +377,17 @@ class ElboRedraw:
                 draws.append(elbo_batch(model, batch, posterior, posterior.rsample(1)))
         (rec1, kl1, dims1), (rec2, kl2, _) = draws
         self.sampled_kl = self.sampled_kl or dims1 is None
-        self.sq_neg_elbo += float(((rec1 + kl1) - (rec2 + kl2)).double().square().sum()) / 2
-        self.sq_kl += float((kl1 - kl2).double().square().sum()) / 2
-        self.n_sentences += len(rec1)
+        self.variances.add(batch.n_tokens, neg_elbo=((rec1 + kl1) - (rec2 + kl2)).double().square() / 2,
+                           kl=(kl1 - kl2).double().square() / 2)
 
     def summary(self) -> dict[str, float]:
-        if not self.n_sentences:
+        v = self.variances
+        if not v.n_sentences:
             raise TextVAEError("elbo redraw: no batches to evaluate")
-        se = {"neg_elbo_mc_se": math.sqrt(self.sq_neg_elbo) / self.n_sentences}
+        # √(Σ_b v_b) / N = √(mean_b v_b / N), as the IW-NLL's se (IWAccumulator)
+        se = {"neg_elbo_mc_se": math.sqrt(v.mean("neg_elbo") / v.n_sentences)}
         if self.sampled_kl:  # an analytic KL has no Monte Carlo error
-            se["kl_mc_se"] = math.sqrt(self.sq_kl) / self.n_sentences
+            se["kl_mc_se"] = math.sqrt(v.mean("kl") / v.n_sentences)
         return se
 
 
