@@ -201,10 +201,9 @@ def _setting_changes(cls: type, a: dict[str, Any], b: dict[str, Any]) -> dict[st
 def write_csv(results: dict[str, Any], path: Path) -> None:
     text = io.StringIO(newline="")
     writer = csv.writer(text)
-    shown = {k for k, _, _ in results_columns(results)}
+    always = {k for k, _, _ in COLUMNS} | set(EXTRA)
     has = {k for v in results["variants"] for k, stats in v["figures"].items() if stats["n"]}
-    # as the table: no column that no run has (a table column, a metric's figure); EXTRA's always
-    keys = [k for k in figure_keys() if k in shown or k in has or k in EXTRA]
+    keys = [k for k in figure_keys() if k in always or k in has]  # as the table: no metric's column no run has
     writer.writerow(["variant", "runs"] + [f"{k}_{s}" for k in keys for s in ("mean", "std")])
     for v in results["variants"]:
         row = [v["variant"], v["runs"]]
